@@ -1,0 +1,362 @@
+//! `decide`: apply one event to a run's state and return what should happen next.
+//!
+//! Events come in two sorts. *External* events report something the edge did or saw: the run was
+//! created, a plan was made, an attempt started, succeeded or failed, a timer fired, an operator
+//! cancelled. *Decided* events (a step became ready or was skipped, a retry was scheduled, the run
+//! completed...) are produced here, already applied to the state, stamped with the triggering
+//! event's time, and handed back as [`Command::Record`] for the engine to journal in the same
+//! transaction. Because nothing here reads a clock or draws a random number, replaying the
+//! external events of a journal must reproduce its decided events exactly; [`replay`] checks it.
+
+use crate::definition::{OnFailure, Trigger};
+use crate::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
+use crate::expr;
+use crate::ids::{RunId, StepId};
+use crate::machine::{RunStatus, StepStatus};
+use crate::payload::Payload;
+use crate::state::{Error, RunState};
+use crate::template;
+use serde_json::{Map, Value, json};
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// What the engine must do after an event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Journal this decided event; it is already applied to the state.
+    Record(Envelope),
+    /// Store this payload; a recorded event refers to it.
+    StorePayload(Payload),
+    /// Make the plan and report it as `PlanRecorded`.
+    Plan,
+    /// Start this attempt with this (rendered) input: record `AttemptStarted` through `decide`,
+    /// commit, then run the activity.
+    StartAttempt { step: StepId, index: usize, attempt: u32, input: Value },
+    /// At `at_ms`, report `TimerFired` for the step.
+    ArmTimer { step: StepId, at_ms: i64 },
+}
+
+/// Whether an event is produced by `decide` (as opposed to reported by the edge).
+pub fn is_decided(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::PlanningStarted
+            | Event::StepReady { .. }
+            | Event::StepSkipped { .. }
+            | Event::RetryScheduled { .. }
+            | Event::StepFailed { .. }
+            | Event::RunWaiting { .. }
+            | Event::RunResumed
+            | Event::RunCompleted { .. }
+            | Event::RunFailed { .. }
+    )
+}
+
+/// Applies an external event and returns the commands it leads to.
+pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Error> {
+    state.apply(event)?;
+    let mut d = Decider { state, at: event.at_ms, out: Vec::new() };
+    match &event.event {
+        Event::RunCreated { .. } => {
+            d.record(Event::PlanningStarted)?;
+            d.out.push(Command::Plan);
+        }
+        Event::PlanRecorded { .. } | Event::AttemptSucceeded { .. } => d.reconcile()?,
+        Event::TimerFired { step } => {
+            if let Some(i) = d.state.step_index(step.as_str()) {
+                d.start_attempt(i)?;
+            }
+            d.reconcile()?;
+        }
+        Event::AttemptFailed { step, attempt, failure, .. } => {
+            d.on_attempt_failed(step, *attempt, failure)?;
+            d.reconcile()?;
+        }
+        _ => {}
+    }
+    Ok(d.out)
+}
+
+/// Commands needed to pick a run up again after it was loaded from its journal: start the steps
+/// that are ready and re-arm the timers of steps waiting to retry. Attempts that were running when
+/// the previous owner stopped are the engine's to report (as failed, class `transient`).
+pub fn resume_commands(state: &mut RunState) -> Result<Vec<Command>, Error> {
+    if state.status.is_terminal() || state.definition.is_none() {
+        return Ok(Vec::new());
+    }
+    let at = state.updated_at_ms;
+    let mut d = Decider { state, at, out: Vec::new() };
+    for i in 0..d.state.steps.len() {
+        let s = &d.state.steps[i];
+        match s.status {
+            StepStatus::Ready => d.start_attempt(i)?,
+            StepStatus::RetryWait => {
+                if let Some(at_ms) = s.not_before_ms {
+                    d.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(d.out)
+}
+
+struct Decider<'a> {
+    state: &'a mut RunState,
+    at: i64,
+    out: Vec<Command>,
+}
+
+impl Decider<'_> {
+    fn record(&mut self, event: Event) -> Result<(), Error> {
+        let env = Envelope { seq: self.state.last_seq + 1, at_ms: self.at, schema: JOURNAL_SCHEMA, event };
+        self.state.apply(&env)?;
+        self.out.push(Command::Record(env));
+        Ok(())
+    }
+
+    fn definition(&self) -> Arc<crate::definition::Definition> {
+        match &self.state.definition {
+            Some(d) => d.clone(),
+            None => Arc::new(crate::definition::Definition {
+                format: 1,
+                name: String::new(),
+                version: 1,
+                description: None,
+                inputs: Default::default(),
+                artifact: None,
+                steps: Vec::new(),
+            }),
+        }
+    }
+
+    /// Variables visible to conditions and templates.
+    fn context(&self) -> Value {
+        let mut steps = Map::new();
+        for (i, s) in self.state.steps.iter().enumerate() {
+            let output = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
+            steps.insert(s.id.to_string(), json!({"output": output, "status": s.status.as_str()}));
+        }
+        json!({
+            "inputs": self.state.inputs,
+            "steps": steps,
+            "run": {"id": self.state.run_id.as_str(), "workflow": self.state.workflow},
+        })
+    }
+
+    fn on_attempt_failed(&mut self, step: &StepId, attempt: u32, failure: &Failure) -> Result<(), Error> {
+        let def = self.definition();
+        let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
+        let policy = def.steps[i].retry;
+        let key = [self.state.run_id.as_str(), step.as_str()];
+        match policy.next_delay(attempt, failure, &key) {
+            Some(delay_ms) => {
+                let not_before_ms = self.at + delay_ms as i64;
+                self.record(Event::RetryScheduled {
+                    step: step.clone(),
+                    next_attempt: attempt + 1,
+                    max_attempts: policy.max_attempts,
+                    delay_ms,
+                    not_before_ms,
+                })?;
+                self.out.push(Command::ArmTimer { step: step.clone(), at_ms: not_before_ms });
+                Ok(())
+            }
+            None => {
+                let mut last = failure.clone();
+                if failure.class.is_retryable() {
+                    last.message = format!("gave up after {attempt} attempts; last error: {}", failure.message);
+                }
+                self.fail_step(i, last)
+            }
+        }
+    }
+
+    /// Records the step's failure and applies its `on_failure` policy.
+    fn fail_step(&mut self, i: usize, failure: Failure) -> Result<(), Error> {
+        let def = self.definition();
+        let step = def.steps[i].id.clone();
+        self.record(Event::StepFailed { step: step.clone(), failure: failure.clone() })?;
+        if def.steps[i].on_failure == OnFailure::Fail {
+            let failure = Failure { message: format!("step '{step}' failed: {}", failure.message), ..failure };
+            self.record(Event::RunFailed { failure, step: Some(step) })?;
+        }
+        Ok(())
+    }
+
+    fn start_attempt(&mut self, i: usize) -> Result<(), Error> {
+        let def = self.definition();
+        let step = &def.steps[i];
+        let input = if step.with.is_null() {
+            Value::Null
+        } else {
+            match template::render(&step.with, &self.context()) {
+                Ok(v) => v,
+                Err(msg) => {
+                    return self.fail_step(i, Failure::new(ErrorClass::Permanent, format!("input does not render: {msg}")));
+                }
+            }
+        };
+        let attempt = self.state.steps[i].attempts + 1;
+        self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input });
+        Ok(())
+    }
+
+    /// Moves every step whose dependencies are settled, then checks whether the run is done.
+    fn reconcile(&mut self) -> Result<(), Error> {
+        let def = self.definition();
+        loop {
+            if self.state.status.is_terminal() {
+                return Ok(());
+            }
+            let mut progressed = false;
+            for (i, step) in def.steps.iter().enumerate() {
+                if self.state.steps[i].status != StepStatus::Pending {
+                    continue;
+                }
+                let mut settled = true;
+                let mut not_completed: Option<(&StepId, StepStatus)> = None;
+                let mut failed: Option<&StepId> = None;
+                for need in &step.needs {
+                    let Some(st) = self.state.step_state(need.as_str()).map(|s| s.status) else { continue };
+                    if !st.is_terminal() {
+                        settled = false;
+                        break;
+                    }
+                    if st != StepStatus::Completed && not_completed.is_none() {
+                        not_completed = Some((need, st));
+                    }
+                    if matches!(st, StepStatus::Failed | StepStatus::Cancelled) && failed.is_none() {
+                        failed = Some(need);
+                    }
+                }
+                if !settled {
+                    continue;
+                }
+                progressed = true;
+                let skip = match step.trigger {
+                    Trigger::AllSucceeded => not_completed
+                        .map(|(dep, st)| format!("dependency '{dep}' is {}", st.as_str().to_lowercase())),
+                    Trigger::NoneFailed => failed.map(|dep| format!("dependency '{dep}' failed")),
+                    Trigger::AllDone => None,
+                };
+                if let Some(reason) = skip {
+                    self.record(Event::StepSkipped { step: step.id.clone(), reason })?;
+                    continue;
+                }
+                if let Some(cond) = &step.when {
+                    let ctx = self.context();
+                    let vars = [("inputs", &ctx["inputs"]), ("steps", &ctx["steps"]), ("run", &ctx["run"])];
+                    match expr::eval_bool(cond, &vars) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            let reason = format!("condition `{cond}` is false");
+                            self.record(Event::StepSkipped { step: step.id.clone(), reason })?;
+                            continue;
+                        }
+                        Err(msg) => {
+                            self.fail_step(i, Failure::new(ErrorClass::Permanent, msg))?;
+                            continue;
+                        }
+                    }
+                }
+                self.record(Event::StepReady { step: step.id.clone() })?;
+                self.start_attempt(i)?;
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.finish_or_wait()
+    }
+
+    fn finish_or_wait(&mut self) -> Result<(), Error> {
+        let steps = &self.state.steps;
+        if self.state.status.is_terminal() {
+            return Ok(());
+        }
+        if steps.iter().all(|s| s.status.is_terminal()) {
+            if let Some(failed) = steps.iter().find(|s| s.status == StepStatus::Failed) {
+                let n = steps.iter().filter(|s| s.status == StepStatus::Failed).count();
+                let done = steps.iter().filter(|s| s.status == StepStatus::Completed).count();
+                let cause = failed.last_failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
+                let failure = Failure {
+                    message: format!(
+                        "{n} step(s) failed ({done} of {} completed; partial results recorded); first: '{}': {}",
+                        steps.len(),
+                        failed.id,
+                        cause.message
+                    ),
+                    ..cause
+                };
+                let step = Some(failed.id.clone());
+                return self.record(Event::RunFailed { failure, step });
+            }
+            let mut output = Map::new();
+            for (i, s) in steps.iter().enumerate() {
+                if s.status == StepStatus::Completed {
+                    let v = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
+                    output.insert(s.id.to_string(), v);
+                }
+            }
+            let value = Value::Object(output);
+            let payload = Payload::of(&value);
+            self.state.add_payload(&payload, value);
+            let output = payload.reference.clone();
+            self.out.push(Command::StorePayload(payload));
+            return self.record(Event::RunCompleted { output });
+        }
+        let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
+        let waiting = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
+        match (self.state.status, active, waiting) {
+            (RunStatus::Executing, false, Some(s)) => {
+                let reason = format!("step '{}' waits to retry", s.id);
+                self.record(Event::RunWaiting { reason })
+            }
+            (RunStatus::Waiting, true, _) => self.record(Event::RunResumed),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a journal disagrees with what the current core would decide.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the journal does not fold: {0}")]
+    Fold(#[from] Error),
+    #[error("divergence at event {seq}: the journal has {recorded}, the core decides {decided}")]
+    Divergence { seq: u64, recorded: String, decided: String },
+}
+
+/// Re-derives a run from its journal with no effects, checking every decided event against what
+/// `decide` produces now. Returns the final state.
+pub fn replay(
+    run_id: RunId,
+    events: &[Envelope],
+    payloads: impl IntoIterator<Item = (String, Arc<Value>)>,
+) -> Result<RunState, ReplayError> {
+    let mut state = RunState::new(run_id);
+    state.payloads.extend(payloads);
+    let mut expected: VecDeque<Envelope> = VecDeque::new();
+    let show = |e: &Envelope| serde_json::to_string(&e.event).unwrap_or_else(|_| e.event.kind().to_string());
+    for env in events {
+        if let Some(exp) = expected.pop_front() {
+            if exp != *env {
+                return Err(ReplayError::Divergence { seq: env.seq, recorded: show(env), decided: show(&exp) });
+            }
+            continue;
+        }
+        if is_decided(&env.event) {
+            return Err(ReplayError::Divergence { seq: env.seq, recorded: show(env), decided: "nothing".into() });
+        }
+        for c in decide(&mut state, env)? {
+            if let Command::Record(e) = c {
+                expected.push_back(e);
+            }
+        }
+    }
+    if let Some(exp) = expected.pop_front() {
+        return Err(ReplayError::Divergence { seq: exp.seq, recorded: "end of journal".into(), decided: show(&exp) });
+    }
+    Ok(state)
+}

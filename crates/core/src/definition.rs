@@ -1,0 +1,141 @@
+//! The compiled workflow definition: what a run executes. Built from YAML/JSON by
+//! [`crate::validate::parse_definition`] (which reports every problem with its location), or by the
+//! planner from the catalog. It is stored as a payload and pinned by the run that executes it, so
+//! editing a file never changes a run in flight.
+
+use crate::ids::StepId;
+use crate::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Version of the definition file format (`cairn: 1` at the top of a file).
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    /// File-format version.
+    pub format: u32,
+    pub name: String,
+    /// Definition version chosen by the author (default 1); a run records which one it ran.
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, InputSpec>,
+    /// File name the CLI writes the run's final output to (`[artifact] PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct InputSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Used when the caller does not give the input. An input without a default is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: StepId,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<StepId>,
+    /// A CEL condition over `inputs` and `steps`; false skips the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Activity input; strings are minijinja templates rendered just before the attempt starts.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub with: Value,
+    /// Fully resolved policy (step override, then `defaults`, then the kind's default).
+    pub retry: RetryPolicy,
+    /// Per-attempt timeout; `None` means the attempt may run as long as it likes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    #[serde(default)]
+    pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inject: Option<Inject>,
+}
+
+/// What a step's final failure does to the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Fail the run at once and cancel what has not finished (default).
+    #[default]
+    Fail,
+    /// Mark the step failed, let independent branches finish; the run then ends FAILED with the
+    /// partial results recorded.
+    Continue,
+}
+
+/// When a step whose `needs` are all settled may run. Skips propagate by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Run only if every dependency completed; a skipped or failed dependency skips this step.
+    #[default]
+    AllSucceeded,
+    /// Run unless a dependency failed; skipped dependencies are fine (joins after a branch).
+    NoneFailed,
+    /// Run once every dependency is settled, whatever happened to it (clean-up, reports).
+    AllDone,
+}
+
+/// Failure injection for one step (demo and tests).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inject {
+    /// The first N attempts fail with `fail_class`.
+    #[serde(default)]
+    pub fail_times: u32,
+    /// Each attempt fails with this probability, decided by a hash of (run, step, attempt).
+    #[serde(default)]
+    pub fail_rate: f64,
+    #[serde(default = "default_fail_class")]
+    pub fail_class: crate::event::ErrorClass,
+    /// Extra latency added to every attempt.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// The attempt never returns on its own (only a timeout ends it).
+    #[serde(default)]
+    pub hang: bool,
+}
+
+impl Default for Inject {
+    fn default() -> Self {
+        Inject { fail_times: 0, fail_rate: 0.0, fail_class: default_fail_class(), delay_ms: 0, hang: false }
+    }
+}
+
+fn default_fail_class() -> crate::event::ErrorClass {
+    crate::event::ErrorClass::Transient
+}
+
+impl Definition {
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.steps.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// Applies defaults to the caller's inputs; returns the names of required inputs left out.
+    pub fn resolve_inputs(&self, given: &serde_json::Map<String, Value>) -> Result<Value, Vec<String>> {
+        let mut out = given.clone();
+        let mut missing = Vec::new();
+        for (name, spec) in &self.inputs {
+            if !out.contains_key(name) {
+                match &spec.default {
+                    Some(v) => {
+                        out.insert(name.clone(), v.clone());
+                    }
+                    None => missing.push(name.clone()),
+                }
+            }
+        }
+        if missing.is_empty() { Ok(Value::Object(out)) } else { Err(missing) }
+    }
+}

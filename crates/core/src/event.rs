@@ -1,0 +1,261 @@
+//! Journal events: the append-only truth of a run. Every projection (run rows, step rows,
+//! progress lines) is derived from these.
+
+use crate::ids::StepId;
+use crate::payload::PayloadRef;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// Version of the event schema written by this binary. Each stored event carries the version it
+/// was written with, so a newer binary can still read (and upcast) an older journal.
+pub const JOURNAL_SCHEMA: u16 = 1;
+
+/// How a failure should be treated. Only `Transient`, `Timeout` and `RateLimited` are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Might work on another try (connection reset, 5xx, an interrupted attempt).
+    Transient,
+    /// The attempt ran past its deadline and was cancelled.
+    Timeout,
+    /// The far side asked us to slow down; honour `retry_after_ms` when given.
+    RateLimited,
+    /// Retrying cannot help (bad input, output over the cap, a condition that does not evaluate).
+    Permanent,
+}
+
+impl ErrorClass {
+    pub const ALL: [ErrorClass; 4] =
+        [ErrorClass::Transient, ErrorClass::Timeout, ErrorClass::RateLimited, ErrorClass::Permanent];
+
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, ErrorClass::Permanent)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure as stored: serialisable, so it survives restarts and replays unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failure {
+    pub class: ErrorClass,
+    pub message: String,
+    /// A hint from the far side (e.g. `Retry-After`); backoff waits at least this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Failure {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Failure { class, message: message.into(), retry_after_ms: None }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+/// Where a run's plan came from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum RunSource {
+    /// A definition file (or inline definition).
+    Definition { path: Option<String> },
+    /// A goal that the planner turned into a plan.
+    Goal { goal: String },
+}
+
+/// Seeded failure injection for a whole run, recorded so a resumed run keeps the same schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Chaos {
+    pub seed: u64,
+    /// Probability that any attempt fails with a transient error.
+    pub rate: f64,
+}
+
+/// Options fixed when the run is created and honoured for its whole life.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<Chaos>,
+    /// Outputs larger than this fail the step permanently.
+    pub max_output_bytes: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { chaos: None, max_output_bytes: 1024 * 1024 }
+    }
+}
+
+/// What the planner decided, recorded once and never recomputed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanInfo {
+    pub goal: String,
+    /// The catalog entries the goal matched, in order.
+    pub matched: Vec<String>,
+}
+
+/// One thing that happened to a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    RunCreated {
+        workflow: String,
+        source: RunSource,
+        inputs: Value,
+        options: RunOptions,
+    },
+    PlanningStarted,
+    /// The definition this run executes, pinned by content hash (its JSON is a payload).
+    PlanRecorded {
+        definition: PayloadRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan: Option<PlanInfo>,
+    },
+    StepReady {
+        step: StepId,
+    },
+    StepSkipped {
+        step: StepId,
+        reason: String,
+    },
+    AttemptStarted {
+        step: StepId,
+        attempt: u32,
+        input: PayloadRef,
+    },
+    AttemptSucceeded {
+        step: StepId,
+        attempt: u32,
+        output: PayloadRef,
+        duration_ms: u64,
+    },
+    AttemptFailed {
+        step: StepId,
+        attempt: u32,
+        failure: Failure,
+        duration_ms: u64,
+    },
+    RetryScheduled {
+        step: StepId,
+        next_attempt: u32,
+        max_attempts: u32,
+        delay_ms: u64,
+        not_before_ms: i64,
+    },
+    TimerFired {
+        step: StepId,
+    },
+    StepFailed {
+        step: StepId,
+        failure: Failure,
+    },
+    StepCancelled {
+        step: StepId,
+    },
+    RunWaiting {
+        reason: String,
+    },
+    RunResumed,
+    RunCompleted {
+        output: PayloadRef,
+    },
+    RunFailed {
+        failure: Failure,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<StepId>,
+    },
+    RunCancelled {
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event's tag as stored in the `type` column.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::RunCreated { .. } => "run_created",
+            Event::PlanningStarted => "planning_started",
+            Event::PlanRecorded { .. } => "plan_recorded",
+            Event::StepReady { .. } => "step_ready",
+            Event::StepSkipped { .. } => "step_skipped",
+            Event::AttemptStarted { .. } => "attempt_started",
+            Event::AttemptSucceeded { .. } => "attempt_succeeded",
+            Event::AttemptFailed { .. } => "attempt_failed",
+            Event::RetryScheduled { .. } => "retry_scheduled",
+            Event::TimerFired { .. } => "timer_fired",
+            Event::StepFailed { .. } => "step_failed",
+            Event::StepCancelled { .. } => "step_cancelled",
+            Event::RunWaiting { .. } => "run_waiting",
+            Event::RunResumed => "run_resumed",
+            Event::RunCompleted { .. } => "run_completed",
+            Event::RunFailed { .. } => "run_failed",
+            Event::RunCancelled { .. } => "run_cancelled",
+        }
+    }
+
+    /// The step this event is about, if any.
+    pub fn step(&self) -> Option<&StepId> {
+        match self {
+            Event::StepReady { step }
+            | Event::StepSkipped { step, .. }
+            | Event::AttemptStarted { step, .. }
+            | Event::AttemptSucceeded { step, .. }
+            | Event::AttemptFailed { step, .. }
+            | Event::RetryScheduled { step, .. }
+            | Event::TimerFired { step }
+            | Event::StepFailed { step, .. }
+            | Event::StepCancelled { step } => Some(step),
+            _ => None,
+        }
+    }
+
+    /// Payloads this event refers to (so stores can link them to the run).
+    pub fn payload(&self) -> Option<&PayloadRef> {
+        match self {
+            Event::PlanRecorded { definition, .. } => Some(definition),
+            Event::AttemptStarted { input, .. } => Some(input),
+            Event::AttemptSucceeded { output, .. } => Some(output),
+            Event::RunCompleted { output } => Some(output),
+            _ => None,
+        }
+    }
+}
+
+/// An event as journaled: its position in the run, when it was recorded, and its schema version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// 1-based position in the run's journal; gap-free.
+    pub seq: u64,
+    /// Unix milliseconds when the engine recorded it. The only clock `decide` ever sees.
+    pub at_ms: i64,
+    #[serde(default = "default_schema")]
+    pub schema: u16,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+fn default_schema() -> u16 {
+    JOURNAL_SCHEMA
+}

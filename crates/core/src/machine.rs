@@ -1,0 +1,305 @@
+//! The run and step state machines as explicit transition tables.
+//!
+//! A transition that is not in a table is an error value ([`InvalidTransition`]), never a silent
+//! overwrite. The tables are data so that a test can walk every (state, input) pair.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! status_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$name> {
+                let upper = s.trim().to_ascii_uppercase();
+                Self::ALL.iter().copied().find(|v| v.as_str() == upper)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+status_enum!(
+    /// Where a run is in its life.
+    RunStatus {
+        Pending => "PENDING",
+        Planning => "PLANNING",
+        Executing => "EXECUTING",
+        Waiting => "WAITING",
+        Completed => "COMPLETED",
+        Failed => "FAILED",
+        Cancelled => "CANCELLED",
+    }
+);
+
+status_enum!(
+    /// Where a step is in its life.
+    StepStatus {
+        Pending => "PENDING",
+        Ready => "READY",
+        Running => "RUNNING",
+        RetryWait => "RETRY_WAIT",
+        Completed => "COMPLETED",
+        Failed => "FAILED",
+        Skipped => "SKIPPED",
+        Cancelled => "CANCELLED",
+    }
+);
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+    }
+}
+
+impl StepStatus {
+    /// Settled: nothing more will happen to this step in this run.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, StepStatus::Completed | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
+    }
+}
+
+/// What moves a run. Every step-level event counts as `StepActivity` for the run machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunInput {
+    PlanningStarted,
+    PlanRecorded,
+    StepActivity,
+    Waiting,
+    Resumed,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunInput {
+    pub const ALL: &'static [RunInput] = &[
+        RunInput::PlanningStarted,
+        RunInput::PlanRecorded,
+        RunInput::StepActivity,
+        RunInput::Waiting,
+        RunInput::Resumed,
+        RunInput::Completed,
+        RunInput::Failed,
+        RunInput::Cancelled,
+    ];
+}
+
+/// What moves a step. `RunEnded` is applied to every unsettled step when the run fails or is
+/// cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepInput {
+    Ready,
+    Skipped,
+    AttemptStarted,
+    AttemptSucceeded,
+    AttemptFailed,
+    RetryScheduled,
+    TimerFired,
+    Failed,
+    RunEnded,
+}
+
+impl StepInput {
+    pub const ALL: &'static [StepInput] = &[
+        StepInput::Ready,
+        StepInput::Skipped,
+        StepInput::AttemptStarted,
+        StepInput::AttemptSucceeded,
+        StepInput::AttemptFailed,
+        StepInput::RetryScheduled,
+        StepInput::TimerFired,
+        StepInput::Failed,
+        StepInput::RunEnded,
+    ];
+}
+
+use RunInput as RI;
+use RunStatus as R;
+
+/// Every legal run transition: (from, input, to). `RunCreated` starts a run in `PENDING` and is
+/// legal only as the first event of a journal.
+pub const RUN_TRANSITIONS: &[(RunStatus, RunInput, RunStatus)] = &[
+    (R::Pending, RI::PlanningStarted, R::Planning),
+    (R::Pending, RI::Failed, R::Failed),
+    (R::Pending, RI::Cancelled, R::Cancelled),
+    (R::Planning, RI::PlanRecorded, R::Executing),
+    (R::Planning, RI::Failed, R::Failed),
+    (R::Planning, RI::Cancelled, R::Cancelled),
+    (R::Executing, RI::StepActivity, R::Executing),
+    (R::Executing, RI::Waiting, R::Waiting),
+    (R::Executing, RI::Completed, R::Completed),
+    (R::Executing, RI::Failed, R::Failed),
+    (R::Executing, RI::Cancelled, R::Cancelled),
+    // A timer fires (and its step becomes ready) while the run waits; `RunResumed` follows.
+    (R::Waiting, RI::StepActivity, R::Waiting),
+    (R::Waiting, RI::Resumed, R::Executing),
+    (R::Waiting, RI::Failed, R::Failed),
+    (R::Waiting, RI::Cancelled, R::Cancelled),
+];
+
+use StepInput as SI;
+use StepStatus as S;
+
+/// Every legal step transition: (from, input, to).
+pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
+    (S::Pending, SI::Ready, S::Ready),
+    (S::Pending, SI::Skipped, S::Skipped),
+    // A `when` that does not evaluate fails the step before it ever runs.
+    (S::Pending, SI::Failed, S::Failed),
+    (S::Pending, SI::RunEnded, S::Cancelled),
+    (S::Ready, SI::AttemptStarted, S::Running),
+    // Its `with` templates do not render.
+    (S::Ready, SI::Failed, S::Failed),
+    (S::Ready, SI::RunEnded, S::Cancelled),
+    (S::Running, SI::AttemptSucceeded, S::Completed),
+    // The attempt is over; decide, in the same commit, either schedules a retry or fails the step.
+    (S::Running, SI::AttemptFailed, S::RetryWait),
+    (S::Running, SI::RunEnded, S::Cancelled),
+    (S::RetryWait, SI::RetryScheduled, S::RetryWait),
+    (S::RetryWait, SI::TimerFired, S::Ready),
+    (S::RetryWait, SI::Failed, S::Failed),
+    (S::RetryWait, SI::RunEnded, S::Cancelled),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition: {machine} in state {from} cannot take {input}")]
+pub struct InvalidTransition {
+    pub machine: &'static str,
+    pub from: String,
+    pub input: String,
+}
+
+pub fn run_transition(from: RunStatus, input: RunInput) -> Result<RunStatus, InvalidTransition> {
+    RUN_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| {
+        InvalidTransition { machine: "run", from: from.to_string(), input: format!("{input:?}") }
+    })
+}
+
+pub fn step_transition(from: StepStatus, input: StepInput) -> Result<StepStatus, InvalidTransition> {
+    STEP_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| {
+        InvalidTransition { machine: "step", from: from.to_string(), input: format!("{input:?}") }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashSet, VecDeque};
+
+    /// The expected behaviour, written independently of the tables: walking every pair checks
+    /// the tables say exactly this and nothing else.
+    fn expected_run(from: RunStatus, input: RunInput) -> Option<RunStatus> {
+        use RunInput::*;
+        if from.is_terminal() {
+            return None;
+        }
+        match (from, input) {
+            (_, Cancelled) => Some(R::Cancelled),
+            (_, Failed) => Some(R::Failed),
+            (R::Pending, PlanningStarted) => Some(R::Planning),
+            (R::Planning, PlanRecorded) => Some(R::Executing),
+            (R::Executing, StepActivity) => Some(R::Executing),
+            (R::Executing, Waiting) => Some(R::Waiting),
+            (R::Executing, Completed) => Some(R::Completed),
+            (R::Waiting, StepActivity) => Some(R::Waiting),
+            (R::Waiting, Resumed) => Some(R::Executing),
+            _ => None,
+        }
+    }
+
+    fn expected_step(from: StepStatus, input: StepInput) -> Option<StepStatus> {
+        use StepInput::*;
+        if from.is_terminal() {
+            return None;
+        }
+        match (from, input) {
+            (_, RunEnded) => Some(S::Cancelled),
+            (S::Pending, Ready) => Some(S::Ready),
+            (S::Pending, Skipped) => Some(S::Skipped),
+            (S::Pending | S::Ready | S::RetryWait, Failed) => Some(S::Failed),
+            (S::Ready, AttemptStarted) => Some(S::Running),
+            (S::Running, AttemptSucceeded) => Some(S::Completed),
+            (S::Running, AttemptFailed) => Some(S::RetryWait),
+            (S::RetryWait, RetryScheduled) => Some(S::RetryWait),
+            (S::RetryWait, TimerFired) => Some(S::Ready),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn every_run_state_and_input_pair() {
+        for &from in RunStatus::ALL {
+            for &input in RunInput::ALL {
+                let got = run_transition(from, input).ok();
+                assert_eq!(got, expected_run(from, input), "run {from} + {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_step_state_and_input_pair() {
+        for &from in StepStatus::ALL {
+            for &input in StepInput::ALL {
+                let got = step_transition(from, input).ok();
+                assert_eq!(got, expected_step(from, input), "step {from} + {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn tables_have_no_duplicate_pairs_and_every_state_can_finish() {
+        let mut seen = HashSet::new();
+        for (f, i, _) in RUN_TRANSITIONS {
+            assert!(seen.insert((f.as_str(), format!("{i:?}"))), "duplicate run pair {f} {i:?}");
+        }
+        let mut seen = HashSet::new();
+        for (f, i, _) in STEP_TRANSITIONS {
+            assert!(seen.insert((f.as_str(), format!("{i:?}"))), "duplicate step pair {f} {i:?}");
+        }
+        // From every state a terminal state is reachable, and every state is reachable from the start.
+        for &start in RunStatus::ALL {
+            let reach = reachable(start, |s| RUN_TRANSITIONS.iter().filter(move |t| t.0 == s).map(|t| t.2));
+            assert!(reach.iter().any(|s| s.is_terminal()), "run {start} cannot finish");
+        }
+        let from_pending = reachable(R::Pending, |s| RUN_TRANSITIONS.iter().filter(move |t| t.0 == s).map(|t| t.2));
+        assert_eq!(from_pending.len(), RunStatus::ALL.len());
+        let from_pending = reachable(S::Pending, |s| STEP_TRANSITIONS.iter().filter(move |t| t.0 == s).map(|t| t.2));
+        assert_eq!(from_pending.len(), StepStatus::ALL.len());
+    }
+
+    fn reachable<T: Copy + Eq + std::hash::Hash, I: Iterator<Item = T>>(start: T, next: impl Fn(T) -> I) -> HashSet<T> {
+        let mut seen = HashSet::from([start]);
+        let mut queue = VecDeque::from([start]);
+        while let Some(s) = queue.pop_front() {
+            for n in next(s) {
+                if seen.insert(n) {
+                    queue.push_back(n);
+                }
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn statuses_parse_case_insensitively() {
+        assert_eq!(RunStatus::parse("executing"), Some(RunStatus::Executing));
+        assert_eq!(StepStatus::parse("RETRY_WAIT"), Some(StepStatus::RetryWait));
+        assert_eq!(StepStatus::parse("nope"), None);
+    }
+}

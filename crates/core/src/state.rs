@@ -1,0 +1,327 @@
+//! A run's state: the fold of its journal. `apply` is the only way state changes, and it changes
+//! it only through the transition tables in [`crate::machine`].
+
+use crate::definition::Definition;
+use crate::event::{Envelope, Event, Failure, PlanInfo, RunOptions, RunSource};
+use crate::ids::{RunId, StepId};
+use crate::machine::{self, InvalidTransition, RunInput, RunStatus, StepInput, StepStatus};
+use crate::payload::{Payload, PayloadRef};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("event {seq} ({kind}): {source}")]
+    Transition { seq: u64, kind: &'static str, source: InvalidTransition },
+    #[error("event {got} is out of order: the journal is at {expected}")]
+    Sequence { expected: u64, got: u64 },
+    #[error("event {seq} ({kind}) names step '{step}', which is not in the plan")]
+    UnknownStep { seq: u64, kind: &'static str, step: String },
+    #[error("event {seq} ({kind}) is for attempt {got} of step '{step}', but the current attempt is {current}")]
+    Attempt { seq: u64, kind: &'static str, step: String, got: u32, current: u32 },
+    #[error("event {seq} ({kind}) came before the run was created/planned")]
+    Premature { seq: u64, kind: &'static str },
+    #[error("payload {hash} is missing")]
+    MissingPayload { hash: String },
+    #[error("the recorded plan is not a valid definition: {0}")]
+    BadDefinition(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StepState {
+    pub id: StepId,
+    pub status: StepStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub first_started_at_ms: Option<i64>,
+    pub attempt_started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// Sum of attempt durations.
+    pub busy_ms: u64,
+    pub last_failure: Option<Failure>,
+    pub not_before_ms: Option<i64>,
+    pub output: Option<PayloadRef>,
+    pub skip_reason: Option<String>,
+}
+
+impl StepState {
+    fn new(id: StepId) -> Self {
+        StepState {
+            id,
+            status: StepStatus::Pending,
+            attempts: 0,
+            first_started_at_ms: None,
+            attempt_started_at_ms: None,
+            finished_at_ms: None,
+            busy_ms: 0,
+            last_failure: None,
+            not_before_ms: None,
+            output: None,
+            skip_reason: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunState {
+    pub run_id: RunId,
+    pub status: RunStatus,
+    pub workflow: String,
+    pub source: Option<RunSource>,
+    pub inputs: Value,
+    pub options: RunOptions,
+    pub definition: Option<Arc<Definition>>,
+    pub definition_ref: Option<PayloadRef>,
+    pub plan: Option<PlanInfo>,
+    /// Parallel to `definition.steps`.
+    pub steps: Vec<StepState>,
+    /// Payload values this run refers to, by hash.
+    pub payloads: BTreeMap<String, Arc<Value>>,
+    pub last_seq: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub failure: Option<Failure>,
+    pub failed_step: Option<StepId>,
+    pub output: Option<PayloadRef>,
+}
+
+impl RunState {
+    /// An empty state for a run about to be created (or loaded).
+    pub fn new(run_id: RunId) -> Self {
+        RunState {
+            run_id,
+            status: RunStatus::Pending,
+            workflow: String::new(),
+            source: None,
+            inputs: Value::Null,
+            options: RunOptions::default(),
+            definition: None,
+            definition_ref: None,
+            plan: None,
+            steps: Vec::new(),
+            payloads: BTreeMap::new(),
+            last_seq: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            finished_at_ms: None,
+            failure: None,
+            failed_step: None,
+            output: None,
+        }
+    }
+
+    /// Rebuilds a run from its journal and payloads.
+    pub fn fold(
+        run_id: RunId,
+        events: &[Envelope],
+        payloads: impl IntoIterator<Item = (String, Arc<Value>)>,
+    ) -> Result<RunState, Error> {
+        let mut state = RunState::new(run_id);
+        state.payloads.extend(payloads);
+        for e in events {
+            state.apply(e)?;
+        }
+        Ok(state)
+    }
+
+    /// Makes a payload's value known to the state (before applying the event that refers to it).
+    pub fn add_payload(&mut self, payload: &Payload, value: Value) {
+        self.payloads.entry(payload.reference.hash.clone()).or_insert_with(|| Arc::new(value));
+    }
+
+    pub fn payload(&self, r: &PayloadRef) -> Option<&Arc<Value>> {
+        self.payloads.get(&r.hash)
+    }
+
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id.as_str() == id)
+    }
+
+    pub fn step_state(&self, id: &str) -> Option<&StepState> {
+        self.steps.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// The step an operator would call "current": the first running, else ready, else waiting one.
+    pub fn current_step(&self) -> Option<&StepId> {
+        for wanted in [StepStatus::Running, StepStatus::Ready, StepStatus::RetryWait] {
+            if let Some(s) = self.steps.iter().find(|s| s.status == wanted) {
+                return Some(&s.id);
+            }
+        }
+        None
+    }
+
+    /// The value of a step's output, if it completed.
+    pub fn output_of(&self, index: usize) -> Option<&Arc<Value>> {
+        self.steps.get(index).and_then(|s| s.output.as_ref()).and_then(|r| self.payloads.get(&r.hash))
+    }
+
+    /// Applies one journaled event. Fails, changing nothing, if the event is illegal here.
+    pub fn apply(&mut self, env: &Envelope) -> Result<(), Error> {
+        let kind = env.event.kind();
+        let seq = env.seq;
+        if seq != self.last_seq + 1 {
+            return Err(Error::Sequence { expected: self.last_seq + 1, got: seq });
+        }
+        let tr = |source| Error::Transition { seq, kind, source };
+        let at = env.at_ms;
+        match &env.event {
+            Event::RunCreated { workflow, source, inputs, options } => {
+                if seq != 1 {
+                    return Err(tr(InvalidTransition {
+                        machine: "run",
+                        from: self.status.to_string(),
+                        input: "RunCreated".into(),
+                    }));
+                }
+                self.workflow = workflow.clone();
+                self.source = Some(source.clone());
+                self.inputs = inputs.clone();
+                self.options = options.clone();
+                self.created_at_ms = at;
+                self.status = RunStatus::Pending;
+            }
+            Event::PlanningStarted => {
+                self.require_created(seq, kind)?;
+                self.status = machine::run_transition(self.status, RunInput::PlanningStarted).map_err(tr)?;
+            }
+            Event::PlanRecorded { definition, plan } => {
+                self.require_created(seq, kind)?;
+                let next = machine::run_transition(self.status, RunInput::PlanRecorded).map_err(tr)?;
+                let value = self
+                    .payloads
+                    .get(&definition.hash)
+                    .ok_or_else(|| Error::MissingPayload { hash: definition.hash.clone() })?;
+                let def: Definition =
+                    serde_json::from_value((**value).clone()).map_err(|e| Error::BadDefinition(e.to_string()))?;
+                self.steps = def.steps.iter().map(|s| StepState::new(s.id.clone())).collect();
+                self.definition = Some(Arc::new(def));
+                self.definition_ref = Some(definition.clone());
+                self.plan = plan.clone();
+                self.status = next;
+            }
+            Event::RunWaiting { .. } => {
+                self.status = machine::run_transition(self.status, RunInput::Waiting).map_err(tr)?;
+            }
+            Event::RunResumed => {
+                self.status = machine::run_transition(self.status, RunInput::Resumed).map_err(tr)?;
+            }
+            Event::RunCompleted { output } => {
+                self.status = machine::run_transition(self.status, RunInput::Completed).map_err(tr)?;
+                self.output = Some(output.clone());
+                self.finished_at_ms = Some(at);
+            }
+            Event::RunFailed { failure, step } => {
+                self.require_created(seq, kind)?;
+                self.status = machine::run_transition(self.status, RunInput::Failed).map_err(tr)?;
+                self.failure = Some(failure.clone());
+                self.failed_step = step.clone();
+                self.end_unsettled_steps(at);
+            }
+            Event::RunCancelled { reason } => {
+                self.require_created(seq, kind)?;
+                self.status = machine::run_transition(self.status, RunInput::Cancelled).map_err(tr)?;
+                if self.failure.is_none() {
+                    self.failure = Some(Failure::new(crate::event::ErrorClass::Permanent, format!("cancelled: {reason}")));
+                }
+                self.end_unsettled_steps(at);
+            }
+            step_event => self.apply_step_event(seq, kind, at, step_event)?,
+        }
+        self.last_seq = seq;
+        self.updated_at_ms = at;
+        Ok(())
+    }
+
+    fn require_created(&self, seq: u64, kind: &'static str) -> Result<(), Error> {
+        if self.last_seq == 0 { Err(Error::Premature { seq, kind }) } else { Ok(()) }
+    }
+
+    fn end_unsettled_steps(&mut self, at: i64) {
+        for s in &mut self.steps {
+            if let Ok(next) = machine::step_transition(s.status, StepInput::RunEnded) {
+                s.status = next;
+                s.finished_at_ms.get_or_insert(at);
+            }
+        }
+    }
+
+    fn apply_step_event(&mut self, seq: u64, kind: &'static str, at: i64, event: &Event) -> Result<(), Error> {
+        let Some(step_id) = event.step() else {
+            return Err(Error::Premature { seq, kind });
+        };
+        if self.definition.is_none() {
+            return Err(Error::Premature { seq, kind });
+        }
+        let run_next = machine::run_transition(self.status, RunInput::StepActivity)
+            .map_err(|source| Error::Transition { seq, kind, source })?;
+        let idx = self
+            .step_index(step_id.as_str())
+            .ok_or_else(|| Error::UnknownStep { seq, kind, step: step_id.to_string() })?;
+        let input = match event {
+            Event::StepReady { .. } => StepInput::Ready,
+            Event::StepSkipped { .. } => StepInput::Skipped,
+            Event::AttemptStarted { .. } => StepInput::AttemptStarted,
+            Event::AttemptSucceeded { .. } => StepInput::AttemptSucceeded,
+            Event::AttemptFailed { .. } => StepInput::AttemptFailed,
+            Event::RetryScheduled { .. } => StepInput::RetryScheduled,
+            Event::TimerFired { .. } => StepInput::TimerFired,
+            Event::StepFailed { .. } => StepInput::Failed,
+            _ => return Err(Error::Premature { seq, kind }),
+        };
+        let step = &mut self.steps[idx];
+        let next = machine::step_transition(step.status, input)
+            .map_err(|source| Error::Transition { seq, kind, source })?;
+        // Attempt fencing: results are accepted only for the attempt that is current.
+        let check_attempt = |got: u32, current: u32| {
+            if got == current {
+                Ok(())
+            } else {
+                Err(Error::Attempt { seq, kind, step: step_id.to_string(), got, current })
+            }
+        };
+        match event {
+            Event::StepSkipped { reason, .. } => {
+                step.skip_reason = Some(reason.clone());
+                step.finished_at_ms = Some(at);
+            }
+            Event::AttemptStarted { attempt, .. } => {
+                check_attempt(*attempt, step.attempts + 1)?;
+                step.attempts = *attempt;
+                step.first_started_at_ms.get_or_insert(at);
+                step.attempt_started_at_ms = Some(at);
+                step.not_before_ms = None;
+            }
+            Event::AttemptSucceeded { attempt, output, duration_ms, .. } => {
+                check_attempt(*attempt, step.attempts)?;
+                if !self.payloads.contains_key(&output.hash) {
+                    return Err(Error::MissingPayload { hash: output.hash.clone() });
+                }
+                step.output = Some(output.clone());
+                step.busy_ms += duration_ms;
+                step.finished_at_ms = Some(at);
+            }
+            Event::AttemptFailed { attempt, failure, duration_ms, .. } => {
+                check_attempt(*attempt, step.attempts)?;
+                step.last_failure = Some(failure.clone());
+                step.busy_ms += duration_ms;
+            }
+            Event::RetryScheduled { next_attempt, not_before_ms, .. } => {
+                check_attempt(*next_attempt, step.attempts + 1)?;
+                step.not_before_ms = Some(*not_before_ms);
+            }
+            Event::StepFailed { failure, .. } => {
+                step.last_failure = Some(failure.clone());
+                step.finished_at_ms = Some(at);
+                step.not_before_ms = None;
+            }
+            _ => {}
+        }
+        step.status = next;
+        self.status = run_next;
+        Ok(())
+    }
+}

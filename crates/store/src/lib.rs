@@ -1,0 +1,97 @@
+//! Storage for Cairn: the [`Store`] trait every backend implements, the rows it keeps, and the
+//! embedded SQLite backend.
+//!
+//! **Invariant: a run's journal events and its projection rows (run, steps, logs, payloads) are
+//! written in one transaction, and only if the run's journal is still where the writer last saw
+//! it and the writer still owns the run.** That check (`last_seq` + `owner`) is what lets many
+//! processes share one database without two deciders overwriting each other.
+
+mod rows;
+pub mod sqlite;
+
+pub use rows::{LogLine, RunRow, RunWrite, StepRow, StoredEvent};
+pub use sqlite::{Durability, SqliteStore};
+
+use cairn_core::{Envelope, RunId};
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path} is not a Cairn database ({detail}); point --db at a new file or at a database cairn created")]
+    NotOurs { path: String, detail: String },
+    #[error("{path} is locked by another process (waited {waited_ms} ms); stop the other writer or use another --db")]
+    Locked { path: String, waited_ms: u64 },
+    #[error("{path} was written by a newer cairn (schema {found}, this binary knows up to {known}); upgrade cairn")]
+    NewerSchema { path: String, found: i64, known: i64 },
+    #[error("cannot open {path}: {detail}")]
+    Open { path: String, detail: String },
+    #[error("run {run_id} was changed by someone else (expected journal position {expected}); reload it")]
+    Conflict { run_id: String, expected: u64 },
+    #[error("no run with id {0}; `cairn runs list` shows the runs in this database")]
+    NotFound(String),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl Error {
+    /// Worth trying again later (lock contention, a lost race), as opposed to a hard failure.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Locked { .. } | Error::Conflict { .. })
+    }
+}
+
+/// A run as loaded for resuming or replaying.
+#[derive(Debug, Clone)]
+pub struct LoadedRun {
+    pub run: RunRow,
+    pub events: Vec<Envelope>,
+    pub payloads: Vec<(String, Arc<Value>)>,
+}
+
+/// Filters for listing runs; newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    pub status: Option<String>,
+    pub workflow: Option<String>,
+    pub limit: usize,
+}
+
+/// A request to take over runs that nobody is driving.
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    pub now_ms: i64,
+    pub lease_until_ms: i64,
+    /// Only this run (its lease must still be free to take).
+    pub only: Option<&'a RunId>,
+    /// True for an owner that is known to be gone (e.g. a dead process on this host), so its
+    /// runs can be taken before the lease expires.
+    pub owner_is_dead: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// What the engine needs from a database. Implemented by SQLite (embedded default) and, later,
+/// PostgreSQL; the conformance tests run against each.
+pub trait Store: Send + Sync + 'static {
+    /// Appends events and updates projections atomically; fails with `Conflict` if the run moved
+    /// on or changed owner since `write.expected_seq`.
+    fn commit(&self, write: RunWrite) -> impl Future<Output = Result<(), Error>> + Send;
+    fn load_run(&self, id: &RunId) -> impl Future<Output = Result<LoadedRun, Error>> + Send;
+    /// Takes over unfinished runs whose lease expired or whose owner is gone; returns their ids.
+    fn claim_runs(&self, claim: Claim<'_>) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
+    /// Extends the lease on every unfinished run this owner holds.
+    fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Gives up this owner's leases at once (clean shutdown), so another process can resume.
+    fn release(&self, owner: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+    fn list_runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<RunRow>, Error>> + Send;
+    fn get_run(&self, id: &RunId) -> impl Future<Output = Result<RunRow, Error>> + Send;
+    fn steps(&self, id: &RunId) -> impl Future<Output = Result<Vec<StepRow>, Error>> + Send;
+    fn events(&self, id: &RunId) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
+    fn logs(&self, id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<LogLine>, Error>> + Send;
+    fn payload(&self, hash: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+    fn describe(&self) -> String;
+}

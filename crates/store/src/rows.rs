@@ -1,0 +1,155 @@
+//! The rows a store keeps: projections of a run's state, written with its events.
+
+use cairn_core::payload::Payload;
+use cairn_core::state::RunState;
+use cairn_core::{Envelope, RunId};
+use serde::Serialize;
+
+/// One event, serialized off the writer's thread.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub at_ms: i64,
+    pub kind: &'static str,
+    pub schema: u16,
+    pub step: Option<String>,
+    /// The event as JSON (tagged by `type`).
+    pub body: String,
+}
+
+impl StoredEvent {
+    pub fn from_envelope(env: &Envelope) -> StoredEvent {
+        StoredEvent {
+            seq: env.seq,
+            at_ms: env.at_ms,
+            kind: env.event.kind(),
+            schema: env.schema,
+            step: env.event.step().map(|s| s.to_string()),
+            body: serde_json::to_string(&env.event).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}
+
+/// The queryable row of a run.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub workflow: String,
+    pub definition_version: Option<u32>,
+    pub status: String,
+    pub goal: Option<String>,
+    pub current_step: Option<String>,
+    pub failure_class: Option<String>,
+    pub failure_message: Option<String>,
+    pub failed_step: Option<String>,
+    pub last_seq: u64,
+    pub owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    pub definition_hash: Option<String>,
+    pub output_hash: Option<String>,
+    pub artifact: Option<String>,
+}
+
+impl RunRow {
+    pub fn from_state(state: &RunState) -> RunRow {
+        let goal = match &state.source {
+            Some(cairn_core::event::RunSource::Goal { goal }) => Some(goal.clone()),
+            _ => None,
+        };
+        RunRow {
+            id: state.run_id.to_string(),
+            workflow: state.workflow.clone(),
+            definition_version: state.definition.as_ref().map(|d| d.version),
+            status: state.status.as_str().to_string(),
+            goal,
+            current_step: state.current_step().map(|s| s.to_string()),
+            failure_class: state.failure.as_ref().map(|f| f.class.as_str().to_string()),
+            failure_message: state.failure.as_ref().map(|f| f.message.clone()),
+            failed_step: state.failed_step.as_ref().map(|s| s.to_string()),
+            last_seq: state.last_seq,
+            owner: None,
+            lease_expires_at_ms: None,
+            created_at_ms: state.created_at_ms,
+            updated_at_ms: state.updated_at_ms,
+            finished_at_ms: state.finished_at_ms,
+            definition_hash: state.definition_ref.as_ref().map(|r| r.hash.clone()),
+            output_hash: state.output.as_ref().map(|r| r.hash.clone()),
+            artifact: state.definition.as_ref().and_then(|d| d.artifact.clone()),
+        }
+    }
+}
+
+/// The queryable row of a step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepRow {
+    pub step_id: String,
+    pub position: u32,
+    pub kind: String,
+    pub status: String,
+    pub attempts: u32,
+    pub not_before_ms: Option<i64>,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub busy_ms: u64,
+    pub error_class: Option<String>,
+    pub error_message: Option<String>,
+    pub output_hash: Option<String>,
+    pub skip_reason: Option<String>,
+}
+
+impl StepRow {
+    /// Step rows for the given positions (or all steps when `only` is None).
+    pub fn from_state(state: &RunState, only: Option<&[usize]>) -> Vec<StepRow> {
+        let Some(def) = &state.definition else { return Vec::new() };
+        let make = |i: usize| {
+            let s = &state.steps[i];
+            StepRow {
+                step_id: s.id.to_string(),
+                position: i as u32,
+                kind: def.steps[i].kind.clone(),
+                status: s.status.as_str().to_string(),
+                attempts: s.attempts,
+                not_before_ms: s.not_before_ms,
+                started_at_ms: s.first_started_at_ms,
+                finished_at_ms: s.finished_at_ms,
+                busy_ms: s.busy_ms,
+                error_class: s.last_failure.as_ref().map(|f| f.class.as_str().to_string()),
+                error_message: s.last_failure.as_ref().map(|f| f.message.clone()),
+                output_hash: s.output.as_ref().map(|r| r.hash.clone()),
+                skip_reason: s.skip_reason.clone(),
+            }
+        };
+        match only {
+            Some(idx) => idx.iter().copied().filter(|&i| i < state.steps.len()).map(make).collect(),
+            None => (0..state.steps.len()).map(make).collect(),
+        }
+    }
+}
+
+/// A per-attempt log line.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LogLine {
+    pub step_id: String,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub level: String,
+    pub message: String,
+}
+
+/// Everything one commit writes for one run.
+#[derive(Debug, Clone)]
+pub struct RunWrite {
+    pub run_id: RunId,
+    /// The journal position the writer built on; 0 creates the run.
+    pub expected_seq: u64,
+    pub owner: String,
+    pub lease_until_ms: i64,
+    pub events: Vec<StoredEvent>,
+    pub payloads: Vec<Payload>,
+    pub run: RunRow,
+    pub steps: Vec<StepRow>,
+    pub logs: Vec<LogLine>,
+}
