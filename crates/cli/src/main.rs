@@ -1,1 +1,152 @@
-fn main(){}
+//! `cairn`: the command-line face of Cairn. Thin: it parses arguments, opens the store, and
+//! hands work to the engine; everything durable happens in the library crates.
+//!
+//! Exit codes: 0 success · 1 the run failed or was cancelled · 2 bad usage or bad input
+//! (flags, files, definitions, unknown ids) · 3 environment (database locked, not ours,
+//! unreadable) · 130 interrupted (the run stays resumable).
+
+mod bench;
+mod inspect;
+mod output;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An error with the exit code it deserves.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { code: 2, message: message.into() }
+    }
+    pub fn env(message: impl Into<String>) -> Self {
+        CliError { code: 3, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError { code: 1, message: message.into() }
+    }
+}
+
+impl From<cairn_store::Error> for CliError {
+    fn from(e: cairn_store::Error) -> Self {
+        match e {
+            cairn_store::Error::NotFound(_) => CliError::usage(e.to_string()),
+            _ => CliError::env(e.to_string()),
+        }
+    }
+}
+
+impl From<cairn_engine::Error> for CliError {
+    fn from(e: cairn_engine::Error) -> Self {
+        match e {
+            cairn_engine::Error::Store(s) => s.into(),
+            cairn_engine::Error::Invalid(_) | cairn_engine::Error::Owned(_) => CliError::usage(e.to_string()),
+            _ => CliError::env(e.to_string()),
+        }
+    }
+}
+
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+#[derive(Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Durable execution for AI-agent workflows: every step journaled, every crash resumable.",
+    after_help = "Examples:\n  cairn run --goal \"generate summary and send email\"\n  cairn run examples/summary_email.yaml --input topic=otters\n  cairn runs list\n  cairn resume"
+)]
+struct Cli {
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// SQLite database file.
+    #[arg(long, global = true, env = "CAIRN_DB", default_value = "cairn.db")]
+    pub db: PathBuf,
+    /// `full`: a finished commit survives power loss (synchronous=FULL); `normal`: it survives a
+    /// process crash but maybe not power loss.
+    #[arg(long, global = true, env = "CAIRN_DURABILITY", default_value = "full")]
+    pub durability: String,
+}
+
+impl DbArgs {
+    pub fn open(&self) -> CliResult<cairn_store::SqliteStore> {
+        let durability = cairn_store::Durability::parse(&self.durability).ok_or_else(|| {
+            CliError::usage(format!("--durability '{}' is not known: use full or normal", self.durability))
+        })?;
+        Ok(cairn_store::SqliteStore::open(&self.db, durability)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workflow file, or a goal the planner turns into a plan, and follow it to the end.
+    #[command(after_help = "Examples:\n  cairn run --goal \"vendor onboarding review\"\n  cairn run examples/parallel_retry.yaml --chaos seed=7,rate=0.3")]
+    Run(run::RunArgs),
+    /// Check workflow files and report every problem with file, line and column.
+    #[command(after_help = "Example:\n  cairn validate examples/*.yaml")]
+    Validate {
+        /// Definition files (YAML or JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Show the plan a goal would get, without running it.
+    #[command(after_help = "Examples:\n  cairn plan --goal \"generate summary and send email\"\n  cairn plan --list")]
+    Plan(run::PlanArgs),
+    /// Inspect runs.
+    Runs {
+        #[command(subcommand)]
+        command: inspect::RunsCommand,
+    },
+    /// Export a run's full transition history (JSON, or JSON Lines).
+    #[command(after_help = "Example:\n  cairn export wf_01J... --format jsonl > run.jsonl")]
+    Export(inspect::ExportArgs),
+    /// Continue interrupted runs (all of them, or one).
+    #[command(after_help = "Examples:\n  cairn resume\n  cairn resume wf_01J...")]
+    Resume(run::ResumeArgs),
+    /// Measure throughput and latency of no-op workflows on a real SQLite file.
+    #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(&cli.db, args).await,
+            Command::Validate { files } => run::validate(&files),
+            Command::Plan(args) => run::plan(args),
+            Command::Runs { command } => inspect::runs(&cli.db, command).await,
+            Command::Export(args) => inspect::export(&cli.db, args).await,
+            Command::Resume(args) => run::resume(&cli.db, args).await,
+            Command::Bench(args) => bench::bench(args).await,
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("error: {}", e.message);
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}

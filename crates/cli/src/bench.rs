@@ -1,0 +1,216 @@
+//! `cairn bench`: no-op workflows of 3 and 10 steps on a real SQLite file, sequentially and with
+//! many in flight. Reports workflows/s and p50/p99 latency per workflow and per step.
+//! Per-step latency is the time between consecutive step completions of one run as seen by the
+//! engine after commit (so it includes the durable commit), not the activity's own time.
+
+use crate::{CliError, CliResult};
+use cairn_core::definition::{Definition, OnFailure, Step, Trigger};
+use cairn_core::event::{Event, RunOptions, RunSource};
+use cairn_core::{RunId, StepId, kinds};
+use cairn_engine::{Engine, EngineConfig, NewRun, Notice};
+use cairn_store::{Durability, SqliteStore};
+use clap::Args;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Workflows per in-flight scenario.
+    #[arg(long, default_value_t = 2_000)]
+    pub workflows: usize,
+    /// Workflows per sequential scenario.
+    #[arg(long, default_value_t = 300)]
+    pub sequential: usize,
+    /// Workflows in flight for the concurrent scenarios.
+    #[arg(long, default_value_t = 50)]
+    pub in_flight: usize,
+    /// Database file (default: a fresh file in a temporary directory, removed afterwards).
+    #[arg(long = "bench-db")]
+    pub bench_db: Option<PathBuf>,
+    /// Print results as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn chain(steps: usize) -> Definition {
+    let spec = kinds::lookup("noop").map(|k| k.retry);
+    let retry = spec.unwrap_or(cairn_core::retry::RetryPolicy {
+        max_attempts: 3,
+        initial_delay_ms: 100,
+        multiplier: 2.0,
+        max_delay_ms: 5000,
+        jitter: 0.2,
+    });
+    Definition {
+        format: 1,
+        name: format!("bench-noop-{steps}"),
+        version: 1,
+        description: None,
+        inputs: Default::default(),
+        artifact: None,
+        steps: (0..steps)
+            .map(|i| Step {
+                id: StepId::new(format!("s{i}")),
+                kind: "noop".into(),
+                needs: if i == 0 { vec![] } else { vec![StepId::new(format!("s{}", i - 1))] },
+                when: None,
+                with: Value::Null,
+                retry,
+                timeout_ms: Some(60_000),
+                on_failure: OnFailure::Fail,
+                trigger: Trigger::AllSucceeded,
+                inject: None,
+            })
+            .collect(),
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+type StepClock = Arc<Mutex<(HashMap<RunId, Instant>, Vec<f64>)>>;
+
+async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight: usize) -> CliResult<Value> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
+    let clock: StepClock = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
+    let watcher = {
+        let clock = clock.clone();
+        tokio::spawn(async move {
+            while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+                let now = Instant::now();
+                let Ok(mut guard) = clock.lock() else { return };
+                let (last, samples) = &mut *guard;
+                for e in &events {
+                    match e.event {
+                        Event::RunCreated { .. } => {
+                            last.insert(run_id.clone(), now);
+                        }
+                        Event::AttemptSucceeded { .. } => {
+                            if let Some(t) = last.insert(run_id.clone(), now) {
+                                samples.push(now.duration_since(t).as_secs_f64() * 1000.0);
+                            }
+                        }
+                        Event::RunCompleted { .. } => {
+                            last.remove(&run_id);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        })
+    };
+    let mut config = EngineConfig::new(cairn_engine::owner_id());
+    config.concurrency = (in_flight * 2).max(4);
+    let engine = Engine::new(store, config, Some(tx));
+    let definition = chain(steps);
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
+        let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::env(e.to_string()))?;
+        let engine = engine.clone();
+        let definition = definition.clone();
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let t0 = Instant::now();
+            let new = NewRun {
+                definition,
+                source: RunSource::Definition { path: None },
+                plan: None,
+                inputs: json!({}),
+                options: RunOptions::default(),
+            };
+            let handle = engine.start(cairn_engine::new_run_id(), new).await?;
+            let outcome = handle.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;
+            if outcome.status != cairn_core::RunStatus::Completed {
+                return Err(cairn_engine::Error::Invalid(format!("bench run ended {}", outcome.status)));
+            }
+            if let Ok(mut l) = latencies.lock() {
+                l.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<(), cairn_engine::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| CliError::env(e.to_string()))??;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    drop(engine);
+    let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
+    let mut wf = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+    let mut st = clock.lock().map(|c| c.1.clone()).unwrap_or_default();
+    wf.sort_by(f64::total_cmp);
+    st.sort_by(f64::total_cmp);
+    Ok(json!({
+        "steps": steps,
+        "in_flight": in_flight,
+        "workflows": total,
+        "seconds": elapsed,
+        "workflows_per_s": total as f64 / elapsed,
+        "steps_per_s": (total * steps) as f64 / elapsed,
+        "workflow_p50_ms": pct(&wf, 0.5),
+        "workflow_p99_ms": pct(&wf, 0.99),
+        "step_p50_ms": pct(&st, 0.5),
+        "step_p99_ms": pct(&st, 0.99),
+    }))
+}
+
+pub async fn bench(args: BenchArgs) -> CliResult {
+    let tmp = std::env::temp_dir().join(format!("cairn-bench-{}", std::process::id()));
+    let path = match &args.bench_db {
+        Some(p) => p.clone(),
+        None => {
+            std::fs::create_dir_all(&tmp).map_err(|e| CliError::env(format!("cannot create {}: {e}", tmp.display())))?;
+            tmp.join("bench.db")
+        }
+    };
+    let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
+    eprintln!("cairn bench: {}", cairn_store::Store::describe(&*store));
+    eprintln!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    // Warm up (page cache, prepared statements).
+    scenario(store.clone(), 3, 50.min(args.workflows), 10).await?;
+    let mut results = Vec::new();
+    for (steps, in_flight, total) in [
+        (3, 1, args.sequential),
+        (10, 1, args.sequential),
+        (3, args.in_flight, args.workflows),
+        (10, args.in_flight, args.workflows),
+    ] {
+        if total == 0 {
+            continue;
+        }
+        let r = scenario(store.clone(), steps, total, in_flight.max(1)).await?;
+        if args.json {
+            println!("{r}");
+        } else {
+            println!(
+                "{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms",
+                steps,
+                in_flight,
+                r["workflows_per_s"].as_f64().unwrap_or(0.0),
+                r["steps_per_s"].as_f64().unwrap_or(0.0),
+                r["workflow_p50_ms"].as_f64().unwrap_or(0.0),
+                r["workflow_p99_ms"].as_f64().unwrap_or(0.0),
+                r["step_p50_ms"].as_f64().unwrap_or(0.0),
+                r["step_p99_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
+        results.push(r);
+    }
+    drop(store);
+    if args.bench_db.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! `cairn runs …` and `cairn export`: read-only views of the journal and its projections.
+
+use crate::output::{table, timestamp};
+use crate::{CliError, CliResult, DbArgs};
+use cairn_core::RunId;
+use cairn_core::duration::format_ms;
+use cairn_store::{RunQuery, Store};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Map, Value, json};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    #[command(after_help = "Example:\n  cairn runs list --status FAILED")]
+    List {
+        /// Only runs in this state (PENDING, EXECUTING, WAITING, COMPLETED, FAILED, ...).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run and a table of its steps: state, attempts, duration, last error.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The run's journal, one event per line.
+    Events {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-attempt log lines.
+    Logs {
+        id: String,
+        #[arg(long)]
+        step: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Json,
+    Jsonl,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    pub id: String,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: Format,
+    /// Write to this file instead of stdout.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+fn run_id(s: &str) -> CliResult<RunId> {
+    RunId::parse(s).map_err(CliError::usage)
+}
+
+fn open_existing(db: &DbArgs) -> CliResult<cairn_store::SqliteStore> {
+    if !db.db.exists() {
+        return Err(CliError::usage(format!(
+            "no database at {} (nothing has run here yet; pass --db or set CAIRN_DB)",
+            db.db.display()
+        )));
+    }
+    db.open()
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
+    let store = open_existing(db)?;
+    match command {
+        RunsCommand::List { status, workflow, limit, json } => {
+            let status = status
+                .map(|s| {
+                    cairn_core::RunStatus::parse(&s).map(|s| s.as_str().to_string()).ok_or_else(|| {
+                        CliError::usage(format!(
+                            "--status '{s}' is not a run state; use one of {}",
+                            cairn_core::RunStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                        ))
+                    })
+                })
+                .transpose()?;
+            let rows = store.list_runs(RunQuery { status, workflow, limit }).await?;
+            if json {
+                print_json(&rows);
+                return Ok(());
+            }
+            let body: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.id.clone(),
+                        r.status.clone(),
+                        r.workflow.clone(),
+                        r.current_step.clone().unwrap_or_else(|| "-".into()),
+                        timestamp(r.created_at_ms),
+                        r.finished_at_ms.map(|f| format_ms((f - r.created_at_ms).max(0) as u64)).unwrap_or_else(|| "-".into()),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"], &body));
+        }
+        RunsCommand::Show { id, json } => {
+            let id = run_id(&id)?;
+            let run = store.get_run(&id).await?;
+            let steps = store.steps(&id).await?;
+            if json {
+                print_json(&json!({"run": run, "steps": steps}));
+                return Ok(());
+            }
+            println!("run       {}", run.id);
+            println!(
+                "workflow  {}{}",
+                run.workflow,
+                run.definition_version.map(|v| format!(" v{v}")).unwrap_or_default()
+            );
+            if let Some(goal) = &run.goal {
+                println!("goal      {goal}");
+            }
+            println!("state     {}", run.status);
+            println!("created   {}", timestamp(run.created_at_ms));
+            if let Some(f) = run.finished_at_ms {
+                println!("finished  {} ({})", timestamp(f), format_ms((f - run.created_at_ms).max(0) as u64));
+            }
+            if let Some(msg) = &run.failure_message {
+                println!("failure   {}: {msg}", run.failure_class.as_deref().unwrap_or("error"));
+            }
+            println!();
+            let body: Vec<Vec<String>> = steps
+                .iter()
+                .map(|s| {
+                    let duration = match (s.started_at_ms, s.finished_at_ms) {
+                        (Some(a), Some(b)) => format_ms((b - a).max(0) as u64),
+                        _ => "-".into(),
+                    };
+                    let error = match (&s.error_class, &s.error_message, &s.skip_reason) {
+                        (Some(c), Some(m), _) => format!("{c}: {m}"),
+                        (_, _, Some(skip)) => format!("skipped: {skip}"),
+                        _ => "-".into(),
+                    };
+                    vec![s.step_id.clone(), s.status.clone(), s.attempts.to_string(), duration, error]
+                })
+                .collect();
+            print!("{}", table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body));
+        }
+        RunsCommand::Events { id, json } => {
+            let events = store.events(&run_id(&id)?).await?;
+            let mut out = std::io::stdout().lock();
+            for e in events {
+                let line = if json {
+                    serde_json::to_string(&e).unwrap_or_default()
+                } else {
+                    let body = serde_json::to_value(&e.event).unwrap_or(Value::Null);
+                    let mut fields = body.as_object().cloned().unwrap_or_default();
+                    fields.remove("type");
+                    format!("{:>4} {} {:<18} {}", e.seq, timestamp(e.at_ms), e.event.kind(), Value::Object(fields))
+                };
+                if writeln!(out, "{line}").is_err() {
+                    break;
+                }
+            }
+        }
+        RunsCommand::Logs { id, step } => {
+            for l in store.logs(&run_id(&id)?, step.as_deref()).await? {
+                println!("{} {} #{} {:<5} {}", timestamp(l.at_ms), l.step_id, l.attempt, l.level, l.message);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The export document: everything needed to replay the run on another machine.
+pub async fn export_document(store: &impl Store, id: &RunId) -> CliResult<Value> {
+    let loaded = store.load_run(id).await?;
+    let steps = store.steps(id).await?;
+    let payloads: Map<String, Value> = loaded.payloads.iter().map(|(h, v)| (h.clone(), (**v).clone())).collect();
+    Ok(json!({
+        "format": "cairn.run-export",
+        "format_version": 1,
+        "journal_schema": cairn_core::JOURNAL_SCHEMA,
+        "run": loaded.run,
+        "steps": steps,
+        "events": loaded.events,
+        "payloads": payloads,
+    }))
+}
+
+pub async fn export(db: &DbArgs, args: ExportArgs) -> CliResult {
+    let store = open_existing(db)?;
+    let id = run_id(&args.id)?;
+    let text = match args.format {
+        Format::Json => serde_json::to_string_pretty(&export_document(&store, &id).await?).unwrap_or_default() + "\n",
+        Format::Jsonl => {
+            let mut text = String::new();
+            for e in store.events(&id).await? {
+                let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+                v["run_id"] = Value::String(id.to_string());
+                text.push_str(&serde_json::to_string(&v).unwrap_or_default());
+                text.push('\n');
+            }
+            text
+        }
+    };
+    match args.output {
+        Some(path) => std::fs::write(&path, text)
+            .map_err(|e| CliError::env(format!("cannot write {}: {e}", path.display())))?,
+        None => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        }
+    }
+    Ok(())
+}

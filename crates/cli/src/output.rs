@@ -1,0 +1,157 @@
+//! Terminal output: progress lines, colour (only on a terminal, never with NO_COLOR), tables and
+//! timestamps.
+
+use cairn_core::duration::format_ms;
+use cairn_core::{Envelope, Event, RunId};
+use cairn_engine::Notice;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use tokio::sync::mpsc;
+
+pub fn colour_enabled() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+pub struct Paint(pub bool);
+
+impl Paint {
+    fn wrap(&self, code: &str, s: &str) -> String {
+        if self.0 { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    }
+    pub fn green(&self, s: &str) -> String {
+        self.wrap("32", s)
+    }
+    pub fn red(&self, s: &str) -> String {
+        self.wrap("31", s)
+    }
+    pub fn yellow(&self, s: &str) -> String {
+        self.wrap("33", s)
+    }
+    pub fn dim(&self, s: &str) -> String {
+        self.wrap("2", s)
+    }
+}
+
+/// Prints `[workflow] …` / `[step] …` lines for committed events until the channel closes.
+pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>) {
+    let paint = Paint(colour_enabled());
+    let mut started: HashMap<RunId, i64> = HashMap::new();
+    let mut last_failure: HashMap<(RunId, String), cairn_core::Failure> = HashMap::new();
+    while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+        for env in &events {
+            if let Some(line) = progress_line(&paint, &run_id, env, &mut started, &mut last_failure) {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn progress_line(
+    paint: &Paint,
+    run_id: &RunId,
+    env: &Envelope,
+    started: &mut HashMap<RunId, i64>,
+    last_failure: &mut HashMap<(RunId, String), cairn_core::Failure>,
+) -> Option<String> {
+    let since = |started: &HashMap<RunId, i64>| {
+        started.get(run_id).map(|t| format_ms((env.at_ms - t).max(0) as u64)).unwrap_or_default()
+    };
+    match &env.event {
+        Event::RunCreated { workflow, .. } => {
+            started.insert(run_id.clone(), env.at_ms);
+            Some(format!("[workflow] id={run_id} started ({workflow})"))
+        }
+        Event::PlanRecorded { plan: Some(plan), .. } => {
+            Some(format!("[plan] goal \"{}\" -> {}", plan.goal, plan.matched.join(" -> ")))
+        }
+        Event::AttemptSucceeded { step, attempt, duration_ms, .. } => {
+            let on = if *attempt > 1 { format!(" on attempt {attempt}") } else { String::new() };
+            Some(format!("[step] {step}={}{on} ({duration_ms} ms)", paint.green("ok")))
+        }
+        Event::AttemptFailed { step, failure, .. } => {
+            last_failure.insert((run_id.clone(), step.to_string()), failure.clone());
+            None
+        }
+        Event::RetryScheduled { step, next_attempt, max_attempts, delay_ms, .. } => {
+            let f = last_failure.get(&(run_id.clone(), step.to_string()));
+            let class = f.map(|f| f.class.as_str()).unwrap_or("transient");
+            let msg = f.map(|f| f.message.as_str()).unwrap_or("");
+            Some(format!(
+                "[step] {step}={} retry {next_attempt}/{max_attempts} in {}: {}",
+                paint.yellow(&format!("failed({class})")),
+                format_ms(*delay_ms),
+                paint.dim(msg)
+            ))
+        }
+        Event::StepFailed { step, failure } => {
+            Some(format!("[step] {step}={}: {}", paint.red(&format!("failed({})", failure.class)), failure.message))
+        }
+        Event::StepSkipped { step, reason } => Some(format!("[step] {step}=skipped ({reason})")),
+        Event::RunWaiting { reason } => Some(format!("[workflow] waiting: {reason}")),
+        Event::RunCompleted { .. } => Some(format!("[workflow] {} in {}", paint.green("completed"), since(started))),
+        Event::RunFailed { failure, .. } => {
+            Some(format!("[workflow] {} after {}: {}", paint.red("failed"), since(started), failure.message))
+        }
+        Event::RunCancelled { reason } => Some(format!("[workflow] cancelled: {reason}")),
+        _ => None,
+    }
+}
+
+/// `2026-11-21T17:01:04.123Z` from unix milliseconds.
+pub fn timestamp(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+}
+
+/// A plain left-aligned table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let n = cells.len();
+        for (i, c) in cells.into_iter().enumerate() {
+            if i + 1 == n {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_timestamps() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(1_795_280_464_123), "2026-11-21T17:01:04.123Z");
+    }
+}

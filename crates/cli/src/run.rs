@@ -1,0 +1,328 @@
+//! `cairn run`, `cairn resume`, `cairn validate`, `cairn plan`.
+
+use crate::output::{self, Paint};
+use crate::{CliError, CliResult, DbArgs};
+use cairn_core::catalog::Catalog;
+use cairn_core::event::{Chaos, PlanInfo, RunOptions, RunSource};
+use cairn_core::{Definition, RunId, RunStatus};
+use cairn_engine::{Engine, EngineConfig, NewRun, RunOutcome};
+use cairn_store::SqliteStore;
+use clap::Args;
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Workflow definition (YAML or JSON). Omit it and give --goal instead.
+    pub file: Option<PathBuf>,
+    /// A goal for the planner, e.g. "generate summary and send email".
+    #[arg(long, conflicts_with = "file")]
+    pub goal: Option<String>,
+    /// An input, `name=value` (value parsed as JSON if it can be, else a string). Repeatable.
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+    /// Extra step templates for the planner (YAML), on top of the built-in catalog.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// Seeded failure injection for every attempt: `seed=42,rate=0.2`.
+    #[arg(long)]
+    pub chaos: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Outputs larger than this many bytes fail their step permanently.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_output_bytes: u64,
+    /// Where to write the final output (overrides the definition's `artifact`).
+    #[arg(long)]
+    pub artifact: Option<PathBuf>,
+    /// Print the outcome as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct EngineArgs {
+    /// Activities allowed to run at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Lease length in ms: how long another process waits before taking over a run whose owner
+    /// stopped heartbeating (a dead process on this host is detected at once).
+    #[arg(long, default_value_t = 30_000)]
+    pub lease_ms: u64,
+}
+
+impl EngineArgs {
+    fn config(&self) -> EngineConfig {
+        let mut config = EngineConfig::new(cairn_engine::owner_id());
+        config.concurrency = self.concurrency.max(1);
+        config.lease_ms = self.lease_ms.max(1_000);
+        config.hold_after_activity = std::env::var("CAIRN_TEST_HOLD_AFTER_ACTIVITY").ok();
+        config
+    }
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    #[arg(long, required_unless_present = "list")]
+    pub goal: Option<String>,
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    /// List what the catalog can plan.
+    #[arg(long)]
+    pub list: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ResumeArgs {
+    /// One run to resume; without it, every interrupted run that nobody else is driving.
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_file(path: &Path) -> CliResult<String> {
+    std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))
+}
+
+pub fn load_definition(path: &Path) -> CliResult<Definition> {
+    let source = read_file(path)?;
+    cairn_core::validate::parse_definition(&source, &path.display().to_string()).map_err(|problems| {
+        let mut msg = format!("{} is not a valid workflow ({} problem(s)):", path.display(), problems.len());
+        for p in &problems {
+            msg.push_str(&format!("\n  {p}"));
+        }
+        CliError::usage(msg)
+    })
+}
+
+fn load_catalog(extra: Option<&Path>) -> CliResult<Catalog> {
+    let mut catalog = Catalog::builtin().map_err(|e| CliError::env(format!("built-in catalog is broken: {e}")))?;
+    if let Some(path) = extra {
+        let source = read_file(path)?;
+        let user = Catalog::from_yaml(&source, &path.display().to_string()).map_err(CliError::usage)?;
+        catalog.merge(user);
+    }
+    Ok(catalog)
+}
+
+fn parse_inputs(pairs: &[String]) -> CliResult<Map<String, Value>> {
+    let mut map = Map::new();
+    for pair in pairs {
+        let (k, v) = pair.split_once('=').ok_or_else(|| {
+            CliError::usage(format!("--input '{pair}' is not NAME=VALUE (e.g. --input topic=otters)"))
+        })?;
+        let k = k.trim();
+        if k.is_empty() {
+            return Err(CliError::usage(format!("--input '{pair}' has an empty name")));
+        }
+        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        map.insert(k.to_string(), value);
+    }
+    Ok(map)
+}
+
+pub fn parse_chaos(spec: &str) -> CliResult<Chaos> {
+    let bad = |why: &str| CliError::usage(format!("--chaos '{spec}': {why} (expected seed=N,rate=0.0..1.0)"));
+    let (mut seed, mut rate) = (None, None);
+    for part in spec.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| bad("each part must be key=value"))?;
+        match k.trim() {
+            "seed" => seed = Some(v.trim().parse::<u64>().map_err(|_| bad("seed must be a whole number"))?),
+            "rate" => {
+                let r = v.trim().parse::<f64>().map_err(|_| bad("rate must be a number"))?;
+                if !(0.0..=1.0).contains(&r) {
+                    return Err(bad("rate must be between 0 and 1"));
+                }
+                rate = Some(r);
+            }
+            other => return Err(bad(&format!("unknown key '{other}'"))),
+        }
+    }
+    Ok(Chaos { seed: seed.ok_or_else(|| bad("seed is missing"))?, rate: rate.ok_or_else(|| bad("rate is missing"))? })
+}
+
+pub fn validate(files: &[PathBuf]) -> CliResult {
+    let mut total = 0;
+    for path in files {
+        let source = match std::fs::read_to_string(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", path.display());
+                total += 1;
+                continue;
+            }
+        };
+        match cairn_core::validate::parse_definition(&source, &path.display().to_string()) {
+            Ok(def) => println!("{}: ok ({} v{}, {} steps)", path.display(), def.name, def.version, def.steps.len()),
+            Err(problems) => {
+                for p in &problems {
+                    println!("{p}");
+                }
+                total += problems.len();
+            }
+        }
+    }
+    if total > 0 {
+        Err(CliError::usage(format!("{total} problem(s) found")))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn plan(args: PlanArgs) -> CliResult {
+    let catalog = load_catalog(args.catalog.as_deref())?;
+    if args.list {
+        for line in catalog.describe() {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let goal = args.goal.unwrap_or_default();
+    let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
+    if args.json {
+        let out = json!({"plan": info.matched, "definition": def});
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else {
+        println!("goal: {}", info.goal);
+        for s in &def.steps {
+            let needs = if s.needs.is_empty() {
+                String::new()
+            } else {
+                format!(" (after {})", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            println!("  {} [{}]{needs}", s.id, s.kind);
+        }
+    }
+    Ok(())
+}
+
+async fn open_engine(db: &DbArgs, engine: &EngineArgs) -> CliResult<(Engine<SqliteStore>, tokio::task::JoinHandle<()>)> {
+    let store = Arc::new(db.open()?);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(output::print_progress(rx));
+    Ok((Engine::new(store, engine.config(), Some(tx)), printer))
+}
+
+pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
+    let (definition, source, plan): (Definition, RunSource, Option<PlanInfo>) = match (&args.file, &args.goal) {
+        (Some(path), None) => {
+            (load_definition(path)?, RunSource::Definition { path: Some(path.display().to_string()) }, None)
+        }
+        (None, Some(goal)) => {
+            let catalog = load_catalog(args.catalog.as_deref())?;
+            let (def, info) = catalog.plan(goal).map_err(|e| CliError::usage(e.to_string()))?;
+            (def, RunSource::Goal { goal: goal.clone() }, Some(info))
+        }
+        _ => return Err(CliError::usage("give a workflow FILE or --goal \"...\" (see cairn run --help)")),
+    };
+    let mut given = parse_inputs(&args.inputs)?;
+    if let Some(goal) = &args.goal {
+        given.entry("goal").or_insert_with(|| Value::String(goal.clone()));
+    }
+    let inputs = definition.resolve_inputs(&given).map_err(|missing| {
+        CliError::usage(format!(
+            "workflow '{}' needs input(s) {}: pass them with --input NAME=VALUE",
+            definition.name,
+            missing.join(", ")
+        ))
+    })?;
+    let chaos = args.chaos.as_deref().map(parse_chaos).transpose()?;
+    let options = RunOptions { chaos, max_output_bytes: args.max_output_bytes };
+    let (engine, printer) = open_engine(db, &args.engine).await?;
+    let heartbeat = engine.spawn_heartbeat();
+    let run_id = cairn_engine::new_run_id();
+    let handle = engine.start(run_id.clone(), NewRun { definition, source, plan, inputs, options }).await?;
+    let outcome = follow(&engine, &run_id, handle).await;
+    heartbeat.abort();
+    drop(engine);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
+    finish(outcome?, args.artifact.as_deref(), args.json)
+}
+
+/// Waits for a run, or for Ctrl-C (then releases the lease so `cairn resume` can continue).
+async fn follow(
+    engine: &Engine<SqliteStore>,
+    run_id: &RunId,
+    handle: tokio::task::JoinHandle<Result<RunOutcome, cairn_engine::Error>>,
+) -> CliResult<RunOutcome> {
+    tokio::select! {
+        joined = handle => match joined {
+            Ok(r) => Ok(r?),
+            Err(e) => Err(CliError::env(format!("run {run_id} driver stopped: {e}"))),
+        },
+        _ = tokio::signal::ctrl_c() => {
+            let _ = engine.release().await;
+            eprintln!("[workflow] id={run_id} interrupted; `cairn resume {run_id}` continues it");
+            Err(CliError { code: 130, message: String::new() })
+        }
+    }
+}
+
+fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliResult {
+    let paint = Paint(output::colour_enabled());
+    let target = artifact.map(Path::to_path_buf).or_else(|| outcome.artifact.as_ref().map(PathBuf::from));
+    let mut artifact_path = None;
+    if outcome.status == RunStatus::Completed
+        && let Some(path) = target
+    {
+        let doc = json!({"run_id": outcome.run_id, "status": outcome.status, "output": outcome.output});
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        std::fs::write(&path, text + "\n")
+            .map_err(|e| CliError::env(format!("run completed but the artifact {} could not be written: {e}", path.display())))?;
+        eprintln!("[artifact] {}", path.display());
+        artifact_path = Some(path);
+    }
+    if json_out {
+        let doc = json!({
+            "run_id": outcome.run_id,
+            "status": outcome.status,
+            "failure": outcome.failure,
+            "output": outcome.output,
+            "artifact": artifact_path,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
+    match outcome.status {
+        RunStatus::Completed => Ok(()),
+        status => Err(CliError::failed(format!(
+            "run {} ended {}{}; `cairn runs show {}` has the details",
+            outcome.run_id,
+            paint.red(status.as_str()),
+            outcome.failure.map(|f| format!(": {}", f.message)).unwrap_or_default(),
+            outcome.run_id
+        ))),
+    }
+}
+
+pub async fn resume(db: &DbArgs, args: ResumeArgs) -> CliResult {
+    let only = args.id.as_deref().map(RunId::parse).transpose().map_err(CliError::usage)?;
+    let (engine, printer) = open_engine(db, &args.engine).await?;
+    let heartbeat = engine.spawn_heartbeat();
+    let handles = engine.resume(only.as_ref()).await?;
+    if handles.is_empty() {
+        eprintln!("nothing to resume: no unfinished run is free to take");
+    }
+    let mut worst: CliResult = Ok(());
+    for (id, handle) in handles {
+        eprintln!("[workflow] id={id} resumed");
+        let result = follow(&engine, &id, handle).await.and_then(|o| finish(o, None, args.json));
+        if let Err(e) = result {
+            if e.code == 130 {
+                worst = Err(e);
+                break;
+            }
+            eprintln!("error: {}", e.message);
+            worst = Err(CliError { code: e.code, message: String::new() });
+        }
+    }
+    heartbeat.abort();
+    drop(engine);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
+    worst
+}
