@@ -57,6 +57,8 @@ pub struct RunOutcome {
     pub failure: Option<Failure>,
     pub output: Option<Value>,
     pub artifact: Option<String>,
+    /// The engine's final in-memory state; folding the journal must reproduce it exactly.
+    pub state: Box<RunState>,
 }
 
 pub struct Engine<S: Store> {
@@ -493,6 +495,7 @@ impl<S: Store> Live<S> {
             failure: self.state.failure.clone(),
             output,
             artifact: self.state.definition.as_ref().and_then(|d| d.artifact.clone()),
+            state: Box::new(self.state.clone()),
         }
     }
 }
