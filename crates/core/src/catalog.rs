@@ -277,8 +277,10 @@ impl Catalog {
     /// If some clause matches nothing, a recipe whose keywords are spread over the whole goal
     /// ("onboard the vendor, onboarding checks first") is tried before giving up.
     pub fn plan(&self, goal: &str) -> Result<(Definition, PlanInfo), PlanError> {
+        // Clauses come from the raw text: a new line separates clauses, so it must not be
+        // collapsed first. The plan records the goal on one line.
+        let clauses = clauses(goal);
         let goal = one_line(goal);
-        let clauses = clauses(&goal);
         if clauses.is_empty() {
             return Err(PlanError::EmptyGoal { can_plan: self.describe() });
         }
@@ -436,11 +438,8 @@ impl Catalog {
         doc.insert("steps".into(), Value::Array(steps));
 
         let matched: Vec<String> = entries.iter().map(|e| e.name().to_string()).collect();
-        let invalid = |problems: Vec<String>| PlanError::Invalid {
-            goal: goal.to_string(),
-            matched: matched.clone(),
-            problems,
-        };
+        let invalid =
+            |problems: Vec<String>| PlanError::Invalid { goal: goal.to_string(), matched: matched.clone(), problems };
         let text = serde_json::to_string_pretty(&Value::Object(doc)).map_err(|e| invalid(vec![e.to_string()]))?;
         let definition = crate::validate::parse_definition(&text, PLAN_FILE)
             .map_err(|problems| invalid(problems.iter().map(ToString::to_string).collect()))?;
@@ -463,10 +462,8 @@ fn check_template(name: &str, template: &Template, problems: &mut Vec<String>) {
         }
     }
     if !matches!(template.step.get("kind"), Some(Value::String(_))) {
-        problems.push(format!(
-            "template `{name}`: `step.kind` is required (one of: {})",
-            crate::kinds::names().join(", ")
-        ));
+        problems
+            .push(format!("template `{name}`: `step.kind` is required (one of: {})", crate::kinds::names().join(", ")));
     }
     for keyword in &template.keywords {
         if let Some(problem) = keyword_problem(keyword) {
@@ -684,10 +681,7 @@ mod tests {
 
     /// (step id, its needs) for each step, in order.
     fn shape(def: &Definition) -> Vec<(String, Vec<String>)> {
-        def.steps
-            .iter()
-            .map(|s| (s.id.to_string(), s.needs.iter().map(ToString::to_string).collect()))
-            .collect()
+        def.steps.iter().map(|s| (s.id.to_string(), s.needs.iter().map(ToString::to_string).collect())).collect()
     }
 
     fn chain(ids: &[&str]) -> Vec<(String, Vec<String>)> {
@@ -741,7 +735,8 @@ mod tests {
         let catalog = builtin();
         let (def, _) = plan(&catalog, "send email, then generate a summary");
         assert_eq!(shape(&def), chain(&["send_email", "generate_summary"]));
-        let (def, info) = plan(&catalog, "research the topic; summarise it then translate to French and notify the team");
+        let (def, info) =
+            plan(&catalog, "research the topic; summarise it then translate to French and notify the team");
         assert_eq!(shape(&def), chain(&["fetch_context", "generate_summary", "translate", "notify"]));
         assert_eq!(info.matched.len(), 4);
     }
@@ -881,10 +876,9 @@ recipes:
         let e = err("templates: [\n");
         assert!(e.starts_with("mine.yaml: ") && e.contains("line"), "{e}");
 
-        let e = err(
-            "catalog: 2\ntemplates:\n  Bad Name:\n    description: d\n    keywords: [this and that, '...']\n    \
-             step: {id: x, needs: [y]}\nrecipes:\n  - {name: r, description: d, keywords: [], steps: []}\n",
-        );
+        let e =
+            err("catalog: 2\ntemplates:\n  Bad Name:\n    description: d\n    keywords: [this and that, '...']\n    \
+             step: {id: x, needs: [y]}\nrecipes:\n  - {name: r, description: d, keywords: [], steps: []}\n");
         for needle in [
             "`catalog: 2`",
             "template `Bad Name`: a template's name becomes its step id",
@@ -920,6 +914,58 @@ recipes:
         let problems = catalog.check();
         assert!(problems.iter().any(|p| p.starts_with("template `teleport`")), "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("recipe `ghost`")), "{problems:?}");
+    }
+
+    /// Runs a plan's templates the way the engine feeds them: each step's `with` rendered against
+    /// `inputs` and the outputs of the steps before it, with demo stand-ins for the activities.
+    fn render_chain(def: &Definition) -> Vec<Value> {
+        let mut steps = Map::new();
+        let mut rendered = Vec::new();
+        for step in &def.steps {
+            let ctx = json!({"inputs": {"goal": def.description}, "steps": steps, "run": {"id": "wf_test"}});
+            let with = crate::template::render(&step.with, &ctx)
+                .unwrap_or_else(|e| panic!("step `{}` of {:?}: {e}", step.id, def.name));
+            let output = match step.kind.as_str() {
+                "mock_model" => {
+                    let text = match &with["respond"] {
+                        Value::Null => format!("mock reply to: {}", with["prompt"].as_str().unwrap_or_default()),
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    json!({"text": text, "tokens_in": 1, "tokens_out": 1, "model": "mock"})
+                }
+                "sleep" => json!({"slept_ms": 2000}),
+                _ => with.clone(),
+            };
+            steps.insert(step.id.to_string(), json!({"status": "completed", "output": output}));
+            rendered.push(with);
+        }
+        rendered
+    }
+
+    #[test]
+    fn every_builtin_template_renders_alone_and_after_its_usual_predecessors() {
+        let catalog = builtin();
+        for (name, template) in catalog.templates() {
+            let goal = template.example().unwrap_or_else(|| name.to_string());
+            render_chain(&plan(&catalog, &goal).0);
+        }
+        let (def, _) = plan(&catalog, "generate summary and send email");
+        let with = render_chain(&def);
+        assert_eq!(
+            with[1]["body"],
+            json!(format!("mock reply to: {}", with[0]["prompt"].as_str().unwrap_or_default()))
+        );
+        let (def, _) = plan(&catalog, "send email");
+        assert_eq!(render_chain(&def)[0]["body"], json!("send email"));
+
+        let (def, _) = plan(&catalog, "vendor onboarding review");
+        let with = render_chain(&def);
+        let screen = with[1]["prompt"].as_str().unwrap_or_default();
+        assert!(screen.contains("W-9 tax form, SOC 2 Type II report"), "{screen}");
+        let decide = with[2]["prompt"].as_str().unwrap_or_default();
+        assert!(decide.contains("medium"), "{decide}");
+        render_chain(&plan(&catalog, "research brief on otters, translate it, wait, classify and notify").0);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::ids::StepId;
 use crate::kinds;
 use crate::retry::{MAX_ATTEMPTS_RANGE, MAX_DELAY_LIMIT_MS, MULTIPLIER_RANGE, RetryPolicy};
 use crate::{expr, template};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,7 +26,7 @@ use std::fmt;
 /// The longest timeout or retry delay a definition may ask for.
 const DAY_MS: u64 = 24 * 3_600_000;
 
-/// One problem found in a definition. Display: `FILE:LINE:COL: step `ID`: MESSAGE`, leaving out
+/// One problem found in a definition. Displays as FILE:LINE:COL: step `ID`: MESSAGE, leaving out
 /// the parts that are unknown. `code` is stable, for tools and docs; the message is for people
 /// and says how to fix the problem.
 #[derive(Clone, Debug, PartialEq)]
@@ -351,7 +351,12 @@ impl Problems<'_> {
         if (lo..=hi).contains(&v) {
             return Some(v);
         }
-        self.add(raw.referenced, step, "out_of_range", format!("`{field}` is {v}, but must be between {lo} and {hi}{hint}"));
+        self.add(
+            raw.referenced,
+            step,
+            "out_of_range",
+            format!("`{field}` is {v}, but must be between {lo} and {hi}{hint}"),
+        );
         None
     }
 
@@ -388,7 +393,11 @@ impl Problems<'_> {
                     raw.referenced,
                     step,
                     "out_of_range",
-                    format!("`{field}` is {}, but must be at most {}; choose a shorter duration", raw.value, format_ms(limit_ms)),
+                    format!(
+                        "`{field}` is {}, but must be at most {}; choose a shorter duration",
+                        raw.value,
+                        format_ms(limit_ms)
+                    ),
                 );
                 None
             }
@@ -403,7 +412,12 @@ impl Problems<'_> {
         }
         match raw.value.to_ms() {
             Err(e) => {
-                self.add(raw.referenced, step, "bad_duration", format!("`{field}`: {e}; or write `none` for no timeout"));
+                self.add(
+                    raw.referenced,
+                    step,
+                    "bad_duration",
+                    format!("`{field}`: {e}; or write `none` for no timeout"),
+                );
                 None
             }
             Ok(ms) if ms == 0 || ms > DAY_MS => {
@@ -465,13 +479,7 @@ fn check_retry(raw: &RawRetry, prefix: &str, step: Option<&str>, out: &mut Probl
         )
     });
     let jitter = raw.jitter.as_ref().and_then(|v| {
-        out.float_in(
-            &format!("{prefix}jitter"),
-            v,
-            step,
-            (0.0, 1.0),
-            " (a fraction: 0.2 spreads each delay by ±20%)",
-        )
+        out.float_in(&format!("{prefix}jitter"), v, step, (0.0, 1.0), " (a fraction: 0.2 spreads each delay by ±20%)")
     });
     let initial_delay_ms = raw.initial_delay.as_ref().and_then(|v| {
         out.delay(&format!("{prefix}initial_delay"), v, step, MAX_DELAY_LIMIT_MS).map(|ms| (ms, v.referenced))
@@ -561,6 +569,19 @@ fn check_delays(r: &Resolved, kind: Option<&str>, step: &str, out: &mut Problems
     }
 }
 
+/// The CEL compiler's first line, without its caret diagram (a problem is one line):
+/// `ERROR: column 1:12: Syntax error: ...` becomes `... (at 1:12 in the condition): Syntax error: ...`.
+fn condition_message(error: &str) -> String {
+    let first = error.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("ERROR: ").unwrap_or(first);
+    match first.strip_prefix("column ").and_then(|rest| rest.split_once(": ")) {
+        Some((position, detail)) => {
+            format!("`when` is not a valid CEL condition (at {position} in the condition): {detail}")
+        }
+        None => format!("`when` is not a valid CEL condition: {first}"),
+    }
+}
+
 fn is_definition_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
@@ -586,21 +607,19 @@ fn artifact_problem(name: &str) -> Option<&'static str> {
 }
 
 fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
-    let format = match &raw.cairn {
-        Some(v) if v.value != i64::from(FORMAT_VERSION) => {
-            out.add(
-                v.referenced,
-                None,
-                "bad_value",
-                format!(
-                    "`cairn: {}` is not a file format this version understands; write `cairn: {FORMAT_VERSION}`",
-                    v.value
-                ),
-            );
-            FORMAT_VERSION
-        }
-        _ => FORMAT_VERSION,
-    };
+    if let Some(v) = &raw.cairn
+        && v.value != i64::from(FORMAT_VERSION)
+    {
+        out.add(
+            v.referenced,
+            None,
+            "bad_value",
+            format!(
+                "`cairn: {}` is not a file format this version understands; write `cairn: {FORMAT_VERSION}`",
+                v.value
+            ),
+        );
+    }
     if !is_definition_name(&raw.name.value) {
         out.add(
             raw.name.referenced,
@@ -612,13 +631,11 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
             ),
         );
     }
-    let version = match &raw.version {
-        None => 1,
-        Some(v) => out
-            .int_in("version", v, None, (1, i64::from(u32::MAX)), " (bump it when you change the definition)")
+    let version = raw.version.as_ref().map_or(1, |v| {
+        out.int_in("version", v, None, (1, i64::from(u32::MAX)), " (bump it when you change the definition)")
             .and_then(|n| u32::try_from(n).ok())
-            .unwrap_or(1),
-    };
+            .unwrap_or(1)
+    });
     if let Some(artifact) = &raw.artifact
         && let Some(why) = artifact_problem(&artifact.value)
     {
@@ -639,183 +656,29 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         })
         .collect();
 
-    let (defaults_retry, defaults_timeout) = match &raw.defaults {
-        None => (RetryOverride::default(), None),
-        Some(d) => (
-            d.retry.as_ref().map(|r| check_retry(r, "defaults.retry.", None, out)).unwrap_or_default(),
-            d.timeout.as_ref().and_then(|t| out.timeout("defaults.timeout", t, None)),
-        ),
+    let defaults = match &raw.defaults {
+        None => Defaults { retry: RetryOverride::default(), timeout: None },
+        Some(d) => Defaults {
+            retry: d.retry.as_ref().map(|r| check_retry(r, "defaults.retry.", None, out)).unwrap_or_default(),
+            timeout: d.timeout.as_ref().and_then(|t| out.timeout("defaults.timeout", t, None)),
+        },
     };
 
-    if raw.steps.value.is_empty() {
+    let raw_steps = &raw.steps.value;
+    if raw_steps.is_empty() {
         out.add(raw.steps.referenced, None, "no_steps", "`steps` is empty: a definition needs at least one step");
     }
-
-    // First occurrence of each id, for duplicates and for resolving `needs`.
-    let mut first_seen: HashMap<&str, (usize, Location)> = HashMap::new();
-    for (index, step) in raw.steps.value.iter().enumerate() {
-        let id = &step.value.id;
-        if let Some((_, first)) = first_seen.get(id.value.as_str()) {
-            out.add(
-                id.referenced,
-                Some(&id.value),
-                "duplicate_id",
-                format!(
-                    "duplicate step id `{}`: line {} already defines a step with this id; give each step a unique id",
-                    id.value,
-                    first.line()
-                ),
-            );
-        } else {
-            first_seen.insert(&id.value, (index, id.referenced));
-        }
-    }
-    let mut ids_in_order: Vec<&str> = Vec::new();
-    for step in &raw.steps.value {
-        if !ids_in_order.contains(&step.value.id.value.as_str()) {
-            ids_in_order.push(&step.value.id.value);
-        }
-    }
-
-    // Dependency edges between first occurrences, for cycle detection.
-    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw.steps.value.len()];
-    let mut steps = Vec::with_capacity(raw.steps.value.len());
-    for (index, spanned) in raw.steps.value.iter().enumerate() {
-        let s = &spanned.value;
-        let id = s.id.value.as_str();
-        let here = Some(id);
-        if !is_step_id(id) {
-            out.add(
-                s.id.referenced,
-                here,
-                "bad_id",
-                "step ids use 1 to 64 of a-z, 0-9, '_' and '-' (they appear in templates as `steps.ID`)",
-            );
-        }
-
-        let kind = kinds::lookup(&s.kind.value);
-        if kind.is_none() {
-            let known = kinds::names();
-            let hint = closest(&s.kind.value, known.iter().copied())
-                .map(|c| format!("did you mean `{c}`? "))
-                .unwrap_or_default();
-            out.add(
-                s.kind.referenced,
-                here,
-                "unknown_kind",
-                format!("unknown kind `{}`; {hint}known kinds: {}", s.kind.value.escape_debug(), known.join(", ")),
-            );
-        }
-
-        let mut needs: Vec<StepId> = Vec::new();
-        for need in s.needs.iter().flatten() {
-            let name = need.value.as_str();
-            if name == id {
-                out.add(need.referenced, here, "self_need", format!("a step cannot need itself; remove `{name}` from `needs`"));
-            } else if needs.iter().any(|n| n.as_str() == name) {
-                out.add(need.referenced, here, "duplicate_need", format!("`{name}` is listed twice in `needs`; remove one"));
-            } else if let Some((target, _)) = first_seen.get(name) {
-                if first_seen.get(id).is_some_and(|(first, _)| *first == index) {
-                    edges[index].push(*target);
-                }
-                needs.push(StepId::new(name));
-            } else {
-                let others = ids_in_order.iter().copied().filter(|other| *other != id);
-                let hint = match closest(name, others.clone()) {
-                    Some(c) => format!("did you mean `{c}`?"),
-                    None => format!("steps in this file: {}", others.collect::<Vec<_>>().join(", ")),
-                };
-                out.add(
-                    need.referenced,
-                    here,
-                    "unknown_need",
-                    format!("needs `{}`, which is not a step in this file; {hint}", name.escape_debug()),
-                );
-            }
-        }
-
-        if let Some(when) = &s.when
-            && let Err(e) = expr::check(&when.value)
-        {
-            out.add(when.referenced, here, "bad_condition", format!("`when` is not a valid CEL condition: {e}"));
-        }
-
-        let with = match &s.with {
-            None => Value::Null,
-            Some(node) => {
-                let mut places = HashMap::new();
-                let with = node_to_json(node, "with".to_string(), &mut places);
-                for (path, message) in template::check(&with) {
-                    let at = places.get(&path).copied().unwrap_or(node.referenced);
-                    out.add(at, here, "bad_template", format!("template in `{path}` does not compile: {message}"));
-                }
-                with
-            }
-        };
-
-        let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();
-        let base = kind.map_or(RetryPolicy { max_attempts: 1, initial_delay_ms: 0, multiplier: 1.0, max_delay_ms: 0, jitter: 0.0 }, |k| k.retry);
-        let resolved = resolve_retry(base, &defaults_retry, &step_retry);
-        check_delays(&resolved, kind.map(|k| k.name), id, out);
-
-        let step_timeout = s.timeout.as_ref().and_then(|t| out.timeout("timeout", t, here));
-        let timeout_ms = step_timeout.or(defaults_timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
-
-        let on_failure = match s.on_failure.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
-            None | Some(("fail", _)) => OnFailure::Fail,
-            Some(("continue", _)) => OnFailure::Continue,
-            Some((other, at)) => {
-                out.add(
-                    at,
-                    here,
-                    "bad_value",
-                    format!(
-                        "`on_failure: {}` is not supported; use `fail` (the default: fail the run) or `continue` \
-                         (let other branches finish). `escalate` and `fallback` arrive with the human-in-the-loop work",
-                        other.escape_debug()
-                    ),
-                );
-                OnFailure::Fail
-            }
-        };
-
-        let trigger = match s.trigger.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
-            None | Some(("all_succeeded", _)) => Trigger::AllSucceeded,
-            Some(("none_failed", _)) => Trigger::NoneFailed,
-            Some(("all_done", _)) => Trigger::AllDone,
-            Some((other, at)) => {
-                out.add(
-                    at,
-                    here,
-                    "bad_value",
-                    format!(
-                        "`trigger: {}` is not a trigger; use `all_succeeded` (the default), `none_failed` or `all_done`",
-                        other.escape_debug()
-                    ),
-                );
-                Trigger::AllSucceeded
-            }
-        };
-
-        let inject = s.inject.as_ref().map(|raw| compile_inject(raw, here, out));
-
-        steps.push(Step {
-            id: StepId::new(id),
-            kind: s.kind.value.clone(),
-            needs,
-            when: s.when.as_ref().map(|w| w.value.clone()),
-            with,
-            retry: resolved.policy,
-            timeout_ms,
-            on_failure,
-            trigger,
-            inject,
-        });
-    }
+    let graph = Graph::new(raw_steps, out);
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw_steps.len()];
+    let steps = raw_steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| compile_step(index, &step.value, &graph, &defaults, &mut edges[index], out))
+        .collect();
 
     for cycle in find_cycles(&edges) {
-        let path: Vec<&str> = cycle.iter().map(|&i| raw.steps.value[i].value.id.value.as_str()).collect();
-        let entry = &raw.steps.value[cycle[0]].value.id;
+        let path: Vec<&str> = cycle.iter().map(|&i| raw_steps[i].value.id.value.as_str()).collect();
+        let entry = &raw_steps[cycle[0]].value.id;
         out.add(
             entry.referenced,
             Some(&entry.value),
@@ -829,13 +692,206 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
     }
 
     Definition {
-        format,
+        format: FORMAT_VERSION,
         name: raw.name.value,
         version,
         description: raw.description,
         inputs,
         artifact: raw.artifact.map(|a| a.value),
         steps,
+    }
+}
+
+/// The file-wide `defaults:` block, checked.
+struct Defaults {
+    retry: RetryOverride,
+    /// `Some(None)` is `timeout: none`.
+    timeout: Option<Option<u64>>,
+}
+
+/// Step ids and where each was first defined; later steps with the same id are duplicates and
+/// take no part in the graph.
+struct Graph<'a> {
+    first: HashMap<&'a str, (usize, Location)>,
+    ids_in_order: Vec<&'a str>,
+}
+
+impl<'a> Graph<'a> {
+    /// Also reports duplicate ids, at the second occurrence.
+    fn new(steps: &'a [Spanned<RawStep>], out: &mut Problems<'_>) -> Self {
+        let mut graph = Graph { first: HashMap::new(), ids_in_order: Vec::new() };
+        for (index, step) in steps.iter().enumerate() {
+            let id = &step.value.id;
+            if let Some((_, first)) = graph.first.get(id.value.as_str()) {
+                out.add(
+                    id.referenced,
+                    Some(&id.value),
+                    "duplicate_id",
+                    format!(
+                        "duplicate step id `{}`: line {} already defines a step with this id; give each step a \
+                         unique id",
+                        id.value,
+                        first.line()
+                    ),
+                );
+            } else {
+                graph.first.insert(&id.value, (index, id.referenced));
+                graph.ids_in_order.push(&id.value);
+            }
+        }
+        graph
+    }
+}
+
+/// Checks one step and compiles it; pushes its dependency edges (by step index) onto `edges`.
+fn compile_step(
+    index: usize,
+    s: &RawStep,
+    graph: &Graph<'_>,
+    defaults: &Defaults,
+    edges: &mut Vec<usize>,
+    out: &mut Problems<'_>,
+) -> Step {
+    let id = s.id.value.as_str();
+    let here = Some(id);
+    if !is_step_id(id) {
+        out.add(
+            s.id.referenced,
+            here,
+            "bad_id",
+            "step ids use 1 to 64 of a-z, 0-9, '_' and '-' (they appear in templates as `steps.ID`)",
+        );
+    }
+
+    let kind = kinds::lookup(&s.kind.value);
+    if kind.is_none() {
+        let known = kinds::names();
+        let hint =
+            closest(&s.kind.value, known.iter().copied()).map(|c| format!("did you mean `{c}`? ")).unwrap_or_default();
+        out.add(
+            s.kind.referenced,
+            here,
+            "unknown_kind",
+            format!("unknown kind `{}`; {hint}known kinds: {}", s.kind.value.escape_debug(), known.join(", ")),
+        );
+    }
+
+    let is_first = graph.first.get(id).is_some_and(|(first, _)| *first == index);
+    let mut needs: Vec<StepId> = Vec::new();
+    for need in s.needs.iter().flatten() {
+        let name = need.value.as_str();
+        if name == id {
+            out.add(
+                need.referenced,
+                here,
+                "self_need",
+                format!("a step cannot need itself; remove `{name}` from `needs`"),
+            );
+        } else if needs.iter().any(|n| n.as_str() == name) {
+            out.add(
+                need.referenced,
+                here,
+                "duplicate_need",
+                format!("`{name}` is listed twice in `needs`; remove one"),
+            );
+        } else if let Some((target, _)) = graph.first.get(name) {
+            if is_first {
+                edges.push(*target);
+            }
+            needs.push(StepId::new(name));
+        } else {
+            let others = graph.ids_in_order.iter().copied().filter(|other| *other != id);
+            let hint = match closest(name, others.clone()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => format!("steps in this file: {}", others.collect::<Vec<_>>().join(", ")),
+            };
+            out.add(
+                need.referenced,
+                here,
+                "unknown_need",
+                format!("needs `{}`, which is not a step in this file; {hint}", name.escape_debug()),
+            );
+        }
+    }
+
+    if let Some(when) = &s.when
+        && let Err(e) = expr::check(&when.value)
+    {
+        out.add(when.referenced, here, "bad_condition", condition_message(&e));
+    }
+
+    let with = match &s.with {
+        None => Value::Null,
+        Some(node) => {
+            let mut places = HashMap::new();
+            let with = node_to_json(node, "with".to_string(), &mut places);
+            for (path, message) in template::check(&with) {
+                let at = places.get(&path).copied().unwrap_or(node.referenced);
+                out.add(at, here, "bad_template", format!("template in `{path}` does not compile: {message}"));
+            }
+            with
+        }
+    };
+
+    let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();
+    // An unknown kind is already reported; the placeholder only lets the other checks run.
+    let base = kind.map_or(
+        RetryPolicy { max_attempts: 1, initial_delay_ms: 0, multiplier: 1.0, max_delay_ms: 0, jitter: 0.0 },
+        |k| k.retry,
+    );
+    let resolved = resolve_retry(base, &defaults.retry, &step_retry);
+    check_delays(&resolved, kind.map(|k| k.name), id, out);
+
+    let step_timeout = s.timeout.as_ref().and_then(|t| out.timeout("timeout", t, here));
+    let timeout_ms = step_timeout.or(defaults.timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
+
+    let on_failure = match s.on_failure.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
+        None | Some(("fail", _)) => OnFailure::Fail,
+        Some(("continue", _)) => OnFailure::Continue,
+        Some((other, at)) => {
+            out.add(
+                at,
+                here,
+                "bad_value",
+                format!(
+                    "`on_failure: {}` is not supported; use `fail` (the default: fail the run) or `continue` \
+                     (let other branches finish). `escalate` and `fallback` arrive with the human-in-the-loop work",
+                    other.escape_debug()
+                ),
+            );
+            OnFailure::Fail
+        }
+    };
+
+    let trigger = match s.trigger.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
+        None | Some(("all_succeeded", _)) => Trigger::AllSucceeded,
+        Some(("none_failed", _)) => Trigger::NoneFailed,
+        Some(("all_done", _)) => Trigger::AllDone,
+        Some((other, at)) => {
+            out.add(
+                at,
+                here,
+                "bad_value",
+                format!(
+                    "`trigger: {}` is not a trigger; use `all_succeeded` (the default), `none_failed` or `all_done`",
+                    other.escape_debug()
+                ),
+            );
+            Trigger::AllSucceeded
+        }
+    };
+
+    Step {
+        id: StepId::new(id),
+        kind: s.kind.value.clone(),
+        needs,
+        when: s.when.as_ref().map(|w| w.value.clone()),
+        with,
+        retry: resolved.policy,
+        timeout_ms,
+        on_failure,
+        trigger,
+        inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
     }
 }
 
@@ -848,9 +904,8 @@ fn compile_inject(raw: &RawInject, step: Option<&str>, out: &mut Problems<'_>) -
             .unwrap_or(0);
     }
     if let Some(v) = &raw.fail_rate {
-        inject.fail_rate = out
-            .float_in("inject.fail_rate", v, step, (0.0, 1.0), " (the chance that an attempt fails)")
-            .unwrap_or(0.0);
+        inject.fail_rate =
+            out.float_in("inject.fail_rate", v, step, (0.0, 1.0), " (the chance that an attempt fails)").unwrap_or(0.0);
     }
     if let Some(v) = &raw.fail_class {
         match ErrorClass::parse(&v.value) {
@@ -964,9 +1019,8 @@ fn parse_problem(err: &serde_saphyr::Error, file: &str) -> Problem {
     let (code, message) = match inner {
         Error::Eof { .. } => ("empty", EMPTY_MESSAGE.to_string()),
         Error::SerdeUnknownField { field, expected, .. } => {
-            let hint = closest(field, expected.iter().copied())
-                .map(|c| format!("did you mean `{c}`? "))
-                .unwrap_or_default();
+            let hint =
+                closest(field, expected.iter().copied()).map(|c| format!("did you mean `{c}`? ")).unwrap_or_default();
             ("unknown_field", format!("unknown field `{field}`; {hint}allowed here: {}", expected.join(", ")))
         }
         Error::SerdeMissingField { field, .. } => ("missing_field", format!("missing required field `{field}`")),
@@ -1007,8 +1061,10 @@ mod tests {
         })
     }
 
-    /// (line, column, step, code) of each problem, for compact exact assertions.
-    fn summary(problems: &[Problem]) -> Vec<(Option<u64>, Option<u64>, Option<&str>, &str)> {
+    /// (line, column, step, code) of a problem, for compact exact assertions.
+    type Brief<'a> = (Option<u64>, Option<u64>, Option<&'a str>, &'a str);
+
+    fn summary(problems: &[Problem]) -> Vec<Brief<'_>> {
         problems.iter().map(|p| (p.line, p.column, p.step.as_deref(), p.code)).collect()
     }
 
@@ -1083,7 +1139,10 @@ steps:
             RetryPolicy { max_attempts: 4, initial_delay_ms: 250, multiplier: 2.0, max_delay_ms: 2_000, jitter: 0.0 }
         );
         assert_eq!(model.timeout_ms, Some(30_000));
-        assert_eq!(model.with, serde_json::json!({"prompt": "Write about {{ inputs.topic }}", "n": [1, 2.5, true, null]}));
+        assert_eq!(
+            model.with,
+            serde_json::json!({"prompt": "Write about {{ inputs.topic }}", "n": [1, 2.5, true, null]})
+        );
         assert_eq!((model.on_failure, model.trigger, &model.inject), (OnFailure::Fail, Trigger::AllSucceeded, &None));
 
         let send = def.step("send").expect("send");
@@ -1096,7 +1155,13 @@ steps:
         assert_eq!((send.on_failure, send.trigger), (OnFailure::Continue, Trigger::AllDone));
         assert_eq!(
             send.inject,
-            Some(Inject { fail_times: 2, fail_rate: 0.5, fail_class: ErrorClass::RateLimited, delay_ms: 100, hang: false })
+            Some(Inject {
+                fail_times: 2,
+                fail_rate: 0.5,
+                fail_class: ErrorClass::RateLimited,
+                delay_ms: 100,
+                hang: false
+            })
         );
     }
 
@@ -1150,7 +1215,17 @@ steps:
         );
         assert!(found[1].message.contains("line 3 already defines"), "{}", found[1].message);
         assert!(found[2].message.contains("did you mean `mock_model`?"), "{}", found[2].message);
-        assert!(found[3].message.contains("`bb`") && found[3].message.contains("did you mean `b`?"), "{}", found[3].message);
+        assert!(
+            found[3].message.contains("`bb`") && found[3].message.contains("did you mean `b`?"),
+            "{}",
+            found[3].message
+        );
+        assert_eq!(
+            found[4].message,
+            "`when` is not a valid CEL condition (at 1:12 in the condition): Syntax error: mismatched input '<EOF>' \
+             expecting {'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, \
+             BYTES, IDENTIFIER}"
+        );
         assert!(found[5].message.contains("between 1 and 100"), "{}", found[5].message);
         assert!(found[6].message.contains("between 0.0 and 1.0"), "{}", found[6].message);
     }
@@ -1182,13 +1257,12 @@ steps:
         let messages: Vec<String> = found.iter().map(|p| format!("{}:{}", p.line.unwrap_or(0), p.message)).collect();
         assert_eq!(
             summary(&found).iter().map(|s| (s.2, s.3)).collect::<Vec<_>>(),
-            [(Some("a"), "cycle"), (Some("b"), "cycle"), (Some("c"), "self_need"), (Some("e"), "cycle")],
+            [(Some("a"), "cycle"), (Some("b"), "cycle"), (Some("c"), "self_need"), (Some("d"), "cycle")],
             "{messages:#?}"
         );
         assert!(messages[0].starts_with("3:cycle: a -> b -> a "), "{messages:#?}");
         // Found from b's second edge while a -> b was still on the search path.
         assert!(messages[1].starts_with("4:cycle: b -> c -> b "), "{messages:#?}");
-        // The search entered the d/e cycle at e? No: d comes first in source order.
         assert!(messages[3].starts_with("6:cycle: d -> e -> d "), "{messages:#?}");
     }
 
@@ -1244,10 +1318,10 @@ steps:
                 (Some(12), Some(14), Some("Upper"), "out_of_range"),
                 (Some(13), Some(17), Some("Upper"), "bad_value"),
                 (Some(14), Some(14), Some("Upper"), "bad_value"),
-                (Some(15), Some(24), Some("Upper"), "out_of_range"),
-                (Some(15), Some(41), Some("Upper"), "bad_value"),
-                (Some(15), Some(55), Some("Upper"), "bad_duration"),
-                (Some(15), Some(71), Some("Upper"), "out_of_range"),
+                (Some(15), Some(25), Some("Upper"), "out_of_range"),
+                (Some(15), Some(42), Some("Upper"), "bad_value"),
+                (Some(15), Some(56), Some("Upper"), "bad_duration"),
+                (Some(15), Some(72), Some("Upper"), "out_of_range"),
             ],
             "{found:#?}"
         );
