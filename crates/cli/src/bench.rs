@@ -171,7 +171,8 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     let path = match &args.bench_db {
         Some(p) => p.clone(),
         None => {
-            std::fs::create_dir_all(&tmp).map_err(|e| CliError::env(format!("cannot create {}: {e}", tmp.display())))?;
+            std::fs::create_dir_all(&tmp)
+                .map_err(|e| CliError::env(format!("cannot create {}: {e}", tmp.display())))?;
             tmp.join("bench.db")
         }
     };

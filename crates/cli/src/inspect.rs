@@ -107,7 +107,9 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                         r.workflow.clone(),
                         r.current_step.clone().unwrap_or_else(|| "-".into()),
                         timestamp(r.created_at_ms),
-                        r.finished_at_ms.map(|f| format_ms((f - r.created_at_ms).max(0) as u64)).unwrap_or_else(|| "-".into()),
+                        r.finished_at_ms
+                            .map(|f| format_ms((f - r.created_at_ms).max(0) as u64))
+                            .unwrap_or_else(|| "-".into()),
                     ]
                 })
                 .collect();
@@ -215,8 +217,9 @@ pub async fn export(db: &DbArgs, args: ExportArgs) -> CliResult {
         }
     };
     match args.output {
-        Some(path) => std::fs::write(&path, text)
-            .map_err(|e| CliError::env(format!("cannot write {}: {e}", path.display())))?,
+        Some(path) => {
+            std::fs::write(&path, text).map_err(|e| CliError::env(format!("cannot write {}: {e}", path.display())))?
+        }
         None => {
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
         }

@@ -91,7 +91,9 @@ impl DbArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run a workflow file, or a goal the planner turns into a plan, and follow it to the end.
-    #[command(after_help = "Examples:\n  cairn run --goal \"vendor onboarding review\"\n  cairn run examples/parallel_retry.yaml --chaos seed=7,rate=0.3")]
+    #[command(
+        after_help = "Examples:\n  cairn run --goal \"vendor onboarding review\"\n  cairn run examples/parallel_retry.yaml --chaos seed=7,rate=0.3"
+    )]
     Run(run::RunArgs),
     /// Check workflow files and report every problem with file, line and column.
     #[command(after_help = "Example:\n  cairn validate examples/*.yaml")]

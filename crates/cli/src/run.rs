@@ -168,11 +168,7 @@ pub fn validate(files: &[PathBuf]) -> CliResult {
             }
         }
     }
-    if total > 0 {
-        Err(CliError::usage(format!("{total} problem(s) found")))
-    } else {
-        Ok(())
-    }
+    if total > 0 { Err(CliError::usage(format!("{total} problem(s) found"))) } else { Ok(()) }
 }
 
 pub fn plan(args: PlanArgs) -> CliResult {
@@ -202,7 +198,10 @@ pub fn plan(args: PlanArgs) -> CliResult {
     Ok(())
 }
 
-async fn open_engine(db: &DbArgs, engine: &EngineArgs) -> CliResult<(Engine<SqliteStore>, tokio::task::JoinHandle<()>)> {
+async fn open_engine(
+    db: &DbArgs,
+    engine: &EngineArgs,
+) -> CliResult<(Engine<SqliteStore>, tokio::task::JoinHandle<()>)> {
     let store = Arc::new(db.open()?);
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(output::print_progress(rx));
@@ -273,8 +272,9 @@ fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliRe
     {
         let doc = json!({"run_id": outcome.run_id, "status": outcome.status, "output": outcome.output});
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-        std::fs::write(&path, text + "\n")
-            .map_err(|e| CliError::env(format!("run completed but the artifact {} could not be written: {e}", path.display())))?;
+        std::fs::write(&path, text + "\n").map_err(|e| {
+            CliError::env(format!("run completed but the artifact {} could not be written: {e}", path.display()))
+        })?;
         eprintln!("[artifact] {}", path.display());
         artifact_path = Some(path);
     }

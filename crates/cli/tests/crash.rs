@@ -18,7 +18,9 @@ fn kill_mid_activity_then_resume_reruns_only_the_interrupted_step() {
     );
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
     wait_for("step slow to be RUNNING", LONG, || {
-        env.runs().first().is_some_and(|r| env.steps(&r.id).iter().any(|s| s.step_id == "slow" && s.status == "RUNNING"))
+        env.runs()
+            .first()
+            .is_some_and(|r| env.steps(&r.id).iter().any(|s| s.step_id == "slow" && s.status == "RUNNING"))
     });
     sigkill(&mut child);
     let run = env.only_run();
@@ -49,7 +51,9 @@ fn kill_during_backoff_then_resume_retries_on_time() {
     );
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
     wait_for("step flaky to wait for its retry", LONG, || {
-        env.runs().first().is_some_and(|r| env.steps(&r.id).iter().any(|s| s.step_id == "flaky" && s.status == "RETRY_WAIT"))
+        env.runs()
+            .first()
+            .is_some_and(|r| env.steps(&r.id).iter().any(|s| s.step_id == "flaky" && s.status == "RETRY_WAIT"))
     });
     sigkill(&mut child);
     let run = env.only_run();

@@ -193,7 +193,8 @@ impl Decider<'_> {
             match template::render(&step.with, &self.context()) {
                 Ok(v) => v,
                 Err(msg) => {
-                    return self.fail_step(i, Failure::new(ErrorClass::Permanent, format!("input does not render: {msg}")));
+                    return self
+                        .fail_step(i, Failure::new(ErrorClass::Permanent, format!("input does not render: {msg}")));
                 }
             }
         };
@@ -235,8 +236,9 @@ impl Decider<'_> {
                 }
                 progressed = true;
                 let skip = match step.trigger {
-                    Trigger::AllSucceeded => not_completed
-                        .map(|(dep, st)| format!("dependency '{dep}' is {}", st.as_str().to_lowercase())),
+                    Trigger::AllSucceeded => {
+                        not_completed.map(|(dep, st)| format!("dependency '{dep}' is {}", st.as_str().to_lowercase()))
+                    }
                     Trigger::NoneFailed => failed.map(|dep| format!("dependency '{dep}' failed")),
                     Trigger::AllDone => None,
                 };
@@ -279,7 +281,8 @@ impl Decider<'_> {
             if let Some(failed) = steps.iter().find(|s| s.status == StepStatus::Failed) {
                 let n = steps.iter().filter(|s| s.status == StepStatus::Failed).count();
                 let done = steps.iter().filter(|s| s.status == StepStatus::Completed).count();
-                let cause = failed.last_failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
+                let cause =
+                    failed.last_failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
                 let failure = Failure {
                     message: format!(
                         "{n} step(s) failed ({done} of {} completed; partial results recorded); first: '{}': {}",

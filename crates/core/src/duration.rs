@@ -19,7 +19,7 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
         other => return Err(format!("'{t}' has unknown unit '{other}': {hint}")),
     };
     let ms = value * factor;
-    if !ms.is_finite() || ms < 0.0 || ms > 1.0e15 {
+    if !ms.is_finite() || !(0.0..=1.0e15).contains(&ms) {
         return Err(format!("'{t}' is out of range: {hint}"));
     }
     Ok(ms.round() as u64)

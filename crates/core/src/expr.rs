@@ -48,8 +48,7 @@ pub fn to_cel(value: &Value) -> Cel {
         Value::String(s) => Cel::String(Arc::new(s.clone())),
         Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
         Value::Object(map) => {
-            let m: HashMap<Key, Cel> =
-                map.iter().map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v))).collect();
+            let m: HashMap<Key, Cel> = map.iter().map(|(k, v)| (Key::String(Arc::new(k.clone())), to_cel(v))).collect();
             Cel::Map(Map::from(m))
         }
     }

@@ -28,13 +28,14 @@ impl RunId {
     /// Parses user input (a CLI argument, a URL segment) into a run id.
     pub fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let body = s.strip_prefix("wf_").ok_or_else(|| {
-            format!("'{s}' is not a run id: run ids look like wf_01JB8Z3K4Q5R6S7T8V9W0XYZAB")
-        })?;
-        if body.is_empty() || body.len() > 64 || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
-            return Err(format!(
-                "'{s}' is not a run id: after 'wf_' only letters, digits, '-' and '_' are allowed"
-            ));
+        let body = s
+            .strip_prefix("wf_")
+            .ok_or_else(|| format!("'{s}' is not a run id: run ids look like wf_01JB8Z3K4Q5R6S7T8V9W0XYZAB"))?;
+        if body.is_empty()
+            || body.len() > 64
+            || !body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!("'{s}' is not a run id: after 'wf_' only letters, digits, '-' and '_' are allowed"));
         }
         Ok(RunId(s.to_string()))
     }

@@ -12,21 +12,11 @@ pub struct KindSpec {
     pub timeout_ms: Option<u64>,
 }
 
-const QUICK: RetryPolicy = RetryPolicy {
-    max_attempts: 3,
-    initial_delay_ms: 100,
-    multiplier: 2.0,
-    max_delay_ms: 5_000,
-    jitter: 0.2,
-};
+const QUICK: RetryPolicy =
+    RetryPolicy { max_attempts: 3, initial_delay_ms: 100, multiplier: 2.0, max_delay_ms: 5_000, jitter: 0.2 };
 
-const MODEL: RetryPolicy = RetryPolicy {
-    max_attempts: 5,
-    initial_delay_ms: 500,
-    multiplier: 2.0,
-    max_delay_ms: 30_000,
-    jitter: 0.2,
-};
+const MODEL: RetryPolicy =
+    RetryPolicy { max_attempts: 5, initial_delay_ms: 500, multiplier: 2.0, max_delay_ms: 30_000, jitter: 0.2 };
 
 pub const KINDS: &[KindSpec] = &[
     KindSpec { name: "noop", summary: "does nothing and outputs null", retry: QUICK, timeout_ms: Some(60_000) },

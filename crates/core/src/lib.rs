@@ -21,10 +21,10 @@ pub mod state;
 pub mod template;
 pub mod validate;
 
+pub use decide::{Command, decide};
 pub use definition::{Definition, OnFailure, Step, Trigger};
 pub use event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 pub use ids::{RunId, StepId};
 pub use machine::{RunStatus, StepStatus};
-pub use state::RunState;
-pub use decide::{Command, decide};
 pub use payload::PayloadRef;
+pub use state::RunState;

@@ -186,14 +186,18 @@ pub struct InvalidTransition {
 }
 
 pub fn run_transition(from: RunStatus, input: RunInput) -> Result<RunStatus, InvalidTransition> {
-    RUN_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| {
-        InvalidTransition { machine: "run", from: from.to_string(), input: format!("{input:?}") }
+    RUN_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| InvalidTransition {
+        machine: "run",
+        from: from.to_string(),
+        input: format!("{input:?}"),
     })
 }
 
 pub fn step_transition(from: StepStatus, input: StepInput) -> Result<StepStatus, InvalidTransition> {
-    STEP_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| {
-        InvalidTransition { machine: "step", from: from.to_string(), input: format!("{input:?}") }
+    STEP_TRANSITIONS.iter().find(|(f, i, _)| *f == from && *i == input).map(|t| t.2).ok_or_else(|| InvalidTransition {
+        machine: "step",
+        from: from.to_string(),
+        input: format!("{input:?}"),
     })
 }
 

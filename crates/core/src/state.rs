@@ -225,7 +225,8 @@ impl RunState {
                 self.require_created(seq, kind)?;
                 self.status = machine::run_transition(self.status, RunInput::Cancelled).map_err(tr)?;
                 if self.failure.is_none() {
-                    self.failure = Some(Failure::new(crate::event::ErrorClass::Permanent, format!("cancelled: {reason}")));
+                    self.failure =
+                        Some(Failure::new(crate::event::ErrorClass::Permanent, format!("cancelled: {reason}")));
                 }
                 self.end_unsettled_steps(at);
             }
@@ -258,9 +259,11 @@ impl RunState {
         }
         let run_next = machine::run_transition(self.status, RunInput::StepActivity)
             .map_err(|source| Error::Transition { seq, kind, source })?;
-        let idx = self
-            .step_index(step_id.as_str())
-            .ok_or_else(|| Error::UnknownStep { seq, kind, step: step_id.to_string() })?;
+        let idx = self.step_index(step_id.as_str()).ok_or_else(|| Error::UnknownStep {
+            seq,
+            kind,
+            step: step_id.to_string(),
+        })?;
         let input = match event {
             Event::StepReady { .. } => StepInput::Ready,
             Event::StepSkipped { .. } => StepInput::Skipped,
@@ -273,8 +276,8 @@ impl RunState {
             _ => return Err(Error::Premature { seq, kind }),
         };
         let step = &mut self.steps[idx];
-        let next = machine::step_transition(step.status, input)
-            .map_err(|source| Error::Transition { seq, kind, source })?;
+        let next =
+            machine::step_transition(step.status, input).map_err(|source| Error::Transition { seq, kind, source })?;
         // Attempt fencing: results are accepted only for the attempt that is current.
         let check_attempt = |got: u32, current: u32| {
             if got == current {

@@ -79,6 +79,9 @@ fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
     {
         let expr = env().compile_expression(inner.trim()).map_err(|e| format!("template `{s}`: {e}"))?;
         let value = expr.eval(ctx_value).map_err(|e| format!("template `{s}`: {e}"))?;
+        if value.is_undefined() {
+            return Err(format!("template `{s}`: `{}` is undefined", inner.trim()));
+        }
         return serde_json::to_value(&value).map_err(|e| format!("template `{s}`: {e}"));
     }
     env().render_str(s, ctx_value).map(Value::String).map_err(|e| format!("template `{s}`: {e}"))

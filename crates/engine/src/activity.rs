@@ -44,8 +44,7 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
             let msg = format!("injected failure (attempt {} of fail_times={})", ctx.attempt, inject.fail_times);
             return Outcome { result: Err(Failure::new(inject.fail_class, msg)), logs };
         }
-        if inject.fail_rate > 0.0
-            && unit_hash(0, &[ctx.run_id, ctx.step, &ctx.attempt.to_string()]) < inject.fail_rate
+        if inject.fail_rate > 0.0 && unit_hash(0, &[ctx.run_id, ctx.step, &ctx.attempt.to_string()]) < inject.fail_rate
         {
             let msg = format!("injected failure (fail_rate={})", inject.fail_rate);
             return Outcome { result: Err(Failure::new(inject.fail_class, msg)), logs };
@@ -77,7 +76,9 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
 
 async fn sleep(input: &Value, logs: &mut Vec<String>) -> Result<Value, Failure> {
     let ms = match input.get("duration") {
-        Some(Value::String(s)) => parse_ms(s).map_err(|e| Failure::new(ErrorClass::Permanent, format!("with.duration: {e}")))?,
+        Some(Value::String(s)) => {
+            parse_ms(s).map_err(|e| Failure::new(ErrorClass::Permanent, format!("with.duration: {e}")))?
+        }
         Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
         _ => 0,
     };

@@ -94,7 +94,11 @@ impl<S: Store> Engine<S> {
 
     /// Creates the run (first commit: created, planned, first steps started) and drives it in a
     /// task. The id is known as soon as this returns.
-    pub async fn start(&self, run_id: RunId, new: NewRun) -> Result<tokio::task::JoinHandle<Result<RunOutcome, Error>>, Error> {
+    pub async fn start(
+        &self,
+        run_id: RunId,
+        new: NewRun,
+    ) -> Result<tokio::task::JoinHandle<Result<RunOutcome, Error>>, Error> {
         let mut live = Live::new(self.inner.clone(), RunState::new(run_id), 0);
         let workflow = new.definition.name.clone();
         live.feed(Event::RunCreated { workflow, source: new.source, inputs: new.inputs, options: new.options })?;
@@ -288,7 +292,9 @@ impl<S: Store> Live<S> {
     fn start_ready(&mut self) -> Result<(), Error> {
         while let Some((index, ..)) = self.start_queue.front() {
             let index = *index;
-            if self.state.status.is_terminal() || self.state.steps.get(index).map(|s| s.status) != Some(StepStatus::Ready) {
+            if self.state.status.is_terminal()
+                || self.state.steps.get(index).map(|s| s.status) != Some(StepStatus::Ready)
+            {
                 self.start_queue.pop_front();
                 continue;
             }
@@ -299,7 +305,14 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    fn launch(&mut self, index: usize, step: StepId, attempt: u32, input: Value, permit: OwnedSemaphorePermit) -> Result<(), Error> {
+    fn launch(
+        &mut self,
+        index: usize,
+        step: StepId,
+        attempt: u32,
+        input: Value,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Error> {
         let payload = Payload::of(&input);
         let reference = payload.reference.clone();
         self.state.add_payload(&payload, input.clone());
@@ -374,7 +387,11 @@ impl<S: Store> Live<S> {
                     Err(_) => activity::Outcome {
                         result: Err(Failure::new(
                             ErrorClass::Timeout,
-                            format!("attempt {} ran past its timeout of {} and was cancelled", l.attempt, cairn_core::duration::format_ms(ms)),
+                            format!(
+                                "attempt {} ran past its timeout of {} and was cancelled",
+                                l.attempt,
+                                cairn_core::duration::format_ms(ms)
+                            ),
                         )),
                         logs: Vec::new(),
                     },
@@ -396,7 +413,9 @@ impl<S: Store> Live<S> {
     }
 
     fn on_finished(&mut self, f: Finished) -> Result<(), Error> {
-        if self.state.status.is_terminal() || self.state.steps.get(f.index).map(|s| s.status) != Some(StepStatus::Running) {
+        if self.state.status.is_terminal()
+            || self.state.steps.get(f.index).map(|s| s.status) != Some(StepStatus::Running)
+        {
             return Ok(());
         }
         for line in f.outcome.logs {
@@ -422,19 +441,35 @@ impl<S: Store> Live<S> {
                 let output = payload.reference.clone();
                 self.state.add_payload(&payload, value);
                 self.payloads.push(payload);
-                self.log(&f.step, f.attempt, "info", format!("attempt {} succeeded in {} ms", f.attempt, f.duration_ms));
-                self.feed(Event::AttemptSucceeded { step: f.step, attempt: f.attempt, output, duration_ms: f.duration_ms })
+                self.log(
+                    &f.step,
+                    f.attempt,
+                    "info",
+                    format!("attempt {} succeeded in {} ms", f.attempt, f.duration_ms),
+                );
+                self.feed(Event::AttemptSucceeded {
+                    step: f.step,
+                    attempt: f.attempt,
+                    output,
+                    duration_ms: f.duration_ms,
+                })
             }
             Err(failure) => {
                 self.log(&f.step, f.attempt, "error", format!("attempt {} failed: {failure}", f.attempt));
-                self.feed(Event::AttemptFailed { step: f.step, attempt: f.attempt, failure, duration_ms: f.duration_ms })
+                self.feed(Event::AttemptFailed {
+                    step: f.step,
+                    attempt: f.attempt,
+                    failure,
+                    duration_ms: f.duration_ms,
+                })
             }
         }
     }
 
     fn fire_due_timers(&mut self) -> Result<(), Error> {
         let now = now_ms();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.timers).into_iter().partition(|(at, _)| *at <= now);
         self.timers = later;
         for (_, step) in due {
             let waiting = self.state.step_state(step.as_str()).map(|s| s.status) == Some(StepStatus::RetryWait);

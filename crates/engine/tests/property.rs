@@ -64,7 +64,13 @@ fn definition(specs: &[StepSpec]) -> Definition {
                 needs: s.needs.iter().map(|j| StepId::new(format!("s{j}"))).collect(),
                 when: s.when.map(|w| format!("inputs.flag == {w}")),
                 with: json!({"i": i, "prev": s.needs.first().map(|j| format!("{{{{ steps.s{j}.status }}}}"))}),
-                retry: RetryPolicy { max_attempts: s.max_attempts, initial_delay_ms: 1, multiplier: 2.0, max_delay_ms: 4, jitter: 0.5 },
+                retry: RetryPolicy {
+                    max_attempts: s.max_attempts,
+                    initial_delay_ms: 1,
+                    multiplier: 2.0,
+                    max_delay_ms: 4,
+                    jitter: 0.5,
+                },
                 timeout_ms: Some(10_000),
                 on_failure: OnFailure::Continue,
                 trigger: s.trigger,
@@ -85,7 +91,7 @@ fn expected(specs: &[StepSpec]) -> Vec<(StepStatus, u32)> {
         let deps: Vec<StepStatus> = s.needs.iter().map(|&j| out[j].0).collect();
         let skip = match s.trigger {
             Trigger::AllSucceeded => deps.iter().any(|d| *d != StepStatus::Completed),
-            Trigger::NoneFailed => deps.iter().any(|d| *d == StepStatus::Failed),
+            Trigger::NoneFailed => deps.contains(&StepStatus::Failed),
             Trigger::AllDone => false,
         };
         // The runs below use inputs.flag = true.

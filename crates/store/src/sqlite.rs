@@ -119,9 +119,11 @@ impl Durability {
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A write waiting for the next group commit, with where to send its result.
+type Pending = (Box<RunWrite>, oneshot::Sender<Result<(), Error>>);
 
 enum Msg {
-    Write(RunWrite, oneshot::Sender<Result<(), Error>>),
+    Write(Box<RunWrite>, oneshot::Sender<Result<(), Error>>),
     /// Runs alone in the writer thread (claims, heartbeats).
     Job(Job),
 }
@@ -136,7 +138,9 @@ pub struct SqliteStore {
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     let p = path.display().to_string();
     match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase) => Error::NotOurs { path: p, detail: "the file is not an SQLite database".into() },
+        Some(ErrorCode::NotADatabase) => {
+            Error::NotOurs { path: p, detail: "the file is not an SQLite database".into() }
+        }
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
             Error::Locked { path: p, waited_ms: BUSY_TIMEOUT.as_millis() as u64 }
         }
@@ -147,28 +151,31 @@ fn open_error(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-fn connect(path: &Path, durability: Durability) -> Result<Connection, Error> {
+fn open_raw(path: &Path) -> Result<Connection, Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_error(path, e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn set_pragmas(conn: &Connection, path: &Path, durability: Durability) -> Result<(), Error> {
     let sync = match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
     conn.execute_batch(&format!("PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA foreign_keys=OFF;"))
-        .map_err(|e| open_error(path, e))?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
+        .map_err(|e| open_error(path, e))
 }
 
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+/// Refuses files that are not Cairn's (or are from a newer Cairn) *before* changing anything in
+/// them; returns whether migrations are needed.
+fn check_ownership(conn: &Connection, path: &Path) -> Result<bool, Error> {
     let p = path.display().to_string();
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| open_error(path, e))?;
-    let app_id: i64 = tx.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let tables: i64 = tx.query_row("SELECT count(*) FROM sqlite_master WHERE type='table'", [], |r| r.get(0))?;
+    let read = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(|e| open_error(path, e));
+    let app_id = read("PRAGMA application_id")?;
+    let version = read("PRAGMA user_version")?;
+    let tables = read("SELECT count(*) FROM sqlite_master WHERE type='table'")?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
         return Err(Error::NotOurs {
             path: p,
@@ -179,6 +186,15 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     if version > known {
         return Err(Error::NewerSchema { path: p, found: version, known });
     }
+    Ok(app_id != APPLICATION_ID || version < known)
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| open_error(path, e))?;
+    // Another process may have migrated (or claimed the file) while we waited for the lock.
+    check_ownership(&tx, path)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -201,9 +217,14 @@ impl SqliteStore {
                 detail: format!("directory {} does not exist", parent.display()),
             });
         }
-        let mut writer = connect(&path, durability)?;
-        migrate(&mut writer, &path)?;
-        let reader = connect(&path, durability)?;
+        let mut writer = open_raw(&path)?;
+        let needs_migration = check_ownership(&writer, &path)?;
+        set_pragmas(&writer, &path, durability)?;
+        if needs_migration {
+            migrate(&mut writer, &path)?;
+        }
+        let reader = open_raw(&path)?;
+        set_pragmas(&reader, &path, durability)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.clone();
         std::thread::Builder::new()
@@ -245,7 +266,7 @@ impl SqliteStore {
 }
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
-    let mut pending: Vec<(RunWrite, oneshot::Sender<Result<(), Error>>)> = Vec::new();
+    let mut pending: Vec<Pending> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut jobs: Vec<Job> = Vec::new();
         match first {
@@ -268,11 +289,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
     }
 }
 
-fn commit_group(
-    conn: &mut Connection,
-    pending: &mut Vec<(RunWrite, oneshot::Sender<Result<(), Error>>)>,
-    path: &Path,
-) {
+fn commit_group(conn: &mut Connection, pending: &mut Vec<Pending>, path: &Path) {
     let started = Instant::now();
     let result = (|| -> Result<Vec<Result<(), Error>>, Error> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -372,8 +389,20 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
         )?;
         for s in &w.steps {
             up.execute(params![
-                r.id, s.step_id, s.position, s.kind, s.status, s.attempts, s.not_before_ms, s.started_at_ms,
-                s.finished_at_ms, s.busy_ms as i64, s.error_class, s.error_message, s.output_hash, s.skip_reason
+                r.id,
+                s.step_id,
+                s.position,
+                s.kind,
+                s.status,
+                s.attempts,
+                s.not_before_ms,
+                s.started_at_ms,
+                s.finished_at_ms,
+                s.busy_ms as i64,
+                s.error_class,
+                s.error_message,
+                s.output_hash,
+                s.skip_reason
             ])?;
         }
     }
@@ -441,7 +470,7 @@ const TERMINAL: &str = "('COMPLETED','FAILED','CANCELLED')";
 impl Store for SqliteStore {
     async fn commit(&self, write: RunWrite) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Write(write, reply))?;
+        self.send(Msg::Write(Box::new(write), reply))?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -589,7 +618,13 @@ impl Store for SqliteStore {
                  ORDER BY rowid",
             )?;
             let rows = stmt.query_map(params![id.as_str(), step], |r| {
-                Ok(LogLine { step_id: r.get(0)?, attempt: r.get(1)?, at_ms: r.get(2)?, level: r.get(3)?, message: r.get(4)? })
+                Ok(LogLine {
+                    step_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    level: r.get(3)?,
+                    message: r.get(4)?,
+                })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
