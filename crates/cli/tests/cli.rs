@@ -673,3 +673,33 @@ fn chaos_with_the_same_seed_fails_the_same_attempts() {
         .count() as u32;
     assert_eq!(chaos_failures, total - first.len() as u32, "every extra attempt was caused by chaos");
 }
+
+/// `cairn bench` works end to end on a real file (a smoke test: numbers are not asserted, speed is
+/// measured by running the benchmark, never by a timed test).
+#[test]
+fn bench_runs_every_scenario_and_reports_its_numbers() {
+    let env = Env::new();
+    let db = env.dir.path().join("bench.db");
+    let out = env.run(&[
+        "bench",
+        "--workflows",
+        "20",
+        "--sequential",
+        "5",
+        "--in-flight",
+        "5",
+        "--bench-db",
+        path_str(&db),
+        "--json",
+    ]);
+    assert!(out.status.success(), "bench failed: {}", stderr(&out));
+    let lines: Vec<serde_json::Value> =
+        stdout(&out).lines().map(|l| serde_json::from_str(l).expect("a JSON line per scenario")).collect();
+    assert_eq!(lines.len(), 4, "{}", stdout(&out));
+    for (r, (steps, in_flight)) in lines.iter().zip([(3, 1), (10, 1), (3, 5), (10, 5)]) {
+        assert_eq!((r["steps"].as_u64(), r["in_flight"].as_u64()), (Some(steps), Some(in_flight)));
+        assert!(r["workflows_per_s"].as_f64().unwrap_or(0.0) > 0.0);
+        assert!(r["workflow_p99_ms"].as_f64().unwrap_or(-1.0) >= r["workflow_p50_ms"].as_f64().unwrap_or(0.0));
+    }
+    assert!(stderr(&out).contains("synchronous=FULL"), "the durability mode is printed: {}", stderr(&out));
+}
