@@ -309,9 +309,14 @@ pub async fn resume(db: &DbArgs, args: ResumeArgs) -> CliResult {
         eprintln!("nothing to resume: no unfinished run is free to take");
     }
     let mut worst: CliResult = Ok(());
-    for (id, handle) in handles {
-        eprintln!("[workflow] id={id} resumed");
-        let result = follow(&engine, &id, handle).await.and_then(|o| finish(o, None, args.json));
+    for (id, driving) in handles {
+        let result = match driving {
+            Ok(handle) => {
+                eprintln!("[workflow] id={id} resumed");
+                follow(&engine, &id, handle).await.and_then(|o| finish(o, None, args.json))
+            }
+            Err(e) => Err(CliError::from(e)),
+        };
         if let Err(e) = result {
             if e.code == 130 {
                 worst = Err(e);

@@ -61,6 +61,9 @@ pub struct RunOutcome {
     pub state: Box<RunState>,
 }
 
+/// The task driving one run to its end.
+pub type Driving = tokio::task::JoinHandle<Result<RunOutcome, Error>>;
+
 pub struct Engine<S: Store> {
     inner: Arc<Inner<S>>,
 }
@@ -117,10 +120,7 @@ impl<S: Store> Engine<S> {
 
     /// Claims unfinished runs that nobody drives (lease expired, or owner process gone) and drives
     /// them. `only` restricts it to one run, which is then an error if it cannot be claimed.
-    pub async fn resume(
-        &self,
-        only: Option<&RunId>,
-    ) -> Result<Vec<(RunId, tokio::task::JoinHandle<Result<RunOutcome, Error>>)>, Error> {
+    pub async fn resume(&self, only: Option<&RunId>) -> Result<Vec<(RunId, Result<Driving, Error>)>, Error> {
         let store = &self.inner.store;
         let now = now_ms();
         let claimed = store
@@ -141,18 +141,24 @@ impl<S: Store> Engine<S> {
             }
             return Err(Error::Owned(id.to_string()));
         }
+        // One run that cannot be resumed (a damaged journal, say) must not stop the others.
         let mut handles = Vec::new();
         for id in claimed {
-            let loaded = store.load_run(&id).await?;
-            let state = RunState::fold(id.clone(), &loaded.events, loaded.payloads)
-                .map_err(|source| Error::Journal { run_id: id.to_string(), source })?;
-            let seq = state.last_seq;
-            let mut live = Live::new(self.inner.clone(), state, seq);
-            live.recover()?;
-            live.commit().await?;
-            handles.push((id, tokio::spawn(live.drive())));
+            let driving = self.resume_one(&id).await;
+            handles.push((id, driving));
         }
         Ok(handles)
+    }
+
+    async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
+        let loaded = self.inner.store.load_run(id).await?;
+        let state = RunState::fold(id.clone(), &loaded.events, loaded.payloads)
+            .map_err(|source| Error::Journal { run_id: id.to_string(), source })?;
+        let seq = state.last_seq;
+        let mut live = Live::new(self.inner.clone(), state, seq);
+        live.recover()?;
+        live.commit().await?;
+        Ok(tokio::spawn(live.drive()))
     }
 
     /// Keeps this process's leases alive until the returned task is aborted.
@@ -506,8 +512,12 @@ impl<S: Store> Live<S> {
                         Err(e) => return Err(Error::Invalid(format!("an activity task panicked: {e}"))),
                     }
                     // Fold every other result that is already in into the same commit.
-                    while let Some(Ok(finished)) = self.running.try_join_next() {
-                        self.on_finished(finished)?;
+                    while let Some(joined) = self.running.try_join_next() {
+                        match joined {
+                            Ok(finished) => self.on_finished(finished)?,
+                            Err(e) if e.is_cancelled() => {}
+                            Err(e) => return Err(Error::Invalid(format!("an activity task panicked: {e}"))),
+                        }
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)), if next_timer.is_some() => {

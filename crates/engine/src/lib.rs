@@ -10,7 +10,7 @@
 pub mod activity;
 mod driver;
 
-pub use driver::{Engine, EngineConfig, NewRun, Notice, RunOutcome};
+pub use driver::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

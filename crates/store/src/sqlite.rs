@@ -509,13 +509,12 @@ impl Store for SqliteStore {
             };
             Ok(rows)
         })?;
-        let takeable: Vec<(String, Option<String>)> = candidates
+        let takeable: Vec<(String, Option<String>, Option<i64>)> = candidates
             .into_iter()
             .filter(|(_, owner, lease)| match owner {
                 None => true,
                 Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
             })
-            .map(|(id, owner, _)| (id, owner))
             .collect();
         let owner = claim.owner.to_string();
         let until = claim.lease_until_ms;
@@ -524,10 +523,13 @@ impl Store for SqliteStore {
             let mut claimed = Vec::new();
             {
                 let mut stmt = tx.prepare(&format!(
-                    "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id=?3 AND owner IS ?4 AND status NOT IN {TERMINAL}"
+                    "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id=?3 AND owner IS ?4 \
+                     AND lease_expires_at IS ?5 AND status NOT IN {TERMINAL}"
                 ))?;
-                for (id, old) in takeable {
-                    if stmt.execute(params![owner, until, id, old])? == 1 {
+                // Compare-and-set on owner *and* lease: an owner that heartbeated since we looked
+                // keeps its run.
+                for (id, old, lease) in takeable {
+                    if stmt.execute(params![owner, until, id, old, lease])? == 1 {
                         claimed.push(RunId::parse(&id).map_err(Error::Corrupt)?);
                     }
                 }
