@@ -130,11 +130,26 @@ impl Decider<'_> {
         }
     }
 
-    /// Variables visible to conditions and templates.
-    fn context(&self) -> Value {
+    /// Variables visible to step `i`'s condition and templates. A step sees only the steps it
+    /// needs, directly or transitively: they are all settled before it is decided, so rendering
+    /// again after a restart gives the same input as the first time.
+    fn context(&self, i: usize) -> Value {
+        let def = self.definition();
+        let mut visible = vec![false; def.steps.len()];
+        let mut stack: Vec<usize> = vec![i];
+        while let Some(j) = stack.pop() {
+            for need in &def.steps[j].needs {
+                if let Some(k) = self.state.step_index(need.as_str())
+                    && !visible[k]
+                {
+                    visible[k] = true;
+                    stack.push(k);
+                }
+            }
+        }
         let mut steps = Map::new();
-        for (i, s) in self.state.steps.iter().enumerate() {
-            let output = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
+        for (k, s) in self.state.steps.iter().enumerate().filter(|(k, _)| visible[*k]) {
+            let output = self.state.output_of(k).map(|v| (**v).clone()).unwrap_or(Value::Null);
             steps.insert(s.id.to_string(), json!({"output": output, "status": s.status.as_str()}));
         }
         json!({
@@ -190,7 +205,7 @@ impl Decider<'_> {
         let input = if step.with.is_null() {
             Value::Null
         } else {
-            match template::render(&step.with, &self.context()) {
+            match template::render(&step.with, &self.context(i)) {
                 Ok(v) => v,
                 Err(msg) => {
                     return self
@@ -247,7 +262,7 @@ impl Decider<'_> {
                     continue;
                 }
                 if let Some(cond) = &step.when {
-                    let ctx = self.context();
+                    let ctx = self.context(i);
                     let vars = [("inputs", &ctx["inputs"]), ("steps", &ctx["steps"]), ("run", &ctx["run"])];
                     match expr::eval_bool(cond, &vars) {
                         Ok(true) => {}
@@ -362,4 +377,84 @@ pub fn replay(
         return Err(ReplayError::Divergence { seq: exp.seq, recorded: "end of journal".into(), decided: show(&exp) });
     }
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{RunOptions, RunSource};
+
+    struct Harness {
+        state: RunState,
+    }
+
+    impl Harness {
+        fn new(yaml: &str) -> (Harness, Vec<Command>) {
+            let def = crate::validate::parse_definition(yaml, "t.yaml").expect("valid definition");
+            let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)) };
+            let created = Event::RunCreated {
+                workflow: def.name.clone(),
+                source: RunSource::Definition { path: None },
+                inputs: json!({}),
+                options: RunOptions::default(),
+            };
+            h.feed(created);
+            let value = serde_json::to_value(&def).expect("json");
+            let payload = Payload::of(&value);
+            h.state.add_payload(&payload, value);
+            let cmds = h.feed(Event::PlanRecorded { definition: payload.reference, plan: None });
+            (h, cmds)
+        }
+
+        fn feed(&mut self, event: Event) -> Vec<Command> {
+            let env = Envelope { seq: self.state.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event };
+            decide(&mut self.state, &env).expect("legal event")
+        }
+
+        fn succeed(&mut self, step: &str, output: Value) -> Vec<Command> {
+            let step = StepId::new(step);
+            let input = Payload::of(&Value::Null);
+            self.state.add_payload(&input, Value::Null);
+            self.feed(Event::AttemptStarted { step: step.clone(), attempt: 1, input: input.reference });
+            let out = Payload::of(&output);
+            self.state.add_payload(&out, output);
+            self.feed(Event::AttemptSucceeded { step, attempt: 1, output: out.reference, duration_ms: 1 })
+        }
+    }
+
+    fn started(cmds: &[Command]) -> Vec<(String, Value)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::StartAttempt { step, input, .. } => Some((step.to_string(), input.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn independent_steps_start_together_and_a_step_starts_when_its_needs_settle() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a, b], with: {x: '{{ steps.a.output }}'}}\n";
+        let (mut h, cmds) = Harness::new(yaml);
+        let first: Vec<String> = started(&cmds).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(first, vec!["a", "b"]);
+        assert!(started(&h.succeed("a", json!(7))).is_empty(), "c waits for b");
+        assert_eq!(started(&h.succeed("b", json!(8))), vec![("c".to_string(), json!({"x": 7}))]);
+    }
+
+    #[test]
+    fn a_step_sees_only_the_steps_it_needs() {
+        // c needs a only; b (done before c is decided) is invisible to it, so the input is the
+        // same whenever c is decided or re-decided after a restart.
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a], with: {x: '{{ steps.b.status }}'}}\n";
+        let (mut h, _) = Harness::new(yaml);
+        h.succeed("b", json!(1));
+        let cmds = h.succeed("a", json!(2));
+        assert!(started(&cmds).is_empty());
+        let failed = cmds.iter().any(|c| {
+            matches!(c, Command::Record(Envelope { event: Event::StepFailed { step, failure }, .. })
+                if step.as_str() == "c" && failure.class == ErrorClass::Permanent && failure.message.contains("steps.b"))
+        });
+        assert!(failed, "{cmds:#?}");
+        assert_eq!(h.state.status, RunStatus::Failed);
+    }
 }
