@@ -339,44 +339,24 @@ impl Problems<'_> {
         }
     }
 
-    fn int_in(
+    /// Checks a number against an inclusive range; the problem states the range and a hint.
+    fn in_range<T: PartialOrd + Copy + fmt::Debug>(
         &mut self,
         field: &str,
-        raw: &Spanned<i64>,
+        raw: &Spanned<T>,
         step: Option<&str>,
-        (lo, hi): (i64, i64),
+        (lo, hi): (T, T),
         hint: &str,
-    ) -> Option<i64> {
+    ) -> Option<T> {
         let v = raw.value;
-        if (lo..=hi).contains(&v) {
+        if lo <= v && v <= hi {
             return Some(v);
         }
         self.add(
             raw.referenced,
             step,
             "out_of_range",
-            format!("`{field}` is {v}, but must be between {lo} and {hi}{hint}"),
-        );
-        None
-    }
-
-    fn float_in(
-        &mut self,
-        field: &str,
-        raw: &Spanned<f64>,
-        step: Option<&str>,
-        (lo, hi): (f64, f64),
-        hint: &str,
-    ) -> Option<f64> {
-        let v = raw.value;
-        if (lo..=hi).contains(&v) {
-            return Some(v);
-        }
-        self.add(
-            raw.referenced,
-            step,
-            "out_of_range",
-            format!("`{field}` is {v}, but must be between {lo:.1} and {hi:.1}{hint}"),
+            format!("`{field}` is {v:?}, but must be between {lo:?} and {hi:?}{hint}"),
         );
         None
     }
@@ -461,7 +441,7 @@ struct RetryOverride {
 fn check_retry(raw: &RawRetry, prefix: &str, step: Option<&str>, out: &mut Problems<'_>) -> RetryOverride {
     let (lo, hi) = MAX_ATTEMPTS_RANGE;
     let max_attempts = raw.max_attempts.as_ref().and_then(|v| {
-        out.int_in(
+        out.in_range(
             &format!("{prefix}max_attempts"),
             v,
             step,
@@ -470,7 +450,7 @@ fn check_retry(raw: &RawRetry, prefix: &str, step: Option<&str>, out: &mut Probl
         )
     });
     let multiplier = raw.multiplier.as_ref().and_then(|v| {
-        out.float_in(
+        out.in_range(
             &format!("{prefix}multiplier"),
             v,
             step,
@@ -479,7 +459,7 @@ fn check_retry(raw: &RawRetry, prefix: &str, step: Option<&str>, out: &mut Probl
         )
     });
     let jitter = raw.jitter.as_ref().and_then(|v| {
-        out.float_in(&format!("{prefix}jitter"), v, step, (0.0, 1.0), " (a fraction: 0.2 spreads each delay by ±20%)")
+        out.in_range(&format!("{prefix}jitter"), v, step, (0.0, 1.0), " (a fraction: 0.2 spreads each delay by ±20%)")
     });
     let initial_delay_ms = raw.initial_delay.as_ref().and_then(|v| {
         out.delay(&format!("{prefix}initial_delay"), v, step, MAX_DELAY_LIMIT_MS).map(|ms| (ms, v.referenced))
@@ -632,7 +612,7 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         );
     }
     let version = raw.version.as_ref().map_or(1, |v| {
-        out.int_in("version", v, None, (1, i64::from(u32::MAX)), " (bump it when you change the definition)")
+        out.in_range("version", v, None, (1, i64::from(u32::MAX)), " (bump it when you change the definition)")
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(1)
     });
@@ -899,13 +879,13 @@ fn compile_inject(raw: &RawInject, step: Option<&str>, out: &mut Problems<'_>) -
     let mut inject = Inject::default();
     if let Some(v) = &raw.fail_times {
         inject.fail_times = out
-            .int_in("inject.fail_times", v, step, (0, i64::from(u32::MAX)), " (the first N attempts fail)")
+            .in_range("inject.fail_times", v, step, (0, i64::from(u32::MAX)), " (the first N attempts fail)")
             .and_then(|n| u32::try_from(n).ok())
             .unwrap_or(0);
     }
     if let Some(v) = &raw.fail_rate {
         inject.fail_rate =
-            out.float_in("inject.fail_rate", v, step, (0.0, 1.0), " (the chance that an attempt fails)").unwrap_or(0.0);
+            out.in_range("inject.fail_rate", v, step, (0.0, 1.0), " (the chance that an attempt fails)").unwrap_or(0.0);
     }
     if let Some(v) = &raw.fail_class {
         match ErrorClass::parse(&v.value) {
