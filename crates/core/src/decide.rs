@@ -115,26 +115,17 @@ impl Decider<'_> {
         Ok(())
     }
 
-    fn definition(&self) -> Arc<crate::definition::Definition> {
-        match &self.state.definition {
-            Some(d) => d.clone(),
-            None => Arc::new(crate::definition::Definition {
-                format: 1,
-                name: String::new(),
-                version: 1,
-                description: None,
-                inputs: Default::default(),
-                artifact: None,
-                steps: Vec::new(),
-            }),
-        }
+    /// The pinned definition. Every caller runs after `PlanRecorded` (step events are refused
+    /// before it), so a missing plan means there is nothing to decide.
+    fn definition(&self) -> Option<Arc<crate::definition::Definition>> {
+        self.state.definition.clone()
     }
 
     /// Variables visible to step `i`'s condition and templates. A step sees only the steps it
     /// needs, directly or transitively: they are all settled before it is decided, so rendering
     /// again after a restart gives the same input as the first time.
     fn context(&self, i: usize) -> Value {
-        let def = self.definition();
+        let Some(def) = self.definition() else { return Value::Null };
         let mut visible = vec![false; def.steps.len()];
         let mut stack: Vec<usize> = vec![i];
         while let Some(j) = stack.pop() {
@@ -160,7 +151,7 @@ impl Decider<'_> {
     }
 
     fn on_attempt_failed(&mut self, step: &StepId, attempt: u32, failure: &Failure) -> Result<(), Error> {
-        let def = self.definition();
+        let Some(def) = self.definition() else { return Ok(()) };
         let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
         let policy = def.steps[i].retry;
         let key = [self.state.run_id.as_str(), step.as_str()];
@@ -189,7 +180,7 @@ impl Decider<'_> {
 
     /// Records the step's failure and applies its `on_failure` policy.
     fn fail_step(&mut self, i: usize, failure: Failure) -> Result<(), Error> {
-        let def = self.definition();
+        let Some(def) = self.definition() else { return Ok(()) };
         let step = def.steps[i].id.clone();
         self.record(Event::StepFailed { step: step.clone(), failure: failure.clone() })?;
         if def.steps[i].on_failure == OnFailure::Fail {
@@ -200,7 +191,7 @@ impl Decider<'_> {
     }
 
     fn start_attempt(&mut self, i: usize) -> Result<(), Error> {
-        let def = self.definition();
+        let Some(def) = self.definition() else { return Ok(()) };
         let step = &def.steps[i];
         let input = if step.with.is_null() {
             Value::Null
@@ -220,7 +211,7 @@ impl Decider<'_> {
 
     /// Moves every step whose dependencies are settled, then checks whether the run is done.
     fn reconcile(&mut self) -> Result<(), Error> {
-        let def = self.definition();
+        let Some(def) = self.definition() else { return Ok(()) };
         loop {
             if self.state.status.is_terminal() {
                 return Ok(());

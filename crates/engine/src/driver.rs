@@ -277,7 +277,7 @@ impl<S: Store> Live<S> {
             .filter(|s| s.status == StepStatus::Running)
             .map(|s| (s.id.clone(), s.attempts))
             .collect();
-        let resumed = resume_commands_safe(&mut self.state).map_err(|e| self.journal_error(e))?;
+        let resumed = decide::resume_commands(&mut self.state).map_err(|e| self.journal_error(e))?;
         self.handle(resumed);
         for (step, attempt) in interrupted {
             let failure = Failure::new(
@@ -543,8 +543,4 @@ impl<S: Store> Live<S> {
             state: Box::new(self.state.clone()),
         }
     }
-}
-
-fn resume_commands_safe(state: &mut RunState) -> Result<Vec<Command>, cairn_core::state::Error> {
-    decide::resume_commands(state)
 }
