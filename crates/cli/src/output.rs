@@ -92,7 +92,10 @@ fn progress_line(
         Event::RunFailed { failure, .. } => {
             Some(format!("[workflow] {} after {}: {}", paint.red("failed"), since(started), failure.message))
         }
-        Event::RunCancelled { reason } => Some(format!("[workflow] cancelled: {reason}")),
+        Event::RunCancelled { reason, .. } => Some(format!("[workflow] cancelled: {reason}")),
+        Event::RunPaused { .. } => Some("[workflow] paused".to_string()),
+        Event::RunUnpaused { .. } => Some("[workflow] unpaused".to_string()),
+        Event::SignalReceived { name, .. } => Some(format!("[signal] {name} received")),
         _ => None,
     }
 }

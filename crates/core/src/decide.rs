@@ -72,7 +72,15 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.on_attempt_failed(step, *attempt, failure)?;
             d.reconcile()?;
         }
+        Event::RunUnpaused { .. } => {
+            d.restart_work()?;
+            d.reconcile()?;
+        }
         _ => {}
+    }
+    // While paused nothing new starts and no timer is armed; `RunUnpaused` starts them.
+    if d.state.status == RunStatus::Paused {
+        d.out.retain(|c| !matches!(c, Command::StartAttempt { .. } | Command::ArmTimer { .. }));
     }
     Ok(d.out)
 }
@@ -81,23 +89,12 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
 /// that are ready and re-arm the timers of steps waiting to retry. Attempts that were running when
 /// the previous owner stopped are the engine's to report (as failed, class `transient`).
 pub fn resume_commands(state: &mut RunState) -> Result<Vec<Command>, Error> {
-    if state.status.is_terminal() || state.definition.is_none() {
+    if state.status.is_terminal() || state.status == RunStatus::Paused || state.definition.is_none() {
         return Ok(Vec::new());
     }
     let at = state.updated_at_ms;
     let mut d = Decider { state, at, out: Vec::new() };
-    for i in 0..d.state.steps.len() {
-        let s = &d.state.steps[i];
-        match s.status {
-            StepStatus::Ready => d.start_attempt(i)?,
-            StepStatus::RetryWait => {
-                if let Some(at_ms) = s.not_before_ms {
-                    d.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
-                }
-            }
-            _ => {}
-        }
-    }
+    d.restart_work()?;
     Ok(d.out)
 }
 
@@ -108,6 +105,23 @@ struct Decider<'a> {
 }
 
 impl Decider<'_> {
+    /// Starts every ready step and re-arms every retry timer (after a restart or an unpause).
+    fn restart_work(&mut self) -> Result<(), Error> {
+        for i in 0..self.state.steps.len() {
+            let s = &self.state.steps[i];
+            match s.status {
+                StepStatus::Ready => self.start_attempt(i)?,
+                StepStatus::RetryWait => {
+                    if let Some(at_ms) = s.not_before_ms {
+                        self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn record(&mut self, event: Event) -> Result<(), Error> {
         let env = Envelope { seq: self.state.last_seq + 1, at_ms: self.at, schema: JOURNAL_SCHEMA, event };
         self.state.apply(&env)?;
@@ -143,9 +157,16 @@ impl Decider<'_> {
             let output = self.state.output_of(k).map(|v| (**v).clone()).unwrap_or(Value::Null);
             steps.insert(s.id.to_string(), json!({"output": output, "status": s.status.as_str()}));
         }
+        let signals: Map<String, Value> = self
+            .state
+            .signals
+            .iter()
+            .map(|(name, r)| (name.clone(), self.state.payload(r).map(|v| (**v).clone()).unwrap_or(Value::Null)))
+            .collect();
         json!({
             "inputs": self.state.inputs,
             "steps": steps,
+            "signals": signals,
             "run": {"id": self.state.run_id.as_str(), "workflow": self.state.workflow},
         })
     }
@@ -254,7 +275,12 @@ impl Decider<'_> {
                 }
                 if let Some(cond) = &step.when {
                     let ctx = self.context(i);
-                    let vars = [("inputs", &ctx["inputs"]), ("steps", &ctx["steps"]), ("run", &ctx["run"])];
+                    let vars = [
+                        ("inputs", &ctx["inputs"]),
+                        ("steps", &ctx["steps"]),
+                        ("run", &ctx["run"]),
+                        ("signals", &ctx["signals"]),
+                    ];
                     match expr::eval_bool(cond, &vars) {
                         Ok(true) => {}
                         Ok(false) => {
@@ -314,6 +340,9 @@ impl Decider<'_> {
             let output = payload.reference.clone();
             self.out.push(Command::StorePayload(payload));
             return self.record(Event::RunCompleted { output });
+        }
+        if self.state.status == RunStatus::Paused {
+            return Ok(());
         }
         let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
         let waiting = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
@@ -447,5 +476,19 @@ mod tests {
         });
         assert!(failed, "{cmds:#?}");
         assert_eq!(h.state.status, RunStatus::Failed);
+    }
+
+    #[test]
+    fn paused_runs_start_nothing_until_unpaused() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a]}\n";
+        let (mut h, _) = Harness::new(yaml);
+        h.feed(Event::RunPaused { by: Some("op".into()) });
+        let cmds = h.succeed("a", json!(1));
+        assert!(started(&cmds).is_empty(), "nothing starts while paused: {cmds:#?}");
+        assert_eq!(h.state.step_state("b").map(|s| s.status), Some(StepStatus::Ready));
+        assert_eq!(h.state.status, RunStatus::Paused);
+        let cmds = h.feed(Event::RunUnpaused { by: None });
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["b"]);
+        assert_eq!(h.state.status, RunStatus::Executing);
     }
 }

@@ -188,6 +188,25 @@ pub enum Event {
     },
     RunCancelled {
         reason: String,
+        /// Who asked (an API token's name, `cli`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// An operator paused the run: attempts in flight finish, nothing new starts, timers wait.
+    RunPaused {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    RunUnpaused {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
+    SignalReceived {
+        name: String,
+        payload: PayloadRef,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
 }
 
@@ -212,6 +231,9 @@ impl Event {
             Event::RunCompleted { .. } => "run_completed",
             Event::RunFailed { .. } => "run_failed",
             Event::RunCancelled { .. } => "run_cancelled",
+            Event::RunPaused { .. } => "run_paused",
+            Event::RunUnpaused { .. } => "run_unpaused",
+            Event::SignalReceived { .. } => "signal_received",
         }
     }
 
@@ -238,6 +260,7 @@ impl Event {
             Event::AttemptStarted { input, .. } => Some(input),
             Event::AttemptSucceeded { output, .. } => Some(output),
             Event::RunCompleted { output } => Some(output),
+            Event::SignalReceived { payload, .. } => Some(payload),
             _ => None,
         }
     }

@@ -41,6 +41,7 @@ status_enum!(
         Planning => "PLANNING",
         Executing => "EXECUTING",
         Waiting => "WAITING",
+        Paused => "PAUSED",
         Completed => "COMPLETED",
         Failed => "FAILED",
         Cancelled => "CANCELLED",
@@ -85,6 +86,9 @@ pub enum RunInput {
     Completed,
     Failed,
     Cancelled,
+    Paused,
+    Unpaused,
+    Signal,
 }
 
 impl RunInput {
@@ -97,6 +101,9 @@ impl RunInput {
         RunInput::Completed,
         RunInput::Failed,
         RunInput::Cancelled,
+        RunInput::Paused,
+        RunInput::Unpaused,
+        RunInput::Signal,
     ];
 }
 
@@ -151,6 +158,20 @@ pub const RUN_TRANSITIONS: &[(RunStatus, RunInput, RunStatus)] = &[
     (R::Waiting, RI::Resumed, R::Executing),
     (R::Waiting, RI::Failed, R::Failed),
     (R::Waiting, RI::Cancelled, R::Cancelled),
+    // Pause: attempts in flight may still finish (and even complete the run); nothing new starts.
+    (R::Executing, RI::Paused, R::Paused),
+    (R::Waiting, RI::Paused, R::Paused),
+    (R::Paused, RI::StepActivity, R::Paused),
+    (R::Paused, RI::Unpaused, R::Executing),
+    (R::Paused, RI::Completed, R::Completed),
+    (R::Paused, RI::Failed, R::Failed),
+    (R::Paused, RI::Cancelled, R::Cancelled),
+    // Signals are recorded in any unfinished state.
+    (R::Pending, RI::Signal, R::Pending),
+    (R::Planning, RI::Signal, R::Planning),
+    (R::Executing, RI::Signal, R::Executing),
+    (R::Waiting, RI::Signal, R::Waiting),
+    (R::Paused, RI::Signal, R::Paused),
 ];
 
 use StepInput as SI;
@@ -223,6 +244,11 @@ mod tests {
             (R::Executing, Completed) => Some(R::Completed),
             (R::Waiting, StepActivity) => Some(R::Waiting),
             (R::Waiting, Resumed) => Some(R::Executing),
+            (_, Signal) => Some(from),
+            (R::Executing | R::Waiting, Paused) => Some(R::Paused),
+            (R::Paused, StepActivity) => Some(R::Paused),
+            (R::Paused, Unpaused) => Some(R::Executing),
+            (R::Paused, Completed) => Some(R::Completed),
             _ => None,
         }
     }

@@ -86,6 +86,8 @@ pub struct RunState {
     pub failure: Option<Failure>,
     pub failed_step: Option<StepId>,
     pub output: Option<PayloadRef>,
+    /// Latest payload of each signal received, by name.
+    pub signals: BTreeMap<String, PayloadRef>,
 }
 
 impl RunState {
@@ -110,6 +112,7 @@ impl RunState {
             failure: None,
             failed_step: None,
             output: None,
+            signals: BTreeMap::new(),
         }
     }
 
@@ -221,7 +224,21 @@ impl RunState {
                 self.failed_step = step.clone();
                 self.end_unsettled_steps(at);
             }
-            Event::RunCancelled { reason } => {
+            Event::RunPaused { .. } => {
+                self.status = machine::run_transition(self.status, RunInput::Paused).map_err(tr)?;
+            }
+            Event::RunUnpaused { .. } => {
+                self.status = machine::run_transition(self.status, RunInput::Unpaused).map_err(tr)?;
+            }
+            Event::SignalReceived { name, payload, .. } => {
+                self.require_created(seq, kind)?;
+                self.status = machine::run_transition(self.status, RunInput::Signal).map_err(tr)?;
+                if !self.payloads.contains_key(&payload.hash) {
+                    return Err(Error::MissingPayload { hash: payload.hash.clone() });
+                }
+                self.signals.insert(name.clone(), payload.clone());
+            }
+            Event::RunCancelled { reason, .. } => {
                 self.require_created(seq, kind)?;
                 self.status = machine::run_transition(self.status, RunInput::Cancelled).map_err(tr)?;
                 if self.failure.is_none() {
