@@ -52,6 +52,7 @@ fn chain(steps: usize) -> Definition {
         description: None,
         inputs: Default::default(),
         artifact: None,
+        retention_ms: None,
         steps: (0..steps)
             .map(|i| Step {
                 id: StepId::new(format!("s{i}")),

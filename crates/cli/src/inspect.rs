@@ -93,7 +93,7 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                     })
                 })
                 .transpose()?;
-            let rows = store.list_runs(RunQuery { status, workflow, limit }).await?;
+            let rows = store.list_runs(RunQuery { status, workflow, limit, ..Default::default() }).await?;
             if json {
                 print_json(&rows);
                 return Ok(());

@@ -26,6 +26,10 @@ pub struct Definition {
     /// File name the CLI writes the run's final output to (`[artifact] PATH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<String>,
+    /// How long finished runs of this workflow are kept before `cairn gc` deletes them; `None`
+    /// means the store's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_ms: Option<u64>,
     pub steps: Vec<Step>,
 }
 

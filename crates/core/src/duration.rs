@@ -4,7 +4,7 @@
 /// Parses a duration into milliseconds; the error says what forms are accepted.
 pub fn parse_ms(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let hint = "use a number with a unit, e.g. 250ms, 2s, 1.5s, 5m, 1h (a bare number means ms)";
+    let hint = "use a number with a unit, e.g. 250ms, 2s, 1.5s, 5m, 1h, 7d (a bare number means ms)";
     if t.is_empty() {
         return Err(format!("empty duration: {hint}"));
     }
@@ -16,6 +16,7 @@ pub fn parse_ms(text: &str) -> Result<u64, String> {
         "s" => 1_000.0,
         "m" | "min" => 60_000.0,
         "h" => 3_600_000.0,
+        "d" => 86_400_000.0,
         other => return Err(format!("'{t}' has unknown unit '{other}': {hint}")),
     };
     let ms = value * factor;
@@ -46,6 +47,7 @@ mod tests {
         assert_eq!(parse_ms("1.5s"), Ok(1500));
         assert_eq!(parse_ms("2m"), Ok(120_000));
         assert_eq!(parse_ms("40"), Ok(40));
+        assert_eq!(parse_ms("7d"), Ok(7 * 86_400_000));
         assert!(parse_ms("5 parsecs").is_err());
         assert!(parse_ms("-1s").is_err());
         assert!(parse_ms("").is_err());

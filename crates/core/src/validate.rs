@@ -105,6 +105,7 @@ struct RawDefinition {
     version: Option<Spanned<i64>>,
     description: Option<String>,
     artifact: Option<Spanned<String>>,
+    retention: Option<Spanned<DurationText>>,
     inputs: Option<BTreeMap<String, Option<RawInput>>>,
     defaults: Option<RawDefaults>,
     steps: Spanned<Vec<Spanned<RawStep>>>,
@@ -671,6 +672,15 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         );
     }
 
+    // Kept for at most ten years; at least a minute, so a run is never collected as it ends.
+    let retention_ms = raw.retention.as_ref().and_then(|r| {
+        let ms = out.delay("retention", r, None, 3_650 * 86_400_000)?;
+        if ms < 60_000 {
+            out.add(r.referenced, None, "out_of_range", format!("`retention` is {}, but must be at least 1m", r.value));
+            return None;
+        }
+        Some(ms)
+    });
     Definition {
         format: FORMAT_VERSION,
         name: raw.name.value,
@@ -678,6 +688,7 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         description: raw.description,
         inputs,
         artifact: raw.artifact.map(|a| a.value),
+        retention_ms,
         steps,
     }
 }

@@ -1,187 +1,24 @@
-//! The per-run driver: decide → commit → effects, in a loop, until the run settles.
+//! The per-run driver: decide → commit → effects, in a loop, until the run settles, goes idle
+//! (service mode releases it for any worker), or the engine drains.
 
 use crate::activity::{self, AttemptContext};
-use crate::{Error, now_ms, owner_is_dead};
+use crate::engine::{Control, ControlMsg, Inner, Notice, RunOutcome};
+use crate::{Error, now_ms};
 use cairn_core::decide::{self, Command};
-use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA, PlanInfo, RunOptions, RunSource};
+use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
-use cairn_core::{Definition, RunId, RunStatus, StepId, StepStatus};
-use cairn_store::{Claim, LogLine, RunRow, RunWrite, StepRow, Store, StoredEvent};
+use cairn_core::{StepId, StepStatus};
+use cairn_store::{IdempotencyKey, LogLine, RunRow, RunWrite, StepRow, Store, StoredEvent};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinSet;
 
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Lease owner id of this process (`host:pid:nonce`).
-    pub owner: String,
-    /// Activities allowed in flight at once, across all runs.
-    pub concurrency: usize,
-    /// How long a lease lasts without a heartbeat.
-    pub lease_ms: u64,
-    /// Test hook: after an attempt of this step returns, pause (so a test can SIGKILL the process
-    /// between "the activity returned" and "its result was committed").
-    pub hold_after_activity: Option<String>,
-}
-
-impl EngineConfig {
-    pub fn new(owner: String) -> Self {
-        EngineConfig { owner, concurrency: 64, lease_ms: 30_000, hold_after_activity: None }
-    }
-}
-
-/// A run to start.
-pub struct NewRun {
-    pub definition: Definition,
-    pub source: RunSource,
-    pub plan: Option<PlanInfo>,
-    /// Inputs after defaults were applied.
-    pub inputs: Value,
-    pub options: RunOptions,
-}
-
-/// Something observers (the CLI's progress lines) may want to know, sent after each commit.
-#[derive(Debug, Clone)]
-pub enum Notice {
-    Committed { run_id: RunId, events: Vec<Envelope> },
-}
-
-#[derive(Debug, Clone)]
-pub struct RunOutcome {
-    pub run_id: RunId,
-    pub status: RunStatus,
-    pub failure: Option<Failure>,
-    pub output: Option<Value>,
-    pub artifact: Option<String>,
-    /// The engine's final in-memory state; folding the journal must reproduce it exactly.
-    pub state: Box<RunState>,
-}
-
-/// The task driving one run to its end.
-pub type Driving = tokio::task::JoinHandle<Result<RunOutcome, Error>>;
-
-pub struct Engine<S: Store> {
-    inner: Arc<Inner<S>>,
-}
-
-impl<S: Store> Clone for Engine<S> {
-    fn clone(&self) -> Self {
-        Engine { inner: self.inner.clone() }
-    }
-}
-
-struct Inner<S> {
-    store: Arc<S>,
-    config: EngineConfig,
-    permits: Arc<Semaphore>,
-    notices: Option<mpsc::UnboundedSender<Notice>>,
-}
-
-impl<S: Store> Engine<S> {
-    pub fn new(store: Arc<S>, config: EngineConfig, notices: Option<mpsc::UnboundedSender<Notice>>) -> Self {
-        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
-        Engine { inner: Arc::new(Inner { store, config, permits, notices }) }
-    }
-
-    pub fn store(&self) -> &Arc<S> {
-        &self.inner.store
-    }
-
-    pub fn owner(&self) -> &str {
-        &self.inner.config.owner
-    }
-
-    /// Creates the run (first commit: created, planned, first steps started) and drives it in a
-    /// task. The id is known as soon as this returns.
-    pub async fn start(
-        &self,
-        run_id: RunId,
-        new: NewRun,
-    ) -> Result<tokio::task::JoinHandle<Result<RunOutcome, Error>>, Error> {
-        let mut live = Live::new(self.inner.clone(), RunState::new(run_id), 0);
-        let workflow = new.definition.name.clone();
-        live.feed(Event::RunCreated { workflow, source: new.source, inputs: new.inputs, options: new.options })?;
-        // `decide` asked for a plan: the plan was made before the run existed (the planner is
-        // pure), so record it now, in the same commit.
-        let json = serde_json::to_value(&new.definition).map_err(|e| Error::Invalid(e.to_string()))?;
-        let payload = Payload::of(&json);
-        live.state.add_payload(&payload, json);
-        let definition = payload.reference.clone();
-        live.payloads.push(payload);
-        live.feed(Event::PlanRecorded { definition, plan: new.plan })?;
-        live.start_ready()?;
-        live.commit().await?;
-        Ok(tokio::spawn(live.drive()))
-    }
-
-    /// Claims unfinished runs that nobody drives (lease expired, or owner process gone) and drives
-    /// them. `only` restricts it to one run, which is then an error if it cannot be claimed.
-    pub async fn resume(&self, only: Option<&RunId>) -> Result<Vec<(RunId, Result<Driving, Error>)>, Error> {
-        let store = &self.inner.store;
-        let now = now_ms();
-        let claimed = store
-            .claim_runs(Claim {
-                owner: &self.inner.config.owner,
-                now_ms: now,
-                lease_until_ms: now + self.inner.config.lease_ms as i64,
-                only,
-                owner_is_dead: &owner_is_dead,
-            })
-            .await?;
-        if let Some(id) = only
-            && claimed.is_empty()
-        {
-            let row = store.get_run(id).await?;
-            if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
-                return Err(Error::Invalid(format!("run {id} already finished ({}); nothing to resume", row.status)));
-            }
-            return Err(Error::Owned(id.to_string()));
-        }
-        // One run that cannot be resumed (a damaged journal, say) must not stop the others.
-        let mut handles = Vec::new();
-        for id in claimed {
-            let driving = self.resume_one(&id).await;
-            handles.push((id, driving));
-        }
-        Ok(handles)
-    }
-
-    async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
-        let loaded = self.inner.store.load_run(id).await?;
-        let state = RunState::fold(id.clone(), &loaded.events, loaded.payloads)
-            .map_err(|source| Error::Journal { run_id: id.to_string(), source })?;
-        let seq = state.last_seq;
-        let mut live = Live::new(self.inner.clone(), state, seq);
-        live.recover()?;
-        live.commit().await?;
-        Ok(tokio::spawn(live.drive()))
-    }
-
-    /// Keeps this process's leases alive until the returned task is aborted.
-    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let every = Duration::from_millis((inner.config.lease_ms / 3).max(100));
-            loop {
-                tokio::time::sleep(every).await;
-                let until = now_ms() + inner.config.lease_ms as i64;
-                let _ = inner.store.heartbeat(&inner.config.owner, until).await;
-            }
-        })
-    }
-
-    /// Gives up this process's leases (clean shutdown) so another process can resume at once.
-    pub async fn release(&self) -> Result<u64, Error> {
-        Ok(self.inner.store.release(&self.inner.config.owner).await?)
-    }
-}
-
 /// An attempt whose `AttemptStarted` is in the batch being committed.
-struct Launch {
+pub(crate) struct Launch {
     index: usize,
     step: StepId,
     attempt: u32,
@@ -198,9 +35,9 @@ struct Finished {
 }
 
 /// One run being driven: its state plus everything decided but not yet committed.
-struct Live<S: Store> {
+pub(crate) struct Live<S: Store> {
     inner: Arc<Inner<S>>,
-    state: RunState,
+    pub(crate) state: RunState,
     committed_seq: u64,
     events: Vec<Envelope>,
     payloads: Vec<Payload>,
@@ -210,12 +47,17 @@ struct Live<S: Store> {
     launches: Vec<Launch>,
     timers: Vec<(i64, StepId)>,
     running: JoinSet<Finished>,
+    /// Requests from operators (cancel, pause, signal ...), when this run is registered.
+    controls: Option<mpsc::UnboundedReceiver<ControlMsg>>,
+    shutdown: watch::Receiver<bool>,
+    /// Give up ownership with the next commit (creation for other workers, idle release).
+    release: bool,
+    idempotency: Option<IdempotencyKey>,
 }
 
 impl<S: Store> Live<S> {
-    fn new(inner: Arc<Inner<S>>, state: RunState, committed_seq: u64) -> Self {
+    pub(crate) fn new(inner: Arc<Inner<S>>, state: RunState, committed_seq: u64) -> Self {
         Live {
-            inner,
             state,
             committed_seq,
             events: Vec::new(),
@@ -226,7 +68,24 @@ impl<S: Store> Live<S> {
             launches: Vec::new(),
             timers: Vec::new(),
             running: JoinSet::new(),
+            controls: None,
+            shutdown: inner.shutdown.subscribe(),
+            release: false,
+            idempotency: None,
+            inner,
         }
+    }
+
+    pub(crate) fn add_payload(&mut self, p: Payload) {
+        self.payloads.push(p);
+    }
+
+    pub(crate) fn set_idempotency(&mut self, key: Option<IdempotencyKey>) {
+        self.idempotency = key;
+    }
+
+    pub(crate) fn set_release(&mut self) {
+        self.release = true;
     }
 
     fn journal_error(&self, source: cairn_core::state::Error) -> Error {
@@ -234,7 +93,7 @@ impl<S: Store> Live<S> {
     }
 
     /// Reports an external event to the core and queues everything it decides.
-    fn feed(&mut self, event: Event) -> Result<(), Error> {
+    pub(crate) fn feed(&mut self, event: Event) -> Result<(), Error> {
         let env = Envelope { seq: self.state.last_seq + 1, at_ms: now_ms(), schema: JOURNAL_SCHEMA, event };
         let commands = decide::decide(&mut self.state, &env).map_err(|e| self.journal_error(e))?;
         self.note(env);
@@ -269,7 +128,7 @@ impl<S: Store> Live<S> {
 
     /// After a restart: report attempts that were cut off, then start what is ready and re-arm
     /// timers.
-    fn recover(&mut self) -> Result<(), Error> {
+    pub(crate) fn recover(&mut self) -> Result<(), Error> {
         let interrupted: Vec<(StepId, u32)> = self
             .state
             .steps
@@ -295,7 +154,7 @@ impl<S: Store> Live<S> {
     }
 
     /// Records `AttemptStarted` for queued attempts while concurrency permits are free.
-    fn start_ready(&mut self) -> Result<(), Error> {
+    pub(crate) fn start_ready(&mut self) -> Result<(), Error> {
         while let Some((index, ..)) = self.start_queue.front() {
             let index = *index;
             if self.state.status.is_terminal()
@@ -303,6 +162,11 @@ impl<S: Store> Live<S> {
             {
                 self.start_queue.pop_front();
                 continue;
+            }
+            // Fairness: one run never holds more than its share of the engine's slots.
+            let in_flight = self.running.len() + self.launches.len();
+            if *self.shutdown.borrow() || in_flight >= self.inner.config.max_per_run.max(1) {
+                break;
             }
             let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else { break };
             let Some((index, step, attempt, input)) = self.start_queue.pop_front() else { break };
@@ -329,14 +193,17 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    async fn commit(&mut self) -> Result<(), Error> {
+    pub(crate) async fn commit(&mut self) -> Result<(), Error> {
         if self.events.is_empty() {
             return Ok(());
         }
         let touched: Vec<usize> = std::mem::take(&mut self.touched).into_iter().collect();
         let mut run = RunRow::from_state(&self.state);
         run.owner = Some(self.inner.config.owner.clone());
+        let release = std::mem::take(&mut self.release);
         let write = RunWrite {
+            release,
+            idempotency: self.idempotency.take(),
             run_id: self.state.run_id.clone(),
             expected_seq: self.committed_seq,
             owner: self.inner.config.owner.clone(),
@@ -486,7 +353,46 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    async fn drive(mut self) -> Result<RunOutcome, Error> {
+    /// Registers this run so operator requests reach it.
+    pub(crate) fn attach(&mut self) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut drivers) = self.inner.drivers.lock() {
+            drivers.insert(self.state.run_id.clone(), tx);
+        }
+        self.controls = Some(rx);
+    }
+
+    fn detach(&mut self) {
+        if let Ok(mut drivers) = self.inner.drivers.lock() {
+            drivers.remove(&self.state.run_id);
+        }
+    }
+
+    /// Applies an operator request; an illegal one (pause a finished run ...) changes nothing.
+    pub(crate) fn apply_control(&mut self, control: Control) -> Result<(), Error> {
+        let (event, payload) = control.into_event();
+        if let Some((p, value)) = payload {
+            self.state.add_payload(&p, value);
+            self.payloads.push(p);
+        }
+        match self.feed(event) {
+            Err(Error::Journal { source, .. }) => {
+                Err(Error::Illegal(format!("run {} is {}: {source}", self.state.run_id, self.state.status.as_str())))
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) async fn drive(mut self) -> Result<RunOutcome, Error> {
+        let result = self.drive_loop().await;
+        self.detach();
+        if result.is_err() {
+            self.running.abort_all();
+        }
+        result
+    }
+
+    async fn drive_loop(&mut self) -> Result<RunOutcome, Error> {
         loop {
             self.start_ready()?;
             self.commit().await?;
@@ -494,30 +400,27 @@ impl<S: Store> Live<S> {
                 self.running.abort_all();
                 return Ok(self.outcome());
             }
-            let next_timer = self.timers.iter().map(|(at, _)| *at).min();
-            let waiting_for_permit = !self.start_queue.is_empty();
-            let permits = self.inner.permits.clone();
-            if self.running.is_empty() && next_timer.is_none() && !waiting_for_permit {
-                return Err(Error::Invalid(format!(
-                    "run {} is stuck in {} with nothing running or scheduled (this is a bug; the journal is intact)",
-                    self.state.run_id, self.state.status
-                )));
+            let idle = self.running.is_empty() && self.launches.is_empty();
+            let draining = *self.shutdown.borrow();
+            if draining && idle {
+                return Ok(self.outcome());
             }
+            let next_timer = if draining { None } else { self.timers.iter().map(|(at, _)| *at).min() };
+            if idle && self.start_queue.is_empty() && self.should_release(next_timer) {
+                return self.release_idle().await;
+            }
+            let waiting_for_permit = !self.start_queue.is_empty() && !draining;
+            let permits = self.inner.permits.clone();
             let sleep_ms = next_timer.map(|at| (at - now_ms()).max(0) as u64).unwrap_or(3_600_000);
+            let controls = self.controls.as_mut();
+            let has_controls = controls.is_some();
+            let mut shutdown = self.shutdown.clone();
             tokio::select! {
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
-                    match joined {
-                        Ok(finished) => self.on_finished(finished)?,
-                        Err(e) if e.is_cancelled() => {}
-                        Err(e) => return Err(Error::Invalid(format!("an activity task panicked: {e}"))),
-                    }
+                    self.on_joined(joined)?;
                     // Fold every other result that is already in into the same commit.
                     while let Some(joined) = self.running.try_join_next() {
-                        match joined {
-                            Ok(finished) => self.on_finished(finished)?,
-                            Err(e) if e.is_cancelled() => {}
-                            Err(e) => return Err(Error::Invalid(format!("an activity task panicked: {e}"))),
-                        }
+                        self.on_joined(joined)?;
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms)), if next_timer.is_some() => {
@@ -528,11 +431,60 @@ impl<S: Store> Live<S> {
                         drop(p);
                     }
                 }
+                msg = recv(controls), if has_controls => {
+                    if let Some((control, reply)) = msg {
+                        let r = self.apply_control(control);
+                        let r = match r {
+                            Ok(()) => self.commit().await,
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(r);
+                    }
+                }
+                _ = shutdown.changed(), if !draining => {}
             }
         }
     }
 
-    fn outcome(&self) -> RunOutcome {
+    fn on_joined(&mut self, joined: Result<Finished, tokio::task::JoinError>) -> Result<(), Error> {
+        match joined {
+            Ok(finished) => self.on_finished(finished),
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(Error::Invalid(format!("an activity task panicked: {e}"))),
+        }
+    }
+
+    /// In service mode a run with nothing in flight and no timer due soon is handed back, so it
+    /// does not occupy a worker while it waits.
+    fn should_release(&self, next_timer: Option<i64>) -> bool {
+        match self.inner.config.release_when_idle_ms {
+            None => false,
+            Some(idle_ms) => next_timer.is_none_or(|at| at - now_ms() > idle_ms as i64),
+        }
+    }
+
+    async fn release_idle(&mut self) -> Result<RunOutcome, Error> {
+        // Stop taking requests first; any that raced in are applied before letting go.
+        self.detach();
+        if let Some(mut rx) = self.controls.take() {
+            rx.close();
+            while let Ok((control, reply)) = rx.try_recv() {
+                let r = self.apply_control(control);
+                let _ = reply.send(r);
+            }
+        }
+        if !self.events.is_empty() {
+            // A request changed the run: let the next worker pick it up from the journal.
+            self.release = true;
+            self.commit().await?;
+        } else {
+            self.inner.store.release_run(&self.inner.config.owner, &self.state.run_id).await?;
+        }
+        self.inner.wake.notify_one();
+        Ok(self.outcome())
+    }
+
+    pub(crate) fn outcome(&self) -> RunOutcome {
         let output = self.state.output.as_ref().and_then(|r| self.state.payload(r)).map(|v| (**v).clone());
         RunOutcome {
             run_id: self.state.run_id.clone(),
@@ -542,5 +494,12 @@ impl<S: Store> Live<S> {
             artifact: self.state.definition.as_ref().and_then(|d| d.artifact.clone()),
             state: Box::new(self.state.clone()),
         }
+    }
+}
+
+async fn recv(rx: Option<&mut mpsc::UnboundedReceiver<ControlMsg>>) -> Option<ControlMsg> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -9,8 +9,9 @@
 
 pub mod activity;
 mod driver;
+mod engine;
 
-pub use driver::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome};
+pub use engine::{Control, Delivery, Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,9 @@ pub enum Error {
     Lost { run_id: String },
     #[error("{0}")]
     Invalid(String),
+    /// The request is not legal for the run's current state (pause a finished run ...).
+    #[error("{0}")]
+    Illegal(String),
 }
 
 /// Wall-clock milliseconds. The engine is the only place that reads the clock; the time travels

@@ -55,6 +55,7 @@ fn definition(specs: &[StepSpec]) -> Definition {
         description: None,
         inputs: Default::default(),
         artifact: None,
+        retention_ms: None,
         steps: specs
             .iter()
             .enumerate()

@@ -9,7 +9,10 @@
 mod rows;
 pub mod sqlite;
 
-pub use rows::{LogLine, RunRow, RunWrite, StepRow, StoredEvent};
+pub use rows::{
+    AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RunRow, RunWrite, StepRow, StoredEvent, TokenRow,
+    WorkflowRow,
+};
 pub use sqlite::{Durability, SqliteStore};
 
 use cairn_core::{Envelope, RunId};
@@ -31,6 +34,12 @@ pub enum Error {
     Conflict { run_id: String, expected: u64 },
     #[error("no run with id {0}; `cairn runs list` shows the runs in this database")]
     NotFound(String),
+    #[error("idempotency key '{key}' was already used for run {run_id}")]
+    IdempotencyKey { key: String, run_id: String, same_request: bool },
+    #[error("workflow '{name}' version {version} is already registered with a different definition; raise `version`")]
+    VersionExists { name: String, version: u32 },
+    #[error("no workflow named '{0}'; `GET /v1/workflows` lists the registered ones")]
+    WorkflowNotFound(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -59,7 +68,19 @@ pub struct LoadedRun {
 pub struct RunQuery {
     pub status: Option<String>,
     pub workflow: Option<String>,
+    pub created_after_ms: Option<i64>,
+    pub created_before_ms: Option<i64>,
+    /// Continue after this (created_at, id) — the last row of the previous page.
+    pub after: Option<(i64, String)>,
     pub limit: usize,
+}
+
+/// What `gc` removed (or would remove, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct GcReport {
+    pub runs: u64,
+    pub events: u64,
+    pub payloads: u64,
 }
 
 /// A request to take over runs that nobody is driving.
@@ -94,4 +115,65 @@ pub trait Store: Send + Sync + 'static {
     fn logs(&self, id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<LogLine>, Error>> + Send;
     fn payload(&self, hash: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
     fn describe(&self) -> String;
+    /// The database answers and its schema is current.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    // --- work distribution ---
+    /// Takes up to `limit` runs that need a worker now (`wake_at` due) and that nobody holds.
+    fn claim_ready(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
+    /// Lets go of one run (keeping its `wake_at`), so any worker may take it.
+    fn release_run(&self, owner: &str, id: &RunId) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Leaves a request for a run's owner; returns false if the run is finished or unknown.
+    fn push_inbox(&self, id: &RunId, body: String) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Takes the requests waiting for runs this owner holds.
+    fn take_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
+
+    // --- reading the journal ---
+    fn events_after(&self, id: &RunId, after_seq: u64) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
+    /// All runs' events after a global position, oldest first.
+    fn feed(&self, after_gid: i64, limit: usize) -> impl Future<Output = Result<Vec<FeedItem>, Error>> + Send;
+    fn last_gid(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    fn idempotent_run(&self, key: &str) -> impl Future<Output = Result<Option<(String, String)>, Error>> + Send;
+
+    // --- workflow registry ---
+    /// Registers a definition version; Ok(false) if that exact version is already registered.
+    fn put_workflow(
+        &self,
+        name: &str,
+        version: u32,
+        definition: cairn_core::payload::Payload,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn workflows(&self) -> impl Future<Output = Result<Vec<WorkflowRow>, Error>> + Send;
+    /// The given version, or the newest.
+    fn workflow(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> impl Future<Output = Result<(WorkflowRow, Value), Error>> + Send;
+
+    // --- tokens and audit ---
+    fn create_token(&self, token: TokenRow) -> impl Future<Output = Result<(), Error>> + Send;
+    fn token_by_hash(&self, hash: &str) -> impl Future<Output = Result<Option<TokenRow>, Error>> + Send;
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>, Error>> + Send;
+    fn revoke_token(&self, id: &str, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
+    fn audit(&self, row: AuditRow) -> impl Future<Output = Result<(), Error>> + Send;
+    fn audit_log(&self, limit: usize) -> impl Future<Output = Result<Vec<AuditRow>, Error>> + Send;
+
+    // --- retention ---
+    /// Deletes finished runs past their retention (per workflow, else `default_retention_ms`)
+    /// with their journal, logs and payloads no longer referenced. Unfinished runs are never
+    /// collected.
+    fn gc(
+        &self,
+        now_ms: i64,
+        default_retention_ms: u64,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<GcReport, Error>> + Send;
 }

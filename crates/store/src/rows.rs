@@ -51,6 +51,11 @@ pub struct RunRow {
     pub definition_hash: Option<String>,
     pub output_hash: Option<String>,
     pub artifact: Option<String>,
+    /// When a worker should next look at this run (ready work now, or the earliest retry
+    /// timer); `None` while nothing can happen without an outside event.
+    pub wake_at_ms: Option<i64>,
+    /// Finished runs are deleted after this time; `None` uses the store's default retention.
+    pub retain_until_ms: Option<i64>,
 }
 
 impl RunRow {
@@ -78,6 +83,29 @@ impl RunRow {
             definition_hash: state.definition_ref.as_ref().map(|r| r.hash.clone()),
             output_hash: state.output.as_ref().map(|r| r.hash.clone()),
             artifact: state.definition.as_ref().and_then(|d| d.artifact.clone()),
+            wake_at_ms: wake_at(state),
+            retain_until_ms: state
+                .finished_at_ms
+                .zip(state.definition.as_ref().and_then(|d| d.retention_ms))
+                .map(|(at, keep)| at.saturating_add(keep as i64)),
+        }
+    }
+}
+
+/// When the run next needs a worker, derived from its state.
+fn wake_at(state: &RunState) -> Option<i64> {
+    use cairn_core::{RunStatus, StepStatus};
+    match state.status {
+        s if s.is_terminal() => None,
+        RunStatus::Paused => None,
+        RunStatus::Pending | RunStatus::Planning => Some(state.updated_at_ms),
+        _ => {
+            let busy = state.steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
+            if busy {
+                Some(state.updated_at_ms)
+            } else {
+                state.steps.iter().filter(|s| s.status == StepStatus::RetryWait).filter_map(|s| s.not_before_ms).min()
+            }
         }
     }
 }
@@ -139,6 +167,14 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// Makes `POST /v1/runs` with an `Idempotency-Key` create at most one run per key.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// Hash of the request body, so a key reused for a different request is refused.
+    pub request_hash: String,
+}
+
 /// Everything one commit writes for one run.
 #[derive(Debug, Clone)]
 pub struct RunWrite {
@@ -152,4 +188,57 @@ pub struct RunWrite {
     pub run: RunRow,
     pub steps: Vec<StepRow>,
     pub logs: Vec<LogLine>,
+    /// Give up ownership with this write (runs created for other workers, idle runs).
+    pub release: bool,
+    /// Only on the creating write.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A registered workflow definition version.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkflowRow {
+    pub name: String,
+    pub version: u32,
+    pub definition_hash: String,
+    pub created_at_ms: i64,
+}
+
+/// An API token (only its hash is stored).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenRow {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// One mutating request, recorded with who made it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditRow {
+    pub at_ms: i64,
+    pub actor: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub run_id: Option<String>,
+}
+
+/// A request for a run's owner (cancel, pause, signal ...), left in the inbox when the run is
+/// driven by another process.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InboxRow {
+    pub id: i64,
+    pub run_id: String,
+    pub body: String,
+}
+
+/// An event in the all-runs feed, with its global position.
+#[derive(Debug, Clone)]
+pub struct FeedItem {
+    pub gid: i64,
+    pub run_id: String,
+    pub event: Envelope,
 }

@@ -152,6 +152,8 @@ impl Journal {
             run,
             steps: StepRow::from_state(&self.state, None),
             logs: Vec::new(),
+            release: false,
+            idempotency: None,
         };
         self.events.clear();
         self.committed_seq = self.state.last_seq;

@@ -1,0 +1,430 @@
+//! The engine: creates runs, drives them (one task per run), takes work from the store as a
+//! worker, and routes operator requests to whoever drives a run.
+
+use crate::driver::Live;
+use crate::{Error, now_ms, owner_is_dead};
+use cairn_core::event::{Event, PlanInfo, RunOptions, RunSource};
+use cairn_core::payload::Payload;
+use cairn_core::state::RunState;
+use cairn_core::{Definition, RunId, RunStatus};
+use cairn_store::{Claim, IdempotencyKey, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Lease owner id of this process (`host:pid:nonce`).
+    pub owner: String,
+    /// Activities allowed in flight at once, across all runs.
+    pub concurrency: usize,
+    /// Activities one run may have in flight at once, so one wide run cannot starve the others.
+    pub max_per_run: usize,
+    /// Runs a worker drives at once.
+    pub max_runs: usize,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ms: u64,
+    /// Service mode: hand a run back when nothing runs and no timer is due within this long.
+    /// `None` (the CLI's `run`) keeps driving until the run finishes.
+    pub release_when_idle_ms: Option<u64>,
+    /// How often an idle worker looks for work it was not told about.
+    pub poll_ms: u64,
+    /// Test hook: after an attempt of this step returns, pause (so a test can SIGKILL the process
+    /// between "the activity returned" and "its result was committed").
+    pub hold_after_activity: Option<String>,
+}
+
+impl EngineConfig {
+    pub fn new(owner: String) -> Self {
+        EngineConfig {
+            owner,
+            concurrency: 64,
+            max_per_run: 64,
+            max_runs: 1024,
+            lease_ms: 30_000,
+            release_when_idle_ms: None,
+            poll_ms: 250,
+            hold_after_activity: None,
+        }
+    }
+}
+
+/// A run to start.
+pub struct NewRun {
+    pub definition: Definition,
+    pub source: RunSource,
+    pub plan: Option<PlanInfo>,
+    /// Inputs after defaults were applied.
+    pub inputs: Value,
+    pub options: RunOptions,
+}
+
+/// How to create a run.
+#[derive(Default)]
+pub struct Submit {
+    pub idempotency: Option<IdempotencyKey>,
+    /// Drive it in this process at once (if there is room); otherwise leave it for any worker.
+    pub drive_here: bool,
+}
+
+/// Something observers (progress lines, event streams) may want to know, sent after each commit.
+#[derive(Debug, Clone)]
+pub enum Notice {
+    Committed { run_id: RunId, events: Vec<cairn_core::Envelope> },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub run_id: RunId,
+    /// Not terminal when the driver handed the run back (idle in service mode, or draining).
+    pub status: RunStatus,
+    pub failure: Option<cairn_core::Failure>,
+    pub output: Option<Value>,
+    pub artifact: Option<String>,
+    /// The engine's final in-memory state; folding the journal must reproduce it exactly.
+    pub state: Box<RunState>,
+}
+
+/// An operator's request to a run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Control {
+    Cancel { reason: String, by: Option<String> },
+    Pause { by: Option<String> },
+    Unpause { by: Option<String> },
+    Signal { name: String, payload: Value, by: Option<String> },
+}
+
+impl Control {
+    pub(crate) fn into_event(self) -> (Event, Option<(Payload, Value)>) {
+        match self {
+            Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
+            Control::Pause { by } => (Event::RunPaused { by }, None),
+            Control::Unpause { by } => (Event::RunUnpaused { by }, None),
+            Control::Signal { name, payload, by } => {
+                let p = Payload::of(&payload);
+                let reference = p.reference.clone();
+                (Event::SignalReceived { name, payload: reference, by }, Some((p, payload)))
+            }
+        }
+    }
+}
+
+/// How a request reached its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Applied and committed.
+    Applied,
+    /// The run is driven by another live process; the request waits in its inbox.
+    Queued,
+}
+
+pub(crate) type ControlMsg = (Control, oneshot::Sender<Result<(), Error>>);
+
+/// The task driving one run until it finishes or is handed back.
+pub type Driving = tokio::task::JoinHandle<Result<RunOutcome, Error>>;
+
+pub struct Engine<S: Store> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: Store> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Engine { inner: self.inner.clone() }
+    }
+}
+
+pub(crate) struct Inner<S> {
+    pub(crate) store: Arc<S>,
+    pub(crate) config: EngineConfig,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) notices: Option<mpsc::UnboundedSender<Notice>>,
+    pub(crate) drivers: Mutex<HashMap<RunId, mpsc::UnboundedSender<ControlMsg>>>,
+    /// Wakes the worker loop (a run was created or handed back).
+    pub(crate) wake: Notify,
+    /// `true` once the engine drains: nothing new starts, drivers stop when idle.
+    pub(crate) shutdown: watch::Sender<bool>,
+    claiming: AtomicBool,
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(store: Arc<S>, config: EngineConfig, notices: Option<mpsc::UnboundedSender<Notice>>) -> Self {
+        let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let (shutdown, _) = watch::channel(false);
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                permits,
+                notices,
+                drivers: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                shutdown,
+                claiming: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.inner.store
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.inner.config.owner
+    }
+
+    /// Runs driven by this process right now.
+    pub fn active_runs(&self) -> usize {
+        self.inner.drivers.lock().map(|d| d.len()).unwrap_or(0)
+    }
+
+    /// Creates the run and drives it here. The id is known as soon as this returns.
+    pub async fn start(&self, run_id: RunId, new: NewRun) -> Result<Driving, Error> {
+        let driving = self.submit(run_id, new, Submit { idempotency: None, drive_here: true }).await?;
+        driving.ok_or_else(|| Error::Invalid("the engine is shutting down".into()))
+    }
+
+    /// Creates the run (first commit: created, planned, first steps decided). With `drive_here`
+    /// and room in this engine it is driven here at once; otherwise it is left for any worker.
+    pub async fn submit(&self, run_id: RunId, new: NewRun, submit: Submit) -> Result<Option<Driving>, Error> {
+        let mut live = Live::new(self.inner.clone(), RunState::new(run_id), 0);
+        let workflow = new.definition.name.clone();
+        live.feed(Event::RunCreated { workflow, source: new.source, inputs: new.inputs, options: new.options })?;
+        // `decide` asked for a plan: the plan was made before the run existed (the planner is
+        // pure), so record it now, in the same commit.
+        let json = serde_json::to_value(&new.definition).map_err(|e| Error::Invalid(e.to_string()))?;
+        let payload = Payload::of(&json);
+        live.state.add_payload(&payload, json);
+        let definition = payload.reference.clone();
+        live.add_payload(payload);
+        live.feed(Event::PlanRecorded { definition, plan: new.plan })?;
+        live.set_idempotency(submit.idempotency);
+        let here =
+            submit.drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
+        if here {
+            live.attach();
+            live.start_ready()?;
+            live.commit().await?;
+            Ok(Some(tokio::spawn(live.drive())))
+        } else {
+            live.set_release();
+            live.commit().await?;
+            self.inner.wake.notify_one();
+            Ok(None)
+        }
+    }
+
+    /// Claims unfinished runs that nobody drives (lease expired, or owner process gone) and drives
+    /// them. `only` restricts it to one run, which is then an error if it cannot be claimed.
+    pub async fn resume(&self, only: Option<&RunId>) -> Result<Vec<(RunId, Result<Driving, Error>)>, Error> {
+        let store = &self.inner.store;
+        let now = now_ms();
+        let claimed = store
+            .claim_runs(Claim {
+                owner: &self.inner.config.owner,
+                now_ms: now,
+                lease_until_ms: now + self.inner.config.lease_ms as i64,
+                only,
+                owner_is_dead: &owner_is_dead,
+            })
+            .await?;
+        if let Some(id) = only
+            && claimed.is_empty()
+        {
+            let row = store.get_run(id).await?;
+            if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+                return Err(Error::Invalid(format!("run {id} already finished ({}); nothing to resume", row.status)));
+            }
+            return Err(Error::Owned(id.to_string()));
+        }
+        // One run that cannot be resumed (a damaged journal, say) must not stop the others.
+        let mut handles = Vec::new();
+        for id in claimed {
+            let driving = self.resume_one(&id).await;
+            handles.push((id, driving));
+        }
+        Ok(handles)
+    }
+
+    /// Loads a run this process has claimed and drives it.
+    async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
+        let mut live = self.load(id).await?;
+        live.attach();
+        live.recover()?;
+        live.commit().await?;
+        Ok(tokio::spawn(live.drive()))
+    }
+
+    async fn load(&self, id: &RunId) -> Result<Live<S>, Error> {
+        let loaded = self.inner.store.load_run(id).await?;
+        let state = RunState::fold(id.clone(), &loaded.events, loaded.payloads)
+            .map_err(|source| Error::Journal { run_id: id.to_string(), source })?;
+        let seq = state.last_seq;
+        Ok(Live::new(self.inner.clone(), state, seq))
+    }
+
+    /// Delivers an operator request: to the local driver, else by taking the run over briefly,
+    /// else (another live process drives it) through the store's inbox.
+    pub async fn request(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
+        for _ in 0..3 {
+            let local = self.inner.drivers.lock().ok().and_then(|d| d.get(id).cloned());
+            if let Some(tx) = local {
+                let (reply, rx) = oneshot::channel();
+                if tx.send((control.clone(), reply)).is_ok()
+                    && let Ok(result) = rx.await
+                {
+                    return result.map(|()| Delivery::Applied);
+                }
+                // The driver let go of the run in the meantime: try again.
+                continue;
+            }
+            let row = self.inner.store.get_run(id).await?;
+            if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+                return Err(Error::Illegal(format!("run {id} already finished ({})", row.status)));
+            }
+            let now = now_ms();
+            let claimed = self
+                .inner
+                .store
+                .claim_runs(Claim {
+                    owner: &self.inner.config.owner,
+                    now_ms: now,
+                    lease_until_ms: now + self.inner.config.lease_ms as i64,
+                    only: Some(id),
+                    owner_is_dead: &owner_is_dead,
+                })
+                .await?;
+            if claimed.is_empty() {
+                let body = serde_json::to_string(&control).map_err(|e| Error::Invalid(e.to_string()))?;
+                if self.inner.store.push_inbox(id, body).await? {
+                    return Ok(Delivery::Queued);
+                }
+                continue;
+            }
+            let mut live = self.load(id).await?;
+            live.recover()?;
+            let applied = live.apply_control(control.clone());
+            // Hand the run back (or drive it here if this process works runs).
+            let works_here = self.inner.config.release_when_idle_ms.is_some()
+                && !*self.inner.shutdown.borrow()
+                && self.active_runs() < self.inner.config.max_runs;
+            if works_here {
+                live.attach();
+                live.commit().await?;
+                tokio::spawn(live.drive());
+            } else {
+                live.set_release();
+                live.commit().await?;
+                if live.state.status.is_terminal() {
+                    // Nothing left to drive; make sure no lease lingers.
+                    let _ = self.inner.store.release_run(&self.inner.config.owner, id).await;
+                }
+                self.inner.wake.notify_one();
+            }
+            return applied.map(|()| Delivery::Applied);
+        }
+        Err(Error::Invalid(format!("run {id} kept changing hands; try the request again")))
+    }
+
+    /// Works as a worker until the engine drains: claims runs that need attention and drives
+    /// them, and delivers inbox requests for runs it holds.
+    pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            // Runs left by processes that died on this host are taken at once.
+            if let Ok(resumed) = engine.resume(None).await {
+                for (_, driving) in resumed {
+                    drop(driving);
+                }
+            }
+            let mut shutdown = engine.inner.shutdown.subscribe();
+            let poll = Duration::from_millis(engine.inner.config.poll_ms.max(10));
+            loop {
+                if *shutdown.borrow() {
+                    return;
+                }
+                engine.claim_some().await;
+                tokio::select! {
+                    _ = engine.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        })
+    }
+
+    async fn claim_some(&self) {
+        if self.inner.claiming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let free = self.inner.config.max_runs.saturating_sub(self.active_runs());
+        if free > 0 {
+            let now = now_ms();
+            let until = now + self.inner.config.lease_ms as i64;
+            if let Ok(ids) = self.inner.store.claim_ready(&self.inner.config.owner, now, until, free.min(256)).await {
+                for id in ids {
+                    if let Err(e) = self.resume_one(&id).await {
+                        // Leave it for the lease to expire; another worker (or a later pass) retries.
+                        eprintln!("[worker] cannot drive run {id}: {e}");
+                    }
+                }
+            }
+        }
+        self.inner.claiming.store(false, Ordering::Release);
+    }
+
+    /// Wakes the worker loop now (e.g. after runs were created elsewhere in this process).
+    pub fn nudge(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Keeps this process's leases alive and delivers inbox requests, until aborted.
+    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let inner = &engine.inner;
+            let every = Duration::from_millis((inner.config.lease_ms / 3).clamp(100, 1_000));
+            let mut beats: u64 = 0;
+            loop {
+                tokio::time::sleep(every).await;
+                beats += 1;
+                let lease_every = ((inner.config.lease_ms / 3) / every.as_millis().max(1) as u64).max(1);
+                if beats.is_multiple_of(lease_every) {
+                    let until = now_ms() + inner.config.lease_ms as i64;
+                    let _ = inner.store.heartbeat(&inner.config.owner, until).await;
+                }
+                if let Ok(requests) = inner.store.take_inbox(&inner.config.owner).await {
+                    for r in requests {
+                        let (Ok(id), Ok(control)) = (RunId::parse(&r.run_id), serde_json::from_str::<Control>(&r.body))
+                        else {
+                            continue;
+                        };
+                        let engine = engine.clone();
+                        tokio::spawn(async move {
+                            let _ = engine.request(&id, control).await;
+                        });
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops starting work: drivers finish the attempts in flight, commit them, and stop.
+    pub fn drain(&self) {
+        let _ = self.inner.shutdown.send(true);
+        self.inner.wake.notify_waiters();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Gives up this process's leases (clean shutdown) so another process can resume at once.
+    pub async fn release(&self) -> Result<u64, Error> {
+        Ok(self.inner.store.release(&self.inner.config.owner).await?)
+    }
+}

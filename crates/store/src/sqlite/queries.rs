@@ -1,0 +1,576 @@
+//! `Store` for SQLite: reads on the reader connection, writes inside the writer's group commit.
+
+use super::{SqliteStore, TERMINAL};
+use crate::{
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow,
+    Store, TokenRow, WorkflowRow,
+};
+use cairn_core::payload::Payload;
+use cairn_core::{Envelope, Event, RunId};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+const RUN_COLUMNS: &str = "id, workflow, definition_version, status, goal, current_step, failure_class, failure_message, \
+     failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, definition_hash, output_hash, \
+     artifact, wake_at, retain_until";
+
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        definition_version: r.get(2)?,
+        status: r.get(3)?,
+        goal: r.get(4)?,
+        current_step: r.get(5)?,
+        failure_class: r.get(6)?,
+        failure_message: r.get(7)?,
+        failed_step: r.get(8)?,
+        last_seq: r.get::<_, i64>(9)? as u64,
+        owner: r.get(10)?,
+        lease_expires_at_ms: r.get(11)?,
+        created_at_ms: r.get(12)?,
+        updated_at_ms: r.get(13)?,
+        finished_at_ms: r.get(14)?,
+        definition_hash: r.get(15)?,
+        output_hash: r.get(16)?,
+        artifact: r.get(17)?,
+        wake_at_ms: r.get(18)?,
+        retain_until_ms: r.get(19)?,
+    })
+}
+
+fn get_run(conn: &Connection, id: &RunId) -> Result<RunRow, Error> {
+    conn.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id=?1"))?
+        .query_row([id.as_str()], run_row)
+        .optional()?
+        .ok_or_else(|| Error::NotFound(id.to_string()))
+}
+
+fn parse_event(run: &str, seq: i64, at: i64, schema: i64, body: &str) -> Result<Envelope, Error> {
+    let event: Event =
+        serde_json::from_str(body).map_err(|e| Error::Corrupt(format!("run {run} event {seq} does not parse: {e}")))?;
+    Ok(Envelope { seq: seq as u64, at_ms: at, schema: schema as u16, event })
+}
+
+fn read_events(conn: &Connection, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, at, schema, body FROM events WHERE run_id=?1 AND seq>?2 ORDER BY seq")?;
+    let rows = stmt.query_map(params![id.as_str(), after_seq as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, at, schema, body) = row?;
+        out.push(parse_event(id.as_str(), seq, at, schema, &body)?);
+    }
+    Ok(out)
+}
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        hash: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked_at_ms: r.get(5)?,
+    })
+}
+
+impl Store for SqliteStore {
+    async fn commit(&self, write: RunWrite) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.send(super::Msg::Write(Box::new(write), reply))?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<LoadedRun, Error> {
+        self.read(|conn| {
+            let run = get_run(conn, id)?;
+            let events = read_events(conn, id, 0)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.hash, p.body FROM run_payloads rp JOIN payloads p ON p.hash = rp.hash WHERE rp.run_id=?1",
+            )?;
+            let rows = stmt.query_map([id.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let mut payloads = Vec::new();
+            for row in rows {
+                let (hash, body) = row?;
+                let value: Value = serde_json::from_slice(&body)
+                    .map_err(|e| Error::Corrupt(format!("payload {hash} does not parse: {e}")))?;
+                payloads.push((hash, Arc::new(value)));
+            }
+            Ok(LoadedRun { run, events, payloads })
+        })
+    }
+
+    async fn claim_runs(&self, claim: Claim<'_>) -> Result<Vec<RunId>, Error> {
+        // Read candidates, decide which owners are gone here (the predicate is not 'static),
+        // then take them with a compare-and-set on owner and lease inside the group commit.
+        let candidates: Vec<(String, Option<String>, Option<i64>)> = self.read(|conn| {
+            let mut sql = format!("SELECT id, owner, lease_expires_at FROM runs WHERE status NOT IN {TERMINAL}");
+            if claim.only.is_some() {
+                sql.push_str(" AND id=?1");
+            }
+            let mut stmt = conn.prepare(&sql)?;
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+            let rows: Vec<_> = match claim.only {
+                Some(id) => stmt.query_map([id.as_str()], map)?.collect::<Result<_, _>>()?,
+                None => stmt.query_map([], map)?.collect::<Result<_, _>>()?,
+            };
+            Ok(rows)
+        })?;
+        let takeable: Vec<(String, Option<String>, Option<i64>)> = candidates
+            .into_iter()
+            .filter(|(_, owner, lease)| match owner {
+                None => true,
+                Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
+            })
+            .collect();
+        let owner = claim.owner.to_string();
+        let until = claim.lease_until_ms;
+        self.in_group(move |tx| {
+            let mut claimed = Vec::new();
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id=?3 AND owner IS ?4 \
+                 AND lease_expires_at IS ?5 AND status NOT IN {TERMINAL}"
+            ))?;
+            // Compare-and-set on owner *and* lease: an owner that heartbeated since we looked
+            // keeps its run.
+            for (id, old, lease) in takeable {
+                if stmt.execute(params![owner, until, id, old, lease])? == 1 {
+                    claimed.push(RunId::parse(&id).map_err(Error::Corrupt)?);
+                }
+            }
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> Result<u64, Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            let n = tx.execute(
+                &format!("UPDATE runs SET lease_expires_at=?2 WHERE owner=?1 AND status NOT IN {TERMINAL}"),
+                params![owner, lease_until_ms],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn release(&self, owner: &str) -> Result<u64, Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            let n = tx.execute("UPDATE runs SET owner=NULL, lease_expires_at=NULL WHERE owner=?1", params![owner])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn list_runs(&self, q: RunQuery) -> Result<Vec<RunRow>, Error> {
+        self.read(|conn| {
+            let limit = if q.limit == 0 { 50 } else { q.limit } as i64;
+            let (after_at, after_id) = match &q.after {
+                Some((at, id)) => (Some(*at), Some(id.as_str())),
+                None => (None, None),
+            };
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR status=?1) AND (?2 IS NULL OR workflow=?2) \
+                 AND (?3 IS NULL OR created_at>=?3) AND (?4 IS NULL OR created_at<?4) \
+                 AND (?5 IS NULL OR (created_at, id) < (?5, ?6)) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?7"
+            ))?;
+            let rows = stmt.query_map(
+                params![q.status, q.workflow, q.created_after_ms, q.created_before_ms, after_at, after_id, limit],
+                run_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<RunRow, Error> {
+        self.read(|conn| get_run(conn, id))
+    }
+
+    async fn steps(&self, id: &RunId) -> Result<Vec<StepRow>, Error> {
+        self.read(|conn| {
+            get_run(conn, id)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT step_id, position, kind, status, attempts, not_before, started_at, finished_at, busy_ms, \
+                 error_class, error_message, output_hash, skip_reason FROM steps WHERE run_id=?1 ORDER BY position",
+            )?;
+            let rows = stmt.query_map([id.as_str()], |r| {
+                Ok(StepRow {
+                    step_id: r.get(0)?,
+                    position: r.get(1)?,
+                    kind: r.get(2)?,
+                    status: r.get(3)?,
+                    attempts: r.get(4)?,
+                    not_before_ms: r.get(5)?,
+                    started_at_ms: r.get(6)?,
+                    finished_at_ms: r.get(7)?,
+                    busy_ms: r.get::<_, i64>(8)? as u64,
+                    error_class: r.get(9)?,
+                    error_message: r.get(10)?,
+                    output_hash: r.get(11)?,
+                    skip_reason: r.get(12)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn events(&self, id: &RunId) -> Result<Vec<Envelope>, Error> {
+        self.read(|conn| {
+            get_run(conn, id)?;
+            read_events(conn, id, 0)
+        })
+    }
+
+    async fn logs(&self, id: &RunId, step: Option<&str>) -> Result<Vec<LogLine>, Error> {
+        self.read(|conn| {
+            get_run(conn, id)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT step_id, attempt, at, level, message FROM logs WHERE run_id=?1 AND (?2 IS NULL OR step_id=?2) \
+                 ORDER BY rowid",
+            )?;
+            let rows = stmt.query_map(params![id.as_str(), step], |r| {
+                Ok(LogLine {
+                    step_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    at_ms: r.get(2)?,
+                    level: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn payload(&self, hash: &str) -> Result<Option<Value>, Error> {
+        self.read(|conn| {
+            let body: Option<Vec<u8>> = conn
+                .prepare_cached("SELECT body FROM payloads WHERE hash=?1")?
+                .query_row([hash], |r| r.get(0))
+                .optional()?;
+            body.map(|b| serde_json::from_slice(&b).map_err(|e| Error::Corrupt(format!("payload {hash}: {e}"))))
+                .transpose()
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite {} (WAL, durability {})", self.path.display(), self.durability.as_str())
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        self.read(|conn| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let known = super::MIGRATIONS.len() as i64;
+            if version == known {
+                Ok(())
+            } else {
+                Err(Error::NewerSchema { path: self.path.display().to_string(), found: version, known })
+            }
+        })
+    }
+
+    async fn claim_ready(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunId>, Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id IN (\
+                   SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at<=?3 AND status NOT IN {TERMINAL} \
+                   AND (owner IS NULL OR lease_expires_at<?3) ORDER BY wake_at LIMIT ?4) RETURNING id"
+            ))?;
+            let ids =
+                stmt.query_map(params![owner, lease_until_ms, now_ms, limit as i64], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for id in ids {
+                out.push(RunId::parse(&id?).map_err(Error::Corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn release_run(&self, owner: &str, id: &RunId) -> Result<bool, Error> {
+        let (owner, id) = (owner.to_string(), id.to_string());
+        self.in_group(move |tx| {
+            let n = tx.execute(
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL WHERE id=?1 AND owner=?2",
+                params![id, owner],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn push_inbox(&self, id: &RunId, body: String) -> Result<bool, Error> {
+        let id = id.to_string();
+        self.in_group(move |tx| {
+            let open: Option<i64> = tx
+                .prepare_cached(&format!("SELECT 1 FROM runs WHERE id=?1 AND status NOT IN {TERMINAL}"))?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            if open.is_none() {
+                return Ok(false);
+            }
+            let now = tx.query_row("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)", [], |r| r.get::<_, i64>(0))?;
+            tx.execute("INSERT INTO inbox (run_id, body, created_at) VALUES (?1,?2,?3)", params![id, body, now])?;
+            // Make sure some worker looks at the run soon, even if it was idle.
+            tx.execute("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1", params![id, now])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM inbox WHERE run_id IN (SELECT id FROM runs WHERE owner=?1) RETURNING id, run_id, body",
+            )?;
+            let rows =
+                stmt.query_map([owner], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
+            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+            out.sort_by_key(|r| r.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+        self.read(|conn| {
+            get_run(conn, id)?;
+            read_events(conn, id, after_seq)
+        })
+    }
+
+    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>?1 ORDER BY gid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_gid, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (gid, run_id, seq, at, schema, body) = row?;
+                let event = parse_event(&run_id, seq, at, schema, &body)?;
+                out.push(FeedItem { gid, run_id, event });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn last_gid(&self) -> Result<i64, Error> {
+        self.read(|conn| Ok(conn.query_row("SELECT COALESCE(MAX(gid), 0) FROM events", [], |r| r.get(0))?))
+    }
+
+    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT run_id, request_hash FROM idempotency WHERE key=?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
+    }
+
+    async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
+        let name = name.to_string();
+        self.in_group(move |tx| {
+            let existing: Option<String> = tx
+                .prepare_cached("SELECT definition_hash FROM workflows WHERE name=?1 AND version=?2")?
+                .query_row(params![name, version], |r| r.get(0))
+                .optional()?;
+            match existing {
+                Some(hash) if hash == definition.reference.hash => Ok(false),
+                Some(_) => Err(Error::VersionExists { name, version }),
+                None => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)",
+                        params![definition.reference.hash, definition.reference.size as i64, definition.bytes],
+                    )?;
+                    tx.execute(
+                        "INSERT INTO workflows (name, version, definition_hash, created_at) VALUES (?1,?2,?3,?4)",
+                        params![name, version, definition.reference.hash, now_ms],
+                    )?;
+                    Ok(true)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn workflows(&self) -> Result<Vec<WorkflowRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT name, version, definition_hash, created_at FROM workflows ORDER BY name, version DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(WorkflowRow {
+                    name: r.get(0)?,
+                    version: r.get(1)?,
+                    definition_hash: r.get(2)?,
+                    created_at_ms: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn workflow(&self, name: &str, version: Option<u32>) -> Result<(WorkflowRow, Value), Error> {
+        let row = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT name, version, definition_hash, created_at FROM workflows WHERE name=?1 \
+                     AND (?2 IS NULL OR version=?2) ORDER BY version DESC LIMIT 1",
+                )?
+                .query_row(params![name, version], |r| {
+                    Ok(WorkflowRow {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        definition_hash: r.get(2)?,
+                        created_at_ms: r.get(3)?,
+                    })
+                })
+                .optional()?)
+        })?;
+        let row = row.ok_or_else(|| match version {
+            Some(v) => Error::WorkflowNotFound(format!("{name}@{v}")),
+            None => Error::WorkflowNotFound(name.to_string()),
+        })?;
+        let value = self
+            .payload(&row.definition_hash)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("workflow {name} definition payload is missing")))?;
+        Ok((row, value))
+    }
+
+    async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
+        self.in_group(move |tx| {
+            tx.execute(
+                "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6)",
+                params![t.id, t.name, t.role, t.hash, t.created_at_ms, t.revoked_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, Error> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT id, name, role, hash, created_at, revoked_at FROM tokens WHERE hash=?1 AND revoked_at IS NULL",
+                )?
+                .query_row([hash], token_row)
+                .optional()?)
+        })
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at",
+            )?;
+            let rows = stmt.query_map([], token_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+        let id = id.to_string();
+        self.in_group(move |tx| {
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at=?2 WHERE (id=?1 OR name=?1) AND revoked_at IS NULL",
+                params![id, now_ms],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn audit(&self, a: AuditRow) -> Result<(), Error> {
+        self.in_group(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO audit (at, actor, method, path, status, run_id) VALUES (?1,?2,?3,?4,?5,?6)",
+            )?
+            .execute(params![a.at_ms, a.actor, a.method, a.path, a.status, a.run_id])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, actor, method, path, status, run_id FROM audit ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit as i64], |r| {
+                Ok(AuditRow {
+                    at_ms: r.get(0)?,
+                    actor: r.get(1)?,
+                    method: r.get(2)?,
+                    path: r.get(3)?,
+                    status: r.get(4)?,
+                    run_id: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
+        let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
+        self.in_group(move |tx| {
+            tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS gc_runs (id TEXT PRIMARY KEY); DELETE FROM gc_runs;")?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO gc_runs SELECT id FROM runs WHERE status IN {TERMINAL} AND finished_at IS NOT NULL \
+                     AND ((retain_until IS NOT NULL AND retain_until<?1) OR (retain_until IS NULL AND finished_at<?2))"
+                ),
+                params![now_ms, cutoff],
+            )?;
+            let count = |sql: &str| tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64);
+            let runs = count("SELECT count(*) FROM gc_runs")?;
+            let events = count("SELECT count(*) FROM events WHERE run_id IN (SELECT id FROM gc_runs)")?;
+            let orphans = "SELECT hash FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs) \
+                 EXCEPT SELECT hash FROM run_payloads WHERE run_id NOT IN (SELECT id FROM gc_runs) \
+                 EXCEPT SELECT definition_hash FROM workflows";
+            let payloads = count(&format!("SELECT count(*) FROM ({orphans})"))?;
+            if !dry_run {
+                tx.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS gc_payloads (hash TEXT PRIMARY KEY); DELETE FROM gc_payloads;
+                     INSERT INTO gc_payloads {orphans};
+                     DELETE FROM payloads WHERE hash IN (SELECT hash FROM gc_payloads);
+                     DELETE FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM events WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM steps WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM logs WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
+                ))?;
+            }
+            Ok(GcReport { runs, events, payloads })
+        })
+        .await
+    }
+}

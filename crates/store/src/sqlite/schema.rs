@@ -1,0 +1,117 @@
+//! The SQLite schema, as ordered migrations (`PRAGMA user_version` counts those applied).
+
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    definition_version INTEGER,
+    status TEXT NOT NULL,
+    goal TEXT,
+    current_step TEXT,
+    failure_class TEXT,
+    failure_message TEXT,
+    failed_step TEXT,
+    last_seq INTEGER NOT NULL,
+    owner TEXT,
+    lease_expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    definition_hash TEXT,
+    output_hash TEXT,
+    artifact TEXT,
+    wake_at INTEGER,
+    retain_until INTEGER
+);
+CREATE INDEX runs_by_status ON runs(status, created_at);
+CREATE INDEX runs_by_created ON runs(created_at, id);
+CREATE INDEX runs_by_wake ON runs(wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX runs_by_finished ON runs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    not_before INTEGER,
+    started_at INTEGER,
+    finished_at INTEGER,
+    busy_ms INTEGER NOT NULL,
+    error_class TEXT,
+    error_message TEXT,
+    output_hash TEXT,
+    skip_reason TEXT,
+    PRIMARY KEY (run_id, step_id)
+) WITHOUT ROWID;
+-- gid orders the all-runs event feed; AUTOINCREMENT so ids are never reused after gc.
+CREATE TABLE events (
+    gid INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    schema INTEGER NOT NULL,
+    step_id TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (run_id, seq)
+);
+CREATE TABLE payloads (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE run_payloads (
+    run_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, hash)
+) WITHOUT ROWID;
+CREATE INDEX run_payloads_by_hash ON run_payloads(hash);
+CREATE TABLE logs (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_run ON logs(run_id, step_id);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX idempotency_by_run ON idempotency(run_id);
+CREATE TABLE workflows (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    definition_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    run_id TEXT
+);
+CREATE TABLE inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX inbox_by_run ON inbox(run_id);
+"#];

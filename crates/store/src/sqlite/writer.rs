@@ -1,0 +1,222 @@
+//! The writer thread: group commit of everything that writes.
+
+use crate::{Error, RunWrite};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// Most writes folded into one commit.
+const MAX_GROUP: usize = 512;
+
+/// Work that runs inside a group commit, in its own savepoint.
+pub type TxJob = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), Error> + Send>;
+
+pub enum Msg {
+    Write(Box<RunWrite>, oneshot::Sender<Result<(), Error>>),
+    Tx(TxJob, oneshot::Sender<Result<(), Error>>),
+}
+
+pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
+    let mut pending: Vec<Msg> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        pending.push(first);
+        while pending.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(m) => pending.push(m),
+                Err(_) => break,
+            }
+        }
+        commit_group(&mut conn, &mut pending, &path);
+    }
+}
+
+fn reply_of(m: Msg) -> oneshot::Sender<Result<(), Error>> {
+    match m {
+        Msg::Write(_, r) | Msg::Tx(_, r) => r,
+    }
+}
+
+fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) {
+    let started = Instant::now();
+    let mut replies = Vec::with_capacity(pending.len());
+    let result = (|| -> Result<Vec<Result<(), Error>>, Error> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(pending.len());
+        for msg in pending.drain(..) {
+            tx.execute_batch("SAVEPOINT w")?;
+            let (outcome, reply) = match msg {
+                Msg::Write(w, reply) => (apply_write(&tx, &w), reply),
+                Msg::Tx(job, reply) => (job(&tx), reply),
+            };
+            replies.push(reply);
+            match outcome {
+                Ok(()) => tx.execute_batch("RELEASE w")?,
+                Err(_) => tx.execute_batch("ROLLBACK TO w; RELEASE w")?,
+            }
+            results.push(outcome);
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    // Anything not yet taken from `pending` (an error before the loop) fails with the group.
+    replies.extend(pending.drain(..).map(reply_of));
+    match result {
+        Ok(results) => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let busy = matches!(e, Error::Sqlite(ref s) if matches!(s.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)));
+            for reply in replies {
+                let err = if busy {
+                    Error::Locked { path: path.display().to_string(), waited_ms: started.elapsed().as_millis() as u64 }
+                } else {
+                    Error::Corrupt(format!("commit failed: {e}"))
+                };
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error> {
+    let r = &w.run;
+    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
+    if w.expected_seq == 0 {
+        if let Some(idem) = &w.idempotency {
+            let existing: Option<(String, String)> = tx
+                .prepare_cached("SELECT run_id, request_hash FROM idempotency WHERE key=?1")?
+                .query_row([&idem.key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            if let Some((run_id, hash)) = existing {
+                return Err(Error::IdempotencyKey {
+                    key: idem.key.clone(),
+                    run_id,
+                    same_request: hash == idem.request_hash,
+                });
+            }
+            tx.prepare_cached("INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES (?1,?2,?3,?4)")?
+                .execute(params![idem.key, r.id, idem.request_hash, r.created_at_ms])?;
+        }
+        let inserted = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
+                 failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
+                 definition_hash, output_hash, artifact, wake_at, retain_until) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)",
+            )?
+            .execute(params![
+                r.id,
+                r.workflow,
+                r.definition_version,
+                r.status,
+                r.goal,
+                r.current_step,
+                r.failure_class,
+                r.failure_message,
+                r.failed_step,
+                r.last_seq as i64,
+                owner,
+                lease,
+                r.created_at_ms,
+                r.updated_at_ms,
+                r.finished_at_ms,
+                r.definition_hash,
+                r.output_hash,
+                r.artifact,
+                r.wake_at_ms,
+                r.retain_until_ms
+            ])?;
+        if inserted == 0 {
+            return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
+        }
+    } else {
+        let updated = tx
+            .prepare_cached(
+                "UPDATE runs SET definition_version=?2, status=?3, current_step=?4, failure_class=?5, failure_message=?6, \
+                 failed_step=?7, last_seq=?8, updated_at=?9, finished_at=?10, definition_hash=?11, output_hash=?12, \
+                 artifact=?13, owner=?14, lease_expires_at=?15, wake_at=?16, retain_until=?17 \
+                 WHERE id=?1 AND last_seq=?18 AND owner=?19",
+            )?
+            .execute(params![
+                r.id,
+                r.definition_version,
+                r.status,
+                r.current_step,
+                r.failure_class,
+                r.failure_message,
+                r.failed_step,
+                r.last_seq as i64,
+                r.updated_at_ms,
+                r.finished_at_ms,
+                r.definition_hash,
+                r.output_hash,
+                r.artifact,
+                owner,
+                lease,
+                r.wake_at_ms,
+                r.retain_until_ms,
+                w.expected_seq as i64,
+                w.owner
+            ])?;
+        if updated == 0 {
+            return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
+        }
+    }
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+        )?;
+        for e in &w.events {
+            ins.execute(params![r.id, e.seq as i64, e.at_ms, e.kind, e.schema, e.step, e.body])?;
+        }
+    }
+    if !w.payloads.is_empty() {
+        let mut ins = tx.prepare_cached("INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)")?;
+        let mut link = tx.prepare_cached("INSERT OR IGNORE INTO run_payloads (run_id, hash) VALUES (?1,?2)")?;
+        for p in &w.payloads {
+            ins.execute(params![p.reference.hash, p.reference.size as i64, p.bytes])?;
+            link.execute(params![r.id, p.reference.hash])?;
+        }
+    }
+    if !w.steps.is_empty() {
+        let mut up = tx.prepare_cached(
+            "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, finished_at, \
+             busy_ms, error_class, error_message, output_hash, skip_reason) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14) \
+             ON CONFLICT(run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+             not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
+             busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
+             output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
+        )?;
+        for s in &w.steps {
+            up.execute(params![
+                r.id,
+                s.step_id,
+                s.position,
+                s.kind,
+                s.status,
+                s.attempts,
+                s.not_before_ms,
+                s.started_at_ms,
+                s.finished_at_ms,
+                s.busy_ms as i64,
+                s.error_class,
+                s.error_message,
+                s.output_hash,
+                s.skip_reason
+            ])?;
+        }
+    }
+    if !w.logs.is_empty() {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO logs (run_id, step_id, attempt, at, level, message) VALUES (?1,?2,?3,?4,?5,?6)",
+        )?;
+        for l in &w.logs {
+            ins.execute(params![r.id, l.step_id, l.attempt, l.at_ms, l.level, l.message])?;
+        }
+    }
+    Ok(())
+}
