@@ -6,7 +6,7 @@ use cairn_core::RunId;
 use cairn_core::duration::format_ms;
 use cairn_store::{RunQuery, Store};
 use clap::{Args, Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -42,6 +42,28 @@ pub enum RunsCommand {
         id: String,
         #[arg(long)]
         step: Option<String>,
+    },
+    /// Follow a run's events live from a `cairn serve` (reconnects without losing events).
+    #[command(after_help = "Example:\n  cairn runs watch wf_01J... --server http://127.0.0.1:8080")]
+    Watch(crate::watch::WatchArgs),
+    /// Cancel a run.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "cancelled from the CLI")]
+        reason: String,
+    },
+    /// Pause a run: attempts in flight finish, nothing new starts.
+    Pause { id: String },
+    /// Unpause a paused run.
+    Unpause { id: String },
+    /// Send a named signal with a JSON payload.
+    #[command(after_help = "Example:\n  cairn runs signal wf_01J... approved --data '{\"by\": \"ana\"}'")]
+    Signal {
+        id: String,
+        name: String,
+        /// JSON payload (a non-JSON value is sent as a string).
+        #[arg(long, default_value = "null")]
+        data: String,
     },
 }
 
@@ -80,8 +102,36 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
+    use cairn_engine::Control;
+    let by = Some("cli".to_string());
+    match command {
+        RunsCommand::Watch(args) => return crate::watch::watch(args).await,
+        RunsCommand::Cancel { id, reason } => {
+            open_existing(db)?;
+            return crate::steer::steer(db, &id, Control::Cancel { reason, by }).await;
+        }
+        RunsCommand::Pause { id } => {
+            open_existing(db)?;
+            return crate::steer::steer(db, &id, Control::Pause { by }).await;
+        }
+        RunsCommand::Unpause { id } => {
+            open_existing(db)?;
+            return crate::steer::steer(db, &id, Control::Unpause { by }).await;
+        }
+        RunsCommand::Signal { id, name, data } => {
+            open_existing(db)?;
+            let payload = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            return crate::steer::steer(db, &id, Control::Signal { name, payload, by }).await;
+        }
+        _ => {}
+    }
     let store = open_existing(db)?;
     match command {
+        RunsCommand::Watch(_)
+        | RunsCommand::Cancel { .. }
+        | RunsCommand::Pause { .. }
+        | RunsCommand::Unpause { .. }
+        | RunsCommand::Signal { .. } => {}
         RunsCommand::List { status, workflow, limit, json } => {
             let status = status
                 .map(|s| {
@@ -184,27 +234,13 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
     Ok(())
 }
 
-/// The export document: everything needed to replay the run on another machine.
-pub async fn export_document(store: &impl Store, id: &RunId) -> CliResult<Value> {
-    let loaded = store.load_run(id).await?;
-    let steps = store.steps(id).await?;
-    let payloads: Map<String, Value> = loaded.payloads.iter().map(|(h, v)| (h.clone(), (**v).clone())).collect();
-    Ok(json!({
-        "format": "cairn.run-export",
-        "format_version": 1,
-        "journal_schema": cairn_core::JOURNAL_SCHEMA,
-        "run": loaded.run,
-        "steps": steps,
-        "events": loaded.events,
-        "payloads": payloads,
-    }))
-}
-
 pub async fn export(db: &DbArgs, args: ExportArgs) -> CliResult {
     let store = open_existing(db)?;
     let id = run_id(&args.id)?;
     let text = match args.format {
-        Format::Json => serde_json::to_string_pretty(&export_document(&store, &id).await?).unwrap_or_default() + "\n",
+        Format::Json => {
+            serde_json::to_string_pretty(&cairn_store::export_document(&store, &id).await?).unwrap_or_default() + "\n"
+        }
         Format::Jsonl => {
             let mut text = String::new();
             for e in store.events(&id).await? {

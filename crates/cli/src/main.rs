@@ -5,10 +5,14 @@
 //! (flags, files, definitions, unknown ids) · 3 environment (database locked, not ours,
 //! unreadable) · 130 interrupted (the run stays resumable).
 
+mod admin;
 mod bench;
 mod inspect;
 mod output;
 mod run;
+mod serve;
+mod steer;
+mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -46,7 +50,9 @@ impl From<cairn_engine::Error> for CliError {
     fn from(e: cairn_engine::Error) -> Self {
         match e {
             cairn_engine::Error::Store(s) => s.into(),
-            cairn_engine::Error::Invalid(_) | cairn_engine::Error::Owned(_) => CliError::usage(e.to_string()),
+            cairn_engine::Error::Invalid(_) | cairn_engine::Error::Owned(_) | cairn_engine::Error::Illegal(_) => {
+                CliError::usage(e.to_string())
+            }
             _ => CliError::env(e.to_string()),
         }
     }
@@ -116,6 +122,30 @@ enum Command {
     /// Continue interrupted runs (all of them, or one).
     #[command(after_help = "Examples:\n  cairn resume\n  cairn resume wf_01J...")]
     Resume(run::ResumeArgs),
+    /// Serve the REST API and run workers in one process (127.0.0.1:8080 by default).
+    #[command(
+        after_help = "Examples:\n  cairn serve\n  cairn serve --listen 0.0.0.0:8080   # auth turns on: create tokens first"
+    )]
+    Serve(serve::ServeArgs),
+    /// Run workers only: take runs from the database and drive them.
+    #[command(after_help = "Example:\n  cairn worker --max-runs 256")]
+    Worker(serve::WorkerArgs),
+    /// Manage API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: admin::TokensCommand,
+    },
+    /// Delete finished runs past their retention, with their journals and unused payloads.
+    #[command(after_help = "Example:\n  cairn gc --retention 7d --dry-run")]
+    Gc {
+        /// Default retention (a workflow's own `retention` wins).
+        #[arg(long, default_value = "30d")]
+        retention: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
@@ -139,6 +169,10 @@ fn main() -> ExitCode {
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Bench(args) => bench::bench(args).await,
+            Command::Serve(args) => serve::serve(&cli.db, args).await,
+            Command::Worker(args) => serve::worker(&cli.db, args).await,
+            Command::Tokens { command } => admin::tokens(&cli.db, command).await,
+            Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -46,7 +46,7 @@ pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>) {
     }
 }
 
-fn progress_line(
+pub(crate) fn progress_line(
     paint: &Paint,
     run_id: &RunId,
     env: &Envelope,

@@ -54,7 +54,12 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    fn config(&self) -> EngineConfig {
+    /// The defaults, for commands that do not take engine flags.
+    pub fn default_args() -> Self {
+        EngineArgs { concurrency: 16, lease_ms: 30_000 }
+    }
+
+    pub fn config(&self) -> EngineConfig {
         let mut config = EngineConfig::new(cairn_engine::owner_id());
         config.concurrency = self.concurrency.max(1);
         config.lease_ms = self.lease_ms.max(1_000);

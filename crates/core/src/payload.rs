@@ -29,14 +29,20 @@ impl Payload {
     }
 
     pub fn from_bytes(bytes: Vec<u8>) -> Payload {
-        let digest = Sha256::digest(&bytes);
-        let mut hash = String::with_capacity(64);
-        for b in digest {
-            hash.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
-            hash.push(char::from_digit((b & 0xF) as u32, 16).unwrap_or('0'));
-        }
+        let hash = sha256_hex(&bytes);
         Payload { reference: PayloadRef { hash, size: bytes.len() as u64 }, bytes }
     }
+}
+
+/// Lower-case hex SHA-256 (payload addresses, token hashes, request fingerprints).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut hash = String::with_capacity(64);
+    for b in digest {
+        hash.push(char::from_digit((b >> 4) as u32, 16).unwrap_or('0'));
+        hash.push(char::from_digit((b & 0xF) as u32, 16).unwrap_or('0'));
+    }
+    hash
 }
 
 #[cfg(test)]

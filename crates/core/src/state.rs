@@ -222,6 +222,7 @@ impl RunState {
                 self.status = machine::run_transition(self.status, RunInput::Failed).map_err(tr)?;
                 self.failure = Some(failure.clone());
                 self.failed_step = step.clone();
+                self.finished_at_ms = Some(at);
                 self.end_unsettled_steps(at);
             }
             Event::RunPaused { .. } => {
@@ -245,6 +246,7 @@ impl RunState {
                     self.failure =
                         Some(Failure::new(crate::event::ErrorClass::Permanent, format!("cancelled: {reason}")));
                 }
+                self.finished_at_ms = Some(at);
                 self.end_unsettled_steps(at);
             }
             step_event => self.apply_step_event(seq, kind, at, step_event)?,

@@ -200,7 +200,8 @@ impl<S: Store> Live<S> {
         let touched: Vec<usize> = std::mem::take(&mut self.touched).into_iter().collect();
         let mut run = RunRow::from_state(&self.state);
         run.owner = Some(self.inner.config.owner.clone());
-        let release = std::mem::take(&mut self.release);
+        // A finished run needs no owner: leases only ever cover unfinished work.
+        let release = std::mem::take(&mut self.release) || self.state.status.is_terminal();
         let write = RunWrite {
             release,
             idempotency: self.idempotency.take(),

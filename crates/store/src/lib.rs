@@ -6,8 +6,11 @@
 //! it and the writer still owns the run.** That check (`last_seq` + `owner`) is what lets many
 //! processes share one database without two deciders overwriting each other.
 
+mod export;
 mod rows;
 pub mod sqlite;
+
+pub use export::{EXPORT_FORMAT, export_document};
 
 pub use rows::{
     AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RunRow, RunWrite, StepRow, StoredEvent, TokenRow,

@@ -1,0 +1,217 @@
+//! `cairn serve` (HTTP API + workers) and `cairn worker` (workers only), with graceful shutdown:
+//! the first SIGTERM/Ctrl-C stops taking work, lets attempts in flight finish (up to a
+//! deadline) and releases leases; a second one exits at once, and the next start resumes.
+
+use crate::run::EngineArgs;
+use crate::{CliError, CliResult, DbArgs};
+use cairn_core::catalog::Catalog;
+use cairn_engine::{Engine, EngineConfig};
+use cairn_server::{AppState, AuthMode, ServerConfig};
+use cairn_store::{SqliteStore, Store};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Runs this process drives at once.
+    #[arg(long, default_value_t = 512)]
+    pub max_runs: usize,
+    /// Activities one run may have in flight (fairness across runs).
+    #[arg(long, default_value_t = 8)]
+    pub max_per_run: usize,
+    /// On shutdown, how long attempts in flight may take to finish.
+    #[arg(long, default_value = "10s")]
+    pub shutdown_timeout: String,
+    /// Delete finished runs older than this (per-workflow `retention` wins); `0` keeps them.
+    #[arg(long, default_value = "30d")]
+    pub retention: String,
+    /// How often retention runs.
+    #[arg(long, default_value = "10m")]
+    pub gc_every: String,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback turns auth on unless --auth off.
+    #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// `auto` (on unless listening on loopback), `on`, or `off`.
+    #[arg(long, default_value = "auto")]
+    pub auth: String,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Extra step templates for goals (YAML), on top of the built-in catalog.
+    #[arg(long)]
+    pub catalog: Option<PathBuf>,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+fn duration(flag: &str, text: &str) -> CliResult<Duration> {
+    cairn_core::duration::parse_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| CliError::usage(format!("--{flag}: {e}")))
+}
+
+fn engine_config(args: &WorkerArgs) -> EngineConfig {
+    let mut config: EngineConfig = args.engine.config();
+    config.max_runs = args.max_runs.max(1);
+    config.max_per_run = args.max_per_run.max(1);
+    config.release_when_idle_ms = Some(1_000);
+    config
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
+async fn first_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("cairn: second signal, exiting now (interrupted runs resume on the next start)");
+            std::process::exit(130);
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn spawn_gc(store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Option<tokio::task::JoinHandle<()>>> {
+    let retention = duration("retention", &args.retention)?;
+    let every = duration("gc-every", &args.gc_every)?.max(Duration::from_secs(1));
+    if retention.is_zero() {
+        return Ok(None);
+    }
+    Ok(Some(tokio::spawn(async move {
+        loop {
+            match store.gc(cairn_engine::now_ms(), retention.as_millis() as u64, false).await {
+                Ok(r) if r.runs > 0 => {
+                    eprintln!("[gc] deleted {} finished runs, {} events, {} payloads", r.runs, r.events, r.payloads)
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("[gc] failed: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    })))
+}
+
+/// Stops taking work, waits for drivers (up to the deadline), then releases this process's leases.
+async fn drain(engine: &Engine<SqliteStore>, timeout: Duration) {
+    engine.drain();
+    let deadline = Instant::now() + timeout;
+    while engine.active_runs() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = engine.active_runs();
+    match engine.release().await {
+        Ok(n) => eprintln!(
+            "cairn: stopped; released {n} lease(s){}",
+            if left > 0 { format!(", {left} run(s) cut off") } else { String::new() }
+        ),
+        Err(e) => eprintln!("cairn: stopped, but releasing leases failed ({e}); they expire on their own"),
+    }
+}
+
+pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
+    let listen: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| CliError::usage(format!("--listen '{}' is not host:port (e.g. 127.0.0.1:8080)", args.listen)))?;
+    let auth = match args.auth.as_str() {
+        "auto" if listen.ip().is_loopback() => AuthMode::Off,
+        "auto" | "on" => AuthMode::On,
+        "off" => AuthMode::Off,
+        other => return Err(CliError::usage(format!("--auth '{other}' is not auto, on or off"))),
+    };
+    if auth == AuthMode::Off && !listen.ip().is_loopback() {
+        eprintln!("cairn: WARNING: auth is off while listening on {listen}: anyone who can reach it can control runs");
+    }
+    let shutdown_timeout = duration("shutdown-timeout", &args.worker.shutdown_timeout)?;
+    let mut catalog = Catalog::builtin().map_err(|e| CliError::env(format!("built-in catalog is broken: {e}")))?;
+    if let Some(path) = &args.catalog {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+        catalog.merge(Catalog::from_yaml(&text, &path.display().to_string()).map_err(CliError::usage)?);
+    }
+    let store = Arc::new(db.open()?);
+    if auth == AuthMode::On && store.tokens().await?.iter().all(|t| t.revoked_at_ms.is_some()) {
+        eprintln!("cairn: auth is on and no token exists yet: create one with `cairn tokens create --role admin`");
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let engine = Engine::new(store.clone(), engine_config(&args.worker), Some(tx));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let config = ServerConfig { auth, max_body_bytes: args.max_body_bytes.max(1024), catalog };
+    let state = AppState::new(engine.clone(), Some(rx), config, shutdown_rx);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
+    let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
+    let heartbeat = engine.spawn_heartbeat();
+    let worker = engine.spawn_worker();
+    let gc = spawn_gc(store.clone(), &args.worker)?;
+    eprintln!(
+        "cairn serve: listening on http://{addr} (auth {}; {})",
+        if auth == AuthMode::On { "on" } else { "off" },
+        store.describe()
+    );
+    let signalled = {
+        let shutdown_tx = shutdown_tx.clone();
+        let engine = engine.clone();
+        async move {
+            first_signal().await;
+            eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
+            engine.drain();
+            let _ = shutdown_tx.send(true);
+        }
+    };
+    if let Err(e) = cairn_server::serve(listener, state, signalled).await {
+        eprintln!("cairn: the HTTP server stopped: {e}");
+    }
+    drain(&engine, shutdown_timeout).await;
+    worker.abort();
+    heartbeat.abort();
+    if let Some(gc) = gc {
+        gc.abort();
+    }
+    Ok(())
+}
+
+pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
+    let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
+    let store = Arc::new(db.open()?);
+    let engine = Engine::new(store.clone(), engine_config(&args), None);
+    let heartbeat = engine.spawn_heartbeat();
+    let worker = engine.spawn_worker();
+    let gc = spawn_gc(store.clone(), &args)?;
+    eprintln!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
+    first_signal().await;
+    eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
+    drain(&engine, shutdown_timeout).await;
+    worker.abort();
+    heartbeat.abort();
+    if let Some(gc) = gc {
+        gc.abort();
+    }
+    Ok(())
+}

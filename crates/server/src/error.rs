@@ -1,0 +1,76 @@
+//! One error type for every handler: each becomes `{"error": {"code", "message", "details"}}`
+//! with a status that says whose fault it is (4xx: the request's; 5xx: ours or the database's).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), details: Value::Null }
+    }
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<cairn_store::Error> for ApiError {
+    fn from(e: cairn_store::Error) -> Self {
+        use cairn_store::Error as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound(_) => ApiError::not_found("run_not_found", message),
+            E::WorkflowNotFound(_) => ApiError::not_found("workflow_not_found", message),
+            E::VersionExists { .. } => ApiError::conflict("version_exists", message),
+            E::IdempotencyKey { run_id, same_request, .. } => {
+                let code = if same_request { "idempotency_in_progress" } else { "idempotency_key_reused" };
+                ApiError::unprocessable(code, message).with_details(json!({"run_id": run_id}))
+            }
+            E::Conflict { .. } => ApiError::conflict("run_conflict", format!("{message} (retry the request)")),
+            E::Locked { .. } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_busy", message),
+            E::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
+            _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message),
+        }
+    }
+}
+
+impl From<cairn_engine::Error> for ApiError {
+    fn from(e: cairn_engine::Error) -> Self {
+        use cairn_engine::Error as E;
+        match e {
+            E::Store(s) => s.into(),
+            E::Illegal(m) => ApiError::conflict("illegal_transition", m),
+            E::Invalid(m) => ApiError::unprocessable("invalid_request", m),
+            E::Owned(_) | E::Lost { .. } => ApiError::conflict("run_busy", e.to_string()),
+            E::Journal { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "journal_error", e.to_string()),
+        }
+    }
+}

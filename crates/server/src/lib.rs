@@ -1,0 +1,166 @@
+//! Cairn's HTTP API: REST under `/v1`, Server-Sent Event streams, bearer-token auth and an audit
+//! trail. Built as `fn app(state) -> Router` so tests can drive it without a socket.
+//!
+//! **Invariant: every response that is not a success carries `{"error": {code, message,
+//! details}}` with a 4xx for the caller's mistakes; handlers never panic on input.**
+
+mod admin;
+pub mod auth;
+mod body;
+mod error;
+mod openapi;
+mod runs;
+mod stream;
+mod tasks;
+mod workflows;
+
+pub use auth::{AuthMode, Role, new_token};
+pub use error::ApiError;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use cairn_core::RunId;
+use cairn_core::catalog::Catalog;
+use cairn_engine::{Engine, Notice};
+use cairn_store::Store;
+use serde_json::json;
+use std::ops::Deref;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, watch};
+
+pub struct ServerConfig {
+    pub auth: AuthMode,
+    pub max_body_bytes: usize,
+    pub catalog: Catalog,
+}
+
+pub struct Shared<S: Store> {
+    pub engine: Engine<S>,
+    pub store: Arc<S>,
+    pub catalog: Catalog,
+    pub auth: AuthMode,
+    pub max_body_bytes: usize,
+    /// Wakes event streams: the id of a run that just committed.
+    pub changes: broadcast::Sender<RunId>,
+    /// Turns true when the server shuts down; streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub struct AppState<S: Store>(Arc<Shared<S>>);
+
+impl<S: Store> Clone for AppState<S> {
+    fn clone(&self) -> Self {
+        AppState(self.0.clone())
+    }
+}
+
+impl<S: Store> Deref for AppState<S> {
+    type Target = Shared<S>;
+    fn deref(&self) -> &Shared<S> {
+        &self.0
+    }
+}
+
+impl<S: Store> AppState<S> {
+    /// `notices` is the receiving end of the engine's notice channel.
+    pub fn new(
+        engine: Engine<S>,
+        notices: Option<mpsc::UnboundedReceiver<Notice>>,
+        config: ServerConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        let (changes, _) = broadcast::channel(4096);
+        if let Some(mut rx) = notices {
+            let tx = changes.clone();
+            tokio::spawn(async move {
+                while let Some(Notice::Committed { run_id, .. }) = rx.recv().await {
+                    let _ = tx.send(run_id);
+                }
+            });
+        }
+        let store = engine.store().clone();
+        AppState(Arc::new(Shared {
+            engine,
+            store,
+            catalog: config.catalog,
+            auth: config.auth,
+            max_body_bytes: config.max_body_bytes,
+            changes,
+            shutdown,
+        }))
+    }
+}
+
+pub fn app<S: Store>(state: AppState<S>) -> Router {
+    let v1 = Router::new()
+        .route("/runs", post(runs::create::<S>).get(runs::list::<S>))
+        .route("/runs/{id}", get(runs::get::<S>))
+        .route("/runs/{id}/steps", get(runs::steps::<S>))
+        .route("/runs/{id}/steps/{step}/logs", get(runs::logs::<S>))
+        .route("/runs/{id}/events", get(runs::events::<S>))
+        .route("/runs/{id}/events/stream", get(stream::run_stream::<S>))
+        .route("/runs/{id}/export", get(runs::export::<S>))
+        .route("/runs/{id}/cancel", post(runs::cancel::<S>))
+        .route("/runs/{id}/pause", post(runs::pause::<S>))
+        .route("/runs/{id}/resume", post(runs::resume::<S>))
+        .route("/runs/{id}/signals/{name}", post(runs::signal::<S>))
+        .route("/events/stream", get(stream::all_stream::<S>))
+        .route("/workflows", post(workflows::register::<S>).get(workflows::list::<S>))
+        .route("/workflows/{name}", get(workflows::get::<S>))
+        .route("/tokens", post(admin::create_token::<S>).get(admin::list_tokens::<S>))
+        .route("/tokens/{id}/revoke", post(admin::revoke_token::<S>))
+        .route("/audit", get(admin::audit::<S>));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/tasks", post(tasks::create::<S>))
+        .route("/tasks/{id}", get(tasks::get::<S>))
+        .route("/tasks/{id}/steps", get(tasks::steps::<S>))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz::<S>))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer::<S>))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve<S: Store>(
+    listener: tokio::net::TcpListener,
+    state: AppState<S>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz<S: Store>(State(state): State<AppState<S>>) -> axum::response::Response {
+    match state.store.ping().await {
+        Ok(()) if !state.engine.is_draining() => {
+            axum::Json(json!({"status": "ready", "store": state.store.describe()})).into_response()
+        }
+        Ok(()) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down").into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found("no_such_route", format!("{} is not a Cairn API route; see /openapi.json", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}; see /openapi.json", uri.path()),
+    )
+}

@@ -1,0 +1,180 @@
+//! Server-Sent Event streams of journal events, resumable with `Last-Event-ID`.
+//!
+//! A stream reads the journal (the truth) after the last id it sent, then waits for a change
+//! notice (or a short poll, for runs driven by other processes). Ids are journal positions — the
+//! run's `seq` for one run, the global event id for all runs — so a client that reconnects with
+//! `Last-Event-ID` gets every later event exactly once.
+
+use crate::AppState;
+use crate::body::{Path, Query};
+use crate::error::ApiError;
+use crate::runs::parse_run_id;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use cairn_core::{Envelope, Event, RunId};
+use cairn_store::Store;
+use futures_util::Stream;
+use serde::Deserialize;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+const POLL: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Start after this id (same as the `Last-Event-ID` header, which wins).
+    after: Option<i64>,
+}
+
+fn resume_point(headers: &HeaderMap, q: &StreamQuery) -> Result<Option<i64>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => {
+            v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|n| *n >= 0).map(Some).ok_or_else(|| {
+                ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be an id this stream sent")
+            })
+        }
+        None => Ok(q.after),
+    }
+}
+
+fn finishes(e: &Envelope) -> bool {
+    matches!(e.event, Event::RunCompleted { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. })
+}
+
+fn sse(id: i64, env: &Envelope, run_id: Option<&str>) -> SseEvent {
+    let mut data = serde_json::to_value(env).unwrap_or_default();
+    if let Some(run) = run_id {
+        data["run_id"] = serde_json::Value::String(run.to_string());
+    }
+    SseEvent::default().id(id.to_string()).event(env.event.kind()).data(data.to_string())
+}
+
+/// Waits for a change notice (for `only`, if given), a poll tick, or shutdown (false).
+async fn wait_change(
+    rx: &mut broadcast::Receiver<RunId>,
+    shutdown: &mut watch::Receiver<bool>,
+    only: Option<&RunId>,
+) -> bool {
+    let sleep = tokio::time::sleep(POLL);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            changed = rx.recv() => match changed {
+                Ok(run) if only.is_some_and(|o| *o != run) => continue,
+                _ => return true,
+            },
+            _ = &mut sleep => return true,
+            _ = shutdown.changed() => return false,
+        }
+    }
+}
+
+struct RunFeed<S: Store> {
+    state: AppState<S>,
+    id: RunId,
+    last: u64,
+    buf: VecDeque<SseEvent>,
+    rx: broadcast::Receiver<RunId>,
+    shutdown: watch::Receiver<bool>,
+    done: bool,
+}
+
+pub async fn run_stream<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let id = parse_run_id(&id)?;
+    let after = resume_point(&headers, &q)?.unwrap_or(0).max(0) as u64;
+    state.store.get_run(&id).await?;
+    let feed = RunFeed {
+        rx: state.changes.subscribe(),
+        shutdown: state.shutdown.clone(),
+        state,
+        id,
+        last: after,
+        buf: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.buf.pop_front() {
+                return Some((Ok(e), f));
+            }
+            if f.done || *f.shutdown.borrow() {
+                return None;
+            }
+            let events = f.state.store.events_after(&f.id, f.last).await.ok()?;
+            if !events.is_empty() {
+                for env in &events {
+                    f.last = env.seq;
+                    f.done |= finishes(env);
+                    f.buf.push_back(sse(env.seq as i64, env, None));
+                }
+                continue;
+            }
+            let row = f.state.store.get_run(&f.id).await.ok()?;
+            if cairn_core::RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+                return None;
+            }
+            if !wait_change(&mut f.rx, &mut f.shutdown, Some(&f.id)).await {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+struct AllFeed<S: Store> {
+    state: AppState<S>,
+    last: i64,
+    buf: VecDeque<SseEvent>,
+    rx: broadcast::Receiver<RunId>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Every run's events as they are committed. Without a resume point it starts from now.
+pub async fn all_stream<S: Store>(
+    State(state): State<AppState<S>>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let after = match resume_point(&headers, &q)? {
+        Some(n) => n,
+        None => state.store.last_gid().await?,
+    };
+    let feed = AllFeed {
+        rx: state.changes.subscribe(),
+        shutdown: state.shutdown.clone(),
+        state,
+        last: after,
+        buf: VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.buf.pop_front() {
+                return Some((Ok(e), f));
+            }
+            if *f.shutdown.borrow() {
+                return None;
+            }
+            let items = f.state.store.feed(f.last, 500).await.ok()?;
+            if !items.is_empty() {
+                for item in &items {
+                    f.last = item.gid;
+                    f.buf.push_back(sse(item.gid, &item.event, Some(&item.run_id)));
+                }
+                continue;
+            }
+            if !wait_change(&mut f.rx, &mut f.shutdown, None).await {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
