@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Print results as JSON lines.
     #[arg(long)]
     pub json: bool,
+    /// Benchmark the HTTP API instead: `POST /v1/runs?wait` end to end, `--workflows` requests
+    /// from `--in-flight` keep-alive clients.
+    #[arg(long)]
+    pub http: bool,
 }
 
 fn chain(steps: usize) -> Definition {
@@ -168,6 +172,9 @@ async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight
 }
 
 pub async fn bench(args: BenchArgs) -> CliResult {
+    if args.http {
+        return crate::bench_http::bench_http(args.workflows, args.in_flight, args.json).await;
+    }
     let tmp = std::env::temp_dir().join(format!("cairn-bench-{}", std::process::id()));
     let path = match &args.bench_db {
         Some(p) => p.clone(),

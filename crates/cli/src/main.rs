@@ -7,6 +7,7 @@
 
 mod admin;
 mod bench;
+mod bench_http;
 mod inspect;
 mod output;
 mod run;

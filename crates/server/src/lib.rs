@@ -22,14 +22,16 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use cairn_core::RunId;
 use cairn_core::catalog::Catalog;
+use cairn_core::{Event, RunId};
 use cairn_engine::{Engine, Notice};
 use cairn_store::Store;
 use serde_json::json;
+use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, watch};
+use std::sync::Mutex;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub struct ServerConfig {
     pub auth: AuthMode,
@@ -47,6 +49,8 @@ pub struct Shared<S: Store> {
     pub changes: broadcast::Sender<RunId>,
     /// Turns true when the server shuts down; streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// Requests waiting (`?wait=`) for a run this process drives to finish.
+    pub finish_waiters: Mutex<HashMap<RunId, Vec<oneshot::Sender<()>>>>,
 }
 
 pub struct AppState<S: Store>(Arc<Shared<S>>);
@@ -73,16 +77,8 @@ impl<S: Store> AppState<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (changes, _) = broadcast::channel(4096);
-        if let Some(mut rx) = notices {
-            let tx = changes.clone();
-            tokio::spawn(async move {
-                while let Some(Notice::Committed { run_id, .. }) = rx.recv().await {
-                    let _ = tx.send(run_id);
-                }
-            });
-        }
         let store = engine.store().clone();
-        AppState(Arc::new(Shared {
+        let state = AppState(Arc::new(Shared {
             engine,
             store,
             catalog: config.catalog,
@@ -90,7 +86,29 @@ impl<S: Store> AppState<S> {
             max_body_bytes: config.max_body_bytes,
             changes,
             shutdown,
-        }))
+            finish_waiters: Mutex::new(HashMap::new()),
+        }));
+        if let Some(mut rx) = notices {
+            let weak = Arc::downgrade(&state.0);
+            tokio::spawn(async move {
+                while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let finished = events.iter().any(|e| {
+                        matches!(
+                            e.event,
+                            Event::RunCompleted { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. }
+                        )
+                    });
+                    if finished && let Ok(mut waiters) = shared.finish_waiters.lock() {
+                        for w in waiters.remove(&run_id).unwrap_or_default() {
+                            let _ = w.send(());
+                        }
+                    }
+                    let _ = shared.changes.send(run_id);
+                }
+            });
+        }
+        state
     }
 }
 

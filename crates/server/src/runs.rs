@@ -100,27 +100,30 @@ fn parse_wait(q: &WaitQuery) -> Result<Option<Duration>, ApiError> {
         .transpose()
 }
 
-/// Waits until the run is finished or the time is up; returns its row either way.
+/// Waits until the run is finished or the time is up; returns its row either way. Runs driven
+/// here wake the waiter directly; runs driven by other processes are polled.
 pub async fn wait_for<S: Store>(state: &AppState<S>, id: &RunId, timeout: Duration) -> Result<RunRow, ApiError> {
-    let mut changes = state.changes.subscribe();
     let deadline = Instant::now() + timeout;
     loop {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        if let Ok(mut waiters) = state.finish_waiters.lock() {
+            waiters.entry(id.clone()).or_default().push(tx);
+        }
         let row = state.store.get_run(id).await?;
         let left = deadline.saturating_duration_since(Instant::now());
         if is_terminal(&row) || left.is_zero() {
+            drop(rx);
+            if let Ok(mut waiters) = state.finish_waiters.lock()
+                && let Some(list) = waiters.get_mut(id)
+            {
+                list.retain(|w| !w.is_closed());
+                if list.is_empty() {
+                    waiters.remove(id);
+                }
+            }
             return Ok(row);
         }
-        let sleep = tokio::time::sleep(left.min(Duration::from_millis(500)));
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                changed = changes.recv() => match changed {
-                    Ok(run) if run != *id => continue,
-                    _ => break,
-                },
-                _ = &mut sleep => break,
-            }
-        }
+        let _ = tokio::time::timeout(left.min(Duration::from_millis(500)), &mut rx).await;
     }
 }
 
