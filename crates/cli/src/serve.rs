@@ -96,6 +96,27 @@ async fn first_signal() {
     }
 }
 
+/// The tasks a working process runs beside its drivers.
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    fn start(engine: &Engine<SqliteStore>, store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Background> {
+        let mut tasks = vec![engine.spawn_heartbeat(), engine.spawn_worker()];
+        tasks.extend(spawn_gc(store, args)?);
+        Ok(Background { tasks })
+    }
+
+    /// Drains the engine (see [`drain`]) and stops the background tasks.
+    async fn stop(self, engine: &Engine<SqliteStore>, timeout: Duration) {
+        drain(engine, timeout).await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
 fn spawn_gc(store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Option<tokio::task::JoinHandle<()>>> {
     let retention = duration("retention", &args.retention)?;
     let every = duration("gc-every", &args.gc_every)?.max(Duration::from_secs(1));
@@ -167,9 +188,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         .await
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
-    let heartbeat = engine.spawn_heartbeat();
-    let worker = engine.spawn_worker();
-    let gc = spawn_gc(store.clone(), &args.worker)?;
+    let background = Background::start(&engine, store.clone(), &args.worker)?;
     eprintln!(
         "cairn serve: listening on http://{addr} (auth {}; {})",
         if auth == AuthMode::On { "on" } else { "off" },
@@ -188,12 +207,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
     if let Err(e) = cairn_server::serve(listener, state, signalled).await {
         eprintln!("cairn: the HTTP server stopped: {e}");
     }
-    drain(&engine, shutdown_timeout).await;
-    worker.abort();
-    heartbeat.abort();
-    if let Some(gc) = gc {
-        gc.abort();
-    }
+    background.stop(&engine, shutdown_timeout).await;
     Ok(())
 }
 
@@ -201,17 +215,10 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
     let store = Arc::new(db.open()?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
-    let heartbeat = engine.spawn_heartbeat();
-    let worker = engine.spawn_worker();
-    let gc = spawn_gc(store.clone(), &args)?;
+    let background = Background::start(&engine, store.clone(), &args)?;
     eprintln!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
     first_signal().await;
     eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
-    drain(&engine, shutdown_timeout).await;
-    worker.abort();
-    heartbeat.abort();
-    if let Some(gc) = gc {
-        gc.abort();
-    }
+    background.stop(&engine, shutdown_timeout).await;
     Ok(())
 }

@@ -174,3 +174,328 @@ pub fn sigkill(child: &mut Child) {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+// --- A tiny blocking HTTP/1.1 client and helpers for `cairn serve` -------------------------------
+
+use std::io::{Read as _, Write as _};
+
+/// A whole HTTP response (the body de-chunked).
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Why a request got no response: it never reached the server, or it broke on the way.
+#[derive(Debug)]
+pub enum HttpError {
+    /// The connection was refused: the server cannot have seen the request.
+    Connect(std::io::Error),
+    /// Connected, then failed: the server may or may not have acted on the request.
+    Io(std::io::Error),
+}
+
+fn connect(addr: &str) -> std::io::Result<std::net::TcpStream> {
+    let sock: std::net::SocketAddr =
+        addr.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let stream = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    Ok(stream)
+}
+
+fn request_head(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> String {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn parse_head(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..end]);
+        let size = usize::from_str_radix(size_text.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+        raw = &raw[end + 2..];
+        if size == 0 || raw.len() < size {
+            out.extend_from_slice(&raw[..size.min(raw.len())]);
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = raw.get(size + 2..).unwrap_or(&[]);
+    }
+    out
+}
+
+/// One request with `Connection: close`; reads the whole response.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpReply, HttpError> {
+    let mut stream = connect(addr).map_err(HttpError::Connect)?;
+    let head = request_head(addr, method, path, headers, body);
+    stream.write_all(head.as_bytes()).map_err(HttpError::Io)?;
+    if let Some(b) = body {
+        stream.write_all(b.as_bytes()).map_err(HttpError::Io)?;
+    }
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(HttpError::Io)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| {
+        HttpError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response head"))
+    })?;
+    let (status, headers) = parse_head(&String::from_utf8_lossy(&raw[..split]));
+    let rest = &raw[split + 4..];
+    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    Ok(HttpReply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+/// `http`, failing the test if no response comes back.
+pub fn call(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpReply {
+    http(addr, method, path, headers, body).unwrap_or_else(|e| panic!("{method} http://{addr}{path} failed: {e:?}"))
+}
+
+pub fn get(addr: &str, path: &str) -> HttpReply {
+    call(addr, "GET", path, &[], None)
+}
+
+pub fn post(addr: &str, path: &str, body: &serde_json::Value) -> HttpReply {
+    call(addr, "POST", path, &[], Some(&body.to_string()))
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+/// A live SSE response, read event by event (chunked or not).
+pub struct Sse {
+    reader: BufReader<std::net::TcpStream>,
+    chunked: bool,
+    pending: String,
+    ended: bool,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Sse {
+    /// Sends the request and reads the response head.
+    pub fn open(addr: &str, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut stream = connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let mut all = vec![("Accept", "text/event-stream")];
+        all.extend_from_slice(headers);
+        let head = request_head(addr, "GET", path, &all, None);
+        stream.write_all(head.as_bytes()).expect("send the stream request");
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read the response head");
+            if n == 0 || line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let (status, headers) = parse_head(&head);
+        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+        Sse { reader, chunked, pending: String::new(), ended: false, status, headers }
+    }
+
+    fn fill(&mut self) -> std::io::Result<bool> {
+        let bytes = if self.chunked {
+            let mut size_line = String::new();
+            if self.reader.read_line(&mut size_line)? == 0 {
+                return Ok(false);
+            }
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            if size == 0 {
+                return Ok(false);
+            }
+            let mut buf = vec![0u8; size + 2];
+            self.reader.read_exact(&mut buf)?;
+            buf.truncate(size);
+            buf
+        } else {
+            let mut buf = vec![0u8; 8192];
+            let n = self.reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok(false);
+            }
+            buf.truncate(n);
+            buf
+        };
+        self.pending.push_str(&String::from_utf8_lossy(&bytes));
+        Ok(true)
+    }
+
+    /// The next event; `Ok(None)` when the stream ended (or the server went away), `Err` when
+    /// nothing arrived within `timeout`.
+    pub fn next(&mut self, timeout: Duration) -> std::io::Result<Option<SseEvent>> {
+        use std::io::ErrorKind as K;
+        let deadline = Instant::now() + timeout;
+        loop {
+            // A complete block is everything up to a blank line.
+            let normalized = self.pending.replace("\r\n", "\n");
+            if let Some(pos) = normalized.find("\n\n") {
+                let block = normalized[..pos].to_string();
+                self.pending = normalized[pos + 2..].to_string();
+                let (mut id, mut event, mut data, mut any) = (None, String::new(), String::new(), false);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse().ok();
+                        any = true;
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        any = true;
+                    }
+                }
+                if any {
+                    let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                    return Ok(Some(SseEvent { id, event, data }));
+                }
+                continue;
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(K::TimedOut, format!("no event within {timeout:?}")));
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            match self.fill() {
+                Ok(true) => {}
+                Ok(false) => self.ended = true,
+                Err(e) if matches!(e.kind(), K::WouldBlock | K::TimedOut) => {
+                    return Err(std::io::Error::new(K::TimedOut, format!("no event within {timeout:?}")));
+                }
+                Err(_) => self.ended = true,
+            }
+        }
+    }
+}
+
+/// A `cairn serve` process and the address it listens on.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) to this process.
+    pub fn signal(&self, sig: &str) {
+        send_signal(&self.child, sig);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_exit(&mut self.child, timeout)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Env {
+    /// Starts `cairn serve --listen 127.0.0.1:0 ARGS…` and waits until it listens.
+    pub fn serve(&self, args: &[&str]) -> Server {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (child, lines) = self.spawn(&all, &[]);
+        let seen = wait_line(&lines, "listening on http://", Duration::from_secs(20));
+        let line = seen.last().expect("the listening line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server { child, addr, lines }
+    }
+}
+
+/// Sends a signal by name with `kill(1)`.
+pub fn send_signal(child: &Child, sig: &str) {
+    let status = Command::new("kill").args([format!("-{sig}"), child.id().to_string()]).status().expect("run kill");
+    assert!(status.success(), "kill -{sig} {} failed", child.id());
+}
+
+/// Waits for a process to exit, failing (and killing it) after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs a command to the end, failing (and killing it) if it takes longer than `timeout`.
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
+    let status = wait_exit(&mut child, timeout);
+    Output { status, stdout: out.join().expect("stdout reader"), stderr: err.join().expect("stderr reader") }
+}
