@@ -333,7 +333,8 @@ impl Sse {
             head.push_str(&line);
         }
         let (status, headers) = parse_head(&head);
-        let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            headers.iter().any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
         Sse { reader, chunked, pending: String::new(), ended: false, status, headers }
     }
 
