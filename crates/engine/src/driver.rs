@@ -227,7 +227,11 @@ impl<S: Store> Live<S> {
         if let Some(tx) = &self.inner.notices {
             let _ = tx.send(Notice::Committed { run_id: self.state.run_id.clone(), events });
         }
-        // Effects only after the commit: start the attempts just journaled.
+        // Effects only after the commit: start the attempts just journaled (unless the same
+        // commit ended the run).
+        if self.state.status.is_terminal() {
+            self.launches.clear();
+        }
         for launch in std::mem::take(&mut self.launches) {
             self.spawn_attempt(launch);
         }
@@ -467,19 +471,32 @@ impl<S: Store> Live<S> {
     async fn release_idle(&mut self) -> Result<RunOutcome, Error> {
         // Stop taking requests first; any that raced in are applied before letting go.
         self.detach();
+        let mut replies = Vec::new();
         if let Some(mut rx) = self.controls.take() {
             rx.close();
             while let Ok((control, reply)) = rx.try_recv() {
                 let r = self.apply_control(control);
-                let _ = reply.send(r);
+                replies.push((reply, r));
             }
         }
         if !self.events.is_empty() {
-            // A request changed the run: let the next worker pick it up from the journal.
+            // A request changed the run: commit it (answering only once it is durable) and let
+            // the next worker pick the run up from the journal.
             self.release = true;
-            self.commit().await?;
+            let committed = self.commit().await;
+            for (reply, r) in replies {
+                let _ = reply.send(match (&committed, r) {
+                    (Ok(()), r) => r,
+                    (Err(e), _) => Err(Error::Invalid(format!("the request was not recorded: {e}"))),
+                });
+            }
+            committed?;
         } else {
-            self.inner.store.release_run(&self.inner.config.owner, &self.state.run_id).await?;
+            for (reply, r) in replies {
+                let _ = reply.send(r);
+            }
+            let wake_at = RunRow::from_state(&self.state).wake_at_ms;
+            self.inner.store.release_run(&self.inner.config.owner, &self.state.run_id, wake_at).await?;
         }
         self.inner.wake.notify_one();
         Ok(self.outcome())

@@ -254,6 +254,18 @@ impl<S: Store> Engine<S> {
     async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
         let mut live = self.load(id).await?;
         live.attach();
+        // Requests left for whoever drives this run next; before anything starts, so a queued
+        // cancel or pause takes effect first.
+        for request in self.inner.store.take_inbox_for(id).await? {
+            match serde_json::from_str::<Control>(&request.body) {
+                Ok(control) => {
+                    if let Err(e) = live.apply_control(control) {
+                        eprintln!("[worker] run {id}: queued request not applied: {e}");
+                    }
+                }
+                Err(e) => eprintln!("[worker] run {id}: unreadable queued request: {e}"),
+            }
+        }
         live.recover()?;
         live.commit().await?;
         Ok(tokio::spawn(live.drive()))
@@ -270,7 +282,7 @@ impl<S: Store> Engine<S> {
     /// Delivers an operator request: to the local driver, else by taking the run over briefly,
     /// else (another live process drives it) through the store's inbox.
     pub async fn request(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
-        for _ in 0..3 {
+        for _ in 0..200 {
             let local = self.inner.drivers.lock().ok().and_then(|d| d.get(id).cloned());
             if let Some(tx) = local {
                 let (reply, rx) = oneshot::channel();
@@ -299,6 +311,11 @@ impl<S: Store> Engine<S> {
                 })
                 .await?;
             if claimed.is_empty() {
+                if row.owner.as_deref() == Some(self.inner.config.owner.as_str()) {
+                    // Our own driver is letting go of the run this very moment: wait for it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 let body = serde_json::to_string(&control).map_err(|e| Error::Invalid(e.to_string()))?;
                 if self.inner.store.push_inbox(id, body).await? {
                     return Ok(Delivery::Queued);
@@ -321,7 +338,7 @@ impl<S: Store> Engine<S> {
                 live.commit().await?;
                 if live.state.status.is_terminal() {
                     // Nothing left to drive; make sure no lease lingers.
-                    let _ = self.inner.store.release_run(&self.inner.config.owner, id).await;
+                    let _ = self.inner.store.release_run(&self.inner.config.owner, id, None).await;
                 }
                 self.inner.wake.notify_one();
             }

@@ -130,12 +130,20 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
-    /// Lets go of one run (keeping its `wake_at`), so any worker may take it.
-    fn release_run(&self, owner: &str, id: &RunId) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Lets go of one run, so any worker may take it at `wake_at` — or at once if requests wait
+    /// in its inbox.
+    fn release_run(
+        &self,
+        owner: &str,
+        id: &RunId,
+        wake_at_ms: Option<i64>,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Leaves a request for a run's owner; returns false if the run is finished or unknown.
     fn push_inbox(&self, id: &RunId, body: String) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Takes the requests waiting for runs this owner holds.
     fn take_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
+    /// Takes the requests waiting for one run (its new driver applies them).
+    fn take_inbox_for(&self, id: &RunId) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
 
     // --- reading the journal ---
     fn events_after(&self, id: &RunId, after_seq: u64) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;

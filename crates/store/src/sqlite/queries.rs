@@ -301,13 +301,14 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release_run(&self, owner: &str, id: &RunId) -> Result<bool, Error> {
+    async fn release_run(&self, owner: &str, id: &RunId, wake_at_ms: Option<i64>) -> Result<bool, Error> {
         let (owner, id) = (owner.to_string(), id.to_string());
         self.in_group(move |tx| {
             let n = tx.execute(
-                "UPDATE runs SET owner=NULL, lease_expires_at=NULL WHERE id=?1 AND owner=?2",
-                params![id, owner],
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=?3 WHERE id=?1 AND owner=?2",
+                params![id, owner, wake_at_ms],
             )?;
+            super::writer::wake_if_inbox(tx, &id)?;
             Ok(n == 1)
         })
         .await
@@ -334,12 +335,43 @@ impl Store for SqliteStore {
 
     async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
         let owner = owner.to_string();
+        // Cheap read first: the heartbeat asks every second, and the inbox is nearly always empty.
+        let waiting: Option<i64> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM inbox i JOIN runs r ON r.id = i.run_id WHERE r.owner=?1 LIMIT 1")?
+                .query_row([&owner], |r| r.get(0))
+                .optional()?)
+        })?;
+        if waiting.is_none() {
+            return Ok(Vec::new());
+        }
         self.in_group(move |tx| {
             let mut stmt = tx.prepare_cached(
                 "DELETE FROM inbox WHERE run_id IN (SELECT id FROM runs WHERE owner=?1) RETURNING id, run_id, body",
             )?;
             let rows =
                 stmt.query_map([owner], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
+            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
+            out.sort_by_key(|r| r.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn take_inbox_for(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        let id = id.to_string();
+        let waiting: Option<i64> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM inbox WHERE run_id=?1 LIMIT 1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?)
+        })?;
+        if waiting.is_none() {
+            return Ok(Vec::new());
+        }
+        self.in_group(move |tx| {
+            let mut stmt = tx.prepare_cached("DELETE FROM inbox WHERE run_id=?1 RETURNING id, run_id, body")?;
+            let rows = stmt.query_map([id], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
             let mut out = rows.collect::<Result<Vec<_>, _>>()?;
             out.sort_by_key(|r| r.id);
             Ok(out)

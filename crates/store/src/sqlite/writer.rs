@@ -166,6 +166,9 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
             return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
         }
     }
+    if w.release {
+        wake_if_inbox(tx, &r.id)?;
+    }
     {
         let mut ins = tx.prepare_cached(
             "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) VALUES (?1,?2,?3,?4,?5,?6,?7)",
@@ -218,5 +221,16 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
             ins.execute(params![r.id, l.step_id, l.attempt, l.at_ms, l.level, l.message])?;
         }
     }
+    Ok(())
+}
+
+/// A run let go while requests wait in its inbox must be picked up at once, whatever its own
+/// next wake time is.
+pub fn wake_if_inbox(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<(), Error> {
+    tx.prepare_cached(
+        "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=?1) \
+         WHERE id=?1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=?1)",
+    )?
+    .execute([run_id])?;
     Ok(())
 }
