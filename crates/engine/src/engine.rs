@@ -360,9 +360,23 @@ impl<S: Store> Engine<S> {
             }
             let mut shutdown = engine.inner.shutdown.subscribe();
             let poll = Duration::from_millis(engine.inner.config.poll_ms.max(10));
+            // Held runs carry no wake time, so runs whose owner stopped heartbeating are found
+            // by their expired lease, swept this often.
+            let sweep_every = Duration::from_millis((engine.inner.config.lease_ms / 2).max(100));
+            let mut last_sweep = tokio::time::Instant::now();
             loop {
                 if *shutdown.borrow() {
                     return;
+                }
+                if last_sweep.elapsed() >= sweep_every {
+                    last_sweep = tokio::time::Instant::now();
+                    if let Ok(resumed) = engine.resume(None).await {
+                        for (id, driving) in resumed {
+                            if let Err(e) = driving {
+                                eprintln!("[worker] cannot drive run {id}: {e}");
+                            }
+                        }
+                    }
                 }
                 engine.claim_some().await;
                 tokio::select! {

@@ -140,6 +140,7 @@ proptest! {
         let mut run_row = RunRow::from_state(&folded);
         run_row.owner = loaded.run.owner.clone();
         run_row.lease_expires_at_ms = loaded.run.lease_expires_at_ms;
+        run_row.wake_at_ms = loaded.run.wake_at_ms;
         prop_assert_eq!(&loaded.run, &run_row);
 
         let want = expected(&specs);

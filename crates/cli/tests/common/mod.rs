@@ -111,6 +111,8 @@ impl Env {
         let mut expected_run = RunRow::from_state(&state);
         expected_run.owner = loaded.run.owner.clone();
         expected_run.lease_expires_at_ms = loaded.run.lease_expires_at_ms;
+        // Scheduling, not history: only runs nobody holds carry a wake time.
+        expected_run.wake_at_ms = loaded.run.wake_at_ms;
         assert_eq!(loaded.run, expected_run, "run row differs from the fold of the journal");
     }
 

@@ -108,32 +108,38 @@ impl Store for SqliteStore {
     async fn claim_runs(&self, claim: Claim<'_>) -> Result<Vec<RunId>, Error> {
         // Read candidates, decide which owners are gone here (the predicate is not 'static),
         // then take them with a compare-and-set on owner and lease inside the group commit.
-        let candidates: Vec<(String, Option<String>, Option<i64>)> = self.read(|conn| {
-            let mut sql = format!("SELECT id, owner, lease_expires_at FROM runs WHERE status NOT IN {TERMINAL}");
+        // (id, owner, lease expiry, wake time)
+        type Candidate = (String, Option<String>, Option<i64>, Option<i64>);
+        let candidates: Vec<Candidate> = self.read(|conn| {
+            let mut sql =
+                format!("SELECT id, owner, lease_expires_at, wake_at FROM runs WHERE status NOT IN {TERMINAL}");
             if claim.only.is_some() {
                 sql.push_str(" AND id=?1");
             }
             let mut stmt = conn.prepare(&sql)?;
-            let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?));
+            let map = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?));
             let rows: Vec<_> = match claim.only {
                 Some(id) => stmt.query_map([id.as_str()], map)?.collect::<Result<_, _>>()?,
                 None => stmt.query_map([], map)?.collect::<Result<_, _>>()?,
             };
             Ok(rows)
         })?;
+        // Unheld runs are worth taking only if they have something to do (or are asked for by
+        // id); a paused run without a wake time stays where it is.
         let takeable: Vec<(String, Option<String>, Option<i64>)> = candidates
             .into_iter()
-            .filter(|(_, owner, lease)| match owner {
-                None => true,
+            .filter(|(_, owner, lease, wake)| match owner {
+                None => wake.is_some() || claim.only.is_some(),
                 Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
             })
+            .map(|(id, owner, lease, _)| (id, owner, lease))
             .collect();
         let owner = claim.owner.to_string();
         let until = claim.lease_until_ms;
         self.in_group(move |tx| {
             let mut claimed = Vec::new();
             let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id=?3 AND owner IS ?4 \
+                "UPDATE runs SET owner=?1, lease_expires_at=?2, wake_at=NULL WHERE id=?3 AND owner IS ?4 \
                  AND lease_expires_at IS ?5 AND status NOT IN {TERMINAL}"
             ))?;
             // Compare-and-set on owner *and* lease: an owner that heartbeated since we looked
@@ -163,7 +169,15 @@ impl Store for SqliteStore {
     async fn release(&self, owner: &str) -> Result<u64, Error> {
         let owner = owner.to_string();
         self.in_group(move |tx| {
-            let n = tx.execute("UPDATE runs SET owner=NULL, lease_expires_at=NULL WHERE owner=?1", params![owner])?;
+            // Held runs carry no wake time; whoever takes over must look at them at once.
+            let n = tx.execute(
+                &format!(
+                    "UPDATE runs SET owner=NULL, lease_expires_at=NULL, \
+                     wake_at=COALESCE(wake_at, CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+                     WHERE owner=?1 AND status NOT IN {TERMINAL}"
+                ),
+                params![owner],
+            )?;
             Ok(n as u64)
         })
         .await
@@ -286,7 +300,7 @@ impl Store for SqliteStore {
         let owner = owner.to_string();
         self.in_group(move |tx| {
             let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE runs SET owner=?1, lease_expires_at=?2 WHERE id IN (\
+                "UPDATE runs SET owner=?1, lease_expires_at=?2, wake_at=NULL WHERE id IN (\
                    SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at<=?3 AND status NOT IN {TERMINAL} \
                    AND (owner IS NULL OR lease_expires_at<?3) ORDER BY wake_at LIMIT ?4) RETURNING id"
             ))?;

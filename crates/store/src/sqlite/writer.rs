@@ -85,6 +85,9 @@ fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) {
 fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error> {
     let r = &w.run;
     let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
+    // A held run needs no wake time: its owner drives it, and if the owner dies the expired
+    // lease is what gets it claimed. Only runs let go of carry one.
+    let wake_at = if w.release { r.wake_at_ms } else { None };
     if w.expected_seq == 0 {
         if let Some(idem) = &w.idempotency {
             let existing: Option<(String, String)> = tx
@@ -127,7 +130,7 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
                 r.definition_hash,
                 r.output_hash,
                 r.artifact,
-                r.wake_at_ms,
+                wake_at,
                 r.retain_until_ms
             ])?;
         if inserted == 0 {
@@ -157,7 +160,7 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
                 r.artifact,
                 owner,
                 lease,
-                r.wake_at_ms,
+                wake_at,
                 r.retain_until_ms,
                 w.expected_seq as i64,
                 w.owner
