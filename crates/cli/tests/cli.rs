@@ -703,3 +703,27 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
     }
     assert!(stderr(&out).contains("synchronous=FULL"), "the durability mode is printed: {}", stderr(&out));
 }
+
+/// A workflow's own `retention` wins over the default; unfinished runs are never collected.
+#[test]
+fn per_workflow_retention_decides_when_a_finished_run_is_collected() {
+    use cairn_store::Store;
+    let env = Env::new();
+    let short = env.write("short.yaml", "name: short\nretention: 1m\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n");
+    let plain = env.write("plain.yaml", "name: plain\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n");
+    assert!(env.run(&["run", path_str(&short)]).status.success());
+    assert!(env.run(&["run", path_str(&plain)]).status.success());
+    let store = env.store();
+    let now = cairn_engine::now_ms();
+    let day = 86_400_000u64;
+    // Two minutes later: only the run whose workflow keeps runs for a minute is gone.
+    let report = env.block(store.gc(now + 120_000, 30 * day, false)).expect("gc");
+    assert_eq!(report.runs, 1, "{report:?}");
+    let left: Vec<String> = env.runs().into_iter().map(|r| r.workflow).collect();
+    assert_eq!(left, vec!["plain".to_string()]);
+    // Past the default retention the other one goes too, with its journal.
+    let report = env.block(store.gc(now + (31 * day) as i64, 30 * day, false)).expect("gc");
+    assert_eq!(report.runs, 1, "{report:?}");
+    assert!(report.events > 0);
+    assert!(env.runs().is_empty());
+}

@@ -1,0 +1,71 @@
+//! Fair progress: one wide run never holds more than its share of an engine's activity slots,
+//! so a small run started after it still gets to run at once.
+
+use cairn_core::event::{Envelope, Event, RunOptions, RunSource};
+use cairn_core::validate::parse_definition;
+use cairn_engine::{Engine, EngineConfig, NewRun};
+use cairn_store::{Durability, SqliteStore, Store};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Most attempts of one run that were in flight at the same moment, from its journal.
+fn max_overlap(events: &[Envelope]) -> usize {
+    let (mut now, mut max) = (0usize, 0usize);
+    for e in events {
+        match e.event {
+            Event::AttemptStarted { .. } => {
+                now += 1;
+                max = max.max(now);
+            }
+            Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. } => now = now.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn run(yaml: &str) -> NewRun {
+    NewRun {
+        definition: parse_definition(yaml, "t.yaml").expect("valid"),
+        source: RunSource::Definition { path: None },
+        plan: None,
+        inputs: json!({}),
+        options: RunOptions::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_run_keeps_to_its_share_and_a_small_run_is_not_starved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("f.db"), Durability::Normal).expect("open"));
+    let mut config = EngineConfig::new("fair:1:x".into());
+    config.concurrency = 4;
+    config.max_per_run = 2;
+    let engine = Engine::new(store.clone(), config, None);
+
+    let mut wide = String::from("name: wide\nsteps:\n");
+    for i in 0..12 {
+        wide.push_str(&format!("  - {{id: s{i}, kind: sleep, with: {{duration: 80ms}}}}\n"));
+    }
+    let wide_id = cairn_engine::new_run_id();
+    let wide_task = engine.start(wide_id.clone(), run(&wide)).await.expect("start wide");
+    let small_id = cairn_engine::new_run_id();
+    let small_task = engine
+        .start(small_id.clone(), run("name: small\nsteps:\n  - {id: only, kind: sleep, with: {duration: 10ms}}\n"))
+        .await
+        .expect("start small");
+
+    let small = small_task.await.expect("join").expect("small run");
+    let wide_still_running = !wide_task.is_finished();
+    let wide = wide_task.await.expect("join").expect("wide run");
+    assert_eq!(small.status, cairn_core::RunStatus::Completed);
+    assert_eq!(wide.status, cairn_core::RunStatus::Completed);
+    assert!(wide_still_running, "the small run finished only after the wide one: it was starved");
+
+    let wide_events = store.events(&wide_id).await.expect("events");
+    assert_eq!(max_overlap(&wide_events), 2, "the wide run used more (or fewer) than its 2 slots");
+    let small_events = store.events(&small_id).await.expect("events");
+    let small_done = small_events.last().map(|e| e.at_ms).unwrap_or(i64::MAX);
+    let wide_done = wide_events.last().map(|e| e.at_ms).unwrap_or(0);
+    assert!(small_done + 200 < wide_done, "small finished at {small_done}, wide at {wide_done}");
+}
