@@ -727,3 +727,38 @@ fn per_workflow_retention_decides_when_a_finished_run_is_collected() {
     assert!(report.events > 0);
     assert!(env.runs().is_empty());
 }
+
+/// A request from a process that does not drive runs records the request and hands the run back
+/// untouched: it starts no attempt it could not see through, and it never keeps the run.
+#[test]
+fn steering_from_the_cli_records_the_request_and_hands_the_run_back() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: steer\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: slow, kind: sleep, needs: [a], with: {duration: 10s}}\n",
+    );
+    let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_for("step slow to be RUNNING", std::time::Duration::from_secs(20), || {
+        env.runs()
+            .first()
+            .is_some_and(|r| env.steps(&r.id).iter().any(|s| s.step_id == "slow" && s.status == "RUNNING"))
+    });
+    sigkill(&mut child);
+    let id = env.only_run().id;
+
+    let out = env.run(&["runs", "signal", &id, "nudge", "--data", "{\"n\": 1}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = env.events(&id);
+    assert!(matches!(events.last().map(|e| &e.event), Some(Event::SignalReceived { .. })), "{}", dump(&events));
+    assert_eq!(env.started(&id, "slow"), 1, "the steering process started no attempt");
+    let run = env.only_run();
+    assert_eq!(run.owner, None, "the run was handed back");
+    assert!(run.wake_at_ms.is_some(), "and is due for a worker");
+
+    // An illegal request records nothing and still leaves the run free.
+    let out = env.run(&["runs", "unpause", &id]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("illegal transition") || stderr(&out).contains("cannot take"), "{}", stderr(&out));
+    assert_eq!(env.only_run().owner, None);
+    assert_eq!(env.events(&id).len(), events.len());
+}

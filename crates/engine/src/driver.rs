@@ -84,6 +84,11 @@ impl<S: Store> Live<S> {
         self.idempotency = key;
     }
 
+    /// Something decided but not yet committed.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     pub(crate) fn set_release(&mut self) {
         self.release = true;
     }

@@ -209,7 +209,7 @@ impl<S: Store> Engine<S> {
             live.attach();
             live.start_ready()?;
             live.commit().await?;
-            Ok(Some(tokio::spawn(live.drive())))
+            Ok(Some(self.spawn_drive(live)))
         } else {
             live.set_release();
             live.commit().await?;
@@ -230,6 +230,7 @@ impl<S: Store> Engine<S> {
                 lease_until_ms: now + self.inner.config.lease_ms as i64,
                 only,
                 owner_is_dead: &owner_is_dead,
+                limit: self.inner.config.max_runs.saturating_sub(self.active_runs()).max(1),
             })
             .await?;
         if let Some(id) = only
@@ -256,7 +257,8 @@ impl<S: Store> Engine<S> {
         live.attach();
         // Requests left for whoever drives this run next; before anything starts, so a queued
         // cancel or pause takes effect first.
-        for request in self.inner.store.take_inbox_for(id).await? {
+        let queued = self.inner.store.take_inbox_for(id).await?;
+        for request in &queued {
             match serde_json::from_str::<Control>(&request.body) {
                 Ok(control) => {
                     if let Err(e) = live.apply_control(control) {
@@ -266,9 +268,35 @@ impl<S: Store> Engine<S> {
                 Err(e) => eprintln!("[worker] run {id}: unreadable queued request: {e}"),
             }
         }
-        live.recover()?;
-        live.commit().await?;
-        Ok(tokio::spawn(live.drive()))
+        let committed = match live.recover() {
+            Ok(()) => live.commit().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            // Put the requests back for the next driver.
+            for request in queued {
+                let _ = self.inner.store.push_inbox(id, request.body, now_ms()).await;
+            }
+            return Err(e);
+        }
+        Ok(self.spawn_drive(live))
+    }
+
+    /// Drives a run in a task; a driver that fails hands the run back instead of keeping it
+    /// behind a lease this process would go on renewing.
+    fn spawn_drive(&self, live: Live<S>) -> Driving {
+        let engine = self.clone();
+        let id = live.state.run_id.clone();
+        tokio::spawn(async move {
+            let result = live.drive().await;
+            if let Err(e) = &result
+                && !matches!(e, Error::Lost { .. })
+            {
+                eprintln!("[worker] run {id} stopped: {e}; handing it back");
+                engine.let_go(&id, None).await;
+            }
+            result
+        })
     }
 
     async fn load(&self, id: &RunId) -> Result<Live<S>, Error> {
@@ -308,6 +336,7 @@ impl<S: Store> Engine<S> {
                     lease_until_ms: now + self.inner.config.lease_ms as i64,
                     only: Some(id),
                     owner_is_dead: &owner_is_dead,
+                    limit: 1,
                 })
                 .await?;
             if claimed.is_empty() {
@@ -317,28 +346,44 @@ impl<S: Store> Engine<S> {
                     continue;
                 }
                 let body = serde_json::to_string(&control).map_err(|e| Error::Invalid(e.to_string()))?;
-                if self.inner.store.push_inbox(id, body).await? {
+                if self.inner.store.push_inbox(id, body, now_ms()).await? {
                     return Ok(Delivery::Queued);
                 }
                 continue;
             }
-            let mut live = self.load(id).await?;
-            live.recover()?;
+            let mut live = match self.load(id).await {
+                Ok(live) => live,
+                Err(e) => {
+                    self.let_go(id, None).await;
+                    return Err(e);
+                }
+            };
             let applied = live.apply_control(control.clone());
-            // Hand the run back (or drive it here if this process works runs).
+            // Drive it here if this process works runs; otherwise record the request and hand
+            // the run back untouched (recovering it would start attempts this process cannot
+            // see through).
             let works_here = self.inner.config.release_when_idle_ms.is_some()
                 && !*self.inner.shutdown.borrow()
                 && self.active_runs() < self.inner.config.max_runs;
             if works_here {
                 live.attach();
+                if let Err(e) = live.recover() {
+                    self.let_go(id, None).await;
+                    return Err(e);
+                }
                 live.commit().await?;
-                tokio::spawn(live.drive());
+                self.spawn_drive(live);
             } else {
-                live.set_release();
-                live.commit().await?;
-                if live.state.status.is_terminal() {
-                    // Nothing left to drive; make sure no lease lingers.
-                    let _ = self.inner.store.release_run(&self.inner.config.owner, id, None).await;
+                let wake_at = cairn_store::RunRow::from_state(&live.state).wake_at_ms.or(Some(now_ms()));
+                if live.has_pending() {
+                    live.set_release();
+                    if let Err(e) = live.commit().await {
+                        self.let_go(id, wake_at).await;
+                        return Err(e);
+                    }
+                } else {
+                    // Nothing was recorded (an illegal request): just let go again.
+                    self.let_go(id, wake_at).await;
                 }
                 self.inner.wake.notify_one();
             }
@@ -354,8 +399,11 @@ impl<S: Store> Engine<S> {
         tokio::spawn(async move {
             // Runs left by processes that died on this host are taken at once.
             if let Ok(resumed) = engine.resume(None).await {
-                for (_, driving) in resumed {
-                    drop(driving);
+                for (id, driving) in resumed {
+                    if let Err(e) = driving {
+                        eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                        engine.let_go(&id, None).await;
+                    }
                 }
             }
             let mut shutdown = engine.inner.shutdown.subscribe();
@@ -373,7 +421,8 @@ impl<S: Store> Engine<S> {
                     if let Ok(resumed) = engine.resume(None).await {
                         for (id, driving) in resumed {
                             if let Err(e) = driving {
-                                eprintln!("[worker] cannot drive run {id}: {e}");
+                                eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                                engine.let_go(&id, None).await;
                             }
                         }
                     }
@@ -399,13 +448,22 @@ impl<S: Store> Engine<S> {
             if let Ok(ids) = self.inner.store.claim_ready(&self.inner.config.owner, now, until, free.min(256)).await {
                 for id in ids {
                     if let Err(e) = self.resume_one(&id).await {
-                        // Leave it for the lease to expire; another worker (or a later pass) retries.
-                        eprintln!("[worker] cannot drive run {id}: {e}");
+                        eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                        self.let_go(&id, None).await;
                     }
                 }
             }
         }
         self.inner.claiming.store(false, Ordering::Release);
+    }
+
+    /// Hands a run this process holds back to any worker (after an error, or when there is
+    /// nothing to record), so it is never stranded behind a lease this process keeps renewing.
+    pub(crate) async fn let_go(&self, id: &RunId, wake_at_ms: Option<i64>) {
+        let wake = wake_at_ms.or(Some(now_ms() + 1_000));
+        if let Err(e) = self.inner.store.release_run(&self.inner.config.owner, id, wake).await {
+            eprintln!("[worker] run {id}: could not hand it back ({e}); its lease will expire");
+        }
     }
 
     /// Wakes the worker loop now (e.g. after runs were created elsewhere in this process).
@@ -436,7 +494,16 @@ impl<S: Store> Engine<S> {
                         };
                         let engine = engine.clone();
                         tokio::spawn(async move {
-                            let _ = engine.request(&id, control).await;
+                            match engine.request(&id, control).await {
+                                Ok(_) => {}
+                                Err(Error::Illegal(m)) => {
+                                    eprintln!("[worker] queued request for {id} not applied: {m}")
+                                }
+                                Err(e) => {
+                                    eprintln!("[worker] queued request for {id} failed ({e}); keeping it queued");
+                                    let _ = engine.inner.store.push_inbox(&id, r.body, now_ms()).await;
+                                }
+                            }
                         });
                     }
                 }
@@ -456,6 +523,6 @@ impl<S: Store> Engine<S> {
 
     /// Gives up this process's leases (clean shutdown) so another process can resume at once.
     pub async fn release(&self) -> Result<u64, Error> {
-        Ok(self.inner.store.release(&self.inner.config.owner).await?)
+        Ok(self.inner.store.release(&self.inner.config.owner, now_ms()).await?)
     }
 }

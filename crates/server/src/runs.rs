@@ -123,7 +123,15 @@ pub async fn wait_for<S: Store>(state: &AppState<S>, id: &RunId, timeout: Durati
             }
             return Ok(row);
         }
-        let _ = tokio::time::timeout(left.min(Duration::from_millis(500)), &mut rx).await;
+        if *state.shutdown.borrow() {
+            // Shutting down: answer with what we have rather than hold the shutdown up.
+            return Ok(row);
+        }
+        let mut shutdown = state.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::timeout(left.min(Duration::from_millis(500)), &mut rx) => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 

@@ -119,6 +119,10 @@ pub async fn run_stream<S: Store>(
                 continue;
             }
             let row = f.state.store.get_run(&f.id).await.ok()?;
+            if row.last_seq > f.last {
+                // Committed between our two reads: fetch it before deciding anything.
+                continue;
+            }
             if cairn_core::RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
                 return None;
             }

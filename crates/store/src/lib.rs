@@ -96,6 +96,8 @@ pub struct Claim<'a> {
     /// True for an owner that is known to be gone (e.g. a dead process on this host), so its
     /// runs can be taken before the lease expires.
     pub owner_is_dead: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Take at most this many (0: no limit).
+    pub limit: usize,
 }
 
 /// What the engine needs from a database. Implemented by SQLite (embedded default) and, later,
@@ -109,8 +111,9 @@ pub trait Store: Send + Sync + 'static {
     fn claim_runs(&self, claim: Claim<'_>) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
     /// Extends the lease on every unfinished run this owner holds.
     fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
-    /// Gives up this owner's leases at once (clean shutdown), so another process can resume.
-    fn release(&self, owner: &str) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Gives up this owner's leases at once (clean shutdown), so another process can resume;
+    /// the runs are due for a worker at `wake_at_ms`.
+    fn release(&self, owner: &str, wake_at_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
     fn list_runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<RunRow>, Error>> + Send;
     fn get_run(&self, id: &RunId) -> impl Future<Output = Result<RunRow, Error>> + Send;
     fn steps(&self, id: &RunId) -> impl Future<Output = Result<Vec<StepRow>, Error>> + Send;
@@ -138,8 +141,9 @@ pub trait Store: Send + Sync + 'static {
         id: &RunId,
         wake_at_ms: Option<i64>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// Leaves a request for a run's owner; returns false if the run is finished or unknown.
-    fn push_inbox(&self, id: &RunId, body: String) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Leaves a request for a run's owner (the run becomes due at `now_ms`); returns false if
+    /// the run is finished or unknown.
+    fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Takes the requests waiting for runs this owner holds.
     fn take_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
     /// Takes the requests waiting for one run (its new driver applies them).

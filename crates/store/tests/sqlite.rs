@@ -188,7 +188,7 @@ fn claim(
     only: Option<&RunId>,
     dead: &(dyn Fn(&str) -> bool + Sync),
 ) -> Vec<RunId> {
-    let c = Claim { owner, now_ms, lease_until_ms: now_ms + 30_000, only, owner_is_dead: dead };
+    let c = Claim { owner, now_ms, lease_until_ms: now_ms + 30_000, only, owner_is_dead: dead, limit: 0 };
     let mut ids = rt.block_on(store.claim_runs(c)).expect("claim_runs");
     ids.sort();
     ids
@@ -538,7 +538,7 @@ fn release_clears_the_owner_so_anyone_can_claim_at_once() {
     let store = open(&db_in(&dir));
     let a = create(&rt, &store, 1, OWNER, LIVE).state.run_id;
     let b = create(&rt, &store, 2, OTHER, LIVE).state.run_id;
-    assert_eq!(rt.block_on(store.release(OWNER)).expect("release"), 1);
+    assert_eq!(rt.block_on(store.release(OWNER, T0)).expect("release"), 1);
     let row = rt.block_on(store.get_run(&a)).expect("run");
     assert_eq!((row.owner, row.lease_expires_at_ms), (None, None));
     assert_eq!(rt.block_on(store.get_run(&b)).expect("run").owner.as_deref(), Some(OTHER));

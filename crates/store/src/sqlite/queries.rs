@@ -129,10 +129,11 @@ impl Store for SqliteStore {
         let takeable: Vec<(String, Option<String>, Option<i64>)> = candidates
             .into_iter()
             .filter(|(_, owner, lease, wake)| match owner {
-                None => wake.is_some() || claim.only.is_some(),
+                None => wake.is_some_and(|w| w <= claim.now_ms) || claim.only.is_some(),
                 Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
             })
             .map(|(id, owner, lease, _)| (id, owner, lease))
+            .take(if claim.limit == 0 { usize::MAX } else { claim.limit })
             .collect();
         let owner = claim.owner.to_string();
         let until = claim.lease_until_ms;
@@ -166,17 +167,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn release(&self, owner: &str) -> Result<u64, Error> {
+    async fn release(&self, owner: &str, wake_at_ms: i64) -> Result<u64, Error> {
         let owner = owner.to_string();
         self.in_group(move |tx| {
             // Held runs carry no wake time; whoever takes over must look at them at once.
             let n = tx.execute(
                 &format!(
-                    "UPDATE runs SET owner=NULL, lease_expires_at=NULL, \
-                     wake_at=COALESCE(wake_at, CAST(unixepoch('subsec') * 1000 AS INTEGER)) \
+                    "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=COALESCE(wake_at, ?2) \
                      WHERE owner=?1 AND status NOT IN {TERMINAL}"
                 ),
-                params![owner],
+                params![owner, wake_at_ms],
             )?;
             Ok(n as u64)
         })
@@ -328,7 +328,7 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn push_inbox(&self, id: &RunId, body: String) -> Result<bool, Error> {
+    async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<bool, Error> {
         let id = id.to_string();
         self.in_group(move |tx| {
             let open: Option<i64> = tx
@@ -338,7 +338,6 @@ impl Store for SqliteStore {
             if open.is_none() {
                 return Ok(false);
             }
-            let now = tx.query_row("SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)", [], |r| r.get::<_, i64>(0))?;
             tx.execute("INSERT INTO inbox (run_id, body, created_at) VALUES (?1,?2,?3)", params![id, body, now])?;
             // Make sure some worker looks at the run soon, even if it was idle.
             tx.execute("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1", params![id, now])?;
