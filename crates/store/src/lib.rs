@@ -6,7 +6,9 @@
 //! it and the writer still owns the run.** That check (`last_seq` + `owner`) is what lets many
 //! processes share one database without two deciders overwriting each other.
 
+mod any;
 mod export;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
@@ -16,6 +18,8 @@ pub use rows::{
     AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RunRow, RunWrite, StepRow, StoredEvent, TokenRow,
     WorkflowRow,
 };
+pub use any::AnyStore;
+pub use postgres::PgStore;
 pub use sqlite::{Durability, SqliteStore};
 
 use cairn_core::{Envelope, RunId};
@@ -47,6 +51,10 @@ pub enum Error {
     Corrupt(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(String),
+    #[error("the database is unreachable ({0}); retrying with backoff")]
+    Unavailable(String),
     #[error("the store is shut down")]
     Closed,
 }
@@ -54,7 +62,7 @@ pub enum Error {
 impl Error {
     /// Worth trying again later (lock contention, a lost race), as opposed to a hard failure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Locked { .. } | Error::Conflict { .. })
+        matches!(self, Error::Locked { .. } | Error::Conflict { .. } | Error::Unavailable(_))
     }
 }
 

@@ -1,0 +1,982 @@
+//! The PostgreSQL backend, for many workers on many hosts sharing one database.
+//!
+//! One writer connection group-commits run writes like the SQLite backend does: every write
+//! waiting is fenced (journal position + owner) in one pipelined round, the survivors' rows go
+//! in a second pipelined round, and one COMMIT (one WAL flush with `synchronous_commit=on`) makes
+//! them all durable. Claims, heartbeats and the rest are single statements on a shared
+//! connection; claims use `FOR UPDATE SKIP LOCKED` so workers never wait on each other.
+//! Connections are re-established with backoff when the server goes away.
+
+mod schema;
+
+use crate::{
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow, Store,
+    TokenRow, WorkflowRow,
+};
+use cairn_core::payload::Payload;
+use cairn_core::{Envelope, Event, RunId};
+use futures_util::future::join_all;
+use schema::MIGRATIONS;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{RwLock, mpsc, oneshot};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row};
+
+const TERMINAL: &str = "('COMPLETED','FAILED','CANCELLED')";
+const MAX_GROUP: usize = 512;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn pg(e: tokio_postgres::Error) -> Error {
+    if e.is_closed() || e.as_db_error().is_none() {
+        Error::Unavailable(e.to_string())
+    } else {
+        Error::Postgres(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
+    }
+}
+
+/// `postgres://user:secret@host/db` with the password hidden, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, Error> {
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| Error::Unavailable("connecting timed out".into()))?
+        .map_err(pg)?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A connection that is replaced when it breaks.
+struct Slot {
+    config: tokio_postgres::Config,
+    client: RwLock<Option<Arc<Client>>>,
+}
+
+impl Slot {
+    async fn get(&self) -> Result<Arc<Client>, Error> {
+        if let Some(c) = self.client.read().await.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let mut guard = self.client.write().await;
+        if let Some(c) = guard.as_ref()
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        let fresh = Arc::new(connect(&self.config).await?);
+        *guard = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), Error>>;
+
+pub struct PgStore {
+    display: String,
+    shared: Arc<Slot>,
+    writes: Mutex<mpsc::UnboundedSender<(Box<RunWrite>, Reply)>>,
+}
+
+impl PgStore {
+    /// Connects, checks the database is Cairn's (or empty), and applies migrations under an
+    /// advisory lock so processes starting together do not race.
+    pub async fn open(url: &str) -> Result<PgStore, Error> {
+        let display = redact(url);
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Open { path: display.clone(), detail: format!("not a PostgreSQL URL: {e}") })?;
+        let mut migrator = connect(&config)
+            .await
+            .map_err(|e| Error::Open { path: display.clone(), detail: e.to_string() })?;
+        migrate(&mut migrator, &display).await?;
+        drop(migrator);
+        let shared = Arc::new(Slot { config: config.clone(), client: RwLock::new(None) });
+        shared.get().await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Arc::new(Slot { config, client: RwLock::new(None) });
+        tokio::spawn(write_loop(writer, rx));
+        Ok(PgStore { display, shared, writes: Mutex::new(tx) })
+    }
+
+    async fn client(&self) -> Result<Arc<Client>, Error> {
+        self.shared.get().await
+    }
+
+    async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        self.client().await?.query(sql, params).await.map_err(pg)
+    }
+
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
+        self.client().await?.execute(sql, params).await.map_err(pg)
+    }
+}
+
+async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
+    client.execute("SELECT pg_advisory_lock(hashtext('cairn-migrate'))", &[]).await.map_err(pg)?;
+    let result = async {
+        let has_runs: bool = client
+            .query_one("SELECT to_regclass('runs') IS NOT NULL", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        let has_meta: bool = client
+            .query_one("SELECT to_regclass('cairn_meta') IS NOT NULL", &[])
+            .await
+            .map_err(pg)?
+            .get(0);
+        if has_runs && !has_meta {
+            return Err(Error::NotOurs {
+                path: display.to_string(),
+                detail: "it has a `runs` table that Cairn did not create; use another database or schema".into(),
+            });
+        }
+        client
+            .batch_execute("CREATE TABLE IF NOT EXISTS cairn_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            .await
+            .map_err(pg)?;
+        let version: i64 = client
+            .query_opt("SELECT value FROM cairn_meta WHERE key='schema_version'", &[])
+            .await
+            .map_err(pg)?
+            .and_then(|r| r.get::<_, String>(0).parse().ok())
+            .unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(Error::NewerSchema { path: display.to_string(), found: version, known });
+        }
+        let tx = client.transaction().await.map_err(pg)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(sql).await.map_err(pg)?;
+            tx.execute(
+                "INSERT INTO cairn_meta (key, value) VALUES ('schema_version', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&((i + 1).to_string())],
+            )
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)
+    }
+    .await;
+    let _ = client.execute("SELECT pg_advisory_unlock(hashtext('cairn-migrate'))", &[]).await;
+    result
+}
+
+async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWrite>, Reply)>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<&RunWrite> = batch.iter().map(|(w, _)| &**w).collect();
+        let results = match slot.get().await {
+            Ok(client) => commit_group(&client, &writes).await,
+            Err(e) => Err(e),
+        };
+        match results {
+            Ok(results) => {
+                for ((_, reply), r) in batch.drain(..).zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(match &e {
+                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                        other => Error::Postgres(format!("group commit failed: {other}")),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn i(v: u64) -> i64 {
+    v as i64
+}
+
+/// Fences every write (one pipelined round), writes the rows of those that passed (a second
+/// round), and commits once.
+async fn commit_group(client: &Client, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+    client.batch_execute("BEGIN").await.map_err(pg)?;
+    let result = async {
+        let fences = join_all(writes.iter().map(|w| fence(client, w))).await;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        let mut rows = Vec::new();
+        for (w, fenced) in writes.iter().zip(fences) {
+            match fenced {
+                Ok(()) => {
+                    rows.push(*w);
+                    outcomes.push(Ok(()));
+                }
+                Err(e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. })) => outcomes.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut futures = Vec::new();
+        for w in rows {
+            write_rows(client, w, &mut futures);
+        }
+        for r in join_all(futures).await {
+            r.map_err(pg)?;
+        }
+        Ok(outcomes)
+    }
+    .await;
+    match result {
+        Ok(outcomes) => {
+            client.batch_execute("COMMIT").await.map_err(pg)?;
+            Ok(outcomes)
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    }
+}
+
+async fn fence(client: &Client, w: &RunWrite) -> Result<(), Error> {
+    let r = &w.run;
+    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
+    let wake_at = if w.release { r.wake_at_ms } else { None };
+    let version = r.definition_version.map(i64::from);
+    if w.expected_seq == 0 {
+        if let Some(idem) = &w.idempotency {
+            let inserted = client
+                .execute(
+                    "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
+                )
+                .await
+                .map_err(pg)?;
+            if inserted == 0 {
+                let row = client
+                    .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
+                    .await
+                    .map_err(pg)?;
+                let (run_id, hash): (String, String) = (row.get(0), row.get(1));
+                return Err(Error::IdempotencyKey { key: idem.key.clone(), run_id, same_request: hash == idem.request_hash });
+            }
+        }
+        let n = client
+            .execute(
+                "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
+                 failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
+                 definition_hash, output_hash, artifact, wake_at, retain_until) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &r.id,
+                    &r.workflow,
+                    &version,
+                    &r.status,
+                    &r.goal,
+                    &r.current_step,
+                    &r.failure_class,
+                    &r.failure_message,
+                    &r.failed_step,
+                    &i(r.last_seq),
+                    &owner,
+                    &lease,
+                    &r.created_at_ms,
+                    &r.updated_at_ms,
+                    &r.finished_at_ms,
+                    &r.definition_hash,
+                    &r.output_hash,
+                    &r.artifact,
+                    &wake_at,
+                    &r.retain_until_ms,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
+        }
+    } else {
+        let n = client
+            .execute(
+                "UPDATE runs SET definition_version=$2, status=$3, current_step=$4, failure_class=$5, failure_message=$6, \
+                 failed_step=$7, last_seq=$8, updated_at=$9, finished_at=$10, definition_hash=$11, output_hash=$12, \
+                 artifact=$13, owner=$14, lease_expires_at=$15, wake_at=$16, retain_until=$17 \
+                 WHERE id=$1 AND last_seq=$18 AND owner=$19",
+                &[
+                    &r.id,
+                    &version,
+                    &r.status,
+                    &r.current_step,
+                    &r.failure_class,
+                    &r.failure_message,
+                    &r.failed_step,
+                    &i(r.last_seq),
+                    &r.updated_at_ms,
+                    &r.finished_at_ms,
+                    &r.definition_hash,
+                    &r.output_hash,
+                    &r.artifact,
+                    &owner,
+                    &lease,
+                    &wake_at,
+                    &r.retain_until_ms,
+                    &i(w.expected_seq),
+                    &w.owner,
+                ],
+            )
+            .await
+            .map_err(pg)?;
+        if n == 0 {
+            return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
+        }
+    }
+    Ok(())
+}
+
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+fn write_rows<'a>(client: &'a Client, w: &'a RunWrite, out: &mut Vec<Pending<'a>>) {
+    let id = &w.run.id;
+    for e in &w.events {
+        out.push(Box::pin(async move {
+            let (seq, schema) = (i(e.seq), i64::from(e.schema));
+            client
+                .execute(
+                    "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                    &[id, &seq, &e.at_ms, &e.kind, &schema, &e.step, &e.body],
+                )
+                .await
+        }));
+    }
+    for p in &w.payloads {
+        out.push(Box::pin(async move {
+            let size = i(p.reference.size);
+            client
+                .execute(
+                    "INSERT INTO payloads (hash, size, body) VALUES ($1,$2,$3) ON CONFLICT (hash) DO NOTHING",
+                    &[&p.reference.hash, &size, &p.bytes],
+                )
+                .await
+        }));
+        out.push(Box::pin(async move {
+            client
+                .execute(
+                    "INSERT INTO run_payloads (run_id, hash) VALUES ($1,$2) ON CONFLICT DO NOTHING",
+                    &[id, &p.reference.hash],
+                )
+                .await
+        }));
+    }
+    for s in &w.steps {
+        out.push(Box::pin(async move {
+            let (position, attempts, busy) = (i64::from(s.position), i64::from(s.attempts), i(s.busy_ms));
+            client
+                .execute(
+                    "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
+                     finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) \
+                     ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+                     not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
+                     busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
+                     output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
+                    &[
+                        id,
+                        &s.step_id,
+                        &position,
+                        &s.kind,
+                        &s.status,
+                        &attempts,
+                        &s.not_before_ms,
+                        &s.started_at_ms,
+                        &s.finished_at_ms,
+                        &busy,
+                        &s.error_class,
+                        &s.error_message,
+                        &s.output_hash,
+                        &s.skip_reason,
+                    ],
+                )
+                .await
+        }));
+    }
+    for l in &w.logs {
+        out.push(Box::pin(async move {
+            let attempt = i64::from(l.attempt);
+            client
+                .execute(
+                    "INSERT INTO logs (run_id, step_id, attempt, at, level, message) VALUES ($1,$2,$3,$4,$5,$6)",
+                    &[id, &l.step_id, &attempt, &l.at_ms, &l.level, &l.message],
+                )
+                .await
+        }));
+    }
+    if w.release {
+        out.push(Box::pin(async move { client.execute(WAKE_IF_INBOX, &[id]).await }));
+    }
+}
+
+/// A run let go while requests wait in its inbox is due at once.
+const WAKE_IF_INBOX: &str = "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=$1) \
+     WHERE id=$1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=$1)";
+
+const RUN_COLUMNS: &str = "id, workflow, definition_version, status, goal, current_step, failure_class, failure_message, \
+     failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, definition_hash, output_hash, \
+     artifact, wake_at, retain_until";
+
+fn run_row(r: &Row) -> RunRow {
+    RunRow {
+        id: r.get(0),
+        workflow: r.get(1),
+        definition_version: r.get::<_, Option<i64>>(2).map(|v| v as u32),
+        status: r.get(3),
+        goal: r.get(4),
+        current_step: r.get(5),
+        failure_class: r.get(6),
+        failure_message: r.get(7),
+        failed_step: r.get(8),
+        last_seq: r.get::<_, i64>(9) as u64,
+        owner: r.get(10),
+        lease_expires_at_ms: r.get(11),
+        created_at_ms: r.get(12),
+        updated_at_ms: r.get(13),
+        finished_at_ms: r.get(14),
+        definition_hash: r.get(15),
+        output_hash: r.get(16),
+        artifact: r.get(17),
+        wake_at_ms: r.get(18),
+        retain_until_ms: r.get(19),
+    }
+}
+
+fn step_row(r: &Row) -> StepRow {
+    StepRow {
+        step_id: r.get(0),
+        position: r.get::<_, i64>(1) as u32,
+        kind: r.get(2),
+        status: r.get(3),
+        attempts: r.get::<_, i64>(4) as u32,
+        not_before_ms: r.get(5),
+        started_at_ms: r.get(6),
+        finished_at_ms: r.get(7),
+        busy_ms: r.get::<_, i64>(8) as u64,
+        error_class: r.get(9),
+        error_message: r.get(10),
+        output_hash: r.get(11),
+        skip_reason: r.get(12),
+    }
+}
+
+fn token_row(r: &Row) -> TokenRow {
+    TokenRow {
+        id: r.get(0),
+        name: r.get(1),
+        role: r.get(2),
+        hash: r.get(3),
+        created_at_ms: r.get(4),
+        revoked_at_ms: r.get(5),
+    }
+}
+
+fn envelope(run: &str, r: &Row, offset: usize) -> Result<Envelope, Error> {
+    let seq: i64 = r.get(offset);
+    let body: String = r.get(offset + 3);
+    let event: Event =
+        serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("run {run} event {seq} does not parse: {e}")))?;
+    Ok(Envelope { seq: seq as u64, at_ms: r.get(offset + 1), schema: r.get::<_, i64>(offset + 2) as u16, event })
+}
+
+fn parse_id(s: &str) -> Result<RunId, Error> {
+    RunId::parse(s).map_err(Error::Corrupt)
+}
+
+impl PgStore {
+    async fn run_row(&self, id: &RunId) -> Result<RunRow, Error> {
+        let rows = self.query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id=$1"), &[&id.as_str()]).await?;
+        rows.first().map(run_row).ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    async fn events_from(&self, id: &RunId, after: u64) -> Result<Vec<Envelope>, Error> {
+        let rows = self
+            .query(
+                "SELECT seq, at, schema, body FROM events WHERE run_id=$1 AND seq>$2 ORDER BY seq",
+                &[&id.as_str(), &i(after)],
+            )
+            .await?;
+        rows.iter().map(|r| envelope(id.as_str(), r, 0)).collect()
+    }
+
+    async fn take_inbox_where(&self, sql: &str, key: &str) -> Result<Vec<InboxRow>, Error> {
+        let rows = self.query(sql, &[&key]).await?;
+        let mut out: Vec<InboxRow> =
+            rows.iter().map(|r| InboxRow { id: r.get(0), run_id: r.get(1), body: r.get(2) }).collect();
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+}
+
+impl Store for PgStore {
+    async fn commit(&self, write: RunWrite) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.writes.lock().map_err(|_| Error::Closed)?.send((Box::new(write), reply)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<LoadedRun, Error> {
+        let run = self.run_row(id).await?;
+        let events = self.events_from(id, 0).await?;
+        let rows = self
+            .query(
+                "SELECT p.hash, p.body FROM run_payloads rp JOIN payloads p ON p.hash = rp.hash WHERE rp.run_id=$1",
+                &[&id.as_str()],
+            )
+            .await?;
+        let mut payloads = Vec::with_capacity(rows.len());
+        for r in rows {
+            let hash: String = r.get(0);
+            let body: Vec<u8> = r.get(1);
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Corrupt(format!("payload {hash} does not parse: {e}")))?;
+            payloads.push((hash, Arc::new(value)));
+        }
+        Ok(LoadedRun { run, events, payloads })
+    }
+
+    async fn claim_runs(&self, claim: Claim<'_>) -> Result<Vec<RunId>, Error> {
+        let rows = match claim.only {
+            Some(id) => {
+                self.query(
+                    &format!(
+                        "SELECT id, owner, lease_expires_at, wake_at FROM runs WHERE status NOT IN {TERMINAL} AND id=$1"
+                    ),
+                    &[&id.as_str()],
+                )
+                .await?
+            }
+            None => {
+                self.query(
+                    &format!("SELECT id, owner, lease_expires_at, wake_at FROM runs WHERE status NOT IN {TERMINAL}"),
+                    &[],
+                )
+                .await?
+            }
+        };
+        let takeable: Vec<(String, Option<String>, Option<i64>)> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<i64>>(2), r.get::<_, Option<i64>>(3)))
+            .filter(|(_, owner, lease, wake)| match owner {
+                None => wake.is_some_and(|w| w <= claim.now_ms) || claim.only.is_some(),
+                Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
+            })
+            .map(|(id, owner, lease, _)| (id, owner, lease))
+            .take(if claim.limit == 0 { usize::MAX } else { claim.limit })
+            .collect();
+        let client = self.client().await?;
+        let sql = format!(
+            "UPDATE runs SET owner=$1, lease_expires_at=$2, wake_at=NULL WHERE id=$3 AND owner IS NOT DISTINCT FROM $4 \
+             AND lease_expires_at IS NOT DISTINCT FROM $5 AND status NOT IN {TERMINAL}"
+        );
+        let (owner, until) = (claim.owner, claim.lease_until_ms);
+        let results = join_all(takeable.iter().map(|(id, old, lease)| {
+            let (client, sql) = (&client, &sql);
+            async move { client.execute(sql.as_str(), &[&owner, &until, id, old, lease]).await }
+        }))
+        .await;
+        let mut claimed = Vec::new();
+        for ((id, _, _), r) in takeable.iter().zip(results) {
+            if r.map_err(pg)? == 1 {
+                claimed.push(parse_id(id)?);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> Result<u64, Error> {
+        self.execute(
+            &format!("UPDATE runs SET lease_expires_at=$2 WHERE owner=$1 AND status NOT IN {TERMINAL}"),
+            &[&owner, &lease_until_ms],
+        )
+        .await
+    }
+
+    async fn release(&self, owner: &str, wake_at_ms: i64) -> Result<u64, Error> {
+        self.execute(
+            &format!(
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=COALESCE(wake_at, $2) \
+                 WHERE owner=$1 AND status NOT IN {TERMINAL}"
+            ),
+            &[&owner, &wake_at_ms],
+        )
+        .await
+    }
+
+    async fn list_runs(&self, q: RunQuery) -> Result<Vec<RunRow>, Error> {
+        let limit = if q.limit == 0 { 50 } else { q.limit } as i64;
+        let (after_at, after_id) = match &q.after {
+            Some((at, id)) => (Some(*at), Some(id.clone())),
+            None => (None, None),
+        };
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::TEXT IS NULL OR status=$1) AND ($2::TEXT IS NULL OR workflow=$2) \
+                     AND ($3::BIGINT IS NULL OR created_at>=$3) AND ($4::BIGINT IS NULL OR created_at<$4) \
+                     AND ($5::BIGINT IS NULL OR (created_at, id) < ($5, $6::TEXT)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $7"
+                ),
+                &[&q.status, &q.workflow, &q.created_after_ms, &q.created_before_ms, &after_at, &after_id, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(run_row).collect())
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<RunRow, Error> {
+        self.run_row(id).await
+    }
+
+    async fn steps(&self, id: &RunId) -> Result<Vec<StepRow>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(
+                "SELECT step_id, position, kind, status, attempts, not_before, started_at, finished_at, busy_ms, \
+                 error_class, error_message, output_hash, skip_reason FROM steps WHERE run_id=$1 ORDER BY position",
+                &[&id.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(step_row).collect())
+    }
+
+    async fn events(&self, id: &RunId) -> Result<Vec<Envelope>, Error> {
+        self.run_row(id).await?;
+        self.events_from(id, 0).await
+    }
+
+    async fn logs(&self, id: &RunId, step: Option<&str>) -> Result<Vec<LogLine>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(
+                "SELECT step_id, attempt, at, level, message FROM logs WHERE run_id=$1 AND ($2::TEXT IS NULL OR step_id=$2) \
+                 ORDER BY id",
+                &[&id.as_str(), &step],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LogLine {
+                step_id: r.get(0),
+                attempt: r.get::<_, i64>(1) as u32,
+                at_ms: r.get(2),
+                level: r.get(3),
+                message: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn payload(&self, hash: &str) -> Result<Option<Value>, Error> {
+        let rows = self.query("SELECT body FROM payloads WHERE hash=$1", &[&hash]).await?;
+        rows.first()
+            .map(|r| {
+                let body: Vec<u8> = r.get(0);
+                serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("payload {hash}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {} (synchronous_commit as configured on the server)", self.display)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let rows = self.query("SELECT value FROM cairn_meta WHERE key='schema_version'", &[]).await?;
+        let found: i64 = rows.first().and_then(|r| r.get::<_, String>(0).parse().ok()).unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if found == known { Ok(()) } else { Err(Error::NewerSchema { path: self.display.clone(), found, known }) }
+    }
+
+    async fn claim_ready(&self, owner: &str, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<RunId>, Error> {
+        let rows = self
+            .query(
+                &format!(
+                    "UPDATE runs SET owner=$1, lease_expires_at=$2, wake_at=NULL WHERE id IN (\
+                       SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at<=$3 AND status NOT IN {TERMINAL} \
+                       AND (owner IS NULL OR lease_expires_at<$3) ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&owner, &lease_until_ms, &now_ms, &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(|r| parse_id(&r.get::<_, String>(0))).collect()
+    }
+
+    async fn release_run(&self, owner: &str, id: &RunId, wake_at_ms: Option<i64>) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=$3 WHERE id=$1 AND owner=$2",
+                &[&id.as_str(), &owner, &wake_at_ms],
+            )
+            .await?;
+        self.execute(WAKE_IF_INBOX, &[&id.as_str()]).await?;
+        Ok(n == 1)
+    }
+
+    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
+        let rows = self
+            .query(
+                &format!(
+                    "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL}), \
+                     ins AS (INSERT INTO inbox (run_id, body, created_at) SELECT id, $2, $3 FROM open RETURNING run_id) \
+                     UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) WHERE id IN (SELECT run_id FROM ins) \
+                     RETURNING id"
+                ),
+                &[&id.as_str(), &body, &now_ms],
+            )
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
+        self.take_inbox_where(
+            "DELETE FROM inbox WHERE run_id IN (SELECT id FROM runs WHERE owner=$1) RETURNING id, run_id, body",
+            owner,
+        )
+        .await
+    }
+
+    async fn take_inbox_for(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        self.take_inbox_where("DELETE FROM inbox WHERE run_id=$1 RETURNING id, run_id, body", id.as_str()).await
+    }
+
+    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+        self.run_row(id).await?;
+        self.events_from(id, after_seq).await
+    }
+
+    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
+        let rows = self
+            .query(
+                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>$1 ORDER BY gid LIMIT $2",
+                &[&after_gid, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let run_id: String = r.get(1);
+                Ok(FeedItem { gid: r.get(0), event: envelope(&run_id, r, 2)?, run_id })
+            })
+            .collect()
+    }
+
+    async fn last_gid(&self) -> Result<i64, Error> {
+        let rows = self.query("SELECT COALESCE(MAX(gid), 0) FROM events", &[]).await?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
+        let rows = self.query("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&key]).await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
+        self.execute(
+            "INSERT INTO payloads (hash, size, body) VALUES ($1,$2,$3) ON CONFLICT (hash) DO NOTHING",
+            &[&definition.reference.hash, &i(definition.reference.size), &definition.bytes],
+        )
+        .await?;
+        let inserted = self
+            .execute(
+                "INSERT INTO workflows (name, version, definition_hash, created_at) VALUES ($1,$2,$3,$4) \
+                 ON CONFLICT (name, version) DO NOTHING",
+                &[&name, &i64::from(version), &definition.reference.hash, &now_ms],
+            )
+            .await?;
+        if inserted == 1 {
+            return Ok(true);
+        }
+        let rows = self
+            .query("SELECT definition_hash FROM workflows WHERE name=$1 AND version=$2", &[&name, &i64::from(version)])
+            .await?;
+        match rows.first().map(|r| r.get::<_, String>(0)) {
+            Some(hash) if hash == definition.reference.hash => Ok(false),
+            _ => Err(Error::VersionExists { name: name.to_string(), version }),
+        }
+    }
+
+    async fn workflows(&self) -> Result<Vec<WorkflowRow>, Error> {
+        let rows = self
+            .query("SELECT name, version, definition_hash, created_at FROM workflows ORDER BY name, version DESC", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkflowRow {
+                name: r.get(0),
+                version: r.get::<_, i64>(1) as u32,
+                definition_hash: r.get(2),
+                created_at_ms: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn workflow(&self, name: &str, version: Option<u32>) -> Result<(WorkflowRow, Value), Error> {
+        let v = version.map(i64::from);
+        let rows = self
+            .query(
+                "SELECT name, version, definition_hash, created_at FROM workflows WHERE name=$1 \
+                 AND ($2::BIGINT IS NULL OR version=$2) ORDER BY version DESC LIMIT 1",
+                &[&name, &v],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .map(|r| WorkflowRow {
+                name: r.get(0),
+                version: r.get::<_, i64>(1) as u32,
+                definition_hash: r.get(2),
+                created_at_ms: r.get(3),
+            })
+            .ok_or_else(|| match version {
+                Some(v) => Error::WorkflowNotFound(format!("{name}@{v}")),
+                None => Error::WorkflowNotFound(name.to_string()),
+            })?;
+        let value = self
+            .payload(&row.definition_hash)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("workflow {name} definition payload is missing")))?;
+        Ok((row, value))
+    }
+
+    async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6)",
+            &[&t.id, &t.name, &t.role, &t.hash, &t.created_at_ms, &t.revoked_at_ms],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, name, role, hash, created_at, revoked_at FROM tokens WHERE hash=$1 AND revoked_at IS NULL",
+                &[&hash],
+            )
+            .await?;
+        Ok(rows.first().map(token_row))
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, Error> {
+        let rows =
+            self.query("SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at", &[]).await?;
+        Ok(rows.iter().map(token_row).collect())
+    }
+
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE tokens SET revoked_at=$2 WHERE (id=$1 OR name=$1) AND revoked_at IS NULL",
+                &[&id, &now_ms],
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn audit(&self, a: AuditRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO audit (at, actor, method, path, status, run_id) VALUES ($1,$2,$3,$4,$5,$6)",
+            &[&a.at_ms, &a.actor, &a.method, &a.path, &i64::from(a.status), &a.run_id],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT at, actor, method, path, status, run_id FROM audit ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                at_ms: r.get(0),
+                actor: r.get(1),
+                method: r.get(2),
+                path: r.get(3),
+                status: r.get::<_, i64>(4) as u16,
+                run_id: r.get(5),
+            })
+            .collect())
+    }
+
+    async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
+        let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
+        let mut client = connect(&self.shared.config).await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("CREATE TEMP TABLE gc_runs (id TEXT PRIMARY KEY) ON COMMIT DROP", &[]).await.map_err(pg)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO gc_runs SELECT id FROM runs WHERE status IN {TERMINAL} AND finished_at IS NOT NULL \
+                 AND ((retain_until IS NOT NULL AND retain_until<$1) OR (retain_until IS NULL AND finished_at<$2))"
+            ),
+            &[&now_ms, &cutoff],
+        )
+        .await
+        .map_err(pg)?;
+        let orphans = "SELECT hash FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs) \
+             EXCEPT SELECT hash FROM run_payloads WHERE run_id NOT IN (SELECT id FROM gc_runs) \
+             EXCEPT SELECT definition_hash FROM workflows";
+        let count = |sql: String| {
+            let tx = &tx;
+            async move { tx.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0) as u64).map_err(pg) }
+        };
+        let runs = count("SELECT count(*) FROM gc_runs".into()).await?;
+        let events = count("SELECT count(*) FROM events WHERE run_id IN (SELECT id FROM gc_runs)".into()).await?;
+        let payloads = count(format!("SELECT count(*) FROM ({orphans}) o")).await?;
+        if !dry_run {
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE gc_payloads ON COMMIT DROP AS {orphans};
+                 DELETE FROM payloads WHERE hash IN (SELECT hash FROM gc_payloads);
+                 DELETE FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM events WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM steps WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM logs WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
+            ))
+            .await
+            .map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(GcReport { runs, events, payloads })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("postgres://cairn:s3cret@db:5432/cairn"), "postgres://cairn:***@db:5432/cairn");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
+    }
+}

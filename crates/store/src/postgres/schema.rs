@@ -1,0 +1,117 @@
+//! The PostgreSQL schema, kept in step with the SQLite one (same tables, same meaning); the
+//! applied version lives in `cairn_meta`.
+
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    definition_version BIGINT,
+    status TEXT NOT NULL,
+    goal TEXT,
+    current_step TEXT,
+    failure_class TEXT,
+    failure_message TEXT,
+    failed_step TEXT,
+    last_seq BIGINT NOT NULL,
+    owner TEXT,
+    lease_expires_at BIGINT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    finished_at BIGINT,
+    definition_hash TEXT,
+    output_hash TEXT,
+    artifact TEXT,
+    wake_at BIGINT,
+    retain_until BIGINT
+);
+CREATE INDEX runs_by_status ON runs(status, created_at);
+CREATE INDEX runs_by_created ON runs(created_at, id);
+CREATE INDEX runs_by_wake ON runs(wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX runs_by_owner ON runs(owner) WHERE owner IS NOT NULL;
+CREATE TABLE steps (
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    not_before BIGINT,
+    started_at BIGINT,
+    finished_at BIGINT,
+    busy_ms BIGINT NOT NULL,
+    error_class TEXT,
+    error_message TEXT,
+    output_hash TEXT,
+    skip_reason TEXT,
+    PRIMARY KEY (run_id, step_id)
+);
+CREATE TABLE events (
+    gid BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    schema BIGINT NOT NULL,
+    step_id TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (run_id, seq)
+);
+CREATE TABLE payloads (
+    hash TEXT PRIMARY KEY,
+    size BIGINT NOT NULL,
+    body BYTEA NOT NULL
+);
+CREATE TABLE run_payloads (
+    run_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, hash)
+);
+CREATE TABLE logs (
+    id BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    at BIGINT NOT NULL,
+    level TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX logs_by_run ON logs(run_id, step_id);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX idempotency_by_run ON idempotency(run_id);
+CREATE TABLE workflows (
+    name TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    definition_hash TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    run_id TEXT
+);
+CREATE TABLE inbox (
+    id BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX inbox_by_run ON inbox(run_id);
+"#];
