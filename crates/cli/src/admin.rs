@@ -24,7 +24,7 @@ pub enum TokensCommand {
 }
 
 pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
-    let store = db.open()?;
+    let store = db.open().await?;
     match command {
         TokensCommand::Create { role, name } => {
             let role = Role::parse(&role)
@@ -68,7 +68,7 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
 
 pub async fn gc(db: &DbArgs, retention: &str, dry_run: bool, json: bool) -> CliResult {
     let ms = cairn_core::duration::parse_ms(retention).map_err(|e| CliError::usage(format!("--retention: {e}")))?;
-    let store = db.open()?;
+    let store = db.open().await?;
     let report = store.gc(cairn_engine::now_ms(), ms, dry_run).await?;
     if json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -87,14 +87,14 @@ fn run_id(s: &str) -> CliResult<RunId> {
     RunId::parse(s).map_err(CliError::usage)
 }
 
-fn open_existing(db: &DbArgs) -> CliResult<cairn_store::SqliteStore> {
-    if !db.db.exists() {
+async fn open_existing(db: &DbArgs) -> CliResult<cairn_store::AnyStore> {
+    if db.database.is_none() && !db.db.exists() {
         return Err(CliError::usage(format!(
             "no database at {} (nothing has run here yet; pass --db or set CAIRN_DB)",
             db.db.display()
         )));
     }
-    db.open()
+    db.open().await
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -107,25 +107,25 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
     match command {
         RunsCommand::Watch(args) => return crate::watch::watch(args).await,
         RunsCommand::Cancel { id, reason } => {
-            open_existing(db)?;
+            open_existing(db).await?;
             return crate::steer::steer(db, &id, Control::Cancel { reason, by }).await;
         }
         RunsCommand::Pause { id } => {
-            open_existing(db)?;
+            open_existing(db).await?;
             return crate::steer::steer(db, &id, Control::Pause { by }).await;
         }
         RunsCommand::Unpause { id } => {
-            open_existing(db)?;
+            open_existing(db).await?;
             return crate::steer::steer(db, &id, Control::Unpause { by }).await;
         }
         RunsCommand::Signal { id, name, data } => {
-            open_existing(db)?;
+            open_existing(db).await?;
             let payload = serde_json::from_str(&data).unwrap_or(Value::String(data));
             return crate::steer::steer(db, &id, Control::Signal { name, payload, by }).await;
         }
         _ => {}
     }
-    let store = open_existing(db)?;
+    let store = open_existing(db).await?;
     match command {
         RunsCommand::Watch(_)
         | RunsCommand::Cancel { .. }
@@ -235,7 +235,7 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
 }
 
 pub async fn export(db: &DbArgs, args: ExportArgs) -> CliResult {
-    let store = open_existing(db)?;
+    let store = open_existing(db).await?;
     let id = run_id(&args.id)?;
     let text = match args.format {
         Format::Json => {

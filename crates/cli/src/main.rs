@@ -77,21 +77,33 @@ struct Cli {
 
 #[derive(Args, Clone)]
 pub struct DbArgs {
-    /// SQLite database file.
+    /// SQLite database file (the embedded default).
     #[arg(long, global = true, env = "CAIRN_DB", default_value = "cairn.db")]
     pub db: PathBuf,
-    /// `full`: a finished commit survives power loss (synchronous=FULL); `normal`: it survives a
-    /// process crash but maybe not power loss.
+    /// PostgreSQL instead of the SQLite file, e.g. postgres://cairn@db.internal/cairn — every
+    /// `cairn serve` / `cairn worker` pointed at it shares the work.
+    #[arg(long, global = true, env = "CAIRN_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// SQLite only. `full`: a finished commit survives power loss (synchronous=FULL); `normal`:
+    /// it survives a process crash but maybe not power loss.
     #[arg(long, global = true, env = "CAIRN_DURABILITY", default_value = "full")]
     pub durability: String,
 }
 
 impl DbArgs {
-    pub fn open(&self) -> CliResult<cairn_store::SqliteStore> {
+    pub async fn open(&self) -> CliResult<cairn_store::AnyStore> {
+        if let Some(url) = &self.database {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(CliError::usage(
+                    "--database takes a PostgreSQL URL (postgres://user@host/db); for SQLite use --db FILE",
+                ));
+            }
+            return Ok(cairn_store::AnyStore::Postgres(cairn_store::PgStore::open(url).await?));
+        }
         let durability = cairn_store::Durability::parse(&self.durability).ok_or_else(|| {
             CliError::usage(format!("--durability '{}' is not known: use full or normal", self.durability))
         })?;
-        Ok(cairn_store::SqliteStore::open(&self.db, durability)?)
+        Ok(cairn_store::AnyStore::Sqlite(cairn_store::SqliteStore::open(&self.db, durability)?))
     }
 }
 

@@ -6,7 +6,7 @@ use cairn_core::catalog::Catalog;
 use cairn_core::event::{Chaos, PlanInfo, RunOptions, RunSource};
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_engine::{Engine, EngineConfig, NewRun, RunOutcome};
-use cairn_store::SqliteStore;
+use cairn_store::AnyStore;
 use clap::Args;
 use serde_json::{Map, Value, json};
 use std::path::{Path, PathBuf};
@@ -206,8 +206,8 @@ pub fn plan(args: PlanArgs) -> CliResult {
 async fn open_engine(
     db: &DbArgs,
     engine: &EngineArgs,
-) -> CliResult<(Engine<SqliteStore>, tokio::task::JoinHandle<()>)> {
-    let store = Arc::new(db.open()?);
+) -> CliResult<(Engine<AnyStore>, tokio::task::JoinHandle<()>)> {
+    let store = Arc::new(db.open().await?);
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(output::print_progress(rx));
     Ok((Engine::new(store, engine.config(), Some(tx)), printer))
@@ -251,7 +251,7 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
 
 /// Waits for a run, or for Ctrl-C (then releases the lease so `cairn resume` can continue).
 async fn follow(
-    engine: &Engine<SqliteStore>,
+    engine: &Engine<AnyStore>,
     run_id: &RunId,
     handle: tokio::task::JoinHandle<Result<RunOutcome, cairn_engine::Error>>,
 ) -> CliResult<RunOutcome> {

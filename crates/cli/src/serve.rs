@@ -7,7 +7,7 @@ use crate::{CliError, CliResult, DbArgs};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
 use cairn_server::{AppState, AuthMode, ServerConfig};
-use cairn_store::{SqliteStore, Store};
+use cairn_store::{AnyStore, Store};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -102,14 +102,14 @@ struct Background {
 }
 
 impl Background {
-    fn start(engine: &Engine<SqliteStore>, store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Background> {
+    fn start(engine: &Engine<AnyStore>, store: Arc<AnyStore>, args: &WorkerArgs) -> CliResult<Background> {
         let mut tasks = vec![engine.spawn_heartbeat(), engine.spawn_worker()];
         tasks.extend(spawn_gc(store, args)?);
         Ok(Background { tasks })
     }
 
     /// Drains the engine (see [`drain`]) and stops the background tasks.
-    async fn stop(self, engine: &Engine<SqliteStore>, timeout: Duration) {
+    async fn stop(self, engine: &Engine<AnyStore>, timeout: Duration) {
         drain(engine, timeout).await;
         for t in self.tasks {
             t.abort();
@@ -117,7 +117,7 @@ impl Background {
     }
 }
 
-fn spawn_gc(store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Option<tokio::task::JoinHandle<()>>> {
+fn spawn_gc(store: Arc<AnyStore>, args: &WorkerArgs) -> CliResult<Option<tokio::task::JoinHandle<()>>> {
     let retention = duration("retention", &args.retention)?;
     let every = duration("gc-every", &args.gc_every)?.max(Duration::from_secs(1));
     if retention.is_zero() {
@@ -138,7 +138,7 @@ fn spawn_gc(store: Arc<SqliteStore>, args: &WorkerArgs) -> CliResult<Option<toki
 }
 
 /// Stops taking work, waits for drivers (up to the deadline), then releases this process's leases.
-async fn drain(engine: &Engine<SqliteStore>, timeout: Duration) {
+async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
     engine.drain();
     let deadline = Instant::now() + timeout;
     while engine.active_runs() > 0 && Instant::now() < deadline {
@@ -175,7 +175,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
         catalog.merge(Catalog::from_yaml(&text, &path.display().to_string()).map_err(CliError::usage)?);
     }
-    let store = Arc::new(db.open()?);
+    let store = Arc::new(db.open().await?);
     if auth == AuthMode::On && store.tokens().await?.iter().all(|t| t.revoked_at_ms.is_some()) {
         eprintln!("cairn: auth is on and no token exists yet: create one with `cairn tokens create --role admin`");
     }
@@ -213,7 +213,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
 
 pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
-    let store = Arc::new(db.open()?);
+    let store = Arc::new(db.open().await?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
     let background = Background::start(&engine, store.clone(), &args)?;
     eprintln!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 pub async fn steer(db: &DbArgs, id: &str, control: Control) -> CliResult {
     let id = RunId::parse(id).map_err(CliError::usage)?;
-    let store = Arc::new(db.open()?);
+    let store = Arc::new(db.open().await?);
     let engine = Engine::new(store, EngineArgs::default_args().config(), None);
     let what = match &control {
         Control::Cancel { .. } => "cancel",
