@@ -203,14 +203,13 @@ pub fn plan(args: PlanArgs) -> CliResult {
     Ok(())
 }
 
-async fn open_engine(
-    db: &DbArgs,
-    engine: &EngineArgs,
-) -> CliResult<(Engine<AnyStore>, tokio::task::JoinHandle<()>)> {
+async fn open_engine(db: &DbArgs, engine: &EngineArgs) -> CliResult<(Engine<AnyStore>, tokio::task::JoinHandle<()>)> {
     let store = Arc::new(db.open().await?);
     let (tx, rx) = mpsc::unbounded_channel();
     let printer = tokio::spawn(output::print_progress(rx));
-    Ok((Engine::new(store, engine.config(), Some(tx)), printer))
+    let engine = Engine::new(store, engine.config(), Some(tx));
+    engine.sync_clock().await;
+    Ok((engine, printer))
 }
 
 pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {

@@ -397,6 +397,8 @@ impl<S: Store> Engine<S> {
     pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
+            engine.sync_clock().await;
+            let signal = engine.inner.store.wake_signal();
             // Runs left by processes that died on this host are taken at once.
             if let Ok(resumed) = engine.resume(None).await {
                 for (id, driving) in resumed {
@@ -428,8 +430,15 @@ impl<S: Store> Engine<S> {
                     }
                 }
                 engine.claim_some().await;
+                let elsewhere = async {
+                    match &signal {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = engine.inner.wake.notified() => {}
+                    _ = elsewhere => {}
                     _ = tokio::time::sleep(poll) => {}
                     _ = shutdown.changed() => {}
                 }
@@ -466,6 +475,14 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Measures this host's clock against the database's and adopts the database's.
+    pub async fn sync_clock(&self) {
+        match self.inner.store.clock_offset_ms().await {
+            Ok(offset) => crate::set_clock_offset(offset),
+            Err(e) => eprintln!("[engine] cannot read the database clock ({e}); using this host's"),
+        }
+    }
+
     /// Wakes the worker loop now (e.g. after runs were created elsewhere in this process).
     pub fn nudge(&self) {
         self.inner.wake.notify_one();
@@ -481,6 +498,9 @@ impl<S: Store> Engine<S> {
             loop {
                 tokio::time::sleep(every).await;
                 beats += 1;
+                if beats.is_multiple_of(60) {
+                    engine.sync_clock().await;
+                }
                 let lease_every = ((inner.config.lease_ms / 3) / every.as_millis().max(1) as u64).max(1);
                 if beats.is_multiple_of(lease_every) {
                     let until = now_ms() + inner.config.lease_ms as i64;

@@ -32,10 +32,19 @@ pub enum Error {
     Illegal(String),
 }
 
-/// Wall-clock milliseconds. The engine is the only place that reads the clock; the time travels
-/// into the core inside events.
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Wall-clock milliseconds by the database's clock (this host's clock plus the offset the engine
+/// measured against the store), so leases and timers mean the same on every host. The engine is
+/// the only place that reads the clock; the time travels into the core inside events.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    let local = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    local + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the offset `now_ms` adds to this host's clock.
+pub fn set_clock_offset(ms: i64) {
+    CLOCK_OFFSET_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A fresh run id (time-ordered, 80 random bits).

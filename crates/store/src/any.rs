@@ -14,6 +14,20 @@ pub enum AnyStore {
 }
 
 impl Store for AnyStore {
+    async fn clock_offset_ms(&self) -> Result<i64, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.clock_offset_ms().await,
+            AnyStore::Postgres(s) => s.clock_offset_ms().await,
+        }
+    }
+
+    fn wake_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            AnyStore::Sqlite(s) => s.wake_signal(),
+            AnyStore::Postgres(s) => s.wake_signal(),
+        }
+    }
+
     async fn commit(&self, write: RunWrite) -> Result<(), Error> {
         match self {
             AnyStore::Sqlite(s) => s.commit(write).await,
@@ -105,7 +119,13 @@ impl Store for AnyStore {
         }
     }
 
-    async fn claim_ready(&self, owner: &str, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<RunId>, Error> {
+    async fn claim_ready(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunId>, Error> {
         match self {
             AnyStore::Sqlite(s) => s.claim_ready(owner, now_ms, lease_until_ms, limit).await,
             AnyStore::Postgres(s) => s.claim_ready(owner, now_ms, lease_until_ms, limit).await,
@@ -168,7 +188,13 @@ impl Store for AnyStore {
         }
     }
 
-    async fn put_workflow(&self, name: &str, version: u32, definition: cairn_core::payload::Payload, now_ms: i64) -> Result<bool, Error> {
+    async fn put_workflow(
+        &self,
+        name: &str,
+        version: u32,
+        definition: cairn_core::payload::Payload,
+        now_ms: i64,
+    ) -> Result<bool, Error> {
         match self {
             AnyStore::Sqlite(s) => s.put_workflow(name, version, definition, now_ms).await,
             AnyStore::Postgres(s) => s.put_workflow(name, version, definition, now_ms).await,

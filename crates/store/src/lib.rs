@@ -14,12 +14,12 @@ pub mod sqlite;
 
 pub use export::{EXPORT_FORMAT, export_document};
 
+pub use any::AnyStore;
+pub use postgres::PgStore;
 pub use rows::{
     AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RunRow, RunWrite, StepRow, StoredEvent, TokenRow,
     WorkflowRow,
 };
-pub use any::AnyStore;
-pub use postgres::PgStore;
 pub use sqlite::{Durability, SqliteStore};
 
 use cairn_core::{Envelope, RunId};
@@ -131,6 +131,13 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// The database answers and its schema is current.
     fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Milliseconds to add to this host's clock to read the database's. Leases and timers are
+    /// compared across hosts, so every process measures time by the database's clock.
+    fn clock_offset_ms(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    /// Fires when work may have become ready in another process (a run created or handed back,
+    /// a request queued), so idle workers need not poll; `None` where the backend cannot tell.
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
 
     // --- work distribution ---
     /// Takes up to `limit` runs that need a worker now (`wake_at` due) and that nobody holds.

@@ -10,8 +10,8 @@
 mod schema;
 
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow, Store,
-    TokenRow, WorkflowRow,
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow,
+    Store, TokenRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -91,6 +91,7 @@ type Reply = oneshot::Sender<Result<(), Error>>;
 pub struct PgStore {
     display: String,
     shared: Arc<Slot>,
+    wake: Arc<tokio::sync::Notify>,
     writes: Mutex<mpsc::UnboundedSender<(Box<RunWrite>, Reply)>>,
 }
 
@@ -102,17 +103,18 @@ impl PgStore {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Open { path: display.clone(), detail: format!("not a PostgreSQL URL: {e}") })?;
-        let mut migrator = connect(&config)
-            .await
-            .map_err(|e| Error::Open { path: display.clone(), detail: e.to_string() })?;
+        let mut migrator =
+            connect(&config).await.map_err(|e| Error::Open { path: display.clone(), detail: e.to_string() })?;
         migrate(&mut migrator, &display).await?;
         drop(migrator);
         let shared = Arc::new(Slot { config: config.clone(), client: RwLock::new(None) });
         shared.get().await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(listen(config.clone(), Arc::downgrade(&wake)));
         let writer = Arc::new(Slot { config, client: RwLock::new(None) });
         tokio::spawn(write_loop(writer, rx));
-        Ok(PgStore { display, shared, writes: Mutex::new(tx) })
+        Ok(PgStore { display, shared, wake, writes: Mutex::new(tx) })
     }
 
     async fn client(&self) -> Result<Arc<Client>, Error> {
@@ -128,19 +130,58 @@ impl PgStore {
     }
 }
 
+/// The channel processes use to wake each other's idle workers.
+const WAKE_CHANNEL: &str = "cairn_wake";
+
+/// LISTENs on a connection of its own and turns notifications into wake-ups, reconnecting with
+/// backoff; ends when the store is dropped.
+async fn listen(config: tokio_postgres::Config, wake: std::sync::Weak<tokio::sync::Notify>) {
+    use futures_util::StreamExt;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if wake.upgrade().is_none() {
+            return;
+        }
+        if let Ok(Ok((client, mut connection))) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
+            // The connection delivers notifications; drive it in its own task.
+            let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+            let driver = tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(Ok(message)) = messages.next().await {
+                    if matches!(message, tokio_postgres::AsyncMessage::Notification(_)) && tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+            if client.batch_execute(&format!("LISTEN {WAKE_CHANNEL}")).await.is_ok() {
+                backoff = Duration::from_millis(100);
+                // Anything may have happened while nobody listened.
+                if let Some(w) = wake.upgrade() {
+                    w.notify_waiters();
+                }
+                while rx.recv().await.is_some() {
+                    match wake.upgrade() {
+                        Some(w) => w.notify_waiters(),
+                        None => {
+                            driver.abort();
+                            return;
+                        }
+                    }
+                }
+            }
+            driver.abort();
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
     client.execute("SELECT pg_advisory_lock(hashtext('cairn-migrate'))", &[]).await.map_err(pg)?;
     let result = async {
-        let has_runs: bool = client
-            .query_one("SELECT to_regclass('runs') IS NOT NULL", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
-        let has_meta: bool = client
-            .query_one("SELECT to_regclass('cairn_meta') IS NOT NULL", &[])
-            .await
-            .map_err(pg)?
-            .get(0);
+        let has_runs: bool = client.query_one("SELECT to_regclass('runs') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+        let has_meta: bool =
+            client.query_one("SELECT to_regclass('cairn_meta') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
         if has_runs && !has_meta {
             return Err(Error::NotOurs {
                 path: display.to_string(),
@@ -212,6 +253,10 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
     }
 }
 
+fn cairn_core_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn i(v: u64) -> i64 {
     v as i64
 }
@@ -235,8 +280,13 @@ async fn commit_group(client: &Client, writes: &[&RunWrite]) -> Result<Vec<Resul
             }
         }
         let mut futures = Vec::new();
+        let wakes = rows.iter().any(|w| w.release);
         for w in rows {
             write_rows(client, w, &mut futures);
+        }
+        if wakes {
+            // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
+            futures.push(Box::pin(async move { client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await }));
         }
         for r in join_all(futures).await {
             r.map_err(pg)?;
@@ -277,7 +327,11 @@ async fn fence(client: &Client, w: &RunWrite) -> Result<(), Error> {
                     .await
                     .map_err(pg)?;
                 let (run_id, hash): (String, String) = (row.get(0), row.get(1));
-                return Err(Error::IdempotencyKey { key: idem.key.clone(), run_id, same_request: hash == idem.request_hash });
+                return Err(Error::IdempotencyKey {
+                    key: idem.key.clone(),
+                    run_id,
+                    same_request: hash == idem.request_hash,
+                });
             }
         }
         let n = client
@@ -499,8 +553,8 @@ fn token_row(r: &Row) -> TokenRow {
 fn envelope(run: &str, r: &Row, offset: usize) -> Result<Envelope, Error> {
     let seq: i64 = r.get(offset);
     let body: String = r.get(offset + 3);
-    let event: Event =
-        serde_json::from_str(&body).map_err(|e| Error::Corrupt(format!("run {run} event {seq} does not parse: {e}")))?;
+    let event: Event = serde_json::from_str(&body)
+        .map_err(|e| Error::Corrupt(format!("run {run} event {seq} does not parse: {e}")))?;
     Ok(Envelope { seq: seq as u64, at_ms: r.get(offset + 1), schema: r.get::<_, i64>(offset + 2) as u16, event })
 }
 
@@ -522,6 +576,11 @@ impl PgStore {
             )
             .await?;
         rows.iter().map(|r| envelope(id.as_str(), r, 0)).collect()
+    }
+
+    /// Wakes idle workers in every process (best effort: they also poll).
+    async fn notify(&self) {
+        let _ = self.execute("SELECT pg_notify('cairn_wake', '')", &[]).await;
     }
 
     async fn take_inbox_where(&self, sql: &str, key: &str) -> Result<Vec<InboxRow>, Error> {
@@ -581,7 +640,14 @@ impl Store for PgStore {
         };
         let takeable: Vec<(String, Option<String>, Option<i64>)> = rows
             .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, Option<String>>(1), r.get::<_, Option<i64>>(2), r.get::<_, Option<i64>>(3)))
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<String>>(1),
+                    r.get::<_, Option<i64>>(2),
+                    r.get::<_, Option<i64>>(3),
+                )
+            })
             .filter(|(_, owner, lease, wake)| match owner {
                 None => wake.is_some_and(|w| w <= claim.now_ms) || claim.only.is_some(),
                 Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
@@ -618,14 +684,17 @@ impl Store for PgStore {
     }
 
     async fn release(&self, owner: &str, wake_at_ms: i64) -> Result<u64, Error> {
-        self.execute(
-            &format!(
-                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=COALESCE(wake_at, $2) \
+        let n = self
+            .execute(
+                &format!(
+                    "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=COALESCE(wake_at, $2) \
                  WHERE owner=$1 AND status NOT IN {TERMINAL}"
-            ),
-            &[&owner, &wake_at_ms],
-        )
-        .await
+                ),
+                &[&owner, &wake_at_ms],
+            )
+            .await?;
+        self.notify().await;
+        Ok(n)
     }
 
     async fn list_runs(&self, q: RunQuery) -> Result<Vec<RunRow>, Error> {
@@ -711,7 +780,13 @@ impl Store for PgStore {
         if found == known { Ok(()) } else { Err(Error::NewerSchema { path: self.display.clone(), found, known }) }
     }
 
-    async fn claim_ready(&self, owner: &str, now_ms: i64, lease_until_ms: i64, limit: usize) -> Result<Vec<RunId>, Error> {
+    async fn claim_ready(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunId>, Error> {
         let rows = self
             .query(
                 &format!(
@@ -734,7 +809,20 @@ impl Store for PgStore {
             )
             .await?;
         self.execute(WAKE_IF_INBOX, &[&id.as_str()]).await?;
+        self.notify().await;
         Ok(n == 1)
+    }
+
+    async fn clock_offset_ms(&self) -> Result<i64, Error> {
+        let before = cairn_core_now();
+        let rows = self.query("SELECT (extract(epoch from clock_timestamp()) * 1000)::BIGINT", &[]).await?;
+        let after = cairn_core_now();
+        let db: i64 = rows.first().map(|r| r.get(0)).unwrap_or(before);
+        Ok(db - (before + after) / 2)
+    }
+
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.wake.clone())
     }
 
     async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
@@ -749,6 +837,7 @@ impl Store for PgStore {
                 &[&id.as_str(), &body, &now_ms],
             )
             .await?;
+        self.notify().await;
         Ok(!rows.is_empty())
     }
 
@@ -882,17 +971,15 @@ impl Store for PgStore {
     }
 
     async fn tokens(&self) -> Result<Vec<TokenRow>, Error> {
-        let rows =
-            self.query("SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at", &[]).await?;
+        let rows = self
+            .query("SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at", &[])
+            .await?;
         Ok(rows.iter().map(token_row).collect())
     }
 
     async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
         let n = self
-            .execute(
-                "UPDATE tokens SET revoked_at=$2 WHERE (id=$1 OR name=$1) AND revoked_at IS NULL",
-                &[&id, &now_ms],
-            )
+            .execute("UPDATE tokens SET revoked_at=$2 WHERE (id=$1 OR name=$1) AND revoked_at IS NULL", &[&id, &now_ms])
             .await?;
         Ok(n > 0)
     }

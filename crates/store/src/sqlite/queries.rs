@@ -290,6 +290,15 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn clock_offset_ms(&self) -> Result<i64, Error> {
+        // One file on one host: the host's clock is the database's.
+        Ok(0)
+    }
+
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+
     async fn claim_ready(
         &self,
         owner: &str,
