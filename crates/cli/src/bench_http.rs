@@ -76,7 +76,7 @@ pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliRe
     let state = AppState::new(
         engine.clone(),
         Some(rx),
-        ServerConfig { auth: AuthMode::Off, max_body_bytes: 1 << 20, catalog },
+        ServerConfig { auth: AuthMode::Off, drive_here: true, max_body_bytes: 1 << 20, catalog },
         shutdown_rx.clone(),
     );
     let listener =

@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// Extra step templates for goals (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Serve the API only: runs are left to `cairn worker` processes sharing the database.
+    #[arg(long)]
+    pub no_worker: bool,
     #[command(flatten)]
     pub worker: WorkerArgs,
 }
@@ -102,8 +105,11 @@ struct Background {
 }
 
 impl Background {
-    fn start(engine: &Engine<AnyStore>, store: Arc<AnyStore>, args: &WorkerArgs) -> CliResult<Background> {
-        let mut tasks = vec![engine.spawn_heartbeat(), engine.spawn_worker()];
+    fn start(engine: &Engine<AnyStore>, store: Arc<AnyStore>, args: &WorkerArgs, work: bool) -> CliResult<Background> {
+        let mut tasks = vec![engine.spawn_heartbeat()];
+        if work {
+            tasks.push(engine.spawn_worker());
+        }
         tasks.extend(spawn_gc(store, args)?);
         Ok(Background { tasks })
     }
@@ -180,15 +186,21 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         eprintln!("cairn: auth is on and no token exists yet: create one with `cairn tokens create --role admin`");
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(store.clone(), engine_config(&args.worker), Some(tx));
+    let mut config = engine_config(&args.worker);
+    if args.no_worker {
+        // Requests are recorded and the runs handed straight back to the workers.
+        config.release_when_idle_ms = None;
+    }
+    let engine = Engine::new(store.clone(), config, Some(tx));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let config = ServerConfig { auth, max_body_bytes: args.max_body_bytes.max(1024), catalog };
+    let config =
+        ServerConfig { auth, drive_here: !args.no_worker, max_body_bytes: args.max_body_bytes.max(1024), catalog };
     let state = AppState::new(engine.clone(), Some(rx), config, shutdown_rx);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
-    let background = Background::start(&engine, store.clone(), &args.worker)?;
+    let background = Background::start(&engine, store.clone(), &args.worker, !args.no_worker)?;
     eprintln!(
         "cairn serve: listening on http://{addr} (auth {}; {})",
         if auth == AuthMode::On { "on" } else { "off" },
@@ -215,7 +227,7 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
     let store = Arc::new(db.open().await?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
-    let background = Background::start(&engine, store.clone(), &args)?;
+    let background = Background::start(&engine, store.clone(), &args, true)?;
     eprintln!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
     first_signal().await;
     eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");

@@ -35,6 +35,13 @@ pub const KINDS: &[KindSpec] = &[
         timeout_ms: Some(120_000),
     },
     KindSpec {
+        name: "http",
+        summary: "sends `with.body` as JSON to `with.url` (http://) with `Idempotency-Key: run/step/call`; \
+                  the JSON answer is the output",
+        retry: MODEL,
+        timeout_ms: Some(30_000),
+    },
+    KindSpec {
         name: "fail",
         summary: "always fails with `with.class` (default permanent) and `with.message`",
         retry: QUICK,

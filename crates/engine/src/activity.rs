@@ -21,6 +21,8 @@ pub struct AttemptContext<'a> {
     pub input: &'a Value,
     pub inject: Option<&'a Inject>,
     pub chaos: Option<Chaos>,
+    /// Who runs the attempt (the lease owner), sent to services for their logs.
+    pub worker: &'a str,
 }
 
 /// An activity's result and the log lines it wants kept with the attempt.
@@ -59,6 +61,12 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
     let result = match ctx.kind {
         "noop" => Ok(Value::Null),
         "echo" => Ok(ctx.input.clone()),
+        "http" => {
+            // run/step/call: the same for every attempt of this step, so the far side applies
+            // a retried write once.
+            let key = format!("{}/{}/1", ctx.run_id, ctx.step);
+            crate::http::call(ctx.input, &key, ctx.worker, &mut logs).await
+        }
         "sleep" => sleep(ctx.input, &mut logs).await,
         "mock_model" => Ok(mock_model(ctx.input, &mut logs)),
         "fail" => {
@@ -122,7 +130,17 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(kind: &'a str, input: &'a Value, inject: Option<&'a Inject>, attempt: u32) -> AttemptContext<'a> {
-        AttemptContext { run_id: "wf_x", workflow: "w", step: "s", kind, attempt, input, inject, chaos: None }
+        AttemptContext {
+            run_id: "wf_x",
+            workflow: "w",
+            step: "s",
+            kind,
+            attempt,
+            input,
+            inject,
+            chaos: None,
+            worker: "t",
+        }
     }
 
     #[tokio::test]

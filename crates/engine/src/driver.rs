@@ -250,6 +250,7 @@ impl<S: Store> Live<S> {
         let workflow = self.state.workflow.clone();
         let chaos = self.state.options.chaos;
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(step_def.id.as_str());
+        let worker = self.inner.config.owner.clone();
         self.running.spawn(async move {
             let _permit = l.permit;
             let started = Instant::now();
@@ -262,6 +263,7 @@ impl<S: Store> Live<S> {
                 input: &l.input,
                 inject: step_def.inject.as_ref(),
                 chaos,
+                worker: &worker,
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {

@@ -10,6 +10,7 @@
 pub mod activity;
 mod driver;
 mod engine;
+mod http;
 
 pub use engine::{Control, Delivery, Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
 

@@ -35,6 +35,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub struct ServerConfig {
     pub auth: AuthMode,
+    /// Drive new runs in this process (`cairn serve`), or leave them all to workers (an API-only
+    /// process in front of `cairn worker`s).
+    pub drive_here: bool,
     pub max_body_bytes: usize,
     pub catalog: Catalog,
 }
@@ -44,6 +47,7 @@ pub struct Shared<S: Store> {
     pub store: Arc<S>,
     pub catalog: Catalog,
     pub auth: AuthMode,
+    pub drive_here: bool,
     pub max_body_bytes: usize,
     /// Wakes event streams: the id of a run that just committed.
     pub changes: broadcast::Sender<RunId>,
@@ -83,6 +87,7 @@ impl<S: Store> AppState<S> {
             store,
             catalog: config.catalog,
             auth: config.auth,
+            drive_here: config.drive_here,
             max_body_bytes: config.max_body_bytes,
             changes,
             shutdown,

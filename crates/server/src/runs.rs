@@ -258,7 +258,7 @@ pub async fn create<S: Store>(
     let (definition, source, plan, inputs) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun { definition, source, plan, inputs, options: RunOptions { chaos: None, max_output_bytes } };
-    let submit = Submit { idempotency: key.clone(), drive_here: true };
+    let submit = Submit { idempotency: key.clone(), drive_here: state.drive_here };
     match state.engine.submit(run_id.clone(), new, submit).await {
         Ok(_) => {}
         Err(cairn_engine::Error::Store(cairn_store::Error::IdempotencyKey { .. })) if key.is_some() => {

@@ -46,7 +46,7 @@ pub async fn create<S: Store>(
     let (definition, source, plan, inputs) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun { definition, source, plan, inputs, options: RunOptions::default() };
-    state.engine.submit(run_id.clone(), new, Submit { idempotency: None, drive_here: true }).await?;
+    state.engine.submit(run_id.clone(), new, Submit { idempotency: None, drive_here: state.drive_here }).await?;
     let row = state.store.get_run(&run_id).await?;
     let mut response = (StatusCode::CREATED, axum::Json(task_view(&row, None))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", row.id)) {

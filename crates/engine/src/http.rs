@@ -1,0 +1,145 @@
+//! The minimal `http` activity: a JSON request to a URL with an idempotency key, so the far side
+//! can make a retried write take effect once. Plain HTTP/1.1 (loopback and trusted networks);
+//! the tool layer will bring TLS and more.
+//!
+//! `with: {url: "http://host:port/path", method: POST, body: {...}, headers: {..}}`. The key is
+//! `run/step/call`, stable across attempts, sent as `Idempotency-Key`. Status classes: 2xx →
+//! the JSON body (or `{status, body}` text) is the output; 429 → `rate_limited` honouring
+//! `Retry-After`; 408 and 5xx → `transient`; other 4xx → `permanent`; connection errors →
+//! `transient`.
+
+use cairn_core::event::{ErrorClass, Failure};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Largest response body read.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+
+fn permanent(m: String) -> Failure {
+    Failure::new(ErrorClass::Permanent, m)
+}
+
+/// Splits `http://host:port/path?q` into (host:port, path).
+fn target(url: &str) -> Result<(String, String), Failure> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        permanent(format!("with.url '{url}' must start with http:// (TLS arrives with the tool layer)"))
+    })?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(permanent(format!("with.url '{url}' has no host")));
+    }
+    let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+    Ok((authority, path.to_string()))
+}
+
+pub async fn call(
+    input: &Value,
+    idempotency_key: &str,
+    worker: &str,
+    logs: &mut Vec<String>,
+) -> Result<Value, Failure> {
+    let url = input.get("url").and_then(Value::as_str).ok_or_else(|| permanent("with.url is required".into()))?;
+    let method = input.get("method").and_then(Value::as_str).unwrap_or("POST").to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH" | "DELETE") {
+        return Err(permanent(format!("with.method '{method}' is not GET, POST, PUT, PATCH or DELETE")));
+    }
+    let (authority, path) = target(url)?;
+    let body = match input.get("body") {
+        None | Some(Value::Null) => String::new(),
+        Some(v) => v.to_string(),
+    };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nIdempotency-Key: {idempotency_key}\r\n\
+         X-Cairn-Worker: {worker}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(Value::Object(headers)) = input.get("headers") {
+        for (k, v) in headers {
+            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {
+                return Err(permanent(format!("with.headers.{k} is not a valid header")));
+            }
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    logs.push(format!("{method} {url} (Idempotency-Key {idempotency_key})"));
+    let transient = |m: String| Failure::new(ErrorClass::Transient, m);
+    let stream =
+        TcpStream::connect(&authority).await.map_err(|e| transient(format!("connecting to {authority}: {e}")))?;
+    let mut io = BufReader::new(stream);
+    io.get_mut().write_all(request.as_bytes()).await.map_err(|e| transient(format!("sending to {url}: {e}")))?;
+    let mut line = String::new();
+    io.read_line(&mut line).await.map_err(|e| transient(format!("reading from {url}: {e}")))?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| transient(format!("{url} answered something that is not HTTP: {:?}", line.trim())))?;
+    let (mut length, mut retry_after) = (None::<usize>, None::<u64>);
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await.map_err(|e| transient(format!("reading from {url}: {e}")))? == 0
+            || line == "\r\n"
+        {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().ok();
+        } else if let Some(v) = lower.strip_prefix("retry-after:") {
+            retry_after = v.trim().parse::<u64>().ok().map(|s| s * 1000);
+        }
+    }
+    let mut raw = Vec::new();
+    match length {
+        Some(n) if n > MAX_BODY => return Err(permanent(format!("{url} answered {n} bytes, over {MAX_BODY}"))),
+        Some(n) => {
+            raw.resize(n, 0);
+            io.read_exact(&mut raw).await.map_err(|e| transient(format!("reading from {url}: {e}")))?;
+        }
+        None => {
+            (&mut io)
+                .take(MAX_BODY as u64)
+                .read_to_end(&mut raw)
+                .await
+                .map_err(|e| transient(format!("reading from {url}: {e}")))?;
+        }
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let parsed: Option<Value> = serde_json::from_str(&text).ok();
+    let short: String = text.chars().take(200).collect();
+    match status {
+        200..=299 => Ok(parsed.unwrap_or_else(|| json!({"status": status, "body": text}))),
+        429 => {
+            let mut f = Failure::new(ErrorClass::RateLimited, format!("{url} answered 429: {short}"));
+            f.retry_after_ms =
+                retry_after.or(Some(1_000)).map(|ms| ms.min(Duration::from_secs(3600).as_millis() as u64));
+            Err(f)
+        }
+        408 | 500..=599 => Err(transient(format!("{url} answered {status}: {short}"))),
+        _ => Err(permanent(format!("{url} answered {status}: {short}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked() {
+        assert_eq!(
+            target("http://127.0.0.1:9/x?y=1").map_err(|f| f.message),
+            Ok(("127.0.0.1:9".into(), "/x?y=1".into()))
+        );
+        assert_eq!(target("http://example").map(|t| t.0).map_err(|f| f.message), Ok("example:80".into()));
+        assert!(target("https://example").is_err());
+        assert!(target("http:///x").is_err());
+    }
+}
