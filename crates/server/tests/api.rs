@@ -71,8 +71,12 @@ impl Api {
         let config = EngineConfig { release_when_idle_ms: Some(1000), ..EngineConfig::new("test:1:x".into()) };
         let engine = Engine::new(Arc::new(store), config, Some(tx));
         let store = engine.store().clone();
-        let server =
-            ServerConfig { auth, max_body_bytes: MAX_BODY, catalog: Catalog::builtin().expect("builtin catalog") };
+        let server = ServerConfig {
+            auth,
+            drive_here: true,
+            max_body_bytes: MAX_BODY,
+            catalog: Catalog::builtin().expect("builtin catalog"),
+        };
         let state = AppState::new(engine, Some(rx), server, watch::channel(false).1);
         Api { app: cairn_server::app(state), store, _dir: dir }
     }
