@@ -232,7 +232,21 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
         }
         let writes: Vec<&RunWrite> = batch.iter().map(|(w, _)| &**w).collect();
         let results = match slot.get().await {
-            Ok(client) => commit_group(&client, &writes).await,
+            Ok(client) => match commit_group(&client, &writes).await {
+                // One write broke the whole group (a bug or a constraint we did not fence):
+                // commit each alone, so only the broken one fails.
+                Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+                    let mut one_by_one = Vec::with_capacity(writes.len());
+                    for w in &writes {
+                        one_by_one.push(match commit_group(&client, &[*w]).await {
+                            Ok(mut r) => r.pop().unwrap_or(Ok(())),
+                            Err(e) => Err(e),
+                        });
+                    }
+                    Ok(one_by_one)
+                }
+                other => other,
+            },
             Err(e) => Err(e),
         };
         match results {
@@ -312,28 +326,6 @@ async fn fence(client: &Client, w: &RunWrite) -> Result<(), Error> {
     let wake_at = if w.release { r.wake_at_ms } else { None };
     let version = r.definition_version.map(i64::from);
     if w.expected_seq == 0 {
-        if let Some(idem) = &w.idempotency {
-            let inserted = client
-                .execute(
-                    "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
-                )
-                .await
-                .map_err(pg)?;
-            if inserted == 0 {
-                let row = client
-                    .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
-                    .await
-                    .map_err(pg)?;
-                let (run_id, hash): (String, String) = (row.get(0), row.get(1));
-                return Err(Error::IdempotencyKey {
-                    key: idem.key.clone(),
-                    run_id,
-                    same_request: hash == idem.request_hash,
-                });
-            }
-        }
         let n = client
             .execute(
                 "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
@@ -367,6 +359,30 @@ async fn fence(client: &Client, w: &RunWrite) -> Result<(), Error> {
             .map_err(pg)?;
         if n == 0 {
             return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
+        }
+        if let Some(idem) = &w.idempotency {
+            let inserted = client
+                .execute(
+                    "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
+                )
+                .await
+                .map_err(pg)?;
+            if inserted == 0 {
+                // The key belongs to another run: take back the row this write just made.
+                client.execute("DELETE FROM runs WHERE id=$1", &[&r.id]).await.map_err(pg)?;
+                let row = client
+                    .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
+                    .await
+                    .map_err(pg)?;
+                let (run_id, hash): (String, String) = (row.get(0), row.get(1));
+                return Err(Error::IdempotencyKey {
+                    key: idem.key.clone(),
+                    run_id,
+                    same_request: hash == idem.request_hash,
+                });
+            }
         }
     } else {
         let n = client

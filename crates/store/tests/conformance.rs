@@ -1,0 +1,976 @@
+//! The storage conformance suite: every test here runs unchanged against SQLite and PostgreSQL
+//! (`name::sqlite`, `name::postgres`), each on a fresh database. What one backend does, the other
+//! must do too: the commit fence, group-commit isolation, leases and claims, the inbox,
+//! idempotency, the registry, tokens, audit, listing, the feed and retention.
+//!
+//! PostgreSQL comes from `CAIRN_TEST_POSTGRES` (see `common/mod.rs`); unreachable, its cases are
+//! skipped with a notice unless `CAIRN_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use cairn_core::RunId;
+use cairn_core::payload::Payload;
+use cairn_core::state::RunState;
+use cairn_store::{AuditRow, Error, IdempotencyKey, LogLine, RunQuery, RunRow, StepRow, Store, TokenRow};
+use common::journal::*;
+use common::{Backend, conformance};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn log(step: &str, at_ms: i64, message: &str) -> LogLine {
+    LogLine { step_id: step.into(), attempt: 1, at_ms, level: "info".into(), message: message.into() }
+}
+
+/// What the store holds of one run, to show that a refused write left no trace.
+async fn snapshot(store: &impl Store, id: &RunId) -> (RunRow, Vec<StepRow>, usize) {
+    let row = store.get_run(id).await.unwrap_or_else(|e| panic!("get_run {id}: {e}"));
+    let steps = store.steps(id).await.unwrap_or_else(|e| panic!("steps {id}: {e}"));
+    (row, steps, event_count(store, id).await)
+}
+
+fn not_found<T: std::fmt::Debug>(what: &str, r: Result<T, Error>) {
+    match r {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("{what}: expected NotFound, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing and reading a run
+
+conformance!(a_committed_run_loads_back_exactly, |store| async move {
+    let mut j = Journal::new(run_id(1), TWO_STEPS);
+    j.finish();
+    let id = j.id();
+    let expected_events = j.events.clone();
+    let mut w = j.write(OWNER, LIVE);
+    w.logs = vec![log("a", T0 + 3, "first"), log("b", T0 + 4, "other step"), log("a", T0 + 5, "second")];
+    let logs = w.logs.clone();
+    commit(&*store, w).await;
+
+    let loaded = store.load_run(&id).await.expect("load_run");
+    assert_eq!(loaded.events, expected_events, "events come back in order, unchanged");
+    assert_eq!(loaded.run, j.expected_row(Some(OWNER), Some(LIVE)));
+    assert_eq!(store.get_run(&id).await.expect("get_run"), loaded.run);
+    assert_eq!(store.steps(&id).await.expect("steps"), StepRow::from_state(&j.state, None));
+    assert_eq!(store.events(&id).await.expect("events"), expected_events);
+    // Every payload the journal refers to came back: the fold reproduces the writer's state.
+    let folded = RunState::fold(id.clone(), &loaded.events, loaded.payloads.clone()).expect("fold");
+    assert_eq!(folded, j.state, "fold of the stored journal differs from the state that wrote it");
+    let output = j.state.output.clone().expect("run output").hash;
+    assert_eq!(store.payload(&output).await.expect("payload"), Some(json!({"a": {"done": "a"}, "b": {"done": "b"}})));
+    assert_eq!(store.payload("0000").await.expect("payload"), None);
+
+    assert_eq!(store.logs(&id, None).await.expect("logs"), logs, "logs in the order written");
+    assert_eq!(store.logs(&id, Some("a")).await.expect("logs"), vec![logs[0].clone(), logs[2].clone()]);
+    assert!(store.logs(&id, Some("zz")).await.expect("logs").is_empty());
+
+    // Another process (or this one after a restart) sees the same.
+    let again = store.reopen().await.expect("reopen");
+    let reloaded = again.load_run(&id).await.expect("load after reopen");
+    assert_eq!(reloaded.events, expected_events);
+    assert_eq!(reloaded.run, loaded.run);
+    assert_eq!(again.steps(&id).await.expect("steps"), StepRow::from_state(&j.state, None));
+});
+
+conformance!(unknown_runs_are_not_found, |store| async move {
+    let id = run_id(404);
+    not_found("get_run", store.get_run(&id).await);
+    not_found("load_run", store.load_run(&id).await);
+    not_found("steps", store.steps(&id).await);
+    not_found("events", store.events(&id).await);
+    not_found("events_after", store.events_after(&id, 0).await);
+    not_found("logs", store.logs(&id, None).await);
+    assert_eq!(store.idempotent_run("nope").await.expect("idempotent_run"), None);
+});
+
+conformance!(payloads_are_stored_once_per_hash_and_linked_to_every_run, |store| async move {
+    // Two runs of the same definition: same definition payload, same inputs, same outputs.
+    let mut x = Journal::new(run_id(1), TWO_STEPS);
+    let mut y = Journal::new(run_id(2), TWO_STEPS);
+    x.finish();
+    y.finish();
+    let hashes: BTreeSet<String> = x.payloads.iter().chain(&y.payloads).map(|p| p.reference.hash.clone()).collect();
+    let def_hash = x.state.definition_ref.clone().expect("definition").hash;
+    assert_eq!(Some(def_hash.clone()), y.state.definition_ref.clone().map(|r| r.hash));
+    let sent = x.payloads.len() + y.payloads.len();
+    assert!(sent > hashes.len(), "the test must send duplicates ({sent} payloads, {} hashes)", hashes.len());
+    // Sent together, so on both backends they may share one group commit.
+    let (rx, ry) = tokio::join!(store.commit(x.write(OWNER, LIVE)), store.commit(y.write(OWNER, LIVE)));
+    rx.expect("commit x");
+    ry.expect("commit y");
+
+    assert_eq!(store.raw_count("SELECT count(*) FROM payloads").await as usize, hashes.len(), "one row per hash");
+    let links = store.raw_count(&format!("SELECT count(*) FROM run_payloads WHERE hash='{def_hash}'")).await;
+    assert_eq!(links, 2, "the shared definition is linked to both runs");
+
+    for id in [run_id(1), run_id(2)] {
+        let loaded = store.load_run(&id).await.expect("load");
+        let got: BTreeSet<String> = loaded.payloads.iter().map(|(h, _)| h.clone()).collect();
+        for e in &loaded.events {
+            if let Some(r) = e.event.payload() {
+                assert!(got.contains(&r.hash), "run {id} is missing payload {} of event {}", r.hash, e.seq);
+            }
+        }
+        RunState::fold(id, &loaded.events, loaded.payloads).expect("folds with its payloads");
+    }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The commit fence
+
+conformance!(a_stale_expected_seq_conflicts_and_writes_nothing, |store| async move {
+    let mut j = create(&*store, 1, OWNER, LIVE).await;
+    let id = j.id();
+    let mut stale = j.clone();
+    j.start("a");
+    commit(&*store, j.write(OWNER, LIVE)).await;
+    let before = snapshot(&*store, &id).await;
+
+    // A writer that did not see the commit above builds on the old position.
+    stale.start("b");
+    let w = stale.write(OWNER, LIVE + 1);
+    let stale_seq = w.expected_seq;
+    match store.commit(w).await {
+        Err(Error::Conflict { run_id, expected }) => {
+            assert_eq!(run_id, id.to_string());
+            assert_eq!(expected, stale_seq);
+        }
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    assert_eq!(snapshot(&*store, &id).await, before, "run row (lease too), steps and events unchanged");
+
+    // Recreating an existing run (expected_seq 0) is a conflict too, and changes nothing.
+    let mut again = Journal::new(id.clone(), TWO_STEPS);
+    match store.commit(again.write(OTHER, LIVE + 2)).await {
+        Err(Error::Conflict { expected: 0, .. }) => {}
+        other => panic!("expected Conflict at 0, got {other:?}"),
+    }
+    assert_eq!(snapshot(&*store, &id).await, before);
+});
+
+conformance!(a_different_owner_cannot_commit, |store| async move {
+    let mut j = create(&*store, 1, OWNER, LIVE).await;
+    let id = j.id();
+    let before = snapshot(&*store, &id).await;
+    j.start("a");
+    let w = j.write(OTHER, LIVE);
+    assert!(matches!(store.commit(w).await, Err(Error::Conflict { .. })));
+    assert_eq!(snapshot(&*store, &id).await, before);
+    assert_eq!(before.0.owner.as_deref(), Some(OWNER));
+    assert!(Error::Conflict { run_id: String::new(), expected: 0 }.is_retryable());
+});
+
+conformance!(concurrent_commits_land_or_conflict_each_on_its_own, |store| async move {
+    let mut good1 = create(&*store, 1, OWNER, LIVE).await;
+    let mut wrong_owner = create(&*store, 2, OWNER, LIVE).await;
+    let mut good2 = create(&*store, 3, OWNER, LIVE).await;
+    let existing = create(&*store, 4, OWNER, LIVE).await;
+    let mut moved_on = create(&*store, 5, OWNER, LIVE).await;
+    let mut stale = moved_on.clone();
+    moved_on.start("a");
+    commit(&*store, moved_on.write(OWNER, LIVE)).await;
+    let bad_ids = [wrong_owner.id(), existing.id(), moved_on.id()];
+    let mut before = Vec::new();
+    for id in &bad_ids {
+        before.push(snapshot(&*store, id).await);
+    }
+
+    good1.start("a");
+    good2.start("a");
+    wrong_owner.start("a");
+    stale.start("b");
+    let mut fresh = Journal::new(run_id(6), TWO_STEPS);
+    let mut recreate = Journal::new(existing.id(), TWO_STEPS);
+    // All six are sent before any is awaited, so the writer folds them into one or a few groups;
+    // however they are split, conflicting writes share transactions with good ones.
+    let (r1, r2, r3, r4, r5, r6) = tokio::join!(
+        store.commit(good1.write(OWNER, LIVE)),
+        store.commit(wrong_owner.write(OTHER, LIVE)),
+        store.commit(fresh.write(OWNER, LIVE)),
+        store.commit(recreate.write(OWNER, LIVE)),
+        store.commit(stale.write(OWNER, LIVE)),
+        store.commit(good2.write(OWNER, LIVE)),
+    );
+    assert!(r1.is_ok(), "good write 1: {r1:?}");
+    assert!(matches!(r2, Err(Error::Conflict { .. })), "wrong owner: {r2:?}");
+    assert!(r3.is_ok(), "fresh run: {r3:?}");
+    assert!(matches!(r4, Err(Error::Conflict { expected: 0, .. })), "re-create: {r4:?}");
+    assert!(matches!(r5, Err(Error::Conflict { .. })), "stale position: {r5:?}");
+    assert!(r6.is_ok(), "good write 2: {r6:?}");
+
+    for j in [&good1, &good2, &fresh] {
+        let id = j.id();
+        assert_eq!(store.get_run(&id).await.expect("run"), j.expected_row(Some(OWNER), Some(LIVE)), "run {id}");
+        assert_eq!(event_count(&*store, &id).await as u64, j.state.last_seq, "events of {id}");
+        assert_eq!(store.steps(&id).await.expect("steps"), StepRow::from_state(&j.state, None), "steps of {id}");
+    }
+    for (id, b) in bad_ids.iter().zip(before) {
+        assert_eq!(snapshot(&*store, id).await, b, "refused write left a trace on {id}");
+    }
+});
+
+conformance!(a_write_that_fails_halfway_is_rolled_back_without_harming_the_group, |store| async move {
+    let mut one = create(&*store, 1, OWNER, LIVE).await;
+    let mut two = create(&*store, 2, OWNER, LIVE).await;
+    let two_id = two.id();
+    let before = snapshot(&*store, &two_id).await;
+    let two_events = store.events(&two_id).await.expect("events");
+
+    one.start("a");
+    two.start("a");
+    let good = one.write(OWNER, LIVE);
+    // The fence passes (right position, right owner) and the run row is updated, then an
+    // event collides with one already journaled: everything of this write must be undone.
+    let mut broken = two.write(OWNER, LIVE + 5);
+    let mut dup = broken.events[0].clone();
+    dup.seq = 1;
+    broken.events.push(dup);
+    let mut three = Journal::new(run_id(3), TWO_STEPS);
+    let fresh = three.write(OWNER, LIVE);
+    let (r1, r2, r3) = tokio::join!(store.commit(good), store.commit(broken), store.commit(fresh));
+    assert!(r2.is_err(), "a duplicate journal position must fail the write");
+    assert!(!matches!(r2, Err(Error::Conflict { .. })), "not a fence conflict: {r2:?}");
+    assert_eq!(snapshot(&*store, &two_id).await, before, "run row update rolled back");
+    assert_eq!(store.events(&two_id).await.expect("events"), two_events);
+    assert!(r1.is_ok(), "the good write sharing the group must land: {r1:?}");
+    assert!(r3.is_ok(), "the create sharing the group must land: {r3:?}");
+    assert_eq!(store.get_run(&one.id()).await.expect("run").last_seq, one.state.last_seq);
+    assert_eq!(event_count(&*store, &three.id()).await as u64, three.state.last_seq);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency keys
+
+fn key(key: &str, request: &str) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey { key: key.into(), request_hash: request.into() })
+}
+
+conformance!(an_idempotency_key_creates_at_most_one_run, |store| async move {
+    let mut first = Journal::new(run_id(1), TWO_STEPS);
+    let mut w = first.write(OWNER, LIVE);
+    w.idempotency = key("k1", "h1");
+    commit(&*store, w).await;
+    assert_eq!(
+        store.idempotent_run("k1").await.expect("idempotent_run"),
+        Some((first.id().to_string(), "h1".to_string()))
+    );
+
+    // The same request again (another run id, as a retrying client's server would mint).
+    for (n, request, same) in [(2, "h1", true), (3, "h2", false)] {
+        let mut j = Journal::new(run_id(n), TWO_STEPS);
+        let mut w = j.write(OWNER, LIVE);
+        w.idempotency = key("k1", request);
+        match store.commit(w).await {
+            Err(Error::IdempotencyKey { key, run_id, same_request }) => {
+                assert_eq!((key.as_str(), run_id.as_str(), same_request), ("k1", first.id().as_str(), same));
+            }
+            other => panic!("expected IdempotencyKey for request {request}, got {other:?}"),
+        }
+        not_found("the refused run", store.get_run(&j.id()).await);
+    }
+
+    // Two creates with one key at the same moment: exactly one wins.
+    let mut a = Journal::new(run_id(4), TWO_STEPS);
+    let mut b = Journal::new(run_id(5), TWO_STEPS);
+    let (mut wa, mut wb) = (a.write(OWNER, LIVE), b.write(OWNER, LIVE));
+    wa.idempotency = key("k2", "h");
+    wb.idempotency = key("k2", "h");
+    let (ra, rb) = tokio::join!(store.commit(wa), store.commit(wb));
+    let winner = match (&ra, &rb) {
+        (Ok(()), Err(Error::IdempotencyKey { run_id, same_request: true, .. })) if *run_id == a.id().to_string() => {
+            a.id()
+        }
+        (Err(Error::IdempotencyKey { run_id, same_request: true, .. }), Ok(())) if *run_id == b.id().to_string() => {
+            b.id()
+        }
+        other => panic!("expected one create and one IdempotencyKey naming it, got {other:?}"),
+    };
+    let loser = if winner == a.id() { b.id() } else { a.id() };
+    assert_eq!(store.idempotent_run("k2").await.expect("idempotent_run").map(|(r, _)| r), Some(winner.to_string()));
+    not_found("the losing run", store.get_run(&loser).await);
+});
+
+conformance!(a_conflicting_create_leaves_its_idempotency_key_unused, |store| async move {
+    let existing = create(&*store, 1, OWNER, LIVE).await;
+    // A create that collides with an existing run id is refused by the fence…
+    let mut clash = Journal::new(existing.id(), TWO_STEPS);
+    let mut w = clash.write(OWNER, LIVE);
+    w.idempotency = key("k", "h");
+    assert!(matches!(store.commit(w).await, Err(Error::Conflict { expected: 0, .. })));
+    // …and must not have claimed the key on the way.
+    assert_eq!(store.idempotent_run("k").await.expect("idempotent_run"), None, "the refused create kept its key");
+    let mut next = Journal::new(run_id(2), TWO_STEPS);
+    let mut w = next.write(OWNER, LIVE);
+    w.idempotency = key("k", "h");
+    store.commit(w).await.expect("the key is still free for a real create");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Leases: claim_runs, heartbeat, release
+
+conformance!(claim_takes_expired_leases_and_leaves_live_ones, |store| async move {
+    let now = T0 + 60_000;
+    let expired = create(&*store, 1, OWNER, now - 1).await.id();
+    let live = create(&*store, 2, OWNER, now + 10_000).await.id();
+    let mut done = create(&*store, 3, OWNER, now - 1).await;
+    done.finish();
+    commit(&*store, done.write(OWNER, now - 1)).await;
+
+    assert_eq!(claim(&*store, OTHER, now, None, &nobody_dead, 0).await, vec![expired.clone()]);
+    let row = store.get_run(&expired).await.expect("run");
+    assert_eq!(
+        (row.owner.as_deref(), row.lease_expires_at_ms, row.wake_at_ms),
+        (Some(OTHER), Some(now + 30_000), None)
+    );
+    assert_eq!(store.get_run(&live).await.expect("run").owner.as_deref(), Some(OWNER));
+    let finished = store.get_run(&done.id()).await.expect("run");
+    assert_eq!(finished.owner.as_deref(), Some(OWNER), "finished runs are never claimed");
+
+    // Claimed with a fresh lease: a third process cannot take it.
+    assert!(claim(&*store, "host-c:3:C", now + 1, None, &nobody_dead, 0).await.is_empty());
+    // `only` does not take a live lease either.
+    assert!(claim(&*store, "host-c:3:C", now, Some(&live), &nobody_dead, 0).await.is_empty());
+
+    // The new owner can commit on top of what it claimed; the old one cannot.
+    let mut j = Journal::new(expired.clone(), TWO_STEPS);
+    j.committed_seq = j.state.last_seq;
+    j.events.clear();
+    j.payloads.clear();
+    j.start("a");
+    let mut old_owner = j.clone();
+    assert!(matches!(store.commit(old_owner.write(OWNER, LIVE)).await, Err(Error::Conflict { .. })));
+    commit(&*store, j.write(OTHER, LIVE)).await;
+});
+
+conformance!(claim_takes_a_live_lease_when_its_owner_is_dead, |store| async move {
+    let now = T0 + 60_000;
+    let mine = create(&*store, 1, OWNER, now + 10_000).await.id();
+    let theirs = create(&*store, 2, "host-z:9:Z", now + 10_000).await.id();
+    let dead = |o: &str| o == OWNER;
+    assert_eq!(claim(&*store, OTHER, now, Some(&theirs), &dead, 0).await, Vec::<RunId>::new());
+    assert_eq!(claim(&*store, OTHER, now, None, &dead, 0).await, vec![mine.clone()]);
+    assert_eq!(store.get_run(&mine).await.expect("run").owner.as_deref(), Some(OTHER));
+    assert_eq!(store.get_run(&theirs).await.expect("run").owner.as_deref(), Some("host-z:9:Z"));
+});
+
+conformance!(claim_respects_only_and_limit, |store| async move {
+    let now = T0 + 60_000;
+    let ids: Vec<RunId> = {
+        let mut v = Vec::new();
+        for n in 1..=4 {
+            v.push(create(&*store, n, OWNER, now - 1).await.id());
+        }
+        v
+    };
+    assert_eq!(claim(&*store, OTHER, now, Some(&ids[2]), &nobody_dead, 0).await, vec![ids[2].clone()]);
+    let two = claim(&*store, OTHER, now, None, &nobody_dead, 2).await;
+    assert_eq!(two.len(), 2, "limit 2 takes two of the three expired runs: {two:?}");
+    let rest = claim(&*store, OTHER, now, None, &nobody_dead, 2).await;
+    assert_eq!(rest.len(), 1, "one expired run was left: {rest:?}");
+    let all: BTreeSet<RunId> = two.into_iter().chain(rest).chain([ids[2].clone()]).collect();
+    assert_eq!(all, ids.iter().cloned().collect::<BTreeSet<_>>());
+    for id in &ids {
+        assert_eq!(store.get_run(id).await.expect("run").owner.as_deref(), Some(OTHER));
+    }
+});
+
+conformance!(claim_takes_unheld_runs_only_when_they_are_due, |store| async move {
+    let now = T0 + 60_000;
+    // Let go with work to do (due since creation).
+    let due = create_released(&*store, 1).await.id();
+    // Let go with a timer in the future, and let go with nothing to do (no wake time).
+    let later = create(&*store, 2, OWNER, LIVE).await.id();
+    assert!(store.release_run(OWNER, &later, Some(now + 1_000)).await.expect("release_run"));
+    let idle = create(&*store, 3, OWNER, LIVE).await.id();
+    assert!(store.release_run(OWNER, &idle, None).await.expect("release_run"));
+    assert_eq!(store.get_run(&due).await.expect("run").owner, None);
+
+    assert_eq!(claim(&*store, OTHER, now, None, &nobody_dead, 0).await, vec![due.clone()]);
+    // The timer comes due.
+    assert_eq!(claim(&*store, OTHER, now + 1_000, None, &nobody_dead, 0).await, vec![later.clone()]);
+    // An idle run is taken only when asked for by id.
+    assert!(claim(&*store, OTHER, now + 5_000, None, &nobody_dead, 0).await.is_empty());
+    assert_eq!(claim(&*store, OTHER, now + 5_000, Some(&idle), &nobody_dead, 0).await, vec![idle.clone()]);
+    for id in [&due, &later, &idle] {
+        let row = store.get_run(id).await.expect("run");
+        assert_eq!((row.owner.as_deref(), row.wake_at_ms), (Some(OTHER), None), "{id}");
+    }
+});
+
+conformance!(heartbeat_extends_only_this_owners_unfinished_runs, |store| async move {
+    let a = create(&*store, 1, OWNER, T0 + 1_000).await.id();
+    let b = create(&*store, 2, OWNER, T0 + 1_000).await.id();
+    let other = create(&*store, 3, OTHER, T0 + 1_000).await.id();
+    let mut done = create(&*store, 4, OWNER, T0 + 1_000).await;
+    done.finish();
+    commit(&*store, done.write(OWNER, T0 + 1_000)).await;
+
+    assert_eq!(store.heartbeat(OWNER, T0 + 50_000).await.expect("heartbeat"), 2);
+    for id in [&a, &b] {
+        assert_eq!(store.get_run(id).await.expect("run").lease_expires_at_ms, Some(T0 + 50_000));
+    }
+    assert_eq!(store.get_run(&other).await.expect("run").lease_expires_at_ms, Some(T0 + 1_000));
+    assert_eq!(store.get_run(&done.id()).await.expect("run").lease_expires_at_ms, Some(T0 + 1_000));
+    // At T0+2s only the run that missed the heartbeat has an expired lease.
+    assert_eq!(claim(&*store, "host-c:3:C", T0 + 2_000, None, &nobody_dead, 0).await, vec![other]);
+    assert_eq!(store.heartbeat("host-nobody:0:0", T0 + 50_000).await.expect("heartbeat"), 0);
+});
+
+conformance!(release_lets_go_of_an_owners_runs_and_makes_them_due, |store| async move {
+    let a = create(&*store, 1, OWNER, LIVE).await.id();
+    let b = create(&*store, 2, OTHER, LIVE).await.id();
+    let mut done = create(&*store, 3, OWNER, LIVE).await;
+    done.finish();
+    commit(&*store, done.write(OWNER, LIVE)).await;
+
+    assert_eq!(store.release(OWNER, T0 + 5).await.expect("release"), 1, "only the unfinished run");
+    let row = store.get_run(&a).await.expect("run");
+    assert_eq!((row.owner, row.lease_expires_at_ms, row.wake_at_ms), (None, None, Some(T0 + 5)));
+    assert_eq!(store.get_run(&b).await.expect("run").owner.as_deref(), Some(OTHER));
+    assert_eq!(store.get_run(&done.id()).await.expect("run").owner.as_deref(), Some(OWNER));
+    // Free although its old lease would still be live, from its wake time on.
+    assert!(store.claim_ready("host-c:3:C", T0 + 4, T0 + 30_000, 10).await.expect("claim_ready").is_empty());
+    assert_eq!(store.claim_ready("host-c:3:C", T0 + 5, T0 + 30_000, 10).await.expect("claim_ready"), vec![a]);
+});
+
+conformance!(release_run_lets_go_of_one_run_for_its_owner_only, |store| async move {
+    let a = create(&*store, 1, OWNER, LIVE).await.id();
+    let before = snapshot(&*store, &a).await;
+    assert!(!store.release_run(OTHER, &a, Some(T0)).await.expect("release_run"), "not OTHER's run");
+    assert_eq!(snapshot(&*store, &a).await, before);
+
+    assert!(store.release_run(OWNER, &a, Some(T0 + 7)).await.expect("release_run"));
+    let row = store.get_run(&a).await.expect("run");
+    assert_eq!((row.owner, row.lease_expires_at_ms, row.wake_at_ms), (None, None, Some(T0 + 7)));
+    assert!(!store.release_run(OWNER, &a, Some(T0)).await.expect("release_run"), "no longer held");
+    assert!(!store.release_run(OWNER, &run_id(404), None).await.expect("release_run"), "unknown run");
+});
+
+// ---------------------------------------------------------------------------------------------
+// Work distribution: claim_ready
+
+conformance!(claim_ready_takes_due_unheld_runs_only, |store| async move {
+    let now = T0 + 60_000;
+    let due = create_released(&*store, 1).await.id();
+    let future = create(&*store, 2, OWNER, LIVE).await.id();
+    assert!(store.release_run(OWNER, &future, Some(now + 1)).await.expect("release_run"));
+    let idle = create(&*store, 3, OWNER, LIVE).await.id();
+    assert!(store.release_run(OWNER, &idle, None).await.expect("release_run"));
+    // Held: a request makes it due, but its owner is alive, so it stays where it is…
+    let held = create(&*store, 4, OWNER, LIVE).await.id();
+    assert!(store.push_inbox(&held, "{}".into(), now - 10).await.expect("push_inbox"));
+    // …unless the owner's lease has expired.
+    let abandoned = create(&*store, 5, OWNER, now - 1).await.id();
+    assert!(store.push_inbox(&abandoned, "{}".into(), now - 10).await.expect("push_inbox"));
+    let mut finished = Journal::new(run_id(6), TWO_STEPS);
+    finished.finish();
+    commit(&*store, finished.write_released(OWNER)).await;
+
+    let mut got = store.claim_ready(OTHER, now, now + 30_000, 10).await.expect("claim_ready");
+    got.sort();
+    assert_eq!(got, vec![due.clone(), abandoned.clone()]);
+    for id in [&due, &abandoned] {
+        let row = store.get_run(id).await.expect("run");
+        assert_eq!(
+            (row.owner.as_deref(), row.lease_expires_at_ms, row.wake_at_ms),
+            (Some(OTHER), Some(now + 30_000), None)
+        );
+    }
+    assert_eq!(store.get_run(&held).await.expect("run").owner.as_deref(), Some(OWNER));
+    assert!(store.claim_ready(OTHER, now, now + 30_000, 10).await.expect("claim_ready").is_empty(), "taken once");
+    assert_eq!(store.claim_ready(OTHER, now + 1, now + 30_000, 10).await.expect("claim_ready"), vec![future]);
+    assert_eq!(store.get_run(&idle).await.expect("run").owner, None, "a run without a wake time is never due");
+});
+
+conformance!(claim_ready_takes_the_earliest_due_first_up_to_the_limit, |store| async move {
+    let now = T0 + 60_000;
+    let mut wake = BTreeMap::new();
+    for (n, at) in [(1, now - 1), (2, now - 3), (3, now - 2), (4, now - 5)] {
+        let id = create(&*store, n, OWNER, LIVE).await.id();
+        assert!(store.release_run(OWNER, &id, Some(at)).await.expect("release_run"));
+        wake.insert(at, id);
+    }
+    let mut got = store.claim_ready(OTHER, now, now + 30_000, 2).await.expect("claim_ready");
+    got.sort();
+    let mut want: Vec<RunId> = wake.values().take(2).cloned().collect();
+    want.sort();
+    assert_eq!(got, want, "the two runs due longest");
+    assert_eq!(store.claim_ready(OTHER, now, now + 30_000, 5).await.expect("claim_ready").len(), 2);
+});
+
+conformance!(concurrent_claimers_never_take_the_same_run, |store| async move {
+    let now = T0 + 60_000;
+    let mut all = BTreeSet::new();
+    for n in 1..=24 {
+        all.insert(create_released(&*store, n).await.id());
+    }
+    // Two workers race, each taking a few at a time until nothing is left.
+    let worker = |owner: &'static str| {
+        let store = store.shared();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_ready(owner, now, now + 30_000, 3).await.expect("claim_ready");
+                if got.is_empty() {
+                    break mine;
+                }
+                assert!(got.len() <= 3, "{owner} got {} runs with limit 3", got.len());
+                mine.extend(got);
+            }
+        })
+    };
+    let (a, b) = (worker("w-a:1:A"), worker("w-b:2:B"));
+    let (a, b) = (a.await.expect("worker a"), b.await.expect("worker b"));
+    let (sa, sb): (BTreeSet<RunId>, BTreeSet<RunId>) = (a.iter().cloned().collect(), b.iter().cloned().collect());
+    assert_eq!(sa.len(), a.len(), "worker a got a run twice: {a:?}");
+    assert_eq!(sb.len(), b.len(), "worker b got a run twice: {b:?}");
+    let both: Vec<_> = sa.intersection(&sb).collect();
+    assert!(both.is_empty(), "claimed by both workers: {both:?}");
+    assert_eq!(sa.union(&sb).cloned().collect::<BTreeSet<_>>(), all, "every due run was taken");
+    for (owner, ids) in [("w-a:1:A", &sa), ("w-b:2:B", &sb)] {
+        for id in ids {
+            assert_eq!(store.get_run(id).await.expect("run").owner.as_deref(), Some(owner), "{id}");
+        }
+    }
+});
+
+// ---------------------------------------------------------------------------------------------
+// The inbox
+
+conformance!(the_inbox_takes_requests_for_open_runs_and_wakes_them, |store| async move {
+    let now = T0 + 60_000;
+    let held = create(&*store, 1, OWNER, LIVE).await.id();
+    let unheld = create_released(&*store, 2).await;
+    let unheld_wake = store.get_run(&unheld.id()).await.expect("run").wake_at_ms;
+    assert!(unheld_wake.is_some_and(|w| w < now), "a released run with ready steps is due: {unheld_wake:?}");
+    let mut done = create(&*store, 3, OWNER, LIVE).await;
+    done.finish();
+    commit(&*store, done.write(OWNER, LIVE)).await;
+
+    assert!(store.push_inbox(&held, "x".into(), now).await.expect("push_inbox"));
+    assert_eq!(store.get_run(&held).await.expect("run").wake_at_ms, Some(now), "due now");
+    assert!(store.push_inbox(&held, "y".into(), now + 5).await.expect("push_inbox"));
+    assert_eq!(store.get_run(&held).await.expect("run").wake_at_ms, Some(now), "the earliest wake time stays");
+    assert!(store.push_inbox(&unheld.id(), "z".into(), now).await.expect("push_inbox"));
+    assert_eq!(store.get_run(&unheld.id()).await.expect("run").wake_at_ms, unheld_wake, "already due earlier");
+    assert!(!store.push_inbox(&done.id(), "late".into(), now).await.expect("push_inbox"), "finished runs refuse");
+    assert!(!store.push_inbox(&run_id(404), "lost".into(), now).await.expect("push_inbox"), "unknown runs refuse");
+
+    assert!(store.take_inbox(OTHER).await.expect("take_inbox").is_empty());
+    let taken = store.take_inbox(OWNER).await.expect("take_inbox");
+    let bodies: Vec<(&str, &str)> = taken.iter().map(|r| (r.run_id.as_str(), r.body.as_str())).collect();
+    assert_eq!(bodies, vec![(held.as_str(), "x"), (held.as_str(), "y")], "only the owner's runs, oldest first");
+    assert!(taken[0].id < taken[1].id);
+    assert!(store.take_inbox(OWNER).await.expect("take_inbox").is_empty(), "taken once");
+
+    assert!(store.push_inbox(&unheld.id(), "w".into(), now + 1).await.expect("push_inbox"));
+    let taken = store.take_inbox_for(&unheld.id()).await.expect("take_inbox_for");
+    assert_eq!(taken.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["z", "w"]);
+    assert!(store.take_inbox_for(&unheld.id()).await.expect("take_inbox_for").is_empty());
+    assert!(store.take_inbox_for(&run_id(404)).await.expect("take_inbox_for").is_empty());
+});
+
+conformance!(a_run_let_go_while_requests_wait_is_due_at_once, |store| async move {
+    let now = T0 + 60_000;
+    let a = create(&*store, 1, OWNER, LIVE).await.id();
+    assert!(store.push_inbox(&a, "cancel".into(), now).await.expect("push_inbox"));
+    assert!(store.release_run(OWNER, &a, Some(now + 99_000)).await.expect("release_run"));
+    assert_eq!(store.get_run(&a).await.expect("run").wake_at_ms, Some(now), "release_run");
+
+    // The same through a releasing commit.
+    let mut b = create(&*store, 2, OWNER, LIVE).await;
+    assert!(store.push_inbox(&b.id(), "pause".into(), now + 1).await.expect("push_inbox"));
+    b.start("a");
+    let mut w = b.write_released(OWNER);
+    w.run.wake_at_ms = None;
+    commit(&*store, w).await;
+    let row = store.get_run(&b.id()).await.expect("run");
+    assert_eq!((row.owner, row.wake_at_ms), (None, Some(now + 1)), "releasing commit");
+    let mut got = store.claim_ready(OTHER, now + 1, now + 30_000, 10).await.expect("claim_ready");
+    got.sort();
+    assert_eq!(got, vec![a, b.id()]);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Workflow registry, tokens, audit
+
+const V1: &str = "name: greet\nversion: 1\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n";
+const V1_CHANGED: &str = "name: greet\nversion: 1\nsteps:\n  - {id: a, kind: echo, with: {x: 2}}\n";
+const V2: &str = "name: greet\nversion: 2\nsteps:\n  - {id: a, kind: echo, with: {x: 3}}\n";
+const OTHER_WF: &str = "name: alpha\nsteps:\n  - {id: a, kind: echo}\n";
+
+fn definition(yaml: &str) -> (Payload, serde_json::Value) {
+    let def = cairn_core::validate::parse_definition(yaml, "wf.yaml").unwrap_or_else(|p| panic!("invalid: {p:?}"));
+    let value = serde_json::to_value(&def).expect("definition to json");
+    (Payload::of(&value), value)
+}
+
+conformance!(the_workflow_registry_keeps_versions_apart, |store| async move {
+    let (v1, v1_value) = definition(V1);
+    let (v2, v2_value) = definition(V2);
+    assert!(store.put_workflow("greet", 1, v1.clone(), T0).await.expect("put v1"));
+    assert!(!store.put_workflow("greet", 1, v1.clone(), T0 + 1).await.expect("put v1 again"), "same: no-op");
+    match store.put_workflow("greet", 1, definition(V1_CHANGED).0, T0 + 2).await {
+        Err(Error::VersionExists { name, version }) => assert_eq!((name.as_str(), version), ("greet", 1)),
+        other => panic!("expected VersionExists, got {other:?}"),
+    }
+    assert!(store.put_workflow("greet", 2, v2.clone(), T0 + 3).await.expect("put v2"));
+    assert!(store.put_workflow("alpha", 1, definition(OTHER_WF).0, T0 + 4).await.expect("put alpha"));
+
+    let (row, value) = store.workflow("greet", None).await.expect("newest");
+    assert_eq!((row.version, row.definition_hash.as_str(), row.created_at_ms), (2, v2.reference.hash.as_str(), T0 + 3));
+    assert_eq!(value, v2_value);
+    let (row, value) = store.workflow("greet", Some(1)).await.expect("pinned");
+    assert_eq!((row.version, row.definition_hash.as_str(), row.created_at_ms), (1, v1.reference.hash.as_str(), T0));
+    assert_eq!(value, v1_value, "the first definition stays, not the refused one");
+    assert!(matches!(store.workflow("greet", Some(3)).await, Err(Error::WorkflowNotFound(_))));
+    assert!(matches!(store.workflow("nope", None).await, Err(Error::WorkflowNotFound(_))));
+
+    let listed: Vec<(String, u32)> =
+        store.workflows().await.expect("workflows").into_iter().map(|w| (w.name, w.version)).collect();
+    assert_eq!(listed, vec![("alpha".into(), 1), ("greet".into(), 2), ("greet".into(), 1)]);
+});
+
+fn token(id: &str, name: &str, hash: &str, at: i64) -> TokenRow {
+    TokenRow {
+        id: id.into(),
+        name: name.into(),
+        role: "admin".into(),
+        hash: hash.into(),
+        created_at_ms: at,
+        revoked_at_ms: None,
+    }
+}
+
+conformance!(tokens_are_found_by_hash_until_revoked, |store| async move {
+    let (t1, t2, t3) =
+        (token("tok_1", "ci", "h1", T0), token("tok_2", "ops", "h2", T0 + 1), token("tok_3", "bot", "h3", T0 + 2));
+    for t in [&t2, &t1, &t3] {
+        store.create_token(t.clone()).await.expect("create_token");
+    }
+    assert!(store.create_token(token("tok_4", "dup", "h1", T0 + 3)).await.is_err(), "a hash is unique");
+    assert_eq!(store.token_by_hash("h1").await.expect("by hash"), Some(t1.clone()));
+    assert_eq!(store.token_by_hash("nope").await.expect("by hash"), None);
+    assert_eq!(store.tokens().await.expect("tokens"), vec![t1.clone(), t2.clone(), t3.clone()], "oldest first");
+
+    assert!(store.revoke_token("tok_1", T0 + 10).await.expect("revoke by id"));
+    assert!(store.revoke_token("ops", T0 + 11).await.expect("revoke by name"));
+    assert!(!store.revoke_token("tok_1", T0 + 12).await.expect("revoke again"), "already revoked");
+    assert!(!store.revoke_token("nope", T0 + 12).await.expect("revoke unknown"));
+    assert_eq!(store.token_by_hash("h1").await.expect("by hash"), None);
+    assert_eq!(store.token_by_hash("h2").await.expect("by hash"), None);
+    assert_eq!(store.token_by_hash("h3").await.expect("by hash"), Some(t3.clone()));
+    let revoked: Vec<Option<i64>> = store.tokens().await.expect("tokens").iter().map(|t| t.revoked_at_ms).collect();
+    assert_eq!(revoked, vec![Some(T0 + 10), Some(T0 + 11), None]);
+});
+
+conformance!(the_audit_log_lists_newest_first, |store| async move {
+    let rows: Vec<AuditRow> = (0..5)
+        .map(|i| AuditRow {
+            at_ms: T0 + i,
+            actor: format!("actor-{i}"),
+            method: "POST".into(),
+            path: format!("/v1/runs/{i}"),
+            status: 200 + i as u16,
+            run_id: (i % 2 == 0).then(|| run_id(i as u128).to_string()),
+        })
+        .collect();
+    for r in &rows {
+        store.audit(r.clone()).await.expect("audit");
+    }
+    let newest: Vec<AuditRow> = rows.iter().rev().cloned().collect();
+    assert_eq!(store.audit_log(100).await.expect("audit_log"), newest);
+    assert_eq!(store.audit_log(2).await.expect("audit_log"), newest[..2].to_vec());
+});
+
+// ---------------------------------------------------------------------------------------------
+// Listing and reading the journal
+
+const SOLO: &str = "name: solo\nsteps:\n  - {id: a, kind: echo}\n";
+
+conformance!(list_runs_filters_and_pages_newest_first, |store| async move {
+    // Runs 1..=6 a second apart; 7 and 8 created in the same millisecond (ordered by id).
+    let mut created = Vec::new();
+    for n in 1..=8u128 {
+        let t0 = T0 + 1_000 * (n.min(7) as i64);
+        let yaml = if n % 3 == 0 { SOLO } else { TWO_STEPS };
+        let mut j = Journal::at(run_id(n), yaml, t0);
+        if n % 2 == 0 {
+            j.finish();
+        }
+        commit(&*store, j.write(OWNER, LIVE)).await;
+        created.push(j);
+    }
+    let ids = |rows: Vec<RunRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let order = |mut js: Vec<&Journal>| {
+        js.sort_by_key(|j| std::cmp::Reverse((j.state.created_at_ms, j.id())));
+        js.into_iter().map(|j| j.id().to_string()).collect::<Vec<_>>()
+    };
+    let q = |f: &dyn Fn(&mut RunQuery)| {
+        let mut q = RunQuery::default();
+        f(&mut q);
+        q
+    };
+
+    let all = ids(store.list_runs(RunQuery::default()).await.expect("list"));
+    assert_eq!(all, order(created.iter().collect()), "newest first, ties by id");
+    assert_eq!(all[0], run_id(8).to_string(), "8 and 7 share a timestamp; the larger id first");
+
+    let completed = ids(store.list_runs(q(&|q| q.status = Some("COMPLETED".into()))).await.expect("list"));
+    assert_eq!(completed, order(created.iter().filter(|j| j.state.status.as_str() == "COMPLETED").collect()));
+    assert_eq!(completed.len(), 4);
+    let solo = ids(store.list_runs(q(&|q| q.workflow = Some("solo".into()))).await.expect("list"));
+    assert_eq!(solo, order(created.iter().filter(|j| j.state.workflow == "solo").collect()));
+    let (from, to) = (created[1].state.created_at_ms, created[4].state.created_at_ms);
+    let window = ids(store
+        .list_runs(q(&|q| {
+            q.created_after_ms = Some(from);
+            q.created_before_ms = Some(to);
+        }))
+        .await
+        .expect("list"));
+    assert_eq!(window, order(created[1..4].iter().collect()), "from inclusive, to exclusive");
+    let none = store.list_runs(q(&|q| q.workflow = Some("nope".into()))).await.expect("list");
+    assert!(none.is_empty());
+
+    // Keyset pagination: pages of 3 continue after the last row and add up to the whole list.
+    let mut pages = Vec::new();
+    let mut after = None;
+    loop {
+        let page =
+            store.list_runs(RunQuery { limit: 3, after: after.clone(), ..RunQuery::default() }).await.expect("page");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at_ms, last.id.clone()));
+        pages.extend(ids(page));
+    }
+    assert_eq!(pages, all, "pages concatenate to the full list, without gaps or repeats");
+    let filtered = store
+        .list_runs(RunQuery { limit: 1, status: Some("RUNNING".into()), after: None, ..RunQuery::default() })
+        .await
+        .expect("list");
+    assert!(filtered.len() <= 1);
+});
+
+conformance!(events_after_and_the_feed_follow_commit_order, |store| async move {
+    assert_eq!(store.last_gid().await.expect("last_gid"), 0, "empty store");
+    assert!(store.feed(0, 100).await.expect("feed").is_empty());
+
+    let mut one = Journal::new(run_id(1), TWO_STEPS);
+    let mut two = Journal::new(run_id(2), TWO_STEPS);
+    // Interleaved commits: the feed must show them in commit order, not grouped by run.
+    let mut expected: Vec<(String, u64)> = Vec::new();
+    let mut record = |j: &Journal, w: &cairn_store::RunWrite| {
+        expected.extend(w.events.iter().map(|e| (j.id().to_string(), e.seq)));
+    };
+    let w = one.write(OWNER, LIVE);
+    record(&one, &w);
+    commit(&*store, w).await;
+    let w = two.write(OWNER, LIVE);
+    record(&two, &w);
+    commit(&*store, w).await;
+    one.start("a");
+    let w = one.write(OWNER, LIVE);
+    record(&one, &w);
+    commit(&*store, w).await;
+    two.start("a");
+    two.succeed("a", json!(1));
+    let w = two.write(OWNER, LIVE);
+    record(&two, &w);
+    commit(&*store, w).await;
+
+    let feed = store.feed(0, 1_000).await.expect("feed");
+    let got: Vec<(String, u64)> = feed.iter().map(|f| (f.run_id.clone(), f.event.seq)).collect();
+    assert_eq!(got, expected, "the feed is in commit order");
+    assert!(feed.windows(2).all(|w| w[0].gid < w[1].gid), "gids increase");
+    assert_eq!(store.last_gid().await.expect("last_gid"), feed.last().expect("events").gid);
+    assert!(store.feed(feed.last().expect("events").gid, 100).await.expect("feed").is_empty());
+    for j in [&one, &two] {
+        let events = store.events(&j.id()).await.expect("events");
+        let from_feed: Vec<_> =
+            feed.iter().filter(|f| f.run_id == j.id().to_string()).map(|f| f.event.clone()).collect();
+        assert_eq!(from_feed, events, "the feed carries the same envelopes as the run's journal");
+    }
+
+    // Paging through the feed gives the same.
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.feed(after, 3).await.expect("feed");
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.gid;
+        paged.extend(page.into_iter().map(|f| f.gid));
+    }
+    assert_eq!(paged, feed.iter().map(|f| f.gid).collect::<Vec<_>>());
+
+    let events = store.events(&one.id()).await.expect("events");
+    assert_eq!(store.events_after(&one.id(), 2).await.expect("events_after"), events[2..].to_vec());
+    assert!(store.events_after(&one.id(), one.state.last_seq).await.expect("events_after").is_empty());
+    assert_eq!(store.events_after(&one.id(), 0).await.expect("events_after"), events);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Retention
+
+const KEEP_10M: &str = "name: short\nretention: 10m\nsteps:\n  - {id: a, kind: echo, with: {k: short}}\n";
+const KEEP_1D: &str = "name: long\nretention: 1d\nsteps:\n  - {id: a, kind: echo, with: {k: long}}\n";
+
+conformance!(gc_collects_finished_runs_past_retention_and_their_orphan_payloads, |store| async move {
+    let now = T0 + 10_000_000;
+    let default_retention: u64 = 3_600_000; // 1h: the default keeps runs finished after now - 1h.
+    let finish = |n: u128, yaml: &str, t0: i64| {
+        let mut j = Journal::at(run_id(n), yaml, t0);
+        // Step a's output is shared by every run; b's (and so the run's output) is its own.
+        j.finish_with(|s| if s == "a" { json!({"shared": true}) } else { json!({"only": n as u64}) });
+        j
+    };
+    // Default retention: old (collected) and recent (kept).
+    let mut old = finish(1, TWO_STEPS, T0);
+    let mut recent = finish(2, TWO_STEPS, now - 1_000_000);
+    // Their own retention: 10 minutes after a recent finish (collected although the default would
+    // keep it), a day after an old finish (kept although the default would collect it).
+    let mut short = finish(3, KEEP_10M, now - 1_000_000);
+    let mut long = finish(4, KEEP_1D, T0);
+    // Unfinished and long abandoned: never collected.
+    let mut open = Journal::at(run_id(5), TWO_STEPS, T0);
+    let mut w = old.write(OWNER, LIVE);
+    w.idempotency = key("old-key", "h");
+    w.logs = vec![log("a", T0 + 3, "gone with the run")];
+    commit(&*store, w).await;
+    for j in [&mut recent, &mut short, &mut long, &mut open] {
+        commit(&*store, j.write(OWNER, T0 + 1)).await;
+    }
+    assert_eq!(
+        store.get_run(&short.id()).await.expect("run").retain_until_ms,
+        short.state.finished_at_ms.map(|f| f + 600_000)
+    );
+    // The short run's definition is registered: the registry keeps it.
+    assert!(store.put_workflow("short", 1, short.definition_payload(), T0).await.expect("put_workflow"));
+
+    let gone = [&old, &short];
+    let kept = [&recent, &long, &open];
+    let still_used: BTreeSet<String> = kept
+        .iter()
+        .flat_map(|j| j.written_hashes.iter().cloned())
+        .chain([short.definition_payload().reference.hash])
+        .collect();
+    let orphans: BTreeSet<String> =
+        gone.iter().flat_map(|j| j.written_hashes.iter().cloned()).filter(|h| !still_used.contains(h)).collect();
+    for j in gone {
+        assert!(j.written_hashes.iter().any(|h| orphans.contains(h)), "the test needs orphans of run {}", j.id());
+    }
+    let expected = cairn_store::GcReport {
+        runs: 2,
+        events: gone.iter().map(|j| j.state.last_seq).sum(),
+        payloads: orphans.len() as u64,
+    };
+    let payload_rows = store.raw_count("SELECT count(*) FROM payloads").await;
+
+    // A dry run counts exactly what the real one deletes, and deletes nothing.
+    assert_eq!(store.gc(now, default_retention, true).await.expect("dry gc"), expected, "dry run");
+    for j in gone.iter().chain(&kept) {
+        store.get_run(&j.id()).await.unwrap_or_else(|e| panic!("dry run deleted {}: {e}", j.id()));
+    }
+    assert_eq!(store.raw_count("SELECT count(*) FROM payloads").await, payload_rows, "dry run deleted payloads");
+
+    assert_eq!(store.gc(now, default_retention, false).await.expect("gc"), expected, "real run");
+    for j in gone {
+        not_found("collected run", store.get_run(&j.id()).await);
+        not_found("collected run's events", store.events(&j.id()).await);
+    }
+    for h in &orphans {
+        assert_eq!(store.payload(h).await.expect("payload"), None, "orphan payload {h} survived");
+    }
+    for h in &still_used {
+        assert!(store.payload(h).await.expect("payload").is_some(), "payload {h} still in use was deleted");
+    }
+    assert_eq!(store.raw_count("SELECT count(*) FROM payloads").await, payload_rows - orphans.len() as i64);
+    assert_eq!(store.idempotent_run("old-key").await.expect("idempotent_run"), None, "its idempotency key went too");
+    for j in kept {
+        let loaded = store.load_run(&j.id()).await.expect("kept run loads");
+        assert_eq!(loaded.events.len() as u64, j.state.last_seq);
+        RunState::fold(j.id(), &loaded.events, loaded.payloads).expect("kept run still folds with its payloads");
+    }
+    let (_, def) = store.workflow("short", None).await.expect("registered workflow survives");
+    assert_eq!(Payload::of(&def).reference.hash, short.definition_payload().reference.hash);
+    assert_eq!(store.gc(now, default_retention, false).await.expect("gc again"), cairn_store::GcReport::default());
+});
+
+// ---------------------------------------------------------------------------------------------
+// Health
+
+conformance!(ping_answers_until_the_schema_is_newer_than_this_binary, |store| async move {
+    store.ping().await.expect("a fresh store pings");
+    let describe = store.describe();
+    match store.backend() {
+        Backend::Sqlite => assert!(describe.starts_with("sqlite "), "{describe}"),
+        Backend::Postgres => assert!(describe.starts_with("postgres "), "{describe}"),
+    }
+    // A newer cairn migrated the database behind our back.
+    let known = match store.backend() {
+        Backend::Sqlite => {
+            let v = store.raw_count("PRAGMA user_version").await;
+            store.raw_execute(&format!("PRAGMA user_version = {}", v + 1)).await;
+            v
+        }
+        Backend::Postgres => {
+            let v = store.raw_count("SELECT value::BIGINT FROM cairn_meta WHERE key='schema_version'").await;
+            store.raw_execute(&format!("UPDATE cairn_meta SET value='{}' WHERE key='schema_version'", v + 1)).await;
+            v
+        }
+    };
+    assert!(known >= 1, "a fresh store records its migrations, got {known}");
+    match store.ping().await {
+        Err(Error::NewerSchema { found, known: k, .. }) => assert_eq!((found, k), (known + 1, known)),
+        other => panic!("ping: expected NewerSchema, got {other:?}"),
+    }
+    match store.reopen().await {
+        Err(Error::NewerSchema { found, known: k, .. }) => assert_eq!((found, k), (known + 1, known)),
+        Err(other) => panic!("reopen: expected NewerSchema, got {other:?}"),
+        Ok(_) => panic!("reopen: expected NewerSchema, got a store"),
+    }
+});
+
+conformance!(the_clock_offset_is_the_databases_view_of_this_hosts_clock, |store| async move {
+    // The database runs on this host (SQLite: it is this host), so the offset is small.
+    let offset = store.clock_offset_ms().await.expect("clock_offset_ms");
+    assert!(offset.abs() < 5_000, "{offset} ms between this host and a database on this host");
+});
+
+/// Whether `wake` fires within a deadline once `action` is done (the waiter is registered
+/// before, so a wake-up during the action counts).
+async fn woken_by(wake: &tokio::sync::Notify, action: impl std::future::Future<Output = ()>) -> bool {
+    let notified = wake.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    action.await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), notified).await.is_ok()
+}
+
+conformance!(work_handed_out_by_another_process_wakes_idle_workers, |store| async move {
+    // SQLite has no signal (one file, one host: workers poll); where there is one, work made
+    // ready by another process must fire it. (PostgreSQL's channel is database-wide, so a wake
+    // from a test running alongside could also satisfy this: it can pass spuriously, not fail.)
+    let Some(wake) = store.wake_signal() else { return };
+    let other = store.reopen().await.expect("second store");
+    let held = create(&other, 1, OTHER, LIVE).await.id();
+    let mut fresh = Journal::new(run_id(2), TWO_STEPS);
+    let w = fresh.write_released(OTHER);
+    // The first wake-up also shows our listener is in place.
+    assert!(woken_by(&wake, commit(&other, w)).await, "a run created for any worker");
+    assert!(
+        woken_by(&wake, async { assert!(other.push_inbox(&held, "{}".into(), T0).await.expect("push")) }).await,
+        "a request queued"
+    );
+    assert!(
+        woken_by(&wake, async { assert!(other.release_run(OTHER, &held, Some(T0)).await.expect("release_run")) }).await,
+        "a run handed back"
+    );
+    create(&other, 3, OTHER, LIVE).await;
+    assert!(
+        woken_by(&wake, async { assert_eq!(other.release(OTHER, T0).await.expect("release"), 1) }).await,
+        "an owner shutting down"
+    );
+});
