@@ -149,6 +149,8 @@ pub(crate) struct Inner<S> {
     /// `true` once the engine drains: nothing new starts, drivers stop when idle.
     pub(crate) shutdown: watch::Sender<bool>,
     claiming: AtomicBool,
+    /// Runs whose hand-back failed; the heartbeat retries.
+    to_let_go: Mutex<Vec<RunId>>,
 }
 
 impl<S: Store> Engine<S> {
@@ -165,6 +167,7 @@ impl<S: Store> Engine<S> {
                 wake: Notify::new(),
                 shutdown,
                 claiming: AtomicBool::new(false),
+                to_let_go: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -289,11 +292,26 @@ impl<S: Store> Engine<S> {
         let id = live.state.run_id.clone();
         tokio::spawn(async move {
             let result = live.drive().await;
-            if let Err(e) = &result
-                && !matches!(e, Error::Lost { .. })
-            {
-                eprintln!("[worker] run {id} stopped: {e}; handing it back");
-                engine.let_go(&id, None).await;
+            match &result {
+                Err(Error::Lost { .. }) => {
+                    // Usually another process took the run over. But a commit whose
+                    // acknowledgement was lost (the database restarted) looks the same while
+                    // the run is still ours: then hand it back for a clean recovery.
+                    let still_ours = engine
+                        .inner
+                        .store
+                        .get_run(&id)
+                        .await
+                        .is_ok_and(|r| r.owner.as_deref() == Some(engine.inner.config.owner.as_str()));
+                    if still_ours {
+                        engine.let_go(&id, None).await;
+                    }
+                }
+                Err(e) => {
+                    eprintln!("[worker] run {id} stopped: {e}; handing it back");
+                    engine.let_go(&id, None).await;
+                }
+                Ok(_) => {}
             }
             result
         })
@@ -468,10 +486,25 @@ impl<S: Store> Engine<S> {
 
     /// Hands a run this process holds back to any worker (after an error, or when there is
     /// nothing to record), so it is never stranded behind a lease this process keeps renewing.
+    /// If the database cannot be reached now, the heartbeat keeps trying.
     pub(crate) async fn let_go(&self, id: &RunId, wake_at_ms: Option<i64>) {
         let wake = wake_at_ms.or(Some(now_ms() + 1_000));
         if let Err(e) = self.inner.store.release_run(&self.inner.config.owner, id, wake).await {
-            eprintln!("[worker] run {id}: could not hand it back ({e}); its lease will expire");
+            eprintln!("[worker] run {id}: could not hand it back yet ({e}); retrying");
+            if let Ok(mut pending) = self.inner.to_let_go.lock() {
+                pending.push(id.clone());
+            }
+        }
+    }
+
+    /// Retries hand-backs that failed (the database was away).
+    async fn retry_let_go(&self) {
+        let pending = self.inner.to_let_go.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_default();
+        for id in pending {
+            let driven = self.inner.drivers.lock().is_ok_and(|d| d.contains_key(&id));
+            if !driven {
+                self.let_go(&id, None).await;
+            }
         }
     }
 
@@ -501,6 +534,7 @@ impl<S: Store> Engine<S> {
                 if beats.is_multiple_of(60) {
                     engine.sync_clock().await;
                 }
+                engine.retry_let_go().await;
                 let lease_every = ((inner.config.lease_ms / 3) / every.as_millis().max(1) as u64).max(1);
                 if beats.is_multiple_of(lease_every) {
                     let until = now_ms() + inner.config.lease_ms as i64;

@@ -29,7 +29,13 @@ const MAX_GROUP: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn pg(e: tokio_postgres::Error) -> Error {
-    if e.is_closed() || e.as_db_error().is_none() {
+    // Connection exceptions (class 08) and shutdowns (57P01..57P03) mean "the server is away",
+    // not "the request is wrong": callers retry those.
+    let gone = e.as_db_error().is_some_and(|d| {
+        let code = d.code().code();
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+    });
+    if gone || e.is_closed() || e.as_db_error().is_none() {
         Error::Unavailable(e.to_string())
     } else {
         Error::Postgres(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()))
@@ -231,23 +237,19 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
             }
         }
         let writes: Vec<&RunWrite> = batch.iter().map(|(w, _)| &**w).collect();
-        let results = match slot.get().await {
-            Ok(client) => match commit_group(&client, &writes).await {
-                // One write broke the whole group (a bug or a constraint we did not fence):
-                // commit each alone, so only the broken one fails.
-                Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
-                    let mut one_by_one = Vec::with_capacity(writes.len());
-                    for w in &writes {
-                        one_by_one.push(match commit_group(&client, &[*w]).await {
-                            Ok(mut r) => r.pop().unwrap_or(Ok(())),
-                            Err(e) => Err(e),
-                        });
-                    }
-                    Ok(one_by_one)
+        // While the server is away (a restart, a failover) hold the writes and try again with
+        // backoff rather than fail every run in flight; give up after a while.
+        let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        let results = loop {
+            let attempt = group_once(&slot, &writes).await;
+            match attempt {
+                Err(Error::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
-                other => other,
-            },
-            Err(e) => Err(e),
+                other => break other,
+            }
         };
         match results {
             Ok(results) => {
@@ -264,6 +266,29 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
                 }
             }
         }
+    }
+}
+
+/// How long a group of writes waits for the server to come back before failing.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// One try at committing a group on the writer connection.
+async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+    let client = slot.get().await?;
+    match commit_group(&client, writes).await {
+        // One write broke the whole group (a bug or a constraint we did not fence): commit each
+        // alone, so only the broken one fails.
+        Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+            let mut one_by_one = Vec::with_capacity(writes.len());
+            for w in writes {
+                one_by_one.push(match commit_group(&client, &[*w]).await {
+                    Ok(mut r) => r.pop().unwrap_or(Ok(())),
+                    Err(e) => Err(e),
+                });
+            }
+            Ok(one_by_one)
+        }
+        other => other,
     }
 }
 
