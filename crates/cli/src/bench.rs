@@ -8,7 +8,7 @@ use cairn_core::definition::{Definition, OnFailure, Step, Trigger};
 use cairn_core::event::{Event, RunOptions, RunSource};
 use cairn_core::{RunId, StepId, kinds};
 use cairn_engine::{Engine, EngineConfig, NewRun, Notice};
-use cairn_store::{Durability, SqliteStore};
+use cairn_store::{Durability, SqliteStore, Store};
 use clap::Args;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -84,7 +84,9 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 type StepClock = Arc<Mutex<(HashMap<RunId, Instant>, Vec<f64>)>>;
 
-async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight: usize) -> CliResult<Value> {
+/// Runs `total` workflows, `in_flight` at a time, spread round-robin over one engine per store
+/// (each its own "worker" with its own connections).
+async fn scenario<S: Store>(stores: &[Arc<S>], steps: usize, total: usize, in_flight: usize) -> CliResult<Value> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
     let clock: StepClock = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
     let watcher = {
@@ -113,9 +115,15 @@ async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight
             }
         })
     };
-    let mut config = EngineConfig::new(cairn_engine::owner_id());
-    config.concurrency = (in_flight * 2).max(4);
-    let engine = Engine::new(store, config, Some(tx));
+    let engines: Vec<Engine<S>> = stores
+        .iter()
+        .map(|store| {
+            let mut config = EngineConfig::new(cairn_engine::owner_id());
+            config.concurrency = (in_flight * 2).max(4);
+            Engine::new(store.clone(), config, Some(tx.clone()))
+        })
+        .collect();
+    drop(tx);
     let definition = chain(steps);
     let gate = Arc::new(Semaphore::new(in_flight));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(total)));
@@ -123,7 +131,7 @@ async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight
     let mut tasks = Vec::with_capacity(total);
     for _ in 0..total {
         let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::env(e.to_string()))?;
-        let engine = engine.clone();
+        let engine = engines[tasks.len() % engines.len()].clone();
         let definition = definition.clone();
         let latencies = latencies.clone();
         tasks.push(tokio::spawn(async move {
@@ -151,7 +159,7 @@ async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight
         t.await.map_err(|e| CliError::env(e.to_string()))??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    drop(engine);
+    drop(engines);
     let _ = tokio::time::timeout(Duration::from_secs(2), watcher).await;
     let mut wf = latencies.lock().map(|l| l.clone()).unwrap_or_default();
     let mut st = clock.lock().map(|c| c.1.clone()).unwrap_or_default();
@@ -171,9 +179,54 @@ async fn scenario(store: Arc<SqliteStore>, steps: usize, total: usize, in_flight
     }))
 }
 
-pub async fn bench(args: BenchArgs) -> CliResult {
+fn print_row(r: &Value, json_out: bool) {
+    if json_out {
+        println!("{r}");
+        return;
+    }
+    let workers = r["workers"].as_u64().map(|w| format!("{w} worker(s), ")).unwrap_or_default();
+    println!(
+        "{workers}{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms",
+        r["steps"],
+        r["in_flight"],
+        r["workflows_per_s"].as_f64().unwrap_or(0.0),
+        r["steps_per_s"].as_f64().unwrap_or(0.0),
+        r["workflow_p50_ms"].as_f64().unwrap_or(0.0),
+        r["workflow_p99_ms"].as_f64().unwrap_or(0.0),
+        r["step_p50_ms"].as_f64().unwrap_or(0.0),
+        r["step_p99_ms"].as_f64().unwrap_or(0.0),
+    );
+}
+
+/// On PostgreSQL: the same workflows with 1, 2 and 4 workers (engines with their own
+/// connections) sharing the database.
+async fn bench_postgres(url: &str, args: &BenchArgs) -> CliResult {
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(cairn_store::PgStore::open(url).await?));
+    }
+    eprintln!("cairn bench: {}", stores[0].describe());
+    eprintln!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    scenario(&stores[..1], 3, 50.min(args.workflows), 10).await?;
+    for workers in [1usize, 2, 4] {
+        for (steps, in_flight, total) in [(3, 1, args.sequential), (3, args.in_flight, args.workflows)] {
+            if total == 0 {
+                continue;
+            }
+            let mut r = scenario(&stores[..workers], steps, total, in_flight.max(1)).await?;
+            r["workers"] = serde_json::json!(workers);
+            print_row(&r, args.json);
+        }
+    }
+    Ok(())
+}
+
+pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     if args.http {
         return crate::bench_http::bench_http(args.workflows, args.in_flight, args.json).await;
+    }
+    if let Some(url) = &db.database {
+        return bench_postgres(url, &args).await;
     }
     let tmp = std::env::temp_dir().join(format!("cairn-bench-{}", std::process::id()));
     let path = match &args.bench_db {
@@ -187,9 +240,9 @@ pub async fn bench(args: BenchArgs) -> CliResult {
     let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
     eprintln!("cairn bench: {}", cairn_store::Store::describe(&*store));
     eprintln!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let stores = [store];
     // Warm up (page cache, prepared statements).
-    scenario(store.clone(), 3, 50.min(args.workflows), 10).await?;
-    let mut results = Vec::new();
+    scenario(&stores, 3, 50.min(args.workflows), 10).await?;
     for (steps, in_flight, total) in [
         (3, 1, args.sequential),
         (10, 1, args.sequential),
@@ -199,25 +252,10 @@ pub async fn bench(args: BenchArgs) -> CliResult {
         if total == 0 {
             continue;
         }
-        let r = scenario(store.clone(), steps, total, in_flight.max(1)).await?;
-        if args.json {
-            println!("{r}");
-        } else {
-            println!(
-                "{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms",
-                steps,
-                in_flight,
-                r["workflows_per_s"].as_f64().unwrap_or(0.0),
-                r["steps_per_s"].as_f64().unwrap_or(0.0),
-                r["workflow_p50_ms"].as_f64().unwrap_or(0.0),
-                r["workflow_p99_ms"].as_f64().unwrap_or(0.0),
-                r["step_p50_ms"].as_f64().unwrap_or(0.0),
-                r["step_p99_ms"].as_f64().unwrap_or(0.0),
-            );
-        }
-        results.push(r);
+        let r = scenario(&stores, steps, total, in_flight.max(1)).await?;
+        print_row(&r, args.json);
     }
-    drop(store);
+    drop(stores);
     if args.bench_db.is_none() {
         let _ = std::fs::remove_dir_all(&tmp);
     }

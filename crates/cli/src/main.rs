@@ -181,7 +181,7 @@ fn main() -> ExitCode {
             Command::Runs { command } => inspect::runs(&cli.db, command).await,
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,
-            Command::Bench(args) => bench::bench(args).await,
+            Command::Bench(args) => bench::bench(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,

@@ -33,7 +33,7 @@ impl Env {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
         c.env("CAIRN_DB", &self.db).env("NO_COLOR", "1").current_dir(self.dir.path());
-        c.env_remove("CAIRN_TEST_HOLD_AFTER_ACTIVITY");
+        c.env_remove("CAIRN_TEST_HOLD_AFTER_ACTIVITY").env_remove("CAIRN_DATABASE");
         c
     }
 

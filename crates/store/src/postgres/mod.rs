@@ -302,33 +302,36 @@ fn i(v: u64) -> i64 {
 
 /// Fences every write (one pipelined round), writes the rows of those that passed (a second
 /// round), and commits once.
+/// Fences every write, writes the rows of those that passed, and commits once. However many
+/// writes the group holds, it costs a handful of statements: updates and rows go as arrays
+/// (`UNNEST`), only creations go one by one.
 async fn commit_group(client: &Client, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
     let result = async {
-        let fences = join_all(writes.iter().map(|w| fence(client, w))).await;
-        let mut outcomes = Vec::with_capacity(writes.len());
-        let mut rows = Vec::new();
-        for (w, fenced) in writes.iter().zip(fences) {
+        let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
+            writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
+        let mut outcomes: Vec<Result<(), Error>> = (0..writes.len()).map(|_| Ok(())).collect();
+        for ((i, _), fenced) in creates.iter().zip(join_all(creates.iter().map(|(_, w)| fence_create(client, w))).await)
+        {
             match fenced {
-                Ok(()) => {
-                    rows.push(*w);
-                    outcomes.push(Ok(()));
-                }
-                Err(e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. })) => outcomes.push(Err(e)),
+                Ok(()) => {}
+                Err(e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. })) => outcomes[*i] = Err(e),
                 Err(e) => return Err(e),
             }
         }
-        let mut futures = Vec::new();
-        let wakes = rows.iter().any(|w| w.release);
-        for w in rows {
-            write_rows(client, w, &mut futures);
+        if !updates.is_empty() {
+            let landed = fence_updates(client, &updates).await?;
+            for (i, w) in &updates {
+                if !landed.contains(&w.run.id) {
+                    outcomes[*i] = Err(Error::Conflict { run_id: w.run.id.clone(), expected: w.expected_seq });
+                }
+            }
         }
-        if wakes {
+        let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
+        write_rows(client, &rows).await?;
+        if rows.iter().any(|w| w.release) {
             // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
-            futures.push(Box::pin(async move { client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await }));
-        }
-        for r in join_all(futures).await {
-            r.map_err(pg)?;
+            client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await.map_err(pg)?;
         }
         Ok(outcomes)
     }
@@ -345,188 +348,312 @@ async fn commit_group(client: &Client, writes: &[&RunWrite]) -> Result<Vec<Resul
     }
 }
 
-async fn fence(client: &Client, w: &RunWrite) -> Result<(), Error> {
+/// A write and its position in the group.
+type Indexed<'a> = (usize, &'a RunWrite);
+
+/// One UPDATE for every run write in the group, each fenced on journal position and owner;
+/// returns the ids that passed.
+async fn fence_updates(
+    client: &Client,
+    updates: &[(usize, &RunWrite)],
+) -> Result<std::collections::HashSet<String>, Error> {
+    let runs: Vec<&RunRow> = updates.iter().map(|(_, w)| &w.run).collect();
+    let col = |f: &dyn Fn(&RunRow) -> Option<String>| runs.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
+    let num = |f: &dyn Fn(&RunRow) -> Option<i64>| runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>();
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let versions = num(&|r| r.definition_version.map(i64::from));
+    let statuses: Vec<String> = runs.iter().map(|r| r.status.clone()).collect();
+    let current = col(&|r| r.current_step.clone());
+    let fclass = col(&|r| r.failure_class.clone());
+    let fmsg = col(&|r| r.failure_message.clone());
+    let fstep = col(&|r| r.failed_step.clone());
+    let last: Vec<i64> = runs.iter().map(|r| i(r.last_seq)).collect();
+    let updated: Vec<i64> = runs.iter().map(|r| r.updated_at_ms).collect();
+    let finished = num(&|r| r.finished_at_ms);
+    let dhash = col(&|r| r.definition_hash.clone());
+    let ohash = col(&|r| r.output_hash.clone());
+    let artifact = col(&|r| r.artifact.clone());
+    let new_owner: Vec<Option<String>> = updates.iter().map(|(_, w)| (!w.release).then(|| w.owner.clone())).collect();
+    let lease: Vec<Option<i64>> = updates.iter().map(|(_, w)| (!w.release).then_some(w.lease_until_ms)).collect();
+    let wake: Vec<Option<i64>> = updates.iter().map(|(_, w)| if w.release { w.run.wake_at_ms } else { None }).collect();
+    let retain = num(&|r| r.retain_until_ms);
+    let expected: Vec<i64> = updates.iter().map(|(_, w)| i(w.expected_seq)).collect();
+    let owners: Vec<String> = updates.iter().map(|(_, w)| w.owner.clone()).collect();
+    let rows = client
+        .query(
+            "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
+             failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
+             last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
+             definition_hash=v.definition_hash, output_hash=v.output_hash, artifact=v.artifact, owner=v.new_owner, \
+             lease_expires_at=v.lease, wake_at=v.wake_at, retain_until=v.retain_until \
+             FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+                         $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], \
+                         $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[]) \
+               AS v(id, definition_version, status, current_step, failure_class, failure_message, failed_step, \
+                    last_seq, updated_at, finished_at, definition_hash, output_hash, artifact, new_owner, lease, \
+                    wake_at, retain_until, expected_seq, owner) \
+             WHERE r.id = v.id AND r.last_seq = v.expected_seq AND r.owner = v.owner \
+             RETURNING r.id",
+            &[
+                &ids, &versions, &statuses, &current, &fclass, &fmsg, &fstep, &last, &updated, &finished, &dhash,
+                &ohash, &artifact, &new_owner, &lease, &wake, &retain, &expected, &owners,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// Fences one creation (the run row must not exist; its idempotency key must be free).
+async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     let r = &w.run;
     let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
     let wake_at = if w.release { r.wake_at_ms } else { None };
     let version = r.definition_version.map(i64::from);
-    if w.expected_seq == 0 {
-        let n = client
+    let n = client
+        .execute(
+            "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
+             failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
+             definition_hash, output_hash, artifact, wake_at, retain_until) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING",
+            &[
+                &r.id,
+                &r.workflow,
+                &version,
+                &r.status,
+                &r.goal,
+                &r.current_step,
+                &r.failure_class,
+                &r.failure_message,
+                &r.failed_step,
+                &i(r.last_seq),
+                &owner,
+                &lease,
+                &r.created_at_ms,
+                &r.updated_at_ms,
+                &r.finished_at_ms,
+                &r.definition_hash,
+                &r.output_hash,
+                &r.artifact,
+                &wake_at,
+                &r.retain_until_ms,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if n == 0 {
+        return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
+    }
+    if let Some(idem) = &w.idempotency {
+        let inserted = client
             .execute(
-                "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
-                 failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
-                 definition_hash, output_hash, artifact, wake_at, retain_until) \
-                 VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING",
-                &[
-                    &r.id,
-                    &r.workflow,
-                    &version,
-                    &r.status,
-                    &r.goal,
-                    &r.current_step,
-                    &r.failure_class,
-                    &r.failure_message,
-                    &r.failed_step,
-                    &i(r.last_seq),
-                    &owner,
-                    &lease,
-                    &r.created_at_ms,
-                    &r.updated_at_ms,
-                    &r.finished_at_ms,
-                    &r.definition_hash,
-                    &r.output_hash,
-                    &r.artifact,
-                    &wake_at,
-                    &r.retain_until_ms,
-                ],
+                "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
             )
             .await
             .map_err(pg)?;
-        if n == 0 {
-            return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
-        }
-        if let Some(idem) = &w.idempotency {
-            let inserted = client
-                .execute(
-                    "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
-                )
+        if inserted == 0 {
+            // The key belongs to another run: take back the row this write just made.
+            client.execute("DELETE FROM runs WHERE id=$1", &[&r.id]).await.map_err(pg)?;
+            let row = client
+                .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
                 .await
                 .map_err(pg)?;
-            if inserted == 0 {
-                // The key belongs to another run: take back the row this write just made.
-                client.execute("DELETE FROM runs WHERE id=$1", &[&r.id]).await.map_err(pg)?;
-                let row = client
-                    .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
-                    .await
-                    .map_err(pg)?;
-                let (run_id, hash): (String, String) = (row.get(0), row.get(1));
-                return Err(Error::IdempotencyKey {
-                    key: idem.key.clone(),
-                    run_id,
-                    same_request: hash == idem.request_hash,
-                });
-            }
-        }
-    } else {
-        let n = client
-            .execute(
-                "UPDATE runs SET definition_version=$2, status=$3, current_step=$4, failure_class=$5, failure_message=$6, \
-                 failed_step=$7, last_seq=$8, updated_at=$9, finished_at=$10, definition_hash=$11, output_hash=$12, \
-                 artifact=$13, owner=$14, lease_expires_at=$15, wake_at=$16, retain_until=$17 \
-                 WHERE id=$1 AND last_seq=$18 AND owner=$19",
-                &[
-                    &r.id,
-                    &version,
-                    &r.status,
-                    &r.current_step,
-                    &r.failure_class,
-                    &r.failure_message,
-                    &r.failed_step,
-                    &i(r.last_seq),
-                    &r.updated_at_ms,
-                    &r.finished_at_ms,
-                    &r.definition_hash,
-                    &r.output_hash,
-                    &r.artifact,
-                    &owner,
-                    &lease,
-                    &wake_at,
-                    &r.retain_until_ms,
-                    &i(w.expected_seq),
-                    &w.owner,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        if n == 0 {
-            return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
+            let (run_id, hash): (String, String) = (row.get(0), row.get(1));
+            return Err(Error::IdempotencyKey {
+                key: idem.key.clone(),
+                run_id,
+                same_request: hash == idem.request_hash,
+            });
         }
     }
     Ok(())
 }
 
-type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+/// Column arrays for one multi-row INSERT each.
+#[derive(Default)]
+struct EventCols {
+    run: Vec<String>,
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<String>,
+    schema: Vec<i64>,
+    step: Vec<Option<String>>,
+    body: Vec<String>,
+}
 
-fn write_rows<'a>(client: &'a Client, w: &'a RunWrite, out: &mut Vec<Pending<'a>>) {
-    let id = &w.run.id;
-    for e in &w.events {
-        out.push(Box::pin(async move {
-            let (seq, schema) = (i(e.seq), i64::from(e.schema));
-            client
-                .execute(
-                    "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) VALUES ($1,$2,$3,$4,$5,$6,$7)",
-                    &[id, &seq, &e.at_ms, &e.kind, &schema, &e.step, &e.body],
-                )
-                .await
-        }));
+#[derive(Default)]
+struct StepCols {
+    run: Vec<String>,
+    step: Vec<String>,
+    position: Vec<i64>,
+    kind: Vec<String>,
+    status: Vec<String>,
+    attempts: Vec<i64>,
+    not_before: Vec<Option<i64>>,
+    started: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+    busy: Vec<i64>,
+    error_class: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    output: Vec<Option<String>>,
+    skip: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct LogCols {
+    run: Vec<String>,
+    step: Vec<String>,
+    attempt: Vec<i64>,
+    at: Vec<i64>,
+    level: Vec<String>,
+    message: Vec<String>,
+}
+
+/// The journal and projection rows of the writes that passed their fence, as arrays.
+async fn write_rows(client: &Client, writes: &[&RunWrite]) -> Result<(), Error> {
+    if writes.is_empty() {
+        return Ok(());
     }
-    for p in &w.payloads {
-        out.push(Box::pin(async move {
-            let size = i(p.reference.size);
-            client
-                .execute(
-                    "INSERT INTO payloads (hash, size, body) VALUES ($1,$2,$3) ON CONFLICT (hash) DO NOTHING",
-                    &[&p.reference.hash, &size, &p.bytes],
-                )
-                .await
-        }));
-        out.push(Box::pin(async move {
-            client
-                .execute(
-                    "INSERT INTO run_payloads (run_id, hash) VALUES ($1,$2) ON CONFLICT DO NOTHING",
-                    &[id, &p.reference.hash],
-                )
-                .await
-        }));
+    let mut ev = EventCols::default();
+    let mut payloads: std::collections::BTreeMap<&str, (i64, &[u8])> = Default::default();
+    let mut links: std::collections::BTreeSet<(&str, &str)> = Default::default();
+    let mut st = StepCols::default();
+    let mut lg = LogCols::default();
+    let mut released: Vec<String> = Vec::new();
+    for w in writes {
+        let id = &w.run.id;
+        for e in &w.events {
+            ev.run.push(id.clone());
+            ev.seq.push(i(e.seq));
+            ev.at.push(e.at_ms);
+            ev.kind.push(e.kind.to_string());
+            ev.schema.push(i64::from(e.schema));
+            ev.step.push(e.step.clone());
+            ev.body.push(e.body.clone());
+        }
+        for p in &w.payloads {
+            payloads.entry(p.reference.hash.as_str()).or_insert((i(p.reference.size), p.bytes.as_slice()));
+            links.insert((id.as_str(), p.reference.hash.as_str()));
+        }
+        for s in &w.steps {
+            st.run.push(id.clone());
+            st.step.push(s.step_id.clone());
+            st.position.push(i64::from(s.position));
+            st.kind.push(s.kind.clone());
+            st.status.push(s.status.clone());
+            st.attempts.push(i64::from(s.attempts));
+            st.not_before.push(s.not_before_ms);
+            st.started.push(s.started_at_ms);
+            st.finished.push(s.finished_at_ms);
+            st.busy.push(i(s.busy_ms));
+            st.error_class.push(s.error_class.clone());
+            st.error_message.push(s.error_message.clone());
+            st.output.push(s.output_hash.clone());
+            st.skip.push(s.skip_reason.clone());
+        }
+        for l in &w.logs {
+            lg.run.push(id.clone());
+            lg.step.push(l.step_id.clone());
+            lg.attempt.push(i64::from(l.attempt));
+            lg.at.push(l.at_ms);
+            lg.level.push(l.level.clone());
+            lg.message.push(l.message.clone());
+        }
+        if w.release {
+            released.push(id.clone());
+        }
     }
-    for s in &w.steps {
-        out.push(Box::pin(async move {
-            let (position, attempts, busy) = (i64::from(s.position), i64::from(s.attempts), i(s.busy_ms));
-            client
-                .execute(
-                    "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
-                     finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) \
-                     ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
-                     not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
-                     busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
-                     output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
-                    &[
-                        id,
-                        &s.step_id,
-                        &position,
-                        &s.kind,
-                        &s.status,
-                        &attempts,
-                        &s.not_before_ms,
-                        &s.started_at_ms,
-                        &s.finished_at_ms,
-                        &busy,
-                        &s.error_class,
-                        &s.error_message,
-                        &s.output_hash,
-                        &s.skip_reason,
-                    ],
-                )
-                .await
-        }));
+    let hashes: Vec<&str> = payloads.keys().copied().collect();
+    let sizes: Vec<i64> = payloads.values().map(|(size, _)| *size).collect();
+    let bodies: Vec<&[u8]> = payloads.values().map(|(_, body)| *body).collect();
+    let (link_runs, link_hashes): (Vec<&str>, Vec<&str>) = links.into_iter().unzip();
+    let events = async {
+        if ev.run.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
+                &[&ev.run, &ev.seq, &ev.at, &ev.kind, &ev.schema, &ev.step, &ev.body],
+            )
+            .await
+    };
+    let payload_rows = async {
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
+                 ON CONFLICT (hash) DO NOTHING",
+                &[&hashes, &sizes, &bodies],
+            )
+            .await
+    };
+    let link_rows = async {
+        if link_runs.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "INSERT INTO run_payloads (run_id, hash) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING",
+                &[&link_runs, &link_hashes],
+            )
+            .await
+    };
+    let step_rows = async {
+        if st.run.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
+                 finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], \
+                   $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[]) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+                 not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
+                 busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
+                 output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
+                &[
+                    &st.run, &st.step, &st.position, &st.kind, &st.status, &st.attempts, &st.not_before, &st.started, &st.finished, &st.busy, &st.error_class, &st.error_message, &st.output,
+                    &st.skip,
+                ],
+            )
+            .await
+    };
+    let log_rows = async {
+        if lg.run.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
+                &[&lg.run, &lg.step, &lg.attempt, &lg.at, &lg.level, &lg.message],
+            )
+            .await
+    };
+    let wake_rows = async {
+        if released.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                "UPDATE runs AS r SET wake_at = (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id) \
+                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id)",
+                &[&released],
+            )
+            .await
+    };
+    let (a, b, c, d, e, f) = tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows);
+    for r in [a, b, c, d, e, f] {
+        r.map_err(pg)?;
     }
-    for l in &w.logs {
-        out.push(Box::pin(async move {
-            let attempt = i64::from(l.attempt);
-            client
-                .execute(
-                    "INSERT INTO logs (run_id, step_id, attempt, at, level, message) VALUES ($1,$2,$3,$4,$5,$6)",
-                    &[id, &l.step_id, &attempt, &l.at_ms, &l.level, &l.message],
-                )
-                .await
-        }));
-    }
-    if w.release {
-        out.push(Box::pin(async move { client.execute(WAKE_IF_INBOX, &[id]).await }));
-    }
+    Ok(())
 }
 
 /// A run let go while requests wait in its inbox is due at once.
