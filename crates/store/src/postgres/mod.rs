@@ -67,14 +67,41 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// A client and the statements prepared on it (prepared once per connection: the hot
+/// statements are parsed and planned once, not per group).
+struct Conn {
+    client: Client,
+    prepared: Mutex<std::collections::HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Conn {
+    async fn stmt(&self, sql: &'static str) -> Result<tokio_postgres::Statement, Error> {
+        if let Some(s) = self.prepared.lock().ok().and_then(|m| m.get(sql).cloned()) {
+            return Ok(s);
+        }
+        let s = self.client.prepare(sql).await.map_err(pg)?;
+        if let Ok(mut m) = self.prepared.lock() {
+            m.insert(sql, s.clone());
+        }
+        Ok(s)
+    }
+}
+
 /// A connection that is replaced when it breaks.
 struct Slot {
     config: tokio_postgres::Config,
-    client: RwLock<Option<Arc<Client>>>,
+    client: RwLock<Option<Arc<Conn>>>,
 }
 
 impl Slot {
-    async fn get(&self) -> Result<Arc<Client>, Error> {
+    async fn get(&self) -> Result<Arc<Conn>, Error> {
         if let Some(c) = self.client.read().await.as_ref()
             && !c.is_closed()
         {
@@ -86,7 +113,7 @@ impl Slot {
         {
             return Ok(c.clone());
         }
-        let fresh = Arc::new(connect(&self.config).await?);
+        let fresh = Arc::new(Conn { client: connect(&self.config).await?, prepared: Mutex::new(Default::default()) });
         *guard = Some(fresh.clone());
         Ok(fresh)
     }
@@ -123,7 +150,7 @@ impl PgStore {
         Ok(PgStore { display, shared, wake, writes: Mutex::new(tx) })
     }
 
-    async fn client(&self) -> Result<Arc<Client>, Error> {
+    async fn client(&self) -> Result<Arc<Conn>, Error> {
         self.shared.get().await
     }
 
@@ -305,7 +332,7 @@ fn i(v: u64) -> i64 {
 /// Fences every write, writes the rows of those that passed, and commits once. However many
 /// writes the group holds, it costs a handful of statements: updates and rows go as arrays
 /// (`UNNEST`), only creations go one by one.
-async fn commit_group(client: &Client, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
     let result = async {
         let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
@@ -353,10 +380,7 @@ type Indexed<'a> = (usize, &'a RunWrite);
 
 /// One UPDATE for every run write in the group, each fenced on journal position and owner;
 /// returns the ids that passed.
-async fn fence_updates(
-    client: &Client,
-    updates: &[(usize, &RunWrite)],
-) -> Result<std::collections::HashSet<String>, Error> {
+async fn fence_updates(client: &Conn, updates: &[Indexed<'_>]) -> Result<std::collections::HashSet<String>, Error> {
     let runs: Vec<&RunRow> = updates.iter().map(|(_, w)| &w.run).collect();
     let col = |f: &dyn Fn(&RunRow) -> Option<String>| runs.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
     let num = |f: &dyn Fn(&RunRow) -> Option<i64>| runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>();
@@ -381,19 +405,7 @@ async fn fence_updates(
     let owners: Vec<String> = updates.iter().map(|(_, w)| w.owner.clone()).collect();
     let rows = client
         .query(
-            "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
-             failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
-             last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
-             definition_hash=v.definition_hash, output_hash=v.output_hash, artifact=v.artifact, owner=v.new_owner, \
-             lease_expires_at=v.lease, wake_at=v.wake_at, retain_until=v.retain_until \
-             FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
-                         $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], \
-                         $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[]) \
-               AS v(id, definition_version, status, current_step, failure_class, failure_message, failed_step, \
-                    last_seq, updated_at, finished_at, definition_hash, output_hash, artifact, new_owner, lease, \
-                    wake_at, retain_until, expected_seq, owner) \
-             WHERE r.id = v.id AND r.last_seq = v.expected_seq AND r.owner = v.owner \
-             RETURNING r.id",
+            &client.stmt(FENCE_UPDATES).await?,
             &[
                 &ids, &versions, &statuses, &current, &fclass, &fmsg, &fstep, &last, &updated, &finished, &dhash,
                 &ohash, &artifact, &new_owner, &lease, &wake, &retain, &expected, &owners,
@@ -471,6 +483,48 @@ async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     Ok(())
 }
 
+const FENCE_UPDATES: &str = "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
+             failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
+             last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
+             definition_hash=v.definition_hash, output_hash=v.output_hash, artifact=v.artifact, owner=v.new_owner, \
+             lease_expires_at=v.lease, wake_at=v.wake_at, retain_until=v.retain_until \
+             FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+                         $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], \
+                         $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[]) \
+               AS v(id, definition_version, status, current_step, failure_class, failure_message, failed_step, \
+                    last_seq, updated_at, finished_at, definition_hash, output_hash, artifact, new_owner, lease, \
+                    wake_at, retain_until, expected_seq, owner) \
+             WHERE r.id = v.id AND r.last_seq = v.expected_seq AND r.owner = v.owner \
+             RETURNING r.id";
+const INSERT_EVENTS: &str = "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])";
+const INSERT_PAYLOADS: &str = "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
+                 ON CONFLICT (hash) DO NOTHING";
+const INSERT_LINKS: &str =
+    "INSERT INTO run_payloads (run_id, hash) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING";
+const UPSERT_STEPS: &str = "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
+                 finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], \
+                   $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[]) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+                 not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
+                 busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
+                 output_hash=excluded.output_hash, skip_reason=excluded.skip_reason";
+const INSERT_LOGS: &str = "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])";
+const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id) \
+                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id)";
+
+/// The group's statements, prepared on the writer connection.
+struct Prepared {
+    insert_events: tokio_postgres::Statement,
+    insert_payloads: tokio_postgres::Statement,
+    insert_links: tokio_postgres::Statement,
+    upsert_steps: tokio_postgres::Statement,
+    insert_logs: tokio_postgres::Statement,
+    wake_released: tokio_postgres::Statement,
+}
+
 /// Column arrays for one multi-row INSERT each.
 #[derive(Default)]
 struct EventCols {
@@ -512,7 +566,18 @@ struct LogCols {
 }
 
 /// The journal and projection rows of the writes that passed their fence, as arrays.
-async fn write_rows(client: &Client, writes: &[&RunWrite]) -> Result<(), Error> {
+async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let prepared = Prepared {
+        insert_events: client.stmt(INSERT_EVENTS).await?,
+        insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
+        insert_links: client.stmt(INSERT_LINKS).await?,
+        upsert_steps: client.stmt(UPSERT_STEPS).await?,
+        insert_logs: client.stmt(INSERT_LOGS).await?,
+        wake_released: client.stmt(WAKE_RELEASED).await?,
+    };
     if writes.is_empty() {
         return Ok(());
     }
@@ -574,35 +639,20 @@ async fn write_rows(client: &Client, writes: &[&RunWrite]) -> Result<(), Error> 
             return Ok(0);
         }
         client
-            .execute(
-                "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])",
-                &[&ev.run, &ev.seq, &ev.at, &ev.kind, &ev.schema, &ev.step, &ev.body],
-            )
+            .execute(&prepared.insert_events, &[&ev.run, &ev.seq, &ev.at, &ev.kind, &ev.schema, &ev.step, &ev.body])
             .await
     };
     let payload_rows = async {
         if hashes.is_empty() {
             return Ok(0);
         }
-        client
-            .execute(
-                "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
-                 ON CONFLICT (hash) DO NOTHING",
-                &[&hashes, &sizes, &bodies],
-            )
-            .await
+        client.execute(&prepared.insert_payloads, &[&hashes, &sizes, &bodies]).await
     };
     let link_rows = async {
         if link_runs.is_empty() {
             return Ok(0);
         }
-        client
-            .execute(
-                "INSERT INTO run_payloads (run_id, hash) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING",
-                &[&link_runs, &link_hashes],
-            )
-            .await
+        client.execute(&prepared.insert_links, &[&link_runs, &link_hashes]).await
     };
     let step_rows = async {
         if st.run.is_empty() {
@@ -610,16 +660,21 @@ async fn write_rows(client: &Client, writes: &[&RunWrite]) -> Result<(), Error> 
         }
         client
             .execute(
-                "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
-                 finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], \
-                   $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[]) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
-                 not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
-                 busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
-                 output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
+                &prepared.upsert_steps,
                 &[
-                    &st.run, &st.step, &st.position, &st.kind, &st.status, &st.attempts, &st.not_before, &st.started, &st.finished, &st.busy, &st.error_class, &st.error_message, &st.output,
+                    &st.run,
+                    &st.step,
+                    &st.position,
+                    &st.kind,
+                    &st.status,
+                    &st.attempts,
+                    &st.not_before,
+                    &st.started,
+                    &st.finished,
+                    &st.busy,
+                    &st.error_class,
+                    &st.error_message,
+                    &st.output,
                     &st.skip,
                 ],
             )
@@ -629,25 +684,13 @@ async fn write_rows(client: &Client, writes: &[&RunWrite]) -> Result<(), Error> 
         if lg.run.is_empty() {
             return Ok(0);
         }
-        client
-            .execute(
-                "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
-                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])",
-                &[&lg.run, &lg.step, &lg.attempt, &lg.at, &lg.level, &lg.message],
-            )
-            .await
+        client.execute(&prepared.insert_logs, &[&lg.run, &lg.step, &lg.attempt, &lg.at, &lg.level, &lg.message]).await
     };
     let wake_rows = async {
         if released.is_empty() {
             return Ok(0);
         }
-        client
-            .execute(
-                "UPDATE runs AS r SET wake_at = (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id) \
-                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id)",
-                &[&released],
-            )
-            .await
+        client.execute(&prepared.wake_released, &[&released]).await
     };
     let (a, b, c, d, e, f) = tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows);
     for r in [a, b, c, d, e, f] {
