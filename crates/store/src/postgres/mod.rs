@@ -27,6 +27,9 @@ use tokio_postgres::{Client, NoTls, Row};
 const TERMINAL: &str = "('COMPLETED','FAILED','CANCELLED')";
 const MAX_GROUP: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A call on the shared connection that takes longer presumes the connection dead (a half-open
+/// TCP connection after a failover would otherwise hang until the kernel gives up).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pg(e: tokio_postgres::Error) -> Error {
     // Connection exceptions (class 08) and shutdowns (57P01..57P03) mean "the server is away",
@@ -101,6 +104,11 @@ struct Slot {
 }
 
 impl Slot {
+    /// Forgets the connection (it stopped answering); the next `get` opens a new one.
+    async fn reset(&self) {
+        *self.client.write().await = None;
+    }
+
     async fn get(&self) -> Result<Arc<Conn>, Error> {
         if let Some(c) = self.client.read().await.as_ref()
             && !c.is_closed()
@@ -133,9 +141,10 @@ impl PgStore {
     /// advisory lock so processes starting together do not race.
     pub async fn open(url: &str) -> Result<PgStore, Error> {
         let display = redact(url);
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Open { path: display.clone(), detail: format!("not a PostgreSQL URL: {e}") })?;
+        config.keepalives(true).keepalives_idle(Duration::from_secs(15));
         let mut migrator =
             connect(&config).await.map_err(|e| Error::Open { path: display.clone(), detail: e.to_string() })?;
         migrate(&mut migrator, &display).await?;
@@ -155,11 +164,25 @@ impl PgStore {
     }
 
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
-        self.client().await?.query(sql, params).await.map_err(pg)
+        let client = self.client().await?;
+        match tokio::time::timeout(CALL_TIMEOUT, client.query(sql, params)).await {
+            Ok(r) => r.map_err(pg),
+            Err(_) => {
+                self.shared.reset().await;
+                Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
+            }
+        }
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
-        self.client().await?.execute(sql, params).await.map_err(pg)
+        let client = self.client().await?;
+        match tokio::time::timeout(CALL_TIMEOUT, client.execute(sql, params)).await {
+            Ok(r) => r.map_err(pg),
+            Err(_) => {
+                self.shared.reset().await;
+                Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
+            }
+        }
     }
 }
 
@@ -192,13 +215,17 @@ async fn listen(config: tokio_postgres::Config, wake: std::sync::Weak<tokio::syn
                 if let Some(w) = wake.upgrade() {
                     w.notify_waiters();
                 }
-                while rx.recv().await.is_some() {
-                    match wake.upgrade() {
-                        Some(w) => w.notify_waiters(),
-                        None => {
-                            driver.abort();
-                            return;
-                        }
+                loop {
+                    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+                    let Some(w) = wake.upgrade() else {
+                        // The store is gone: stop listening.
+                        driver.abort();
+                        return;
+                    };
+                    match got {
+                        Ok(Some(())) => w.notify_waiters(),
+                        Ok(None) => break,
+                        Err(_) => {}
                     }
                 }
             }
@@ -210,6 +237,8 @@ async fn listen(config: tokio_postgres::Config, wake: std::sync::Weak<tokio::syn
 }
 
 async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
+    // Another process migrating holds this briefly; a stuck holder must not hang us forever.
+    client.batch_execute("SET lock_timeout = '60s'").await.map_err(pg)?;
     client.execute("SELECT pg_advisory_lock(hashtext('cairn-migrate'))", &[]).await.map_err(pg)?;
     let result = async {
         let has_runs: bool = client.query_one("SELECT to_regclass('runs') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
@@ -255,14 +284,27 @@ async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
 
 async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWrite>, Reply)>) {
     let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
+    let mut carry: Vec<(Box<RunWrite>, Reply)> = Vec::new();
+    loop {
+        let first = match carry.is_empty() {
+            true => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+            false => carry.remove(0),
+        };
         batch.push(first);
-        while batch.len() < MAX_GROUP {
+        while batch.len() + carry.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(w) => batch.push(w),
                 Err(_) => break,
             }
         }
+        // One write per run per group: the group's UPDATE fences by run id.
+        let mut seen = std::collections::HashSet::new();
+        let (now, later): (Vec<_>, Vec<_>) = batch.drain(..).partition(|(w, _)| seen.insert(w.run.id.clone()));
+        batch = now;
+        carry.extend(later);
         let writes: Vec<&RunWrite> = batch.iter().map(|(w, _)| &**w).collect();
         // While the server is away (a restart, a failover) hold the writes and try again with
         // backoff rather than fail every run in flight; give up after a while.
@@ -300,17 +342,63 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// One try at committing a group on the writer connection.
+/// Advisory lock key shared by writers and taken exclusively by gc ("CARNGC").
+const GC_LOCK: i64 = 0x4341_524E_4743;
+const GROUP_START: &str = "SELECT txid_current()::BIGINT, pg_advisory_xact_lock_shared($1)::TEXT";
+/// How long one group may take before the connection is presumed dead.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One try at committing a group on the writer connection. A group whose COMMIT outcome was lost
+/// with the connection is looked up by transaction id once the server answers again, so a
+/// committed group is never written twice (nor reported as a conflict with itself).
 async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
     let client = slot.get().await?;
-    match commit_group(&client, writes).await {
+    let attempt = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes)).await {
+        Ok(r) => r,
+        Err(_) => {
+            slot.reset().await;
+            return Err(Error::Unavailable(format!("no answer within {GROUP_TIMEOUT:?}")));
+        }
+    };
+    match attempt {
+        Ok(outcomes) => Ok(outcomes),
+        Err(GroupFail::Failed(e)) => Err(e),
+        Err(GroupFail::Unknown { xid, outcomes }) => {
+            slot.reset().await;
+            let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+            loop {
+                let status = async {
+                    let c = slot.get().await?;
+                    let row = c.query_one("SELECT txid_status($1)::TEXT", &[&xid]).await.map_err(pg)?;
+                    Ok::<Option<String>, Error>(row.get(0))
+                }
+                .await;
+                match status {
+                    Ok(Some(s)) if s == "committed" => return Ok(outcomes),
+                    Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+    match commit_group(client, writes).await {
         // One write broke the whole group (a bug or a constraint we did not fence): commit each
         // alone, so only the broken one fails.
-        Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+        Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
             let mut one_by_one = Vec::with_capacity(writes.len());
             for w in writes {
-                one_by_one.push(match commit_group(&client, &[*w]).await {
+                one_by_one.push(match commit_group(client, &[*w]).await {
                     Ok(mut r) => r.pop().unwrap_or(Ok(())),
-                    Err(e) => Err(e),
+                    Err(GroupFail::Failed(e)) => Err(e),
+                    Err(GroupFail::Unknown { .. }) => {
+                        return Err(GroupFail::Failed(Error::Unavailable("connection lost mid-retry".into())));
+                    }
                 });
             }
             Ok(one_by_one)
@@ -327,14 +415,33 @@ fn i(v: u64) -> i64 {
     v as i64
 }
 
-/// Fences every write (one pipelined round), writes the rows of those that passed (a second
-/// round), and commits once.
 /// Fences every write, writes the rows of those that passed, and commits once. However many
 /// writes the group holds, it costs a handful of statements: updates and rows go as arrays
 /// (`UNNEST`), only creations go one by one.
-async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+/// Why a group did not simply commit.
+enum GroupFail {
+    /// The connection broke around COMMIT: transaction `xid` may have committed these outcomes.
+    Unknown {
+        xid: i64,
+        outcomes: Vec<Result<(), Error>>,
+    },
+    Failed(Error),
+}
+
+impl From<Error> for GroupFail {
+    fn from(e: Error) -> Self {
+        GroupFail::Failed(e)
+    }
+}
+
+async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
+    let xid = std::sync::atomic::AtomicI64::new(0);
     let result = async {
+        // Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit
+        // in flight is linking.
+        let row = client.query_one(GROUP_START, &[&GC_LOCK]).await.map_err(pg)?;
+        xid.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
         let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
             writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
         let mut outcomes: Vec<Result<(), Error>> = (0..writes.len()).map(|_| Ok(())).collect();
@@ -364,13 +471,17 @@ async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<
     }
     .await;
     match result {
-        Ok(outcomes) => {
-            client.batch_execute("COMMIT").await.map_err(pg)?;
-            Ok(outcomes)
-        }
+        Ok(outcomes) => match client.batch_execute("COMMIT").await.map_err(pg) {
+            Ok(()) => Ok(outcomes),
+            // The connection broke around COMMIT: the group may or may not have committed.
+            Err(Error::Unavailable(_)) => {
+                Err(GroupFail::Unknown { xid: xid.load(std::sync::atomic::Ordering::Relaxed), outcomes })
+            }
+            Err(e) => Err(GroupFail::Failed(e)),
+        },
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            Err(e)
+            Err(GroupFail::Failed(e))
         }
     }
 }
@@ -699,10 +810,6 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
     Ok(())
 }
 
-/// A run let go while requests wait in its inbox is due at once.
-const WAKE_IF_INBOX: &str = "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=$1) \
-     WHERE id=$1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=$1)";
-
 const RUN_COLUMNS: &str = "id, workflow, definition_version, status, goal, current_step, failure_class, failure_message, \
      failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, definition_hash, output_hash, \
      artifact, wake_at, retain_until";
@@ -1013,13 +1120,14 @@ impl Store for PgStore {
     }
 
     async fn release_run(&self, owner: &str, id: &RunId, wake_at_ms: Option<i64>) -> Result<bool, Error> {
+        // One statement: due at once if requests wait in the inbox, else at `wake_at_ms`.
         let n = self
             .execute(
-                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=$3 WHERE id=$1 AND owner=$2",
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, \
+                 wake_at=COALESCE((SELECT MIN(created_at) FROM inbox WHERE run_id=$1), $3) WHERE id=$1 AND owner=$2",
                 &[&id.as_str(), &owner, &wake_at_ms],
             )
             .await?;
-        self.execute(WAKE_IF_INBOX, &[&id.as_str()]).await?;
         self.notify().await;
         Ok(n == 1)
     }
@@ -1095,28 +1203,41 @@ impl Store for PgStore {
     }
 
     async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
-        self.execute(
+        // Payload and registry row together, under the writers' side of the gc lock.
+        let mut client = connect(&self.shared.config).await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)::TEXT", &[&GC_LOCK]).await.map_err(pg)?;
+        tx.execute(
             "INSERT INTO payloads (hash, size, body) VALUES ($1,$2,$3) ON CONFLICT (hash) DO NOTHING",
             &[&definition.reference.hash, &i(definition.reference.size), &definition.bytes],
         )
-        .await?;
-        let inserted = self
+        .await
+        .map_err(pg)?;
+        let inserted = tx
             .execute(
                 "INSERT INTO workflows (name, version, definition_hash, created_at) VALUES ($1,$2,$3,$4) \
                  ON CONFLICT (name, version) DO NOTHING",
                 &[&name, &i64::from(version), &definition.reference.hash, &now_ms],
             )
-            .await?;
-        if inserted == 1 {
-            return Ok(true);
-        }
-        let rows = self
-            .query("SELECT definition_hash FROM workflows WHERE name=$1 AND version=$2", &[&name, &i64::from(version)])
-            .await?;
-        match rows.first().map(|r| r.get::<_, String>(0)) {
-            Some(hash) if hash == definition.reference.hash => Ok(false),
-            _ => Err(Error::VersionExists { name: name.to_string(), version }),
-        }
+            .await
+            .map_err(pg)?;
+        let outcome = if inserted == 1 {
+            Ok(true)
+        } else {
+            let rows = tx
+                .query(
+                    "SELECT definition_hash FROM workflows WHERE name=$1 AND version=$2",
+                    &[&name, &i64::from(version)],
+                )
+                .await
+                .map_err(pg)?;
+            match rows.first().map(|r| r.get::<_, String>(0)) {
+                Some(hash) if hash == definition.reference.hash => Ok(false),
+                _ => Err(Error::VersionExists { name: name.to_string(), version }),
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        outcome
     }
 
     async fn workflows(&self) -> Result<Vec<WorkflowRow>, Error> {
@@ -1228,6 +1349,8 @@ impl Store for PgStore {
         let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
         let mut client = connect(&self.shared.config).await?;
         let tx = client.transaction().await.map_err(pg)?;
+        // Alone: no commit may link a payload gc is about to delete.
+        tx.execute("SELECT pg_advisory_xact_lock($1)::TEXT", &[&GC_LOCK]).await.map_err(pg)?;
         tx.execute("CREATE TEMP TABLE gc_runs (id TEXT PRIMARY KEY) ON COMMIT DROP", &[]).await.map_err(pg)?;
         tx.execute(
             &format!(
