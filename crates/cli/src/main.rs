@@ -10,6 +10,7 @@ mod bench;
 mod bench_http;
 mod inspect;
 mod output;
+mod replay;
 mod run;
 mod serve;
 mod steer;
@@ -132,6 +133,8 @@ enum Command {
     /// Export a run's full transition history (JSON, or JSON Lines).
     #[command(after_help = "Example:\n  cairn export wf_01J... --format jsonl > run.jsonl")]
     Export(inspect::ExportArgs),
+    /// Re-derive a run from its journal with no effects; report divergences and its timeline.
+    Replay(replay::ReplayArgs),
     /// Continue interrupted runs (all of them, or one).
     #[command(after_help = "Examples:\n  cairn resume\n  cairn resume wf_01J...")]
     Resume(run::ResumeArgs),
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
             Command::Runs { command } => inspect::runs(&cli.db, command).await,
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,
+            Command::Replay(args) => replay::run(&cli.db, args).await,
             Command::Bench(args) => bench::bench(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,

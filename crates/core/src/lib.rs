@@ -19,6 +19,7 @@ pub mod payload;
 pub mod retry;
 pub mod state;
 pub mod template;
+pub mod timeline;
 pub mod validate;
 
 pub use decide::{Command, decide};
