@@ -108,7 +108,7 @@ pub async fn run(db: &DbArgs, args: ReplayArgs) -> CliResult {
 }
 
 fn ms(v: Option<u64>) -> String {
-    v.map(|m| cairn_core::duration::format_ms(m)).unwrap_or_else(|| "?".into())
+    v.map(cairn_core::duration::format_ms).unwrap_or_else(|| "?".into())
 }
 
 fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayError>) {
