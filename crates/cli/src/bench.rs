@@ -69,6 +69,7 @@ fn chain(steps: usize) -> Definition {
                 on_failure: OnFailure::Fail,
                 trigger: Trigger::AllSucceeded,
                 inject: None,
+                approval: None,
             })
             .collect(),
     }

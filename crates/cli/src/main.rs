@@ -133,6 +133,27 @@ enum Command {
     /// Export a run's full transition history (JSON, or JSON Lines).
     #[command(after_help = "Example:\n  cairn export wf_01J... --format jsonl > run.jsonl")]
     Export(inspect::ExportArgs),
+    /// Approve a step waiting at an approval gate.
+    #[command(after_help = "Example:\n  cairn approve wf_01J... policy_screen --comment \"controls agreed\"")]
+    Approve {
+        id: String,
+        step: String,
+        #[arg(long)]
+        comment: Option<String>,
+        /// Who decides (recorded in the journal).
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
+    /// Reject a step waiting at an approval gate (it fails; its on_failure applies).
+    #[command(after_help = "Example:\n  cairn reject wf_01J... policy_screen --reason \"no SOC 2 report\"")]
+    Reject {
+        id: String,
+        step: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
     /// Re-derive a run from its journal with no effects; report divergences and its timeline.
     Replay(replay::ReplayArgs),
     /// Continue interrupted runs (all of them, or one).
@@ -185,6 +206,15 @@ fn main() -> ExitCode {
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
+            Command::Approve { id, step, comment, by } => {
+                let control = cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment };
+                steer::steer(&cli.db, &id, control).await
+            }
+            Command::Reject { id, step, reason, by } => {
+                let control =
+                    cairn_engine::Control::Decide { step, approve: false, by: Some(by), comment: Some(reason) };
+                steer::steer(&cli.db, &id, control).await
+            }
             Command::Bench(args) => bench::bench(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,

@@ -32,8 +32,12 @@ impl Paint {
     }
 }
 
-/// Prints `[workflow] …` / `[step] …` lines for committed events until the channel closes.
-pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>) {
+/// A step waiting for a person: (run, step, prompt).
+pub type Ask = (RunId, String, String);
+
+/// Prints `[workflow] …` / `[step] …` lines for committed events until the channel closes, and
+/// hands approval requests to `asks` (an interactive prompt) when there is one.
+pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>, asks: Option<mpsc::UnboundedSender<Ask>>) {
     let paint = Paint(colour_enabled());
     let mut started: HashMap<RunId, i64> = HashMap::new();
     let mut last_failure: HashMap<(RunId, String), cairn_core::Failure> = HashMap::new();
@@ -41,6 +45,9 @@ pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>) {
         for env in &events {
             if let Some(line) = progress_line(&paint, &run_id, env, &mut started, &mut last_failure) {
                 eprintln!("{line}");
+            }
+            if let (Some(tx), Event::ApprovalRequested { step, prompt, .. }) = (&asks, &env.event) {
+                let _ = tx.send((run_id.clone(), step.to_string(), prompt.clone()));
             }
         }
     }
@@ -96,6 +103,17 @@ pub(crate) fn progress_line(
         Event::RunPaused { .. } => Some("[workflow] paused".to_string()),
         Event::RunUnpaused { .. } => Some("[workflow] unpaused".to_string()),
         Event::SignalReceived { name, .. } => Some(format!("[signal] {name} received")),
+        Event::ApprovalRequested { step, prompt, .. } => Some(format!(
+            "[step] {step}={}: {prompt} (cairn approve {run_id} {step} | cairn reject {run_id} {step} --reason …)",
+            paint.yellow("blocked(manual approval)")
+        )),
+        Event::ApprovalDecided { step, approved, by, comment } => Some(format!(
+            "[approval] {step} {}{}{}",
+            if *approved { paint.green("approved") } else { paint.red("rejected") },
+            by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
+            comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
+        )),
+        Event::ApprovalEscalated { step, note } => Some(format!("[approval] {step}: {note}")),
         _ => None,
     }
 }

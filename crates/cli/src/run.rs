@@ -5,10 +5,11 @@ use crate::{CliError, CliResult, DbArgs};
 use cairn_core::catalog::Catalog;
 use cairn_core::event::{Chaos, PlanInfo, RunOptions, RunSource};
 use cairn_core::{Definition, RunId, RunStatus};
-use cairn_engine::{Engine, EngineConfig, NewRun, RunOutcome};
+use cairn_engine::{Control, Engine, EngineConfig, NewRun, RunOutcome};
 use cairn_store::AnyStore;
 use clap::Args;
 use serde_json::{Map, Value, json};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -206,10 +207,41 @@ pub fn plan(args: PlanArgs) -> CliResult {
 async fn open_engine(db: &DbArgs, engine: &EngineArgs) -> CliResult<(Engine<AnyStore>, tokio::task::JoinHandle<()>)> {
     let store = Arc::new(db.open().await?);
     let (tx, rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(output::print_progress(rx));
+    let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let (ask_tx, ask_rx) = mpsc::unbounded_channel();
+    let printer = tokio::spawn(output::print_progress(rx, interactive.then_some(ask_tx)));
     let engine = Engine::new(store, engine.config(), Some(tx));
     engine.sync_clock().await;
+    if interactive {
+        tokio::spawn(ask_on_terminal(engine.clone(), ask_rx));
+    }
     Ok((engine, printer))
+}
+
+/// On a terminal, approval gates are answered right there: `y` approves, anything else is a
+/// rejection reason (empty input leaves the request waiting for `cairn approve`/the API).
+async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedReceiver<output::Ask>) {
+    while let Some((run, step, prompt)) = asks.recv().await {
+        let question = format!(
+            "? {prompt}\n  approve {step}? [y = approve, text = reject with that reason, empty = decide later] "
+        );
+        let answer = tokio::task::spawn_blocking(move || {
+            eprint!("{question}");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map(|_| line.trim().to_string())
+        })
+        .await;
+        let Ok(Ok(answer)) = answer else { continue };
+        let by = Some(std::env::var("USER").unwrap_or_else(|_| "terminal".into()));
+        let control = match answer.as_str() {
+            "" => continue,
+            "y" | "yes" => Control::Decide { step, approve: true, by, comment: None },
+            reason => Control::Decide { step, approve: false, by, comment: Some(reason.to_string()) },
+        };
+        if let Err(e) = engine.request(&run, control).await {
+            eprintln!("error: {e}");
+        }
+    }
 }
 
 pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
@@ -271,6 +303,14 @@ fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliRe
     let paint = Paint(output::colour_enabled());
     let target = artifact.map(Path::to_path_buf).or_else(|| outcome.artifact.as_ref().map(PathBuf::from));
     let mut artifact_path = None;
+    // Steps whose output carries a decision say it plainly.
+    if let Some(Value::Object(steps)) = &outcome.output {
+        for (step, out) in steps {
+            if let Some(d) = out.get("decision").or_else(|| out.get("data").and_then(|d| d.get("decision"))) {
+                eprintln!("[step] {step}={}", d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string()));
+            }
+        }
+    }
     if outcome.status == RunStatus::Completed
         && let Some(path) = target
     {

@@ -17,6 +17,8 @@ pub async fn steer(db: &DbArgs, id: &str, control: Control) -> CliResult {
         Control::Pause { .. } => "pause",
         Control::Unpause { .. } => "unpause",
         Control::Signal { .. } => "signal",
+        Control::Decide { approve: true, .. } => "approve",
+        Control::Decide { approve: false, .. } => "reject",
     };
     match engine.request(&id, control).await {
         Ok(Delivery::Applied) => {

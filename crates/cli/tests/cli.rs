@@ -83,8 +83,20 @@ fn goal_summary_and_email_runs_to_completion() {
 #[test]
 fn goal_vendor_onboarding_writes_its_artifact() {
     let env = Env::new();
-    let out = env.run(&["run", "--goal", "vendor onboarding review"]);
-    let (_, err) = expect_exit(&out, 0);
+    // The run pauses at the policy screen until someone approves it from another process.
+    let (mut child, lines) = env.spawn(&["run", "--goal", "vendor onboarding review"], &[]);
+    let mut seen =
+        wait_line(&lines, "[step] policy_screen=blocked(manual approval)", std::time::Duration::from_secs(20));
+    let waiting = env.only_run();
+    assert_eq!(waiting.status, "WAITING");
+    let approve = env.run(&["approve", &waiting.id, "policy_screen", "--comment", "controls agreed", "--by", "ana"]);
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    seen.extend(wait_line(&lines, "[workflow] completed", std::time::Duration::from_secs(20)));
+    seen.extend(wait_line(&lines, "[artifact] onboarding_decision.json", std::time::Duration::from_secs(20)));
+    let status = wait_exit(&mut child, std::time::Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let err = seen.join("\n");
+    assert!(err.contains("[approval] policy_screen approved by ana: controls agreed"), "{err}");
     for step in ["docs_collect", "policy_screen", "final_decision"] {
         assert!(err.contains(&format!("[step] {step}=ok (")), "missing {step} in:\n{err}");
     }
@@ -101,6 +113,7 @@ fn goal_vendor_onboarding_writes_its_artifact() {
     for step in ["docs_collect", "policy_screen", "final_decision"] {
         assert!(output.get(step).is_some(), "output lacks {step}: {output}");
     }
+    assert_eq!(output["final_decision"]["data"]["decision"], "approved_with_controls", "{output}");
     // The artifact holds exactly the run's recorded output.
     let store = env.store();
     let stored = env.block(cairn_store::Store::payload(&store, run.output_hash.as_deref().expect("output")));

@@ -49,6 +49,8 @@ pub fn is_decided(event: &Event) -> bool {
             | Event::RunResumed
             | Event::RunCompleted { .. }
             | Event::RunFailed { .. }
+            | Event::ApprovalRequested { .. }
+            | Event::ApprovalEscalated { .. }
     )
 }
 
@@ -74,6 +76,21 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
         }
         Event::RunUnpaused { .. } => {
             d.restart_work()?;
+            d.reconcile()?;
+        }
+        Event::ApprovalDecided { step, approved, .. } => {
+            if let Some(i) = d.state.step_index(step.as_str()) {
+                if *approved {
+                    d.start_attempt(i)?;
+                } else {
+                    let failure = d.state.steps[i].last_failure.clone();
+                    d.apply_failure_policy(i, failure, false)?;
+                }
+            }
+            d.reconcile()?;
+        }
+        Event::ApprovalExpired { step } => {
+            d.on_deadline(step)?;
             d.reconcile()?;
         }
         _ => {}
@@ -116,10 +133,34 @@ impl Decider<'_> {
                         self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
                     }
                 }
+                StepStatus::Waiting => {
+                    if let Some(at_ms) = s.approval.as_ref().and_then(|a| a.deadline_ms) {
+                        self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
+                    }
+                }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// An approval deadline passed: reject, fail the run, or record the escalation and wait.
+    fn on_deadline(&mut self, step: &StepId) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
+        let policy = def.steps[i].approval.as_ref().map(|a| a.on_deadline).unwrap_or_default();
+        let failure = Failure::new(ErrorClass::Permanent, "the approval deadline passed without a decision");
+        match policy {
+            crate::definition::OnDeadline::Reject => self.fail_step(i, failure),
+            crate::definition::OnDeadline::Fail => {
+                self.record(Event::StepFailed { step: step.clone(), failure: failure.clone() })?;
+                self.apply_failure_policy(i, Some(failure), true)
+            }
+            crate::definition::OnDeadline::Wait => self.record(Event::ApprovalEscalated {
+                step: step.clone(),
+                note: "approval deadline passed; escalated, still waiting".into(),
+            }),
+        }
     }
 
     fn record(&mut self, event: Event) -> Result<(), Error> {
@@ -203,8 +244,16 @@ impl Decider<'_> {
     fn fail_step(&mut self, i: usize, failure: Failure) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
         let step = def.steps[i].id.clone();
-        self.record(Event::StepFailed { step: step.clone(), failure: failure.clone() })?;
-        if def.steps[i].on_failure == OnFailure::Fail {
+        self.record(Event::StepFailed { step, failure: failure.clone() })?;
+        self.apply_failure_policy(i, Some(failure), false)
+    }
+
+    /// After a step failed: fail the run if its `on_failure` says so (or `force`).
+    fn apply_failure_policy(&mut self, i: usize, failure: Option<Failure>, force: bool) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        if force || def.steps[i].on_failure == OnFailure::Fail {
+            let step = def.steps[i].id.clone();
+            let failure = failure.unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
             let failure = Failure { message: format!("step '{step}' failed: {}", failure.message), ..failure };
             self.record(Event::RunFailed { failure, step: Some(step) })?;
         }
@@ -214,6 +263,36 @@ impl Decider<'_> {
     fn start_attempt(&mut self, i: usize) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
         let step = &def.steps[i];
+        let decision = self.state.steps[i].approval.as_ref().and_then(|a| a.decision.clone());
+        if let Some(gate) = &step.approval
+            && !matches!(decision, Some((true, ..)))
+        {
+            // Ask first: the request is journaled before the run can pause.
+            let prompt = match template::render(&Value::String(gate.prompt.clone()), &self.context(i)) {
+                Ok(Value::String(p)) => p,
+                Ok(other) => other.to_string(),
+                Err(_) => gate.prompt.clone(),
+            };
+            let deadline_ms = gate.deadline_ms.map(|d| self.at + d as i64);
+            self.record(Event::ApprovalRequested {
+                step: step.id.clone(),
+                prompt,
+                approvers: gate.approvers.clone(),
+                deadline_ms,
+            })?;
+            if let Some(at_ms) = deadline_ms {
+                self.out.push(Command::ArmTimer { step: step.id.clone(), at_ms });
+            }
+            return Ok(());
+        }
+        if step.kind == "approval" {
+            // The gate itself: its output is the decision.
+            let (_, by, comment) = decision.unwrap_or((true, None, None));
+            let input = json!({"decision": "approved", "by": by, "comment": comment});
+            let attempt = self.state.steps[i].attempts + 1;
+            self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input });
+            return Ok(());
+        }
         let input = if step.with.is_null() {
             Value::Null
         } else {
@@ -345,12 +424,15 @@ impl Decider<'_> {
             return Ok(());
         }
         let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
-        let waiting = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
+        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting).map(|s| s.id.clone());
+        let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
+        let waiting = match (&approval, retry) {
+            (Some(id), _) => Some(format!("step '{id}' awaits approval")),
+            (None, Some(s)) => Some(format!("step '{}' waits to retry", s.id)),
+            (None, None) => None,
+        };
         match (self.state.status, active, waiting) {
-            (RunStatus::Executing, false, Some(s)) => {
-                let reason = format!("step '{}' waits to retry", s.id);
-                self.record(Event::RunWaiting { reason })
-            }
+            (RunStatus::Executing, false, Some(reason)) => self.record(Event::RunWaiting { reason }),
             (RunStatus::Waiting, true, _) => self.record(Event::RunResumed),
             _ => Ok(()),
         }

@@ -65,6 +65,37 @@ pub struct Step {
     pub trigger: Trigger,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inject: Option<Inject>,
+    /// A person must approve before the step runs (kind `approval`, or `requires_approval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// What an approval gate asks, of whom, and until when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Shown to the approver; a template over the same variables as `with`.
+    pub prompt: String,
+    /// Who may decide (token names); empty means any operator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// How long the request may wait before `on_deadline` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub on_deadline: OnDeadline,
+}
+
+/// What an approval deadline does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadline {
+    /// Treat it as a rejection: the step fails and its `on_failure` applies (default).
+    #[default]
+    Reject,
+    /// Fail the run at once.
+    Fail,
+    /// Record the escalation and keep waiting.
+    Wait,
 }
 
 /// What a step's final failure does to the run.

@@ -201,6 +201,34 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// A person is asked to approve the step before it runs (recorded before the run pauses).
+    ApprovalRequested {
+        step: StepId,
+        /// The question, rendered.
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvers: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    /// Someone decided.
+    ApprovalDecided {
+        step: StepId,
+        approved: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// The approval deadline passed (reported by the timer).
+    ApprovalExpired {
+        step: StepId,
+    },
+    /// The deadline passed and the policy is to keep waiting: recorded for operators.
+    ApprovalEscalated {
+        step: StepId,
+        note: String,
+    },
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -234,6 +262,10 @@ impl Event {
             Event::RunPaused { .. } => "run_paused",
             Event::RunUnpaused { .. } => "run_unpaused",
             Event::SignalReceived { .. } => "signal_received",
+            Event::ApprovalRequested { .. } => "approval_requested",
+            Event::ApprovalDecided { .. } => "approval_decided",
+            Event::ApprovalExpired { .. } => "approval_expired",
+            Event::ApprovalEscalated { .. } => "approval_escalated",
         }
     }
 
@@ -248,7 +280,11 @@ impl Event {
             | Event::RetryScheduled { step, .. }
             | Event::TimerFired { step }
             | Event::StepFailed { step, .. }
-            | Event::StepCancelled { step } => Some(step),
+            | Event::StepCancelled { step }
+            | Event::ApprovalRequested { step, .. }
+            | Event::ApprovalDecided { step, .. }
+            | Event::ApprovalExpired { step }
+            | Event::ApprovalEscalated { step, .. } => Some(step),
             _ => None,
         }
     }

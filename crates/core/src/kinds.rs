@@ -42,6 +42,12 @@ pub const KINDS: &[KindSpec] = &[
         timeout_ms: Some(30_000),
     },
     KindSpec {
+        name: "approval",
+        summary: "waits for a person to approve or reject; outputs {decision, by, comment}",
+        retry: QUICK,
+        timeout_ms: Some(60_000),
+    },
+    KindSpec {
         name: "fail",
         summary: "always fails with `with.class` (default permanent) and `with.message`",
         retry: QUICK,

@@ -55,6 +55,7 @@ status_enum!(
         Ready => "READY",
         Running => "RUNNING",
         RetryWait => "RETRY_WAIT",
+        Waiting => "WAITING",
         Completed => "COMPLETED",
         Failed => "FAILED",
         Skipped => "SKIPPED",
@@ -120,6 +121,11 @@ pub enum StepInput {
     TimerFired,
     Failed,
     RunEnded,
+    ApprovalRequested,
+    Approved,
+    Rejected,
+    ApprovalExpired,
+    ApprovalEscalated,
 }
 
 impl StepInput {
@@ -133,6 +139,11 @@ impl StepInput {
         StepInput::TimerFired,
         StepInput::Failed,
         StepInput::RunEnded,
+        StepInput::ApprovalRequested,
+        StepInput::Approved,
+        StepInput::Rejected,
+        StepInput::ApprovalExpired,
+        StepInput::ApprovalEscalated,
     ];
 }
 
@@ -196,6 +207,15 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::RetryWait, SI::TimerFired, S::Ready),
     (S::RetryWait, SI::Failed, S::Failed),
     (S::RetryWait, SI::RunEnded, S::Cancelled),
+    // Approval gates: a ready step that needs a person waits for one; approval lets it run,
+    // rejection fails it; a passed deadline fails it or leaves it waiting (escalated).
+    (S::Ready, SI::ApprovalRequested, S::Waiting),
+    (S::Waiting, SI::Approved, S::Ready),
+    (S::Waiting, SI::Rejected, S::Failed),
+    (S::Waiting, SI::ApprovalExpired, S::Waiting),
+    (S::Waiting, SI::ApprovalEscalated, S::Waiting),
+    (S::Waiting, SI::Failed, S::Failed),
+    (S::Waiting, SI::RunEnded, S::Cancelled),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -262,7 +282,11 @@ mod tests {
             (_, RunEnded) => Some(S::Cancelled),
             (S::Pending, Ready) => Some(S::Ready),
             (S::Pending, Skipped) => Some(S::Skipped),
-            (S::Pending | S::Ready | S::RetryWait, Failed) => Some(S::Failed),
+            (S::Pending | S::Ready | S::RetryWait | S::Waiting, Failed) => Some(S::Failed),
+            (S::Ready, ApprovalRequested) => Some(S::Waiting),
+            (S::Waiting, Approved) => Some(S::Ready),
+            (S::Waiting, Rejected) => Some(S::Failed),
+            (S::Waiting, ApprovalExpired | ApprovalEscalated) => Some(S::Waiting),
             (S::Ready, AttemptStarted) => Some(S::Running),
             (S::Running, AttemptSucceeded) => Some(S::Completed),
             (S::Running, AttemptFailed) => Some(S::RetryWait),

@@ -2,7 +2,7 @@
 //! it only through the transition tables in [`crate::machine`].
 
 use crate::definition::Definition;
-use crate::event::{Envelope, Event, Failure, PlanInfo, RunOptions, RunSource};
+use crate::event::{Envelope, ErrorClass, Event, Failure, PlanInfo, RunOptions, RunSource};
 use crate::ids::{RunId, StepId};
 use crate::machine::{self, InvalidTransition, RunInput, RunStatus, StepInput, StepStatus};
 use crate::payload::{Payload, PayloadRef};
@@ -44,6 +44,17 @@ pub struct StepState {
     pub not_before_ms: Option<i64>,
     pub output: Option<PayloadRef>,
     pub skip_reason: Option<String>,
+    pub approval: Option<ApprovalState>,
+}
+
+/// Where a step's approval gate stands.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApprovalState {
+    pub requested_at_ms: i64,
+    pub prompt: String,
+    pub deadline_ms: Option<i64>,
+    /// `(approved, by, comment)` once someone decided.
+    pub decision: Option<(bool, Option<String>, Option<String>)>,
 }
 
 impl StepState {
@@ -60,6 +71,7 @@ impl StepState {
             not_before_ms: None,
             output: None,
             skip_reason: None,
+            approval: None,
         }
     }
 }
@@ -292,6 +304,11 @@ impl RunState {
             Event::RetryScheduled { .. } => StepInput::RetryScheduled,
             Event::TimerFired { .. } => StepInput::TimerFired,
             Event::StepFailed { .. } => StepInput::Failed,
+            Event::ApprovalRequested { .. } => StepInput::ApprovalRequested,
+            Event::ApprovalDecided { approved: true, .. } => StepInput::Approved,
+            Event::ApprovalDecided { approved: false, .. } => StepInput::Rejected,
+            Event::ApprovalExpired { .. } => StepInput::ApprovalExpired,
+            Event::ApprovalEscalated { .. } => StepInput::ApprovalEscalated,
             _ => return Err(Error::Premature { seq, kind }),
         };
         let step = &mut self.steps[idx];
@@ -339,6 +356,25 @@ impl RunState {
                 step.last_failure = Some(failure.clone());
                 step.finished_at_ms = Some(at);
                 step.not_before_ms = None;
+            }
+            Event::ApprovalRequested { prompt, deadline_ms, .. } => {
+                step.approval = Some(ApprovalState {
+                    requested_at_ms: at,
+                    prompt: prompt.clone(),
+                    deadline_ms: *deadline_ms,
+                    decision: None,
+                });
+            }
+            Event::ApprovalDecided { approved, by, comment, .. } => {
+                if let Some(a) = &mut step.approval {
+                    a.decision = Some((*approved, by.clone(), comment.clone()));
+                }
+                if !approved {
+                    let who = by.clone().unwrap_or_else(|| "an operator".into());
+                    let why = comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default();
+                    step.last_failure = Some(Failure::new(ErrorClass::Permanent, format!("rejected by {who}{why}")));
+                    step.finished_at_ms = Some(at);
+                }
             }
             _ => {}
         }

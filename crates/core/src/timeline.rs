@@ -191,6 +191,25 @@ impl Timeline {
                     t.moments.push((at, format!("cancelled{who}: {reason}")));
                     t.follow(format!("run cancelled: {reason}"));
                 }
+                Event::ApprovalRequested { step: s, prompt, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "WAITING".into();
+                    t.moments.push((at, format!("step {s} asks for approval: {prompt}")));
+                }
+                Event::ApprovalDecided { step: s, approved, by, comment } => {
+                    let i = step(&mut t, s.as_str());
+                    let verdict = if *approved { "approved" } else { "rejected" };
+                    if !approved {
+                        t.steps[i].status = "FAILED".into();
+                    }
+                    let who = by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default();
+                    let why = comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default();
+                    t.moments.push((at, format!("step {s} {verdict}{who}{why}")));
+                }
+                Event::ApprovalExpired { step: s } => {
+                    t.moments.push((at, format!("step {s}: approval deadline passed")))
+                }
+                Event::ApprovalEscalated { step: s, note } => t.moments.push((at, format!("step {s}: {note}"))),
                 Event::StepCancelled { step: s } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "CANCELLED".into();

@@ -138,6 +138,17 @@ struct RawStep {
     on_failure: Option<Spanned<String>>,
     trigger: Option<Spanned<String>>,
     inject: Option<RawInject>,
+    requires_approval: Option<bool>,
+    approval: Option<RawApproval>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    prompt: Option<String>,
+    approvers: Option<Vec<String>>,
+    deadline: Option<Spanned<DurationText>>,
+    on_deadline: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -883,7 +894,45 @@ fn compile_step(
         on_failure,
         trigger,
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
+        approval: compile_approval(s, here, out),
     }
+}
+
+/// A step needs approval if it is an `approval` step, sets `requires_approval: true`, or has an
+/// `approval:` block.
+fn compile_approval(s: &RawStep, step: Option<&str>, out: &mut Problems<'_>) -> Option<crate::definition::Approval> {
+    use crate::definition::{Approval, OnDeadline};
+    let wanted = s.kind.value == "approval" || s.requires_approval == Some(true) || s.approval.is_some();
+    if !wanted {
+        return None;
+    }
+    let raw = s.approval.as_ref();
+    let prompt = raw.and_then(|a| a.prompt.clone()).unwrap_or_else(|| format!("Approve step `{}`?", s.id.value));
+    let deadline_ms =
+        raw.and_then(|a| a.deadline.as_ref()).and_then(|d| out.delay("approval.deadline", d, step, 365 * 86_400_000));
+    let on_deadline = match raw.and_then(|a| a.on_deadline.as_ref()) {
+        None => OnDeadline::Reject,
+        Some(v) => match v.value.as_str() {
+            "reject" => OnDeadline::Reject,
+            "fail" => OnDeadline::Fail,
+            "wait" | "notify" => OnDeadline::Wait,
+            other => {
+                out.add(
+                    v.referenced,
+                    step,
+                    "bad_value",
+                    format!("`approval.on_deadline: {}` is not one of reject, fail, wait", other.escape_debug()),
+                );
+                OnDeadline::Reject
+            }
+        },
+    };
+    Some(Approval {
+        prompt,
+        approvers: raw.and_then(|a| a.approvers.clone()).unwrap_or_default(),
+        deadline_ms,
+        on_deadline,
+    })
 }
 
 fn compile_inject(raw: &RawInject, step: Option<&str>, out: &mut Problems<'_>) -> Inject {

@@ -61,6 +61,8 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
     let result = match ctx.kind {
         "noop" => Ok(Value::Null),
         "echo" => Ok(ctx.input.clone()),
+        // The gate was passed before the attempt started; its output is the recorded decision.
+        "approval" => Ok(ctx.input.clone()),
         "http" => {
             // run/step/call: the same for every attempt of this step, so the far side applies
             // a retried write once.

@@ -357,9 +357,13 @@ impl<S: Store> Live<S> {
             std::mem::take(&mut self.timers).into_iter().partition(|(at, _)| *at <= now);
         self.timers = later;
         for (_, step) in due {
-            let waiting = self.state.step_state(step.as_str()).map(|s| s.status) == Some(StepStatus::RetryWait);
-            if waiting && !self.state.status.is_terminal() {
-                self.feed(Event::TimerFired { step })?;
+            if self.state.status.is_terminal() {
+                break;
+            }
+            match self.state.step_state(step.as_str()).map(|s| s.status) {
+                Some(StepStatus::RetryWait) => self.feed(Event::TimerFired { step })?,
+                Some(StepStatus::Waiting) => self.feed(Event::ApprovalExpired { step })?,
+                _ => {}
             }
         }
         Ok(())

@@ -93,10 +93,28 @@ pub struct RunOutcome {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Control {
-    Cancel { reason: String, by: Option<String> },
-    Pause { by: Option<String> },
-    Unpause { by: Option<String> },
-    Signal { name: String, payload: Value, by: Option<String> },
+    Cancel {
+        reason: String,
+        by: Option<String>,
+    },
+    Pause {
+        by: Option<String>,
+    },
+    Unpause {
+        by: Option<String>,
+    },
+    Signal {
+        name: String,
+        payload: Value,
+        by: Option<String>,
+    },
+    /// Approve or reject a step waiting at an approval gate.
+    Decide {
+        step: String,
+        approve: bool,
+        by: Option<String>,
+        comment: Option<String>,
+    },
 }
 
 impl Control {
@@ -105,6 +123,9 @@ impl Control {
             Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
             Control::Pause { by } => (Event::RunPaused { by }, None),
             Control::Unpause { by } => (Event::RunUnpaused { by }, None),
+            Control::Decide { step, approve, by, comment } => {
+                (Event::ApprovalDecided { step: cairn_core::StepId::new(step), approved: approve, by, comment }, None)
+            }
             Control::Signal { name, payload, by } => {
                 let p = Payload::of(&payload);
                 let reference = p.reference.clone();

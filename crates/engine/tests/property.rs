@@ -87,6 +87,7 @@ fn definition(specs: &[StepSpec]) -> Definition {
                     fail_class: if s.permanent { ErrorClass::Permanent } else { ErrorClass::Transient },
                     ..Inject::default()
                 }),
+                approval: None,
             })
             .collect(),
     }

@@ -5,6 +5,7 @@
 //! details}}` with a 4xx for the caller's mistakes; handlers never panic on input.**
 
 mod admin;
+mod approvals;
 pub mod auth;
 mod body;
 mod error;
@@ -130,6 +131,8 @@ pub fn app<S: Store>(state: AppState<S>) -> Router {
         .route("/runs/{id}/pause", post(runs::pause::<S>))
         .route("/runs/{id}/resume", post(runs::resume::<S>))
         .route("/runs/{id}/signals/{name}", post(runs::signal::<S>))
+        .route("/runs/{id}/approvals/{step}", post(approvals::decide::<S>))
+        .route("/approvals", get(approvals::list::<S>))
         .route("/events/stream", get(stream::all_stream::<S>))
         .route("/workflows", post(workflows::register::<S>).get(workflows::list::<S>))
         .route("/workflows/{name}", get(workflows::get::<S>))

@@ -104,7 +104,14 @@ fn wake_at(state: &RunState) -> Option<i64> {
             if busy {
                 Some(state.updated_at_ms)
             } else {
-                state.steps.iter().filter(|s| s.status == StepStatus::RetryWait).filter_map(|s| s.not_before_ms).min()
+                let retries =
+                    state.steps.iter().filter(|s| s.status == StepStatus::RetryWait).filter_map(|s| s.not_before_ms);
+                let deadlines = state
+                    .steps
+                    .iter()
+                    .filter(|s| s.status == StepStatus::Waiting)
+                    .filter_map(|s| s.approval.as_ref().and_then(|a| a.deadline_ms));
+                retries.chain(deadlines).min()
             }
         }
     }

@@ -1,0 +1,133 @@
+//! Approval gates over HTTP: what waits for a person, and the decision.
+
+use crate::AppState;
+use crate::auth::{Actor, Role};
+use crate::body::{JsonBody, Path};
+use crate::error::ApiError;
+use crate::runs::{parse_run_id, run_view};
+use axum::Extension;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cairn_core::{Event, RunId};
+use cairn_engine::{Control, Delivery};
+use cairn_store::{RunQuery, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// `approve` or `reject`.
+    decision: String,
+    comment: Option<String>,
+}
+
+/// The latest approval request of a step, and the decision recorded for it (if any).
+async fn gate<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Result<(Vec<String>, Option<bool>), ApiError> {
+    let events = state.store.events(id).await?;
+    let mut asked: Option<Vec<String>> = None;
+    let mut decided = None;
+    for e in &events {
+        match &e.event {
+            Event::ApprovalRequested { step: s, approvers, .. } if s.as_str() == step => {
+                asked = Some(approvers.clone());
+                decided = None;
+            }
+            Event::ApprovalDecided { step: s, approved, .. } if s.as_str() == step => decided = Some(*approved),
+            _ => {}
+        }
+    }
+    match asked {
+        Some(approvers) => Ok((approvers, decided)),
+        None => Err(ApiError::conflict(
+            "no_approval_pending",
+            format!("step '{step}' of run {id} has not asked for approval (GET /v1/approvals lists what waits)"),
+        )),
+    }
+}
+
+pub async fn decide<S: Store>(
+    State(state): State<AppState<S>>,
+    Extension(actor): Extension<Actor>,
+    Path((id, step)): Path<(String, String)>,
+    JsonBody(body, _): JsonBody<Decision>,
+) -> Result<Response, ApiError> {
+    let approve = match body.decision.as_str() {
+        "approve" | "approved" => true,
+        "reject" | "rejected" => false,
+        other => {
+            return Err(ApiError::unprocessable(
+                "bad_decision",
+                format!("decision '{other}' is not `approve` or `reject`"),
+            ));
+        }
+    };
+    let id = parse_run_id(&id)?;
+    let (approvers, decided) = gate(&state, &id, &step).await?;
+    if !approvers.is_empty() && !approvers.contains(&actor.name) && actor.role < Role::Admin {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_an_approver",
+            format!("step '{step}' may be decided by {} (or an admin), not '{}'", approvers.join(", "), actor.name),
+        ));
+    }
+    if let Some(previous) = decided {
+        // A repeated submission of the same decision is answered, not refused.
+        if previous == approve {
+            let row = state.store.get_run(&id).await?;
+            let mut view = run_view(&row, None, None);
+            view["delivery"] = json!("already_decided");
+            return Ok((StatusCode::OK, axum::Json(view)).into_response());
+        }
+        return Err(ApiError::conflict(
+            "already_decided",
+            format!("step '{step}' was already {}", if previous { "approved" } else { "rejected" }),
+        ));
+    }
+    let control = Control::Decide { step: step.clone(), approve, by: Some(actor.name), comment: body.comment };
+    let delivery = state.engine.request(&id, control).await?;
+    let row = state.store.get_run(&id).await?;
+    let mut view = run_view(&row, None, None);
+    let (status, delivered) = match delivery {
+        Delivery::Applied => (StatusCode::OK, "applied"),
+        Delivery::Queued => (StatusCode::ACCEPTED, "queued"),
+    };
+    view["delivery"] = json!(delivered);
+    Ok((status, axum::Json(view)).into_response())
+}
+
+/// Every step waiting for a person, oldest request first.
+pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
+    let mut waiting: Vec<Value> = Vec::new();
+    for status in ["WAITING", "EXECUTING", "PAUSED"] {
+        let runs =
+            state.store.list_runs(RunQuery { status: Some(status.into()), limit: 500, ..Default::default() }).await?;
+        for run in runs {
+            let id = parse_run_id(&run.id)?;
+            let steps = state.store.steps(&id).await?;
+            let gated: Vec<&str> = steps.iter().filter(|s| s.status == "WAITING").map(|s| s.step_id.as_str()).collect();
+            if gated.is_empty() {
+                continue;
+            }
+            for e in state.store.events(&id).await? {
+                if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms } = &e.event
+                    && gated.contains(&step.as_str())
+                {
+                    waiting.push(json!({
+                        "run_id": run.id,
+                        "workflow": run.workflow,
+                        "step": step,
+                        "prompt": prompt,
+                        "approvers": approvers,
+                        "requested_at_ms": e.at_ms,
+                        "deadline_ms": deadline_ms,
+                        "decide": format!("/v1/runs/{}/approvals/{}", run.id, step),
+                    }));
+                }
+            }
+        }
+    }
+    waiting.sort_by_key(|w| w["requested_at_ms"].as_i64().unwrap_or(0));
+    Ok(axum::Json(json!({"approvals": waiting})).into_response())
+}
