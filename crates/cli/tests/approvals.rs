@@ -1,0 +1,152 @@
+//! Approval gates, named after the failure model: a run blocked at an approval survives
+//! restarts, duplicate decisions are idempotent, rejections and deadlines follow their policy,
+//! cancel and approve interact as documented, and every journal replays.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn gated(extra: &str) -> String {
+    format!(
+        "name: gated\nsteps:\n  - {{id: draft, kind: echo, with: {{text: hello}}}}\n  - id: review\n    kind: approval\n    needs: [draft]\n{extra}  - {{id: send, kind: echo, needs: [review], with: {{d: \"{{{{ steps.review.output.decision }}}}\"}}}}\n"
+    )
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    wait_for(what, LONG, &mut ok);
+}
+
+#[test]
+fn restart_while_blocked_at_an_approval_then_approve_and_finish() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", &gated(""));
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(manual approval)", LONG);
+    let id = env.only_run().id;
+    assert_eq!(env.step(&id, "review").status, "WAITING");
+    sigkill(&mut child);
+    // The request survives the crash; a decision from another process is recorded.
+    let out = env.run(&["approve", &id, "review", "--comment", "ok after restart", "--by", "ana"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = env.only_run();
+    assert_eq!(run.status, "COMPLETED");
+    assert_eq!(env.started(&id, "draft"), 1, "completed steps do not run again");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn rejection_fails_the_step_with_the_reason_and_the_run() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", &gated(""));
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(manual approval)", LONG);
+    let id = env.only_run().id;
+    let out = env.run(&["reject", &id, "review", "--reason", "not today", "--by", "bo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = wait_exit(&mut child, LONG);
+    assert_eq!(status.code(), Some(1));
+    let run = env.only_run();
+    assert_eq!(run.status, "FAILED");
+    let review = env.step(&id, "review");
+    assert_eq!(review.status, "FAILED");
+    assert!(review.error_message.as_deref().unwrap_or("").contains("rejected by bo: not today"), "{review:?}");
+    assert_eq!(env.step(&id, "send").status, "CANCELLED");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn deadlines_reject_or_escalate_as_configured() {
+    let env = Env::new();
+    let rejects = env.write("r.yaml", &gated("    approval: {deadline: 300ms, on_deadline: reject}\n"));
+    let out = env.run(&["run", path_str(&rejects)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let review = env.step(&id, "review");
+    assert!(review.error_message.as_deref().unwrap_or("").contains("deadline passed"), "{review:?}");
+    env.assert_journal_is_sound(&id);
+
+    let env = Env::new();
+    let waits = env.write("w.yaml", &gated("    approval: {deadline: 200ms, on_deadline: wait}\n"));
+    let (mut child, lines) = env.spawn(&["run", path_str(&waits)], &[]);
+    wait_line(&lines, "escalated, still waiting", LONG);
+    let id = env.only_run().id;
+    assert_eq!(env.step(&id, "review").status, "WAITING");
+    assert!(env.run(&["approve", &id, "review"]).status.success());
+    assert!(wait_exit(&mut child, LONG).success());
+    assert_eq!(env.only_run().status, "COMPLETED");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn over_the_api_duplicates_are_idempotent_cancel_wins_and_approvals_are_listed() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let addr = server.addr.as_str();
+    let workflow: Value = json!({"name": "gated", "steps": [
+        {"id": "draft", "kind": "echo", "with": {"text": "hello"}},
+        {"id": "review", "kind": "approval", "needs": ["draft"], "approval": {"prompt": "Send {{ steps.draft.output.text }}?", "approvers": ["anonymous"]}},
+        {"id": "send", "kind": "echo", "needs": ["review"]},
+    ]});
+    let start = || {
+        let r = post(addr, "/v1/runs", &json!({"workflow": workflow}));
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.json()["id"].as_str().expect("id").to_string()
+    };
+    let wait_step = |id: &str, status: &str| {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let v = get(addr, &format!("/v1/runs/{id}")).json();
+            let s = v["steps"].as_array().and_then(|s| s.iter().find(|s| s["step_id"] == "review").cloned());
+            if s.is_some_and(|s| s["status"] == status) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "review never {status}: {v}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = start();
+    wait_step(&first, "WAITING");
+    let second = start();
+    wait_step(&second, "WAITING");
+    // Listed, oldest first, with the rendered prompt.
+    let list = get(addr, "/v1/approvals").json();
+    let runs: Vec<&str> =
+        list["approvals"].as_array().expect("list").iter().filter_map(|a| a["run_id"].as_str()).collect();
+    assert_eq!(runs, vec![first.as_str(), second.as_str()], "{list}");
+    assert_eq!(list["approvals"][0]["prompt"], "Send hello?");
+
+    // Bad decisions are the caller's mistake.
+    let r = post(addr, &format!("/v1/runs/{first}/approvals/review"), &json!({"decision": "maybe"}));
+    assert_eq!((r.status, r.json()["error"]["code"].clone()), (422, json!("bad_decision")), "{}", r.body);
+    let r = post(addr, &format!("/v1/runs/{first}/approvals/draft"), &json!({"decision": "approve"}));
+    assert_eq!(r.status, 409, "{}", r.body);
+
+    // Approve, then the same again: idempotent; the opposite: a conflict.
+    let r = post(addr, &format!("/v1/runs/{first}/approvals/review"), &json!({"decision": "approve", "comment": "go"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(addr, &format!("/v1/runs/{first}/approvals/review"), &json!({"decision": "approve"}));
+    assert_eq!((r.status, r.json()["delivery"].clone()), (200, json!("already_decided")), "{}", r.body);
+    let r = post(addr, &format!("/v1/runs/{first}/approvals/review"), &json!({"decision": "reject"}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    wait_run_status(addr, &first, "COMPLETED");
+
+    // Cancel while waiting for approval; approving afterwards is a conflict.
+    let r = post(addr, &format!("/v1/runs/{second}/cancel"), &json!({"reason": "no longer needed"}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(addr, &format!("/v1/runs/{second}/approvals/review"), &json!({"decision": "approve"}));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(get(addr, &format!("/v1/runs/{second}")).json()["status"], "CANCELLED");
+    assert_eq!(get(addr, "/v1/approvals").json()["approvals"], json!([]));
+    env.assert_journal_is_sound(&first);
+    env.assert_journal_is_sound(&second);
+}
+
+fn wait_run_status(addr: &str, id: &str, status: &str) {
+    wait_until(&format!("run {id} to be {status}"), || get(addr, &format!("/v1/runs/{id}")).json()["status"] == status);
+}
