@@ -140,3 +140,35 @@ fn repeated_kills_at_varying_points_still_finish_exactly_once_per_completed_step
     }
     env.assert_journal_is_sound(&run.id);
 }
+
+/// The crash the effect log exists for: the external write returned, then the process died
+/// before the result was committed. The resumed run takes the logged result instead of calling
+/// again, so the service sees the write exactly once (not merely deduplicated).
+#[test]
+fn crash_after_an_external_write_returned_does_not_repeat_it() {
+    let env = Env::new();
+    let (service, counts) = counting_server();
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: pay\nsteps:\n  - {{id: a, kind: echo, with: {{x: 1}}}}\n  - {{id: pay, kind: http, needs: [a], with: {{url: \"http://{service}/charge\", body: {{amount: 5}}}}}}\n  - {{id: c, kind: echo, needs: [pay], with: {{paid: \"{{{{ steps.pay.output.ok }}}}\"}}}}\n"
+        ),
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_ACTIVITY", "pay")]);
+    wait_line(&lines, "[debug] holding after activity pay", LONG);
+    sigkill(&mut child);
+    let run = env.only_run();
+    assert_eq!(env.step(&run.id, "pay").status, "RUNNING", "the result was never committed");
+
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "resume failed: {}", stderr(&out));
+    let run = env.only_run();
+    assert_eq!(run.status, "COMPLETED");
+    let key = format!("{}/pay/1", run.id);
+    let seen = counts.lock().expect("counts").clone();
+    assert_eq!(seen.get(&key), Some(&1), "the service saw the write {:?} times: {seen:?}", seen.get(&key));
+    assert_eq!(env.started(&run.id, "pay"), 2, "the step ran twice; its effect once");
+    let logs = env.run(&["runs", "logs", &run.id, "--step", "pay"]);
+    assert!(stdout(&logs).contains("the effect was not repeated"), "{}", stdout(&logs));
+    env.assert_journal_is_sound(&run.id);
+}

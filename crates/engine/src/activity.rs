@@ -25,6 +25,13 @@ pub struct AttemptContext<'a> {
     pub worker: &'a str,
 }
 
+/// The effect-log key of an attempt that writes to the outside (an `http` call other than GET):
+/// `run/step/call`, the same for every attempt of the step. `None` for side-effect-free kinds.
+pub fn effect_key(kind: &str, input: &Value, run_id: &str, step: &str) -> Option<String> {
+    let method = input.get("method").and_then(Value::as_str).unwrap_or("POST");
+    (kind == "http" && !method.eq_ignore_ascii_case("GET")).then(|| format!("{run_id}/{step}/1"))
+}
+
 /// An activity's result and the log lines it wants kept with the attempt.
 pub struct Outcome {
     pub result: Result<Value, Failure>,

@@ -251,6 +251,8 @@ impl<S: Store> Live<S> {
         let chaos = self.state.options.chaos;
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(step_def.id.as_str());
         let worker = self.inner.config.owner.clone();
+        let store = self.inner.store.clone();
+        let run = self.state.run_id.clone();
         self.running.spawn(async move {
             let _permit = l.permit;
             let started = Instant::now();
@@ -265,6 +267,23 @@ impl<S: Store> Live<S> {
                 chaos,
                 worker: &worker,
             };
+            // Side effects go through the effect log: a result logged by an earlier attempt is
+            // returned instead of calling again (the call's key is the same for every attempt).
+            let effect_key = activity::effect_key(&step_def.kind, &l.input, &run_id, step_def.id.as_str());
+            if let Some(key) = &effect_key
+                && let Ok(Some(logged)) = store.effect(key).await
+            {
+                return Finished {
+                    index: l.index,
+                    step: l.step,
+                    attempt: l.attempt,
+                    outcome: activity::Outcome {
+                        result: Ok(logged),
+                        logs: vec![format!("returned the logged result of {key}; the effect was not repeated")],
+                    },
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+            }
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {
                 Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
@@ -283,6 +302,13 @@ impl<S: Store> Live<S> {
                 },
                 None => fut.await,
             };
+            if let (Some(key), Ok(value)) = (&effect_key, &outcome.result) {
+                // Kept before the step's completion is journaled.
+                let payload = cairn_core::payload::Payload::of(value);
+                if let Err(e) = store.record_effect(&run, key, payload, crate::now_ms()).await {
+                    eprintln!("[engine] {key}: the effect's result could not be logged ({e})");
+                }
+            }
             if hold {
                 eprintln!("[debug] holding after activity {} attempt {}", step_def.id, l.attempt);
                 tokio::time::sleep(Duration::from_secs(3600)).await;

@@ -14,6 +14,26 @@ pub enum AnyStore {
 }
 
 impl Store for AnyStore {
+    async fn record_effect(
+        &self,
+        run_id: &RunId,
+        key: &str,
+        result: cairn_core::payload::Payload,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.record_effect(run_id, key, result, now_ms).await,
+            AnyStore::Postgres(s) => s.record_effect(run_id, key, result, now_ms).await,
+        }
+    }
+
+    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.effect(key).await,
+            AnyStore::Postgres(s) => s.effect(key).await,
+        }
+    }
+
     async fn clock_offset_ms(&self) -> Result<i64, Error> {
         match self {
             AnyStore::Sqlite(s) => s.clock_offset_ms().await,

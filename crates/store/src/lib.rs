@@ -164,6 +164,19 @@ pub trait Store: Send + Sync + 'static {
     /// Takes the requests waiting for one run (its new driver applies them).
     fn take_inbox_for(&self, id: &RunId) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
 
+    // --- the effect log ---
+    /// Keeps the result of a side-effecting call under its key (`run/step/call`) in its own
+    /// commit, before the step's completion is journaled; the first result recorded wins.
+    fn record_effect(
+        &self,
+        run_id: &RunId,
+        key: &str,
+        result: cairn_core::payload::Payload,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The logged result of a call, if an earlier attempt made it.
+    fn effect(&self, key: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+
     // --- reading the journal ---
     fn events_after(&self, id: &RunId, after_seq: u64) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
     /// All runs' events after a global position, oldest first.

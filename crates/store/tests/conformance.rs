@@ -974,3 +974,20 @@ conformance!(work_handed_out_by_another_process_wakes_idle_workers, |store| asyn
         "an owner shutting down"
     );
 });
+
+conformance!(the_effect_log_keeps_the_first_result_and_goes_with_its_run, |store| async move {
+    let mut j = create(&*store, 1, OWNER, LIVE).await;
+    let id = j.id();
+    let key = format!("{id}/pay/1");
+    assert_eq!(store.effect(&key).await.expect("effect"), None);
+    store.record_effect(&id, &key, Payload::of(&json!({"charged": 5})), T0).await.expect("record");
+    // A second result for the same call (a retried attempt that ran anyway) does not replace it.
+    store.record_effect(&id, &key, Payload::of(&json!({"charged": 6})), T0 + 1).await.expect("record again");
+    assert_eq!(store.effect(&key).await.expect("effect"), Some(json!({"charged": 5})));
+    // Collected with its run.
+    j.finish();
+    commit(&*store, j.write(OWNER, LIVE)).await;
+    let report = store.gc(T0 + 10 * 86_400_000, 1, false).await.expect("gc");
+    assert_eq!(report.runs, 1);
+    assert_eq!(store.effect(&key).await.expect("effect"), None);
+});

@@ -1172,6 +1172,37 @@ impl Store for PgStore {
         self.take_inbox_where("DELETE FROM inbox WHERE run_id=$1 RETURNING id, run_id, body", id.as_str()).await
     }
 
+    async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {
+        // One statement (one transaction), under the writers' side of the gc lock.
+        self.execute(
+            "WITH l AS (SELECT pg_advisory_xact_lock_shared($6::BIGINT)), \
+             p AS (INSERT INTO payloads (hash, size, body) SELECT $3::TEXT, $4::BIGINT, $5::BYTEA FROM l \
+                   ON CONFLICT (hash) DO NOTHING), \
+             r AS (INSERT INTO run_payloads (run_id, hash) SELECT $2::TEXT, $3::TEXT FROM l ON CONFLICT DO NOTHING) \
+             INSERT INTO effects (key, run_id, at, hash) SELECT $1::TEXT, $2::TEXT, $7::BIGINT, $3::TEXT FROM l \
+             ON CONFLICT (key) DO NOTHING",
+            &[
+                &key,
+                &run_id.as_str(),
+                &result.reference.hash,
+                &i(result.reference.size),
+                &result.bytes,
+                &GC_LOCK,
+                &now_ms,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
+        let rows = self.query("SELECT hash FROM effects WHERE key=$1", &[&key]).await?;
+        match rows.first().map(|r| r.get::<_, String>(0)) {
+            Some(h) => self.payload(&h).await,
+            None => Ok(None),
+        }
+    }
+
     async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
         self.run_row(id).await?;
         self.events_from(id, after_seq).await
@@ -1381,6 +1412,7 @@ impl Store for PgStore {
                  DELETE FROM logs WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
             ))
             .await

@@ -1,7 +1,8 @@
 //! The PostgreSQL schema, kept in step with the SQLite one (same tables, same meaning); the
 //! applied version lives in `cairn_meta`.
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -114,4 +115,15 @@ CREATE TABLE inbox (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX inbox_by_run ON inbox(run_id);
-"#];
+"#,
+    // 2: the effect log — the result of each side-effecting call, kept before its step completes.
+    r#"
+CREATE TABLE effects (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX effects_by_run ON effects(run_id);
+"#,
+];

@@ -401,6 +401,39 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {
+        let (run_id, key) = (run_id.to_string(), key.to_string());
+        self.in_group(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)",
+                params![result.reference.hash, result.reference.size as i64, result.bytes],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO run_payloads (run_id, hash) VALUES (?1,?2)",
+                params![run_id, result.reference.hash],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO effects (key, run_id, at, hash) VALUES (?1,?2,?3,?4)",
+                params![key, run_id, now_ms, result.reference.hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
+        let hash: Option<String> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT hash FROM effects WHERE key=?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?)
+        })?;
+        match hash {
+            Some(h) => self.payload(&h).await,
+            None => Ok(None),
+        }
+    }
+
     async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
         self.read(|conn| {
             get_run(conn, id)?;
@@ -620,6 +653,7 @@ impl Store for SqliteStore {
                      DELETE FROM logs WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
                 ))?;
             }

@@ -1,6 +1,7 @@
 //! The SQLite schema, as ordered migrations (`PRAGMA user_version` counts those applied).
 
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -113,4 +114,15 @@ CREATE TABLE inbox (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX inbox_by_run ON inbox(run_id);
-"#];
+"#,
+    // 2: the effect log — the result of each side-effecting call, kept before its step completes.
+    r#"
+CREATE TABLE effects (
+    key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX effects_by_run ON effects(run_id);
+"#,
+];
