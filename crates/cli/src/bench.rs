@@ -144,6 +144,8 @@ async fn scenario<S: Store>(stores: &[Arc<S>], steps: usize, total: usize, in_fl
                 plan: None,
                 inputs: json!({}),
                 options: RunOptions::default(),
+                reused: Vec::new(),
+                reused_payloads: Vec::new(),
             };
             let handle = engine.start(cairn_engine::new_run_id(), new).await?;
             let outcome = handle.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;

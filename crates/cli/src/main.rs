@@ -154,6 +154,9 @@ enum Command {
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
     },
+    /// Start a new run from a step of an earlier one, reusing the results before it.
+    #[command(after_help = "Example:\n  cairn rerun wf_01J... --from send_email")]
+    Rerun(run::RerunArgs),
     /// Re-derive a run from its journal with no effects; report divergences and its timeline.
     Replay(replay::ReplayArgs),
     /// Continue interrupted runs (all of them, or one).
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
+            Command::Rerun(args) => run::rerun(&cli.db, args).await,
             Command::Approve { id, step, comment, by } => {
                 let control = cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment };
                 steer::steer(&cli.db, &id, control).await

@@ -272,7 +272,12 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     let (engine, printer) = open_engine(db, &args.engine).await?;
     let heartbeat = engine.spawn_heartbeat();
     let run_id = cairn_engine::new_run_id();
-    let handle = engine.start(run_id.clone(), NewRun { definition, source, plan, inputs, options }).await?;
+    let handle = engine
+        .start(
+            run_id.clone(),
+            NewRun { definition, source, plan, inputs, options, reused: Vec::new(), reused_payloads: Vec::new() },
+        )
+        .await?;
     let outcome = follow(&engine, &run_id, handle).await;
     heartbeat.abort();
     drop(engine);
@@ -374,4 +379,35 @@ pub async fn resume(db: &DbArgs, args: ResumeArgs) -> CliResult {
     drop(engine);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
     worst
+}
+
+#[derive(Args)]
+pub struct RerunArgs {
+    /// The run to start again from a step (usually a failed one, after a fix).
+    pub id: String,
+    /// The first step to execute again; completed steps before it are reused, not re-run.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[arg(long)]
+    pub artifact: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `cairn rerun ID --from STEP`: a new run linked to its parent, reusing the parent's recorded
+/// outputs for the steps before STEP.
+pub async fn rerun(db: &DbArgs, args: RerunArgs) -> CliResult {
+    let parent = RunId::parse(&args.id).map_err(CliError::usage)?;
+    let (engine, printer) = open_engine(db, &args.engine).await?;
+    let heartbeat = engine.spawn_heartbeat();
+    let (run_id, handle) = engine.fork(&parent, &args.from, true).await?;
+    let handle = handle.ok_or_else(|| CliError::env("the engine is shutting down"))?;
+    eprintln!("[workflow] id={run_id} forked from {parent} at step {}", args.from);
+    let outcome = follow(&engine, &run_id, handle).await;
+    heartbeat.abort();
+    drop(engine);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
+    finish(outcome?, args.artifact.as_deref(), args.json)
 }

@@ -504,7 +504,7 @@ mod tests {
             let value = serde_json::to_value(&def).expect("json");
             let payload = Payload::of(&value);
             h.state.add_payload(&payload, value);
-            let cmds = h.feed(Event::PlanRecorded { definition: payload.reference, plan: None });
+            let cmds = h.feed(Event::PlanRecorded { definition: payload.reference, plan: None, reused: Vec::new() });
             (h, cmds)
         }
 

@@ -83,6 +83,8 @@ pub enum RunSource {
     Definition { path: Option<String> },
     /// A goal that the planner turned into a plan.
     Goal { goal: String },
+    /// A new run that reuses another run's results up to a step (`cairn rerun ID --from STEP`).
+    Fork { parent: String, from_step: String },
 }
 
 /// Seeded failure injection for a whole run, recorded so a resumed run keeps the same schedule.
@@ -106,6 +108,14 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions { chaos: None, max_output_bytes: 1024 * 1024 }
     }
+}
+
+/// A step a forked run does not execute again: it takes the output the parent recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReusedStep {
+    pub step: StepId,
+    pub output: PayloadRef,
+    pub from_run: String,
 }
 
 /// What the planner decided, recorded once and never recomputed.
@@ -132,6 +142,9 @@ pub enum Event {
         definition: PayloadRef,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         plan: Option<PlanInfo>,
+        /// Steps this run takes as already done, with the outputs another run recorded (a fork).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reused: Vec<ReusedStep>,
     },
     StepReady {
         step: StepId,

@@ -12,6 +12,7 @@ pub mod definition;
 pub mod duration;
 pub mod event;
 pub mod expr;
+pub mod fork;
 pub mod ids;
 pub mod kinds;
 pub mod machine;

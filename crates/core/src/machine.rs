@@ -126,6 +126,8 @@ pub enum StepInput {
     Rejected,
     ApprovalExpired,
     ApprovalEscalated,
+    /// A fork takes the step's output from its parent run.
+    Reused,
 }
 
 impl StepInput {
@@ -144,6 +146,7 @@ impl StepInput {
         StepInput::Rejected,
         StepInput::ApprovalExpired,
         StepInput::ApprovalEscalated,
+        StepInput::Reused,
     ];
 }
 
@@ -216,6 +219,7 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Waiting, SI::ApprovalEscalated, S::Waiting),
     (S::Waiting, SI::Failed, S::Failed),
     (S::Waiting, SI::RunEnded, S::Cancelled),
+    (S::Pending, SI::Reused, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -287,6 +291,7 @@ mod tests {
             (S::Waiting, Approved) => Some(S::Ready),
             (S::Waiting, Rejected) => Some(S::Failed),
             (S::Waiting, ApprovalExpired | ApprovalEscalated) => Some(S::Waiting),
+            (S::Pending, Reused) => Some(S::Completed),
             (S::Ready, AttemptStarted) => Some(S::Running),
             (S::Running, AttemptSucceeded) => Some(S::Completed),
             (S::Running, AttemptFailed) => Some(S::RetryWait),

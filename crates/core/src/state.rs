@@ -203,7 +203,7 @@ impl RunState {
                 self.require_created(seq, kind)?;
                 self.status = machine::run_transition(self.status, RunInput::PlanningStarted).map_err(tr)?;
             }
-            Event::PlanRecorded { definition, plan } => {
+            Event::PlanRecorded { definition, plan, reused } => {
                 self.require_created(seq, kind)?;
                 let next = machine::run_transition(self.status, RunInput::PlanRecorded).map_err(tr)?;
                 let value = self
@@ -212,7 +212,21 @@ impl RunState {
                     .ok_or_else(|| Error::MissingPayload { hash: definition.hash.clone() })?;
                 let def: Definition =
                     serde_json::from_value((**value).clone()).map_err(|e| Error::BadDefinition(e.to_string()))?;
-                self.steps = def.steps.iter().map(|s| StepState::new(s.id.clone())).collect();
+                let mut steps: Vec<StepState> = def.steps.iter().map(|s| StepState::new(s.id.clone())).collect();
+                for r in reused {
+                    let step = steps.iter_mut().find(|s| s.id == r.step).ok_or_else(|| Error::UnknownStep {
+                        seq,
+                        kind,
+                        step: r.step.to_string(),
+                    })?;
+                    if !self.payloads.contains_key(&r.output.hash) {
+                        return Err(Error::MissingPayload { hash: r.output.hash.clone() });
+                    }
+                    step.status = machine::step_transition(step.status, StepInput::Reused).map_err(tr)?;
+                    step.output = Some(r.output.clone());
+                    step.finished_at_ms = Some(at);
+                }
+                self.steps = steps;
                 self.definition = Some(Arc::new(def));
                 self.definition_ref = Some(definition.clone());
                 self.plan = plan.clone();

@@ -61,6 +61,10 @@ pub struct NewRun {
     /// Inputs after defaults were applied.
     pub inputs: Value,
     pub options: RunOptions,
+    /// Steps taken as done from another run, with their recorded outputs (a fork).
+    pub reused: Vec<cairn_core::event::ReusedStep>,
+    /// The values of those outputs.
+    pub reused_payloads: Vec<(Payload, Value)>,
 }
 
 /// How to create a run.
@@ -225,7 +229,11 @@ impl<S: Store> Engine<S> {
         live.state.add_payload(&payload, json);
         let definition = payload.reference.clone();
         live.add_payload(payload);
-        live.feed(Event::PlanRecorded { definition, plan: new.plan })?;
+        for (p, value) in new.reused_payloads {
+            live.state.add_payload(&p, value);
+            live.add_payload(p);
+        }
+        live.feed(Event::PlanRecorded { definition, plan: new.plan, reused: new.reused })?;
         live.set_idempotency(submit.idempotency);
         let here =
             submit.drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
@@ -273,6 +281,38 @@ impl<S: Store> Engine<S> {
             handles.push((id, driving));
         }
         Ok(handles)
+    }
+
+    /// Starts a new run that reuses `parent`'s recorded results for every completed step except
+    /// `from` and what depends on it, and executes from there (pinned to the parent's
+    /// definition, with its inputs). Returns the new run's id.
+    pub async fn fork(&self, parent: &RunId, from: &str, drive_here: bool) -> Result<(RunId, Option<Driving>), Error> {
+        let loaded = self.inner.store.load_run(parent).await?;
+        let state = RunState::fold(parent.clone(), &loaded.events, loaded.payloads)
+            .map_err(|source| Error::Journal { run_id: parent.to_string(), source })?;
+        let reused = cairn_core::fork::reusable(&state, from).map_err(Error::Invalid)?;
+        let definition = state
+            .definition
+            .as_ref()
+            .map(|d| (**d).clone())
+            .ok_or_else(|| Error::Invalid(format!("run {parent} has no recorded plan to fork")))?;
+        let reused_payloads = reused
+            .iter()
+            .filter_map(|r| state.payload(&r.output).map(|v| ((**v).clone(), r)))
+            .map(|(v, _)| (Payload::of(&v), v))
+            .collect();
+        let new = NewRun {
+            definition,
+            source: RunSource::Fork { parent: parent.to_string(), from_step: from.to_string() },
+            plan: state.plan.clone(),
+            inputs: state.inputs.clone(),
+            options: state.options.clone(),
+            reused,
+            reused_payloads,
+        };
+        let id = crate::new_run_id();
+        let driving = self.submit(id.clone(), new, Submit { idempotency: None, drive_here }).await?;
+        Ok((id, driving))
     }
 
     /// Loads a run this process has claimed and drives it.

@@ -31,6 +31,8 @@ fn run(yaml: &str) -> NewRun {
         plan: None,
         inputs: json!({}),
         options: RunOptions::default(),
+        reused: Vec::new(),
+        reused_payloads: Vec::new(),
     }
 }
 

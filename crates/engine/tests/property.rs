@@ -132,6 +132,8 @@ fn journal_fold_reproduces_the_final_state(backend: Backend, specs: &[StepSpec])
             plan: None,
             inputs: json!({"flag": true}),
             options: RunOptions::default(),
+            reused: Vec::new(),
+            reused_payloads: Vec::new(),
         };
         let id = cairn_engine::new_run_id();
         engine.start(id, new).await.expect("start").await.expect("join").expect("run")

@@ -257,7 +257,15 @@ pub async fn create<S: Store>(
     let parts = CreateRunParts { goal: req.goal, workflow: req.workflow, version: req.version, inputs: req.inputs };
     let (definition, source, plan, inputs) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
-    let new = NewRun { definition, source, plan, inputs, options: RunOptions { chaos: None, max_output_bytes } };
+    let new = NewRun {
+        definition,
+        source,
+        plan,
+        inputs,
+        options: RunOptions { chaos: None, max_output_bytes },
+        reused: Vec::new(),
+        reused_payloads: Vec::new(),
+    };
     let submit = Submit { idempotency: key.clone(), drive_here: state.drive_here };
     match state.engine.submit(run_id.clone(), new, submit).await {
         Ok(_) => {}
@@ -449,4 +457,26 @@ pub async fn signal<S: Store>(
         ));
     }
     steer(&state, &id, Control::Signal { name, payload, by: Some(actor.name) }).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunBody {
+    /// The first step to execute again.
+    from: String,
+}
+
+/// A new run from a step of this one, reusing the results before it (linked to its parent).
+pub async fn rerun<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    JsonBody(body, _): JsonBody<RerunBody>,
+) -> Result<Response, ApiError> {
+    let parent = parse_run_id(&id)?;
+    state.store.get_run(&parent).await?;
+    let (run_id, _) = state.engine.fork(&parent, &body.from, state.drive_here).await?;
+    let row = state.store.get_run(&run_id).await?;
+    let mut view = run_view(&row, None, None);
+    view["forked_from"] = json!({"run": parent, "step": body.from});
+    Ok(created(view, &row.id, StatusCode::CREATED))
 }

@@ -45,7 +45,15 @@ pub async fn create<S: Store>(
     let parts = CreateRunParts { goal: Some(req.goal), workflow: None, version: None, inputs: req.inputs };
     let (definition, source, plan, inputs) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
-    let new = NewRun { definition, source, plan, inputs, options: RunOptions::default() };
+    let new = NewRun {
+        definition,
+        source,
+        plan,
+        inputs,
+        options: RunOptions::default(),
+        reused: Vec::new(),
+        reused_payloads: Vec::new(),
+    };
     state.engine.submit(run_id.clone(), new, Submit { idempotency: None, drive_here: state.drive_here }).await?;
     let row = state.store.get_run(&run_id).await?;
     let mut response = (StatusCode::CREATED, axum::Json(task_view(&row, None))).into_response();

@@ -68,7 +68,7 @@ impl Journal {
         j.state.add_payload(&payload, value);
         let reference = payload.reference.clone();
         j.payloads.push(payload);
-        j.feed(Event::PlanRecorded { definition: reference, plan: None });
+        j.feed(Event::PlanRecorded { definition: reference, plan: None, reused: Vec::new() });
         j
     }
 
