@@ -157,6 +157,22 @@ enum Command {
     /// Start a new run from a step of an earlier one, reusing the results before it.
     #[command(after_help = "Example:\n  cairn rerun wf_01J... --from send_email")]
     Rerun(run::RerunArgs),
+    /// Answer an escalated failure (`on_failure: escalate`): retry the step, skip it with an
+    /// output, or abort the run.
+    #[command(
+        after_help = "Examples:\n  cairn escalation wf_01J... send retry\n  cairn escalation wf_01J... send skip --output '{\"sent\": false}'\n  cairn escalation wf_01J... send abort"
+    )]
+    Escalation {
+        id: String,
+        step: String,
+        /// retry | skip | abort
+        action: String,
+        /// The output a skipped step takes (JSON).
+        #[arg(long)]
+        output: Option<String>,
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+    },
     /// Re-derive a run from its journal with no effects; report divergences and its timeline.
     Replay(replay::ReplayArgs),
     /// Continue interrupted runs (all of them, or one).
@@ -210,13 +226,42 @@ fn main() -> ExitCode {
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
             Command::Rerun(args) => run::rerun(&cli.db, args).await,
+            Command::Escalation { id, step, action, output, by } => {
+                use cairn_engine::EscalationChoice;
+                let choice = match (action.as_str(), output) {
+                    ("retry", None) => EscalationChoice::Retry,
+                    ("abort", None) => EscalationChoice::Abort,
+                    ("skip", Some(text)) => EscalationChoice::Skip {
+                        output: serde_json::from_str(&text)
+                            .map_err(|e| CliError::usage(format!("--output is not JSON: {e}")))?,
+                    },
+                    ("skip", None) => return Err(CliError::usage("skip needs --output JSON (the step's output)")),
+                    (_, Some(_)) => return Err(CliError::usage("--output goes only with skip")),
+                    (other, None) => return Err(CliError::usage(format!("'{other}' is not retry, skip or abort"))),
+                };
+                let approve = !matches!(choice, EscalationChoice::Abort);
+                let control = cairn_engine::Control::Decide {
+                    step,
+                    approve,
+                    by: Some(by),
+                    comment: None,
+                    escalation: Some(choice),
+                };
+                steer::steer(&cli.db, &id, control).await
+            }
             Command::Approve { id, step, comment, by } => {
-                let control = cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment };
+                let control =
+                    cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment, escalation: None };
                 steer::steer(&cli.db, &id, control).await
             }
             Command::Reject { id, step, reason, by } => {
-                let control =
-                    cairn_engine::Control::Decide { step, approve: false, by: Some(by), comment: Some(reason) };
+                let control = cairn_engine::Control::Decide {
+                    step,
+                    approve: false,
+                    by: Some(by),
+                    comment: Some(reason),
+                    escalation: None,
+                };
                 steer::steer(&cli.db, &id, control).await
             }
             Command::Bench(args) => bench::bench(&cli.db, args).await,

@@ -103,13 +103,23 @@ pub(crate) fn progress_line(
         Event::RunPaused { .. } => Some("[workflow] paused".to_string()),
         Event::RunUnpaused { .. } => Some("[workflow] unpaused".to_string()),
         Event::SignalReceived { name, .. } => Some(format!("[signal] {name} received")),
+        Event::ApprovalRequested { step, prompt, escalation: true, .. } => Some(format!(
+            "[step] {step}={}: {prompt} (cairn escalation {run_id} {step} retry|skip --output JSON|abort)",
+            paint.yellow("escalated(needs a decision)")
+        )),
         Event::ApprovalRequested { step, prompt, .. } => Some(format!(
             "[step] {step}={}: {prompt} (cairn approve {run_id} {step} | cairn reject {run_id} {step} --reason …)",
             paint.yellow("blocked(manual approval)")
         )),
-        Event::ApprovalDecided { step, approved, by, comment } => Some(format!(
+        Event::ApprovalDecided { step, approved, by, comment, action } => Some(format!(
             "[approval] {step} {}{}{}",
-            if *approved { paint.green("approved") } else { paint.red("rejected") },
+            match action {
+                Some(cairn_core::event::Escalation::Retry) => paint.yellow("to be retried"),
+                Some(cairn_core::event::Escalation::Skip { .. }) => paint.yellow("skipped with a supplied output"),
+                Some(cairn_core::event::Escalation::Abort) => paint.red("aborted"),
+                None if *approved => paint.green("approved"),
+                None => paint.red("rejected"),
+            },
             by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default(),
             comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
         )),

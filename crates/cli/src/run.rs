@@ -235,8 +235,8 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
         let by = Some(std::env::var("USER").unwrap_or_else(|_| "terminal".into()));
         let control = match answer.as_str() {
             "" => continue,
-            "y" | "yes" => Control::Decide { step, approve: true, by, comment: None },
-            reason => Control::Decide { step, approve: false, by, comment: Some(reason.to_string()) },
+            "y" | "yes" => Control::Decide { step, approve: true, by, comment: None, escalation: None },
+            reason => Control::Decide { step, approve: false, by, comment: Some(reason.to_string()), escalation: None },
         };
         if let Err(e) = engine.request(&run, control).await {
             eprintln!("error: {e}");

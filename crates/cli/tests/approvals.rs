@@ -150,3 +150,51 @@ fn over_the_api_duplicates_are_idempotent_cancel_wins_and_approvals_are_listed()
 fn wait_run_status(addr: &str, id: &str, status: &str) {
     wait_until(&format!("run {id} to be {status}"), || get(addr, &format!("/v1/runs/{id}")).json()["status"] == status);
 }
+
+#[test]
+fn an_escalated_failure_waits_for_a_person_who_retries_skips_or_aborts() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: esc\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - id: send\n    kind: fail\n    needs: [a]\n    with: {class: transient, message: smtp down}\n    retry: {max_attempts: 2, initial_delay: 5ms}\n    on_failure: escalate\n  - {id: after, kind: echo, needs: [send], with: {sent: \"{{ steps.send.output.sent }}\"}}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "send=escalated(needs a decision)", LONG);
+    let id = env.only_run().id;
+    assert_eq!(env.only_run().status, "WAITING");
+    // Retry: the attempts go on (and fail again, escalating again).
+    assert!(env.run(&["escalation", &id, "send", "retry"]).status.success());
+    wait_line(&lines, "send=escalated(needs a decision)", LONG);
+    assert_eq!(env.started(&id, "send"), 3);
+    // Skip with an output: the step is done and what follows uses it.
+    let out = env.run(&["escalation", &id, "send", "skip", "--output", "{\"sent\": false}"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_exit(&mut child, LONG).success());
+    assert_eq!(env.only_run().status, "COMPLETED");
+    assert_eq!(env.step(&id, "send").status, "COMPLETED");
+    let store = env.store();
+    let after = env.step(&id, "after").output_hash.expect("after ran");
+    let value = env.block(cairn_store::Store::payload(&store, &after)).expect("payload");
+    assert_eq!(value, Some(json!({"sent": false})));
+    env.assert_journal_is_sound(&id);
+
+    // Abort fails the run at once.
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: esc\nsteps:\n  - {id: send, kind: fail, with: {class: permanent}, on_failure: escalate}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "escalated(needs a decision)", LONG);
+    let id = env.only_run().id;
+    let out = env.run(&["escalation", &id, "send", "abort", "--by", "ana"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(wait_exit(&mut child, LONG).code(), Some(1));
+    let run = env.only_run();
+    assert_eq!(run.status, "FAILED");
+    assert!(run.failure_message.as_deref().unwrap_or("").contains("aborted by ana"), "{run:?}");
+    // Bad answers are usage errors.
+    assert_eq!(env.run(&["escalation", &id, "send", "skip"]).status.code(), Some(2));
+    assert_eq!(env.run(&["escalation", &id, "send", "later"]).status.code(), Some(2));
+    env.assert_journal_is_sound(&id);
+}

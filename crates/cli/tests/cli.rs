@@ -379,7 +379,7 @@ fn validate_lists_every_problem_with_its_location() {
         so.lines().any(|l| l.starts_with(&kind) && l.contains("did you mean `mock_model`")),
         "the misspelt kind is reported at {kind}:\n{so}"
     );
-    for needle in ["duplicate step id `fetch`", "cycle", "`fetch_all`", "`retry.jitter`", "escalate"] {
+    for needle in ["duplicate step id `fetch`", "cycle", "`fetch_all`", "`retry.jitter`", "retry-forever"] {
         assert!(so.contains(needle), "missing {needle:?}:\n{so}");
     }
     assert!(env.runs().is_empty());

@@ -78,13 +78,14 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.restart_work()?;
             d.reconcile()?;
         }
-        Event::ApprovalDecided { step, approved, .. } => {
+        Event::ApprovalDecided { step, approved, action, .. } => {
             if let Some(i) = d.state.step_index(step.as_str()) {
-                if *approved {
-                    d.start_attempt(i)?;
-                } else {
-                    let failure = d.state.steps[i].last_failure.clone();
-                    d.apply_failure_policy(i, failure, false)?;
+                let failure = d.state.steps[i].last_failure.clone();
+                match action {
+                    Some(crate::event::Escalation::Skip { .. }) => {}
+                    Some(crate::event::Escalation::Abort) => d.apply_failure_policy(i, failure, true)?,
+                    _ if *approved => d.start_attempt(i)?,
+                    _ => d.apply_failure_policy(i, failure, false)?,
                 }
             }
             d.reconcile()?;
@@ -230,6 +231,19 @@ impl Decider<'_> {
                 self.out.push(Command::ArmTimer { step: step.clone(), at_ms: not_before_ms });
                 Ok(())
             }
+            None if def.steps[i].on_failure == OnFailure::Escalate => {
+                // Ask a person instead of failing: retry, skip with an output, or abort.
+                let prompt = format!(
+                    "step '{step}' failed after {attempt} attempt(s): {failure}. Retry it, skip it with an output, or abort the run?"
+                );
+                self.record(Event::ApprovalRequested {
+                    step: step.clone(),
+                    prompt,
+                    approvers: Vec::new(),
+                    deadline_ms: None,
+                    escalation: true,
+                })
+            }
             None => {
                 let mut last = failure.clone();
                 if failure.class.is_retryable() {
@@ -279,6 +293,7 @@ impl Decider<'_> {
                 prompt,
                 approvers: gate.approvers.clone(),
                 deadline_ms,
+                escalation: false,
             })?;
             if let Some(at_ms) = deadline_ms {
                 self.out.push(Command::ArmTimer { step: step.id.clone(), at_ms });
@@ -424,10 +439,11 @@ impl Decider<'_> {
             return Ok(());
         }
         let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
-        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting).map(|s| s.id.clone());
+        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting);
         let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
-        let waiting = match (&approval, retry) {
-            (Some(id), _) => Some(format!("step '{id}' awaits approval")),
+        let waiting = match (approval, retry) {
+            (Some(s), _) if s.escalated => Some(format!("step '{}' failed; a person decides what to do", s.id)),
+            (Some(s), _) => Some(format!("step '{}' awaits approval", s.id)),
             (None, Some(s)) => Some(format!("step '{}' waits to retry", s.id)),
             (None, None) => None,
         };

@@ -108,6 +108,8 @@ pub enum OnFailure {
     /// Mark the step failed, let independent branches finish; the run then ends FAILED with the
     /// partial results recorded.
     Continue,
+    /// Ask a person: retry the step, skip it with a supplied output, or abort the run.
+    Escalate,
 }
 
 /// When a step whose `needs` are all settled may run. Skips propagate by default.

@@ -110,6 +110,18 @@ impl Default for RunOptions {
     }
 }
 
+/// What a person decided for an escalated failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum Escalation {
+    /// Try the step again (attempts keep counting).
+    Retry,
+    /// Take the step as done with this output.
+    Skip { output: PayloadRef },
+    /// Fail the run.
+    Abort,
+}
+
 /// A step a forked run does not execute again: it takes the output the parent recorded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReusedStep {
@@ -214,7 +226,8 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
-    /// A person is asked to approve the step before it runs (recorded before the run pauses).
+    /// A person is asked to approve the step before it runs, or (an escalation) what to do
+    /// after it failed for good; recorded before the run pauses.
     ApprovalRequested {
         step: StepId,
         /// The question, rendered.
@@ -223,8 +236,11 @@ pub enum Event {
         approvers: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deadline_ms: Option<i64>,
+        /// An escalated failure (answers: retry, skip with an output, abort).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        escalation: bool,
     },
-    /// Someone decided.
+    /// Someone decided. For an escalated failure, `action` says what to do.
     ApprovalDecided {
         step: StepId,
         approved: bool,
@@ -232,6 +248,8 @@ pub enum Event {
         by: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         comment: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<Escalation>,
     },
     /// The approval deadline passed (reported by the timer).
     ApprovalExpired {

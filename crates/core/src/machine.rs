@@ -128,6 +128,8 @@ pub enum StepInput {
     ApprovalEscalated,
     /// A fork takes the step's output from its parent run.
     Reused,
+    /// A person skipped an escalated step, supplying its output.
+    SkippedWithOutput,
 }
 
 impl StepInput {
@@ -147,6 +149,7 @@ impl StepInput {
         StepInput::ApprovalExpired,
         StepInput::ApprovalEscalated,
         StepInput::Reused,
+        StepInput::SkippedWithOutput,
     ];
 }
 
@@ -220,6 +223,9 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Waiting, SI::Failed, S::Failed),
     (S::Waiting, SI::RunEnded, S::Cancelled),
     (S::Pending, SI::Reused, S::Completed),
+    // Escalation: a step that failed for good waits for a person instead of failing.
+    (S::RetryWait, SI::ApprovalRequested, S::Waiting),
+    (S::Waiting, SI::SkippedWithOutput, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -292,6 +298,8 @@ mod tests {
             (S::Waiting, Rejected) => Some(S::Failed),
             (S::Waiting, ApprovalExpired | ApprovalEscalated) => Some(S::Waiting),
             (S::Pending, Reused) => Some(S::Completed),
+            (S::RetryWait, ApprovalRequested) => Some(S::Waiting),
+            (S::Waiting, SkippedWithOutput) => Some(S::Completed),
             (S::Ready, AttemptStarted) => Some(S::Running),
             (S::Running, AttemptSucceeded) => Some(S::Completed),
             (S::Running, AttemptFailed) => Some(S::RetryWait),

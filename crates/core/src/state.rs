@@ -45,6 +45,8 @@ pub struct StepState {
     pub output: Option<PayloadRef>,
     pub skip_reason: Option<String>,
     pub approval: Option<ApprovalState>,
+    /// The current wait is an escalated failure, not an approval gate.
+    pub escalated: bool,
 }
 
 /// Where a step's approval gate stands.
@@ -72,6 +74,7 @@ impl StepState {
             output: None,
             skip_reason: None,
             approval: None,
+            escalated: false,
         }
     }
 }
@@ -319,6 +322,11 @@ impl RunState {
             Event::TimerFired { .. } => StepInput::TimerFired,
             Event::StepFailed { .. } => StepInput::Failed,
             Event::ApprovalRequested { .. } => StepInput::ApprovalRequested,
+            Event::ApprovalDecided { action: Some(crate::event::Escalation::Skip { .. }), .. } => {
+                StepInput::SkippedWithOutput
+            }
+            Event::ApprovalDecided { action: Some(crate::event::Escalation::Abort), .. } => StepInput::Rejected,
+            Event::ApprovalDecided { action: Some(crate::event::Escalation::Retry), .. } => StepInput::Approved,
             Event::ApprovalDecided { approved: true, .. } => StepInput::Approved,
             Event::ApprovalDecided { approved: false, .. } => StepInput::Rejected,
             Event::ApprovalExpired { .. } => StepInput::ApprovalExpired,
@@ -371,7 +379,8 @@ impl RunState {
                 step.finished_at_ms = Some(at);
                 step.not_before_ms = None;
             }
-            Event::ApprovalRequested { prompt, deadline_ms, .. } => {
+            Event::ApprovalRequested { prompt, deadline_ms, escalation, .. } => {
+                step.escalated = *escalation;
                 step.approval = Some(ApprovalState {
                     requested_at_ms: at,
                     prompt: prompt.clone(),
@@ -379,11 +388,23 @@ impl RunState {
                     decision: None,
                 });
             }
-            Event::ApprovalDecided { approved, by, comment, .. } => {
+            Event::ApprovalDecided { approved, by, comment, action, .. } => {
                 if let Some(a) = &mut step.approval {
                     a.decision = Some((*approved, by.clone(), comment.clone()));
                 }
-                if !approved {
+                if let Some(crate::event::Escalation::Skip { output }) = action {
+                    if !self.payloads.contains_key(&output.hash) {
+                        return Err(Error::MissingPayload { hash: output.hash.clone() });
+                    }
+                    step.output = Some(output.clone());
+                    step.finished_at_ms = Some(at);
+                    step.skip_reason =
+                        Some(format!("skipped by {} with a supplied output", by.clone().unwrap_or_default()));
+                } else if matches!(action, Some(crate::event::Escalation::Abort)) {
+                    let who = by.clone().unwrap_or_else(|| "an operator".into());
+                    step.last_failure = Some(Failure::new(ErrorClass::Permanent, format!("aborted by {who}")));
+                    step.finished_at_ms = Some(at);
+                } else if !approved {
                     let who = by.clone().unwrap_or_else(|| "an operator".into());
                     let why = comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default();
                     step.last_failure = Some(Failure::new(ErrorClass::Permanent, format!("rejected by {who}{why}")));

@@ -196,11 +196,20 @@ impl Timeline {
                     t.steps[i].status = "WAITING".into();
                     t.moments.push((at, format!("step {s} asks for approval: {prompt}")));
                 }
-                Event::ApprovalDecided { step: s, approved, by, comment } => {
+                Event::ApprovalDecided { step: s, approved, by, comment, action } => {
                     let i = step(&mut t, s.as_str());
-                    let verdict = if *approved { "approved" } else { "rejected" };
-                    if !approved {
-                        t.steps[i].status = "FAILED".into();
+                    let verdict = match action {
+                        Some(crate::event::Escalation::Retry) => "to be retried",
+                        Some(crate::event::Escalation::Skip { .. }) => "skipped with a supplied output",
+                        Some(crate::event::Escalation::Abort) => "aborted",
+                        None if *approved => "approved",
+                        None => "rejected",
+                    };
+                    match action {
+                        Some(crate::event::Escalation::Skip { .. }) => t.steps[i].status = "COMPLETED".into(),
+                        Some(crate::event::Escalation::Abort) => t.steps[i].status = "FAILED".into(),
+                        None if !approved => t.steps[i].status = "FAILED".into(),
+                        _ => {}
                     }
                     let who = by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default();
                     let why = comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default();

@@ -850,14 +850,15 @@ fn compile_step(
     let on_failure = match s.on_failure.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
         None | Some(("fail", _)) => OnFailure::Fail,
         Some(("continue", _)) => OnFailure::Continue,
+        Some(("escalate", _)) => OnFailure::Escalate,
         Some((other, at)) => {
             out.add(
                 at,
                 here,
                 "bad_value",
                 format!(
-                    "`on_failure: {}` is not supported; use `fail` (the default: fail the run) or `continue` \
-                     (let other branches finish). `escalate` and `fallback` arrive with the human-in-the-loop work",
+                    "`on_failure: {}` is not supported; use `fail` (the default: fail the run), `continue` \
+                     (let other branches finish) or `escalate` (ask a person: retry, skip or abort)",
                     other.escape_debug()
                 ),
             );
@@ -1338,7 +1339,7 @@ steps:
     kind: echo
     retry: {multiplier: 0.5, max_delay: 5 parsecs}
     timeout: 25h
-    on_failure: escalate
+    on_failure: shrug
     trigger: sometimes
     inject: {fail_rate: 1.5, fail_class: flaky, delay: -3, fail_times: -1}
 ";
@@ -1367,7 +1368,7 @@ steps:
         );
         let on_failure = &found[10].message;
         assert!(on_failure.contains("`fail`") && on_failure.contains("`continue`"), "{on_failure}");
-        assert!(on_failure.contains("escalate") && on_failure.contains("human-in-the-loop"), "{on_failure}");
+        assert!(on_failure.contains("escalate"), "{on_failure}");
         assert!(found[4].message.contains("gives steps of kind `echo` a max_delay of 5.0s"), "{}", found[4].message);
     }
 

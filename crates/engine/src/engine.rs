@@ -112,13 +112,24 @@ pub enum Control {
         payload: Value,
         by: Option<String>,
     },
-    /// Approve or reject a step waiting at an approval gate.
+    /// Approve or reject a step waiting at an approval gate, or answer an escalated failure.
     Decide {
         step: String,
         approve: bool,
         by: Option<String>,
         comment: Option<String>,
+        #[serde(default)]
+        escalation: Option<EscalationChoice>,
     },
+}
+
+/// An answer to an escalated failure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "do", rename_all = "snake_case")]
+pub enum EscalationChoice {
+    Retry,
+    Skip { output: Value },
+    Abort,
 }
 
 impl Control {
@@ -127,8 +138,19 @@ impl Control {
             Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
             Control::Pause { by } => (Event::RunPaused { by }, None),
             Control::Unpause { by } => (Event::RunUnpaused { by }, None),
-            Control::Decide { step, approve, by, comment } => {
-                (Event::ApprovalDecided { step: cairn_core::StepId::new(step), approved: approve, by, comment }, None)
+            Control::Decide { step, approve, by, comment, escalation } => {
+                use cairn_core::event::Escalation;
+                let (action, payload) = match escalation {
+                    None => (None, None),
+                    Some(EscalationChoice::Retry) => (Some(Escalation::Retry), None),
+                    Some(EscalationChoice::Abort) => (Some(Escalation::Abort), None),
+                    Some(EscalationChoice::Skip { output }) => {
+                        let p = Payload::of(&output);
+                        (Some(Escalation::Skip { output: p.reference.clone() }), Some((p, output)))
+                    }
+                };
+                let step = cairn_core::StepId::new(step);
+                (Event::ApprovalDecided { step, approved: approve, by, comment, action }, payload)
             }
             Control::Signal { name, payload, by } => {
                 let p = Payload::of(&payload);

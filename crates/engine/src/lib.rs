@@ -12,7 +12,9 @@ mod driver;
 mod engine;
 mod http;
 
-pub use engine::{Control, Delivery, Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
+pub use engine::{
+    Control, Delivery, Driving, Engine, EngineConfig, EscalationChoice, NewRun, Notice, RunOutcome, Submit,
+};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

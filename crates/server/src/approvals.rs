@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::{Event, RunId};
-use cairn_engine::{Control, Delivery};
+use cairn_engine::{Control, Delivery, EscalationChoice};
 use cairn_store::{RunQuery, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,9 +18,12 @@ use serde_json::{Value, json};
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Decision {
-    /// `approve` or `reject`.
+    /// `approve` or `reject` at an approval gate; `retry`, `skip` (with `output`) or `abort` for
+    /// an escalated failure.
     decision: String,
     comment: Option<String>,
+    /// The output a skipped step takes.
+    output: Option<Value>,
 }
 
 /// The latest approval request of a step, and the decision recorded for it (if any).
@@ -53,13 +56,22 @@ pub async fn decide<S: Store>(
     Path((id, step)): Path<(String, String)>,
     JsonBody(body, _): JsonBody<Decision>,
 ) -> Result<Response, ApiError> {
-    let approve = match body.decision.as_str() {
-        "approve" | "approved" => true,
-        "reject" | "rejected" => false,
-        other => {
+    let (approve, escalation) = match (body.decision.as_str(), body.output) {
+        ("approve" | "approved", None) => (true, None),
+        ("reject" | "rejected", None) => (false, None),
+        ("retry", None) => (true, Some(EscalationChoice::Retry)),
+        ("skip", Some(output)) => (true, Some(EscalationChoice::Skip { output })),
+        ("skip", None) => {
+            return Err(ApiError::unprocessable("missing_output", "`skip` needs the step's `output` (any JSON)"));
+        }
+        ("abort", None) => (false, Some(EscalationChoice::Abort)),
+        (_, Some(_)) => {
+            return Err(ApiError::unprocessable("unexpected_output", "`output` goes only with `skip`"));
+        }
+        (other, None) => {
             return Err(ApiError::unprocessable(
                 "bad_decision",
-                format!("decision '{other}' is not `approve` or `reject`"),
+                format!("decision '{other}' is not approve, reject (a gate) or retry, skip, abort (an escalation)"),
             ));
         }
     };
@@ -72,7 +84,7 @@ pub async fn decide<S: Store>(
             format!("step '{step}' may be decided by {} (or an admin), not '{}'", approvers.join(", "), actor.name),
         ));
     }
-    if let Some(previous) = decided {
+    if let Some(previous) = decided.filter(|_| escalation.is_none()) {
         // A repeated submission of the same decision is answered, not refused.
         if previous == approve {
             let row = state.store.get_run(&id).await?;
@@ -85,7 +97,8 @@ pub async fn decide<S: Store>(
             format!("step '{step}' was already {}", if previous { "approved" } else { "rejected" }),
         ));
     }
-    let control = Control::Decide { step: step.clone(), approve, by: Some(actor.name), comment: body.comment };
+    let control =
+        Control::Decide { step: step.clone(), approve, by: Some(actor.name), comment: body.comment, escalation };
     let delivery = state.engine.request(&id, control).await?;
     let row = state.store.get_run(&id).await?;
     let mut view = run_view(&row, None, None);
@@ -111,7 +124,7 @@ pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response
                 continue;
             }
             for e in state.store.events(&id).await? {
-                if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms } = &e.event
+                if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms, escalation } = &e.event
                     && gated.contains(&step.as_str())
                 {
                     waiting.push(json!({
@@ -122,6 +135,8 @@ pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response
                         "approvers": approvers,
                         "requested_at_ms": e.at_ms,
                         "deadline_ms": deadline_ms,
+                        "kind": if *escalation { "escalation" } else { "approval" },
+                        "decisions": if *escalation { json!(["retry", "skip", "abort"]) } else { json!(["approve", "reject"]) },
                         "decide": format!("/v1/runs/{}/approvals/{}", run.id, step),
                     }));
                 }
