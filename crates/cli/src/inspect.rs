@@ -56,6 +56,20 @@ pub enum RunsCommand {
     Pause { id: String },
     /// Unpause a paused run.
     Unpause { id: String },
+    /// Move a parked run to another version of its workflow (registered with POST /v1/workflows,
+    /// or given as a file) when what it already did is compatible; otherwise name the first
+    /// incompatibility.
+    #[command(
+        after_help = "Examples:\n  cairn runs migrate wf_01J... --to-version 2\n  cairn runs migrate wf_01J... --to-version 2 --file workflow-v2.yaml"
+    )]
+    Migrate {
+        id: String,
+        #[arg(long)]
+        to_version: u32,
+        /// The new version's definition file (else the registered version is used).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
     /// Send a named signal with a JSON payload.
     #[command(after_help = "Example:\n  cairn runs signal wf_01J... approved --data '{\"by\": \"ana\"}'")]
     Signal {
@@ -118,6 +132,41 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             open_existing(db).await?;
             return crate::steer::steer(db, &id, Control::Unpause { by }).await;
         }
+        RunsCommand::Migrate { id, to_version, file } => {
+            let store = open_existing(db).await?;
+            let run = store.get_run(&run_id(&id)?).await?;
+            let definition = match file {
+                Some(path) => {
+                    let def = crate::run::load_definition(&path)?;
+                    if def.version != to_version {
+                        return Err(CliError::usage(format!(
+                            "{} is version {}, not {to_version}",
+                            path.display(),
+                            def.version
+                        )));
+                    }
+                    serde_json::to_value(&def).map_err(|e| CliError::env(e.to_string()))?
+                }
+                None => store.workflow(&run.workflow, Some(to_version)).await?.1,
+            };
+            // Check here too, so a refusal names the problem even when another process drives
+            // the run (the request is then queued for it, and checked again when applied).
+            let loaded = store.load_run(&run_id(&id)?).await?;
+            let state = cairn_core::RunState::fold(run_id(&id)?, &loaded.events, loaded.payloads)
+                .map_err(|e| CliError::env(format!("run {id} does not fold: {e}")))?;
+            let target: cairn_core::Definition =
+                serde_json::from_value(definition.clone()).map_err(|e| CliError::env(e.to_string()))?;
+            if state.status.is_terminal() {
+                return Err(CliError::usage(format!(
+                    "run {id} already finished ({}); nothing to migrate",
+                    state.status
+                )));
+            }
+            if let Some(problem) = cairn_core::fork::migration_problem(&state, &target) {
+                return Err(CliError::usage(format!("run {id} cannot move to version {to_version}: {problem}")));
+            }
+            return crate::steer::steer(db, &id, Control::Migrate { definition, by }).await;
+        }
         RunsCommand::Signal { id, name, data } => {
             open_existing(db).await?;
             let payload = serde_json::from_str(&data).unwrap_or(Value::String(data));
@@ -128,6 +177,7 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
     let store = open_existing(db).await?;
     match command {
         RunsCommand::Watch(_)
+        | RunsCommand::Migrate { .. }
         | RunsCommand::Cancel { .. }
         | RunsCommand::Pause { .. }
         | RunsCommand::Unpause { .. }

@@ -19,6 +19,7 @@ pub async fn steer(db: &DbArgs, id: &str, control: Control) -> CliResult {
         Control::Signal { .. } => "signal",
         Control::Decide { approve: true, .. } => "approve",
         Control::Decide { approve: false, .. } => "reject",
+        Control::Migrate { .. } => "migrate",
     };
     match engine.request(&id, control).await {
         Ok(Delivery::Applied) => {

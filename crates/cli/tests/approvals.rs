@@ -198,3 +198,43 @@ fn an_escalated_failure_waits_for_a_person_who_retries_skips_or_aborts() {
     assert_eq!(env.run(&["escalation", &id, "send", "later"]).status.code(), Some(2));
     env.assert_journal_is_sound(&id);
 }
+
+/// A run parked at an approval gate moves to a newer definition version when what it already did
+/// is compatible, and is refused (naming the first incompatibility) when it is not.
+#[test]
+fn a_parked_run_migrates_to_a_compatible_version_and_refuses_an_incompatible_one() {
+    let env = Env::new();
+    let v1 = env.write("v1.yaml", &gated(""));
+    let (mut child, lines) = env.spawn(&["run", path_str(&v1)], &[]);
+    wait_line(&lines, "blocked(manual approval)", LONG);
+    let id = env.only_run().id;
+
+    // Incompatible: a step that already ran changed its kind.
+    let bad = env.write(
+        "bad.yaml",
+        &gated("")
+            .replace("name: gated", "name: gated\nversion: 3")
+            .replace("kind: echo, with: {text: hello}", "kind: mock_model, with: {prompt: hello}"),
+    );
+    let out = env.run(&["runs", "migrate", &id, "--to-version", "3", "--file", path_str(&bad)]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("step 'draft' changed kind"), "{}", stderr(&out));
+
+    // Compatible: version 2 adds a step after the gate.
+    let v2 = env.write(
+        "v2.yaml",
+        &format!(
+            "{}  - {{id: audit, kind: echo, needs: [send], with: {{v: 2}}}}\n",
+            gated("").replace("name: gated", "name: gated\nversion: 2")
+        ),
+    );
+    let out = env.run(&["runs", "migrate", &id, "--to-version", "2", "--file", path_str(&v2)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.run(&["approve", &id, "review"]).status.success());
+    assert!(wait_exit(&mut child, LONG).success());
+    let run = env.only_run();
+    assert_eq!((run.status.as_str(), run.definition_version), ("COMPLETED", Some(2)));
+    assert_eq!(env.step(&id, "audit").status, "COMPLETED", "the new step ran");
+    assert_eq!(env.started(&id, "draft"), 1);
+    env.assert_journal_is_sound(&id);
+}

@@ -90,6 +90,7 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             }
             d.reconcile()?;
         }
+        Event::DefinitionMigrated { .. } => d.reconcile()?,
         Event::ApprovalExpired { step } => {
             d.on_deadline(step)?;
             d.reconcile()?;

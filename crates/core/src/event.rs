@@ -260,6 +260,15 @@ pub enum Event {
         step: StepId,
         note: String,
     },
+    /// The run moved to another version of its definition (`cairn runs migrate`); steps keep
+    /// their progress, new steps start pending.
+    DefinitionMigrated {
+        definition: PayloadRef,
+        from_version: u32,
+        to_version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -293,6 +302,7 @@ impl Event {
             Event::RunPaused { .. } => "run_paused",
             Event::RunUnpaused { .. } => "run_unpaused",
             Event::SignalReceived { .. } => "signal_received",
+            Event::DefinitionMigrated { .. } => "definition_migrated",
             Event::ApprovalRequested { .. } => "approval_requested",
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::ApprovalExpired { .. } => "approval_expired",
@@ -328,6 +338,7 @@ impl Event {
             Event::AttemptSucceeded { output, .. } => Some(output),
             Event::RunCompleted { output } => Some(output),
             Event::SignalReceived { payload, .. } => Some(payload),
+            Event::DefinitionMigrated { definition, .. } => Some(definition),
             _ => None,
         }
     }

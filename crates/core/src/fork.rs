@@ -40,3 +40,48 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
         })
         .collect())
 }
+
+/// Whether a run can move to `new` without rewriting what it already did: every step that has
+/// made progress must exist in `new` with the same kind and the same `needs`, and the new steps
+/// may only depend on steps that have not finished (so nothing already decided would have been
+/// decided differently). Returns the first incompatibility.
+pub fn migration_problem(run: &RunState, new: &crate::definition::Definition) -> Option<String> {
+    let old = run.definition.as_ref()?;
+    if old.name != new.name {
+        return Some(format!("the run is workflow '{}', not '{}'", old.name, new.name));
+    }
+    for (s, spec) in run.steps.iter().zip(&old.steps) {
+        let Some(n) = new.step(s.id.as_str()) else {
+            return Some(format!(
+                "step '{}' is not in version {} (removing steps is not supported)",
+                s.id, new.version
+            ));
+        };
+        if s.status == StepStatus::Pending {
+            continue;
+        }
+        match Some(n) {
+            None => {}
+            Some(n) if n.kind != spec.kind => {
+                return Some(format!("step '{}' changed kind ({} → {})", s.id, spec.kind, n.kind));
+            }
+            Some(n) if n.needs != spec.needs => return Some(format!("step '{}' changed its needs", s.id)),
+            Some(_) => {}
+        }
+    }
+    for n in &new.steps {
+        if old.step(n.id.as_str()).is_some() {
+            continue;
+        }
+        for need in &n.needs {
+            let settled = run.step_state(need.as_str()).is_some_and(|s| s.status.is_terminal());
+            if settled {
+                return Some(format!(
+                    "new step '{}' needs '{need}', which already finished; it would have been decided earlier",
+                    n.id
+                ));
+            }
+        }
+    }
+    None
+}

@@ -254,6 +254,36 @@ impl RunState {
                 self.finished_at_ms = Some(at);
                 self.end_unsettled_steps(at);
             }
+            Event::DefinitionMigrated { definition, .. } => {
+                self.require_created(seq, kind)?;
+                if self.status.is_terminal() || self.definition.is_none() {
+                    return Err(tr(InvalidTransition {
+                        machine: "run",
+                        from: self.status.to_string(),
+                        input: "DefinitionMigrated".into(),
+                    }));
+                }
+                let value = self
+                    .payloads
+                    .get(&definition.hash)
+                    .ok_or_else(|| Error::MissingPayload { hash: definition.hash.clone() })?;
+                let def: Definition =
+                    serde_json::from_value((**value).clone()).map_err(|e| Error::BadDefinition(e.to_string()))?;
+                if let Some(problem) = crate::fork::migration_problem(self, &def) {
+                    return Err(Error::BadDefinition(problem));
+                }
+                let mut old = std::mem::take(&mut self.steps);
+                self.steps = def
+                    .steps
+                    .iter()
+                    .map(|s| match old.iter().position(|o| o.id == s.id) {
+                        Some(i) => old.swap_remove(i),
+                        None => StepState::new(s.id.clone()),
+                    })
+                    .collect();
+                self.definition = Some(Arc::new(def));
+                self.definition_ref = Some(definition.clone());
+            }
             Event::RunPaused { .. } => {
                 self.status = machine::run_transition(self.status, RunInput::Paused).map_err(tr)?;
             }

@@ -219,6 +219,13 @@ impl Timeline {
                     t.moments.push((at, format!("step {s}: approval deadline passed")))
                 }
                 Event::ApprovalEscalated { step: s, note } => t.moments.push((at, format!("step {s}: {note}"))),
+                Event::DefinitionMigrated { from_version, to_version, by, .. } => t.moments.push((
+                    at,
+                    format!(
+                        "migrated from v{from_version} to v{to_version}{}",
+                        by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
+                    ),
+                )),
                 Event::StepCancelled { step: s } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "CANCELLED".into();

@@ -110,7 +110,13 @@ impl<S: Store> Live<S> {
         if let Some(i) = env.event.step().and_then(|s| self.state.step_index(s.as_str())) {
             self.touched.insert(i);
         }
-        if matches!(env.event, Event::RunFailed { .. } | Event::RunCancelled { .. } | Event::PlanRecorded { .. }) {
+        if matches!(
+            env.event,
+            Event::RunFailed { .. }
+                | Event::RunCancelled { .. }
+                | Event::PlanRecorded { .. }
+                | Event::DefinitionMigrated { .. }
+        ) {
             self.touched.extend(0..self.state.steps.len());
         }
         self.events.push(env);
@@ -412,7 +418,7 @@ impl<S: Store> Live<S> {
 
     /// Applies an operator request; an illegal one (pause a finished run ...) changes nothing.
     pub(crate) fn apply_control(&mut self, control: Control) -> Result<(), Error> {
-        let (event, payload) = control.into_event();
+        let (event, payload) = control.into_event(&self.state)?;
         if let Some((p, value)) = payload {
             self.state.add_payload(&p, value);
             self.payloads.push(p);

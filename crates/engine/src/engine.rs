@@ -121,6 +121,11 @@ pub enum Control {
         #[serde(default)]
         escalation: Option<EscalationChoice>,
     },
+    /// Move the run to another version of its definition (a compiled definition as JSON).
+    Migrate {
+        definition: Value,
+        by: Option<String>,
+    },
 }
 
 /// An answer to an escalated failure.
@@ -133,8 +138,9 @@ pub enum EscalationChoice {
 }
 
 impl Control {
-    pub(crate) fn into_event(self) -> (Event, Option<(Payload, Value)>) {
-        match self {
+    /// The event that records this request against the run's current state.
+    pub(crate) fn into_event(self, state: &RunState) -> Result<(Event, Option<(Payload, Value)>), Error> {
+        Ok(match self {
             Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
             Control::Pause { by } => (Event::RunPaused { by }, None),
             Control::Unpause { by } => (Event::RunUnpaused { by }, None),
@@ -152,12 +158,25 @@ impl Control {
                 let step = cairn_core::StepId::new(step);
                 (Event::ApprovalDecided { step, approved: approve, by, comment, action }, payload)
             }
+            Control::Migrate { definition, by } => {
+                let to: Definition = serde_json::from_value(definition.clone())
+                    .map_err(|e| Error::Invalid(format!("not a compiled definition: {e}")))?;
+                let from_version = state.definition.as_ref().map(|d| d.version).unwrap_or(0);
+                let p = Payload::of(&definition);
+                let event = Event::DefinitionMigrated {
+                    definition: p.reference.clone(),
+                    from_version,
+                    to_version: to.version,
+                    by,
+                };
+                (event, Some((p, definition)))
+            }
             Control::Signal { name, payload, by } => {
                 let p = Payload::of(&payload);
                 let reference = p.reference.clone();
                 (Event::SignalReceived { name, payload: reference, by }, Some((p, payload)))
             }
-        }
+        })
     }
 }
 

@@ -617,7 +617,7 @@ const UPSERT_STEPS: &str = "INSERT INTO steps (run_id, step_id, position, kind, 
                  finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], \
                    $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[]) \
-                 ON CONFLICT (run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET position=excluded.position, status=excluded.status, attempts=excluded.attempts, \
                  not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
                  busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
                  output_hash=excluded.output_hash, skip_reason=excluded.skip_reason";

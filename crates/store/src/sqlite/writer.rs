@@ -192,7 +192,7 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
         let mut up = tx.prepare_cached(
             "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, finished_at, \
              busy_ms, error_class, error_message, output_hash, skip_reason) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14) \
-             ON CONFLICT(run_id, step_id) DO UPDATE SET status=excluded.status, attempts=excluded.attempts, \
+             ON CONFLICT(run_id, step_id) DO UPDATE SET position=excluded.position, status=excluded.status, attempts=excluded.attempts, \
              not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
              busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
              output_hash=excluded.output_hash, skip_reason=excluded.skip_reason",
