@@ -70,6 +70,7 @@ fn chain(steps: usize) -> Definition {
                 trigger: Trigger::AllSucceeded,
                 inject: None,
                 approval: None,
+                compensate: None,
             })
             .collect(),
     }

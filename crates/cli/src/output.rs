@@ -124,6 +124,19 @@ pub(crate) fn progress_line(
             comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
         )),
         Event::ApprovalEscalated { step, note } => Some(format!("[approval] {step}: {note}")),
+        Event::CompensationStarted { reason } => {
+            Some(format!("[workflow] {}: {}", paint.yellow("compensating"), reason.message))
+        }
+        Event::CompensationAttemptSucceeded { step, duration_ms, .. } => {
+            Some(format!("[step] {step}={} ({duration_ms} ms)", paint.yellow("compensated")))
+        }
+        Event::CompensationAttemptFailed { step, attempt, failure, .. } => {
+            Some(format!("[step] {step} compensation attempt {attempt} failed: {}", failure.message))
+        }
+        Event::CompensationGaveUp { step, failure } => {
+            Some(format!("[step] {step} compensation {}: {}", paint.red("gave up"), failure.message))
+        }
+        Event::RunCompensated => Some(format!("[workflow] {} in {}", paint.yellow("compensated"), since(started))),
         _ => None,
     }
 }

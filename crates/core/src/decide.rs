@@ -32,8 +32,10 @@ pub enum Command {
     /// Start this attempt with this (rendered) input: record `AttemptStarted` through `decide`,
     /// commit, then run the activity.
     StartAttempt { step: StepId, index: usize, attempt: u32, input: Value },
-    /// At `at_ms`, report `TimerFired` for the step.
+    /// At `at_ms`, report `TimerFired` for the step (or the timer its state waits on).
     ArmTimer { step: StepId, at_ms: i64 },
+    /// Run the step's compensation: record `CompensationAttemptStarted`, commit, then run it.
+    StartCompensation { step: StepId, index: usize, attempt: u32, input: Value },
 }
 
 /// Whether an event is produced by `decide` (as opposed to reported by the edge).
@@ -51,6 +53,10 @@ pub fn is_decided(event: &Event) -> bool {
             | Event::RunFailed { .. }
             | Event::ApprovalRequested { .. }
             | Event::ApprovalEscalated { .. }
+            | Event::CompensationStarted { .. }
+            | Event::CompensationRetryScheduled { .. }
+            | Event::CompensationGaveUp { .. }
+            | Event::RunCompensated
     )
 }
 
@@ -91,6 +97,16 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.reconcile()?;
         }
         Event::DefinitionMigrated { .. } => d.reconcile()?,
+        Event::RunCancelled { .. } | Event::CompensationAttemptSucceeded { .. } => d.compensate_next()?,
+        Event::CompensationAttemptFailed { step, attempt, failure, .. } => {
+            d.on_compensation_failed(step, *attempt, failure)?;
+            d.compensate_next()?;
+        }
+        Event::CompensationTimerFired { step } => {
+            if let Some(i) = d.state.step_index(step.as_str()) {
+                d.start_compensation(i)?;
+            }
+        }
         Event::ApprovalExpired { step } => {
             d.on_deadline(step)?;
             d.reconcile()?;
@@ -126,6 +142,16 @@ struct Decider<'a> {
 impl Decider<'_> {
     /// Starts every ready step and re-arms every retry timer (after a restart or an unpause).
     fn restart_work(&mut self) -> Result<(), Error> {
+        if self.state.status == RunStatus::Compensating {
+            for s in &self.state.steps {
+                if let Some(at_ms) =
+                    s.compensation.as_ref().filter(|c| c.gave_up.is_none()).and_then(|c| c.not_before_ms)
+                {
+                    self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
+                }
+            }
+            return self.compensate_next();
+        }
         for i in 0..self.state.steps.len() {
             let s = &self.state.steps[i];
             match s.status {
@@ -270,9 +296,107 @@ impl Decider<'_> {
             let step = def.steps[i].id.clone();
             let failure = failure.unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
             let failure = Failure { message: format!("step '{step}' failed: {}", failure.message), ..failure };
-            self.record(Event::RunFailed { failure, step: Some(step) })?;
+            self.end_failed(failure, Some(step))?;
         }
         Ok(())
+    }
+
+    /// The run fails: directly, or first undoing its completed compensable steps.
+    fn end_failed(&mut self, failure: Failure, step: Option<StepId>) -> Result<(), Error> {
+        if self.state.needs_compensation() {
+            self.record(Event::CompensationStarted { reason: failure })?;
+            self.compensate_next()
+        } else {
+            self.record(Event::RunFailed { failure, step })
+        }
+    }
+
+    /// Compensations run one at a time, newest completion first; when none is left the run ends
+    /// COMPENSATED, or FAILED naming the compensations that failed.
+    fn compensate_next(&mut self) -> Result<(), Error> {
+        if self.state.status != RunStatus::Compensating {
+            return Ok(());
+        }
+        let busy = self.state.steps.iter().any(|s| {
+            s.compensation.as_ref().is_some_and(|c| c.gave_up.is_none() && (c.running || c.not_before_ms.is_some()))
+        });
+        if busy {
+            return Ok(());
+        }
+        let next = self.state.pending_compensations().next();
+        if let Some(i) = next {
+            return self.start_compensation(i);
+        }
+        let gave_up: Vec<String> = self
+            .state
+            .steps
+            .iter()
+            .filter_map(|s| {
+                s.compensation.as_ref().and_then(|c| c.gave_up.as_ref()).map(|f| format!("{} ({})", s.id, f.message))
+            })
+            .collect();
+        let reason =
+            self.state.compensation_reason.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
+        if gave_up.is_empty() {
+            self.record(Event::RunCompensated)
+        } else {
+            let failure = Failure {
+                message: format!(
+                    "compensation failed for {}; the run was undoing: {}",
+                    gave_up.join(", "),
+                    reason.message
+                ),
+                ..reason
+            };
+            self.record(Event::RunFailed { failure, step: None })
+        }
+    }
+
+    fn start_compensation(&mut self, i: usize) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        let Some(comp) = &def.steps[i].compensate else { return Ok(()) };
+        let mut ctx = self.context(i);
+        ctx["output"] = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
+        let input = match template::render(&comp.with, &ctx) {
+            Ok(v) => v,
+            Err(msg) => {
+                let failure = Failure::new(ErrorClass::Permanent, format!("compensation input does not render: {msg}"));
+                let step = def.steps[i].id.clone();
+                // Nothing can be attempted: record the attempt as failed for good.
+                self.record(Event::CompensationGaveUp { step, failure })?;
+                return self.compensate_next();
+            }
+        };
+        let attempt = self.state.steps[i].compensation.as_ref().map_or(0, |c| c.attempts) + 1;
+        self.out.push(Command::StartCompensation { step: def.steps[i].id.clone(), index: i, attempt, input });
+        Ok(())
+    }
+
+    fn on_compensation_failed(&mut self, step: &StepId, attempt: u32, failure: &Failure) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
+        let Some(comp) = &def.steps[i].compensate else { return Ok(()) };
+        let key = [self.state.run_id.as_str(), step.as_str(), "compensate"];
+        match comp.retry.next_delay(attempt, failure, &key) {
+            Some(delay_ms) => {
+                let not_before_ms = self.at + delay_ms as i64;
+                self.record(Event::CompensationRetryScheduled {
+                    step: step.clone(),
+                    next_attempt: attempt + 1,
+                    delay_ms,
+                    not_before_ms,
+                })?;
+                self.out.push(Command::ArmTimer { step: step.clone(), at_ms: not_before_ms });
+                Ok(())
+            }
+            None => {
+                let failure = Failure {
+                    message: format!("gave up after {attempt} attempts: {}", failure.message),
+                    ..failure.clone()
+                };
+                self.record(Event::CompensationGaveUp { step: step.clone(), failure })
+            }
+        }
     }
 
     fn start_attempt(&mut self, i: usize) -> Result<(), Error> {
@@ -328,6 +452,9 @@ impl Decider<'_> {
     /// Moves every step whose dependencies are settled, then checks whether the run is done.
     fn reconcile(&mut self) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
+        if self.state.status == RunStatus::Compensating {
+            return Ok(());
+        }
         loop {
             if self.state.status.is_terminal() {
                 return Ok(());
@@ -420,7 +547,7 @@ impl Decider<'_> {
                     ..cause
                 };
                 let step = Some(failed.id.clone());
-                return self.record(Event::RunFailed { failure, step });
+                return self.end_failed(failure, step);
             }
             let mut output = Map::new();
             for (i, s) in steps.iter().enumerate() {

@@ -68,6 +68,19 @@ pub struct Step {
     /// A person must approve before the step runs (kind `approval`, or `requires_approval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// What undoes this step if the run later fails or is cancelled (a saga's compensation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensate: Option<Compensate>,
+}
+
+/// An activity that undoes a completed step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Compensate {
+    pub kind: String,
+    /// Templates over the usual variables plus `output` (what the step produced).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub with: Value,
+    pub retry: RetryPolicy,
 }
 
 /// What an approval gate asks, of whom, and until when.

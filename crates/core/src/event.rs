@@ -269,6 +269,43 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// The run failed after steps with a `compensate` completed: they are undone, newest first,
+    /// before the run ends.
+    CompensationStarted {
+        reason: Failure,
+    },
+    CompensationAttemptStarted {
+        step: StepId,
+        attempt: u32,
+        input: PayloadRef,
+    },
+    CompensationAttemptSucceeded {
+        step: StepId,
+        attempt: u32,
+        duration_ms: u64,
+    },
+    CompensationAttemptFailed {
+        step: StepId,
+        attempt: u32,
+        failure: Failure,
+        duration_ms: u64,
+    },
+    CompensationRetryScheduled {
+        step: StepId,
+        next_attempt: u32,
+        delay_ms: u64,
+        not_before_ms: i64,
+    },
+    CompensationTimerFired {
+        step: StepId,
+    },
+    /// The compensation failed for good; the run will end FAILED listing it.
+    CompensationGaveUp {
+        step: StepId,
+        failure: Failure,
+    },
+    /// Every completed step with a compensation was undone.
+    RunCompensated,
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -303,6 +340,14 @@ impl Event {
             Event::RunUnpaused { .. } => "run_unpaused",
             Event::SignalReceived { .. } => "signal_received",
             Event::DefinitionMigrated { .. } => "definition_migrated",
+            Event::CompensationStarted { .. } => "compensation_started",
+            Event::CompensationAttemptStarted { .. } => "compensation_attempt_started",
+            Event::CompensationAttemptSucceeded { .. } => "compensation_attempt_succeeded",
+            Event::CompensationAttemptFailed { .. } => "compensation_attempt_failed",
+            Event::CompensationRetryScheduled { .. } => "compensation_retry_scheduled",
+            Event::CompensationTimerFired { .. } => "compensation_timer_fired",
+            Event::CompensationGaveUp { .. } => "compensation_gave_up",
+            Event::RunCompensated => "run_compensated",
             Event::ApprovalRequested { .. } => "approval_requested",
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::ApprovalExpired { .. } => "approval_expired",
@@ -325,7 +370,13 @@ impl Event {
             | Event::ApprovalRequested { step, .. }
             | Event::ApprovalDecided { step, .. }
             | Event::ApprovalExpired { step }
-            | Event::ApprovalEscalated { step, .. } => Some(step),
+            | Event::ApprovalEscalated { step, .. }
+            | Event::CompensationAttemptStarted { step, .. }
+            | Event::CompensationAttemptSucceeded { step, .. }
+            | Event::CompensationAttemptFailed { step, .. }
+            | Event::CompensationRetryScheduled { step, .. }
+            | Event::CompensationTimerFired { step }
+            | Event::CompensationGaveUp { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -339,6 +390,7 @@ impl Event {
             Event::RunCompleted { output } => Some(output),
             Event::SignalReceived { payload, .. } => Some(payload),
             Event::DefinitionMigrated { definition, .. } => Some(definition),
+            Event::CompensationAttemptStarted { input, .. } => Some(input),
             _ => None,
         }
     }

@@ -42,7 +42,9 @@ status_enum!(
         Executing => "EXECUTING",
         Waiting => "WAITING",
         Paused => "PAUSED",
+        Compensating => "COMPENSATING",
         Completed => "COMPLETED",
+        Compensated => "COMPENSATED",
         Failed => "FAILED",
         Cancelled => "CANCELLED",
     }
@@ -56,7 +58,9 @@ status_enum!(
         Running => "RUNNING",
         RetryWait => "RETRY_WAIT",
         Waiting => "WAITING",
+        Compensating => "COMPENSATING",
         Completed => "COMPLETED",
+        Compensated => "COMPENSATED",
         Failed => "FAILED",
         Skipped => "SKIPPED",
         Cancelled => "CANCELLED",
@@ -65,14 +69,22 @@ status_enum!(
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Compensated)
     }
 }
 
 impl StepStatus {
     /// Settled: nothing more will happen to this step in this run.
     pub fn is_terminal(self) -> bool {
-        matches!(self, StepStatus::Completed | StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
+        matches!(
+            self,
+            StepStatus::Completed
+                | StepStatus::Failed
+                | StepStatus::Skipped
+                | StepStatus::Cancelled
+                | StepStatus::Compensating
+                | StepStatus::Compensated
+        )
     }
 }
 
@@ -90,6 +102,8 @@ pub enum RunInput {
     Paused,
     Unpaused,
     Signal,
+    CompensationStarted,
+    Compensated,
 }
 
 impl RunInput {
@@ -105,6 +119,8 @@ impl RunInput {
         RunInput::Paused,
         RunInput::Unpaused,
         RunInput::Signal,
+        RunInput::CompensationStarted,
+        RunInput::Compensated,
     ];
 }
 
@@ -130,6 +146,10 @@ pub enum StepInput {
     Reused,
     /// A person skipped an escalated step, supplying its output.
     SkippedWithOutput,
+    CompensationStarted,
+    CompensationAttempt,
+    Compensated,
+    CompensationGaveUp,
 }
 
 impl StepInput {
@@ -150,6 +170,10 @@ impl StepInput {
         StepInput::ApprovalEscalated,
         StepInput::Reused,
         StepInput::SkippedWithOutput,
+        StepInput::CompensationStarted,
+        StepInput::CompensationAttempt,
+        StepInput::Compensated,
+        StepInput::CompensationGaveUp,
     ];
 }
 
@@ -189,6 +213,14 @@ pub const RUN_TRANSITIONS: &[(RunStatus, RunInput, RunStatus)] = &[
     (R::Executing, RI::Signal, R::Executing),
     (R::Waiting, RI::Signal, R::Waiting),
     (R::Paused, RI::Signal, R::Paused),
+    // Sagas: a failing or cancelled run undoes its completed steps before it ends.
+    (R::Executing, RI::CompensationStarted, R::Compensating),
+    (R::Waiting, RI::CompensationStarted, R::Compensating),
+    (R::Paused, RI::CompensationStarted, R::Compensating),
+    (R::Compensating, RI::StepActivity, R::Compensating),
+    (R::Compensating, RI::Signal, R::Compensating),
+    (R::Compensating, RI::Compensated, R::Compensated),
+    (R::Compensating, RI::Failed, R::Failed),
 ];
 
 use StepInput as SI;
@@ -226,6 +258,11 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     // Escalation: a step that failed for good waits for a person instead of failing.
     (S::RetryWait, SI::ApprovalRequested, S::Waiting),
     (S::Waiting, SI::SkippedWithOutput, S::Completed),
+    // Compensation of a completed step: attempts (and retries) until it is undone or given up.
+    (S::Completed, SI::CompensationStarted, S::Compensating),
+    (S::Compensating, SI::CompensationAttempt, S::Compensating),
+    (S::Compensating, SI::Compensated, S::Compensated),
+    (S::Compensating, SI::CompensationGaveUp, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -264,6 +301,14 @@ mod tests {
         if from.is_terminal() {
             return None;
         }
+        if from == R::Compensating {
+            return match input {
+                StepActivity | Signal => Some(R::Compensating),
+                Compensated => Some(R::Compensated),
+                Failed => Some(R::Failed),
+                _ => None,
+            };
+        }
         match (from, input) {
             (_, Cancelled) => Some(R::Cancelled),
             (_, Failed) => Some(R::Failed),
@@ -279,12 +324,20 @@ mod tests {
             (R::Paused, StepActivity) => Some(R::Paused),
             (R::Paused, Unpaused) => Some(R::Executing),
             (R::Paused, Completed) => Some(R::Completed),
+            (R::Executing | R::Waiting | R::Paused, CompensationStarted) => Some(R::Compensating),
             _ => None,
         }
     }
 
     fn expected_step(from: StepStatus, input: StepInput) -> Option<StepStatus> {
         use StepInput::*;
+        match (from, input) {
+            (S::Completed, CompensationStarted) => return Some(S::Compensating),
+            (S::Compensating, CompensationAttempt) => return Some(S::Compensating),
+            (S::Compensating, Compensated) => return Some(S::Compensated),
+            (S::Compensating, CompensationGaveUp) => return Some(S::Completed),
+            _ => {}
+        }
         if from.is_terminal() {
             return None;
         }

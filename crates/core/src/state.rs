@@ -47,6 +47,20 @@ pub struct StepState {
     pub approval: Option<ApprovalState>,
     /// The current wait is an escalated failure, not an approval gate.
     pub escalated: bool,
+    /// Journal position where the step completed (compensations run newest first).
+    pub completed_seq: u64,
+    pub compensation: Option<CompensationState>,
+}
+
+/// Where undoing a completed step stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Default)]
+pub struct CompensationState {
+    pub attempts: u32,
+    pub running: bool,
+    pub not_before_ms: Option<i64>,
+    pub last_failure: Option<Failure>,
+    /// Set when the compensation failed for good.
+    pub gave_up: Option<Failure>,
 }
 
 /// Where a step's approval gate stands.
@@ -75,6 +89,8 @@ impl StepState {
             skip_reason: None,
             approval: None,
             escalated: false,
+            completed_seq: 0,
+            compensation: None,
         }
     }
 }
@@ -103,6 +119,8 @@ pub struct RunState {
     pub output: Option<PayloadRef>,
     /// Latest payload of each signal received, by name.
     pub signals: BTreeMap<String, PayloadRef>,
+    /// Why the run is undoing its completed steps.
+    pub compensation_reason: Option<Failure>,
 }
 
 impl RunState {
@@ -128,6 +146,7 @@ impl RunState {
             failed_step: None,
             output: None,
             signals: BTreeMap::new(),
+            compensation_reason: None,
         }
     }
 
@@ -170,6 +189,28 @@ impl RunState {
             }
         }
         None
+    }
+
+    /// Completed steps that declare a compensation and have not been undone (or given up on).
+    pub fn needs_compensation(&self) -> bool {
+        self.pending_compensations().next().is_some()
+    }
+
+    /// Indexes of the steps still to undo, newest completion first.
+    pub fn pending_compensations(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut idx: Vec<usize> = match &self.definition {
+            Some(def) => (0..self.steps.len())
+                .filter(|&i| {
+                    let s = &self.steps[i];
+                    def.steps[i].compensate.is_some()
+                        && matches!(s.status, StepStatus::Completed | StepStatus::Compensating)
+                        && s.compensation.as_ref().is_none_or(|c| c.gave_up.is_none())
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        idx.sort_by_key(|&i| std::cmp::Reverse(self.steps[i].completed_seq));
+        idx.into_iter()
     }
 
     /// The value of a step's output, if it completed.
@@ -228,6 +269,7 @@ impl RunState {
                     step.status = machine::step_transition(step.status, StepInput::Reused).map_err(tr)?;
                     step.output = Some(r.output.clone());
                     step.finished_at_ms = Some(at);
+                    step.completed_seq = seq;
                 }
                 self.steps = steps;
                 self.definition = Some(Arc::new(def));
@@ -298,6 +340,24 @@ impl RunState {
                 }
                 self.signals.insert(name.clone(), payload.clone());
             }
+            Event::RunCancelled { reason, .. } if self.needs_compensation() => {
+                // Cancelling a run with completed compensable steps undoes them first.
+                self.status = machine::run_transition(self.status, RunInput::CompensationStarted).map_err(tr)?;
+                let failure = Failure::new(ErrorClass::Permanent, format!("cancelled: {reason}"));
+                self.compensation_reason = Some(failure.clone());
+                self.failure = Some(failure);
+                self.end_unsettled_steps(at);
+            }
+            Event::CompensationStarted { reason } => {
+                self.status = machine::run_transition(self.status, RunInput::CompensationStarted).map_err(tr)?;
+                self.compensation_reason = Some(reason.clone());
+                self.failure = Some(reason.clone());
+                self.end_unsettled_steps(at);
+            }
+            Event::RunCompensated => {
+                self.status = machine::run_transition(self.status, RunInput::Compensated).map_err(tr)?;
+                self.finished_at_ms = Some(at);
+            }
             Event::RunCancelled { reason, .. } => {
                 self.require_created(seq, kind)?;
                 self.status = machine::run_transition(self.status, RunInput::Cancelled).map_err(tr)?;
@@ -360,6 +420,15 @@ impl RunState {
             Event::ApprovalDecided { approved: true, .. } => StepInput::Approved,
             Event::ApprovalDecided { approved: false, .. } => StepInput::Rejected,
             Event::ApprovalExpired { .. } => StepInput::ApprovalExpired,
+            Event::CompensationAttemptStarted { .. } if self.steps[idx].status == StepStatus::Completed => {
+                StepInput::CompensationStarted
+            }
+            Event::CompensationAttemptStarted { .. }
+            | Event::CompensationAttemptFailed { .. }
+            | Event::CompensationRetryScheduled { .. }
+            | Event::CompensationTimerFired { .. } => StepInput::CompensationAttempt,
+            Event::CompensationAttemptSucceeded { .. } => StepInput::Compensated,
+            Event::CompensationGaveUp { .. } => StepInput::CompensationGaveUp,
             Event::ApprovalEscalated { .. } => StepInput::ApprovalEscalated,
             _ => return Err(Error::Premature { seq, kind }),
         };
@@ -394,6 +463,7 @@ impl RunState {
                 step.output = Some(output.clone());
                 step.busy_ms += duration_ms;
                 step.finished_at_ms = Some(at);
+                step.completed_seq = seq;
             }
             Event::AttemptFailed { attempt, failure, duration_ms, .. } => {
                 check_attempt(*attempt, step.attempts)?;
@@ -408,6 +478,33 @@ impl RunState {
                 step.last_failure = Some(failure.clone());
                 step.finished_at_ms = Some(at);
                 step.not_before_ms = None;
+            }
+            Event::CompensationAttemptStarted { attempt, .. } => {
+                let c = step.compensation.get_or_insert_with(Default::default);
+                check_attempt(*attempt, c.attempts + 1)?;
+                c.attempts = *attempt;
+                c.running = true;
+                c.not_before_ms = None;
+            }
+            Event::CompensationAttemptSucceeded { attempt, duration_ms, .. }
+            | Event::CompensationAttemptFailed { attempt, duration_ms, .. } => {
+                let c = step.compensation.get_or_insert_with(Default::default);
+                check_attempt(*attempt, c.attempts)?;
+                c.running = false;
+                if let Event::CompensationAttemptFailed { failure, .. } = event {
+                    c.last_failure = Some(failure.clone());
+                }
+                step.busy_ms += duration_ms;
+            }
+            Event::CompensationRetryScheduled { next_attempt, not_before_ms, .. } => {
+                let c = step.compensation.get_or_insert_with(Default::default);
+                check_attempt(*next_attempt, c.attempts + 1)?;
+                c.not_before_ms = Some(*not_before_ms);
+            }
+            Event::CompensationGaveUp { failure, .. } => {
+                let c = step.compensation.get_or_insert_with(Default::default);
+                c.gave_up = Some(failure.clone());
+                c.not_before_ms = None;
             }
             Event::ApprovalRequested { prompt, deadline_ms, escalation, .. } => {
                 step.escalated = *escalation;

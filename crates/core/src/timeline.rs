@@ -226,6 +226,34 @@ impl Timeline {
                         by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
                     ),
                 )),
+                Event::CompensationStarted { reason } => {
+                    t.status = "COMPENSATING".into();
+                    t.moments.push((at, format!("compensating: {}", reason.message)));
+                    t.follow("compensation started".into());
+                }
+                Event::CompensationAttemptStarted { step: s, attempt, .. } => {
+                    t.moments.push((at, format!("compensating step {s} (attempt {attempt})")));
+                }
+                Event::CompensationAttemptSucceeded { step: s, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "COMPENSATED".into();
+                    t.follow(format!("step {s} compensated"));
+                }
+                Event::CompensationAttemptFailed { step: s, failure, .. } => {
+                    t.moments.push((at, format!("compensation of {s} failed: {failure}")));
+                }
+                Event::CompensationRetryScheduled { step: s, delay_ms, .. } => {
+                    t.moments.push((at, format!("compensation of {s} retries after {delay_ms} ms")));
+                }
+                Event::CompensationGaveUp { step: s, failure } => {
+                    t.follow(format!("compensation of {s} gave up: {failure}"));
+                }
+                Event::RunCompensated => {
+                    t.status = "COMPENSATED".into();
+                    t.finished_at_ms = Some(at);
+                    t.follow("run compensated".into());
+                }
+                Event::CompensationTimerFired { .. } => {}
                 Event::StepCancelled { step: s } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "CANCELLED".into();
@@ -234,9 +262,9 @@ impl Timeline {
             }
         }
         // Steps cut off by the run's end.
-        let ended = matches!(t.status.as_str(), "FAILED" | "CANCELLED");
+        let ended = matches!(t.status.as_str(), "FAILED" | "CANCELLED" | "COMPENSATED" | "COMPENSATING");
         for s in &mut t.steps {
-            if ended && !matches!(s.status.as_str(), "COMPLETED" | "FAILED" | "SKIPPED") {
+            if ended && !matches!(s.status.as_str(), "COMPLETED" | "FAILED" | "SKIPPED" | "COMPENSATED") {
                 s.status = "CANCELLED".into();
             }
         }

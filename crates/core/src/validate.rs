@@ -140,6 +140,15 @@ struct RawStep {
     inject: Option<RawInject>,
     requires_approval: Option<bool>,
     approval: Option<RawApproval>,
+    compensate: Option<RawCompensate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompensate {
+    kind: Spanned<String>,
+    with: Option<Value>,
+    retry: Option<RawRetry>,
 }
 
 #[derive(Deserialize)]
@@ -896,7 +905,41 @@ fn compile_step(
         trigger,
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
         approval: compile_approval(s, here, out),
+        compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, defaults, here, out)),
     }
+}
+
+fn compile_compensate(
+    c: &RawCompensate,
+    defaults: &Defaults,
+    step: Option<&str>,
+    out: &mut Problems<'_>,
+) -> Option<crate::definition::Compensate> {
+    let Some(kind) = kinds::lookup(&c.kind.value) else {
+        out.add(
+            c.kind.referenced,
+            step,
+            "unknown_kind",
+            format!(
+                "compensate.kind `{}` is not a step kind; known kinds: {}",
+                c.kind.value,
+                kinds::names().join(", ")
+            ),
+        );
+        return None;
+    };
+    if kind.name == "approval" {
+        let msg = "compensate.kind cannot be `approval`: a compensation runs unattended; use `on_failure: escalate` on a step to involve a person";
+        out.add(c.kind.referenced, step, "bad_compensation", msg.to_string());
+        return None;
+    }
+    let with = c.with.clone().unwrap_or(Value::Null);
+    for (path, msg) in template::check(&with) {
+        out.add(c.kind.referenced, step, "bad_template", format!("compensate.{path}: {msg}"));
+    }
+    let own = c.retry.as_ref().map(|r| check_retry(r, "compensate.retry.", step, out)).unwrap_or_default();
+    let retry = resolve_retry(kind.retry, &defaults.retry, &own).policy;
+    Some(crate::definition::Compensate { kind: kind.name.to_string(), with, retry })
 }
 
 /// A step needs approval if it is an `approval` step, sets `requires_approval: true`, or has an

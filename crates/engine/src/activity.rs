@@ -29,7 +29,13 @@ pub struct AttemptContext<'a> {
 /// `run/step/call`, the same for every attempt of the step. `None` for side-effect-free kinds.
 pub fn effect_key(kind: &str, input: &Value, run_id: &str, step: &str) -> Option<String> {
     let method = input.get("method").and_then(Value::as_str).unwrap_or("POST");
-    (kind == "http" && !method.eq_ignore_ascii_case("GET")).then(|| format!("{run_id}/{step}/1"))
+    (kind == "http" && !method.eq_ignore_ascii_case("GET")).then(|| call_key(run_id, step))
+}
+
+/// `run/step/call`: the same for every attempt of this step, so the far side applies a retried
+/// write once (sent as `Idempotency-Key`; the effect log's key too).
+fn call_key(run_id: &str, step: &str) -> String {
+    format!("{run_id}/{step}/1")
 }
 
 /// An activity's result and the log lines it wants kept with the attempt.
@@ -71,9 +77,7 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         // The gate was passed before the attempt started; its output is the recorded decision.
         "approval" => Ok(ctx.input.clone()),
         "http" => {
-            // run/step/call: the same for every attempt of this step, so the far side applies
-            // a retried write once.
-            let key = format!("{}/{}/1", ctx.run_id, ctx.step);
+            let key = call_key(ctx.run_id, ctx.step);
             crate::http::call(ctx.input, &key, ctx.worker, &mut logs).await
         }
         "sleep" => sleep(ctx.input, &mut logs).await,

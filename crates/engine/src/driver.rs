@@ -8,7 +8,7 @@ use cairn_core::decide::{self, Command};
 use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
-use cairn_core::{StepId, StepStatus};
+use cairn_core::{RunStatus, StepId, StepStatus};
 use cairn_store::{IdempotencyKey, LogLine, RunRow, RunWrite, StepRow, Store, StoredEvent};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
@@ -17,19 +17,27 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::task::JoinSet;
 
-/// An attempt whose `AttemptStarted` is in the batch being committed.
-pub(crate) struct Launch {
+/// An attempt decided but not yet started: the step's own, or its compensation.
+struct Queued {
     index: usize,
     step: StepId,
     attempt: u32,
     input: Value,
-    permit: OwnedSemaphorePermit,
+    compensation: bool,
+}
+
+/// An attempt whose start event is in the batch being committed. Compensations run one at a time
+/// per run and take no engine slot, so that a full engine can still undo work.
+pub(crate) struct Launch {
+    attempt: Queued,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 struct Finished {
     index: usize,
     step: StepId,
     attempt: u32,
+    compensation: bool,
     outcome: activity::Outcome,
     duration_ms: u64,
 }
@@ -43,7 +51,7 @@ pub(crate) struct Live<S: Store> {
     payloads: Vec<Payload>,
     touched: BTreeSet<usize>,
     logs: Vec<LogLine>,
-    start_queue: VecDeque<(usize, StepId, u32, Value)>,
+    start_queue: VecDeque<Queued>,
     launches: Vec<Launch>,
     timers: Vec<(i64, StepId)>,
     running: JoinSet<Finished>,
@@ -130,7 +138,10 @@ impl<S: Store> Live<S> {
                 // Plans are made before the run is created (see `Engine::start`).
                 Command::Plan => {}
                 Command::StartAttempt { step, index, attempt, input } => {
-                    self.start_queue.push_back((index, step, attempt, input));
+                    self.start_queue.push_back(Queued { index, step, attempt, input, compensation: false });
+                }
+                Command::StartCompensation { step, index, attempt, input } => {
+                    self.start_queue.push_front(Queued { index, step, attempt, input, compensation: true });
                 }
                 Command::ArmTimer { step, at_ms } => self.timers.push((at_ms, step)),
             }
@@ -147,15 +158,29 @@ impl<S: Store> Live<S> {
             .filter(|s| s.status == StepStatus::Running)
             .map(|s| (s.id.clone(), s.attempts))
             .collect();
+        let interrupted_compensation: Option<(StepId, u32)> = self.state.steps.iter().find_map(|s| {
+            let c = s.compensation.as_ref().filter(|c| c.running)?;
+            Some((s.id.clone(), c.attempts))
+        });
         let resumed = decide::resume_commands(&mut self.state).map_err(|e| self.journal_error(e))?;
         self.handle(resumed);
-        for (step, attempt) in interrupted {
-            let failure = Failure::new(
+        let message = |what: &str, attempt: u32| {
+            Failure::new(
                 ErrorClass::Transient,
-                format!("attempt {attempt} was interrupted: the process running it stopped before recording a result"),
-            );
+                format!("{what} {attempt} was interrupted: the process running it stopped before recording a result"),
+            )
+        };
+        for (step, attempt) in interrupted {
+            let failure = message("attempt", attempt);
             self.log(&step, attempt, "warn", failure.message.clone());
             self.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 0 })?;
+        }
+        if let Some((step, attempt)) = interrupted_compensation {
+            // Not known to have run to the end: the compensation runs again (its retry policy
+            // decides whether it may).
+            let failure = message("compensation attempt", attempt);
+            self.log(&step, attempt, "warn", failure.message.clone());
+            self.feed(Event::CompensationAttemptFailed { step, attempt, failure, duration_ms: 0 })?;
         }
         self.start_ready()
     }
@@ -166,41 +191,52 @@ impl<S: Store> Live<S> {
 
     /// Records `AttemptStarted` for queued attempts while concurrency permits are free.
     pub(crate) fn start_ready(&mut self) -> Result<(), Error> {
-        while let Some((index, ..)) = self.start_queue.front() {
-            let index = *index;
-            if self.state.status.is_terminal()
-                || self.state.steps.get(index).map(|s| s.status) != Some(StepStatus::Ready)
-            {
+        while let Some(front) = self.start_queue.front() {
+            let status = self.state.steps.get(front.index).map(|s| s.status);
+            let startable = if front.compensation {
+                self.state.status == RunStatus::Compensating
+                    && matches!(status, Some(StepStatus::Completed | StepStatus::Compensating))
+            } else {
+                !self.state.status.is_terminal() && status == Some(StepStatus::Ready)
+            };
+            if !startable {
                 self.start_queue.pop_front();
                 continue;
             }
-            // Fairness: one run never holds more than its share of the engine's slots.
-            let in_flight = self.running.len() + self.launches.len();
-            if *self.shutdown.borrow() || in_flight >= self.inner.config.max_per_run.max(1) {
+            if *self.shutdown.borrow() {
                 break;
             }
-            let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else { break };
-            let Some((index, step, attempt, input)) = self.start_queue.pop_front() else { break };
-            self.launch(index, step, attempt, input, permit)?;
+            let permit = if front.compensation {
+                None
+            } else {
+                // Fairness: one run never holds more than its share of the engine's slots.
+                let in_flight = self.running.len() + self.launches.len();
+                if in_flight >= self.inner.config.max_per_run.max(1) {
+                    break;
+                }
+                let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else { break };
+                Some(permit)
+            };
+            let Some(queued) = self.start_queue.pop_front() else { break };
+            self.launch(queued, permit)?;
         }
         Ok(())
     }
 
-    fn launch(
-        &mut self,
-        index: usize,
-        step: StepId,
-        attempt: u32,
-        input: Value,
-        permit: OwnedSemaphorePermit,
-    ) -> Result<(), Error> {
-        let payload = Payload::of(&input);
-        let reference = payload.reference.clone();
-        self.state.add_payload(&payload, input.clone());
+    fn launch(&mut self, q: Queued, permit: Option<OwnedSemaphorePermit>) -> Result<(), Error> {
+        let payload = Payload::of(&q.input);
+        let input = payload.reference.clone();
+        self.state.add_payload(&payload, q.input.clone());
         self.payloads.push(payload);
-        self.log(&step, attempt, "info", format!("attempt {attempt} started"));
-        self.feed(Event::AttemptStarted { step: step.clone(), attempt, input: reference })?;
-        self.launches.push(Launch { index, step, attempt, input, permit });
+        let (step, attempt) = (q.step.clone(), q.attempt);
+        if q.compensation {
+            self.log(&step, attempt, "info", format!("compensation attempt {attempt} started"));
+            self.feed(Event::CompensationAttemptStarted { step, attempt, input })?;
+        } else {
+            self.log(&step, attempt, "info", format!("attempt {attempt} started"));
+            self.feed(Event::AttemptStarted { step, attempt, input })?;
+        }
+        self.launches.push(Launch { attempt: q, permit });
         Ok(())
     }
 
@@ -240,8 +276,8 @@ impl<S: Store> Live<S> {
         }
         // Effects only after the commit: start the attempts just journaled (unless the same
         // commit ended the run).
-        if self.state.status.is_terminal() {
-            self.launches.clear();
+        if self.state.status.is_terminal() || self.state.status == RunStatus::Compensating {
+            self.launches.retain(|l| l.attempt.compensation && !self.state.status.is_terminal());
         }
         for launch in std::mem::take(&mut self.launches) {
             self.spawn_attempt(launch);
@@ -249,23 +285,35 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    fn spawn_attempt(&mut self, l: Launch) {
+    fn spawn_attempt(&mut self, launch: Launch) {
         let Some(def) = self.state.definition.clone() else { return };
-        let step_def = def.steps[l.index].clone();
+        let Launch { attempt: l, permit } = launch;
+        let mut step_def = def.steps[l.index].clone();
+        // A compensation is its own activity: its kind and input, no fault injection, and an
+        // effect-log key of its own.
+        let effect_step = if l.compensation {
+            let Some(comp) = step_def.compensate.clone() else { return };
+            step_def.kind = comp.kind;
+            step_def.inject = None;
+            step_def.timeout_ms = None;
+            format!("{}.compensate", step_def.id)
+        } else {
+            step_def.id.to_string()
+        };
         let run_id = self.state.run_id.to_string();
         let workflow = self.state.workflow.clone();
         let chaos = self.state.options.chaos;
-        let hold = self.inner.config.hold_after_activity.as_deref() == Some(step_def.id.as_str());
+        let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
         let worker = self.inner.config.owner.clone();
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
         self.running.spawn(async move {
-            let _permit = l.permit;
+            let _permit = permit;
             let started = Instant::now();
             let ctx = AttemptContext {
                 run_id: &run_id,
                 workflow: &workflow,
-                step: step_def.id.as_str(),
+                step: &effect_step,
                 kind: &step_def.kind,
                 attempt: l.attempt,
                 input: &l.input,
@@ -275,7 +323,7 @@ impl<S: Store> Live<S> {
             };
             // Side effects go through the effect log: a result logged by an earlier attempt is
             // returned instead of calling again (the call's key is the same for every attempt).
-            let effect_key = activity::effect_key(&step_def.kind, &l.input, &run_id, step_def.id.as_str());
+            let effect_key = activity::effect_key(&step_def.kind, &l.input, &run_id, &effect_step);
             if let Some(key) = &effect_key
                 && let Ok(Some(logged)) = store.effect(key).await
             {
@@ -283,6 +331,7 @@ impl<S: Store> Live<S> {
                     index: l.index,
                     step: l.step,
                     attempt: l.attempt,
+                    compensation: l.compensation,
                     outcome: activity::Outcome {
                         result: Ok(logged),
                         logs: vec![format!("returned the logged result of {key}; the effect was not repeated")],
@@ -316,13 +365,14 @@ impl<S: Store> Live<S> {
                 }
             }
             if hold {
-                eprintln!("[debug] holding after activity {} attempt {}", step_def.id, l.attempt);
+                eprintln!("[debug] holding after activity {effect_step} attempt {}", l.attempt);
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             Finished {
                 index: l.index,
                 step: l.step,
                 attempt: l.attempt,
+                compensation: l.compensation,
                 outcome,
                 duration_ms: started.elapsed().as_millis() as u64,
             }
@@ -330,6 +380,9 @@ impl<S: Store> Live<S> {
     }
 
     fn on_finished(&mut self, f: Finished) -> Result<(), Error> {
+        if f.compensation {
+            return self.on_compensation_finished(f);
+        }
         if self.state.status.is_terminal()
             || self.state.steps.get(f.index).map(|s| s.status) != Some(StepStatus::Running)
         {
@@ -383,6 +436,32 @@ impl<S: Store> Live<S> {
         }
     }
 
+    fn on_compensation_finished(&mut self, f: Finished) -> Result<(), Error> {
+        let running = self.state.steps.get(f.index).and_then(|s| s.compensation.as_ref()).is_some_and(|c| c.running);
+        if self.state.status != RunStatus::Compensating || !running {
+            return Ok(());
+        }
+        for line in f.outcome.logs {
+            self.log(&f.step, f.attempt, "info", line);
+        }
+        let (step, attempt, duration_ms) = (f.step, f.attempt, f.duration_ms);
+        match f.outcome.result {
+            Ok(_) => {
+                self.log(
+                    &step,
+                    attempt,
+                    "info",
+                    format!("compensation attempt {attempt} succeeded in {duration_ms} ms"),
+                );
+                self.feed(Event::CompensationAttemptSucceeded { step, attempt, duration_ms })
+            }
+            Err(failure) => {
+                self.log(&step, attempt, "error", format!("compensation attempt {attempt} failed: {failure}"));
+                self.feed(Event::CompensationAttemptFailed { step, attempt, failure, duration_ms })
+            }
+        }
+    }
+
     fn fire_due_timers(&mut self) -> Result<(), Error> {
         let now = now_ms();
         let (due, later): (Vec<_>, Vec<_>) =
@@ -395,6 +474,9 @@ impl<S: Store> Live<S> {
             match self.state.step_state(step.as_str()).map(|s| s.status) {
                 Some(StepStatus::RetryWait) => self.feed(Event::TimerFired { step })?,
                 Some(StepStatus::Waiting) => self.feed(Event::ApprovalExpired { step })?,
+                Some(StepStatus::Compensating) if self.state.status == RunStatus::Compensating => {
+                    self.feed(Event::CompensationTimerFired { step })?
+                }
                 _ => {}
             }
         }

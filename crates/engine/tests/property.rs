@@ -88,6 +88,7 @@ fn definition(specs: &[StepSpec]) -> Definition {
                     ..Inject::default()
                 }),
                 approval: None,
+                compensate: None,
             })
             .collect(),
     }
