@@ -134,3 +134,24 @@ fn a_crash_mid_compensation_resumes_without_repeating_finished_or_logged_undos()
     }
     env.assert_journal_is_sound(&id);
 }
+
+#[test]
+fn an_undo_whose_input_does_not_render_gives_up_and_the_others_still_run() {
+    let env = Env::new();
+    let undo = |s: &str| {
+        let field = if s == "b" { "missing" } else { "booked" };
+        format!("{{kind: echo, with: {{cancel: \"{{{{ output.{field} }}}}\"}}}}")
+    };
+    let wf = env.write("wf.yaml", &saga(undo, FAILS));
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let run = env.only_run();
+    assert_eq!(run.status, "FAILED");
+    let message = run.failure_message.unwrap_or_default();
+    assert!(message.contains("compensation failed for b (compensation input does not render"), "{message}");
+    assert_eq!(compensation_order(&env, &id), ["a"], "b was never attempted; a was still undone");
+    assert_eq!(env.step(&id, "b").status, "COMPLETED");
+    assert_eq!(env.step(&id, "a").status, "COMPENSATED");
+    env.assert_journal_is_sound(&id);
+}

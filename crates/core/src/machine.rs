@@ -263,6 +263,8 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Compensating, SI::CompensationAttempt, S::Compensating),
     (S::Compensating, SI::Compensated, S::Compensated),
     (S::Compensating, SI::CompensationGaveUp, S::Completed),
+    // The undo's input could not even be rendered: nothing was attempted.
+    (S::Completed, SI::CompensationGaveUp, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -335,7 +337,7 @@ mod tests {
             (S::Completed, CompensationStarted) => return Some(S::Compensating),
             (S::Compensating, CompensationAttempt) => return Some(S::Compensating),
             (S::Compensating, Compensated) => return Some(S::Compensated),
-            (S::Compensating, CompensationGaveUp) => return Some(S::Completed),
+            (S::Compensating | S::Completed, CompensationGaveUp) => return Some(S::Completed),
             _ => {}
         }
         if from.is_terminal() {
