@@ -335,8 +335,7 @@ impl Decider<'_> {
                 s.compensation.as_ref().and_then(|c| c.gave_up.as_ref()).map(|f| format!("{} ({})", s.id, f.message))
             })
             .collect();
-        let reason =
-            self.state.compensation_reason.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
+        let reason = self.state.failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
         if gave_up.is_empty() {
             self.record(Event::RunCompensated)
         } else {

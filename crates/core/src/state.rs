@@ -119,8 +119,6 @@ pub struct RunState {
     pub output: Option<PayloadRef>,
     /// Latest payload of each signal received, by name.
     pub signals: BTreeMap<String, PayloadRef>,
-    /// Why the run is undoing its completed steps.
-    pub compensation_reason: Option<Failure>,
 }
 
 impl RunState {
@@ -146,7 +144,6 @@ impl RunState {
             failed_step: None,
             output: None,
             signals: BTreeMap::new(),
-            compensation_reason: None,
         }
     }
 
@@ -342,18 +339,10 @@ impl RunState {
             }
             Event::RunCancelled { reason, .. } if self.needs_compensation() => {
                 // Cancelling a run with completed compensable steps undoes them first.
-                self.status = machine::run_transition(self.status, RunInput::CompensationStarted).map_err(tr)?;
                 let failure = Failure::new(ErrorClass::Permanent, format!("cancelled: {reason}"));
-                self.compensation_reason = Some(failure.clone());
-                self.failure = Some(failure);
-                self.end_unsettled_steps(at);
+                self.begin_compensation(failure, at).map_err(tr)?;
             }
-            Event::CompensationStarted { reason } => {
-                self.status = machine::run_transition(self.status, RunInput::CompensationStarted).map_err(tr)?;
-                self.compensation_reason = Some(reason.clone());
-                self.failure = Some(reason.clone());
-                self.end_unsettled_steps(at);
-            }
+            Event::CompensationStarted { reason } => self.begin_compensation(reason.clone(), at).map_err(tr)?,
             Event::RunCompensated => {
                 self.status = machine::run_transition(self.status, RunInput::Compensated).map_err(tr)?;
                 self.finished_at_ms = Some(at);
@@ -377,6 +366,14 @@ impl RunState {
 
     fn require_created(&self, seq: u64, kind: &'static str) -> Result<(), Error> {
         if self.last_seq == 0 { Err(Error::Premature { seq, kind }) } else { Ok(()) }
+    }
+
+    /// The run undoes its completed steps; `failure` (why) stays the run's failure meanwhile.
+    fn begin_compensation(&mut self, failure: Failure, at: i64) -> Result<(), machine::InvalidTransition> {
+        self.status = machine::run_transition(self.status, RunInput::CompensationStarted)?;
+        self.failure = Some(failure);
+        self.end_unsettled_steps(at);
+        Ok(())
     }
 
     fn end_unsettled_steps(&mut self, at: i64) {

@@ -275,10 +275,10 @@ impl<S: Store> Live<S> {
             let _ = tx.send(Notice::Committed { run_id: self.state.run_id.clone(), events });
         }
         // Effects only after the commit: start the attempts just journaled (unless the same
-        // commit ended the run).
-        if self.state.status.is_terminal() || self.state.status == RunStatus::Compensating {
-            self.launches.retain(|l| l.attempt.compensation && !self.state.status.is_terminal());
-        }
+        // commit ended the run, or began undoing it).
+        let status = self.state.status;
+        self.launches
+            .retain(|l| !status.is_terminal() && (l.attempt.compensation || status != RunStatus::Compensating));
         for launch in std::mem::take(&mut self.launches) {
             self.spawn_attempt(launch);
         }
