@@ -63,6 +63,11 @@ fn a_failure_undoes_the_completed_steps_newest_first_with_their_outputs() {
         .collect();
     assert_eq!(inputs, [r#"{"cancel":"flight"}"#, r#"{"cancel":"hotel"}"#]);
     env.assert_journal_is_sound(&id);
+    // COMPENSATED is final: nothing is left for a worker or `resume` to take.
+    let out = env.run(&["resume", &id]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already finished (COMPENSATED); nothing to resume"), "{}", stderr(&out));
+    assert_eq!(compensation_order(&env, &id), ["b", "a"], "nothing ran again");
 }
 
 #[test]

@@ -27,6 +27,10 @@ use serde_json::Value;
 use std::future::Future;
 use std::sync::Arc;
 
+/// The finished run states as an SQL list (`status NOT IN {TERMINAL}`): runs in them are never
+/// claimed, leased or woken.
+pub(crate) const TERMINAL: &str = "('COMPLETED','COMPENSATED','FAILED','CANCELLED')";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path} is not a Cairn database ({detail}); point --db at a new file or at a database cairn created")]
@@ -219,4 +223,17 @@ pub trait Store: Send + Sync + 'static {
         default_retention_ms: u64,
         dry_run: bool,
     ) -> impl Future<Output = Result<GcReport, Error>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_sql_terminal_list_is_the_core_terminal_set() {
+        let core: Vec<String> = cairn_core::RunStatus::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(super::TERMINAL, format!("({})", core.join(",")));
+    }
 }

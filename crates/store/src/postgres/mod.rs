@@ -24,7 +24,7 @@ use tokio::sync::{RwLock, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Row};
 
-const TERMINAL: &str = "('COMPLETED','FAILED','CANCELLED')";
+use crate::TERMINAL;
 const MAX_GROUP: usize = 512;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call on the shared connection that takes longer presumes the connection dead (a half-open

@@ -26,7 +26,6 @@ use writer::{Msg, TxJob};
 /// Marks a file as Cairn's (`PRAGMA application_id`): "CARN".
 const APPLICATION_ID: i64 = 0x4341_524E;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-const TERMINAL: &str = "('COMPLETED','FAILED','CANCELLED')";
 
 /// How hard a commit tries to survive failures; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

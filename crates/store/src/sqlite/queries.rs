@@ -1,6 +1,7 @@
 //! `Store` for SQLite: reads on the reader connection, writes inside the writer's group commit.
 
-use super::{SqliteStore, TERMINAL};
+use super::SqliteStore;
+use crate::TERMINAL;
 use crate::{
     AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow,
     Store, TokenRow, WorkflowRow,
