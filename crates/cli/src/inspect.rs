@@ -70,6 +70,16 @@ pub enum RunsCommand {
         #[arg(long)]
         file: Option<std::path::PathBuf>,
     },
+    /// Retry a FAILED run in place: its failed, cancelled and skipped steps run again (fresh
+    /// retry budgets), completed steps keep their outputs; followed to its end.
+    #[command(after_help = "Example:\n  cairn runs retry wf_01J...")]
+    Retry {
+        id: String,
+        #[command(flatten)]
+        engine: crate::run::EngineArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a named signal with a JSON payload.
     #[command(after_help = "Example:\n  cairn runs signal wf_01J... approved --data '{\"by\": \"ana\"}'")]
     Signal {
@@ -123,6 +133,10 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
         RunsCommand::Cancel { id, reason } => {
             open_existing(db).await?;
             return crate::steer::steer(db, &id, Control::Cancel { reason, by }).await;
+        }
+        RunsCommand::Retry { id, engine, json } => {
+            open_existing(db).await?;
+            return crate::run::retry(db, &id, engine, json).await;
         }
         RunsCommand::Pause { id } => {
             open_existing(db).await?;
@@ -178,6 +192,7 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
     match command {
         RunsCommand::Watch(_)
         | RunsCommand::Migrate { .. }
+        | RunsCommand::Retry { .. }
         | RunsCommand::Cancel { .. }
         | RunsCommand::Pause { .. }
         | RunsCommand::Unpause { .. }

@@ -396,6 +396,21 @@ pub struct RerunArgs {
     pub json: bool,
 }
 
+/// `cairn runs retry ID`: the same run again from what did not succeed.
+pub async fn retry(db: &DbArgs, id: &str, engine_args: EngineArgs, json: bool) -> CliResult {
+    let id = RunId::parse(id).map_err(CliError::usage)?;
+    let (engine, printer) = open_engine(db, &engine_args).await?;
+    let heartbeat = engine.spawn_heartbeat();
+    let handle = engine.retry(&id, Some("cli".into()), true).await?;
+    let handle = handle.ok_or_else(|| CliError::env("the engine is shutting down"))?;
+    eprintln!("[workflow] id={id} retried in place");
+    let outcome = follow(&engine, &id, handle).await;
+    heartbeat.abort();
+    drop(engine);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
+    finish(outcome?, None, json)
+}
+
 /// `cairn rerun ID --from STEP`: a new run linked to its parent, reusing the parent's recorded
 /// outputs for the steps before STEP.
 pub async fn rerun(db: &DbArgs, args: RerunArgs) -> CliResult {

@@ -80,6 +80,7 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.on_attempt_failed(step, *attempt, failure)?;
             d.reconcile()?;
         }
+        Event::RunRetried { .. } => d.reconcile()?,
         Event::RunUnpaused { .. } => {
             d.restart_work()?;
             d.reconcile()?;
@@ -245,13 +246,15 @@ impl Decider<'_> {
         let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
         let policy = def.steps[i].retry;
         let key = [self.state.run_id.as_str(), step.as_str()];
-        match policy.next_delay(attempt, failure, &key) {
+        // After a retry in place the budget starts again; attempt numbers keep counting.
+        let base = self.state.steps[i].retry_base;
+        match policy.next_delay(attempt.saturating_sub(base), failure, &key) {
             Some(delay_ms) => {
                 let not_before_ms = self.at + delay_ms as i64;
                 self.record(Event::RetryScheduled {
                     step: step.clone(),
                     next_attempt: attempt + 1,
-                    max_attempts: policy.max_attempts,
+                    max_attempts: policy.max_attempts + base,
                     delay_ms,
                     not_before_ms,
                 })?;
@@ -715,5 +718,50 @@ mod tests {
         let cmds = h.feed(Event::RunUnpaused { by: None });
         assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["b"]);
         assert_eq!(h.state.status, RunStatus::Executing);
+    }
+
+    #[test]
+    fn a_failed_run_retried_in_place_reruns_what_did_not_succeed_with_a_fresh_budget() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a], retry: {max_attempts: 2, jitter: 0}}\n  - {id: c, kind: echo, needs: [b]}\n";
+        let (mut h, _) = Harness::new(yaml);
+        h.succeed("a", json!(1));
+        let fail = |h: &mut Harness, attempt: u32| {
+            let input = Payload::of(&Value::Null);
+            let step = StepId::new("b");
+            h.feed(Event::AttemptStarted { step: step.clone(), attempt, input: input.reference });
+            let failure = Failure::new(ErrorClass::Transient, "down");
+            h.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 1 })
+        };
+        fail(&mut h, 1);
+        h.feed(Event::TimerFired { step: StepId::new("b") });
+        fail(&mut h, 2);
+        assert_eq!(h.state.status, RunStatus::Failed);
+        assert_eq!(h.state.step_state("c").map(|s| s.status), Some(StepStatus::Cancelled));
+
+        let cmds = h.feed(Event::RunRetried { by: Some("ops".into()) });
+        assert_eq!(h.state.status, RunStatus::Executing);
+        assert_eq!(h.state.failure, None);
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["b"], "a keeps its output");
+        let cmds = fail(&mut h, 3);
+        let retried = cmds.iter().any(|c| {
+            matches!(
+                c,
+                Command::Record(Envelope { event: Event::RetryScheduled { next_attempt: 4, max_attempts: 4, .. }, .. })
+            )
+        });
+        assert!(retried, "the budget of 2 starts again after the retry: {cmds:?}");
+        h.feed(Event::TimerFired { step: StepId::new("b") });
+        assert_eq!(h.state.step_state("c").map(|s| s.status), Some(StepStatus::Pending));
+        let out = Payload::of(&json!(2));
+        h.state.add_payload(&out, json!(2));
+        let input = Payload::of(&Value::Null);
+        h.feed(Event::AttemptStarted { step: StepId::new("b"), attempt: 4, input: input.reference });
+        let cmds = h.feed(Event::AttemptSucceeded {
+            step: StepId::new("b"),
+            attempt: 4,
+            output: out.reference,
+            duration_ms: 1,
+        });
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
     }
 }

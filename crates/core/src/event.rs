@@ -226,6 +226,12 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by: Option<String>,
     },
+    /// A failed run is retried in place: its failed, cancelled and skipped steps are pending
+    /// again (completed ones keep their outputs), each failed step with a fresh retry budget.
+    RunRetried {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
     /// A person is asked to approve the step before it runs, or (an escalation) what to do
     /// after it failed for good; recorded before the run pauses.
     ApprovalRequested {
@@ -338,6 +344,7 @@ impl Event {
             Event::RunCancelled { .. } => "run_cancelled",
             Event::RunPaused { .. } => "run_paused",
             Event::RunUnpaused { .. } => "run_unpaused",
+            Event::RunRetried { .. } => "run_retried",
             Event::SignalReceived { .. } => "signal_received",
             Event::DefinitionMigrated { .. } => "definition_migrated",
             Event::CompensationStarted { .. } => "compensation_started",

@@ -104,6 +104,8 @@ pub enum RunInput {
     Signal,
     CompensationStarted,
     Compensated,
+    /// A failed run is retried in place.
+    Retried,
 }
 
 impl RunInput {
@@ -121,6 +123,7 @@ impl RunInput {
         RunInput::Signal,
         RunInput::CompensationStarted,
         RunInput::Compensated,
+        RunInput::Retried,
     ];
 }
 
@@ -150,6 +153,8 @@ pub enum StepInput {
     CompensationAttempt,
     Compensated,
     CompensationGaveUp,
+    /// The run is retried in place: what did not succeed is pending again.
+    Retried,
 }
 
 impl StepInput {
@@ -174,6 +179,7 @@ impl StepInput {
         StepInput::CompensationAttempt,
         StepInput::Compensated,
         StepInput::CompensationGaveUp,
+        StepInput::Retried,
     ];
 }
 
@@ -221,6 +227,8 @@ pub const RUN_TRANSITIONS: &[(RunStatus, RunInput, RunStatus)] = &[
     (R::Compensating, RI::Signal, R::Compensating),
     (R::Compensating, RI::Compensated, R::Compensated),
     (R::Compensating, RI::Failed, R::Failed),
+    // Retry in place: a failed run (not one that was undone) executes again.
+    (R::Failed, RI::Retried, R::Executing),
 ];
 
 use StepInput as SI;
@@ -265,6 +273,9 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Compensating, SI::CompensationGaveUp, S::Completed),
     // The undo's input could not even be rendered: nothing was attempted.
     (S::Completed, SI::CompensationGaveUp, S::Completed),
+    (S::Failed, SI::Retried, S::Pending),
+    (S::Cancelled, SI::Retried, S::Pending),
+    (S::Skipped, SI::Retried, S::Pending),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -300,6 +311,9 @@ mod tests {
     /// the tables say exactly this and nothing else.
     fn expected_run(from: RunStatus, input: RunInput) -> Option<RunStatus> {
         use RunInput::*;
+        if (from, input) == (R::Failed, Retried) {
+            return Some(R::Executing);
+        }
         if from.is_terminal() {
             return None;
         }
@@ -338,6 +352,7 @@ mod tests {
             (S::Compensating, CompensationAttempt) => return Some(S::Compensating),
             (S::Compensating, Compensated) => return Some(S::Compensated),
             (S::Compensating | S::Completed, CompensationGaveUp) => return Some(S::Completed),
+            (S::Failed | S::Cancelled | S::Skipped, Retried) => return Some(S::Pending),
             _ => {}
         }
         if from.is_terminal() {

@@ -50,6 +50,8 @@ pub struct StepState {
     /// Journal position where the step completed (compensations run newest first).
     pub completed_seq: u64,
     pub compensation: Option<CompensationState>,
+    /// Attempts made before the run was last retried in place; the retry policy counts from here.
+    pub retry_base: u32,
 }
 
 /// Where undoing a completed step stands.
@@ -91,6 +93,7 @@ impl StepState {
             escalated: false,
             completed_seq: 0,
             compensation: None,
+            retry_base: 0,
         }
     }
 }
@@ -328,6 +331,34 @@ impl RunState {
             }
             Event::RunUnpaused { .. } => {
                 self.status = machine::run_transition(self.status, RunInput::Unpaused).map_err(tr)?;
+            }
+            Event::RunRetried { .. } => {
+                if self.steps.iter().any(|s| s.compensation.is_some()) {
+                    // Undone work is not redone in place (a fork can start it afresh).
+                    return Err(tr(InvalidTransition {
+                        machine: "run",
+                        from: format!("{} after compensation", self.status),
+                        input: "Retried".into(),
+                    }));
+                }
+                self.status = machine::run_transition(self.status, RunInput::Retried).map_err(tr)?;
+                self.failure = None;
+                self.failed_step = None;
+                self.finished_at_ms = None;
+                self.output = None;
+                for s in &mut self.steps {
+                    if let Ok(next) = machine::step_transition(s.status, StepInput::Retried) {
+                        *s = StepState {
+                            status: next,
+                            attempts: s.attempts,
+                            retry_base: s.attempts,
+                            first_started_at_ms: s.first_started_at_ms,
+                            busy_ms: s.busy_ms,
+                            last_failure: s.last_failure.take(),
+                            ..StepState::new(s.id.clone())
+                        };
+                    }
+                }
             }
             Event::SignalReceived { name, payload, .. } => {
                 self.require_created(seq, kind)?;

@@ -166,6 +166,14 @@ impl Timeline {
                     t.moments
                         .push((at, format!("paused{}", by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default())));
                 }
+                Event::RunRetried { by } => {
+                    t.status = "EXECUTING".into();
+                    t.finished_at_ms = None;
+                    t.moments.push((
+                        at,
+                        format!("retried in place{}", by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()),
+                    ));
+                }
                 Event::RunUnpaused { by } => {
                     t.status = "EXECUTING".into();
                     t.moments

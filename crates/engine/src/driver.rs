@@ -124,6 +124,7 @@ impl<S: Store> Live<S> {
                 | Event::RunCancelled { .. }
                 | Event::PlanRecorded { .. }
                 | Event::DefinitionMigrated { .. }
+                | Event::RunRetried { .. }
         ) {
             self.touched.extend(0..self.state.steps.len());
         }

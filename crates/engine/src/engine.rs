@@ -356,6 +356,62 @@ impl<S: Store> Engine<S> {
         Ok((id, driving))
     }
 
+    /// Retries a FAILED run in place (journaled as `RunRetried`): its failed, cancelled and
+    /// skipped steps run again with fresh retry budgets; completed steps keep their outputs.
+    /// Driven here with `drive_here` (and room), else left for any worker.
+    pub async fn retry(&self, id: &RunId, by: Option<String>, drive_here: bool) -> Result<Option<Driving>, Error> {
+        let row = self.inner.store.get_run(id).await?;
+        if row.status != RunStatus::Failed.as_str() {
+            return Err(Error::Illegal(format!(
+                "run {id} is {}; only a FAILED run can be retried in place (`cairn rerun {id} --from STEP` starts a new run from any run)",
+                row.status
+            )));
+        }
+        let lease_until = now_ms() + self.inner.config.lease_ms as i64;
+        if !self.inner.store.reopen_run(id, &self.inner.config.owner, lease_until, row.last_seq).await? {
+            return Err(Error::Illegal(format!("run {id} changed while it was being retried; look at it again")));
+        }
+        let mut live = match self.load(id).await {
+            Ok(live) => live,
+            Err(e) => {
+                self.let_go(id, None).await;
+                return Err(e);
+            }
+        };
+        if live.state.steps.iter().any(|s| s.compensation.is_some()) {
+            self.let_go(id, None).await;
+            return Err(Error::Illegal(format!(
+                "run {id} undid its completed steps before it failed, so it cannot be retried in place; `cairn rerun {id} --from STEP` starts it afresh"
+            )));
+        }
+        if let Err(e) = live.feed(Event::RunRetried { by }) {
+            self.let_go(id, None).await;
+            return Err(e);
+        }
+        let here = drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
+        let committed = if here {
+            match live.start_ready() {
+                Ok(()) => live.commit().await,
+                Err(e) => Err(e),
+            }
+        } else {
+            live.set_release();
+            live.commit().await
+        };
+        if let Err(e) = committed {
+            // Still FAILED: hand it back so that it can be retried again.
+            self.let_go(id, None).await;
+            return Err(e);
+        }
+        if here {
+            live.attach();
+            Ok(Some(self.spawn_drive(live)))
+        } else {
+            self.inner.wake.notify_one();
+            Ok(None)
+        }
+    }
+
     /// Loads a run this process has claimed and drives it.
     async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
         let mut live = self.load(id).await?;

@@ -133,6 +133,7 @@ pub fn app<S: Store>(state: AppState<S>) -> Router {
         .route("/runs/{id}/signals/{name}", post(runs::signal::<S>))
         .route("/runs/{id}/approvals/{step}", post(approvals::decide::<S>))
         .route("/runs/{id}/rerun", post(runs::rerun::<S>))
+        .route("/runs/{id}/retry", post(runs::retry::<S>))
         .route("/approvals", get(approvals::list::<S>))
         .route("/events/stream", get(stream::all_stream::<S>))
         .route("/workflows", post(workflows::register::<S>).get(workflows::list::<S>))

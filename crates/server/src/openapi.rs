@@ -49,6 +49,25 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "operator",
     ),
     (
+        "post",
+        "/v1/runs/{id}/approvals/{step}",
+        "Decide an approval gate {\"decision\": \"approve\"|\"reject\", \"comment\"} or an escalation {\"decision\": \"retry\"|\"skip\"|\"abort\", \"output\"}; repeating a decision is idempotent.",
+        "operator",
+    ),
+    ("get", "/v1/approvals", "What waits for a person, oldest first.", "viewer"),
+    (
+        "post",
+        "/v1/runs/{id}/rerun",
+        "Fork: a new run {\"from\": STEP} reusing this run's results before STEP, linked to it.",
+        "operator",
+    ),
+    (
+        "post",
+        "/v1/runs/{id}/retry",
+        "Retry a FAILED run in place: failed, cancelled and skipped steps run again with fresh retry budgets. 409 unless FAILED.",
+        "operator",
+    ),
+    (
         "get",
         "/v1/events/stream",
         "Every run's events as Server-Sent Events (id = global event id); starts from now unless Last-Event-ID is sent.",

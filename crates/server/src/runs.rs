@@ -466,6 +466,19 @@ pub struct RerunBody {
     from: String,
 }
 
+/// Retries a FAILED run in place from what did not succeed (the same run id; `RunRetried` in
+/// its journal). 409 unless the run is FAILED.
+pub async fn retry<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    state.engine.retry(&id, Some(actor.name), state.drive_here).await?;
+    let row = state.store.get_run(&id).await?;
+    Ok(axum::Json(run_view(&row, None, None)).into_response())
+}
+
 /// A new run from a step of this one, reusing the results before it (linked to its parent).
 pub async fn rerun<S: Store>(
     State(state): State<AppState<S>>,

@@ -159,6 +159,13 @@ impl Store for AnyStore {
         }
     }
 
+    async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.reopen_run(id, owner, lease_until_ms, expected_seq).await,
+            AnyStore::Postgres(s) => s.reopen_run(id, owner, lease_until_ms, expected_seq).await,
+        }
+    }
+
     async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
         match self {
             AnyStore::Sqlite(s) => s.push_inbox(id, body, now_ms).await,

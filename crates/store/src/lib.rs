@@ -160,6 +160,15 @@ pub trait Store: Send + Sync + 'static {
         id: &RunId,
         wake_at_ms: Option<i64>,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Takes a FAILED run nobody holds for a retry in place, if it is still at `expected_seq`
+    /// (so two people retrying at once cannot both reopen it); false otherwise.
+    fn reopen_run(
+        &self,
+        id: &RunId,
+        owner: &str,
+        lease_until_ms: i64,
+        expected_seq: u64,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Leaves a request for a run's owner (the run becomes due at `now_ms`); returns false if
     /// the run is finished or unknown.
     fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;

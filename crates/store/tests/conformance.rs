@@ -447,6 +447,26 @@ conformance!(release_run_lets_go_of_one_run_for_its_owner_only, |store| async mo
     assert!(!store.release_run(OWNER, &run_id(404), None).await.expect("release_run"), "unknown run");
 });
 
+conformance!(reopen_takes_an_unheld_failed_run_at_its_seq_once, |store| async move {
+    let mut failed = create(&*store, 1, OWNER, LIVE).await;
+    let failure = cairn_core::event::Failure::new(cairn_core::event::ErrorClass::Permanent, "boom");
+    failed.feed(cairn_core::Event::RunFailed { failure, step: None });
+    commit(&*store, failed.write_released(OWNER)).await;
+    let seq = store.get_run(&failed.id()).await.expect("run").last_seq;
+    let mut done = create(&*store, 2, OWNER, LIVE).await;
+    done.finish();
+    commit(&*store, done.write_released(OWNER)).await;
+    let done_seq = store.get_run(&done.id()).await.expect("run").last_seq;
+
+    assert!(!store.reopen_run(&failed.id(), OTHER, LIVE, seq - 1).await.expect("reopen"), "stale seq");
+    assert!(!store.reopen_run(&done.id(), OTHER, LIVE, done_seq).await.expect("reopen"), "only FAILED runs");
+    assert!(!store.reopen_run(&run_id(404), OTHER, LIVE, 1).await.expect("reopen"), "unknown run");
+    assert!(store.reopen_run(&failed.id(), OTHER, LIVE, seq).await.expect("reopen"));
+    let row = store.get_run(&failed.id()).await.expect("run");
+    assert_eq!((row.owner.as_deref(), row.lease_expires_at_ms), (Some(OTHER), Some(LIVE)));
+    assert!(!store.reopen_run(&failed.id(), OWNER, LIVE, seq).await.expect("reopen"), "already taken");
+});
+
 // ---------------------------------------------------------------------------------------------
 // Work distribution: claim_ready
 

@@ -1144,6 +1144,17 @@ impl Store for PgStore {
         Some(self.wake.clone())
     }
 
+    async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE runs SET owner=$2, lease_expires_at=$3, wake_at=NULL \
+                 WHERE id=$1 AND owner IS NULL AND status='FAILED' AND last_seq=$4",
+                &[&id.as_str(), &owner, &lease_until_ms, &(expected_seq as i64)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
         let rows = self
             .query(

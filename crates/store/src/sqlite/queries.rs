@@ -338,6 +338,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.in_group(move |tx| {
+            let n = tx.execute(
+                "UPDATE runs SET owner=?2, lease_expires_at=?3, wake_at=NULL \
+                 WHERE id=?1 AND owner IS NULL AND status='FAILED' AND last_seq=?4",
+                params![id, owner, lease_until_ms, expected_seq as i64],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<bool, Error> {
         let id = id.to_string();
         self.in_group(move |tx| {
