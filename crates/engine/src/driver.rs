@@ -54,6 +54,9 @@ pub(crate) struct Live<S: Store> {
     start_queue: VecDeque<Queued>,
     launches: Vec<Launch>,
     timers: Vec<(i64, StepId)>,
+    /// A slot this driver waited for, used by the next `start_ready` (or given back there).
+    /// Dropping it on receipt would hand it to the next waiter and could pass it around forever.
+    waited_permit: Option<OwnedSemaphorePermit>,
     running: JoinSet<Finished>,
     /// Requests from operators (cancel, pause, signal ...), when this run is registered.
     controls: Option<mpsc::UnboundedReceiver<ControlMsg>>,
@@ -75,6 +78,7 @@ impl<S: Store> Live<S> {
             start_queue: VecDeque::new(),
             launches: Vec::new(),
             timers: Vec::new(),
+            waited_permit: None,
             running: JoinSet::new(),
             controls: None,
             shutdown: inner.shutdown.subscribe(),
@@ -215,12 +219,20 @@ impl<S: Store> Live<S> {
                 if in_flight >= self.inner.config.max_per_run.max(1) {
                     break;
                 }
-                let Ok(permit) = self.inner.permits.clone().try_acquire_owned() else { break };
+                let permit = match self.waited_permit.take() {
+                    Some(p) => p,
+                    None => match self.inner.permits.clone().try_acquire_owned() {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
                 Some(permit)
             };
             let Some(queued) = self.start_queue.pop_front() else { break };
             self.launch(queued, permit)?;
         }
+        // Not needed after all: another run may be waiting for it.
+        self.waited_permit = None;
         Ok(())
     }
 
@@ -540,7 +552,9 @@ impl<S: Store> Live<S> {
             if idle && self.start_queue.is_empty() && self.should_release(next_timer) {
                 return self.release_idle().await;
             }
-            let waiting_for_permit = !self.start_queue.is_empty() && !draining;
+            let in_flight = self.running.len() + self.launches.len();
+            let waiting_for_permit =
+                !self.start_queue.is_empty() && !draining && in_flight < self.inner.config.max_per_run.max(1);
             let permits = self.inner.permits.clone();
             let sleep_ms = next_timer.map(|at| (at - now_ms()).max(0) as u64).unwrap_or(3_600_000);
             let controls = self.controls.as_mut();
@@ -558,9 +572,7 @@ impl<S: Store> Live<S> {
                     self.fire_due_timers()?;
                 }
                 permit = permits.acquire_owned(), if waiting_for_permit => {
-                    if let Ok(p) = permit {
-                        drop(p);
-                    }
+                    self.waited_permit = permit.ok();
                 }
                 msg = recv(controls), if has_controls => {
                     if let Some((control, reply)) = msg {
