@@ -276,12 +276,17 @@ impl<S: Store> Engine<S> {
         }
         live.feed(Event::PlanRecorded { definition, plan: new.plan, reused: new.reused })?;
         live.set_idempotency(submit.idempotency);
-        let here =
-            submit.drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
+        self.commit_and_drive(live, submit.drive_here).await
+    }
+
+    /// Commits what `live` decided, then drives the run here (with `drive_here` and room) or
+    /// leaves it, released, for any worker.
+    async fn commit_and_drive(&self, mut live: Live<S>, drive_here: bool) -> Result<Option<Driving>, Error> {
+        let here = drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
         if here {
-            live.attach();
             live.start_ready()?;
             live.commit().await?;
+            live.attach();
             Ok(Some(self.spawn_drive(live)))
         } else {
             live.set_release();
@@ -388,28 +393,12 @@ impl<S: Store> Engine<S> {
             self.let_go(id, None).await;
             return Err(e);
         }
-        let here = drive_here && !*self.inner.shutdown.borrow() && self.active_runs() < self.inner.config.max_runs;
-        let committed = if here {
-            match live.start_ready() {
-                Ok(()) => live.commit().await,
-                Err(e) => Err(e),
-            }
-        } else {
-            live.set_release();
-            live.commit().await
-        };
-        if let Err(e) = committed {
+        let driving = self.commit_and_drive(live, drive_here).await;
+        if driving.is_err() {
             // Still FAILED: hand it back so that it can be retried again.
             self.let_go(id, None).await;
-            return Err(e);
         }
-        if here {
-            live.attach();
-            Ok(Some(self.spawn_drive(live)))
-        } else {
-            self.inner.wake.notify_one();
-            Ok(None)
-        }
+        driving
     }
 
     /// Loads a run this process has claimed and drives it.
