@@ -71,3 +71,29 @@ async fn a_wide_run_keeps_to_its_share_and_a_small_run_is_not_starved() {
     let wide_done = wide_events.last().map(|e| e.at_ms).unwrap_or(0);
     assert!(small_done + 200 < wide_done, "small finished at {small_done}, wide at {wide_done}");
 }
+
+/// Many runs waiting for few slots all get through: a slot a waiting run is woken with is used
+/// by it, not handed on to the next waiter (which could pass it around while nobody starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_runs_waiting_for_one_slot_all_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(dir.path().join("w.db"), Durability::Normal).expect("open"));
+    let mut config = EngineConfig::new("wait:1:x".into());
+    config.concurrency = 1;
+    config.max_per_run = 1;
+    let engine = Engine::new(store.clone(), config, None);
+    let yaml = "name: chain\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a]}\n  - {id: c, kind: echo, needs: [b]}\n";
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        tasks.push(engine.start(cairn_engine::new_run_id(), run(yaml)).await.expect("start"));
+    }
+    let all = async {
+        for t in tasks {
+            let outcome = t.await.expect("join").expect("run");
+            assert_eq!(outcome.status, cairn_core::RunStatus::Completed);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), all)
+        .await
+        .expect("every run finished: none was left waiting for a slot it never got");
+}
