@@ -114,7 +114,7 @@ pub(crate) fn progress_line(
         Event::ApprovalDecided { step, approved, by, comment, action } => Some(format!(
             "[approval] {step} {}{}{}",
             match action {
-                Some(cairn_core::event::Escalation::Retry) => paint.yellow("to be retried"),
+                Some(cairn_core::event::Escalation::Retry { .. }) => paint.yellow("to be retried"),
                 Some(cairn_core::event::Escalation::Skip { .. }) => paint.yellow("skipped with a supplied output"),
                 Some(cairn_core::event::Escalation::Abort) => paint.red("aborted"),
                 None if *approved => paint.green("approved"),

@@ -162,10 +162,12 @@ fn an_escalated_failure_waits_for_a_person_who_retries_skips_or_aborts() {
     wait_line(&lines, "send=escalated(needs a decision)", LONG);
     let id = env.only_run().id;
     assert_eq!(env.only_run().status, "WAITING");
-    // Retry: the attempts go on (and fail again, escalating again).
+    // Retry: the step gets its retry budget again (two more attempts, numbered on), and fails
+    // again, escalating again.
     assert!(env.run(&["escalation", &id, "send", "retry"]).status.success());
-    wait_line(&lines, "send=escalated(needs a decision)", LONG);
-    assert_eq!(env.started(&id, "send"), 3);
+    let seen = wait_line(&lines, "send=escalated(needs a decision)", LONG);
+    assert!(seen.iter().any(|l| l.contains("retry 4/4")), "{seen:#?}");
+    assert_eq!(env.started(&id, "send"), 4);
     // Skip with an output: the step is done and what follows uses it.
     let out = env.run(&["escalation", &id, "send", "skip", "--output", "{\"sent\": false}"]);
     assert!(out.status.success(), "{}", stderr(&out));

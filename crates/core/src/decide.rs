@@ -213,19 +213,49 @@ impl Decider<'_> {
         let mut visible = vec![false; def.steps.len()];
         let mut stack: Vec<usize> = vec![i];
         while let Some(j) = stack.pop() {
-            for need in &def.steps[j].needs {
-                if let Some(k) = self.state.step_index(need.as_str())
-                    && !visible[k]
+            let mut deps: Vec<usize> =
+                def.steps[j].needs.iter().filter_map(|n| self.state.step_index(n.as_str())).collect();
+            // A fallback sees the step it stands in for (and why it failed).
+            deps.extend(def.primary_of(j));
+            for k in deps {
+                // A failed need whose fallback has settled is seen through its fallback, which
+                // (with what it needs) is then settled too.
+                let mut chain = vec![k];
+                if let (r, st) = self.state.outcome(k)
+                    && r != k
+                    && st.is_terminal()
                 {
-                    visible[k] = true;
-                    stack.push(k);
+                    let mut at = k;
+                    while let Some(f) = def.fallback_of(at).filter(|_| at != r) {
+                        chain.push(f);
+                        at = f;
+                    }
+                }
+                for c in chain {
+                    if !visible[c] {
+                        visible[c] = true;
+                        stack.push(c);
+                    }
                 }
             }
         }
         let mut steps = Map::new();
         for (k, s) in self.state.steps.iter().enumerate().filter(|(k, _)| visible[*k]) {
-            let output = self.state.output_of(k).map(|v| (**v).clone()).unwrap_or(Value::Null);
-            steps.insert(s.id.to_string(), json!({"output": output, "status": s.status.as_str()}));
+            let (r, st) = self.state.outcome(k);
+            let (r, st) = if r != k && st.is_terminal() { (r, st) } else { (k, s.status) };
+            let output = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);
+            let mut entry = json!({"output": output, "status": st.as_str()});
+            // `fallback` names the step that stood in (null while none did), for every step
+            // that declares one, so a template can use it either way.
+            if def.fallback_of(k).is_some() {
+                entry["fallback"] = if r != k { json!(self.state.steps[r].id.as_str()) } else { Value::Null };
+            }
+            if s.status == StepStatus::Failed
+                && let Some(f) = &s.last_failure
+            {
+                entry["error"] = json!({"class": f.class.as_str(), "message": f.message});
+            }
+            steps.insert(s.id.to_string(), entry);
         }
         let signals: Map<String, Value> = self
             .state
@@ -288,6 +318,10 @@ impl Decider<'_> {
     fn fail_step(&mut self, i: usize, failure: Failure) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
         let step = def.steps[i].id.clone();
+        let mut failure = failure;
+        if let OnFailure::Fallback(f) = &def.steps[i].on_failure {
+            failure.message = format!("{}; its fallback '{f}' takes over", failure.message);
+        }
         self.record(Event::StepFailed { step, failure: failure.clone() })?;
         self.apply_failure_policy(i, Some(failure), false)
     }
@@ -466,20 +500,51 @@ impl Decider<'_> {
                 if self.state.steps[i].status != StepStatus::Pending {
                     continue;
                 }
+                // A fallback is decided once the step it stands in for has settled, and runs only
+                // if that step failed.
+                if let Some(p) = def.primary_of(i) {
+                    let primary = self.state.steps[p].status;
+                    if !primary.is_terminal() {
+                        continue;
+                    }
+                    if primary != StepStatus::Failed {
+                        progressed = true;
+                        let reason = format!(
+                            "fallback not needed: step '{}' is {}",
+                            def.steps[p].id,
+                            primary.as_str().to_lowercase()
+                        );
+                        self.record(Event::StepSkipped { step: step.id.clone(), reason })?;
+                        continue;
+                    }
+                }
+                // Each need counts by its outcome: a failed need with a fallback counts as
+                // whatever its fallback did (and is not settled before the fallback is).
                 let mut settled = true;
-                let mut not_completed: Option<(&StepId, StepStatus)> = None;
-                let mut failed: Option<&StepId> = None;
+                let mut not_completed: Option<String> = None;
+                let mut failed: Option<String> = None;
                 for need in &step.needs {
-                    let Some(st) = self.state.step_state(need.as_str()).map(|s| s.status) else { continue };
+                    let Some(k) = self.state.step_index(need.as_str()) else { continue };
+                    let (r, st) = self.state.outcome(k);
                     if !st.is_terminal() {
                         settled = false;
                         break;
                     }
+                    let via = if r == k {
+                        String::new()
+                    } else {
+                        format!(
+                            " (it failed and its fallback '{}' is {})",
+                            self.state.steps[r].id,
+                            st.as_str().to_lowercase()
+                        )
+                    };
                     if st != StepStatus::Completed && not_completed.is_none() {
-                        not_completed = Some((need, st));
+                        let st = if r == k { st } else { StepStatus::Failed };
+                        not_completed = Some(format!("dependency '{need}' is {}{via}", st.as_str().to_lowercase()));
                     }
                     if matches!(st, StepStatus::Failed | StepStatus::Cancelled) && failed.is_none() {
-                        failed = Some(need);
+                        failed = Some(format!("dependency '{need}' failed{via}"));
                     }
                 }
                 if !settled {
@@ -487,10 +552,8 @@ impl Decider<'_> {
                 }
                 progressed = true;
                 let skip = match step.trigger {
-                    Trigger::AllSucceeded => {
-                        not_completed.map(|(dep, st)| format!("dependency '{dep}' is {}", st.as_str().to_lowercase()))
-                    }
-                    Trigger::NoneFailed => failed.map(|dep| format!("dependency '{dep}' failed")),
+                    Trigger::AllSucceeded => not_completed,
+                    Trigger::NoneFailed => failed,
                     Trigger::AllDone => None,
                 };
                 if let Some(reason) = skip {
@@ -534,8 +597,13 @@ impl Decider<'_> {
             return Ok(());
         }
         if steps.iter().all(|s| s.status.is_terminal()) {
-            if let Some(failed) = steps.iter().find(|s| s.status == StepStatus::Failed) {
-                let n = steps.iter().filter(|s| s.status == StepStatus::Failed).count();
+            // A failed step whose fallback completed in its place does not fail the run.
+            let failed: Vec<usize> = (0..steps.len())
+                .filter(|&k| steps[k].status == StepStatus::Failed && !self.state.is_covered(k))
+                .collect();
+            if let Some(&first) = failed.first() {
+                let n = failed.len();
+                let failed = &steps[first];
                 let done = steps.iter().filter(|s| s.status == StepStatus::Completed).count();
                 let cause =
                     failed.last_failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
@@ -551,10 +619,13 @@ impl Decider<'_> {
                 let step = Some(failed.id.clone());
                 return self.end_failed(failure, step);
             }
+            // A step covered by its fallback reports the fallback's output under its own id too,
+            // as the steps that needed it saw it.
             let mut output = Map::new();
             for (i, s) in steps.iter().enumerate() {
-                if s.status == StepStatus::Completed {
-                    let v = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
+                let (r, st) = self.state.outcome(i);
+                if st == StepStatus::Completed {
+                    let v = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);
                     output.insert(s.id.to_string(), v);
                 }
             }
@@ -763,5 +834,163 @@ mod tests {
             duration_ms: 1,
         });
         assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+    }
+
+    fn fail_for_good(h: &mut Harness, step: &str, message: &str) -> Vec<Command> {
+        let input = Payload::of(&Value::Null);
+        let step = StepId::new(step);
+        let attempt = h.state.step_state(step.as_str()).map_or(0, |s| s.attempts) + 1;
+        h.feed(Event::AttemptStarted { step: step.clone(), attempt, input: input.reference });
+        let failure = Failure::new(ErrorClass::Permanent, message);
+        h.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 1 })
+    }
+
+    fn status(h: &Harness, step: &str) -> Option<StepStatus> {
+        h.state.step_state(step).map(|s| s.status)
+    }
+
+    const FALLBACK: &str = "name: t\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, with: {why: '{{ steps.fetch.error.message }}'}}\n  - {id: report, kind: echo, needs: [fetch], with: {data: '{{ steps.fetch.output }}', via: '{{ steps.fetch.fallback }}', status: '{{ steps.fetch.status }}'}}\n";
+
+    #[test]
+    fn a_fallback_runs_when_its_step_fails_and_dependents_see_its_output_in_that_steps_place() {
+        let (mut h, cmds) = Harness::new(FALLBACK);
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["fetch"], "the fallback waits");
+        let cmds = fail_for_good(&mut h, "fetch", "upstream said 500");
+        assert_eq!(
+            started(&cmds),
+            vec![("cached".to_string(), json!({"why": "upstream said 500; its fallback 'cached' takes over"}))]
+        );
+        assert_eq!(h.state.status, RunStatus::Executing, "the failure does not fail the run");
+        assert_eq!(status(&h, "report"), Some(StepStatus::Pending), "report waits for the fallback");
+        let cmds = h.succeed("cached", json!("stale"));
+        assert_eq!(
+            started(&cmds),
+            vec![("report".to_string(), json!({"data": "stale", "via": "cached", "status": "COMPLETED"}))]
+        );
+        h.succeed("report", json!("ok"));
+        assert_eq!(h.state.status, RunStatus::Completed);
+        let out = h.state.output.clone().and_then(|r| h.state.payload(&r).map(|v| Value::clone(v)));
+        assert_eq!(out, Some(json!({"fetch": "stale", "cached": "stale", "report": "ok"})));
+    }
+
+    #[test]
+    fn a_fallback_is_skipped_when_its_step_succeeds() {
+        let (mut h, _) = Harness::new(FALLBACK);
+        let cmds = h.succeed("fetch", json!("fresh"));
+        assert_eq!(
+            started(&cmds),
+            vec![("report".to_string(), json!({"data": "fresh", "via": null, "status": "COMPLETED"}))]
+        );
+        assert_eq!(status(&h, "cached"), Some(StepStatus::Skipped));
+        let reason = cmds.iter().find_map(|c| match c {
+            Command::Record(Envelope { event: Event::StepSkipped { step, reason }, .. })
+                if step.as_str() == "cached" =>
+            {
+                Some(reason.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(reason.as_deref(), Some("fallback not needed: step 'fetch' is completed"));
+        h.succeed("report", json!("ok"));
+        assert_eq!(h.state.status, RunStatus::Completed, "a skipped fallback is no failure");
+    }
+
+    #[test]
+    fn a_failing_fallback_fails_the_run_naming_it() {
+        let (mut h, _) = Harness::new(FALLBACK);
+        fail_for_good(&mut h, "fetch", "down");
+        fail_for_good(&mut h, "cached", "cache empty");
+        assert_eq!(h.state.status, RunStatus::Failed);
+        assert_eq!(h.state.failed_step.as_ref().map(|s| s.as_str()), Some("cached"));
+        assert_eq!(status(&h, "report"), Some(StepStatus::Cancelled));
+    }
+
+    #[test]
+    fn fallbacks_chain_and_a_continuing_fallback_skips_the_dependents_with_the_reason() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: {fallback: b}}\n  - {id: b, kind: echo, on_failure: {fallback: c}}\n  - {id: c, kind: echo, on_failure: continue}\n  - {id: d, kind: echo, needs: [a], with: {x: '{{ steps.a.output }}'}}\n  - {id: e, kind: echo}\n";
+        let (mut h, _) = Harness::new(yaml);
+        fail_for_good(&mut h, "a", "1");
+        let cmds = fail_for_good(&mut h, "b", "2");
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+        let cmds = fail_for_good(&mut h, "c", "3");
+        let reason = cmds.iter().find_map(|c| match c {
+            Command::Record(Envelope { event: Event::StepSkipped { step, reason }, .. }) if step.as_str() == "d" => {
+                Some(reason.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(reason.as_deref(), Some("dependency 'a' is failed (it failed and its fallback 'c' is failed)"));
+        h.succeed("e", json!(1));
+        assert_eq!(h.state.status, RunStatus::Failed, "nothing stood in for a");
+
+        // The same chain where the last fallback works: d gets c's output for a.
+        let (mut h, _) = Harness::new(yaml);
+        fail_for_good(&mut h, "a", "1");
+        fail_for_good(&mut h, "b", "2");
+        let cmds = h.succeed("c", json!("third"));
+        assert_eq!(started(&cmds), vec![("d".to_string(), json!({"x": "third"}))]);
+        h.succeed("d", json!(1));
+        h.succeed("e", json!(1));
+        assert_eq!(h.state.status, RunStatus::Completed, "{:?}", h.state.failure);
+    }
+
+    #[test]
+    fn a_run_retried_in_place_keeps_a_step_its_fallback_covered() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: {fallback: b}}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a]}\n";
+        let (mut h, _) = Harness::new(yaml);
+        fail_for_good(&mut h, "a", "down");
+        h.succeed("b", json!("spare"));
+        fail_for_good(&mut h, "c", "bug");
+        assert_eq!(h.state.status, RunStatus::Failed);
+        let cmds = h.feed(Event::RunRetried { by: None });
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+        assert_eq!((status(&h, "a"), status(&h, "b")), (Some(StepStatus::Failed), Some(StepStatus::Completed)));
+    }
+
+    #[test]
+    fn an_escalation_retry_grants_a_fresh_budget_but_old_journals_keep_one_attempt_per_decision() {
+        let old: crate::event::Escalation = serde_json::from_str(r#"{"do":"retry"}"#).expect("old decision");
+        assert_eq!(old, crate::event::Escalation::Retry { fresh_budget: false });
+        let new = crate::event::Escalation::Retry { fresh_budget: true };
+        assert_eq!(serde_json::to_string(&new).expect("json"), r#"{"do":"retry","fresh_budget":true}"#);
+
+        let yaml =
+            "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: escalate, retry: {max_attempts: 2, jitter: 0}}\n";
+        let escalated = |cmds: &[Command]| {
+            cmds.iter().any(|c| {
+                matches!(c, Command::Record(Envelope { event: Event::ApprovalRequested { escalation: true, .. }, .. }))
+            })
+        };
+        for (action, retried) in [(old, false), (new, true)] {
+            let (mut h, _) = Harness::new(yaml);
+            let attempt = |h: &mut Harness, n: u32| {
+                let input = Payload::of(&Value::Null);
+                h.feed(Event::AttemptStarted { step: StepId::new("a"), attempt: n, input: input.reference });
+                let failure = Failure::new(ErrorClass::Transient, "down");
+                h.feed(Event::AttemptFailed { step: StepId::new("a"), attempt: n, failure, duration_ms: 1 })
+            };
+            attempt(&mut h, 1);
+            h.feed(Event::TimerFired { step: StepId::new("a") });
+            assert!(escalated(&attempt(&mut h, 2)));
+            h.feed(Event::ApprovalDecided {
+                step: StepId::new("a"),
+                approved: true,
+                by: None,
+                comment: None,
+                action: Some(action.clone()),
+            });
+            let cmds = attempt(&mut h, 3);
+            assert_eq!(escalated(&cmds), !retried, "{action:?}: {cmds:#?}");
+            let scheduled = cmds.iter().any(|c| {
+                matches!(
+                    c,
+                    Command::Record(Envelope {
+                        event: Event::RetryScheduled { next_attempt: 4, max_attempts: 4, .. },
+                        ..
+                    })
+                )
+            });
+            assert_eq!(scheduled, retried, "{action:?}: {cmds:#?}");
+        }
     }
 }

@@ -112,7 +112,7 @@ pub enum OnDeadline {
 }
 
 /// What a step's final failure does to the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     /// Fail the run at once and cancel what has not finished (default).
@@ -123,6 +123,10 @@ pub enum OnFailure {
     Continue,
     /// Ask a person: retry the step, skip it with a supplied output, or abort the run.
     Escalate,
+    /// Run this other step instead. It runs only when this one fails for good (it is skipped
+    /// when this one succeeds), and the steps that need this one see its result in this one's
+    /// place. Written `on_failure: {fallback: STEP}`.
+    Fallback(StepId),
 }
 
 /// When a step whose `needs` are all settled may run. Skips propagate by default.
@@ -170,6 +174,43 @@ fn default_fail_class() -> crate::event::ErrorClass {
 impl Definition {
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id.as_str() == id)
+    }
+
+    fn index_of(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id.as_str() == id)
+    }
+
+    /// The step that runs in place of step `i` if it fails for good (`on_failure: {fallback}`).
+    pub fn fallback_of(&self, i: usize) -> Option<usize> {
+        match &self.steps.get(i)?.on_failure {
+            OnFailure::Fallback(f) => self.index_of(f.as_str()),
+            _ => None,
+        }
+    }
+
+    /// The step that step `i` stands in for, if `i` is a fallback. Validation allows one.
+    pub fn primary_of(&self, i: usize) -> Option<usize> {
+        let id = self.steps.get(i)?.id.as_str();
+        self.steps.iter().position(|s| matches!(&s.on_failure, OnFailure::Fallback(f) if f.as_str() == id))
+    }
+
+    /// What step `i` waits for before it is decided: its `needs`, the step it is the fallback
+    /// of, and the fallbacks standing in for any of those (followed along chains).
+    pub fn effective_needs(&self, i: usize) -> Vec<usize> {
+        let Some(step) = self.steps.get(i) else { return Vec::new() };
+        let mut out: Vec<usize> = step.needs.iter().filter_map(|n| self.index_of(n.as_str())).collect();
+        out.extend(self.primary_of(i));
+        let mut k = 0;
+        while k < out.len() {
+            if let Some(f) = self.fallback_of(out[k])
+                && f != i
+                && !out.contains(&f)
+            {
+                out.push(f);
+            }
+            k += 1;
+        }
+        out
     }
 
     /// Applies defaults to the caller's inputs; returns the names of required inputs left out.

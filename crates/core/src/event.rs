@@ -114,8 +114,13 @@ impl Default for RunOptions {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "do", rename_all = "snake_case")]
 pub enum Escalation {
-    /// Try the step again (attempts keep counting).
-    Retry,
+    /// Try the step again. With `fresh_budget` (set on every decision Cairn records now) the step
+    /// gets its whole retry policy again; decisions journaled before it existed keep their
+    /// meaning, one more attempt each. Attempt numbers keep counting either way.
+    Retry {
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        fresh_budget: bool,
+    },
     /// Take the step as done with this output.
     Skip { output: PayloadRef },
     /// Fail the run.

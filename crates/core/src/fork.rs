@@ -15,11 +15,13 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
         return Err(format!("run {} has no step '{from}'; its steps are {}", parent.run_id, names.join(", ")));
     }
     // `from` and everything downstream of it run again.
+    // A fallback counts as downstream of the step it stands in for, and what needs that step as
+    // downstream of the fallback.
     let mut again: BTreeSet<&str> = BTreeSet::from([from]);
     loop {
         let before = again.len();
-        for s in &def.steps {
-            if s.needs.iter().any(|n| again.contains(n.as_str())) {
+        for (i, s) in def.steps.iter().enumerate() {
+            if def.effective_needs(i).iter().any(|&n| again.contains(def.steps[n].id.as_str())) {
                 again.insert(s.id.as_str());
             }
         }
@@ -66,14 +68,21 @@ pub fn migration_problem(run: &RunState, new: &crate::definition::Definition) ->
                 return Some(format!("step '{}' changed kind ({} → {})", s.id, spec.kind, n.kind));
             }
             Some(n) if n.needs != spec.needs => return Some(format!("step '{}' changed its needs", s.id)),
+            Some(n) if s.status == StepStatus::Failed && n.on_failure != spec.on_failure => {
+                return Some(format!(
+                    "step '{}' already failed under its old `on_failure`; version {} changes what that failure does",
+                    s.id, new.version
+                ));
+            }
             Some(_) => {}
         }
     }
-    for n in &new.steps {
+    for (i, n) in new.steps.iter().enumerate() {
         if old.step(n.id.as_str()).is_some() {
             continue;
         }
-        for need in &n.needs {
+        // What the new step waits for, including the step it would be the fallback of.
+        for need in new.effective_needs(i).into_iter().map(|k| &new.steps[k].id) {
             let settled = run.step_state(need.as_str()).is_some_and(|s| s.status.is_terminal());
             if settled {
                 return Some(format!(

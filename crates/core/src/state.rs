@@ -213,6 +213,29 @@ impl RunState {
         idx.into_iter()
     }
 
+    /// The step whose outcome counts for step `k`: `k` itself, or — when `k` failed for good and
+    /// names a fallback — the fallback, followed along chains. The status returned may be
+    /// unsettled (the fallback has not run yet); then whatever needs `k` must wait.
+    pub fn outcome(&self, k: usize) -> (usize, StepStatus) {
+        let mut at = k;
+        if let Some(def) = &self.definition {
+            // A chain never revisits a step (validation rejects fallback cycles); the bound keeps
+            // a hand-written definition from looping.
+            for _ in 0..self.steps.len() {
+                match (self.steps[at].status, def.fallback_of(at)) {
+                    (StepStatus::Failed, Some(f)) if f < self.steps.len() => at = f,
+                    _ => break,
+                }
+            }
+        }
+        (at, self.steps[at].status)
+    }
+
+    /// A failed step whose fallback completed in its place: it does not fail the run.
+    pub fn is_covered(&self, k: usize) -> bool {
+        self.steps[k].status == StepStatus::Failed && self.outcome(k).1 == StepStatus::Completed
+    }
+
     /// The value of a step's output, if it completed.
     pub fn output_of(&self, index: usize) -> Option<&Arc<Value>> {
         self.steps.get(index).and_then(|s| s.output.as_ref()).and_then(|r| self.payloads.get(&r.hash))
@@ -346,7 +369,13 @@ impl RunState {
                 self.failed_step = None;
                 self.finished_at_ms = None;
                 self.output = None;
-                for s in &mut self.steps {
+                // A failed step whose fallback completed stays as it is: its stand-in's result is
+                // the one the rest of the run used.
+                let covered: Vec<bool> = (0..self.steps.len()).map(|k| self.is_covered(k)).collect();
+                for (s, covered) in self.steps.iter_mut().zip(covered) {
+                    if covered {
+                        continue;
+                    }
                     if let Ok(next) = machine::step_transition(s.status, StepInput::Retried) {
                         *s = StepState {
                             status: next,
@@ -444,7 +473,7 @@ impl RunState {
                 StepInput::SkippedWithOutput
             }
             Event::ApprovalDecided { action: Some(crate::event::Escalation::Abort), .. } => StepInput::Rejected,
-            Event::ApprovalDecided { action: Some(crate::event::Escalation::Retry), .. } => StepInput::Approved,
+            Event::ApprovalDecided { action: Some(crate::event::Escalation::Retry { .. }), .. } => StepInput::Approved,
             Event::ApprovalDecided { approved: true, .. } => StepInput::Approved,
             Event::ApprovalDecided { approved: false, .. } => StepInput::Rejected,
             Event::ApprovalExpired { .. } => StepInput::ApprovalExpired,
@@ -546,6 +575,9 @@ impl RunState {
             Event::ApprovalDecided { approved, by, comment, action, .. } => {
                 if let Some(a) = &mut step.approval {
                     a.decision = Some((*approved, by.clone(), comment.clone()));
+                }
+                if let Some(crate::event::Escalation::Retry { fresh_budget: true }) = action {
+                    step.retry_base = step.attempts;
                 }
                 if let Some(crate::event::Escalation::Skip { output }) = action {
                     if !self.payloads.contains_key(&output.hash) {

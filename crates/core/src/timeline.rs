@@ -207,7 +207,7 @@ impl Timeline {
                 Event::ApprovalDecided { step: s, approved, by, comment, action } => {
                     let i = step(&mut t, s.as_str());
                     let verdict = match action {
-                        Some(crate::event::Escalation::Retry) => "to be retried",
+                        Some(crate::event::Escalation::Retry { .. }) => "to be retried",
                         Some(crate::event::Escalation::Skip { .. }) => "skipped with a supplied output",
                         Some(crate::event::Escalation::Abort) => "aborted",
                         None if *approved => "approved",

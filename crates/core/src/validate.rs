@@ -135,7 +135,7 @@ struct RawStep {
     with: Option<Spanned<Node>>,
     retry: Option<RawRetry>,
     timeout: Option<Spanned<DurationText>>,
-    on_failure: Option<Spanned<String>>,
+    on_failure: Option<Spanned<RawOnFailure>>,
     trigger: Option<Spanned<String>>,
     inject: Option<RawInject>,
     requires_approval: Option<bool>,
@@ -178,6 +178,47 @@ struct RawInject {
     fail_class: Option<Spanned<String>>,
     delay: Option<Spanned<DurationText>>,
     hang: Option<bool>,
+}
+
+/// `on_failure` as written: a policy name, or `{fallback: STEP}`.
+#[derive(Clone, Debug)]
+enum RawOnFailure {
+    Policy(String),
+    Fallback(String),
+}
+
+impl<'de> Deserialize<'de> for RawOnFailure {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OnFailureVisitor;
+
+        impl<'de> Visitor<'de> for OnFailureVisitor {
+            type Value = RawOnFailure;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`fail`, `continue`, `escalate`, or `{fallback: STEP}`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawOnFailure, E> {
+                Ok(RawOnFailure::Policy(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawOnFailure, A::Error> {
+                let mut fallback = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "fallback" || fallback.is_some() {
+                        return Err(de::Error::custom(format!(
+                            "`on_failure` as a mapping takes one key, `fallback: STEP`; found `{}`",
+                            key.escape_debug()
+                        )));
+                    }
+                    fallback = Some(map.next_value::<String>()?);
+                }
+                fallback
+                    .map(RawOnFailure::Fallback)
+                    .ok_or_else(|| de::Error::custom("`on_failure: {}` is empty; write `on_failure: {fallback: STEP}`"))
+            }
+        }
+
+        deserializer.deserialize_any(OnFailureVisitor)
+    }
 }
 
 /// A duration as written: `250ms`, `2s`, `none`, or a bare number of milliseconds.
@@ -676,16 +717,26 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         .enumerate()
         .map(|(index, step)| compile_step(index, &step.value, &graph, &defaults, &mut edges[index], out))
         .collect();
+    let steps = check_fallbacks(steps, raw_steps, &graph, &mut edges, out);
 
     for cycle in find_cycles(&edges) {
         let path: Vec<&str> = cycle.iter().map(|&i| raw_steps[i].value.id.value.as_str()).collect();
         let entry = &raw_steps[cycle[0]].value.id;
+        let is_fallback =
+            |i: usize| steps.iter().any(|s| matches!(&s.on_failure, OnFailure::Fallback(f) if *f == steps[i].id));
+        let through_fallback =
+            cycle.iter().any(|&i| matches!(steps[i].on_failure, OnFailure::Fallback(_)) || is_fallback(i));
+        let note = if through_fallback {
+            " (a fallback waits for the step it stands in for, and whatever needs that step waits for the fallback)"
+        } else {
+            ""
+        };
         out.add(
             entry.referenced,
             Some(&entry.value),
             "cycle",
             format!(
-                "cycle: {} -> {} (each step needs the next, so none can start); remove one of these needs",
+                "cycle: {} -> {} (each step needs the next, so none can start); remove one of these needs{note}",
                 path.join(" -> "),
                 path[0]
             ),
@@ -711,6 +762,78 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         retention_ms,
         steps,
     }
+}
+
+/// Checks every `on_failure: {fallback: STEP}` against the other steps and adds the edges a
+/// fallback brings to the graph: the fallback waits for the step it stands in for, and whatever
+/// needs that step waits for its fallback. A fallback that cannot be used is reported and the
+/// step falls back to `fail`.
+fn check_fallbacks(
+    mut steps: Vec<Step>,
+    raw_steps: &[Spanned<RawStep>],
+    graph: &Graph<'_>,
+    edges: &mut [Vec<usize>],
+    out: &mut Problems<'_>,
+) -> Vec<Step> {
+    let mut taken: HashMap<usize, usize> = HashMap::new();
+    for p in 0..steps.len() {
+        let OnFailure::Fallback(target) = &steps[p].on_failure else { continue };
+        let id = steps[p].id.to_string();
+        let here = Some(id.as_str());
+        let at = raw_steps[p].value.on_failure.as_ref().map_or(raw_steps[p].value.id.referenced, |v| v.referenced);
+        let target = target.as_str();
+        let problem = if target == id {
+            Some(("self_fallback", "a step cannot be its own fallback; name another step".to_string()))
+        } else if let Some((f, _)) = graph.first.get(target) {
+            taken.get(f).map(|&other| {
+                let message = format!(
+                    "`{target}` is already the fallback of `{}`; a step can stand in for one step only — add a \
+                     separate fallback step",
+                    steps[other].id
+                );
+                ("duplicate_fallback", message)
+            })
+        } else {
+            let others = graph.ids_in_order.iter().copied().filter(|other| *other != id);
+            let hint = match closest(target, others.clone()) {
+                Some(c) => format!("did you mean `{c}`?"),
+                None => format!("steps in this file: {}", others.collect::<Vec<_>>().join(", ")),
+            };
+            Some((
+                "unknown_fallback",
+                format!("`on_failure: {{fallback: {}}}` names no step in this file; {hint}", target.escape_debug()),
+            ))
+        };
+        if let Some((code, message)) = problem {
+            out.add(at, here, code, message);
+            steps[p].on_failure = OnFailure::Fail;
+            continue;
+        }
+        let f = graph.first[target].0;
+        taken.insert(f, p);
+        // Only the first step with an id takes part in the graph (see `Graph`).
+        if graph.first.get(id.as_str()).is_some_and(|(first, _)| *first == p) {
+            edges[f].push(p);
+        }
+    }
+    // A step that needs another also waits for the fallbacks standing in for it, along chains.
+    let fallback: HashMap<usize, usize> = taken.iter().map(|(&f, &p)| (p, f)).collect();
+    for (d, step) in steps.iter().enumerate() {
+        if graph.first.get(step.id.as_str()).is_none_or(|(first, _)| *first != d) {
+            continue;
+        }
+        for need in &step.needs {
+            let Some(&(mut k, _)) = graph.first.get(need.as_str()) else { continue };
+            while let Some(&f) = fallback.get(&k) {
+                if f == d || edges[d].contains(&f) || f == k {
+                    break;
+                }
+                edges[d].push(f);
+                k = f;
+            }
+        }
+    }
+    steps
 }
 
 /// The file-wide `defaults:` block, checked.
@@ -856,23 +979,38 @@ fn compile_step(
     let step_timeout = s.timeout.as_ref().and_then(|t| out.timeout("timeout", t, here));
     let timeout_ms = step_timeout.or(defaults.timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
 
-    let on_failure = match s.on_failure.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
-        None | Some(("fail", _)) => OnFailure::Fail,
-        Some(("continue", _)) => OnFailure::Continue,
-        Some(("escalate", _)) => OnFailure::Escalate,
-        Some((other, at)) => {
-            out.add(
-                at,
-                here,
-                "bad_value",
-                format!(
-                    "`on_failure: {}` is not supported; use `fail` (the default: fail the run), `continue` \
-                     (let other branches finish) or `escalate` (ask a person: retry, skip or abort)",
-                    other.escape_debug()
-                ),
-            );
-            OnFailure::Fail
-        }
+    let on_failure = match s.on_failure.as_ref().map(|v| (&v.value, v.referenced)) {
+        None => OnFailure::Fail,
+        Some((RawOnFailure::Policy(p), at)) => match p.as_str() {
+            "fail" => OnFailure::Fail,
+            "continue" => OnFailure::Continue,
+            "escalate" => OnFailure::Escalate,
+            "fallback" => {
+                out.add(
+                    at,
+                    here,
+                    "bad_value",
+                    "`on_failure: fallback` needs the step to run instead: write `on_failure: {fallback: STEP}`",
+                );
+                OnFailure::Fail
+            }
+            other => {
+                out.add(
+                    at,
+                    here,
+                    "bad_value",
+                    format!(
+                        "`on_failure: {}` is not supported; use `fail` (the default: fail the run), `continue` \
+                         (let other branches finish), `escalate` (ask a person: retry, skip or abort) or \
+                         `{{fallback: STEP}}` (run another step instead)",
+                        other.escape_debug()
+                    ),
+                );
+                OnFailure::Fail
+            }
+        },
+        // Checked against the other steps in `check_fallbacks`, once every step is compiled.
+        Some((RawOnFailure::Fallback(f), _)) => OnFailure::Fallback(StepId::new(f)),
     };
 
     let trigger = match s.trigger.as_ref().map(|v| (v.value.as_str(), v.referenced)) {
@@ -1227,7 +1365,7 @@ steps:
             model.with,
             serde_json::json!({"prompt": "Write about {{ inputs.topic }}", "n": [1, 2.5, true, null]})
         );
-        assert_eq!((model.on_failure, model.trigger, &model.inject), (OnFailure::Fail, Trigger::AllSucceeded, &None));
+        assert_eq!((&model.on_failure, model.trigger, &model.inject), (&OnFailure::Fail, Trigger::AllSucceeded, &None));
 
         let send = def.step("send").expect("send");
         assert_eq!(
@@ -1236,7 +1374,7 @@ steps:
         );
         assert_eq!(send.timeout_ms, None, "`timeout: none` overrides the default");
         assert_eq!(send.needs, vec![StepId::new("gen")]);
-        assert_eq!((send.on_failure, send.trigger), (OnFailure::Continue, Trigger::AllDone));
+        assert_eq!((&send.on_failure, send.trigger), (&OnFailure::Continue, Trigger::AllDone));
         assert_eq!(
             send.inject,
             Some(Inject {
@@ -1488,6 +1626,51 @@ steps:
             checked += 1;
         }
         assert!(checked >= 3, "expected the three examples, checked {checked}");
+    }
+
+    #[test]
+    fn validate_fallbacks_name_another_step_once_and_make_no_cycle() {
+        let ok = parse(
+            "name: f\nsteps:\n  - {id: fetch, kind: noop, on_failure: {fallback: cached}}\n  - {id: cached, kind: noop}\n",
+            "f.yaml",
+        );
+        assert_eq!(ok.steps[0].on_failure, OnFailure::Fallback(StepId::new("cached")));
+        assert_eq!((ok.fallback_of(0), ok.primary_of(1), ok.effective_needs(1)), (Some(1), Some(0), vec![0]));
+
+        let source = "\
+name: f
+steps:
+  - {id: a, kind: noop, on_failure: {fallback: a}}
+  - {id: b, kind: noop, on_failure: {fallback: cachd}}
+  - {id: cached, kind: noop}
+  - {id: c, kind: noop, on_failure: {fallback: cached}}
+  - {id: d, kind: noop, on_failure: {fallback: cached}}
+  - {id: e, kind: noop, on_failure: fallback}
+  - {id: p, kind: noop, on_failure: {fallback: q}}
+  - {id: q, kind: noop, needs: [r]}
+  - {id: r, kind: noop, needs: [p]}
+";
+        let found = problems(source);
+        assert_eq!(
+            summary(&found),
+            vec![
+                (Some(3), Some(37), Some("a"), "self_fallback"),
+                (Some(4), Some(37), Some("b"), "unknown_fallback"),
+                (Some(7), Some(37), Some("d"), "duplicate_fallback"),
+                (Some(8), Some(37), Some("e"), "bad_value"),
+                (Some(10), Some(10), Some("q"), "cycle"),
+            ],
+            "{found:#?}"
+        );
+        assert!(found[1].message.contains("did you mean `cached`?"), "{}", found[1].message);
+        assert!(found[2].message.contains("already the fallback of `c`"), "{}", found[2].message);
+        assert!(found[3].message.contains("{fallback: STEP}"), "{}", found[3].message);
+        assert!(found[4].message.contains("q -> r -> q") && found[4].message.contains("a fallback waits"));
+
+        let found =
+            problems("name: f\nsteps:\n  - {id: a, kind: noop, on_failure: {fallbak: b}}\n  - {id: b, kind: noop}\n");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].message.contains("`fallback: STEP`; found `fallbak`"), "{}", found[0].message);
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl Control {
                 use cairn_core::event::Escalation;
                 let (action, payload) = match escalation {
                     None => (None, None),
-                    Some(EscalationChoice::Retry) => (Some(Escalation::Retry), None),
+                    Some(EscalationChoice::Retry) => (Some(Escalation::Retry { fresh_budget: true }), None),
                     Some(EscalationChoice::Abort) => (Some(Escalation::Abort), None),
                     Some(EscalationChoice::Skip { output }) => {
                         let p = Payload::of(&output);

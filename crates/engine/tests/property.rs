@@ -24,29 +24,45 @@ use serde_json::json;
 #[derive(Clone, Debug)]
 struct StepSpec {
     needs: Vec<usize>,
+    schedule: Schedule,
+    when: Option<bool>,
+    trigger: Trigger,
+    /// The schedule of a fallback step standing in for this one, if it has one.
+    fallback: Option<Schedule>,
+}
+
+/// How a step's attempts go: the first `fail_times` fail (permanently, or transiently under a
+/// budget of `max_attempts`).
+#[derive(Clone, Copy, Debug)]
+struct Schedule {
     fail_times: u32,
     max_attempts: u32,
     permanent: bool,
-    when: Option<bool>,
-    trigger: Trigger,
+}
+
+fn schedule() -> impl Strategy<Value = Schedule> {
+    (0u32..4, 1u32..5, proptest::bool::weighted(0.15)).prop_map(|(fail_times, max_attempts, permanent)| Schedule {
+        fail_times,
+        max_attempts,
+        permanent,
+    })
 }
 
 fn step_spec(i: usize) -> impl Strategy<Value = StepSpec> {
     (
         proptest::collection::vec(0..i.max(1), 0..=i.min(3)),
-        0u32..4,
-        1u32..5,
-        proptest::bool::weighted(0.15),
+        schedule(),
         proptest::option::weighted(0.3, any::<bool>()),
         prop_oneof![Just(Trigger::AllSucceeded), Just(Trigger::NoneFailed), Just(Trigger::AllDone)],
+        proptest::option::weighted(0.25, schedule()),
     )
-        .prop_map(move |(mut needs, fail_times, max_attempts, permanent, when, trigger)| {
+        .prop_map(move |(mut needs, schedule, when, trigger, fallback)| {
             if i == 0 {
                 needs.clear();
             }
             needs.sort_unstable();
             needs.dedup();
-            StepSpec { needs, fail_times, max_attempts, permanent, when, trigger }
+            StepSpec { needs, schedule, when, trigger, fallback }
         })
 }
 
@@ -54,7 +70,50 @@ fn dag() -> impl Strategy<Value = Vec<StepSpec>> {
     (1usize..9).prop_flat_map(|n| (0..n).map(step_spec).collect::<Vec<_>>())
 }
 
-fn definition(specs: &[StepSpec]) -> Definition {
+/// One step of the generated workflow: a spec's step, or the fallback placed right after it.
+#[derive(Clone, Debug)]
+struct Node {
+    id: String,
+    needs: Vec<usize>,
+    schedule: Schedule,
+    when: Option<bool>,
+    trigger: Trigger,
+    fallback: Option<usize>,
+    primary: Option<usize>,
+}
+
+/// Lays the specs out in order, each fallback right after its step (needs point at steps only).
+fn nodes(specs: &[StepSpec]) -> Vec<Node> {
+    let mut at = Vec::with_capacity(specs.len());
+    let mut out: Vec<Node> = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let index = out.len();
+        at.push(index);
+        out.push(Node {
+            id: format!("s{i}"),
+            needs: s.needs.iter().map(|&j| at[j]).collect(),
+            schedule: s.schedule,
+            when: s.when,
+            trigger: s.trigger,
+            fallback: s.fallback.map(|_| index + 1),
+            primary: None,
+        });
+        if let Some(schedule) = s.fallback {
+            out.push(Node {
+                id: format!("s{i}_fb"),
+                needs: Vec::new(),
+                schedule,
+                when: None,
+                trigger: Trigger::AllSucceeded,
+                fallback: None,
+                primary: Some(index),
+            });
+        }
+    }
+    out
+}
+
+fn definition(nodes: &[Node]) -> Definition {
     Definition {
         format: 1,
         name: "prop".into(),
@@ -63,28 +122,31 @@ fn definition(specs: &[StepSpec]) -> Definition {
         inputs: Default::default(),
         artifact: None,
         retention_ms: None,
-        steps: specs
+        steps: nodes
             .iter()
             .enumerate()
-            .map(|(i, s)| Step {
-                id: StepId::new(format!("s{i}")),
+            .map(|(i, n)| Step {
+                id: StepId::new(&n.id),
                 kind: "echo".into(),
-                needs: s.needs.iter().map(|j| StepId::new(format!("s{j}"))).collect(),
-                when: s.when.map(|w| format!("inputs.flag == {w}")),
-                with: json!({"i": i, "prev": s.needs.first().map(|j| format!("{{{{ steps.s{j}.status }}}}"))}),
+                needs: n.needs.iter().map(|&j| StepId::new(&nodes[j].id)).collect(),
+                when: n.when.map(|w| format!("inputs.flag == {w}")),
+                with: json!({"i": i, "prev": n.needs.first().map(|&j| format!("{{{{ steps.{}.status }}}}", nodes[j].id))}),
                 retry: RetryPolicy {
-                    max_attempts: s.max_attempts,
+                    max_attempts: n.schedule.max_attempts,
                     initial_delay_ms: 1,
                     multiplier: 2.0,
                     max_delay_ms: 4,
                     jitter: 0.5,
                 },
                 timeout_ms: Some(10_000),
-                on_failure: OnFailure::Continue,
-                trigger: s.trigger,
-                inject: (s.fail_times > 0).then(|| Inject {
-                    fail_times: s.fail_times,
-                    fail_class: if s.permanent { ErrorClass::Permanent } else { ErrorClass::Transient },
+                on_failure: match n.fallback {
+                    Some(f) => OnFailure::Fallback(StepId::new(&nodes[f].id)),
+                    None => OnFailure::Continue,
+                },
+                trigger: n.trigger,
+                inject: (n.schedule.fail_times > 0).then(|| Inject {
+                    fail_times: n.schedule.fail_times,
+                    fail_class: if n.schedule.permanent { ErrorClass::Permanent } else { ErrorClass::Transient },
                     ..Inject::default()
                 }),
                 approval: None,
@@ -94,28 +156,44 @@ fn definition(specs: &[StepSpec]) -> Definition {
     }
 }
 
-/// What each step must end as, derived from the schedule alone (steps are in topological order).
-fn expected(specs: &[StepSpec]) -> Vec<(StepStatus, u32)> {
+/// What each step must end as, derived from the schedule alone (steps are in topological order,
+/// a fallback right after its step), and whether the run fails.
+fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
     let mut out: Vec<(StepStatus, u32)> = Vec::new();
-    for s in specs {
-        let deps: Vec<StepStatus> = s.needs.iter().map(|&j| out[j].0).collect();
-        let skip = match s.trigger {
+    // What a step counts as for the steps that need it: its fallback's outcome if it failed.
+    let counts_as = |out: &[(StepStatus, u32)], j: usize| match (out[j].0, nodes[j].fallback) {
+        (StepStatus::Failed, Some(f)) => out[f].0,
+        (status, _) => status,
+    };
+    for n in nodes {
+        let run = |s: Schedule| {
+            if s.fail_times > 0 && s.permanent {
+                (StepStatus::Failed, 1)
+            } else if s.fail_times >= s.max_attempts {
+                (StepStatus::Failed, s.max_attempts)
+            } else {
+                (StepStatus::Completed, s.fail_times + 1)
+            }
+        };
+        if let Some(p) = n.primary {
+            out.push(if out[p].0 == StepStatus::Failed { run(n.schedule) } else { (StepStatus::Skipped, 0) });
+            continue;
+        }
+        let deps: Vec<StepStatus> = n.needs.iter().map(|&j| counts_as(&out, j)).collect();
+        let skip = match n.trigger {
             Trigger::AllSucceeded => deps.iter().any(|d| *d != StepStatus::Completed),
             Trigger::NoneFailed => deps.contains(&StepStatus::Failed),
             Trigger::AllDone => false,
         };
         // The runs below use inputs.flag = true.
-        if skip || s.when == Some(false) {
+        if skip || n.when == Some(false) {
             out.push((StepStatus::Skipped, 0));
-        } else if s.fail_times > 0 && s.permanent {
-            out.push((StepStatus::Failed, 1));
-        } else if s.fail_times >= s.max_attempts {
-            out.push((StepStatus::Failed, s.max_attempts));
         } else {
-            out.push((StepStatus::Completed, s.fail_times + 1));
+            out.push(run(n.schedule));
         }
     }
-    out
+    let fails = (0..nodes.len()).any(|j| out[j].0 == StepStatus::Failed && counts_as(&out, j) != StepStatus::Completed);
+    (out, fails)
 }
 
 /// Runs one DAG on a fresh store of `backend` and checks the journal against the engine's state.
@@ -125,7 +203,8 @@ fn journal_fold_reproduces_the_final_state(backend: Backend, specs: &[StepSpec])
         return Ok(()); // PostgreSQL unreachable: the harness printed why.
     };
     let engine = Engine::new(store.shared(), EngineConfig::new("prop:1:x".into()), None);
-    let def = definition(specs);
+    let nodes = nodes(specs);
+    let def = definition(&nodes);
     let outcome = rt.block_on(async {
         let new = NewRun {
             definition: def,
@@ -152,13 +231,12 @@ fn journal_fold_reproduces_the_final_state(backend: Backend, specs: &[StepSpec])
     run_row.wake_at_ms = loaded.run.wake_at_ms;
     prop_assert_eq!(&loaded.run, &run_row);
 
-    let want = expected(specs);
+    let (want, fails) = expected(&nodes);
     for (i, (status, attempts)) in want.iter().enumerate() {
         let got = &folded.steps[i];
-        prop_assert_eq!((got.status, got.attempts), (*status, *attempts), "step s{} of {:?}", i, specs);
+        prop_assert_eq!((got.status, got.attempts), (*status, *attempts), "step {} of {:?}", nodes[i].id, nodes);
     }
-    let any_failed = want.iter().any(|(s, _)| *s == StepStatus::Failed);
-    prop_assert_eq!(folded.status, if any_failed { RunStatus::Failed } else { RunStatus::Completed });
+    prop_assert_eq!(folded.status, if fails { RunStatus::Failed } else { RunStatus::Completed });
     // Engine, then store (its PostgreSQL schema is dropped), then the runtime.
     drop(engine);
     drop(store);
