@@ -16,6 +16,34 @@ pub struct Env {
     rt: tokio::runtime::Runtime,
 }
 
+/// Every run a test leaves in its database must replay without divergence: when a test that
+/// passed ends, each journal is re-derived through the current core (processes the test left
+/// running may still be appending; a committed prefix replays too). A database the test made
+/// unreadable on purpose (foreign, garbage, locked) is left alone.
+impl Drop for Env {
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.db.exists() {
+            return;
+        }
+        let Ok(store) = SqliteStore::open(&self.db, cairn_store::Durability::Normal) else { return };
+        let mut query = RunQuery { limit: 1000, ..Default::default() };
+        loop {
+            let Ok(runs) = self.rt.block_on(store.list_runs(query.clone())) else { return };
+            for run in &runs {
+                let run_id = RunId::parse(&run.id).expect("stored run id");
+                let loaded = self.rt.block_on(store.load_run(&run_id)).expect("load a listed run");
+                if let Err(e) = replay(run_id, &loaded.events, loaded.payloads.clone()) {
+                    panic!("run {} left by this test does not replay: {e}\n{}", run.id, dump(&loaded.events));
+                }
+            }
+            match runs.last() {
+                Some(last) if runs.len() == query.limit => query.after = Some((last.created_at_ms, last.id.clone())),
+                _ => return,
+            }
+        }
+    }
+}
+
 impl Env {
     pub fn new() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
