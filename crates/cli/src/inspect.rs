@@ -125,6 +125,35 @@ fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
+/// `cairn approvals`: every step waiting for a person, oldest request first, with the command
+/// that answers it.
+pub async fn approvals(db: &DbArgs, json: bool) -> CliResult {
+    let store = db.open().await?;
+    let waiting = cairn_engine::waiting_approvals(&store).await?;
+    if json {
+        print_json(&waiting);
+        return Ok(());
+    }
+    if waiting.is_empty() {
+        eprintln!("nothing waits for a decision");
+        return Ok(());
+    }
+    let body: Vec<Vec<String>> = waiting
+        .iter()
+        .map(|w| {
+            let answer = match w.kind {
+                "escalation" => format!("cairn escalation {} {} retry|skip|abort", w.run_id, w.step),
+                _ => format!("cairn approve|reject {} {}", w.run_id, w.step),
+            };
+            let who = if w.approvers.is_empty() { "any operator".to_string() } else { w.approvers.join(", ") };
+            let deadline = w.deadline_ms.map(timestamp).unwrap_or_else(|| "-".into());
+            vec![timestamp(w.requested_at_ms), w.step.clone(), w.prompt.clone(), who, deadline, answer]
+        })
+        .collect();
+    print!("{}", table(&["ASKED", "STEP", "PROMPT", "WHO", "DEADLINE", "ANSWER WITH"], &body));
+    Ok(())
+}
+
 pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
     use cairn_engine::Control;
     let by = Some("cli".to_string());

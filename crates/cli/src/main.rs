@@ -133,6 +133,12 @@ enum Command {
     /// Export a run's full transition history (JSON, or JSON Lines).
     #[command(after_help = "Example:\n  cairn export wf_01J... --format jsonl > run.jsonl")]
     Export(inspect::ExportArgs),
+    /// List the steps waiting for a person (approval gates and escalated failures), oldest first.
+    #[command(after_help = "Example:\n  cairn approvals\n  cairn approvals --json")]
+    Approvals {
+        #[arg(long)]
+        json: bool,
+    },
     /// Approve a step waiting at an approval gate.
     #[command(after_help = "Example:\n  cairn approve wf_01J... policy_screen --comment \"controls agreed\"")]
     Approve {
@@ -249,6 +255,7 @@ fn main() -> ExitCode {
                 };
                 steer::steer(&cli.db, &id, control).await
             }
+            Command::Approvals { json } => inspect::approvals(&cli.db, json).await,
             Command::Approve { id, step, comment, by } => {
                 let control =
                     cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment, escalation: None };

@@ -240,3 +240,43 @@ fn a_parked_run_migrates_to_a_compatible_version_and_refuses_an_incompatible_one
     assert_eq!(env.started(&id, "draft"), 1);
     env.assert_journal_is_sound(&id);
 }
+
+#[test]
+fn a_run_parked_at_an_approval_by_an_older_release_finishes_after_the_upgrade() {
+    // A database an earlier release (store schema 1) left with a run waiting at its gate.
+    let env = Env::new();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/db-schema1-parked-at-approval.sql");
+    let sql = std::fs::read_to_string(&fixture).expect("fixture");
+    rusqlite::Connection::open(&env.db).and_then(|c| c.execute_batch(&sql)).expect("restore the old database");
+    let id = "wf_01M7ZTB4ZSKR16V55RDQWV3BE6";
+
+    let out = env.run(&["approvals"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(
+        listed.contains("Pay 120 EUR?") && listed.contains(&format!("cairn approve|reject {id} sign_off")),
+        "{listed}"
+    );
+    let out = env.run(&["approvals", "--json"]);
+    let waiting: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(waiting[0]["run_id"], id);
+    assert_eq!(waiting[0]["approvers"], json!(["ana"]));
+    let out = env.run(&["approve", id, "sign_off", "--by", "ana", "--comment", "after the upgrade"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["resume", id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = env.only_run();
+    assert_eq!(run.status, "COMPLETED");
+    assert_eq!(env.started(id, "prepare"), 1, "the step done before the upgrade does not run again");
+    let pay = env.step(id, "pay").output_hash.expect("pay ran");
+    let store = env.store();
+    assert_eq!(env.block(cairn_store::Store::payload(&store, &pay)).expect("payload"), Some(json!({"paid": 120})));
+    let version: i64 = rusqlite::Connection::open(&env.db)
+        .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .expect("user_version");
+    assert!(version > 1, "the store was migrated (user_version {version})");
+    env.assert_journal_is_sound(id);
+    let out = env.run(&["approvals"]);
+    assert!(stderr(&out).contains("nothing waits for a decision"), "{}", stderr(&out));
+}

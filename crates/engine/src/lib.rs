@@ -11,10 +11,12 @@ pub mod activity;
 mod driver;
 mod engine;
 mod http;
+mod waiting;
 
 pub use engine::{
     Control, Delivery, Driving, Engine, EngineConfig, EscalationChoice, NewRun, Notice, RunOutcome, Submit,
 };
+pub use waiting::{WaitingApproval, waiting_approvals};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::{Event, RunId};
 use cairn_engine::{Control, Delivery, EscalationChoice};
-use cairn_store::{RunQuery, Store};
+use cairn_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -112,37 +112,15 @@ pub async fn decide<S: Store>(
 
 /// Every step waiting for a person, oldest request first.
 pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
-    let mut waiting: Vec<Value> = Vec::new();
-    for status in ["WAITING", "EXECUTING", "PAUSED"] {
-        let runs =
-            state.store.list_runs(RunQuery { status: Some(status.into()), limit: 500, ..Default::default() }).await?;
-        for run in runs {
-            let id = parse_run_id(&run.id)?;
-            let steps = state.store.steps(&id).await?;
-            let gated: Vec<&str> = steps.iter().filter(|s| s.status == "WAITING").map(|s| s.step_id.as_str()).collect();
-            if gated.is_empty() {
-                continue;
-            }
-            for e in state.store.events(&id).await? {
-                if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms, escalation } = &e.event
-                    && gated.contains(&step.as_str())
-                {
-                    waiting.push(json!({
-                        "run_id": run.id,
-                        "workflow": run.workflow,
-                        "step": step,
-                        "prompt": prompt,
-                        "approvers": approvers,
-                        "requested_at_ms": e.at_ms,
-                        "deadline_ms": deadline_ms,
-                        "kind": if *escalation { "escalation" } else { "approval" },
-                        "decisions": if *escalation { json!(["retry", "skip", "abort"]) } else { json!(["approve", "reject"]) },
-                        "decide": format!("/v1/runs/{}/approvals/{}", run.id, step),
-                    }));
-                }
-            }
-        }
-    }
-    waiting.sort_by_key(|w| w["requested_at_ms"].as_i64().unwrap_or(0));
+    let waiting: Vec<Value> = cairn_engine::waiting_approvals(&*state.store)
+        .await?
+        .into_iter()
+        .map(|w| {
+            let decide = format!("/v1/runs/{}/approvals/{}", w.run_id, w.step);
+            let mut v = json!(w);
+            v["decide"] = json!(decide);
+            v
+        })
+        .collect();
     Ok(axum::Json(json!({"approvals": waiting})).into_response())
 }
