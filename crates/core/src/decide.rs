@@ -993,4 +993,49 @@ mod tests {
             assert_eq!(scheduled, retried, "{action:?}: {cmds:#?}");
         }
     }
+
+    #[test]
+    fn a_duplicated_or_late_attempt_result_is_refused_and_changes_nothing() {
+        let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, retry: {max_attempts: 3, jitter: 0}}\n  - {id: b, kind: echo, needs: [a]}\n";
+        let (mut h, _) = Harness::new(yaml);
+        let a = StepId::new("a");
+        let input = Payload::of(&Value::Null);
+        h.state.add_payload(&input, Value::Null);
+        // Attempt 1 is lost (its worker died); attempt 2 runs after the timer.
+        h.feed(Event::AttemptStarted { step: a.clone(), attempt: 1, input: input.reference.clone() });
+        let lost = Failure::new(ErrorClass::Transient, "interrupted: worker gone");
+        h.feed(Event::AttemptFailed { step: a.clone(), attempt: 1, failure: lost, duration_ms: 1 });
+        h.feed(Event::TimerFired { step: a.clone() });
+        h.feed(Event::AttemptStarted { step: a.clone(), attempt: 2, input: input.reference });
+        let out = Payload::of(&json!("late"));
+        h.state.add_payload(&out, json!("late"));
+        let at = |seq| Envelope {
+            seq,
+            at_ms: 1_000,
+            schema: JOURNAL_SCHEMA,
+            event: Event::AttemptSucceeded {
+                step: a.clone(),
+                attempt: 1,
+                output: out.reference.clone(),
+                duration_ms: 1,
+            },
+        };
+        // The lost attempt's result arrives late: refused, nothing changes.
+        let before = h.state.clone();
+        let late = decide(&mut h.state, &at(before.last_seq + 1));
+        assert!(matches!(late, Err(Error::Attempt { got: 1, current: 2, .. })), "{late:?}");
+        assert_eq!(h.state, before);
+        // Attempt 2's result, delivered twice: the first counts, the duplicate is refused.
+        let done =
+            Event::AttemptSucceeded { step: a.clone(), attempt: 2, output: out.reference.clone(), duration_ms: 1 };
+        h.feed(done.clone());
+        let before = h.state.clone();
+        let again = decide(
+            &mut h.state,
+            &Envelope { seq: before.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event: done },
+        );
+        assert!(again.is_err(), "a duplicate result must be refused");
+        assert_eq!(h.state, before, "a refused event changes nothing");
+        assert_eq!(h.state.step_state("b").map(|s| s.status), Some(StepStatus::Ready), "b started once");
+    }
 }
