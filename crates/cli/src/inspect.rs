@@ -71,7 +71,8 @@ pub enum RunsCommand {
         file: Option<std::path::PathBuf>,
     },
     /// Retry a FAILED run in place: its failed, cancelled and skipped steps run again (fresh
-    /// retry budgets), completed steps keep their outputs; followed to its end.
+    /// retry budgets), completed steps keep their outputs (so does a failed step whose fallback
+    /// completed); followed to its end.
     #[command(after_help = "Example:\n  cairn runs retry wf_01J...")]
     Retry {
         id: String,

@@ -64,7 +64,7 @@ fn a_step_that_fails_for_good_is_replaced_by_its_fallback_and_the_run_completes(
     let out = env.run(&["run", path_str(&wf)]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("its fallback 'cached' takes over"), "{err}");
+    assert!(err.contains("(falls back to 'cached')"), "{err}");
     let id = env.only_run().id;
     assert_eq!(env.only_run().status, "COMPLETED");
     let statuses: Vec<(String, String)> = env.steps(&id).into_iter().map(|s| (s.step_id, s.status)).collect();
@@ -83,7 +83,7 @@ fn a_step_that_fails_for_good_is_replaced_by_its_fallback_and_the_run_completes(
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("replay ok:"), "{text}");
-    assert!(text.contains("its fallback 'cached' takes over"), "{text}");
+    assert!(text.contains("(falls back to 'cached')"), "{text}");
 }
 
 #[test]

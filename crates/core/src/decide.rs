@@ -320,7 +320,7 @@ impl Decider<'_> {
         let step = def.steps[i].id.clone();
         let mut failure = failure;
         if let OnFailure::Fallback(f) = &def.steps[i].on_failure {
-            failure.message = format!("{}; its fallback '{f}' takes over", failure.message);
+            failure.message = format!("{} (falls back to '{f}')", failure.message);
         }
         self.record(Event::StepFailed { step, failure: failure.clone() })?;
         self.apply_failure_policy(i, Some(failure), false)
@@ -519,28 +519,30 @@ impl Decider<'_> {
                     }
                 }
                 // Each need counts by its outcome: a failed need with a fallback counts as
-                // whatever its fallback did (and is not settled before the fallback is).
+                // whatever its fallback did (and is not settled before the fallback is); one whose
+                // fallback did not complete counts as failed. A fallback that also lists the step
+                // it stands in for (or an earlier link of its chain) has that need met already.
                 let mut settled = true;
                 let mut not_completed: Option<String> = None;
                 let mut failed: Option<String> = None;
                 for need in &step.needs {
                     let Some(k) = self.state.step_index(need.as_str()) else { continue };
+                    if def.stands_in_for(i, k) {
+                        continue;
+                    }
                     let (r, st) = self.state.outcome(k);
                     if !st.is_terminal() {
                         settled = false;
                         break;
                     }
-                    let via = if r == k {
-                        String::new()
+                    let (st, via) = if r == k || st == StepStatus::Completed {
+                        (st, String::new())
                     } else {
-                        format!(
-                            " (it failed and its fallback '{}' is {})",
-                            self.state.steps[r].id,
-                            st.as_str().to_lowercase()
-                        )
+                        let note =
+                            format!(" (its fallback '{}' is {})", self.state.steps[r].id, st.as_str().to_lowercase());
+                        (StepStatus::Failed, note)
                     };
                     if st != StepStatus::Completed && not_completed.is_none() {
-                        let st = if r == k { st } else { StepStatus::Failed };
                         not_completed = Some(format!("dependency '{need}' is {}{via}", st.as_str().to_lowercase()));
                     }
                     if matches!(st, StepStatus::Failed | StepStatus::Cancelled) && failed.is_none() {
@@ -858,7 +860,7 @@ mod tests {
         let cmds = fail_for_good(&mut h, "fetch", "upstream said 500");
         assert_eq!(
             started(&cmds),
-            vec![("cached".to_string(), json!({"why": "upstream said 500; its fallback 'cached' takes over"}))]
+            vec![("cached".to_string(), json!({"why": "upstream said 500 (falls back to 'cached')"}))]
         );
         assert_eq!(h.state.status, RunStatus::Executing, "the failure does not fail the run");
         assert_eq!(status(&h, "report"), Some(StepStatus::Pending), "report waits for the fallback");
@@ -919,7 +921,7 @@ mod tests {
             }
             _ => None,
         });
-        assert_eq!(reason.as_deref(), Some("dependency 'a' is failed (it failed and its fallback 'c' is failed)"));
+        assert_eq!(reason.as_deref(), Some("dependency 'a' is failed (its fallback 'c' is failed)"));
         h.succeed("e", json!(1));
         assert_eq!(h.state.status, RunStatus::Failed, "nothing stood in for a");
 
@@ -1037,5 +1039,62 @@ mod tests {
         assert!(again.is_err(), "a duplicate result must be refused");
         assert_eq!(h.state, before, "a refused event changes nothing");
         assert_eq!(h.state.step_state("b").map(|s| s.status), Some(StepStatus::Ready), "b started once");
+    }
+
+    #[test]
+    fn a_fallback_may_list_its_step_in_needs_and_a_dependent_that_tolerates_skips_still_sees_the_failure() {
+        // `cached` names `fetch` in needs too (the natural "after fetch"): it runs, not waits on
+        // itself. `audit` (none_failed) is skipped when fetch failed and nothing stood in for it.
+        let yaml = "name: t\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, needs: [fetch], when: 'inputs.use_cache == true'}\n  - {id: audit, kind: echo, needs: [fetch], trigger: none_failed}\n";
+        let (mut h, _) = Harness::new(yaml);
+        h.state.inputs = json!({"use_cache": true});
+        let cmds = fail_for_good(&mut h, "fetch", "down");
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["cached"]);
+        let cmds = h.succeed("cached", json!(1));
+        assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["audit"]);
+
+        let (mut h, _) = Harness::new(yaml);
+        h.state.inputs = json!({"use_cache": false});
+        fail_for_good(&mut h, "fetch", "down");
+        assert_eq!(status(&h, "cached"), Some(StepStatus::Skipped));
+        assert_eq!(status(&h, "audit"), Some(StepStatus::Skipped));
+        assert_eq!(
+            h.state.step_state("audit").and_then(|s| s.skip_reason.clone()).as_deref(),
+            Some("dependency 'fetch' failed (its fallback 'cached' is skipped)")
+        );
+        assert_eq!(h.state.status, RunStatus::Failed, "nothing stood in for fetch");
+    }
+
+    #[test]
+    fn a_fork_decides_a_fallback_afresh_after_the_step_it_stood_in_for() {
+        let (mut h, _) = Harness::new(FALLBACK);
+        fail_for_good(&mut h, "fetch", "down");
+        h.succeed("cached", json!("stale"));
+        fail_for_good(&mut h, "report", "bug");
+        let reused = crate::fork::reusable(&h.state, "report").expect("fork");
+        assert!(reused.is_empty(), "fetch failed, so neither it nor its stand-in is reused: {reused:?}");
+    }
+
+    #[test]
+    fn migration_refuses_to_make_a_step_that_already_ran_into_a_fallback() {
+        let yaml = "name: t\nsteps:\n  - {id: p, kind: echo}\n  - {id: g, kind: echo}\n";
+        let (mut h, _) = Harness::new(yaml);
+        h.succeed("g", json!(1));
+        let v2 = crate::validate::parse_definition(
+            "name: t\nversion: 2\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: g}}\n  - {id: g, kind: echo}\n",
+            "v2.yaml",
+        )
+        .expect("valid");
+        let problem = crate::fork::migration_problem(&h.state, &v2);
+        assert_eq!(
+            problem.as_deref(),
+            Some("step 'g' already started; version 2 changes which step it is the fallback of")
+        );
+        let v3 = crate::validate::parse_definition(
+            "name: t\nversion: 3\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: h}}\n  - {id: g, kind: echo}\n  - {id: h, kind: echo}\n",
+            "v3.yaml",
+        )
+        .expect("valid");
+        assert_eq!(crate::fork::migration_problem(&h.state, &v3), None, "a new fallback for a running step is fine");
     }
 }

@@ -194,6 +194,20 @@ impl Definition {
         self.steps.iter().position(|s| matches!(&s.on_failure, OnFailure::Fallback(f) if f.as_str() == id))
     }
 
+    /// Whether step `i` is reached from step `k` by following fallbacks: `i` stands in for `k`,
+    /// directly or along a chain.
+    pub fn stands_in_for(&self, i: usize, k: usize) -> bool {
+        let mut at = k;
+        for _ in 0..self.steps.len() {
+            match self.fallback_of(at) {
+                Some(f) if f == i => return true,
+                Some(f) => at = f,
+                None => return false,
+            }
+        }
+        false
+    }
+
     /// What step `i` waits for before it is decided: its `needs`, the step it is the fallback
     /// of, and the fallbacks standing in for any of those (followed along chains).
     pub fn effective_needs(&self, i: usize) -> Vec<usize> {

@@ -29,10 +29,16 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
             break;
         }
     }
+    // A completed fallback stood in for a step that failed; that step runs again in the fork
+    // (only completed steps are reused), so its fallback is decided afresh after it.
     Ok(parent
         .steps
         .iter()
-        .filter(|s| s.status == StepStatus::Completed && !again.contains(s.id.as_str()))
+        .enumerate()
+        .filter(|(i, s)| {
+            s.status == StepStatus::Completed && !again.contains(s.id.as_str()) && def.primary_of(*i).is_none()
+        })
+        .map(|(_, s)| s)
         .filter_map(|s| {
             s.output.clone().map(|output| ReusedStep {
                 step: s.id.clone(),
@@ -52,6 +58,13 @@ pub fn migration_problem(run: &RunState, new: &crate::definition::Definition) ->
     if old.name != new.name {
         return Some(format!("the run is workflow '{}', not '{}'", old.name, new.name));
     }
+    let primary = |def: &crate::definition::Definition, id: &str| {
+        def.steps
+            .iter()
+            .position(|s| s.id.as_str() == id)
+            .and_then(|i| def.primary_of(i))
+            .map(|p| def.steps[p].id.clone())
+    };
     for (s, spec) in run.steps.iter().zip(&old.steps) {
         let Some(n) = new.step(s.id.as_str()) else {
             return Some(format!(
@@ -68,6 +81,12 @@ pub fn migration_problem(run: &RunState, new: &crate::definition::Definition) ->
                 return Some(format!("step '{}' changed kind ({} → {})", s.id, spec.kind, n.kind));
             }
             Some(n) if n.needs != spec.needs => return Some(format!("step '{}' changed its needs", s.id)),
+            Some(_) if primary(old, s.id.as_str()) != primary(new, s.id.as_str()) => {
+                return Some(format!(
+                    "step '{}' already started; version {} changes which step it is the fallback of",
+                    s.id, new.version
+                ));
+            }
             Some(n) if s.status == StepStatus::Failed && n.on_failure != spec.on_failure => {
                 return Some(format!(
                     "step '{}' already failed under its old `on_failure`; version {} changes what that failure does",

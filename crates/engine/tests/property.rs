@@ -161,8 +161,9 @@ fn definition(nodes: &[Node]) -> Definition {
 fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
     let mut out: Vec<(StepStatus, u32)> = Vec::new();
     // What a step counts as for the steps that need it: its fallback's outcome if it failed.
+    // A failed step whose fallback did not complete counts as failed.
     let counts_as = |out: &[(StepStatus, u32)], j: usize| match (out[j].0, nodes[j].fallback) {
-        (StepStatus::Failed, Some(f)) => out[f].0,
+        (StepStatus::Failed, Some(f)) if out[f].0 == StepStatus::Completed => StepStatus::Completed,
         (status, _) => status,
     };
     for n in nodes {
