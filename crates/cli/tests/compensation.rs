@@ -115,6 +115,27 @@ fn cancelling_a_run_undoes_what_it_completed() {
 }
 
 #[test]
+fn a_compensating_run_cannot_be_paused_or_cancelled_and_says_so() {
+    let env = Env::new();
+    let undo = |_: &str| "{kind: sleep, with: {duration: 1500ms}}".to_string();
+    let wf = env.write("wf.yaml", &saga(undo, FAILS));
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "[workflow] compensating", LONG);
+    let id = env.only_run().id;
+    // Another process asks while `cairn run` drives the undo: refused at once, not queued.
+    for verb in ["pause", "cancel", "unpause"] {
+        let out = env.run(&["runs", verb, &id]);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("is COMPENSATING") && err.contains("runs to its end"), "{verb}: {err}");
+    }
+    assert_eq!(wait_exit(&mut child, LONG).code(), Some(1));
+    assert_eq!(env.only_run().status, "COMPENSATED");
+    assert_eq!(compensation_order(&env, &id), ["b", "a"], "every undo ran once");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
 fn a_crash_mid_compensation_resumes_without_repeating_finished_or_logged_undos() {
     let env = Env::new();
     let (service, counts) = counting_server();

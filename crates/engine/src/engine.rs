@@ -128,6 +128,20 @@ pub enum Control {
     },
 }
 
+/// Why a run in `status` cannot take `control`, when no queued request could change that: a
+/// COMPENSATING run only ever ends, so it cannot be paused, resumed or cancelled. (Other states
+/// are left to the owner: a pause queued just before an unpause makes the unpause legal.)
+fn refused_in(status: RunStatus, control: &Control) -> Option<String> {
+    let what = match control {
+        Control::Pause { .. } => "paused",
+        Control::Unpause { .. } => "resumed",
+        Control::Cancel { .. } => "cancelled",
+        _ => return None,
+    };
+    (status == RunStatus::Compensating)
+        .then(|| format!("it is undoing its completed steps and runs to its end; it cannot be {what}"))
+}
+
 /// An answer to an escalated failure.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "do", rename_all = "snake_case")]
@@ -490,6 +504,11 @@ impl<S: Store> Engine<S> {
             let row = self.inner.store.get_run(id).await?;
             if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
                 return Err(Error::Illegal(format!("run {id} already finished ({})", row.status)));
+            }
+            // Refuse now what the run's state cannot take, rather than queue it for an owner that
+            // would only log the refusal.
+            if let Some(why) = RunStatus::parse(&row.status).and_then(|s| refused_in(s, &control)) {
+                return Err(Error::Illegal(format!("run {id} is {}: {why}", row.status)));
             }
             let now = now_ms();
             let claimed = self
