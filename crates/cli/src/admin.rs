@@ -36,8 +36,8 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
             let (secret, row) = new_token(name, role, cairn_engine::now_ms())
                 .map_err(|e| CliError::env(format!("cannot read random bytes: {e}")))?;
             store.create_token(row.clone()).await?;
-            eprintln!("created token {} ({}, role {}); it is shown once:", row.id, row.name, row.role);
-            println!("{secret}");
+            cairn_engine::say!("created token {} ({}, role {}); it is shown once:", row.id, row.name, row.role);
+            crate::out!("{secret}");
         }
         TokensCommand::List => {
             let rows: Vec<Vec<String>> = store
@@ -54,13 +54,13 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"], &rows));
+            crate::output::out(format_args!("{}", table(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"], &rows)));
         }
         TokensCommand::Revoke { id } => {
             if !store.revoke_token(&id, cairn_engine::now_ms()).await? {
                 return Err(CliError::usage(format!("no active token with id or name '{id}'")));
             }
-            eprintln!("revoked {id}");
+            cairn_engine::say!("revoked {id}");
         }
     }
     Ok(())
@@ -71,10 +71,15 @@ pub async fn gc(db: &DbArgs, retention: &str, dry_run: bool, json: bool) -> CliR
     let store = db.open().await?;
     let report = store.gc(cairn_engine::now_ms(), ms, dry_run).await?;
     if json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         let verb = if dry_run { "would delete" } else { "deleted" };
-        println!("{verb} {} finished run(s), {} event(s), {} payload(s)", report.runs, report.events, report.payloads);
+        crate::out!(
+            "{verb} {} finished run(s), {} event(s), {} payload(s)",
+            report.runs,
+            report.events,
+            report.payloads
+        );
     }
     Ok(())
 }

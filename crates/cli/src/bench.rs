@@ -185,11 +185,11 @@ async fn scenario<S: Store>(stores: &[Arc<S>], steps: usize, total: usize, in_fl
 
 fn print_row(r: &Value, json_out: bool) {
     if json_out {
-        println!("{r}");
+        crate::out!("{r}");
         return;
     }
     let workers = r["workers"].as_u64().map(|w| format!("{w} worker(s), ")).unwrap_or_default();
-    println!(
+    crate::out!(
         "{workers}{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms",
         r["steps"],
         r["in_flight"],
@@ -209,8 +209,8 @@ async fn bench_postgres(url: &str, args: &BenchArgs) -> CliResult {
     for _ in 0..4 {
         stores.push(Arc::new(cairn_store::PgStore::open(url).await?));
     }
-    eprintln!("cairn bench: {}", stores[0].describe());
-    eprintln!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    cairn_engine::say!("cairn bench: {}", stores[0].describe());
+    cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     scenario(&stores[..1], 3, 50.min(args.workflows), 10).await?;
     for workers in [1usize, 2, 4] {
         for (steps, in_flight, total) in [(3, 1, args.sequential), (3, args.in_flight, args.workflows)] {
@@ -242,8 +242,8 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         }
     };
     let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
-    eprintln!("cairn bench: {}", cairn_store::Store::describe(&*store));
-    eprintln!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    cairn_engine::say!("cairn bench: {}", cairn_store::Store::describe(&*store));
+    cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let stores = [store];
     // Warm up (page cache, prepared statements).
     scenario(&stores, 3, 50.min(args.workflows), 10).await?;

@@ -88,7 +88,7 @@ pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliRe
     }));
     let heartbeat = engine.spawn_heartbeat();
     let worker = engine.spawn_worker();
-    eprintln!("cairn bench --http: http://{addr}, {}", cairn_store::Store::describe(&*store));
+    cairn_engine::say!("cairn bench --http: http://{addr}, {}", cairn_store::Store::describe(&*store));
 
     let definition = json!({"name": "bench-noop-3", "steps": [
         {"id": "s0", "kind": "noop"},
@@ -163,9 +163,9 @@ pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliRe
     }
     for r in &results {
         if json_out {
-            println!("{r}");
+            crate::out!("{r}");
         } else {
-            println!(
+            crate::out!(
                 "POST /v1/runs?wait (3 no-op steps), {} clients: {:.0} completed runs/s | p50 {:.2} ms p99 {:.2} ms | {} completed, {} errors",
                 r["clients"],
                 r["completed_runs_per_s"].as_f64().unwrap_or(0.0),

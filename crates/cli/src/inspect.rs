@@ -37,6 +37,14 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Operator requests sent to the run, in the order they were accepted, and what became of
+    /// each: applied (with the journal event that records it), unchanged, refused (why), pending.
+    #[command(after_help = "Example:\n  cairn runs requests wf_01J... --json")]
+    Requests {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-attempt log lines.
     Logs {
         id: String,
@@ -54,8 +62,14 @@ pub enum RunsCommand {
     },
     /// Pause a run: attempts in flight finish, nothing new starts.
     Pause { id: String },
-    /// Unpause a paused run.
-    Unpause { id: String },
+    /// Unpause a paused run. If nobody drives it then, it continues here (as `cairn resume`
+    /// would) unless a `cairn serve`/`cairn worker` runs on the database or --detach is given.
+    Unpause {
+        id: String,
+        /// Return once the request is applied; say what continues the run.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Move a parked run to another version of its workflow (registered with POST /v1/workflows,
     /// or given as a file) when what it already did is compatible; otherwise name the first
     /// incompatibility.
@@ -82,11 +96,14 @@ pub enum RunsCommand {
         json: bool,
     },
     /// Send a named signal with a JSON payload.
-    #[command(after_help = "Example:\n  cairn runs signal wf_01J... approved --data '{\"by\": \"ana\"}'")]
+    #[command(
+        after_help = "Examples:\n  cairn runs signal wf_01J... approved --data '{\"by\": \"ana\"}'\n  cairn runs signal wf_01J... note --data '\"a JSON string\"'"
+    )]
     Signal {
         id: String,
+        /// 1 to 64 letters, digits, '_', '-' or '.' (conditions read it as signals.NAME).
         name: String,
-        /// JSON payload (a non-JSON value is sent as a string).
+        /// The payload, as JSON (a string needs its quotes: '"text"').
         #[arg(long, default_value = "null")]
         data: String,
     },
@@ -112,7 +129,7 @@ fn run_id(s: &str) -> CliResult<RunId> {
     RunId::parse(s).map_err(CliError::usage)
 }
 
-async fn open_existing(db: &DbArgs) -> CliResult<cairn_store::AnyStore> {
+pub(crate) async fn open_existing(db: &DbArgs) -> CliResult<cairn_store::AnyStore> {
     if db.database.is_none() && !db.db.exists() {
         return Err(CliError::usage(format!(
             "no database at {} (nothing has run here yet; pass --db or set CAIRN_DB)",
@@ -123,7 +140,7 @@ async fn open_existing(db: &DbArgs) -> CliResult<cairn_store::AnyStore> {
 }
 
 fn print_json(v: &impl serde::Serialize) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// `cairn approvals`: every step waiting for a person, oldest request first, with the command
@@ -136,7 +153,7 @@ pub async fn approvals(db: &DbArgs, json: bool) -> CliResult {
         return Ok(());
     }
     if waiting.is_empty() {
-        eprintln!("nothing waits for a decision");
+        cairn_engine::say!("nothing waits for a decision");
         return Ok(());
     }
     let body: Vec<Vec<String>> = waiting
@@ -151,30 +168,32 @@ pub async fn approvals(db: &DbArgs, json: bool) -> CliResult {
             vec![timestamp(w.requested_at_ms), w.step.clone(), w.prompt.clone(), who, deadline, answer]
         })
         .collect();
-    print!("{}", table(&["ASKED", "STEP", "PROMPT", "WHO", "DEADLINE", "ANSWER WITH"], &body));
+    crate::output::out(format_args!(
+        "{}",
+        table(&["ASKED", "STEP", "PROMPT", "WHO", "DEADLINE", "ANSWER WITH"], &body)
+    ));
     Ok(())
 }
 
 pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
+    use crate::steer::Follow;
     use cairn_engine::Control;
     let by = Some("cli".to_string());
     match command {
         RunsCommand::Watch(args) => return crate::watch::watch(args).await,
         RunsCommand::Cancel { id, reason } => {
-            open_existing(db).await?;
-            return crate::steer::steer(db, &id, Control::Cancel { reason, by }).await;
+            return crate::steer::steer(db, &id, Control::Cancel { reason, by }, Follow::No).await;
         }
         RunsCommand::Retry { id, engine, json } => {
             open_existing(db).await?;
             return crate::run::retry(db, &id, engine, json).await;
         }
         RunsCommand::Pause { id } => {
-            open_existing(db).await?;
-            return crate::steer::steer(db, &id, Control::Pause { by }).await;
+            return crate::steer::steer(db, &id, Control::Pause { by }, Follow::No).await;
         }
-        RunsCommand::Unpause { id } => {
-            open_existing(db).await?;
-            return crate::steer::steer(db, &id, Control::Unpause { by }).await;
+        RunsCommand::Unpause { id, detach } => {
+            let follow = if detach { Follow::Detach } else { Follow::Continue };
+            return crate::steer::steer(db, &id, Control::Unpause { by }, follow).await;
         }
         RunsCommand::Migrate { id, to_version, file } => {
             let store = open_existing(db).await?;
@@ -209,12 +228,18 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             if let Some(problem) = cairn_core::fork::migration_problem(&state, &target) {
                 return Err(CliError::usage(format!("run {id} cannot move to version {to_version}: {problem}")));
             }
-            return crate::steer::steer(db, &id, Control::Migrate { definition, by }).await;
+            return crate::steer::steer(db, &id, Control::Migrate { definition, by }, Follow::No).await;
         }
         RunsCommand::Signal { id, name, data } => {
-            open_existing(db).await?;
-            let payload = serde_json::from_str(&data).unwrap_or(Value::String(data));
-            return crate::steer::steer(db, &id, Control::Signal { name, payload, by }).await;
+            run_id(&id)?;
+            cairn_engine::check_signal_name(&name).map_err(CliError::usage)?;
+            let payload: Value = serde_json::from_str(&data).map_err(|e| {
+                CliError::usage(format!(
+                    "--data is not JSON ({e}); a string needs its quotes, e.g. --data '\"{}\"'",
+                    data.replace('\'', "")
+                ))
+            })?;
+            return crate::steer::steer(db, &id, Control::Signal { name, payload, by }, Follow::No).await;
         }
         _ => {}
     }
@@ -258,7 +283,10 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                     ]
                 })
                 .collect();
-            print!("{}", table(&["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"], &body));
+            crate::output::out(format_args!(
+                "{}",
+                table(&["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"], &body)
+            ));
         }
         RunsCommand::Show { id, json } => {
             let id = run_id(&id)?;
@@ -268,24 +296,24 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 print_json(&json!({"run": run, "steps": steps}));
                 return Ok(());
             }
-            println!("run       {}", run.id);
-            println!(
+            crate::out!("run       {}", run.id);
+            crate::out!(
                 "workflow  {}{}",
                 run.workflow,
                 run.definition_version.map(|v| format!(" v{v}")).unwrap_or_default()
             );
             if let Some(goal) = &run.goal {
-                println!("goal      {goal}");
+                crate::out!("goal      {goal}");
             }
-            println!("state     {}", run.status);
-            println!("created   {}", timestamp(run.created_at_ms));
+            crate::out!("state     {}", run.status);
+            crate::out!("created   {}", timestamp(run.created_at_ms));
             if let Some(f) = run.finished_at_ms {
-                println!("finished  {} ({})", timestamp(f), format_ms((f - run.created_at_ms).max(0) as u64));
+                crate::out!("finished  {} ({})", timestamp(f), format_ms((f - run.created_at_ms).max(0) as u64));
             }
             if let Some(msg) = &run.failure_message {
-                println!("failure   {}: {msg}", run.failure_class.as_deref().unwrap_or("error"));
+                crate::out!("failure   {}: {msg}", run.failure_class.as_deref().unwrap_or("error"));
             }
-            println!();
+            crate::out!();
             let body: Vec<Vec<String>> = steps
                 .iter()
                 .map(|s| {
@@ -301,7 +329,10 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                     vec![s.step_id.clone(), s.status.clone(), s.attempts.to_string(), duration, error]
                 })
                 .collect();
-            print!("{}", table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body));
+            crate::output::out(format_args!(
+                "{}",
+                table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body)
+            ));
         }
         RunsCommand::Events { id, json } => {
             let events = store.events(&run_id(&id)?).await?;
@@ -320,9 +351,43 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 }
             }
         }
+        RunsCommand::Requests { id, json } => {
+            let rows = store.run_requests(&run_id(&id)?).await?;
+            let views: Vec<cairn_engine::RequestView> = rows.iter().map(cairn_engine::RequestView::of).collect();
+            if json {
+                print_json(&views);
+                return Ok(());
+            }
+            if views.is_empty() {
+                cairn_engine::say!("no requests were sent to {id}");
+                return Ok(());
+            }
+            let body: Vec<Vec<String>> = views
+                .iter()
+                .map(|v| {
+                    let answer = match (v.journal_seq, &v.message) {
+                        (Some(seq), _) => format!("journal event {seq}"),
+                        (None, Some(m)) => m.clone(),
+                        (None, None) => "-".into(),
+                    };
+                    vec![
+                        v.id.to_string(),
+                        timestamp(v.accepted_at_ms),
+                        format!("{}{}", v.request, v.target.as_ref().map(|t| format!(" {t}")).unwrap_or_default()),
+                        v.by.clone().unwrap_or_else(|| "-".into()),
+                        v.state.as_str().to_string(),
+                        answer,
+                    ]
+                })
+                .collect();
+            crate::output::out(format_args!(
+                "{}",
+                table(&["ID", "ACCEPTED", "REQUEST", "BY", "STATE", "ANSWER"], &body)
+            ));
+        }
         RunsCommand::Logs { id, step } => {
             for l in store.logs(&run_id(&id)?, step.as_deref()).await? {
-                println!("{} {} #{} {:<5} {}", timestamp(l.at_ms), l.step_id, l.attempt, l.level, l.message);
+                crate::out!("{} {} #{} {:<5} {}", timestamp(l.at_ms), l.step_id, l.attempt, l.level, l.message);
             }
         }
     }

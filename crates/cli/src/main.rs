@@ -149,6 +149,10 @@ enum Command {
         /// Who decides (recorded in the journal).
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
+        /// Return once the decision is recorded, even if nobody drives the run (by default it
+        /// continues here, as `cairn resume` would, unless a `cairn serve`/`worker` runs).
+        #[arg(long)]
+        detach: bool,
     },
     /// Reject a step waiting at an approval gate (it fails; its on_failure applies).
     #[command(after_help = "Example:\n  cairn reject wf_01J... policy_screen --reason \"no SOC 2 report\"")]
@@ -159,6 +163,9 @@ enum Command {
         reason: String,
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
+        /// Return once the decision is recorded (see `cairn approve --help`).
+        #[arg(long)]
+        detach: bool,
     },
     /// Start a new run from a step of an earlier one, reusing the results before it.
     #[command(after_help = "Example:\n  cairn rerun wf_01J... --from send_email")]
@@ -178,6 +185,9 @@ enum Command {
         output: Option<String>,
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
+        /// Return once the answer is recorded (see `cairn approve --help`).
+        #[arg(long)]
+        detach: bool,
     },
     /// Re-derive a run from its journal with no effects; report divergences and its timeline.
     Replay(replay::ReplayArgs),
@@ -213,12 +223,17 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// What a decision does about a run nobody drives afterwards.
+fn follow(detach: bool) -> steer::Follow {
+    if detach { steer::Follow::Detach } else { steer::Follow::Continue }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
+            cairn_engine::say!("error: cannot start the runtime: {e}");
             return ExitCode::from(3);
         }
     };
@@ -232,7 +247,7 @@ fn main() -> ExitCode {
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
             Command::Rerun(args) => run::rerun(&cli.db, args).await,
-            Command::Escalation { id, step, action, output, by } => {
+            Command::Escalation { id, step, action, output, by, detach } => {
                 use cairn_engine::EscalationChoice;
                 let choice = match (action.as_str(), output) {
                     ("retry", None) => EscalationChoice::Retry,
@@ -253,15 +268,15 @@ fn main() -> ExitCode {
                     comment: None,
                     escalation: Some(choice),
                 };
-                steer::steer(&cli.db, &id, control).await
+                steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Approvals { json } => inspect::approvals(&cli.db, json).await,
-            Command::Approve { id, step, comment, by } => {
+            Command::Approve { id, step, comment, by, detach } => {
                 let control =
                     cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment, escalation: None };
-                steer::steer(&cli.db, &id, control).await
+                steer::steer(&cli.db, &id, control, follow(detach)).await
             }
-            Command::Reject { id, step, reason, by } => {
+            Command::Reject { id, step, reason, by, detach } => {
                 let control = cairn_engine::Control::Decide {
                     step,
                     approve: false,
@@ -269,7 +284,7 @@ fn main() -> ExitCode {
                     comment: Some(reason),
                     escalation: None,
                 };
-                steer::steer(&cli.db, &id, control).await
+                steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Bench(args) => bench::bench(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
@@ -283,7 +298,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.message.is_empty() {
-                eprintln!("error: {}", e.message);
+                cairn_engine::say!("error: {}", e.message);
             }
             ExitCode::from(e.code)
         }

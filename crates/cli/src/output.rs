@@ -8,6 +8,24 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use tokio::sync::mpsc;
 
+/// Writes data to stdout. When its reader has gone (`cairn runs list | head -1`), the process
+/// exits quietly with 0 instead of panicking: everything it had to do is done, and a reader
+/// that stops early asked for no more.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if stdout.write_fmt(args).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// `out!("…", args)`: a line of data on stdout (see [`out`]).
+#[macro_export]
+macro_rules! out {
+    () => { $crate::output::out(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 pub fn colour_enabled() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
@@ -44,10 +62,20 @@ pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>, asks: Optio
     while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
         for env in &events {
             if let Some(line) = progress_line(&paint, &run_id, env, &mut started, &mut last_failure) {
-                eprintln!("{line}");
+                cairn_engine::say!("{line}");
             }
-            if let (Some(tx), Event::ApprovalRequested { step, prompt, .. }) = (&asks, &env.event) {
-                let _ = tx.send((run_id.clone(), step.to_string(), prompt.clone()));
+            if let Event::ApprovalRequested { step, prompt, .. } = &env.event {
+                match &asks {
+                    Some(tx) => {
+                        let _ = tx.send((run_id.clone(), step.to_string(), prompt.clone()));
+                    }
+                    // Nobody can answer here: say who can, and that this process goes on waiting.
+                    None => cairn_engine::say!(
+                        "[workflow] id={run_id} waits for a decision on {step}; decide from another shell or the \
+                         API (`cairn approvals` lists what waits) and this process continues the run; Ctrl-C leaves \
+                         it waiting for `cairn resume {run_id}`"
+                    ),
+                }
             }
         }
     }

@@ -97,7 +97,7 @@ pub async fn run(db: &DbArgs, args: ReplayArgs) -> CliResult {
     };
     if args.json {
         let doc = json!({"run_id": id, "against": against, "divergence": divergence, "timeline": timeline});
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
         print_story(&id, &timeline, &against, verdict.as_ref().err());
     }
@@ -116,7 +116,7 @@ fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayErr
     let took = t
         .finished_at_ms
         .map(|f| format!(" in {}", cairn_core::duration::format_ms((f - t.started_at_ms).max(0) as u64)));
-    println!(
+    crate::out!(
         "run {id} ({}) {}{} — {} events, started {}",
         t.workflow,
         t.status,
@@ -125,13 +125,13 @@ fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayErr
         timestamp(t.started_at_ms)
     );
     match error {
-        None => println!(
+        None => crate::out!(
             "{} the current engine makes every recorded decision (against {against})",
             paint.green("replay ok:")
         ),
-        Some(e) => println!("{} {e} (against {against})", paint.red("divergence:")),
+        Some(e) => crate::out!("{} {e} (against {against})", paint.red("divergence:")),
     }
-    println!();
+    crate::out!();
     let width = t.steps.iter().map(|s| s.step.len()).max().unwrap_or(4);
     for s in &t.steps {
         let mut parts = Vec::new();
@@ -153,19 +153,19 @@ fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayErr
         if let Some(f) = &s.failure {
             parts.push(format!("failed: {f}"));
         }
-        println!("  {:<width$}  {:<10}  {}", s.step, s.status, parts.join(", "));
+        crate::out!("  {:<width$}  {:<10}  {}", s.step, s.status, parts.join(", "));
     }
     if !t.moments.is_empty() {
-        println!();
+        crate::out!();
         for (at, what) in &t.moments {
-            println!("  {} {what}", timestamp(*at));
+            crate::out!("  {} {what}", timestamp(*at));
         }
     }
     if let Some(f) = &t.first_failure {
-        println!();
-        println!("first failure: step {} attempt {}: {}", f.step, f.attempt, f.failure);
+        crate::out!();
+        crate::out!("first failure: step {} attempt {}: {}", f.step, f.attempt, f.failure);
         for next in &f.led_to {
-            println!("  → {next}");
+            crate::out!("  → {next}");
         }
     }
 }

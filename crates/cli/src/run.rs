@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Print the outcome as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Start the run and return at once, printing its id on stdout: a `cairn serve` or
+    /// `cairn worker` on this database drives it (or `cairn resume ID` here).
+    #[arg(long, conflicts_with_all = ["json", "artifact"])]
+    pub detach: bool,
 }
 
 #[derive(Args, Clone)]
@@ -159,16 +163,16 @@ pub fn validate(files: &[PathBuf]) -> CliResult {
         let source = match std::fs::read_to_string(path) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("{}: cannot read: {e}", path.display());
+                cairn_engine::say!("{}: cannot read: {e}", path.display());
                 total += 1;
                 continue;
             }
         };
         match cairn_core::validate::parse_definition(&source, &path.display().to_string()) {
-            Ok(def) => println!("{}: ok ({} v{}, {} steps)", path.display(), def.name, def.version, def.steps.len()),
+            Ok(def) => crate::out!("{}: ok ({} v{}, {} steps)", path.display(), def.name, def.version, def.steps.len()),
             Err(problems) => {
                 for p in &problems {
-                    println!("{p}");
+                    crate::out!("{p}");
                 }
                 total += problems.len();
             }
@@ -181,7 +185,7 @@ pub fn plan(args: PlanArgs) -> CliResult {
     let catalog = load_catalog(args.catalog.as_deref())?;
     if args.list {
         for line in catalog.describe() {
-            println!("{line}");
+            crate::out!("{line}");
         }
         return Ok(());
     }
@@ -189,16 +193,16 @@ pub fn plan(args: PlanArgs) -> CliResult {
     let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
     if args.json {
         let out = json!({"plan": info.matched, "definition": def});
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
-        println!("goal: {}", info.goal);
+        crate::out!("goal: {}", info.goal);
         for s in &def.steps {
             let needs = if s.needs.is_empty() {
                 String::new()
             } else {
                 format!(" (after {})", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
             };
-            println!("  {} [{}]{needs}", s.id, s.kind);
+            crate::out!("  {} [{}]{needs}", s.id, s.kind);
         }
     }
     Ok(())
@@ -226,7 +230,7 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
             "? {prompt}\n  approve {step}? [y = approve, text = reject with that reason, empty = decide later] "
         );
         let answer = tokio::task::spawn_blocking(move || {
-            eprint!("{question}");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), question.as_bytes());
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).map(|_| line.trim().to_string())
         })
@@ -239,7 +243,7 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
             reason => Control::Decide { step, approve: false, by, comment: Some(reason.to_string()), escalation: None },
         };
         if let Err(e) = engine.request(&run, control).await {
-            eprintln!("error: {e}");
+            cairn_engine::say!("error: {e}");
         }
     }
 }
@@ -269,20 +273,41 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     })?;
     let chaos = args.chaos.as_deref().map(parse_chaos).transpose()?;
     let options = RunOptions { chaos, max_output_bytes: args.max_output_bytes };
+    let new = NewRun { definition, source, plan, inputs, options, reused: Vec::new(), reused_payloads: Vec::new() };
+    if args.detach {
+        return detach(db, &args.engine, new).await;
+    }
     let (engine, printer) = open_engine(db, &args.engine).await?;
     let heartbeat = engine.spawn_heartbeat();
     let run_id = cairn_engine::new_run_id();
-    let handle = engine
-        .start(
-            run_id.clone(),
-            NewRun { definition, source, plan, inputs, options, reused: Vec::new(), reused_payloads: Vec::new() },
-        )
-        .await?;
+    let handle = engine.start(run_id.clone(), new).await?;
     let outcome = follow(&engine, &run_id, handle).await;
     heartbeat.abort();
     drop(engine);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), printer).await;
     finish(outcome?, args.artifact.as_deref(), args.json)
+}
+
+/// `cairn run --detach`: creates the run for any worker, prints its id on stdout and says who
+/// will drive it.
+async fn detach(db: &DbArgs, engine_args: &EngineArgs, new: NewRun) -> CliResult {
+    let store = Arc::new(db.open().await?);
+    let engine = Engine::new(store, engine_args.config(), None);
+    let run_id = cairn_engine::new_run_id();
+    let submit = cairn_engine::Submit { idempotency: None, drive_here: false };
+    engine.submit(run_id.clone(), new, submit).await?;
+    crate::out!("{run_id}");
+    let workers = engine.live_workers().await?;
+    match workers.first() {
+        Some(w) => {
+            cairn_engine::say!("[workflow] id={run_id} started; a worker drives it (cairn {} {})", w.role, w.owner)
+        }
+        None => cairn_engine::say!(
+            "[workflow] id={run_id} started; no cairn serve or worker runs on this database yet: \
+             `cairn resume {run_id}` drives it here, or start `cairn serve` / `cairn worker`"
+        ),
+    }
+    Ok(())
 }
 
 /// Waits for a run, or for Ctrl-C (then releases the lease so `cairn resume` can continue).
@@ -298,7 +323,7 @@ async fn follow(
         },
         _ = tokio::signal::ctrl_c() => {
             let _ = engine.release().await;
-            eprintln!("[workflow] id={run_id} interrupted; `cairn resume {run_id}` continues it");
+            cairn_engine::say!("[workflow] id={run_id} interrupted; `cairn resume {run_id}` continues it");
             Err(CliError { code: 130, message: String::new() })
         }
     }
@@ -312,7 +337,7 @@ fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliRe
     if let Some(Value::Object(steps)) = &outcome.output {
         for (step, out) in steps {
             if let Some(d) = out.get("decision").or_else(|| out.get("data").and_then(|d| d.get("decision"))) {
-                eprintln!("[step] {step}={}", d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string()));
+                cairn_engine::say!("[step] {step}={}", d.as_str().map(str::to_string).unwrap_or_else(|| d.to_string()));
             }
         }
     }
@@ -324,7 +349,7 @@ fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliRe
         std::fs::write(&path, text + "\n").map_err(|e| {
             CliError::env(format!("run completed but the artifact {} could not be written: {e}", path.display()))
         })?;
-        eprintln!("[artifact] {}", path.display());
+        cairn_engine::say!("[artifact] {}", path.display());
         artifact_path = Some(path);
     }
     if json_out {
@@ -335,7 +360,7 @@ fn finish(outcome: RunOutcome, artifact: Option<&Path>, json_out: bool) -> CliRe
             "output": outcome.output,
             "artifact": artifact_path,
         });
-        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        crate::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
     match outcome.status {
         RunStatus::Completed => Ok(()),
@@ -355,13 +380,13 @@ pub async fn resume(db: &DbArgs, args: ResumeArgs) -> CliResult {
     let heartbeat = engine.spawn_heartbeat();
     let handles = engine.resume(only.as_ref()).await?;
     if handles.is_empty() {
-        eprintln!("nothing to resume: no unfinished run is free to take");
+        cairn_engine::say!("nothing to resume: no unfinished run is free to take");
     }
     let mut worst: CliResult = Ok(());
     for (id, driving) in handles {
         let result = match driving {
             Ok(handle) => {
-                eprintln!("[workflow] id={id} resumed");
+                cairn_engine::say!("[workflow] id={id} resumed");
                 follow(&engine, &id, handle).await.and_then(|o| finish(o, None, args.json))
             }
             Err(e) => Err(CliError::from(e)),
@@ -371,7 +396,7 @@ pub async fn resume(db: &DbArgs, args: ResumeArgs) -> CliResult {
                 worst = Err(e);
                 break;
             }
-            eprintln!("error: {}", e.message);
+            cairn_engine::say!("error: {}", e.message);
             worst = Err(CliError { code: e.code, message: String::new() });
         }
     }
@@ -403,7 +428,7 @@ pub async fn retry(db: &DbArgs, id: &str, engine_args: EngineArgs, json: bool) -
     let heartbeat = engine.spawn_heartbeat();
     let handle = engine.retry(&id, Some("cli".into()), true).await?;
     let handle = handle.ok_or_else(|| CliError::env("the engine is shutting down"))?;
-    eprintln!("[workflow] id={id} retried in place");
+    cairn_engine::say!("[workflow] id={id} retried in place");
     let outcome = follow(&engine, &id, handle).await;
     heartbeat.abort();
     drop(engine);
@@ -419,7 +444,7 @@ pub async fn rerun(db: &DbArgs, args: RerunArgs) -> CliResult {
     let heartbeat = engine.spawn_heartbeat();
     let (run_id, handle) = engine.fork(&parent, &args.from, true).await?;
     let handle = handle.ok_or_else(|| CliError::env("the engine is shutting down"))?;
-    eprintln!("[workflow] id={run_id} forked from {parent} at step {}", args.from);
+    cairn_engine::say!("[workflow] id={run_id} forked from {parent} at step {}", args.from);
     let outcome = follow(&engine, &run_id, handle).await;
     heartbeat.abort();
     drop(engine);

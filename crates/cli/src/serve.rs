@@ -89,7 +89,7 @@ async fn first_signal() {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            eprintln!("cairn: second signal, exiting now (interrupted runs resume on the next start)");
+            cairn_engine::say!("cairn: second signal, exiting now (interrupted runs resume on the next start)");
             std::process::exit(130);
         });
     }
@@ -133,10 +133,15 @@ fn spawn_gc(store: Arc<AnyStore>, args: &WorkerArgs) -> CliResult<Option<tokio::
         loop {
             match store.gc(cairn_engine::now_ms(), retention.as_millis() as u64, false).await {
                 Ok(r) if r.runs > 0 => {
-                    eprintln!("[gc] deleted {} finished runs, {} events, {} payloads", r.runs, r.events, r.payloads)
+                    cairn_engine::say!(
+                        "[gc] deleted {} finished runs, {} events, {} payloads",
+                        r.runs,
+                        r.events,
+                        r.payloads
+                    )
                 }
                 Ok(_) => {}
-                Err(e) => eprintln!("[gc] failed: {e}"),
+                Err(e) => cairn_engine::say!("[gc] failed: {e}"),
             }
             tokio::time::sleep(every).await;
         }
@@ -152,11 +157,11 @@ async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
     }
     let left = engine.active_runs();
     match engine.release().await {
-        Ok(n) => eprintln!(
+        Ok(n) => cairn_engine::say!(
             "cairn: stopped; released {n} lease(s){}",
             if left > 0 { format!(", {left} run(s) cut off") } else { String::new() }
         ),
-        Err(e) => eprintln!("cairn: stopped, but releasing leases failed ({e}); they expire on their own"),
+        Err(e) => cairn_engine::say!("cairn: stopped, but releasing leases failed ({e}); they expire on their own"),
     }
 }
 
@@ -172,7 +177,9 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         other => return Err(CliError::usage(format!("--auth '{other}' is not auto, on or off"))),
     };
     if auth == AuthMode::Off && !listen.ip().is_loopback() {
-        eprintln!("cairn: WARNING: auth is off while listening on {listen}: anyone who can reach it can control runs");
+        cairn_engine::say!(
+            "cairn: WARNING: auth is off while listening on {listen}: anyone who can reach it can control runs"
+        );
     }
     let shutdown_timeout = duration("shutdown-timeout", &args.worker.shutdown_timeout)?;
     let mut catalog = Catalog::builtin().map_err(|e| CliError::env(format!("built-in catalog is broken: {e}")))?;
@@ -183,10 +190,13 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
     }
     let store = Arc::new(db.open().await?);
     if auth == AuthMode::On && store.tokens().await?.iter().all(|t| t.revoked_at_ms.is_some()) {
-        eprintln!("cairn: auth is on and no token exists yet: create one with `cairn tokens create --role admin`");
+        cairn_engine::say!(
+            "cairn: auth is on and no token exists yet: create one with `cairn tokens create --role admin`"
+        );
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let mut config = engine_config(&args.worker);
+    config.role = "serve";
     if args.no_worker {
         // Requests are recorded and the runs handed straight back to the workers.
         config.release_when_idle_ms = None;
@@ -201,7 +211,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
     let background = Background::start(&engine, store.clone(), &args.worker, !args.no_worker)?;
-    eprintln!(
+    cairn_engine::say!(
         "cairn serve: listening on http://{addr} (auth {}; {})",
         if auth == AuthMode::On { "on" } else { "off" },
         store.describe()
@@ -211,13 +221,15 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         let engine = engine.clone();
         async move {
             first_signal().await;
-            eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
+            cairn_engine::say!(
+                "cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})"
+            );
             engine.drain();
             let _ = shutdown_tx.send(true);
         }
     };
     if let Err(e) = cairn_server::serve(listener, state, signalled).await {
-        eprintln!("cairn: the HTTP server stopped: {e}");
+        cairn_engine::say!("cairn: the HTTP server stopped: {e}");
     }
     background.stop(&engine, shutdown_timeout).await;
     Ok(())
@@ -228,9 +240,9 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let store = Arc::new(db.open().await?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
     let background = Background::start(&engine, store.clone(), &args, true)?;
-    eprintln!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
+    cairn_engine::say!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
     first_signal().await;
-    eprintln!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
+    cairn_engine::say!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
     background.stop(&engine, shutdown_timeout).await;
     Ok(())
 }

@@ -53,9 +53,9 @@ pub async fn watch(args: WatchArgs) -> CliResult {
     loop {
         match follow(&addr, &id, &args, &mut last, &mut |env| {
             if args.json {
-                println!("{}", serde_json::to_string(env).unwrap_or_default());
+                crate::out!("{}", serde_json::to_string(env).unwrap_or_default());
             } else if let Some(line) = progress_line(&paint, &id, env, &mut started, &mut failures) {
-                println!("{line}");
+                crate::out!("{line}");
             }
         })
         .await
@@ -69,7 +69,7 @@ pub async fn watch(args: WatchArgs) -> CliResult {
                 if retries > 20 {
                     return Err(e);
                 }
-                eprintln!("[watch] {}; reconnecting", e.message);
+                cairn_engine::say!("[watch] {}; reconnecting", e.message);
             }
         }
         tokio::time::sleep(Duration::from_millis(250 * u64::from(retries.min(8)))).await;

@@ -2,19 +2,22 @@
 //! (service mode releases it for any worker), or the engine drains.
 
 use crate::activity::{self, AttemptContext};
-use crate::engine::{Control, ControlMsg, Inner, Notice, RunOutcome};
+use crate::engine::{Inner, Notice, RunOutcome};
+use crate::requests::{self, Control};
 use crate::{Error, now_ms};
 use cairn_core::decide::{self, Command};
 use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_core::{RunStatus, StepId, StepStatus};
-use cairn_store::{IdempotencyKey, LogLine, RunRow, RunWrite, StepRow, Store, StoredEvent};
+use cairn_store::{
+    IdempotencyKey, LogLine, RequestOutcome, RequestState, RunRow, RunWrite, StepRow, Store, StoredEvent,
+};
 use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
 
 /// An attempt decided but not yet started: the step's own, or its compensation.
@@ -58,8 +61,11 @@ pub(crate) struct Live<S: Store> {
     /// Dropping it on receipt would hand it to the next waiter and could pass it around forever.
     waited_permit: Option<OwnedSemaphorePermit>,
     running: JoinSet<Finished>,
-    /// Requests from operators (cancel, pause, signal ...), when this run is registered.
-    controls: Option<mpsc::UnboundedReceiver<ControlMsg>>,
+    /// Rung when operator requests (cancel, pause, signal ...) wait in the run's inbox, while
+    /// this run is registered as driven here.
+    bell: Option<Arc<Notify>>,
+    /// Requests answered since the last commit; the commit records the answers.
+    answered: Vec<RequestOutcome>,
     shutdown: watch::Receiver<bool>,
     /// Give up ownership with the next commit (creation for other workers, idle release).
     release: bool,
@@ -80,7 +86,8 @@ impl<S: Store> Live<S> {
             timers: Vec::new(),
             waited_permit: None,
             running: JoinSet::new(),
-            controls: None,
+            bell: None,
+            answered: Vec::new(),
             shutdown: inner.shutdown.subscribe(),
             release: false,
             idempotency: None,
@@ -96,9 +103,9 @@ impl<S: Store> Live<S> {
         self.idempotency = key;
     }
 
-    /// Something decided but not yet committed.
+    /// Something decided (or a request answered) but not yet committed.
     pub(crate) fn has_pending(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || !self.answered.is_empty()
     }
 
     pub(crate) fn set_release(&mut self) {
@@ -254,7 +261,7 @@ impl<S: Store> Live<S> {
     }
 
     pub(crate) async fn commit(&mut self) -> Result<(), Error> {
-        if self.events.is_empty() {
+        if !self.has_pending() {
             return Ok(());
         }
         let touched: Vec<usize> = std::mem::take(&mut self.touched).into_iter().collect();
@@ -274,6 +281,7 @@ impl<S: Store> Live<S> {
             run,
             steps: StepRow::from_state(&self.state, Some(&touched)),
             logs: std::mem::take(&mut self.logs),
+            requests: std::mem::take(&mut self.answered),
         };
         match self.inner.store.commit(write).await {
             Ok(()) => {}
@@ -374,11 +382,11 @@ impl<S: Store> Live<S> {
                 // Kept before the step's completion is journaled.
                 let payload = cairn_core::payload::Payload::of(value);
                 if let Err(e) = store.record_effect(&run, key, payload, crate::now_ms()).await {
-                    eprintln!("[engine] {key}: the effect's result could not be logged ({e})");
+                    crate::say_limited!("effect-log", "[engine] {key}: the effect's result could not be logged ({e})");
                 }
             }
             if hold {
-                eprintln!("[debug] holding after activity {effect_step} attempt {}", l.attempt);
+                crate::say!("[debug] holding after activity {effect_step} attempt {}", l.attempt);
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             Finished {
@@ -496,34 +504,82 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
-    /// Registers this run so operator requests reach it.
+    /// Registers this run as driven here, so operator requests reach it.
     pub(crate) fn attach(&mut self) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let bell = Arc::new(Notify::new());
         if let Ok(mut drivers) = self.inner.drivers.lock() {
-            drivers.insert(self.state.run_id.clone(), tx);
+            drivers.insert(self.state.run_id.clone(), bell.clone());
         }
-        self.controls = Some(rx);
+        self.bell = Some(bell);
     }
 
     fn detach(&mut self) {
-        if let Ok(mut drivers) = self.inner.drivers.lock() {
+        let Some(bell) = self.bell.take() else { return };
+        if let Ok(mut drivers) = self.inner.drivers.lock()
+            && drivers.get(&self.state.run_id).is_some_and(|b| Arc::ptr_eq(b, &bell))
+        {
             drivers.remove(&self.state.run_id);
         }
     }
 
-    /// Applies an operator request; an illegal one (pause a finished run ...) changes nothing.
-    pub(crate) fn apply_control(&mut self, control: Control) -> Result<(), Error> {
+    /// Applies an operator request now: `Ok(Some(seq))` with the journal position of the event
+    /// that records it, `Ok(None)` when there was nothing to do (the same decision twice, noted
+    /// in `unchanged`), or `Error::Refused` saying why it cannot apply. A refusal changes nothing.
+    pub(crate) fn apply_control(&mut self, control: Control) -> Result<Applied, Error> {
+        if let Some((code, message)) = requests::check(&self.state, &control)? {
+            return Ok(Applied::Unchanged { code, message });
+        }
         let (event, payload) = control.into_event(&self.state)?;
         if let Some((p, value)) = payload {
             self.state.add_payload(&p, value);
             self.payloads.push(p);
         }
+        let seq = self.state.last_seq + 1;
         match self.feed(event) {
-            Err(Error::Journal { source, .. }) => {
-                Err(Error::Illegal(format!("run {} is {}: {source}", self.state.run_id, self.state.status.as_str())))
-            }
-            other => other,
+            Ok(()) => Ok(Applied::Recorded { seq }),
+            Err(Error::Journal { source, .. }) => Err(requests::refused(
+                "illegal_transition",
+                format!("run {} is {}: {source}", self.state.run_id, self.state.status.as_str()),
+            )),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Answers the requests waiting in the run's inbox, in the order they were accepted; the
+    /// answers are recorded by the next commit, with the events that apply them.
+    pub(crate) async fn answer_requests(&mut self) -> Result<(), Error> {
+        let pending = self.inner.store.pending_inbox(&self.state.run_id).await?;
+        for request in pending {
+            if self.answered.iter().any(|a| a.id == request.id) {
+                continue;
+            }
+            let answer = match serde_json::from_str::<Control>(&request.body) {
+                Ok(control) => self.apply_control(control),
+                Err(e) => Err(requests::refused("invalid_request", format!("the request could not be read: {e}"))),
+            };
+            let (state, code, message, journal_seq) = match answer {
+                Ok(Applied::Recorded { seq }) => (RequestState::Applied, None, None, Some(seq)),
+                Ok(Applied::Unchanged { code, message }) => {
+                    (RequestState::Unchanged, Some(code.to_string()), Some(message), None)
+                }
+                Err(Error::Refused { code, message }) => {
+                    (RequestState::Refused, Some(code.to_string()), Some(message), None)
+                }
+                Err(Error::Invalid(message)) | Err(Error::Illegal(message)) => {
+                    (RequestState::Refused, Some("invalid_request".to_string()), Some(message), None)
+                }
+                Err(e) => return Err(e),
+            };
+            self.answered.push(RequestOutcome {
+                id: request.id,
+                state,
+                code,
+                message,
+                journal_seq,
+                decided_at_ms: Some(now_ms()),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) async fn drive(mut self) -> Result<RunOutcome, Error> {
@@ -557,8 +613,7 @@ impl<S: Store> Live<S> {
                 !self.start_queue.is_empty() && !draining && in_flight < self.inner.config.max_per_run.max(1);
             let permits = self.inner.permits.clone();
             let sleep_ms = next_timer.map(|at| (at - now_ms()).max(0) as u64).unwrap_or(3_600_000);
-            let controls = self.controls.as_mut();
-            let has_controls = controls.is_some();
+            let bell = self.bell.clone();
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
                 Some(joined) = self.running.join_next(), if !self.running.is_empty() => {
@@ -574,15 +629,9 @@ impl<S: Store> Live<S> {
                 permit = permits.acquire_owned(), if waiting_for_permit => {
                     self.waited_permit = permit.ok();
                 }
-                msg = recv(controls), if has_controls => {
-                    if let Some((control, reply)) = msg {
-                        let r = self.apply_control(control);
-                        let r = match r {
-                            Ok(()) => self.commit().await,
-                            Err(e) => Err(e),
-                        };
-                        let _ = reply.send(r);
-                    }
+                _ = rung(bell.as_deref()), if bell.is_some() => {
+                    // Committed at the top of the loop, with the events that apply them.
+                    self.answer_requests().await?;
                 }
                 _ = shutdown.changed(), if !draining => {}
             }
@@ -607,32 +656,15 @@ impl<S: Store> Live<S> {
     }
 
     async fn release_idle(&mut self) -> Result<RunOutcome, Error> {
-        // Stop taking requests first; any that raced in are applied before letting go.
+        // Stop taking requests, then answer any that raced in before letting go (a request
+        // accepted after this is answered by whoever takes the run next, or its requester).
         self.detach();
-        let mut replies = Vec::new();
-        if let Some(mut rx) = self.controls.take() {
-            rx.close();
-            while let Ok((control, reply)) = rx.try_recv() {
-                let r = self.apply_control(control);
-                replies.push((reply, r));
-            }
-        }
-        if !self.events.is_empty() {
-            // A request changed the run: commit it (answering only once it is durable) and let
-            // the next worker pick the run up from the journal.
+        self.answer_requests().await?;
+        if self.has_pending() {
+            // Commit the answers and let the next worker pick the run up from the journal.
             self.release = true;
-            let committed = self.commit().await;
-            for (reply, r) in replies {
-                let _ = reply.send(match (&committed, r) {
-                    (Ok(()), r) => r,
-                    (Err(e), _) => Err(Error::Invalid(format!("the request was not recorded: {e}"))),
-                });
-            }
-            committed?;
+            self.commit().await?;
         } else {
-            for (reply, r) in replies {
-                let _ = reply.send(r);
-            }
             let wake_at = RunRow::from_state(&self.state).wake_at_ms;
             self.inner.store.release_run(&self.inner.config.owner, &self.state.run_id, wake_at).await?;
         }
@@ -653,9 +685,25 @@ impl<S: Store> Live<S> {
     }
 }
 
-async fn recv(rx: Option<&mut mpsc::UnboundedReceiver<ControlMsg>>) -> Option<ControlMsg> {
-    match rx {
-        Some(rx) => rx.recv().await,
+async fn rung(bell: Option<&Notify>) {
+    match bell {
+        Some(bell) => bell.notified().await,
         None => std::future::pending().await,
+    }
+}
+
+/// How a request applied.
+pub(crate) enum Applied {
+    /// The event at `seq` records it.
+    Recorded { seq: u64 },
+    /// Nothing to do: the run already is as asked.
+    Unchanged { code: &'static str, message: String },
+}
+
+impl<S: Store> Drop for Live<S> {
+    /// A run that stops being driven here (finished, handed back, or a failed start) stops
+    /// taking requests here.
+    fn drop(&mut self) {
+        self.detach();
     }
 }

@@ -2,19 +2,19 @@
 //! worker, and routes operator requests to whoever drives a run.
 
 use crate::driver::Live;
+use crate::requests::{self, Control, Delivery};
 use crate::{Error, now_ms, owner_is_dead};
 use cairn_core::event::{Event, PlanInfo, RunOptions, RunSource};
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_core::{Definition, RunId, RunStatus};
-use cairn_store::{Claim, IdempotencyKey, Store};
-use serde::{Deserialize, Serialize};
+use cairn_store::{Claim, IdempotencyKey, RequestOutcome, RequestState, Store, WorkerRow};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -36,6 +36,12 @@ pub struct EngineConfig {
     /// Test hook: after an attempt of this step returns, pause (so a test can SIGKILL the process
     /// between "the activity returned" and "its result was committed").
     pub hold_after_activity: Option<String>,
+    /// How long a request waits for the process driving its run to answer before it is reported
+    /// as queued (it stays queued and is applied in order later).
+    pub request_wait_ms: u64,
+    /// How this process is listed among the processes that work runs for anyone (`serve`,
+    /// `worker`), once it runs the worker loop.
+    pub role: &'static str,
 }
 
 impl EngineConfig {
@@ -49,6 +55,8 @@ impl EngineConfig {
             release_when_idle_ms: None,
             poll_ms: 250,
             hold_after_activity: None,
+            request_wait_ms: 15_000,
+            role: "worker",
         }
     }
 }
@@ -93,118 +101,6 @@ pub struct RunOutcome {
     pub state: Box<RunState>,
 }
 
-/// An operator's request to a run.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "request", rename_all = "snake_case")]
-pub enum Control {
-    Cancel {
-        reason: String,
-        by: Option<String>,
-    },
-    Pause {
-        by: Option<String>,
-    },
-    Unpause {
-        by: Option<String>,
-    },
-    Signal {
-        name: String,
-        payload: Value,
-        by: Option<String>,
-    },
-    /// Approve or reject a step waiting at an approval gate, or answer an escalated failure.
-    Decide {
-        step: String,
-        approve: bool,
-        by: Option<String>,
-        comment: Option<String>,
-        #[serde(default)]
-        escalation: Option<EscalationChoice>,
-    },
-    /// Move the run to another version of its definition (a compiled definition as JSON).
-    Migrate {
-        definition: Value,
-        by: Option<String>,
-    },
-}
-
-/// Why a run in `status` cannot take `control`, when no queued request could change that: a
-/// COMPENSATING run only ever ends, so it cannot be paused, resumed or cancelled. (Other states
-/// are left to the owner: a pause queued just before an unpause makes the unpause legal.)
-fn refused_in(status: RunStatus, control: &Control) -> Option<String> {
-    let what = match control {
-        Control::Pause { .. } => "paused",
-        Control::Unpause { .. } => "resumed",
-        Control::Cancel { .. } => "cancelled",
-        _ => return None,
-    };
-    (status == RunStatus::Compensating)
-        .then(|| format!("it is undoing its completed steps and runs to its end; it cannot be {what}"))
-}
-
-/// An answer to an escalated failure.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "do", rename_all = "snake_case")]
-pub enum EscalationChoice {
-    Retry,
-    Skip { output: Value },
-    Abort,
-}
-
-impl Control {
-    /// The event that records this request against the run's current state.
-    pub(crate) fn into_event(self, state: &RunState) -> Result<(Event, Option<(Payload, Value)>), Error> {
-        Ok(match self {
-            Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
-            Control::Pause { by } => (Event::RunPaused { by }, None),
-            Control::Unpause { by } => (Event::RunUnpaused { by }, None),
-            Control::Decide { step, approve, by, comment, escalation } => {
-                use cairn_core::event::Escalation;
-                let (action, payload) = match escalation {
-                    None => (None, None),
-                    Some(EscalationChoice::Retry) => (Some(Escalation::Retry { fresh_budget: true }), None),
-                    Some(EscalationChoice::Abort) => (Some(Escalation::Abort), None),
-                    Some(EscalationChoice::Skip { output }) => {
-                        let p = Payload::of(&output);
-                        (Some(Escalation::Skip { output: p.reference.clone() }), Some((p, output)))
-                    }
-                };
-                let step = cairn_core::StepId::new(step);
-                (Event::ApprovalDecided { step, approved: approve, by, comment, action }, payload)
-            }
-            Control::Migrate { definition, by } => {
-                let to: Definition = serde_json::from_value(definition.clone())
-                    .map_err(|e| Error::Invalid(format!("not a compiled definition: {e}")))?;
-                let from_version = state.definition.as_ref().map(|d| d.version).unwrap_or(0);
-                let p = Payload::of(&definition);
-                let event = Event::DefinitionMigrated {
-                    definition: p.reference.clone(),
-                    from_version,
-                    to_version: to.version,
-                    by,
-                };
-                (event, Some((p, definition)))
-            }
-            Control::Signal { name, payload, by } => {
-                let p = Payload::of(&payload);
-                let reference = p.reference.clone();
-                (Event::SignalReceived { name, payload: reference, by }, Some((p, payload)))
-            }
-        })
-    }
-}
-
-/// How a request reached its run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    /// Applied and committed.
-    Applied,
-    /// The run is driven by another live process; the request waits in its inbox.
-    Queued,
-}
-
-pub(crate) type ControlMsg = (Control, oneshot::Sender<Result<(), Error>>);
-
 /// The task driving one run until it finishes or is handed back.
 pub type Driving = tokio::task::JoinHandle<Result<RunOutcome, Error>>;
 
@@ -223,7 +119,8 @@ pub(crate) struct Inner<S> {
     pub(crate) config: EngineConfig,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) notices: Option<mpsc::UnboundedSender<Notice>>,
-    pub(crate) drivers: Mutex<HashMap<RunId, mpsc::UnboundedSender<ControlMsg>>>,
+    /// The runs this process drives, each with the bell that tells its driver requests wait.
+    pub(crate) drivers: Mutex<HashMap<RunId, Arc<Notify>>>,
     /// Wakes the worker loop (a run was created or handed back).
     pub(crate) wake: Notify,
     /// `true` once the engine drains: nothing new starts, drivers stop when idle.
@@ -231,6 +128,9 @@ pub(crate) struct Inner<S> {
     claiming: AtomicBool,
     /// Runs whose hand-back failed; the heartbeat retries.
     to_let_go: Mutex<Vec<RunId>>,
+    /// Set once this process runs the worker loop: it is then listed among the workers (with
+    /// this start time) so that clients can tell whether anyone will pick up a run.
+    working_since: Mutex<Option<i64>>,
 }
 
 impl<S: Store> Engine<S> {
@@ -248,6 +148,7 @@ impl<S: Store> Engine<S> {
                 shutdown,
                 claiming: AtomicBool::new(false),
                 to_let_go: Mutex::new(Vec::new()),
+                working_since: Mutex::new(None),
             }),
         }
     }
@@ -419,30 +320,11 @@ impl<S: Store> Engine<S> {
     async fn resume_one(&self, id: &RunId) -> Result<Driving, Error> {
         let mut live = self.load(id).await?;
         live.attach();
-        // Requests left for whoever drives this run next; before anything starts, so a queued
-        // cancel or pause takes effect first.
-        let queued = self.inner.store.take_inbox_for(id).await?;
-        for request in &queued {
-            match serde_json::from_str::<Control>(&request.body) {
-                Ok(control) => {
-                    if let Err(e) = live.apply_control(control) {
-                        eprintln!("[worker] run {id}: queued request not applied: {e}");
-                    }
-                }
-                Err(e) => eprintln!("[worker] run {id}: unreadable queued request: {e}"),
-            }
-        }
-        let committed = match live.recover() {
-            Ok(()) => live.commit().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = committed {
-            // Put the requests back for the next driver.
-            for request in queued {
-                let _ = self.inner.store.push_inbox(id, request.body, now_ms()).await;
-            }
-            return Err(e);
-        }
+        // Requests accepted while nobody drove the run go first, in the order they were
+        // accepted, before anything starts: a queued cancel or pause takes effect at once.
+        live.answer_requests().await?;
+        live.recover()?;
+        live.commit().await?;
         Ok(self.spawn_drive(live))
     }
 
@@ -469,7 +351,7 @@ impl<S: Store> Engine<S> {
                     }
                 }
                 Err(e) => {
-                    eprintln!("[worker] run {id} stopped: {e}; handing it back");
+                    crate::say_limited!("driver-stopped", "[worker] run {id} stopped: {e}; handing it back");
                     engine.let_go(&id, None).await;
                 }
                 Ok(_) => {}
@@ -486,108 +368,193 @@ impl<S: Store> Engine<S> {
         Ok(Live::new(self.inner.clone(), state, seq))
     }
 
-    /// Delivers an operator request: to the local driver, else by taking the run over briefly,
-    /// else (another live process drives it) through the store's inbox.
+    /// Delivers an operator request and answers once it is applied or refused: it is accepted
+    /// into the run's inbox behind the requests accepted before it, then applied in that order by
+    /// whoever drives the run — the driver in this process, the process that holds the run, or
+    /// (nobody does) this process after taking the run over. Each request is answered in the
+    /// same commit as the event that records it, so it takes effect exactly once.
+    ///
+    /// A refusal is `Error::Refused` with the reason. If the process driving the run does not
+    /// answer within `request_wait_ms`, the answer is `Delivery::Queued`.
     pub async fn request(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
-        for _ in 0..200 {
-            let local = self.inner.drivers.lock().ok().and_then(|d| d.get(id).cloned());
-            if let Some(tx) = local {
-                let (reply, rx) = oneshot::channel();
-                if tx.send((control.clone(), reply)).is_ok()
-                    && let Ok(result) = rx.await
-                {
-                    return result.map(|()| Delivery::Applied);
-                }
-                // The driver let go of the run in the meantime: try again.
-                continue;
-            }
-            let row = self.inner.store.get_run(id).await?;
-            if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
-                return Err(Error::Illegal(format!("run {id} already finished ({})", row.status)));
-            }
-            // Refuse now what the run's state cannot take, rather than queue it for an owner that
-            // would only log the refusal.
-            if let Some(why) = RunStatus::parse(&row.status).and_then(|s| refused_in(s, &control)) {
-                return Err(Error::Illegal(format!("run {id} is {}: {why}", row.status)));
-            }
-            let now = now_ms();
-            let claimed = self
+        control.validate()?;
+        let row = self.inner.store.get_run(id).await?;
+        if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+            return self.to_finished_run(id, &control).await;
+        }
+        let body = serde_json::to_string(&control).map_err(|e| Error::Invalid(e.to_string()))?;
+        match self.inner.store.push_inbox(id, body, now_ms()).await? {
+            Some(request) => self.await_request(id, request).await,
+            // It finished in the meantime.
+            None => self.to_finished_run(id, &control).await,
+        }
+    }
+
+    /// Nothing can change a finished run, but the same decision again is answered as such.
+    async fn to_finished_run(&self, id: &RunId, control: &Control) -> Result<Delivery, Error> {
+        let live = self.load(id).await?;
+        match requests::check(&live.state, control)? {
+            Some((code, message)) => Ok(Delivery::Unchanged { request: None, code: code.to_string(), message }),
+            None => Err(requests::finished(id, live.state.status)),
+        }
+    }
+
+    /// Waits for a request's answer, making sure someone gives it (see [`Engine::request`]).
+    pub async fn await_request(&self, id: &RunId, request: i64) -> Result<Delivery, Error> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.inner.config.request_wait_ms);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let outcome = self
                 .inner
                 .store
-                .claim_runs(Claim {
-                    owner: &self.inner.config.owner,
-                    now_ms: now,
-                    lease_until_ms: now + self.inner.config.lease_ms as i64,
-                    only: Some(id),
-                    owner_is_dead: &owner_is_dead,
-                    limit: 1,
-                })
-                .await?;
-            if claimed.is_empty() {
-                if row.owner.as_deref() == Some(self.inner.config.owner.as_str()) {
-                    // Our own driver is letting go of the run this very moment: wait for it.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                .inbox_outcome(request)
+                .await?
+                .ok_or_else(|| Error::Invalid(format!("request {request} is not known")))?;
+            if let Some(delivery) = Delivery::from_outcome(outcome)? {
+                return Ok(delivery);
+            }
+            if !self.poke(id) {
+                let row = self.inner.store.get_run(id).await?;
+                if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
+                    // The run finished before this request's turn came: answer it here (the
+                    // same decision again is answered as such; anything else is refused).
+                    self.answer_late(id, request).await?;
                     continue;
                 }
-                let body = serde_json::to_string(&control).map_err(|e| Error::Invalid(e.to_string()))?;
-                if self.inner.store.push_inbox(id, body, now_ms()).await? {
-                    return Ok(Delivery::Queued);
+                let now = now_ms();
+                let held_elsewhere = row.owner.as_deref().is_some_and(|o| {
+                    o != self.inner.config.owner
+                        && row.lease_expires_at_ms.is_some_and(|l| l >= now)
+                        && !owner_is_dead(o)
+                });
+                // Nobody drives the run (or its driver died): take it over and answer the
+                // requests here. Held by our own process but not driven, it is being let go.
+                if !held_elsewhere && row.owner.as_deref() != Some(self.inner.config.owner.as_str()) {
+                    self.take_over_for_requests(id).await?;
+                    continue;
                 }
-                continue;
             }
-            let mut live = match self.load(id).await {
-                Ok(live) => live,
-                Err(e) => {
-                    self.let_go(id, None).await;
-                    return Err(e);
-                }
-            };
-            let applied = live.apply_control(control.clone());
-            // Drive it here if this process works runs; otherwise record the request and hand
-            // the run back untouched (recovering it would start attempts this process cannot
-            // see through).
-            let works_here = self.inner.config.release_when_idle_ms.is_some()
-                && !*self.inner.shutdown.borrow()
-                && self.active_runs() < self.inner.config.max_runs;
-            if works_here {
-                live.attach();
-                if let Err(e) = live.recover() {
-                    self.let_go(id, None).await;
-                    return Err(e);
-                }
-                live.commit().await?;
-                self.spawn_drive(live);
-            } else {
-                let wake_at = cairn_store::RunRow::from_state(&live.state).wake_at_ms.or(Some(now_ms()));
-                if live.has_pending() {
-                    live.set_release();
-                    if let Err(e) = live.commit().await {
-                        self.let_go(id, wake_at).await;
-                        return Err(e);
-                    }
-                } else {
-                    // Nothing was recorded (an illegal request): just let go again.
-                    self.let_go(id, wake_at).await;
-                }
-                self.inner.wake.notify_one();
+            if tokio::time::Instant::now() >= deadline {
+                let owner = self.inner.store.get_run(id).await.ok().and_then(|r| r.owner);
+                return Ok(Delivery::Queued { request, owner });
             }
-            return applied.map(|()| Delivery::Applied);
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        Err(Error::Invalid(format!("run {id} kept changing hands; try the request again")))
+    }
+
+    /// Answers a request whose run finished before its turn came (unless someone answered it).
+    async fn answer_late(&self, id: &RunId, request: i64) -> Result<(), Error> {
+        let pending = self.inner.store.pending_inbox(id).await?;
+        let Some(row) = pending.into_iter().find(|r| r.id == request) else { return Ok(()) };
+        let live = self.load(id).await?;
+        let checked = serde_json::from_str::<Control>(&row.body)
+            .map_err(|e| Error::Invalid(e.to_string()))
+            .and_then(|control| requests::check(&live.state, &control));
+        let (state, code, message) = match checked {
+            Ok(Some((code, message))) => (RequestState::Unchanged, code, message),
+            Ok(None) => (RequestState::Refused, "run_finished", format!("run {id} already finished")),
+            Err(Error::Refused { code, message }) => (RequestState::Refused, code, message),
+            Err(e) => (RequestState::Refused, "invalid_request", e.to_string()),
+        };
+        let answer = RequestOutcome {
+            id: request,
+            state,
+            code: Some(code.to_string()),
+            message: Some(message),
+            journal_seq: None,
+            decided_at_ms: Some(now_ms()),
+        };
+        self.inner.store.answer_inbox(answer).await?;
+        Ok(())
+    }
+
+    /// Rings the bell of this run's driver in this process, if there is one.
+    pub(crate) fn poke(&self, id: &RunId) -> bool {
+        match self.inner.drivers.lock().ok().and_then(|d| d.get(id).cloned()) {
+            Some(bell) => {
+                bell.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes over a run nobody drives to answer its requests; then drives it here if this
+    /// process works runs, else hands it back (with what the requests changed committed).
+    async fn take_over_for_requests(&self, id: &RunId) -> Result<(), Error> {
+        let now = now_ms();
+        let claimed = self
+            .inner
+            .store
+            .claim_runs(Claim {
+                owner: &self.inner.config.owner,
+                now_ms: now,
+                lease_until_ms: now + self.inner.config.lease_ms as i64,
+                only: Some(id),
+                owner_is_dead: &owner_is_dead,
+                limit: 1,
+            })
+            .await?;
+        if claimed.is_empty() {
+            // Someone else took it (or finished it): they answer.
+            return Ok(());
+        }
+        let works_here = self.inner.config.release_when_idle_ms.is_some()
+            && !*self.inner.shutdown.borrow()
+            && self.active_runs() < self.inner.config.max_runs;
+        if works_here {
+            if let Err(e) = self.resume_one(id).await {
+                self.let_go(id, None).await;
+                return Err(e);
+            }
+            return Ok(());
+        }
+        // Record the answers and hand the run back untouched otherwise (recovering it would
+        // start attempts this process does not drive).
+        let mut live = match self.load(id).await {
+            Ok(live) => live,
+            Err(e) => {
+                self.let_go(id, None).await;
+                return Err(e);
+            }
+        };
+        let answered = match live.answer_requests().await {
+            Ok(()) if live.has_pending() => {
+                live.set_release();
+                live.commit().await
+            }
+            Ok(()) => {
+                let wake_at = cairn_store::RunRow::from_state(&live.state).wake_at_ms;
+                self.let_go(id, wake_at).await;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = answered {
+            self.let_go(id, None).await;
+            return Err(e);
+        }
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Works as a worker until the engine drains: claims runs that need attention and drives
-    /// them, and delivers inbox requests for runs it holds.
+    /// them. The process is listed among the workers meanwhile (see [`Engine::live_workers`]).
     pub fn spawn_worker(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
             engine.sync_clock().await;
+            if let Ok(mut w) = engine.inner.working_since.lock() {
+                *w = Some(now_ms());
+            }
+            engine.seen_working().await;
             let signal = engine.inner.store.wake_signal();
             // Runs left by processes that died on this host are taken at once.
             if let Ok(resumed) = engine.resume(None).await {
                 for (id, driving) in resumed {
                     if let Err(e) = driving {
-                        eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                        crate::say_limited!("cannot-drive", "[worker] cannot drive run {id}: {e}; handing it back");
                         engine.let_go(&id, None).await;
                     }
                 }
@@ -607,7 +574,10 @@ impl<S: Store> Engine<S> {
                     if let Ok(resumed) = engine.resume(None).await {
                         for (id, driving) in resumed {
                             if let Err(e) = driving {
-                                eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                                crate::say_limited!(
+                                    "cannot-drive",
+                                    "[worker] cannot drive run {id}: {e}; handing it back"
+                                );
                                 engine.let_go(&id, None).await;
                             }
                         }
@@ -641,7 +611,7 @@ impl<S: Store> Engine<S> {
             if let Ok(ids) = self.inner.store.claim_ready(&self.inner.config.owner, now, until, free.min(256)).await {
                 for id in ids {
                     if let Err(e) = self.resume_one(&id).await {
-                        eprintln!("[worker] cannot drive run {id}: {e}; handing it back");
+                        crate::say_limited!("cannot-drive", "[worker] cannot drive run {id}: {e}; handing it back");
                         self.let_go(&id, None).await;
                     }
                 }
@@ -656,7 +626,7 @@ impl<S: Store> Engine<S> {
     pub(crate) async fn let_go(&self, id: &RunId, wake_at_ms: Option<i64>) {
         let wake = wake_at_ms.or(Some(now_ms() + 1_000));
         if let Err(e) = self.inner.store.release_run(&self.inner.config.owner, id, wake).await {
-            eprintln!("[worker] run {id}: could not hand it back yet ({e}); retrying");
+            crate::say_limited!("let-go", "[worker] run {id}: could not hand it back yet ({e}); retrying");
             if let Ok(mut pending) = self.inner.to_let_go.lock() {
                 pending.push(id.clone());
             }
@@ -678,7 +648,7 @@ impl<S: Store> Engine<S> {
     pub async fn sync_clock(&self) {
         match self.inner.store.clock_offset_ms().await {
             Ok(offset) => crate::set_clock_offset(offset),
-            Err(e) => eprintln!("[engine] cannot read the database clock ({e}); using this host's"),
+            Err(e) => crate::say_limited!("clock", "[engine] cannot read the database clock ({e}); using this host's"),
         }
     }
 
@@ -687,15 +657,39 @@ impl<S: Store> Engine<S> {
         self.inner.wake.notify_one();
     }
 
-    /// Keeps this process's leases alive and delivers inbox requests, until aborted.
+    /// Keeps this process's leases alive, tells its drivers when requests wait for their runs,
+    /// and (once it works runs) keeps it listed among the workers; until aborted.
     pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
         let engine = self.clone();
         tokio::spawn(async move {
             let inner = &engine.inner;
             let every = Duration::from_millis((inner.config.lease_ms / 3).clamp(100, 1_000));
+            let signal = inner.store.wake_signal();
+            // Requests from other processes reach a run's driver within this long (PostgreSQL
+            // also notifies at once; the poll is the fallback there).
+            let inbox_every = Duration::from_millis(if signal.is_some() { 250 } else { 50 });
+            let mut last_beat = tokio::time::Instant::now();
             let mut beats: u64 = 0;
             loop {
-                tokio::time::sleep(every).await;
+                let elsewhere = async {
+                    match &signal {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(inbox_every) => {}
+                    _ = elsewhere => {}
+                }
+                if let Ok(runs) = inner.store.runs_with_inbox(&inner.config.owner).await {
+                    for id in runs {
+                        engine.poke(&id);
+                    }
+                }
+                if last_beat.elapsed() < every {
+                    continue;
+                }
+                last_beat = tokio::time::Instant::now();
                 beats += 1;
                 if beats.is_multiple_of(60) {
                     engine.sync_clock().await;
@@ -706,29 +700,33 @@ impl<S: Store> Engine<S> {
                     let until = now_ms() + inner.config.lease_ms as i64;
                     let _ = inner.store.heartbeat(&inner.config.owner, until).await;
                 }
-                if let Ok(requests) = inner.store.take_inbox(&inner.config.owner).await {
-                    for r in requests {
-                        let (Ok(id), Ok(control)) = (RunId::parse(&r.run_id), serde_json::from_str::<Control>(&r.body))
-                        else {
-                            continue;
-                        };
-                        let engine = engine.clone();
-                        tokio::spawn(async move {
-                            match engine.request(&id, control).await {
-                                Ok(_) => {}
-                                Err(Error::Illegal(m)) => {
-                                    eprintln!("[worker] queued request for {id} not applied: {m}")
-                                }
-                                Err(e) => {
-                                    eprintln!("[worker] queued request for {id} failed ({e}); keeping it queued");
-                                    let _ = engine.inner.store.push_inbox(&id, r.body, now_ms()).await;
-                                }
-                            }
-                        });
-                    }
-                }
+                engine.seen_working().await;
             }
         })
+    }
+
+    /// Refreshes this process's entry among the workers, if it works runs.
+    async fn seen_working(&self) {
+        let since = self.inner.working_since.lock().ok().and_then(|w| *w);
+        if let Some(started_at_ms) = since {
+            let row = WorkerRow {
+                owner: self.inner.config.owner.clone(),
+                role: self.inner.config.role.to_string(),
+                started_at_ms,
+                seen_at_ms: now_ms(),
+            };
+            if let Err(e) = self.inner.store.worker_seen(row).await {
+                crate::say_limited!("worker-seen", "[worker] could not record this worker as alive ({e})");
+            }
+        }
+    }
+
+    /// Processes that work runs for anyone and were seen in the last few seconds, most recent
+    /// first, without those known to be dead (a process on this host that is gone).
+    pub async fn live_workers(&self) -> Result<Vec<WorkerRow>, Error> {
+        let every = (self.inner.config.lease_ms / 3).clamp(100, 1_000) as i64;
+        let rows = self.inner.store.workers(now_ms() - 5 * every - 2_000).await?;
+        Ok(rows.into_iter().filter(|w| !owner_is_dead(&w.owner)).collect())
     }
 
     /// Stops starting work: drivers finish the attempts in flight, commit them, and stop.
@@ -741,8 +739,13 @@ impl<S: Store> Engine<S> {
         *self.inner.shutdown.borrow()
     }
 
-    /// Gives up this process's leases (clean shutdown) so another process can resume at once.
+    /// Gives up this process's leases (clean shutdown) so another process can resume at once,
+    /// and its place among the workers.
     pub async fn release(&self) -> Result<u64, Error> {
+        let was_working = self.inner.working_since.lock().ok().and_then(|mut w| w.take()).is_some();
+        if was_working {
+            let _ = self.inner.store.worker_gone(&self.inner.config.owner).await;
+        }
         Ok(self.inner.store.release(&self.inner.config.owner, now_ms()).await?)
     }
 }

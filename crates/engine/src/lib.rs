@@ -11,11 +11,12 @@ pub mod activity;
 mod driver;
 mod engine;
 mod http;
+pub mod log;
+mod requests;
 mod waiting;
 
-pub use engine::{
-    Control, Delivery, Driving, Engine, EngineConfig, EscalationChoice, NewRun, Notice, RunOutcome, Submit,
-};
+pub use engine::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
+pub use requests::{Control, Delivery, EscalationChoice, RequestView, check_signal_name};
 pub use waiting::{WaitingApproval, waiting_approvals};
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,6 +36,10 @@ pub enum Error {
     /// The request is not legal for the run's current state (pause a finished run ...).
     #[error("{0}")]
     Illegal(String),
+    /// An operator request was refused when its turn came; `code` is stable (`already_paused`,
+    /// `not_waiting` ...), `message` says why and what to do instead.
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
 }
 
 static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);

@@ -4,13 +4,13 @@ use crate::AppState;
 use crate::auth::{Actor, Role};
 use crate::body::{JsonBody, Path};
 use crate::error::ApiError;
-use crate::runs::{parse_run_id, run_view};
+use crate::runs::{parse_run_id, steer};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::{Event, RunId};
-use cairn_engine::{Control, Delivery, EscalationChoice};
+use cairn_engine::{Control, EscalationChoice};
 use cairn_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,28 +26,14 @@ pub struct Decision {
     output: Option<Value>,
 }
 
-/// The latest approval request of a step, and the decision recorded for it (if any).
-async fn gate<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Result<(Vec<String>, Option<bool>), ApiError> {
+/// Who may decide the step's latest approval request (empty: any operator); `None` if the
+/// step never asked (the engine then refuses the decision with the reason).
+async fn approvers<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Result<Option<Vec<String>>, ApiError> {
     let events = state.store.events(id).await?;
-    let mut asked: Option<Vec<String>> = None;
-    let mut decided = None;
-    for e in &events {
-        match &e.event {
-            Event::ApprovalRequested { step: s, approvers, .. } if s.as_str() == step => {
-                asked = Some(approvers.clone());
-                decided = None;
-            }
-            Event::ApprovalDecided { step: s, approved, .. } if s.as_str() == step => decided = Some(*approved),
-            _ => {}
-        }
-    }
-    match asked {
-        Some(approvers) => Ok((approvers, decided)),
-        None => Err(ApiError::conflict(
-            "no_approval_pending",
-            format!("step '{step}' of run {id} has not asked for approval (GET /v1/approvals lists what waits)"),
-        )),
-    }
+    Ok(events.iter().rev().find_map(|e| match &e.event {
+        Event::ApprovalRequested { step: s, approvers, .. } if s.as_str() == step => Some(approvers.clone()),
+        _ => None,
+    }))
 }
 
 pub async fn decide<S: Store>(
@@ -76,38 +62,19 @@ pub async fn decide<S: Store>(
         }
     };
     let id = parse_run_id(&id)?;
-    let (approvers, decided) = gate(&state, &id, &step).await?;
-    if !approvers.is_empty() && !approvers.contains(&actor.name) && actor.role < Role::Admin {
+    if let Some(approvers) = approvers(&state, &id, &step).await?
+        && !approvers.is_empty()
+        && !approvers.contains(&actor.name)
+        && actor.role < Role::Admin
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "not_an_approver",
             format!("step '{step}' may be decided by {} (or an admin), not '{}'", approvers.join(", "), actor.name),
         ));
     }
-    if let Some(previous) = decided.filter(|_| escalation.is_none()) {
-        // A repeated submission of the same decision is answered, not refused.
-        if previous == approve {
-            let row = state.store.get_run(&id).await?;
-            let mut view = run_view(&row, None, None);
-            view["delivery"] = json!("already_decided");
-            return Ok((StatusCode::OK, axum::Json(view)).into_response());
-        }
-        return Err(ApiError::conflict(
-            "already_decided",
-            format!("step '{step}' was already {}", if previous { "approved" } else { "rejected" }),
-        ));
-    }
-    let control =
-        Control::Decide { step: step.clone(), approve, by: Some(actor.name), comment: body.comment, escalation };
-    let delivery = state.engine.request(&id, control).await?;
-    let row = state.store.get_run(&id).await?;
-    let mut view = run_view(&row, None, None);
-    let (status, delivered) = match delivery {
-        Delivery::Applied => (StatusCode::OK, "applied"),
-        Delivery::Queued => (StatusCode::ACCEPTED, "queued"),
-    };
-    view["delivery"] = json!(delivered);
-    Ok((status, axum::Json(view)).into_response())
+    let control = Control::Decide { step, approve, by: Some(actor.name), comment: body.comment, escalation };
+    steer(&state, &id, control).await
 }
 
 /// Every step waiting for a person, oldest request first.

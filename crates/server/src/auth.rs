@@ -150,7 +150,7 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
             run_id: run_id_of(&path, &response),
         };
         if let Err(e) = state.store.audit(row).await {
-            eprintln!("[audit] could not record {method} {path}: {e}");
+            cairn_engine::say_limited!("audit", "[audit] could not record {method} {path}: {e}");
         }
     }
     response

@@ -69,6 +69,7 @@ impl From<cairn_engine::Error> for ApiError {
         match e {
             E::Store(s) => s.into(),
             E::Illegal(m) => ApiError::conflict("illegal_transition", m),
+            E::Refused { code, message } => ApiError::conflict(code, message),
             E::Invalid(m) => ApiError::unprocessable("invalid_request", m),
             E::Owned(_) | E::Lost { .. } => ApiError::conflict("run_busy", e.to_string()),
             E::Journal { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "journal_error", e.to_string()),

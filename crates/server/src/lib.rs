@@ -131,6 +131,7 @@ pub fn app<S: Store>(state: AppState<S>) -> Router {
         .route("/runs/{id}/pause", post(runs::pause::<S>))
         .route("/runs/{id}/resume", post(runs::resume::<S>))
         .route("/runs/{id}/signals/{name}", post(runs::signal::<S>))
+        .route("/runs/{id}/requests", get(runs::requests::<S>))
         .route("/runs/{id}/approvals/{step}", post(approvals::decide::<S>))
         .route("/runs/{id}/rerun", post(runs::rerun::<S>))
         .route("/runs/{id}/retry", post(runs::retry::<S>))

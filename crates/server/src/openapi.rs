@@ -49,6 +49,12 @@ pub const ROUTES: &[(&str, &str, &str, &str)] = &[
         "operator",
     ),
     (
+        "get",
+        "/v1/runs/{id}/requests",
+        "Operator requests sent to the run, in the order they were accepted, each applied (with its journal event), unchanged, refused (with the reason) or pending.",
+        "viewer",
+    ),
+    (
         "post",
         "/v1/runs/{id}/approvals/{step}",
         "Decide an approval gate {\"decision\": \"approve\"|\"reject\", \"comment\"} or an escalation {\"decision\": \"retry\"|\"skip\"|\"abort\", \"output\"}; repeating a decision is idempotent.",

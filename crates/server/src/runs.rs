@@ -374,6 +374,18 @@ pub async fn logs<S: Store>(
     Ok(axum::Json(json!({"run_id": id, "step": step, "logs": logs})).into_response())
 }
 
+/// Every operator request the run was sent, in the order they were accepted, with what became
+/// of each (applied at journal event N, unchanged, refused with the reason, or pending).
+pub async fn requests<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let rows = state.store.run_requests(&id).await?;
+    let views: Vec<cairn_engine::RequestView> = rows.iter().map(cairn_engine::RequestView::of).collect();
+    Ok(axum::Json(json!({"run_id": id, "requests": views})).into_response())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
@@ -396,16 +408,36 @@ pub async fn export<S: Store>(State(state): State<AppState<S>>, Path(id): Path<S
     Ok(axum::Json(cairn_store::export_document(&*state.store, &id).await?).into_response())
 }
 
-async fn steer<S: Store>(state: &AppState<S>, id: &str, control: Control) -> Result<Response, ApiError> {
-    let id = parse_run_id(id)?;
-    let delivery = state.engine.request(&id, control).await?;
-    let row = state.store.get_run(&id).await?;
-    let (status, delivered) = match delivery {
-        Delivery::Applied => (StatusCode::OK, "applied"),
-        Delivery::Queued => (StatusCode::ACCEPTED, "queued"),
-    };
+/// Sends an operator request and answers once it is applied (200), found unchanged (200),
+/// refused (409 with the reason), or still queued when the wait ran out (202).
+pub async fn steer<S: Store>(state: &AppState<S>, id: &RunId, control: Control) -> Result<Response, ApiError> {
+    let delivery = state.engine.request(id, control).await?;
+    let row = state.store.get_run(id).await?;
     let mut view = run_view(&row, None, None);
-    view["delivery"] = json!(delivered);
+    let status = match &delivery {
+        Delivery::Applied { request, journal_seq } => {
+            view["delivery"] = json!("applied");
+            view["request"] = json!({"id": request, "state": "applied", "journal_seq": journal_seq});
+            StatusCode::OK
+        }
+        Delivery::Unchanged { request, code, message } => {
+            view["delivery"] = json!(code);
+            view["request"] = json!({"id": request, "state": "unchanged", "code": code, "message": message});
+            StatusCode::OK
+        }
+        Delivery::Queued { request, owner } => {
+            view["delivery"] = json!("queued");
+            view["request"] = json!({
+                "id": request,
+                "state": "pending",
+                "message": format!(
+                    "accepted, but the process driving the run ({}) has not applied it yet; it is applied in order when the run is next driven",
+                    owner.as_deref().unwrap_or("none")
+                ),
+            });
+            StatusCode::ACCEPTED
+        }
+    };
     Ok((status, axum::Json(view)).into_response())
 }
 
@@ -421,6 +453,7 @@ pub async fn cancel<S: Store>(
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
     let reason = body.reason.unwrap_or_else(|| format!("cancelled by {}", actor.name));
     steer(&state, &id, Control::Cancel { reason, by: Some(actor.name) }).await
 }
@@ -430,6 +463,7 @@ pub async fn pause<S: Store>(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
     steer(&state, &id, Control::Pause { by: Some(actor.name) }).await
 }
 
@@ -438,6 +472,7 @@ pub async fn resume<S: Store>(
     Extension(actor): Extension<Actor>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
     steer(&state, &id, Control::Unpause { by: Some(actor.name) }).await
 }
 
@@ -447,15 +482,8 @@ pub async fn signal<S: Store>(
     Path((id, name)): Path<(String, String)>,
     OptionalJson(payload): OptionalJson<Value>,
 ) -> Result<Response, ApiError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-    if !valid {
-        return Err(ApiError::bad_request(
-            "bad_signal_name",
-            format!("signal name '{name}' must be 1 to 64 letters, digits, '_', '-' or '.'"),
-        ));
-    }
+    let id = parse_run_id(&id)?;
+    cairn_engine::check_signal_name(&name).map_err(|m| ApiError::bad_request("bad_signal_name", m))?;
     steer(&state, &id, Control::Signal { name, payload, by: Some(actor.name) }).await
 }
 

@@ -382,7 +382,8 @@ async fn steering_a_finished_run_is_a_conflict() {
     assert_eq!(r.json["status"], "COMPLETED");
     for action in ["pause", "resume", "cancel", "signals/approved"] {
         let r = api.raw("POST", &format!("/v1/runs/{id}/{action}"), None, &[], "").await;
-        r.error(409, "illegal_transition");
+        r.error(409, "run_finished");
+        assert!(r.text.contains("already finished (COMPLETED)"), "{}", r.text);
     }
     // Logs of an unknown step are 404, of a known one 200.
     api.get(&format!("/v1/runs/{id}/steps/nope/logs")).await.error(404, "step_not_found");
@@ -396,12 +397,16 @@ async fn pause_resume_signal_and_cancel_a_waiting_run() {
     let api = Api::new(AuthMode::Off);
     let id = api.start(json!({"workflow": waiting_workflow()})).await;
     api.wait_status(&id, "WAITING").await;
-    // Resuming a run that is not paused is refused.
-    api.steer_idle(&id, "resume", "").await.error(409, "illegal_transition");
+    // Resuming a run that is not paused is refused, saying so.
+    let r = api.steer_idle(&id, "resume", "").await;
+    r.error(409, "not_paused");
+    assert!(r.text.contains("is not paused (it is WAITING)"), "{}", r.text);
     let r = api.steer_idle(&id, "pause", "").await;
     assert_eq!(r.ok(200)["delivery"], "applied", "{}", r.text);
     assert_eq!(r.json["status"], "PAUSED", "{}", r.text);
-    api.steer_idle(&id, "pause", "").await.error(409, "illegal_transition");
+    let r = api.steer_idle(&id, "pause", "").await;
+    r.error(409, "already_paused");
+    assert!(r.text.contains("already paused"), "{}", r.text);
     let r = api.steer_idle(&id, "resume", "").await;
     assert_eq!(r.ok(200)["status"], "WAITING", "{}", r.text);
     let r = api.steer_idle(&id, "signals/approved", "{\"by\": \"ana\"}").await;
@@ -417,7 +422,7 @@ async fn pause_resume_signal_and_cancel_a_waiting_run() {
     assert_eq!(kinds.last(), Some(&"run_cancelled"));
     let signal = events.json["events"].as_array().expect("events").iter().find(|e| e["type"] == "signal_received");
     assert_eq!(signal.expect("signal")["name"], "approved");
-    api.raw("POST", &format!("/v1/runs/{id}/cancel"), None, &[], "").await.error(409, "illegal_transition");
+    api.raw("POST", &format!("/v1/runs/{id}/cancel"), None, &[], "").await.error(409, "run_finished");
 }
 
 #[tokio::test]

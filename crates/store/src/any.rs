@@ -2,8 +2,8 @@
 //! at run time, and everything above the store stays generic over [`Store`].
 
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, PgStore, RunQuery, RunRow, RunWrite,
-    SqliteStore, StepRow, Store, TokenRow, WorkflowRow,
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, PgStore, RequestOutcome, RequestRow,
+    RunQuery, RunRow, RunWrite, SqliteStore, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::{Envelope, RunId};
 use serde_json::Value;
@@ -166,24 +166,66 @@ impl Store for AnyStore {
         }
     }
 
-    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
+    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
         match self {
             AnyStore::Sqlite(s) => s.push_inbox(id, body, now_ms).await,
             AnyStore::Postgres(s) => s.push_inbox(id, body, now_ms).await,
         }
     }
 
-    async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
+    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
         match self {
-            AnyStore::Sqlite(s) => s.take_inbox(owner).await,
-            AnyStore::Postgres(s) => s.take_inbox(owner).await,
+            AnyStore::Sqlite(s) => s.pending_inbox(id).await,
+            AnyStore::Postgres(s) => s.pending_inbox(id).await,
         }
     }
 
-    async fn take_inbox_for(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
         match self {
-            AnyStore::Sqlite(s) => s.take_inbox_for(id).await,
-            AnyStore::Postgres(s) => s.take_inbox_for(id).await,
+            AnyStore::Sqlite(s) => s.inbox_outcome(request).await,
+            AnyStore::Postgres(s) => s.inbox_outcome(request).await,
+        }
+    }
+
+    async fn answer_inbox(&self, answer: RequestOutcome) -> Result<bool, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.answer_inbox(answer).await,
+            AnyStore::Postgres(s) => s.answer_inbox(answer).await,
+        }
+    }
+
+    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.run_requests(id).await,
+            AnyStore::Postgres(s) => s.run_requests(id).await,
+        }
+    }
+
+    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.runs_with_inbox(owner).await,
+            AnyStore::Postgres(s) => s.runs_with_inbox(owner).await,
+        }
+    }
+
+    async fn worker_seen(&self, worker: WorkerRow) -> Result<(), Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.worker_seen(worker).await,
+            AnyStore::Postgres(s) => s.worker_seen(worker).await,
+        }
+    }
+
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.worker_gone(owner).await,
+            AnyStore::Postgres(s) => s.worker_gone(owner).await,
+        }
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        match self {
+            AnyStore::Sqlite(s) => s.workers(seen_after_ms).await,
+            AnyStore::Postgres(s) => s.workers(seen_after_ms).await,
         }
     }
 

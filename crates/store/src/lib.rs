@@ -17,8 +17,8 @@ pub use export::{EXPORT_FORMAT, export_document};
 pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use rows::{
-    AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RunRow, RunWrite, StepRow, StoredEvent, TokenRow,
-    WorkflowRow,
+    AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RequestOutcome, RequestRow, RequestState, RunRow, RunWrite,
+    StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
 };
 pub use sqlite::{Durability, SqliteStore};
 
@@ -169,13 +169,35 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: i64,
         expected_seq: u64,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// Leaves a request for a run's owner (the run becomes due at `now_ms`); returns false if
-    /// the run is finished or unknown.
-    fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
-    /// Takes the requests waiting for runs this owner holds.
-    fn take_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
-    /// Takes the requests waiting for one run (its new driver applies them).
-    fn take_inbox_for(&self, id: &RunId) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
+    /// Accepts an operator request for a run: it joins the run's inbox behind the requests
+    /// accepted before it (the returned id orders them) and the run becomes due at `now_ms`.
+    /// `None` if the run is finished or unknown.
+    fn push_inbox(
+        &self,
+        id: &RunId,
+        body: String,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Option<i64>, Error>> + Send;
+    /// The requests of one run still waiting to be applied, in the order they were accepted.
+    fn pending_inbox(&self, id: &RunId) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
+    /// What became of a request (`None`: no such request).
+    fn inbox_outcome(&self, request: i64) -> impl Future<Output = Result<Option<RequestOutcome>, Error>> + Send;
+    /// Answers a request that is still pending outside a run write (its run finished before the
+    /// request's turn came); false if someone answered it first.
+    fn answer_inbox(&self, answer: RequestOutcome) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Every request a run was sent, in the order they were accepted, with their answers.
+    fn run_requests(&self, id: &RunId) -> impl Future<Output = Result<Vec<RequestRow>, Error>> + Send;
+    /// Runs this owner holds that have requests waiting.
+    fn runs_with_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
+
+    // --- processes that work runs for anyone ---
+    /// Records (or refreshes) a serving/working process, so clients can tell whether anyone
+    /// will pick up a run they leave behind.
+    fn worker_seen(&self, worker: WorkerRow) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes a process that stops working (clean shutdown).
+    fn worker_gone(&self, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Processes seen at or after `seen_after_ms`, most recently seen first.
+    fn workers(&self, seen_after_ms: i64) -> impl Future<Output = Result<Vec<WorkerRow>, Error>> + Send;
 
     // --- the effect log ---
     /// Keeps the result of a side-effecting call under its key (`run/step/call`) in its own

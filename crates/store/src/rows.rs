@@ -199,6 +199,9 @@ pub struct RunWrite {
     pub release: bool,
     /// Only on the creating write.
     pub idempotency: Option<IdempotencyKey>,
+    /// Operator requests this write answers (applied, unchanged or refused), recorded with the
+    /// events that apply them so that each request takes effect exactly once.
+    pub requests: Vec<RequestOutcome>,
 }
 
 /// A registered workflow definition version.
@@ -233,13 +236,79 @@ pub struct AuditRow {
     pub run_id: Option<String>,
 }
 
-/// A request for a run's owner (cancel, pause, signal ...), left in the inbox when the run is
-/// driven by another process.
+/// An operator's request for a run (cancel, pause, signal, a decision ...), waiting in the run's
+/// inbox. Its id is the order of acceptance: a run's requests are applied in id order.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct InboxRow {
     pub id: i64,
     pub run_id: String,
     pub body: String,
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestState {
+    /// Accepted, not yet applied.
+    Pending,
+    /// Applied: an event in the run's journal records it.
+    Applied,
+    /// Nothing to do: the run already was as asked (the same decision twice).
+    Unchanged,
+    /// Not legal for the run when its turn came; `message` says why.
+    Refused,
+}
+
+impl RequestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestState::Pending => "pending",
+            RequestState::Applied => "applied",
+            RequestState::Unchanged => "unchanged",
+            RequestState::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RequestState> {
+        [RequestState::Pending, RequestState::Applied, RequestState::Unchanged, RequestState::Refused]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// A request's answer, written in the same transaction as the events that apply it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestOutcome {
+    pub id: i64,
+    pub state: RequestState,
+    /// A stable code for refusals and unchanged answers (`already_paused`, `already_decided` ...).
+    pub code: Option<String>,
+    pub message: Option<String>,
+    /// The journal position of the event that recorded an applied request.
+    pub journal_seq: Option<u64>,
+    pub decided_at_ms: Option<i64>,
+}
+
+/// A request as the inbox keeps it: what was asked, when, and what became of it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestRow {
+    pub id: i64,
+    pub run_id: String,
+    /// The request as JSON (see `cairn_engine::Control`).
+    pub body: String,
+    pub accepted_at_ms: i64,
+    #[serde(flatten)]
+    pub outcome: RequestOutcome,
+}
+
+/// A process that works runs for any client (`cairn serve`, `cairn worker`), seen recently.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerRow {
+    pub owner: String,
+    /// `serve` or `worker`.
+    pub role: String,
+    pub started_at_ms: i64,
+    pub seen_at_ms: i64,
 }
 
 /// An event in the all-runs feed, with its global position.

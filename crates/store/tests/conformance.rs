@@ -11,7 +11,10 @@ mod common;
 use cairn_core::RunId;
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
-use cairn_store::{AuditRow, Error, IdempotencyKey, LogLine, RunQuery, RunRow, StepRow, Store, TokenRow};
+use cairn_store::{
+    AuditRow, Error, IdempotencyKey, LogLine, RequestOutcome, RequestState, RunQuery, RunRow, StepRow, Store, TokenRow,
+    WorkerRow,
+};
 use common::journal::*;
 use common::{Backend, conformance};
 use serde_json::json;
@@ -479,10 +482,10 @@ conformance!(claim_ready_takes_due_unheld_runs_only, |store| async move {
     assert!(store.release_run(OWNER, &idle, None).await.expect("release_run"));
     // Held: a request makes it due, but its owner is alive, so it stays where it is…
     let held = create(&*store, 4, OWNER, LIVE).await.id();
-    assert!(store.push_inbox(&held, "{}".into(), now - 10).await.expect("push_inbox"));
+    assert!(store.push_inbox(&held, "{}".into(), now - 10).await.expect("push_inbox").is_some());
     // …unless the owner's lease has expired.
     let abandoned = create(&*store, 5, OWNER, now - 1).await.id();
-    assert!(store.push_inbox(&abandoned, "{}".into(), now - 10).await.expect("push_inbox"));
+    assert!(store.push_inbox(&abandoned, "{}".into(), now - 10).await.expect("push_inbox").is_some());
     let mut finished = Journal::new(run_id(6), TWO_STEPS);
     finished.finish();
     commit(&*store, finished.write_released(OWNER)).await;
@@ -558,7 +561,18 @@ conformance!(concurrent_claimers_never_take_the_same_run, |store| async move {
 // ---------------------------------------------------------------------------------------------
 // The inbox
 
-conformance!(the_inbox_takes_requests_for_open_runs_and_wakes_them, |store| async move {
+fn answer(id: i64, state: RequestState, code: Option<&str>, seq: Option<u64>) -> RequestOutcome {
+    RequestOutcome {
+        id,
+        state,
+        code: code.map(str::to_string),
+        message: code.map(|c| format!("because {c}")),
+        journal_seq: seq,
+        decided_at_ms: Some(T0 + 1),
+    }
+}
+
+conformance!(the_inbox_keeps_requests_in_acceptance_order_and_wakes_their_runs, |store| async move {
     let now = T0 + 60_000;
     let held = create(&*store, 1, OWNER, LIVE).await.id();
     let unheld = create_released(&*store, 2).await;
@@ -568,39 +582,132 @@ conformance!(the_inbox_takes_requests_for_open_runs_and_wakes_them, |store| asyn
     done.finish();
     commit(&*store, done.write(OWNER, LIVE)).await;
 
-    assert!(store.push_inbox(&held, "x".into(), now).await.expect("push_inbox"));
+    let x = store.push_inbox(&held, "x".into(), now).await.expect("push_inbox").expect("accepted");
     assert_eq!(store.get_run(&held).await.expect("run").wake_at_ms, Some(now), "due now");
-    assert!(store.push_inbox(&held, "y".into(), now + 5).await.expect("push_inbox"));
+    let y = store.push_inbox(&held, "y".into(), now + 5).await.expect("push_inbox").expect("accepted");
+    assert!(x < y, "ids grow in acceptance order: {x} {y}");
     assert_eq!(store.get_run(&held).await.expect("run").wake_at_ms, Some(now), "the earliest wake time stays");
-    assert!(store.push_inbox(&unheld.id(), "z".into(), now).await.expect("push_inbox"));
+    let z = store.push_inbox(&unheld.id(), "z".into(), now).await.expect("push_inbox").expect("accepted");
     assert_eq!(store.get_run(&unheld.id()).await.expect("run").wake_at_ms, unheld_wake, "already due earlier");
-    assert!(!store.push_inbox(&done.id(), "late".into(), now).await.expect("push_inbox"), "finished runs refuse");
-    assert!(!store.push_inbox(&run_id(404), "lost".into(), now).await.expect("push_inbox"), "unknown runs refuse");
+    assert_eq!(store.push_inbox(&done.id(), "late".into(), now).await.expect("push_inbox"), None, "finished");
+    assert_eq!(store.push_inbox(&run_id(404), "lost".into(), now).await.expect("push_inbox"), None, "unknown");
 
-    assert!(store.take_inbox(OTHER).await.expect("take_inbox").is_empty());
-    let taken = store.take_inbox(OWNER).await.expect("take_inbox");
-    let bodies: Vec<(&str, &str)> = taken.iter().map(|r| (r.run_id.as_str(), r.body.as_str())).collect();
-    assert_eq!(bodies, vec![(held.as_str(), "x"), (held.as_str(), "y")], "only the owner's runs, oldest first");
-    assert!(taken[0].id < taken[1].id);
-    assert!(store.take_inbox(OWNER).await.expect("take_inbox").is_empty(), "taken once");
+    let pending = store.pending_inbox(&held).await.expect("pending_inbox");
+    let bodies: Vec<(i64, &str)> = pending.iter().map(|r| (r.id, r.body.as_str())).collect();
+    assert_eq!(bodies, vec![(x, "x"), (y, "y")], "one run's requests, oldest first");
+    assert_eq!(store.runs_with_inbox(OWNER).await.expect("runs_with_inbox"), vec![held.clone()]);
+    assert!(store.runs_with_inbox(OTHER).await.expect("runs_with_inbox").is_empty());
+    let outcome = store.inbox_outcome(x).await.expect("outcome").expect("known");
+    assert_eq!((outcome.state, outcome.journal_seq), (RequestState::Pending, None));
+    assert_eq!(store.inbox_outcome(z + 1000).await.expect("outcome"), None, "unknown request");
+    assert!(store.pending_inbox(&run_id(404)).await.expect("pending_inbox").is_empty());
+});
 
-    assert!(store.push_inbox(&unheld.id(), "w".into(), now + 1).await.expect("push_inbox"));
-    let taken = store.take_inbox_for(&unheld.id()).await.expect("take_inbox_for");
-    assert_eq!(taken.iter().map(|r| r.body.as_str()).collect::<Vec<_>>(), vec!["z", "w"]);
-    assert!(store.take_inbox_for(&unheld.id()).await.expect("take_inbox_for").is_empty());
-    assert!(store.take_inbox_for(&run_id(404)).await.expect("take_inbox_for").is_empty());
+conformance!(requests_are_answered_once_with_the_commit_that_applies_them, |store| async move {
+    let now = T0 + 60_000;
+    let mut run = create(&*store, 1, OWNER, LIVE).await;
+    let x = store.push_inbox(&run.id(), "x".into(), now).await.expect("push").expect("accepted");
+    let y = store.push_inbox(&run.id(), "y".into(), now).await.expect("push").expect("accepted");
+    // A write that lost its fence answers nothing.
+    run.start("a");
+    let mut stale = run.clone().write(OWNER, LIVE);
+    stale.expected_seq -= 1;
+    stale.requests = vec![answer(x, RequestState::Applied, None, Some(9))];
+    assert!(matches!(store.commit(stale).await, Err(Error::Conflict { .. })));
+    assert_eq!(store.inbox_outcome(x).await.expect("outcome").expect("known").state, RequestState::Pending);
+    // The commit that applies x and refuses y records both answers with its events.
+    let seq = run.state.last_seq;
+    let mut w = run.write(OWNER, LIVE);
+    w.requests = vec![
+        answer(x, RequestState::Applied, None, Some(seq)),
+        answer(y, RequestState::Refused, Some("already_paused"), None),
+    ];
+    commit(&*store, w).await;
+    let ox = store.inbox_outcome(x).await.expect("outcome").expect("known");
+    assert_eq!((ox.state, ox.journal_seq, ox.decided_at_ms), (RequestState::Applied, Some(seq), Some(T0 + 1)));
+    let oy = store.inbox_outcome(y).await.expect("outcome").expect("known");
+    assert_eq!(
+        (oy.state, oy.code.as_deref(), oy.message.as_deref()),
+        (RequestState::Refused, Some("already_paused"), Some("because already_paused"))
+    );
+    assert!(store.pending_inbox(&run.id()).await.expect("pending").is_empty());
+    assert!(store.runs_with_inbox(OWNER).await.expect("runs_with_inbox").is_empty());
+    // Answering x again fails the whole write: its events are not written either.
+    let before = event_count(&*store, &run.id()).await;
+    run.succeed("a", json!({"ok": true}));
+    let mut again = run.clone().write(OWNER, LIVE);
+    again.requests = vec![answer(x, RequestState::Refused, Some("twice"), None)];
+    assert!(store.commit(again).await.is_err(), "a request is answered once");
+    assert_eq!(event_count(&*store, &run.id()).await, before, "nothing of that write landed");
+    // A requester answers its own request when the run finished first, unless someone did.
+    let z = store.push_inbox(&run.id(), "z".into(), now).await.expect("push").expect("accepted");
+    let refuse = |id: i64, why: &str| RequestOutcome {
+        message: Some(why.to_string()),
+        ..answer(id, RequestState::Refused, Some("run_finished"), None)
+    };
+    assert!(store.answer_inbox(refuse(z, "it finished")).await.expect("answer"));
+    assert!(!store.answer_inbox(refuse(z, "again")).await.expect("answer"), "answered once");
+    assert!(!store.answer_inbox(refuse(x, "late")).await.expect("answer"), "x was applied");
+    let oz = store.inbox_outcome(z).await.expect("outcome").expect("known");
+    assert_eq!((oz.state, oz.message.as_deref()), (RequestState::Refused, Some("it finished")));
+});
+
+conformance!(concurrent_requests_get_distinct_ids_and_one_order, |store| async move {
+    let id = create(&*store, 1, OWNER, LIVE).await.id();
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, id) = (store.shared(), id.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                for n in 0..10 {
+                    let body = format!("{t}-{n}");
+                    mine.push(store.push_inbox(&id, body, T0).await.expect("push").expect("accepted"));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for s in senders {
+        let mine = s.await.expect("sender");
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "one sender's requests in its order: {mine:?}");
+        accepted.extend(mine);
+    }
+    let pending: Vec<i64> = store.pending_inbox(&id).await.expect("pending").iter().map(|r| r.id).collect();
+    accepted.sort();
+    assert_eq!(pending, accepted, "every request once, in id order");
+});
+
+conformance!(workers_are_listed_while_they_are_seen, |store| async move {
+    let row = |owner: &str, seen: i64| WorkerRow {
+        owner: owner.into(),
+        role: "worker".into(),
+        started_at_ms: T0,
+        seen_at_ms: seen,
+    };
+    store.worker_seen(row(OWNER, T0 + 10)).await.expect("seen");
+    store.worker_seen(row(OTHER, T0 + 5)).await.expect("seen");
+    store.worker_seen(row(OWNER, T0 + 20)).await.expect("seen again");
+    let owners = |rows: Vec<WorkerRow>| rows.into_iter().map(|w| (w.owner, w.seen_at_ms)).collect::<Vec<_>>();
+    assert_eq!(
+        owners(store.workers(T0).await.expect("workers")),
+        vec![(OWNER.to_string(), T0 + 20), (OTHER.to_string(), T0 + 5)]
+    );
+    assert_eq!(owners(store.workers(T0 + 6).await.expect("workers")), vec![(OWNER.to_string(), T0 + 20)]);
+    store.worker_gone(OWNER).await.expect("gone");
+    assert_eq!(owners(store.workers(T0).await.expect("workers")), vec![(OTHER.to_string(), T0 + 5)]);
 });
 
 conformance!(a_run_let_go_while_requests_wait_is_due_at_once, |store| async move {
     let now = T0 + 60_000;
     let a = create(&*store, 1, OWNER, LIVE).await.id();
-    assert!(store.push_inbox(&a, "cancel".into(), now).await.expect("push_inbox"));
+    assert!(store.push_inbox(&a, "cancel".into(), now).await.expect("push_inbox").is_some());
     assert!(store.release_run(OWNER, &a, Some(now + 99_000)).await.expect("release_run"));
     assert_eq!(store.get_run(&a).await.expect("run").wake_at_ms, Some(now), "release_run");
 
     // The same through a releasing commit.
     let mut b = create(&*store, 2, OWNER, LIVE).await;
-    assert!(store.push_inbox(&b.id(), "pause".into(), now + 1).await.expect("push_inbox"));
+    assert!(store.push_inbox(&b.id(), "pause".into(), now + 1).await.expect("push_inbox").is_some());
     b.start("a");
     let mut w = b.write_released(OWNER);
     w.run.wake_at_ms = None;
@@ -981,7 +1088,8 @@ conformance!(work_handed_out_by_another_process_wakes_idle_workers, |store| asyn
     // The first wake-up also shows our listener is in place.
     assert!(woken_by(&wake, commit(&other, w)).await, "a run created for any worker");
     assert!(
-        woken_by(&wake, async { assert!(other.push_inbox(&held, "{}".into(), T0).await.expect("push")) }).await,
+        woken_by(&wake, async { assert!(other.push_inbox(&held, "{}".into(), T0).await.expect("push").is_some()) })
+            .await,
         "a request queued"
     );
     assert!(

@@ -1,6 +1,8 @@
 //! Helpers for driving the real `cairn` binary against a real SQLite file.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use cairn_core::decide::replay;
 use cairn_core::{Envelope, Event, RunId};
 use cairn_store::{RunQuery, RunRow, SqliteStore, StepRow, Store};

@@ -10,8 +10,8 @@
 mod schema;
 
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow,
-    Store, TokenRow, WorkflowRow,
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow, RequestState,
+    RunQuery, RunRow, RunWrite, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -623,8 +623,15 @@ const UPSERT_STEPS: &str = "INSERT INTO steps (run_id, step_id, position, kind, 
                  output_hash=excluded.output_hash, skip_reason=excluded.skip_reason";
 const INSERT_LOGS: &str = "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])";
-const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id) \
-                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id)";
+const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = \
+                 (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending') \
+                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending')";
+/// Answers requests; only pending ones (an answered request is never answered again).
+const ANSWER_REQUESTS: &str = "UPDATE inbox AS i SET state=v.state, code=v.code, message=v.message, \
+                 journal_seq=v.journal_seq, decided_at=v.decided_at \
+                 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
+                   AS v(id, state, code, message, journal_seq, decided_at, run_id) \
+                 WHERE i.id = v.id AND i.run_id = v.run_id AND i.state = 'pending'";
 
 /// The group's statements, prepared on the writer connection.
 struct Prepared {
@@ -634,6 +641,7 @@ struct Prepared {
     upsert_steps: tokio_postgres::Statement,
     insert_logs: tokio_postgres::Statement,
     wake_released: tokio_postgres::Statement,
+    answer_requests: tokio_postgres::Statement,
 }
 
 /// Column arrays for one multi-row INSERT each.
@@ -667,6 +675,17 @@ struct StepCols {
 }
 
 #[derive(Default)]
+struct RequestCols {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    code: Vec<Option<String>>,
+    message: Vec<Option<String>>,
+    seq: Vec<Option<i64>>,
+    at: Vec<Option<i64>>,
+    run: Vec<String>,
+}
+
+#[derive(Default)]
 struct LogCols {
     run: Vec<String>,
     step: Vec<String>,
@@ -688,6 +707,7 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
         upsert_steps: client.stmt(UPSERT_STEPS).await?,
         insert_logs: client.stmt(INSERT_LOGS).await?,
         wake_released: client.stmt(WAKE_RELEASED).await?,
+        answer_requests: client.stmt(ANSWER_REQUESTS).await?,
     };
     if writes.is_empty() {
         return Ok(());
@@ -698,7 +718,17 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
     let mut st = StepCols::default();
     let mut lg = LogCols::default();
     let mut released: Vec<String> = Vec::new();
+    let mut rq = RequestCols::default();
     for w in writes {
+        for q in &w.requests {
+            rq.id.push(q.id);
+            rq.state.push(q.state.as_str());
+            rq.code.push(q.code.clone());
+            rq.message.push(q.message.clone());
+            rq.seq.push(q.journal_seq.map(i));
+            rq.at.push(q.decided_at_ms);
+            rq.run.push(w.run.id.clone());
+        }
         let id = &w.run.id;
         for e in &w.events {
             ev.run.push(id.clone());
@@ -803,9 +833,23 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
         }
         client.execute(&prepared.wake_released, &[&released]).await
     };
-    let (a, b, c, d, e, f) = tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows);
+    let request_rows = async {
+        if rq.id.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(&prepared.answer_requests, &[&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run])
+            .await
+    };
+    let (a, b, c, d, e, f, g) =
+        tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows, request_rows);
     for r in [a, b, c, d, e, f] {
         r.map_err(pg)?;
+    }
+    // Only the run's one decider answers its requests (the fence above): an answer that finds
+    // its request already answered means the store was written behind our back.
+    if g.map_err(pg)? != rq.id.len() as u64 {
+        return Err(Error::Corrupt("a request was answered twice; the group is rolled back".into()));
     }
     Ok(())
 }
@@ -857,6 +901,29 @@ fn step_row(r: &Row) -> StepRow {
     }
 }
 
+const REQUEST_COLUMNS: &str = "id, run_id, body, created_at, state, code, message, journal_seq, decided_at";
+
+fn request_row(r: &Row) -> Result<RequestRow, Error> {
+    let id: i64 = r.get(0);
+    let state: String = r.get(4);
+    let state =
+        RequestState::parse(&state).ok_or_else(|| Error::Corrupt(format!("request {id} has state '{state}'")))?;
+    Ok(RequestRow {
+        id,
+        run_id: r.get(1),
+        body: r.get(2),
+        accepted_at_ms: r.get(3),
+        outcome: RequestOutcome {
+            id,
+            state,
+            code: r.get(5),
+            message: r.get(6),
+            journal_seq: r.get::<_, Option<i64>>(7).map(|s| s as u64),
+            decided_at_ms: r.get(8),
+        },
+    })
+}
+
 fn token_row(r: &Row) -> TokenRow {
     TokenRow {
         id: r.get(0),
@@ -899,14 +966,6 @@ impl PgStore {
     /// Wakes idle workers in every process (best effort: they also poll).
     async fn notify(&self) {
         let _ = self.execute("SELECT pg_notify('cairn_wake', '')", &[]).await;
-    }
-
-    async fn take_inbox_where(&self, sql: &str, key: &str) -> Result<Vec<InboxRow>, Error> {
-        let rows = self.query(sql, &[&key]).await?;
-        let mut out: Vec<InboxRow> =
-            rows.iter().map(|r| InboxRow { id: r.get(0), run_id: r.get(1), body: r.get(2) }).collect();
-        out.sort_by_key(|r| r.id);
-        Ok(out)
     }
 }
 
@@ -1124,7 +1183,8 @@ impl Store for PgStore {
         let n = self
             .execute(
                 "UPDATE runs SET owner=NULL, lease_expires_at=NULL, \
-                 wake_at=COALESCE((SELECT MIN(created_at) FROM inbox WHERE run_id=$1), $3) WHERE id=$1 AND owner=$2",
+                 wake_at=COALESCE((SELECT MIN(created_at) FROM inbox WHERE run_id=$1 AND state='pending'), $3) \
+                 WHERE id=$1 AND owner=$2",
                 &[&id.as_str(), &owner, &wake_at_ms],
             )
             .await?;
@@ -1155,32 +1215,96 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<bool, Error> {
+    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
+        // The run's row lock (FOR UPDATE) is taken before the request's id is drawn and held to
+        // commit, so one run's requests get ids in the order they were accepted (committed).
         let rows = self
             .query(
                 &format!(
-                    "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL}), \
-                     ins AS (INSERT INTO inbox (run_id, body, created_at) SELECT id, $2, $3 FROM open RETURNING run_id) \
-                     UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) WHERE id IN (SELECT run_id FROM ins) \
-                     RETURNING id"
+                    "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL} FOR UPDATE), \
+                     ins AS (INSERT INTO inbox (run_id, body, created_at) SELECT id, $2, $3 FROM open RETURNING id, run_id), \
+                     woken AS (UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) \
+                               WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
+                     SELECT id FROM ins"
                 ),
                 &[&id.as_str(), &body, &now_ms],
             )
             .await?;
         self.notify().await;
-        Ok(!rows.is_empty())
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)))
     }
 
-    async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
-        self.take_inbox_where(
-            "DELETE FROM inbox WHERE run_id IN (SELECT id FROM runs WHERE owner=$1) RETURNING id, run_id, body",
-            owner,
+    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, run_id, body FROM inbox WHERE run_id=$1 AND state='pending' ORDER BY id",
+                &[&id.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| InboxRow { id: r.get(0), run_id: r.get(1), body: r.get(2) }).collect())
+    }
+
+    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
+        let rows = self.query(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE id=$1"), &[&request]).await?;
+        rows.first().map(|r| request_row(r).map(|r| r.outcome)).transpose()
+    }
+
+    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE run_id=$1 ORDER BY id"), &[&id.as_str()])
+            .await?;
+        rows.iter().map(request_row).collect()
+    }
+
+    async fn answer_inbox(&self, a: RequestOutcome) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE inbox SET state=$2, code=$3, message=$4, journal_seq=$5, decided_at=$6 \
+                 WHERE id=$1 AND state='pending'",
+                &[&a.id, &a.state.as_str(), &a.code, &a.message, &a.journal_seq.map(i), &a.decided_at_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
+        let rows = self
+            .query(
+                "SELECT DISTINCT i.run_id FROM inbox i JOIN runs r ON r.id = i.run_id \
+                 WHERE i.state='pending' AND r.owner=$1",
+                &[&owner],
+            )
+            .await?;
+        rows.iter().map(|r| parse_id(&r.get::<_, String>(0))).collect()
+    }
+
+    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO workers (owner, role, started_at, seen_at) VALUES ($1,$2,$3,$4) \
+             ON CONFLICT (owner) DO UPDATE SET seen_at=excluded.seen_at",
+            &[&w.owner, &w.role, &w.started_at_ms, &w.seen_at_ms],
         )
-        .await
+        .await?;
+        Ok(())
     }
 
-    async fn take_inbox_for(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
-        self.take_inbox_where("DELETE FROM inbox WHERE run_id=$1 RETURNING id, run_id, body", id.as_str()).await
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        self.execute("DELETE FROM workers WHERE owner=$1", &[&owner]).await?;
+        Ok(())
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=$1 ORDER BY seen_at DESC",
+                &[&seen_after_ms],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerRow { owner: r.get(0), role: r.get(1), started_at_ms: r.get(2), seen_at_ms: r.get(3) })
+            .collect())
     }
 
     async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {

@@ -126,4 +126,19 @@ CREATE TABLE effects (
 );
 CREATE INDEX effects_by_run ON effects(run_id);
 "#,
+    // 3: requests are answered, not deleted (see the SQLite schema); serving/working processes.
+    r#"
+ALTER TABLE inbox ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+ALTER TABLE inbox ADD COLUMN code TEXT;
+ALTER TABLE inbox ADD COLUMN message TEXT;
+ALTER TABLE inbox ADD COLUMN journal_seq BIGINT;
+ALTER TABLE inbox ADD COLUMN decided_at BIGINT;
+CREATE INDEX inbox_pending ON inbox(run_id, id) WHERE state = 'pending';
+CREATE TABLE workers (
+    owner TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    seen_at BIGINT NOT NULL
+);
+"#,
 ];

@@ -3,8 +3,8 @@
 use super::SqliteStore;
 use crate::TERMINAL;
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RunQuery, RunRow, RunWrite, StepRow,
-    Store, TokenRow, WorkflowRow,
+    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow, RequestState,
+    RunQuery, RunRow, RunWrite, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -67,6 +67,27 @@ fn read_events(conn: &Connection, id: &RunId, after_seq: u64) -> Result<Vec<Enve
         out.push(parse_event(id.as_str(), seq, at, schema, &body)?);
     }
     Ok(out)
+}
+
+const REQUEST_COLUMNS: &str = "id, run_id, body, created_at, state, code, message, journal_seq, decided_at";
+
+/// A request row; its state is checked after the read (an unknown state is damage, not a
+/// query error).
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RequestRow, Error>> {
+    let id: i64 = r.get(0)?;
+    let state: String = r.get(4)?;
+    let outcome = RequestState::parse(&state).map(|state| RequestOutcome {
+        id,
+        state,
+        code: r.get(5).ok().flatten(),
+        message: r.get(6).ok().flatten(),
+        journal_seq: r.get::<_, Option<i64>>(7).ok().flatten().map(|s| s as u64),
+        decided_at_ms: r.get(8).ok().flatten(),
+    });
+    Ok(match outcome {
+        Some(outcome) => Ok(RequestRow { id, run_id: r.get(1)?, body: r.get(2)?, accepted_at_ms: r.get(3)?, outcome }),
+        None => Err(Error::Corrupt(format!("request {id} has state '{state}'"))),
+    })
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
@@ -351,68 +372,122 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<bool, Error> {
+    async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<Option<i64>, Error> {
         let id = id.to_string();
+        // The single writer orders acceptances: ids grow in the order requests were accepted.
         self.in_group(move |tx| {
             let open: Option<i64> = tx
                 .prepare_cached(&format!("SELECT 1 FROM runs WHERE id=?1 AND status NOT IN {TERMINAL}"))?
                 .query_row([&id], |r| r.get(0))
                 .optional()?;
             if open.is_none() {
-                return Ok(false);
+                return Ok(None);
             }
-            tx.execute("INSERT INTO inbox (run_id, body, created_at) VALUES (?1,?2,?3)", params![id, body, now])?;
+            tx.prepare_cached("INSERT INTO inbox (run_id, body, created_at) VALUES (?1,?2,?3)")?
+                .execute(params![id, body, now])?;
+            let request = tx.last_insert_rowid();
             // Make sure some worker looks at the run soon, even if it was idle.
-            tx.execute("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1", params![id, now])?;
-            Ok(true)
+            tx.prepare_cached("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1")?
+                .execute(params![id, now])?;
+            Ok(Some(request))
         })
         .await
     }
 
-    async fn take_inbox(&self, owner: &str) -> Result<Vec<InboxRow>, Error> {
-        let owner = owner.to_string();
-        // Cheap read first: the heartbeat asks every second, and the inbox is nearly always empty.
-        let waiting: Option<i64> = self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM inbox i JOIN runs r ON r.id = i.run_id WHERE r.owner=?1 LIMIT 1")?
-                .query_row([&owner], |r| r.get(0))
-                .optional()?)
-        })?;
-        if waiting.is_none() {
-            return Ok(Vec::new());
-        }
-        self.in_group(move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "DELETE FROM inbox WHERE run_id IN (SELECT id FROM runs WHERE owner=?1) RETURNING id, run_id, body",
-            )?;
+    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT id, run_id, body FROM inbox WHERE run_id=?1 AND state='pending' ORDER BY id")?;
             let rows =
-                stmt.query_map([owner], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
-            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
-            out.sort_by_key(|r| r.id);
-            Ok(out)
+                stmt.query_map([id.as_str()], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
+        let row = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE id=?1"))?
+                .query_row([request], request_row)
+                .optional()?)
+        })?;
+        row.map(|r| r.map(|r| r.outcome)).transpose()
+    }
+
+    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
+        let rows = self.read(|conn| {
+            get_run(conn, id)?;
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE run_id=?1 ORDER BY id"))?;
+            let rows = stmt.query_map([id.as_str()], request_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        rows.into_iter().collect()
+    }
+
+    async fn answer_inbox(&self, a: RequestOutcome) -> Result<bool, Error> {
+        self.in_group(move |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE inbox SET state=?2, code=?3, message=?4, journal_seq=?5, decided_at=?6 \
+                     WHERE id=?1 AND state='pending'",
+                )?
+                .execute(params![
+                    a.id,
+                    a.state.as_str(),
+                    a.code,
+                    a.message,
+                    a.journal_seq.map(|s| s as i64),
+                    a.decided_at_ms
+                ])?;
+            Ok(n == 1)
         })
         .await
     }
 
-    async fn take_inbox_for(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
-        let id = id.to_string();
-        let waiting: Option<i64> = self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM inbox WHERE run_id=?1 LIMIT 1")?
-                .query_row([&id], |r| r.get(0))
-                .optional()?)
+    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
+        let ids: Vec<String> = self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT DISTINCT i.run_id FROM inbox i JOIN runs r ON r.id = i.run_id \
+                 WHERE i.state='pending' AND r.owner=?1",
+            )?;
+            let rows = stmt.query_map([owner], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })?;
-        if waiting.is_none() {
-            return Ok(Vec::new());
-        }
+        ids.iter().map(|id| RunId::parse(id).map_err(Error::Corrupt)).collect()
+    }
+
+    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
         self.in_group(move |tx| {
-            let mut stmt = tx.prepare_cached("DELETE FROM inbox WHERE run_id=?1 RETURNING id, run_id, body")?;
-            let rows = stmt.query_map([id], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
-            let mut out = rows.collect::<Result<Vec<_>, _>>()?;
-            out.sort_by_key(|r| r.id);
-            Ok(out)
+            tx.prepare_cached(
+                "INSERT INTO workers (owner, role, started_at, seen_at) VALUES (?1,?2,?3,?4) \
+                 ON CONFLICT(owner) DO UPDATE SET seen_at=excluded.seen_at",
+            )?
+            .execute(params![w.owner, w.role, w.started_at_ms, w.seen_at_ms])?;
+            Ok(())
         })
         .await
+    }
+
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            tx.prepare_cached("DELETE FROM workers WHERE owner=?1")?.execute([owner])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=?1 ORDER BY seen_at DESC",
+            )?;
+            let rows = stmt.query_map([seen_after_ms], |r| {
+                Ok(WorkerRow { owner: r.get(0)?, role: r.get(1)?, started_at_ms: r.get(2)?, seen_at_ms: r.get(3)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {

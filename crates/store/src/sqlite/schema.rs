@@ -125,4 +125,21 @@ CREATE TABLE effects (
 );
 CREATE INDEX effects_by_run ON effects(run_id);
 "#,
+    // 3: requests are answered, not deleted: each keeps what became of it (applied with the
+    // journal position that records it, unchanged, or refused with the reason), written in the
+    // same transaction as the events that apply it. And the processes that work runs for anyone.
+    r#"
+ALTER TABLE inbox ADD COLUMN state TEXT NOT NULL DEFAULT 'pending';
+ALTER TABLE inbox ADD COLUMN code TEXT;
+ALTER TABLE inbox ADD COLUMN message TEXT;
+ALTER TABLE inbox ADD COLUMN journal_seq INTEGER;
+ALTER TABLE inbox ADD COLUMN decided_at INTEGER;
+CREATE INDEX inbox_pending ON inbox(run_id, id) WHERE state = 'pending';
+CREATE TABLE workers (
+    owner TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];

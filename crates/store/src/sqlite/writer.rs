@@ -216,6 +216,28 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
             ])?;
         }
     }
+    if !w.requests.is_empty() {
+        let mut answer = tx.prepare_cached(
+            "UPDATE inbox SET state=?2, code=?3, message=?4, journal_seq=?5, decided_at=?6 \
+             WHERE id=?1 AND run_id=?7 AND state='pending'",
+        )?;
+        for q in &w.requests {
+            let n = answer.execute(params![
+                q.id,
+                q.state.as_str(),
+                q.code,
+                q.message,
+                q.journal_seq.map(|s| s as i64),
+                q.decided_at_ms,
+                r.id
+            ])?;
+            // Only the run's one decider answers its requests; an answered request is never
+            // answered again.
+            if n != 1 {
+                return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
+            }
+        }
+    }
     if !w.logs.is_empty() {
         let mut ins = tx.prepare_cached(
             "INSERT INTO logs (run_id, step_id, attempt, at, level, message) VALUES (?1,?2,?3,?4,?5,?6)",
@@ -231,8 +253,8 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
 /// next wake time is.
 pub fn wake_if_inbox(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<(), Error> {
     tx.prepare_cached(
-        "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=?1) \
-         WHERE id=?1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=?1)",
+        "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=?1 AND state='pending') \
+         WHERE id=?1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=?1 AND state='pending')",
     )?
     .execute([run_id])?;
     Ok(())

@@ -153,6 +153,7 @@ impl Journal {
             logs: Vec::new(),
             release: false,
             idempotency: None,
+            requests: Vec::new(),
         };
         self.events.clear();
         self.committed_seq = self.state.last_seq;
