@@ -1,7 +1,8 @@
 //! Bearer tokens with roles, and the audit trail of every mutating request.
 //!
 //! Roles are ordered: `viewer` reads, `operator` also starts, cancels, pauses and signals runs,
-//! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored.
+//! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored; its
+//! id is drawn apart from its secret, so listings reveal nothing of the secret.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -52,14 +53,21 @@ pub struct Actor {
     pub role: Role,
 }
 
-/// A new token: the secret (shown once) and the row to store.
+/// Who a refused request without a bearer token is recorded as (also everyone when auth is off).
+pub const ANONYMOUS: &str = "anonymous";
+/// Who a request with an unknown or revoked bearer token is recorded as.
+pub const UNKNOWN_TOKEN: &str = "unknown-token";
+
+/// A new token: the secret (shown once) and the row to store. The id comes from random bytes of
+/// its own, so it tells nothing about the secret (ids were once the secret's first 10 hex chars;
+/// such rows keep working, since lookup is by hash).
 pub fn new_token(name: &str, role: Role, now_ms: i64) -> std::io::Result<(String, TokenRow)> {
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = format!("cairn_{hex}");
+    let (secret_bytes, id_bytes) = bytes.split_at(24);
+    let secret = format!("cairn_{}", hex(secret_bytes));
     let row = TokenRow {
-        id: format!("tok_{}", &hex[..10]),
+        id: format!("tok_{}", hex(id_bytes)),
         name: name.to_string(),
         role: role.as_str().to_string(),
         hash: sha256_hex(secret.as_bytes()),
@@ -67,6 +75,26 @@ pub fn new_token(name: &str, role: Role, now_ms: i64) -> std::io::Result<(String
         revoked_at_ms: None,
     };
     Ok((secret, row))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name a new token may have, trimmed; else why not. Names are what `revoke` and the audit
+/// trail show, so they must not pass for an id or for the audit's own actors.
+pub fn check_token_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err("a token name is 1 to 64 characters".into());
+    }
+    if name.starts_with("tok_") {
+        return Err(format!("token name '{name}' starts with `tok_`, which would read as a token id; pick another"));
+    }
+    if name == ANONYMOUS || name == UNKNOWN_TOKEN {
+        return Err(format!("token name '{name}' is what the audit trail calls requests without a valid token"));
+    }
+    Ok(name)
 }
 
 /// The role a request needs; `None` for the public probes.
@@ -104,7 +132,7 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
         return next.run(req).await;
     };
     let actor = match state.auth {
-        AuthMode::Off => Actor { name: "anonymous".into(), role: Role::Admin },
+        AuthMode::Off => Actor { name: ANONYMOUS.into(), role: Role::Admin },
         AuthMode::On => {
             let bearer = req
                 .headers()
@@ -154,4 +182,30 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_id_is_not_cut_from_its_secret() {
+        let (secret, row) = new_token("ci", Role::Viewer, 0).expect("token");
+        let hex = secret.strip_prefix("cairn_").expect("cairn_ prefix");
+        assert_eq!(hex.len(), 48, "{secret}");
+        let id = row.id.strip_prefix("tok_").expect("tok_ prefix");
+        assert_eq!(id.len(), 16, "{}", row.id);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{}", row.id);
+        assert!(!hex.starts_with(&id[..10]), "the id is the secret's prefix: {} / {secret}", row.id);
+        assert_eq!(row.hash, sha256_hex(secret.as_bytes()));
+    }
+
+    #[test]
+    fn token_names_that_read_as_ids_or_audit_actors_are_refused() {
+        assert_eq!(check_token_name("  ci  "), Ok("ci"));
+        for bad in ["", "   ", "tok_1234", ANONYMOUS, UNKNOWN_TOKEN, &"x".repeat(65)] {
+            assert!(check_token_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(check_token_name(&"é".repeat(64)).map(str::len), Ok(128), "64 characters, not bytes");
+    }
 }

@@ -249,6 +249,7 @@ async fn every_bad_request_gets_its_4xx_with_the_error_shape() {
         ("POST", "/v1/workflows".into(), Some("application/yaml"), "name: [".into(), 422, "invalid_definition"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \"x\", \"role\": \"root\"}".into(), 422, "bad_role"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \" \", \"role\": \"viewer\"}".into(), 422, "bad_name"),
+        ("POST", "/v1/tokens".into(), json, "{\"name\": \"tok_1\", \"role\": \"viewer\"}".into(), 422, "bad_name"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \"x\"}".into(), 422, "invalid_request"),
         ("POST", "/v1/tokens/tok_nope/revoke".into(), None, String::new(), 404, "token_not_found"),
         ("POST", "/tasks".into(), json, "{}".into(), 422, "invalid_request"),
@@ -668,7 +669,7 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
 
     // Revoked tokens stop working at once.
     api.get_as(&revoked, "/v1/runs").await.ok(200);
-    assert!(api.store.revoke_token(&revoked_id, cairn_engine::now_ms()).await.expect("revoke"));
+    api.store.revoke_token(&revoked_id, cairn_engine::now_ms()).await.expect("revoke");
     api.get_as(&revoked, "/v1/runs").await.error(401, "unauthorized");
     api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await.ok(200);
     api.get_as(&secret, "/v1/runs").await.error(401, "unauthorized");
@@ -694,6 +695,78 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
     assert_eq!(start["run_id"], id.as_str(), "the audit row names the run it made");
     let cancel = rows.iter().find(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cancel"))).expect("cancel");
     assert_eq!(cancel["run_id"], id.as_str());
+}
+
+/// Every `n`-character window of `s`.
+fn windows(s: &str, n: usize) -> Vec<&str> {
+    (0..=s.len().saturating_sub(n)).map(|i| &s[i..i + n]).collect()
+}
+
+#[tokio::test]
+async fn token_ids_share_nothing_with_their_secrets_and_a_live_name_is_not_given_twice() {
+    let api = Api::new(AuthMode::On);
+    let (admin, _) = api.token("ada", Role::Admin).await;
+    let mut created = Vec::new();
+    for name in ["ci", "dash", "bot"] {
+        let r = api.post_as(&admin, "/v1/tokens", json!({"name": name, "role": "viewer"})).await;
+        let body = r.ok(201);
+        let secret = body["token"].as_str().expect("token").to_string();
+        created.push((body["id"].as_str().expect("id").to_string(), secret));
+    }
+    let listing = api.get_as(&admin, "/v1/tokens").await;
+    let ids: Vec<String> = listing.ok(200)["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").into())
+        .collect();
+    for (id, secret) in &created {
+        assert!(ids.contains(id), "{id} is listed: {ids:?}");
+        let hex = secret.trim_start_matches("cairn_");
+        // Ids were once `tok_` + the secret's first 10 hex characters.
+        for piece in windows(hex, 6) {
+            for listed in &ids {
+                assert!(!listed.contains(piece), "id {listed} holds {piece} of the secret {secret}");
+            }
+        }
+        for piece in windows(hex, 10) {
+            assert!(!listing.text.contains(piece), "the listing holds {piece} of {secret}: {}", listing.text);
+        }
+    }
+
+    // A live name is refused, naming the token that holds it; the refused token does not exist.
+    let again = api.post_as(&admin, "/v1/tokens", json!({"name": "ci", "role": "admin"})).await;
+    again.error(409, "token_name_taken");
+    assert_eq!(again.json["error"]["details"]["id"], created[0].0.as_str(), "{}", again.text);
+    assert!(again.json.get("token").is_none());
+    let listed = api.get_as(&admin, "/v1/tokens").await;
+    assert_eq!(listed.ok(200)["tokens"].as_array().map(Vec::len), Some(4), "{}", listed.text);
+    // Revoked, the name is free again; revoking it twice is a 404.
+    let r = api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await;
+    assert_eq!(r.ok(200)["id"], created[0].0.as_str());
+    api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await.error(404, "token_not_found");
+    api.post_as(&admin, &format!("/v1/tokens/{}/revoke", created[0].0), json!({})).await.error(404, "token_not_found");
+    api.post_as(&admin, "/v1/tokens", json!({"name": "ci", "role": "viewer"})).await.ok(201);
+    // By id works as well as by name.
+    let r = api.post_as(&admin, &format!("/v1/tokens/{}/revoke", created[1].0), json!({})).await;
+    assert_eq!(r.ok(200)["name"], "dash");
+    api.get_as(&created[1].1, "/v1/runs").await.error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_token_with_an_id_cut_from_its_secret_keeps_working_and_keeps_its_id() {
+    let api = Api::new(AuthMode::On);
+    // As tokens were made before ids were drawn apart from secrets.
+    let (secret, mut row) = cairn_server::new_token("legacy", Role::Admin, cairn_engine::now_ms()).expect("token");
+    row.id = format!("tok_{}", &secret["cairn_".len().."cairn_".len() + 10]);
+    let old_id = row.id.clone();
+    api.store.create_token(row).await.expect("store the legacy token");
+    api.get_as(&secret, "/v1/runs").await.ok(200);
+    let listing = api.get_as(&secret, "/v1/tokens").await;
+    assert_eq!(listing.ok(200)["tokens"][0]["id"], old_id.as_str(), "existing ids are not rewritten");
+    let r = api.post_as(&secret, &format!("/v1/tokens/{old_id}/revoke"), json!({})).await;
+    assert_eq!(r.ok(200)["name"], "legacy");
+    api.get_as(&secret, "/v1/runs").await.error(401, "unauthorized");
 }
 
 #[tokio::test]

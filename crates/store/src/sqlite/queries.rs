@@ -69,6 +69,17 @@ fn read_events(conn: &Connection, id: &RunId, after_seq: u64) -> Result<Vec<Enve
     Ok(out)
 }
 
+const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, revoked_at";
+
+/// The ids of the live tokens named `name`, oldest first (more than one only in databases
+/// written before names were unique).
+fn live_token_named(conn: &Connection, name: &str) -> Result<Vec<String>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM tokens WHERE name=?1 AND revoked_at IS NULL ORDER BY created_at, id")?;
+    let ids = stmt.query_map([name], |r| r.get(0))?;
+    Ok(ids.collect::<Result<Vec<String>, _>>()?)
+}
+
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     Ok(TokenRow {
         id: r.get(0)?,
@@ -565,7 +576,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
+        // The writer holds the database's write lock for the whole group (`BEGIN IMMEDIATE`), so
+        // no other writer, in this process or another, can slip a token in between check and insert.
         self.in_group(move |tx| {
+            if let Some(id) = live_token_named(tx, &t.name)?.into_iter().next() {
+                return Err(Error::TokenNameTaken { name: t.name, id });
+            }
             tx.execute(
                 "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6)",
                 params![t.id, t.name, t.role, t.hash, t.created_at_ms, t.revoked_at_ms],
@@ -596,14 +612,29 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
-        let id = id.to_string();
+    async fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<TokenRow, Error> {
+        let key = id_or_name.to_string();
         self.in_group(move |tx| {
-            let n = tx.execute(
-                "UPDATE tokens SET revoked_at=?2 WHERE (id=?1 OR name=?1) AND revoked_at IS NULL",
-                params![id, now_ms],
-            )?;
-            Ok(n > 0)
+            let by_id = tx
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id=?1 AND revoked_at IS NULL"))?
+                .query_row([&key], token_row)
+                .optional()?;
+            let mut token = match by_id {
+                Some(t) => t,
+                None => {
+                    let ids = live_token_named(tx, &key)?;
+                    match ids.as_slice() {
+                        [] => return Err(Error::TokenNotFound(key)),
+                        [id] => tx
+                            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id=?1"))?
+                            .query_row([id], token_row)?,
+                        _ => return Err(Error::AmbiguousTokenName { name: key, ids }),
+                    }
+                }
+            };
+            tx.execute("UPDATE tokens SET revoked_at=?2 WHERE id=?1", params![token.id, now_ms])?;
+            token.revoked_at_ms = Some(now_ms);
+            Ok(token)
         })
         .await
     }
