@@ -605,6 +605,43 @@ fn revoking_a_name_two_live_tokens_share_is_refused_until_one_goes_by_id() {
     assert_eq!(out.status.code(), Some(2), "nothing live is named ci: {}", stderr(&out));
 }
 
+#[test]
+fn a_refused_request_stays_a_401_when_the_audit_cannot_be_written() {
+    let env = Env::new();
+    let admin = create_token(&env, "admin", "root");
+    let viewer = create_token(&env, "viewer", "dash");
+    let server = env.serve(&["--auth", "on"]);
+    let addr = server.addr.as_str();
+    let stranger = format!("cairn_{}", "7a".repeat(24));
+    let as_stranger = format!("Bearer {stranger}");
+    assert_eq!(call(addr, "GET", "/v1/runs", &[("Authorization", &as_stranger)], None).status, 401);
+    let audit = call(addr, "GET", "/v1/audit", &[("Authorization", &format!("Bearer {admin}"))], None);
+    assert_eq!(audit.json()["audit"][0]["actor"], "unknown-token", "{}", audit.body);
+    assert!(!audit.body.contains(&stranger[6..18]), "{}", audit.body);
+
+    // From now on every audit write fails.
+    let conn = rusqlite::Connection::open(&env.db).expect("open database");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
+    )
+    .expect("trigger");
+    drop(conn);
+    for _ in 0..20 {
+        let r = call(addr, "GET", "/v1/runs", &[("Authorization", &as_stranger)], None);
+        assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("unauthorized")), "{}", r.body);
+        assert_eq!(get(addr, "/v1/runs").status, 401);
+    }
+    let body = json!({"goal": GOAL}).to_string();
+    let r = call(addr, "POST", "/v1/runs", &[("Authorization", &format!("Bearer {viewer}"))], Some(&body));
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = call(addr, "POST", "/v1/runs", &[("Authorization", &format!("Bearer {admin}"))], Some(&body));
+    assert_eq!(r.status, 201, "a request that was done is not undone by its audit: {}", r.body);
+    let seen = wait_line(&server.lines, "[audit] could not record", LONG);
+    assert!(seen.iter().all(|l| !l.contains(&stranger[6..18])), "{seen:#?}");
+    stop(server);
+}
+
 fn gc_report(out: &std::process::Output) -> Value {
     assert!(out.status.success(), "gc failed: {}", stderr(out));
     serde_json::from_str(stdout(out).trim()).unwrap_or_else(|e| panic!("gc --json: {e}: {}", stdout(out)))

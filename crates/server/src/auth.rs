@@ -1,4 +1,4 @@
-//! Bearer tokens with roles, and the audit trail of every mutating request.
+//! Bearer tokens with roles, and the audit trail of every mutating request and every refused one.
 //!
 //! Roles are ordered: `viewer` reads, `operator` also starts, cancels, pauses and signals runs,
 //! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored; its
@@ -57,6 +57,10 @@ pub struct Actor {
 pub const ANONYMOUS: &str = "anonymous";
 /// Who a request with an unknown or revoked bearer token is recorded as.
 pub const UNKNOWN_TOKEN: &str = "unknown-token";
+
+/// Longest path (and method) an audit row keeps: a flood of refused requests with huge paths
+/// costs one small row each.
+const AUDIT_MAX_CHARS: usize = 256;
 
 /// A new token: the secret (shown once) and the row to store. The id comes from random bytes of
 /// its own, so it tells nothing about the secret (ids were once the secret's first 10 hex chars;
@@ -125,6 +129,57 @@ fn run_id_of(path: &str, response: &Response) -> Option<String> {
     })
 }
 
+/// The first `AUDIT_MAX_CHARS` characters of `s`, marked when cut.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(AUDIT_MAX_CHARS) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// What the audit keeps of a request (built before any `await`: a response is not `Sync`).
+fn audit_row(actor: &str, method: &Method, path: &str, response: &Response) -> AuditRow {
+    AuditRow {
+        at_ms: cairn_engine::now_ms(),
+        actor: actor.to_string(),
+        method: clip(method.as_str()),
+        path: clip(path),
+        status: response.status().as_u16(),
+        run_id: run_id_of(path, response).map(|id| clip(&id)),
+    }
+}
+
+/// Records a request; a failure is logged (at most once a second, with how many went unlogged)
+/// and never changes the answer.
+async fn record<S: Store>(store: &S, row: AuditRow) {
+    let (method, path) = (row.method.clone(), row.path.clone());
+    if let Err(e) = store.audit(row).await {
+        use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+        static LAST_LOGGED_MS: AtomicI64 = AtomicI64::new(0);
+        static UNLOGGED: AtomicU64 = AtomicU64::new(0);
+        let now = cairn_engine::now_ms();
+        let last = LAST_LOGGED_MS.load(Ordering::Relaxed);
+        if now - last >= 1000
+            && LAST_LOGGED_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let unlogged = UNLOGGED.swap(0, Ordering::Relaxed);
+            let more =
+                if unlogged > 0 { format!(" ({unlogged} more failed since the last message)") } else { String::new() };
+            eprintln!("[audit] could not record {method} {path}: {e}{more}");
+        } else {
+            UNLOGGED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Answers a refused request (401/403) and audits it as `actor`. The presented secret is never
+/// recorded: the row holds only actor, method, path and status.
+async fn refuse<S: Store>(store: &S, actor: &str, method: &Method, path: &str, error: ApiError) -> Response {
+    let response = error.into_response();
+    record(store, audit_row(actor, method, path, &response)).await;
+    response
+}
+
 pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -141,45 +196,35 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(str::trim);
             let Some(secret) = bearer else {
-                return ApiError::new(
+                let error = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "send `Authorization: Bearer <token>`; create one with `cairn tokens create --role viewer`",
-                )
-                .into_response();
+                );
+                return refuse(&*state.store, ANONYMOUS, &method, &path, error).await;
             };
             match state.store.token_by_hash(&sha256_hex(secret.as_bytes())).await {
                 Ok(Some(row)) => Actor { name: row.name, role: Role::parse(&row.role).unwrap_or(Role::Viewer) },
                 Ok(None) => {
-                    return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token")
-                        .into_response();
+                    let error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token");
+                    return refuse(&*state.store, UNKNOWN_TOKEN, &method, &path, error).await;
                 }
                 Err(e) => return ApiError::from(e).into_response(),
             }
         }
     };
     if actor.role < required {
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("this needs the {} role; token '{}' is {}", required.as_str(), actor.name, actor.role.as_str()),
-        )
-        .into_response();
+        );
+        return refuse(&*state.store, &actor.name, &method, &path, error).await;
     }
     req.extensions_mut().insert(actor.clone());
     let response = next.run(req).await;
     if method != Method::GET && method != Method::HEAD {
-        let row = AuditRow {
-            at_ms: cairn_engine::now_ms(),
-            actor: actor.name,
-            method: method.to_string(),
-            path: path.clone(),
-            status: response.status().as_u16(),
-            run_id: run_id_of(&path, &response),
-        };
-        if let Err(e) = state.store.audit(row).await {
-            eprintln!("[audit] could not record {method} {path}: {e}");
-        }
+        record(&*state.store, audit_row(&actor.name, &method, &path, &response)).await;
     }
     response
 }
@@ -207,5 +252,14 @@ mod tests {
             assert!(check_token_name(bad).is_err(), "{bad:?} was accepted");
         }
         assert_eq!(check_token_name(&"é".repeat(64)).map(str::len), Ok(128), "64 characters, not bytes");
+    }
+
+    #[test]
+    fn audit_rows_keep_at_most_256_characters_of_a_path() {
+        assert_eq!(clip("/v1/runs"), "/v1/runs");
+        let long = format!("/{}", "é".repeat(10_000));
+        let kept = clip(&long);
+        assert_eq!(kept.chars().count(), AUDIT_MAX_CHARS + 1, "256 characters and the mark");
+        assert!(kept.ends_with('…'));
     }
 }

@@ -129,6 +129,18 @@ impl Api {
         self.raw("POST", path, Some("application/json"), &[("authorization", &auth)], body.to_string()).await
     }
 
+    /// The SQLite database as it is on disk: the file and its write-ahead log.
+    fn db_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for file in ["api.db", "api.db-wal"] {
+            if let Ok(b) = std::fs::read(self._dir.path().join(file)) {
+                bytes.extend(b);
+            }
+        }
+        assert!(!bytes.is_empty(), "no database file in {}", self._dir.path().display());
+        bytes
+    }
+
     async fn token(&self, name: &str, role: Role) -> (String, String) {
         let (secret, row) = cairn_server::new_token(name, role, cairn_engine::now_ms()).expect("token");
         let id = row.id.clone();
@@ -624,6 +636,8 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
     let (operator, _) = api.token("otto", Role::Operator).await;
     let (admin, _) = api.token("ada", Role::Admin).await;
     let (revoked, revoked_id) = api.token("rex", Role::Admin).await;
+    // A well-formed secret that was never stored.
+    let (stranger, _) = cairn_server::new_token("nobody", Role::Admin, 0).expect("token");
 
     // Public probes need nothing.
     for path in ["/healthz", "/readyz", "/openapi.json"] {
@@ -632,7 +646,7 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
     // No token, a malformed header, an unknown token.
     api.get("/v1/runs").await.error(401, "unauthorized");
     api.raw("GET", "/v1/runs", None, &[("authorization", "Basic abc")], "").await.error(401, "unauthorized");
-    api.get_as("cairn_nope", "/v1/runs").await.error(401, "unauthorized");
+    api.get_as(&stranger, "/v1/runs").await.error(401, "unauthorized");
     api.post("/v1/runs", json!({"goal": GOAL})).await.error(401, "unauthorized");
     api.get("/v1/nothing").await.error(401, "unauthorized");
 
@@ -676,30 +690,62 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
 
     let audit = api.get_as(&admin, "/v1/audit?limit=1000").await;
     let rows = audit.ok(200)["audit"].as_array().expect("audit").clone();
-    let has = |actor: &str, method: &str, path: &str, status: u64| {
-        rows.iter().any(|r| r["actor"] == actor && r["method"] == method && r["path"] == path && r["status"] == status)
-    };
-    let expected = [
-        ("otto", "POST", "/v1/runs".to_string(), 201),
-        ("otto", "POST", format!("/v1/runs/{id}/cancel"), 200),
-        ("otto", "POST", "/v1/runs".to_string(), 400),
-        ("ada", "POST", "/v1/workflows".to_string(), 201),
-        ("ada", "POST", "/v1/tokens".to_string(), 201),
-        ("ada", "POST", "/v1/tokens/ci/revoke".to_string(), 200),
-    ];
-    for (actor, method, path, status) in &expected {
-        assert!(has(actor, method, path, *status), "audit lacks {actor} {method} {path} {status}: {rows:#?}");
+    // No secret that was presented, valid or not, is in the audit trail or anywhere in the database.
+    let db = api.db_bytes();
+    for presented in [&viewer, &operator, &admin, &revoked, &stranger, &secret] {
+        for piece in windows(presented.trim_start_matches("cairn_"), 12) {
+            assert!(!contains(&db, piece.as_bytes()), "the database file holds {piece} of {presented}");
+        }
+        for piece in windows(presented.trim_start_matches("cairn_"), 8) {
+            assert!(!audit.text.contains(piece), "the audit holds {piece} of {presented}: {}", audit.text);
+        }
     }
-    assert_eq!(rows.len(), expected.len(), "only mutating requests that passed auth are audited: {rows:#?}");
+    let got: Vec<(String, String, String, u64)> = rows
+        .iter()
+        .rev()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (text("actor"), text("method"), text("path"), r["status"].as_u64().unwrap_or_default())
+        })
+        .collect();
+    let row = |actor: &str, method: &str, path: &str, status: u64| (actor.into(), method.into(), path.into(), status);
+    let cancel = format!("/v1/runs/{id}/cancel");
+    let expected = vec![
+        // Refused requests are audited whatever their method; who they were is all that is kept.
+        row("anonymous", "GET", "/v1/runs", 401),
+        row("anonymous", "GET", "/v1/runs", 401),
+        row("unknown-token", "GET", "/v1/runs", 401),
+        row("anonymous", "POST", "/v1/runs", 401),
+        row("anonymous", "GET", "/v1/nothing", 401),
+        row("vera", "POST", "/v1/runs", 403),
+        row("vera", "GET", "/v1/audit", 403),
+        row("vera", "GET", "/v1/tokens", 403),
+        row("otto", "POST", "/v1/runs", 201),
+        row("vera", "POST", &cancel, 403),
+        row("otto", "POST", &cancel, 200),
+        row("otto", "POST", "/v1/workflows", 403),
+        row("otto", "GET", "/v1/tokens", 403),
+        row("otto", "POST", "/v1/runs", 400),
+        row("ada", "POST", "/v1/workflows", 201),
+        row("ada", "POST", "/v1/tokens", 201),
+        row("unknown-token", "GET", "/v1/runs", 401),
+        row("ada", "POST", "/v1/tokens/ci/revoke", 200),
+        row("unknown-token", "GET", "/v1/runs", 401),
+    ];
+    assert_eq!(got, expected, "mutating requests that passed auth and every refused request, in order");
     let start = rows.iter().find(|r| r["status"] == 201 && r["path"] == "/v1/runs").expect("start row");
     assert_eq!(start["run_id"], id.as_str(), "the audit row names the run it made");
-    let cancel = rows.iter().find(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cancel"))).expect("cancel");
+    let cancel = rows.iter().find(|r| r["status"] == 200 && r["path"] == cancel.as_str()).expect("cancel");
     assert_eq!(cancel["run_id"], id.as_str());
 }
 
 /// Every `n`-character window of `s`.
 fn windows(s: &str, n: usize) -> Vec<&str> {
     (0..=s.len().saturating_sub(n)).map(|i| &s[i..i + n]).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[tokio::test]
