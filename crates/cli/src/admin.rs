@@ -2,6 +2,7 @@
 
 use crate::output::{table, timestamp};
 use crate::{CliError, CliResult, DbArgs};
+use cairn_server::auth::check_token_name;
 use cairn_server::{Role, new_token};
 use cairn_store::Store;
 use clap::Subcommand;
@@ -14,13 +15,18 @@ pub enum TokensCommand {
         /// viewer (read), operator (start, cancel, signal, approve), admin (workflows, tokens).
         #[arg(long)]
         role: String,
+        /// Unique among live tokens; what `revoke` and the audit trail call it.
         #[arg(long, default_value = "cli")]
         name: String,
     },
     /// List tokens (never their secrets).
     List,
-    /// Revoke a token by id or name.
-    Revoke { id: String },
+    /// Revoke a token by id, or by name when exactly one live token has that name.
+    #[command(after_help = "Examples:\n  cairn tokens revoke tok_3f9a0c1d2e4b5a6f\n  cairn tokens revoke ci")]
+    Revoke {
+        /// The token's id (`cairn tokens list`) or its name.
+        id: String,
+    },
 }
 
 pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
@@ -29,13 +35,10 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
         TokensCommand::Create { role, name } => {
             let role = Role::parse(&role)
                 .ok_or_else(|| CliError::usage(format!("--role '{role}' is not one of viewer, operator, admin")))?;
-            let name = name.trim();
-            if name.is_empty() || name.len() > 64 {
-                return Err(CliError::usage("--name must be 1 to 64 characters"));
-            }
+            let name = check_token_name(&name).map_err(|m| CliError::usage(format!("--name: {m}")))?;
             let (secret, row) = new_token(name, role, cairn_engine::now_ms())
                 .map_err(|e| CliError::env(format!("cannot read random bytes: {e}")))?;
-            store.create_token(row.clone()).await?;
+            store.create_token(row.clone()).await.map_err(token_error)?;
             cairn_engine::say!("created token {} ({}, role {}); it is shown once:", row.id, row.name, row.role);
             crate::out!("{secret}");
         }
@@ -57,13 +60,20 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
             crate::output::out(format_args!("{}", table(&["ID", "NAME", "ROLE", "CREATED", "REVOKED"], &rows)));
         }
         TokensCommand::Revoke { id } => {
-            if !store.revoke_token(&id, cairn_engine::now_ms()).await? {
-                return Err(CliError::usage(format!("no active token with id or name '{id}'")));
-            }
-            cairn_engine::say!("revoked {id}");
+            let token = store.revoke_token(&id, cairn_engine::now_ms()).await.map_err(token_error)?;
+            cairn_engine::say!("revoked {} ({})", token.id, token.name);
         }
     }
     Ok(())
+}
+
+/// A taken or ambiguous name and an unknown token are the caller's to fix: exit 2.
+fn token_error(e: cairn_store::Error) -> CliError {
+    use cairn_store::Error as E;
+    match e {
+        E::TokenNameTaken { .. } | E::AmbiguousTokenName { .. } | E::TokenNotFound(_) => CliError::usage(e.to_string()),
+        e => e.into(),
+    }
 }
 
 pub async fn gc(db: &DbArgs, retention: &str, dry_run: bool, json: bool) -> CliResult {

@@ -5,6 +5,7 @@
 mod common;
 
 use cairn_core::Event;
+use cairn_store::Store;
 use common::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -514,6 +515,130 @@ fn tokens_created_on_the_command_line_open_a_server_with_auth_on() {
     let out = env.run(&["tokens", "revoke", "dash"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(call(addr, "GET", "/v1/runs", &[("Authorization", &bearer)], None).status, 401);
+    stop(server);
+}
+
+/// The live tokens in the test database as (id, name), oldest first.
+fn live_tokens(env: &Env) -> Vec<(String, String)> {
+    let tokens = env.block(env.store().tokens()).expect("tokens");
+    tokens.into_iter().filter(|t| t.revoked_at_ms.is_none()).map(|t| (t.id, t.name)).collect()
+}
+
+/// The secret printed by `cairn tokens create`.
+fn create_token(env: &Env, role: &str, name: &str) -> String {
+    let out = env.run(&["tokens", "create", "--role", role, "--name", name]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn a_second_live_token_with_one_name_exits_2_and_prints_no_secret() {
+    let env = Env::new();
+    create_token(&env, "viewer", "ci");
+    let holder = live_tokens(&env)[0].0.clone();
+    let out = env.run(&["tokens", "create", "--role", "admin", "--name", "ci"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stdout(&out).trim().is_empty(), "no secret is printed: {}", stdout(&out));
+    assert!(stderr(&out).contains(&holder), "the refusal names the token holding the name: {}", stderr(&out));
+    assert_eq!(live_tokens(&env).len(), 1, "nothing was stored");
+
+    let out = env.run(&["tokens", "create", "--role", "admin", "--name", "tok_ci"]);
+    assert_eq!(out.status.code(), Some(2), "a name that reads as an id: {}", stderr(&out));
+
+    let out = env.run(&["tokens", "revoke", "ci"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&holder), "revoke says which token went: {}", stderr(&out));
+    create_token(&env, "admin", "ci");
+    assert_eq!(live_tokens(&env).len(), 1, "revoked, the name is free again");
+    let out = env.run(&["tokens", "revoke", "tok_0000000000000000"]);
+    assert_eq!(out.status.code(), Some(2), "unknown id: {}", stderr(&out));
+}
+
+#[test]
+fn revoking_a_name_two_live_tokens_share_is_refused_until_one_goes_by_id() {
+    let env = Env::new();
+    let admin = create_token(&env, "admin", "root");
+    let newer = create_token(&env, "viewer", "ci");
+    // A second live "ci" as releases before unique names could leave it, with the id of that time.
+    let legacy = format!("cairn_{}", "5e".repeat(24));
+    let legacy_id = format!("tok_{}", &legacy[6..16]);
+    let conn = rusqlite::Connection::open(&env.db).expect("open database");
+    conn.execute(
+        "INSERT INTO tokens (id, name, role, hash, created_at) VALUES (?1, 'ci', 'viewer', ?2, 1)",
+        rusqlite::params![legacy_id, cairn_core::payload::sha256_hex(legacy.as_bytes())],
+    )
+    .expect("insert legacy token");
+    drop(conn);
+    let newer_id = live_tokens(&env).into_iter().find(|(id, name)| name == "ci" && *id != legacy_id).expect("ci").0;
+
+    let out = env.run(&["tokens", "revoke", "ci"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for id in [&legacy_id, &newer_id] {
+        assert!(stderr(&out).contains(id.as_str()), "the refusal lists {id}: {}", stderr(&out));
+    }
+    assert_eq!(live_tokens(&env).len(), 3, "neither was revoked");
+
+    let server = env.serve(&["--auth", "on"]);
+    let addr = server.addr.as_str();
+    let as_admin = format!("Bearer {admin}");
+    for secret in [&legacy, &newer] {
+        let r = call(addr, "GET", "/v1/runs", &[("Authorization", &format!("Bearer {secret}"))], None);
+        assert_eq!(r.status, 200, "both keep working: {}", r.body);
+    }
+    let r = call(addr, "POST", "/v1/tokens/ci/revoke", &[("Authorization", &as_admin)], Some("{}"));
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "ambiguous_token_name");
+    assert_eq!(r.json()["error"]["details"]["ids"], json!([legacy_id, newer_id]), "oldest first");
+
+    let out = env.run(&["tokens", "revoke", &legacy_id]);
+    assert!(out.status.success(), "by id: {}", stderr(&out));
+    let legacy_bearer = format!("Bearer {legacy}");
+    assert_eq!(call(addr, "GET", "/v1/runs", &[("Authorization", &legacy_bearer)], None).status, 401);
+    let r = call(addr, "POST", "/v1/tokens/ci/revoke", &[("Authorization", &as_admin)], Some("{}"));
+    assert_eq!(r.status, 200, "one live 'ci' is left: {}", r.body);
+    assert_eq!(r.json()["id"], newer_id.as_str());
+    let r = call(addr, "POST", "/v1/tokens/ci/revoke", &[("Authorization", &as_admin)], Some("{}"));
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "token_not_found");
+    stop(server);
+    let out = env.run(&["tokens", "revoke", "ci"]);
+    assert_eq!(out.status.code(), Some(2), "nothing live is named ci: {}", stderr(&out));
+}
+
+#[test]
+fn a_refused_request_stays_a_401_when_the_audit_cannot_be_written() {
+    let env = Env::new();
+    let admin = create_token(&env, "admin", "root");
+    let viewer = create_token(&env, "viewer", "dash");
+    let server = env.serve(&["--auth", "on"]);
+    let addr = server.addr.as_str();
+    let stranger = format!("cairn_{}", "7a".repeat(24));
+    let as_stranger = format!("Bearer {stranger}");
+    assert_eq!(call(addr, "GET", "/v1/runs", &[("Authorization", &as_stranger)], None).status, 401);
+    let audit = call(addr, "GET", "/v1/audit", &[("Authorization", &format!("Bearer {admin}"))], None);
+    assert_eq!(audit.json()["audit"][0]["actor"], "unknown-token", "{}", audit.body);
+    assert!(!audit.body.contains(&stranger[6..18]), "{}", audit.body);
+
+    // From now on every audit write fails.
+    let conn = rusqlite::Connection::open(&env.db).expect("open database");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.execute_batch(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END;",
+    )
+    .expect("trigger");
+    drop(conn);
+    for _ in 0..20 {
+        let r = call(addr, "GET", "/v1/runs", &[("Authorization", &as_stranger)], None);
+        assert_eq!((r.status, r.json()["error"]["code"].clone()), (401, json!("unauthorized")), "{}", r.body);
+        assert_eq!(get(addr, "/v1/runs").status, 401);
+    }
+    let body = json!({"goal": GOAL}).to_string();
+    let r = call(addr, "POST", "/v1/runs", &[("Authorization", &format!("Bearer {viewer}"))], Some(&body));
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = call(addr, "POST", "/v1/runs", &[("Authorization", &format!("Bearer {admin}"))], Some(&body));
+    assert_eq!(r.status, 201, "a request that was done is not undone by its audit: {}", r.body);
+    let seen = wait_line(&server.lines, "[audit] could not record", LONG);
+    assert!(seen.iter().all(|l| !l.contains(&stranger[6..18])), "{seen:#?}");
     stop(server);
 }
 

@@ -1,7 +1,7 @@
 //! Admin-only routes: API tokens and the audit trail.
 
 use crate::AppState;
-use crate::auth::{Role, new_token};
+use crate::auth::{Role, check_token_name, new_token};
 use crate::body::{JsonBody, Path, Query};
 use crate::error::ApiError;
 use axum::extract::State;
@@ -25,10 +25,7 @@ pub async fn create_token<S: Store>(
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::unprocessable("bad_role", format!("role '{}' is not one of viewer, operator, admin", req.role))
     })?;
-    let name = req.name.trim();
-    if name.is_empty() || name.len() > 64 {
-        return Err(ApiError::unprocessable("bad_name", "a token name is 1 to 64 characters"));
-    }
+    let name = check_token_name(&req.name).map_err(|m| ApiError::unprocessable("bad_name", m))?;
     let (secret, row) = new_token(name, role, cairn_engine::now_ms())
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     state.store.create_token(row.clone()).await?;
@@ -41,15 +38,13 @@ pub async fn list_tokens<S: Store>(State(state): State<AppState<S>>) -> Result<R
     Ok(axum::Json(json!({"tokens": state.store.tokens().await?})).into_response())
 }
 
+/// Revokes by id, or by name when one live token has it.
 pub async fn revoke_token<S: Store>(
     State(state): State<AppState<S>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if state.store.revoke_token(&id, cairn_engine::now_ms()).await? {
-        Ok(axum::Json(json!({"revoked": id})).into_response())
-    } else {
-        Err(ApiError::not_found("token_not_found", format!("no active token with id or name '{id}'")))
-    }
+    let token = state.store.revoke_token(&id, cairn_engine::now_ms()).await?;
+    Ok(axum::Json(json!({"revoked": id, "id": token.id, "name": token.name})).into_response())
 }
 
 #[derive(Deserialize, Default)]

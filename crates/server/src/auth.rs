@@ -1,7 +1,8 @@
-//! Bearer tokens with roles, and the audit trail of every mutating request.
+//! Bearer tokens with roles, and the audit trail of every mutating request and every refused one.
 //!
 //! Roles are ordered: `viewer` reads, `operator` also starts, cancels, pauses and signals runs,
-//! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored.
+//! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored; its
+//! id is drawn apart from its secret, so listings reveal nothing of the secret.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -52,14 +53,25 @@ pub struct Actor {
     pub role: Role,
 }
 
-/// A new token: the secret (shown once) and the row to store.
+/// Who a refused request without a bearer token is recorded as (also everyone when auth is off).
+pub const ANONYMOUS: &str = "anonymous";
+/// Who a request with an unknown or revoked bearer token is recorded as.
+pub const UNKNOWN_TOKEN: &str = "unknown-token";
+
+/// Longest path (and method) an audit row keeps: a flood of refused requests with huge paths
+/// costs one small row each.
+const AUDIT_MAX_CHARS: usize = 256;
+
+/// A new token: the secret (shown once) and the row to store. The id comes from random bytes of
+/// its own, so it tells nothing about the secret (ids were once the secret's first 10 hex chars;
+/// such rows keep working, since lookup is by hash).
 pub fn new_token(name: &str, role: Role, now_ms: i64) -> std::io::Result<(String, TokenRow)> {
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = format!("cairn_{hex}");
+    let (secret_bytes, id_bytes) = bytes.split_at(24);
+    let secret = format!("cairn_{}", hex(secret_bytes));
     let row = TokenRow {
-        id: format!("tok_{}", &hex[..10]),
+        id: format!("tok_{}", hex(id_bytes)),
         name: name.to_string(),
         role: role.as_str().to_string(),
         hash: sha256_hex(secret.as_bytes()),
@@ -67,6 +79,26 @@ pub fn new_token(name: &str, role: Role, now_ms: i64) -> std::io::Result<(String
         revoked_at_ms: None,
     };
     Ok((secret, row))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The name a new token may have, trimmed; else why not. Names are what `revoke` and the audit
+/// trail show, so they must not pass for an id or for the audit's own actors.
+pub fn check_token_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err("a token name is 1 to 64 characters".into());
+    }
+    if name.starts_with("tok_") {
+        return Err(format!("token name '{name}' starts with `tok_`, which would read as a token id; pick another"));
+    }
+    if name == ANONYMOUS || name == UNKNOWN_TOKEN {
+        return Err(format!("token name '{name}' is what the audit trail calls requests without a valid token"));
+    }
+    Ok(name)
 }
 
 /// The role a request needs; `None` for the public probes.
@@ -97,6 +129,43 @@ fn run_id_of(path: &str, response: &Response) -> Option<String> {
     })
 }
 
+/// The first `AUDIT_MAX_CHARS` characters of `s`, marked when cut.
+fn clip(s: &str) -> String {
+    match s.char_indices().nth(AUDIT_MAX_CHARS) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
+/// What the audit keeps of a request (built before any `await`: a response is not `Sync`).
+fn audit_row(actor: &str, method: &Method, path: &str, response: &Response) -> AuditRow {
+    AuditRow {
+        at_ms: cairn_engine::now_ms(),
+        actor: actor.to_string(),
+        method: clip(method.as_str()),
+        path: clip(path),
+        status: response.status().as_u16(),
+        run_id: run_id_of(path, response).map(|id| clip(&id)),
+    }
+}
+
+/// Records a request; a failure is logged (rate-limited, with how many went unlogged) and
+/// never changes the answer.
+async fn record<S: Store>(store: &S, row: AuditRow) {
+    let (method, path) = (row.method.clone(), row.path.clone());
+    if let Err(e) = store.audit(row).await {
+        cairn_engine::say_limited!("audit", "[audit] could not record {method} {path}: {e}");
+    }
+}
+
+/// Answers a refused request (401/403) and audits it as `actor`. The presented secret is never
+/// recorded: the row holds only actor, method, path and status.
+async fn refuse<S: Store>(store: &S, actor: &str, method: &Method, path: &str, error: ApiError) -> Response {
+    let response = error.into_response();
+    record(store, audit_row(actor, method, path, &response)).await;
+    response
+}
+
 pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -104,7 +173,7 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
         return next.run(req).await;
     };
     let actor = match state.auth {
-        AuthMode::Off => Actor { name: "anonymous".into(), role: Role::Admin },
+        AuthMode::Off => Actor { name: ANONYMOUS.into(), role: Role::Admin },
         AuthMode::On => {
             let bearer = req
                 .headers()
@@ -113,45 +182,70 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
                 .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
                 .map(str::trim);
             let Some(secret) = bearer else {
-                return ApiError::new(
+                let error = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "send `Authorization: Bearer <token>`; create one with `cairn tokens create --role viewer`",
-                )
-                .into_response();
+                );
+                return refuse(&*state.store, ANONYMOUS, &method, &path, error).await;
             };
             match state.store.token_by_hash(&sha256_hex(secret.as_bytes())).await {
                 Ok(Some(row)) => Actor { name: row.name, role: Role::parse(&row.role).unwrap_or(Role::Viewer) },
                 Ok(None) => {
-                    return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token")
-                        .into_response();
+                    let error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown or revoked token");
+                    return refuse(&*state.store, UNKNOWN_TOKEN, &method, &path, error).await;
                 }
                 Err(e) => return ApiError::from(e).into_response(),
             }
         }
     };
     if actor.role < required {
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             format!("this needs the {} role; token '{}' is {}", required.as_str(), actor.name, actor.role.as_str()),
-        )
-        .into_response();
+        );
+        return refuse(&*state.store, &actor.name, &method, &path, error).await;
     }
     req.extensions_mut().insert(actor.clone());
     let response = next.run(req).await;
     if method != Method::GET && method != Method::HEAD {
-        let row = AuditRow {
-            at_ms: cairn_engine::now_ms(),
-            actor: actor.name,
-            method: method.to_string(),
-            path: path.clone(),
-            status: response.status().as_u16(),
-            run_id: run_id_of(&path, &response),
-        };
-        if let Err(e) = state.store.audit(row).await {
-            cairn_engine::say_limited!("audit", "[audit] could not record {method} {path}: {e}");
-        }
+        record(&*state.store, audit_row(&actor.name, &method, &path, &response)).await;
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_id_is_not_cut_from_its_secret() {
+        let (secret, row) = new_token("ci", Role::Viewer, 0).expect("token");
+        let hex = secret.strip_prefix("cairn_").expect("cairn_ prefix");
+        assert_eq!(hex.len(), 48, "{secret}");
+        let id = row.id.strip_prefix("tok_").expect("tok_ prefix");
+        assert_eq!(id.len(), 16, "{}", row.id);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{}", row.id);
+        assert!(!hex.starts_with(&id[..10]), "the id is the secret's prefix: {} / {secret}", row.id);
+        assert_eq!(row.hash, sha256_hex(secret.as_bytes()));
+    }
+
+    #[test]
+    fn token_names_that_read_as_ids_or_audit_actors_are_refused() {
+        assert_eq!(check_token_name("  ci  "), Ok("ci"));
+        for bad in ["", "   ", "tok_1234", ANONYMOUS, UNKNOWN_TOKEN, &"x".repeat(65)] {
+            assert!(check_token_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert_eq!(check_token_name(&"é".repeat(64)).map(str::len), Ok(128), "64 characters, not bytes");
+    }
+
+    #[test]
+    fn audit_rows_keep_at_most_256_characters_of_a_path() {
+        assert_eq!(clip("/v1/runs"), "/v1/runs");
+        let long = format!("/{}", "é".repeat(10_000));
+        let kept = clip(&long);
+        assert_eq!(kept.chars().count(), AUDIT_MAX_CHARS + 1, "256 characters and the mark");
+        assert!(kept.ends_with('…'));
+    }
 }

@@ -50,6 +50,13 @@ impl From<cairn_store::Error> for ApiError {
             E::NotFound(_) => ApiError::not_found("run_not_found", message),
             E::WorkflowNotFound(_) => ApiError::not_found("workflow_not_found", message),
             E::VersionExists { .. } => ApiError::conflict("version_exists", message),
+            E::TokenNameTaken { name, id } => {
+                ApiError::conflict("token_name_taken", message).with_details(json!({"name": name, "id": id}))
+            }
+            E::AmbiguousTokenName { name, ids } => {
+                ApiError::conflict("ambiguous_token_name", message).with_details(json!({"name": name, "ids": ids}))
+            }
+            E::TokenNotFound(_) => ApiError::not_found("token_not_found", message),
             E::IdempotencyKey { run_id, same_request, .. } => {
                 let code = if same_request { "idempotency_in_progress" } else { "idempotency_key_reused" };
                 ApiError::unprocessable(code, message).with_details(json!({"run_id": run_id}))

@@ -129,6 +129,18 @@ impl Api {
         self.raw("POST", path, Some("application/json"), &[("authorization", &auth)], body.to_string()).await
     }
 
+    /// The SQLite database as it is on disk: the file and its write-ahead log.
+    fn db_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for file in ["api.db", "api.db-wal"] {
+            if let Ok(b) = std::fs::read(self._dir.path().join(file)) {
+                bytes.extend(b);
+            }
+        }
+        assert!(!bytes.is_empty(), "no database file in {}", self._dir.path().display());
+        bytes
+    }
+
     async fn token(&self, name: &str, role: Role) -> (String, String) {
         let (secret, row) = cairn_server::new_token(name, role, cairn_engine::now_ms()).expect("token");
         let id = row.id.clone();
@@ -249,6 +261,7 @@ async fn every_bad_request_gets_its_4xx_with_the_error_shape() {
         ("POST", "/v1/workflows".into(), Some("application/yaml"), "name: [".into(), 422, "invalid_definition"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \"x\", \"role\": \"root\"}".into(), 422, "bad_role"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \" \", \"role\": \"viewer\"}".into(), 422, "bad_name"),
+        ("POST", "/v1/tokens".into(), json, "{\"name\": \"tok_1\", \"role\": \"viewer\"}".into(), 422, "bad_name"),
         ("POST", "/v1/tokens".into(), json, "{\"name\": \"x\"}".into(), 422, "invalid_request"),
         ("POST", "/v1/tokens/tok_nope/revoke".into(), None, String::new(), 404, "token_not_found"),
         ("POST", "/tasks".into(), json, "{}".into(), 422, "invalid_request"),
@@ -628,6 +641,8 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
     let (operator, _) = api.token("otto", Role::Operator).await;
     let (admin, _) = api.token("ada", Role::Admin).await;
     let (revoked, revoked_id) = api.token("rex", Role::Admin).await;
+    // A well-formed secret that was never stored.
+    let (stranger, _) = cairn_server::new_token("nobody", Role::Admin, 0).expect("token");
 
     // Public probes need nothing.
     for path in ["/healthz", "/readyz", "/openapi.json"] {
@@ -636,7 +651,7 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
     // No token, a malformed header, an unknown token.
     api.get("/v1/runs").await.error(401, "unauthorized");
     api.raw("GET", "/v1/runs", None, &[("authorization", "Basic abc")], "").await.error(401, "unauthorized");
-    api.get_as("cairn_nope", "/v1/runs").await.error(401, "unauthorized");
+    api.get_as(&stranger, "/v1/runs").await.error(401, "unauthorized");
     api.post("/v1/runs", json!({"goal": GOAL})).await.error(401, "unauthorized");
     api.get("/v1/nothing").await.error(401, "unauthorized");
 
@@ -673,32 +688,136 @@ async fn roles_gate_requests_and_the_audit_names_every_actor() {
 
     // Revoked tokens stop working at once.
     api.get_as(&revoked, "/v1/runs").await.ok(200);
-    assert!(api.store.revoke_token(&revoked_id, cairn_engine::now_ms()).await.expect("revoke"));
+    api.store.revoke_token(&revoked_id, cairn_engine::now_ms()).await.expect("revoke");
     api.get_as(&revoked, "/v1/runs").await.error(401, "unauthorized");
     api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await.ok(200);
     api.get_as(&secret, "/v1/runs").await.error(401, "unauthorized");
 
     let audit = api.get_as(&admin, "/v1/audit?limit=1000").await;
     let rows = audit.ok(200)["audit"].as_array().expect("audit").clone();
-    let has = |actor: &str, method: &str, path: &str, status: u64| {
-        rows.iter().any(|r| r["actor"] == actor && r["method"] == method && r["path"] == path && r["status"] == status)
-    };
-    let expected = [
-        ("otto", "POST", "/v1/runs".to_string(), 201),
-        ("otto", "POST", format!("/v1/runs/{id}/cancel"), 200),
-        ("otto", "POST", "/v1/runs".to_string(), 400),
-        ("ada", "POST", "/v1/workflows".to_string(), 201),
-        ("ada", "POST", "/v1/tokens".to_string(), 201),
-        ("ada", "POST", "/v1/tokens/ci/revoke".to_string(), 200),
-    ];
-    for (actor, method, path, status) in &expected {
-        assert!(has(actor, method, path, *status), "audit lacks {actor} {method} {path} {status}: {rows:#?}");
+    // No secret that was presented, valid or not, is in the audit trail or anywhere in the database.
+    let db = api.db_bytes();
+    for presented in [&viewer, &operator, &admin, &revoked, &stranger, &secret] {
+        for piece in windows(presented.trim_start_matches("cairn_"), 12) {
+            assert!(!contains(&db, piece.as_bytes()), "the database file holds {piece} of {presented}");
+        }
+        for piece in windows(presented.trim_start_matches("cairn_"), 8) {
+            assert!(!audit.text.contains(piece), "the audit holds {piece} of {presented}: {}", audit.text);
+        }
     }
-    assert_eq!(rows.len(), expected.len(), "only mutating requests that passed auth are audited: {rows:#?}");
+    let got: Vec<(String, String, String, u64)> = rows
+        .iter()
+        .rev()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (text("actor"), text("method"), text("path"), r["status"].as_u64().unwrap_or_default())
+        })
+        .collect();
+    let row = |actor: &str, method: &str, path: &str, status: u64| (actor.into(), method.into(), path.into(), status);
+    let cancel = format!("/v1/runs/{id}/cancel");
+    let expected = vec![
+        // Refused requests are audited whatever their method; who they were is all that is kept.
+        row("anonymous", "GET", "/v1/runs", 401),
+        row("anonymous", "GET", "/v1/runs", 401),
+        row("unknown-token", "GET", "/v1/runs", 401),
+        row("anonymous", "POST", "/v1/runs", 401),
+        row("anonymous", "GET", "/v1/nothing", 401),
+        row("vera", "POST", "/v1/runs", 403),
+        row("vera", "GET", "/v1/audit", 403),
+        row("vera", "GET", "/v1/tokens", 403),
+        row("otto", "POST", "/v1/runs", 201),
+        row("vera", "POST", &cancel, 403),
+        row("otto", "POST", &cancel, 200),
+        row("otto", "POST", "/v1/workflows", 403),
+        row("otto", "GET", "/v1/tokens", 403),
+        row("otto", "POST", "/v1/runs", 400),
+        row("ada", "POST", "/v1/workflows", 201),
+        row("ada", "POST", "/v1/tokens", 201),
+        row("unknown-token", "GET", "/v1/runs", 401),
+        row("ada", "POST", "/v1/tokens/ci/revoke", 200),
+        row("unknown-token", "GET", "/v1/runs", 401),
+    ];
+    assert_eq!(got, expected, "mutating requests that passed auth and every refused request, in order");
     let start = rows.iter().find(|r| r["status"] == 201 && r["path"] == "/v1/runs").expect("start row");
     assert_eq!(start["run_id"], id.as_str(), "the audit row names the run it made");
-    let cancel = rows.iter().find(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/cancel"))).expect("cancel");
+    let cancel = rows.iter().find(|r| r["status"] == 200 && r["path"] == cancel.as_str()).expect("cancel");
     assert_eq!(cancel["run_id"], id.as_str());
+}
+
+/// Every `n`-character window of `s`.
+fn windows(s: &str, n: usize) -> Vec<&str> {
+    (0..=s.len().saturating_sub(n)).map(|i| &s[i..i + n]).collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn token_ids_share_nothing_with_their_secrets_and_a_live_name_is_not_given_twice() {
+    let api = Api::new(AuthMode::On);
+    let (admin, _) = api.token("ada", Role::Admin).await;
+    let mut created = Vec::new();
+    for name in ["ci", "dash", "bot"] {
+        let r = api.post_as(&admin, "/v1/tokens", json!({"name": name, "role": "viewer"})).await;
+        let body = r.ok(201);
+        let secret = body["token"].as_str().expect("token").to_string();
+        created.push((body["id"].as_str().expect("id").to_string(), secret));
+    }
+    let listing = api.get_as(&admin, "/v1/tokens").await;
+    let ids: Vec<String> = listing.ok(200)["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").into())
+        .collect();
+    for (id, secret) in &created {
+        assert!(ids.contains(id), "{id} is listed: {ids:?}");
+        let hex = secret.trim_start_matches("cairn_");
+        // Ids were once `tok_` + the secret's first 10 hex characters.
+        for piece in windows(hex, 6) {
+            for listed in &ids {
+                assert!(!listed.contains(piece), "id {listed} holds {piece} of the secret {secret}");
+            }
+        }
+        for piece in windows(hex, 10) {
+            assert!(!listing.text.contains(piece), "the listing holds {piece} of {secret}: {}", listing.text);
+        }
+    }
+
+    // A live name is refused, naming the token that holds it; the refused token does not exist.
+    let again = api.post_as(&admin, "/v1/tokens", json!({"name": "ci", "role": "admin"})).await;
+    again.error(409, "token_name_taken");
+    assert_eq!(again.json["error"]["details"]["id"], created[0].0.as_str(), "{}", again.text);
+    assert!(again.json.get("token").is_none());
+    let listed = api.get_as(&admin, "/v1/tokens").await;
+    assert_eq!(listed.ok(200)["tokens"].as_array().map(Vec::len), Some(4), "{}", listed.text);
+    // Revoked, the name is free again; revoking it twice is a 404.
+    let r = api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await;
+    assert_eq!(r.ok(200)["id"], created[0].0.as_str());
+    api.post_as(&admin, "/v1/tokens/ci/revoke", json!({})).await.error(404, "token_not_found");
+    api.post_as(&admin, &format!("/v1/tokens/{}/revoke", created[0].0), json!({})).await.error(404, "token_not_found");
+    api.post_as(&admin, "/v1/tokens", json!({"name": "ci", "role": "viewer"})).await.ok(201);
+    // By id works as well as by name.
+    let r = api.post_as(&admin, &format!("/v1/tokens/{}/revoke", created[1].0), json!({})).await;
+    assert_eq!(r.ok(200)["name"], "dash");
+    api.get_as(&created[1].1, "/v1/runs").await.error(401, "unauthorized");
+}
+
+#[tokio::test]
+async fn a_token_with_an_id_cut_from_its_secret_keeps_working_and_keeps_its_id() {
+    let api = Api::new(AuthMode::On);
+    // As tokens were made before ids were drawn apart from secrets.
+    let (secret, mut row) = cairn_server::new_token("legacy", Role::Admin, cairn_engine::now_ms()).expect("token");
+    row.id = format!("tok_{}", &secret["cairn_".len().."cairn_".len() + 10]);
+    let old_id = row.id.clone();
+    api.store.create_token(row).await.expect("store the legacy token");
+    api.get_as(&secret, "/v1/runs").await.ok(200);
+    let listing = api.get_as(&secret, "/v1/tokens").await;
+    assert_eq!(listing.ok(200)["tokens"][0]["id"], old_id.as_str(), "existing ids are not rewritten");
+    let r = api.post_as(&secret, &format!("/v1/tokens/{old_id}/revoke"), json!({})).await;
+    assert_eq!(r.ok(200)["name"], "legacy");
+    api.get_as(&secret, "/v1/runs").await.error(401, "unauthorized");
 }
 
 #[tokio::test]

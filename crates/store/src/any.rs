@@ -305,7 +305,7 @@ impl Store for AnyStore {
         }
     }
 
-    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
+    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<TokenRow, Error> {
         match self {
             AnyStore::Sqlite(s) => s.revoke_token(id, now_ms).await,
             AnyStore::Postgres(s) => s.revoke_token(id, now_ms).await,

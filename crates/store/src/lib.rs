@@ -51,6 +51,12 @@ pub enum Error {
     VersionExists { name: String, version: u32 },
     #[error("no workflow named '{0}'; `GET /v1/workflows` lists the registered ones")]
     WorkflowNotFound(String),
+    #[error("a live token is already named '{name}' ({id}); pick another name, or revoke {id} first")]
+    TokenNameTaken { name: String, id: String },
+    #[error("'{name}' names {n} live tokens ({list}); revoke one by its id", n = ids.len(), list = ids.join(", "))]
+    AmbiguousTokenName { name: String, ids: Vec<String> },
+    #[error("no live token with id or name '{0}'; `cairn tokens list` (or `GET /v1/tokens`) shows them")]
+    TokenNotFound(String),
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -237,10 +243,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(WorkflowRow, Value), Error>> + Send;
 
     // --- tokens and audit ---
+    /// Stores a token, refused with [`Error::TokenNameTaken`] while a live token has its name.
+    /// The check and the insert are one atomic write (no two processes can both pass the check).
     fn create_token(&self, token: TokenRow) -> impl Future<Output = Result<(), Error>> + Send;
     fn token_by_hash(&self, hash: &str) -> impl Future<Output = Result<Option<TokenRow>, Error>> + Send;
     fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRow>, Error>> + Send;
-    fn revoke_token(&self, id: &str, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Revokes the live token with this id, else the one live token with this name, and returns
+    /// it. A name shared by several live tokens (databases from before names were unique) is
+    /// refused with [`Error::AmbiguousTokenName`] listing their ids; nothing live matching is
+    /// [`Error::TokenNotFound`].
+    fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> impl Future<Output = Result<TokenRow, Error>> + Send;
     fn audit(&self, row: AuditRow) -> impl Future<Output = Result<(), Error>> + Send;
     fn audit_log(&self, limit: usize) -> impl Future<Output = Result<Vec<AuditRow>, Error>> + Send;
 

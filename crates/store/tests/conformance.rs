@@ -19,6 +19,7 @@ use common::journal::*;
 use common::{Backend, conformance};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 fn log(step: &str, at_ms: i64, message: &str) -> LogLine {
     LogLine { step_id: step.into(), attempt: 1, at_ms, level: "info".into(), message: message.into() }
@@ -781,15 +782,90 @@ conformance!(tokens_are_found_by_hash_until_revoked, |store| async move {
     assert_eq!(store.token_by_hash("nope").await.expect("by hash"), None);
     assert_eq!(store.tokens().await.expect("tokens"), vec![t1.clone(), t2.clone(), t3.clone()], "oldest first");
 
-    assert!(store.revoke_token("tok_1", T0 + 10).await.expect("revoke by id"));
-    assert!(store.revoke_token("ops", T0 + 11).await.expect("revoke by name"));
-    assert!(!store.revoke_token("tok_1", T0 + 12).await.expect("revoke again"), "already revoked");
-    assert!(!store.revoke_token("nope", T0 + 12).await.expect("revoke unknown"));
+    let revoked = store.revoke_token("tok_1", T0 + 10).await.expect("revoke by id");
+    assert_eq!(revoked, TokenRow { revoked_at_ms: Some(T0 + 10), ..t1.clone() }, "the revoked token comes back");
+    assert_eq!(store.revoke_token("ops", T0 + 11).await.expect("revoke by name").id, "tok_2");
+    token_not_found("revoke again", store.revoke_token("tok_1", T0 + 12).await);
+    token_not_found("revoke unknown", store.revoke_token("nope", T0 + 12).await);
     assert_eq!(store.token_by_hash("h1").await.expect("by hash"), None);
     assert_eq!(store.token_by_hash("h2").await.expect("by hash"), None);
     assert_eq!(store.token_by_hash("h3").await.expect("by hash"), Some(t3.clone()));
     let revoked: Vec<Option<i64>> = store.tokens().await.expect("tokens").iter().map(|t| t.revoked_at_ms).collect();
     assert_eq!(revoked, vec![Some(T0 + 10), Some(T0 + 11), None]);
+});
+
+fn token_not_found<T: std::fmt::Debug>(what: &str, r: Result<T, Error>) {
+    match r {
+        Err(Error::TokenNotFound(_)) => {}
+        other => panic!("{what}: expected TokenNotFound, got {other:?}"),
+    }
+}
+
+conformance!(a_name_held_by_a_live_token_is_refused_until_that_token_is_revoked, |store| async move {
+    store.create_token(token("tok_a", "ci", "ha", T0)).await.expect("create ci");
+    match store.create_token(token("tok_b", "ci", "hb", T0 + 1)).await {
+        Err(Error::TokenNameTaken { name, id }) => assert_eq!((name.as_str(), id.as_str()), ("ci", "tok_a")),
+        other => panic!("a second live 'ci': expected TokenNameTaken, got {other:?}"),
+    }
+    assert_eq!(store.token_by_hash("hb").await.expect("by hash"), None, "the refused token was not stored");
+    assert_eq!(store.tokens().await.expect("tokens").len(), 1);
+
+    store.revoke_token("ci", T0 + 2).await.expect("revoke ci");
+    store.create_token(token("tok_b", "ci", "hb", T0 + 3)).await.expect("the name is free once revoked");
+    assert_eq!(store.token_by_hash("hb").await.expect("by hash").map(|t| t.id), Some("tok_b".into()));
+});
+
+conformance!(concurrent_creates_of_one_name_store_exactly_one_token, |store| async move {
+    // Two handles on one database (two processes), each racing several creates of one name.
+    let other = Arc::new(store.reopen().await.expect("reopen"));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { store.shared() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.create_token(token(&format!("tok_{i}"), "race", &format!("h{i}"), T0 + i)).await
+        }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(()) => created += 1,
+            Err(Error::TokenNameTaken { .. }) => {}
+            Err(e) => panic!("a racing create failed otherwise: {e:?}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one create of 'race' wins");
+    let live: Vec<TokenRow> = store.tokens().await.expect("tokens").into_iter().filter(|t| t.name == "race").collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+});
+
+conformance!(revoking_a_name_two_live_tokens_share_is_refused_with_their_ids, |store| async move {
+    // A database from before names were unique: two live tokens named "ci".
+    store.create_token(token("tok_old1", "ci", "h1", T0)).await.expect("create");
+    store
+        .raw_execute(&format!(
+            "INSERT INTO tokens (id, name, role, hash, created_at) VALUES ('tok_old2', 'ci', 'viewer', 'h2', {})",
+            T0 + 1
+        ))
+        .await;
+    match store.revoke_token("ci", T0 + 2).await {
+        Err(Error::AmbiguousTokenName { name, ids }) => {
+            assert_eq!(name, "ci");
+            assert_eq!(ids, vec!["tok_old1".to_string(), "tok_old2".to_string()], "oldest first");
+        }
+        other => panic!("expected AmbiguousTokenName, got {other:?}"),
+    }
+    let message = store.revoke_token("ci", T0 + 2).await.expect_err("still ambiguous").to_string();
+    assert!(message.contains("tok_old1") && message.contains("tok_old2"), "the message lists the ids: {message}");
+    assert!(store.token_by_hash("h1").await.expect("by hash").is_some(), "neither was revoked");
+    assert!(store.token_by_hash("h2").await.expect("by hash").is_some(), "neither was revoked");
+    // Both keep authenticating, and a new token cannot take the name either.
+    assert!(matches!(store.create_token(token("tok_c", "ci", "h3", T0 + 3)).await, Err(Error::TokenNameTaken { .. })));
+
+    assert_eq!(store.revoke_token("tok_old2", T0 + 4).await.expect("revoke by id").name, "ci");
+    assert_eq!(store.token_by_hash("h2").await.expect("by hash"), None);
+    assert_eq!(store.revoke_token("ci", T0 + 5).await.expect("the name is unique again").id, "tok_old1");
+    assert_eq!(store.token_by_hash("h1").await.expect("by hash"), None);
+    token_not_found("nothing live is left", store.revoke_token("ci", T0 + 6).await);
 });
 
 conformance!(the_audit_log_lists_newest_first, |store| async move {

@@ -924,6 +924,26 @@ fn request_row(r: &Row) -> Result<RequestRow, Error> {
     })
 }
 
+/// A transaction that alone may change `tokens` until it ends. `SHARE ROW EXCLUSIVE` conflicts
+/// with itself and with every insert or update, but not with reads, so authentication goes on
+/// while a token is created or revoked. A single `INSERT … WHERE NOT EXISTS` would not do: under
+/// READ COMMITTED two of them can both see no live token of a name and both insert.
+async fn token_writer(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, Error> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.batch_execute("LOCK TABLE tokens IN SHARE ROW EXCLUSIVE MODE").await.map_err(pg)?;
+    Ok(tx)
+}
+
+/// The ids of the live tokens named `name`, oldest first (more than one only in databases
+/// written before names were unique).
+async fn live_token_named(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<Vec<String>, Error> {
+    let rows = tx
+        .query("SELECT id FROM tokens WHERE name=$1 AND revoked_at IS NULL ORDER BY created_at, id", &[&name])
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 fn token_row(r: &Row) -> TokenRow {
     TokenRow {
         id: r.get(0),
@@ -1450,12 +1470,18 @@ impl Store for PgStore {
     }
 
     async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
-        self.execute(
+        let mut client = connect(&self.shared.config).await?;
+        let tx = token_writer(&mut client).await?;
+        if let Some(id) = live_token_named(&tx, &t.name).await?.into_iter().next() {
+            return Err(Error::TokenNameTaken { name: t.name, id });
+        }
+        tx.execute(
             "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6)",
             &[&t.id, &t.name, &t.role, &t.hash, &t.created_at_ms, &t.revoked_at_ms],
         )
         .await
-        .map(|_| ())
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, Error> {
@@ -1475,11 +1501,26 @@ impl Store for PgStore {
         Ok(rows.iter().map(token_row).collect())
     }
 
-    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
-        let n = self
-            .execute("UPDATE tokens SET revoked_at=$2 WHERE (id=$1 OR name=$1) AND revoked_at IS NULL", &[&id, &now_ms])
-            .await?;
-        Ok(n > 0)
+    async fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<TokenRow, Error> {
+        let mut client = connect(&self.shared.config).await?;
+        let tx = token_writer(&mut client).await?;
+        let select =
+            "SELECT id, name, role, hash, created_at, revoked_at FROM tokens WHERE id=$1 AND revoked_at IS NULL";
+        let mut token = match tx.query_opt(select, &[&id_or_name]).await.map_err(pg)? {
+            Some(row) => token_row(&row),
+            None => {
+                let ids = live_token_named(&tx, id_or_name).await?;
+                match ids.as_slice() {
+                    [] => return Err(Error::TokenNotFound(id_or_name.to_string())),
+                    [id] => token_row(&tx.query_one(select, &[id]).await.map_err(pg)?),
+                    _ => return Err(Error::AmbiguousTokenName { name: id_or_name.to_string(), ids }),
+                }
+            }
+        };
+        tx.execute("UPDATE tokens SET revoked_at=$2 WHERE id=$1", &[&token.id, &now_ms]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        token.revoked_at_ms = Some(now_ms);
+        Ok(token)
     }
 
     async fn audit(&self, a: AuditRow) -> Result<(), Error> {

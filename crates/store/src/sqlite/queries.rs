@@ -76,18 +76,29 @@ const REQUEST_COLUMNS: &str = "id, run_id, body, created_at, state, code, messag
 fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<RequestRow, Error>> {
     let id: i64 = r.get(0)?;
     let state: String = r.get(4)?;
-    let outcome = RequestState::parse(&state).map(|state| RequestOutcome {
+    let Some(parsed) = RequestState::parse(&state) else {
+        return Ok(Err(Error::Corrupt(format!("request {id} has state '{state}'"))));
+    };
+    let outcome = RequestOutcome {
         id,
-        state,
-        code: r.get(5).ok().flatten(),
-        message: r.get(6).ok().flatten(),
-        journal_seq: r.get::<_, Option<i64>>(7).ok().flatten().map(|s| s as u64),
-        decided_at_ms: r.get(8).ok().flatten(),
-    });
-    Ok(match outcome {
-        Some(outcome) => Ok(RequestRow { id, run_id: r.get(1)?, body: r.get(2)?, accepted_at_ms: r.get(3)?, outcome }),
-        None => Err(Error::Corrupt(format!("request {id} has state '{state}'"))),
-    })
+        state: parsed,
+        code: r.get(5)?,
+        message: r.get(6)?,
+        journal_seq: r.get::<_, Option<i64>>(7)?.map(|s| s as u64),
+        decided_at_ms: r.get(8)?,
+    };
+    Ok(Ok(RequestRow { id, run_id: r.get(1)?, body: r.get(2)?, accepted_at_ms: r.get(3)?, outcome }))
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, hash, created_at, revoked_at";
+
+/// The ids of the live tokens named `name`, oldest first (more than one only in databases
+/// written before names were unique).
+fn live_token_named(conn: &Connection, name: &str) -> Result<Vec<String>, Error> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM tokens WHERE name=?1 AND revoked_at IS NULL ORDER BY created_at, id")?;
+    let ids = stmt.query_map([name], |r| r.get(0))?;
+    Ok(ids.collect::<Result<Vec<String>, _>>()?)
 }
 
 fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
@@ -640,7 +651,12 @@ impl Store for SqliteStore {
     }
 
     async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
+        // The writer holds the database's write lock for the whole group (`BEGIN IMMEDIATE`), so
+        // no other writer, in this process or another, can slip a token in between check and insert.
         self.in_group(move |tx| {
+            if let Some(id) = live_token_named(tx, &t.name)?.into_iter().next() {
+                return Err(Error::TokenNameTaken { name: t.name, id });
+            }
             tx.execute(
                 "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES (?1,?2,?3,?4,?5,?6)",
                 params![t.id, t.name, t.role, t.hash, t.created_at_ms, t.revoked_at_ms],
@@ -671,14 +687,29 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<bool, Error> {
-        let id = id.to_string();
+    async fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<TokenRow, Error> {
+        let key = id_or_name.to_string();
         self.in_group(move |tx| {
-            let n = tx.execute(
-                "UPDATE tokens SET revoked_at=?2 WHERE (id=?1 OR name=?1) AND revoked_at IS NULL",
-                params![id, now_ms],
-            )?;
-            Ok(n > 0)
+            let by_id = tx
+                .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id=?1 AND revoked_at IS NULL"))?
+                .query_row([&key], token_row)
+                .optional()?;
+            let mut token = match by_id {
+                Some(t) => t,
+                None => {
+                    let ids = live_token_named(tx, &key)?;
+                    match ids.as_slice() {
+                        [] => return Err(Error::TokenNotFound(key)),
+                        [id] => tx
+                            .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id=?1"))?
+                            .query_row([id], token_row)?,
+                        _ => return Err(Error::AmbiguousTokenName { name: key, ids }),
+                    }
+                }
+            };
+            tx.execute("UPDATE tokens SET revoked_at=?2 WHERE id=?1", params![token.id, now_ms])?;
+            token.revoked_at_ms = Some(now_ms);
+            Ok(token)
         })
         .await
     }
