@@ -6,7 +6,7 @@ use crate::run::EngineArgs;
 use crate::{CliError, CliResult, DbArgs};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
-use cairn_server::{AppState, AuthMode, ServerConfig};
+use cairn_server::{AppState, AuthMode, Limits, ServerConfig};
 use cairn_store::{AnyStore, Store};
 use clap::Args;
 use std::net::SocketAddr;
@@ -47,6 +47,17 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most connections open at once (at least 4). Idle ones make room for new ones; the last
+    /// eighth is kept for /healthz, /readyz and requests with a valid token when all are busy.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head; also how long a keep-alive
+    /// connection may stay idle.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
+    /// How long a client may take to send a request's whole body, from its head.
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: String,
     /// Extra step templates for goals (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
@@ -160,11 +171,31 @@ async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
     }
 }
 
+fn limits(args: &ServeArgs) -> CliResult<Limits> {
+    if args.max_connections < Limits::MIN_CONNECTIONS {
+        return Err(CliError::usage(format!(
+            "--max-connections {} is too low: at least {} (some are kept for health probes)",
+            args.max_connections,
+            Limits::MIN_CONNECTIONS
+        )));
+    }
+    let positive = |flag: &str, text: &str| {
+        let d = duration(flag, text)?;
+        if d.is_zero() { Err(CliError::usage(format!("--{flag} must be more than 0 (e.g. 10s)"))) } else { Ok(d) }
+    };
+    Ok(Limits {
+        max_connections: args.max_connections,
+        header_timeout: positive("header-timeout", &args.header_timeout)?,
+        body_timeout: positive("body-timeout", &args.body_timeout)?,
+    })
+}
+
 pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
     let listen: SocketAddr = args
         .listen
         .parse()
         .map_err(|_| CliError::usage(format!("--listen '{}' is not host:port (e.g. 127.0.0.1:8080)", args.listen)))?;
+    let limits = limits(&args)?;
     let auth = match args.auth.as_str() {
         "auto" if listen.ip().is_loopback() => AuthMode::Off,
         "auto" | "on" => AuthMode::On,
@@ -196,6 +227,16 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
     let config =
         ServerConfig { auth, drive_here: !args.no_worker, max_body_bytes: args.max_body_bytes.max(1024), catalog };
     let state = AppState::new(engine.clone(), Some(rx), config, shutdown_rx);
+    if let Some(files) = cairn_server::raise_fd_limit() {
+        let wanted = limits.max_connections as u64 + 64;
+        if files < wanted {
+            eprintln!(
+                "cairn: WARNING: this process may open only {files} files, fewer than --max-connections {} needs \
+                 with room for the database ({wanted}): lower --max-connections or raise `ulimit -n`",
+                limits.max_connections
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
@@ -216,7 +257,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
             let _ = shutdown_tx.send(true);
         }
     };
-    if let Err(e) = cairn_server::serve(listener, state, signalled).await {
+    if let Err(e) = cairn_server::serve_with(listener, state, limits, signalled).await {
         eprintln!("cairn: the HTTP server stopped: {e}");
     }
     background.stop(&engine, shutdown_timeout).await;
