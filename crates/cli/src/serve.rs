@@ -38,7 +38,8 @@ pub struct WorkerArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback turns auth on unless --auth off.
+    /// Address to listen on: IP:PORT or HOST:PORT (a host name binds its first IPv4 address, else
+    /// its first address). Anything but loopback turns auth on unless --auth off.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// `auto` (on unless listening on loopback), `on`, or `off`.
@@ -171,6 +172,33 @@ async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
     }
 }
 
+/// `--listen` as one address: an IP address and port, or a host name (resolved here) and port.
+/// Of a name's addresses the first IPv4 one is bound, else the first.
+async fn listen_addr(text: &str) -> CliResult<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let malformed = || {
+        CliError::usage(format!(
+            "--listen '{text}' is not host:port (e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080)"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(malformed)?;
+    if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
+        return Err(malformed());
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(text)
+        .await
+        .map_err(|e| CliError::usage(format!("--listen '{text}': cannot resolve host '{host}': {e}")))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| CliError::usage(format!("--listen '{text}': host '{host}' resolves to no address")))
+}
+
 fn limits(args: &ServeArgs) -> CliResult<Limits> {
     if args.max_connections < Limits::MIN_CONNECTIONS {
         return Err(CliError::usage(format!(
@@ -191,10 +219,7 @@ fn limits(args: &ServeArgs) -> CliResult<Limits> {
 }
 
 pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| CliError::usage(format!("--listen '{}' is not host:port (e.g. 127.0.0.1:8080)", args.listen)))?;
+    let listen = listen_addr(&args.listen).await?;
     let limits = limits(&args)?;
     let auth = match args.auth.as_str() {
         "auto" if listen.ip().is_loopback() => AuthMode::Off,

@@ -1,7 +1,7 @@
 //! `cairn serve` against clients that hold connections: half a request line, a header byte at a
 //! time, a body that never comes or trickles, hundreds of idle sockets over the cap, every
-//! connection busy, file descriptors running out. Real processes on loopback; each wait has a
-//! generous deadline and ends on a condition.
+//! connection busy, file descriptors running out; plus `--listen` with a host name. Real
+//! processes on loopback; each wait has a generous deadline and ends on a condition.
 
 mod common;
 
@@ -368,9 +368,32 @@ fn sigterm_stops_accepting_and_finishes_a_request_in_flight() {
 }
 
 #[test]
-fn bad_connection_flags_are_usage_errors() {
+fn listen_accepts_a_host_name() {
+    let env = Env::new();
+    let (child, lines) = env.spawn(&["serve", "--listen", "localhost:0"], &[]);
+    let mut server = Server { child, addr: String::new(), lines };
+    let seen = wait_line(&server.lines, "listening on http://", LONG);
+    let line = seen.last().expect("the listening line");
+    assert!(line.contains("auth off"), "localhost is loopback, so auth stays off: {line}");
+    server.addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    assert!(server.addr.starts_with("127.0.0.1:"), "localhost binds its IPv4 address: {line}");
+    assert_eq!(get(&server.addr, "/v1/runs").status, 200);
+    stop(server);
+}
+
+#[test]
+fn bad_listen_and_connection_flags_are_usage_errors() {
     let env = Env::new();
     for (args, says) in [
+        (vec!["--listen", "nosuch.invalid:8080"], "cannot resolve host 'nosuch.invalid'"),
+        (vec!["--listen", "localhost"], "is not host:port"),
+        (vec!["--listen", "localhost:99999"], "is not host:port"),
+        (vec!["--listen", ":8080"], "is not host:port"),
         (vec!["--max-connections", "3"], "--max-connections 3 is too low"),
         (vec!["--header-timeout", "0"], "--header-timeout must be more than 0"),
         (vec!["--body-timeout", "soon"], "--body-timeout"),
