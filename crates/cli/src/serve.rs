@@ -6,7 +6,7 @@ use crate::run::EngineArgs;
 use crate::{CliError, CliResult, DbArgs};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
-use cairn_server::{AppState, AuthMode, ServerConfig};
+use cairn_server::{AppState, AuthMode, Limits, ServerConfig};
 use cairn_store::{AnyStore, Store};
 use clap::Args;
 use std::net::SocketAddr;
@@ -38,7 +38,8 @@ pub struct WorkerArgs {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback turns auth on unless --auth off.
+    /// Address to listen on: IP:PORT or HOST:PORT (a host name binds its first IPv4 address, else
+    /// its first address). Anything but loopback turns auth on unless --auth off.
     #[arg(long, env = "CAIRN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// `auto` (on unless listening on loopback), `on`, or `off`.
@@ -47,6 +48,17 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Most connections open at once (at least 4). Idle ones make room for new ones; the last
+    /// eighth is kept for /healthz, /readyz and requests with a valid token when all are busy.
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// How long a client may take to send a request's head; also how long a keep-alive
+    /// connection may stay idle.
+    #[arg(long, default_value = "10s")]
+    pub header_timeout: String,
+    /// How long a client may take to send a request's whole body, from its head.
+    #[arg(long, default_value = "30s")]
+    pub body_timeout: String,
     /// Extra step templates for goals (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
@@ -165,11 +177,55 @@ async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
     }
 }
 
+/// `--listen` as one address: an IP address and port, or a host name (resolved here) and port.
+/// Of a name's addresses the first IPv4 one is bound, else the first.
+async fn listen_addr(text: &str) -> CliResult<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let malformed = || {
+        CliError::usage(format!(
+            "--listen '{text}' is not host:port (e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080)"
+        ))
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(malformed)?;
+    if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
+        return Err(malformed());
+    }
+    let found: Vec<SocketAddr> = tokio::net::lookup_host(text)
+        .await
+        .map_err(|e| CliError::usage(format!("--listen '{text}': cannot resolve host '{host}': {e}")))?
+        .collect();
+    found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| CliError::usage(format!("--listen '{text}': host '{host}' resolves to no address")))
+}
+
+fn limits(args: &ServeArgs) -> CliResult<Limits> {
+    if args.max_connections < Limits::MIN_CONNECTIONS {
+        return Err(CliError::usage(format!(
+            "--max-connections {} is too low: at least {} (some are kept for health probes)",
+            args.max_connections,
+            Limits::MIN_CONNECTIONS
+        )));
+    }
+    let positive = |flag: &str, text: &str| {
+        let d = duration(flag, text)?;
+        if d.is_zero() { Err(CliError::usage(format!("--{flag} must be more than 0 (e.g. 10s)"))) } else { Ok(d) }
+    };
+    Ok(Limits {
+        max_connections: args.max_connections,
+        header_timeout: positive("header-timeout", &args.header_timeout)?,
+        body_timeout: positive("body-timeout", &args.body_timeout)?,
+    })
+}
+
 pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
-    let listen: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| CliError::usage(format!("--listen '{}' is not host:port (e.g. 127.0.0.1:8080)", args.listen)))?;
+    let listen = listen_addr(&args.listen).await?;
+    let limits = limits(&args)?;
     let auth = match args.auth.as_str() {
         "auto" if listen.ip().is_loopback() => AuthMode::Off,
         "auto" | "on" => AuthMode::On,
@@ -206,6 +262,16 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
     let config =
         ServerConfig { auth, drive_here: !args.no_worker, max_body_bytes: args.max_body_bytes.max(1024), catalog };
     let state = AppState::new(engine.clone(), Some(rx), config, shutdown_rx);
+    if let Some(files) = cairn_server::raise_fd_limit() {
+        let wanted = limits.max_connections as u64 + 64;
+        if files < wanted {
+            cairn_engine::say!(
+                "cairn: WARNING: this process may open only {files} files, fewer than --max-connections {} needs \
+                 with room for the database ({wanted}): lower --max-connections or raise `ulimit -n`",
+                limits.max_connections
+            );
+        }
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
@@ -228,7 +294,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
             let _ = shutdown_tx.send(true);
         }
     };
-    if let Err(e) = cairn_server::serve(listener, state, signalled).await {
+    if let Err(e) = cairn_server::serve_with(listener, state, limits, signalled).await {
         cairn_engine::say!("cairn: the HTTP server stopped: {e}");
     }
     background.stop(&engine, shutdown_timeout).await;

@@ -1,5 +1,6 @@
 //! Cairn's HTTP API: REST under `/v1`, Server-Sent Event streams, bearer-token auth and an audit
-//! trail. Built as `fn app(state) -> Router` so tests can drive it without a socket.
+//! trail. Built as `fn app(state) -> Router` so tests can drive it without a socket; `serve` runs
+//! it on a socket with connection limits (see `listener.rs`).
 //!
 //! **Invariant: every response that is not a success carries `{"error": {code, message,
 //! details}}` with a 4xx for the caller's mistakes; handlers never panic on input.**
@@ -9,6 +10,7 @@ mod approvals;
 pub mod auth;
 mod body;
 mod error;
+mod listener;
 mod openapi;
 mod runs;
 mod stream;
@@ -17,11 +19,13 @@ mod workflows;
 
 pub use auth::{AuthMode, Role, new_token};
 pub use error::ApiError;
+pub use listener::{Limits, raise_fd_limit};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cairn_core::catalog::Catalog;
 use cairn_core::{Event, RunId};
@@ -154,16 +158,54 @@ pub fn app<S: Store>(state: AppState<S>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer::<S>))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.max_body_bytes, refuse_declared_oversize))
         .with_state(state)
 }
 
-/// Serves the API until `shutdown` resolves, then finishes the requests in flight.
+/// Serves the API with the default [`Limits`] until `shutdown` resolves, then finishes the
+/// requests in flight.
 pub async fn serve<S: Store>(
     listener: tokio::net::TcpListener,
     state: AppState<S>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    listener::serve(listener, state, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with chosen connection limits (`cairn serve --max-connections`, timeouts).
+pub async fn serve_with<S: Store>(
+    listener: tokio::net::TcpListener,
+    state: AppState<S>,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener::serve(listener, state, limits, shutdown).await
+}
+
+/// A body declared larger than the limit is refused before any of it is read, and the
+/// connection closed: reading or draining it would only hold the connection.
+async fn refuse_declared_oversize(State(limit): State<usize>, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit as u64 => {
+            let mut response = ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request declares a {length}-byte body; the server accepts at most {limit} bytes (see --max-body-bytes)"
+                ),
+            )
+            .with_details(json!({"declared": length, "limit": limit}))
+            .into_response();
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        _ => next.run(req).await,
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
