@@ -260,12 +260,9 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     if let Some(goal) = &args.goal {
         given.entry("goal").or_insert_with(|| Value::String(goal.clone()));
     }
-    let inputs = definition.resolve_inputs(&given).map_err(|missing| {
-        CliError::usage(format!(
-            "workflow '{}' needs input(s) {}: pass them with --input NAME=VALUE",
-            definition.name,
-            missing.join(", ")
-        ))
+    let inputs = definition.resolve_inputs(&given).map_err(|e| {
+        let hint = if e.missing.is_empty() { "" } else { ": pass them with --input NAME=VALUE" };
+        CliError::usage(format!("{e}{hint}"))
     })?;
     let chaos = args.chaos.as_deref().map(parse_chaos).transpose()?;
     let options = RunOptions { chaos, max_output_bytes: args.max_output_bytes };

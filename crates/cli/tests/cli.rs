@@ -582,6 +582,38 @@ fn bad_inputs_and_chaos_specs_are_usage_errors() {
 // Machine-readable output
 
 #[test]
+fn an_unknown_input_name_is_refused_with_the_declared_names_and_nothing_is_stored() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: needs-topic\ninputs:\n  topic: {default: otters}\nsteps:\n  - {id: a, kind: echo, with: {t: \"{{ inputs.topic }}\"}}\n",
+    );
+    // A misspelt name would otherwise be ignored and the default used without a word.
+    let out = env.run(&["run", path_str(&wf), "--input", "tpoic=beavers"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(
+        se.contains("workflow 'needs-topic' has no input(s) `tpoic` (did you mean `topic`?); it declares: topic"),
+        "{se}"
+    );
+    assert!(!env.db.exists(), "refused inputs open no database, so nothing is written");
+
+    // A definition without an `inputs:` block takes none.
+    let bare = env.write("bare.yaml", "name: bare\nsteps:\n  - {id: a, kind: noop}\n");
+    let out = env.run(&["run", path_str(&bare), "--input", "x=1"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("has no input(s) `x`; it declares no inputs"), "{se}");
+    assert!(!env.db.exists(), "refused inputs open no database, so nothing is written");
+
+    // A goal run's implicit `goal` input still works, and an extra name is refused there too.
+    let out = env.run(&["run", "--goal", "send email", "--input", "goal=send the report"]);
+    expect_exit(&out, 0);
+    let out = env.run(&["run", "--goal", "send email", "--input", "topic=x"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("has no input(s) `topic`; it declares: goal"), "{se}");
+    assert_eq!(env.runs().len(), 1, "only the good goal run was stored");
+}
+
+#[test]
 fn export_as_json_and_jsonl() {
     let env = Env::new();
     expect_exit(&env.run(&["run", "--goal", "generate summary and send email"]), 0);

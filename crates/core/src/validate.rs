@@ -1206,7 +1206,7 @@ fn find_cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
-fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let len = word.chars().count();
     candidates
         .into_iter()
