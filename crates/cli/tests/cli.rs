@@ -379,10 +379,67 @@ fn validate_lists_every_problem_with_its_location() {
         so.lines().any(|l| l.starts_with(&kind) && l.contains("did you mean `mock_model`")),
         "the misspelt kind is reported at {kind}:\n{so}"
     );
-    for needle in ["duplicate step id `fetch`", "cycle", "`fetch_all`", "`retry.jitter`", "retry-forever"] {
+    for needle in [
+        "duplicate step id `fetch`",
+        "cycle",
+        "`fetch_all`",
+        "`retry.jitter`",
+        "retry-forever",
+        "reads `inputs.recipient`",
+        "add `summarise` to `needs`",
+    ] {
         assert!(so.contains(needle), "missing {needle:?}:\n{so}");
     }
     assert!(env.runs().is_empty());
+}
+
+#[test]
+fn validate_refuses_templates_and_conditions_reading_what_the_step_cannot_see_with_positions() {
+    let env = Env::new();
+    let source = "\
+name: reads
+inputs:
+  topic: {default: otters}
+steps:
+  - {id: a, kind: echo}
+  - {id: b, kind: echo}
+  - id: c
+    kind: echo
+    needs: [a]
+    when: \"steps.b.status == 'completed'\"
+    with:
+      nested: {list: [\"{{ inputs.tpoic }}\", \"{{ steps.a.output }} {{ steps.b.output }}\"]}
+";
+    let path = env.write("reads.yaml", source);
+    let out = env.run(&["validate", "reads.yaml"]);
+    let (so, se) = expect_exit(&out, 2);
+    let (when_line, when_col) = locate(source, "\"steps.b.status");
+    let (input_line, input_col) = locate(source, "\"{{ inputs.tpoic");
+    let (step_line, step_col) = locate(source, "\"{{ steps.a.output");
+    let expected = [
+        format!(
+            "reads.yaml:{when_line}:{when_col}: step `c`: `when` reads `steps.b` (at 1:1 in the condition), but step \
+             `b` is not in this step's `needs`, directly or through the steps it needs, so its result is never \
+             visible here; add `b` to `needs`"
+        ),
+        format!(
+            "reads.yaml:{input_line}:{input_col}: step `c`: `with.nested.list[0]` reads `inputs.tpoic` (at 1:4 in the \
+             template), but no input `tpoic` is declared; did you mean `topic`?"
+        ),
+        format!(
+            "reads.yaml:{step_line}:{step_col}: step `c`: `with.nested.list[1]` reads `steps.b` (at 1:25 in the \
+             template), but step `b` is not in this step's `needs`, directly or through the steps it needs, so its \
+             result is never visible here; add `b` to `needs`"
+        ),
+    ];
+    assert_eq!(so.lines().collect::<Vec<_>>(), expected, "{so}");
+    assert!(se.contains("3 problem(s) found"), "{se}");
+
+    // Running it is refused the same way, before anything is stored.
+    let out = env.run(&["run", path_str(&path)]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("reads `inputs.tpoic`"), "{se}");
+    assert!(!env.db.exists(), "a refused definition opens no database");
 }
 
 #[test]

@@ -227,6 +227,34 @@ impl Definition {
         out
     }
 
+    /// The steps whose results step `i`'s condition and templates may see: those it needs, the
+    /// step it stands in for if it is a fallback, the fallbacks standing in for any of those
+    /// (followed along chains), and so on transitively. `decide` shows a fallback only once it
+    /// stood in, so this is what can be visible on *some* run; validation refuses only what is
+    /// visible on none.
+    pub fn visible_to(&self, i: usize) -> Vec<bool> {
+        let mut visible = vec![false; self.steps.len()];
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            let Some(step) = self.steps.get(j) else { continue };
+            let mut deps: Vec<usize> = step.needs.iter().filter_map(|n| self.index_of(n.as_str())).collect();
+            deps.extend(self.primary_of(j));
+            for k in deps {
+                let mut at = Some(k);
+                // Bounded: a chain of fallbacks visits each step at most once.
+                for _ in 0..self.steps.len() {
+                    let Some(c) = at else { break };
+                    if c != i && !visible[c] {
+                        visible[c] = true;
+                        stack.push(c);
+                    }
+                    at = self.fallback_of(c);
+                }
+            }
+        }
+        visible
+    }
+
     /// Applies defaults to the caller's inputs. Refuses inputs the definition does not declare
     /// (a misspelt name would otherwise be ignored and its default used) and required inputs
     /// left out.
