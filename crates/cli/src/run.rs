@@ -188,7 +188,7 @@ pub fn plan(args: PlanArgs) -> CliResult {
     let goal = args.goal.unwrap_or_default();
     let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
     if args.json {
-        let out = json!({"plan": info.matched, "definition": def});
+        let out = json!({"plan": info.matched, "left_out": info.left_out, "definition": def});
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         println!("goal: {}", info.goal);
@@ -199,6 +199,9 @@ pub fn plan(args: PlanArgs) -> CliResult {
                 format!(" (after {})", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
             };
             println!("  {} [{}]{needs}", s.id, s.kind);
+        }
+        if let Some(left_out) = info.left_out_text() {
+            println!("{left_out}");
         }
     }
     Ok(())

@@ -122,6 +122,55 @@ fn goal_vendor_onboarding_writes_its_artifact() {
 }
 
 #[test]
+fn a_goal_that_says_do_not_send_email_plans_no_email_and_says_so() {
+    let env = Env::new();
+    let goal = "summarize the report but do not send email";
+    let out = env.run(&["plan", "--goal", goal]);
+    let (so, _) = expect_exit(&out, 0);
+    assert_eq!(
+        so.lines().collect::<Vec<_>>(),
+        [
+            "goal: summarize the report but do not send email",
+            "  generate_summary [mock_model]",
+            "left out: send_email (\"do not send email\")"
+        ],
+        "{so}"
+    );
+    let out = env.run(&["plan", "--goal", goal, "--json"]);
+    let (so, _) = expect_exit(&out, 0);
+    let plan: Value = serde_json::from_str(&so).expect("plan --json is JSON");
+    assert_eq!(plan["plan"], json!(["generate_summary"]));
+    assert_eq!(plan["left_out"], json!([{"entry": "send_email", "because": "do not send email"}]));
+
+    // The run says it too, and journals it.
+    let out = env.run(&["run", "--goal", goal]);
+    let (_, se) = expect_exit(&out, 0);
+    assert!(
+        se.lines().any(|l| l == "[plan] goal \"summarize the report but do not send email\" -> generate_summary; left out: send_email (\"do not send email\")"),
+        "{se}"
+    );
+    assert!(!se.contains("[step] send_email"), "{se}");
+    let run = env.only_run();
+    let steps: Vec<String> = env.steps(&run.id).into_iter().map(|s| s.step_id).collect();
+    assert_eq!(steps, ["generate_summary"]);
+    let recorded = env.events(&run.id).into_iter().find_map(|e| match e.event {
+        Event::PlanRecorded { plan, .. } => plan,
+        _ => None,
+    });
+    let left_out = recorded.map(|p| p.left_out).unwrap_or_default();
+    assert_eq!(
+        left_out.iter().map(|l| (l.entry.as_str(), l.because.as_str())).collect::<Vec<_>>(),
+        [("send_email", "do not send email")]
+    );
+
+    // Nothing left to plan: exit 2, naming what was left out, and no run.
+    let out = env.run(&["run", "--goal", "do NOT notify anyone"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("leaves nothing to plan (left out: notify (\"do NOT notify anyone\"))"), "{se}");
+    assert_eq!(env.runs().len(), 1, "no run for a goal with nothing to plan");
+}
+
+#[test]
 fn unmatched_goal_is_a_usage_error_listing_the_catalog() {
     let env = Env::new();
     let out = env.run(&["run", "--goal", "bake a cake"]);
