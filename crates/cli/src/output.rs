@@ -97,7 +97,8 @@ pub(crate) fn progress_line(
             Some(format!("[workflow] id={run_id} started ({workflow})"))
         }
         Event::PlanRecorded { plan: Some(plan), .. } => {
-            Some(format!("[plan] goal \"{}\" -> {}", plan.goal, plan.matched.join(" -> ")))
+            let left_out = plan.left_out_text().map(|t| format!("; {t}")).unwrap_or_default();
+            Some(format!("[plan] goal \"{}\" -> {}{left_out}", plan.goal, plan.matched.join(" -> ")))
         }
         Event::AttemptSucceeded { step, attempt, duration_ms, .. } => {
             let on = if *attempt > 1 { format!(" on attempt {attempt}") } else { String::new() };

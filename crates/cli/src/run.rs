@@ -192,7 +192,7 @@ pub fn plan(args: PlanArgs) -> CliResult {
     let goal = args.goal.unwrap_or_default();
     let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
     if args.json {
-        let out = json!({"plan": info.matched, "definition": def});
+        let out = json!({"plan": info.matched, "left_out": info.left_out, "definition": def});
         crate::out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         crate::out!("goal: {}", info.goal);
@@ -203,6 +203,9 @@ pub fn plan(args: PlanArgs) -> CliResult {
                 format!(" (after {})", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "))
             };
             crate::out!("  {} [{}]{needs}", s.id, s.kind);
+        }
+        if let Some(left_out) = info.left_out_text() {
+            crate::out!("{left_out}");
         }
     }
     Ok(())
@@ -264,12 +267,9 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     if let Some(goal) = &args.goal {
         given.entry("goal").or_insert_with(|| Value::String(goal.clone()));
     }
-    let inputs = definition.resolve_inputs(&given).map_err(|missing| {
-        CliError::usage(format!(
-            "workflow '{}' needs input(s) {}: pass them with --input NAME=VALUE",
-            definition.name,
-            missing.join(", ")
-        ))
+    let inputs = definition.resolve_inputs(&given).map_err(|e| {
+        let hint = if e.missing.is_empty() { "" } else { ": pass them with --input NAME=VALUE" };
+        CliError::usage(format!("{e}{hint}"))
     })?;
     let chaos = args.chaos.as_deref().map(parse_chaos).transpose()?;
     let options = RunOptions { chaos, max_output_bytes: args.max_output_bytes };

@@ -122,6 +122,55 @@ fn goal_vendor_onboarding_writes_its_artifact() {
 }
 
 #[test]
+fn a_goal_that_says_do_not_send_email_plans_no_email_and_says_so() {
+    let env = Env::new();
+    let goal = "summarize the report but do not send email";
+    let out = env.run(&["plan", "--goal", goal]);
+    let (so, _) = expect_exit(&out, 0);
+    assert_eq!(
+        so.lines().collect::<Vec<_>>(),
+        [
+            "goal: summarize the report but do not send email",
+            "  generate_summary [mock_model]",
+            "left out: send_email (\"do not send email\")"
+        ],
+        "{so}"
+    );
+    let out = env.run(&["plan", "--goal", goal, "--json"]);
+    let (so, _) = expect_exit(&out, 0);
+    let plan: Value = serde_json::from_str(&so).expect("plan --json is JSON");
+    assert_eq!(plan["plan"], json!(["generate_summary"]));
+    assert_eq!(plan["left_out"], json!([{"entry": "send_email", "because": "do not send email"}]));
+
+    // The run says it too, and journals it.
+    let out = env.run(&["run", "--goal", goal]);
+    let (_, se) = expect_exit(&out, 0);
+    assert!(
+        se.lines().any(|l| l == "[plan] goal \"summarize the report but do not send email\" -> generate_summary; left out: send_email (\"do not send email\")"),
+        "{se}"
+    );
+    assert!(!se.contains("[step] send_email"), "{se}");
+    let run = env.only_run();
+    let steps: Vec<String> = env.steps(&run.id).into_iter().map(|s| s.step_id).collect();
+    assert_eq!(steps, ["generate_summary"]);
+    let recorded = env.events(&run.id).into_iter().find_map(|e| match e.event {
+        Event::PlanRecorded { plan, .. } => plan,
+        _ => None,
+    });
+    let left_out = recorded.map(|p| p.left_out).unwrap_or_default();
+    assert_eq!(
+        left_out.iter().map(|l| (l.entry.as_str(), l.because.as_str())).collect::<Vec<_>>(),
+        [("send_email", "do not send email")]
+    );
+
+    // Nothing left to plan: exit 2, naming what was left out, and no run.
+    let out = env.run(&["run", "--goal", "do NOT notify anyone"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("leaves nothing to plan (left out: notify (\"do NOT notify anyone\"))"), "{se}");
+    assert_eq!(env.runs().len(), 1, "no run for a goal with nothing to plan");
+}
+
+#[test]
 fn unmatched_goal_is_a_usage_error_listing_the_catalog() {
     let env = Env::new();
     let out = env.run(&["run", "--goal", "bake a cake"]);
@@ -379,10 +428,67 @@ fn validate_lists_every_problem_with_its_location() {
         so.lines().any(|l| l.starts_with(&kind) && l.contains("did you mean `mock_model`")),
         "the misspelt kind is reported at {kind}:\n{so}"
     );
-    for needle in ["duplicate step id `fetch`", "cycle", "`fetch_all`", "`retry.jitter`", "retry-forever"] {
+    for needle in [
+        "duplicate step id `fetch`",
+        "cycle",
+        "`fetch_all`",
+        "`retry.jitter`",
+        "retry-forever",
+        "reads `inputs.recipient`",
+        "add `summarise` to `needs`",
+    ] {
         assert!(so.contains(needle), "missing {needle:?}:\n{so}");
     }
     assert!(env.runs().is_empty());
+}
+
+#[test]
+fn validate_refuses_templates_and_conditions_reading_what_the_step_cannot_see_with_positions() {
+    let env = Env::new();
+    let source = "\
+name: reads
+inputs:
+  topic: {default: otters}
+steps:
+  - {id: a, kind: echo}
+  - {id: b, kind: echo}
+  - id: c
+    kind: echo
+    needs: [a]
+    when: \"steps.b.status == 'completed'\"
+    with:
+      nested: {list: [\"{{ inputs.tpoic }}\", \"{{ steps.a.output }} {{ steps.b.output }}\"]}
+";
+    let path = env.write("reads.yaml", source);
+    let out = env.run(&["validate", "reads.yaml"]);
+    let (so, se) = expect_exit(&out, 2);
+    let (when_line, when_col) = locate(source, "\"steps.b.status");
+    let (input_line, input_col) = locate(source, "\"{{ inputs.tpoic");
+    let (step_line, step_col) = locate(source, "\"{{ steps.a.output");
+    let expected = [
+        format!(
+            "reads.yaml:{when_line}:{when_col}: step `c`: `when` reads `steps.b` (at 1:1 in the condition), but step \
+             `b` is not in this step's `needs`, directly or through the steps it needs, so its result is never \
+             visible here; add `b` to `needs`"
+        ),
+        format!(
+            "reads.yaml:{input_line}:{input_col}: step `c`: `with.nested.list[0]` reads `inputs.tpoic` (at 1:4 in the \
+             template), but no input `tpoic` is declared; did you mean `topic`?"
+        ),
+        format!(
+            "reads.yaml:{step_line}:{step_col}: step `c`: `with.nested.list[1]` reads `steps.b` (at 1:25 in the \
+             template), but step `b` is not in this step's `needs`, directly or through the steps it needs, so its \
+             result is never visible here; add `b` to `needs`"
+        ),
+    ];
+    assert_eq!(so.lines().collect::<Vec<_>>(), expected, "{so}");
+    assert!(se.contains("3 problem(s) found"), "{se}");
+
+    // Running it is refused the same way, before anything is stored.
+    let out = env.run(&["run", path_str(&path)]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("reads `inputs.tpoic`"), "{se}");
+    assert!(!env.db.exists(), "a refused definition opens no database");
 }
 
 #[test]
@@ -580,6 +686,38 @@ fn bad_inputs_and_chaos_specs_are_usage_errors() {
 
 // ---------------------------------------------------------------------------------------------
 // Machine-readable output
+
+#[test]
+fn an_unknown_input_name_is_refused_with_the_declared_names_and_nothing_is_stored() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: needs-topic\ninputs:\n  topic: {default: otters}\nsteps:\n  - {id: a, kind: echo, with: {t: \"{{ inputs.topic }}\"}}\n",
+    );
+    // A misspelt name would otherwise be ignored and the default used without a word.
+    let out = env.run(&["run", path_str(&wf), "--input", "tpoic=beavers"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(
+        se.contains("workflow 'needs-topic' has no input(s) `tpoic` (did you mean `topic`?); it declares: topic"),
+        "{se}"
+    );
+    assert!(!env.db.exists(), "refused inputs open no database, so nothing is written");
+
+    // A definition without an `inputs:` block takes none.
+    let bare = env.write("bare.yaml", "name: bare\nsteps:\n  - {id: a, kind: noop}\n");
+    let out = env.run(&["run", path_str(&bare), "--input", "x=1"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("has no input(s) `x`; it declares no inputs"), "{se}");
+    assert!(!env.db.exists(), "refused inputs open no database, so nothing is written");
+
+    // A goal run's implicit `goal` input still works, and an extra name is refused there too.
+    let out = env.run(&["run", "--goal", "send email", "--input", "goal=send the report"]);
+    expect_exit(&out, 0);
+    let out = env.run(&["run", "--goal", "send email", "--input", "topic=x"]);
+    let (_, se) = expect_exit(&out, 2);
+    assert!(se.contains("has no input(s) `topic`; it declares: goal"), "{se}");
+    assert_eq!(env.runs().len(), 1, "only the good goal run was stored");
+}
 
 #[test]
 fn export_as_json_and_jsonl() {

@@ -10,11 +10,12 @@
 //! The file format is documented at the top of `catalog/default.yaml`, the built-in catalog.
 
 use crate::definition::{Definition, FORMAT_VERSION};
-use crate::event::PlanInfo;
+use crate::event::{LeftOut, PlanInfo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Range;
 
 /// Where the built-in catalog lives in the source tree; error messages name it.
 pub const BUILTIN_FILE: &str = "catalog/default.yaml";
@@ -33,7 +34,44 @@ const PLAN_FILE: &str = "<plan>";
 const SLUG_MAX: usize = 40;
 
 /// Words that split a goal into clauses (as do `,`, `;`, new lines and sentence ends).
-const CLAUSE_WORDS: [&str; 2] = ["and", "then"];
+const CLAUSE_WORDS: [&str; 3] = ["and", "then", "but"];
+
+/// Words that negate the rest of their clause: what it names is left out of the plan. The
+/// tokenizer drops apostrophes, so "don't" is `dont`.
+const NEGATIONS: [&str; 20] = [
+    "not",
+    "no",
+    "never",
+    "without",
+    "except",
+    "excluding",
+    "skip",
+    "skipping",
+    "omit",
+    "neither",
+    "nor",
+    "dont",
+    "doesnt",
+    "didnt",
+    "wont",
+    "cant",
+    "cannot",
+    "shouldnt",
+    "mustnt",
+    "avoid",
+];
+
+/// A word right before a negation that belongs to it: "do not send email" leaves out "do".
+const AUXILIARIES: [&str; 8] = ["do", "does", "did", "should", "must", "will", "would", "please"];
+
+/// Words that plan nothing on their own: a part of a goal made only of these is dropped ("do"
+/// in "do NOT notify anyone", "please").
+const FILLER: [&str; 12] =
+    ["do", "does", "did", "should", "must", "will", "would", "please", "just", "also", "so", "yet"];
+
+/// Words that separate alternatives under a negation: "don't send email or notify" leaves out
+/// both.
+const ALTERNATIVES: [&str; 3] = ["or", "nor", "either"];
 
 /// Step templates and recipes that goals are planned from. Names are unique per kind; merging a
 /// user catalog replaces entries by name.
@@ -113,6 +151,8 @@ pub enum PlanError {
     EmptyGoal { can_plan: Vec<String> },
     /// A clause of the goal matches no recipe or template. `can_plan` is [`Catalog::describe`].
     Unmatched { goal: String, clause: String, can_plan: Vec<String> },
+    /// Every part of the goal that names something is negated ("do not notify anyone").
+    NothingLeft { goal: String, left_out: Vec<LeftOut>, can_plan: Vec<String> },
     /// A recipe names a template the catalog does not define.
     UnknownTemplate { recipe: String, template: String },
     /// The composed plan is not a valid definition: a catalog entry behind it is broken.
@@ -133,6 +173,16 @@ impl fmt::Display for PlanError {
                     f,
                     "cannot plan \"{clause}\" (part of the goal \"{goal}\"): no recipe or template in the catalog \
                      matches it"
+                )?;
+                write_can_plan(f, can_plan)
+            }
+            PlanError::NothingLeft { goal, left_out, can_plan } => {
+                let info = PlanInfo { goal: goal.clone(), matched: Vec::new(), left_out: left_out.clone() };
+                let what = info.left_out_text().unwrap_or_else(|| "everything it names is negated".to_string());
+                writeln!(
+                    f,
+                    "the goal \"{goal}\" leaves nothing to plan ({what}): say what the run should do, not only what \
+                     it should not"
                 )?;
                 write_can_plan(f, can_plan)
             }
@@ -270,37 +320,58 @@ impl Catalog {
         recipes.chain(templates).collect()
     }
 
-    /// Plans `goal`. The goal is split into clauses ("and", "then", `,`, `;`, sentence ends);
-    /// each clause becomes the recipe whose keyword phrases all occur in it, or else the template
-    /// whose keywords match it best. Steps run in clause order, each after the one before.
+    /// Plans `goal`. The goal is split into clauses ("and", "then", "but", `,`, `;`, sentence
+    /// ends); each clause becomes the recipe whose keyword phrases all occur in it, or else the
+    /// template whose keywords match it best. Steps run in clause order, each after the one
+    /// before.
+    ///
+    /// A negation ("not", "don't", "never", "without", "except", "skip", "no", ...) covers the
+    /// rest of its clause: what that part names is left out, even from a recipe planned by
+    /// another clause, unless another clause asks for it outright. The plan lists what was left
+    /// out and the words that said so.
     ///
     /// If some clause matches nothing, a recipe whose keywords are spread over the whole goal
     /// ("onboard the vendor, onboarding checks first") is tried before giving up.
     pub fn plan(&self, goal: &str) -> Result<(Definition, PlanInfo), PlanError> {
         // Clauses come from the raw text: a new line separates clauses, so it must not be
         // collapsed first. The plan records the goal on one line.
-        let clauses = clauses(goal);
-        let goal = one_line(goal);
-        if clauses.is_empty() {
+        let parts = parts(goal);
+        let goal_line = one_line(goal);
+        if parts.is_empty() {
             return Err(PlanError::EmptyGoal { can_plan: self.describe() });
         }
-        let mut entries = Vec::with_capacity(clauses.len());
+        let (negated, positive): (Vec<&Part>, Vec<&Part>) = parts.iter().partition(|p| p.negated);
+        let mut entries = Vec::with_capacity(positive.len());
         let mut unmatched = None;
-        for clause in &clauses {
-            match self.match_clause(clause) {
+        for part in &positive {
+            match self.match_clause(&part.words) {
                 Some(entry) => entries.push(entry),
                 None => {
-                    unmatched.get_or_insert_with(|| clause.join(" "));
+                    unmatched.get_or_insert_with(|| part.words.join(" "));
                 }
             }
         }
         if let Some(clause) = unmatched {
-            match self.best_recipe(&clauses.concat()) {
+            let words: Vec<String> = positive.iter().flat_map(|p| p.words.iter().cloned()).collect();
+            match self.best_recipe(&words) {
                 Some(recipe) => entries = vec![Entry::Recipe(recipe)],
-                None => return Err(PlanError::Unmatched { goal, clause, can_plan: self.describe() }),
+                None => return Err(PlanError::Unmatched { goal: goal_line, clause, can_plan: self.describe() }),
             }
         }
-        self.build(&goal, &entries)
+        let mut left_out: Vec<LeftOut> = Vec::new();
+        for part in negated {
+            for alternative in part.words.split(|w| ALTERNATIVES.contains(&w.as_str())) {
+                let Some(entry) = self.match_clause(alternative) else { continue };
+                let asked = entries.iter().any(|e| e.name() == entry.name());
+                if !asked && !left_out.iter().any(|l| l.entry == entry.name()) {
+                    left_out.push(LeftOut { entry: entry.name().to_string(), because: part.text.clone() });
+                }
+            }
+        }
+        if entries.is_empty() {
+            return Err(PlanError::NothingLeft { goal: goal_line, left_out, can_plan: self.describe() });
+        }
+        self.build(&goal_line, &entries, left_out)
     }
 
     /// Checks every entry: each must compose into a valid definition on its own, and its example
@@ -311,7 +382,7 @@ impl Catalog {
         let mut problems = Vec::new();
         for (name, recipe) in &self.recipes {
             let example = recipe.example();
-            match self.build(&example, &[Entry::Recipe(recipe)]) {
+            match self.build(&example, &[Entry::Recipe(recipe)], Vec::new()) {
                 Ok(_) => self.check_routing(&format!("recipe `{name}`"), name, &example, &mut problems),
                 Err(e) => problems.push(format!("recipe `{name}`: {e}")),
             }
@@ -319,7 +390,7 @@ impl Catalog {
         for (name, template) in &self.templates {
             let example = template.example();
             let goal = example.clone().unwrap_or_else(|| name.clone());
-            match self.build(&goal, &[Entry::Template(name, template)]) {
+            match self.build(&goal, &[Entry::Template(name, template)], Vec::new()) {
                 Ok(_) => {
                     if let Some(example) = example {
                         self.check_routing(&format!("template `{name}`"), name, &example, &mut problems);
@@ -376,14 +447,20 @@ impl Catalog {
         best.map(|(_, name, template)| (name, template))
     }
 
-    /// Composes the definition for `entries` and validates it like a file.
-    fn build(&self, goal: &str, entries: &[Entry<'_>]) -> Result<(Definition, PlanInfo), PlanError> {
+    /// Composes the definition for `entries` and validates it like a file. A recipe's templates
+    /// that the goal left out are dropped from it.
+    fn build(
+        &self,
+        goal: &str,
+        entries: &[Entry<'_>],
+        left_out: Vec<LeftOut>,
+    ) -> Result<(Definition, PlanInfo), PlanError> {
         let mut chain: Vec<(&str, &Template)> = Vec::new();
         for entry in entries {
             match *entry {
                 Entry::Template(name, template) => chain.push((name, template)),
                 Entry::Recipe(recipe) => {
-                    for name in &recipe.steps {
+                    for name in recipe.steps.iter().filter(|name| !left_out.iter().any(|l| l.entry == **name)) {
                         let template = self.templates.get(name).ok_or_else(|| PlanError::UnknownTemplate {
                             recipe: recipe.name.clone(),
                             template: name.clone(),
@@ -404,6 +481,9 @@ impl Catalog {
             None => None,
         };
 
+        if chain.is_empty() {
+            return Err(PlanError::NothingLeft { goal: goal.to_string(), left_out, can_plan: self.describe() });
+        }
         let mut used = BTreeSet::new();
         let mut previous: Option<String> = None;
         let mut steps = Vec::with_capacity(chain.len());
@@ -443,7 +523,7 @@ impl Catalog {
         let text = serde_json::to_string_pretty(&Value::Object(doc)).map_err(|e| invalid(vec![e.to_string()]))?;
         let definition = crate::validate::parse_definition(&text, PLAN_FILE)
             .map_err(|problems| invalid(problems.iter().map(ToString::to_string).collect()))?;
-        Ok((definition, PlanInfo { goal: goal.to_string(), matched }))
+        Ok((definition, PlanInfo { goal: goal.to_string(), matched, left_out }))
     }
 }
 
@@ -492,7 +572,7 @@ fn check_recipe(recipe: &Recipe, problems: &mut Vec<String>) {
 
 /// Why a keyword phrase could never match a clause, if it could not.
 fn keyword_problem(keyword: &str) -> Option<String> {
-    let tokens = tokenize(keyword);
+    let tokens: Vec<Token> = tokenize(keyword).into_iter().map(|(t, _)| t).collect();
     if tokens.contains(&Token::Break) {
         return Some(format!(
             "keyword `{keyword}` contains punctuation that splits a goal into clauses (, ; . ! ? or a new line), \
@@ -514,6 +594,12 @@ fn keyword_problem(keyword: &str) -> Option<String> {
             "keyword `{keyword}` contains `{word}`, which splits a goal into clauses, so it could never match"
         ));
     }
+    if let Some(word) = words.iter().copied().find(|w| NEGATIONS.contains(w)) {
+        return Some(format!(
+            "keyword `{keyword}` contains `{word}`, which negates the rest of a clause, so it could only ever \
+             leave the entry out"
+        ));
+    }
     None
 }
 
@@ -528,42 +614,48 @@ enum Token {
     Break,
 }
 
-/// Lowercased words and clause breaks. Apostrophes vanish ("vendor's" is "vendors"); other
-/// punctuation separates words; `,` `;` new lines and sentence ends (`.` `!` `?` before a space or
-/// the end) are breaks.
-fn tokenize(text: &str) -> Vec<Token> {
+/// Lowercased words and clause breaks, each with the bytes of `text` it came from. Apostrophes
+/// vanish ("vendor's" is "vendors", "don't" is "dont"); other punctuation separates words; `,`
+/// `;` new lines and sentence ends (`.` `!` `?` before a space or the end) are breaks.
+fn tokenize(text: &str) -> Vec<(Token, Range<usize>)> {
     let mut tokens = Vec::new();
     let mut word = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut span = 0..0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
         if c.is_alphanumeric() {
+            if word.is_empty() {
+                span.start = at;
+            }
             word.extend(c.to_lowercase());
+            span.end = at + c.len_utf8();
             continue;
         }
         if matches!(c, '\'' | '\u{2019}') {
             continue;
         }
         if !word.is_empty() {
-            tokens.push(Token::Word(std::mem::take(&mut word)));
+            tokens.push((Token::Word(std::mem::take(&mut word)), span.clone()));
         }
-        let sentence_end = matches!(c, '.' | '!' | '?') && chars.peek().is_none_or(|next| next.is_whitespace());
+        let sentence_end = matches!(c, '.' | '!' | '?') && chars.peek().is_none_or(|(_, next)| next.is_whitespace());
         if matches!(c, ',' | ';' | '\n') || sentence_end {
-            tokens.push(Token::Break);
+            tokens.push((Token::Break, at..at + c.len_utf8()));
         }
     }
     if !word.is_empty() {
-        tokens.push(Token::Word(word));
+        tokens.push((Token::Word(word), span));
     }
     tokens
 }
 
-/// The goal's clauses, each a list of words, without the words and breaks that separate them.
-fn clauses(goal: &str) -> Vec<Vec<String>> {
+/// The goal's clauses, each a list of words with their spans, without the words and breaks that
+/// separate them.
+fn clauses(goal: &str) -> Vec<Vec<(String, Range<usize>)>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
-    for token in tokenize(goal) {
+    for (token, span) in tokenize(goal) {
         match token {
-            Token::Word(word) if !CLAUSE_WORDS.contains(&word.as_str()) => current.push(word),
+            Token::Word(word) if !CLAUSE_WORDS.contains(&word.as_str()) => current.push((word, span)),
             _ => {
                 if !current.is_empty() {
                     out.push(std::mem::take(&mut current));
@@ -577,10 +669,46 @@ fn clauses(goal: &str) -> Vec<Vec<String>> {
     out
 }
 
+/// A stretch of a goal planned as a unit: a clause, or the part of a clause before a negation,
+/// or the negated rest of it.
+#[derive(Debug, PartialEq)]
+struct Part {
+    words: Vec<String>,
+    /// The goal's own text for it; a negated part starts at its negation ("do NOT notify anyone").
+    text: String,
+    negated: bool,
+}
+
+/// The goal's clauses, each split at its first negation word: the words before it (unless they
+/// are only filler such as "do" or "please") and the negated rest.
+fn parts(goal: &str) -> Vec<Part> {
+    let mut out = Vec::new();
+    for clause in clauses(goal) {
+        let text = |words: &[(String, Range<usize>)]| match (words.first(), words.last()) {
+            (Some((_, first)), Some((_, last))) => goal[first.start..last.end].to_string(),
+            _ => String::new(),
+        };
+        let plain = |words: &[(String, Range<usize>)]| words.iter().map(|(w, _)| w.clone()).collect::<Vec<_>>();
+        let has_content = |words: &[(String, Range<usize>)]| words.iter().any(|(w, _)| !FILLER.contains(&w.as_str()));
+        let Some(n) = clause.iter().position(|(w, _)| NEGATIONS.contains(&w.as_str())) else {
+            if has_content(&clause) {
+                out.push(Part { words: plain(&clause), text: text(&clause), negated: false });
+            }
+            continue;
+        };
+        let from = if n > 0 && AUXILIARIES.contains(&clause[n - 1].0.as_str()) { n - 1 } else { n };
+        if has_content(&clause[..from]) {
+            out.push(Part { words: plain(&clause[..from]), text: text(&clause[..from]), negated: false });
+        }
+        out.push(Part { words: plain(&clause[n + 1..]), text: text(&clause[from..]), negated: true });
+    }
+    out
+}
+
 fn words(text: &str) -> Vec<String> {
     tokenize(text)
         .into_iter()
-        .filter_map(|t| match t {
+        .filter_map(|(t, _)| match t {
             Token::Word(w) => Some(w),
             Token::Break => None,
         })
@@ -709,7 +837,8 @@ mod tests {
         let goal = "generate summary and send email";
         let (def, info) = plan(&catalog, goal);
         assert_eq!(shape(&def), chain(&["generate_summary", "send_email"]));
-        assert_eq!(info, PlanInfo { goal: goal.into(), matched: vec!["generate_summary".into(), "send_email".into()] });
+        let matched = vec!["generate_summary".into(), "send_email".into()];
+        assert_eq!(info, PlanInfo { goal: goal.into(), matched, left_out: Vec::new() });
         assert_eq!(def.name, "goal-generate-summary-and-send-email");
         assert_eq!(def.description.as_deref(), Some(goal));
         assert_eq!(def.inputs["goal"].default, Some(json!(goal)));
@@ -775,6 +904,94 @@ mod tests {
         assert_eq!(def.artifact, None);
         let (def, _) = plan(&builtin(), "decide");
         assert_eq!(def.artifact.as_deref(), Some("decision.json"));
+    }
+
+    fn left_out(info: &PlanInfo) -> Vec<(&str, &str)> {
+        info.left_out.iter().map(|l| (l.entry.as_str(), l.because.as_str())).collect()
+    }
+
+    #[test]
+    fn a_negated_clause_adds_no_step_and_the_plan_says_what_it_left_out() {
+        let (def, info) = plan(&builtin(), "summarize the report but do not send email");
+        assert_eq!(shape(&def), chain(&["generate_summary"]));
+        assert_eq!(info.matched, vec!["generate_summary"]);
+        assert_eq!(left_out(&info), [("send_email", "do not send email")]);
+        assert_eq!(info.left_out_text().as_deref(), Some("left out: send_email (\"do not send email\")"));
+    }
+
+    #[test]
+    fn every_negation_phrasing_leaves_its_step_out() {
+        let catalog = builtin();
+        for negated in [
+            "do not send email",
+            "don't send email",
+            "DON'T SEND EMAIL",
+            "never send email",
+            "without sending email",
+            "except the email",
+            "skip the email",
+            "no email",
+            "do NOT email anyone",
+        ] {
+            let goal = format!("generate a summary, {negated}");
+            let (def, info) = plan(&catalog, &goal);
+            assert_eq!(shape(&def), chain(&["generate_summary"]), "{goal:?}");
+            assert_eq!(left_out(&info), [("send_email", negated)], "{goal:?}");
+        }
+    }
+
+    #[test]
+    fn a_negated_clause_and_a_positive_one_naming_different_steps_plan_only_the_positive() {
+        let catalog = builtin();
+        let (def, info) = plan(&catalog, "don't notify the team, send email");
+        assert_eq!(shape(&def), chain(&["send_email"]));
+        assert_eq!(left_out(&info), [("notify", "don't notify the team")]);
+
+        // A negation covers the rest of its clause, alternatives included; "but" ends it.
+        let (def, info) = plan(&catalog, "never send email or notify anyone; summarise");
+        assert_eq!(shape(&def), chain(&["generate_summary"]));
+        assert_eq!(
+            left_out(&info),
+            [("send_email", "never send email or notify anyone"), ("notify", "never send email or notify anyone")]
+        );
+        let (def, info) = plan(&catalog, "do not send email but notify the team");
+        assert_eq!(shape(&def), chain(&["notify"]));
+        assert_eq!(left_out(&info), [("send_email", "do not send email")]);
+
+        // Asked for outright wins over a negation elsewhere in the goal.
+        let (def, info) = plan(&catalog, "send email, but do not send email");
+        assert_eq!((shape(&def), info.left_out), (chain(&["send_email"]), Vec::new()));
+    }
+
+    #[test]
+    fn a_negated_template_is_dropped_from_a_recipe() {
+        let (def, info) = plan(&builtin(), "vendor onboarding review but skip the policy screen");
+        assert_eq!(shape(&def), chain(&["docs_collect", "final_decision"]));
+        assert_eq!(info.matched, vec!["vendor_onboarding"]);
+        assert_eq!(left_out(&info), [("policy_screen", "skip the policy screen")]);
+    }
+
+    #[test]
+    fn uppercase_not_plans_nothing_and_the_error_says_what_was_left_out() {
+        let catalog = builtin();
+        let err = catalog.plan("do NOT notify anyone").err();
+        let Some(PlanError::NothingLeft { goal, left_out, can_plan }) = &err else { panic!("{err:?}") };
+        assert_eq!(goal, "do NOT notify anyone");
+        assert_eq!(left_out, &vec![LeftOut { entry: "notify".into(), because: "do NOT notify anyone".into() }]);
+        assert_eq!(can_plan, &catalog.describe());
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.starts_with(
+                "the goal \"do NOT notify anyone\" leaves nothing to plan (left out: notify (\"do NOT notify anyone\")): \
+                 say what the run should do"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("The catalog can plan:") && text.contains("--catalog FILE"), "{text}");
+
+        // Negated words that name nothing leave nothing out, and plan nothing either.
+        let err = catalog.plan("please don't do anything").err();
+        assert!(matches!(&err, Some(PlanError::NothingLeft { left_out, .. }) if left_out.is_empty()), "{err:?}");
     }
 
     #[test]
@@ -893,6 +1110,10 @@ recipes:
             assert!(e.contains(needle), "{needle:?} missing from:\n{e}");
         }
         assert!(e.lines().all(|l| l.starts_with("mine.yaml: ")), "{e}");
+
+        let e =
+            err("templates:\n  quiet:\n    description: d\n    keywords: [do not disturb]\n    step: {kind: noop}\n");
+        assert!(e.contains("keyword `do not disturb` contains `not`, which negates the rest of a clause"), "{e}");
     }
 
     #[test]
@@ -970,10 +1191,15 @@ recipes:
 
     #[test]
     fn tokenizer_rules() {
+        let goal = "Check the vendor's docs, then e.g.x; AND   wait! But don't";
+        let found = clauses(goal);
+        let words: Vec<Vec<&str>> = found.iter().map(|c| c.iter().map(|(w, _)| w.as_str()).collect()).collect();
         assert_eq!(
-            clauses("Check the vendor's docs, then e.g.x; AND   wait!"),
-            vec![vec!["check", "the", "vendors", "docs"], vec!["e", "g", "x"], vec!["wait"]]
+            words,
+            vec![vec!["check", "the", "vendors", "docs"], vec!["e", "g", "x"], vec!["wait"], vec!["dont"]]
         );
+        let spans: Vec<&str> = found.iter().flatten().map(|(_, span)| &goal[span.clone()]).collect();
+        assert_eq!(spans, ["Check", "the", "vendor's", "docs", "e", "g", "x", "wait", "don't"]);
         assert!(word_matches("document", "documents"));
         assert!(word_matches("box", "boxes"));
         assert!(!word_matches("document", "documentary"));

@@ -711,7 +711,12 @@ mod tests {
 
     impl Harness {
         fn new(yaml: &str) -> (Harness, Vec<Command>) {
-            let def = crate::validate::parse_definition(yaml, "t.yaml").expect("valid definition");
+            Harness::with(crate::validate::parse_definition(yaml, "t.yaml").expect("valid definition"))
+        }
+
+        /// A run of a definition as given, even one validation would refuse (stored before a
+        /// check existed, or built by hand).
+        fn with(def: crate::definition::Definition) -> (Harness, Vec<Command>) {
             let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)) };
             let created = Event::RunCreated {
                 workflow: def.name.clone(),
@@ -765,9 +770,15 @@ mod tests {
     #[test]
     fn a_step_sees_only_the_steps_it_needs() {
         // c needs a only; b (done before c is decided) is invisible to it, so the input is the
-        // same whenever c is decided or re-decided after a restart.
+        // same whenever c is decided or re-decided after a restart. Validation refuses such a
+        // template; a definition that bypassed it (stored earlier) fails at run time.
         let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a], with: {x: '{{ steps.b.status }}'}}\n";
-        let (mut h, _) = Harness::new(yaml);
+        let refused = crate::validate::parse_definition(yaml, "t.yaml").expect_err("refused by validation");
+        assert_eq!(refused.iter().map(|p| p.code).collect::<Vec<_>>(), ["step_not_needed"]);
+        let valid = yaml.replace("steps.b.status", "steps.a.status");
+        let mut def = crate::validate::parse_definition(&valid, "t.yaml").expect("valid definition");
+        def.steps[2].with = json!({"x": "{{ steps.b.status }}"});
+        let (mut h, _) = Harness::with(def);
         h.succeed("b", json!(1));
         let cmds = h.succeed("a", json!(2));
         assert!(started(&cmds).is_empty());
@@ -1045,7 +1056,7 @@ mod tests {
     fn a_fallback_may_list_its_step_in_needs_and_a_dependent_that_tolerates_skips_still_sees_the_failure() {
         // `cached` names `fetch` in needs too (the natural "after fetch"): it runs, not waits on
         // itself. `audit` (none_failed) is skipped when fetch failed and nothing stood in for it.
-        let yaml = "name: t\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, needs: [fetch], when: 'inputs.use_cache == true'}\n  - {id: audit, kind: echo, needs: [fetch], trigger: none_failed}\n";
+        let yaml = "name: t\ninputs: {use_cache: {}}\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, needs: [fetch], when: 'inputs.use_cache == true'}\n  - {id: audit, kind: echo, needs: [fetch], trigger: none_failed}\n";
         let (mut h, _) = Harness::new(yaml);
         h.state.inputs = json!({"use_cache": true});
         let cmds = fail_for_good(&mut h, "fetch", "down");

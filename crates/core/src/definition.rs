@@ -227,8 +227,47 @@ impl Definition {
         out
     }
 
-    /// Applies defaults to the caller's inputs; returns the names of required inputs left out.
-    pub fn resolve_inputs(&self, given: &serde_json::Map<String, Value>) -> Result<Value, Vec<String>> {
+    /// The steps whose results step `i`'s condition and templates may see: those it needs, the
+    /// step it stands in for if it is a fallback, the fallbacks standing in for any of those
+    /// (followed along chains), and so on transitively. `decide` shows a fallback only once it
+    /// stood in, so this is what can be visible on *some* run; validation refuses only what is
+    /// visible on none.
+    pub fn visible_to(&self, i: usize) -> Vec<bool> {
+        let mut visible = vec![false; self.steps.len()];
+        let mut stack = vec![i];
+        while let Some(j) = stack.pop() {
+            let Some(step) = self.steps.get(j) else { continue };
+            let mut deps: Vec<usize> = step.needs.iter().filter_map(|n| self.index_of(n.as_str())).collect();
+            deps.extend(self.primary_of(j));
+            for k in deps {
+                let mut at = Some(k);
+                // Bounded: a chain of fallbacks visits each step at most once.
+                for _ in 0..self.steps.len() {
+                    let Some(c) = at else { break };
+                    if c != i && !visible[c] {
+                        visible[c] = true;
+                        stack.push(c);
+                    }
+                    at = self.fallback_of(c);
+                }
+            }
+        }
+        visible
+    }
+
+    /// Applies defaults to the caller's inputs. Refuses inputs the definition does not declare
+    /// (a misspelt name would otherwise be ignored and its default used) and required inputs
+    /// left out.
+    pub fn resolve_inputs(&self, given: &serde_json::Map<String, Value>) -> Result<Value, InputsError> {
+        let declared: Vec<&str> = self.inputs.keys().map(String::as_str).collect();
+        let unknown: Vec<UnknownInput> = given
+            .keys()
+            .filter(|name| !self.inputs.contains_key(*name))
+            .map(|name| UnknownInput {
+                name: name.clone(),
+                suggestion: crate::validate::closest(name, declared.iter().copied()).map(str::to_string),
+            })
+            .collect();
         let mut out = given.clone();
         let mut missing = Vec::new();
         for (name, spec) in &self.inputs {
@@ -241,6 +280,131 @@ impl Definition {
                 }
             }
         }
-        if missing.is_empty() { Ok(Value::Object(out)) } else { Err(missing) }
+        if unknown.is_empty() && missing.is_empty() {
+            Ok(Value::Object(out))
+        } else {
+            let declared = declared.into_iter().map(str::to_string).collect();
+            Err(InputsError { workflow: self.name.clone(), unknown, missing, declared })
+        }
+    }
+}
+
+/// Why a run's inputs do not fit its definition. Displays as one sentence naming the workflow,
+/// the unknown names (with a likely intended one) and the missing ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputsError {
+    pub workflow: String,
+    /// Given but not declared under `inputs:`.
+    pub unknown: Vec<UnknownInput>,
+    /// Declared without a default and not given.
+    pub missing: Vec<String>,
+    /// Every input the definition declares, in name order.
+    pub declared: Vec<String>,
+}
+
+/// An input name the definition does not declare.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UnknownInput {
+    pub name: String,
+    /// The declared name it is closest to, when it is close enough to be a typo.
+    pub suggestion: Option<String>,
+}
+
+impl InputsError {
+    /// Stable code for tools: unknown names come first, since a misspelt input usually also
+    /// leaves the intended one missing.
+    pub fn code(&self) -> &'static str {
+        if self.unknown.is_empty() { "missing_inputs" } else { "unknown_inputs" }
+    }
+}
+
+impl std::fmt::Display for InputsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "workflow '{}'", self.workflow)?;
+        if !self.unknown.is_empty() {
+            let names: Vec<String> = self
+                .unknown
+                .iter()
+                .map(|u| match &u.suggestion {
+                    Some(s) => format!("`{}` (did you mean `{s}`?)", u.name.escape_debug()),
+                    None => format!("`{}`", u.name.escape_debug()),
+                })
+                .collect();
+            write!(f, " has no input(s) {}; ", names.join(", "))?;
+            if self.declared.is_empty() {
+                write!(f, "it declares no inputs (add them under `inputs:` in the definition)")?;
+            } else {
+                write!(f, "it declares: {}", self.declared.join(", "))?;
+            }
+            if !self.missing.is_empty() {
+                write!(f, "; and it")?;
+            }
+        }
+        if !self.missing.is_empty() {
+            write!(f, " needs input(s) {}", self.missing.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for InputsError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn definition(source: &str) -> Definition {
+        crate::validate::parse_definition(source, "test.yaml").unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn given(value: Value) -> serde_json::Map<String, Value> {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    const TOPIC: &str = "name: t\ninputs:\n  topic: {}\n  tone: {default: dry}\nsteps:\n  - {id: a, kind: noop}\n";
+
+    #[test]
+    fn an_unknown_input_name_is_refused_with_the_declared_names_and_a_suggestion() {
+        let def = definition(TOPIC);
+        let err = def.resolve_inputs(&given(json!({"tpoic": "otters"}))).expect_err("tpoic is not declared");
+        assert_eq!(err.code(), "unknown_inputs");
+        assert_eq!(err.unknown, vec![UnknownInput { name: "tpoic".into(), suggestion: Some("topic".into()) }]);
+        assert_eq!(
+            (err.declared.clone(), err.missing.clone()),
+            (vec!["tone".into(), "topic".into()], vec!["topic".into()])
+        );
+        assert_eq!(
+            err.to_string(),
+            "workflow 't' has no input(s) `tpoic` (did you mean `topic`?); it declares: tone, topic; and it needs \
+             input(s) topic"
+        );
+
+        let err = def.resolve_inputs(&given(json!({"topic": "otters", "colour": "red"}))).expect_err("colour");
+        assert_eq!(err.unknown, vec![UnknownInput { name: "colour".into(), suggestion: None }]);
+        assert!(err.missing.is_empty());
+        assert_eq!(err.to_string(), "workflow 't' has no input(s) `colour`; it declares: tone, topic");
+    }
+
+    #[test]
+    fn a_definition_without_inputs_refuses_every_given_input() {
+        let def = definition("name: bare\nsteps:\n  - {id: a, kind: noop}\n");
+        assert_eq!(def.resolve_inputs(&given(json!({}))), Ok(json!({})));
+        let err = def.resolve_inputs(&given(json!({"x": 1}))).expect_err("no inputs are declared");
+        assert_eq!(
+            err.to_string(),
+            "workflow 'bare' has no input(s) `x`; it declares no inputs (add them under `inputs:` in the definition)"
+        );
+    }
+
+    #[test]
+    fn declared_inputs_get_their_defaults_and_required_ones_are_named() {
+        let def = definition(TOPIC);
+        assert_eq!(
+            def.resolve_inputs(&given(json!({"topic": "otters"}))),
+            Ok(json!({"topic": "otters", "tone": "dry"}))
+        );
+        let err = def.resolve_inputs(&given(json!({}))).expect_err("topic is required");
+        assert_eq!((err.code(), err.to_string()), ("missing_inputs", "workflow 't' needs input(s) topic".to_string()));
     }
 }

@@ -141,6 +141,29 @@ pub struct PlanInfo {
     pub goal: String,
     /// The catalog entries the goal matched, in order.
     pub matched: Vec<String>,
+    /// Entries the goal mentioned only under a negation ("do not send email"), so not planned.
+    /// Absent from journals written before negation was understood.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A catalog entry the planner left out, and the words of the goal that said so.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub entry: String,
+    /// The negated part of the goal as written, e.g. `do not send email`.
+    pub because: String,
+}
+
+impl PlanInfo {
+    /// `left out: send_email ("do not send email"), notify ("never notify")`, or `None`.
+    pub fn left_out_text(&self) -> Option<String> {
+        if self.left_out.is_empty() {
+            return None;
+        }
+        let items: Vec<String> = self.left_out.iter().map(|l| format!("{} (\"{}\")", l.entry, l.because)).collect();
+        Some(format!("left out: {}", items.join(", ")))
+    }
 }
 
 /// One thing that happened to a run.

@@ -18,6 +18,7 @@ pub mod kinds;
 pub mod machine;
 pub mod payload;
 pub mod retry;
+pub mod scope;
 pub mod state;
 pub mod template;
 pub mod timeline;

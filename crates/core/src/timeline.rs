@@ -87,7 +87,9 @@ impl Timeline {
                 Event::PlanRecorded { plan, .. } => {
                     t.status = "EXECUTING".into();
                     if let Some(p) = plan {
-                        t.moments.push((at, format!("planned \"{}\" as {}", p.goal, p.matched.join(" -> "))));
+                        let left_out = p.left_out_text().map(|t| format!("; {t}")).unwrap_or_default();
+                        let planned = format!("planned \"{}\" as {}{left_out}", p.goal, p.matched.join(" -> "));
+                        t.moments.push((at, planned));
                     }
                 }
                 Event::StepReady { step: s } => {

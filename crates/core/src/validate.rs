@@ -15,6 +15,7 @@ use crate::event::ErrorClass;
 use crate::ids::StepId;
 use crate::kinds;
 use crate::retry::{MAX_ATTEMPTS_RANGE, MAX_DELAY_LIMIT_MS, MULTIPLIER_RANGE, RetryPolicy};
+use crate::scope::View;
 use crate::{expr, template};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -147,14 +148,14 @@ struct RawStep {
 #[serde(deny_unknown_fields)]
 struct RawCompensate {
     kind: Spanned<String>,
-    with: Option<Value>,
+    with: Option<Spanned<Node>>,
     retry: Option<RawRetry>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApproval {
-    prompt: Option<String>,
+    prompt: Option<Spanned<String>>,
     approvers: Option<Vec<String>>,
     deadline: Option<Spanned<DurationText>>,
     on_deadline: Option<Spanned<String>>,
@@ -712,10 +713,11 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
     }
     let graph = Graph::new(raw_steps, out);
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); raw_steps.len()];
+    let mut sites = Vec::new();
     let steps = raw_steps
         .iter()
         .enumerate()
-        .map(|(index, step)| compile_step(index, &step.value, &graph, &defaults, &mut edges[index], out))
+        .map(|(index, step)| compile_step(index, &step.value, &graph, &defaults, &mut edges[index], &mut sites, out))
         .collect();
     let steps = check_fallbacks(steps, raw_steps, &graph, &mut edges, out);
 
@@ -752,7 +754,7 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         }
         Some(ms)
     });
-    Definition {
+    let definition = Definition {
         format: FORMAT_VERSION,
         name: raw.name.value,
         version,
@@ -761,6 +763,58 @@ fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
         artifact: raw.artifact.map(|a| a.value),
         retention_ms,
         steps,
+    };
+    check_references(&definition, &sites, out);
+    definition
+}
+
+/// A condition or template string of one step, kept until the whole graph is known, so what it
+/// reads can be checked against what the step can see.
+struct Site {
+    step: usize,
+    at: Location,
+    /// Its name in messages: `when`, `with.body`, `approval.prompt`, `compensate.with.to`.
+    field: String,
+    text: String,
+    condition: bool,
+    /// `compensate.with` also sees `output`.
+    compensation: bool,
+}
+
+impl Site {
+    fn template(step: usize, at: Location, field: &str, text: &str) -> Site {
+        Site { step, at, field: field.to_string(), text: text.to_string(), condition: false, compensation: false }
+    }
+}
+
+/// Refuses what a step's conditions and templates read but can never see (see [`crate::scope`]).
+fn check_references(def: &Definition, sites: &[Site], out: &mut Problems<'_>) {
+    let ids: Vec<&str> = def.steps.iter().map(|s| s.id.as_str()).collect();
+    let inputs: Vec<&str> = def.inputs.keys().map(String::as_str).collect();
+    let with_fallback: HashSet<&str> =
+        def.steps.iter().filter(|s| matches!(s.on_failure, OnFailure::Fallback(_))).map(|s| s.id.as_str()).collect();
+    let mut visible: HashMap<usize, HashSet<&str>> = HashMap::new();
+    for site in sites {
+        let seen = visible.entry(site.step).or_insert_with(|| {
+            let flags = def.visible_to(site.step);
+            ids.iter().zip(flags).filter(|(_, v)| *v).map(|(id, _)| *id).collect()
+        });
+        let view = View {
+            step: ids[site.step],
+            inputs: inputs.clone(),
+            steps: ids.clone(),
+            visible: seen.clone(),
+            with_fallback: with_fallback.clone(),
+            output: site.compensation,
+        };
+        let (refs, kind) = if site.condition {
+            (expr::references(&site.text), "condition")
+        } else {
+            (template::references(&site.text), "template")
+        };
+        for finding in view.check(&refs, &site.field, kind) {
+            out.add(site.at, Some(view.step), finding.code, finding.message);
+        }
     }
 }
 
@@ -884,6 +938,7 @@ fn compile_step(
     graph: &Graph<'_>,
     defaults: &Defaults,
     edges: &mut Vec<usize>,
+    sites: &mut Vec<Site>,
     out: &mut Problems<'_>,
 ) -> Step {
     let id = s.id.value.as_str();
@@ -948,23 +1003,18 @@ fn compile_step(
         }
     }
 
-    if let Some(when) = &s.when
-        && let Err(e) = expr::check(&when.value)
-    {
-        out.add(when.referenced, here, "bad_condition", condition_message(&e));
+    if let Some(when) = &s.when {
+        match expr::check(&when.value) {
+            Err(e) => out.add(when.referenced, here, "bad_condition", condition_message(&e)),
+            Ok(()) => {
+                sites.push(Site { condition: true, ..Site::template(index, when.referenced, "when", &when.value) })
+            }
+        }
     }
 
     let with = match &s.with {
         None => Value::Null,
-        Some(node) => {
-            let mut places = HashMap::new();
-            let with = node_to_json(node, "with".to_string(), &mut places);
-            for (path, message) in template::check(&with) {
-                let at = places.get(&path).copied().unwrap_or(node.referenced);
-                out.add(at, here, "bad_template", format!("template in `{path}` does not compile: {message}"));
-            }
-            with
-        }
+        Some(node) => templates_of(node, index, "", here, sites, out),
     };
 
     let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();
@@ -1042,15 +1092,47 @@ fn compile_step(
         on_failure,
         trigger,
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
-        approval: compile_approval(s, here, out),
-        compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, defaults, here, out)),
+        approval: compile_approval(s, index, here, sites, out),
+        compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, index, defaults, here, sites, out)),
     }
+}
+
+/// Converts a `with` block (under `prefix`, e.g. `compensate.`) to JSON, reports templates that do
+/// not compile at their own line, and keeps the others as sites for the reference check.
+fn templates_of(
+    node: &Spanned<Node>,
+    index: usize,
+    prefix: &str,
+    step: Option<&str>,
+    sites: &mut Vec<Site>,
+    out: &mut Problems<'_>,
+) -> Value {
+    let mut places = HashMap::new();
+    let with = node_to_json(node, "with".to_string(), &mut places);
+    let broken: HashSet<String> = template::check(&with)
+        .into_iter()
+        .map(|(path, message)| {
+            let at = places.get(&path).copied().unwrap_or(node.referenced);
+            out.add(at, step, "bad_template", format!("template in `{prefix}{path}` does not compile: {message}"));
+            path
+        })
+        .collect();
+    template::for_each_template(&with, "with", &mut |path, text| {
+        if !broken.contains(path) {
+            let at = places.get(path).copied().unwrap_or(node.referenced);
+            let compensation = !prefix.is_empty();
+            sites.push(Site { compensation, ..Site::template(index, at, &format!("{prefix}{path}"), text) });
+        }
+    });
+    with
 }
 
 fn compile_compensate(
     c: &RawCompensate,
+    index: usize,
     defaults: &Defaults,
     step: Option<&str>,
+    sites: &mut Vec<Site>,
     out: &mut Problems<'_>,
 ) -> Option<crate::definition::Compensate> {
     let Some(kind) = kinds::lookup(&c.kind.value) else {
@@ -1071,10 +1153,7 @@ fn compile_compensate(
         out.add(c.kind.referenced, step, "bad_compensation", msg.to_string());
         return None;
     }
-    let with = c.with.clone().unwrap_or(Value::Null);
-    for (path, msg) in template::check(&with) {
-        out.add(c.kind.referenced, step, "bad_template", format!("compensate.{path}: {msg}"));
-    }
+    let with = c.with.as_ref().map_or(Value::Null, |node| templates_of(node, index, "compensate.", step, sites, out));
     let own = c.retry.as_ref().map(|r| check_retry(r, "compensate.retry.", step, out)).unwrap_or_default();
     let retry = resolve_retry(kind.retry, &defaults.retry, &own).policy;
     Some(crate::definition::Compensate { kind: kind.name.to_string(), with, retry })
@@ -1082,14 +1161,34 @@ fn compile_compensate(
 
 /// A step needs approval if it is an `approval` step, sets `requires_approval: true`, or has an
 /// `approval:` block.
-fn compile_approval(s: &RawStep, step: Option<&str>, out: &mut Problems<'_>) -> Option<crate::definition::Approval> {
+fn compile_approval(
+    s: &RawStep,
+    index: usize,
+    step: Option<&str>,
+    sites: &mut Vec<Site>,
+    out: &mut Problems<'_>,
+) -> Option<crate::definition::Approval> {
     use crate::definition::{Approval, OnDeadline};
     let wanted = s.kind.value == "approval" || s.requires_approval == Some(true) || s.approval.is_some();
     if !wanted {
         return None;
     }
     let raw = s.approval.as_ref();
-    let prompt = raw.and_then(|a| a.prompt.clone()).unwrap_or_else(|| format!("Approve step `{}`?", s.id.value));
+    let prompt = match raw.and_then(|a| a.prompt.as_ref()) {
+        Some(p) => {
+            match template::check(&Value::String(p.value.clone())).pop() {
+                Some((_, message)) => out.add(
+                    p.referenced,
+                    step,
+                    "bad_template",
+                    format!("template in `approval.prompt` does not compile: {message}"),
+                ),
+                None => sites.push(Site::template(index, p.referenced, "approval.prompt", &p.value)),
+            }
+            p.value.clone()
+        }
+        None => format!("Approve step `{}`?", s.id.value),
+    };
     let deadline_ms =
         raw.and_then(|a| a.deadline.as_ref()).and_then(|d| out.delay("approval.deadline", d, step, 365 * 86_400_000));
     let on_deadline = match raw.and_then(|a| a.on_deadline.as_ref()) {
@@ -1206,7 +1305,7 @@ fn find_cycles(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
-fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let len = word.chars().count();
     candidates
         .into_iter()
@@ -1492,6 +1591,7 @@ steps:
     fn validate_template_problems_point_at_the_string() {
         let source = "\
 name: t
+inputs: {x: {}}
 steps:
   - id: a
     kind: echo
@@ -1501,7 +1601,7 @@ steps:
         list: [fine, \"{{ broken\"]
 ";
         let found = problems(source);
-        assert_eq!(summary(&found), vec![(Some(8), Some(22), Some("a"), "bad_template")], "{found:#?}");
+        assert_eq!(summary(&found), vec![(Some(9), Some(22), Some("a"), "bad_template")], "{found:#?}");
         assert!(found[0].message.contains("with.nested.list[1]"), "{}", found[0].message);
     }
 

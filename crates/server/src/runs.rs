@@ -190,12 +190,13 @@ pub async fn resolve<S: Store>(
     if let RunSource::Goal { goal } = &source {
         given.entry("goal").or_insert_with(|| Value::String(goal.clone()));
     }
-    let inputs = definition.resolve_inputs(&given).map_err(|missing| {
-        ApiError::unprocessable(
-            "missing_inputs",
-            format!("workflow '{}' needs input(s) {}", definition.name, missing.join(", ")),
-        )
-        .with_details(json!({"missing": missing}))
+    let inputs = definition.resolve_inputs(&given).map_err(|e| {
+        let suggestions: Map<String, Value> =
+            e.unknown.iter().filter_map(|u| Some((u.name.clone(), Value::String(u.suggestion.clone()?)))).collect();
+        let unknown: Vec<&str> = e.unknown.iter().map(|u| u.name.as_str()).collect();
+        let details =
+            json!({"unknown": unknown, "suggestions": suggestions, "declared": e.declared, "missing": e.missing});
+        ApiError::unprocessable(e.code(), e.to_string()).with_details(details)
     })?;
     Ok((definition, source, plan, inputs))
 }

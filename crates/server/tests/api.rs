@@ -350,6 +350,20 @@ async fn what_to_run_must_be_exactly_one_plannable_valid_thing() {
     let r = api.post("/v1/runs", json!({"workflow": needs_topic.clone()})).await;
     r.error(422, "missing_inputs");
     assert_eq!(r.json["error"]["details"]["missing"], json!(["topic"]), "{}", r.text);
+    // Unknown input names: the declared names and a suggestion, and no run.
+    let r = api.post("/v1/runs", json!({"workflow": needs_topic.clone(), "inputs": {"tpoic": "otters"}})).await;
+    r.error(422, "unknown_inputs");
+    assert_eq!(
+        r.json["error"]["details"],
+        json!({"unknown": ["tpoic"], "suggestions": {"tpoic": "topic"}, "declared": ["topic"], "missing": ["topic"]}),
+        "{}",
+        r.text
+    );
+    let message = r.json["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("has no input(s) `tpoic` (did you mean `topic`?)"), "{message}");
+    let r = api.post("/v1/runs", json!({"goal": GOAL, "inputs": {"colour": "red"}})).await;
+    r.error(422, "unknown_inputs");
+    assert_eq!(r.json["error"]["details"]["declared"], json!(["goal"]), "{}", r.text);
     let r = api.post("/v1/runs?wait=5s", json!({"workflow": needs_topic, "inputs": {"topic": "otters"}})).await;
     let view = r.ok(201);
     assert_eq!(view["status"], "COMPLETED", "{view:#}");
