@@ -143,31 +143,15 @@ struct Decider<'a> {
 impl Decider<'_> {
     /// Starts every ready step and re-arms every retry timer (after a restart or an unpause).
     fn restart_work(&mut self) -> Result<(), Error> {
+        for t in self.state.pending_timers() {
+            self.out.push(Command::ArmTimer { step: t.step, at_ms: t.at_ms });
+        }
         if self.state.status == RunStatus::Compensating {
-            for s in &self.state.steps {
-                if let Some(at_ms) =
-                    s.compensation.as_ref().filter(|c| c.gave_up.is_none()).and_then(|c| c.not_before_ms)
-                {
-                    self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
-                }
-            }
             return self.compensate_next();
         }
         for i in 0..self.state.steps.len() {
-            let s = &self.state.steps[i];
-            match s.status {
-                StepStatus::Ready => self.start_attempt(i)?,
-                StepStatus::RetryWait => {
-                    if let Some(at_ms) = s.not_before_ms {
-                        self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
-                    }
-                }
-                StepStatus::Waiting => {
-                    if let Some(at_ms) = s.approval.as_ref().and_then(|a| a.deadline_ms) {
-                        self.out.push(Command::ArmTimer { step: s.id.clone(), at_ms });
-                    }
-                }
-                _ => {}
+            if self.state.steps[i].status == StepStatus::Ready {
+                self.start_attempt(i)?;
             }
         }
         Ok(())

@@ -92,27 +92,22 @@ impl RunRow {
     }
 }
 
-/// When the run next needs a worker, derived from its state.
+/// When the run next needs a worker, derived from its state: now if it has work to do, else its
+/// earliest pending timer (`RunState::pending_timers`, the list `resume` re-arms), else never
+/// (it waits for a person or a signal).
 fn wake_at(state: &RunState) -> Option<i64> {
     use cairn_core::{RunStatus, StepStatus};
+    let next_timer = || state.pending_timers().iter().map(|t| t.at_ms).min();
     match state.status {
         s if s.is_terminal() => None,
         RunStatus::Paused => None,
         RunStatus::Pending | RunStatus::Planning => Some(state.updated_at_ms),
+        // Undos run one at a time: one running, or the next to start, or one waiting on its
+        // retry timer.
+        RunStatus::Compensating => next_timer().or(Some(state.updated_at_ms)),
         _ => {
             let busy = state.steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
-            if busy {
-                Some(state.updated_at_ms)
-            } else {
-                let retries =
-                    state.steps.iter().filter(|s| s.status == StepStatus::RetryWait).filter_map(|s| s.not_before_ms);
-                let deadlines = state
-                    .steps
-                    .iter()
-                    .filter(|s| s.status == StepStatus::Waiting)
-                    .filter_map(|s| s.approval.as_ref().and_then(|a| a.deadline_ms));
-                retries.chain(deadlines).min()
-            }
+            if busy { Some(state.updated_at_ms) } else { next_timer() }
         }
     }
 }
