@@ -30,7 +30,10 @@ pub enum TokensCommand {
 }
 
 pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
-    let store = db.open().await?;
+    let store = match command {
+        TokensCommand::Create { .. } => db.open().await?,
+        _ => db.open_existing().await?,
+    };
     match command {
         TokensCommand::Create { role, name } => {
             let role = Role::parse(&role)
@@ -78,7 +81,7 @@ fn token_error(e: cairn_store::Error) -> CliError {
 
 pub async fn gc(db: &DbArgs, retention: &str, dry_run: bool, json: bool) -> CliResult {
     let ms = cairn_core::duration::parse_ms(retention).map_err(|e| CliError::usage(format!("--retention: {e}")))?;
-    let store = db.open().await?;
+    let store = db.open_existing().await?;
     let report = store.gc(cairn_engine::now_ms(), ms, dry_run).await?;
     if json {
         crate::out!("{}", serde_json::to_string(&report).unwrap_or_default());

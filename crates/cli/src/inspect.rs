@@ -130,13 +130,7 @@ fn run_id(s: &str) -> CliResult<RunId> {
 }
 
 pub(crate) async fn open_existing(db: &DbArgs) -> CliResult<cairn_store::AnyStore> {
-    if db.database.is_none() && !db.db.exists() {
-        return Err(CliError::usage(format!(
-            "no database at {} (nothing has run here yet; pass --db or set CAIRN_DB)",
-            db.db.display()
-        )));
-    }
-    db.open().await
+    db.open_existing().await
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -146,7 +140,7 @@ fn print_json(v: &impl serde::Serialize) {
 /// `cairn approvals`: every step waiting for a person, oldest request first, with the command
 /// that answers it.
 pub async fn approvals(db: &DbArgs, json: bool) -> CliResult {
-    let store = db.open().await?;
+    let store = db.open_existing().await?;
     let waiting = cairn_engine::waiting_approvals(&store).await?;
     if json {
         print_json(&waiting);

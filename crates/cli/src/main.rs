@@ -42,7 +42,7 @@ impl CliError {
 impl From<cairn_store::Error> for CliError {
     fn from(e: cairn_store::Error) -> Self {
         match e {
-            cairn_store::Error::NotFound(_) => CliError::usage(e.to_string()),
+            cairn_store::Error::NotFound(_) | cairn_store::Error::NoSchema { .. } => CliError::usage(e.to_string()),
             _ => CliError::env(e.to_string()),
         }
     }
@@ -89,22 +89,46 @@ pub struct DbArgs {
     /// it survives a process crash but maybe not power loss.
     #[arg(long, global = true, env = "CAIRN_DURABILITY", default_value = "full")]
     pub durability: String,
+    /// PostgreSQL only: how long to keep trying while the server cannot be reached (not up yet,
+    /// restarting) before giving up.
+    #[arg(long, global = true, env = "CAIRN_CONNECT_TIMEOUT", default_value = "10s")]
+    pub connect_timeout: String,
 }
 
 impl DbArgs {
+    /// Opens the database for a command that writes: Cairn's schema is created if missing.
     pub async fn open(&self) -> CliResult<cairn_store::AnyStore> {
+        self.open_with(cairn_store::Create::Yes).await
+    }
+
+    /// Opens the database for a command that reads (or changes an existing run): a database
+    /// without Cairn's schema is refused and left untouched.
+    pub async fn open_existing(&self) -> CliResult<cairn_store::AnyStore> {
+        if self.database.is_none() && !self.db.exists() {
+            return Err(CliError::usage(format!(
+                "no database at {} (nothing has run here yet; pass --db or set CAIRN_DB)",
+                self.db.display()
+            )));
+        }
+        self.open_with(cairn_store::Create::No).await
+    }
+
+    async fn open_with(&self, create: cairn_store::Create) -> CliResult<cairn_store::AnyStore> {
         if let Some(url) = &self.database {
             if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                 return Err(CliError::usage(
                     "--database takes a PostgreSQL URL (postgres://user@host/db); for SQLite use --db FILE",
                 ));
             }
-            return Ok(cairn_store::AnyStore::Postgres(cairn_store::PgStore::open(url).await?));
+            let patience = cairn_core::duration::parse_ms(&self.connect_timeout)
+                .map_err(|e| CliError::usage(format!("--connect-timeout: {e}")))?;
+            let patience = std::time::Duration::from_millis(patience);
+            return Ok(cairn_store::AnyStore::Postgres(cairn_store::PgStore::open_with(url, create, patience).await?));
         }
         let durability = cairn_store::Durability::parse(&self.durability).ok_or_else(|| {
             CliError::usage(format!("--durability '{}' is not known: use full or normal", self.durability))
         })?;
-        Ok(cairn_store::AnyStore::Sqlite(cairn_store::SqliteStore::open(&self.db, durability)?))
+        Ok(cairn_store::AnyStore::Sqlite(cairn_store::SqliteStore::open_with(&self.db, durability, create)?))
     }
 }
 

@@ -65,7 +65,7 @@ pub async fn run(db: &DbArgs, args: ReplayArgs) -> CliResult {
         (_, Some(path)) => from_file(path)?,
         (Some(id), None) => {
             let id = RunId::parse(id).map_err(CliError::usage)?;
-            let store = db.open().await?;
+            let store = db.open_existing().await?;
             let loaded = store.load_run(&id).await?;
             (id, loaded.events, loaded.payloads)
         }

@@ -22,6 +22,16 @@ pub use rows::{
 };
 pub use sqlite::{Durability, SqliteStore};
 
+/// Whether opening a database may create Cairn's schema in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    /// Commands that write: create the schema (or migrate it) as needed.
+    Yes,
+    /// Commands that only read: refuse a database without Cairn's schema, changing nothing.
+    /// An older schema is still migrated, as any start of a newer binary does.
+    No,
+}
+
 use cairn_core::{Envelope, RunId};
 use serde_json::Value;
 use std::future::Future;
@@ -41,6 +51,9 @@ pub enum Error {
     NewerSchema { path: String, found: i64, known: i64 },
     #[error("cannot open {path}: {detail}")]
     Open { path: String, detail: String },
+    /// A command that only reads was pointed at a database Cairn never wrote to.
+    #[error("no Cairn schema in {path}; commands that write (cairn run, serve, worker) create it")]
+    NoSchema { path: String },
     #[error("run {run_id} was changed by someone else (expected journal position {expected}); reload it")]
     Conflict { run_id: String, expected: u64 },
     #[error("no run with id {0}; `cairn runs list` shows the runs in this database")]
@@ -63,7 +76,7 @@ pub enum Error {
     Sqlite(#[from] rusqlite::Error),
     #[error("PostgreSQL error: {0}")]
     Postgres(String),
-    #[error("the database is unreachable ({0}); retrying with backoff")]
+    #[error("the database is unreachable ({0})")]
     Unavailable(String),
     #[error("the store is shut down")]
     Closed,

@@ -70,6 +70,57 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// Connects, retrying with backoff for up to `patience` while the server cannot be reached (a
+/// refused connection, a timeout); other failures (a wrong password, a missing database) are
+/// reported at once.
+async fn connect_patiently(
+    config: &tokio_postgres::Config,
+    display: &str,
+    patience: Duration,
+) -> Result<Client, Error> {
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut told = false;
+    loop {
+        match connect(config).await {
+            Ok(client) => return Ok(client),
+            Err(Error::Unavailable(e)) if started.elapsed() + backoff <= patience => {
+                if !told {
+                    cairn_log(format_args!(
+                        "cairn: cannot reach PostgreSQL at {display} ({e}); retrying for up to {}s",
+                        patience.as_secs()
+                    ));
+                    told = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(Error::Unavailable(e)) => {
+                let waited = if patience.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after trying for {}s", started.elapsed().as_secs())
+                };
+                return Err(Error::Open {
+                    path: display.to_string(),
+                    detail: format!(
+                        "the server cannot be reached{waited} ({e}); gave up — check that it runs and accepts connections"
+                    ),
+                });
+            }
+            Err(e) => return Err(Error::Open { path: display.to_string(), detail: e.to_string() }),
+        }
+    }
+}
+
+/// A line for the operator (the store has no logger of its own; a closed stderr is ignored).
+fn cairn_log(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args);
+    let _ = err.write_all(b"\n");
+}
+
 /// A client and the statements prepared on it (prepared once per connection: the hot
 /// statements are parsed and planned once, not per group).
 struct Conn {
@@ -140,13 +191,26 @@ impl PgStore {
     /// Connects, checks the database is Cairn's (or empty), and applies migrations under an
     /// advisory lock so processes starting together do not race.
     pub async fn open(url: &str) -> Result<PgStore, Error> {
+        PgStore::open_with(url, crate::Create::Yes, Duration::ZERO).await
+    }
+
+    /// Like `open`; with `Create::No` a database without Cairn's schema is refused untouched.
+    /// While the server cannot be reached (not up yet, restarting) connecting is retried with
+    /// backoff for up to `patience`, then given up with the last error.
+    pub async fn open_with(url: &str, create: crate::Create, patience: Duration) -> Result<PgStore, Error> {
         let display = redact(url);
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Open { path: display.clone(), detail: format!("not a PostgreSQL URL: {e}") })?;
         config.keepalives(true).keepalives_idle(Duration::from_secs(15));
-        let mut migrator =
-            connect(&config).await.map_err(|e| Error::Open { path: display.clone(), detail: e.to_string() })?;
+        let mut migrator = connect_patiently(&config, &display, patience).await?;
+        if create == crate::Create::No {
+            let has_schema: bool =
+                migrator.query_one("SELECT to_regclass('cairn_meta') IS NOT NULL", &[]).await.map_err(pg)?.get(0);
+            if !has_schema {
+                return Err(Error::NoSchema { path: display });
+            }
+        }
         migrate(&mut migrator, &display).await?;
         drop(migrator);
         let shared = Arc::new(Slot { config: config.clone(), client: RwLock::new(None) });

@@ -111,6 +111,13 @@ fn check_ownership(conn: &Connection, path: &Path) -> Result<bool, Error> {
     Ok(app_id != APPLICATION_ID || version < known)
 }
 
+/// Cairn's schema is there (at any version).
+fn has_schema(conn: &Connection, path: &Path) -> Result<bool, Error> {
+    conn.query_row("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='runs'", [], |r| r.get::<_, i64>(0))
+        .map(|n| n > 0)
+        .map_err(|e| open_error(path, e))
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
     let tx =
         conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| open_error(path, e))?;
@@ -129,7 +136,20 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), Error> {
 impl SqliteStore {
     /// Opens (creating if needed) the database and applies migrations.
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<SqliteStore, Error> {
+        SqliteStore::open_with(path, durability, crate::Create::Yes)
+    }
+
+    /// Opens the database; with `Create::No` a missing file, or one without Cairn's schema, is
+    /// refused and left as it was.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        durability: Durability,
+        create: crate::Create,
+    ) -> Result<SqliteStore, Error> {
         let path = path.as_ref().to_path_buf();
+        if create == crate::Create::No && !path.exists() {
+            return Err(Error::NoSchema { path: path.display().to_string() });
+        }
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
             && !parent.exists()
@@ -141,6 +161,9 @@ impl SqliteStore {
         }
         let mut writer = open_raw(&path)?;
         let needs_migration = check_ownership(&writer, &path)?;
+        if create == crate::Create::No && !has_schema(&writer, &path)? {
+            return Err(Error::NoSchema { path: path.display().to_string() });
+        }
         set_pragmas(&writer, &path, durability)?;
         if needs_migration {
             migrate(&mut writer, &path)?;
