@@ -69,6 +69,10 @@ pub(crate) struct Live<S: Store> {
     shutdown: watch::Receiver<bool>,
     /// Give up ownership with the next commit (creation for other workers, idle release).
     release: bool,
+    /// Keep trying a commit the store cannot take right now (disk full, server away) instead of
+    /// failing: set while a driver drives the run, so that its progress is recorded once the
+    /// store accepts writes again. One-off commits (a creation, a request) fail fast.
+    patient: bool,
     idempotency: Option<IdempotencyKey>,
 }
 
@@ -90,6 +94,7 @@ impl<S: Store> Live<S> {
             answered: Vec::new(),
             shutdown: inner.shutdown.subscribe(),
             release: false,
+            patient: false,
             idempotency: None,
             inner,
         }
@@ -269,7 +274,7 @@ impl<S: Store> Live<S> {
         run.owner = Some(self.inner.config.owner.clone());
         // A finished run needs no owner: leases only ever cover unfinished work.
         let release = std::mem::take(&mut self.release) || self.state.status.is_terminal();
-        let write = RunWrite {
+        let write = Arc::new(RunWrite {
             release,
             idempotency: self.idempotency.take(),
             run_id: self.state.run_id.clone(),
@@ -282,13 +287,28 @@ impl<S: Store> Live<S> {
             steps: StepRow::from_state(&self.state, Some(&touched)),
             logs: std::mem::take(&mut self.logs),
             requests: std::mem::take(&mut self.answered),
-        };
-        match self.inner.store.commit(write).await {
-            Ok(()) => {}
-            Err(cairn_store::Error::Conflict { .. }) => {
-                return Err(Error::Lost { run_id: self.state.run_id.to_string() });
+        });
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.inner.store.commit(write.clone()).await {
+                Ok(()) => break,
+                Err(cairn_store::Error::Conflict { .. }) => {
+                    return Err(Error::Lost { run_id: self.state.run_id.to_string() });
+                }
+                // The store cannot take writes now: keep what was decided and try the same write
+                // again (its fence still holds: if another process took the run meanwhile, the
+                // retry fails as a conflict).
+                Err(e) if e.is_transient() && self.patient && !*self.shutdown.borrow() => {
+                    crate::say_limited!(
+                        "commit-retry",
+                        "[worker] run {}: cannot record its progress yet ({e}); keeping it and retrying",
+                        self.state.run_id
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
         self.committed_seq = self.state.last_seq;
         let events = std::mem::take(&mut self.events);
@@ -583,6 +603,7 @@ impl<S: Store> Live<S> {
     }
 
     pub(crate) async fn drive(mut self) -> Result<RunOutcome, Error> {
+        self.patient = true;
         let result = self.drive_loop().await;
         self.detach();
         if result.is_err() {

@@ -238,6 +238,11 @@ impl<S: Store> Engine<S> {
         // One run that cannot be resumed (a damaged journal, say) must not stop the others.
         let mut handles = Vec::new();
         for id in claimed {
+            if self.is_driven_here(&id) {
+                // Its lease lapsed while this process could not write (disk full): the claim
+                // renewed it; the driver here still has it.
+                continue;
+            }
             let driving = self.resume_one(&id).await;
             handles.push((id, driving));
         }
@@ -469,6 +474,11 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
+    /// A driver in this process drives the run.
+    fn is_driven_here(&self, id: &RunId) -> bool {
+        self.inner.drivers.lock().is_ok_and(|d| d.contains_key(id))
+    }
+
     /// Rings the bell of this run's driver in this process, if there is one.
     pub(crate) fn poke(&self, id: &RunId) -> bool {
         match self.inner.drivers.lock().ok().and_then(|d| d.get(id).cloned()) {
@@ -609,7 +619,7 @@ impl<S: Store> Engine<S> {
             let now = now_ms();
             let until = now + self.inner.config.lease_ms as i64;
             if let Ok(ids) = self.inner.store.claim_ready(&self.inner.config.owner, now, until, free.min(256)).await {
-                for id in ids {
+                for id in ids.into_iter().filter(|id| !self.is_driven_here(id)) {
                     if let Err(e) = self.resume_one(&id).await {
                         crate::say_limited!("cannot-drive", "[worker] cannot drive run {id}: {e}; handing it back");
                         self.let_go(&id, None).await;
@@ -698,7 +708,9 @@ impl<S: Store> Engine<S> {
                 let lease_every = ((inner.config.lease_ms / 3) / every.as_millis().max(1) as u64).max(1);
                 if beats.is_multiple_of(lease_every) {
                     let until = now_ms() + inner.config.lease_ms as i64;
-                    let _ = inner.store.heartbeat(&inner.config.owner, until).await;
+                    if let Err(e) = inner.store.heartbeat(&inner.config.owner, until).await {
+                        crate::say_limited!("heartbeat", "[engine] could not renew this process's leases ({e})");
+                    }
                 }
                 engine.seen_working().await;
             }

@@ -213,15 +213,20 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz<S: Store>(State(state): State<AppState<S>>) -> axum::response::Response {
-    match state.store.ping().await {
-        Ok(()) if !state.engine.is_draining() => {
-            axum::Json(json!({"status": "ready", "store": state.store.describe()})).into_response()
-        }
-        Ok(()) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down").into_response()
-        }
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response(),
+    if state.engine.is_draining() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down")
+            .into_response();
     }
+    if let Err(e) = state.store.ping().await {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response();
+    }
+    // Reads may work while writes do not (a full disk): not ready to take work then.
+    if let Some(e) = state.store.write_failure() {
+        let mut error = ApiError::from(e);
+        error.message = format!("the store cannot take writes: {}", error.message);
+        return error.into_response();
+    }
+    axum::Json(json!({"status": "ready", "store": state.store.describe()})).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -48,10 +48,17 @@ impl Store for AnyStore {
         }
     }
 
-    async fn commit(&self, write: RunWrite) -> Result<(), Error> {
+    async fn commit(&self, write: impl Into<std::sync::Arc<RunWrite>> + Send) -> Result<(), Error> {
         match self {
             AnyStore::Sqlite(s) => s.commit(write).await,
             AnyStore::Postgres(s) => s.commit(write).await,
+        }
+    }
+
+    fn write_failure(&self) -> Option<Error> {
+        match self {
+            AnyStore::Sqlite(s) => Store::write_failure(s),
+            AnyStore::Postgres(s) => s.write_failure(),
         }
     }
 

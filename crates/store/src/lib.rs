@@ -73,7 +73,11 @@ pub enum Error {
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The disk holding the database is full: nothing was written. Writes succeed again once
+    /// space is freed.
+    #[error("the disk holding the database is full ({0}); nothing was written, and writes resume once space is freed")]
+    Full(String),
     #[error("PostgreSQL error: {0}")]
     Postgres(String),
     #[error("the database is unreachable ({0})")]
@@ -85,7 +89,33 @@ pub enum Error {
 impl Error {
     /// Worth trying again later (lock contention, a lost race), as opposed to a hard failure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Locked { .. } | Error::Conflict { .. } | Error::Unavailable(_))
+        matches!(self, Error::Locked { .. } | Error::Conflict { .. } | Error::Unavailable(_) | Error::Full(_))
+    }
+
+    /// The store cannot take writes right now (disk full, server away, file locked), but will
+    /// once that passes: the same write is worth trying again unchanged.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Locked { .. } | Error::Unavailable(_) | Error::Full(_))
+    }
+
+    /// A copy of a store-wide write failure (a full disk, an unreachable server), to report.
+    pub(crate) fn write_failure_copy(&self) -> Option<Error> {
+        match self {
+            Error::Full(m) => Some(Error::Full(m.clone())),
+            Error::Unavailable(m) => Some(Error::Unavailable(m.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    /// A full disk and I/O failures are conditions to wait out, not damage or bugs.
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Error::Full(e.to_string()),
+            Some(rusqlite::ErrorCode::SystemIoFailure) => Error::Unavailable(format!("I/O error: {e}")),
+            _ => Error::Sqlite(e),
+        }
     }
 }
 
@@ -135,8 +165,12 @@ pub struct Claim<'a> {
 /// PostgreSQL; the conformance tests run against each.
 pub trait Store: Send + Sync + 'static {
     /// Appends events and updates projections atomically; fails with `Conflict` if the run moved
-    /// on or changed owner since `write.expected_seq`.
-    fn commit(&self, write: RunWrite) -> impl Future<Output = Result<(), Error>> + Send;
+    /// on or changed owner since `write.expected_seq`. The write is shared so that a writer can
+    /// send the very same write again after a transient failure (`Error::is_transient`).
+    fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Why writes are failing right now (`Error::Full`, `Error::Unavailable`), or `None` while
+    /// they succeed. Readiness reports this: reads may work while writes do not.
+    fn write_failure(&self) -> Option<Error>;
     fn load_run(&self, id: &RunId) -> impl Future<Output = Result<LoadedRun, Error>> + Send;
     /// Takes over unfinished runs whose lease expired or whose owner is gone; returns their ids.
     fn claim_runs(&self, claim: Claim<'_>) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;

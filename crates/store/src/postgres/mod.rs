@@ -33,11 +33,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn pg(e: tokio_postgres::Error) -> Error {
     // Connection exceptions (class 08) and shutdowns (57P01..57P03) mean "the server is away",
-    // not "the request is wrong": callers retry those.
-    let gone = e.as_db_error().is_some_and(|d| {
-        let code = d.code().code();
-        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
-    });
+    // not "the request is wrong": callers retry those. So is a server out of disk (53100).
+    let code = e.as_db_error().map(|d| d.code().code().to_string());
+    if code.as_deref() == Some("53100") {
+        return Error::Full(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    }
+    let gone =
+        code.as_deref().is_some_and(|code| code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"));
     if gone || e.is_closed() || e.as_db_error().is_none() {
         Error::Unavailable(e.to_string())
     } else {
@@ -184,7 +186,9 @@ pub struct PgStore {
     display: String,
     shared: Arc<Slot>,
     wake: Arc<tokio::sync::Notify>,
-    writes: Mutex<mpsc::UnboundedSender<(Box<RunWrite>, Reply)>>,
+    writes: Mutex<mpsc::UnboundedSender<(Arc<RunWrite>, Reply)>>,
+    /// Why the last group failed for want of the server or disk, if it did.
+    failure: Arc<Mutex<Option<Error>>>,
 }
 
 impl PgStore {
@@ -219,8 +223,9 @@ impl PgStore {
         let wake = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(listen(config.clone(), Arc::downgrade(&wake)));
         let writer = Arc::new(Slot { config, client: RwLock::new(None) });
-        tokio::spawn(write_loop(writer, rx));
-        Ok(PgStore { display, shared, wake, writes: Mutex::new(tx) })
+        let failure = Arc::new(Mutex::new(None));
+        tokio::spawn(write_loop(writer, rx, failure.clone()));
+        Ok(PgStore { display, shared, wake, writes: Mutex::new(tx), failure })
     }
 
     async fn client(&self) -> Result<Arc<Conn>, Error> {
@@ -346,9 +351,13 @@ async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
     result
 }
 
-async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWrite>, Reply)>) {
+async fn write_loop(
+    slot: Arc<Slot>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<RunWrite>, Reply)>,
+    failure: Arc<Mutex<Option<Error>>>,
+) {
     let mut batch = Vec::new();
-    let mut carry: Vec<(Box<RunWrite>, Reply)> = Vec::new();
+    let mut carry: Vec<(Arc<RunWrite>, Reply)> = Vec::new();
     loop {
         let first = match carry.is_empty() {
             true => match rx.recv().await {
@@ -384,6 +393,10 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
                 other => break other,
             }
         };
+        let failed = results.as_ref().err().and_then(Error::write_failure_copy);
+        if let Ok(mut f) = failure.lock() {
+            *f = failed;
+        }
         match results {
             Ok(results) => {
                 for ((_, reply), r) in batch.drain(..).zip(results) {
@@ -394,6 +407,7 @@ async fn write_loop(slot: Arc<Slot>, mut rx: mpsc::UnboundedReceiver<(Box<RunWri
                 for (_, reply) in batch.drain(..) {
                     let _ = reply.send(Err(match &e {
                         Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                        Error::Full(m) => Error::Full(m.clone()),
                         other => Error::Postgres(format!("group commit failed: {other}")),
                     }));
                 }
@@ -454,7 +468,7 @@ async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
     match commit_group(client, writes).await {
         // One write broke the whole group (a bug or a constraint we did not fence): commit each
         // alone, so only the broken one fails.
-        Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+        Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
             let mut one_by_one = Vec::with_capacity(writes.len());
             for w in writes {
                 one_by_one.push(match commit_group(client, &[*w]).await {
@@ -1054,9 +1068,9 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    async fn commit(&self, write: RunWrite) -> Result<(), Error> {
+    async fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.writes.lock().map_err(|_| Error::Closed)?.send((Box::new(write), reply)).map_err(|_| Error::Closed)?;
+        self.writes.lock().map_err(|_| Error::Closed)?.send((write.into(), reply)).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -1286,6 +1300,10 @@ impl Store for PgStore {
 
     fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.wake.clone())
+    }
+
+    fn write_failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|f| f.as_ref().and_then(Error::write_failure_copy))
     }
 
     async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {

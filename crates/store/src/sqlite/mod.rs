@@ -55,6 +55,7 @@ pub struct SqliteStore {
     durability: Durability,
     tx: Mutex<mpsc::Sender<Msg>>,
     reader: Mutex<Connection>,
+    failure: writer::WriteFailure,
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
@@ -172,11 +173,13 @@ impl SqliteStore {
         set_pragmas(&reader, &path, durability)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.clone();
+        let failure = writer::WriteFailure::default();
+        let thread_failure = failure.clone();
         std::thread::Builder::new()
             .name("cairn-sqlite-writer".into())
-            .spawn(move || writer::run(writer, rx, thread_path))
+            .spawn(move || writer::run(writer, rx, thread_path, thread_failure))
             .map_err(|e| Error::Open { path: path.display().to_string(), detail: e.to_string() })?;
-        Ok(SqliteStore { path, durability, tx: Mutex::new(tx), reader: Mutex::new(reader) })
+        Ok(SqliteStore { path, durability, tx: Mutex::new(tx), reader: Mutex::new(reader), failure })
     }
 
     pub fn path(&self) -> &Path {
@@ -185,6 +188,11 @@ impl SqliteStore {
 
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Why the last group of writes failed for want of the store, if it did.
+    pub(crate) fn write_failure(&self) -> Option<Error> {
+        self.failure.lock().ok().and_then(|f| f.as_ref().and_then(Error::write_failure_copy))
     }
 
     fn send(&self, msg: Msg) -> Result<(), Error> {

@@ -113,10 +113,14 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
 }
 
 impl Store for SqliteStore {
-    async fn commit(&self, write: RunWrite) -> Result<(), Error> {
+    async fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(super::Msg::Write(Box::new(write), reply))?;
+        self.send(super::Msg::Write(write.into(), reply))?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn write_failure(&self) -> Option<Error> {
+        SqliteStore::write_failure(self)
     }
 
     async fn load_run(&self, id: &RunId) -> Result<LoadedRun, Error> {

@@ -3,7 +3,7 @@
 use crate::{Error, RunWrite};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -14,11 +14,15 @@ const MAX_GROUP: usize = 512;
 pub type TxJob = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), Error> + Send>;
 
 pub enum Msg {
-    Write(Box<RunWrite>, oneshot::Sender<Result<(), Error>>),
+    Write(Arc<RunWrite>, oneshot::Sender<Result<(), Error>>),
     Tx(TxJob, oneshot::Sender<Result<(), Error>>),
 }
 
-pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
+/// Why writes are failing right now (the disk is full ...), `None` while they succeed: set by
+/// the writer after each group, read by readiness probes.
+pub type WriteFailure = Arc<Mutex<Option<Error>>>;
+
+pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf, failure: WriteFailure) {
     let mut pending: Vec<Msg> = Vec::new();
     while let Ok(first) = rx.recv() {
         pending.push(first);
@@ -28,7 +32,10 @@ pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf) {
                 Err(_) => break,
             }
         }
-        commit_group(&mut conn, &mut pending, &path);
+        let failed = commit_group(&mut conn, &mut pending, &path);
+        if let Ok(mut f) = failure.lock() {
+            *f = failed;
+        }
     }
 }
 
@@ -38,7 +45,8 @@ fn reply_of(m: Msg) -> oneshot::Sender<Result<(), Error>> {
     }
 }
 
-fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) {
+/// Commits a group; returns why writes failed for want of the store (disk full, I/O), if they did.
+fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) -> Option<Error> {
     let started = Instant::now();
     let mut replies = Vec::with_capacity(pending.len());
     let result = (|| -> Result<Vec<Result<(), Error>>, Error> {
@@ -62,22 +70,35 @@ fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) {
     })();
     // Anything not yet taken from `pending` (an error before the loop) fails with the group.
     replies.extend(pending.drain(..).map(reply_of));
+    let transient = |r: &Result<(), Error>| r.as_ref().err().and_then(Error::write_failure_copy);
     match result {
         Ok(results) => {
+            let failed = results.iter().find_map(transient);
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(r);
             }
+            failed
         }
         Err(e) => {
             let busy = matches!(e, Error::Sqlite(ref s) if matches!(s.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)));
+            let damaged = matches!(e, Error::Sqlite(ref s) if matches!(s.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)));
             for reply in replies {
-                let err = if busy {
-                    Error::Locked { path: path.display().to_string(), waited_ms: started.elapsed().as_millis() as u64 }
-                } else {
-                    Error::Corrupt(format!("commit failed: {e}"))
+                let err = match &e {
+                    _ if busy => Error::Locked {
+                        path: path.display().to_string(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    },
+                    Error::Full(m) => Error::Full(m.clone()),
+                    Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                    _ if damaged => Error::Corrupt(format!("commit failed: {e}")),
+                    other => Error::Unavailable(format!("the commit failed: {other}")),
                 };
                 let _ = reply.send(Err(err));
             }
+            Some(match e {
+                Error::Full(m) => Error::Full(m),
+                other => Error::Unavailable(other.to_string()),
+            })
         }
     }
 }
