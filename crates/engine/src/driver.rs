@@ -651,8 +651,17 @@ impl<S: Store> Live<S> {
                     self.waited_permit = permit.ok();
                 }
                 _ = rung(bell.as_deref()), if bell.is_some() => {
-                    // Committed at the top of the loop, with the events that apply them.
-                    self.answer_requests().await?;
+                    // Committed at the top of the loop, with the events that apply them. A store
+                    // that cannot be read just now is asked again at the next ring (requesters
+                    // keep ringing while they wait).
+                    match self.answer_requests().await {
+                        Err(Error::Store(e)) if e.is_transient() => crate::say_limited!(
+                            "inbox-read",
+                            "[worker] run {}: cannot read its requests yet ({e})",
+                            self.state.run_id
+                        ),
+                        other => other?,
+                    }
                 }
                 _ = shutdown.changed(), if !draining => {}
             }
