@@ -36,11 +36,7 @@ impl Tmpfs {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
                     Err(e) => e.to_string(),
                 };
-                assert!(
-                    std::env::var("CAIRN_REQUIRE_TMPFS").as_deref() != Ok("1"),
-                    "a tmpfs is required (CAIRN_REQUIRE_TMPFS=1) but could not be mounted: {why}"
-                );
-                eprintln!("NOTICE: skipping the disk-full test: cannot mount a tmpfs here ({why})");
+                common::pg::missing("CAIRN_REQUIRE_TMPFS", "a tmpfs", &format!("it could not be mounted ({why})"));
                 None
             }
         }
@@ -169,13 +165,10 @@ struct FullablePg {
 
 impl FullablePg {
     fn create() -> Option<FullablePg> {
-        let base = common::pg::base_url();
-        let ok = Command::new("psql").args([base.as_str(), "-qAtc", "SELECT 1"]).output();
-        if !ok.is_ok_and(|o| o.status.success()) {
-            assert!(std::env::var("CAIRN_REQUIRE_POSTGRES").as_deref() != Ok("1"), "PostgreSQL is required");
-            eprintln!("NOTICE: skipping the PostgreSQL disk-full test: {base} unreachable");
+        if !common::pg::reachable() {
             return None;
         }
+        let base = common::pg::base_url();
         let disk = Tmpfs::mount("24m")?;
         let space = disk.path().join("ts");
         std::fs::create_dir(&space).expect("tablespace dir");

@@ -12,26 +12,37 @@ pub struct Database {
     pub name: String,
 }
 
+/// A test needs something this machine may not have (PostgreSQL, a tmpfs): without it the test
+/// says so and passes — unless `required_by` is set to `1` (as in CI), then it fails.
+pub fn missing(required_by: &str, what: &str, why: &str) {
+    assert!(std::env::var(required_by).as_deref() != Ok("1"), "{what} is required ({required_by}=1) but {why}");
+    eprintln!("NOTICE: skipping a test that needs {what}: {why}");
+}
+
+/// PostgreSQL answers at `base_url()`; otherwise see [`missing`].
+pub fn reachable() -> bool {
+    let base = base_url();
+    match Command::new("psql").args([base.as_str(), "-qAtc", "SELECT 1"]).output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            missing("CAIRN_REQUIRE_POSTGRES", "PostgreSQL", &format!("{base} is unreachable ({why})"));
+            false
+        }
+    }
+}
+
 impl Database {
     pub fn create(tag: &str) -> Option<Database> {
+        if !reachable() {
+            return None;
+        }
         let base = base_url();
         let name = format!("cairn_{tag}_{}", std::process::id());
         let psql = |sql: &str| Command::new("psql").args([base.as_str(), "-qAtc", sql]).output();
-        match psql("SELECT 1") {
-            Ok(o) if o.status.success() => {}
-            other => {
-                let why = match other {
-                    Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-                    Err(e) => e.to_string(),
-                };
-                assert!(
-                    std::env::var("CAIRN_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                    "PostgreSQL is required (CAIRN_REQUIRE_POSTGRES=1) but unreachable at {base}: {why}"
-                );
-                eprintln!("NOTICE: skipping a PostgreSQL test: {base} unreachable ({why})");
-                return None;
-            }
-        }
         let _ = psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         let out = psql(&format!("CREATE DATABASE {name}")).expect("psql");
         assert!(out.status.success(), "CREATE DATABASE failed: {}", String::from_utf8_lossy(&out.stderr));
