@@ -689,7 +689,11 @@ impl<S: Store> Engine<S> {
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(inbox_every) => {}
-                    _ = elsewhere => {}
+                    _ = elsewhere => {
+                        // Wake-ups come for every run created or handed back anywhere: look at
+                        // most every 20 ms however many arrive.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
                 if let Ok(runs) = inner.store.runs_with_inbox(&inner.config.owner).await {
                     for id in runs {
