@@ -7,7 +7,6 @@ use cairn_core::duration::format_ms;
 use cairn_store::{RunQuery, Store};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -330,18 +329,14 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
         }
         RunsCommand::Events { id, json } => {
             let events = store.events(&run_id(&id)?).await?;
-            let mut out = std::io::stdout().lock();
             for e in events {
-                let line = if json {
-                    serde_json::to_string(&e).unwrap_or_default()
+                if json {
+                    crate::out!("{}", serde_json::to_string(&e).unwrap_or_default());
                 } else {
                     let body = serde_json::to_value(&e.event).unwrap_or(Value::Null);
                     let mut fields = body.as_object().cloned().unwrap_or_default();
                     fields.remove("type");
-                    format!("{:>4} {} {:<18} {}", e.seq, timestamp(e.at_ms), e.event.kind(), Value::Object(fields))
-                };
-                if writeln!(out, "{line}").is_err() {
-                    break;
+                    crate::out!("{:>4} {} {:<18} {}", e.seq, timestamp(e.at_ms), e.event.kind(), Value::Object(fields));
                 }
             }
         }
@@ -410,9 +405,7 @@ pub async fn export(db: &DbArgs, args: ExportArgs) -> CliResult {
         Some(path) => {
             std::fs::write(&path, text).map_err(|e| CliError::env(format!("cannot write {}: {e}", path.display())))?
         }
-        None => {
-            let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        }
+        None => crate::output::out(format_args!("{text}")),
     }
     Ok(())
 }

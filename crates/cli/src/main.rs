@@ -4,6 +4,11 @@
 //! Exit codes: 0 success · 1 the run failed or was cancelled · 2 bad usage or bad input
 //! (flags, files, definitions, unknown ids) · 3 environment (database locked, not ours,
 //! unreadable) · 130 interrupted (the run stays resumable).
+//!
+//! Output goes through `out!` (data on stdout; a reader that went away ends the process quietly)
+//! and `cairn_engine::say!` (messages on stderr; never panics): `print!` and friends panic on a
+//! closed pipe, so clippy refuses them here.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod admin;
 mod bench;

@@ -1,0 +1,90 @@
+//! CLI manners: a closed pipe ends a command quietly, progress lines carry real durations,
+//! unknown steps are named, a printed plan runs as written, a step can be inspected with its
+//! payloads, and every command's help has an example.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Asserts the exit code and that nothing panicked; returns (stdout, stderr).
+#[track_caller]
+fn expect_exit(out: &Output, code: i32) -> (String, String) {
+    let (so, se) = (stdout(out), stderr(out));
+    assert_eq!(out.status.code(), Some(code), "expected exit {code}\n--- stdout\n{so}\n--- stderr\n{se}");
+    assert!(!se.contains("panicked"), "cairn panicked:\n{se}");
+    (so, se)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A reader that goes away
+
+/// A run whose journal and export are each larger than a pipe's buffer (64 KiB), so a reader
+/// that stops after one line really cuts the writer off: 400 steps, one with a 200 KB output.
+fn big_run(env: &Env) -> String {
+    let mut yaml = String::from("name: big\nsteps:\n");
+    yaml.push_str(&format!("  - {{id: s0, kind: echo, with: {{text: \"{}\"}}}}\n", "x".repeat(200_000)));
+    for i in 1..400 {
+        yaml.push_str(&format!("  - {{id: s{i}, kind: noop}}\n"));
+    }
+    let wf = env.write("big.yaml", &yaml);
+    expect_exit(&env.run(&["run", path_str(&wf)]), 0);
+    env.only_run().id
+}
+
+/// Runs cairn with nobody reading its stdout at all: the pipe's read end is closed before the
+/// process starts, so its very first write fails.
+fn with_no_reader(env: &Env, args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = env.cmd().args(args).stdout(writer).stderr(Stdio::piped()).spawn().expect("spawn");
+    let err = drain(child.stderr.take().expect("stderr"));
+    let status = wait_exit(&mut child, LONG);
+    Output { status, stdout: Vec::new(), stderr: err.join().expect("stderr reader") }
+}
+
+fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = from.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// `cairn ARGS | head -1`: reads one line of stdout, closes the pipe, and waits for the exit.
+fn with_head_1(env: &Env, args: &[&str]) -> Output {
+    let mut child = env.cmd().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let err = drain(child.stderr.take().expect("stderr"));
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("read one line");
+    assert!(!first.is_empty(), "cairn {args:?} printed nothing");
+    let status = wait_exit(&mut child, LONG);
+    Output { status, stdout: first.into_bytes(), stderr: err.join().expect("stderr reader") }
+}
+
+#[track_caller]
+fn assert_quiet_exit(out: &Output, what: &str) {
+    let se = stderr(out);
+    assert_eq!(out.status.code(), Some(0), "{what}: exit {:?}, stderr:\n{se}", out.status.code());
+    assert!(!se.contains("panicked") && !se.contains("Broken pipe"), "{what}: stderr:\n{se}");
+}
+
+#[test]
+fn commands_piped_into_a_reader_that_closes_exit_quietly_instead_of_panicking() {
+    let env = Env::new();
+    let id = big_run(&env);
+    let commands: [&[&str]; 4] = [&["runs", "list"], &["runs", "events", &id], &["export", &id], &["plan", "--list"]];
+    for args in commands {
+        assert_quiet_exit(&with_no_reader(&env, args), &format!("cairn {} with no reader", args.join(" ")));
+    }
+    // Outputs larger than the pipe's buffer, read one line at a time by `head -1`.
+    for args in [&["runs", "events", &id][..], &["export", &id]] {
+        let whole = env.run(args);
+        assert!(whole.stdout.len() > 128 * 1024, "cairn {args:?} prints only {} bytes", whole.stdout.len());
+        assert_quiet_exit(&with_head_1(&env, args), &format!("cairn {} | head -1", args.join(" ")));
+    }
+}
