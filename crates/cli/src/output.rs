@@ -4,8 +4,10 @@
 use cairn_core::duration::format_ms;
 use cairn_core::{Envelope, Event, RunId};
 use cairn_engine::Notice;
+use cairn_store::Store;
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Writes data to stdout. When its reader has gone (`cairn runs list | head -1`), the process
@@ -55,11 +57,26 @@ pub type Ask = (RunId, String, String);
 
 /// Prints `[workflow] …` / `[step] …` lines for committed events until the channel closes, and
 /// hands approval requests to `asks` (an interactive prompt) when there is one.
-pub async fn print_progress(mut rx: mpsc::UnboundedReceiver<Notice>, asks: Option<mpsc::UnboundedSender<Ask>>) {
+///
+/// A run this process did not create (resumed, retried in place, continued after a decision)
+/// takes its start from the store, so its `completed in …` counts from when it was created, as
+/// `cairn runs list` does.
+pub async fn print_progress<S: Store>(
+    mut rx: mpsc::UnboundedReceiver<Notice>,
+    asks: Option<mpsc::UnboundedSender<Ask>>,
+    store: Arc<S>,
+) {
     let paint = Paint(colour_enabled());
     let mut started: HashMap<RunId, i64> = HashMap::new();
     let mut last_failure: HashMap<(RunId, String), cairn_core::Failure> = HashMap::new();
     while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+        let created_here = events.iter().any(|e| matches!(e.event, Event::RunCreated { .. }));
+        if !created_here
+            && !started.contains_key(&run_id)
+            && let Ok(run) = store.get_run(&run_id).await
+        {
+            started.insert(run_id.clone(), run.created_at_ms);
+        }
         for env in &events {
             if let Some(line) = progress_line(&paint, &run_id, env, &mut started, &mut last_failure) {
                 cairn_engine::say!("{line}");
@@ -88,8 +105,10 @@ pub(crate) fn progress_line(
     started: &mut HashMap<RunId, i64>,
     last_failure: &mut HashMap<(RunId, String), cairn_core::Failure>,
 ) -> Option<String> {
-    let since = |started: &HashMap<RunId, i64>| {
-        started.get(run_id).map(|t| format_ms((env.at_ms - t).max(0) as u64)).unwrap_or_default()
+    // ` in 1.2s` / ` after 1.2s`, or nothing when the run's start is unknown (never an empty
+    // duration).
+    let since = |started: &HashMap<RunId, i64>, word: &str| {
+        started.get(run_id).map(|t| format!(" {word} {}", format_ms((env.at_ms - t).max(0) as u64))).unwrap_or_default()
     };
     match &env.event {
         Event::RunCreated { workflow, .. } => {
@@ -124,9 +143,9 @@ pub(crate) fn progress_line(
         }
         Event::StepSkipped { step, reason } => Some(format!("[step] {step}=skipped ({reason})")),
         Event::RunWaiting { reason } => Some(format!("[workflow] waiting: {reason}")),
-        Event::RunCompleted { .. } => Some(format!("[workflow] {} in {}", paint.green("completed"), since(started))),
+        Event::RunCompleted { .. } => Some(format!("[workflow] {}{}", paint.green("completed"), since(started, "in"))),
         Event::RunFailed { failure, .. } => {
-            Some(format!("[workflow] {} after {}: {}", paint.red("failed"), since(started), failure.message))
+            Some(format!("[workflow] {}{}: {}", paint.red("failed"), since(started, "after"), failure.message))
         }
         Event::RunCancelled { reason, .. } => Some(format!("[workflow] cancelled: {reason}")),
         Event::RunPaused { .. } => Some("[workflow] paused".to_string()),
@@ -165,7 +184,7 @@ pub(crate) fn progress_line(
         Event::CompensationGaveUp { step, failure } => {
             Some(format!("[step] {step} compensation {}: {}", paint.red("gave up"), failure.message))
         }
-        Event::RunCompensated => Some(format!("[workflow] {} in {}", paint.yellow("compensated"), since(started))),
+        Event::RunCompensated => Some(format!("[workflow] {}{}", paint.yellow("compensated"), since(started, "in"))),
         _ => None,
     }
 }

@@ -216,7 +216,7 @@ async fn open_engine(db: &DbArgs, engine: &EngineArgs) -> CliResult<(Engine<AnyS
     let (tx, rx) = mpsc::unbounded_channel();
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
     let (ask_tx, ask_rx) = mpsc::unbounded_channel();
-    let printer = tokio::spawn(output::print_progress(rx, interactive.then_some(ask_tx)));
+    let printer = tokio::spawn(output::print_progress(rx, interactive.then_some(ask_tx), store.clone()));
     let engine = Engine::new(store, engine.config(), Some(tx));
     engine.sync_clock().await;
     if interactive {

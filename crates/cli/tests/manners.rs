@@ -88,3 +88,50 @@ fn commands_piped_into_a_reader_that_closes_exit_quietly_instead_of_panicking() 
         assert_quiet_exit(&with_head_1(&env, args), &format!("cairn {} | head -1", args.join(" ")));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Durations of runs this process did not create
+
+/// The `[workflow] …` line that ends the run, and the run's lifetime as the store has it
+/// (`cairn runs list` shows the same).
+fn last_workflow_line(se: &str, prefix: &str) -> String {
+    se.lines()
+        .rfind(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{se}"))
+        .to_string()
+}
+
+fn lifetime(env: &Env) -> String {
+    let run = env.only_run();
+    let finished = run.finished_at_ms.expect("a finished run");
+    cairn_core::duration::format_ms((finished - run.created_at_ms).max(0) as u64)
+}
+
+#[test]
+fn a_resumed_run_says_how_long_it_took_instead_of_completed_in_nothing() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: resumed\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: b, kind: echo, needs: [a], with: {y: 2}}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_ACTIVITY", "b")]);
+    wait_line(&lines, "[debug] holding after activity b", LONG);
+    sigkill(&mut child);
+    let (_, se) = expect_exit(&env.run(&["resume"]), 0);
+    let line = last_workflow_line(&se, "[workflow] completed");
+    assert_eq!(line, format!("[workflow] completed in {}", lifetime(&env)), "{se}");
+}
+
+#[test]
+fn a_run_retried_in_place_says_how_long_it_took_instead_of_failed_after_nothing() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: refused\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: pay, kind: fail, needs: [a], with: {class: permanent, message: refused}}\n",
+    );
+    expect_exit(&env.run(&["run", path_str(&wf)]), 1);
+    let id = env.only_run().id;
+    let (_, se) = expect_exit(&env.run(&["runs", "retry", &id]), 1);
+    let line = last_workflow_line(&se, "[workflow] failed");
+    assert_eq!(line, format!("[workflow] failed after {}: step 'pay' failed: refused", lifetime(&env)), "{se}");
+}
