@@ -375,7 +375,20 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             ));
         }
         RunsCommand::Logs { id, step } => {
-            for l in store.logs(&run_id(&id)?, step.as_deref()).await? {
+            let run = run_id(&id)?;
+            // Also refuses an unknown run: an empty listing must mean "no lines", nothing else.
+            let steps = store.steps(&run).await?;
+            if let Some(name) = &step {
+                crate::steps::find(&id, &steps, name)?;
+            }
+            let lines = store.logs(&run, step.as_deref()).await?;
+            if lines.is_empty() {
+                match &step {
+                    Some(name) => cairn_engine::say!("step '{name}' of run {id} has no log lines"),
+                    None => cairn_engine::say!("run {id} has no log lines"),
+                }
+            }
+            for l in lines {
                 crate::out!("{} {} #{} {:<5} {}", timestamp(l.at_ms), l.step_id, l.attempt, l.level, l.message);
             }
         }

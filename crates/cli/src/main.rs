@@ -19,6 +19,7 @@ mod replay;
 mod run;
 mod serve;
 mod steer;
+mod steps;
 mod watch;
 
 use clap::{Args, Parser, Subcommand};

@@ -135,3 +135,36 @@ fn a_run_retried_in_place_says_how_long_it_took_instead_of_failed_after_nothing(
     let line = last_workflow_line(&se, "[workflow] failed");
     assert_eq!(line, format!("[workflow] failed after {}: step 'pay' failed: refused", lifetime(&env)), "{se}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Naming a step that is not there
+
+/// `report` is skipped, so it never ran and wrote no log lines.
+const THREE_STEPS: &str = "name: three\nsteps:\n  - {id: fetch, kind: echo, with: {x: 1}}\n  - {id: send_email, kind: noop, needs: [fetch]}\n  - {id: report, kind: noop, needs: [send_email], when: \"false\"}\n";
+
+#[test]
+fn runs_logs_of_an_unknown_step_exits_2_naming_the_steps_instead_of_printing_nothing() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", THREE_STEPS);
+    expect_exit(&env.run(&["run", path_str(&wf)]), 0);
+    let id = env.only_run().id;
+
+    let (so, se) = expect_exit(&env.run(&["runs", "logs", &id, "--step", "nope"]), 2);
+    assert_eq!(so, "");
+    assert_eq!(se.trim_end(), format!("error: run {id} has no step 'nope'; its steps: fetch, send_email, report"));
+    let (_, se) = expect_exit(&env.run(&["runs", "logs", &id, "--step", "send_emial"]), 2);
+    assert!(
+        se.contains("has no step 'send_emial' (did you mean 'send_email'?); its steps: fetch, send_email, report"),
+        "{se}"
+    );
+
+    // A step that exists but wrote nothing says so, and is not an error.
+    let (so, se) = expect_exit(&env.run(&["runs", "logs", &id, "--step", "report"]), 0);
+    assert_eq!(so, "");
+    assert_eq!(se.trim_end(), format!("step 'report' of run {id} has no log lines"));
+    let (so, _) = expect_exit(&env.run(&["runs", "logs", &id, "--step", "send_email"]), 0);
+    assert!(so.contains(" send_email #1 info  attempt 1 started"), "{so}");
+    // An unknown run is refused too, not listed as empty.
+    let (_, se) = expect_exit(&env.run(&["runs", "logs", "wf_01M8K1QHTEB70DKVZ4F1EPVQY0"]), 2);
+    assert!(se.contains("wf_01M8K1QHTEB70DKVZ4F1EPVQY0"), "{se}");
+}
