@@ -15,6 +15,7 @@ mod bench;
 mod bench_http;
 mod inspect;
 mod output;
+mod plan_file;
 mod replay;
 mod run;
 mod serve;
@@ -153,7 +154,9 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Show the plan a goal would get, without running it.
-    #[command(after_help = "Examples:\n  cairn plan --goal \"generate summary and send email\"\n  cairn plan --list")]
+    #[command(
+        after_help = "Examples:\n  cairn plan --goal \"generate summary and send email\"\n  cairn plan --goal \"generate summary and send email\" --format yaml > plan.yaml && cairn run plan.yaml\n  cairn plan --list"
+    )]
     Plan(run::PlanArgs),
     /// Inspect runs.
     Runs {

@@ -77,13 +77,26 @@ impl EngineArgs {
 pub struct PlanArgs {
     #[arg(long, required_unless_present = "list")]
     pub goal: Option<String>,
+    /// Extra step templates for the planner (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
     /// List what the catalog can plan.
     #[arg(long)]
     pub list: bool,
+    /// Print the plan as a workflow definition file and nothing else: `cairn validate` and
+    /// `cairn run FILE` take it as written (the goal and what it matched are its description).
+    #[arg(long, value_enum, conflicts_with = "json")]
+    pub format: Option<PlanFormat>,
+    /// Machine output: the goal, the entries it matched, what it left out, and the definition
+    /// (the same document as --format json).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PlanFormat {
+    Yaml,
+    Json,
 }
 
 #[derive(Args)]
@@ -191,9 +204,23 @@ pub fn plan(args: PlanArgs) -> CliResult {
     }
     let goal = args.goal.unwrap_or_default();
     let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
-    if args.json {
-        let out = json!({"plan": info.matched, "left_out": info.left_out, "definition": def});
-        crate::out!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    let document = crate::plan_file::plan_document(&def, &info);
+    if let Some(format) = args.format {
+        match format {
+            PlanFormat::Yaml => crate::output::out(format_args!("{}", crate::plan_file::yaml(&document))),
+            PlanFormat::Json => crate::out!("{}", document.json()),
+        }
+    } else if args.json {
+        #[derive(serde::Serialize)]
+        struct Machine<'a> {
+            goal: &'a str,
+            plan: &'a [String],
+            left_out: &'a [cairn_core::event::LeftOut],
+            definition: &'a crate::plan_file::Doc,
+        }
+        let machine =
+            Machine { goal: &info.goal, plan: &info.matched, left_out: &info.left_out, definition: &document };
+        crate::out!("{}", serde_json::to_string_pretty(&machine).unwrap_or_default());
     } else {
         crate::out!("goal: {}", info.goal);
         for s in &def.steps {

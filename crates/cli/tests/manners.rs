@@ -168,3 +168,102 @@ fn runs_logs_of_an_unknown_step_exits_2_naming_the_steps_instead_of_printing_not
     let (_, se) = expect_exit(&env.run(&["runs", "logs", "wf_01M8K1QHTEB70DKVZ4F1EPVQY0"]), 2);
     assert!(se.contains("wf_01M8K1QHTEB70DKVZ4F1EPVQY0"), "{se}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A printed plan is a runnable definition
+
+/// The example goal of every entry `cairn plan --list` shows.
+fn catalog_goals(env: &Env) -> Vec<String> {
+    let (so, _) = expect_exit(&env.run(&["plan", "--list"]), 0);
+    let goals: Vec<String> =
+        so.lines().filter_map(|l| l.split("(e.g. \"").nth(1)?.split('"').next().map(String::from)).collect();
+    assert!(goals.len() >= 10, "too few goals in:\n{so}");
+    goals
+}
+
+/// `cairn run FILE` to its end, approving every approval gate it stops at from another process
+/// (as a person would); returns the run's id.
+fn run_approving(env: &Env, file: &str) -> String {
+    let (mut child, lines) = env.spawn(&["run", file], &[]);
+    let mut id = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let line =
+            lines.recv_timeout(LONG).unwrap_or_else(|_| panic!("cairn run {file} went quiet:\n{}", seen.join("\n")));
+        if let Some(rest) = line.strip_prefix("[workflow] id=") {
+            id = rest.split_whitespace().next().unwrap_or_default().to_string();
+        }
+        if let Some(step) = line.strip_prefix("[step] ").and_then(|l| l.split_once("=blocked(manual approval)")) {
+            let approve = env.run(&["approve", &id, step.0]);
+            assert!(approve.status.success(), "{}", stderr(&approve));
+        }
+        let done = line.starts_with("[workflow] completed") || line.starts_with("[workflow] failed");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let status = wait_exit(&mut child, LONG);
+    assert!(status.success(), "cairn run {file}: {status:?}\n{}", seen.join("\n"));
+    id
+}
+
+#[test]
+fn a_plan_printed_for_every_catalog_goal_validates_and_runs_as_written() {
+    let env = Env::new();
+    for (n, goal) in catalog_goals(&env).iter().enumerate() {
+        for format in ["yaml", "json"] {
+            let (text, _) = expect_exit(&env.run(&["plan", "--goal", goal, "--format", format]), 0);
+            let file = env.write(&format!("plan{n}.{format}"), &text);
+            let (so, _) = expect_exit(&env.run(&["validate", path_str(&file)]), 0);
+            assert!(so.contains(": ok ("), "{so}");
+            let id = run_approving(&env, path_str(&file));
+            let run = env.store();
+            let row = env.block(cairn_store::Store::get_run(&run, &cairn_core::RunId::parse(&id).expect("id")));
+            assert_eq!(row.expect("run").status, "COMPLETED", "{goal} ({format})");
+            // The run is the plan: the same steps as running the goal itself.
+            let planned: Vec<String> = match format {
+                "json" => serde_json::from_str::<serde_json::Value>(&text).expect("JSON")["steps"]
+                    .as_array()
+                    .expect("steps")
+                    .iter()
+                    .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+                    .collect(),
+                _ => text.lines().filter_map(|l| l.strip_prefix("  - id: ")).map(String::from).collect(),
+            };
+            let ran: Vec<String> = env.steps(&id).into_iter().map(|s| s.step_id).collect();
+            assert_eq!(ran, planned, "{goal} ({format})");
+            assert!(!planned.is_empty());
+        }
+        // --json is for machines: its definition is that same document.
+        let (text, _) = expect_exit(&env.run(&["plan", "--goal", goal, "--json"]), 0);
+        let machine: serde_json::Value = serde_json::from_str(&text).expect("plan --json is JSON");
+        let (printed, _) = expect_exit(&env.run(&["plan", "--goal", goal, "--format", "json"]), 0);
+        assert_eq!(machine["definition"], serde_json::from_str::<serde_json::Value>(&printed).expect("JSON"));
+        assert_eq!(machine["goal"], goal.as_str());
+    }
+}
+
+#[test]
+fn plan_json_output_was_refused_by_validate_for_an_unknown_field_format() {
+    let env = Env::new();
+    let goal = "summarize the report but do not send email";
+    let (text, _) = expect_exit(&env.run(&["plan", "--goal", goal, "--json"]), 0);
+    let machine: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(machine["plan"], serde_json::json!(["generate_summary"]));
+    assert_eq!(machine["left_out"], serde_json::json!([{"entry": "send_email", "because": "do not send email"}]));
+    let file = env.write("def.json", &serde_json::to_string_pretty(&machine["definition"]).expect("text"));
+    let (so, _) = expect_exit(&env.run(&["validate", path_str(&file)]), 0);
+    assert!(so.contains("ok (goal-summarize-the-report-but-do-not-send v1, 1 steps)"), "{so}");
+    // The provenance travels with the file.
+    let (yaml, _) = expect_exit(&env.run(&["plan", "--goal", goal, "--format", "yaml"]), 0);
+    assert!(
+        yaml.contains(
+            "\ndescription: \"Planned from the goal \\\"summarize the report but do not send email\\\" (matched: \
+             generate_summary; left out: send_email (\\\"do not send email\\\"))\"\n"
+        ),
+        "{yaml}"
+    );
+    let (_, se) = expect_exit(&env.run(&["plan", "--goal", goal, "--format", "yaml", "--json"]), 2);
+    assert!(se.contains("cannot be used with"), "{se}");
+}
