@@ -24,17 +24,37 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A run and a table of its steps: state, attempts, duration, last error.
+    /// A run and a table of its steps: state, attempts, duration, last error. With --step, one
+    /// step in full: its attempts (start, duration, outcome, error, the wait before the next),
+    /// approval and compensation, and its input and output.
+    #[command(
+        after_help = "Examples:\n  cairn runs show wf_01J...\n  cairn runs show wf_01J... --step send_email\n  cairn runs show wf_01J... --step send_email --json"
+    )]
     Show {
         id: String,
+        /// One step in full, with its input and output payloads.
+        #[arg(long)]
+        step: Option<String>,
+        /// Print payloads whole (the text view cuts each at 64 KiB; --json never cuts).
+        #[arg(long, requires = "step")]
+        full: bool,
         #[arg(long)]
         json: bool,
     },
     /// The run's journal, one event per line.
+    #[command(
+        after_help = "Examples:\n  cairn runs events wf_01J...\n  cairn runs events wf_01J... --payloads --json   # inputs, outputs and plans in place"
+    )]
     Events {
         id: String,
         #[arg(long)]
         json: bool,
+        /// Show each payload an event refers to (`{hash, size}`) in place, as `value`.
+        #[arg(long)]
+        payloads: bool,
+        /// With --payloads, print payloads whole (the text view cuts each at 64 KiB).
+        #[arg(long, requires = "payloads")]
+        full: bool,
     },
     /// Operator requests sent to the run, in the order they were accepted, and what became of
     /// each: applied (with the journal event that records it), unchanged, refused (why), pending.
@@ -281,7 +301,10 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 table(&["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"], &body)
             ));
         }
-        RunsCommand::Show { id, json } => {
+        RunsCommand::Show { id, step: Some(step), json, full } => {
+            crate::detail::show_step(&store, &run_id(&id)?, &step, json, full).await?;
+        }
+        RunsCommand::Show { id, step: None, json, .. } => {
             let id = run_id(&id)?;
             let run = store.get_run(&id).await?;
             let steps = store.steps(&id).await?;
@@ -327,16 +350,28 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body)
             ));
         }
-        RunsCommand::Events { id, json } => {
+        RunsCommand::Events { id, json, payloads, full } => {
             let events = store.events(&run_id(&id)?).await?;
+            let mut inline = crate::detail::Payloads::new(&store);
             for e in events {
-                if json {
+                if json && payloads {
+                    let mut v = serde_json::to_value(&e).unwrap_or(Value::Null);
+                    inline.inline_all(&mut v).await?;
+                    crate::out!("{v}");
+                } else if json {
                     crate::out!("{}", serde_json::to_string(&e).unwrap_or_default());
                 } else {
-                    let body = serde_json::to_value(&e.event).unwrap_or(Value::Null);
-                    let mut fields = body.as_object().cloned().unwrap_or_default();
-                    fields.remove("type");
-                    crate::out!("{:>4} {} {:<18} {}", e.seq, timestamp(e.at_ms), e.event.kind(), Value::Object(fields));
+                    let mut body = serde_json::to_value(&e.event).unwrap_or(Value::Null);
+                    if let Some(fields) = body.as_object_mut() {
+                        fields.remove("type");
+                    }
+                    if payloads {
+                        inline.inline_all(&mut body).await?;
+                        if !full {
+                            crate::detail::cut_long_values(&mut body);
+                        }
+                    }
+                    crate::out!("{:>4} {} {:<18} {body}", e.seq, timestamp(e.at_ms), e.event.kind());
                 }
             }
         }

@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_http;
+mod detail;
 mod inspect;
 mod output;
 mod plan_file;

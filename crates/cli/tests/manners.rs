@@ -267,3 +267,175 @@ fn plan_json_output_was_refused_by_validate_for_an_unknown_field_format() {
     let (_, se) = expect_exit(&env.run(&["plan", "--goal", goal, "--format", "yaml", "--json"]), 2);
     assert!(se.contains("cannot be used with"), "{se}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// One step in full, payloads inlined
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+/// `flaky` fails twice before it succeeds; `send` reads `fetch`'s output.
+const FLAKY: &str = "name: flaky\nsteps:\n  - {id: fetch, kind: echo, with: {data: 42}}\n  - id: flaky\n    kind: noop\n    needs: [fetch]\n    inject: {fail_times: 2}\n    retry: {max_attempts: 3, initial_delay: 10ms, jitter: 0}\n  - {id: send, kind: echo, needs: [flaky], with: {got: \"{{ steps.fetch.output.data }}\"}}\n";
+
+fn show_json(env: &Env, id: &str, step: &str) -> serde_json::Value {
+    let (so, _) = expect_exit(&env.run(&["runs", "show", id, "--step", step, "--json"]), 0);
+    serde_json::from_str(&so).unwrap_or_else(|e| panic!("runs show --json is not JSON ({e}):\n{so}"))
+}
+
+#[test]
+fn runs_show_step_gives_attempts_errors_waits_and_the_payloads_instead_of_only_hash_and_size() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", FLAKY);
+    expect_exit(&env.run(&["run", path_str(&wf)]), 0);
+    let id = env.only_run().id;
+
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "flaky"]), 0);
+    let attempts: Vec<&str> = so.lines().filter(|l| l.starts_with("  #")).collect();
+    assert_eq!(attempts.len(), 3, "{so}");
+    assert!(
+        attempts[0]
+            .contains("failed(transient): injected failure (attempt 1 of fail_times=2); waited 10ms for attempt 2/3"),
+        "{so}"
+    );
+    assert!(attempts[1].contains("waited 20ms for attempt 3/3"), "{so}");
+    assert!(attempts[2].ends_with(" ok"), "{so}");
+    assert!(so.contains("\nstate     COMPLETED\n"), "{so}");
+
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "send"]), 0);
+    assert!(so.contains("\ninput\n{\n  \"got\": 42\n}\n"), "{so}");
+    assert!(so.contains("\noutput\n{\n  \"got\": 42\n}\n"), "{so}");
+
+    // --json: the same as one document, the payloads as the store has them.
+    let flaky = show_json(&env, &id, "flaky");
+    assert_eq!(flaky["state"], "COMPLETED");
+    assert_eq!(flaky["attempts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(flaky["attempts"][0]["outcome"], "failed");
+    assert_eq!(flaky["attempts"][0]["error"]["class"], "transient");
+    assert_eq!(flaky["attempts"][0]["retry"]["delay_ms"], 10);
+    assert_eq!(flaky["attempts"][2]["outcome"], "ok");
+    let send = show_json(&env, &id, "send");
+    assert_eq!(send["input"]["value"], serde_json::json!({"got": 42}));
+    let row = env.step(&id, "send");
+    assert_eq!(send["output"]["hash"], row.output_hash.as_deref().expect("an output"));
+    let stored = env.block(cairn_store::Store::payload(&env.store(), row.output_hash.as_deref().expect("hash")));
+    assert_eq!(Some(&send["output"]["value"]), stored.expect("payload").as_ref());
+
+    // An unknown step is named, with the steps there are.
+    let (_, se) = expect_exit(&env.run(&["runs", "show", &id, "--step", "sned"]), 2);
+    assert!(se.contains("has no step 'sned' (did you mean 'send'?); its steps: fetch, flaky, send"), "{se}");
+}
+
+#[test]
+fn runs_show_step_cuts_a_payload_past_64_kib_unless_full() {
+    let env = Env::new();
+    let id = big_run(&env);
+    let text = "x".repeat(200_000);
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "s0"]), 0);
+    assert!(so.len() < 2 * 64 * 1024 + 4096, "printed {} bytes", so.len());
+    assert!(
+        so.contains("… (cut at 64 KiB of 195 KiB; --full prints it all, --json gives it whole)"),
+        "{}",
+        &so[so.len() - 300..]
+    );
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "s0", "--full"]), 0);
+    assert_eq!(so.matches(&text).count(), 2, "input and output whole");
+    assert_eq!(show_json(&env, &id, "s0")["output"]["value"]["text"], text.as_str());
+}
+
+#[test]
+fn runs_show_step_tells_approvals_skips_fallbacks_and_compensations() {
+    let env = Env::new();
+    // A gate, decided from another process.
+    let wf = env.write(
+        "gate.yaml",
+        "name: gate\nsteps:\n  - {id: draft, kind: echo, with: {text: hi}}\n  - id: send\n    kind: echo\n    needs: [draft]\n    with: {body: \"{{ steps.draft.output.text }}\"}\n    approval: {prompt: \"Send {{ steps.draft.output.text }}?\", approvers: [ana]}\n  - {id: later, kind: noop, needs: [send], when: \"false\"}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "[step] send=blocked(manual approval)", LONG);
+    let id = env.only_run().id;
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "send"]), 0);
+    assert!(
+        so.contains("\napproval\n") && so.contains(" asked: Send hi? (approvers: ana)\n  waiting for a decision\n"),
+        "{so}"
+    );
+    expect_exit(&env.run(&["approve", &id, "send", "--by", "ana", "--comment", "fine"]), 0);
+    assert!(wait_exit(&mut child, LONG).success());
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "send"]), 0);
+    assert!(so.contains(" approved by ana: fine\n"), "{so}");
+    let send = show_json(&env, &id, "send");
+    assert_eq!(send["approvals"][0]["decision"], "approved");
+    assert_eq!(send["approvals"][0]["prompt"], "Send hi?");
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "later"]), 0);
+    assert!(
+        so.contains("\nstate     SKIPPED\n") && so.contains("\nskipped   ") && so.contains("\nattempts  none\n"),
+        "{so}"
+    );
+
+    // A fallback, then a saga's undo.
+    let saga = format!("{EXAMPLES}/fallback_saga.yaml");
+    expect_exit(&env.run(&["run", &saga, "--input", "ship=fail"]), 1);
+    let id = env.runs().into_iter().find(|r| r.workflow == "order-with-fallbacks").expect("saga run").id;
+    let charge = show_json(&env, &id, "charge");
+    assert_eq!(charge["state"], "COMPENSATED");
+    let undo = &charge["compensation"]["attempts"][0];
+    assert_eq!(undo["outcome"], "ok");
+    assert_eq!(undo["input"]["value"], serde_json::json!({"refund": 19.5}));
+    let (so, _) = expect_exit(&env.run(&["runs", "show", &id, "--step", "charge"]), 0);
+    assert!(
+        so.contains("\ncompensation\n") && so.contains("\ncompensation input (attempt 1)\n{\n  \"refund\": 19.5\n}"),
+        "{so}"
+    );
+    let live = show_json(&env, &id, "live_price");
+    assert_eq!(live["state"], "FAILED");
+    assert_eq!(live["attempts"].as_array().map(Vec::len), Some(2));
+    assert!(live["last_error"]["message"].as_str().unwrap_or_default().contains("127.0.0.1:1"), "{live}");
+}
+
+/// Every `{hash, size}` inside `v` has its payload beside it.
+fn assert_refs_inlined(v: &serde_json::Value, seen: &mut usize) {
+    match v {
+        serde_json::Value::Object(m) if m.contains_key("hash") && m.contains_key("size") => {
+            assert!(m.contains_key("value"), "a reference left without its payload: {v}");
+            *seen += 1;
+        }
+        serde_json::Value::Object(m) => m.values().for_each(|v| assert_refs_inlined(v, seen)),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| assert_refs_inlined(v, seen)),
+        _ => {}
+    }
+}
+
+#[test]
+fn runs_events_payloads_inlines_each_reference_instead_of_only_hash_and_size() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", FLAKY);
+    expect_exit(&env.run(&["run", path_str(&wf)]), 0);
+    let id = env.only_run().id;
+    let (so, _) = expect_exit(&env.run(&["runs", "events", &id, "--payloads", "--json"]), 0);
+    let mut refs = 0;
+    for line in so.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("one JSON event per line");
+        assert_refs_inlined(&event, &mut refs);
+        if event["type"] == "attempt_succeeded" && event["step"] == "send" {
+            assert_eq!(event["output"]["value"], serde_json::json!({"got": 42}), "{line}");
+        }
+        if event["type"] == "plan_recorded" {
+            assert_eq!(event["definition"]["value"]["name"], "flaky", "{line}");
+        }
+    }
+    assert!(refs >= 10, "only {refs} references in:\n{so}");
+    assert_eq!(so.lines().count(), env.events(&id).len());
+    let (so, _) = expect_exit(&env.run(&["runs", "events", &id, "--payloads"]), 0);
+    assert!(so.contains("\"value\":{\"got\":42}"), "{so}");
+    // Without --payloads the journal is as stored.
+    let (so, _) = expect_exit(&env.run(&["runs", "events", &id]), 0);
+    assert!(!so.contains("\"value\""), "{so}");
+
+    // A long payload is cut in the text view, whole with --full or --json.
+    let env = Env::new();
+    let id = big_run(&env);
+    let (so, _) = expect_exit(&env.run(&["runs", "events", &id, "--payloads"]), 0);
+    assert!(so.contains("\"cut\":\"195 KiB of JSON; --full prints it\""), "long payloads are cut");
+    assert!(!so.contains(&"x".repeat(100_000)));
+    let (so, _) = expect_exit(&env.run(&["runs", "events", &id, "--payloads", "--full"]), 0);
+    // In the plan's definition, the attempt's input and output, and the run's output.
+    assert_eq!(so.matches(&"x".repeat(200_000)).count(), 4, "every one whole");
+}
