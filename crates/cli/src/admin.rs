@@ -20,6 +20,7 @@ pub enum TokensCommand {
         name: String,
     },
     /// List tokens (never their secrets).
+    #[command(after_help = "Example:\n  cairn tokens list")]
     List,
     /// Revoke a token by id, or by name when exactly one live token has that name.
     #[command(after_help = "Examples:\n  cairn tokens revoke tok_3f9a0c1d2e4b5a6f\n  cairn tokens revoke ci")]

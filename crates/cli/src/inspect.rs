@@ -64,7 +64,8 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Per-attempt log lines.
+    /// Per-attempt log lines, of the whole run or of one step.
+    #[command(after_help = "Examples:\n  cairn runs logs wf_01J...\n  cairn runs logs wf_01J... --step send_email")]
     Logs {
         id: String,
         #[arg(long)]
@@ -74,15 +75,18 @@ pub enum RunsCommand {
     #[command(after_help = "Example:\n  cairn runs watch wf_01J... --server http://127.0.0.1:8080")]
     Watch(crate::watch::WatchArgs),
     /// Cancel a run.
+    #[command(after_help = "Example:\n  cairn runs cancel wf_01J... --reason \"wrong vendor\"")]
     Cancel {
         id: String,
         #[arg(long, default_value = "cancelled from the CLI")]
         reason: String,
     },
     /// Pause a run: attempts in flight finish, nothing new starts.
+    #[command(after_help = "Example:\n  cairn runs pause wf_01J...   # later: cairn runs unpause wf_01J...")]
     Pause { id: String },
     /// Unpause a paused run. If nobody drives it then, it continues here (as `cairn resume`
     /// would) unless a `cairn serve`/`cairn worker` runs on the database or --detach is given.
+    #[command(after_help = "Examples:\n  cairn runs unpause wf_01J...\n  cairn runs unpause wf_01J... --detach")]
     Unpause {
         id: String,
         /// Return once the request is applied; say what continues the run.

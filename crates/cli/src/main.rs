@@ -159,7 +159,10 @@ enum Command {
         after_help = "Examples:\n  cairn plan --goal \"generate summary and send email\"\n  cairn plan --goal \"generate summary and send email\" --format yaml > plan.yaml && cairn run plan.yaml\n  cairn plan --list"
     )]
     Plan(run::PlanArgs),
-    /// Inspect runs.
+    /// Inspect and steer runs.
+    #[command(
+        after_help = "Examples:\n  cairn runs list --status FAILED\n  cairn runs show wf_01J... --step send_email\n  cairn runs retry wf_01J..."
+    )]
     Runs {
         #[command(subcommand)]
         command: inspect::RunsCommand,
@@ -237,6 +240,9 @@ enum Command {
     #[command(after_help = "Example:\n  cairn worker --max-runs 256")]
     Worker(serve::WorkerArgs),
     /// Manage API tokens.
+    #[command(
+        after_help = "Examples:\n  cairn tokens create --role operator --name ci\n  cairn tokens list\n  cairn tokens revoke ci"
+    )]
     Tokens {
         #[command(subcommand)]
         command: admin::TokensCommand,

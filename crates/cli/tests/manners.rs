@@ -439,3 +439,46 @@ fn runs_events_payloads_inlines_each_reference_instead_of_only_hash_and_size() {
     // In the plan's definition, the attempt's input and output, and the run's output.
     assert_eq!(so.matches(&"x".repeat(200_000)).count(), 4, "every one whole");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Help
+
+/// The subcommands a `--help` text lists (without `help` itself).
+fn subcommands(help: &str) -> Vec<String> {
+    let Some(start) = help.find("\nCommands:\n") else { return Vec::new() };
+    help[start + "\nCommands:\n".len()..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn every_command_help_has_an_example() {
+    let env = Env::new();
+    let mut queue: Vec<Vec<String>> = vec![Vec::new()];
+    let mut checked = Vec::new();
+    let mut missing = Vec::new();
+    while let Some(path) = queue.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let (help, _) = expect_exit(&env.run(&args), 0);
+        if !help.contains("\nExample") {
+            missing.push(format!("cairn {}", path.join(" ")));
+        }
+        for sub in subcommands(&help) {
+            let mut next = path.clone();
+            next.push(sub);
+            queue.push(next);
+        }
+        checked.push(path.join(" "));
+    }
+    assert!(checked.len() > 30, "only {} commands found: {checked:?}", checked.len());
+    for known in ["runs show", "runs events", "tokens list", "replay", "plan"] {
+        assert!(checked.iter().any(|c| c == known), "{known} not reached: {checked:?}");
+    }
+    assert!(missing.is_empty(), "no example in the help of: {}", missing.join(", "));
+}
