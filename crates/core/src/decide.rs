@@ -14,6 +14,7 @@ use crate::expr;
 use crate::ids::{RunId, StepId};
 use crate::machine::{RunStatus, StepStatus};
 use crate::payload::Payload;
+use crate::secrets::SecretSlot;
 use crate::state::{Error, RunState};
 use crate::template;
 use serde_json::{Map, Value, json};
@@ -30,12 +31,14 @@ pub enum Command {
     /// Make the plan and report it as `PlanRecorded`.
     Plan,
     /// Start this attempt with this (rendered) input: record `AttemptStarted` through `decide`,
-    /// commit, then run the activity.
-    StartAttempt { step: StepId, index: usize, attempt: u32, input: Value },
+    /// commit, then run the activity. `input` is what is journaled, each secret in it still its
+    /// reference text; `secrets` says where the engine puts the values when the attempt runs.
+    StartAttempt { step: StepId, index: usize, attempt: u32, input: Value, secrets: Vec<SecretSlot> },
     /// At `at_ms`, report `TimerFired` for the step (or the timer its state waits on).
     ArmTimer { step: StepId, at_ms: i64 },
-    /// Run the step's compensation: record `CompensationAttemptStarted`, commit, then run it.
-    StartCompensation { step: StepId, index: usize, attempt: u32, input: Value },
+    /// Run the step's compensation: record `CompensationAttemptStarted`, commit, then run it
+    /// (`input` and `secrets` as for `StartAttempt`).
+    StartCompensation { step: StepId, index: usize, attempt: u32, input: Value, secrets: Vec<SecretSlot> },
 }
 
 /// Whether an event is produced by `decide` (as opposed to reported by the edge).
@@ -377,8 +380,8 @@ impl Decider<'_> {
         let Some(comp) = &def.steps[i].compensate else { return Ok(()) };
         let mut ctx = self.context(i);
         ctx["output"] = self.state.output_of(i).map(|v| (**v).clone()).unwrap_or(Value::Null);
-        let input = match template::render(&comp.with, &ctx) {
-            Ok(v) => v,
+        let (input, secrets) = match template::render_input(&comp.with, &ctx) {
+            Ok(rendered) => rendered,
             Err(msg) => {
                 let failure = Failure::new(ErrorClass::Permanent, format!("compensation input does not render: {msg}"));
                 let step = def.steps[i].id.clone();
@@ -388,7 +391,8 @@ impl Decider<'_> {
             }
         };
         let attempt = self.state.steps[i].compensation.as_ref().map_or(0, |c| c.attempts) + 1;
-        self.out.push(Command::StartCompensation { step: def.steps[i].id.clone(), index: i, attempt, input });
+        let step = def.steps[i].id.clone();
+        self.out.push(Command::StartCompensation { step, index: i, attempt, input, secrets });
         Ok(())
     }
 
@@ -450,14 +454,15 @@ impl Decider<'_> {
             let (_, by, comment) = decision.unwrap_or((true, None, None));
             let input = json!({"decision": "approved", "by": by, "comment": comment});
             let attempt = self.state.steps[i].attempts + 1;
-            self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input });
+            let secrets = Vec::new();
+            self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input, secrets });
             return Ok(());
         }
-        let input = if step.with.is_null() {
-            Value::Null
+        let (input, secrets) = if step.with.is_null() {
+            (Value::Null, Vec::new())
         } else {
-            match template::render(&step.with, &self.context(i)) {
-                Ok(v) => v,
+            match template::render_input(&step.with, &self.context(i)) {
+                Ok(rendered) => rendered,
                 Err(msg) => {
                     return self
                         .fail_step(i, Failure::new(ErrorClass::Permanent, format!("input does not render: {msg}")));
@@ -465,7 +470,7 @@ impl Decider<'_> {
             }
         };
         let attempt = self.state.steps[i].attempts + 1;
-        self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input });
+        self.out.push(Command::StartAttempt { step: step.id.clone(), index: i, attempt, input, secrets });
         Ok(())
     }
 
@@ -749,6 +754,42 @@ mod tests {
         assert_eq!(first, vec!["a", "b"]);
         assert!(started(&h.succeed("a", json!(7))).is_empty(), "c waits for b");
         assert_eq!(started(&h.succeed("b", json!(8))), vec![("c".to_string(), json!({"x": 7}))]);
+    }
+
+    #[test]
+    fn the_journaled_input_keeps_the_secret_reference_and_the_command_says_where_it_goes() {
+        let yaml = "\
+name: t
+steps:
+  - id: call
+    kind: http
+    with: {url: http://127.0.0.1:9/x, headers: {Authorization: \"Bearer {{ secrets.API_TOKEN }}\"}}
+    compensate: {kind: http, with: {url: http://127.0.0.1:9/undo, body: {k: \"{{ secrets.UNDO_KEY }}\"}}}
+  - {id: boom, kind: fail, needs: [call]}
+";
+        let (mut h, cmds) = Harness::new(yaml);
+        let Some(Command::StartAttempt { input, secrets, .. }) =
+            cmds.iter().find(|c| matches!(c, Command::StartAttempt { .. }))
+        else {
+            panic!("no attempt: {cmds:#?}")
+        };
+        assert_eq!(input["headers"]["Authorization"], json!("Bearer {{ secrets.API_TOKEN }}"));
+        assert_eq!(secrets.len(), 1);
+        assert_eq!(secrets[0].pointer, "/headers/Authorization");
+        assert_eq!(secrets[0].names().collect::<Vec<_>>(), vec!["API_TOKEN"]);
+        h.succeed("call", json!({"id": 1}));
+        let input = Payload::of(&Value::Null);
+        h.state.add_payload(&input, Value::Null);
+        h.feed(Event::AttemptStarted { step: StepId::new("boom"), attempt: 1, input: input.reference });
+        let failure = Failure::new(ErrorClass::Permanent, "no");
+        let cmds = h.feed(Event::AttemptFailed { step: StepId::new("boom"), attempt: 1, failure, duration_ms: 1 });
+        let Some(Command::StartCompensation { input, secrets, .. }) =
+            cmds.iter().find(|c| matches!(c, Command::StartCompensation { .. }))
+        else {
+            panic!("no compensation: {cmds:#?}")
+        };
+        assert_eq!(input["body"]["k"], json!("{{ secrets.UNDO_KEY }}"));
+        assert_eq!(secrets[0].pointer, "/body/k");
     }
 
     #[test]

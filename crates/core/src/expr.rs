@@ -33,7 +33,7 @@ pub fn references(source: &str) -> Vec<Reference> {
         .into_iter()
         .filter(|r| {
             // Only a type resolves without variables: `int`, `google.protobuf.Timestamp`.
-            matches!(r.path[0].as_str(), "inputs" | "steps" | "run" | "signals")
+            matches!(r.path[0].as_str(), "inputs" | "steps" | "run" | "signals" | "secrets")
                 || Program::compile(&r.path.join(".")).is_ok_and(|p| p.execute(&empty).is_err())
         })
         .collect()
@@ -51,7 +51,7 @@ impl<'a> Walker<'a> {
     fn push(&mut self, path: Vec<String>, usage: Usage, id: u64) {
         let offset = self.info.offset_for(id).map_or(0, |(start, _)| start as usize);
         let (line, column) = position(self.source, offset);
-        self.found.push(Reference { path, usage, line, column });
+        self.found.push(Reference { path, usage, line, column, printed: false });
     }
 
     /// `a.b["c"]` as `["a", "b", "c"]` with the id of `a`, unless `a` is a comprehension

@@ -19,6 +19,7 @@ pub mod machine;
 pub mod payload;
 pub mod retry;
 pub mod scope;
+pub mod secrets;
 pub mod state;
 pub mod template;
 pub mod timeline;

@@ -7,6 +7,12 @@
 //! `compensate.with` also `output`. Reading anything else fails the step with "undefined value"
 //! (or a CEL "no such key"). [`View::check`] refuses such references where they are written.
 //!
+//! `with` and `compensate.with` may also print secrets, `{{ secrets.NAME }}`, and nothing else
+//! may read them: conditions and approval prompts are decided by the core and journaled, and a
+//! secret's value is known only to the engine when the attempt runs (see [`crate::secrets`]). A
+//! secret can only be printed as it is: tested, filtered, compared or captured, the core would
+//! be working on a stand-in, not the value.
+//!
 //! **Only certain failures are refused.** A reference is refused when the value is missing on
 //! every run and the expression needs it: it reads a field of the missing value, or (in a
 //! template) prints it, compares it, tests its truth or iterates it. It is not refused when it
@@ -27,6 +33,9 @@ pub struct Reference {
     /// 1-based line and column of the root name inside the template or condition.
     pub line: usize,
     pub column: usize,
+    /// Printed as it is (`{{ secrets.API_TOKEN }}`, also as a branch of an inline `if`), not
+    /// filtered, tested, combined or captured: the only way a secret may be used.
+    pub printed: bool,
 }
 
 /// How an expression uses the value a [`Reference`] names.
@@ -65,6 +74,8 @@ pub struct View<'a> {
     pub with_fallback: HashSet<&'a str>,
     /// `compensate.with` also sees `output`, what the step produced.
     pub output: bool,
+    /// `with` and `compensate.with` may print secrets; conditions and prompts may not.
+    pub secrets: bool,
 }
 
 /// A refused reference: a stable code and a message that says how to fix it.
@@ -89,6 +100,20 @@ impl View<'_> {
         let mut findings = Vec::new();
         let mut reported: HashSet<&[String]> = HashSet::new();
         for r in refs {
+            if r.path.first().is_some_and(|root| root == crate::secrets::ROOT) {
+                if let Some((code, why)) = self.secret_problem(r, kind)
+                    && reported.insert(&r.path)
+                {
+                    let message = format!(
+                        "`{field}` reads `{}` (at {}:{} in the {kind}), but {why}",
+                        r.path.join("."),
+                        r.line,
+                        r.column
+                    );
+                    findings.push(Finding { code, message });
+                }
+                continue;
+            }
             let Some(missing) = self.missing(&r.path) else { continue };
             let prefix = &r.path[..=missing.depth];
             let needed = r.path.len() > missing.depth + 1 || r.usage == Usage::Read;
@@ -110,6 +135,63 @@ impl View<'_> {
         findings
     }
 
+    /// Why a use of `secrets` is refused here, if it is.
+    fn secret_problem(&self, r: &Reference, kind: &str) -> Option<(&'static str, String)> {
+        use crate::secrets::{is_name, reference, suggest_name};
+        if !self.secrets {
+            let what = if kind == "condition" {
+                "a condition cannot read secrets: its outcome is decided by the core and journaled"
+            } else {
+                "an approval prompt cannot show secrets: it is journaled and shown to approvers"
+            };
+            return Some((
+                "secret_not_allowed",
+                format!(
+                    "{what}; secrets can be used only in `with` and `compensate.with`, where the engine puts them in when the attempt runs"
+                ),
+            ));
+        }
+        let Some(name) = r.path.get(1) else {
+            return Some((
+                "bad_secret_reference",
+                "`secrets` cannot be read as a whole; print one secret: `{{ secrets.NAME }}`".to_string(),
+            ));
+        };
+        if let Some(field) = r.path.get(2) {
+            return Some((
+                "bad_secret_reference",
+                format!(
+                    "a secret is a string and has no field `{}`; print it as `{}`",
+                    field.escape_debug(),
+                    reference(name)
+                ),
+            ));
+        }
+        if !is_name(name) {
+            let hint = suggest_name(name).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+            return Some((
+                "bad_secret_name",
+                format!(
+                    "`{}` is not a secret name: use an upper-case letter, then upper-case letters, digits and `_` \
+                     (at most 64), e.g. `API_TOKEN`{hint}",
+                    name.escape_debug()
+                ),
+            ));
+        }
+        if !r.printed {
+            return Some((
+                "secret_not_printed",
+                format!(
+                    "a secret can only be printed as it is, `{}` (with any text around it): it cannot be tested, \
+                     filtered, compared, joined with `~` or assigned, because only the engine knows its value, \
+                     when the attempt runs",
+                    reference(name)
+                ),
+            ));
+        }
+        None
+    }
+
     fn missing(&self, path: &[String]) -> Option<Missing> {
         let at = |depth: usize, code: &'static str, why: String| Some(Missing { depth, code, why });
         let root = path.first()?.as_str();
@@ -126,6 +208,9 @@ impl View<'_> {
                 let mut roots = vec!["inputs", "steps", "signals", "run"];
                 if self.output {
                     roots.push("output");
+                }
+                if self.secrets {
+                    roots.push(crate::secrets::ROOT);
                 }
                 let hint = match crate::validate::closest(other, roots.iter().copied()) {
                     Some(c) => format!("; did you mean `{c}`?"),
@@ -454,6 +539,103 @@ steps:
       local: \"{% set steps = 1 %}{{ steps.zzz }}\"
 ",
         );
+    }
+
+    #[test]
+    fn a_secret_in_a_condition_or_an_approval_prompt_is_refused_with_its_position() {
+        let found = problems(
+            "\
+name: t
+steps:
+  - id: a
+    kind: echo
+    when: \"secrets.API_TOKEN != ''\"
+    approval: {prompt: \"Use {{ secrets.API_TOKEN }}?\"}
+    with: {h: \"Bearer {{ secrets.API_TOKEN }}\"}
+",
+        );
+        assert_eq!(
+            brief(&found),
+            vec![
+                (
+                    5,
+                    11,
+                    "a",
+                    "secret_not_allowed",
+                    "`when` reads `secrets.API_TOKEN` (at 1:1 in the condition), but a condition cannot read \
+                     secrets: its outcome is decided by the core and journaled; secrets can be used only in `with` \
+                     and `compensate.with`, where the engine puts them in when the attempt runs"
+                ),
+                (
+                    6,
+                    24,
+                    "a",
+                    "secret_not_allowed",
+                    "`approval.prompt` reads `secrets.API_TOKEN` (at 1:8 in the template), but an approval prompt \
+                     cannot show secrets: it is journaled and shown to approvers; secrets can be used only in \
+                     `with` and `compensate.with`, where the engine puts them in when the attempt runs"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_printed_as_they_are_in_with_and_compensate_with_pass() {
+        valid(
+            "\
+name: t
+inputs: {host: {}}
+steps:
+  - id: a
+    kind: http
+    with:
+      url: \"http://{{ inputs.host }}/x?key={{ secrets.API_KEY }}\"
+      headers: {Authorization: \"Bearer {{ secrets.API_TOKEN }}\"}
+      body: {t: \"{{ secrets.API_TOKEN if inputs.host else '' }}\"}
+    compensate:
+      kind: http
+      with: {url: \"http://{{ inputs.host }}/undo\", headers: {X-Api-Key: \"{{ secrets.API_KEY }}\"}}
+",
+        );
+    }
+
+    #[test]
+    fn a_secret_that_is_not_printed_as_it_is_is_refused() {
+        let found = problems(
+            "\
+name: t
+steps:
+  - id: a
+    kind: echo
+    with:
+      filtered: \"{{ secrets.API_TOKEN | upper }}\"
+      tested: \"{{ 'x' if secrets.B is defined }}\"
+      joined: \"{{ 'Bearer ' ~ secrets.C }}\"
+      captured: \"{% filter upper %}{{ secrets.D }}{% endfilter %}\"
+      lower: \"{{ secrets.api_token }}\"
+      field: \"{{ secrets.E.value }}\"
+      whole: \"{{ secrets }}\"
+      root: \"{{ secret.F }}\"
+",
+        );
+        let codes: Vec<_> = brief(&found).iter().map(|b| (b.0, b.3)).collect();
+        assert_eq!(
+            codes,
+            vec![
+                (6, "secret_not_printed"),
+                (7, "secret_not_printed"),
+                (8, "secret_not_printed"),
+                (9, "secret_not_printed"),
+                (10, "bad_secret_name"),
+                (11, "bad_secret_reference"),
+                (12, "bad_secret_reference"),
+                (13, "unknown_variable"),
+            ],
+            "{found:#?}"
+        );
+        assert!(found[0].message.contains("can only be printed as it is, `{{ secrets.API_TOKEN }}`"));
+        assert!(found[4].message.ends_with("did you mean `API_TOKEN`?"), "{}", found[4].message);
+        assert!(found[7].message.ends_with("did you mean `secrets`?"), "{}", found[7].message);
     }
 
     #[test]

@@ -2,13 +2,20 @@
 //! variables as conditions (`inputs`, `steps`, `run`). A string that is exactly one expression,
 //! like `"{{ steps.fetch.output.items }}"`, keeps the expression's JSON type instead of becoming
 //! text. Rendering is bounded by fuel so a hostile template cannot spin forever.
+//!
+//! A string that prints `{{ secrets.NAME }}` renders to text in which each secret stays its
+//! reference, plus a [`SecretSlot`] that says where the values go (see [`crate::secrets`]): which
+//! printed values were secrets is known from the template, not guessed from the text.
 
 use crate::scope::{Reference, Usage, position};
+use crate::secrets::{self, Part, SecretSlot};
 use minijinja::machinery::ast;
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::value::{Object, ObjectRepr};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
-use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 const FUEL: u64 = 100_000;
 
@@ -66,14 +73,42 @@ fn walk(v: &Value, path: &str, f: &mut dyn FnMut(&str, &str)) {
 }
 
 /// Renders a `with` block against the context (an object holding `inputs`, `steps`, `run`).
+/// Secrets stay their reference text (`{{ secrets.NAME }}`); [`render_input`] also says where
+/// they are.
 pub fn render(with: &Value, ctx: &Value) -> Result<Value, String> {
+    render_input(with, ctx).map(|(value, _)| value)
+}
+
+/// Renders a `with` block for an attempt: the input to journal, where each secret stays its
+/// reference text, and one [`SecretSlot`] per string that holds secrets, for the engine to fill
+/// in when the attempt runs.
+pub fn render_input(with: &Value, ctx: &Value) -> Result<(Value, Vec<SecretSlot>), String> {
+    let mut slots = Vec::new();
+    let value = render_at(with, ctx, "", &mut slots)?;
+    Ok((value, slots))
+}
+
+fn render_at(with: &Value, ctx: &Value, pointer: &str, slots: &mut Vec<SecretSlot>) -> Result<Value, String> {
     match with {
+        Value::String(s) if has_template(s) && reads_secrets(s) => {
+            let slot = SecretSlot { pointer: pointer.to_string(), parts: render_with_secrets(s, ctx)? };
+            let stored = slot.stored();
+            if slot.names().next().is_some() {
+                slots.push(slot);
+            }
+            Ok(Value::String(stored))
+        }
         Value::String(s) if has_template(s) => render_str(s, ctx),
-        Value::Array(items) => items.iter().map(|i| render(i, ctx)).collect::<Result<Vec<_>, _>>().map(Value::Array),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| render_at(item, ctx, &format!("{pointer}/{i}"), slots))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         Value::Object(map) => {
             let mut out = serde_json::Map::with_capacity(map.len());
             for (k, v) in map {
-                out.insert(k.clone(), render(v, ctx)?);
+                out.insert(k.clone(), render_at(v, ctx, &secrets::pointer_key(pointer, k), slots)?);
             }
             Ok(Value::Object(out))
         }
@@ -97,6 +132,138 @@ fn render_str(s: &str, ctx: &Value) -> Result<Value, String> {
         return serde_json::to_value(&value).map_err(|e| format!("template `{s}`: {e}"));
     }
     env().render_str(s, ctx_value).map(Value::String).map_err(|e| format!("template `{s}`: {e}"))
+}
+
+/// Whether a template reads `secrets` (not a local of that name).
+fn reads_secrets(source: &str) -> bool {
+    source.contains(secrets::ROOT)
+        && references(source).iter().any(|r| r.path.first().is_some_and(|root| root == secrets::ROOT))
+}
+
+/// Brackets a printed secret in the text rendered by [`secret_env`]; private-use characters,
+/// refused in printed data, so only the formatter can write them.
+const MARK_START: char = '\u{E000}';
+const MARK_END: char = '\u{E001}';
+
+/// The names of the secrets the formatter printed, in order, for one rendering.
+type Printed = Arc<Mutex<Vec<String>>>;
+
+/// `secrets` in the context of one rendering: any name gives a [`SecretRef`].
+#[derive(Debug)]
+struct SecretsObject {
+    printed: Printed,
+}
+
+impl Object for SecretsObject {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let name = key.as_str()?.to_string();
+        Some(minijinja::Value::from_object(SecretRef { name, printed: self.printed.clone() }))
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Turned into text some other way than printed (validation refuses that): a mark the
+        // check after rendering reports.
+        write!(f, "{MARK_START}")
+    }
+}
+
+/// `secrets.NAME`: printed, it becomes a marked name the engine replaces with the value.
+#[derive(Debug)]
+struct SecretRef {
+    name: String,
+    printed: Printed,
+}
+
+impl Object for SecretRef {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn render(self: &Arc<Self>, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{MARK_START}")
+    }
+}
+
+/// The environment for strings that read secrets: like [`env`], with a formatter that marks
+/// printed secrets and refuses printed data holding the marks.
+fn secret_env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(FUEL));
+        env.set_formatter(|out, _state, value| {
+            let text = match value.downcast_object_ref::<SecretRef>() {
+                Some(secret) => {
+                    if let Ok(mut printed) = secret.printed.lock() {
+                        printed.push(secret.name.clone());
+                    }
+                    format!("{MARK_START}{}{MARK_END}", secret.name)
+                }
+                None => {
+                    let text = value.to_string();
+                    if text.contains([MARK_START, MARK_END]) {
+                        return Err(minijinja::Error::new(
+                            ErrorKind::InvalidOperation,
+                            "a secret can only be printed as it is, `{{ secrets.NAME }}`, not combined or filtered (or \
+                             a printed value holds U+E000 or U+E001, characters Cairn reserves here)",
+                        ));
+                    }
+                    text
+                }
+            };
+            out.write_str(&text).map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))
+        });
+        env
+    })
+}
+
+/// Renders a string that prints secrets into its parts: text, and the secrets where they were
+/// printed. Always text, even when the string is one expression (a secret is a string).
+fn render_with_secrets(s: &str, ctx: &Value) -> Result<Vec<Part>, String> {
+    let fail = |why: &str| format!("template `{s}`: {why}");
+    if s.contains([MARK_START, MARK_END]) {
+        return Err(fail("it holds U+E000 or U+E001, characters Cairn reserves in templates that print secrets"));
+    }
+    let printed: Printed = Arc::default();
+    let mut vars: BTreeMap<String, minijinja::Value> = match ctx {
+        Value::Object(map) => {
+            map.iter().map(|(k, v)| (k.clone(), minijinja::Value::from(minijinja::value::Serde(v)))).collect()
+        }
+        _ => BTreeMap::new(),
+    };
+    vars.insert(secrets::ROOT.to_string(), minijinja::Value::from_object(SecretsObject { printed: printed.clone() }));
+    let text = secret_env().render_str(s, minijinja::Value::from(vars)).map_err(|e| fail(&e.to_string()))?;
+    let printed = printed.lock().map(|p| p.clone()).unwrap_or_default();
+    // Every mark in the text must be one the formatter wrote, in the same order.
+    let misuse = || fail("a secret can only be printed as it is, `{{ secrets.NAME }}`");
+    let mut parts = Vec::new();
+    let mut names = printed.iter();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(MARK_START) {
+        if start > 0 {
+            parts.push(Part::Text(rest[..start].to_string()));
+        }
+        let after = &rest[start + MARK_START.len_utf8()..];
+        let end = after.find(MARK_END).ok_or_else(misuse)?;
+        let name = &after[..end];
+        if names.next().map(String::as_str) != Some(name) || name.contains(MARK_START) {
+            return Err(misuse());
+        }
+        parts.push(Part::Secret(name.to_string()));
+        rest = &after[end + MARK_END.len_utf8()..];
+    }
+    if rest.contains(MARK_END) || names.next().is_some() {
+        return Err(misuse());
+    }
+    if !rest.is_empty() {
+        parts.push(Part::Text(rest.to_string()));
+    }
+    Ok(parts)
 }
 
 /// Filters that take an undefined value without failing under strict undefined behaviour
@@ -123,7 +290,7 @@ pub fn references(source: &str) -> Vec<Reference> {
     let Ok(template) = minijinja::machinery::parse(source, "<template>", Default::default()) else {
         return Vec::new();
     };
-    let mut walker = Walker { source, found: Vec::new(), locals: IMPLICIT_LOCALS.into_iter().collect() };
+    let mut walker = Walker { source, found: Vec::new(), locals: IMPLICIT_LOCALS.into_iter().collect(), captured: 0 };
     walker.stmt(&template);
     let globals: HashSet<&str> = env().globals().map(|(name, _)| name).collect();
     let Walker { found, locals, .. } = walker;
@@ -139,6 +306,8 @@ struct Walker<'s> {
     source: &'s str,
     found: Vec<Reference>,
     locals: HashSet<&'s str>,
+    /// Inside a `set` or `filter` block, whose output is captured, not printed as it is.
+    captured: usize,
 }
 
 impl<'s> Walker<'s> {
@@ -152,7 +321,7 @@ impl<'s> Walker<'s> {
         use ast::Stmt as S;
         match stmt {
             S::Template(t) => self.stmts(&t.children),
-            S::EmitExpr(e) => self.expr(&e.expr, Usage::Read),
+            S::EmitExpr(e) => self.emitted(&e.expr),
             S::EmitRaw(_) => {}
             S::ForLoop(f) => {
                 self.assign(&f.target);
@@ -184,7 +353,9 @@ impl<'s> Walker<'s> {
                 if let Some(filter) = &set.filter {
                     self.expr(filter, Usage::Passed);
                 }
+                self.captured += 1;
                 self.stmts(&set.body);
+                self.captured -= 1;
             }
             S::AutoEscape(a) => {
                 self.expr(&a.enabled, Usage::Passed);
@@ -192,7 +363,9 @@ impl<'s> Walker<'s> {
             }
             S::FilterBlock(f) => {
                 self.expr(&f.filter, Usage::Passed);
+                self.captured += 1;
                 self.stmts(&f.body);
+                self.captured -= 1;
             }
             S::Do(d) => self.call(&d.call),
             // Statements of minijinja features Cairn does not enable (macros, blocks, includes,
@@ -215,7 +388,30 @@ impl<'s> Walker<'s> {
 
     fn push(&mut self, path: Vec<String>, usage: Usage, offset: u32) {
         let (line, column) = position(self.source, offset as usize);
-        self.found.push(Reference { path, usage, line, column });
+        self.found.push(Reference { path, usage, line, column, printed: false });
+    }
+
+    /// The expression of `{{ … }}`: a variable printed as it is (directly, or as a branch of an
+    /// inline `if`) is marked `printed`; anything else is read as usual.
+    fn emitted(&mut self, e: &ast::Expr<'s>) {
+        if self.captured == 0 {
+            if let Some((path, offset)) = chain(e) {
+                self.push(path, Usage::Read, offset);
+                if let Some(r) = self.found.last_mut() {
+                    r.printed = true;
+                }
+                return;
+            }
+            if let ast::Expr::IfExpr(i) = e {
+                self.expr(&i.test_expr, Usage::Read);
+                self.emitted(&i.true_expr);
+                if let Some(other) = &i.false_expr {
+                    self.emitted(other);
+                }
+                return;
+            }
+        }
+        self.expr(e, Usage::Read);
     }
 
     fn expr(&mut self, e: &ast::Expr<'s>, usage: Usage) {
@@ -344,6 +540,68 @@ mod tests {
         assert!(render(&json!("x {{ inputs.nope }} y"), &ctx).is_err());
         assert_eq!(check(&json!({"a": "{{ unclosed"})).len(), 1);
         assert!(check(&json!({"a": "{{ fine }}"})).is_empty());
+    }
+
+    #[test]
+    fn a_secret_renders_to_its_reference_and_a_slot_says_where_it_goes() {
+        use crate::secrets::{Part, SecretSlot};
+        let ctx = json!({"inputs": {"host": "api.test", "n": [1, 2]}});
+        let with = json!({
+            "headers": {"Authorization": "Bearer {{ secrets.API_TOKEN }}", "a/b": "{{ secrets.B }}"},
+            "url": "http://{{ inputs.host }}/x",
+            "list": ["{% for i in inputs.n %}{{ secrets.C if i > 1 else '-' }}{% endfor %}", 3],
+        });
+        let (value, slots) = render_input(&with, &ctx).expect("renders");
+        assert_eq!(
+            value,
+            json!({
+                "headers": {"Authorization": "Bearer {{ secrets.API_TOKEN }}", "a/b": "{{ secrets.B }}"},
+                "url": "http://api.test/x",
+                "list": ["-{{ secrets.C }}", 3],
+            })
+        );
+        let text = |t: &str| Part::Text(t.to_string());
+        let secret = |n: &str| Part::Secret(n.to_string());
+        assert_eq!(
+            slots,
+            vec![
+                SecretSlot {
+                    pointer: "/headers/Authorization".into(),
+                    parts: vec![text("Bearer "), secret("API_TOKEN")]
+                },
+                SecretSlot { pointer: "/headers/a~1b".into(), parts: vec![secret("B")] },
+                SecretSlot { pointer: "/list/0".into(), parts: vec![text("-"), secret("C")] },
+            ]
+        );
+        assert_eq!(render(&with, &ctx).expect("renders"), value, "`render` journals the same text");
+    }
+
+    #[test]
+    fn data_that_looks_like_a_secret_reference_is_never_taken_for_one() {
+        use crate::secrets::Part;
+        let ctx = json!({"inputs": {"evil": "{{ secrets.API_TOKEN }}", "marked": "\u{E000}API_TOKEN\u{E001}"}});
+        // Printed data is text, whatever it looks like: only the printed secret is a secret.
+        let (value, slots) = render_input(&json!("{{ inputs.evil }} {{ secrets.API_TOKEN }}"), &ctx).expect("renders");
+        assert_eq!(value, json!("{{ secrets.API_TOKEN }} {{ secrets.API_TOKEN }}"));
+        assert_eq!(slots.len(), 1);
+        assert_eq!(
+            slots[0].parts,
+            vec![Part::Text("{{ secrets.API_TOKEN }} ".into()), Part::Secret("API_TOKEN".into())]
+        );
+        let (_, none) = render_input(&json!("{{ inputs.evil }}"), &ctx).expect("renders");
+        assert!(none.is_empty(), "a string that prints no secret has no slot");
+        // Data holding the marks the formatter uses is refused rather than trusted.
+        let err = render_input(&json!("{{ inputs.marked }}{{ secrets.API_TOKEN }}"), &ctx).expect_err("refused");
+        assert!(err.contains("U+E000"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_used_other_than_printed_does_not_render() {
+        let ctx = json!({"inputs": {}});
+        for misuse in ["{{ secrets.A | upper }}", "{{ 'Bearer ' ~ secrets.A }}", "{{ secrets }}"] {
+            let err = render_input(&json!(misuse), &ctx).expect_err(misuse);
+            assert!(err.contains("can only be printed as it is"), "{misuse}: {err}");
+        }
     }
 
     fn refs(source: &str) -> Vec<(String, Usage, usize, usize)> {

@@ -44,8 +44,14 @@ pub struct Problem {
     pub message: String,
 }
 
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Problem {
+    /// The problem as a warning: FILE:LINE:COL: warning: step `ID`: MESSAGE.
+    pub fn as_warning(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out, "warning: ").map(|_| out).unwrap_or_default()
+    }
+
+    fn write(&self, f: &mut dyn fmt::Write, label: &str) -> fmt::Result {
         f.write_str(&self.file)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
@@ -53,11 +59,17 @@ impl fmt::Display for Problem {
                 write!(f, ":{column}")?;
             }
         }
-        f.write_str(": ")?;
+        write!(f, ": {label}")?;
         if let Some(step) = &self.step {
             write!(f, "step `{step}`: ")?;
         }
         f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, "")
     }
 }
 
@@ -66,30 +78,47 @@ impl std::error::Error for Problem {}
 /// Parses a YAML or JSON definition and validates it; returns every problem at once, in source
 /// order.
 pub fn parse_definition(source: &str, file: &str) -> Result<Definition, Vec<Problem>> {
+    parse_definition_with_warnings(source, file).0
+}
+
+/// [`parse_definition`], plus the warnings: what is valid but probably a mistake, such as a
+/// literal credential in `with` (code `literal_credential`; see
+/// [`crate::secrets::literal_credentials`]). Warnings come in source order, also when the
+/// definition has problems (none when it cannot be read at all).
+pub fn parse_definition_with_warnings(source: &str, file: &str) -> (Result<Definition, Vec<Problem>>, Vec<Problem>) {
     if source.trim().is_empty() {
-        return Err(vec![Problem {
+        let problem = Problem {
             file: file.to_string(),
             line: None,
             column: None,
             step: None,
             code: "empty",
             message: EMPTY_MESSAGE.to_string(),
-        }]);
+        };
+        return (Err(vec![problem]), Vec::new());
     }
     // serde-saphyr parses lazily: a shape error (a missing field) early in the file would be
     // reported instead of a syntax error further down. Read the whole document once first, so a
     // syntax error, the more fundamental problem, wins.
-    serde_saphyr::from_str::<de::IgnoredAny>(source).map_err(|e| vec![parse_problem(&e, file)])?;
-    let raw: RawDefinition = serde_saphyr::from_str(source).map_err(|e| vec![parse_problem(&e, file)])?;
-    let mut problems = Problems { file, list: Vec::new() };
+    if let Err(e) = serde_saphyr::from_str::<de::IgnoredAny>(source) {
+        return (Err(vec![parse_problem(&e, file)]), Vec::new());
+    }
+    let raw: RawDefinition = match serde_saphyr::from_str(source) {
+        Ok(raw) => raw,
+        Err(e) => return (Err(vec![parse_problem(&e, file)]), Vec::new()),
+    };
+    let mut problems = Problems { file, list: Vec::new(), warnings: Vec::new() };
     let definition = compile(raw, &mut problems);
+    // Stable: problems at the same place keep the order the checks found them in.
+    let by_place = |p: &Problem| (p.line.is_none(), p.line, p.column);
+    let mut warnings = problems.warnings;
+    warnings.sort_by_key(by_place);
     if problems.list.is_empty() {
-        Ok(definition)
+        (Ok(definition), warnings)
     } else {
         let mut list = problems.list;
-        // Stable: problems at the same place keep the order the checks found them in.
-        list.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
-        Err(list)
+        list.sort_by_key(by_place);
+        (Err(list), warnings)
     }
 }
 
@@ -382,23 +411,36 @@ fn node_to_json(node: &Spanned<Node>, path: String, places: &mut HashMap<String,
 struct Problems<'a> {
     file: &'a str,
     list: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Problems<'_> {
-    fn add(&mut self, at: Location, step: Option<&str>, code: &'static str, message: impl Into<String>) {
+    fn problem(&self, at: Location, step: Option<&str>, code: &'static str, message: String) -> Problem {
         let known = |n: u64| (n > 0).then_some(n);
         let line = known(at.line());
-        let problem = Problem {
+        Problem {
             file: self.file.to_string(),
             line,
             column: line.and(known(at.column())),
             step: step.map(str::to_string),
             code,
-            message: message.into(),
-        };
+            message,
+        }
+    }
+
+    fn add(&mut self, at: Location, step: Option<&str>, code: &'static str, message: impl Into<String>) {
+        let problem = self.problem(at, step, code, message.into());
         // Defaults shared by many steps can produce the same problem more than once.
         if !self.list.contains(&problem) {
             self.list.push(problem);
+        }
+    }
+
+    /// Something valid that is probably a mistake; it does not make the definition invalid.
+    fn warn(&mut self, at: Location, step: Option<&str>, code: &'static str, message: impl Into<String>) {
+        let warning = self.problem(at, step, code, message.into());
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
         }
     }
 
@@ -779,11 +821,21 @@ struct Site {
     condition: bool,
     /// `compensate.with` also sees `output`.
     compensation: bool,
+    /// A string of `with` or `compensate.with`, which may print secrets.
+    secrets: bool,
 }
 
 impl Site {
     fn template(step: usize, at: Location, field: &str, text: &str) -> Site {
-        Site { step, at, field: field.to_string(), text: text.to_string(), condition: false, compensation: false }
+        Site {
+            step,
+            at,
+            field: field.to_string(),
+            text: text.to_string(),
+            condition: false,
+            compensation: false,
+            secrets: false,
+        }
     }
 }
 
@@ -806,6 +858,7 @@ fn check_references(def: &Definition, sites: &[Site], out: &mut Problems<'_>) {
             visible: seen.clone(),
             with_fallback: with_fallback.clone(),
             output: site.compensation,
+            secrets: site.secrets,
         };
         let (refs, kind) = if site.condition {
             (expr::references(&site.text), "condition")
@@ -1121,9 +1174,14 @@ fn templates_of(
         if !broken.contains(path) {
             let at = places.get(path).copied().unwrap_or(node.referenced);
             let compensation = !prefix.is_empty();
-            sites.push(Site { compensation, ..Site::template(index, at, &format!("{prefix}{path}"), text) });
+            let site = Site::template(index, at, &format!("{prefix}{path}"), text);
+            sites.push(Site { compensation, secrets: true, ..site });
         }
     });
+    for found in crate::secrets::literal_credentials(&with, "with") {
+        let at = places.get(&found.path).copied().unwrap_or(node.referenced);
+        out.warn(at, step, "literal_credential", found.message(prefix));
+    }
     with
 }
 
@@ -1771,6 +1829,48 @@ steps:
             problems("name: f\nsteps:\n  - {id: a, kind: noop, on_failure: {fallbak: b}}\n  - {id: b, kind: noop}\n");
         assert_eq!(found.len(), 1, "{found:#?}");
         assert!(found[0].message.contains("`fallback: STEP`; found `fallbak`"), "{}", found[0].message);
+    }
+
+    #[test]
+    fn a_literal_authorization_header_is_a_warning_with_its_position_not_a_problem() {
+        let source = "\
+name: t
+steps:
+  - id: call
+    kind: http
+    with:
+      url: http://127.0.0.1:9/x
+      headers:
+        Authorization: Bearer abc123
+        X-Trace: fine
+    compensate:
+      kind: http
+      with: {url: http://127.0.0.1:9/undo, body: {password: hunter2}, token: \"{{ secrets.API_TOKEN }}\"}
+";
+        let (definition, warnings) = parse_definition_with_warnings(source, "wf.yaml");
+        assert!(definition.is_ok(), "{definition:?}");
+        let brief: Vec<String> = warnings.iter().map(|w| w.as_warning()).collect();
+        assert_eq!(brief.len(), 2, "{brief:#?}");
+        assert!(
+            brief[0].starts_with(
+                "wf.yaml:8:24: warning: step `call`: `with.headers.Authorization` holds a literal credential"
+            ),
+            "{}",
+            brief[0]
+        );
+        assert!(brief[0].contains("write `Bearer {{ secrets.API_TOKEN }}`"), "{}", brief[0]);
+        assert!(
+            brief[1].starts_with("wf.yaml:12:61: warning: step `call`: `compensate.with.body.password`"),
+            "{}",
+            brief[1]
+        );
+        assert!(brief.iter().all(|w| !w.contains("abc123") && !w.contains("hunter2")), "values are never repeated");
+        assert!(warnings.iter().all(|w| w.code == "literal_credential"));
+        // The same definition with a problem keeps its warnings.
+        let (definition, warnings) =
+            parse_definition_with_warnings(&source.replace("kind: http\n    with", "kind: htp\n    with"), "wf.yaml");
+        assert!(definition.is_err());
+        assert_eq!(warnings.len(), 2);
     }
 
     #[test]

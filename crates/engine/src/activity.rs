@@ -4,6 +4,7 @@
 //! Activities may run more than once (at-least-once): an attempt interrupted by a crash is tried
 //! again. These demo activities have no outside effects, so that is harmless here.
 
+use crate::secrets::Resolved;
 use cairn_core::chaos::unit_hash;
 use cairn_core::definition::Inject;
 use cairn_core::duration::parse_ms;
@@ -18,7 +19,11 @@ pub struct AttemptContext<'a> {
     pub step: &'a str,
     pub kind: &'a str,
     pub attempt: u32,
+    /// The input with secret values in it (in memory only; the journal has the references).
     pub input: &'a Value,
+    /// The values of the secrets in `input`, for kinds that must redact before they shorten
+    /// what a service answered (the caller redacts the whole outcome afterwards).
+    pub secrets: &'a Resolved,
     pub inject: Option<&'a Inject>,
     pub chaos: Option<Chaos>,
     /// Who runs the attempt (the lease owner), sent to services for their logs.
@@ -27,6 +32,7 @@ pub struct AttemptContext<'a> {
 
 /// The effect-log key of an attempt that writes to the outside (an `http` call other than GET):
 /// `run/step/call`, the same for every attempt of the step. `None` for side-effect-free kinds.
+/// Give it the journaled input: the key must not depend on a secret's value.
 pub fn effect_key(kind: &str, input: &Value, run_id: &str, step: &str) -> Option<String> {
     let method = input.get("method").and_then(Value::as_str).unwrap_or("POST");
     (kind == "http" && !method.eq_ignore_ascii_case("GET")).then(|| call_key(run_id, step))
@@ -78,7 +84,7 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         "approval" => Ok(ctx.input.clone()),
         "http" => {
             let key = call_key(ctx.run_id, ctx.step);
-            crate::http::call(ctx.input, &key, ctx.worker, &mut logs).await
+            crate::http::call(ctx.input, &key, ctx.worker, ctx.secrets, &mut logs).await
         }
         "sleep" => sleep(ctx.input, &mut logs).await,
         "mock_model" => Ok(mock_model(ctx.input, &mut logs)),
@@ -143,6 +149,7 @@ mod tests {
     use super::*;
 
     fn ctx<'a>(kind: &'a str, input: &'a Value, inject: Option<&'a Inject>, attempt: u32) -> AttemptContext<'a> {
+        static NONE: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::none);
         AttemptContext {
             run_id: "wf_x",
             workflow: "w",
@@ -150,6 +157,7 @@ mod tests {
             kind,
             attempt,
             input,
+            secrets: &NONE,
             inject,
             chaos: None,
             worker: "t",

@@ -8,6 +8,7 @@ use crate::{Error, now_ms};
 use cairn_core::decide::{self, Command};
 use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use cairn_core::payload::Payload;
+use cairn_core::secrets::SecretSlot;
 use cairn_core::state::RunState;
 use cairn_core::{RunStatus, StepId, StepStatus};
 use cairn_store::{
@@ -25,7 +26,10 @@ struct Queued {
     index: usize,
     step: StepId,
     attempt: u32,
+    /// As journaled: secrets are references here.
     input: Value,
+    /// Where the secrets' values go, when the attempt runs.
+    secrets: Vec<SecretSlot>,
     compensation: bool,
 }
 
@@ -154,11 +158,11 @@ impl<S: Store> Live<S> {
                 Command::StorePayload(p) => self.payloads.push(p),
                 // Plans are made before the run is created (see `Engine::start`).
                 Command::Plan => {}
-                Command::StartAttempt { step, index, attempt, input } => {
-                    self.start_queue.push_back(Queued { index, step, attempt, input, compensation: false });
+                Command::StartAttempt { step, index, attempt, input, secrets } => {
+                    self.start_queue.push_back(Queued { index, step, attempt, input, secrets, compensation: false });
                 }
-                Command::StartCompensation { step, index, attempt, input } => {
-                    self.start_queue.push_front(Queued { index, step, attempt, input, compensation: true });
+                Command::StartCompensation { step, index, attempt, input, secrets } => {
+                    self.start_queue.push_front(Queued { index, step, attempt, input, secrets, compensation: true });
                 }
                 Command::ArmTimer { step, at_ms } => self.timers.push((at_ms, step)),
             }
@@ -348,22 +352,13 @@ impl<S: Store> Live<S> {
         let worker = self.inner.config.owner.clone();
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
+        let secrets = crate::secrets::source();
         self.running.spawn(async move {
             let _permit = permit;
             let started = Instant::now();
-            let ctx = AttemptContext {
-                run_id: &run_id,
-                workflow: &workflow,
-                step: &effect_step,
-                kind: &step_def.kind,
-                attempt: l.attempt,
-                input: &l.input,
-                inject: step_def.inject.as_ref(),
-                chaos,
-                worker: &worker,
-            };
             // Side effects go through the effect log: a result logged by an earlier attempt is
-            // returned instead of calling again (the call's key is the same for every attempt).
+            // returned instead of calling again (the call's key is the same for every attempt,
+            // and comes from the journaled input, whatever the secrets' values).
             let effect_key = activity::effect_key(&step_def.kind, &l.input, &run_id, &effect_step);
             if let Some(key) = &effect_key
                 && let Ok(Some(logged)) = store.effect(key).await
@@ -380,6 +375,33 @@ impl<S: Store> Live<S> {
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
             }
+            // Secret values exist from here to the redaction below, in memory only.
+            let resolved = match secrets.resolve(&l.secrets) {
+                Ok(resolved) => resolved,
+                Err(failure) => {
+                    return Finished {
+                        index: l.index,
+                        step: l.step,
+                        attempt: l.attempt,
+                        compensation: l.compensation,
+                        outcome: activity::Outcome { result: Err(failure), logs: Vec::new() },
+                        duration_ms: started.elapsed().as_millis() as u64,
+                    };
+                }
+            };
+            let input = resolved.apply(&l.input, &l.secrets);
+            let ctx = AttemptContext {
+                run_id: &run_id,
+                workflow: &workflow,
+                step: &effect_step,
+                kind: &step_def.kind,
+                attempt: l.attempt,
+                input: &input,
+                secrets: &resolved,
+                inject: step_def.inject.as_ref(),
+                chaos,
+                worker: &worker,
+            };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {
                 Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
@@ -398,6 +420,8 @@ impl<S: Store> Live<S> {
                 },
                 None => fut.await,
             };
+            let outcome = resolved.redact_outcome(outcome);
+            drop((input, resolved));
             if let (Some(key), Ok(value)) = (&effect_key, &outcome.result) {
                 // Kept before the step's completion is journaled.
                 let payload = cairn_core::payload::Payload::of(value);

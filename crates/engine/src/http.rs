@@ -2,12 +2,14 @@
 //! can make a retried write take effect once. Plain HTTP/1.1 (loopback and trusted networks);
 //! the tool layer will bring TLS and more.
 //!
-//! `with: {url: "http://host:port/path", method: POST, body: {...}, headers: {..}}`. The key is
+//! `with: {url: "http://host:port/path", method: POST, body: {...}, headers: {..}}` (header values
+//! are strings; `Authorization: "Bearer {{ secrets.API_TOKEN }}"` is sent with the value). The key is
 //! `run/step/call`, stable across attempts, sent as `Idempotency-Key`. Status classes: 2xx →
 //! the JSON body (or `{status, body}` text) is the output; 429 → `rate_limited` honouring
 //! `Retry-After`; 408 and 5xx → `transient`; other 4xx → `permanent`; connection errors →
 //! `transient`.
 
+use crate::secrets::Resolved;
 use cairn_core::event::{ErrorClass, Failure};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -41,6 +43,7 @@ pub async fn call(
     input: &Value,
     idempotency_key: &str,
     worker: &str,
+    secrets: &Resolved,
     logs: &mut Vec<String>,
 ) -> Result<Value, Failure> {
     let url = input.get("url").and_then(Value::as_str).ok_or_else(|| permanent("with.url is required".into()))?;
@@ -114,7 +117,8 @@ pub async fn call(
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let parsed: Option<Value> = serde_json::from_str(&text).ok();
-    let short: String = text.chars().take(200).collect();
+    // Redacted before it is cut short, so no part of a secret the service echoed survives.
+    let short: String = secrets.redact(&text).chars().take(200).collect();
     match status {
         200..=299 => Ok(parsed.unwrap_or_else(|| json!({"status": status, "body": text}))),
         429 => {

@@ -13,6 +13,7 @@ mod engine;
 mod http;
 pub mod log;
 mod requests;
+pub mod secrets;
 mod waiting;
 
 pub use engine::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
