@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_http;
+mod config;
 mod detail;
 mod inspect;
 mod output;
@@ -80,6 +81,9 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 struct Cli {
     #[command(flatten)]
     db: DbArgs,
+    /// Config file (TOML): where secrets come from, [secrets]. Default: ./cairn.toml if present.
+    #[arg(long, global = true, env = "CAIRN_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -258,9 +262,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the config file (cairn.toml) and say where each secret comes from (never its value).
+    #[command(after_help = "Examples:\n  cairn config check\n  cairn --config /etc/cairn.toml config check")]
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Read the config file, report problems (exit 2), list the secret mapping.
+    Check,
 }
 
 /// What a decision does about a run nobody drives afterwards.
@@ -270,6 +286,15 @@ fn follow(detach: bool) -> steer::Follow {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every command reads the config, so a broken file is reported at once, whatever runs.
+    let config = match config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            cairn_engine::say!("error: {}", e.message);
+            return ExitCode::from(e.code);
+        }
+    };
+    cairn_engine::secrets::install(config.secret_source());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -331,6 +356,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,
             Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
+            Command::Config { command: ConfigCommand::Check } => config::check(&config),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -113,9 +113,15 @@ fn read_file(path: &Path) -> CliResult<String> {
     std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))
 }
 
+/// Reads and validates a definition file; its warnings (literal credentials …) go to stderr.
 pub fn load_definition(path: &Path) -> CliResult<Definition> {
     let source = read_file(path)?;
-    cairn_core::validate::parse_definition(&source, &path.display().to_string()).map_err(|problems| {
+    let (definition, warnings) =
+        cairn_core::validate::parse_definition_with_warnings(&source, &path.display().to_string());
+    for w in &warnings {
+        cairn_engine::say!("{}", w.as_warning());
+    }
+    definition.map_err(|problems| {
         let mut msg = format!("{} is not a valid workflow ({} problem(s)):", path.display(), problems.len());
         for p in &problems {
             msg.push_str(&format!("\n  {p}"));
@@ -181,7 +187,13 @@ pub fn validate(files: &[PathBuf]) -> CliResult {
                 continue;
             }
         };
-        match cairn_core::validate::parse_definition(&source, &path.display().to_string()) {
+        let (definition, warnings) =
+            cairn_core::validate::parse_definition_with_warnings(&source, &path.display().to_string());
+        // Warnings do not change the exit code: the file is valid.
+        for w in &warnings {
+            crate::out!("{}", w.as_warning());
+        }
+        match definition {
             Ok(def) => crate::out!("{}: ok ({} v{}, {} steps)", path.display(), def.name, def.version, def.steps.len()),
             Err(problems) => {
                 for p in &problems {

@@ -135,23 +135,28 @@ pub async fn wait_for<S: Store>(state: &AppState<S>, id: &RunId, timeout: Durati
     }
 }
 
-fn definition_from(value: Value, origin: &str) -> Result<Definition, ApiError> {
+/// An inline definition, validated, with its warnings (literal credentials …) as text.
+fn definition_from(value: Value, origin: &str) -> Result<(Definition, Vec<String>), ApiError> {
     let text =
         serde_json::to_string(&value).map_err(|e| ApiError::unprocessable("invalid_definition", e.to_string()))?;
-    cairn_core::validate::parse_definition(&text, origin).map_err(|problems| {
+    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(&text, origin);
+    let definition = definition.map_err(|problems| {
         ApiError::unprocessable(
             "invalid_definition",
             format!("the workflow definition has {} problem(s); see details", problems.len()),
         )
         .with_details(json!(problems.iter().map(|p| p.to_string()).collect::<Vec<_>>()))
-    })
+    })?;
+    Ok((definition, warnings.iter().map(|w| w.to_string()).collect()))
 }
 
-/// Turns a request into what to run: (definition, source, plan, inputs).
+/// Turns a request into what to run: (definition, source, plan, inputs, warnings about an
+/// inline definition).
 pub async fn resolve<S: Store>(
     state: &AppState<S>,
     req: CreateRunParts,
-) -> Result<(Definition, RunSource, Option<PlanInfo>, Value), ApiError> {
+) -> Result<(Definition, RunSource, Option<PlanInfo>, Value, Vec<String>), ApiError> {
+    let mut warnings = Vec::new();
     let (definition, source, plan) = match (req.goal, req.workflow) {
         (Some(goal), None) => {
             let (def, info) =
@@ -171,7 +176,9 @@ pub async fn resolve<S: Store>(
                     "`version` goes with a registered workflow's name, not an inline definition",
                 ));
             }
-            (definition_from(inline, "<request>")?, RunSource::Definition { path: None }, None)
+            let (definition, found) = definition_from(inline, "<request>")?;
+            warnings = found;
+            (definition, RunSource::Definition { path: None }, None)
         }
         (None, Some(other)) => {
             return Err(ApiError::unprocessable(
@@ -198,7 +205,7 @@ pub async fn resolve<S: Store>(
             json!({"unknown": unknown, "suggestions": suggestions, "declared": e.declared, "missing": e.missing});
         ApiError::unprocessable(e.code(), e.to_string()).with_details(details)
     })?;
-    Ok((definition, source, plan, inputs))
+    Ok((definition, source, plan, inputs, warnings))
 }
 
 pub struct CreateRunParts {
@@ -256,7 +263,7 @@ pub async fn create<S: Store>(
     }
     let max_output_bytes = req.max_output_bytes.unwrap_or(RunOptions::default().max_output_bytes);
     let parts = CreateRunParts { goal: req.goal, workflow: req.workflow, version: req.version, inputs: req.inputs };
-    let (definition, source, plan, inputs) = resolve(&state, parts).await?;
+    let (definition, source, plan, inputs, warnings) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun {
         definition,
@@ -285,7 +292,11 @@ pub async fn create<S: Store>(
         None => state.store.get_run(&run_id).await?,
     };
     let output = if is_terminal(&row) { output_of(&*state.store, &row).await? } else { None };
-    Ok(created(run_view(&row, None, output), &row.id, StatusCode::CREATED))
+    let mut view = run_view(&row, None, output);
+    if !warnings.is_empty() {
+        view["warnings"] = json!(warnings);
+    }
+    Ok(created(view, &row.id, StatusCode::CREATED))
 }
 
 #[derive(Deserialize, Default)]

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// Accepts a definition as JSON, or as YAML with `Content-Type: application/yaml`.
+/// Accepts a definition as JSON, or as YAML with `Content-Type: application/yaml`. The answer
+/// lists `warnings` (literal credentials and the like) without refusing the definition.
 pub async fn register<S: Store>(State(state): State<AppState<S>>, req: Request) -> Result<Response, ApiError> {
     let ct = content_type(&req).unwrap_or_else(|| "application/json".into());
     let yaml = ct.contains("yaml");
@@ -31,7 +32,8 @@ pub async fn register<S: Store>(State(state): State<AppState<S>>, req: Request) 
         return Err(ApiError::bad_request("empty_body", "the request body is empty: send a workflow definition"));
     }
     let origin = if yaml { "<request.yaml>" } else { "<request.json>" };
-    let definition = cairn_core::validate::parse_definition(text, origin).map_err(|problems| {
+    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(text, origin);
+    let definition = definition.map_err(|problems| {
         ApiError::unprocessable(
             "invalid_definition",
             format!("the workflow definition has {} problem(s); see details", problems.len()),
@@ -50,6 +52,9 @@ pub async fn register<S: Store>(State(state): State<AppState<S>>, req: Request) 
         "version": definition.version,
         "created": created,
         "steps": definition.steps.len(),
+        // Valid but probably a mistake, e.g. a literal credential every viewer of the
+        // definition can read: `FILE:LINE:COL: step `ID`: MESSAGE`.
+        "warnings": warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
     });
     let mut response = (status, axum::Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/workflows/{}", definition.name)) {

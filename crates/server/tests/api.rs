@@ -517,6 +517,32 @@ async fn workflows_register_once_per_version_and_runs_pin_theirs() {
 }
 
 #[tokio::test]
+async fn a_literal_credential_in_a_registered_or_inline_definition_is_answered_with_a_warning() {
+    let api = Api::new(AuthMode::Off);
+    let yaml =
+        "name: leaky\nsteps:\n  - id: call\n    kind: echo\n    with:\n      headers: {Authorization: Bearer abc123}\n";
+    let r = api.raw("POST", "/v1/workflows", Some("application/yaml"), &[], yaml).await;
+    let body = r.ok(201);
+    let warnings: Vec<&str> = body["warnings"].as_array().expect("warnings").iter().filter_map(Value::as_str).collect();
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert!(
+        warnings[0]
+            .starts_with("<request.yaml>:6:32: step `call`: `with.headers.Authorization` holds a literal credential"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("`Bearer {{ secrets.API_TOKEN }}`") && !warnings[0].contains("abc123"));
+    // A clean definition has none; an inline one in a run request gets them too.
+    let clean = api.post("/v1/workflows", echo_workflow("clean", 1, &["a"])).await;
+    assert_eq!(clean.ok(201)["warnings"], json!([]));
+    let inline = json!({"name": "inline", "steps": [{"id": "a", "kind": "echo", "with": {"password": "hunter2"}}]});
+    let r = api.post("/v1/runs", json!({"workflow": inline})).await;
+    let warnings = r.ok(201)["warnings"].as_array().expect("warnings").clone();
+    assert_eq!(warnings.len(), 1, "{}", r.text);
+    assert!(warnings[0].as_str().is_some_and(|w| w.contains("`with.password` holds a literal credential")));
+}
+
+#[tokio::test]
 async fn idempotency_key_replays_the_same_run() {
     let api = Api::new(AuthMode::Off);
     let body = json!({"goal": GOAL}).to_string();

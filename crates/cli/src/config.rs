@@ -1,0 +1,225 @@
+//! `cairn.toml`: settings of the processes on one host, read from `--config PATH` (env
+//! `CAIRN_CONFIG`), else `./cairn.toml` when it exists.
+//!
+//! One [`Config`] type holds every table, each field a table of the file; add a table by adding
+//! a field (and its checks in [`Config::check`]). Unknown keys are refused with the known ones
+//! listed, and every error names the file, line, column and key. The engine never sees the
+//! file: it receives what the tables resolve to (for `[secrets]`, a `secrets::Source`).
+
+use crate::{CliError, CliResult};
+use cairn_core::secrets::{is_name, suggest_name};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The file looked for in the working directory when `--config` is not given.
+pub const DEFAULT_FILE: &str = "cairn.toml";
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[secrets]`: `NAME = { env = "VARIABLE" }` — secret NAME is read from VARIABLE (instead of
+    /// `CAIRN_SECRET_NAME`). Entries are checked by [`Config::check`], so that every message
+    /// names the key.
+    #[serde(default)]
+    secrets: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+/// A config file, read and checked.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Where it came from; `None` when there is none (every setting at its default).
+    pub path: Option<PathBuf>,
+    /// Secret name → environment variable.
+    pub secrets: BTreeMap<String, String>,
+}
+
+impl Loaded {
+    /// Where this process finds secret values.
+    pub fn secret_source(&self) -> cairn_engine::secrets::Source {
+        let source = cairn_engine::secrets::Source::from_env();
+        match &self.path {
+            Some(path) => source.with_mapping(path.display().to_string(), self.secrets.clone()),
+            None => source,
+        }
+    }
+}
+
+/// Reads the config: `flag` (from `--config` or `CAIRN_CONFIG`) must exist; without it,
+/// `./cairn.toml` is read if it exists. Any problem is a usage error (exit 2).
+pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {
+    let path = match flag {
+        Some(path) => path.to_path_buf(),
+        None if Path::new(DEFAULT_FILE).is_file() => PathBuf::from(DEFAULT_FILE),
+        None => return Ok(Loaded::default()),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::usage(format!("cannot read the config file {} (--config / CAIRN_CONFIG): {e}", path.display()))
+    })?;
+    parse(&text, &path.display().to_string()).map(|secrets| Loaded { path: Some(path), secrets })
+}
+
+/// `cairn config check`: the file is valid (else `load` already failed); each mapped secret
+/// and whether its variable is set here.
+pub fn check(loaded: &Loaded) -> CliResult {
+    let Some(path) = &loaded.path else {
+        crate::out!(
+            "no config file (--config, CAIRN_CONFIG or ./{DEFAULT_FILE}); secrets come from CAIRN_SECRET_<NAME>"
+        );
+        return Ok(());
+    };
+    crate::out!("{}: ok", path.display());
+    for (name, var) in &loaded.secrets {
+        let set = std::env::var_os(var).is_some_and(|v| !v.is_empty());
+        crate::out!("  secrets.{name} <- ${var} ({})", if set { "set here" } else { "NOT set here" });
+    }
+    Ok(())
+}
+
+/// Parses and checks the text of a config file named `file` in messages.
+fn parse(text: &str, file: &str) -> CliResult<BTreeMap<String, String>> {
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let at = e.span().map(|s| position(text, s.start));
+        CliError::usage(located(file, at, &toml_message(e.message())))
+    })?;
+    config.check(text, file)
+}
+
+impl Config {
+    /// The checks serde cannot make; returns the secret mapping.
+    fn check(self, text: &str, file: &str) -> CliResult<BTreeMap<String, String>> {
+        let mut problems = Vec::new();
+        let mut secrets = BTreeMap::new();
+        for (name, entry) in self.secrets {
+            let key = name.get_ref();
+            let at = |s: &std::ops::Range<usize>| Some(position(text, s.start));
+            if !is_name(key) {
+                let hint = suggest_name(key).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+                problems.push(located(
+                    file,
+                    at(&name.span()),
+                    &format!(
+                        "`secrets.{}` is not a secret name: use an upper-case letter, then upper-case letters, digits \
+                         and `_` (at most 64), as templates write it (`{{{{ secrets.API_TOKEN }}}}`){hint}",
+                        key.escape_debug()
+                    ),
+                ));
+                continue;
+            }
+            let expected = format!("write `{key} = {{ env = \"VARIABLE\" }}`");
+            let var = match entry.get_ref() {
+                toml::Value::Table(table) => {
+                    let unknown: Vec<&String> = table.keys().filter(|k| *k != "env").collect();
+                    match (table.get("env"), unknown.first()) {
+                        (_, Some(other)) => Err(format!(
+                            "`secrets.{key}` has an unknown key `{}`; the only key is `env`: {expected}",
+                            other.escape_debug()
+                        )),
+                        (Some(toml::Value::String(var)), None) if is_variable(var) => Ok(var.clone()),
+                        (Some(toml::Value::String(var)), None) => Err(format!(
+                            "`secrets.{key}.env` is `{}`, which is not an environment variable name (letters, digits \
+                             and `_`, not starting with a digit)",
+                            var.escape_debug()
+                        )),
+                        (Some(other), None) => Err(format!(
+                            "`secrets.{key}.env` must be the name of an environment variable, not a {}",
+                            other.type_str()
+                        )),
+                        (None, None) => Err(format!("`secrets.{key}` says nowhere to read the value from; {expected}")),
+                    }
+                }
+                other => Err(format!(
+                    "`secrets.{key}` must be a table naming where the value comes from, not a {}; {expected} (a \
+                     value itself never goes in this file)",
+                    other.type_str()
+                )),
+            };
+            match var {
+                Ok(var) => {
+                    secrets.insert(key.clone(), var);
+                }
+                Err(message) => problems.push(located(file, at(&entry.span()), &message)),
+            }
+        }
+        if problems.is_empty() { Ok(secrets) } else { Err(CliError::usage(problems.join("\n"))) }
+    }
+}
+
+fn is_variable(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// serde's words for the file's: a field is a key.
+fn toml_message(message: &str) -> String {
+    let message = message.trim();
+    match message.strip_prefix("unknown field ") {
+        Some(rest) => {
+            let rest = rest.replacen(", expected one of ", "; the known keys are ", 1).replacen(
+                ", expected ",
+                "; the only known key is ",
+                1,
+            );
+            format!("unknown key {rest}")
+        }
+        None => message.to_string(),
+    }
+}
+
+fn located(file: &str, at: Option<(usize, usize)>, message: &str) -> String {
+    match at {
+        Some((line, column)) => format!("{file}:{line}:{column}: {message}"),
+        None => format!("{file}: {message}"),
+    }
+}
+
+/// 1-based (line, column) of byte `offset`, counting characters.
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        parse(text, "cairn.toml").expect_err("refused").message
+    }
+
+    #[test]
+    fn secrets_map_names_to_environment_variables() {
+        let map = parse("[secrets]\nAPI_TOKEN = { env = \"VAULT_TOKEN\" }\nOTHER.env = \"X\"\n", "cairn.toml")
+            .expect("valid");
+        assert_eq!(map.get("API_TOKEN").map(String::as_str), Some("VAULT_TOKEN"));
+        assert_eq!(map.get("OTHER").map(String::as_str), Some("X"));
+        assert!(parse("", "cairn.toml").expect("empty is fine").is_empty());
+    }
+
+    #[test]
+    fn config_errors_name_the_file_line_column_and_key() {
+        assert_eq!(
+            error("[secrets]\nAPI_TOKEN = { env = \"X\" }\n\n[secret]\nB = 1\n"),
+            "cairn.toml:4:2: unknown key `secret`; the only known key is `secrets`"
+        );
+        assert_eq!(
+            error("[secrets]\napi_token = { env = \"X\" }\n").split(':').take(3).collect::<Vec<_>>(),
+            ["cairn.toml", "2", "1"]
+        );
+        assert!(error("[secrets]\napi_token = { env = \"X\" }\n").ends_with("did you mean `API_TOKEN`?"));
+        assert_eq!(
+            error("[secrets]\nAPI_TOKEN = \"s3cr3t\"\n"),
+            "cairn.toml:2:13: `secrets.API_TOKEN` must be a table naming where the value comes from, not a string; \
+             write `API_TOKEN = { env = \"VARIABLE\" }` (a value itself never goes in this file)"
+        );
+        assert!(error("[secrets]\nA = { file = \"/x\" }\n").contains("`secrets.A` has an unknown key `file`"));
+        assert!(error("[secrets]\nA = { env = \"1X\" }\n").contains("not an environment variable name"));
+        assert!(error("[secrets\n").starts_with("cairn.toml:1:"), "{}", error("[secrets\n"));
+        assert!(!error("[secrets]\nAPI_TOKEN = \"s3cr3t\"\n").contains("s3cr3t"), "a value is never repeated");
+    }
+}
