@@ -276,6 +276,7 @@ enum Command {
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Read the config file, report problems (exit 2), list the secret mapping.
+    #[command(after_help = "Examples:\n  cairn config check\n  CAIRN_CONFIG=/etc/cairn.toml cairn config check")]
     Check,
 }
 
