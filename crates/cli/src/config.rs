@@ -47,6 +47,19 @@ impl Loaded {
     }
 }
 
+/// The config this process read at start (one command per process).
+static LOADED: std::sync::OnceLock<Loaded> = std::sync::OnceLock::new();
+
+/// Keeps the config read at start for the rest of the process.
+pub fn set(loaded: Loaded) {
+    let _ = LOADED.set(loaded);
+}
+
+/// The config read at start (every setting at its default if none was).
+pub fn get() -> &'static Loaded {
+    LOADED.get_or_init(Loaded::default)
+}
+
 /// Reads the config: `flag` (from `--config` or `CAIRN_CONFIG`) must exist; without it,
 /// `./cairn.toml` is read if it exists. Any problem is a usage error (exit 2).
 pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {

@@ -295,7 +295,7 @@ fn main() -> ExitCode {
             return ExitCode::from(e.code);
         }
     };
-    cairn_engine::secrets::install(config.secret_source());
+    config::set(config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -357,7 +357,7 @@ fn main() -> ExitCode {
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,
             Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
-            Command::Config { command: ConfigCommand::Check } => config::check(&config),
+            Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

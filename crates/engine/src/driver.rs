@@ -352,7 +352,7 @@ impl<S: Store> Live<S> {
         let worker = self.inner.config.owner.clone();
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
-        let secrets = crate::secrets::source();
+        let secrets = self.inner.config.secrets.clone();
         self.running.spawn(async move {
             let _permit = permit;
             let started = Instant::now();

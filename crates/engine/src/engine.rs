@@ -42,6 +42,8 @@ pub struct EngineConfig {
     /// How this process is listed among the processes that work runs for anyone (`serve`,
     /// `worker`), once it runs the worker loop.
     pub role: &'static str,
+    /// Where attempts find the values of `{{ secrets.NAME }}` (default: `CAIRN_SECRET_<NAME>`).
+    pub secrets: Arc<crate::secrets::Source>,
 }
 
 impl EngineConfig {
@@ -57,6 +59,7 @@ impl EngineConfig {
             hold_after_activity: None,
             request_wait_ms: 15_000,
             role: "worker",
+            secrets: Arc::new(crate::secrets::Source::from_env()),
         }
     }
 }

@@ -19,7 +19,7 @@ use cairn_core::secrets::SecretSlot;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Prefix of the environment variable that holds secret NAME when `cairn.toml` does not map it.
 pub const ENV_PREFIX: &str = "CAIRN_SECRET_";
@@ -129,21 +129,6 @@ impl Source {
         }
         Ok(Resolved::new(values, notes))
     }
-}
-
-static INSTALLED: RwLock<Option<Arc<Source>>> = RwLock::new(None);
-
-/// Sets where this process finds secret values (the CLI does, from `cairn.toml`, before it
-/// starts any engine). Without it, secrets come from `CAIRN_SECRET_<NAME>`.
-pub fn install(source: Source) {
-    if let Ok(mut installed) = INSTALLED.write() {
-        *installed = Some(Arc::new(source));
-    }
-}
-
-/// The installed source, else the environment.
-pub(crate) fn source() -> Arc<Source> {
-    INSTALLED.read().ok().and_then(|s| s.clone()).unwrap_or_else(|| Arc::new(Source::from_env()))
 }
 
 /// The values of one attempt's secrets, held only while the attempt runs.
