@@ -4,26 +4,82 @@ use crate::AppState;
 use crate::auth::{Actor, Role};
 use crate::body::{JsonBody, Path};
 use crate::error::ApiError;
-use crate::runs::{parse_run_id, steer};
+use crate::responses::{BadRequest, InvalidDecision, RunConflict, RunNotFound, UnsupportedMediaType};
+use crate::runs::{RunStepPath, parse_run_id, steer};
+use crate::views::{SteeredRun, reply};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use cairn_core::{Event, RunId};
-use cairn_engine::{Control, EscalationChoice};
+use cairn_engine::{Control, EscalationChoice, WaitingApproval};
 use cairn_store::Store;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+/// A person's answer to an approval gate or an escalated failure.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({"decision": "approve", "comment": "looks right"}),
+    json!({"decision": "skip", "output": {"text": "written by hand"}}),
+))]
 pub struct Decision {
     /// `approve` or `reject` at an approval gate; `retry`, `skip` (with `output`) or `abort` for
-    /// an escalated failure.
+    /// an escalated failure. (`approved` and `rejected` are accepted too.)
+    #[schema(example = "approve")]
     decision: String,
+    /// Recorded with the decision.
     comment: Option<String>,
-    /// The output a skipped step takes.
+    /// With `skip` only: the output the step takes instead (any JSON).
+    #[schema(value_type = Option<Value>)]
     output: Option<Value>,
+}
+
+/// A step that waits for a person.
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalView {
+    run_id: String,
+    workflow: String,
+    step: String,
+    /// What the person is asked.
+    prompt: String,
+    /// Who may decide; empty means any operator (an admin always may).
+    approvers: Vec<String>,
+    requested_at_ms: i64,
+    /// When the gate times out (its `on_deadline` applies), if it has a deadline.
+    deadline_ms: Option<i64>,
+    /// `approval` (a gate) or `escalation` (a failure a person must answer).
+    #[schema(example = "approval")]
+    kind: &'static str,
+    /// The answers that apply (`approve`, `reject` / `retry`, `skip`, `abort`).
+    decisions: &'static [&'static str],
+    /// Where to POST the decision.
+    #[schema(example = "/v1/runs/wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7/approvals/review")]
+    decide: String,
+}
+
+impl From<WaitingApproval> for ApprovalView {
+    fn from(w: WaitingApproval) -> ApprovalView {
+        ApprovalView {
+            decide: format!("/v1/runs/{}/approvals/{}", w.run_id, w.step),
+            run_id: w.run_id,
+            workflow: w.workflow,
+            step: w.step,
+            prompt: w.prompt,
+            approvers: w.approvers,
+            requested_at_ms: w.requested_at_ms,
+            deadline_ms: w.deadline_ms,
+            kind: w.kind,
+            decisions: w.decisions,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ApprovalList {
+    approvals: Vec<ApprovalView>,
 }
 
 /// Who may decide the step's latest approval request (empty: any operator); `None` if the
@@ -36,10 +92,32 @@ async fn approvers<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Res
     }))
 }
 
+/// Decide an approval gate or an escalation
+///
+/// Repeating a decision already made is answered as unchanged (200), not refused. A gate with
+/// `approvers` may be decided only by them (or an admin).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/approvals/{step}",
+    operation_id = "decide_approval",
+    tag = "approvals",
+    params(RunStepPath),
+    request_body(content = Decision, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Applied (or the same decision again: `delivery` says which).", body = SteeredRun),
+        (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),
+        (status = 400, response = BadRequest),
+        (status = 403, response = crate::responses::Forbidden),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = InvalidDecision),
+    ),
+)]
 pub async fn decide<S: Store>(
     State(state): State<AppState<S>>,
     Extension(actor): Extension<Actor>,
-    Path((id, step)): Path<(String, String)>,
+    Path(RunStepPath { id, step }): Path<RunStepPath>,
     JsonBody(body, _): JsonBody<Decision>,
 ) -> Result<Response, ApiError> {
     let (approve, escalation) = match (body.decision.as_str(), body.output) {
@@ -77,17 +155,18 @@ pub async fn decide<S: Store>(
     steer(&state, &id, control).await
 }
 
-/// Every step waiting for a person, oldest request first.
+/// What waits for a person
+///
+/// Every step of an unfinished run that waits for a decision (a gate or an escalated failure),
+/// oldest request first.
+#[utoipa::path(
+    get,
+    path = "/v1/approvals",
+    operation_id = "list_approvals",
+    tag = "approvals",
+    responses((status = 200, description = "The waiting steps.", body = ApprovalList)),
+)]
 pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
-    let waiting: Vec<Value> = cairn_engine::waiting_approvals(&*state.store)
-        .await?
-        .into_iter()
-        .map(|w| {
-            let decide = format!("/v1/runs/{}/approvals/{}", w.run_id, w.step);
-            let mut v = json!(w);
-            v["decide"] = json!(decide);
-            v
-        })
-        .collect();
-    Ok(axum::Json(json!({"approvals": waiting})).into_response())
+    let approvals = cairn_engine::waiting_approvals(&*state.store).await?.into_iter().map(ApprovalView::from).collect();
+    Ok(reply(StatusCode::OK, &ApprovalList { approvals }))
 }

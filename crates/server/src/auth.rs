@@ -102,7 +102,7 @@ pub fn check_token_name(name: &str) -> Result<&str, String> {
 }
 
 /// The role a request needs; `None` for the public probes.
-fn required_role(method: &Method, path: &str) -> Option<Role> {
+pub(crate) fn required_role(method: &Method, path: &str) -> Option<Role> {
     if matches!(path, "/healthz" | "/readyz" | "/openapi.json") {
         return None;
     }

@@ -3,7 +3,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -35,10 +37,29 @@ impl ApiError {
     }
 }
 
+/// The body of every answer that is not a success.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs (`run_not_found`, `malformed_json` ...).
+    #[schema(example = "run_not_found")]
+    code: &'static str,
+    /// For people: what happened, where, and how to fix it.
+    message: String,
+    /// Structured context (a line and column, the ids involved, what was expected), or `null`.
+    #[schema(value_type = Value)]
+    details: Value,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
-        (self.status, axum::Json(body)).into_response()
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
+        crate::views::reply(self.status, &body)
     }
 }
 

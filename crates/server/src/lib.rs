@@ -9,12 +9,17 @@ mod admin;
 mod approvals;
 pub mod auth;
 mod body;
+mod definition_schema;
 mod error;
 mod listener;
 mod openapi;
+mod probes;
+mod responses;
+mod routes;
 mod runs;
 mod stream;
 mod tasks;
+mod views;
 mod workflows;
 
 pub use auth::{AuthMode, Role, new_token};
@@ -26,7 +31,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use cairn_core::catalog::Catalog;
 use cairn_core::{Event, RunId};
 use cairn_engine::{Engine, Notice};
@@ -122,38 +126,11 @@ impl<S: Store> AppState<S> {
     }
 }
 
+/// The API: every route comes from the one table in `routes.rs`, which also describes it at
+/// `/openapi.json`.
 pub fn app<S: Store>(state: AppState<S>) -> Router {
-    let v1 = Router::new()
-        .route("/runs", post(runs::create::<S>).get(runs::list::<S>))
-        .route("/runs/{id}", get(runs::get::<S>))
-        .route("/runs/{id}/steps", get(runs::steps::<S>))
-        .route("/runs/{id}/steps/{step}/logs", get(runs::logs::<S>))
-        .route("/runs/{id}/events", get(runs::events::<S>))
-        .route("/runs/{id}/events/stream", get(stream::run_stream::<S>))
-        .route("/runs/{id}/export", get(runs::export::<S>))
-        .route("/runs/{id}/cancel", post(runs::cancel::<S>))
-        .route("/runs/{id}/pause", post(runs::pause::<S>))
-        .route("/runs/{id}/resume", post(runs::resume::<S>))
-        .route("/runs/{id}/signals/{name}", post(runs::signal::<S>))
-        .route("/runs/{id}/requests", get(runs::requests::<S>))
-        .route("/runs/{id}/approvals/{step}", post(approvals::decide::<S>))
-        .route("/runs/{id}/rerun", post(runs::rerun::<S>))
-        .route("/runs/{id}/retry", post(runs::retry::<S>))
-        .route("/approvals", get(approvals::list::<S>))
-        .route("/events/stream", get(stream::all_stream::<S>))
-        .route("/workflows", post(workflows::register::<S>).get(workflows::list::<S>))
-        .route("/workflows/{name}", get(workflows::get::<S>))
-        .route("/tokens", post(admin::create_token::<S>).get(admin::list_tokens::<S>))
-        .route("/tokens/{id}/revoke", post(admin::revoke_token::<S>))
-        .route("/audit", get(admin::audit::<S>));
-    Router::new()
-        .nest("/v1", v1)
-        .route("/tasks", post(tasks::create::<S>))
-        .route("/tasks/{id}", get(tasks::get::<S>))
-        .route("/tasks/{id}/steps", get(tasks::steps::<S>))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz::<S>))
-        .route("/openapi.json", get(openapi::document))
+    routes::table::<S>()
+        .router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer::<S>))
@@ -206,27 +183,6 @@ async fn refuse_declared_oversize(State(limit): State<usize>, req: Request, next
         }
         _ => next.run(req).await,
     }
-}
-
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
-}
-
-async fn readyz<S: Store>(State(state): State<AppState<S>>) -> axum::response::Response {
-    if state.engine.is_draining() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down")
-            .into_response();
-    }
-    if let Err(e) = state.store.ping().await {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()).into_response();
-    }
-    // Reads may work while writes do not (a full disk): not ready to take work then.
-    if let Some(e) = state.store.write_failure() {
-        let mut error = ApiError::from(e);
-        error.message = format!("the store cannot take writes: {}", error.message);
-        return error.into_response();
-    }
-    axum::Json(json!({"status": "ready", "store": state.store.describe()})).into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -1,156 +1,159 @@
-//! The OpenAPI 3.1 description served at `/openapi.json`, written by hand next to the routes
-//! (a test checks that every route is described).
+//! The OpenAPI 3.1 description served at `/openapi.json`, generated from the route table
+//! (`routes.rs`) and the types the handlers use. Built once, on its first request.
+//!
+//! What every operation shares is added here rather than repeated on each: its role and
+//! security (from the same rule the auth layer applies), and the answers any request can get
+//! whatever it asks (401/403 with auth on, 413 for a declared body over the limit, 408 for a
+//! body that does not arrive, 503 when the server is full or the database is away, 500).
 
-use axum::response::IntoResponse;
-use serde_json::{Value, json};
+use crate::auth::required_role;
+use crate::definition_schema::{DefinitionFile, InputFile};
+use crate::error::ErrorBody;
+use crate::routes::{Described, table};
+use crate::views::JournalEvent;
+use axum::body::Bytes;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use cairn_store::Store;
+use serde_json::{Map, Value, json};
+use std::sync::OnceLock;
+use utoipa::openapi::path::Paths;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
+use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApiBuilder};
+use utoipa::{PartialSchema, ToSchema};
 
-/// (method, path, summary, role) for every route; the document is built from this table.
-pub const ROUTES: &[(&str, &str, &str, &str)] = &[
-    (
-        "post",
-        "/v1/runs",
-        "Start a run from a goal, a registered workflow or an inline definition. `Idempotency-Key` makes retries safe; `?wait=10s` answers when it finishes.",
-        "operator",
-    ),
-    (
-        "get",
-        "/v1/runs",
-        "List runs, newest first. Filters: status, workflow, created_after, created_before (unix ms); cursor pagination.",
-        "viewer",
-    ),
-    ("get", "/v1/runs/{id}", "A run with its steps and, once completed, its output.", "viewer"),
-    ("get", "/v1/runs/{id}/steps", "The run's steps: state, attempts, timings, last error.", "viewer"),
-    ("get", "/v1/runs/{id}/steps/{step}/logs", "Per-attempt log lines of one step.", "viewer"),
-    ("get", "/v1/runs/{id}/events", "The run's journal (`?after=SEQ` for the rest).", "viewer"),
-    (
-        "get",
-        "/v1/runs/{id}/events/stream",
-        "The journal as Server-Sent Events; reconnect with Last-Event-ID (the event's seq). Ends when the run finishes.",
-        "viewer",
-    ),
-    ("get", "/v1/runs/{id}/export", "Full transition history with payloads, for replay elsewhere.", "viewer"),
-    (
-        "post",
-        "/v1/runs/{id}/cancel",
-        "Cancel the run (optional body {\"reason\"}). 409 if it already finished.",
-        "operator",
-    ),
-    (
-        "post",
-        "/v1/runs/{id}/pause",
-        "Pause: attempts in flight finish, nothing new starts. 409 unless executing or waiting.",
-        "operator",
-    ),
-    ("post", "/v1/runs/{id}/resume", "Unpause a paused run. 409 unless paused.", "operator"),
-    (
-        "post",
-        "/v1/runs/{id}/signals/{name}",
-        "Deliver a named signal with any JSON payload; visible to conditions as signals.NAME.",
-        "operator",
-    ),
-    (
-        "get",
-        "/v1/runs/{id}/requests",
-        "Operator requests sent to the run, in the order they were accepted, each applied (with its journal event), unchanged, refused (with the reason) or pending.",
-        "viewer",
-    ),
-    (
-        "post",
-        "/v1/runs/{id}/approvals/{step}",
-        "Decide an approval gate {\"decision\": \"approve\"|\"reject\", \"comment\"} or an escalation {\"decision\": \"retry\"|\"skip\"|\"abort\", \"output\"}; repeating a decision is idempotent.",
-        "operator",
-    ),
-    ("get", "/v1/approvals", "What waits for a person, oldest first.", "viewer"),
-    (
-        "post",
-        "/v1/runs/{id}/rerun",
-        "Fork: a new run {\"from\": STEP} reusing this run's results before STEP, linked to it.",
-        "operator",
-    ),
-    (
-        "post",
-        "/v1/runs/{id}/retry",
-        "Retry a FAILED run in place: failed, cancelled and skipped steps run again with fresh retry budgets. 409 unless FAILED.",
-        "operator",
-    ),
-    (
-        "get",
-        "/v1/events/stream",
-        "Every run's events as Server-Sent Events (id = global event id); starts from now unless Last-Event-ID is sent.",
-        "viewer",
-    ),
-    (
-        "post",
-        "/v1/workflows",
-        "Register a definition version (JSON, or YAML with Content-Type application/yaml). 409 if that version exists with other content.",
-        "admin",
-    ),
-    ("get", "/v1/workflows", "Registered workflows and their versions.", "viewer"),
-    ("get", "/v1/workflows/{name}", "A registered definition (newest, or `?version=N`).", "viewer"),
-    ("post", "/v1/tokens", "Create an API token {name, role}; the secret is returned once.", "admin"),
-    ("get", "/v1/tokens", "List tokens (never their secrets).", "admin"),
-    ("post", "/v1/tokens/{id}/revoke", "Revoke a token by id or name.", "admin"),
-    ("get", "/v1/audit", "Mutating requests with who made them, newest first.", "admin"),
-    ("post", "/tasks", "Compatibility: start a task from {\"goal\"}.", "operator"),
-    ("get", "/tasks/{id}", "Compatibility: a task's status and result.", "viewer"),
-    ("get", "/tasks/{id}/steps", "Compatibility: a task's steps.", "viewer"),
-    ("get", "/healthz", "The process is up.", "public"),
-    (
-        "get",
-        "/readyz",
-        "The database answers and the schema is current (503 otherwise, or while shutting down).",
-        "public",
-    ),
-    ("get", "/openapi.json", "This document.", "public"),
-];
+const DESCRIPTION: &str = "Durable execution for AI-agent workflows: start runs from goals or \
+definitions, follow their journals live, and steer them (cancel, pause, signal, approve, rerun).\n\n\
+Every answer that is not a success is `{\"error\": {\"code\", \"message\", \"details\"}}` (the `Error` \
+schema): `code` is stable for programs, `message` says what happened and how to fix it. A path \
+that is no route answers 404 `no_such_route`; a method a route does not serve answers 405 \
+`method_not_allowed`.\n\n\
+With auth on, every operation but the probes and this document needs `Authorization: Bearer \
+<token>` with at least the role in its `x-cairn-role` (`viewer` < `operator` < `admin`).";
 
-fn parameters(path: &str) -> Vec<Value> {
-    path.split('/')
-        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-        .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-        .collect()
+fn tags() -> Vec<utoipa::openapi::tag::Tag> {
+    [
+        ("runs", "Start runs and read them: state, steps, logs, journal, live events."),
+        ("steering", "Change a run's course: cancel, pause, resume, signal, rerun, retry."),
+        ("approvals", "What waits for a person, and the decision."),
+        ("workflows", "A registry of versioned definitions; runs pin the version they started with."),
+        ("admin", "API tokens and the audit trail."),
+        ("tasks", "The original task API, kept for existing clients."),
+        ("probes", "Liveness, readiness and this document."),
+    ]
+    .into_iter()
+    .map(|(name, description)| TagBuilder::new().name(name).description(Some(description)).build())
+    .collect()
 }
 
-pub fn build() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary, role) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let mut op = json!({
-            "summary": summary,
-            "x-cairn-role": role,
-            "parameters": parameters(path),
-            "responses": {
-                "200": {"description": "OK"},
-                "4XX": {"description": "The request's mistake", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            },
-        });
-        if *method == "post" {
-            op["requestBody"] =
-                json!({"required": false, "content": {"application/json": {"schema": {"type": "object"}}}});
-        }
-        if *role != "public" {
-            op["security"] = json!([{"bearer": []}]);
-        }
-        entry[*method] = op;
+/// The document, from the table's entries.
+pub fn build(described: &[Described]) -> Value {
+    let mut paths = Paths::new();
+    let mut schemas = Vec::new();
+    for d in described {
+        paths.add_path_operation((d.path)(), (d.methods)(), (d.operation)());
+        (d.schemas)(&mut schemas);
     }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Cairn API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Durable execution for AI-agent workflows. Errors are {\"error\": {code, message, details}}."},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"}, "message": {"type": "string"}, "details": {}
-                }}}
-            }}
+    // Referred to from the error responses, a `oneOf` and a media type extension rather than
+    // from an operation's types, so not collected above.
+    for (name, schema) in [
+        (ErrorBody::name(), ErrorBody::schema()),
+        (DefinitionFile::name(), DefinitionFile::schema()),
+        (JournalEvent::name(), JournalEvent::schema()),
+        (InputFile::name(), InputFile::schema()),
+    ] {
+        schemas.push((name.into_owned(), schema));
+    }
+    ErrorBody::schemas(&mut schemas);
+    DefinitionFile::schemas(&mut schemas);
+    let mut bearer = Http::new(HttpAuthScheme::Bearer);
+    bearer.description = Some("A token from `cairn tokens create --role ROLE --name NAME`.".into());
+    let components = ComponentsBuilder::new()
+        .schemas_from_iter(schemas)
+        .responses_from_iter(crate::responses::all())
+        .security_scheme("bearer", SecurityScheme::Http(bearer))
+        .build();
+    let info =
+        InfoBuilder::new().title("Cairn API").version(env!("CARGO_PKG_VERSION")).description(Some(DESCRIPTION)).build();
+    let api = OpenApiBuilder::new().info(info).paths(paths).components(Some(components)).tags(Some(tags())).build();
+    let mut doc = serde_json::to_value(&api).unwrap_or_default();
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            for (method, operation) in item.as_object_mut().into_iter().flatten() {
+                if let Some(operation) = operation.as_object_mut() {
+                    complete(path, method, operation);
+                }
+            }
         }
-    })
+    }
+    doc
 }
 
-pub async fn document() -> impl IntoResponse {
-    axum::Json(build())
+fn response_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/responses/{name}")})
+}
+
+/// Adds what the operation shares with every other (see the module's comment).
+fn complete(path: &str, method: &str, operation: &mut Map<String, Value>) {
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
+    let role = required_role(&method, path);
+    let reads_body = operation.contains_key("requestBody");
+    operation.insert("x-cairn-role".into(), json!(role.map_or("public", |r| r.as_str())));
+    if role.is_some() {
+        operation.insert("security".into(), json!([{"bearer": []}]));
+    }
+    // Parameters are text: one may be absent, never `null`.
+    for parameter in operation.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(types) = parameter.pointer_mut("/schema/type")
+            && let Some(list) = types.as_array()
+        {
+            let kept: Vec<Value> = list.iter().filter(|t| *t != "null").cloned().collect();
+            *types = if kept.len() == 1 { kept[0].clone() } else { Value::Array(kept) };
+        }
+    }
+    let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    let mut shared = vec![("413", "PayloadTooLarge"), ("503", "Unavailable")];
+    if role.is_some() {
+        shared.extend([("401", "Unauthorized"), ("403", "Forbidden"), ("500", "Internal")]);
+    }
+    if reads_body {
+        shared.push(("408", "RequestTimeout"));
+    }
+    for (status, name) in shared {
+        responses.entry(status).or_insert_with(|| response_ref(name));
+    }
+    for response in responses.values_mut() {
+        // Every header this API documents on an answer is always sent with it.
+        for header in
+            response.get_mut("headers").and_then(Value::as_object_mut).into_iter().flat_map(|h| h.values_mut())
+        {
+            header["required"] = json!(true);
+        }
+        if let Some(stream) = response.pointer_mut("/content/text~1event-stream").and_then(Value::as_object_mut) {
+            stream.insert("x-cairn-event-data".into(), json!({"$ref": "#/components/schemas/JournalEvent"}));
+        }
+    }
+}
+
+/// The document as served (the same for every store type, so built once for the process).
+fn served<S: Store>() -> Bytes {
+    static DOCUMENT: OnceLock<Bytes> = OnceLock::new();
+    DOCUMENT.get_or_init(|| Bytes::from(build(&table::<S>().described).to_string())).clone()
+}
+
+/// This description
+///
+/// OpenAPI 3.1, generated from the server's own types and route table.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "probes",
+    responses((status = 200, description = "The OpenAPI document.", body = Object)),
+)]
+pub async fn document<S: Store>() -> Response {
+    let mut response = (StatusCode::OK, served::<S>()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }

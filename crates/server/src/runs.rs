@@ -4,6 +4,14 @@ use crate::AppState;
 use crate::auth::Actor;
 use crate::body::{JsonBody, OptionalJson, Path, Query};
 use crate::error::ApiError;
+use crate::responses::{
+    BadRequest, InvalidBody, InvalidFork, InvalidRun, RunConflict, RunNotFound, StepNotFound, UnsupportedMediaType,
+    WorkflowNotFound,
+};
+use crate::views::{
+    ForkOrigin, ForkedRun, RequestView, RunDetail, RunEvents, RunPage, RunRequests, RunSteps, RunView, StartedRun,
+    SteerRequest, SteeredRun, StepLogs, reply,
+};
 use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -12,70 +20,95 @@ use cairn_core::event::{PlanInfo, RunOptions, RunSource};
 use cairn_core::payload::sha256_hex;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_engine::{Control, Delivery, NewRun, Submit};
-use cairn_store::{IdempotencyKey, RunQuery, RunRow, StepRow, Store};
+use cairn_store::{IdempotencyKey, RunQuery, RunRow, Store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
+use utoipa::{IntoParams, ToSchema};
 
 /// Longest `?wait=` a request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Deserialize)]
+/// What to run: exactly one of `goal` and `workflow`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(
+    json!({"goal": "generate summary and send email"}),
+    json!({"workflow": "summary-and-email", "inputs": {"topic": "beavers"}}),
+    json!({"workflow": {"name": "hello", "steps": [{"id": "greet", "kind": "echo", "with": {"text": "hi"}}]}}),
+))]
 pub struct CreateRun {
-    /// A goal for the planner.
+    /// A goal for the planner, which plans it from the catalog (`cairn plan --list`).
+    #[schema(min_length = 1, example = "generate summary and send email")]
     goal: Option<String>,
     /// A registered workflow's name, or an inline definition (the same shape as a file).
+    #[schema(schema_with = workflow_ref_schema)]
     workflow: Option<Value>,
-    /// With a registered workflow: this version instead of the newest.
+    /// With a registered workflow's name: this version instead of the newest.
+    #[schema(minimum = 1)]
     version: Option<u32>,
+    /// Values for the inputs the definition declares (no others).
     #[serde(default)]
+    #[schema(value_type = Object, additional_properties = true)]
     inputs: Map<String, Value>,
+    /// The largest output the run may produce, in bytes (default 1 MiB).
     max_output_bytes: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
+/// `workflow`: a registered name or an inline definition.
+fn workflow_ref_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String).description(Some("A registered workflow's name.")))
+        .item(utoipa::openapi::Ref::from_schema_name("WorkflowDefinition"))
+        .into()
+}
+
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
-    /// Hold the response until the run finishes, up to this long (e.g. `10s`, at most 60s).
+    /// Hold the answer until the run finishes, up to this long (`250ms`, `10s`, `1m`; a bare
+    /// number is milliseconds; at most 60 s). The answer is the same run either way.
+    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|min|h|d)?$", example = "10s")]
     wait: Option<String>,
+}
+
+/// A run's id in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunPath {
+    /// The run's id.
+    #[param(pattern = r"^wf_[A-Za-z0-9_-]{1,64}$", example = "wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7")]
+    pub id: String,
+}
+
+/// A run's id and one of its steps in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RunStepPath {
+    /// The run's id.
+    #[param(pattern = r"^wf_[A-Za-z0-9_-]{1,64}$", example = "wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7")]
+    pub id: String,
+    /// The step's id, as in the definition.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$", example = "generate_summary")]
+    pub step: String,
+}
+
+/// A run's id and a signal's name in the path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SignalPath {
+    /// The run's id.
+    #[param(pattern = r"^wf_[A-Za-z0-9_-]{1,64}$", example = "wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7")]
+    pub id: String,
+    /// The signal's name; conditions see its payload as `signals.NAME`.
+    #[param(pattern = r"^[A-Za-z0-9_.-]{1,64}$", example = "approved_budget")]
+    pub name: String,
 }
 
 pub fn parse_run_id(s: &str) -> Result<RunId, ApiError> {
     RunId::parse(s).map_err(|m| ApiError::bad_request("bad_run_id", m))
-}
-
-/// The public shape of a run.
-pub fn run_view(row: &RunRow, steps: Option<&[StepRow]>, output: Option<Value>) -> Value {
-    let mut v = json!({
-        "id": row.id,
-        "workflow": row.workflow,
-        "workflow_version": row.definition_version,
-        "status": row.status,
-        "goal": row.goal,
-        "current_step": row.current_step,
-        "created_at_ms": row.created_at_ms,
-        "updated_at_ms": row.updated_at_ms,
-        "finished_at_ms": row.finished_at_ms,
-        "events": row.last_seq,
-        "failure": row.failure_message.as_ref().map(|m| json!({
-            "class": row.failure_class, "message": m, "step": row.failed_step
-        })),
-        "links": {
-            "self": format!("/v1/runs/{}", row.id),
-            "steps": format!("/v1/runs/{}/steps", row.id),
-            "events": format!("/v1/runs/{}/events", row.id),
-            "stream": format!("/v1/runs/{}/events/stream", row.id),
-            "export": format!("/v1/runs/{}/export", row.id),
-        },
-    });
-    if let Some(steps) = steps {
-        v["steps"] = json!(steps);
-    }
-    if let Some(output) = output {
-        v["output"] = output;
-    }
-    v
 }
 
 pub async fn output_of<S: Store>(store: &S, row: &RunRow) -> Result<Option<Value>, ApiError> {
@@ -223,8 +256,8 @@ fn idempotency_key(headers: &HeaderMap, body: &[u8]) -> Result<Option<Idempotenc
     Ok(Some(IdempotencyKey { key: key.to_string(), request_hash: sha256_hex(body) }))
 }
 
-fn created(view: Value, id: &str, status: StatusCode) -> Response {
-    let mut response = (status, axum::Json(view)).into_response();
+fn created<T: serde::Serialize>(view: &T, id: &str, status: StatusCode) -> Response {
+    let mut response = reply(status, view);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/runs/{id}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -243,11 +276,42 @@ async fn replay_idempotent<S: Store>(state: &AppState<S>, key: &IdempotencyKey) 
     }
     let id = parse_run_id(&run_id)?;
     let row = state.store.get_run(&id).await?;
-    let mut response = created(run_view(&row, None, None), &row.id, StatusCode::OK);
+    let started = StartedRun { run: RunView::of(&row), output: None, warnings: Vec::new() };
+    let mut response = created(&started, &row.id, StatusCode::OK);
     response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(Some(response))
 }
 
+/// Start a run
+///
+/// From a goal (planned from the catalog), a registered workflow, or an inline definition. With
+/// `Idempotency-Key`, a repeated request answers with the run the key already made (200) instead
+/// of starting another. With `?wait=`, the answer waits for the run to finish (and then carries
+/// its output).
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    operation_id = "create_run",
+    tag = "runs",
+    params(
+        WaitQuery,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+         description = "Makes retries safe: the same key with the same body answers with the same run (200); with another body, 422 `idempotency_key_reused`."),
+    ),
+    request_body(content = CreateRun, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Started; `Location` is the run.", body = StartedRun,
+         headers(("Location" = String, description = "The run: `/v1/runs/{id}`."))),
+        (status = 200, description = "The run this `Idempotency-Key` already started (nothing new was started).", body = StartedRun,
+         headers(("Location" = String, description = "The run: `/v1/runs/{id}`."),
+                 ("Idempotent-Replayed" = String, description = "`true`: this answer replays an earlier request."))),
+        (status = 400, response = BadRequest),
+        (status = 404, response = WorkflowNotFound),
+        (status = 409, response = RunConflict),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = InvalidRun),
+    ),
+)]
 pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     Query(q): Query<WaitQuery>,
@@ -292,26 +356,44 @@ pub async fn create<S: Store>(
         None => state.store.get_run(&run_id).await?,
     };
     let output = if is_terminal(&row) { output_of(&*state.store, &row).await? } else { None };
-    let mut view = run_view(&row, None, output);
-    if !warnings.is_empty() {
-        view["warnings"] = json!(warnings);
-    }
-    Ok(created(view, &row.id, StatusCode::CREATED))
+    Ok(created(&StartedRun { run: RunView::of(&row), output, warnings }, &row.id, StatusCode::CREATED))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only runs in this state (any case).
+    #[param(value_type = Option<crate::views::RunStatusName>)]
     status: Option<String>,
+    /// Only runs of this workflow.
     workflow: Option<String>,
-    /// Unix milliseconds (inclusive).
+    /// Only runs created at or after this time (Unix milliseconds).
     created_after: Option<i64>,
-    /// Unix milliseconds (exclusive).
+    /// Only runs created before this time (Unix milliseconds).
     created_before: Option<i64>,
+    /// At most this many runs (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 500, example = 50)]
     limit: Option<usize>,
+    /// Where the previous page ended: its `next_cursor`.
+    #[param(pattern = r"^-?[0-9]+\.wf_[A-Za-z0-9_-]{1,64}$")]
     cursor: Option<String>,
 }
 
+/// List runs
+///
+/// Newest first, a page at a time: pass the answer's `next_cursor` as `cursor` for the next page.
+#[utoipa::path(
+    get,
+    path = "/v1/runs",
+    operation_id = "list_runs",
+    tag = "runs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of runs.", body = RunPage),
+        (status = 400, response = BadRequest),
+    ),
+)]
 pub async fn list<S: Store>(
     State(state): State<AppState<S>>,
     Query(q): Query<ListQuery>,
@@ -355,27 +437,77 @@ pub async fn list<S: Store>(
         })
         .await?;
     let next = (rows.len() == limit).then(|| rows.last().map(|r| format!("{}.{}", r.created_at_ms, r.id))).flatten();
-    let runs: Vec<Value> = rows.iter().map(|r| run_view(r, None, None)).collect();
-    Ok(axum::Json(json!({"runs": runs, "next_cursor": next})).into_response())
+    Ok(reply(StatusCode::OK, &RunPage { runs: rows.iter().map(RunView::of).collect(), next_cursor: next }))
 }
 
-pub async fn get<S: Store>(State(state): State<AppState<S>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// A run
+///
+/// With its steps and, once completed, its output.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    operation_id = "get_run",
+    tag = "runs",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run.", body = RunDetail),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
+pub async fn get<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(RunPath { id }): Path<RunPath>,
+) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let row = state.store.get_run(&id).await?;
     let steps = state.store.steps(&id).await?;
     let output = output_of(&*state.store, &row).await?;
-    Ok(axum::Json(run_view(&row, Some(&steps), output)).into_response())
+    Ok(reply(StatusCode::OK, &RunDetail { run: RunView::of(&row), steps, output }))
 }
 
-pub async fn steps<S: Store>(State(state): State<AppState<S>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// A run's steps
+///
+/// Each step's state, attempts, timings and last error, in definition order.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/steps",
+    operation_id = "list_run_steps",
+    tag = "runs",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run's steps.", body = RunSteps),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
+pub async fn steps<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(RunPath { id }): Path<RunPath>,
+) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let steps = state.store.steps(&id).await?;
-    Ok(axum::Json(json!({"run_id": id, "steps": steps})).into_response())
+    Ok(reply(StatusCode::OK, &RunSteps { run_id: id.to_string(), steps }))
 }
 
+/// A step's logs
+///
+/// The log lines of every attempt of one step, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/steps/{step}/logs",
+    operation_id = "list_step_logs",
+    tag = "runs",
+    params(RunStepPath),
+    responses(
+        (status = 200, description = "The step's log lines.", body = StepLogs),
+        (status = 400, response = BadRequest),
+        (status = 404, response = StepNotFound),
+    ),
+)]
 pub async fn logs<S: Store>(
     State(state): State<AppState<S>>,
-    Path((id, step)): Path<(String, String)>,
+    Path(RunStepPath { id, step }): Path<RunStepPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let steps = state.store.steps(&id).await?;
@@ -383,39 +515,90 @@ pub async fn logs<S: Store>(
         return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
     }
     let logs = state.store.logs(&id, Some(&step)).await?;
-    Ok(axum::Json(json!({"run_id": id, "step": step, "logs": logs})).into_response())
+    Ok(reply(StatusCode::OK, &StepLogs { run_id: id.to_string(), step, logs }))
 }
 
-/// Every operator request the run was sent, in the order they were accepted, with what became
-/// of each (applied at journal event N, unchanged, refused with the reason, or pending).
+/// A run's operator requests
+///
+/// Every request the run was sent (cancel, pause, signal, a decision ...), in the order they were
+/// accepted, with what became of each: applied (at journal event `journal_seq`), unchanged,
+/// refused (with the reason) or still pending.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/requests",
+    operation_id = "list_run_requests",
+    tag = "runs",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run's requests.", body = RunRequests),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
 pub async fn requests<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let rows = state.store.run_requests(&id).await?;
-    let views: Vec<cairn_engine::RequestView> = rows.iter().map(cairn_engine::RequestView::of).collect();
-    Ok(axum::Json(json!({"run_id": id, "requests": views})).into_response())
+    let requests = rows.iter().map(|r| RequestView::from(cairn_engine::RequestView::of(r))).collect();
+    Ok(reply(StatusCode::OK, &RunRequests { run_id: id.to_string(), requests }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only events after this journal position.
+    /// Only events after this journal position (`seq`).
+    #[param(example = 0)]
     after: Option<u64>,
 }
 
+/// A run's journal
+///
+/// Its events in order; `?after=SEQ` for the ones after a position.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/events",
+    operation_id = "list_run_events",
+    tag = "runs",
+    params(RunPath, EventsQuery),
+    responses(
+        (status = 200, description = "The run's events.", body = RunEvents),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
 pub async fn events<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     let events = state.store.events_after(&id, q.after.unwrap_or(0)).await?;
-    Ok(axum::Json(json!({"run_id": id, "events": events})).into_response())
+    Ok(reply(StatusCode::OK, &RunEvents { run_id: id.to_string(), events }))
 }
 
-pub async fn export<S: Store>(State(state): State<AppState<S>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// Export a run
+///
+/// The run's full history (its row, steps, journal and every payload), for `cairn replay --file`
+/// on another machine.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/export",
+    operation_id = "export_run",
+    tag = "runs",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The export document.", body = crate::views::RunExport),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
+pub async fn export<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(RunPath { id }): Path<RunPath>,
+) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     Ok(axum::Json(cairn_store::export_document(&*state.store, &id).await?).into_response())
 }
@@ -425,44 +608,58 @@ pub async fn export<S: Store>(State(state): State<AppState<S>>, Path(id): Path<S
 pub async fn steer<S: Store>(state: &AppState<S>, id: &RunId, control: Control) -> Result<Response, ApiError> {
     let delivery = state.engine.request(id, control).await?;
     let row = state.store.get_run(id).await?;
-    let mut view = run_view(&row, None, None);
-    let status = match &delivery {
+    let (status, delivery, request) = match delivery {
         Delivery::Applied { request, journal_seq } => {
-            view["delivery"] = json!("applied");
-            view["request"] = json!({"id": request, "state": "applied", "journal_seq": journal_seq});
-            StatusCode::OK
+            (StatusCode::OK, "applied".to_string(), SteerRequest::Applied { id: request, journal_seq })
         }
         Delivery::Unchanged { request, code, message } => {
-            view["delivery"] = json!(code);
-            view["request"] = json!({"id": request, "state": "unchanged", "code": code, "message": message});
-            StatusCode::OK
+            (StatusCode::OK, code.clone(), SteerRequest::Unchanged { id: request, code, message })
         }
         Delivery::Queued { request, owner } => {
-            view["delivery"] = json!("queued");
-            view["request"] = json!({
-                "id": request,
-                "state": "pending",
-                "message": format!(
-                    "accepted, but the process driving the run ({}) has not applied it yet; it is applied in order when the run is next driven",
-                    owner.as_deref().unwrap_or("none")
-                ),
-            });
-            StatusCode::ACCEPTED
+            let message = format!(
+                "accepted, but the process driving the run ({}) has not applied it yet; it is applied in order when the run is next driven",
+                owner.as_deref().unwrap_or("none")
+            );
+            (StatusCode::ACCEPTED, "queued".to_string(), SteerRequest::Pending { id: request, message })
         }
     };
-    Ok((status, axum::Json(view)).into_response())
+    Ok(reply(status, &SteeredRun { run: RunView::of(&row), delivery, request }))
 }
 
-#[derive(Deserialize, Default)]
+/// Why the run is cancelled (optional; the body may be empty).
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
+    /// Recorded in the journal; default `cancelled by <who>`.
+    #[schema(example = "the customer withdrew the order")]
     reason: Option<String>,
 }
 
+/// Cancel a run
+///
+/// Attempts in flight are abandoned and the run ends CANCELLED (its completed steps'
+/// compensations run first, if it has any).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/cancel",
+    operation_id = "cancel_run",
+    tag = "steering",
+    params(RunPath),
+    request_body(content = Option<CancelBody>, content_type = "application/json",
+                 description = "Optional: an empty body cancels with the default reason."),
+    responses(
+        (status = 200, description = "Applied (or nothing to do: `delivery` says which).", body = SteeredRun),
+        (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+        (status = 422, response = InvalidBody),
+    ),
+)]
 pub async fn cancel<S: Store>(
     State(state): State<AppState<S>>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
     OptionalJson(body): OptionalJson<CancelBody>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
@@ -470,28 +667,82 @@ pub async fn cancel<S: Store>(
     steer(&state, &id, Control::Cancel { reason, by: Some(actor.name) }).await
 }
 
+/// Pause a run
+///
+/// Attempts in flight finish; nothing new starts until the run is resumed. Only an EXECUTING or
+/// WAITING run can be paused.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/pause",
+    operation_id = "pause_run",
+    tag = "steering",
+    params(RunPath),
+    responses(
+        (status = 200, description = "Applied.", body = SteeredRun),
+        (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+    ),
+)]
 pub async fn pause<S: Store>(
     State(state): State<AppState<S>>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     steer(&state, &id, Control::Pause { by: Some(actor.name) }).await
 }
 
+/// Resume a paused run
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/resume",
+    operation_id = "resume_run",
+    tag = "steering",
+    params(RunPath),
+    responses(
+        (status = 200, description = "Applied.", body = SteeredRun),
+        (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+    ),
+)]
 pub async fn resume<S: Store>(
     State(state): State<AppState<S>>,
     Extension(actor): Extension<Actor>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     steer(&state, &id, Control::Unpause { by: Some(actor.name) }).await
 }
 
+/// Signal a run
+///
+/// Delivers a named signal with any JSON payload (an empty body is `null`); conditions see the
+/// latest payload of each signal as `signals.NAME`.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/signals/{name}",
+    operation_id = "signal_run",
+    tag = "steering",
+    params(SignalPath),
+    request_body(content = Option<Value>, content_type = "application/json",
+                 description = "The signal's payload: any JSON; optional.",
+                 example = json!({"ok": true})),
+    responses(
+        (status = 200, description = "Applied.", body = SteeredRun),
+        (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+    ),
+)]
 pub async fn signal<S: Store>(
     State(state): State<AppState<S>>,
     Extension(actor): Extension<Actor>,
-    Path((id, name)): Path<(String, String)>,
+    Path(SignalPath { id, name }): Path<SignalPath>,
     OptionalJson(payload): OptionalJson<Value>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
@@ -499,37 +750,76 @@ pub async fn signal<S: Store>(
     steer(&state, &id, Control::Signal { name, payload, by: Some(actor.name) }).await
 }
 
-#[derive(Deserialize)]
+/// Where a rerun starts.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RerunBody {
-    /// The first step to execute again.
+    /// The first step to execute again; the steps before it keep their recorded results.
+    #[schema(example = "send_email")]
     from: String,
 }
 
-/// Retries a FAILED run in place from what did not succeed (the same run id; `RunRetried` in
-/// its journal). 409 unless the run is FAILED.
+/// Retry a failed run in place
+///
+/// The same run (same id, same definition) goes back to EXECUTING: its failed, cancelled and
+/// skipped steps run again with fresh retry budgets; completed steps keep their outputs. Only a
+/// FAILED run whose completed steps were not compensated qualifies (409 otherwise).
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/retry",
+    operation_id = "retry_run",
+    tag = "steering",
+    params(RunPath),
+    responses(
+        (status = 200, description = "The run, executing again.", body = RunView),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+        (status = 422, response = InvalidFork),
+    ),
+)]
 pub async fn retry<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
     Extension(actor): Extension<Actor>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
     state.engine.retry(&id, Some(actor.name), state.drive_here).await?;
     let row = state.store.get_run(&id).await?;
-    Ok(axum::Json(run_view(&row, None, None)).into_response())
+    Ok(reply(StatusCode::OK, &RunView::of(&row)))
 }
 
-/// A new run from a step of this one, reusing the results before it (linked to its parent).
+/// Rerun from a step
+///
+/// A new run of the same definition, linked to this one, that reuses this run's recorded results
+/// for the steps before `from` and executes the rest.
+#[utoipa::path(
+    post,
+    path = "/v1/runs/{id}/rerun",
+    operation_id = "rerun_run",
+    tag = "steering",
+    params(RunPath),
+    request_body(content = RerunBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new run; `Location` is its address.", body = ForkedRun,
+         headers(("Location" = String, description = "The new run: `/v1/runs/{id}`."))),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+        (status = 409, response = RunConflict),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = InvalidFork),
+    ),
+)]
 pub async fn rerun<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
     JsonBody(body, _): JsonBody<RerunBody>,
 ) -> Result<Response, ApiError> {
     let parent = parse_run_id(&id)?;
     state.store.get_run(&parent).await?;
     let (run_id, _) = state.engine.fork(&parent, &body.from, state.drive_here).await?;
     let row = state.store.get_run(&run_id).await?;
-    let mut view = run_view(&row, None, None);
-    view["forked_from"] = json!({"run": parent, "step": body.from});
-    Ok(created(view, &row.id, StatusCode::CREATED))
+    let view =
+        ForkedRun { run: RunView::of(&row), forked_from: ForkOrigin { run: parent.to_string(), step: body.from } };
+    Ok(created(&view, &row.id, StatusCode::CREATED))
 }

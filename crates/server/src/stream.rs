@@ -8,7 +8,8 @@
 use crate::AppState;
 use crate::body::{Path, Query};
 use crate::error::ApiError;
-use crate::runs::parse_run_id;
+use crate::responses::{BadRequest, RunNotFound};
+use crate::runs::{RunPath, parse_run_id};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -20,13 +21,16 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use utoipa::IntoParams;
 
 const POLL: Duration = Duration::from_millis(500);
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
-    /// Start after this id (same as the `Last-Event-ID` header, which wins).
+    /// Start after this event id (as `Last-Event-ID`, which wins when both are given).
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -83,9 +87,34 @@ struct RunFeed<S: Store> {
     done: bool,
 }
 
+/// Follow a run's journal
+///
+/// Server-Sent Events, one per journal event: `id` is the event's `seq`, `event` its `type`,
+/// `data` the event as JSON (a `JournalEvent`). It replays the journal after `Last-Event-ID` (or
+/// `?after=`), then follows it live, and ends after the run finishes; reconnecting with the last
+/// id seen loses and repeats nothing.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/events/stream",
+    operation_id = "stream_run_events",
+    tag = "runs",
+    params(
+        RunPath,
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
+         description = "Resume after this event id (the last `id:` received)."),
+    ),
+    responses(
+        (status = 200, description = "An event stream; each event's `data` is a `JournalEvent`.",
+         content_type = "text/event-stream", body = String,
+         example = json!("id: 1\nevent: run_created\ndata: {\"at_ms\":1767225600000,\"schema\":3,\"seq\":1,\"type\":\"run_created\",\"workflow\":\"summary-and-email\"}\n\n")),
+        (status = 400, response = BadRequest),
+        (status = 404, response = RunNotFound),
+    ),
+)]
 pub async fn run_stream<S: Store>(
     State(state): State<AppState<S>>,
-    Path(id): Path<String>,
+    Path(RunPath { id }): Path<RunPath>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
@@ -142,7 +171,28 @@ struct AllFeed<S: Store> {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Every run's events as they are committed. Without a resume point it starts from now.
+/// Follow every run
+///
+/// Server-Sent Events for every run's journal as it is committed: `id` is the global event id,
+/// `event` the event's `type`, `data` the event as JSON with its `run_id`. Without
+/// `Last-Event-ID` (or `?after=`) it starts from now. It does not end on its own.
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    operation_id = "stream_all_events",
+    tag = "runs",
+    params(
+        StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
+         description = "Resume after this event id (the last `id:` received)."),
+    ),
+    responses(
+        (status = 200, description = "An event stream; each event's `data` is a `JournalEvent` with its `run_id`.",
+         content_type = "text/event-stream", body = String,
+         example = json!("id: 812\nevent: step_ready\ndata: {\"at_ms\":1767225600120,\"run_id\":\"wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7\",\"schema\":3,\"seq\":3,\"step\":\"generate_summary\",\"type\":\"step_ready\"}\n\n")),
+        (status = 400, response = BadRequest),
+    ),
+)]
 pub async fn all_stream<S: Store>(
     State(state): State<AppState<S>>,
     Query(q): Query<StreamQuery>,

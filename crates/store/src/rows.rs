@@ -32,6 +32,7 @@ impl StoredEvent {
 
 /// The queryable row of a run.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct RunRow {
     pub id: String,
     pub workflow: String,
@@ -114,6 +115,7 @@ fn wake_at(state: &RunState) -> Option<i64> {
 
 /// The queryable row of a step.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct StepRow {
     pub step_id: String,
     pub position: u32,
@@ -161,6 +163,7 @@ impl StepRow {
 
 /// A per-attempt log line.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct LogLine {
     pub step_id: String,
     pub attempt: u32,
@@ -210,6 +213,7 @@ pub struct WorkflowRow {
 
 /// An API token (only its hash is stored).
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokenRow {
     pub id: String,
     pub name: String,
@@ -222,6 +226,7 @@ pub struct TokenRow {
 
 /// One mutating request, recorded with who made it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct AuditRow {
     pub at_ms: i64,
     pub actor: String,
@@ -242,6 +247,7 @@ pub struct InboxRow {
 
 /// What became of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
     /// Accepted, not yet applied.

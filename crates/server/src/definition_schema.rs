@@ -1,0 +1,253 @@
+//! The workflow file format (the body of `POST /v1/workflows`, an inline `workflow` in
+//! `POST /v1/runs`) described for `/openapi.json`.
+//!
+//! The core parses definitions with its own private types (keeping line and column for every
+//! value), so these types exist only to be described. A test holds them to the parser: every
+//! field here is one it accepts, every field it accepts is here, and the examples parse.
+
+#![allow(dead_code)]
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
+
+/// A duration: `250ms`, `2s`, `1.5s`, `5m`, `1h`, `7d`, `none` (where a default may be switched
+/// off), or a bare number of milliseconds.
+pub struct DurationText;
+
+impl PartialSchema for DurationText {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*(none|[0-9]+(\.[0-9]+)?\s*(ms|s|m|min|h|d)?)\s*$")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number).minimum(Some(0)))
+            .description(Some(
+                "A duration: `250ms`, `2s`, `1.5s`, `5m`, `1h`, `7d`, `none`, or a number of milliseconds.",
+            ))
+            .examples([Value::from("30s")])
+            .into()
+    }
+}
+
+impl ToSchema for DurationText {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Duration")
+    }
+}
+
+/// A step kind the core knows.
+pub struct KindName;
+
+impl PartialSchema for KindName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(cairn_core::kinds::names()))
+            .description(Some("The step's kind: what an attempt does."))
+            .into()
+    }
+}
+
+impl ToSchema for KindName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("StepKind")
+    }
+}
+
+/// `on_failure`: a policy, or another step that stands in for this one.
+pub struct OnFailureSchema;
+
+impl PartialSchema for OnFailureSchema {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["fail", "continue", "escalate"])))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .property("fallback", ObjectBuilder::new().schema_type(Type::String))
+                    .required("fallback")
+                    .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false))),
+            )
+            .description(Some(
+                "What a failure for good does: `fail` the run (default), `continue`, `escalate` to a person, \
+                 or `{fallback: STEP}`: run STEP in its place.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for OnFailureSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("OnFailure")
+    }
+}
+
+/// `inputs`: each name declares an input, described (or `null`: no description, no default).
+fn inputs_schema() -> Schema {
+    let input = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .item(utoipa::openapi::Ref::from_schema_name("WorkflowInput"));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(Schema::from(input)))
+        .description(Some("The inputs a run takes, by name; one without a `default` is required."))
+        .into()
+}
+
+/// A workflow definition as written in a file (YAML or JSON).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowDefinition, examples(json!({
+    "cairn": 1,
+    "name": "summary-and-email",
+    "version": 1,
+    "inputs": {"topic": {"default": "otters"}},
+    "steps": [
+        {"id": "generate_summary", "kind": "mock_model", "with": {"prompt": "Summarise {{ inputs.topic }}"}},
+        {"id": "send_email", "kind": "echo", "needs": ["generate_summary"],
+         "with": {"body": "{{ steps.generate_summary.output.text }}"}, "retry": {"max_attempts": 5}}
+    ]
+})))]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionFile {
+    /// The file format version (1).
+    #[schema(minimum = 1)]
+    cairn: Option<i64>,
+    /// 1 to 64 of A-Z, a-z, 0-9, `_`, `.` and `-`.
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
+    name: String,
+    /// The definition's version (default 1); a run pins the one it started with.
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
+    version: Option<i64>,
+    description: Option<String>,
+    /// A file name the CLI writes the run's final output to.
+    artifact: Option<String>,
+    /// How long finished runs of this workflow are kept.
+    #[schema(value_type = Option<DurationText>)]
+    retention: Option<Value>,
+    /// The inputs a run takes, by name; one without a `default` is required.
+    #[schema(schema_with = inputs_schema)]
+    inputs: Option<Value>,
+    /// Defaults for every step.
+    defaults: Option<DefaultsFile>,
+    #[schema(min_items = 1)]
+    steps: Vec<StepFile>,
+}
+
+/// A declared input.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowInput)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    description: Option<String>,
+    /// Used when a run does not give the input (any JSON).
+    #[schema(value_type = Option<Value>)]
+    default: Option<Value>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowDefaults)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultsFile {
+    retry: Option<RetryFile>,
+    #[schema(value_type = Option<DurationText>)]
+    timeout: Option<Value>,
+}
+
+/// One step of a workflow.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowStep)]
+#[serde(deny_unknown_fields)]
+pub struct StepFile {
+    /// 1 to 64 of a-z, 0-9, `_` and `-`; templates read it as `steps.ID`.
+    #[schema(pattern = "^[a-z0-9_-]{1,64}$")]
+    id: String,
+    #[schema(value_type = KindName)]
+    kind: String,
+    /// Steps that must be settled first.
+    needs: Option<Vec<String>>,
+    /// A CEL condition; false skips the step.
+    when: Option<String>,
+    /// The attempt's input; strings are templates (any JSON).
+    #[schema(value_type = Option<Value>)]
+    with: Option<Value>,
+    retry: Option<RetryFile>,
+    /// Per attempt.
+    #[schema(value_type = Option<DurationText>)]
+    timeout: Option<Value>,
+    #[schema(value_type = Option<OnFailureSchema>)]
+    on_failure: Option<Value>,
+    /// When the step runs, given its needs: `all_succeeded` (default), `none_failed`, `all_done`.
+    #[schema(pattern = "^(all_succeeded|none_failed|all_done)$")]
+    trigger: Option<String>,
+    inject: Option<InjectFile>,
+    /// Shorthand for an approval gate with the default prompt.
+    requires_approval: Option<bool>,
+    approval: Option<ApprovalFile>,
+    compensate: Option<CompensateFile>,
+}
+
+/// How a step retries.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowRetry)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    #[schema(minimum = 1)]
+    max_attempts: Option<i64>,
+    #[schema(value_type = Option<DurationText>)]
+    initial_delay: Option<Value>,
+    multiplier: Option<f64>,
+    #[schema(value_type = Option<DurationText>)]
+    max_delay: Option<Value>,
+    #[schema(minimum = 0, maximum = 1)]
+    jitter: Option<f64>,
+}
+
+/// Failure injection, for trying out failure handling.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowInject)]
+#[serde(deny_unknown_fields)]
+pub struct InjectFile {
+    #[schema(minimum = 0)]
+    fail_times: Option<i64>,
+    #[schema(minimum = 0, maximum = 1)]
+    fail_rate: Option<f64>,
+    /// `transient`, `timeout`, `rate_limited` or `permanent`.
+    fail_class: Option<String>,
+    #[schema(value_type = Option<DurationText>)]
+    delay: Option<Value>,
+    hang: Option<bool>,
+}
+
+/// An approval gate: the step waits for a person before it runs.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowApproval)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalFile {
+    /// What the person is asked (a template).
+    prompt: Option<String>,
+    /// Who may decide (token names); empty: any operator.
+    approvers: Option<Vec<String>>,
+    #[schema(value_type = Option<DurationText>)]
+    deadline: Option<Value>,
+    /// At the deadline: `reject`, `fail` or `wait`.
+    #[schema(pattern = "^(reject|fail|wait)$")]
+    on_deadline: Option<String>,
+}
+
+/// The undo action of a completed step, run if the run later fails.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowCompensation)]
+#[serde(deny_unknown_fields)]
+pub struct CompensateFile {
+    #[schema(value_type = KindName)]
+    kind: String,
+    #[schema(value_type = Option<Value>)]
+    with: Option<Value>,
+    retry: Option<RetryFile>,
+}
