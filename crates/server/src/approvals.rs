@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 pub struct Decision {
     /// `approve` or `reject` at an approval gate; `retry`, `skip` (with `output`) or `abort` for
     /// an escalated failure. (`approved` and `rejected` are accepted too.)
-    #[schema(example = "approve")]
+    #[schema(pattern = "^(approve|approved|reject|rejected|retry|skip|abort)$", example = "approve")]
     decision: String,
     /// Recorded with the decision.
     comment: Option<String>,

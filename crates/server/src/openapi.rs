@@ -10,7 +10,6 @@ use crate::auth::required_role;
 use crate::definition_schema::{DefinitionFile, InputFile};
 use crate::error::ErrorBody;
 use crate::routes::{Described, table};
-use crate::views::JournalEvent;
 use axum::body::Bytes;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -55,12 +54,11 @@ pub fn build(described: &[Described]) -> Value {
         paths.add_path_operation((d.path)(), (d.methods)(), (d.operation)());
         (d.schemas)(&mut schemas);
     }
-    // Referred to from the error responses, a `oneOf` and a media type extension rather than
-    // from an operation's types, so not collected above.
+    // Referred to from the error responses and hand-built schemas rather than from an
+    // operation's types, so not collected above.
     for (name, schema) in [
         (ErrorBody::name(), ErrorBody::schema()),
         (DefinitionFile::name(), DefinitionFile::schema()),
-        (JournalEvent::name(), JournalEvent::schema()),
         (InputFile::name(), InputFile::schema()),
     ] {
         schemas.push((name.into_owned(), schema));
@@ -78,6 +76,11 @@ pub fn build(described: &[Described]) -> Value {
         InfoBuilder::new().title("Cairn API").version(env!("CARGO_PKG_VERSION")).description(Some(DESCRIPTION)).build();
     let api = OpenApiBuilder::new().info(info).paths(paths).components(Some(components)).tags(Some(tags())).build();
     let mut doc = serde_json::to_value(&api).unwrap_or_default();
+    for (name, constraint) in constraints() {
+        if let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{name}")).and_then(Value::as_object_mut) {
+            schema.extend(constraint.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
         for (path, item) in paths.iter_mut() {
             for (method, operation) in item.as_object_mut().into_iter().flatten() {
@@ -88,6 +91,22 @@ pub fn build(described: &[Described]) -> Value {
         }
     }
     doc
+}
+
+/// What the derives cannot say: which fields of a body go together.
+fn constraints() -> Vec<(&'static str, Value)> {
+    vec![
+        // Exactly one of `goal` and `workflow`.
+        ("CreateRun", json!({"oneOf": [{"required": ["goal"]}, {"required": ["workflow"]}]})),
+        // `output` goes with `skip`, and only with it.
+        (
+            "Decision",
+            json!({"oneOf": [
+                {"properties": {"decision": {"const": "skip"}}, "required": ["output"]},
+                {"properties": {"decision": {"not": {"const": "skip"}}}, "not": {"required": ["output"]}},
+            ]}),
+        ),
+    ]
 }
 
 fn response_ref(name: &str) -> Value {
@@ -129,9 +148,6 @@ fn complete(path: &str, method: &str, operation: &mut Map<String, Value>) {
             response.get_mut("headers").and_then(Value::as_object_mut).into_iter().flat_map(|h| h.values_mut())
         {
             header["required"] = json!(true);
-        }
-        if let Some(stream) = response.pointer_mut("/content/text~1event-stream").and_then(Value::as_object_mut) {
-            stream.insert("x-cairn-event-data".into(), json!({"$ref": "#/components/schemas/JournalEvent"}));
         }
     }
 }

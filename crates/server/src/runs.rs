@@ -39,10 +39,10 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 ))]
 pub struct CreateRun {
     /// A goal for the planner, which plans it from the catalog (`cairn plan --list`).
-    #[schema(min_length = 1, example = "generate summary and send email")]
+    #[schema(value_type = String, required = false, pattern = r"\S", example = "generate summary and send email")]
     goal: Option<String>,
     /// A registered workflow's name, or an inline definition (the same shape as a file).
-    #[schema(schema_with = workflow_ref_schema)]
+    #[schema(schema_with = workflow_ref_schema, required = false)]
     workflow: Option<Value>,
     /// With a registered workflow's name: this version instead of the newest.
     #[schema(minimum = 1)]
@@ -70,7 +70,7 @@ fn workflow_ref_schema() -> utoipa::openapi::schema::Schema {
 pub struct WaitQuery {
     /// Hold the answer until the run finishes, up to this long (`250ms`, `10s`, `1m`; a bare
     /// number is milliseconds; at most 60 s). The answer is the same run either way.
-    #[param(pattern = r"^[0-9]+(\.[0-9]+)?(ms|s|m|min|h|d)?$", example = "10s")]
+    #[param(pattern = r"^[0-9]{1,7}(\.[0-9]{1,3})?(ms|s|m|min|h|d)?$", example = "10s")]
     wait: Option<String>,
 }
 
@@ -646,7 +646,7 @@ pub struct CancelBody {
     tag = "steering",
     params(RunPath),
     request_body(content = Option<CancelBody>, content_type = "application/json",
-                 description = "Optional: an empty body cancels with the default reason."),
+                 description = "Optional: an empty body (or `null`) cancels with the default reason."),
     responses(
         (status = 200, description = "Applied (or nothing to do: `delivery` says which).", body = SteeredRun),
         (status = 202, description = "Accepted; the process driving the run applies it when the run is next driven.", body = SteeredRun),

@@ -10,6 +10,7 @@ use crate::body::{Path, Query};
 use crate::error::ApiError;
 use crate::responses::{BadRequest, RunNotFound};
 use crate::runs::{RunPath, parse_run_id};
+use crate::views::JournalEvent;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -21,9 +22,82 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
-use utoipa::IntoParams;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 const POLL: Duration = Duration::from_millis(500);
+
+/// One Server-Sent Event whose `data` is JSON of the schema named `data` (described per event,
+/// as OpenAPI 3.2's `itemSchema` does and schema-based tools read `text/event-stream`).
+fn sse_event(description: &str, data: &str) -> RefOr<Schema> {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(description))
+        .property(
+            "id",
+            text().pattern(Some("^[0-9]+$")).description(Some("Send as `Last-Event-ID` to resume after it.")),
+        )
+        .required("id")
+        .property("event", text().description(Some("The journal event's `type`.")))
+        .required("event")
+        .property(
+            "data",
+            text()
+                .content_media_type("application/json")
+                .content_schema(Some(Ref::from_schema_name(data)))
+                .description(Some(format!("The event as JSON (`{data}`)."))),
+        )
+        .required("data")
+        .into()
+}
+
+/// An event of one run's stream.
+pub struct RunStreamEvent;
+
+impl PartialSchema for RunStreamEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event("One event of a run's stream: `id` is the event's `seq`.", "JournalEvent")
+    }
+}
+
+impl ToSchema for RunStreamEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((JournalEvent::name().into(), JournalEvent::schema()));
+    }
+}
+
+/// A journal event in the stream of every run: with the run it belongs to.
+pub struct FeedEvent;
+
+impl PartialSchema for FeedEvent {
+    fn schema() -> RefOr<Schema> {
+        let run = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("run_id", ObjectBuilder::new().schema_type(Type::String).description(Some("The event's run.")))
+            .required("run_id");
+        AllOfBuilder::new().item(Ref::from_schema_name("JournalEvent")).item(run).into()
+    }
+}
+
+impl ToSchema for FeedEvent {}
+
+/// An event of the stream of every run.
+pub struct FeedStreamEvent;
+
+impl PartialSchema for FeedStreamEvent {
+    fn schema() -> RefOr<Schema> {
+        sse_event("One event of the stream of every run: `id` is the global event id.", "FeedEvent")
+    }
+}
+
+impl ToSchema for FeedStreamEvent {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((JournalEvent::name().into(), JournalEvent::schema()));
+        schemas.push((FeedEvent::name().into(), FeedEvent::schema()));
+    }
+}
 
 #[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -106,8 +180,9 @@ struct RunFeed<S: Store> {
     ),
     responses(
         (status = 200, description = "An event stream; each event's `data` is a `JournalEvent`.",
-         content_type = "text/event-stream", body = String,
-         example = json!("id: 1\nevent: run_created\ndata: {\"at_ms\":1767225600000,\"schema\":3,\"seq\":1,\"type\":\"run_created\",\"workflow\":\"summary-and-email\"}\n\n")),
+         content_type = "text/event-stream", body = RunStreamEvent,
+         example = json!({"id": "1", "event": "run_created",
+             "data": "{\"at_ms\":1767225600000,\"schema\":3,\"seq\":1,\"type\":\"run_created\",\"workflow\":\"summary-and-email\"}"})),
         (status = 400, response = BadRequest),
         (status = 404, response = RunNotFound),
     ),
@@ -188,8 +263,9 @@ struct AllFeed<S: Store> {
     ),
     responses(
         (status = 200, description = "An event stream; each event's `data` is a `JournalEvent` with its `run_id`.",
-         content_type = "text/event-stream", body = String,
-         example = json!("id: 812\nevent: step_ready\ndata: {\"at_ms\":1767225600120,\"run_id\":\"wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7\",\"schema\":3,\"seq\":3,\"step\":\"generate_summary\",\"type\":\"step_ready\"}\n\n")),
+         content_type = "text/event-stream", body = FeedStreamEvent,
+         example = json!({"id": "812", "event": "step_ready",
+             "data": "{\"at_ms\":1767225600120,\"run_id\":\"wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7\",\"schema\":3,\"seq\":3,\"step\":\"generate_summary\",\"type\":\"step_ready\"}"})),
         (status = 400, response = BadRequest),
     ),
 )]

@@ -19,8 +19,9 @@ use utoipa::ToSchema;
 /// A task to start: a goal for the planner.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"goal": "generate summary and send email"}), json!({"goal": "research brief on otters"})))]
 pub struct CreateTask {
-    #[schema(example = "generate summary and send email")]
+    #[schema(pattern = r"\S", example = "generate summary and send email")]
     goal: String,
     /// Values for the planned workflow's inputs.
     #[serde(default)]

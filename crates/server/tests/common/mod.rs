@@ -23,6 +23,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 pub struct Api {
     pub app: Router,
     pub store: Arc<SqliteStore>,
+    admin: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,7 +62,7 @@ impl Api {
             catalog: Catalog::builtin().expect("builtin catalog"),
         };
         let state = AppState::new(engine, Some(rx), server, watch::channel(false).1);
-        Api { app: cairn_server::app(state), store, _dir: dir }
+        Api { app: cairn_server::app(state), store, admin: None, _dir: dir }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
@@ -87,12 +88,24 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        self.send(Request::get(path).body(Body::empty()).expect("request")).await
+        self.send(self.authorized(Request::get(path)).body(Body::empty()).expect("request")).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        let req = Request::post(path).header("content-type", "application/json").body(Body::from(body.to_string()));
-        self.send(req.expect("request")).await
+        let req = self.authorized(Request::post(path)).header("content-type", "application/json");
+        self.send(req.body(Body::from(body.to_string())).expect("request")).await
+    }
+
+    /// Sends `get`, `post` and `post_raw` as an admin from now on (for setting up with auth on).
+    pub async fn act_as_admin(&mut self) {
+        self.admin = Some(self.token("setup-admin", Role::Admin).await.0);
+    }
+
+    pub fn authorized(&self, req: axum::http::request::Builder) -> axum::http::request::Builder {
+        match &self.admin {
+            Some(secret) => req.header("authorization", format!("Bearer {secret}")),
+            None => req,
+        }
     }
 
     /// A live token with this role: (secret, id).
