@@ -40,7 +40,9 @@ fn filter(method: &HttpMethod) -> MethodFilter {
 
 impl<S: Store> Routes<S> {
     /// Routes `handler` as the operation `P` (the `__path_*` type `#[utoipa::path]` generates
-    /// for it) describes.
+    /// for it) describes. `SchemaReferences` is utoipa's hook (in its `__dev` module, as
+    /// utoipa-axum's `routes!` uses it) listing the schemas an operation refers to; utoipa-axum
+    /// itself is not used because its macro cannot name generic handlers.
     fn add<P, H, T>(mut self, _: P, handler: H) -> Self
     where
         P: utoipa::Path + utoipa::__dev::SchemaReferences,

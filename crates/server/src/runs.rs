@@ -775,7 +775,6 @@ pub struct RerunBody {
         (status = 400, response = BadRequest),
         (status = 404, response = RunNotFound),
         (status = 409, response = RunConflict),
-        (status = 422, response = InvalidFork),
     ),
 )]
 pub async fn retry<S: Store>(
