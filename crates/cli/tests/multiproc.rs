@@ -43,7 +43,12 @@ fn effect_service() -> (String, Arc<Mutex<Ledger>>) {
                 let mut reader = BufReader::new(&stream);
                 let (mut key, mut worker, mut length) = (String::new(), String::new(), 0usize);
                 let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                let mut complete = false;
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        complete = true;
+                        break;
+                    }
                     if let Some((name, value)) = line.split_once(':') {
                         let value = value.trim().to_string();
                         match name.trim().to_ascii_lowercase().as_str() {
@@ -56,7 +61,11 @@ fn effect_service() -> (String, Arc<Mutex<Ledger>>) {
                     line.clear();
                 }
                 let mut body = vec![0; length];
-                let _ = reader.read_exact(&mut body);
+                // A connection cut before its request arrived (the worker SIGKILLed while it was
+                // connecting) asked for nothing: it is not a request.
+                if !complete || reader.read_exact(&mut body).is_err() {
+                    return;
+                }
                 let first = {
                     let mut l = ledger.lock().expect("ledger");
                     *l.requests.entry(key.clone()).or_default() += 1;
