@@ -404,8 +404,12 @@ fn ordering(driver: Driver, postgres: bool) {
     });
     let requests = assert_journal_follows_acceptance(&case, &id);
     for r in &requests {
-        if r["id"].as_i64().is_some_and(|rid| rid > cancel_id) {
+        let rid = r["id"].as_i64().expect("id");
+        if rid > cancel_id {
             assert_eq!((r["state"].as_str(), r["code"].as_str()), (Some("refused"), Some("run_finished")), "{r}");
+        } else if r["request"] == "signal" {
+            // Accepted before the cancel: applied, whatever raced it.
+            assert_eq!(r["state"], "applied", "{r}");
         }
     }
     assert!(applied_signals.iter().all(|&r| r < cancel_id), "applied after the cancel: {applied_signals:?}");
@@ -519,4 +523,36 @@ fn requests_the_run_cannot_take_are_refused_with_the_reason_and_exit_2() {
     if let Process::Child(mut child) = process {
         assert_eq!(wait_exit(&mut child, LONG).code(), Some(1));
     }
+}
+
+/// Attempts waiting for an engine slot when a run is paused once still started afterwards, and
+/// the run could complete while PAUSED. Nothing new starts while paused; unpausing starts them.
+#[test]
+fn a_paused_run_starts_nothing_new_until_it_is_unpaused() {
+    let Some(case) = Case::new("paused", false) else { return };
+    let wf = case.env.write(
+        "wide.yaml",
+        "name: wide\nsteps:\n  - {id: p1, kind: sleep, with: {duration: 600ms}}\n  - {id: p2, kind: sleep, with: {duration: 600ms}}\n  - {id: p3, kind: sleep, with: {duration: 600ms}}\n  - {id: p4, kind: sleep, with: {duration: 600ms}}\n",
+    );
+    let (mut child, _lines) = case.env.spawn(&case.args(&["run", "--concurrency", "1", path_str(&wf)]), &[]);
+    wait_for("a run to start", LONG, || !case.env.runs().is_empty());
+    let id = case.env.only_run().id;
+    wait_for("its first attempt", LONG, || case.env.events(&id).iter().any(|e| e.event.kind() == "attempt_started"));
+    case.ok_cli(&["runs", "pause", &id]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let events = request_events(&case.events(&id));
+    let paused_at = events.iter().find(|(_, l)| l == "paused").map(|(s, _)| *s).expect("paused");
+    let started_after: Vec<u64> = case
+        .events(&id)
+        .iter()
+        .filter(|e| e["type"] == "attempt_started")
+        .filter_map(|e| e["seq"].as_u64())
+        .filter(|s| *s > paused_at)
+        .collect();
+    assert!(started_after.is_empty(), "attempts started while paused at events {started_after:?}");
+    assert_eq!(case.status(&id), "PAUSED", "the attempt in flight finished; nothing else ran");
+    case.ok_cli(&["runs", "unpause", &id, "--detach"]);
+    assert!(wait_exit(&mut child, LONG).success(), "unpaused, it runs the rest and completes");
+    assert_eq!(case.env.step(&id, "p4").status, "COMPLETED");
+    case.env.assert_journal_is_sound(&id);
 }

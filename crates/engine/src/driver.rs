@@ -218,7 +218,10 @@ impl<S: Store> Live<S> {
                 self.state.status == RunStatus::Compensating
                     && matches!(status, Some(StepStatus::Completed | StepStatus::Compensating))
             } else {
-                !self.state.status.is_terminal() && status == Some(StepStatus::Ready)
+                // Queued before a pause: dropped here; unpausing decides them again.
+                !self.state.status.is_terminal()
+                    && self.state.status != RunStatus::Paused
+                    && status == Some(StepStatus::Ready)
             };
             if !startable {
                 self.start_queue.pop_front();
@@ -278,7 +281,7 @@ impl<S: Store> Live<S> {
         run.owner = Some(self.inner.config.owner.clone());
         // A finished run needs no owner: leases only ever cover unfinished work.
         let release = std::mem::take(&mut self.release) || self.state.status.is_terminal();
-        let write = Arc::new(RunWrite {
+        let mut write = Arc::new(RunWrite {
             release,
             idempotency: self.idempotency.take(),
             run_id: self.state.run_id.clone(),
@@ -310,6 +313,9 @@ impl<S: Store> Live<S> {
                     );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                    // The lease it lands with counts from when it lands.
+                    let lease_until_ms = now_ms() + self.inner.config.lease_ms as i64;
+                    write = Arc::new(RunWrite { lease_until_ms, ..(*write).clone() });
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -353,6 +359,7 @@ impl<S: Store> Live<S> {
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
         let secrets = self.inner.config.secrets.clone();
+        let shutdown = self.shutdown.clone();
         self.running.spawn(async move {
             let _permit = permit;
             let started = Instant::now();
@@ -423,10 +430,30 @@ impl<S: Store> Live<S> {
             let outcome = resolved.redact_outcome(outcome);
             drop((input, resolved));
             if let (Some(key), Ok(value)) = (&effect_key, &outcome.result) {
-                // Kept before the step's completion is journaled.
+                // Kept before the step's completion is journaled. While the store cannot take it
+                // (disk full), keep trying: without it, an attempt run again after a take-over
+                // would repeat the effect.
                 let payload = cairn_core::payload::Payload::of(value);
-                if let Err(e) = store.record_effect(&run, key, payload, crate::now_ms()).await {
-                    crate::say_limited!("effect-log", "[engine] {key}: the effect's result could not be logged ({e})");
+                let mut backoff = Duration::from_millis(50);
+                loop {
+                    match store.record_effect(&run, key, payload.clone(), crate::now_ms()).await {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() && !*shutdown.borrow() => {
+                            crate::say_limited!(
+                                "effect-log",
+                                "[engine] {key}: cannot log the effect's result yet ({e}); retrying"
+                            );
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                        }
+                        Err(e) => {
+                            crate::say_limited!(
+                                "effect-log",
+                                "[engine] {key}: the effect's result could not be logged ({e})"
+                            );
+                            break;
+                        }
+                    }
                 }
             }
             if hold {
@@ -639,6 +666,11 @@ impl<S: Store> Live<S> {
     async fn drive_loop(&mut self) -> Result<RunOutcome, Error> {
         loop {
             self.start_ready()?;
+            if self.state.status.is_terminal() && self.has_pending() {
+                // Requests still waiting get their answer (the run finished) in the commit that
+                // ends the run, rather than wait for a requester that may be gone.
+                self.answer_requests().await?;
+            }
             self.commit().await?;
             if self.state.status.is_terminal() {
                 self.running.abort_all();

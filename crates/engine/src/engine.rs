@@ -104,6 +104,16 @@ pub struct RunOutcome {
     pub state: Box<RunState>,
 }
 
+/// Runs `work` to its end even if the caller stops waiting for it. An HTTP handler's future is
+/// dropped when its client disconnects; work that claims a run (a creation, a take-over to apply
+/// requests, a retry) must still finish by driving the run or handing it back, never stop halfway
+/// with the run held and nobody driving it.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(work).await.map_err(|e| Error::Invalid(format!("the engine's task stopped: {e}")))?
+}
+
 /// The task driving one run until it finishes or is handed back.
 pub type Driving = tokio::task::JoinHandle<Result<RunOutcome, Error>>;
 
@@ -178,6 +188,11 @@ impl<S: Store> Engine<S> {
     /// Creates the run (first commit: created, planned, first steps decided). With `drive_here`
     /// and room in this engine it is driven here at once; otherwise it is left for any worker.
     pub async fn submit(&self, run_id: RunId, new: NewRun, submit: Submit) -> Result<Option<Driving>, Error> {
+        let engine = self.clone();
+        detached(async move { engine.submit_now(run_id, new, submit).await }).await
+    }
+
+    async fn submit_now(&self, run_id: RunId, new: NewRun, submit: Submit) -> Result<Option<Driving>, Error> {
         let mut live = Live::new(self.inner.clone(), RunState::new(run_id), 0);
         let workflow = new.definition.name.clone();
         live.feed(Event::RunCreated { workflow, source: new.source, inputs: new.inputs, options: new.options })?;
@@ -256,6 +271,11 @@ impl<S: Store> Engine<S> {
     /// `from` and what depends on it, and executes from there (pinned to the parent's
     /// definition, with its inputs). Returns the new run's id.
     pub async fn fork(&self, parent: &RunId, from: &str, drive_here: bool) -> Result<(RunId, Option<Driving>), Error> {
+        let (engine, parent, from) = (self.clone(), parent.clone(), from.to_string());
+        detached(async move { engine.fork_now(&parent, &from, drive_here).await }).await
+    }
+
+    async fn fork_now(&self, parent: &RunId, from: &str, drive_here: bool) -> Result<(RunId, Option<Driving>), Error> {
         let loaded = self.inner.store.load_run(parent).await?;
         let state = RunState::fold(parent.clone(), &loaded.events, loaded.payloads)
             .map_err(|source| Error::Journal { run_id: parent.to_string(), source })?;
@@ -288,6 +308,11 @@ impl<S: Store> Engine<S> {
     /// skipped steps run again with fresh retry budgets; completed steps keep their outputs.
     /// Driven here with `drive_here` (and room), else left for any worker.
     pub async fn retry(&self, id: &RunId, by: Option<String>, drive_here: bool) -> Result<Option<Driving>, Error> {
+        let (engine, id) = (self.clone(), id.clone());
+        detached(async move { engine.retry_now(&id, by, drive_here).await }).await
+    }
+
+    async fn retry_now(&self, id: &RunId, by: Option<String>, drive_here: bool) -> Result<Option<Driving>, Error> {
         let row = self.inner.store.get_run(id).await?;
         if row.status != RunStatus::Failed.as_str() {
             return Err(Error::Illegal(format!(
@@ -385,6 +410,11 @@ impl<S: Store> Engine<S> {
     /// A refusal is `Error::Refused` with the reason. If the process driving the run does not
     /// answer within `request_wait_ms`, the answer is `Delivery::Queued`.
     pub async fn request(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
+        let (engine, id) = (self.clone(), id.clone());
+        detached(async move { engine.request_now(&id, control).await }).await
+    }
+
+    async fn request_now(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
         control.validate()?;
         let row = self.inner.store.get_run(id).await?;
         if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
@@ -408,7 +438,23 @@ impl<S: Store> Engine<S> {
     }
 
     /// Waits for a request's answer, making sure someone gives it (see [`Engine::request`]).
+    /// Once accepted, a request is applied whatever happens to this wait: a store error while
+    /// waiting answers `Queued` (it is applied in order when the run is next driven), never an
+    /// error that would invite the caller to send it again.
     pub async fn await_request(&self, id: &RunId, request: i64) -> Result<Delivery, Error> {
+        match self.await_answer(id, request).await {
+            Err(Error::Store(e)) => {
+                crate::say_limited!(
+                    "request-wait",
+                    "[engine] request {request} for {id}: stopped waiting for its answer ({e})"
+                );
+                Ok(Delivery::Queued { request, owner: None })
+            }
+            other => other,
+        }
+    }
+
+    async fn await_answer(&self, id: &RunId, request: i64) -> Result<Delivery, Error> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.inner.config.request_wait_ms);
         let mut pause = Duration::from_millis(1);
         loop {
@@ -683,6 +729,7 @@ impl<S: Store> Engine<S> {
             let inbox_every = Duration::from_millis(if signal.is_some() { 250 } else { 50 });
             let mut last_beat = tokio::time::Instant::now();
             let mut beats: u64 = 0;
+            let mut lease_failing = false;
             loop {
                 let elsewhere = async {
                     match &signal {
@@ -713,11 +760,19 @@ impl<S: Store> Engine<S> {
                 }
                 engine.retry_let_go().await;
                 let lease_every = ((inner.config.lease_ms / 3) / every.as_millis().max(1) as u64).max(1);
-                if beats.is_multiple_of(lease_every) {
+                // While renewing fails (disk full, database away), try at every beat: once writes
+                // work again, the leases must be renewed before they run out.
+                if lease_failing || beats.is_multiple_of(lease_every) {
                     let until = now_ms() + inner.config.lease_ms as i64;
-                    if let Err(e) = inner.store.heartbeat(&inner.config.owner, until).await {
-                        crate::say_limited!("heartbeat", "[engine] could not renew this process's leases ({e})");
-                    }
+                    let driven: Vec<RunId> =
+                        inner.drivers.lock().map(|d| d.keys().cloned().collect()).unwrap_or_default();
+                    lease_failing = match inner.store.heartbeat(&inner.config.owner, &driven, until).await {
+                        Ok(_) => false,
+                        Err(e) => {
+                            crate::say_limited!("heartbeat", "[engine] could not renew this process's leases ({e})");
+                            true
+                        }
+                    };
                 }
                 engine.seen_working().await;
             }

@@ -80,11 +80,11 @@ pub async fn call(
     io.get_mut().write_all(request.as_bytes()).await.map_err(|e| transient(format!("sending to {url}: {e}")))?;
     let mut line = String::new();
     io.read_line(&mut line).await.map_err(|e| transient(format!("reading from {url}: {e}")))?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| transient(format!("{url} answered something that is not HTTP: {:?}", line.trim())))?;
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+        // Redacted before it is quoted: quoting escapes characters, and redaction looks for
+        // the values as they are.
+        transient(format!("{url} answered something that is not HTTP: {:?}", secrets.redact(line.trim())))
+    })?;
     let (mut length, mut retry_after) = (None::<usize>, None::<u64>);
     loop {
         line.clear();

@@ -135,6 +135,10 @@ impl Source {
 pub struct Resolved {
     /// (name, value), longest value first, so a value that contains another is redacted whole.
     values: Vec<(String, String)>,
+    /// (name, text) to redact: each value as it is and as JSON strings and Rust's `{:?}` write
+    /// it (quotes and backslashes escaped), the forms Cairn itself may put a value in when it
+    /// quotes what a service said; longest first.
+    needles: Vec<(String, String)>,
     /// Log lines about where values came from (never the values).
     notes: Vec<String>,
 }
@@ -149,12 +153,24 @@ impl fmt::Debug for Resolved {
 impl Resolved {
     fn new(mut values: Vec<(String, String)>, notes: Vec<String>) -> Self {
         values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
-        Resolved { values, notes }
+        let inner = |quoted: String| quoted.get(1..quoted.len().saturating_sub(1)).map(str::to_string);
+        let mut needles: Vec<(String, String)> = Vec::new();
+        for (name, value) in values.iter().filter(|(_, v)| v.chars().count() >= MIN_REDACTED_CHARS) {
+            let forms =
+                [Some(value.clone()), serde_json::to_string(value).ok().and_then(inner), inner(format!("{value:?}"))];
+            for form in forms.into_iter().flatten() {
+                if !needles.iter().any(|(_, n)| *n == form) {
+                    needles.push((name.clone(), form));
+                }
+            }
+        }
+        needles.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+        Resolved { values, needles, notes }
     }
 
     /// No secrets: the input as it is, nothing to redact.
     pub fn none() -> Self {
-        Resolved { values: Vec::new(), notes: Vec::new() }
+        Resolved { values: Vec::new(), needles: Vec::new(), notes: Vec::new() }
     }
 
     fn value(&self, name: &str) -> &str {
@@ -180,9 +196,8 @@ impl Resolved {
         loop {
             // The earliest occurrence; at the same place the longest value (listed first).
             let next = self
-                .values
+                .needles
                 .iter()
-                .filter(|(_, v)| v.chars().count() >= MIN_REDACTED_CHARS)
                 .filter_map(|(name, v)| rest.find(v.as_str()).map(|at| (at, name, v.len())))
                 .min_by_key(|(at, ..)| *at);
             let Some((at, name, len)) = next else { break };
@@ -307,5 +322,18 @@ mod tests {
         assert_eq!(out.logs, vec!["POST http://h/x?k=[redacted secret INNER]".to_string()]);
         let value = resolved.redact_value(json!({"echo": ["secret"], "secret": 1}));
         assert_eq!(value, json!({"echo": ["[redacted secret INNER]"], "[redacted secret INNER]": 1}));
+    }
+
+    #[test]
+    fn a_value_cairn_quoted_with_escapes_is_redacted_too() {
+        // A service echoed a value with a quote and a backslash in it; Cairn quoted that text in
+        // an error with `{:?}` (and a JSON writer would escape it the same way).
+        let value = r#"pa"ss\w0rd-very-secret"#;
+        let resolved = Resolved::new(vec![("TOK".into(), value.into())], vec![]);
+        let quoted = format!("not HTTP: {:?}", format!("X {value} Y"));
+        assert!(!resolved.redact(&quoted).contains("w0rd-very-secret"), "{}", resolved.redact(&quoted));
+        let json = serde_json::to_string(&json!({"echo": value})).expect("json");
+        assert!(!resolved.redact(&json).contains("w0rd-very-secret"), "{}", resolved.redact(&json));
+        assert_eq!(resolved.redact(value), "[redacted secret TOK]");
     }
 }

@@ -87,6 +87,7 @@ impl From<cairn_store::Error> for ApiError {
             E::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message),
             E::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_unavailable", message),
             E::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "disk_full", message),
+            E::Contention(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "database_busy", message),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_error", message),
         }
     }

@@ -132,7 +132,7 @@ error_responses! {
     /// 503: the server cannot answer now.
     Unavailable = "The server cannot answer now; retry shortly: every connection is busy (`too_many_connections`), the database is busy, unreachable or its disk is full (`database_busy`, `database_unavailable`, `disk_full`), or the server is shutting down (`shutting_down`; `/readyz` answers `draining`, or `not_ready` when the database does not answer)." [
         ("too_many_connections", "every connection is busy; retry shortly (the server's --max-connections is reached)", null),
-        ("database_unavailable", "the database is unreachable (connection refused); retrying with backoff", null),
+        ("database_unavailable", "the database is unreachable (connection refused)", null),
     ]
     /// 500: the server failed.
     Internal = "The server or its database failed (`store_error`, `journal_error`, `internal`); the message says what." [

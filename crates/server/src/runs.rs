@@ -607,7 +607,17 @@ pub async fn export<S: Store>(
 /// refused (409 with the reason), or still queued when the wait ran out (202).
 pub async fn steer<S: Store>(state: &AppState<S>, id: &RunId, control: Control) -> Result<Response, ApiError> {
     let delivery = state.engine.request(id, control).await?;
-    let row = state.store.get_run(id).await?;
+    // The request is in: answer with the run as it is now, trying the read a few times rather
+    // than report a failure that would invite sending the request again.
+    let mut row = state.store.get_run(id).await;
+    for _ in 0..5 {
+        if row.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        row = state.store.get_run(id).await;
+    }
+    let row = row?;
     let (status, delivery, request) = match delivery {
         Delivery::Applied { request, journal_seq } => {
             (StatusCode::OK, "applied".to_string(), SteerRequest::Applied { id: request, journal_seq })

@@ -62,8 +62,8 @@ impl Store for AnyStore {
         each!(self, s => s.claim_runs(claim).await)
     }
 
-    async fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> Result<u64, Error> {
-        each!(self, s => s.heartbeat(owner, lease_until_ms).await)
+    async fn heartbeat(&self, owner: &str, runs: &[RunId], lease_until_ms: i64) -> Result<u64, Error> {
+        each!(self, s => s.heartbeat(owner, runs, lease_until_ms).await)
     }
 
     async fn release(&self, owner: &str, wake_at_ms: i64) -> Result<u64, Error> {

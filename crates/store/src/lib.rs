@@ -82,6 +82,10 @@ pub enum Error {
     Postgres(String),
     #[error("the database is unreachable ({0})")]
     Unavailable(String),
+    /// The database refused a write because of another one at the same moment (a deadlock, a
+    /// serialization failure); the same write succeeds when tried again.
+    #[error("the database refused the write for now ({0}); try it again")]
+    Contention(String),
     #[error("the store is shut down")]
     Closed,
 }
@@ -89,13 +93,20 @@ pub enum Error {
 impl Error {
     /// Worth trying again later (lock contention, a lost race), as opposed to a hard failure.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Locked { .. } | Error::Conflict { .. } | Error::Unavailable(_) | Error::Full(_))
+        matches!(
+            self,
+            Error::Locked { .. }
+                | Error::Conflict { .. }
+                | Error::Unavailable(_)
+                | Error::Full(_)
+                | Error::Contention(_)
+        )
     }
 
     /// The store cannot take writes right now (disk full, server away, file locked), but will
     /// once that passes: the same write is worth trying again unchanged.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Locked { .. } | Error::Unavailable(_) | Error::Full(_))
+        matches!(self, Error::Locked { .. } | Error::Unavailable(_) | Error::Full(_) | Error::Contention(_))
     }
 
     /// A copy of a store-wide write failure (a full disk, an unreachable server), to report.
@@ -105,6 +116,32 @@ impl Error {
             Error::Unavailable(m) => Some(Error::Unavailable(m.clone())),
             _ => None,
         }
+    }
+}
+
+/// When writes last failed for want of the store (a full disk, a server away), for readiness.
+/// Some writes may still succeed meanwhile (an update that fits in space already allocated), so
+/// writes count as failing until none has failed for [`WriteHealth::QUIET`].
+#[derive(Clone, Default)]
+pub(crate) struct WriteHealth(Arc<std::sync::Mutex<Option<(std::time::Instant, Error)>>>);
+
+impl WriteHealth {
+    const QUIET: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// Notes a write's outcome: a failure for want of the store is remembered.
+    pub(crate) fn note(&self, outcome: Option<&Error>) {
+        if let Some(failure) = outcome.and_then(Error::write_failure_copy)
+            && let Ok(mut last) = self.0.lock()
+        {
+            *last = Some((std::time::Instant::now(), failure));
+        }
+    }
+
+    /// The last failure, if one happened within the quiet period.
+    pub(crate) fn failing(&self) -> Option<Error> {
+        let last = self.0.lock().ok()?;
+        let (at, e) = last.as_ref()?;
+        (at.elapsed() < Self::QUIET).then(|| e.write_failure_copy()).flatten()
     }
 }
 
@@ -174,8 +211,15 @@ pub trait Store: Send + Sync + 'static {
     fn load_run(&self, id: &RunId) -> impl Future<Output = Result<LoadedRun, Error>> + Send;
     /// Takes over unfinished runs whose lease expired or whose owner is gone; returns their ids.
     fn claim_runs(&self, claim: Claim<'_>) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
-    /// Extends the lease on every unfinished run this owner holds.
-    fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
+    /// Extends the lease on the given runs, those of them this owner holds and that are
+    /// unfinished. Only runs a process actually drives are renewed, so a run it holds by mistake
+    /// (a take-over cut short) is freed when its lease runs out.
+    fn heartbeat(
+        &self,
+        owner: &str,
+        runs: &[RunId],
+        lease_until_ms: i64,
+    ) -> impl Future<Output = Result<u64, Error>> + Send;
     /// Gives up this owner's leases at once (clean shutdown), so another process can resume;
     /// the runs are due for a worker at `wake_at_ms`.
     fn release(&self, owner: &str, wake_at_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
@@ -235,8 +279,9 @@ pub trait Store: Send + Sync + 'static {
     fn pending_inbox(&self, id: &RunId) -> impl Future<Output = Result<Vec<InboxRow>, Error>> + Send;
     /// What became of a request (`None`: no such request).
     fn inbox_outcome(&self, request: i64) -> impl Future<Output = Result<Option<RequestOutcome>, Error>> + Send;
-    /// Answers a request that is still pending outside a run write (its run finished before the
-    /// request's turn came); false if someone answered it first.
+    /// Answers a request that is still pending outside a run write, only while its run is
+    /// finished (it finished before the request's turn came); false if someone answered it first
+    /// or the run is not finished (a retry reopened it: its driver answers).
     fn answer_inbox(&self, answer: RequestOutcome) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Every request a run was sent, in the order they were accepted, with their answers.
     fn run_requests(&self, id: &RunId) -> impl Future<Output = Result<Vec<RequestRow>, Error>> + Send;

@@ -402,7 +402,7 @@ conformance!(claim_takes_unheld_runs_only_when_they_are_due, |store| async move 
     }
 });
 
-conformance!(heartbeat_extends_only_this_owners_unfinished_runs, |store| async move {
+conformance!(heartbeat_extends_only_the_named_unfinished_runs_of_this_owner, |store| async move {
     let a = create(&*store, 1, OWNER, T0 + 1_000).await.id();
     let b = create(&*store, 2, OWNER, T0 + 1_000).await.id();
     let other = create(&*store, 3, OTHER, T0 + 1_000).await.id();
@@ -410,7 +410,8 @@ conformance!(heartbeat_extends_only_this_owners_unfinished_runs, |store| async m
     done.finish();
     commit(&*store, done.write(OWNER, T0 + 1_000)).await;
 
-    assert_eq!(store.heartbeat(OWNER, T0 + 50_000).await.expect("heartbeat"), 2);
+    let all = [a.clone(), b.clone(), other.clone(), done.id()];
+    assert_eq!(store.heartbeat(OWNER, &all, T0 + 50_000).await.expect("heartbeat"), 2);
     for id in [&a, &b] {
         assert_eq!(store.get_run(id).await.expect("run").lease_expires_at_ms, Some(T0 + 50_000));
     }
@@ -418,7 +419,11 @@ conformance!(heartbeat_extends_only_this_owners_unfinished_runs, |store| async m
     assert_eq!(store.get_run(&done.id()).await.expect("run").lease_expires_at_ms, Some(T0 + 1_000));
     // At T0+2s only the run that missed the heartbeat has an expired lease.
     assert_eq!(claim(&*store, "host-c:3:C", T0 + 2_000, None, &nobody_dead, 0).await, vec![other]);
-    assert_eq!(store.heartbeat("host-nobody:0:0", T0 + 50_000).await.expect("heartbeat"), 0);
+    assert_eq!(store.heartbeat("host-nobody:0:0", &all, T0 + 50_000).await.expect("heartbeat"), 0);
+    // Only the runs named: one the owner holds but does not drive (not named) keeps its lease.
+    assert_eq!(store.heartbeat(OWNER, std::slice::from_ref(&a), T0 + 60_000).await.expect("heartbeat"), 1);
+    assert_eq!(store.get_run(&b).await.expect("run").lease_expires_at_ms, Some(T0 + 50_000));
+    assert_eq!(store.heartbeat(OWNER, &[], T0 + 60_000).await.expect("heartbeat"), 0);
 });
 
 conformance!(release_lets_go_of_an_owners_runs_and_makes_them_due, |store| async move {
@@ -638,14 +643,20 @@ conformance!(requests_are_answered_once_with_the_commit_that_applies_them, |stor
     run.succeed("a", json!({"ok": true}));
     let mut again = run.clone().write(OWNER, LIVE);
     again.requests = vec![answer(x, RequestState::Refused, Some("twice"), None)];
-    assert!(store.commit(again).await.is_err(), "a request is answered once");
+    assert!(matches!(store.commit(again).await, Err(Error::Conflict { .. })), "a request is answered once");
     assert_eq!(event_count(&*store, &run.id()).await, before, "nothing of that write landed");
-    // A requester answers its own request when the run finished first, unless someone did.
+    // A requester answers its own request when the run finished first, unless someone did — and
+    // never while the run is unfinished (its driver answers then).
     let z = store.push_inbox(&run.id(), "z".into(), now).await.expect("push").expect("accepted");
     let refuse = |id: i64, why: &str| RequestOutcome {
         message: Some(why.to_string()),
         ..answer(id, RequestState::Refused, Some("run_finished"), None)
     };
+    assert!(!store.answer_inbox(refuse(z, "too early")).await.expect("answer"), "the run is unfinished");
+    run.start("b");
+    run.succeed("b", json!({"ok": true}));
+    commit(&*store, run.write(OWNER, LIVE)).await;
+    assert_eq!(store.get_run(&run.id()).await.expect("run").status, "COMPLETED");
     assert!(store.answer_inbox(refuse(z, "it finished")).await.expect("answer"));
     assert!(!store.answer_inbox(refuse(z, "again")).await.expect("answer"), "answered once");
     assert!(!store.answer_inbox(refuse(x, "late")).await.expect("answer"), "x was applied");
@@ -885,6 +896,11 @@ conformance!(the_audit_log_lists_newest_first, |store| async move {
     let newest: Vec<AuditRow> = rows.iter().rev().cloned().collect();
     assert_eq!(store.audit_log(100).await.expect("audit_log"), newest);
     assert_eq!(store.audit_log(2).await.expect("audit_log"), newest[..2].to_vec());
+    // Kept as long as finished runs: gc deletes rows past the retention (a dry run none).
+    store.gc(T0 + 1_003, 1_000, true).await.expect("gc dry run");
+    assert_eq!(store.audit_log(100).await.expect("audit_log").len(), 5);
+    store.gc(T0 + 1_003, 1_000, false).await.expect("gc");
+    assert_eq!(store.audit_log(100).await.expect("audit_log"), newest[..2].to_vec());
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -35,8 +35,12 @@ fn pg(e: tokio_postgres::Error) -> Error {
     // Connection exceptions (class 08) and shutdowns (57P01..57P03) mean "the server is away",
     // not "the request is wrong": callers retry those. So is a server out of disk (53100).
     let code = e.as_db_error().map(|d| d.code().code().to_string());
-    if code.as_deref() == Some("53100") {
-        return Error::Full(e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string()));
+    let message = || e.as_db_error().map(|d| d.message().to_string()).unwrap_or_else(|| e.to_string());
+    match code.as_deref() {
+        Some("53100") => return Error::Full(message()),
+        // Deadlock, serialization failure: the loser's write succeeds when sent again.
+        Some("40P01" | "40001") => return Error::Contention(message()),
+        _ => {}
     }
     let gone =
         code.as_deref().is_some_and(|code| code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03"));
@@ -187,8 +191,8 @@ pub struct PgStore {
     shared: Arc<Slot>,
     wake: Arc<tokio::sync::Notify>,
     writes: Mutex<mpsc::UnboundedSender<(Arc<RunWrite>, Reply)>>,
-    /// Why the last group failed for want of the server or disk, if it did.
-    failure: Arc<Mutex<Option<Error>>>,
+    /// When groups last failed for want of the server or disk.
+    health: crate::WriteHealth,
 }
 
 impl PgStore {
@@ -223,9 +227,9 @@ impl PgStore {
         let wake = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(listen(config.clone(), Arc::downgrade(&wake)));
         let writer = Arc::new(Slot { config, client: RwLock::new(None) });
-        let failure = Arc::new(Mutex::new(None));
-        tokio::spawn(write_loop(writer, rx, failure.clone()));
-        Ok(PgStore { display, shared, wake, writes: Mutex::new(tx), failure })
+        let health = crate::WriteHealth::default();
+        tokio::spawn(write_loop(writer, rx, health.clone()));
+        Ok(PgStore { display, shared, wake, writes: Mutex::new(tx), health })
     }
 
     async fn client(&self) -> Result<Arc<Conn>, Error> {
@@ -354,7 +358,7 @@ async fn migrate(client: &mut Client, display: &str) -> Result<(), Error> {
 async fn write_loop(
     slot: Arc<Slot>,
     mut rx: mpsc::UnboundedReceiver<(Arc<RunWrite>, Reply)>,
-    failure: Arc<Mutex<Option<Error>>>,
+    health: crate::WriteHealth,
 ) {
     let mut batch = Vec::new();
     let mut carry: Vec<(Arc<RunWrite>, Reply)> = Vec::new();
@@ -393,10 +397,7 @@ async fn write_loop(
                 other => break other,
             }
         };
-        let failed = results.as_ref().err().and_then(Error::write_failure_copy);
-        if let Ok(mut f) = failure.lock() {
-            *f = failed;
-        }
+        health.note(results.as_ref().err());
         match results {
             Ok(results) => {
                 for ((_, reply), r) in batch.drain(..).zip(results) {
@@ -408,6 +409,10 @@ async fn write_loop(
                     let _ = reply.send(Err(match &e {
                         Error::Unavailable(m) => Error::Unavailable(m.clone()),
                         Error::Full(m) => Error::Full(m.clone()),
+                        Error::Contention(m) => Error::Contention(m.clone()),
+                        Error::Conflict { run_id, expected } => {
+                            Error::Conflict { run_id: run_id.clone(), expected: *expected }
+                        }
                         other => Error::Postgres(format!("group commit failed: {other}")),
                     }));
                 }
@@ -927,7 +932,9 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
     // Only the run's one decider answers its requests (the fence above): an answer that finds
     // its request already answered means the store was written behind our back.
     if g.map_err(pg)? != rq.id.len() as u64 {
-        return Err(Error::Corrupt("a request was answered twice; the group is rolled back".into()));
+        // Answered by someone else meanwhile: the write lost a race, like a failed fence.
+        let run_id = writes.iter().find(|w| !w.requests.is_empty()).map(|w| w.run.id.clone()).unwrap_or_default();
+        return Err(Error::Conflict { run_id, expected: 0 });
     }
     Ok(())
 }
@@ -1150,10 +1157,16 @@ impl Store for PgStore {
         Ok(claimed)
     }
 
-    async fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> Result<u64, Error> {
+    async fn heartbeat(&self, owner: &str, runs: &[RunId], lease_until_ms: i64) -> Result<u64, Error> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = runs.iter().map(|r| r.as_str()).collect();
         self.execute(
-            &format!("UPDATE runs SET lease_expires_at=$2 WHERE owner=$1 AND status NOT IN {TERMINAL}"),
-            &[&owner, &lease_until_ms],
+            &format!(
+                "UPDATE runs SET lease_expires_at=$2 WHERE id = ANY($3) AND owner=$1 AND status NOT IN {TERMINAL}"
+            ),
+            &[&owner, &lease_until_ms, &ids],
         )
         .await
     }
@@ -1303,7 +1316,7 @@ impl Store for PgStore {
     }
 
     fn write_failure(&self) -> Option<Error> {
-        self.failure.lock().ok().and_then(|f| f.as_ref().and_then(Error::write_failure_copy))
+        self.health.failing()
     }
 
     async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {
@@ -1324,7 +1337,9 @@ impl Store for PgStore {
             .query(
                 &format!(
                     "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL} FOR UPDATE), \
-                     ins AS (INSERT INTO inbox (run_id, body, created_at) SELECT id, $2, $3 FROM open RETURNING id, run_id), \
+                     ins AS (INSERT INTO inbox (run_id, body, created_at) \
+                             SELECT id, $2, GREATEST($3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=$1), $3)) \
+                             FROM open RETURNING id, run_id), \
                      woken AS (UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) \
                                WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
                      SELECT id FROM ins"
@@ -1362,8 +1377,10 @@ impl Store for PgStore {
     async fn answer_inbox(&self, a: RequestOutcome) -> Result<bool, Error> {
         let n = self
             .execute(
-                "UPDATE inbox SET state=$2, code=$3, message=$4, journal_seq=$5, decided_at=$6 \
-                 WHERE id=$1 AND state='pending'",
+                &format!(
+                    "UPDATE inbox SET state=$2, code=$3, message=$4, journal_seq=$5, decided_at=$6 \
+                     WHERE id=$1 AND state='pending' AND run_id IN (SELECT id FROM runs WHERE status IN {TERMINAL})"
+                ),
                 &[&a.id, &a.state.as_str(), &a.code, &a.message, &a.journal_seq.map(i), &a.decided_at_ms],
             )
             .await?;
@@ -1675,6 +1692,10 @@ impl Store for PgStore {
             ))
             .await
             .map_err(pg)?;
+            // The audit trail (refused requests too) and processes gone for a day are kept no
+            // longer than finished runs.
+            tx.execute("DELETE FROM audit WHERE at<$1", &[&cutoff]).await.map_err(pg)?;
+            tx.execute("DELETE FROM workers WHERE seen_at<$1", &[&(now_ms - 86_400_000)]).await.map_err(pg)?;
         }
         tx.commit().await.map_err(pg)?;
         Ok(GcReport { runs, events, payloads })

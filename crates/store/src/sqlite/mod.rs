@@ -55,7 +55,7 @@ pub struct SqliteStore {
     durability: Durability,
     tx: Mutex<mpsc::Sender<Msg>>,
     reader: Mutex<Connection>,
-    failure: writer::WriteFailure,
+    health: crate::WriteHealth,
 }
 
 fn open_error(path: &Path, e: rusqlite::Error) -> Error {
@@ -173,13 +173,13 @@ impl SqliteStore {
         set_pragmas(&reader, &path, durability)?;
         let (tx, rx) = mpsc::channel::<Msg>();
         let thread_path = path.clone();
-        let failure = writer::WriteFailure::default();
-        let thread_failure = failure.clone();
+        let health = crate::WriteHealth::default();
+        let thread_health = health.clone();
         std::thread::Builder::new()
             .name("cairn-sqlite-writer".into())
-            .spawn(move || writer::run(writer, rx, thread_path, thread_failure))
+            .spawn(move || writer::run(writer, rx, thread_path, thread_health))
             .map_err(|e| Error::Open { path: path.display().to_string(), detail: e.to_string() })?;
-        Ok(SqliteStore { path, durability, tx: Mutex::new(tx), reader: Mutex::new(reader), failure })
+        Ok(SqliteStore { path, durability, tx: Mutex::new(tx), reader: Mutex::new(reader), health })
     }
 
     pub fn path(&self) -> &Path {
@@ -192,7 +192,7 @@ impl SqliteStore {
 
     /// Why the last group of writes failed for want of the store, if it did.
     pub(crate) fn write_failure(&self) -> Option<Error> {
-        self.failure.lock().ok().and_then(|f| f.as_ref().and_then(Error::write_failure_copy))
+        self.health.failing()
     }
 
     fn send(&self, msg: Msg) -> Result<(), Error> {

@@ -192,13 +192,20 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn heartbeat(&self, owner: &str, lease_until_ms: i64) -> Result<u64, Error> {
+    async fn heartbeat(&self, owner: &str, runs: &[RunId], lease_until_ms: i64) -> Result<u64, Error> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
         let owner = owner.to_string();
+        let runs: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
         self.in_group(move |tx| {
-            let n = tx.execute(
-                &format!("UPDATE runs SET lease_expires_at=?2 WHERE owner=?1 AND status NOT IN {TERMINAL}"),
-                params![owner, lease_until_ms],
-            )?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE runs SET lease_expires_at=?2 WHERE id=?3 AND owner=?1 AND status NOT IN {TERMINAL}"
+            ))?;
+            let mut n = 0;
+            for id in &runs {
+                n += stmt.execute(params![owner, lease_until_ms, id])?;
+            }
             Ok(n as u64)
         })
         .await
@@ -398,8 +405,12 @@ impl Store for SqliteStore {
             if open.is_none() {
                 return Ok(None);
             }
-            tx.prepare_cached("INSERT INTO inbox (run_id, body, created_at) VALUES (?1,?2,?3)")?
-                .execute(params![id, body, now])?;
+            // Acceptance times never go back within a run (clocks of different requesters differ).
+            tx.prepare_cached(
+                "INSERT INTO inbox (run_id, body, created_at) \
+                 SELECT ?1, ?2, MAX(?3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=?1), ?3))",
+            )?
+            .execute(params![id, body, now])?;
             let request = tx.last_insert_rowid();
             // Make sure some worker looks at the run soon, even if it was idle.
             tx.prepare_cached("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1")?
@@ -443,10 +454,10 @@ impl Store for SqliteStore {
     async fn answer_inbox(&self, a: RequestOutcome) -> Result<bool, Error> {
         self.in_group(move |tx| {
             let n = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE inbox SET state=?2, code=?3, message=?4, journal_seq=?5, decided_at=?6 \
-                     WHERE id=?1 AND state='pending'",
-                )?
+                         WHERE id=?1 AND state='pending' AND run_id IN (SELECT id FROM runs WHERE status IN {TERMINAL})"
+                ))?
                 .execute(params![
                     a.id,
                     a.state.as_str(),
@@ -780,6 +791,10 @@ impl Store for SqliteStore {
                      DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
                 ))?;
+                // The audit trail (refused requests too) and processes gone for a day are kept
+                // no longer than finished runs.
+                tx.execute("DELETE FROM audit WHERE at<?1", [cutoff])?;
+                tx.execute("DELETE FROM workers WHERE seen_at<?1", [now_ms - 86_400_000])?;
             }
             Ok(GcReport { runs, events, payloads })
         })

@@ -3,7 +3,7 @@
 use crate::{Error, RunWrite};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 use tokio::sync::oneshot;
 
@@ -18,11 +18,7 @@ pub enum Msg {
     Tx(TxJob, oneshot::Sender<Result<(), Error>>),
 }
 
-/// Why writes are failing right now (the disk is full ...), `None` while they succeed: set by
-/// the writer after each group, read by readiness probes.
-pub type WriteFailure = Arc<Mutex<Option<Error>>>;
-
-pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf, failure: WriteFailure) {
+pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf, health: crate::WriteHealth) {
     let mut pending: Vec<Msg> = Vec::new();
     while let Ok(first) = rx.recv() {
         pending.push(first);
@@ -33,9 +29,7 @@ pub fn run(mut conn: Connection, rx: mpsc::Receiver<Msg>, path: PathBuf, failure
             }
         }
         let failed = commit_group(&mut conn, &mut pending, &path);
-        if let Ok(mut f) = failure.lock() {
-            *f = failed;
-        }
+        health.note(failed.as_ref());
     }
 }
 
