@@ -83,31 +83,39 @@ fn engine_config(args: &WorkerArgs) -> EngineConfig {
     config
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once.
-async fn first_signal() {
+/// Resolves on the first SIGTERM or SIGINT; a second one exits the process at once. The
+/// handlers are installed when this is called, not when the future is first polled, so call it
+/// before announcing that the process is up: a signal that arrives right after the announcement
+/// must drain, not kill.
+fn first_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            std::future::pending::<()>().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tokio::spawn(async move {
+        let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+        async move {
+            let (Ok(mut term), Ok(mut int)) = handlers else {
+                std::future::pending::<()>().await;
+                return;
+            };
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            cairn_engine::say!("cairn: second signal, exiting now (interrupted runs resume on the next start)");
-            std::process::exit(130);
-        });
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                cairn_engine::say!("cairn: second signal, exiting now (interrupted runs resume on the next start)");
+                std::process::exit(130);
+            });
+        }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -277,6 +285,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         .map_err(|e| CliError::env(format!("cannot listen on {listen}: {e}")))?;
     let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
     let background = Background::start(&engine, store.clone(), &args.worker, !args.no_worker)?;
+    let signal = first_signal();
     cairn_engine::say!(
         "cairn serve: listening on http://{addr} (auth {}; {})",
         if auth == AuthMode::On { "on" } else { "off" },
@@ -286,7 +295,7 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
         let shutdown_tx = shutdown_tx.clone();
         let engine = engine.clone();
         async move {
-            first_signal().await;
+            signal.await;
             cairn_engine::say!(
                 "cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})"
             );
@@ -306,8 +315,9 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let store = Arc::new(db.open().await?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
     let background = Background::start(&engine, store.clone(), &args, true)?;
+    let signal = first_signal();
     cairn_engine::say!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
-    first_signal().await;
+    signal.await;
     cairn_engine::say!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
     background.stop(&engine, shutdown_timeout).await;
     Ok(())

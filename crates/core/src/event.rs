@@ -412,7 +412,21 @@ impl Event {
             | Event::CompensationRetryScheduled { step, .. }
             | Event::CompensationTimerFired { step }
             | Event::CompensationGaveUp { step, .. } => Some(step),
-            _ => None,
+            Event::RunCreated { .. }
+            | Event::PlanningStarted
+            | Event::PlanRecorded { .. }
+            | Event::RunWaiting { .. }
+            | Event::RunResumed
+            | Event::RunCompleted { .. }
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. }
+            | Event::RunPaused { .. }
+            | Event::RunUnpaused { .. }
+            | Event::RunRetried { .. }
+            | Event::SignalReceived { .. }
+            | Event::DefinitionMigrated { .. }
+            | Event::CompensationStarted { .. }
+            | Event::RunCompensated => None,
         }
     }
 
@@ -426,7 +440,35 @@ impl Event {
             Event::SignalReceived { payload, .. } => Some(payload),
             Event::DefinitionMigrated { definition, .. } => Some(definition),
             Event::CompensationAttemptStarted { input, .. } => Some(input),
-            _ => None,
+            // A skip's supplied output is stored with the decision (see `ApprovalDecided`).
+            Event::ApprovalDecided { action: Some(Escalation::Skip { output }), .. } => Some(output),
+            Event::ApprovalDecided { .. }
+            | Event::RunCreated { .. }
+            | Event::PlanningStarted
+            | Event::StepReady { .. }
+            | Event::StepSkipped { .. }
+            | Event::AttemptFailed { .. }
+            | Event::RetryScheduled { .. }
+            | Event::TimerFired { .. }
+            | Event::StepFailed { .. }
+            | Event::StepCancelled { .. }
+            | Event::RunWaiting { .. }
+            | Event::RunResumed
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. }
+            | Event::RunPaused { .. }
+            | Event::RunUnpaused { .. }
+            | Event::RunRetried { .. }
+            | Event::CompensationStarted { .. }
+            | Event::CompensationAttemptSucceeded { .. }
+            | Event::CompensationAttemptFailed { .. }
+            | Event::CompensationRetryScheduled { .. }
+            | Event::CompensationTimerFired { .. }
+            | Event::CompensationGaveUp { .. }
+            | Event::RunCompensated
+            | Event::ApprovalRequested { .. }
+            | Event::ApprovalExpired { .. }
+            | Event::ApprovalEscalated { .. } => None,
         }
     }
 }

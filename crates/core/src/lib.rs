@@ -23,6 +23,7 @@ pub mod secrets;
 pub mod state;
 pub mod template;
 pub mod timeline;
+pub mod timer;
 pub mod validate;
 
 pub use decide::{Command, decide};

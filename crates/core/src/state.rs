@@ -73,6 +73,8 @@ pub struct ApprovalState {
     pub deadline_ms: Option<i64>,
     /// `(approved, by, comment)` once someone decided.
     pub decision: Option<(bool, Option<String>, Option<String>)>,
+    /// The deadline passed (its timer fired); an escalated gate keeps waiting without one.
+    pub expired: bool,
 }
 
 impl StepState {
@@ -96,26 +98,6 @@ impl StepState {
             retry_base: 0,
         }
     }
-}
-
-/// Why a run waits on a timer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimerPurpose {
-    /// A step's next attempt, after a retry backoff.
-    Retry,
-    /// A step's approval deadline.
-    ApprovalDeadline,
-    /// A compensation's next attempt, after its retry backoff.
-    CompensationRetry,
-}
-
-/// A timer a run has pending: when it is due, for which step, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PendingTimer {
-    pub step: StepId,
-    pub purpose: TimerPurpose,
-    pub at_ms: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -209,37 +191,6 @@ impl RunState {
             }
         }
         None
-    }
-
-    /// Every timer this run has pending, derived from its state — the one list that what re-arms
-    /// timers after a restart (`decide::resume_commands`) and what decides when a released run
-    /// must be woken (the store's `wake_at`) both read, so they cannot disagree. A paused or
-    /// finished run has none (timers wait while paused; they are re-armed on unpause).
-    pub fn pending_timers(&self) -> Vec<PendingTimer> {
-        if self.status.is_terminal() || self.status == RunStatus::Paused {
-            return Vec::new();
-        }
-        let timer = |step: &StepState, purpose, at_ms| PendingTimer { step: step.id.clone(), purpose, at_ms };
-        if self.status == RunStatus::Compensating {
-            return self
-                .steps
-                .iter()
-                .filter_map(|s| {
-                    let c = s.compensation.as_ref().filter(|c| c.gave_up.is_none())?;
-                    Some(timer(s, TimerPurpose::CompensationRetry, c.not_before_ms?))
-                })
-                .collect();
-        }
-        self.steps
-            .iter()
-            .filter_map(|s| match s.status {
-                StepStatus::RetryWait => Some(timer(s, TimerPurpose::Retry, s.not_before_ms?)),
-                StepStatus::Waiting => {
-                    Some(timer(s, TimerPurpose::ApprovalDeadline, s.approval.as_ref()?.deadline_ms?))
-                }
-                _ => None,
-            })
-            .collect()
     }
 
     /// Completed steps that declare a compensation and have not been undone (or given up on).
@@ -538,7 +489,24 @@ impl RunState {
             Event::CompensationAttemptSucceeded { .. } => StepInput::Compensated,
             Event::CompensationGaveUp { .. } => StepInput::CompensationGaveUp,
             Event::ApprovalEscalated { .. } => StepInput::ApprovalEscalated,
-            _ => return Err(Error::Premature { seq, kind }),
+            // Run-level events are applied by `apply`; reaching here means one came too early.
+            // `StepCancelled` is never journaled (a run's end cancels its unsettled steps).
+            Event::StepCancelled { .. }
+            | Event::RunCreated { .. }
+            | Event::PlanningStarted
+            | Event::PlanRecorded { .. }
+            | Event::RunWaiting { .. }
+            | Event::RunResumed
+            | Event::RunCompleted { .. }
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. }
+            | Event::RunPaused { .. }
+            | Event::RunUnpaused { .. }
+            | Event::RunRetried { .. }
+            | Event::SignalReceived { .. }
+            | Event::DefinitionMigrated { .. }
+            | Event::CompensationStarted { .. }
+            | Event::RunCompensated => return Err(Error::Premature { seq, kind }),
         };
         let step = &mut self.steps[idx];
         let next =
@@ -621,6 +589,7 @@ impl RunState {
                     prompt: prompt.clone(),
                     deadline_ms: *deadline_ms,
                     decision: None,
+                    expired: false,
                 });
             }
             Event::ApprovalDecided { approved, by, comment, action, .. } => {
@@ -649,6 +618,12 @@ impl RunState {
                     step.finished_at_ms = Some(at);
                 }
             }
+            Event::ApprovalExpired { .. } => {
+                if let Some(a) = &mut step.approval {
+                    a.expired = true;
+                }
+            }
+            // The rest carry nothing beyond the transition.
             _ => {}
         }
         step.status = next;

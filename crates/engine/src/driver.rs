@@ -10,6 +10,7 @@ use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use cairn_core::payload::Payload;
 use cairn_core::secrets::SecretSlot;
 use cairn_core::state::RunState;
+use cairn_core::timer::Timer;
 use cairn_core::{RunStatus, StepId, StepStatus};
 use cairn_store::{
     IdempotencyKey, LogLine, RequestOutcome, RequestState, RunRow, RunWrite, StepRow, Store, StoredEvent,
@@ -60,7 +61,8 @@ pub(crate) struct Live<S: Store> {
     logs: Vec<LogLine>,
     start_queue: VecDeque<Queued>,
     launches: Vec<Launch>,
-    timers: Vec<(i64, StepId)>,
+    /// Timers `decide` armed; each is checked against the run's pending timers when due.
+    timers: Vec<Timer>,
     /// A slot this driver waited for, used by the next `start_ready` (or given back there).
     /// Dropping it on receipt would hand it to the next waiter and could pass it around forever.
     waited_permit: Option<OwnedSemaphorePermit>,
@@ -164,7 +166,7 @@ impl<S: Store> Live<S> {
                 Command::StartCompensation { step, index, attempt, input, secrets } => {
                     self.start_queue.push_front(Queued { index, step, attempt, input, secrets, compensation: true });
                 }
-                Command::ArmTimer { step, at_ms } => self.timers.push((at_ms, step)),
+                Command::ArmTimer(timer) => self.timers.push(timer),
             }
         }
     }
@@ -554,25 +556,30 @@ impl<S: Store> Live<S> {
         }
     }
 
+    /// Reports every due timer the run still has; one it no longer has (a decision came first,
+    /// an unpause armed it again) is dropped, as the core refuses it.
     fn fire_due_timers(&mut self) -> Result<(), Error> {
         let now = now_ms();
-        let (due, later): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.timers).into_iter().partition(|(at, _)| *at <= now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.timers).into_iter().partition(|t| t.at_ms <= now);
         self.timers = later;
-        for (_, step) in due {
+        for timer in due {
             if self.state.status.is_terminal() {
                 break;
             }
-            match self.state.step_state(step.as_str()).map(|s| s.status) {
-                Some(StepStatus::RetryWait) => self.feed(Event::TimerFired { step })?,
-                Some(StepStatus::Waiting) => self.feed(Event::ApprovalExpired { step })?,
-                Some(StepStatus::Compensating) if self.state.status == RunStatus::Compensating => {
-                    self.feed(Event::CompensationTimerFired { step })?
-                }
-                _ => {}
+            if let Ok(event) = self.state.fire_timer(&timer.id) {
+                self.feed(event)?;
             }
         }
         Ok(())
+    }
+
+    /// Forgets armed timers the run no longer has, so they neither wake it nor keep it held.
+    fn prune_timers(&mut self) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let pending = self.state.pending_timers();
+        self.timers.retain(|t| pending.iter().any(|p| p.id == t.id));
     }
 
     /// Registers this run as driven here, so operator requests reach it.
@@ -681,7 +688,8 @@ impl<S: Store> Live<S> {
             if draining && idle {
                 return Ok(self.outcome());
             }
-            let next_timer = if draining { None } else { self.timers.iter().map(|(at, _)| *at).min() };
+            self.prune_timers();
+            let next_timer = if draining { None } else { self.timers.iter().map(|t| t.at_ms).min() };
             if idle && self.start_queue.is_empty() && self.should_release(next_timer) {
                 return self.release_idle().await;
             }

@@ -97,7 +97,7 @@ impl Journal {
                 Command::StartAttempt { step, input, .. } => {
                     self.inputs.insert(step.to_string(), input);
                 }
-                Command::Plan | Command::ArmTimer { .. } | Command::StartCompensation { .. } => {}
+                Command::Plan | Command::ArmTimer(_) | Command::StartCompensation { .. } => {}
             }
         }
     }

@@ -1,0 +1,74 @@
+//! What a step's templates and `when` condition see: its inputs, the steps it needs (through
+//! their fallbacks), signals and the run.
+
+use super::Decider;
+use crate::machine::StepStatus;
+use serde_json::{Map, Value, json};
+
+impl Decider<'_> {
+    /// Variables visible to step `i`'s condition and templates. A step sees only the steps it
+    /// needs, directly or transitively: they are all settled before it is decided, so rendering
+    /// again after a restart gives the same input as the first time.
+    pub(super) fn context(&self, i: usize) -> Value {
+        let Some(def) = self.definition() else { return Value::Null };
+        let mut visible = vec![false; def.steps.len()];
+        let mut stack: Vec<usize> = vec![i];
+        while let Some(j) = stack.pop() {
+            let mut deps: Vec<usize> =
+                def.steps[j].needs.iter().filter_map(|n| self.state.step_index(n.as_str())).collect();
+            // A fallback sees the step it stands in for (and why it failed).
+            deps.extend(def.primary_of(j));
+            for k in deps {
+                // A failed need whose fallback has settled is seen through its fallback, which
+                // (with what it needs) is then settled too.
+                let mut chain = vec![k];
+                if let (r, st) = self.state.outcome(k)
+                    && r != k
+                    && st.is_terminal()
+                {
+                    let mut at = k;
+                    while let Some(f) = def.fallback_of(at).filter(|_| at != r) {
+                        chain.push(f);
+                        at = f;
+                    }
+                }
+                for c in chain {
+                    if !visible[c] {
+                        visible[c] = true;
+                        stack.push(c);
+                    }
+                }
+            }
+        }
+        let mut steps = Map::new();
+        for (k, s) in self.state.steps.iter().enumerate().filter(|(k, _)| visible[*k]) {
+            let (r, st) = self.state.outcome(k);
+            let (r, st) = if r != k && st.is_terminal() { (r, st) } else { (k, s.status) };
+            let output = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);
+            let mut entry = json!({"output": output, "status": st.as_str()});
+            // `fallback` names the step that stood in (null while none did), for every step
+            // that declares one, so a template can use it either way.
+            if def.fallback_of(k).is_some() {
+                entry["fallback"] = if r != k { json!(self.state.steps[r].id.as_str()) } else { Value::Null };
+            }
+            if s.status == StepStatus::Failed
+                && let Some(f) = &s.last_failure
+            {
+                entry["error"] = json!({"class": f.class.as_str(), "message": f.message});
+            }
+            steps.insert(s.id.to_string(), entry);
+        }
+        let signals: Map<String, Value> = self
+            .state
+            .signals
+            .iter()
+            .map(|(name, r)| (name.clone(), self.state.payload(r).map(|v| (**v).clone()).unwrap_or(Value::Null)))
+            .collect();
+        json!({
+            "inputs": self.state.inputs,
+            "steps": steps,
+            "signals": signals,
+            "run": {"id": self.state.run_id.as_str(), "workflow": self.state.workflow},
+        })
+    }
+}

@@ -1,0 +1,94 @@
+//! After an attempt failed: schedule a retry, ask a person (escalation), or fail the step and
+//! apply its `on_failure` policy.
+
+use super::Decider;
+use crate::definition::OnFailure;
+use crate::event::{ErrorClass, Event, Failure};
+use crate::ids::StepId;
+use crate::state::Error;
+use crate::timer::TimerPurpose;
+
+impl Decider<'_> {
+    pub(super) fn on_attempt_failed(&mut self, step: &StepId, attempt: u32, failure: &Failure) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
+        let policy = def.steps[i].retry;
+        let key = [self.state.run_id.as_str(), step.as_str()];
+        // After a retry in place the budget starts again; attempt numbers keep counting.
+        let base = self.state.steps[i].retry_base;
+        match policy.next_delay(attempt.saturating_sub(base), failure, &key) {
+            Some(delay_ms) => {
+                let not_before_ms = self.at + delay_ms as i64;
+                self.record(Event::RetryScheduled {
+                    step: step.clone(),
+                    next_attempt: attempt + 1,
+                    max_attempts: policy.max_attempts + base,
+                    delay_ms,
+                    not_before_ms,
+                })?;
+                let purpose = TimerPurpose::Retry { attempt: attempt + 1 };
+                self.arm(step, purpose, not_before_ms);
+                Ok(())
+            }
+            None if def.steps[i].on_failure == OnFailure::Escalate => {
+                // Ask a person instead of failing: retry, skip with an output, or abort.
+                let prompt = format!(
+                    "step '{step}' failed after {attempt} attempt(s): {failure}. Retry it, skip it with an output, or abort the run?"
+                );
+                self.record(Event::ApprovalRequested {
+                    step: step.clone(),
+                    prompt,
+                    approvers: Vec::new(),
+                    deadline_ms: None,
+                    escalation: true,
+                })
+            }
+            None => {
+                let mut last = failure.clone();
+                if failure.class.is_retryable() {
+                    last.message = format!("gave up after {attempt} attempts; last error: {}", failure.message);
+                }
+                self.fail_step(i, last)
+            }
+        }
+    }
+
+    /// Records the step's failure and applies its `on_failure` policy.
+    pub(super) fn fail_step(&mut self, i: usize, failure: Failure) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        let step = def.steps[i].id.clone();
+        let mut failure = failure;
+        if let OnFailure::Fallback(f) = &def.steps[i].on_failure {
+            failure.message = format!("{} (falls back to '{f}')", failure.message);
+        }
+        self.record(Event::StepFailed { step, failure: failure.clone() })?;
+        self.apply_failure_policy(i, Some(failure), false)
+    }
+
+    /// After a step failed: fail the run if its `on_failure` says so (or `force`).
+    pub(super) fn apply_failure_policy(
+        &mut self,
+        i: usize,
+        failure: Option<Failure>,
+        force: bool,
+    ) -> Result<(), Error> {
+        let Some(def) = self.definition() else { return Ok(()) };
+        if force || def.steps[i].on_failure == OnFailure::Fail {
+            let step = def.steps[i].id.clone();
+            let failure = failure.unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "failed"));
+            let failure = Failure { message: format!("step '{step}' failed: {}", failure.message), ..failure };
+            self.end_failed(failure, Some(step))?;
+        }
+        Ok(())
+    }
+
+    /// The run fails: directly, or first undoing its completed compensable steps.
+    pub(super) fn end_failed(&mut self, failure: Failure, step: Option<StepId>) -> Result<(), Error> {
+        if self.state.needs_compensation() {
+            self.record(Event::CompensationStarted { reason: failure })?;
+            self.compensate_next()
+        } else {
+            self.record(Event::RunFailed { failure, step })
+        }
+    }
+}

@@ -1,0 +1,498 @@
+use super::*;
+use crate::event::{ErrorClass, Failure};
+use crate::event::{RunOptions, RunSource};
+use crate::ids::{RunId, StepId};
+use crate::payload::Payload;
+use serde_json::json;
+
+struct Harness {
+    state: RunState,
+}
+
+impl Harness {
+    fn new(yaml: &str) -> (Harness, Vec<Command>) {
+        Harness::with(crate::validate::parse_definition(yaml, "t.yaml").expect("valid definition"))
+    }
+
+    /// A run of a definition as given, even one validation would refuse (stored before a
+    /// check existed, or built by hand).
+    fn with(def: crate::definition::Definition) -> (Harness, Vec<Command>) {
+        let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)) };
+        let created = Event::RunCreated {
+            workflow: def.name.clone(),
+            source: RunSource::Definition { path: None },
+            inputs: json!({}),
+            options: RunOptions::default(),
+        };
+        h.feed(created);
+        let value = serde_json::to_value(&def).expect("json");
+        let payload = Payload::of(&value);
+        h.state.add_payload(&payload, value);
+        let cmds = h.feed(Event::PlanRecorded { definition: payload.reference, plan: None, reused: Vec::new() });
+        (h, cmds)
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Command> {
+        let env = Envelope { seq: self.state.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event };
+        decide(&mut self.state, &env).expect("legal event")
+    }
+
+    fn succeed(&mut self, step: &str, output: Value) -> Vec<Command> {
+        let step = StepId::new(step);
+        let input = Payload::of(&Value::Null);
+        self.state.add_payload(&input, Value::Null);
+        self.feed(Event::AttemptStarted { step: step.clone(), attempt: 1, input: input.reference });
+        let out = Payload::of(&output);
+        self.state.add_payload(&out, output);
+        self.feed(Event::AttemptSucceeded { step, attempt: 1, output: out.reference, duration_ms: 1 })
+    }
+}
+
+fn started(cmds: &[Command]) -> Vec<(String, Value)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::StartAttempt { step, input, .. } => Some((step.to_string(), input.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn independent_steps_start_together_and_a_step_starts_when_its_needs_settle() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a, b], with: {x: '{{ steps.a.output }}'}}\n";
+    let (mut h, cmds) = Harness::new(yaml);
+    let first: Vec<String> = started(&cmds).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(first, vec!["a", "b"]);
+    assert!(started(&h.succeed("a", json!(7))).is_empty(), "c waits for b");
+    assert_eq!(started(&h.succeed("b", json!(8))), vec![("c".to_string(), json!({"x": 7}))]);
+}
+
+#[test]
+fn the_journaled_input_keeps_the_secret_reference_and_the_command_says_where_it_goes() {
+    let yaml = "\
+name: t
+steps:
+  - id: call
+    kind: http
+    with: {url: http://127.0.0.1:9/x, headers: {Authorization: \"Bearer {{ secrets.API_TOKEN }}\"}}
+    compensate: {kind: http, with: {url: http://127.0.0.1:9/undo, body: {k: \"{{ secrets.UNDO_KEY }}\"}}}
+  - {id: boom, kind: fail, needs: [call]}
+";
+    let (mut h, cmds) = Harness::new(yaml);
+    let Some(Command::StartAttempt { input, secrets, .. }) =
+        cmds.iter().find(|c| matches!(c, Command::StartAttempt { .. }))
+    else {
+        panic!("no attempt: {cmds:#?}")
+    };
+    assert_eq!(input["headers"]["Authorization"], json!("Bearer {{ secrets.API_TOKEN }}"));
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(secrets[0].pointer, "/headers/Authorization");
+    assert_eq!(secrets[0].names().collect::<Vec<_>>(), vec!["API_TOKEN"]);
+    h.succeed("call", json!({"id": 1}));
+    let input = Payload::of(&Value::Null);
+    h.state.add_payload(&input, Value::Null);
+    h.feed(Event::AttemptStarted { step: StepId::new("boom"), attempt: 1, input: input.reference });
+    let failure = Failure::new(ErrorClass::Permanent, "no");
+    let cmds = h.feed(Event::AttemptFailed { step: StepId::new("boom"), attempt: 1, failure, duration_ms: 1 });
+    let Some(Command::StartCompensation { input, secrets, .. }) =
+        cmds.iter().find(|c| matches!(c, Command::StartCompensation { .. }))
+    else {
+        panic!("no compensation: {cmds:#?}")
+    };
+    assert_eq!(input["body"]["k"], json!("{{ secrets.UNDO_KEY }}"));
+    assert_eq!(secrets[0].pointer, "/body/k");
+}
+
+#[test]
+fn a_step_sees_only_the_steps_it_needs() {
+    // c needs a only; b (done before c is decided) is invisible to it, so the input is the
+    // same whenever c is decided or re-decided after a restart. Validation refuses such a
+    // template; a definition that bypassed it (stored earlier) fails at run time.
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a], with: {x: '{{ steps.b.status }}'}}\n";
+    let refused = crate::validate::parse_definition(yaml, "t.yaml").expect_err("refused by validation");
+    assert_eq!(refused.iter().map(|p| p.code).collect::<Vec<_>>(), ["step_not_needed"]);
+    let valid = yaml.replace("steps.b.status", "steps.a.status");
+    let mut def = crate::validate::parse_definition(&valid, "t.yaml").expect("valid definition");
+    def.steps[2].with = json!({"x": "{{ steps.b.status }}"});
+    let (mut h, _) = Harness::with(def);
+    h.succeed("b", json!(1));
+    let cmds = h.succeed("a", json!(2));
+    assert!(started(&cmds).is_empty());
+    let failed = cmds.iter().any(|c| {
+        matches!(c, Command::Record(Envelope { event: Event::StepFailed { step, failure }, .. })
+            if step.as_str() == "c" && failure.class == ErrorClass::Permanent && failure.message.contains("steps.b"))
+    });
+    assert!(failed, "{cmds:#?}");
+    assert_eq!(h.state.status, RunStatus::Failed);
+}
+
+#[test]
+fn paused_runs_start_nothing_until_unpaused() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a]}\n";
+    let (mut h, _) = Harness::new(yaml);
+    h.feed(Event::RunPaused { by: Some("op".into()) });
+    let cmds = h.succeed("a", json!(1));
+    assert!(started(&cmds).is_empty(), "nothing starts while paused: {cmds:#?}");
+    assert_eq!(h.state.step_state("b").map(|s| s.status), Some(StepStatus::Ready));
+    assert_eq!(h.state.status, RunStatus::Paused);
+    let cmds = h.feed(Event::RunUnpaused { by: None });
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(h.state.status, RunStatus::Executing);
+}
+
+#[test]
+fn a_failed_run_retried_in_place_reruns_what_did_not_succeed_with_a_fresh_budget() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a], retry: {max_attempts: 2, jitter: 0}}\n  - {id: c, kind: echo, needs: [b]}\n";
+    let (mut h, _) = Harness::new(yaml);
+    h.succeed("a", json!(1));
+    let fail = |h: &mut Harness, attempt: u32| {
+        let input = Payload::of(&Value::Null);
+        let step = StepId::new("b");
+        h.feed(Event::AttemptStarted { step: step.clone(), attempt, input: input.reference });
+        let failure = Failure::new(ErrorClass::Transient, "down");
+        h.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 1 })
+    };
+    fail(&mut h, 1);
+    h.feed(Event::TimerFired { step: StepId::new("b") });
+    fail(&mut h, 2);
+    assert_eq!(h.state.status, RunStatus::Failed);
+    assert_eq!(h.state.step_state("c").map(|s| s.status), Some(StepStatus::Cancelled));
+
+    let cmds = h.feed(Event::RunRetried { by: Some("ops".into()) });
+    assert_eq!(h.state.status, RunStatus::Executing);
+    assert_eq!(h.state.failure, None);
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["b"], "a keeps its output");
+    let cmds = fail(&mut h, 3);
+    let retried = cmds.iter().any(|c| {
+        matches!(
+            c,
+            Command::Record(Envelope { event: Event::RetryScheduled { next_attempt: 4, max_attempts: 4, .. }, .. })
+        )
+    });
+    assert!(retried, "the budget of 2 starts again after the retry: {cmds:?}");
+    h.feed(Event::TimerFired { step: StepId::new("b") });
+    assert_eq!(h.state.step_state("c").map(|s| s.status), Some(StepStatus::Pending));
+    let out = Payload::of(&json!(2));
+    h.state.add_payload(&out, json!(2));
+    let input = Payload::of(&Value::Null);
+    h.feed(Event::AttemptStarted { step: StepId::new("b"), attempt: 4, input: input.reference });
+    let cmds =
+        h.feed(Event::AttemptSucceeded { step: StepId::new("b"), attempt: 4, output: out.reference, duration_ms: 1 });
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+}
+
+fn fail_for_good(h: &mut Harness, step: &str, message: &str) -> Vec<Command> {
+    let input = Payload::of(&Value::Null);
+    let step = StepId::new(step);
+    let attempt = h.state.step_state(step.as_str()).map_or(0, |s| s.attempts) + 1;
+    h.feed(Event::AttemptStarted { step: step.clone(), attempt, input: input.reference });
+    let failure = Failure::new(ErrorClass::Permanent, message);
+    h.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 1 })
+}
+
+fn status(h: &Harness, step: &str) -> Option<StepStatus> {
+    h.state.step_state(step).map(|s| s.status)
+}
+
+const FALLBACK: &str = "name: t\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, with: {why: '{{ steps.fetch.error.message }}'}}\n  - {id: report, kind: echo, needs: [fetch], with: {data: '{{ steps.fetch.output }}', via: '{{ steps.fetch.fallback }}', status: '{{ steps.fetch.status }}'}}\n";
+
+#[test]
+fn a_fallback_runs_when_its_step_fails_and_dependents_see_its_output_in_that_steps_place() {
+    let (mut h, cmds) = Harness::new(FALLBACK);
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["fetch"], "the fallback waits");
+    let cmds = fail_for_good(&mut h, "fetch", "upstream said 500");
+    assert_eq!(
+        started(&cmds),
+        vec![("cached".to_string(), json!({"why": "upstream said 500 (falls back to 'cached')"}))]
+    );
+    assert_eq!(h.state.status, RunStatus::Executing, "the failure does not fail the run");
+    assert_eq!(status(&h, "report"), Some(StepStatus::Pending), "report waits for the fallback");
+    let cmds = h.succeed("cached", json!("stale"));
+    assert_eq!(
+        started(&cmds),
+        vec![("report".to_string(), json!({"data": "stale", "via": "cached", "status": "COMPLETED"}))]
+    );
+    h.succeed("report", json!("ok"));
+    assert_eq!(h.state.status, RunStatus::Completed);
+    let out = h.state.output.clone().and_then(|r| h.state.payload(&r).map(|v| Value::clone(v)));
+    assert_eq!(out, Some(json!({"fetch": "stale", "cached": "stale", "report": "ok"})));
+}
+
+#[test]
+fn a_fallback_is_skipped_when_its_step_succeeds() {
+    let (mut h, _) = Harness::new(FALLBACK);
+    let cmds = h.succeed("fetch", json!("fresh"));
+    assert_eq!(
+        started(&cmds),
+        vec![("report".to_string(), json!({"data": "fresh", "via": null, "status": "COMPLETED"}))]
+    );
+    assert_eq!(status(&h, "cached"), Some(StepStatus::Skipped));
+    let reason = cmds.iter().find_map(|c| match c {
+        Command::Record(Envelope { event: Event::StepSkipped { step, reason }, .. }) if step.as_str() == "cached" => {
+            Some(reason.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("fallback not needed: step 'fetch' is completed"));
+    h.succeed("report", json!("ok"));
+    assert_eq!(h.state.status, RunStatus::Completed, "a skipped fallback is no failure");
+}
+
+#[test]
+fn a_failing_fallback_fails_the_run_naming_it() {
+    let (mut h, _) = Harness::new(FALLBACK);
+    fail_for_good(&mut h, "fetch", "down");
+    fail_for_good(&mut h, "cached", "cache empty");
+    assert_eq!(h.state.status, RunStatus::Failed);
+    assert_eq!(h.state.failed_step.as_ref().map(|s| s.as_str()), Some("cached"));
+    assert_eq!(status(&h, "report"), Some(StepStatus::Cancelled));
+}
+
+#[test]
+fn fallbacks_chain_and_a_continuing_fallback_skips_the_dependents_with_the_reason() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: {fallback: b}}\n  - {id: b, kind: echo, on_failure: {fallback: c}}\n  - {id: c, kind: echo, on_failure: continue}\n  - {id: d, kind: echo, needs: [a], with: {x: '{{ steps.a.output }}'}}\n  - {id: e, kind: echo}\n";
+    let (mut h, _) = Harness::new(yaml);
+    fail_for_good(&mut h, "a", "1");
+    let cmds = fail_for_good(&mut h, "b", "2");
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+    let cmds = fail_for_good(&mut h, "c", "3");
+    let reason = cmds.iter().find_map(|c| match c {
+        Command::Record(Envelope { event: Event::StepSkipped { step, reason }, .. }) if step.as_str() == "d" => {
+            Some(reason.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("dependency 'a' is failed (its fallback 'c' is failed)"));
+    h.succeed("e", json!(1));
+    assert_eq!(h.state.status, RunStatus::Failed, "nothing stood in for a");
+
+    // The same chain where the last fallback works: d gets c's output for a.
+    let (mut h, _) = Harness::new(yaml);
+    fail_for_good(&mut h, "a", "1");
+    fail_for_good(&mut h, "b", "2");
+    let cmds = h.succeed("c", json!("third"));
+    assert_eq!(started(&cmds), vec![("d".to_string(), json!({"x": "third"}))]);
+    h.succeed("d", json!(1));
+    h.succeed("e", json!(1));
+    assert_eq!(h.state.status, RunStatus::Completed, "{:?}", h.state.failure);
+}
+
+#[test]
+fn a_run_retried_in_place_keeps_a_step_its_fallback_covered() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: {fallback: b}}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a]}\n";
+    let (mut h, _) = Harness::new(yaml);
+    fail_for_good(&mut h, "a", "down");
+    h.succeed("b", json!("spare"));
+    fail_for_good(&mut h, "c", "bug");
+    assert_eq!(h.state.status, RunStatus::Failed);
+    let cmds = h.feed(Event::RunRetried { by: None });
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
+    assert_eq!((status(&h, "a"), status(&h, "b")), (Some(StepStatus::Failed), Some(StepStatus::Completed)));
+}
+
+#[test]
+fn an_escalation_retry_grants_a_fresh_budget_but_old_journals_keep_one_attempt_per_decision() {
+    let old: crate::event::Escalation = serde_json::from_str(r#"{"do":"retry"}"#).expect("old decision");
+    assert_eq!(old, crate::event::Escalation::Retry { fresh_budget: false });
+    let new = crate::event::Escalation::Retry { fresh_budget: true };
+    assert_eq!(serde_json::to_string(&new).expect("json"), r#"{"do":"retry","fresh_budget":true}"#);
+
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: escalate, retry: {max_attempts: 2, jitter: 0}}\n";
+    let escalated = |cmds: &[Command]| {
+        cmds.iter().any(|c| {
+            matches!(c, Command::Record(Envelope { event: Event::ApprovalRequested { escalation: true, .. }, .. }))
+        })
+    };
+    for (action, retried) in [(old, false), (new, true)] {
+        let (mut h, _) = Harness::new(yaml);
+        let attempt = |h: &mut Harness, n: u32| {
+            let input = Payload::of(&Value::Null);
+            h.feed(Event::AttemptStarted { step: StepId::new("a"), attempt: n, input: input.reference });
+            let failure = Failure::new(ErrorClass::Transient, "down");
+            h.feed(Event::AttemptFailed { step: StepId::new("a"), attempt: n, failure, duration_ms: 1 })
+        };
+        attempt(&mut h, 1);
+        h.feed(Event::TimerFired { step: StepId::new("a") });
+        assert!(escalated(&attempt(&mut h, 2)));
+        h.feed(Event::ApprovalDecided {
+            step: StepId::new("a"),
+            approved: true,
+            by: None,
+            comment: None,
+            action: Some(action.clone()),
+        });
+        let cmds = attempt(&mut h, 3);
+        assert_eq!(escalated(&cmds), !retried, "{action:?}: {cmds:#?}");
+        let scheduled = cmds.iter().any(|c| {
+            matches!(
+                c,
+                Command::Record(Envelope { event: Event::RetryScheduled { next_attempt: 4, max_attempts: 4, .. }, .. })
+            )
+        });
+        assert_eq!(scheduled, retried, "{action:?}: {cmds:#?}");
+    }
+}
+
+#[test]
+fn a_duplicated_or_late_attempt_result_is_refused_and_changes_nothing() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, retry: {max_attempts: 3, jitter: 0}}\n  - {id: b, kind: echo, needs: [a]}\n";
+    let (mut h, _) = Harness::new(yaml);
+    let a = StepId::new("a");
+    let input = Payload::of(&Value::Null);
+    h.state.add_payload(&input, Value::Null);
+    // Attempt 1 is lost (its worker died); attempt 2 runs after the timer.
+    h.feed(Event::AttemptStarted { step: a.clone(), attempt: 1, input: input.reference.clone() });
+    let lost = Failure::new(ErrorClass::Transient, "interrupted: worker gone");
+    h.feed(Event::AttemptFailed { step: a.clone(), attempt: 1, failure: lost, duration_ms: 1 });
+    h.feed(Event::TimerFired { step: a.clone() });
+    h.feed(Event::AttemptStarted { step: a.clone(), attempt: 2, input: input.reference });
+    let out = Payload::of(&json!("late"));
+    h.state.add_payload(&out, json!("late"));
+    let at = |seq| Envelope {
+        seq,
+        at_ms: 1_000,
+        schema: JOURNAL_SCHEMA,
+        event: Event::AttemptSucceeded { step: a.clone(), attempt: 1, output: out.reference.clone(), duration_ms: 1 },
+    };
+    // The lost attempt's result arrives late: refused, nothing changes.
+    let before = h.state.clone();
+    let late = decide(&mut h.state, &at(before.last_seq + 1));
+    assert!(matches!(late, Err(Error::Attempt { got: 1, current: 2, .. })), "{late:?}");
+    assert_eq!(h.state, before);
+    // Attempt 2's result, delivered twice: the first counts, the duplicate is refused.
+    let done = Event::AttemptSucceeded { step: a.clone(), attempt: 2, output: out.reference.clone(), duration_ms: 1 };
+    h.feed(done.clone());
+    let before = h.state.clone();
+    let again =
+        decide(&mut h.state, &Envelope { seq: before.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event: done });
+    assert!(again.is_err(), "a duplicate result must be refused");
+    assert_eq!(h.state, before, "a refused event changes nothing");
+    assert_eq!(h.state.step_state("b").map(|s| s.status), Some(StepStatus::Ready), "b started once");
+}
+
+#[test]
+fn a_fallback_may_list_its_step_in_needs_and_a_dependent_that_tolerates_skips_still_sees_the_failure() {
+    // `cached` names `fetch` in needs too (the natural "after fetch"): it runs, not waits on
+    // itself. `audit` (none_failed) is skipped when fetch failed and nothing stood in for it.
+    let yaml = "name: t\ninputs: {use_cache: {}}\nsteps:\n  - {id: fetch, kind: echo, on_failure: {fallback: cached}}\n  - {id: cached, kind: echo, needs: [fetch], when: 'inputs.use_cache == true'}\n  - {id: audit, kind: echo, needs: [fetch], trigger: none_failed}\n";
+    let (mut h, _) = Harness::new(yaml);
+    h.state.inputs = json!({"use_cache": true});
+    let cmds = fail_for_good(&mut h, "fetch", "down");
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["cached"]);
+    let cmds = h.succeed("cached", json!(1));
+    assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["audit"]);
+
+    let (mut h, _) = Harness::new(yaml);
+    h.state.inputs = json!({"use_cache": false});
+    fail_for_good(&mut h, "fetch", "down");
+    assert_eq!(status(&h, "cached"), Some(StepStatus::Skipped));
+    assert_eq!(status(&h, "audit"), Some(StepStatus::Skipped));
+    assert_eq!(
+        h.state.step_state("audit").and_then(|s| s.skip_reason.clone()).as_deref(),
+        Some("dependency 'fetch' failed (its fallback 'cached' is skipped)")
+    );
+    assert_eq!(h.state.status, RunStatus::Failed, "nothing stood in for fetch");
+}
+
+#[test]
+fn a_fork_decides_a_fallback_afresh_after_the_step_it_stood_in_for() {
+    let (mut h, _) = Harness::new(FALLBACK);
+    fail_for_good(&mut h, "fetch", "down");
+    h.succeed("cached", json!("stale"));
+    fail_for_good(&mut h, "report", "bug");
+    let reused = crate::fork::reusable(&h.state, "report").expect("fork");
+    assert!(reused.is_empty(), "fetch failed, so neither it nor its stand-in is reused: {reused:?}");
+}
+
+#[test]
+fn migration_refuses_to_make_a_step_that_already_ran_into_a_fallback() {
+    let yaml = "name: t\nsteps:\n  - {id: p, kind: echo}\n  - {id: g, kind: echo}\n";
+    let (mut h, _) = Harness::new(yaml);
+    h.succeed("g", json!(1));
+    let v2 = crate::validate::parse_definition(
+        "name: t\nversion: 2\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: g}}\n  - {id: g, kind: echo}\n",
+        "v2.yaml",
+    )
+    .expect("valid");
+    let problem = crate::fork::migration_problem(&h.state, &v2);
+    assert_eq!(
+        problem.as_deref(),
+        Some("step 'g' already started; version 2 changes which step it is the fallback of")
+    );
+    let v3 = crate::validate::parse_definition(
+        "name: t\nversion: 3\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: h}}\n  - {id: g, kind: echo}\n  - {id: h, kind: echo}\n",
+        "v3.yaml",
+    )
+    .expect("valid");
+    assert_eq!(crate::fork::migration_problem(&h.state, &v3), None, "a new fallback for a running step is fine");
+}
+
+fn armed(cmds: &[Command]) -> Vec<crate::timer::Timer> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::ArmTimer(t) => Some(t.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_retry_timer_is_armed_for_its_attempt_and_refused_once_that_attempt_moved_on() {
+    use crate::timer::{TimerId, TimerPurpose};
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, retry: {max_attempts: 3, jitter: 0}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    let a = StepId::new("a");
+    let input = Payload::of(&Value::Null);
+    h.feed(Event::AttemptStarted { step: a.clone(), attempt: 1, input: input.reference.clone() });
+    let failure = Failure::new(ErrorClass::Transient, "down");
+    let cmds = h.feed(Event::AttemptFailed { step: a.clone(), attempt: 1, failure, duration_ms: 1 });
+    let timers = armed(&cmds);
+    let retry = TimerId { step: a.clone(), purpose: TimerPurpose::Retry { attempt: 2 } };
+    assert_eq!(timers.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), vec![retry.clone()]);
+    assert_eq!(h.state.pending_timers(), timers, "what decide armed is what the state lists");
+    // A timer for another attempt, or of another purpose, is not this run's.
+    let wrong = TimerId { step: a.clone(), purpose: TimerPurpose::Retry { attempt: 3 } };
+    assert!(h.state.fire_timer(&wrong).is_err());
+    let deadline = TimerId { step: a.clone(), purpose: TimerPurpose::ApprovalDeadline };
+    assert!(h.state.fire_timer(&deadline).is_err());
+    let event = h.state.fire_timer(&retry).expect("the armed timer fires");
+    assert_eq!(event, Event::TimerFired { step: a.clone() });
+    h.feed(event);
+    assert!(h.state.pending_timers().is_empty());
+    // Fired once, the same timer is stale: a second report would start a second attempt.
+    assert!(h.state.fire_timer(&retry).is_err());
+}
+
+#[test]
+fn an_escalated_approval_deadline_is_not_pending_again_so_a_restart_does_not_escalate_twice() {
+    use crate::timer::TimerPurpose;
+    let yaml =
+        "name: t\nsteps:\n  - id: a\n    kind: echo\n    approval: {prompt: ok?, deadline: 1h, on_deadline: wait}\n";
+    let (mut h, cmds) = Harness::new(yaml);
+    let timers = armed(&cmds);
+    assert_eq!(timers.len(), 1);
+    assert_eq!(timers[0].id.purpose, TimerPurpose::ApprovalDeadline);
+    assert_eq!(timers[0].at_ms, 1_000 + 3_600_000);
+    let event = h.state.fire_timer(&timers[0].id).expect("pending");
+    let cmds = h.feed(event);
+    assert!(cmds.iter().any(|c| matches!(c, Command::Record(Envelope { event: Event::ApprovalEscalated { .. }, .. }))));
+    assert_eq!(status(&h, "a"), Some(StepStatus::Waiting));
+    assert!(h.state.pending_timers().is_empty(), "{:?}", h.state.pending_timers());
+    assert!(armed(&resume_commands(&mut h.state).expect("resume")).is_empty());
+}
+
+#[test]
+fn a_paused_run_has_no_pending_timers_and_unpausing_arms_them_again() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, retry: {max_attempts: 3, jitter: 0}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    let a = StepId::new("a");
+    let input = Payload::of(&Value::Null);
+    h.feed(Event::AttemptStarted { step: a.clone(), attempt: 1, input: input.reference });
+    let failure = Failure::new(ErrorClass::Transient, "down");
+    let timers = armed(&h.feed(Event::AttemptFailed { step: a, attempt: 1, failure, duration_ms: 1 }));
+    h.feed(Event::RunPaused { by: None });
+    assert!(h.state.pending_timers().is_empty());
+    assert!(h.state.fire_timer(&timers[0].id).is_err(), "a paused run's timer does not fire");
+    let cmds = h.feed(Event::RunUnpaused { by: None });
+    assert_eq!(armed(&cmds), timers);
+}
