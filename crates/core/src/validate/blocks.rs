@@ -175,3 +175,69 @@ pub(super) fn compile_inject(raw: &RawInject, step: Option<&str>, out: &mut Prob
     inject.hang = raw.hang.unwrap_or(false);
     inject
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::validate::parse_definition_with_warnings;
+    use crate::validate::tests::{problems, summary};
+
+    #[test]
+    fn validate_template_problems_point_at_the_string() {
+        let source = "\
+name: t
+inputs: {x: {}}
+steps:
+  - id: a
+    kind: echo
+    with:
+      ok: \"{{ inputs.x }}\"
+      nested:
+        list: [fine, \"{{ broken\"]
+";
+        let found = problems(source);
+        assert_eq!(summary(&found), vec![(Some(9), Some(22), Some("a"), "bad_template")], "{found:#?}");
+        assert!(found[0].message.contains("with.nested.list[1]"), "{}", found[0].message);
+    }
+
+    #[test]
+    fn a_literal_authorization_header_is_a_warning_with_its_position_not_a_problem() {
+        let source = "\
+name: t
+steps:
+  - id: call
+    kind: http
+    with:
+      url: http://127.0.0.1:9/x
+      headers:
+        Authorization: Bearer abc123
+        X-Trace: fine
+    compensate:
+      kind: http
+      with: {url: http://127.0.0.1:9/undo, body: {password: hunter2}, token: \"{{ secrets.API_TOKEN }}\"}
+";
+        let (definition, warnings) = parse_definition_with_warnings(source, "wf.yaml");
+        assert!(definition.is_ok(), "{definition:?}");
+        let brief: Vec<String> = warnings.iter().map(|w| w.as_warning()).collect();
+        assert_eq!(brief.len(), 2, "{brief:#?}");
+        assert!(
+            brief[0].starts_with(
+                "wf.yaml:8:24: warning: step `call`: `with.headers.Authorization` holds a literal credential"
+            ),
+            "{}",
+            brief[0]
+        );
+        assert!(brief[0].contains("write `Bearer {{ secrets.API_TOKEN }}`"), "{}", brief[0]);
+        assert!(
+            brief[1].starts_with("wf.yaml:12:61: warning: step `call`: `compensate.with.body.password`"),
+            "{}",
+            brief[1]
+        );
+        assert!(brief.iter().all(|w| !w.contains("abc123") && !w.contains("hunter2")), "values are never repeated");
+        assert!(warnings.iter().all(|w| w.code == "literal_credential"));
+        // The same definition with a problem keeps its warnings.
+        let (definition, warnings) =
+            parse_definition_with_warnings(&source.replace("kind: http\n    with", "kind: htp\n    with"), "wf.yaml");
+        assert!(definition.is_err());
+        assert_eq!(warnings.len(), 2);
+    }
+}

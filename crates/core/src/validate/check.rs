@@ -314,3 +314,91 @@ pub(super) fn check_references(def: &Definition, sites: &[Site], out: &mut Probl
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::definition::OnFailure;
+    use crate::ids::StepId;
+    use crate::validate::tests::{BROKEN, parse, problems, summary};
+
+    #[test]
+    fn validate_cycle_message_prints_the_path_and_display_has_the_location() {
+        let found = problems(BROKEN);
+        assert_eq!(
+            found[0].to_string(),
+            "test.yaml:3:9: step `a`: cycle: a -> c -> b -> a (each step needs the next, so none can start); \
+             remove one of these needs"
+        );
+        let cycles: Vec<_> = found.iter().filter(|p| p.code == "cycle").collect();
+        assert_eq!(cycles.len(), 1, "one cycle, reported once");
+    }
+
+    #[test]
+    fn validate_finds_each_distinct_cycle_once() {
+        let source = "\
+name: loops
+steps:
+  - {id: a, kind: noop, needs: [b]}
+  - {id: b, kind: noop, needs: [a, c]}
+  - {id: c, kind: noop, needs: [b, c]}
+  - {id: d, kind: noop, needs: [e]}
+  - {id: e, kind: noop, needs: [d]}
+";
+        let found = problems(source);
+        let messages: Vec<String> = found.iter().map(|p| format!("{}:{}", p.line.unwrap_or(0), p.message)).collect();
+        assert_eq!(
+            summary(&found).iter().map(|s| (s.2, s.3)).collect::<Vec<_>>(),
+            [(Some("a"), "cycle"), (Some("b"), "cycle"), (Some("c"), "self_need"), (Some("d"), "cycle")],
+            "{messages:#?}"
+        );
+        assert!(messages[0].starts_with("3:cycle: a -> b -> a "), "{messages:#?}");
+        // Found from b's second edge while a -> b was still on the search path.
+        assert!(messages[1].starts_with("4:cycle: b -> c -> b "), "{messages:#?}");
+        assert!(messages[3].starts_with("6:cycle: d -> e -> d "), "{messages:#?}");
+    }
+
+    #[test]
+    fn validate_fallbacks_name_another_step_once_and_make_no_cycle() {
+        let ok = parse(
+            "name: f\nsteps:\n  - {id: fetch, kind: noop, on_failure: {fallback: cached}}\n  - {id: cached, kind: noop}\n",
+            "f.yaml",
+        );
+        assert_eq!(ok.steps[0].on_failure, OnFailure::Fallback(StepId::new("cached")));
+        assert_eq!((ok.fallback_of(0), ok.primary_of(1), ok.effective_needs(1)), (Some(1), Some(0), vec![0]));
+
+        let source = "\
+name: f
+steps:
+  - {id: a, kind: noop, on_failure: {fallback: a}}
+  - {id: b, kind: noop, on_failure: {fallback: cachd}}
+  - {id: cached, kind: noop}
+  - {id: c, kind: noop, on_failure: {fallback: cached}}
+  - {id: d, kind: noop, on_failure: {fallback: cached}}
+  - {id: e, kind: noop, on_failure: fallback}
+  - {id: p, kind: noop, on_failure: {fallback: q}}
+  - {id: q, kind: noop, needs: [r]}
+  - {id: r, kind: noop, needs: [p]}
+";
+        let found = problems(source);
+        assert_eq!(
+            summary(&found),
+            vec![
+                (Some(3), Some(37), Some("a"), "self_fallback"),
+                (Some(4), Some(37), Some("b"), "unknown_fallback"),
+                (Some(7), Some(37), Some("d"), "duplicate_fallback"),
+                (Some(8), Some(37), Some("e"), "bad_value"),
+                (Some(10), Some(10), Some("q"), "cycle"),
+            ],
+            "{found:#?}"
+        );
+        assert!(found[1].message.contains("did you mean `cached`?"), "{}", found[1].message);
+        assert!(found[2].message.contains("already the fallback of `c`"), "{}", found[2].message);
+        assert!(found[3].message.contains("{fallback: STEP}"), "{}", found[3].message);
+        assert!(found[4].message.contains("q -> r -> q") && found[4].message.contains("a fallback waits"));
+
+        let found =
+            problems("name: f\nsteps:\n  - {id: a, kind: noop, on_failure: {fallbak: b}}\n  - {id: b, kind: noop}\n");
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(found[0].message.contains("`fallback: STEP`; found `fallbak`"), "{}", found[0].message);
+    }
+}

@@ -285,3 +285,69 @@ fn artifact_problem(name: &str) -> Option<&'static str> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::definition::FORMAT_VERSION;
+    use crate::kinds;
+    use crate::validate::tests::{parse, problems, summary};
+
+    #[test]
+    fn validate_kind_defaults_apply_without_overrides() {
+        let def = parse("name: x\nsteps:\n  - {id: a, kind: sleep}\n  - {id: b, kind: mock_model}\n", "x.yaml");
+        let sleep = kinds::lookup("sleep").expect("sleep kind");
+        let model = kinds::lookup("mock_model").expect("mock_model kind");
+        assert_eq!((def.steps[0].retry, def.steps[0].timeout_ms), (sleep.retry, sleep.timeout_ms));
+        assert_eq!((def.steps[1].retry, def.steps[1].timeout_ms), (model.retry, model.timeout_ms));
+        assert_eq!((def.format, def.version), (FORMAT_VERSION, 1));
+        assert!(def.steps.iter().all(|s| s.with.is_null() && s.needs.is_empty() && s.inject.is_none()));
+    }
+
+    #[test]
+    fn validate_checks_values_ranges_and_durations() {
+        let source = "\
+cairn: 2
+name: \"bad name!\"
+version: 0
+artifact: ../out.json
+defaults:
+  retry: {initial_delay: 2m}
+  timeout: 0s
+steps:
+  - id: Upper
+    kind: echo
+    retry: {multiplier: 0.5, max_delay: 5 parsecs}
+    timeout: 25h
+    on_failure: shrug
+    trigger: sometimes
+    inject: {fail_rate: 1.5, fail_class: flaky, delay: -3, fail_times: -1}
+";
+        let found = problems(source);
+        assert_eq!(
+            summary(&found),
+            vec![
+                (Some(1), Some(8), None, "bad_value"),
+                (Some(2), Some(7), None, "bad_name"),
+                (Some(3), Some(10), None, "out_of_range"),
+                (Some(4), Some(11), None, "bad_value"),
+                (Some(6), Some(26), None, "out_of_range"),
+                (Some(7), Some(12), None, "out_of_range"),
+                (Some(9), Some(9), Some("Upper"), "bad_id"),
+                (Some(11), Some(25), Some("Upper"), "out_of_range"),
+                (Some(11), Some(41), Some("Upper"), "bad_duration"),
+                (Some(12), Some(14), Some("Upper"), "out_of_range"),
+                (Some(13), Some(17), Some("Upper"), "bad_value"),
+                (Some(14), Some(14), Some("Upper"), "bad_value"),
+                (Some(15), Some(25), Some("Upper"), "out_of_range"),
+                (Some(15), Some(42), Some("Upper"), "bad_value"),
+                (Some(15), Some(56), Some("Upper"), "bad_duration"),
+                (Some(15), Some(72), Some("Upper"), "out_of_range"),
+            ],
+            "{found:#?}"
+        );
+        let on_failure = &found[10].message;
+        assert!(on_failure.contains("`fail`") && on_failure.contains("`continue`"), "{on_failure}");
+        assert!(on_failure.contains("escalate"), "{on_failure}");
+        assert!(found[4].message.contains("gives steps of kind `echo` a max_delay of 5.0s"), "{}", found[4].message);
+    }
+}

@@ -8,22 +8,23 @@
 //! JSON is read by the same YAML parser (a JSON document is YAML flow syntax), so locations work
 //! the same for both formats.
 //!
-//! Validation runs in three phases, one module each:
+//! Validation runs in three phases, each in its own module:
 //!
-//! 1. `parse`: text to the raw document, structs that mirror the file format with
-//!    `Spanned` fields wherever a later check needs to point at a value. A parser
-//!    error becomes the one problem reported.
+//! 1. `parse`: text to the raw document — structs that mirror the file format, with `Spanned`
+//!    fields wherever a later check needs to point at a value. A parser error (broken syntax, an
+//!    unknown or missing field, a value of the wrong type) is the one problem reported.
 //! 2. `compile`: the raw document to a [`Definition`], field by field: names, defaults,
 //!    durations, retry policies (`retry`), `on_failure` and `trigger`, and each step's blocks
-//!    (`blocks`: templates in `with`, `compensate`, `approval`, `inject`). A bad value is
-//!    reported and replaced by a placeholder, so the later checks still run.
-//! 3. `check`: what needs the whole graph: duplicate ids, `needs` and fallbacks that name
-//!    other steps, cycles, and what each condition and template reads against what its step can
-//!    see.
+//!    (`blocks`: templates in `with`, `compensate`, `approval`, `inject`). A value that is not
+//!    valid is reported and replaced by a placeholder, so the later checks still run.
+//! 3. `check`: what needs the graph: unique ids, `needs` and fallbacks that name other steps,
+//!    cycles, and what each condition and template reads against what its step can see.
+//!    `compile` calls each check as soon as what it needs exists (the ids before the steps, the
+//!    references once the whole definition is built).
 //!
-//! Every phase reports into one `problems::Problems` sink (problems and warnings, each with its
-//! place); the entry points sort both by place at the end. `suggest` finds the "did you mean"
-//! hints.
+//! Every phase after parsing reports into one `problems::Problems` sink (problems and warnings,
+//! each with its place, plus the range, delay and timeout checks they share); the entry points
+//! sort both by place at the end. `suggest` finds the "did you mean" hints.
 
 use crate::definition::Definition;
 use std::fmt;

@@ -345,3 +345,38 @@ fn parse_problem(err: &serde_saphyr::Error, file: &str) -> Problem {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::validate::tests::{problems, summary};
+
+    #[test]
+    fn validate_malformed_yaml_gives_line_and_column() {
+        let found = problems("name: x\nsteps:\n  - id: a\n  id: b\n");
+        assert_eq!(summary(&found), vec![(Some(4), Some(3), None, "parse")]);
+        assert!(!found[0].message.contains('\n') && !found[0].message.contains("at line"), "{}", found[0].message);
+    }
+
+    #[test]
+    fn validate_unknown_and_missing_fields_are_problems() {
+        let found = problems("name: x\nsteps:\n  - id: a\n    kinds: echo\n");
+        assert_eq!(summary(&found), vec![(Some(4), Some(5), None, "unknown_field")]);
+        assert!(found[0].message.starts_with("unknown field `kinds`; did you mean `kind`?"), "{}", found[0].message);
+
+        let found = problems("name: x\nsteps:\n  - id: a\n");
+        assert_eq!(summary(&found), vec![(Some(3), Some(5), None, "missing_field")]);
+        assert_eq!(found[0].message, "missing required field `kind`");
+    }
+
+    #[test]
+    fn validate_empty_input_is_one_clear_problem() {
+        for source in ["", "  \n", "# only a comment\n"] {
+            let found = problems(source);
+            assert_eq!(found.len(), 1, "{source:?}: {found:#?}");
+            assert_eq!(found[0].code, "empty", "{source:?}");
+            assert!(found[0].to_string().starts_with("test.yaml: the file holds no definition"), "{}", found[0]);
+        }
+        let found = problems("name: x\nsteps: []\n");
+        assert_eq!(summary(&found), vec![(Some(2), Some(8), None, "no_steps")]);
+    }
+}
