@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 /// Step ids and where each was first defined; later steps with the same id are duplicates and
 /// take no part in the graph.
 pub(super) struct Graph<'a> {
-    pub(super) first: HashMap<&'a str, (usize, Location)>,
-    pub(super) ids_in_order: Vec<&'a str>,
+    first: HashMap<&'a str, (usize, Location)>,
+    ids_in_order: Vec<&'a str>,
 }
 
 impl<'a> Graph<'a> {

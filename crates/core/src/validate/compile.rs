@@ -15,6 +15,8 @@ use crate::retry::RetryPolicy;
 use crate::{expr, kinds};
 use serde_json::Value;
 
+/// Checks and compiles the whole definition. What is wrong goes to `out`; the definition returned
+/// is only meaningful when `out` holds no problem.
 pub(super) fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
     if let Some(v) = &raw.cairn
         && v.value != i64::from(FORMAT_VERSION)
