@@ -10,8 +10,9 @@
 mod schema;
 
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow, RequestState,
-    RunQuery, RunRow, RunWrite, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
+    Access, AuditRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun, LogLine,
+    Registry, RequestOutcome, RequestRow, RequestState, Retention, RunQuery, RunRow, RunWrite, StepRow, TokenRow,
+    WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -1074,7 +1075,7 @@ impl PgStore {
     }
 }
 
-impl Store for PgStore {
+impl Journal for PgStore {
     async fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         self.writes.lock().map_err(|_| Error::Closed)?.send((write.into(), reply)).map_err(|_| Error::Closed)?;
@@ -1330,6 +1331,66 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
+    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO workers (owner, role, started_at, seen_at) VALUES ($1,$2,$3,$4) \
+             ON CONFLICT (owner) DO UPDATE SET seen_at=excluded.seen_at",
+            &[&w.owner, &w.role, &w.started_at_ms, &w.seen_at_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        self.execute("DELETE FROM workers WHERE owner=$1", &[&owner]).await?;
+        Ok(())
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=$1 ORDER BY seen_at DESC",
+                &[&seen_after_ms],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerRow { owner: r.get(0), role: r.get(1), started_at_ms: r.get(2), seen_at_ms: r.get(3) })
+            .collect())
+    }
+
+    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+        self.run_row(id).await?;
+        self.events_from(id, after_seq).await
+    }
+
+    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
+        let rows = self
+            .query(
+                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>$1 ORDER BY gid LIMIT $2",
+                &[&after_gid, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let run_id: String = r.get(1);
+                Ok(FeedItem { gid: r.get(0), event: envelope(&run_id, r, 2)?, run_id })
+            })
+            .collect()
+    }
+
+    async fn last_gid(&self) -> Result<i64, Error> {
+        let rows = self.query("SELECT COALESCE(MAX(gid), 0) FROM events", &[]).await?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
+        let rows = self.query("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&key]).await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+impl Inbox for PgStore {
     async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
         // The run's row lock (FOR UPDATE) is taken before the request's id is drawn and held to
         // commit, so one run's requests get ids in the order they were accepted (committed).
@@ -1397,35 +1458,9 @@ impl Store for PgStore {
             .await?;
         rows.iter().map(|r| parse_id(&r.get::<_, String>(0))).collect()
     }
+}
 
-    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
-        self.execute(
-            "INSERT INTO workers (owner, role, started_at, seen_at) VALUES ($1,$2,$3,$4) \
-             ON CONFLICT (owner) DO UPDATE SET seen_at=excluded.seen_at",
-            &[&w.owner, &w.role, &w.started_at_ms, &w.seen_at_ms],
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
-        self.execute("DELETE FROM workers WHERE owner=$1", &[&owner]).await?;
-        Ok(())
-    }
-
-    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
-        let rows = self
-            .query(
-                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=$1 ORDER BY seen_at DESC",
-                &[&seen_after_ms],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| WorkerRow { owner: r.get(0), role: r.get(1), started_at_ms: r.get(2), seen_at_ms: r.get(3) })
-            .collect())
-    }
-
+impl EffectLog for PgStore {
     async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {
         // One statement (one transaction), under the writers' side of the gc lock.
         self.execute(
@@ -1456,37 +1491,9 @@ impl Store for PgStore {
             None => Ok(None),
         }
     }
+}
 
-    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
-        self.run_row(id).await?;
-        self.events_from(id, after_seq).await
-    }
-
-    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
-        let rows = self
-            .query(
-                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>$1 ORDER BY gid LIMIT $2",
-                &[&after_gid, &(limit as i64)],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let run_id: String = r.get(1);
-                Ok(FeedItem { gid: r.get(0), event: envelope(&run_id, r, 2)?, run_id })
-            })
-            .collect()
-    }
-
-    async fn last_gid(&self) -> Result<i64, Error> {
-        let rows = self.query("SELECT COALESCE(MAX(gid), 0) FROM events", &[]).await?;
-        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
-    }
-
-    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
-        let rows = self.query("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&key]).await?;
-        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
-    }
-
+impl Registry for PgStore {
     async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
         // Payload and registry row together, under the writers' side of the gc lock.
         let mut client = connect(&self.shared.config).await?;
@@ -1567,7 +1574,9 @@ impl Store for PgStore {
             .ok_or_else(|| Error::Corrupt(format!("workflow {name} definition payload is missing")))?;
         Ok((row, value))
     }
+}
 
+impl Access for PgStore {
     async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
         let mut client = connect(&self.shared.config).await?;
         let tx = token_writer(&mut client).await?;
@@ -1650,7 +1659,9 @@ impl Store for PgStore {
             })
             .collect())
     }
+}
 
+impl Retention for PgStore {
     async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
         let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
         let mut client = connect(&self.shared.config).await?;
