@@ -4,7 +4,7 @@ use crate::output::{table, timestamp};
 use crate::{CliError, CliResult, DbArgs};
 use cairn_server::auth::check_token_name;
 use cairn_server::{Role, new_token};
-use cairn_store::Store;
+use cairn_store::{Access, Retention};
 use clap::Subcommand;
 
 #[derive(Subcommand)]

@@ -8,7 +8,7 @@ use cairn_core::definition::{Definition, OnFailure, Step, Trigger};
 use cairn_core::event::{Event, RunOptions, RunSource};
 use cairn_core::{RunId, StepId, kinds};
 use cairn_engine::{Engine, EngineConfig, NewRun, Notice};
-use cairn_store::{Durability, SqliteStore, Store};
+use cairn_store::{Durability, Journal, SqliteStore, Store};
 use clap::Args;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -242,7 +242,7 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         }
     };
     let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
-    cairn_engine::say!("cairn bench: {}", cairn_store::Store::describe(&*store));
+    cairn_engine::say!("cairn bench: {}", cairn_store::Journal::describe(&*store));
     cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let stores = [store];
     // Warm up (page cache, prepared statements).

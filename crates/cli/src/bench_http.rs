@@ -88,7 +88,7 @@ pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliRe
     }));
     let heartbeat = engine.spawn_heartbeat();
     let worker = engine.spawn_worker();
-    cairn_engine::say!("cairn bench --http: http://{addr}, {}", cairn_store::Store::describe(&*store));
+    cairn_engine::say!("cairn bench --http: http://{addr}, {}", cairn_store::Journal::describe(&*store));
 
     let definition = json!({"name": "bench-noop-3", "steps": [
         {"id": "s0", "kind": "noop"},

@@ -4,7 +4,7 @@ use crate::output::{table, timestamp};
 use crate::{CliError, CliResult, DbArgs};
 use cairn_core::RunId;
 use cairn_core::duration::format_ms;
-use cairn_store::{RunQuery, Store};
+use cairn_store::{Inbox, Journal, Registry, RunQuery};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use std::path::PathBuf;

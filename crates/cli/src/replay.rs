@@ -7,7 +7,7 @@ use crate::{CliError, CliResult, DbArgs};
 use cairn_core::decide::{ReplayError, replay};
 use cairn_core::timeline::Timeline;
 use cairn_core::{Envelope, Event, RunId};
-use cairn_store::Store;
+use cairn_store::Journal;
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use crate::{CliError, CliResult, DbArgs};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
 use cairn_server::{AppState, AuthMode, Limits, ServerConfig};
-use cairn_store::{AnyStore, Store};
+use cairn_store::{Access, AnyStore, Journal, Retention};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -6,7 +6,7 @@ use crate::run::EngineArgs;
 use crate::{CliError, CliResult, DbArgs};
 use cairn_core::{RunId, RunStatus};
 use cairn_engine::{Control, Delivery, Engine};
-use cairn_store::Store;
+use cairn_store::Journal;
 use std::sync::Arc;
 
 /// What to do about a run that a request leaves with work to do and nobody to do it.

@@ -176,7 +176,7 @@ fn an_escalated_failure_waits_for_a_person_who_retries_skips_or_aborts() {
     assert_eq!(env.step(&id, "send").status, "COMPLETED");
     let store = env.store();
     let after = env.step(&id, "after").output_hash.expect("after ran");
-    let value = env.block(cairn_store::Store::payload(&store, &after)).expect("payload");
+    let value = env.block(cairn_store::Journal::payload(&store, &after)).expect("payload");
     assert_eq!(value, Some(json!({"sent": false})));
     env.assert_journal_is_sound(&id);
 
@@ -271,7 +271,7 @@ fn a_run_parked_at_an_approval_by_an_older_release_finishes_after_the_upgrade() 
     assert_eq!(env.started(id, "prepare"), 1, "the step done before the upgrade does not run again");
     let pay = env.step(id, "pay").output_hash.expect("pay ran");
     let store = env.store();
-    assert_eq!(env.block(cairn_store::Store::payload(&store, &pay)).expect("payload"), Some(json!({"paid": 120})));
+    assert_eq!(env.block(cairn_store::Journal::payload(&store, &pay)).expect("payload"), Some(json!({"paid": 120})));
     let version: i64 = rusqlite::Connection::open(&env.db)
         .and_then(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
         .expect("user_version");

@@ -116,7 +116,7 @@ fn goal_vendor_onboarding_writes_its_artifact() {
     assert_eq!(output["final_decision"]["data"]["decision"], "approved_with_controls", "{output}");
     // The artifact holds exactly the run's recorded output.
     let store = env.store();
-    let stored = env.block(cairn_store::Store::payload(&store, run.output_hash.as_deref().expect("output")));
+    let stored = env.block(cairn_store::Journal::payload(&store, run.output_hash.as_deref().expect("output")));
     assert_eq!(stored.expect("payload"), Some(output.clone()));
     env.assert_journal_is_sound(&run.id);
 }
@@ -352,7 +352,7 @@ fn skipped_branch_propagates_while_a_none_failed_join_still_runs() {
     // The join saw its completed dependency's output.
     let store = env.store();
     let out_hash = env.step(&run.id, "join").output_hash.expect("join output");
-    let join_out = env.block(cairn_store::Store::payload(&store, &out_hash)).expect("payload");
+    let join_out = env.block(cairn_store::Journal::payload(&store, &out_hash)).expect("payload");
     assert_eq!(join_out, Some(json!({"l": 50})));
     env.assert_journal_is_sound(&run.id);
 }
@@ -681,7 +681,7 @@ fn bad_inputs_and_chaos_specs_are_usage_errors() {
     let run = env.only_run();
     let hash = env.step(&run.id, "a").output_hash.expect("output");
     let store = env.store();
-    assert_eq!(env.block(cairn_store::Store::payload(&store, &hash)).expect("payload"), Some(json!({"t": "otters"})));
+    assert_eq!(env.block(cairn_store::Journal::payload(&store, &hash)).expect("payload"), Some(json!({"t": "otters"})));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,7 +858,7 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
 /// A workflow's own `retention` wins over the default; unfinished runs are never collected.
 #[test]
 fn per_workflow_retention_decides_when_a_finished_run_is_collected() {
-    use cairn_store::Store;
+    use cairn_store::Retention;
     let env = Env::new();
     let short = env.write("short.yaml", "name: short\nretention: 1m\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n");
     let plain = env.write("plain.yaml", "name: plain\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n");

@@ -50,7 +50,7 @@ fn a_failure_undoes_the_completed_steps_newest_first_with_their_outputs() {
     // The compensation saw the step's output.
     let store = env.store();
     let run_id = cairn_core::RunId::parse(&id).expect("run id");
-    let loaded = env.block(cairn_store::Store::load_run(&store, &run_id)).expect("load the run");
+    let loaded = env.block(cairn_store::Journal::load_run(&store, &run_id)).expect("load the run");
     let inputs: Vec<String> = loaded
         .events
         .iter()

@@ -37,7 +37,7 @@ steps:
 fn step_input(env: &Env, id: &str, step: &str) -> Value {
     let store = env.store();
     let run_id = cairn_core::RunId::parse(id).expect("run id");
-    let loaded = env.block(cairn_store::Store::load_run(&store, &run_id)).expect("load the run");
+    let loaded = env.block(cairn_store::Journal::load_run(&store, &run_id)).expect("load the run");
     let hash = loaded
         .events
         .iter()
@@ -53,7 +53,7 @@ fn step_input(env: &Env, id: &str, step: &str) -> Value {
 fn run_output(env: &Env, id: &str) -> Value {
     let run = env.runs().into_iter().find(|r| r.id == id).expect("the run");
     let store = env.store();
-    let out = env.block(cairn_store::Store::payload(&store, run.output_hash.as_deref().expect("an output")));
+    let out = env.block(cairn_store::Journal::payload(&store, run.output_hash.as_deref().expect("an output")));
     out.expect("payload").expect("stored")
 }
 

@@ -219,7 +219,7 @@ fn a_plan_printed_for_every_catalog_goal_validates_and_runs_as_written() {
             assert!(so.contains(": ok ("), "{so}");
             let id = run_approving(&env, path_str(&file));
             let run = env.store();
-            let row = env.block(cairn_store::Store::get_run(&run, &cairn_core::RunId::parse(&id).expect("id")));
+            let row = env.block(cairn_store::Journal::get_run(&run, &cairn_core::RunId::parse(&id).expect("id")));
             assert_eq!(row.expect("run").status, "COMPLETED", "{goal} ({format})");
             // The run is the plan: the same steps as running the goal itself.
             let planned: Vec<String> = match format {
@@ -316,7 +316,7 @@ fn runs_show_step_gives_attempts_errors_waits_and_the_payloads_instead_of_only_h
     assert_eq!(send["input"]["value"], serde_json::json!({"got": 42}));
     let row = env.step(&id, "send");
     assert_eq!(send["output"]["hash"], row.output_hash.as_deref().expect("an output"));
-    let stored = env.block(cairn_store::Store::payload(&env.store(), row.output_hash.as_deref().expect("hash")));
+    let stored = env.block(cairn_store::Journal::payload(&env.store(), row.output_hash.as_deref().expect("hash")));
     assert_eq!(Some(&send["output"]["value"]), stored.expect("payload").as_ref());
 
     // An unknown step is named, with the steps there are.

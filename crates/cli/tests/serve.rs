@@ -5,7 +5,7 @@
 mod common;
 
 use cairn_core::Event;
-use cairn_store::Store;
+use cairn_store::Access;
 use common::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};

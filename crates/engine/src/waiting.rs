@@ -2,7 +2,7 @@
 //! listing for the API (`GET /v1/approvals`) and the CLI (`cairn approvals`).
 
 use cairn_core::{Event, RunId};
-use cairn_store::{RunQuery, Store};
+use cairn_store::{Journal, RunQuery};
 use serde::Serialize;
 
 /// A step waiting for a decision.
@@ -23,7 +23,7 @@ pub struct WaitingApproval {
 }
 
 /// Every step of an unfinished run that waits for a person, oldest request first.
-pub async fn waiting_approvals<S: Store + ?Sized>(store: &S) -> Result<Vec<WaitingApproval>, cairn_store::Error> {
+pub async fn waiting_approvals<S: Journal + ?Sized>(store: &S) -> Result<Vec<WaitingApproval>, cairn_store::Error> {
     let mut waiting = Vec::new();
     // A paused or executing run can still have a gate open in one branch.
     for status in ["WAITING", "EXECUTING", "PAUSED"] {

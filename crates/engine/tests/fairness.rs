@@ -4,7 +4,7 @@
 use cairn_core::event::{Envelope, Event, RunOptions, RunSource};
 use cairn_core::validate::parse_definition;
 use cairn_engine::{Engine, EngineConfig, NewRun};
-use cairn_store::{Durability, SqliteStore, Store};
+use cairn_store::{Durability, Journal, SqliteStore};
 use serde_json::json;
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@ use cairn_core::event::{ErrorClass, RunOptions, RunSource};
 use cairn_core::retry::RetryPolicy;
 use cairn_core::{RunState, RunStatus, StepId, StepStatus};
 use cairn_engine::{Engine, EngineConfig, NewRun};
-use cairn_store::{RunRow, StepRow, Store};
+use cairn_store::{Journal, RunRow, StepRow};
 use common::{Backend, TestStore};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

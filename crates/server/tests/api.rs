@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
 use cairn_server::{AppState, AuthMode, Role, ServerConfig};
-use cairn_store::{Durability, SqliteStore, Store};
+use cairn_store::{Access, Durability, Journal, SqliteStore};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

@@ -2,8 +2,9 @@
 //! at run time, and everything above the store stays generic over [`Store`].
 
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, PgStore, RequestOutcome, RequestRow,
-    RunQuery, RunRow, RunWrite, SqliteStore, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
+    Access, AuditRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun, LogLine,
+    PgStore, Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, SqliteStore, StepRow,
+    TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::{Envelope, RunId};
 use serde_json::Value;
@@ -23,21 +24,7 @@ macro_rules! each {
     };
 }
 
-impl Store for AnyStore {
-    async fn record_effect(
-        &self,
-        run_id: &RunId,
-        key: &str,
-        result: cairn_core::payload::Payload,
-        now_ms: i64,
-    ) -> Result<(), Error> {
-        each!(self, s => s.record_effect(run_id, key, result, now_ms).await)
-    }
-
-    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
-        each!(self, s => s.effect(key).await)
-    }
-
+impl Journal for AnyStore {
     async fn clock_offset_ms(&self) -> Result<i64, Error> {
         each!(self, s => s.clock_offset_ms().await)
     }
@@ -51,7 +38,7 @@ impl Store for AnyStore {
     }
 
     fn write_failure(&self) -> Option<Error> {
-        each!(self, s => Store::write_failure(s))
+        each!(self, s => Journal::write_failure(s))
     }
 
     async fn load_run(&self, id: &RunId) -> Result<LoadedRun, Error> {
@@ -120,30 +107,6 @@ impl Store for AnyStore {
         each!(self, s => s.reopen_run(id, owner, lease_until_ms, expected_seq).await)
     }
 
-    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
-        each!(self, s => s.push_inbox(id, body, now_ms).await)
-    }
-
-    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
-        each!(self, s => s.pending_inbox(id).await)
-    }
-
-    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
-        each!(self, s => s.inbox_outcome(request).await)
-    }
-
-    async fn answer_inbox(&self, answer: RequestOutcome) -> Result<bool, Error> {
-        each!(self, s => s.answer_inbox(answer).await)
-    }
-
-    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
-        each!(self, s => s.run_requests(id).await)
-    }
-
-    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
-        each!(self, s => s.runs_with_inbox(owner).await)
-    }
-
     async fn worker_seen(&self, worker: WorkerRow) -> Result<(), Error> {
         each!(self, s => s.worker_seen(worker).await)
     }
@@ -171,7 +134,51 @@ impl Store for AnyStore {
     async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
         each!(self, s => s.idempotent_run(key).await)
     }
+}
 
+impl Inbox for AnyStore {
+    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
+        each!(self, s => s.push_inbox(id, body, now_ms).await)
+    }
+
+    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        each!(self, s => s.pending_inbox(id).await)
+    }
+
+    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
+        each!(self, s => s.inbox_outcome(request).await)
+    }
+
+    async fn answer_inbox(&self, answer: RequestOutcome) -> Result<bool, Error> {
+        each!(self, s => s.answer_inbox(answer).await)
+    }
+
+    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
+        each!(self, s => s.run_requests(id).await)
+    }
+
+    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
+        each!(self, s => s.runs_with_inbox(owner).await)
+    }
+}
+
+impl EffectLog for AnyStore {
+    async fn record_effect(
+        &self,
+        run_id: &RunId,
+        key: &str,
+        result: cairn_core::payload::Payload,
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        each!(self, s => s.record_effect(run_id, key, result, now_ms).await)
+    }
+
+    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
+        each!(self, s => s.effect(key).await)
+    }
+}
+
+impl Registry for AnyStore {
     async fn put_workflow(
         &self,
         name: &str,
@@ -189,7 +196,9 @@ impl Store for AnyStore {
     async fn workflow(&self, name: &str, version: Option<u32>) -> Result<(WorkflowRow, Value), Error> {
         each!(self, s => s.workflow(name, version).await)
     }
+}
 
+impl Access for AnyStore {
     async fn create_token(&self, token: TokenRow) -> Result<(), Error> {
         each!(self, s => s.create_token(token).await)
     }
@@ -213,7 +222,9 @@ impl Store for AnyStore {
     async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
         each!(self, s => s.audit_log(limit).await)
     }
+}
 
+impl Retention for AnyStore {
     async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
         each!(self, s => s.gc(now_ms, default_retention_ms, dry_run).await)
     }

@@ -1,5 +1,11 @@
 //! Storage for Cairn: the [`Store`] trait every backend implements, the rows it keeps, and the
-//! embedded SQLite backend.
+//! embedded SQLite and the PostgreSQL backends.
+//!
+//! `Store` is the sum of role traits, so code can depend on the part it uses: [`Journal`] (runs,
+//! their journals, leases and claims), [`Inbox`] (operator requests), [`EffectLog`] (results of
+//! side effects), [`Registry`] (workflow definitions), [`Access`] (tokens and audit) and
+//! [`Retention`] (gc). Calling a method on a concrete store (`AnyStore`, `SqliteStore`) needs
+//! its role trait in scope; code generic over `S: Store` needs only `Store`.
 //!
 //! **Invariant: a run's journal events and its projection rows (run, steps, logs, payloads) are
 //! written in one transaction, and only if the run's journal is still where the writer last saw
@@ -198,9 +204,17 @@ pub struct Claim<'a> {
     pub limit: usize,
 }
 
-/// What the engine needs from a database. Implemented by SQLite (embedded default) and, later,
-/// PostgreSQL; the conformance tests run against each.
-pub trait Store: Send + Sync + 'static {
+/// What the engine needs from a database: every role below. Implemented by SQLite (the embedded
+/// default) and PostgreSQL; the conformance tests run against each. Code that needs only part of
+/// it can ask for just that role (e.g. `impl EffectLog`), and code generic over `S: Store` can
+/// call every method without importing the role traits.
+pub trait Store: Journal + Inbox + EffectLog + Registry + Access + Retention {}
+
+impl<T: Journal + Inbox + EffectLog + Registry + Access + Retention> Store for T {}
+
+/// Runs' journals and their projections, and who drives which run (leases, claims, workers).
+pub trait Journal: Send + Sync + 'static {
+    // --- writing and reading runs ---
     /// Appends events and updates projections atomically; fails with `Conflict` if the run moved
     /// on or changed owner since `write.expected_seq`. The write is shared so that a writer can
     /// send the very same write again after a transient failure (`Error::is_transient`).
@@ -209,6 +223,30 @@ pub trait Store: Send + Sync + 'static {
     /// they succeed. Readiness reports this: reads may work while writes do not.
     fn write_failure(&self) -> Option<Error>;
     fn load_run(&self, id: &RunId) -> impl Future<Output = Result<LoadedRun, Error>> + Send;
+    fn list_runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<RunRow>, Error>> + Send;
+    fn get_run(&self, id: &RunId) -> impl Future<Output = Result<RunRow, Error>> + Send;
+    fn steps(&self, id: &RunId) -> impl Future<Output = Result<Vec<StepRow>, Error>> + Send;
+    fn events(&self, id: &RunId) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
+    fn logs(&self, id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<LogLine>, Error>> + Send;
+    fn payload(&self, hash: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+    fn events_after(&self, id: &RunId, after_seq: u64) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
+    /// All runs' events after a global position, oldest first.
+    fn feed(&self, after_gid: i64, limit: usize) -> impl Future<Output = Result<Vec<FeedItem>, Error>> + Send;
+    fn last_gid(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    fn idempotent_run(&self, key: &str) -> impl Future<Output = Result<Option<(String, String)>, Error>> + Send;
+
+    // --- the database itself ---
+    fn describe(&self) -> String;
+    /// The database answers and its schema is current.
+    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Milliseconds to add to this host's clock to read the database's. Leases and timers are
+    /// compared across hosts, so every process measures time by the database's clock.
+    fn clock_offset_ms(&self) -> impl Future<Output = Result<i64, Error>> + Send;
+    /// Fires when work may have become ready in another process (a run created or handed back,
+    /// a request queued), so idle workers need not poll; `None` where the backend cannot tell.
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
+
+    // --- leases and work distribution ---
     /// Takes over unfinished runs whose lease expired or whose owner is gone; returns their ids.
     fn claim_runs(&self, claim: Claim<'_>) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
     /// Extends the lease on the given runs, those of them this owner holds and that are
@@ -223,24 +261,6 @@ pub trait Store: Send + Sync + 'static {
     /// Gives up this owner's leases at once (clean shutdown), so another process can resume;
     /// the runs are due for a worker at `wake_at_ms`.
     fn release(&self, owner: &str, wake_at_ms: i64) -> impl Future<Output = Result<u64, Error>> + Send;
-    fn list_runs(&self, query: RunQuery) -> impl Future<Output = Result<Vec<RunRow>, Error>> + Send;
-    fn get_run(&self, id: &RunId) -> impl Future<Output = Result<RunRow, Error>> + Send;
-    fn steps(&self, id: &RunId) -> impl Future<Output = Result<Vec<StepRow>, Error>> + Send;
-    fn events(&self, id: &RunId) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
-    fn logs(&self, id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<LogLine>, Error>> + Send;
-    fn payload(&self, hash: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
-    fn describe(&self) -> String;
-    /// The database answers and its schema is current.
-    fn ping(&self) -> impl Future<Output = Result<(), Error>> + Send;
-
-    /// Milliseconds to add to this host's clock to read the database's. Leases and timers are
-    /// compared across hosts, so every process measures time by the database's clock.
-    fn clock_offset_ms(&self) -> impl Future<Output = Result<i64, Error>> + Send;
-    /// Fires when work may have become ready in another process (a run created or handed back,
-    /// a request queued), so idle workers need not poll; `None` where the backend cannot tell.
-    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>>;
-
-    // --- work distribution ---
     /// Takes up to `limit` runs that need a worker now (`wake_at` due) and that nobody holds.
     fn claim_ready(
         &self,
@@ -266,6 +286,19 @@ pub trait Store: Send + Sync + 'static {
         lease_until_ms: i64,
         expected_seq: u64,
     ) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    // --- processes that work runs for anyone ---
+    /// Records (or refreshes) a serving/working process, so clients can tell whether anyone
+    /// will pick up a run they leave behind.
+    fn worker_seen(&self, worker: WorkerRow) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Removes a process that stops working (clean shutdown).
+    fn worker_gone(&self, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Processes seen at or after `seen_after_ms`, most recently seen first.
+    fn workers(&self, seen_after_ms: i64) -> impl Future<Output = Result<Vec<WorkerRow>, Error>> + Send;
+}
+
+/// Operator requests queued for a run, applied in the order accepted, and their answers.
+pub trait Inbox: Send + Sync + 'static {
     /// Accepts an operator request for a run: it joins the run's inbox behind the requests
     /// accepted before it (the returned id orders them) and the run becomes due at `now_ms`.
     /// `None` if the run is finished or unknown.
@@ -287,17 +320,10 @@ pub trait Store: Send + Sync + 'static {
     fn run_requests(&self, id: &RunId) -> impl Future<Output = Result<Vec<RequestRow>, Error>> + Send;
     /// Runs this owner holds that have requests waiting.
     fn runs_with_inbox(&self, owner: &str) -> impl Future<Output = Result<Vec<RunId>, Error>> + Send;
+}
 
-    // --- processes that work runs for anyone ---
-    /// Records (or refreshes) a serving/working process, so clients can tell whether anyone
-    /// will pick up a run they leave behind.
-    fn worker_seen(&self, worker: WorkerRow) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Removes a process that stops working (clean shutdown).
-    fn worker_gone(&self, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
-    /// Processes seen at or after `seen_after_ms`, most recently seen first.
-    fn workers(&self, seen_after_ms: i64) -> impl Future<Output = Result<Vec<WorkerRow>, Error>> + Send;
-
-    // --- the effect log ---
+/// Results of side-effecting calls, kept so a retried attempt does not repeat them.
+pub trait EffectLog: Send + Sync + 'static {
     /// Keeps the result of a side-effecting call under its key (`run/step/call`) in its own
     /// commit, before the step's completion is journaled; the first result recorded wins.
     fn record_effect(
@@ -309,15 +335,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// The logged result of a call, if an earlier attempt made it.
     fn effect(&self, key: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+}
 
-    // --- reading the journal ---
-    fn events_after(&self, id: &RunId, after_seq: u64) -> impl Future<Output = Result<Vec<Envelope>, Error>> + Send;
-    /// All runs' events after a global position, oldest first.
-    fn feed(&self, after_gid: i64, limit: usize) -> impl Future<Output = Result<Vec<FeedItem>, Error>> + Send;
-    fn last_gid(&self) -> impl Future<Output = Result<i64, Error>> + Send;
-    fn idempotent_run(&self, key: &str) -> impl Future<Output = Result<Option<(String, String)>, Error>> + Send;
-
-    // --- workflow registry ---
+/// Registered workflow definitions, by name and version.
+pub trait Registry: Send + Sync + 'static {
     /// Registers a definition version; Ok(false) if that exact version is already registered.
     fn put_workflow(
         &self,
@@ -333,8 +354,10 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
         version: Option<u32>,
     ) -> impl Future<Output = Result<(WorkflowRow, Value), Error>> + Send;
+}
 
-    // --- tokens and audit ---
+/// API tokens and the audit trail of who did what.
+pub trait Access: Send + Sync + 'static {
     /// Stores a token, refused with [`Error::TokenNameTaken`] while a live token has its name.
     /// The check and the insert are one atomic write (no two processes can both pass the check).
     fn create_token(&self, token: TokenRow) -> impl Future<Output = Result<(), Error>> + Send;
@@ -347,8 +370,10 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> impl Future<Output = Result<TokenRow, Error>> + Send;
     fn audit(&self, row: AuditRow) -> impl Future<Output = Result<(), Error>> + Send;
     fn audit_log(&self, limit: usize) -> impl Future<Output = Result<Vec<AuditRow>, Error>> + Send;
+}
 
-    // --- retention ---
+/// Deleting what is past its retention, across every role's tables.
+pub trait Retention: Send + Sync + 'static {
     /// Deletes finished runs past their retention (per workflow, else `default_retention_ms`)
     /// with their journal, logs and payloads no longer referenced. Unfinished runs are never
     /// collected.

@@ -12,8 +12,8 @@ use cairn_core::RunId;
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_store::{
-    AuditRow, Error, IdempotencyKey, LogLine, RequestOutcome, RequestState, RunQuery, RunRow, StepRow, Store, TokenRow,
-    WorkerRow,
+    Access, AuditRow, EffectLog, Error, IdempotencyKey, Inbox, Journal as _, LogLine, Registry, RequestOutcome,
+    RequestState, Retention, RunQuery, RunRow, StepRow, Store, TokenRow, WorkerRow,
 };
 use common::journal::*;
 use common::{Backend, conformance};

@@ -5,7 +5,7 @@ pub mod pg;
 
 use cairn_core::decide::replay;
 use cairn_core::{Envelope, Event, RunId};
-use cairn_store::{RunQuery, RunRow, SqliteStore, StepRow, Store};
+use cairn_store::{Journal, RunQuery, RunRow, SqliteStore, StepRow};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

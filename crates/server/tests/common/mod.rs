@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Request, StatusCode};
 use cairn_core::catalog::Catalog;
 use cairn_engine::{Engine, EngineConfig};
 use cairn_server::{AppState, AuthMode, Role, ServerConfig};
-use cairn_store::{Durability, SqliteStore, Store};
+use cairn_store::{Access, Durability, SqliteStore};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;

@@ -1,10 +1,11 @@
-//! `Store` for SQLite: reads on the reader connection, writes inside the writer's group commit.
+//! The [`crate::Store`] roles for SQLite: reads on the reader connection, writes inside the writer's group commit.
 
 use super::SqliteStore;
 use crate::TERMINAL;
+use crate::{Access, EffectLog, Inbox, Journal, Registry, Retention};
 use crate::{
     AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow, RequestState,
-    RunQuery, RunRow, RunWrite, StepRow, Store, TokenRow, WorkerRow, WorkflowRow,
+    RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -112,7 +113,7 @@ fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
     })
 }
 
-impl Store for SqliteStore {
+impl Journal for SqliteStore {
     async fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
         self.send(super::Msg::Write(write.into(), reply))?;
@@ -394,6 +395,86 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
+        self.in_group(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO workers (owner, role, started_at, seen_at) VALUES (?1,?2,?3,?4) \
+                 ON CONFLICT(owner) DO UPDATE SET seen_at=excluded.seen_at",
+            )?
+            .execute(params![w.owner, w.role, w.started_at_ms, w.seen_at_ms])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        let owner = owner.to_string();
+        self.in_group(move |tx| {
+            tx.prepare_cached("DELETE FROM workers WHERE owner=?1")?.execute([owner])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=?1 ORDER BY seen_at DESC",
+            )?;
+            let rows = stmt.query_map([seen_after_ms], |r| {
+                Ok(WorkerRow { owner: r.get(0)?, role: r.get(1)?, started_at_ms: r.get(2)?, seen_at_ms: r.get(3)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+        self.read(|conn| {
+            get_run(conn, id)?;
+            read_events(conn, id, after_seq)
+        })
+    }
+
+    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>?1 ORDER BY gid LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after_gid, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (gid, run_id, seq, at, schema, body) = row?;
+                let event = parse_event(&run_id, seq, at, schema, &body)?;
+                out.push(FeedItem { gid, run_id, event });
+            }
+            Ok(out)
+        })
+    }
+
+    async fn last_gid(&self) -> Result<i64, Error> {
+        self.read(|conn| Ok(conn.query_row("SELECT COALESCE(MAX(gid), 0) FROM events", [], |r| r.get(0))?))
+    }
+
+    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT run_id, request_hash FROM idempotency WHERE key=?1")?
+                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?)
+        })
+    }
+}
+
+impl Inbox for SqliteStore {
     async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<Option<i64>, Error> {
         let id = id.to_string();
         // The single writer orders acceptances: ids grow in the order requests were accepted.
@@ -482,40 +563,9 @@ impl Store for SqliteStore {
         })?;
         ids.iter().map(|id| RunId::parse(id).map_err(Error::Corrupt)).collect()
     }
+}
 
-    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
-        self.in_group(move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO workers (owner, role, started_at, seen_at) VALUES (?1,?2,?3,?4) \
-                 ON CONFLICT(owner) DO UPDATE SET seen_at=excluded.seen_at",
-            )?
-            .execute(params![w.owner, w.role, w.started_at_ms, w.seen_at_ms])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
-        let owner = owner.to_string();
-        self.in_group(move |tx| {
-            tx.prepare_cached("DELETE FROM workers WHERE owner=?1")?.execute([owner])?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=?1 ORDER BY seen_at DESC",
-            )?;
-            let rows = stmt.query_map([seen_after_ms], |r| {
-                Ok(WorkerRow { owner: r.get(0)?, role: r.get(1)?, started_at_ms: r.get(2)?, seen_at_ms: r.get(3)? })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
+impl EffectLog for SqliteStore {
     async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {
         let (run_id, key) = (run_id.to_string(), key.to_string());
         self.in_group(move |tx| {
@@ -548,52 +598,9 @@ impl Store for SqliteStore {
             None => Ok(None),
         }
     }
+}
 
-    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
-        self.read(|conn| {
-            get_run(conn, id)?;
-            read_events(conn, id, after_seq)
-        })
-    }
-
-    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
-        self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>?1 ORDER BY gid LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![after_gid, limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (gid, run_id, seq, at, schema, body) = row?;
-                let event = parse_event(&run_id, seq, at, schema, &body)?;
-                out.push(FeedItem { gid, run_id, event });
-            }
-            Ok(out)
-        })
-    }
-
-    async fn last_gid(&self) -> Result<i64, Error> {
-        self.read(|conn| Ok(conn.query_row("SELECT COALESCE(MAX(gid), 0) FROM events", [], |r| r.get(0))?))
-    }
-
-    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
-        self.read(|conn| {
-            Ok(conn
-                .prepare_cached("SELECT run_id, request_hash FROM idempotency WHERE key=?1")?
-                .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?)
-        })
-    }
-
+impl Registry for SqliteStore {
     async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
         let name = name.to_string();
         self.in_group(move |tx| {
@@ -664,7 +671,9 @@ impl Store for SqliteStore {
             .ok_or_else(|| Error::Corrupt(format!("workflow {name} definition payload is missing")))?;
         Ok((row, value))
     }
+}
 
+impl Access for SqliteStore {
     async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
         // The writer holds the database's write lock for the whole group (`BEGIN IMMEDIATE`), so
         // no other writer, in this process or another, can slip a token in between check and insert.
@@ -758,7 +767,9 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
+}
 
+impl Retention for SqliteStore {
     async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
         let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
         self.in_group(move |tx| {

@@ -1,0 +1,701 @@
+//! The [`crate::Store`] roles for PostgreSQL: single statements on the shared connection, and
+//! run writes handed to the group-commit writer.
+
+use super::PgStore;
+use super::rows::{REQUEST_COLUMNS, RUN_COLUMNS, envelope, i, parse_id, request_row, run_row, step_row, token_row};
+use super::schema::MIGRATIONS;
+use super::writer::GC_LOCK;
+use super::{connect, pg};
+use crate::TERMINAL;
+use crate::{
+    Access, AuditRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun, LogLine,
+    Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow,
+    WorkflowRow,
+};
+use cairn_core::payload::Payload;
+use cairn_core::{Envelope, RunId};
+use futures_util::future::join_all;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+
+/// This host's clock, in milliseconds since the epoch.
+fn cairn_core_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A transaction that alone may change `tokens` until it ends. `SHARE ROW EXCLUSIVE` conflicts
+/// with itself and with every insert or update, but not with reads, so authentication goes on
+/// while a token is created or revoked. A single `INSERT … WHERE NOT EXISTS` would not do: under
+/// READ COMMITTED two of them can both see no live token of a name and both insert.
+async fn token_writer(client: &mut Client) -> Result<tokio_postgres::Transaction<'_>, Error> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.batch_execute("LOCK TABLE tokens IN SHARE ROW EXCLUSIVE MODE").await.map_err(pg)?;
+    Ok(tx)
+}
+
+/// The ids of the live tokens named `name`, oldest first (more than one only in databases
+/// written before names were unique).
+async fn live_token_named(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<Vec<String>, Error> {
+    let rows = tx
+        .query("SELECT id FROM tokens WHERE name=$1 AND revoked_at IS NULL ORDER BY created_at, id", &[&name])
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+impl PgStore {
+    async fn run_row(&self, id: &RunId) -> Result<RunRow, Error> {
+        let rows = self.query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id=$1"), &[&id.as_str()]).await?;
+        rows.first().map(run_row).ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    async fn events_from(&self, id: &RunId, after: u64) -> Result<Vec<Envelope>, Error> {
+        let rows = self
+            .query(
+                "SELECT seq, at, schema, body FROM events WHERE run_id=$1 AND seq>$2 ORDER BY seq",
+                &[&id.as_str(), &i(after)],
+            )
+            .await?;
+        rows.iter().map(|r| envelope(id.as_str(), r, 0)).collect()
+    }
+}
+
+impl Journal for PgStore {
+    async fn commit(&self, write: impl Into<Arc<RunWrite>> + Send) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.writes.lock().map_err(|_| Error::Closed)?.send((write.into(), reply)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn load_run(&self, id: &RunId) -> Result<LoadedRun, Error> {
+        let run = self.run_row(id).await?;
+        let events = self.events_from(id, 0).await?;
+        let rows = self
+            .query(
+                "SELECT p.hash, p.body FROM run_payloads rp JOIN payloads p ON p.hash = rp.hash WHERE rp.run_id=$1",
+                &[&id.as_str()],
+            )
+            .await?;
+        let mut payloads = Vec::with_capacity(rows.len());
+        for r in rows {
+            let hash: String = r.get(0);
+            let body: Vec<u8> = r.get(1);
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| Error::Corrupt(format!("payload {hash} does not parse: {e}")))?;
+            payloads.push((hash, Arc::new(value)));
+        }
+        Ok(LoadedRun { run, events, payloads })
+    }
+
+    async fn claim_runs(&self, claim: Claim<'_>) -> Result<Vec<RunId>, Error> {
+        let rows = match claim.only {
+            Some(id) => {
+                self.query(
+                    &format!(
+                        "SELECT id, owner, lease_expires_at, wake_at FROM runs WHERE status NOT IN {TERMINAL} AND id=$1"
+                    ),
+                    &[&id.as_str()],
+                )
+                .await?
+            }
+            None => {
+                self.query(
+                    &format!("SELECT id, owner, lease_expires_at, wake_at FROM runs WHERE status NOT IN {TERMINAL}"),
+                    &[],
+                )
+                .await?
+            }
+        };
+        let takeable: Vec<(String, Option<String>, Option<i64>)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    r.get::<_, Option<String>>(1),
+                    r.get::<_, Option<i64>>(2),
+                    r.get::<_, Option<i64>>(3),
+                )
+            })
+            .filter(|(_, owner, lease, wake)| match owner {
+                None => wake.is_some_and(|w| w <= claim.now_ms) || claim.only.is_some(),
+                Some(o) => lease.is_none_or(|l| l < claim.now_ms) || (claim.owner_is_dead)(o),
+            })
+            .map(|(id, owner, lease, _)| (id, owner, lease))
+            .take(if claim.limit == 0 { usize::MAX } else { claim.limit })
+            .collect();
+        let client = self.client().await?;
+        let sql = format!(
+            "UPDATE runs SET owner=$1, lease_expires_at=$2, wake_at=NULL WHERE id=$3 AND owner IS NOT DISTINCT FROM $4 \
+             AND lease_expires_at IS NOT DISTINCT FROM $5 AND status NOT IN {TERMINAL}"
+        );
+        let (owner, until) = (claim.owner, claim.lease_until_ms);
+        let results = join_all(takeable.iter().map(|(id, old, lease)| {
+            let (client, sql) = (&client, &sql);
+            async move { client.execute(sql.as_str(), &[&owner, &until, id, old, lease]).await }
+        }))
+        .await;
+        let mut claimed = Vec::new();
+        for ((id, _, _), r) in takeable.iter().zip(results) {
+            if r.map_err(pg)? == 1 {
+                claimed.push(parse_id(id)?);
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, owner: &str, runs: &[RunId], lease_until_ms: i64) -> Result<u64, Error> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = runs.iter().map(|r| r.as_str()).collect();
+        self.execute(
+            &format!(
+                "UPDATE runs SET lease_expires_at=$2 WHERE id = ANY($3) AND owner=$1 AND status NOT IN {TERMINAL}"
+            ),
+            &[&owner, &lease_until_ms, &ids],
+        )
+        .await
+    }
+
+    async fn release(&self, owner: &str, wake_at_ms: i64) -> Result<u64, Error> {
+        let n = self
+            .execute(
+                &format!(
+                    "UPDATE runs SET owner=NULL, lease_expires_at=NULL, wake_at=COALESCE(wake_at, $2) \
+                 WHERE owner=$1 AND status NOT IN {TERMINAL}"
+                ),
+                &[&owner, &wake_at_ms],
+            )
+            .await?;
+        self.notify().await;
+        Ok(n)
+    }
+
+    async fn list_runs(&self, q: RunQuery) -> Result<Vec<RunRow>, Error> {
+        let limit = if q.limit == 0 { 50 } else { q.limit } as i64;
+        let (after_at, after_id) = match &q.after {
+            Some((at, id)) => (Some(*at), Some(id.clone())),
+            None => (None, None),
+        };
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::TEXT IS NULL OR status=$1) AND ($2::TEXT IS NULL OR workflow=$2) \
+                     AND ($3::BIGINT IS NULL OR created_at>=$3) AND ($4::BIGINT IS NULL OR created_at<$4) \
+                     AND ($5::BIGINT IS NULL OR (created_at, id) < ($5, $6::TEXT)) \
+                     ORDER BY created_at DESC, id DESC LIMIT $7"
+                ),
+                &[&q.status, &q.workflow, &q.created_after_ms, &q.created_before_ms, &after_at, &after_id, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(run_row).collect())
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<RunRow, Error> {
+        self.run_row(id).await
+    }
+
+    async fn steps(&self, id: &RunId) -> Result<Vec<StepRow>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(
+                "SELECT step_id, position, kind, status, attempts, not_before, started_at, finished_at, busy_ms, \
+                 error_class, error_message, output_hash, skip_reason FROM steps WHERE run_id=$1 ORDER BY position",
+                &[&id.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(step_row).collect())
+    }
+
+    async fn events(&self, id: &RunId) -> Result<Vec<Envelope>, Error> {
+        self.run_row(id).await?;
+        self.events_from(id, 0).await
+    }
+
+    async fn logs(&self, id: &RunId, step: Option<&str>) -> Result<Vec<LogLine>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(
+                "SELECT step_id, attempt, at, level, message FROM logs WHERE run_id=$1 AND ($2::TEXT IS NULL OR step_id=$2) \
+                 ORDER BY id",
+                &[&id.as_str(), &step],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| LogLine {
+                step_id: r.get(0),
+                attempt: r.get::<_, i64>(1) as u32,
+                at_ms: r.get(2),
+                level: r.get(3),
+                message: r.get(4),
+            })
+            .collect())
+    }
+
+    async fn payload(&self, hash: &str) -> Result<Option<Value>, Error> {
+        let rows = self.query("SELECT body FROM payloads WHERE hash=$1", &[&hash]).await?;
+        rows.first()
+            .map(|r| {
+                let body: Vec<u8> = r.get(0);
+                serde_json::from_slice(&body).map_err(|e| Error::Corrupt(format!("payload {hash}: {e}")))
+            })
+            .transpose()
+    }
+
+    fn describe(&self) -> String {
+        format!("postgres {} (synchronous_commit as configured on the server)", self.display)
+    }
+
+    async fn ping(&self) -> Result<(), Error> {
+        let rows = self.query("SELECT value FROM cairn_meta WHERE key='schema_version'", &[]).await?;
+        let found: i64 = rows.first().and_then(|r| r.get::<_, String>(0).parse().ok()).unwrap_or(0);
+        let known = MIGRATIONS.len() as i64;
+        if found == known { Ok(()) } else { Err(Error::NewerSchema { path: self.display.clone(), found, known }) }
+    }
+
+    async fn claim_ready(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<RunId>, Error> {
+        let rows = self
+            .query(
+                &format!(
+                    "UPDATE runs SET owner=$1, lease_expires_at=$2, wake_at=NULL WHERE id IN (\
+                       SELECT id FROM runs WHERE wake_at IS NOT NULL AND wake_at<=$3 AND status NOT IN {TERMINAL} \
+                       AND (owner IS NULL OR lease_expires_at<$3) ORDER BY wake_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id"
+                ),
+                &[&owner, &lease_until_ms, &now_ms, &(limit as i64)],
+            )
+            .await?;
+        rows.iter().map(|r| parse_id(&r.get::<_, String>(0))).collect()
+    }
+
+    async fn release_run(&self, owner: &str, id: &RunId, wake_at_ms: Option<i64>) -> Result<bool, Error> {
+        // One statement: due at once if requests wait in the inbox, else at `wake_at_ms`.
+        let n = self
+            .execute(
+                "UPDATE runs SET owner=NULL, lease_expires_at=NULL, \
+                 wake_at=COALESCE((SELECT MIN(created_at) FROM inbox WHERE run_id=$1 AND state='pending'), $3) \
+                 WHERE id=$1 AND owner=$2",
+                &[&id.as_str(), &owner, &wake_at_ms],
+            )
+            .await?;
+        self.notify().await;
+        Ok(n == 1)
+    }
+
+    async fn clock_offset_ms(&self) -> Result<i64, Error> {
+        let before = cairn_core_now();
+        let rows = self.query("SELECT (extract(epoch from clock_timestamp()) * 1000)::BIGINT", &[]).await?;
+        let after = cairn_core_now();
+        let db: i64 = rows.first().map(|r| r.get(0)).unwrap_or(before);
+        Ok(db - (before + after) / 2)
+    }
+
+    fn wake_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.wake.clone())
+    }
+
+    fn write_failure(&self) -> Option<Error> {
+        self.health.failing()
+    }
+
+    async fn reopen_run(&self, id: &RunId, owner: &str, lease_until_ms: i64, expected_seq: u64) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE runs SET owner=$2, lease_expires_at=$3, wake_at=NULL \
+                 WHERE id=$1 AND owner IS NULL AND status='FAILED' AND last_seq=$4",
+                &[&id.as_str(), &owner, &lease_until_ms, &(expected_seq as i64)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn worker_seen(&self, w: WorkerRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO workers (owner, role, started_at, seen_at) VALUES ($1,$2,$3,$4) \
+             ON CONFLICT (owner) DO UPDATE SET seen_at=excluded.seen_at",
+            &[&w.owner, &w.role, &w.started_at_ms, &w.seen_at_ms],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn worker_gone(&self, owner: &str) -> Result<(), Error> {
+        self.execute("DELETE FROM workers WHERE owner=$1", &[&owner]).await?;
+        Ok(())
+    }
+
+    async fn workers(&self, seen_after_ms: i64) -> Result<Vec<WorkerRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT owner, role, started_at, seen_at FROM workers WHERE seen_at>=$1 ORDER BY seen_at DESC",
+                &[&seen_after_ms],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkerRow { owner: r.get(0), role: r.get(1), started_at_ms: r.get(2), seen_at_ms: r.get(3) })
+            .collect())
+    }
+
+    async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
+        self.run_row(id).await?;
+        self.events_from(id, after_seq).await
+    }
+
+    async fn feed(&self, after_gid: i64, limit: usize) -> Result<Vec<FeedItem>, Error> {
+        let rows = self
+            .query(
+                "SELECT gid, run_id, seq, at, schema, body FROM events WHERE gid>$1 ORDER BY gid LIMIT $2",
+                &[&after_gid, &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let run_id: String = r.get(1);
+                Ok(FeedItem { gid: r.get(0), event: envelope(&run_id, r, 2)?, run_id })
+            })
+            .collect()
+    }
+
+    async fn last_gid(&self) -> Result<i64, Error> {
+        let rows = self.query("SELECT COALESCE(MAX(gid), 0) FROM events", &[]).await?;
+        Ok(rows.first().map(|r| r.get(0)).unwrap_or(0))
+    }
+
+    async fn idempotent_run(&self, key: &str) -> Result<Option<(String, String)>, Error> {
+        let rows = self.query("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&key]).await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
+    }
+}
+
+impl Inbox for PgStore {
+    async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
+        // The run's row lock (FOR UPDATE) is taken before the request's id is drawn and held to
+        // commit, so one run's requests get ids in the order they were accepted (committed).
+        let rows = self
+            .query(
+                &format!(
+                    "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL} FOR UPDATE), \
+                     ins AS (INSERT INTO inbox (run_id, body, created_at) \
+                             SELECT id, $2, GREATEST($3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=$1), $3)) \
+                             FROM open RETURNING id, run_id), \
+                     woken AS (UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) \
+                               WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
+                     SELECT id FROM ins"
+                ),
+                &[&id.as_str(), &body, &now_ms],
+            )
+            .await?;
+        self.notify().await;
+        Ok(rows.first().map(|r| r.get::<_, i64>(0)))
+    }
+
+    async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, run_id, body FROM inbox WHERE run_id=$1 AND state='pending' ORDER BY id",
+                &[&id.as_str()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| InboxRow { id: r.get(0), run_id: r.get(1), body: r.get(2) }).collect())
+    }
+
+    async fn inbox_outcome(&self, request: i64) -> Result<Option<RequestOutcome>, Error> {
+        let rows = self.query(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE id=$1"), &[&request]).await?;
+        rows.first().map(|r| request_row(r).map(|r| r.outcome)).transpose()
+    }
+
+    async fn run_requests(&self, id: &RunId) -> Result<Vec<RequestRow>, Error> {
+        self.run_row(id).await?;
+        let rows = self
+            .query(&format!("SELECT {REQUEST_COLUMNS} FROM inbox WHERE run_id=$1 ORDER BY id"), &[&id.as_str()])
+            .await?;
+        rows.iter().map(request_row).collect()
+    }
+
+    async fn answer_inbox(&self, a: RequestOutcome) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                &format!(
+                    "UPDATE inbox SET state=$2, code=$3, message=$4, journal_seq=$5, decided_at=$6 \
+                     WHERE id=$1 AND state='pending' AND run_id IN (SELECT id FROM runs WHERE status IN {TERMINAL})"
+                ),
+                &[&a.id, &a.state.as_str(), &a.code, &a.message, &a.journal_seq.map(i), &a.decided_at_ms],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn runs_with_inbox(&self, owner: &str) -> Result<Vec<RunId>, Error> {
+        let rows = self
+            .query(
+                "SELECT DISTINCT i.run_id FROM inbox i JOIN runs r ON r.id = i.run_id \
+                 WHERE i.state='pending' AND r.owner=$1",
+                &[&owner],
+            )
+            .await?;
+        rows.iter().map(|r| parse_id(&r.get::<_, String>(0))).collect()
+    }
+}
+
+impl EffectLog for PgStore {
+    async fn record_effect(&self, run_id: &RunId, key: &str, result: Payload, now_ms: i64) -> Result<(), Error> {
+        // One statement (one transaction), under the writers' side of the gc lock.
+        self.execute(
+            "WITH l AS (SELECT pg_advisory_xact_lock_shared($6::BIGINT)), \
+             p AS (INSERT INTO payloads (hash, size, body) SELECT $3::TEXT, $4::BIGINT, $5::BYTEA FROM l \
+                   ON CONFLICT (hash) DO NOTHING), \
+             r AS (INSERT INTO run_payloads (run_id, hash) SELECT $2::TEXT, $3::TEXT FROM l ON CONFLICT DO NOTHING) \
+             INSERT INTO effects (key, run_id, at, hash) SELECT $1::TEXT, $2::TEXT, $7::BIGINT, $3::TEXT FROM l \
+             ON CONFLICT (key) DO NOTHING",
+            &[
+                &key,
+                &run_id.as_str(),
+                &result.reference.hash,
+                &i(result.reference.size),
+                &result.bytes,
+                &GC_LOCK,
+                &now_ms,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
+        let rows = self.query("SELECT hash FROM effects WHERE key=$1", &[&key]).await?;
+        match rows.first().map(|r| r.get::<_, String>(0)) {
+            Some(h) => self.payload(&h).await,
+            None => Ok(None),
+        }
+    }
+}
+
+impl Registry for PgStore {
+    async fn put_workflow(&self, name: &str, version: u32, definition: Payload, now_ms: i64) -> Result<bool, Error> {
+        // Payload and registry row together, under the writers' side of the gc lock.
+        let mut client = connect(&self.shared.config).await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)::TEXT", &[&GC_LOCK]).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO payloads (hash, size, body) VALUES ($1,$2,$3) ON CONFLICT (hash) DO NOTHING",
+            &[&definition.reference.hash, &i(definition.reference.size), &definition.bytes],
+        )
+        .await
+        .map_err(pg)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO workflows (name, version, definition_hash, created_at) VALUES ($1,$2,$3,$4) \
+                 ON CONFLICT (name, version) DO NOTHING",
+                &[&name, &i64::from(version), &definition.reference.hash, &now_ms],
+            )
+            .await
+            .map_err(pg)?;
+        let outcome = if inserted == 1 {
+            Ok(true)
+        } else {
+            let rows = tx
+                .query(
+                    "SELECT definition_hash FROM workflows WHERE name=$1 AND version=$2",
+                    &[&name, &i64::from(version)],
+                )
+                .await
+                .map_err(pg)?;
+            match rows.first().map(|r| r.get::<_, String>(0)) {
+                Some(hash) if hash == definition.reference.hash => Ok(false),
+                _ => Err(Error::VersionExists { name: name.to_string(), version }),
+            }
+        };
+        tx.commit().await.map_err(pg)?;
+        outcome
+    }
+
+    async fn workflows(&self) -> Result<Vec<WorkflowRow>, Error> {
+        let rows = self
+            .query("SELECT name, version, definition_hash, created_at FROM workflows ORDER BY name, version DESC", &[])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| WorkflowRow {
+                name: r.get(0),
+                version: r.get::<_, i64>(1) as u32,
+                definition_hash: r.get(2),
+                created_at_ms: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn workflow(&self, name: &str, version: Option<u32>) -> Result<(WorkflowRow, Value), Error> {
+        let v = version.map(i64::from);
+        let rows = self
+            .query(
+                "SELECT name, version, definition_hash, created_at FROM workflows WHERE name=$1 \
+                 AND ($2::BIGINT IS NULL OR version=$2) ORDER BY version DESC LIMIT 1",
+                &[&name, &v],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .map(|r| WorkflowRow {
+                name: r.get(0),
+                version: r.get::<_, i64>(1) as u32,
+                definition_hash: r.get(2),
+                created_at_ms: r.get(3),
+            })
+            .ok_or_else(|| match version {
+                Some(v) => Error::WorkflowNotFound(format!("{name}@{v}")),
+                None => Error::WorkflowNotFound(name.to_string()),
+            })?;
+        let value = self
+            .payload(&row.definition_hash)
+            .await?
+            .ok_or_else(|| Error::Corrupt(format!("workflow {name} definition payload is missing")))?;
+        Ok((row, value))
+    }
+}
+
+impl Access for PgStore {
+    async fn create_token(&self, t: TokenRow) -> Result<(), Error> {
+        let mut client = connect(&self.shared.config).await?;
+        let tx = token_writer(&mut client).await?;
+        if let Some(id) = live_token_named(&tx, &t.name).await?.into_iter().next() {
+            return Err(Error::TokenNameTaken { name: t.name, id });
+        }
+        tx.execute(
+            "INSERT INTO tokens (id, name, role, hash, created_at, revoked_at) VALUES ($1,$2,$3,$4,$5,$6)",
+            &[&t.id, &t.name, &t.role, &t.hash, &t.created_at_ms, &t.revoked_at_ms],
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT id, name, role, hash, created_at, revoked_at FROM tokens WHERE hash=$1 AND revoked_at IS NULL",
+                &[&hash],
+            )
+            .await?;
+        Ok(rows.first().map(token_row))
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRow>, Error> {
+        let rows = self
+            .query("SELECT id, name, role, hash, created_at, revoked_at FROM tokens ORDER BY created_at", &[])
+            .await?;
+        Ok(rows.iter().map(token_row).collect())
+    }
+
+    async fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> Result<TokenRow, Error> {
+        let mut client = connect(&self.shared.config).await?;
+        let tx = token_writer(&mut client).await?;
+        let select =
+            "SELECT id, name, role, hash, created_at, revoked_at FROM tokens WHERE id=$1 AND revoked_at IS NULL";
+        let mut token = match tx.query_opt(select, &[&id_or_name]).await.map_err(pg)? {
+            Some(row) => token_row(&row),
+            None => {
+                let ids = live_token_named(&tx, id_or_name).await?;
+                match ids.as_slice() {
+                    [] => return Err(Error::TokenNotFound(id_or_name.to_string())),
+                    [id] => token_row(&tx.query_one(select, &[id]).await.map_err(pg)?),
+                    _ => return Err(Error::AmbiguousTokenName { name: id_or_name.to_string(), ids }),
+                }
+            }
+        };
+        tx.execute("UPDATE tokens SET revoked_at=$2 WHERE id=$1", &[&token.id, &now_ms]).await.map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        token.revoked_at_ms = Some(now_ms);
+        Ok(token)
+    }
+
+    async fn audit(&self, a: AuditRow) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO audit (at, actor, method, path, status, run_id) VALUES ($1,$2,$3,$4,$5,$6)",
+            &[&a.at_ms, &a.actor, &a.method, &a.path, &i64::from(a.status), &a.run_id],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT at, actor, method, path, status, run_id FROM audit ORDER BY id DESC LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| AuditRow {
+                at_ms: r.get(0),
+                actor: r.get(1),
+                method: r.get(2),
+                path: r.get(3),
+                status: r.get::<_, i64>(4) as u16,
+                run_id: r.get(5),
+            })
+            .collect())
+    }
+}
+
+impl Retention for PgStore {
+    async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
+        let cutoff = now_ms.saturating_sub(default_retention_ms as i64);
+        let mut client = connect(&self.shared.config).await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        // Alone: no commit may link a payload gc is about to delete.
+        tx.execute("SELECT pg_advisory_xact_lock($1)::TEXT", &[&GC_LOCK]).await.map_err(pg)?;
+        tx.execute("CREATE TEMP TABLE gc_runs (id TEXT PRIMARY KEY) ON COMMIT DROP", &[]).await.map_err(pg)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO gc_runs SELECT id FROM runs WHERE status IN {TERMINAL} AND finished_at IS NOT NULL \
+                 AND ((retain_until IS NOT NULL AND retain_until<$1) OR (retain_until IS NULL AND finished_at<$2))"
+            ),
+            &[&now_ms, &cutoff],
+        )
+        .await
+        .map_err(pg)?;
+        let orphans = "SELECT hash FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs) \
+             EXCEPT SELECT hash FROM run_payloads WHERE run_id NOT IN (SELECT id FROM gc_runs) \
+             EXCEPT SELECT definition_hash FROM workflows";
+        let count = |sql: String| {
+            let tx = &tx;
+            async move { tx.query_one(&sql, &[]).await.map(|r| r.get::<_, i64>(0) as u64).map_err(pg) }
+        };
+        let runs = count("SELECT count(*) FROM gc_runs".into()).await?;
+        let events = count("SELECT count(*) FROM events WHERE run_id IN (SELECT id FROM gc_runs)".into()).await?;
+        let payloads = count(format!("SELECT count(*) FROM ({orphans}) o")).await?;
+        if !dry_run {
+            tx.batch_execute(&format!(
+                "CREATE TEMP TABLE gc_payloads ON COMMIT DROP AS {orphans};
+                 DELETE FROM payloads WHERE hash IN (SELECT hash FROM gc_payloads);
+                 DELETE FROM run_payloads WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM events WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM steps WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM logs WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
+                 DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
+            ))
+            .await
+            .map_err(pg)?;
+            // The audit trail (refused requests too) and processes gone for a day are kept no
+            // longer than finished runs.
+            tx.execute("DELETE FROM audit WHERE at<$1", &[&cutoff]).await.map_err(pg)?;
+            tx.execute("DELETE FROM workers WHERE seen_at<$1", &[&(now_ms - 86_400_000)]).await.map_err(pg)?;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok(GcReport { runs, events, payloads })
+    }
+}

@@ -1,0 +1,592 @@
+//! Group commit of run writes on the writer connection: every write waiting is fenced (journal
+//! position + owner) in one pipelined round, the survivors' rows go in a second pipelined round,
+//! and one COMMIT makes them all durable.
+
+use super::rows::i;
+use super::{Conn, Slot, pg};
+use crate::{Error, RunRow, RunWrite};
+use futures_util::future::join_all;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+const MAX_GROUP: usize = 512;
+
+/// Where a write's outcome goes once its group is done.
+pub(super) type Reply = oneshot::Sender<Result<(), Error>>;
+
+pub(super) async fn write_loop(
+    slot: Arc<Slot>,
+    mut rx: mpsc::UnboundedReceiver<(Arc<RunWrite>, Reply)>,
+    health: crate::WriteHealth,
+) {
+    let mut batch = Vec::new();
+    let mut carry: Vec<(Arc<RunWrite>, Reply)> = Vec::new();
+    loop {
+        let first = match carry.is_empty() {
+            true => match rx.recv().await {
+                Some(w) => w,
+                None => return,
+            },
+            false => carry.remove(0),
+        };
+        batch.push(first);
+        while batch.len() + carry.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        // One write per run per group: the group's UPDATE fences by run id.
+        let mut seen = std::collections::HashSet::new();
+        let (now, later): (Vec<_>, Vec<_>) = batch.drain(..).partition(|(w, _)| seen.insert(w.run.id.clone()));
+        batch = now;
+        carry.extend(later);
+        let writes: Vec<&RunWrite> = batch.iter().map(|(w, _)| &**w).collect();
+        // While the server is away (a restart, a failover) hold the writes and try again with
+        // backoff rather than fail every run in flight; give up after a while.
+        let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+        let mut backoff = Duration::from_millis(100);
+        let results = loop {
+            let attempt = group_once(&slot, &writes).await;
+            match attempt {
+                Err(Error::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => break other,
+            }
+        };
+        health.note(results.as_ref().err());
+        match results {
+            Ok(results) => {
+                for ((_, reply), r) in batch.drain(..).zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(match &e {
+                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+                        Error::Full(m) => Error::Full(m.clone()),
+                        Error::Contention(m) => Error::Contention(m.clone()),
+                        Error::Conflict { run_id, expected } => {
+                            Error::Conflict { run_id: run_id.clone(), expected: *expected }
+                        }
+                        other => Error::Postgres(format!("group commit failed: {other}")),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// How long a group of writes waits for the server to come back before failing.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Advisory lock key shared by writers and taken exclusively by gc ("CARNGC").
+pub(super) const GC_LOCK: i64 = 0x4341_524E_4743;
+const GROUP_START: &str = "SELECT txid_current()::BIGINT, pg_advisory_xact_lock_shared($1)::TEXT";
+/// How long one group may take before the connection is presumed dead.
+const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One try at committing a group on the writer connection. A group whose COMMIT outcome was lost
+/// with the connection is looked up by transaction id once the server answers again, so a
+/// committed group is never written twice (nor reported as a conflict with itself).
+async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+    let client = slot.get().await?;
+    let attempt = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes)).await {
+        Ok(r) => r,
+        Err(_) => {
+            slot.reset().await;
+            return Err(Error::Unavailable(format!("no answer within {GROUP_TIMEOUT:?}")));
+        }
+    };
+    match attempt {
+        Ok(outcomes) => Ok(outcomes),
+        Err(GroupFail::Failed(e)) => Err(e),
+        Err(GroupFail::Unknown { xid, outcomes }) => {
+            slot.reset().await;
+            let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+            loop {
+                let status = async {
+                    let c = slot.get().await?;
+                    let row = c.query_one("SELECT txid_status($1)::TEXT", &[&xid]).await.map_err(pg)?;
+                    Ok::<Option<String>, Error>(row.get(0))
+                }
+                .await;
+                match status {
+                    Ok(Some(s)) if s == "committed" => return Ok(outcomes),
+                    Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
+                    Err(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+    match commit_group(client, writes).await {
+        // One write broke the whole group (a bug or a constraint we did not fence): commit each
+        // alone, so only the broken one fails.
+        Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
+            let mut one_by_one = Vec::with_capacity(writes.len());
+            for w in writes {
+                one_by_one.push(match commit_group(client, &[*w]).await {
+                    Ok(mut r) => r.pop().unwrap_or(Ok(())),
+                    Err(GroupFail::Failed(e)) => Err(e),
+                    Err(GroupFail::Unknown { .. }) => {
+                        return Err(GroupFail::Failed(Error::Unavailable("connection lost mid-retry".into())));
+                    }
+                });
+            }
+            Ok(one_by_one)
+        }
+        other => other,
+    }
+}
+
+/// Why a group did not simply commit.
+enum GroupFail {
+    /// The connection broke around COMMIT: transaction `xid` may have committed these outcomes.
+    Unknown {
+        xid: i64,
+        outcomes: Vec<Result<(), Error>>,
+    },
+    Failed(Error),
+}
+
+impl From<Error> for GroupFail {
+    fn from(e: Error) -> Self {
+        GroupFail::Failed(e)
+    }
+}
+
+/// Fences every write, writes the rows of those that passed, and commits once. However many
+/// writes the group holds, it costs a handful of statements: updates and rows go as arrays
+/// (`UNNEST`), only creations go one by one.
+async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+    client.batch_execute("BEGIN").await.map_err(pg)?;
+    let xid = std::sync::atomic::AtomicI64::new(0);
+    let result = async {
+        // Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit
+        // in flight is linking.
+        let row = client.query_one(GROUP_START, &[&GC_LOCK]).await.map_err(pg)?;
+        xid.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
+        let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
+            writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
+        let mut outcomes: Vec<Result<(), Error>> = (0..writes.len()).map(|_| Ok(())).collect();
+        for ((i, _), fenced) in creates.iter().zip(join_all(creates.iter().map(|(_, w)| fence_create(client, w))).await)
+        {
+            match fenced {
+                Ok(()) => {}
+                Err(e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. })) => outcomes[*i] = Err(e),
+                Err(e) => return Err(e),
+            }
+        }
+        if !updates.is_empty() {
+            let landed = fence_updates(client, &updates).await?;
+            for (i, w) in &updates {
+                if !landed.contains(&w.run.id) {
+                    outcomes[*i] = Err(Error::Conflict { run_id: w.run.id.clone(), expected: w.expected_seq });
+                }
+            }
+        }
+        let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
+        write_rows(client, &rows).await?;
+        if rows.iter().any(|w| w.release) {
+            // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
+            client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await.map_err(pg)?;
+        }
+        Ok(outcomes)
+    }
+    .await;
+    match result {
+        Ok(outcomes) => match client.batch_execute("COMMIT").await.map_err(pg) {
+            Ok(()) => Ok(outcomes),
+            // The connection broke around COMMIT: the group may or may not have committed.
+            Err(Error::Unavailable(_)) => {
+                Err(GroupFail::Unknown { xid: xid.load(std::sync::atomic::Ordering::Relaxed), outcomes })
+            }
+            Err(e) => Err(GroupFail::Failed(e)),
+        },
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(GroupFail::Failed(e))
+        }
+    }
+}
+
+/// A write and its position in the group.
+type Indexed<'a> = (usize, &'a RunWrite);
+
+/// One UPDATE for every run write in the group, each fenced on journal position and owner;
+/// returns the ids that passed.
+async fn fence_updates(client: &Conn, updates: &[Indexed<'_>]) -> Result<std::collections::HashSet<String>, Error> {
+    let runs: Vec<&RunRow> = updates.iter().map(|(_, w)| &w.run).collect();
+    let col = |f: &dyn Fn(&RunRow) -> Option<String>| runs.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
+    let num = |f: &dyn Fn(&RunRow) -> Option<i64>| runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>();
+    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
+    let versions = num(&|r| r.definition_version.map(i64::from));
+    let statuses: Vec<String> = runs.iter().map(|r| r.status.clone()).collect();
+    let current = col(&|r| r.current_step.clone());
+    let fclass = col(&|r| r.failure_class.clone());
+    let fmsg = col(&|r| r.failure_message.clone());
+    let fstep = col(&|r| r.failed_step.clone());
+    let last: Vec<i64> = runs.iter().map(|r| i(r.last_seq)).collect();
+    let updated: Vec<i64> = runs.iter().map(|r| r.updated_at_ms).collect();
+    let finished = num(&|r| r.finished_at_ms);
+    let dhash = col(&|r| r.definition_hash.clone());
+    let ohash = col(&|r| r.output_hash.clone());
+    let artifact = col(&|r| r.artifact.clone());
+    let new_owner: Vec<Option<String>> = updates.iter().map(|(_, w)| (!w.release).then(|| w.owner.clone())).collect();
+    let lease: Vec<Option<i64>> = updates.iter().map(|(_, w)| (!w.release).then_some(w.lease_until_ms)).collect();
+    let wake: Vec<Option<i64>> = updates.iter().map(|(_, w)| if w.release { w.run.wake_at_ms } else { None }).collect();
+    let retain = num(&|r| r.retain_until_ms);
+    let expected: Vec<i64> = updates.iter().map(|(_, w)| i(w.expected_seq)).collect();
+    let owners: Vec<String> = updates.iter().map(|(_, w)| w.owner.clone()).collect();
+    let rows = client
+        .query(
+            &client.stmt(FENCE_UPDATES).await?,
+            &[
+                &ids, &versions, &statuses, &current, &fclass, &fmsg, &fstep, &last, &updated, &finished, &dhash,
+                &ohash, &artifact, &new_owner, &lease, &wake, &retain, &expected, &owners,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}
+
+/// Fences one creation (the run row must not exist; its idempotency key must be free).
+async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
+    let r = &w.run;
+    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
+    let wake_at = if w.release { r.wake_at_ms } else { None };
+    let version = r.definition_version.map(i64::from);
+    let n = client
+        .execute(
+            "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
+             failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
+             definition_hash, output_hash, artifact, wake_at, retain_until) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING",
+            &[
+                &r.id,
+                &r.workflow,
+                &version,
+                &r.status,
+                &r.goal,
+                &r.current_step,
+                &r.failure_class,
+                &r.failure_message,
+                &r.failed_step,
+                &i(r.last_seq),
+                &owner,
+                &lease,
+                &r.created_at_ms,
+                &r.updated_at_ms,
+                &r.finished_at_ms,
+                &r.definition_hash,
+                &r.output_hash,
+                &r.artifact,
+                &wake_at,
+                &r.retain_until_ms,
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if n == 0 {
+        return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
+    }
+    if let Some(idem) = &w.idempotency {
+        let inserted = client
+            .execute(
+                "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
+                 ON CONFLICT (key) DO NOTHING",
+                &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
+            )
+            .await
+            .map_err(pg)?;
+        if inserted == 0 {
+            // The key belongs to another run: take back the row this write just made.
+            client.execute("DELETE FROM runs WHERE id=$1", &[&r.id]).await.map_err(pg)?;
+            let row = client
+                .query_one("SELECT run_id, request_hash FROM idempotency WHERE key=$1", &[&idem.key])
+                .await
+                .map_err(pg)?;
+            let (run_id, hash): (String, String) = (row.get(0), row.get(1));
+            return Err(Error::IdempotencyKey {
+                key: idem.key.clone(),
+                run_id,
+                same_request: hash == idem.request_hash,
+            });
+        }
+    }
+    Ok(())
+}
+
+const FENCE_UPDATES: &str = "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
+             failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
+             last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
+             definition_hash=v.definition_hash, output_hash=v.output_hash, artifact=v.artifact, owner=v.new_owner, \
+             lease_expires_at=v.lease, wake_at=v.wake_at, retain_until=v.retain_until \
+             FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], \
+                         $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[], \
+                         $15::BIGINT[], $16::BIGINT[], $17::BIGINT[], $18::BIGINT[], $19::TEXT[]) \
+               AS v(id, definition_version, status, current_step, failure_class, failure_message, failed_step, \
+                    last_seq, updated_at, finished_at, definition_hash, output_hash, artifact, new_owner, lease, \
+                    wake_at, retain_until, expected_seq, owner) \
+             WHERE r.id = v.id AND r.last_seq = v.expected_seq AND r.owner = v.owner \
+             RETURNING r.id";
+const INSERT_EVENTS: &str = "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])";
+const INSERT_PAYLOADS: &str = "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
+                 ON CONFLICT (hash) DO NOTHING";
+const INSERT_LINKS: &str =
+    "INSERT INTO run_payloads (run_id, hash) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[]) ON CONFLICT DO NOTHING";
+const UPSERT_STEPS: &str = "INSERT INTO steps (run_id, step_id, position, kind, status, attempts, not_before, started_at, \
+                 finished_at, busy_ms, error_class, error_message, output_hash, skip_reason) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], \
+                   $7::BIGINT[], $8::BIGINT[], $9::BIGINT[], $10::BIGINT[], $11::TEXT[], $12::TEXT[], $13::TEXT[], $14::TEXT[]) \
+                 ON CONFLICT (run_id, step_id) DO UPDATE SET position=excluded.position, status=excluded.status, attempts=excluded.attempts, \
+                 not_before=excluded.not_before, started_at=excluded.started_at, finished_at=excluded.finished_at, \
+                 busy_ms=excluded.busy_ms, error_class=excluded.error_class, error_message=excluded.error_message, \
+                 output_hash=excluded.output_hash, skip_reason=excluded.skip_reason";
+const INSERT_LOGS: &str = "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
+                 SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])";
+const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = \
+                 (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending') \
+                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending')";
+/// Answers requests; only pending ones (an answered request is never answered again).
+const ANSWER_REQUESTS: &str = "UPDATE inbox AS i SET state=v.state, code=v.code, message=v.message, \
+                 journal_seq=v.journal_seq, decided_at=v.decided_at \
+                 FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
+                   AS v(id, state, code, message, journal_seq, decided_at, run_id) \
+                 WHERE i.id = v.id AND i.run_id = v.run_id AND i.state = 'pending'";
+
+/// The group's statements, prepared on the writer connection.
+struct Prepared {
+    insert_events: tokio_postgres::Statement,
+    insert_payloads: tokio_postgres::Statement,
+    insert_links: tokio_postgres::Statement,
+    upsert_steps: tokio_postgres::Statement,
+    insert_logs: tokio_postgres::Statement,
+    wake_released: tokio_postgres::Statement,
+    answer_requests: tokio_postgres::Statement,
+}
+
+/// Column arrays for one multi-row INSERT each.
+#[derive(Default)]
+struct EventCols {
+    run: Vec<String>,
+    seq: Vec<i64>,
+    at: Vec<i64>,
+    kind: Vec<String>,
+    schema: Vec<i64>,
+    step: Vec<Option<String>>,
+    body: Vec<String>,
+}
+
+#[derive(Default)]
+struct StepCols {
+    run: Vec<String>,
+    step: Vec<String>,
+    position: Vec<i64>,
+    kind: Vec<String>,
+    status: Vec<String>,
+    attempts: Vec<i64>,
+    not_before: Vec<Option<i64>>,
+    started: Vec<Option<i64>>,
+    finished: Vec<Option<i64>>,
+    busy: Vec<i64>,
+    error_class: Vec<Option<String>>,
+    error_message: Vec<Option<String>>,
+    output: Vec<Option<String>>,
+    skip: Vec<Option<String>>,
+}
+
+#[derive(Default)]
+struct RequestCols {
+    id: Vec<i64>,
+    state: Vec<&'static str>,
+    code: Vec<Option<String>>,
+    message: Vec<Option<String>>,
+    seq: Vec<Option<i64>>,
+    at: Vec<Option<i64>>,
+    run: Vec<String>,
+}
+
+#[derive(Default)]
+struct LogCols {
+    run: Vec<String>,
+    step: Vec<String>,
+    attempt: Vec<i64>,
+    at: Vec<i64>,
+    level: Vec<String>,
+    message: Vec<String>,
+}
+
+/// The journal and projection rows of the writes that passed their fence, as arrays.
+async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let prepared = Prepared {
+        insert_events: client.stmt(INSERT_EVENTS).await?,
+        insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
+        insert_links: client.stmt(INSERT_LINKS).await?,
+        upsert_steps: client.stmt(UPSERT_STEPS).await?,
+        insert_logs: client.stmt(INSERT_LOGS).await?,
+        wake_released: client.stmt(WAKE_RELEASED).await?,
+        answer_requests: client.stmt(ANSWER_REQUESTS).await?,
+    };
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let mut ev = EventCols::default();
+    let mut payloads: std::collections::BTreeMap<&str, (i64, &[u8])> = Default::default();
+    let mut links: std::collections::BTreeSet<(&str, &str)> = Default::default();
+    let mut st = StepCols::default();
+    let mut lg = LogCols::default();
+    let mut released: Vec<String> = Vec::new();
+    let mut rq = RequestCols::default();
+    for w in writes {
+        for q in &w.requests {
+            rq.id.push(q.id);
+            rq.state.push(q.state.as_str());
+            rq.code.push(q.code.clone());
+            rq.message.push(q.message.clone());
+            rq.seq.push(q.journal_seq.map(i));
+            rq.at.push(q.decided_at_ms);
+            rq.run.push(w.run.id.clone());
+        }
+        let id = &w.run.id;
+        for e in &w.events {
+            ev.run.push(id.clone());
+            ev.seq.push(i(e.seq));
+            ev.at.push(e.at_ms);
+            ev.kind.push(e.kind.to_string());
+            ev.schema.push(i64::from(e.schema));
+            ev.step.push(e.step.clone());
+            ev.body.push(e.body.clone());
+        }
+        for p in &w.payloads {
+            payloads.entry(p.reference.hash.as_str()).or_insert((i(p.reference.size), p.bytes.as_slice()));
+            links.insert((id.as_str(), p.reference.hash.as_str()));
+        }
+        for s in &w.steps {
+            st.run.push(id.clone());
+            st.step.push(s.step_id.clone());
+            st.position.push(i64::from(s.position));
+            st.kind.push(s.kind.clone());
+            st.status.push(s.status.clone());
+            st.attempts.push(i64::from(s.attempts));
+            st.not_before.push(s.not_before_ms);
+            st.started.push(s.started_at_ms);
+            st.finished.push(s.finished_at_ms);
+            st.busy.push(i(s.busy_ms));
+            st.error_class.push(s.error_class.clone());
+            st.error_message.push(s.error_message.clone());
+            st.output.push(s.output_hash.clone());
+            st.skip.push(s.skip_reason.clone());
+        }
+        for l in &w.logs {
+            lg.run.push(id.clone());
+            lg.step.push(l.step_id.clone());
+            lg.attempt.push(i64::from(l.attempt));
+            lg.at.push(l.at_ms);
+            lg.level.push(l.level.clone());
+            lg.message.push(l.message.clone());
+        }
+        if w.release {
+            released.push(id.clone());
+        }
+    }
+    let hashes: Vec<&str> = payloads.keys().copied().collect();
+    let sizes: Vec<i64> = payloads.values().map(|(size, _)| *size).collect();
+    let bodies: Vec<&[u8]> = payloads.values().map(|(_, body)| *body).collect();
+    let (link_runs, link_hashes): (Vec<&str>, Vec<&str>) = links.into_iter().unzip();
+    let events = async {
+        if ev.run.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(&prepared.insert_events, &[&ev.run, &ev.seq, &ev.at, &ev.kind, &ev.schema, &ev.step, &ev.body])
+            .await
+    };
+    let payload_rows = async {
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        client.execute(&prepared.insert_payloads, &[&hashes, &sizes, &bodies]).await
+    };
+    let link_rows = async {
+        if link_runs.is_empty() {
+            return Ok(0);
+        }
+        client.execute(&prepared.insert_links, &[&link_runs, &link_hashes]).await
+    };
+    let step_rows = async {
+        if st.run.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(
+                &prepared.upsert_steps,
+                &[
+                    &st.run,
+                    &st.step,
+                    &st.position,
+                    &st.kind,
+                    &st.status,
+                    &st.attempts,
+                    &st.not_before,
+                    &st.started,
+                    &st.finished,
+                    &st.busy,
+                    &st.error_class,
+                    &st.error_message,
+                    &st.output,
+                    &st.skip,
+                ],
+            )
+            .await
+    };
+    let log_rows = async {
+        if lg.run.is_empty() {
+            return Ok(0);
+        }
+        client.execute(&prepared.insert_logs, &[&lg.run, &lg.step, &lg.attempt, &lg.at, &lg.level, &lg.message]).await
+    };
+    let wake_rows = async {
+        if released.is_empty() {
+            return Ok(0);
+        }
+        client.execute(&prepared.wake_released, &[&released]).await
+    };
+    let request_rows = async {
+        if rq.id.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute(&prepared.answer_requests, &[&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run])
+            .await
+    };
+    let (a, b, c, d, e, f, g) =
+        tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows, request_rows);
+    for r in [a, b, c, d, e, f] {
+        r.map_err(pg)?;
+    }
+    // Only the run's one decider answers its requests (the fence above): an answer that finds
+    // its request already answered means the store was written behind our back.
+    if g.map_err(pg)? != rq.id.len() as u64 {
+        // Answered by someone else meanwhile: the write lost a race, like a failed fence.
+        let run_id = writes.iter().find(|w| !w.requests.is_empty()).map(|w| w.run.id.clone()).unwrap_or_default();
+        return Err(Error::Conflict { run_id, expected: 0 });
+    }
+    Ok(())
+}
