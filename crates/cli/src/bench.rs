@@ -6,7 +6,7 @@
 use crate::{CliError, CliResult};
 use cairn_core::definition::{Definition, OnFailure, Step, Trigger};
 use cairn_core::event::{Event, RunOptions, RunSource};
-use cairn_core::{RunId, StepId, kinds};
+use cairn_core::{RunId, StepId};
 use cairn_engine::{Engine, EngineConfig, NewRun, Notice};
 use cairn_store::{Durability, Journal, SqliteStore, Store};
 use clap::Args;
@@ -41,7 +41,7 @@ pub struct BenchArgs {
 }
 
 fn chain(steps: usize) -> Definition {
-    let spec = kinds::lookup("noop").map(|k| k.retry);
+    let spec = crate::kinds::kinds().lookup("noop").map(|k| k.retry);
     let retry = spec.unwrap_or(cairn_core::retry::RetryPolicy {
         max_attempts: 3,
         initial_delay_ms: 100,
@@ -71,6 +71,7 @@ fn chain(steps: usize) -> Definition {
                 inject: None,
                 approval: None,
                 compensate: None,
+                role: None,
             })
             .collect(),
     }

@@ -16,6 +16,7 @@ mod bench_http;
 mod config;
 mod detail;
 mod inspect;
+mod kinds;
 mod output;
 mod plan_file;
 mod replay;
@@ -158,6 +159,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// List the step kinds this binary runs, with their defaults and `with` schema.
+    #[command(after_help = "Examples:\n  cairn kinds\n  cairn kinds --json | jq '.kinds[] | .name'")]
+    Kinds(kinds::KindsArgs),
     /// Show the plan a goal would get, without running it.
     #[command(
         after_help = "Examples:\n  cairn plan --goal \"generate summary and send email\"\n  cairn plan --goal \"generate summary and send email\" --format yaml > plan.yaml && cairn run plan.yaml\n  cairn plan --list"
@@ -308,6 +312,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.db, args).await,
             Command::Validate { files } => run::validate(&files),
             Command::Plan(args) => run::plan(args),
+            Command::Kinds(args) => kinds::list(args),
             Command::Runs { command } => inspect::runs(&cli.db, command).await,
             Command::Export(args) => inspect::export(&cli.db, args).await,
             Command::Resume(args) => run::resume(&cli.db, args).await,

@@ -395,10 +395,11 @@ mod tests {
     use serde_json::Map;
 
     fn reparsed(doc: &Doc) -> (Definition, Definition) {
-        let from_yaml =
-            parse_definition(&yaml(doc), "plan.yaml").unwrap_or_else(|p| panic!("YAML refused: {p:?}\n{}", yaml(doc)));
+        let from_yaml = parse_definition(&yaml(doc), "plan.yaml", crate::kinds::kinds())
+            .unwrap_or_else(|p| panic!("YAML refused: {p:?}\n{}", yaml(doc)));
         let text = doc.json();
-        let from_json = parse_definition(&text, "plan.json").unwrap_or_else(|p| panic!("JSON refused: {p:?}\n{text}"));
+        let from_json = parse_definition(&text, "plan.json", crate::kinds::kinds())
+            .unwrap_or_else(|p| panic!("JSON refused: {p:?}\n{text}"));
         (from_yaml, from_json)
     }
 
@@ -409,7 +410,9 @@ mod tests {
         for entry in std::fs::read_dir(dir).expect("examples") {
             let path = entry.expect("entry").path();
             let source = std::fs::read_to_string(&path).expect("read example");
-            let Ok(def) = parse_definition(&source, &path.display().to_string()) else { continue };
+            let Ok(def) = parse_definition(&source, &path.display().to_string(), crate::kinds::kinds()) else {
+                continue;
+            };
             let (from_yaml, from_json) = reparsed(&document(&def));
             assert_eq!(from_yaml, def, "{}", path.display());
             assert_eq!(from_json, def, "{}", path.display());
@@ -428,7 +431,7 @@ mod tests {
             .collect::<Vec<_>>();
         assert!(goals.len() >= 10, "{goals:?}");
         for goal in goals.iter().map(String::as_str).chain(["summarize the report but do not send email"]) {
-            let (def, info) = catalog.plan(goal).unwrap_or_else(|e| panic!("{goal}: {e}"));
+            let (def, info) = catalog.plan(goal, crate::kinds::kinds()).unwrap_or_else(|e| panic!("{goal}: {e}"));
             let doc = plan_document(&def, &info);
             let (from_yaml, from_json) = reparsed(&doc);
             let description = description_of(&doc);
@@ -437,7 +440,8 @@ mod tests {
             assert_eq!(from_yaml, expected, "{goal}");
             assert_eq!(from_json, expected, "{goal}");
         }
-        let (def, info) = catalog.plan("summarize the report but do not send email").expect("plan");
+        let (def, info) =
+            catalog.plan("summarize the report but do not send email", crate::kinds::kinds()).expect("plan");
         assert_eq!(
             description_of(&plan_document(&def, &info)),
             "Planned from the goal \"summarize the report but do not send email\" (matched: generate_summary; left \
@@ -456,7 +460,7 @@ mod tests {
     #[test]
     fn a_plan_reads_in_the_order_a_person_writes_it() {
         let catalog = Catalog::builtin().expect("catalog");
-        let (def, info) = catalog.plan("generate summary and send email").expect("plan");
+        let (def, info) = catalog.plan("generate summary and send email", crate::kinds::kinds()).expect("plan");
         let text = yaml(&plan_document(&def, &info));
         let top: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).filter_map(|l| l.split(':').next()).collect();
         assert_eq!(top, ["cairn", "name", "version", "description", "inputs", "steps"], "{text}");
@@ -522,7 +526,8 @@ mod tests {
         let wrapped = yaml(&Doc::Value(doc));
         let indented: String = text.lines().map(|l| format!("        {l}\n")).collect();
         let source = wrapped.replace(" v: VALUE\n", &format!(" v:\n{indented}"));
-        let def = parse_definition(&source, "t.yaml").unwrap_or_else(|p| panic!("{p:?}\n{source}"));
+        let def =
+            parse_definition(&source, "t.yaml", crate::kinds::kinds()).unwrap_or_else(|p| panic!("{p:?}\n{source}"));
         def.steps[0].with["v"].clone()
     }
 }

@@ -117,8 +117,11 @@ fn read_file(path: &Path) -> CliResult<String> {
 /// Reads and validates a definition file; its warnings (literal credentials …) go to stderr.
 pub fn load_definition(path: &Path) -> CliResult<Definition> {
     let source = read_file(path)?;
-    let (definition, warnings) =
-        cairn_core::validate::parse_definition_with_warnings(&source, &path.display().to_string());
+    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(
+        &source,
+        &path.display().to_string(),
+        crate::kinds::kinds(),
+    );
     for w in &warnings {
         cairn_engine::say!("{}", w.as_warning());
     }
@@ -188,8 +191,11 @@ pub fn validate(files: &[PathBuf]) -> CliResult {
                 continue;
             }
         };
-        let (definition, warnings) =
-            cairn_core::validate::parse_definition_with_warnings(&source, &path.display().to_string());
+        let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(
+            &source,
+            &path.display().to_string(),
+            crate::kinds::kinds(),
+        );
         // Warnings do not change the exit code: the file is valid.
         for w in &warnings {
             crate::out!("{}", w.as_warning());
@@ -216,7 +222,7 @@ pub fn plan(args: PlanArgs) -> CliResult {
         return Ok(());
     }
     let goal = args.goal.unwrap_or_default();
-    let (def, info) = catalog.plan(&goal).map_err(|e| CliError::usage(e.to_string()))?;
+    let (def, info) = catalog.plan(&goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string()))?;
     let document = crate::plan_file::plan_document(&def, &info);
     if let Some(format) = args.format {
         match format {
@@ -298,7 +304,7 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
         }
         (None, Some(goal)) => {
             let catalog = load_catalog(args.catalog.as_deref())?;
-            let (def, info) = catalog.plan(goal).map_err(|e| CliError::usage(e.to_string()))?;
+            let (def, info) = catalog.plan(goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string()))?;
             (def, RunSource::Goal { goal: goal.clone() }, Some(info))
         }
         _ => return Err(CliError::usage("give a workflow FILE or --goal \"...\" (see cairn run --help)")),

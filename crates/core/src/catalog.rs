@@ -11,6 +11,7 @@
 
 use crate::definition::{Definition, FORMAT_VERSION};
 use crate::event::{LeftOut, PlanInfo};
+use crate::kinds::Kinds;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -332,7 +333,8 @@ impl Catalog {
     ///
     /// If some clause matches nothing, a recipe whose keywords are spread over the whole goal
     /// ("onboard the vendor, onboarding checks first") is tried before giving up.
-    pub fn plan(&self, goal: &str) -> Result<(Definition, PlanInfo), PlanError> {
+    /// The plan is checked like any definition, against `kinds`.
+    pub fn plan(&self, goal: &str, kinds: &Kinds) -> Result<(Definition, PlanInfo), PlanError> {
         // Clauses come from the raw text: a new line separates clauses, so it must not be
         // collapsed first. The plan records the goal on one line.
         let parts = parts(goal);
@@ -371,29 +373,29 @@ impl Catalog {
         if entries.is_empty() {
             return Err(PlanError::NothingLeft { goal: goal_line, left_out, can_plan: self.describe() });
         }
-        self.build(&goal_line, &entries, left_out)
+        self.build(&goal_line, &entries, left_out, kinds)
     }
 
     /// Checks every entry: each must compose into a valid definition on its own, and its example
     /// phrasing must plan to that entry (not to a better-matching neighbour). Returns problems,
     /// one line each; empty means the catalog is sound. Meant for the built-in catalog's tests
     /// and for checking a user catalog after [`Catalog::merge`].
-    pub fn check(&self) -> Vec<String> {
+    pub fn check(&self, kinds: &Kinds) -> Vec<String> {
         let mut problems = Vec::new();
         for (name, recipe) in &self.recipes {
             let example = recipe.example();
-            match self.build(&example, &[Entry::Recipe(recipe)], Vec::new()) {
-                Ok(_) => self.check_routing(&format!("recipe `{name}`"), name, &example, &mut problems),
+            match self.build(&example, &[Entry::Recipe(recipe)], Vec::new(), kinds) {
+                Ok(_) => self.check_routing(&format!("recipe `{name}`"), name, &example, kinds, &mut problems),
                 Err(e) => problems.push(format!("recipe `{name}`: {e}")),
             }
         }
         for (name, template) in &self.templates {
             let example = template.example();
             let goal = example.clone().unwrap_or_else(|| name.clone());
-            match self.build(&goal, &[Entry::Template(name, template)], Vec::new()) {
+            match self.build(&goal, &[Entry::Template(name, template)], Vec::new(), kinds) {
                 Ok(_) => {
                     if let Some(example) = example {
-                        self.check_routing(&format!("template `{name}`"), name, &example, &mut problems);
+                        self.check_routing(&format!("template `{name}`"), name, &example, kinds, &mut problems);
                     }
                 }
                 Err(e) => problems.push(format!("template `{name}`: {e}")),
@@ -402,8 +404,8 @@ impl Catalog {
         problems
     }
 
-    fn check_routing(&self, what: &str, name: &str, example: &str, problems: &mut Vec<String>) {
-        match self.plan(example) {
+    fn check_routing(&self, what: &str, name: &str, example: &str, kinds: &Kinds, problems: &mut Vec<String>) {
+        match self.plan(example, kinds) {
             Ok((_, info)) if info.matched == [name] => {}
             Ok((_, info)) => problems.push(format!(
                 "{what}: its example \"{example}\" plans as {} instead; make the example or keywords more specific",
@@ -454,6 +456,7 @@ impl Catalog {
         goal: &str,
         entries: &[Entry<'_>],
         left_out: Vec<LeftOut>,
+        kinds: &Kinds,
     ) -> Result<(Definition, PlanInfo), PlanError> {
         let mut chain: Vec<(&str, &Template)> = Vec::new();
         for entry in entries {
@@ -521,7 +524,7 @@ impl Catalog {
         let invalid =
             |problems: Vec<String>| PlanError::Invalid { goal: goal.to_string(), matched: matched.clone(), problems };
         let text = serde_json::to_string_pretty(&Value::Object(doc)).map_err(|e| invalid(vec![e.to_string()]))?;
-        let definition = crate::validate::parse_definition(&text, PLAN_FILE)
+        let definition = crate::validate::parse_definition(&text, PLAN_FILE, kinds)
             .map_err(|problems| invalid(problems.iter().map(ToString::to_string).collect()))?;
         Ok((definition, PlanInfo { goal: goal.to_string(), matched, left_out }))
     }
@@ -542,8 +545,7 @@ fn check_template(name: &str, template: &Template, problems: &mut Vec<String>) {
         }
     }
     if !matches!(template.step.get("kind"), Some(Value::String(_))) {
-        problems
-            .push(format!("template `{name}`: `step.kind` is required (one of: {})", crate::kinds::names().join(", ")));
+        problems.push(format!("template `{name}`: `step.kind` is required (a step kind; `cairn kinds` lists them)"));
     }
     for keyword in &template.keywords {
         if let Some(problem) = keyword_problem(keyword) {
@@ -804,7 +806,7 @@ mod tests {
     }
 
     fn plan(catalog: &Catalog, goal: &str) -> (Definition, PlanInfo) {
-        catalog.plan(goal).unwrap_or_else(|e| panic!("planning {goal:?}: {e}"))
+        catalog.plan(goal, &crate::kinds::for_tests()).unwrap_or_else(|e| panic!("planning {goal:?}: {e}"))
     }
 
     /// (step id, its needs) for each step, in order.
@@ -824,7 +826,7 @@ mod tests {
         let catalog = builtin();
         assert!(catalog.templates().count() >= 9, "{:?}", catalog.describe());
         assert!(catalog.recipes().count() >= 2);
-        let problems = catalog.check();
+        let problems = catalog.check(&crate::kinds::for_tests());
         assert!(problems.is_empty(), "built-in catalog problems:\n{}", problems.join("\n"));
         for line in catalog.describe() {
             assert!(line.contains("e.g. \""), "describe line without an example: {line}");
@@ -846,7 +848,7 @@ mod tests {
         assert_eq!(def.steps[0].kind, "mock_model");
         assert_eq!(def.steps[1].with["to"], json!("team@example.com"));
         // Deterministic: planning again gives the identical plan.
-        assert_eq!(catalog.plan(goal), Ok((def, info)));
+        assert_eq!(catalog.plan(goal, &crate::kinds::for_tests()), Ok((def, info)));
     }
 
     #[test]
@@ -974,7 +976,7 @@ mod tests {
     #[test]
     fn uppercase_not_plans_nothing_and_the_error_says_what_was_left_out() {
         let catalog = builtin();
-        let err = catalog.plan("do NOT notify anyone").err();
+        let err = catalog.plan("do NOT notify anyone", &crate::kinds::for_tests()).err();
         let Some(PlanError::NothingLeft { goal, left_out, can_plan }) = &err else { panic!("{err:?}") };
         assert_eq!(goal, "do NOT notify anyone");
         assert_eq!(left_out, &vec![LeftOut { entry: "notify".into(), because: "do NOT notify anyone".into() }]);
@@ -990,7 +992,7 @@ mod tests {
         assert!(text.contains("The catalog can plan:") && text.contains("--catalog FILE"), "{text}");
 
         // Negated words that name nothing leave nothing out, and plan nothing either.
-        let err = catalog.plan("please don't do anything").err();
+        let err = catalog.plan("please don't do anything", &crate::kinds::for_tests()).err();
         assert!(matches!(&err, Some(PlanError::NothingLeft { left_out, .. }) if left_out.is_empty()), "{err:?}");
     }
 
@@ -1009,7 +1011,7 @@ mod tests {
     #[test]
     fn unmatched_clause_lists_what_the_catalog_can_plan() {
         let catalog = builtin();
-        let err = catalog.plan("generate summary and bake a cake").err();
+        let err = catalog.plan("generate summary and bake a cake", &crate::kinds::for_tests()).err();
         let Some(PlanError::Unmatched { goal, clause, can_plan }) = &err else { panic!("{err:?}") };
         assert_eq!(goal, "generate summary and bake a cake");
         assert_eq!(clause, "bake a cake");
@@ -1023,7 +1025,7 @@ mod tests {
     #[test]
     fn empty_goals_are_rejected_clearly() {
         for goal in ["", "   ", " and then , ; "] {
-            let err = builtin().plan(goal).err();
+            let err = builtin().plan(goal, &crate::kinds::for_tests()).err();
             assert!(matches!(err, Some(PlanError::EmptyGoal { .. })), "{goal:?}: {err:?}");
             let text = err.map(|e| e.to_string()).unwrap_or_default();
             assert!(text.contains("the goal is empty") && text.contains("--catalog"), "{text}");
@@ -1071,7 +1073,11 @@ recipes:
         let mut catalog = builtin();
         let user = Catalog::from_yaml(USER, "mine.yaml").unwrap_or_else(|e| panic!("{e}"));
         catalog.merge(user);
-        assert!(catalog.check().is_empty(), "{:?}", catalog.check());
+        assert!(
+            catalog.check(&crate::kinds::for_tests()).is_empty(),
+            "{:?}",
+            catalog.check(&crate::kinds::for_tests())
+        );
 
         let (def, _) = plan(&catalog, "summarise and publish to the wiki");
         assert_eq!(shape(&def), chain(&["generate_summary", "post_to_wiki"]));
@@ -1123,16 +1129,16 @@ recipes:
                     recipes:\n  - {name: ghost, description: d, keywords: [ghost], steps: [summon]}\n";
         catalog.merge(Catalog::from_yaml(user, "mine.yaml").unwrap_or_else(|e| panic!("{e}")));
 
-        let err = catalog.plan("teleport home").err();
+        let err = catalog.plan("teleport home", &crate::kinds::for_tests()).err();
         let Some(PlanError::Invalid { matched, problems, .. }) = &err else { panic!("{err:?}") };
         assert_eq!(matched, &vec!["teleport".to_string()]);
         assert!(!problems.is_empty());
         assert!(err.map(|e| e.to_string()).unwrap_or_default().contains("--catalog"));
 
-        let err = catalog.plan("ghost").err();
+        let err = catalog.plan("ghost", &crate::kinds::for_tests()).err();
         assert_eq!(err, Some(PlanError::UnknownTemplate { recipe: "ghost".into(), template: "summon".into() }));
 
-        let problems = catalog.check();
+        let problems = catalog.check(&crate::kinds::for_tests());
         assert!(problems.iter().any(|p| p.starts_with("template `teleport`")), "{problems:?}");
         assert!(problems.iter().any(|p| p.starts_with("recipe `ghost`")), "{problems:?}");
     }

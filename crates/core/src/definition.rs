@@ -4,6 +4,7 @@
 //! editing a file never changes a run in flight.
 
 use crate::ids::StepId;
+use crate::kinds::Role;
 use crate::retry::RetryPolicy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -71,6 +72,17 @@ pub struct Step {
     /// What undoes this step if the run later fails or is cancelled (a saga's compensation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensate: Option<Compensate>,
+    /// How `decide` treats the step, from its kind's description; absent for plain activities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+impl Step {
+    /// The step's role. Definitions pinned before kinds declared roles have none recorded; in
+    /// them the one gate kind there was, `approval`, is a gate.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(if self.kind == "approval" { Role::Gate } else { Role::Activity })
+    }
 }
 
 /// An activity that undoes a completed step.
@@ -355,7 +367,8 @@ mod tests {
     use serde_json::json;
 
     fn definition(source: &str) -> Definition {
-        crate::validate::parse_definition(source, "test.yaml").unwrap_or_else(|p| panic!("{p:?}"))
+        crate::validate::parse_definition(source, "test.yaml", &crate::kinds::for_tests())
+            .unwrap_or_else(|p| panic!("{p:?}"))
     }
 
     fn given(value: Value) -> serde_json::Map<String, Value> {

@@ -1,64 +1,194 @@
-//! The step kinds this binary can execute and their defaults. Validation rejects other kinds.
-//! The per-kind retry policy and timeout apply unless the definition overrides them.
+//! What the core knows about step kinds: their descriptions, as data.
+//!
+//! A kind's code lives at the edge (the engine's `kinds` module: one file per kind, one
+//! registration line). The engine builds a registry at start-up and hands the core a [`Kinds`]
+//! value; validation checks steps against it (name, `with` schema, role) and takes each kind's
+//! default retry policy and timeout from it. The core never learns what a kind does.
 
 use crate::retry::RetryPolicy;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-#[derive(Clone, Copy, Debug)]
+/// What a kind's call does to the world outside. It decides whether a call gets an effect key
+/// (so a repeated attempt does not repeat the effect) and, later, whether it needs approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EffectClass {
+    /// Computes from its input only.
+    Pure,
+    /// Reads from outside; repeating it changes nothing.
+    Read,
+    /// Writes outside, and the far side deduplicates by the idempotency key it receives.
+    IdempotentWrite,
+    /// Writes outside; repeating it would repeat the write.
+    Write,
+    /// Writes outside and cannot be undone (money moved, mail sent).
+    Irreversible,
+}
+
+impl EffectClass {
+    pub const ALL: [EffectClass; 5] = [
+        EffectClass::Pure,
+        EffectClass::Read,
+        EffectClass::IdempotentWrite,
+        EffectClass::Write,
+        EffectClass::Irreversible,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EffectClass::Pure => "pure",
+            EffectClass::Read => "read",
+            EffectClass::IdempotentWrite => "idempotent_write",
+            EffectClass::Write => "write",
+            EffectClass::Irreversible => "irreversible",
+        }
+    }
+
+    /// Whether a call of this class goes through the effect log with a stable key: every class
+    /// that writes. Reads and pure computations are simply done again.
+    pub fn needs_effect_key(self) -> bool {
+        match self {
+            EffectClass::Pure | EffectClass::Read => false,
+            EffectClass::IdempotentWrite | EffectClass::Write | EffectClass::Irreversible => true,
+        }
+    }
+}
+
+/// How `decide` treats a step of the kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs attempts at the edge (the usual case).
+    #[default]
+    Activity,
+    /// A person's decision: the step always has an approval gate, and its output is the
+    /// decision (`{decision, by, comment}`). It cannot be a compensation.
+    Gate,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Activity => "activity",
+            Role::Gate => "gate",
+        }
+    }
+
+    pub fn is_activity(&self) -> bool {
+        *self == Role::Activity
+    }
+}
+
+/// A kind as the core sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KindSpec {
-    pub name: &'static str,
-    pub summary: &'static str,
+    pub name: String,
+    /// One line for `cairn kinds` and error messages.
+    pub summary: String,
+    /// The retry policy a step of this kind gets unless it (or `defaults`) says otherwise.
     pub retry: RetryPolicy,
     /// Default per-attempt timeout; `None` means no timeout unless the step sets one.
     pub timeout_ms: Option<u64>,
+    /// The kind's effect class (a kind may refine it per call, e.g. `http` GET is a read).
+    pub effect: EffectClass,
+    pub role: Role,
+    /// JSON Schema of the step's `with` block; `cairn validate` checks literal values against it
+    /// (a value that is a template is checked when it renders, by the kind).
+    pub with_schema: Value,
 }
 
-const QUICK: RetryPolicy =
+impl KindSpec {
+    /// A kind with the usual defaults: quick retries, a one-minute timeout, a pure activity,
+    /// and any `with` accepted. Kinds set what differs.
+    pub fn new(name: impl Into<String>, summary: impl Into<String>) -> KindSpec {
+        KindSpec {
+            name: name.into(),
+            summary: summary.into(),
+            retry: QUICK,
+            timeout_ms: Some(60_000),
+            effect: EffectClass::Pure,
+            role: Role::Activity,
+            with_schema: Value::Bool(true),
+        }
+    }
+
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn timeout_ms(mut self, timeout_ms: Option<u64>) -> Self {
+        self.timeout_ms = timeout_ms;
+        self
+    }
+
+    pub fn effect(mut self, effect: EffectClass) -> Self {
+        self.effect = effect;
+        self
+    }
+
+    pub fn role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    pub fn with_schema(mut self, schema: Value) -> Self {
+        self.with_schema = schema;
+        self
+    }
+}
+
+/// Retries for quick local work: 3 attempts, 100 ms doubling to at most 5 s.
+pub const QUICK: RetryPolicy =
     RetryPolicy { max_attempts: 3, initial_delay_ms: 100, multiplier: 2.0, max_delay_ms: 5_000, jitter: 0.2 };
 
-const MODEL: RetryPolicy =
+/// Retries for calls to remote services: 5 attempts, 500 ms doubling to at most 30 s.
+pub const REMOTE: RetryPolicy =
     RetryPolicy { max_attempts: 5, initial_delay_ms: 500, multiplier: 2.0, max_delay_ms: 30_000, jitter: 0.2 };
 
-pub const KINDS: &[KindSpec] = &[
-    KindSpec { name: "noop", summary: "does nothing and outputs null", retry: QUICK, timeout_ms: Some(60_000) },
-    KindSpec { name: "echo", summary: "outputs its `with` block, rendered", retry: QUICK, timeout_ms: Some(60_000) },
-    KindSpec {
-        name: "sleep",
-        summary: "waits `with.duration` (e.g. 2s), then outputs {slept_ms}",
-        retry: QUICK,
-        timeout_ms: None,
-    },
-    KindSpec {
-        name: "mock_model",
-        summary: "deterministic stand-in for a model: `with.prompt` in, {text, tokens_in, tokens_out} out; \
-                  `with.respond` fixes the reply",
-        retry: MODEL,
-        timeout_ms: Some(120_000),
-    },
-    KindSpec {
-        name: "http",
-        summary: "sends `with.body` as JSON to `with.url` (http://) with `Idempotency-Key: run/step/call`; \
-                  the JSON answer is the output",
-        retry: MODEL,
-        timeout_ms: Some(30_000),
-    },
-    KindSpec {
-        name: "approval",
-        summary: "waits for a person to approve or reject; outputs {decision, by, comment}",
-        retry: QUICK,
-        timeout_ms: Some(60_000),
-    },
-    KindSpec {
-        name: "fail",
-        summary: "always fails with `with.class` (default permanent) and `with.message`",
-        retry: QUICK,
-        timeout_ms: Some(60_000),
-    },
-];
-
-pub fn lookup(name: &str) -> Option<&'static KindSpec> {
-    KINDS.iter().find(|k| k.name == name)
+/// The kinds a binary can run, by name. Cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Kinds {
+    by_name: Arc<BTreeMap<String, KindSpec>>,
 }
 
-pub fn names() -> Vec<&'static str> {
-    KINDS.iter().map(|k| k.name).collect()
+impl Kinds {
+    pub fn new(specs: impl IntoIterator<Item = KindSpec>) -> Kinds {
+        Kinds { by_name: Arc::new(specs.into_iter().map(|k| (k.name.clone(), k)).collect()) }
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<&KindSpec> {
+        self.by_name.get(name)
+    }
+
+    /// Names in alphabetical order.
+    pub fn names(&self) -> Vec<&str> {
+        self.by_name.keys().map(String::as_str).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &KindSpec> {
+        self.by_name.values()
+    }
+}
+
+/// Kinds for the core's own tests, shaped like the engine's built-ins.
+#[cfg(test)]
+pub(crate) fn for_tests() -> Kinds {
+    use serde_json::json;
+    Kinds::new([
+        KindSpec::new("noop", "does nothing"),
+        KindSpec::new("echo", "outputs its input"),
+        KindSpec::new("fail", "fails"),
+        KindSpec::new("sleep", "sleeps").timeout_ms(None),
+        KindSpec::new("mock_model", "a stand-in model").retry(REMOTE).timeout_ms(Some(120_000)),
+        KindSpec::new("http", "calls a URL")
+            .retry(REMOTE)
+            .timeout_ms(Some(30_000))
+            .effect(EffectClass::Write)
+            .with_schema(json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}})),
+        KindSpec::new("approval", "a person decides").role(Role::Gate),
+    ])
 }

@@ -324,7 +324,7 @@ mod tests {
     use crate::validate::{Problem, parse_definition};
 
     fn problems(source: &str) -> Vec<Problem> {
-        parse_definition(source, "t.yaml").err().unwrap_or_default()
+        parse_definition(source, "t.yaml", &crate::kinds::for_tests()).err().unwrap_or_default()
     }
 
     /// (line, column, step, code, message) of each problem.

@@ -1,16 +1,18 @@
-//! The demo activities that run at the edge until the model and tool layer lands: `noop`, `echo`,
-//! `sleep`, `mock_model` and `fail`, plus failure injection (per step, and seeded chaos per run).
+//! Running one attempt: fault injection (per step, and seeded chaos per run) first, then the
+//! step's kind from the registry (`crate::kinds`).
 //!
 //! Activities may run more than once (at-least-once): an attempt interrupted by a crash is tried
-//! again. These demo activities have no outside effects, so that is harmless here.
+//! again. Kinds whose effect class writes go through the effect log (see the driver), so their
+//! *effect* happens once.
 
+use crate::kinds::{Attempt, Registry, Usage};
 use crate::secrets::Resolved;
 use cairn_core::chaos::unit_hash;
 use cairn_core::definition::Inject;
-use cairn_core::duration::parse_ms;
 use cairn_core::event::{Chaos, ErrorClass, Failure};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// What one attempt needs to know.
 pub struct AttemptContext<'a> {
@@ -28,26 +30,34 @@ pub struct AttemptContext<'a> {
     pub chaos: Option<Chaos>,
     /// Who runs the attempt (the lease owner), sent to services for their logs.
     pub worker: &'a str,
+    pub kinds: &'a Registry,
+    /// The kind's configuration (null when none).
+    pub config: &'a Value,
+    /// Set when the engine stops.
+    pub cancel: watch::Receiver<bool>,
 }
 
-/// The effect-log key of an attempt that writes to the outside (an `http` call other than GET):
-/// `run/step/call`, the same for every attempt of the step. `None` for side-effect-free kinds.
-/// Give it the journaled input: the key must not depend on a secret's value.
-pub fn effect_key(kind: &str, input: &Value, run_id: &str, step: &str) -> Option<String> {
-    let method = input.get("method").and_then(Value::as_str).unwrap_or("POST");
-    (kind == "http" && !method.eq_ignore_ascii_case("GET")).then(|| call_key(run_id, step))
-}
-
-/// `run/step/call`: the same for every attempt of this step, so the far side applies a retried
-/// write once (sent as `Idempotency-Key`; the effect log's key too).
-fn call_key(run_id: &str, step: &str) -> String {
-    format!("{run_id}/{step}/1")
+/// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
+/// the journaled input): `run/step/call`, the same for every attempt of the step. `None` for kinds
+/// that only read or compute. Give it the journaled input: the key must not depend on a secret's
+/// value.
+pub fn effect_key(kinds: &Registry, kind: &str, input: &Value, run_id: &str, step: &str) -> Option<String> {
+    let effect = kinds.effect(kind, input)?;
+    effect.needs_effect_key().then(|| format!("{run_id}/{step}/1"))
 }
 
 /// An activity's result and the log lines it wants kept with the attempt.
 pub struct Outcome {
     pub result: Result<Value, Failure>,
     pub logs: Vec<String>,
+    /// What the attempt used, when its kind reports it.
+    pub usage: Option<Usage>,
+}
+
+impl Outcome {
+    pub fn of(result: Result<Value, Failure>, logs: Vec<String>) -> Outcome {
+        Outcome { result, logs, usage: None }
+    }
 }
 
 /// Runs the attempt (timeouts are applied by the caller).
@@ -63,92 +73,49 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         }
         if ctx.attempt <= inject.fail_times {
             let msg = format!("injected failure (attempt {} of fail_times={})", ctx.attempt, inject.fail_times);
-            return Outcome { result: Err(Failure::new(inject.fail_class, msg)), logs };
+            return Outcome::of(Err(Failure::new(inject.fail_class, msg)), logs);
         }
         if inject.fail_rate > 0.0 && unit_hash(0, &[ctx.run_id, ctx.step, &ctx.attempt.to_string()]) < inject.fail_rate
         {
             let msg = format!("injected failure (fail_rate={})", inject.fail_rate);
-            return Outcome { result: Err(Failure::new(inject.fail_class, msg)), logs };
+            return Outcome::of(Err(Failure::new(inject.fail_class, msg)), logs);
         }
     }
     if let Some(chaos) = ctx.chaos
         && unit_hash(chaos.seed, &[ctx.workflow, ctx.step, &ctx.attempt.to_string()]) < chaos.rate
     {
         let msg = format!("chaos: injected transient failure (seed={}, rate={})", chaos.seed, chaos.rate);
-        return Outcome { result: Err(Failure::new(ErrorClass::Transient, msg)), logs };
+        return Outcome::of(Err(Failure::new(ErrorClass::Transient, msg)), logs);
     }
-    let result = match ctx.kind {
-        "noop" => Ok(Value::Null),
-        "echo" => Ok(ctx.input.clone()),
-        // The gate was passed before the attempt started; its output is the recorded decision.
-        "approval" => Ok(ctx.input.clone()),
-        "http" => {
-            let key = call_key(ctx.run_id, ctx.step);
-            crate::http::call(ctx.input, &key, ctx.worker, ctx.secrets, &mut logs).await
-        }
-        "sleep" => sleep(ctx.input, &mut logs).await,
-        "mock_model" => Ok(mock_model(ctx.input, &mut logs)),
-        "fail" => {
-            let class = ctx.input.get("class").and_then(Value::as_str).and_then(ErrorClass::parse);
-            let message = ctx.input.get("message").and_then(Value::as_str).unwrap_or("the `fail` step failed as asked");
-            Err(Failure::new(class.unwrap_or(ErrorClass::Permanent), message))
-        }
-        other => Err(Failure::new(
-            ErrorClass::Permanent,
-            format!("step kind '{other}' is not known to this cairn binary; upgrade cairn or change the step's kind"),
-        )),
-    };
-    Outcome { result, logs }
-}
-
-async fn sleep(input: &Value, logs: &mut Vec<String>) -> Result<Value, Failure> {
-    let ms = match input.get("duration") {
-        Some(Value::String(s)) => {
-            parse_ms(s).map_err(|e| Failure::new(ErrorClass::Permanent, format!("with.duration: {e}")))?
-        }
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
-        _ => 0,
-    };
-    logs.push(format!("sleeping {ms} ms"));
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-    Ok(json!({ "slept_ms": ms }))
-}
-
-/// A deterministic stand-in for a language model: the same prompt always gives the same reply.
-fn mock_model(input: &Value, logs: &mut Vec<String>) -> Value {
-    let prompt = match input.get("prompt") {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => input.to_string(),
-    };
-    let tokens_in = estimate_tokens(&prompt);
-    let (text, data) = match input.get("respond") {
-        Some(Value::String(s)) => (s.clone(), None),
-        Some(other) => (other.to_string(), Some(other.clone())),
-        None => {
-            let words: Vec<&str> = prompt.split_whitespace().take(16).collect();
-            let tag = cairn_core::chaos::hash64(0, &[&prompt]) % 10_000;
-            (format!("Summary: {} [mock {tag:04}]", words.join(" ")), None)
-        }
-    };
-    let tokens_out = estimate_tokens(&text);
-    logs.push(format!("mock model: {tokens_in} tokens in, {tokens_out} tokens out"));
-    let mut out = json!({ "text": text, "model": "mock-1", "tokens_in": tokens_in, "tokens_out": tokens_out });
-    if let Some(d) = data {
-        out["data"] = d;
-    }
-    out
-}
-
-fn estimate_tokens(text: &str) -> u64 {
-    (text.split_whitespace().count() as u64 * 4).div_ceil(3)
+    let mut attempt = Attempt::new(
+        ctx.run_id,
+        ctx.workflow,
+        ctx.step,
+        ctx.attempt,
+        ctx.input,
+        ctx.secrets,
+        ctx.config,
+        ctx.worker,
+        ctx.cancel,
+    );
+    let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
+    let (lines, usage) = attempt.finish();
+    logs.extend(lines);
+    Outcome { result, logs, usage }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn ctx<'a>(kind: &'a str, input: &'a Value, inject: Option<&'a Inject>, attempt: u32) -> AttemptContext<'a> {
+    fn ctx<'a>(
+        kinds: &'a Registry,
+        kind: &'a str,
+        input: &'a Value,
+        inject: Option<&'a Inject>,
+        attempt: u32,
+    ) -> AttemptContext<'a> {
         static NONE: std::sync::LazyLock<Resolved> = std::sync::LazyLock::new(Resolved::none);
         AttemptContext {
             run_id: "wf_x",
@@ -161,30 +128,44 @@ mod tests {
             inject,
             chaos: None,
             worker: "t",
+            kinds,
+            config: &Value::Null,
+            cancel: watch::channel(false).1,
         }
     }
 
     #[tokio::test]
-    async fn mock_model_is_deterministic() {
-        let input = json!({"prompt": "summarise the quarterly numbers please"});
-        let a = execute(ctx("mock_model", &input, None, 1)).await.result.expect("ok");
-        let b = execute(ctx("mock_model", &input, None, 2)).await.result.expect("ok");
-        assert_eq!(a, b);
-        assert!(a["text"].as_str().unwrap_or("").starts_with("Summary: summarise"));
-        let fixed = json!({"prompt": "x", "respond": {"risk": "medium"}});
-        let c = execute(ctx("mock_model", &fixed, None, 1)).await.result.expect("ok");
-        assert_eq!(c["data"]["risk"], "medium");
-    }
-
-    #[tokio::test]
-    async fn fail_times_fails_the_first_attempts_only() {
+    async fn fail_times_fails_the_first_attempts_only_and_unknown_kinds_fail_for_good() {
+        let kinds = crate::kinds::builtin();
         let inject = Inject { fail_times: 2, ..Inject::default() };
-        let input = Value::Null;
+        let null = Value::Null;
         for attempt in 1..=3 {
-            let r = execute(ctx("noop", &input, Some(&inject), attempt)).await.result;
+            let r = execute(ctx(&kinds, "noop", &null, Some(&inject), attempt)).await.result;
             assert_eq!(r.is_err(), attempt <= 2, "attempt {attempt}");
         }
-        let r = execute(ctx("fail", &json!({"class": "rate_limited"}), None, 1)).await.result;
+        let input = json!({"class": "rate_limited"});
+        let r = execute(ctx(&kinds, "fail", &input, None, 1)).await.result;
         assert_eq!(r.map_err(|f| f.class), Err(ErrorClass::RateLimited));
+        let r = execute(ctx(&kinds, "nope", &null, None, 1)).await.result;
+        assert_eq!(r.map_err(|f| f.class), Err(ErrorClass::Permanent));
+    }
+
+    #[tokio::test]
+    async fn a_kinds_usage_and_logs_come_back_with_the_outcome() {
+        let kinds = crate::kinds::builtin();
+        let input = json!({"prompt": "one two three"});
+        let out = execute(ctx(&kinds, "mock_model", &input, None, 1)).await;
+        assert_eq!(out.usage.map(|u| u.tokens_in), Some(4));
+        assert!(out.logs.iter().any(|l| l.starts_with("mock model:")), "{:?}", out.logs);
+    }
+
+    #[test]
+    fn only_kinds_that_write_get_an_effect_key() {
+        let kinds = crate::kinds::builtin();
+        let key = |kind, input: Value| effect_key(&kinds, kind, &input, "wf_1", "s");
+        assert_eq!(key("http", json!({"url": "http://x/"})).as_deref(), Some("wf_1/s/1"));
+        assert_eq!(key("http", json!({"url": "http://x/", "method": "get"})), None);
+        assert_eq!(key("echo", json!({})), None);
+        assert_eq!(key("nope", json!({})), None);
     }
 }

@@ -361,6 +361,8 @@ impl<S: Store> Live<S> {
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
         let secrets = self.inner.config.secrets.clone();
+        let kinds = self.inner.config.kinds.clone();
+        let config = self.inner.config.kind_config.get(&step_def.kind).cloned().unwrap_or(Value::Null);
         let shutdown = self.shutdown.clone();
         self.running.spawn(async move {
             let _permit = permit;
@@ -368,7 +370,7 @@ impl<S: Store> Live<S> {
             // Side effects go through the effect log: a result logged by an earlier attempt is
             // returned instead of calling again (the call's key is the same for every attempt,
             // and comes from the journaled input, whatever the secrets' values).
-            let effect_key = activity::effect_key(&step_def.kind, &l.input, &run_id, &effect_step);
+            let effect_key = activity::effect_key(&kinds, &step_def.kind, &l.input, &run_id, &effect_step);
             if let Some(key) = &effect_key
                 && let Ok(Some(logged)) = store.effect(key).await
             {
@@ -377,10 +379,10 @@ impl<S: Store> Live<S> {
                     step: l.step,
                     attempt: l.attempt,
                     compensation: l.compensation,
-                    outcome: activity::Outcome {
-                        result: Ok(logged),
-                        logs: vec![format!("returned the logged result of {key}; the effect was not repeated")],
-                    },
+                    outcome: activity::Outcome::of(
+                        Ok(logged),
+                        vec![format!("returned the logged result of {key}; the effect was not repeated")],
+                    ),
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
             }
@@ -393,7 +395,7 @@ impl<S: Store> Live<S> {
                         step: l.step,
                         attempt: l.attempt,
                         compensation: l.compensation,
-                        outcome: activity::Outcome { result: Err(failure), logs: Vec::new() },
+                        outcome: activity::Outcome::of(Err(failure), Vec::new()),
                         duration_ms: started.elapsed().as_millis() as u64,
                     };
                 }
@@ -410,13 +412,16 @@ impl<S: Store> Live<S> {
                 inject: step_def.inject.as_ref(),
                 chaos,
                 worker: &worker,
+                kinds: &kinds,
+                config: &config,
+                cancel: shutdown.clone(),
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {
                 Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
                     Ok(o) => o,
-                    Err(_) => activity::Outcome {
-                        result: Err(Failure::new(
+                    Err(_) => activity::Outcome::of(
+                        Err(Failure::new(
                             ErrorClass::Timeout,
                             format!(
                                 "attempt {} ran past its timeout of {} and was cancelled",
@@ -424,8 +429,8 @@ impl<S: Store> Live<S> {
                                 cairn_core::duration::format_ms(ms)
                             ),
                         )),
-                        logs: Vec::new(),
-                    },
+                        Vec::new(),
+                    ),
                 },
                 None => fut.await,
             };

@@ -10,7 +10,7 @@ use cairn_core::state::RunState;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_store::{Claim, IdempotencyKey, RequestOutcome, RequestState, Store, WorkerRow};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub role: &'static str,
     /// Where attempts find the values of `{{ secrets.NAME }}` (default: `CAIRN_SECRET_<NAME>`).
     pub secrets: Arc<crate::secrets::Source>,
+    /// The step kinds this process runs (default: the built-ins).
+    pub kinds: Arc<crate::kinds::Registry>,
+    /// Each kind's configuration, by kind name, handed to its attempts.
+    pub kind_config: BTreeMap<String, Value>,
 }
 
 impl EngineConfig {
@@ -60,6 +64,8 @@ impl EngineConfig {
             request_wait_ms: 15_000,
             role: "worker",
             secrets: Arc::new(crate::secrets::Source::from_env()),
+            kinds: Arc::new(crate::kinds::builtin()),
+            kind_config: BTreeMap::new(),
         }
     }
 }
@@ -144,14 +150,18 @@ pub(crate) struct Inner<S> {
     /// Set once this process runs the worker loop: it is then listed among the workers (with
     /// this start time) so that clients can tell whether anyone will pick up a run.
     working_since: Mutex<Option<i64>>,
+    /// The kinds' descriptions, as definitions are validated against them.
+    specs: cairn_core::kinds::Kinds,
 }
 
 impl<S: Store> Engine<S> {
     pub fn new(store: Arc<S>, config: EngineConfig, notices: Option<mpsc::UnboundedSender<Notice>>) -> Self {
         let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
         let (shutdown, _) = watch::channel(false);
+        let specs = config.kinds.specs();
         Engine {
             inner: Arc::new(Inner {
+                specs,
                 store,
                 config,
                 permits,
@@ -168,6 +178,11 @@ impl<S: Store> Engine<S> {
 
     pub fn store(&self) -> &Arc<S> {
         &self.inner.store
+    }
+
+    /// The step kinds this engine runs, as the core validates definitions against them.
+    pub fn kinds(&self) -> &cairn_core::kinds::Kinds {
+        &self.inner.specs
     }
 
     pub fn owner(&self) -> &str {

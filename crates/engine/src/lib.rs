@@ -11,6 +11,7 @@ pub mod activity;
 mod driver;
 mod engine;
 mod http;
+pub mod kinds;
 pub mod log;
 mod requests;
 pub mod secrets;

@@ -230,14 +230,14 @@ impl Resolved {
         let mut logs: Vec<String> = self.notes.clone();
         if self.values.is_empty() {
             logs.extend(outcome.logs);
-            return Outcome { result: outcome.result, logs };
+            return Outcome { result: outcome.result, logs, usage: outcome.usage };
         }
         logs.extend(outcome.logs.iter().map(|l| self.redact(l)));
         let result = match outcome.result {
             Ok(value) => Ok(self.redact_value(value)),
             Err(failure) => Err(Failure { message: self.redact(&failure.message), ..failure }),
         };
-        Outcome { result, logs }
+        Outcome { result, logs, usage: outcome.usage }
     }
 }
 
@@ -276,7 +276,7 @@ mod tests {
         let s = source(&vars).with_mapping("cairn.toml", mapped.clone());
         assert_eq!(s.lookup("API_TOKEN").as_deref(), Ok("from-mapping"));
         let resolved = s.resolve(&[slot("", vec![Part::Secret("API_TOKEN".into())])]).expect("resolved");
-        let logs = resolved.redact_outcome(Outcome { result: Ok(Value::Null), logs: vec![] }).logs;
+        let logs = resolved.redact_outcome(Outcome::of(Ok(Value::Null), vec![])).logs;
         assert!(logs[0].contains("`CAIRN_SECRET_API_TOKEN` is set too and not used"), "{logs:?}");
         // Mapped but unset: no fallback, and the message names the variable to set.
         let s = source(&[("CAIRN_SECRET_API_TOKEN", "x")]).with_mapping("/etc/cairn.toml", mapped);
@@ -313,10 +313,10 @@ mod tests {
             resolved.redact("x my-secret-value y secret z abc"),
             "x [redacted secret OUTER] y [redacted secret INNER] z abc"
         );
-        let outcome = Outcome {
-            result: Err(Failure::new(ErrorClass::Transient, "answered 500: Bearer my-secret-value")),
-            logs: vec!["POST http://h/x?k=secret".into()],
-        };
+        let outcome = Outcome::of(
+            Err(Failure::new(ErrorClass::Transient, "answered 500: Bearer my-secret-value")),
+            vec!["POST http://h/x?k=secret".into()],
+        );
         let out = resolved.redact_outcome(outcome);
         assert_eq!(out.result.map_err(|f| f.message), Err("answered 500: Bearer [redacted secret OUTER]".into()));
         assert_eq!(out.logs, vec!["POST http://h/x?k=[redacted secret INNER]".to_string()]);

@@ -26,7 +26,7 @@ fn max_overlap(events: &[Envelope]) -> usize {
 
 fn run(yaml: &str) -> NewRun {
     NewRun {
-        definition: parse_definition(yaml, "t.yaml").expect("valid"),
+        definition: parse_definition(yaml, "t.yaml", &cairn_engine::kinds::builtin().specs()).expect("valid"),
         source: RunSource::Definition { path: None },
         plan: None,
         inputs: json!({}),

@@ -151,6 +151,7 @@ fn definition(nodes: &[Node]) -> Definition {
                 }),
                 approval: None,
                 compensate: None,
+                role: None,
             })
             .collect(),
     }

@@ -41,14 +41,14 @@ impl ToSchema for DurationText {
     }
 }
 
-/// A step kind the core knows.
+/// A step kind this binary runs (its built-in kinds).
 pub struct KindName;
 
 impl PartialSchema for KindName {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
-            .enum_values(Some(cairn_core::kinds::names()))
+            .enum_values(Some(cairn_engine::kinds::builtin().specs().names()))
             .description(Some("The step's kind: what an attempt does."))
             .into()
     }

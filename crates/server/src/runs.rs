@@ -17,6 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use cairn_core::event::{PlanInfo, RunOptions, RunSource};
+use cairn_core::kinds::Kinds;
 use cairn_core::payload::sha256_hex;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_engine::{Control, Delivery, NewRun, Submit};
@@ -169,10 +170,10 @@ pub async fn wait_for<S: Store>(state: &AppState<S>, id: &RunId, timeout: Durati
 }
 
 /// An inline definition, validated, with its warnings (literal credentials …) as text.
-fn definition_from(value: Value, origin: &str) -> Result<(Definition, Vec<String>), ApiError> {
+fn definition_from(value: Value, origin: &str, kinds: &Kinds) -> Result<(Definition, Vec<String>), ApiError> {
     let text =
         serde_json::to_string(&value).map_err(|e| ApiError::unprocessable("invalid_definition", e.to_string()))?;
-    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(&text, origin);
+    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(&text, origin, kinds);
     let definition = definition.map_err(|problems| {
         ApiError::unprocessable(
             "invalid_definition",
@@ -192,8 +193,10 @@ pub async fn resolve<S: Store>(
     let mut warnings = Vec::new();
     let (definition, source, plan) = match (req.goal, req.workflow) {
         (Some(goal), None) => {
-            let (def, info) =
-                state.catalog.plan(&goal).map_err(|e| ApiError::unprocessable("unplannable_goal", e.to_string()))?;
+            let (def, info) = state
+                .catalog
+                .plan(&goal, state.engine.kinds())
+                .map_err(|e| ApiError::unprocessable("unplannable_goal", e.to_string()))?;
             (def, RunSource::Goal { goal }, Some(info))
         }
         (None, Some(Value::String(name))) => {
@@ -209,7 +212,7 @@ pub async fn resolve<S: Store>(
                     "`version` goes with a registered workflow's name, not an inline definition",
                 ));
             }
-            let (definition, found) = definition_from(inline, "<request>")?;
+            let (definition, found) = definition_from(inline, "<request>", state.engine.kinds())?;
             warnings = found;
             (definition, RunSource::Definition { path: None }, None)
         }

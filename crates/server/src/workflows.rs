@@ -76,7 +76,8 @@ pub async fn register<S: Store>(State(state): State<AppState<S>>, req: Request) 
         return Err(ApiError::bad_request("empty_body", "the request body is empty: send a workflow definition"));
     }
     let origin = if yaml { "<request.yaml>" } else { "<request.json>" };
-    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(text, origin);
+    let (definition, warnings) =
+        cairn_core::validate::parse_definition_with_warnings(text, origin, state.engine.kinds());
     let definition = definition.map_err(|problems| {
         ApiError::unprocessable(
             "invalid_definition",

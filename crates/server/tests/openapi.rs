@@ -276,7 +276,8 @@ async fn every_operation_needs_exactly_the_role_it_documents() {
 /// unknown field ("allowed here: a, b, c").
 fn accepted_fields(definition: Value) -> BTreeSet<String> {
     let text = definition.to_string();
-    let problems = cairn_core::validate::parse_definition(&text, "probe.json").expect_err("zzz is refused");
+    let problems = cairn_core::validate::parse_definition(&text, "probe.json", &cairn_engine::kinds::builtin().specs())
+        .expect_err("zzz is refused");
     let message = problems
         .iter()
         .map(|p| p.to_string())
@@ -320,11 +321,15 @@ async fn the_described_workflow_format_is_the_one_the_parser_reads() {
     // The described examples are definitions the parser accepts.
     let definition = &doc["components"]["schemas"]["WorkflowDefinition"];
     for example in definition["examples"].as_array().expect("examples") {
-        cairn_core::validate::parse_definition(&example.to_string(), "example.json")
-            .unwrap_or_else(|p| panic!("the described example does not parse: {p:?}"));
+        cairn_core::validate::parse_definition(
+            &example.to_string(),
+            "example.json",
+            &cairn_engine::kinds::builtin().specs(),
+        )
+        .unwrap_or_else(|p| panic!("the described example does not parse: {p:?}"));
     }
     let kinds = &doc["components"]["schemas"]["StepKind"]["enum"];
-    assert_eq!(kinds, &json!(cairn_core::kinds::names()));
+    assert_eq!(kinds, &json!(cairn_engine::kinds::builtin().specs().names()));
 }
 
 #[tokio::test]

@@ -740,7 +740,8 @@ const V2: &str = "name: greet\nversion: 2\nsteps:\n  - {id: a, kind: echo, with:
 const OTHER_WF: &str = "name: alpha\nsteps:\n  - {id: a, kind: echo}\n";
 
 fn definition(yaml: &str) -> (Payload, serde_json::Value) {
-    let def = cairn_core::validate::parse_definition(yaml, "wf.yaml").unwrap_or_else(|p| panic!("invalid: {p:?}"));
+    let def = cairn_core::validate::parse_definition(yaml, "wf.yaml", &common::journal::kinds())
+        .unwrap_or_else(|p| panic!("invalid: {p:?}"));
     let value = serde_json::to_value(&def).expect("definition to json");
     (Payload::of(&value), value)
 }

@@ -5,6 +5,7 @@ use super::{Command, Decider};
 use crate::definition::Trigger;
 use crate::event::{ErrorClass, Event, Failure};
 use crate::expr;
+use crate::kinds::Role;
 use crate::machine::{RunStatus, StepStatus};
 use crate::payload::Payload;
 use crate::state::Error;
@@ -20,7 +21,7 @@ impl Decider<'_> {
             return Ok(());
         }
         let decision = self.state.steps[i].approval.as_ref().and_then(|a| a.decision.clone());
-        if step.kind == "approval" {
+        if step.role() == Role::Gate {
             // The gate itself: its output is the decision.
             let (_, by, comment) = decision.unwrap_or((true, None, None));
             let input = json!({"decision": "approved", "by": by, "comment": comment});

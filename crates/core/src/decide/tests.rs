@@ -11,7 +11,9 @@ struct Harness {
 
 impl Harness {
     fn new(yaml: &str) -> (Harness, Vec<Command>) {
-        Harness::with(crate::validate::parse_definition(yaml, "t.yaml").expect("valid definition"))
+        Harness::with(
+            crate::validate::parse_definition(yaml, "t.yaml", &crate::kinds::for_tests()).expect("valid definition"),
+        )
     }
 
     /// A run of a definition as given, even one validation would refuse (stored before a
@@ -109,10 +111,12 @@ fn a_step_sees_only_the_steps_it_needs() {
     // same whenever c is decided or re-decided after a restart. Validation refuses such a
     // template; a definition that bypassed it (stored earlier) fails at run time.
     let yaml = "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo}\n  - {id: c, kind: echo, needs: [a], with: {x: '{{ steps.b.status }}'}}\n";
-    let refused = crate::validate::parse_definition(yaml, "t.yaml").expect_err("refused by validation");
+    let refused = crate::validate::parse_definition(yaml, "t.yaml", &crate::kinds::for_tests())
+        .expect_err("refused by validation");
     assert_eq!(refused.iter().map(|p| p.code).collect::<Vec<_>>(), ["step_not_needed"]);
     let valid = yaml.replace("steps.b.status", "steps.a.status");
-    let mut def = crate::validate::parse_definition(&valid, "t.yaml").expect("valid definition");
+    let mut def =
+        crate::validate::parse_definition(&valid, "t.yaml", &crate::kinds::for_tests()).expect("valid definition");
     def.steps[2].with = json!({"x": "{{ steps.b.status }}"});
     let (mut h, _) = Harness::with(def);
     h.succeed("b", json!(1));
@@ -412,6 +416,7 @@ fn migration_refuses_to_make_a_step_that_already_ran_into_a_fallback() {
     let v2 = crate::validate::parse_definition(
         "name: t\nversion: 2\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: g}}\n  - {id: g, kind: echo}\n",
         "v2.yaml",
+        &crate::kinds::for_tests(),
     )
     .expect("valid");
     let problem = crate::fork::migration_problem(&h.state, &v2);
@@ -422,6 +427,7 @@ fn migration_refuses_to_make_a_step_that_already_ran_into_a_fallback() {
     let v3 = crate::validate::parse_definition(
         "name: t\nversion: 3\nsteps:\n  - {id: p, kind: echo, on_failure: {fallback: h}}\n  - {id: g, kind: echo}\n  - {id: h, kind: echo}\n",
         "v3.yaml",
+        &crate::kinds::for_tests(),
     )
     .expect("valid");
     assert_eq!(crate::fork::migration_problem(&h.state, &v3), None, "a new fallback for a running step is fine");

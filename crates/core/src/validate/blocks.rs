@@ -8,12 +8,22 @@ use super::compile::Defaults;
 use super::parse::{Node, RawCompensate, RawInject, RawStep, node_to_json};
 use super::problems::Problems;
 use super::retry::{check_retry, resolve_retry};
+use super::schema::check_with;
 use crate::definition::Inject;
 use crate::event::ErrorClass;
-use crate::{kinds, template};
+use crate::kinds::{Kinds, Role};
+use crate::template;
 use serde_json::Value;
+use serde_saphyr::Location;
 use serde_saphyr::Spanned;
 use std::collections::{HashMap, HashSet};
+
+/// Where each value of a `with` block is, by its path (`with.a.b[0]`), and where the block is.
+pub(super) fn places_of(node: &Spanned<Node>) -> (Location, HashMap<String, Location>) {
+    let mut places = HashMap::new();
+    node_to_json(node, "with".to_string(), &mut places);
+    (node.referenced, places)
+}
 
 /// Converts a `with` block (under `prefix`, e.g. `compensate.`) to JSON, reports templates that do
 /// not compile at their own line, and keeps the others as sites for the reference check.
@@ -54,45 +64,48 @@ pub(super) fn compile_compensate(
     c: &RawCompensate,
     index: usize,
     defaults: &Defaults,
+    kinds: &Kinds,
     step: Option<&str>,
     sites: &mut Vec<Site>,
     out: &mut Problems<'_>,
 ) -> Option<crate::definition::Compensate> {
-    let Some(kind) = kinds::lookup(&c.kind.value) else {
+    let Some(kind) = kinds.lookup(&c.kind.value) else {
         out.add(
             c.kind.referenced,
             step,
             "unknown_kind",
-            format!(
-                "compensate.kind `{}` is not a step kind; known kinds: {}",
-                c.kind.value,
-                kinds::names().join(", ")
-            ),
+            format!("compensate.kind `{}` is not a step kind; known kinds: {}", c.kind.value, kinds.names().join(", ")),
         );
         return None;
     };
-    if kind.name == "approval" {
-        let msg = "compensate.kind cannot be `approval`: a compensation runs unattended; use `on_failure: escalate` on a step to involve a person";
-        out.add(c.kind.referenced, step, "bad_compensation", msg.to_string());
+    if kind.role == Role::Gate {
+        let msg = format!(
+            "compensate.kind cannot be `{}`: a compensation runs unattended; use `on_failure: escalate` on a step to involve a person",
+            kind.name
+        );
+        out.add(c.kind.referenced, step, "bad_compensation", msg);
         return None;
     }
     let with = c.with.as_ref().map_or(Value::Null, |node| templates_of(node, index, "compensate.", step, sites, out));
+    let (at, places) = c.with.as_ref().map_or((c.kind.referenced, HashMap::new()), places_of);
+    check_with(kind, &with, &places, at, "compensate.", step, out);
     let own = c.retry.as_ref().map(|r| check_retry(r, "compensate.retry.", step, out)).unwrap_or_default();
     let retry = resolve_retry(kind.retry, &defaults.retry, &own).policy;
     Some(crate::definition::Compensate { kind: kind.name.to_string(), with, retry })
 }
 
-/// A step needs approval if it is an `approval` step, sets `requires_approval: true`, or has an
-/// `approval:` block.
+/// A step needs approval if its kind is a gate (`approval`), it sets `requires_approval: true`,
+/// or it has an `approval:` block.
 pub(super) fn compile_approval(
     s: &RawStep,
+    gate: bool,
     index: usize,
     step: Option<&str>,
     sites: &mut Vec<Site>,
     out: &mut Problems<'_>,
 ) -> Option<crate::definition::Approval> {
     use crate::definition::{Approval, OnDeadline};
-    let wanted = s.kind.value == "approval" || s.requires_approval == Some(true) || s.approval.is_some();
+    let wanted = gate || s.requires_approval == Some(true) || s.approval.is_some();
     if !wanted {
         return None;
     }
@@ -215,7 +228,7 @@ steps:
       kind: http
       with: {url: http://127.0.0.1:9/undo, body: {password: hunter2}, token: \"{{ secrets.API_TOKEN }}\"}
 ";
-        let (definition, warnings) = parse_definition_with_warnings(source, "wf.yaml");
+        let (definition, warnings) = parse_definition_with_warnings(source, "wf.yaml", &crate::kinds::for_tests());
         assert!(definition.is_ok(), "{definition:?}");
         let brief: Vec<String> = warnings.iter().map(|w| w.as_warning()).collect();
         assert_eq!(brief.len(), 2, "{brief:#?}");
@@ -235,8 +248,11 @@ steps:
         assert!(brief.iter().all(|w| !w.contains("abc123") && !w.contains("hunter2")), "values are never repeated");
         assert!(warnings.iter().all(|w| w.code == "literal_credential"));
         // The same definition with a problem keeps its warnings.
-        let (definition, warnings) =
-            parse_definition_with_warnings(&source.replace("kind: http\n    with", "kind: htp\n    with"), "wf.yaml");
+        let (definition, warnings) = parse_definition_with_warnings(
+            &source.replace("kind: http\n    with", "kind: htp\n    with"),
+            "wf.yaml",
+            &crate::kinds::for_tests(),
+        );
         assert!(definition.is_err());
         assert_eq!(warnings.len(), 2);
     }

@@ -3,21 +3,23 @@
 //! reported at its place and replaced by a placeholder, so the remaining checks still run and one
 //! pass finds every problem. The graph checks are called from here once what they need exists.
 
-use super::blocks::{compile_approval, compile_compensate, compile_inject, templates_of};
+use super::blocks::{compile_approval, compile_compensate, compile_inject, places_of, templates_of};
 use super::check::{Graph, Site, check_fallbacks, check_needs, check_references, report_cycles};
 use super::parse::{RawDefinition, RawOnFailure, RawStep};
 use super::problems::Problems;
 use super::retry::{RetryOverride, check_delays, check_retry, resolve_retry};
+use super::schema::check_with;
 use super::suggest::closest;
 use crate::definition::{Definition, FORMAT_VERSION, InputSpec, OnFailure, Step, Trigger};
+use crate::expr;
 use crate::ids::StepId;
+use crate::kinds::{Kinds, Role};
 use crate::retry::RetryPolicy;
-use crate::{expr, kinds};
 use serde_json::Value;
 
 /// Checks and compiles the whole definition. What is wrong goes to `out`; the definition returned
 /// is only meaningful when `out` holds no problem.
-pub(super) fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition {
+pub(super) fn compile(raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>) -> Definition {
     if let Some(v) = &raw.cairn
         && v.value != i64::from(FORMAT_VERSION)
     {
@@ -85,7 +87,10 @@ pub(super) fn compile(raw: RawDefinition, out: &mut Problems<'_>) -> Definition 
     let steps = raw_steps
         .iter()
         .enumerate()
-        .map(|(index, step)| compile_step(index, &step.value, &graph, &defaults, &mut edges[index], &mut sites, out))
+        .map(|(index, step)| {
+            let edges = &mut edges[index];
+            compile_step(index, &step.value, &graph, &defaults, kinds, edges, &mut sites, out)
+        })
         .collect();
     let steps = check_fallbacks(steps, raw_steps, &graph, &mut edges, out);
 
@@ -122,11 +127,13 @@ pub(super) struct Defaults {
 }
 
 /// Checks one step and compiles it; pushes its dependency edges (by step index) onto `edges`.
+#[allow(clippy::too_many_arguments)]
 fn compile_step(
     index: usize,
     s: &RawStep,
     graph: &Graph<'_>,
     defaults: &Defaults,
+    kinds: &Kinds,
     edges: &mut Vec<usize>,
     sites: &mut Vec<Site>,
     out: &mut Problems<'_>,
@@ -142,9 +149,9 @@ fn compile_step(
         );
     }
 
-    let kind = kinds::lookup(&s.kind.value);
+    let kind = kinds.lookup(&s.kind.value);
     if kind.is_none() {
-        let known = kinds::names();
+        let known = kinds.names();
         let hint =
             closest(&s.kind.value, known.iter().copied()).map(|c| format!("did you mean `{c}`? ")).unwrap_or_default();
         out.add(
@@ -170,6 +177,10 @@ fn compile_step(
         None => Value::Null,
         Some(node) => templates_of(node, index, "", here, sites, out),
     };
+    if let Some(kind) = kind {
+        let (at, places) = s.with.as_ref().map_or((s.kind.referenced, Default::default()), places_of);
+        check_with(kind, &with, &places, at, "", here, out);
+    }
 
     let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();
     // An unknown kind is already reported; the placeholder only lets the other checks run.
@@ -178,7 +189,7 @@ fn compile_step(
         |k| k.retry,
     );
     let resolved = resolve_retry(base, &defaults.retry, &step_retry);
-    check_delays(&resolved, kind.map(|k| k.name), id, out);
+    check_delays(&resolved, kind.map(|k| k.name.as_str()), id, out);
 
     let step_timeout = s.timeout.as_ref().and_then(|t| out.timeout("timeout", t, here));
     let timeout_ms = step_timeout.or(defaults.timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
@@ -235,6 +246,7 @@ fn compile_step(
         }
     };
 
+    let gate = kind.is_some_and(|k| k.role == Role::Gate);
     Step {
         id: StepId::new(id),
         kind: s.kind.value.clone(),
@@ -246,8 +258,9 @@ fn compile_step(
         on_failure,
         trigger,
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
-        approval: compile_approval(s, index, here, sites, out),
-        compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, index, defaults, here, sites, out)),
+        approval: compile_approval(s, gate, index, here, sites, out),
+        compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, index, defaults, kinds, here, sites, out)),
+        role: kind.map(|k| k.role).filter(|r| !r.is_activity()),
     }
 }
 
@@ -291,14 +304,14 @@ fn artifact_problem(name: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use crate::definition::FORMAT_VERSION;
-    use crate::kinds;
     use crate::validate::tests::{parse, problems, summary};
 
     #[test]
     fn validate_kind_defaults_apply_without_overrides() {
         let def = parse("name: x\nsteps:\n  - {id: a, kind: sleep}\n  - {id: b, kind: mock_model}\n", "x.yaml");
-        let sleep = kinds::lookup("sleep").expect("sleep kind");
-        let model = kinds::lookup("mock_model").expect("mock_model kind");
+        let kinds = crate::kinds::for_tests();
+        let sleep = kinds.lookup("sleep").expect("sleep kind");
+        let model = kinds.lookup("mock_model").expect("mock_model kind");
         assert_eq!((def.steps[0].retry, def.steps[0].timeout_ms), (sleep.retry, sleep.timeout_ms));
         assert_eq!((def.steps[1].retry, def.steps[1].timeout_ms), (model.retry, model.timeout_ms));
         assert_eq!((def.format, def.version), (FORMAT_VERSION, 1));

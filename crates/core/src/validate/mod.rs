@@ -27,6 +27,7 @@
 //! sort both by place at the end. `suggest` finds the "did you mean" hints.
 
 use crate::definition::Definition;
+use crate::kinds::Kinds;
 use std::fmt;
 
 mod blocks;
@@ -35,6 +36,7 @@ mod compile;
 mod parse;
 mod problems;
 mod retry;
+mod schema;
 mod suggest;
 #[cfg(test)]
 mod tests;
@@ -94,21 +96,26 @@ impl std::error::Error for Problem {}
 
 /// Parses a YAML or JSON definition and validates it; returns every problem at once, in source
 /// order.
-pub fn parse_definition(source: &str, file: &str) -> Result<Definition, Vec<Problem>> {
-    parse_definition_with_warnings(source, file).0
+/// `kinds` are the step kinds the binary can run (the engine's registry, as data).
+pub fn parse_definition(source: &str, file: &str, kinds: &Kinds) -> Result<Definition, Vec<Problem>> {
+    parse_definition_with_warnings(source, file, kinds).0
 }
 
 /// [`parse_definition`], plus the warnings: what is valid but probably a mistake, such as a
 /// literal credential in `with` (code `literal_credential`; see
 /// [`crate::secrets::literal_credentials`]). Warnings come in source order, also when the
 /// definition has problems (none when it cannot be read at all).
-pub fn parse_definition_with_warnings(source: &str, file: &str) -> (Result<Definition, Vec<Problem>>, Vec<Problem>) {
+pub fn parse_definition_with_warnings(
+    source: &str,
+    file: &str,
+    kinds: &Kinds,
+) -> (Result<Definition, Vec<Problem>>, Vec<Problem>) {
     let raw = match parse::read(source, file) {
         Ok(raw) => raw,
         Err(problem) => return (Err(vec![problem]), Vec::new()),
     };
     let mut problems = problems::Problems { file, list: Vec::new(), warnings: Vec::new() };
-    let definition = compile::compile(raw, &mut problems);
+    let definition = compile::compile(raw, kinds, &mut problems);
     // Stable: problems at the same place keep the order the checks found them in.
     let by_place = |p: &Problem| (p.line.is_none(), p.line, p.column);
     let mut warnings = problems.warnings;

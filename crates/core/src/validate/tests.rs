@@ -8,14 +8,14 @@ use crate::ids::StepId;
 use crate::retry::RetryPolicy;
 
 pub(super) fn problems(source: &str) -> Vec<Problem> {
-    match parse_definition(source, "test.yaml") {
+    match parse_definition(source, "test.yaml", &crate::kinds::for_tests()) {
         Ok(def) => panic!("expected problems, got a definition: {def:#?}"),
         Err(p) => p,
     }
 }
 
 pub(super) fn parse(source: &str, file: &str) -> Definition {
-    parse_definition(source, file).unwrap_or_else(|problems| {
+    parse_definition(source, file, &crate::kinds::for_tests()).unwrap_or_else(|problems| {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         panic!("unexpected problems:\n{}", text.join("\n"))
     })
@@ -202,7 +202,7 @@ fn validate_examples_parse_and_invalid_yaml_fails_loudly() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("example readable");
-        let result = parse_definition(&text, &name);
+        let result = parse_definition(&text, &name, &crate::kinds::for_tests());
         if name == "invalid.yaml" {
             let found = result.expect_err("invalid.yaml must not validate");
             assert!(found.len() >= 4, "{found:#?}");

@@ -38,6 +38,18 @@ pub struct Journal {
     clock: i64,
 }
 
+/// Step kinds for definitions in storage tests (the store does not run them; the engine's
+/// registry is not a dependency here).
+pub fn kinds() -> cairn_core::kinds::Kinds {
+    use cairn_core::kinds::{KindSpec, Kinds, Role};
+    Kinds::new([
+        KindSpec::new("echo", "outputs its input"),
+        KindSpec::new("noop", "does nothing"),
+        KindSpec::new("fail", "fails"),
+        KindSpec::new("approval", "a person decides").role(Role::Gate),
+    ])
+}
+
 impl Journal {
     /// Created and planned at `T0`: the first write of a run (`expected_seq` 0).
     pub fn new(id: RunId, yaml: &str) -> Journal {
@@ -46,7 +58,7 @@ impl Journal {
 
     /// Created and planned with its clock starting at `t0` (each event takes one millisecond).
     pub fn at(id: RunId, yaml: &str, t0: i64) -> Journal {
-        let definition = cairn_core::validate::parse_definition(yaml, "test.yaml")
+        let definition = cairn_core::validate::parse_definition(yaml, "test.yaml", &kinds())
             .unwrap_or_else(|p| panic!("test definition is invalid: {p:?}"));
         let mut j = Journal {
             state: RunState::new(id),

@@ -1,0 +1,54 @@
+//! Step kinds as plugins, seen from the CLI: `cairn kinds` lists what this binary runs with each
+//! `with` schema, and `cairn validate` holds `with` blocks to those schemas at the failing field.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn kinds_lists_every_builtin_with_its_effect_class_role_and_with_schema() {
+    let env = Env::new();
+    let out = env.run(&["kinds", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("kinds --json is JSON");
+    let kinds = doc["kinds"].as_array().expect("a list");
+    let names: Vec<&str> = kinds.iter().filter_map(|k| k["name"].as_str()).collect();
+    assert_eq!(names, ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep"]);
+    let kind = |name: &str| kinds.iter().find(|k| k["name"] == name).cloned().unwrap_or_default();
+    assert_eq!(kind("http")["effect"], "write");
+    assert_eq!(kind("http")["with_schema"]["required"], serde_json::json!(["url"]));
+    assert_eq!(kind("approval")["role"], "gate");
+    assert_eq!(kind("echo")["effect"], "pure");
+    assert_eq!(kind("mock_model")["retry"]["max_attempts"], 5);
+    assert!(kind("sleep")["timeout_ms"].is_null());
+    for k in kinds {
+        assert!(k["summary"].as_str().is_some_and(|s| !s.is_empty()), "{k}");
+    }
+
+    let out = env.run(&["kinds"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0));
+    for name in names {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{name}  ("))), "{name} missing:\n{text}");
+    }
+    assert!(text.contains("http  (write, activity;"), "{text}");
+}
+
+#[test]
+fn validate_holds_a_with_block_to_its_kinds_schema_and_names_the_failing_field() {
+    let env = Env::new();
+    env.write(
+        "wf.yaml",
+        "name: t\ninputs: {url: {}}\nsteps:\n  - id: call\n    kind: http\n    with:\n      url: ftp://x/y\n      method: POST\n  - id: boom\n    kind: fail\n    with: {class: sometimes}\n  - id: ok\n    kind: http\n    with: {url: '{{ inputs.url }}'}\n",
+    );
+    let out = env.run(&["validate", "wf.yaml"]);
+    let so = stdout(&out);
+    assert_eq!(out.status.code(), Some(2), "{so}\n{}", stderr(&out));
+    let lines: Vec<&str> = so.lines().collect();
+    assert_eq!(lines.len(), 2, "{so}");
+    assert!(lines[0].starts_with("wf.yaml:7:12: step `call`: `with.url` does not fit kind `http`"), "{so}");
+    assert!(lines[0].contains("ftp://x/y"), "{so}");
+    assert!(lines[1].starts_with("wf.yaml:11:19: step `boom`: `with.class` does not fit kind `fail`"), "{so}");
+    assert!(stderr(&out).contains("2 problem(s) found"), "{}", stderr(&out));
+}

@@ -1,0 +1,229 @@
+//! Step kinds: the plugins that run attempts at the edge.
+//!
+//! A kind is one file here implementing [`Activity`], plus one line in [`builtin`]. It describes
+//! itself ([`KindSpec`]: name, summary, default retry and timeout, effect class, role, the JSON
+//! Schema of its `with` block) and runs one attempt at a time with an [`Attempt`]: the rendered
+//! input (with secret values, in memory only), cancellation, its configuration, a log sink and
+//! usage reporting. The engine builds a [`Registry`] at start-up; the core receives the
+//! descriptions as data ([`Registry::specs`]) and validates definitions against them.
+//!
+//! How to add a kind: write `kinds/NAME.rs` with a unit struct implementing `Activity`, add
+//! `mod NAME;` and one `.with(NAME::Kind)` line to [`builtin`]. `cairn kinds` lists it, `cairn
+//! validate` checks its `with` blocks, and steps can use it.
+
+mod approval;
+mod echo;
+mod fail;
+mod http;
+mod mock_model;
+mod noop;
+mod sleep;
+
+use crate::secrets::Resolved;
+use cairn_core::event::{ErrorClass, Failure};
+use cairn_core::kinds::{EffectClass, KindSpec, Kinds};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What an attempt returns, boxed so that kinds can live in one registry.
+pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send + 'a>>;
+
+/// A step kind's code. Attempts may run more than once (after a crash, or a retry): a kind
+/// whose effect class writes gets a stable idempotency key in [`Attempt::idempotency_key`], and
+/// the engine returns a logged result instead of running such an attempt again.
+pub trait Activity: Send + Sync + 'static {
+    /// The kind's description, as the core and `cairn kinds` see it.
+    fn spec(&self) -> KindSpec;
+
+    /// The effect class of an attempt with this input; by default the kind's own. A kind whose
+    /// effect depends on its input refines it (an `http` GET only reads).
+    fn effect(&self, declared: EffectClass, _input: &Value) -> EffectClass {
+        declared
+    }
+
+    /// Runs one attempt. Timeouts and cancellation of the run drop the returned future; a kind
+    /// that holds something outside the future watches [`Attempt::cancelled`].
+    fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a>;
+}
+
+/// Tokens and money an attempt used (reported by model kinds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Usage {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    fn add(&mut self, other: Usage) {
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.cost_usd += other.cost_usd;
+    }
+}
+
+/// What one attempt can see and do.
+pub struct Attempt<'a> {
+    pub run_id: &'a str,
+    pub workflow: &'a str,
+    /// The step (`STEP.compensate` for its compensation).
+    pub step: &'a str,
+    pub attempt: u32,
+    /// The rendered input with secret values in it: memory only, never journaled or logged.
+    pub input: &'a Value,
+    /// The values of the secrets in `input`, for kinds that must redact before they shorten
+    /// what a service answered (the engine redacts the whole outcome afterwards as well).
+    pub secrets: &'a Resolved,
+    /// This kind's configuration (`EngineConfig::kind_config`); null when there is none.
+    pub config: &'a Value,
+    /// Who runs the attempt (the lease owner), for services' logs.
+    pub worker: &'a str,
+    /// `run/step/call`: the same for every attempt of the step, so the far side can apply a
+    /// retried write once (sent as `Idempotency-Key`).
+    pub idempotency_key: String,
+    cancel: watch::Receiver<bool>,
+    logs: Vec<String>,
+    usage: Option<Usage>,
+}
+
+impl<'a> Attempt<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        run_id: &'a str,
+        workflow: &'a str,
+        step: &'a str,
+        attempt: u32,
+        input: &'a Value,
+        secrets: &'a Resolved,
+        config: &'a Value,
+        worker: &'a str,
+        cancel: watch::Receiver<bool>,
+    ) -> Attempt<'a> {
+        Attempt {
+            run_id,
+            workflow,
+            step,
+            attempt,
+            input,
+            secrets,
+            config,
+            worker,
+            idempotency_key: format!("{run_id}/{step}/1"),
+            cancel,
+            logs: Vec::new(),
+            usage: None,
+        }
+    }
+
+    /// Keeps a line with the attempt's logs (shown by `cairn logs`, redacted of secrets).
+    pub fn log(&mut self, line: impl Into<String>) {
+        self.logs.push(line.into());
+    }
+
+    /// Adds to what the attempt used.
+    pub fn report_usage(&mut self, usage: Usage) {
+        self.usage.get_or_insert_with(Usage::default).add(usage);
+    }
+
+    /// Whether the engine is stopping (the attempt may be cut off soon).
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Resolves when the engine starts stopping.
+    pub async fn cancelled(&mut self) {
+        let _ = self.cancel.wait_for(|stop| *stop).await;
+    }
+
+    /// The log lines and usage, once the attempt is over.
+    pub(crate) fn finish(self) -> (Vec<String>, Option<Usage>) {
+        (self.logs, self.usage)
+    }
+}
+
+/// The kinds this process can run, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: BTreeMap<String, (KindSpec, Arc<dyn Activity>)>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// Adds a kind (replacing one of the same name).
+    pub fn with(mut self, kind: impl Activity) -> Registry {
+        let spec = kind.spec();
+        self.kinds.insert(spec.name.clone(), (spec, Arc::new(kind)));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<(&KindSpec, &Arc<dyn Activity>)> {
+        self.kinds.get(name).map(|(spec, kind)| (spec, kind))
+    }
+
+    /// The descriptions, as the core validates against them.
+    pub fn specs(&self) -> Kinds {
+        Kinds::new(self.kinds.values().map(|(spec, _)| spec.clone()))
+    }
+
+    /// The effect class of an attempt of `kind` with this (journaled) input; `None` for a kind
+    /// this binary does not have.
+    pub fn effect(&self, kind: &str, input: &Value) -> Option<EffectClass> {
+        self.get(kind).map(|(spec, activity)| activity.effect(spec.effect, input))
+    }
+
+    /// Runs an attempt of `kind`.
+    pub(crate) async fn run(&self, kind: &str, attempt: &mut Attempt<'_>) -> Result<Value, Failure> {
+        match self.get(kind) {
+            Some((_, activity)) => activity.run(attempt).await,
+            None => Err(Failure::new(
+                ErrorClass::Permanent,
+                format!(
+                    "step kind '{kind}' is not known to this cairn binary; upgrade cairn or change the step's kind"
+                ),
+            )),
+        }
+    }
+}
+
+/// The kinds built into this binary: one line each.
+pub fn builtin() -> Registry {
+    Registry::default()
+        .with(noop::Kind)
+        .with(echo::Kind)
+        .with(sleep::Kind)
+        .with(mock_model::Kind)
+        .with(http::Kind)
+        .with(approval::Kind)
+        .with(fail::Kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_describes_itself_with_a_schema_the_validator_accepts() {
+        let registry = builtin();
+        let specs = registry.specs();
+        assert_eq!(specs.names(), ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep"]);
+        for spec in specs.iter() {
+            assert!(!spec.summary.is_empty(), "{}", spec.name);
+            // The core compiles each schema when it validates a step; a broken one must not ship.
+            let def = format!("name: t\nsteps:\n  - {{id: a, kind: {}}}\n", spec.name);
+            let result = cairn_core::validate::parse_definition(&def, "t.yaml", &specs);
+            if let Err(problems) = result {
+                assert!(problems.iter().all(|p| p.code != "bad_kind_schema"), "{}: {problems:?}", spec.name);
+            }
+        }
+    }
+}
