@@ -229,6 +229,10 @@ pub struct StepView {
     pub approvals: Vec<ApprovalView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompensationView>,
+    /// Calls the step's attempts (and its compensation's, under `STEP.compensate`) made through
+    /// the effect log, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<cairn_store::CallRow>,
 }
 
 /// Attempts (of the step, or of its compensation) as the journal tells them.
@@ -287,6 +291,7 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         attempts: Vec::new(),
         approvals: Vec::new(),
         compensation: None,
+        calls: Vec::new(),
     };
     let mut attempts = Attempts::default();
     let mut undo = Attempts::default();
@@ -428,6 +433,8 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
     if !undo.0.is_empty() || gave_up.is_some() {
         view.compensation = Some(CompensationView { attempts: undo.0, gave_up });
     }
+    view.calls = store.calls(run, Some(name)).await?;
+    view.calls.extend(store.calls(run, Some(&format!("{name}.compensate"))).await?);
     Ok(view)
 }
 
@@ -550,6 +557,27 @@ pub fn print_step(v: &StepView, full: bool) {
                 a.comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
             ),
             _ => crate::out!("  waiting for a decision"),
+        }
+    }
+    if !v.calls.is_empty() {
+        crate::out!();
+        crate::out!("calls");
+        for c in &v.calls {
+            let mut line = format!(
+                "  {}#{:<3} {}  {:>7}  {:<6} {}  attempt {}  request {}",
+                if c.step_id == v.step { String::new() } else { format!("{} ", c.step_id) },
+                c.n,
+                timestamp(c.at_ms),
+                format_ms(c.duration_ms),
+                c.kind,
+                c.outcome,
+                c.attempt,
+                c.request_hash.get(..12).unwrap_or(&c.request_hash)
+            );
+            if let Some(e) = &c.error {
+                line.push_str(&format!(": {e}"));
+            }
+            crate::out!("{line}");
         }
     }
     if let Some(c) = &v.compensation {

@@ -31,7 +31,8 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
-type Loaded = (RunId, Vec<Envelope>, Vec<(String, Arc<Value>)>);
+/// (run, journal, payloads, the calls its steps made as exported).
+type Loaded = (RunId, Vec<Envelope>, Vec<(String, Arc<Value>)>, Vec<Value>);
 
 fn from_file(path: &PathBuf) -> CliResult<Loaded> {
     let text =
@@ -57,17 +58,21 @@ fn from_file(path: &PathBuf) -> CliResult<Loaded> {
         .as_object()
         .map(|m| m.iter().map(|(h, v)| (h.clone(), Arc::new(v.clone()))).collect())
         .unwrap_or_default();
-    Ok((id, events, payloads))
+    // Exports made before calls were journaled have none.
+    let calls = doc["calls"].as_array().cloned().unwrap_or_default();
+    Ok((id, events, payloads, calls))
 }
 
 pub async fn run(db: &DbArgs, args: ReplayArgs) -> CliResult {
-    let (id, events, mut payloads) = match (&args.id, &args.file) {
+    let (id, events, mut payloads, calls) = match (&args.id, &args.file) {
         (_, Some(path)) => from_file(path)?,
         (Some(id), None) => {
             let id = RunId::parse(id).map_err(CliError::usage)?;
             let store = db.open_existing().await?;
             let loaded = store.load_run(&id).await?;
-            (id, loaded.events, loaded.payloads)
+            let calls = cairn_store::EffectLog::calls(&store, &id, None).await?;
+            let calls = calls.iter().filter_map(|c| serde_json::to_value(c).ok()).collect();
+            (id, loaded.events, loaded.payloads, calls)
         }
         (None, None) => return Err(CliError::usage("give a run id or --file run.json (see cairn replay --help)")),
     };
@@ -96,10 +101,11 @@ pub async fn run(db: &DbArgs, args: ReplayArgs) -> CliResult {
         }
     };
     if args.json {
-        let doc = json!({"run_id": id, "against": against, "divergence": divergence, "timeline": timeline});
+        let doc =
+            json!({"run_id": id, "against": against, "divergence": divergence, "timeline": timeline, "calls": calls});
         crate::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     } else {
-        print_story(&id, &timeline, &against, verdict.as_ref().err());
+        print_story(&id, &timeline, &calls, &against, verdict.as_ref().err());
     }
     match verdict {
         Ok(_) => Ok(()),
@@ -111,7 +117,7 @@ fn ms(v: Option<u64>) -> String {
     v.map(cairn_core::duration::format_ms).unwrap_or_else(|| "?".into())
 }
 
-fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayError>) {
+fn print_story(id: &RunId, t: &Timeline, calls: &[Value], against: &str, error: Option<&ReplayError>) {
     let paint = Paint(colour_enabled());
     let took = t
         .finished_at_ms
@@ -146,6 +152,18 @@ fn print_story(id: &RunId, t: &Timeline, against: &str, error: Option<&ReplayErr
                 Some(w) => format!("{what} → waited {}", cairn_core::duration::format_ms(w)),
                 None => what,
             });
+        }
+        let made: Vec<String> = calls
+            .iter()
+            .filter(|c| c["step_id"] == s.step.as_str())
+            .map(|c| {
+                let took = cairn_core::duration::format_ms(c["duration_ms"].as_u64().unwrap_or(0));
+                let (kind, outcome) = (c["kind"].as_str().unwrap_or("?"), c["outcome"].as_str().unwrap_or("?"));
+                format!("call-{} {kind} {outcome} {took}", c["n"])
+            })
+            .collect();
+        if !made.is_empty() {
+            parts.push(format!("calls: {}", made.join(", ")));
         }
         if let Some(reason) = &s.skipped {
             parts.push(format!("skipped: {reason}"));

@@ -69,6 +69,7 @@ impl EngineArgs {
         config.concurrency = self.concurrency.max(1);
         config.lease_ms = self.lease_ms.max(1_000);
         config.hold_after_activity = std::env::var("CAIRN_TEST_HOLD_AFTER_ACTIVITY").ok();
+        config.hold_after_call = std::env::var("CAIRN_TEST_HOLD_AFTER_CALL").ok();
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
         config
     }

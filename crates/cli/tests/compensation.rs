@@ -155,7 +155,7 @@ fn a_crash_mid_compensation_resumes_without_repeating_finished_or_logged_undos()
     assert_eq!(compensation_order(&env, &id), ["b", "a", "a"], "a's compensation was attempted again");
     let seen = counts.lock().expect("counts").clone();
     for step in ["a", "b"] {
-        let key = format!("{id}/{step}.compensate/1");
+        let key = format!("{id}/{step}.compensate/call-1");
         assert_eq!(seen.get(&key), Some(&1), "the service saw undo {step} {:?} times: {seen:?}", seen.get(&key));
     }
     env.assert_journal_is_sound(&id);

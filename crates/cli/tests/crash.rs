@@ -164,7 +164,7 @@ fn crash_after_an_external_write_returned_does_not_repeat_it() {
     assert!(out.status.success(), "resume failed: {}", stderr(&out));
     let run = env.only_run();
     assert_eq!(run.status, "COMPLETED");
-    let key = format!("{}/pay/1", run.id);
+    let key = format!("{}/pay/call-1", run.id);
     let seen = counts.lock().expect("counts").clone();
     assert_eq!(seen.get(&key), Some(&1), "the service saw the write {:?} times: {seen:?}", seen.get(&key));
     assert_eq!(env.started(&run.id, "pay"), 2, "the step ran twice; its effect once");

@@ -17,7 +17,7 @@ fn kinds_lists_every_builtin_with_its_effect_class_role_and_with_schema() {
     assert_eq!(names, ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep"]);
     let kind = |name: &str| kinds.iter().find(|k| k["name"] == name).cloned().unwrap_or_default();
     assert_eq!(kind("http")["effect"], "write");
-    assert_eq!(kind("http")["with_schema"]["required"], serde_json::json!(["url"]));
+    assert_eq!(kind("http")["with_schema"]["properties"]["url"]["type"], "string");
     assert_eq!(kind("approval")["role"], "gate");
     assert_eq!(kind("echo")["effect"], "pure");
     assert_eq!(kind("mock_model")["retry"]["max_attempts"], 5);

@@ -151,7 +151,7 @@ fn three_workers_and_an_api_share_one_database_and_survive_a_killed_worker() {
     let ledger = ledger.lock().expect("ledger");
     // Each step's effect applied exactly once; retries after the kill reused the same key.
     let expected: HashSet<String> =
-        ids.iter().flat_map(|id| [format!("{id}/charge/1"), format!("{id}/notify/1")]).collect();
+        ids.iter().flat_map(|id| [format!("{id}/charge/call-1"), format!("{id}/notify/call-1")]).collect();
     let missing: Vec<_> = expected.difference(&ledger.applied).take(5).collect();
     let unexpected: Vec<_> = ledger.applied.difference(&expected).take(5).collect();
     assert!(missing.is_empty() && unexpected.is_empty(), "effects missing {missing:?}, unexpected {unexpected:?}");

@@ -187,7 +187,7 @@ fn a_secret_reaches_the_service_and_nowhere_else(postgres: bool) {
     let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(paths, ["/ok", "/mirror", "/echo", "/echo"], "{seen:#?}");
     assert!(seen.iter().all(|s| s.authorization == format!("Bearer {value}")), "{seen:#?}");
-    assert_eq!(seen[0].idempotency_key, format!("{id}/call/1"));
+    assert_eq!(seen[0].idempotency_key, format!("{id}/call/call-1"));
 
     // What the service echoed is redacted, in the output of a success and the error of a failure.
     let show = cairn(&env, db.as_ref(), &["runs", "show", &id, "--json"], &[]);

@@ -61,11 +61,14 @@ pub struct Failure {
     /// A hint from the far side (e.g. `Retry-After`); backoff waits at least this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// A stable code for failures a program may want to tell apart (e.g. `call_divergence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 impl Failure {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Failure { class, message: message.into(), retry_after_ms: None }
+        Failure { class, message: message.into(), retry_after_ms: None, code: None }
     }
 }
 

@@ -35,6 +35,8 @@ pub struct AttemptContext<'a> {
     pub config: &'a Value,
     /// Set when the engine stops.
     pub cancel: watch::Receiver<bool>,
+    /// Where the attempt's calls are journaled (none in unit tests: calls are simply made).
+    pub(crate) calls: Option<crate::calls::CallLog>,
 }
 
 /// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
@@ -97,6 +99,7 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         ctx.config,
         ctx.worker,
         ctx.cancel,
+        ctx.calls,
     );
     let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
     let (lines, usage) = attempt.finish();
@@ -131,6 +134,7 @@ mod tests {
             kinds,
             config: &Value::Null,
             cancel: watch::channel(false).1,
+            calls: None,
         }
     }
 

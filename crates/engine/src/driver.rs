@@ -2,6 +2,7 @@
 //! (service mode releases it for any worker), or the engine drains.
 
 use crate::activity::{self, AttemptContext};
+use crate::calls;
 use crate::engine::{Inner, Notice, RunOutcome};
 use crate::requests::{self, Control};
 use crate::{Error, now_ms};
@@ -357,6 +358,10 @@ impl<S: Store> Live<S> {
         let workflow = self.state.workflow.clone();
         let chaos = self.state.options.chaos;
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
+        let hold_call = self.inner.config.hold_after_call.as_deref().and_then(|h| {
+            let (step, n) = h.rsplit_once('/')?;
+            (step == effect_step).then(|| n.parse::<u32>().ok()).flatten()
+        });
         let worker = self.inner.config.owner.clone();
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
@@ -400,6 +405,31 @@ impl<S: Store> Live<S> {
                     };
                 }
             };
+            // Calls an earlier attempt of this step made come back from the effect log. A first
+            // attempt has none (an interrupted attempt is reported, and the next one numbered on).
+            let recorded = if l.attempt > 1 {
+                match calls::recorded(&*store, &run, &effect_step).await {
+                    Ok(recorded) => recorded,
+                    Err(e) => {
+                        let failure =
+                            Failure::new(ErrorClass::Transient, format!("cannot read the step's recorded calls: {e}"));
+                        return Finished {
+                            index: l.index,
+                            step: l.step,
+                            attempt: l.attempt,
+                            compensation: l.compensation,
+                            outcome: activity::Outcome::of(Err(failure), Vec::new()),
+                            duration_ms: started.elapsed().as_millis() as u64,
+                        };
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let sink = Arc::new(calls::StoreSink(store.clone()));
+            let mut call_log =
+                calls::CallLog::new(run.clone(), effect_step.clone(), l.attempt, recorded, sink, shutdown.clone());
+            call_log.hold_after = hold_call;
             let input = resolved.apply(&l.input, &l.secrets);
             let ctx = AttemptContext {
                 run_id: &run_id,
@@ -415,6 +445,7 @@ impl<S: Store> Live<S> {
                 kinds: &kinds,
                 config: &config,
                 cancel: shutdown.clone(),
+                calls: Some(call_log),
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {

@@ -36,6 +36,9 @@ pub struct EngineConfig {
     /// Test hook: after an attempt of this step returns, pause (so a test can SIGKILL the process
     /// between "the activity returned" and "its result was committed").
     pub hold_after_activity: Option<String>,
+    /// Test hook: `STEP/N` holds an attempt of STEP right after its call N is recorded (so a
+    /// test can SIGKILL the process in the middle of a step's calls).
+    pub hold_after_call: Option<String>,
     /// How long a request waits for the process driving its run to answer before it is reported
     /// as queued (it stays queued and is applied in order later).
     pub request_wait_ms: u64,
@@ -61,6 +64,7 @@ impl EngineConfig {
             release_when_idle_ms: None,
             poll_ms: 250,
             hold_after_activity: None,
+            hold_after_call: None,
             request_wait_ms: 15_000,
             role: "worker",
             secrets: Arc::new(crate::secrets::Source::from_env()),

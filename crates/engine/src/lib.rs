@@ -8,6 +8,7 @@
 //! reports as an interrupted (transient) failure and retries under the step's policy.
 
 pub mod activity;
+pub mod calls;
 mod driver;
 mod engine;
 mod http;

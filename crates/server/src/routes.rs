@@ -69,6 +69,7 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(runs::__path_list, runs::list::<S>)
         .add(runs::__path_get, runs::get::<S>)
         .add(runs::__path_steps, runs::steps::<S>)
+        .add(runs::__path_step, runs::step::<S>)
         .add(runs::__path_logs, runs::logs::<S>)
         .add(runs::__path_events, runs::events::<S>)
         .add(stream::__path_run_stream, stream::run_stream::<S>)

@@ -10,7 +10,7 @@ use crate::responses::{
 };
 use crate::views::{
     ForkOrigin, ForkedRun, RequestView, RunDetail, RunEvents, RunPage, RunRequests, RunSteps, RunView, StartedRun,
-    SteerRequest, SteeredRun, StepLogs, reply,
+    SteerRequest, SteeredRun, StepDetail, StepLogs, reply,
 };
 use axum::Extension;
 use axum::extract::State;
@@ -491,6 +491,38 @@ pub async fn steps<S: Store>(
     let id = parse_run_id(&id)?;
     let steps = state.store.steps(&id).await?;
     Ok(reply(StatusCode::OK, &RunSteps { run_id: id.to_string(), steps }))
+}
+
+/// A step
+///
+/// One step's state with the calls its attempts made through the effect log (`run/step/call-N`),
+/// each with its kind, request hash, outcome and duration; a compensation's calls are listed
+/// under `STEP.compensate`.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}/steps/{step}",
+    operation_id = "get_run_step",
+    tag = "runs",
+    params(RunStepPath),
+    responses(
+        (status = 200, description = "The step and its calls.", body = StepDetail),
+        (status = 400, response = BadRequest),
+        (status = 404, response = StepNotFound),
+    ),
+)]
+pub async fn step<S: Store>(
+    State(state): State<AppState<S>>,
+    Path(RunStepPath { id, step }): Path<RunStepPath>,
+) -> Result<Response, ApiError> {
+    let id = parse_run_id(&id)?;
+    let steps = state.store.steps(&id).await?;
+    let Some(row) = steps.into_iter().find(|s| s.step_id == step) else {
+        return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
+    };
+    let undo = format!("{step}.compensate");
+    let mut calls = state.store.calls(&id, Some(&step)).await?;
+    calls.extend(state.store.calls(&id, Some(&undo)).await?);
+    Ok(reply(StatusCode::OK, &StepDetail { run_id: id.to_string(), step: row, calls }))
 }
 
 /// A step's logs

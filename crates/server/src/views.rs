@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::RunStatus;
-use cairn_store::{LogLine, RunRow, StepRow};
+use cairn_store::{CallRow, LogLine, RunRow, StepRow};
 use serde::Serialize;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -203,6 +203,15 @@ pub struct RunSteps {
     pub steps: Vec<StepRow>,
 }
 
+/// One step with the calls its attempts made (its compensation's too, under `STEP.compensate`).
+#[derive(Serialize, ToSchema)]
+pub struct StepDetail {
+    pub run_id: String,
+    pub step: StepRow,
+    /// Journaled calls (`run/step/call-N`) in order: kind, request hash, outcome, duration.
+    pub calls: Vec<CallRow>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct StepLogs {
     pub run_id: String,
@@ -314,6 +323,8 @@ pub struct RunExport {
     journal_schema: u16,
     run: cairn_store::RunRow,
     steps: Vec<StepRow>,
+    /// The calls the run's attempts made through the effect log (`run/step/call-N`).
+    calls: Vec<CallRow>,
     #[schema(value_type = Vec<JournalEvent>)]
     events: Vec<Value>,
     /// Every payload the journal refers to, by its SHA-256.

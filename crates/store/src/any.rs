@@ -2,9 +2,9 @@
 //! at run time, and everything above the store stays generic over [`Store`].
 
 use crate::{
-    Access, AuditRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun, LogLine,
-    PgStore, Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, SqliteStore, StepRow,
-    TokenRow, WorkerRow, WorkflowRow,
+    Access, AuditRow, CallRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun,
+    LogLine, PgStore, Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, SqliteStore,
+    StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::{Envelope, RunId};
 use serde_json::Value;
@@ -175,6 +175,19 @@ impl EffectLog for AnyStore {
 
     async fn effect(&self, key: &str) -> Result<Option<Value>, Error> {
         each!(self, s => s.effect(key).await)
+    }
+
+    async fn record_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        result: Option<cairn_core::payload::Payload>,
+    ) -> Result<(), Error> {
+        each!(self, s => s.record_call(run_id, call, result).await)
+    }
+
+    async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
+        each!(self, s => s.calls(run_id, step).await)
     }
 }
 

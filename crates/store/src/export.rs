@@ -10,6 +10,7 @@ pub const EXPORT_FORMAT: &str = "cairn.run-export";
 pub async fn export_document(store: &impl Store, id: &RunId) -> Result<Value, Error> {
     let loaded = store.load_run(id).await?;
     let steps = store.steps(id).await?;
+    let calls = store.calls(id, None).await?;
     let payloads: Map<String, Value> = loaded.payloads.iter().map(|(h, v)| (h.clone(), (**v).clone())).collect();
     Ok(json!({
         "format": EXPORT_FORMAT,
@@ -17,6 +18,7 @@ pub async fn export_document(store: &impl Store, id: &RunId) -> Result<Value, Er
         "journal_schema": cairn_core::JOURNAL_SCHEMA,
         "run": loaded.run,
         "steps": steps,
+        "calls": calls,
         "events": loaded.events,
         "payloads": payloads,
     }))

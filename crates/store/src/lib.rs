@@ -23,8 +23,8 @@ pub use export::{EXPORT_FORMAT, export_document};
 pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use rows::{
-    AuditRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RequestOutcome, RequestRow, RequestState, RunRow, RunWrite,
-    StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
+    AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RequestOutcome, RequestRow, RequestState, RunRow,
+    RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
 };
 pub use sqlite::{Durability, SqliteStore};
 
@@ -335,6 +335,18 @@ pub trait EffectLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
     /// The logged result of a call, if an earlier attempt made it.
     fn effect(&self, key: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+    /// Records a call made inside an attempt, in its own commit, before the next call starts.
+    /// `result` is the payload of a call that succeeded (`call.outcome == "ok"`). A call already
+    /// recorded as `ok` at the same position is kept (the first success wins); a `failed` one is
+    /// replaced.
+    fn record_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        result: Option<cairn_core::payload::Payload>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+    /// The calls recorded for a run (one step's, when given), in step and position order.
+    fn calls(&self, run_id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<CallRow>, Error>> + Send;
 }
 
 /// Registered workflow definitions, by name and version.

@@ -172,6 +172,41 @@ pub struct LogLine {
     pub message: String,
 }
 
+/// One journaled call made inside a step's attempt (`run/step/call-N`): what it was, the hash of
+/// its request, and how it ended. A call that succeeded is final: an attempt that runs again gets
+/// its result back instead of calling again. One that failed is made again by the next attempt.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct CallRow {
+    /// The step (`STEP.compensate` for its compensation).
+    pub step_id: String,
+    /// 1-based position among the step's calls.
+    pub n: u32,
+    /// What kind of call (`http`, later `model`, `tool` …).
+    pub kind: String,
+    /// SHA-256 of the request as recorded (secrets redacted).
+    pub request_hash: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    /// The result's payload hash (`ok`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_hash: Option<String>,
+    /// Why it failed (`failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The attempt that made it.
+    pub attempt: u32,
+    pub duration_ms: u64,
+    pub at_ms: i64,
+}
+
+impl CallRow {
+    /// The call's effect-log key, sent to the far side as its idempotency key.
+    pub fn key(run_id: &str, step: &str, n: u32) -> String {
+        format!("{run_id}/{step}/call-{n}")
+    }
+}
+
 /// Makes `POST /v1/runs` with an `Idempotency-Key` create at most one run per key.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {

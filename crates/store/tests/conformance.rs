@@ -12,8 +12,8 @@ use cairn_core::RunId;
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_store::{
-    Access, AuditRow, EffectLog, Error, IdempotencyKey, Inbox, Journal as _, LogLine, Registry, RequestOutcome,
-    RequestState, Retention, RunQuery, RunRow, StepRow, Store, TokenRow, WorkerRow,
+    Access, AuditRow, CallRow, EffectLog, Error, IdempotencyKey, Inbox, Journal as _, LogLine, Registry,
+    RequestOutcome, RequestState, Retention, RunQuery, RunRow, StepRow, Store, TokenRow, WorkerRow,
 };
 use common::journal::*;
 use common::{Backend, conformance};
@@ -1211,4 +1211,44 @@ conformance!(the_effect_log_keeps_the_first_result_and_goes_with_its_run, |store
     let report = store.gc(T0 + 10 * 86_400_000, 1, false).await.expect("gc");
     assert_eq!(report.runs, 1);
     assert_eq!(store.effect(&key).await.expect("effect"), None);
+});
+
+conformance!(calls_inside_an_attempt_keep_their_first_success_and_are_replaced_after_a_failure, |store| async move {
+    let mut j = create(&*store, 1, OWNER, LIVE).await;
+    let id = j.id();
+    let call = |n: u32, hash: &str, outcome: &str, result: Option<&Payload>, attempt: u32| CallRow {
+        step_id: "fetch".into(),
+        n,
+        kind: "http".into(),
+        request_hash: hash.into(),
+        outcome: outcome.into(),
+        result_hash: result.map(|p| p.reference.hash.clone()),
+        error: (outcome == "failed").then(|| "transient: 503".to_string()),
+        attempt,
+        duration_ms: 7,
+        at_ms: T0 + i64::from(n),
+    };
+    assert!(store.calls(&id, None).await.expect("calls").is_empty());
+    let first = Payload::of(&json!({"page": 1}));
+    store.record_call(&id, call(1, "h1", "ok", Some(&first), 1), Some(first.clone())).await.expect("record 1");
+    store.record_call(&id, call(2, "h2", "failed", None, 1), None).await.expect("record 2");
+    // The next attempt: call 1 again (a success is kept as it was), call 2 succeeds this time.
+    let other = Payload::of(&json!({"page": "other"}));
+    store.record_call(&id, call(1, "hX", "ok", Some(&other), 2), Some(other.clone())).await.expect("again");
+    let second = Payload::of(&json!({"page": 2}));
+    store.record_call(&id, call(2, "h2", "ok", Some(&second), 2), Some(second.clone())).await.expect("retry 2");
+    // Another step's calls are its own.
+    let mut elsewhere = call(1, "z", "ok", Some(&first), 1);
+    elsewhere.step_id = "zeta".into();
+    store.record_call(&id, elsewhere, Some(first.clone())).await.expect("other step");
+
+    let got = store.calls(&id, Some("fetch")).await.expect("calls");
+    assert_eq!(got, vec![call(1, "h1", "ok", Some(&first), 1), call(2, "h2", "ok", Some(&second), 2)]);
+    assert_eq!(store.calls(&id, None).await.expect("all").len(), 3);
+    assert_eq!(store.payload(&second.reference.hash).await.expect("payload"), Some(json!({"page": 2})));
+    // Collected with its run.
+    j.finish();
+    commit(&*store, j.write(OWNER, LIVE)).await;
+    store.gc(T0 + 10 * 86_400_000, 1, false).await.expect("gc");
+    assert!(store.calls(&id, None).await.expect("calls").is_empty());
 });

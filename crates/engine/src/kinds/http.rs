@@ -1,8 +1,11 @@
 //! `http`: sends `with.body` as JSON to `with.url` with `Idempotency-Key: run/step/call`; the
 //! JSON answer is the output. A GET only reads; every other method writes, so its result goes
-//! through the effect log and a repeated attempt does not send it again.
+//! through the effect log and a repeated attempt does not send it again. `with.requests` (a list
+//! of such requests) sends them one after the other, each a journaled call (`run/step/call-N`),
+//! and outputs the list of answers.
 
 use super::{Activity, Attempt, AttemptFuture};
+use cairn_core::event::Failure;
 use cairn_core::kinds::{EffectClass, KindSpec, REMOTE};
 use serde_json::{Value, json};
 
@@ -20,8 +23,10 @@ impl Activity for Kind {
         .effect(EffectClass::Write)
         .with_schema(json!({
             "type": "object",
-            "required": ["url"],
+            "oneOf": [{"required": ["url"]}, {"required": ["requests"]}],
             "properties": {
+                "requests": {"type": "array", "items": {"type": "object", "required": ["url"]},
+                             "description": "several requests sent in order, each a journaled call"},
                 "url": {"type": "string", "pattern": "^http://"},
                 "method": {"type": "string", "description": "GET, POST (default), PUT, PATCH or DELETE"},
                 "headers": {"type": "object"},
@@ -37,14 +42,31 @@ impl Activity for Kind {
 
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
-            let mut logs = Vec::new();
-            let result =
-                crate::http::call(attempt.input, &attempt.idempotency_key, attempt.worker, attempt.secrets, &mut logs)
-                    .await;
-            for line in logs {
-                attempt.log(line);
+            let input = attempt.input;
+            // `requests: [...]` sends several, one after the other, each a journaled call; the
+            // output is the list of answers.
+            if let Some(requests) = input.get("requests").and_then(Value::as_array) {
+                let mut answers = Vec::with_capacity(requests.len());
+                for request in requests {
+                    answers.push(send(attempt, request).await?);
+                }
+                return Ok(Value::Array(answers));
             }
-            result
+            send(attempt, input).await
         })
     }
+}
+
+/// One request, as a journaled call.
+async fn send(attempt: &mut Attempt<'_>, request: &Value) -> Result<Value, Failure> {
+    let (worker, secrets) = (attempt.worker, attempt.secrets);
+    let mut logs = Vec::new();
+    let lines = &mut logs;
+    let result = attempt
+        .call("http", request, |key| async move { crate::http::call(request, &key, worker, secrets, lines).await })
+        .await;
+    for line in logs {
+        attempt.log(line);
+    }
+    result
 }

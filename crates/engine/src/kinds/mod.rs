@@ -19,6 +19,7 @@ mod mock_model;
 mod noop;
 mod sleep;
 
+use crate::calls::CallLog;
 use crate::secrets::Resolved;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{EffectClass, KindSpec, Kinds};
@@ -89,6 +90,7 @@ pub struct Attempt<'a> {
     cancel: watch::Receiver<bool>,
     logs: Vec<String>,
     usage: Option<Usage>,
+    calls: Option<CallLog>,
 }
 
 impl<'a> Attempt<'a> {
@@ -103,6 +105,7 @@ impl<'a> Attempt<'a> {
         config: &'a Value,
         worker: &'a str,
         cancel: watch::Receiver<bool>,
+        calls: Option<CallLog>,
     ) -> Attempt<'a> {
         Attempt {
             run_id,
@@ -117,6 +120,28 @@ impl<'a> Attempt<'a> {
             cancel,
             logs: Vec::new(),
             usage: None,
+            calls,
+        }
+    }
+
+    /// Makes one outside call through the effect log (see `crate::calls`): `send` gets the
+    /// call's idempotency key (`run/step/call-N`) and makes the request. If an earlier attempt of
+    /// this step already made this call successfully, its recorded result comes back instead and
+    /// `send` is not called; a call whose `request` differs from the recorded one fails with code
+    /// `call_divergence`. `request` is what identifies the call (it is hashed with secrets
+    /// redacted, never stored).
+    pub async fn call<Fut>(
+        &mut self,
+        kind: &str,
+        request: &Value,
+        send: impl FnOnce(String) -> Fut,
+    ) -> Result<Value, Failure>
+    where
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        match &mut self.calls {
+            Some(log) => log.call(kind, request, self.secrets, &mut self.logs, send).await,
+            None => send(self.idempotency_key.clone()).await,
         }
     }
 

@@ -8,8 +8,8 @@ use super::writer::GC_LOCK;
 use super::{connect, pg};
 use crate::TERMINAL;
 use crate::{
-    Access, AuditRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun, LogLine,
-    Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow,
+    Access, AuditRow, CallRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun,
+    LogLine, Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow,
     WorkflowRow,
 };
 use cairn_core::payload::Payload;
@@ -478,6 +478,72 @@ impl EffectLog for PgStore {
             None => Ok(None),
         }
     }
+
+    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<(), Error> {
+        // One statement (one transaction), under the writers' side of the gc lock. A success is
+        // final; a failure is replaced by the next attempt's call.
+        let (hash, size, bytes) = match &result {
+            Some(p) => (Some(p.reference.hash.clone()), i(p.reference.size), p.bytes.clone()),
+            None => (None, 0, Vec::new()),
+        };
+        self.execute(
+            "WITH l AS (SELECT pg_advisory_xact_lock_shared($1::BIGINT)), \
+             p AS (INSERT INTO payloads (hash, size, body) SELECT $2::TEXT, $3::BIGINT, $4::BYTEA FROM l \
+                   WHERE $2::TEXT IS NOT NULL ON CONFLICT (hash) DO NOTHING), \
+             r AS (INSERT INTO run_payloads (run_id, hash) SELECT $5::TEXT, $2::TEXT FROM l \
+                   WHERE $2::TEXT IS NOT NULL ON CONFLICT DO NOTHING) \
+             INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at) \
+             SELECT $5::TEXT, $6::TEXT, $7::INTEGER, $8::TEXT, $9::TEXT, $10::TEXT, $2::TEXT, $11::TEXT, \
+                    $12::INTEGER, $13::BIGINT, $14::BIGINT FROM l \
+             ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind, request_hash=excluded.request_hash, \
+               outcome=excluded.outcome, hash=excluded.hash, error=excluded.error, attempt=excluded.attempt, \
+               duration_ms=excluded.duration_ms, at=excluded.at \
+             WHERE calls.outcome <> 'ok'",
+            &[
+                &GC_LOCK,
+                &hash,
+                &size,
+                &bytes,
+                &run_id.as_str(),
+                &call.step_id,
+                &(call.n as i32),
+                &call.kind,
+                &call.request_hash,
+                &call.outcome,
+                &call.error,
+                &(call.attempt as i32),
+                &i(call.duration_ms),
+                &call.at_ms,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
+        let rows = self
+            .query(
+                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at FROM calls \
+                 WHERE run_id=$1 AND ($2::TEXT IS NULL OR step=$2) ORDER BY step, n",
+                &[&run_id.as_str(), &step],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CallRow {
+                step_id: r.get(0),
+                n: r.get::<_, i32>(1).max(0) as u32,
+                kind: r.get(2),
+                request_hash: r.get(3),
+                outcome: r.get(4),
+                result_hash: r.get(5),
+                error: r.get(6),
+                attempt: r.get::<_, i32>(7).max(0) as u32,
+                duration_ms: r.get::<_, i64>(8).max(0) as u64,
+                at_ms: r.get(9),
+            })
+            .collect())
+    }
 }
 
 impl Registry for PgStore {
@@ -686,6 +752,7 @@ impl Retention for PgStore {
                  DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM calls WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
             ))
             .await

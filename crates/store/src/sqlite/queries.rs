@@ -4,8 +4,8 @@ use super::SqliteStore;
 use crate::TERMINAL;
 use crate::{Access, EffectLog, Inbox, Journal, Registry, Retention};
 use crate::{
-    AuditRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow, RequestState,
-    RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow, WorkflowRow,
+    AuditRow, CallRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow,
+    RequestState, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
@@ -598,6 +598,70 @@ impl EffectLog for SqliteStore {
             None => Ok(None),
         }
     }
+
+    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<(), Error> {
+        let run_id = run_id.to_string();
+        self.in_group(move |tx| {
+            if let Some(result) = &result {
+                tx.execute(
+                    "INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)",
+                    params![result.reference.hash, result.reference.size as i64, result.bytes],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO run_payloads (run_id, hash) VALUES (?1,?2)",
+                    params![run_id, result.reference.hash],
+                )?;
+            }
+            // A success is final; a failure is replaced by the next attempt's call.
+            tx.execute(
+                "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at)
+                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
+                 ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind,
+                   request_hash=excluded.request_hash, outcome=excluded.outcome, hash=excluded.hash,
+                   error=excluded.error, attempt=excluded.attempt, duration_ms=excluded.duration_ms, at=excluded.at
+                 WHERE calls.outcome <> 'ok'",
+                params![
+                    run_id,
+                    call.step_id,
+                    call.n,
+                    call.kind,
+                    call.request_hash,
+                    call.outcome,
+                    call.result_hash,
+                    call.error,
+                    call.attempt,
+                    call.duration_ms as i64,
+                    call.at_ms
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at FROM calls
+                 WHERE run_id=?1 AND (?2 IS NULL OR step=?2) ORDER BY step, n",
+            )?;
+            let rows = stmt.query_map(params![run_id.as_str(), step], |r| {
+                Ok(CallRow {
+                    step_id: r.get(0)?,
+                    n: r.get(1)?,
+                    kind: r.get(2)?,
+                    request_hash: r.get(3)?,
+                    outcome: r.get(4)?,
+                    result_hash: r.get(5)?,
+                    error: r.get(6)?,
+                    attempt: r.get(7)?,
+                    duration_ms: r.get::<_, i64>(8)?.max(0) as u64,
+                    at_ms: r.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
 }
 
 impl Registry for SqliteStore {
@@ -800,6 +864,7 @@ impl Retention for SqliteStore {
                      DELETE FROM idempotency WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM calls WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
                 ))?;
                 // The audit trail (refused requests too) and processes gone for a day are kept

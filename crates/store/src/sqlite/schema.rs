@@ -142,4 +142,22 @@ CREATE TABLE workers (
     seen_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // 4: calls made inside an attempt, one row per position (`run/step/call-N`): a retried or
+    // resumed attempt gets recorded results back in order instead of calling again.
+    r#"
+CREATE TABLE calls (
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    hash TEXT,
+    error TEXT,
+    attempt INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, step, n)
+);
+"#,
 ];

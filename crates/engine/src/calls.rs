@@ -1,0 +1,186 @@
+//! Journaled calls inside an attempt.
+//!
+//! An attempt may make several outside calls (an `http` step's requests; later, the model turns
+//! and tool calls of an agent loop). Each goes through the effect log as `run/step/call-N` with a
+//! hash of its request (secrets redacted), and its result is committed before the next call
+//! starts. When the attempt runs again (a retry, or a resume after a crash), calls already
+//! recorded as successful return their results in order without being sent again; a call whose
+//! request differs from the one recorded at the same position is a divergence, reported with
+//! both hashes (code `call_divergence`), never silently sent again.
+
+use crate::secrets::Resolved;
+use cairn_core::RunId;
+use cairn_core::event::{ErrorClass, Failure};
+use cairn_core::payload::Payload;
+use cairn_store::{CallRow, EffectLog};
+use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// The failure code of a call whose request differs from the one recorded at its position.
+pub const DIVERGENCE: &str = "call_divergence";
+
+type Recording<'a> = Pin<Box<dyn Future<Output = Result<(), cairn_store::Error>> + Send + 'a>>;
+
+/// Where calls are recorded (the store's effect log), behind a trait object so that attempts do
+/// not depend on the store's type.
+pub(crate) trait CallSink: Send + Sync {
+    fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_>;
+}
+
+pub(crate) struct StoreSink<S>(pub Arc<S>);
+
+impl<S: EffectLog> CallSink for StoreSink<S> {
+    fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_> {
+        let run = run.clone();
+        Box::pin(async move { self.0.record_call(&run, call, result).await })
+    }
+}
+
+/// A call recorded by an earlier attempt of the same step.
+#[derive(Clone, Debug)]
+pub(crate) struct Recorded {
+    pub n: u32,
+    pub request_hash: String,
+    pub result: Value,
+}
+
+/// The calls of one attempt: what earlier attempts recorded, and where new ones go.
+pub(crate) struct CallLog {
+    pub run: RunId,
+    pub step: String,
+    pub attempt: u32,
+    pub recorded: Vec<Recorded>,
+    pub sink: Arc<dyn CallSink>,
+    /// Test hook: after the call at this position is recorded, hold (so a test can SIGKILL).
+    pub hold_after: Option<u32>,
+    pub shutdown: watch::Receiver<bool>,
+    next: u32,
+}
+
+impl CallLog {
+    pub fn new(
+        run: RunId,
+        step: String,
+        attempt: u32,
+        recorded: Vec<Recorded>,
+        sink: Arc<dyn CallSink>,
+        shutdown: watch::Receiver<bool>,
+    ) -> CallLog {
+        CallLog { run, step, attempt, recorded, sink, hold_after: None, shutdown, next: 0 }
+    }
+
+    /// Makes (or replays) the next call: `send` gets the call's idempotency key.
+    pub async fn call<Fut>(
+        &mut self,
+        kind: &str,
+        request: &Value,
+        secrets: &Resolved,
+        logs: &mut Vec<String>,
+        send: impl FnOnce(String) -> Fut,
+    ) -> Result<Value, Failure>
+    where
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
+        self.next += 1;
+        let n = self.next;
+        let request_hash = Payload::of(&secrets.redact_value(request.clone())).reference.hash;
+        let key = CallRow::key(self.run.as_str(), &self.step, n);
+        if let Some(done) = self.recorded.iter().find(|r| r.n == n) {
+            if done.request_hash != request_hash {
+                let message = format!(
+                    "call {n} of step '{}' ({kind}) asks something else than the call recorded at that position \
+                     (request hash {} now, {} recorded): the step's input or code changed since; it is not sent \
+                     again. Fork the run from this step to start its calls afresh",
+                    self.step,
+                    short(&request_hash),
+                    short(&done.request_hash)
+                );
+                return Err(Failure { code: Some(DIVERGENCE.into()), ..Failure::new(ErrorClass::Permanent, message) });
+            }
+            logs.push(format!("call {n} ({kind}, {key}): returned the recorded result; not sent again"));
+            return Ok(done.result.clone());
+        }
+        let started = Instant::now();
+        let result = send(key.clone()).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        // What is kept never holds a secret's value.
+        let result = match result {
+            Ok(value) => Ok(secrets.redact_value(value)),
+            Err(failure) => Err(Failure { message: secrets.redact(&failure.message), ..failure }),
+        };
+        let payload = result.as_ref().ok().map(Payload::of);
+        let row = CallRow {
+            step_id: self.step.clone(),
+            n,
+            kind: kind.to_string(),
+            request_hash,
+            outcome: if result.is_ok() { "ok" } else { "failed" }.into(),
+            result_hash: payload.as_ref().map(|p| p.reference.hash.clone()),
+            error: result.as_ref().err().map(ToString::to_string),
+            attempt: self.attempt,
+            duration_ms,
+            at_ms: crate::now_ms(),
+        };
+        self.keep(row, payload).await?;
+        logs.push(format!(
+            "call {n} ({kind}, {key}): {} in {duration_ms} ms",
+            if result.is_ok() { "succeeded" } else { "failed" }
+        ));
+        if self.hold_after == Some(n) {
+            crate::say!("[debug] holding after call {n} of {}", self.step);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        result
+    }
+
+    /// Records the call before the next one may start. While the store cannot take it (disk
+    /// full, server away) keep trying; if it cannot be kept, the attempt fails (transient): going
+    /// on would make a call that a later attempt could repeat.
+    async fn keep(&self, row: CallRow, payload: Option<Payload>) -> Result<(), Failure> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.sink.record(&self.run, row.clone(), payload.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() && !*self.shutdown.borrow() => {
+                    crate::say_limited!(
+                        "call-log",
+                        "[engine] {}: cannot record call {} yet ({e}); retrying",
+                        self.step,
+                        row.n
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        ErrorClass::Transient,
+                        format!("call {} was made but its result could not be recorded: {e}", row.n),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The calls an earlier attempt of this step recorded as successful, with their results.
+pub(crate) async fn recorded<S: cairn_store::Store>(
+    store: &S,
+    run: &RunId,
+    step: &str,
+) -> Result<Vec<Recorded>, cairn_store::Error> {
+    let mut out = Vec::new();
+    for row in store.calls(run, Some(step)).await? {
+        let (true, Some(hash)) = (row.outcome == "ok", &row.result_hash) else { continue };
+        let Some(result) = cairn_store::Journal::payload(store, hash).await? else { continue };
+        out.push(Recorded { n: row.n, request_hash: row.request_hash, result });
+    }
+    Ok(out)
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
