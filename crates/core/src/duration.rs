@@ -60,3 +60,80 @@ mod tests {
         assert_eq!(format_ms(125_000), "2m05s");
     }
 }
+
+/// Parses an RFC 3339 time (`2027-01-01T00:00:00Z`, `2027-01-01T09:30:00.250+02:00`) to Unix
+/// milliseconds.
+pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
+    let bad = || format!("`{text}` is not an RFC 3339 time; write e.g. 2027-01-01T00:00:00Z");
+    let t = text.trim();
+    let b = t.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return Err(bad());
+    }
+    let num = |from: usize, to: usize| t.get(from..to).and_then(|s| s.parse::<i64>().ok()).ok_or_else(bad);
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let mut rest = &t[19..];
+    let mut millis = 0;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let padded = format!("{:0<3}", &frac[..digits.min(3)]);
+        millis = padded.parse::<i64>().map_err(|_| bad())?;
+        rest = &frac[digits..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') && rest.as_bytes()[3] == b':' => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            let h = rest[1..3].parse::<i64>().map_err(|_| bad())?;
+            let m = rest[4..6].parse::<i64>().map_err(|_| bad())?;
+            sign * (h * 60 + m)
+        }
+        _ => return Err(bad()),
+    };
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        _ => return Err(bad()),
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second.min(59) - offset_min * 60;
+    Ok(seconds * 1_000 + millis)
+}
+
+#[cfg(test)]
+mod rfc3339_tests {
+    use super::parse_rfc3339;
+
+    #[test]
+    fn rfc3339_times_parse_to_unix_milliseconds_and_nonsense_is_refused() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
+        assert_eq!(parse_rfc3339("2027-01-01T00:00:00Z"), Ok(1_798_761_600_000));
+        assert_eq!(parse_rfc3339("2027-01-01T02:00:00.25+02:00"), Ok(1_798_761_600_250));
+        assert_eq!(parse_rfc3339("2024-02-29T12:00:00-00:30"), Ok(1_709_209_800_000));
+        for bad in ["2027-01-01", "2027-02-30T00:00:00Z", "2027-01-01T25:00:00Z", "tomorrow", "2027-01-01T00:00:00"] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+}

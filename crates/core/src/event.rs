@@ -343,6 +343,24 @@ pub enum Event {
     },
     /// Every completed step with a compensation was undone.
     RunCompensated,
+    /// A step of a waiting kind began its durable wait: until a time, for a signal, or both
+    /// (a signal with a timeout).
+    WaitStarted {
+        step: StepId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+    /// A wait's timer fired (reported by the edge).
+    WaitElapsed {
+        step: StepId,
+    },
+    /// A wait ended with this output (the signal's payload, or `{waited_ms}`).
+    WaitEnded {
+        step: StepId,
+        output: PayloadRef,
+    },
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -390,6 +408,9 @@ impl Event {
             Event::ApprovalDecided { .. } => "approval_decided",
             Event::ApprovalExpired { .. } => "approval_expired",
             Event::ApprovalEscalated { .. } => "approval_escalated",
+            Event::WaitStarted { .. } => "wait_started",
+            Event::WaitElapsed { .. } => "wait_elapsed",
+            Event::WaitEnded { .. } => "wait_ended",
         }
     }
 
@@ -414,7 +435,10 @@ impl Event {
             | Event::CompensationAttemptFailed { step, .. }
             | Event::CompensationRetryScheduled { step, .. }
             | Event::CompensationTimerFired { step }
-            | Event::CompensationGaveUp { step, .. } => Some(step),
+            | Event::CompensationGaveUp { step, .. }
+            | Event::WaitStarted { step, .. }
+            | Event::WaitElapsed { step }
+            | Event::WaitEnded { step, .. } => Some(step),
             Event::RunCreated { .. }
             | Event::PlanningStarted
             | Event::PlanRecorded { .. }
@@ -443,6 +467,7 @@ impl Event {
             Event::SignalReceived { payload, .. } => Some(payload),
             Event::DefinitionMigrated { definition, .. } => Some(definition),
             Event::CompensationAttemptStarted { input, .. } => Some(input),
+            Event::WaitEnded { output, .. } => Some(output),
             // A skip's supplied output is stored with the decision (see `ApprovalDecided`).
             Event::ApprovalDecided { action: Some(Escalation::Skip { output }), .. } => Some(output),
             Event::ApprovalDecided { .. }
@@ -471,7 +496,9 @@ impl Event {
             | Event::RunCompensated
             | Event::ApprovalRequested { .. }
             | Event::ApprovalExpired { .. }
-            | Event::ApprovalEscalated { .. } => None,
+            | Event::ApprovalEscalated { .. }
+            | Event::WaitStarted { .. }
+            | Event::WaitElapsed { .. } => None,
         }
     }
 }

@@ -67,6 +67,9 @@ pub enum Role {
     /// A person's decision: the step always has an approval gate, and its output is the
     /// decision (`{decision, by, comment}`). It cannot be a compensation.
     Gate,
+    /// A durable wait decided by the core (`with: {duration | until | signal [, timeout]}`):
+    /// it holds no worker and no attempt; a timer or a signal ends it.
+    Wait,
 }
 
 impl Role {
@@ -74,6 +77,7 @@ impl Role {
         match self {
             Role::Activity => "activity",
             Role::Gate => "gate",
+            Role::Wait => "wait",
         }
     }
 
@@ -190,5 +194,6 @@ pub(crate) fn for_tests() -> Kinds {
             .effect(EffectClass::Write)
             .with_schema(json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}})),
         KindSpec::new("approval", "a person decides").role(Role::Gate),
+        KindSpec::new("wait", "waits durably").role(Role::Wait).timeout_ms(None),
     ])
 }

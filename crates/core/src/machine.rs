@@ -155,6 +155,12 @@ pub enum StepInput {
     CompensationGaveUp,
     /// The run is retried in place: what did not succeed is pending again.
     Retried,
+    /// A durable wait began (`wait` kind).
+    WaitStarted,
+    /// A wait's time came (its end, or its signal's timeout).
+    WaitElapsed,
+    /// A wait ended: its time passed or its signal arrived.
+    WaitEnded,
 }
 
 impl StepInput {
@@ -180,6 +186,9 @@ impl StepInput {
         StepInput::Compensated,
         StepInput::CompensationGaveUp,
         StepInput::Retried,
+        StepInput::WaitStarted,
+        StepInput::WaitElapsed,
+        StepInput::WaitEnded,
     ];
 }
 
@@ -276,6 +285,10 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Failed, SI::Retried, S::Pending),
     (S::Cancelled, SI::Retried, S::Pending),
     (S::Skipped, SI::Retried, S::Pending),
+    // Durable waits hold no worker: the step waits until its timer or its signal.
+    (S::Ready, SI::WaitStarted, S::Waiting),
+    (S::Waiting, SI::WaitElapsed, S::Waiting),
+    (S::Waiting, SI::WaitEnded, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -375,6 +388,9 @@ mod tests {
             (S::Running, AttemptFailed) => Some(S::RetryWait),
             (S::RetryWait, RetryScheduled) => Some(S::RetryWait),
             (S::RetryWait, TimerFired) => Some(S::Ready),
+            (S::Ready, WaitStarted) => Some(S::Waiting),
+            (S::Waiting, WaitElapsed) => Some(S::Waiting),
+            (S::Waiting, WaitEnded) => Some(S::Completed),
             _ => None,
         }
     }

@@ -52,6 +52,20 @@ pub struct StepState {
     pub compensation: Option<CompensationState>,
     /// Attempts made before the run was last retried in place; the retry policy counts from here.
     pub retry_base: u32,
+    /// The step's durable wait, while it waits (`wait` kind).
+    pub wait: Option<WaitState>,
+}
+
+/// A durable wait in progress.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WaitState {
+    pub started_at_ms: i64,
+    /// When the wait ends (a duration or `until`), or when waiting for the signal times out.
+    pub until_ms: Option<i64>,
+    /// The signal that ends the wait.
+    pub signal: Option<String>,
+    /// Its timer fired.
+    pub elapsed: bool,
 }
 
 /// Where undoing a completed step stands.
@@ -96,6 +110,7 @@ impl StepState {
             completed_seq: 0,
             compensation: None,
             retry_base: 0,
+            wait: None,
         }
     }
 }
@@ -124,6 +139,10 @@ pub struct RunState {
     pub output: Option<PayloadRef>,
     /// Latest payload of each signal received, by name.
     pub signals: BTreeMap<String, PayloadRef>,
+    /// Every signal received, by name, in order; waits take them one each, oldest first.
+    pub signal_log: BTreeMap<String, Vec<PayloadRef>>,
+    /// How many of each name's signals ended a wait.
+    pub signals_taken: BTreeMap<String, usize>,
 }
 
 impl RunState {
@@ -149,6 +168,8 @@ impl RunState {
             failed_step: None,
             output: None,
             signals: BTreeMap::new(),
+            signal_log: BTreeMap::new(),
+            signals_taken: BTreeMap::new(),
         }
     }
 
@@ -398,6 +419,7 @@ impl RunState {
                     return Err(Error::MissingPayload { hash: payload.hash.clone() });
                 }
                 self.signals.insert(name.clone(), payload.clone());
+                self.signal_log.entry(name.clone()).or_default().push(payload.clone());
             }
             Event::RunCancelled { reason, .. } if self.needs_compensation() => {
                 // Cancelling a run with completed compensable steps undoes them first.
@@ -489,6 +511,9 @@ impl RunState {
             Event::CompensationAttemptSucceeded { .. } => StepInput::Compensated,
             Event::CompensationGaveUp { .. } => StepInput::CompensationGaveUp,
             Event::ApprovalEscalated { .. } => StepInput::ApprovalEscalated,
+            Event::WaitStarted { .. } => StepInput::WaitStarted,
+            Event::WaitElapsed { .. } => StepInput::WaitElapsed,
+            Event::WaitEnded { .. } => StepInput::WaitEnded,
             // Run-level events are applied by `apply`; reaching here means one came too early.
             // `StepCancelled` is never journaled (a run's end cancels its unsettled steps).
             Event::StepCancelled { .. }
@@ -622,6 +647,27 @@ impl RunState {
                 if let Some(a) = &mut step.approval {
                     a.expired = true;
                 }
+            }
+            Event::WaitStarted { until_ms, signal, .. } => {
+                step.first_started_at_ms.get_or_insert(at);
+                step.wait =
+                    Some(WaitState { started_at_ms: at, until_ms: *until_ms, signal: signal.clone(), elapsed: false });
+            }
+            Event::WaitElapsed { .. } => {
+                if let Some(w) = &mut step.wait {
+                    w.elapsed = true;
+                }
+            }
+            Event::WaitEnded { output, .. } => {
+                if !self.payloads.contains_key(&output.hash) {
+                    return Err(Error::MissingPayload { hash: output.hash.clone() });
+                }
+                if let Some(name) = step.wait.take().and_then(|w| w.signal) {
+                    *self.signals_taken.entry(name).or_default() += 1;
+                }
+                step.output = Some(output.clone());
+                step.finished_at_ms = Some(at);
+                step.completed_seq = seq;
             }
             // The rest carry nothing beyond the transition.
             _ => {}

@@ -96,6 +96,22 @@ impl Timeline {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "READY".into();
                 }
+                Event::WaitStarted { step: s, until_ms, signal } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "WAITING".into();
+                    let what = match (signal, until_ms) {
+                        (Some(name), Some(_)) => format!("for signal '{name}' (with a timeout)"),
+                        (Some(name), None) => format!("for signal '{name}'"),
+                        (None, _) => "until its time".to_string(),
+                    };
+                    t.moments.push((at, format!("step {s} waits {what}")));
+                }
+                Event::WaitEnded { step: s, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "COMPLETED".into();
+                    t.moments.push((at, format!("step {s}'s wait ended")));
+                }
+                Event::WaitElapsed { .. } => {}
                 Event::StepSkipped { step: s, reason } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "SKIPPED".into();

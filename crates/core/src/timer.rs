@@ -27,6 +27,8 @@ pub enum TimerPurpose {
     ApprovalDeadline,
     /// Start the step's compensation attempt `attempt` after its retry backoff.
     CompensationRetry { attempt: u32 },
+    /// A durable wait's end (or its signal's timeout).
+    Wait,
 }
 
 impl TimerPurpose {
@@ -35,6 +37,7 @@ impl TimerPurpose {
             TimerPurpose::Retry { .. } => "retry",
             TimerPurpose::ApprovalDeadline => "approval_deadline",
             TimerPurpose::CompensationRetry { .. } => "compensation_retry",
+            TimerPurpose::Wait => "wait",
         }
     }
 }
@@ -53,6 +56,7 @@ impl fmt::Display for TimerId {
             TimerPurpose::Retry { attempt } => write!(f, "{}/retry-{attempt}", self.step),
             TimerPurpose::ApprovalDeadline => write!(f, "{}/approval-deadline", self.step),
             TimerPurpose::CompensationRetry { attempt } => write!(f, "{}/compensation-retry-{attempt}", self.step),
+            TimerPurpose::Wait => write!(f, "{}/wait", self.step),
         }
     }
 }
@@ -97,6 +101,10 @@ impl RunState {
                 StepStatus::RetryWait => {
                     Some(timer(&s.id, TimerPurpose::Retry { attempt: s.attempts + 1 }, s.not_before_ms?))
                 }
+                StepStatus::Waiting if s.wait.is_some() => {
+                    let wait = s.wait.as_ref().filter(|w| !w.elapsed)?;
+                    Some(timer(&s.id, TimerPurpose::Wait, wait.until_ms?))
+                }
                 StepStatus::Waiting => {
                     let approval = s.approval.as_ref().filter(|a| a.decision.is_none() && !a.expired)?;
                     Some(timer(&s.id, TimerPurpose::ApprovalDeadline, approval.deadline_ms?))
@@ -125,6 +133,7 @@ impl RunState {
             TimerPurpose::Retry { .. } => Event::TimerFired { step },
             TimerPurpose::ApprovalDeadline => Event::ApprovalExpired { step },
             TimerPurpose::CompensationRetry { .. } => Event::CompensationTimerFired { step },
+            TimerPurpose::Wait => Event::WaitElapsed { step },
         })
     }
 }

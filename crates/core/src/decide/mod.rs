@@ -10,7 +10,7 @@
 //!
 //! The decider is split by concern: `steps` (readiness, starting attempts, finishing the run),
 //! `failure` (retries and `on_failure` policies), `approvals` (gates, deadlines, escalations),
-//! `compensation` (undoing completed steps), `context` (what templates and conditions see) and
+//! `compensation` (undoing completed steps), `waits` (durable waits), `context` (what templates and conditions see) and
 //! `replay` (checking a journal against the current core).
 
 mod approvals;
@@ -21,6 +21,7 @@ mod replay;
 mod steps;
 #[cfg(test)]
 mod tests;
+pub(crate) mod waits;
 
 pub use replay::{ReplayError, replay};
 
@@ -74,6 +75,8 @@ pub fn is_decided(event: &Event) -> bool {
             | Event::CompensationRetryScheduled { .. }
             | Event::CompensationGaveUp { .. }
             | Event::RunCompensated
+            | Event::WaitStarted { .. }
+            | Event::WaitEnded { .. }
     )
 }
 
@@ -121,11 +124,18 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.on_deadline(step)?;
             d.reconcile()?;
         }
+        Event::WaitElapsed { step } => {
+            d.on_wait_elapsed(step)?;
+            d.reconcile()?;
+        }
+        Event::SignalReceived { name, .. } => {
+            d.on_signal(name)?;
+            d.reconcile()?;
+        }
         // Facts that need no decision: an attempt or undo began, a signal arrived (its value is
         // read when a step that uses it is decided), a pause took effect.
         Event::AttemptStarted { .. }
         | Event::CompensationAttemptStarted { .. }
-        | Event::SignalReceived { .. }
         | Event::RunPaused { .. }
         | Event::StepCancelled { .. } => {}
         // Decided events are made here, never fed in; `replay` refuses them before this point.
@@ -143,7 +153,9 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
         | Event::CompensationStarted { .. }
         | Event::CompensationRetryScheduled { .. }
         | Event::CompensationGaveUp { .. }
-        | Event::RunCompensated => {}
+        | Event::RunCompensated
+        | Event::WaitStarted { .. }
+        | Event::WaitEnded { .. } => {}
     }
     // While paused nothing new starts and no timer is armed; `RunUnpaused` starts them.
     if d.state.status == RunStatus::Paused {

@@ -20,6 +20,9 @@ impl Decider<'_> {
         if self.ask_approval(i)? {
             return Ok(());
         }
+        if def.steps[i].role() == Role::Wait {
+            return self.begin_wait(i);
+        }
         let decision = self.state.steps[i].approval.as_ref().and_then(|a| a.decision.clone());
         if step.role() == Role::Gate {
             // The gate itself: its output is the decision.
@@ -203,13 +206,17 @@ impl Decider<'_> {
             return Ok(());
         }
         let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
-        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting);
+        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_none());
+        let wait = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_some());
         let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
         let waiting = match (approval, retry) {
             (Some(s), _) if s.escalated => Some(format!("step '{}' failed; a person decides what to do", s.id)),
             (Some(s), _) => Some(format!("step '{}' awaits approval", s.id)),
             (None, Some(s)) => Some(format!("step '{}' waits to retry", s.id)),
-            (None, None) => None,
+            (None, None) => wait.map(|s| match s.wait.as_ref().and_then(|w| w.signal.as_deref()) {
+                Some(name) => format!("step '{}' waits for signal '{name}'", s.id),
+                None => format!("step '{}' waits", s.id),
+            }),
         };
         match (self.state.status, active, waiting) {
             (RunStatus::Executing, false, Some(reason)) => self.record(Event::RunWaiting { reason }),

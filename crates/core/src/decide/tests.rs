@@ -502,3 +502,112 @@ fn a_paused_run_has_no_pending_timers_and_unpausing_arms_them_again() {
     let cmds = h.feed(Event::RunUnpaused { by: None });
     assert_eq!(armed(&cmds), timers);
 }
+
+fn recorded(cmds: &[Command]) -> Vec<&Event> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Record(e) => Some(&e.event),
+            _ => None,
+        })
+        .collect()
+}
+
+fn signal(h: &mut Harness, name: &str, value: Value) -> Vec<Command> {
+    let payload = Payload::of(&value);
+    h.state.add_payload(&payload, value);
+    h.feed(Event::SignalReceived { name: name.into(), payload: payload.reference, by: None })
+}
+
+#[test]
+fn a_timed_wait_starts_no_attempt_arms_one_timer_and_ends_when_it_fires() {
+    use crate::timer::TimerPurpose;
+    let yaml = "name: t\nsteps:\n  - {id: w, kind: wait, with: {duration: 2s}}\n  - {id: after, kind: echo, needs: [w], with: {x: '{{ steps.w.output.waited_ms }}'}}\n";
+    let (mut h, cmds) = Harness::new(yaml);
+    assert!(started(&cmds).is_empty(), "a wait holds no attempt: {cmds:#?}");
+    let timers = armed(&cmds);
+    assert_eq!(timers.len(), 1);
+    assert_eq!((timers[0].id.purpose, timers[0].at_ms), (TimerPurpose::Wait, 1_000 + 2_000));
+    assert_eq!(h.state.pending_timers(), timers, "a restart arms the same timer");
+    assert_eq!(status(&h, "w"), Some(StepStatus::Waiting));
+    assert_eq!(h.state.status, RunStatus::Waiting);
+    let fired = h.state.fire_timer(&timers[0].id).expect("pending");
+    let cmds = h.feed(fired);
+    assert_eq!(status(&h, "w"), Some(StepStatus::Completed));
+    assert_eq!(started(&cmds), vec![("after".to_string(), json!({"x": 0}))], "the test clock did not move");
+    assert!(h.state.fire_timer(&timers[0].id).is_err(), "a wait ends once");
+}
+
+#[test]
+fn a_signal_wait_takes_signals_one_each_oldest_first_even_one_sent_before_it_began() {
+    let yaml = "name: t\nsteps:\n  - {id: first, kind: wait, with: {signal: go}}\n  - {id: second, kind: wait, needs: [first], with: {signal: go}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    assert!(h.state.pending_timers().is_empty(), "no timeout, no timer");
+    let cmds = signal(&mut h, "other", json!(1));
+    assert!(recorded(&cmds).is_empty(), "another name ends nothing");
+    signal(&mut h, "go", json!({"n": 1}));
+    // `second` began after both signals arrived... the second one is still there for it.
+    signal(&mut h, "go", json!({"n": 2}));
+    assert_eq!(status(&h, "first"), Some(StepStatus::Completed));
+    assert_eq!(status(&h, "second"), Some(StepStatus::Completed));
+    let out = |s: &str| h.state.output_of(h.state.step_index(s).expect("step")).map(|v| (**v).clone());
+    assert_eq!((out("first"), out("second")), (Some(json!({"n": 1})), Some(json!({"n": 2}))));
+    assert_eq!(h.state.status, RunStatus::Completed);
+}
+
+#[test]
+fn a_signal_wait_that_times_out_fails_with_class_timeout_and_on_failure_applies() {
+    let yaml = "name: t\nsteps:\n  - {id: w, kind: wait, with: {signal: go, timeout: 1h}, on_failure: continue}\n  - {id: other, kind: echo}\n";
+    let (mut h, cmds) = Harness::new(yaml);
+    let timers = armed(&cmds);
+    assert_eq!(timers.len(), 1);
+    h.succeed("other", json!(1));
+    let fired = h.state.fire_timer(&timers[0].id).expect("pending");
+    h.feed(fired);
+    let step = h.state.step_state("w").expect("w");
+    assert_eq!(step.status, StepStatus::Failed);
+    assert_eq!(step.last_failure.as_ref().map(|f| f.class), Some(ErrorClass::Timeout));
+    assert_eq!(h.state.status, RunStatus::Failed, "continue: the others finished, the run reports the failure");
+    assert!(h.state.pending_timers().is_empty());
+}
+
+#[test]
+fn a_wait_until_a_time_and_a_bad_wait_fail_or_wait_as_they_should() {
+    use crate::timer::TimerPurpose;
+    let yaml = "name: t\ninputs: {when: {}}\nsteps:\n  - {id: w, kind: wait, with: {until: '{{ inputs.when }}'}, on_failure: continue}\n";
+    let mut def = crate::validate::parse_definition(yaml, "t.yaml", &crate::kinds::for_tests()).expect("valid");
+    def.inputs.clear();
+    let (h, cmds) = Harness::with(def.clone());
+    // The template rendered nothing usable: the step fails with the reason, nothing waits.
+    let step = h.state.step_state("w").expect("w");
+    assert_eq!(step.status, StepStatus::Failed, "{cmds:#?}");
+    assert!(armed(&cmds).is_empty());
+    def.steps[0].with = json!({"until": "2027-01-01T00:00:00Z"});
+    let (h, cmds) = Harness::with(def);
+    assert_eq!(
+        armed(&cmds).iter().map(|t| (t.id.purpose, t.at_ms)).collect::<Vec<_>>(),
+        [(TimerPurpose::Wait, 1_798_761_600_000)]
+    );
+    assert_eq!(h.state.status, RunStatus::Waiting);
+}
+
+#[test]
+fn validation_refuses_a_wait_without_exactly_one_of_duration_until_or_signal_at_its_place() {
+    let kinds = crate::kinds::for_tests();
+    for (with, needle) in [
+        ("{}", "got none"),
+        ("{duration: 1h, signal: go}", "got duration and signal"),
+        ("{until: tomorrow}", "not an RFC 3339 time"),
+        ("{duration: 1h, timeout: 2h}", "signal` wait only"),
+        ("{duration: soon}", "with.duration"),
+    ] {
+        let yaml = format!("name: t\nsteps:\n  - id: w\n    kind: wait\n    with: {with}\n");
+        let problems = crate::validate::parse_definition(&yaml, "t.yaml", &kinds).expect_err(with);
+        assert_eq!((problems[0].line, problems[0].code), (Some(5), "bad_wait"), "{with}: {problems:?}");
+        assert!(problems[0].message.contains(needle), "{with}: {}", problems[0].message);
+    }
+    let problems = crate::validate::parse_definition("name: t\nsteps:\n  - {id: w, kind: wait}\n", "t.yaml", &kinds)
+        .expect_err("none");
+    assert_eq!((problems[0].line, problems[0].code), (Some(3), "bad_wait"), "{problems:?}");
+    let ok = "name: t\ninputs: {d: {}}\nsteps:\n  - {id: w, kind: wait, with: {duration: '{{ inputs.d }}'}}\n";
+    assert!(crate::validate::parse_definition(ok, "t.yaml", &kinds).is_ok());
+}

@@ -8,7 +8,7 @@ use super::check::{Graph, Site, check_fallbacks, check_needs, check_references, 
 use super::parse::{RawDefinition, RawOnFailure, RawStep};
 use super::problems::Problems;
 use super::retry::{RetryOverride, check_delays, check_retry, resolve_retry};
-use super::schema::check_with;
+use super::schema::{check_wait, check_with};
 use super::suggest::closest;
 use crate::definition::{Definition, FORMAT_VERSION, InputSpec, OnFailure, Step, Trigger};
 use crate::expr;
@@ -180,6 +180,9 @@ fn compile_step(
     if let Some(kind) = kind {
         let (at, places) = s.with.as_ref().map_or((s.kind.referenced, Default::default()), places_of);
         check_with(kind, &with, &places, at, "", here, out);
+        if kind.role == Role::Wait {
+            check_wait(&with, at, here, out);
+        }
     }
 
     let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();

@@ -70,6 +70,30 @@ pub(super) fn check_with(
     }
 }
 
+/// A wait needs exactly one of `duration`, `until` or `signal`; literal values are checked the way
+/// the wait will read them (a template is checked when it renders).
+pub(super) fn check_wait(with: &Value, block_at: Location, step: Option<&str>, out: &mut Problems<'_>) {
+    let literal: Value = match with {
+        Value::Object(m) => {
+            Value::Object(m.iter().filter(|(_, v)| !is_template(v)).map(|(k, v)| (k.clone(), v.clone())).collect())
+        }
+        _ if is_template(with) => return,
+        other => other.clone(),
+    };
+    let templated = with.as_object().is_some_and(|m| m.values().any(is_template));
+    match crate::decide::waits::wait_of(&literal, 0) {
+        Ok(_) => {}
+        // A key given as a template is there; only its value waits to be checked.
+        Err(_)
+            if templated
+                && with.as_object().is_some_and(|m| {
+                    ["duration", "until", "signal"].iter().filter(|k| m.get(**k).is_some_and(|v| !v.is_null())).count()
+                        == 1
+                }) => {}
+        Err(message) => out.add(block_at, step, "bad_wait", message),
+    }
+}
+
 fn schema_wants_object(schema: &Value) -> bool {
     schema.get("type").and_then(Value::as_str) == Some("object")
 }
