@@ -2,7 +2,7 @@
 //! and a PostgreSQL schema, each case on a fresh one. Folding the recorded journal through the
 //! pure core reproduces the engine's final state exactly, the journal replays without
 //! divergence, projections equal the fold, and every step ends the way its failure schedule says
-//! it must.
+//! it must. Some steps are durable waits (timers in the journal) instead of activities.
 
 // The store crate's test harness (fresh store per backend; PostgreSQL from CAIRN_TEST_POSTGRES,
 // skipped with a notice when unreachable unless CAIRN_REQUIRE_POSTGRES=1).
@@ -12,6 +12,7 @@ mod common;
 use cairn_core::decide::replay;
 use cairn_core::definition::{Definition, Inject, OnFailure, Step, Trigger};
 use cairn_core::event::{ErrorClass, RunOptions, RunSource};
+use cairn_core::kinds::Role;
 use cairn_core::retry::RetryPolicy;
 use cairn_core::{RunState, RunStatus, StepId, StepStatus};
 use cairn_engine::{Engine, EngineConfig, NewRun};
@@ -38,14 +39,13 @@ struct Schedule {
     fail_times: u32,
     max_attempts: u32,
     permanent: bool,
+    /// A durable wait of a few milliseconds instead of an activity: no attempts, never fails.
+    wait: bool,
 }
 
 fn schedule() -> impl Strategy<Value = Schedule> {
-    (0u32..4, 1u32..5, proptest::bool::weighted(0.15)).prop_map(|(fail_times, max_attempts, permanent)| Schedule {
-        fail_times,
-        max_attempts,
-        permanent,
-    })
+    (0u32..4, 1u32..5, proptest::bool::weighted(0.15), proptest::bool::weighted(0.15))
+        .prop_map(|(fail_times, max_attempts, permanent, wait)| Schedule { fail_times, max_attempts, permanent, wait })
 }
 
 fn step_spec(i: usize) -> impl Strategy<Value = StepSpec> {
@@ -127,10 +127,14 @@ fn definition(nodes: &[Node]) -> Definition {
             .enumerate()
             .map(|(i, n)| Step {
                 id: StepId::new(&n.id),
-                kind: "echo".into(),
+                kind: if n.schedule.wait { "wait" } else { "echo" }.into(),
                 needs: n.needs.iter().map(|&j| StepId::new(&nodes[j].id)).collect(),
                 when: n.when.map(|w| format!("inputs.flag == {w}")),
-                with: json!({"i": i, "prev": n.needs.first().map(|&j| format!("{{{{ steps.{}.status }}}}", nodes[j].id))}),
+                with: if n.schedule.wait {
+                    json!({"duration": format!("{}ms", 1 + i % 4)})
+                } else {
+                    json!({"i": i, "prev": n.needs.first().map(|&j| format!("{{{{ steps.{}.status }}}}", nodes[j].id))})
+                },
                 retry: RetryPolicy {
                     max_attempts: n.schedule.max_attempts,
                     initial_delay_ms: 1,
@@ -144,14 +148,14 @@ fn definition(nodes: &[Node]) -> Definition {
                     None => OnFailure::Continue,
                 },
                 trigger: n.trigger,
-                inject: (n.schedule.fail_times > 0).then(|| Inject {
+                inject: (n.schedule.fail_times > 0 && !n.schedule.wait).then(|| Inject {
                     fail_times: n.schedule.fail_times,
                     fail_class: if n.schedule.permanent { ErrorClass::Permanent } else { ErrorClass::Transient },
                     ..Inject::default()
                 }),
                 approval: None,
                 compensate: None,
-                role: None,
+                role: n.schedule.wait.then_some(Role::Wait),
             })
             .collect(),
     }
@@ -169,7 +173,9 @@ fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
     };
     for n in nodes {
         let run = |s: Schedule| {
-            if s.fail_times > 0 && s.permanent {
+            if s.wait {
+                (StepStatus::Completed, 0)
+            } else if s.fail_times > 0 && s.permanent {
                 (StepStatus::Failed, 1)
             } else if s.fail_times >= s.max_attempts {
                 (StepStatus::Failed, s.max_attempts)
