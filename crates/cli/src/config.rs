@@ -25,6 +25,10 @@ pub struct Config {
     /// names the key.
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// `[kinds.NAME]`: the configuration handed to every attempt of step kind NAME (e.g. a model
+    /// provider's base URL). Secrets do not go here: a kind reads them by reference.
+    #[serde(default)]
+    kinds: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
 
 /// A config file, read and checked.
@@ -34,6 +38,15 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
     /// Secret name → environment variable.
     pub secrets: BTreeMap<String, String>,
+    /// Kind name → its configuration.
+    pub kinds: BTreeMap<String, serde_json::Value>,
+}
+
+/// What a file's tables resolve to.
+#[derive(Debug, Default)]
+struct Parsed {
+    secrets: BTreeMap<String, String>,
+    kinds: BTreeMap<String, serde_json::Value>,
 }
 
 impl Loaded {
@@ -71,7 +84,7 @@ pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         CliError::usage(format!("cannot read the config file {} (--config / CAIRN_CONFIG): {e}", path.display()))
     })?;
-    parse(&text, &path.display().to_string()).map(|secrets| Loaded { path: Some(path), secrets })
+    parse(&text, &path.display().to_string()).map(|p| Loaded { path: Some(path), secrets: p.secrets, kinds: p.kinds })
 }
 
 /// `cairn config check`: the file is valid (else `load` already failed); each mapped secret
@@ -88,11 +101,14 @@ pub fn check(loaded: &Loaded) -> CliResult {
         let set = std::env::var_os(var).is_some_and(|v| !v.is_empty());
         crate::out!("  secrets.{name} <- ${var} ({})", if set { "set here" } else { "NOT set here" });
     }
+    for name in loaded.kinds.keys() {
+        crate::out!("  kinds.{name}: configured");
+    }
     Ok(())
 }
 
 /// Parses and checks the text of a config file named `file` in messages.
-fn parse(text: &str, file: &str) -> CliResult<BTreeMap<String, String>> {
+fn parse(text: &str, file: &str) -> CliResult<Parsed> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| position(text, s.start));
         CliError::usage(located(file, at, &toml_message(e.message())))
@@ -101,9 +117,35 @@ fn parse(text: &str, file: &str) -> CliResult<BTreeMap<String, String>> {
 }
 
 impl Config {
-    /// The checks serde cannot make; returns the secret mapping.
-    fn check(self, text: &str, file: &str) -> CliResult<BTreeMap<String, String>> {
+    /// The checks serde cannot make; returns what the tables resolve to.
+    fn check(self, text: &str, file: &str) -> CliResult<Parsed> {
         let mut problems = Vec::new();
+        let mut kinds = BTreeMap::new();
+        let known = crate::kinds::kinds();
+        for (name, entry) in self.kinds {
+            let key = name.get_ref();
+            let at = Some(position(text, name.span().start));
+            if known.lookup(key).is_none() {
+                let names = known.names();
+                let hint = crate::steps::closest(key, &names).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+                problems.push(located(
+                    file,
+                    at,
+                    &format!("`kinds.{key}` is not a step kind this binary runs ({}){hint}", names.join(", ")),
+                ));
+                continue;
+            }
+            match serde_json::to_value(entry.get_ref()) {
+                Ok(value @ serde_json::Value::Object(_)) => {
+                    kinds.insert(key.clone(), value);
+                }
+                _ => problems.push(located(
+                    file,
+                    Some(position(text, entry.span().start)),
+                    &format!("`kinds.{key}` must be a table of settings for that kind"),
+                )),
+            }
+        }
         let mut secrets = BTreeMap::new();
         for (name, entry) in self.secrets {
             let key = name.get_ref();
@@ -156,7 +198,7 @@ impl Config {
                 Err(message) => problems.push(located(file, at(&entry.span()), &message)),
             }
         }
-        if problems.is_empty() { Ok(secrets) } else { Err(CliError::usage(problems.join("\n"))) }
+        if problems.is_empty() { Ok(Parsed { secrets, kinds }) } else { Err(CliError::usage(problems.join("\n"))) }
     }
 }
 
@@ -171,11 +213,16 @@ fn toml_message(message: &str) -> String {
     let message = message.trim();
     match message.strip_prefix("unknown field ") {
         Some(rest) => {
-            let rest = rest.replacen(", expected one of ", "; the known keys are ", 1).replacen(
-                ", expected ",
-                "; the only known key is ",
-                1,
-            );
+            let rest = match rest.split_once(", expected ") {
+                Some((field, expected)) if expected.starts_with("one of ") => {
+                    format!("{field}; the known keys are {}", &expected["one of ".len()..])
+                }
+                Some((field, expected)) if expected.contains(" or ") => {
+                    format!("{field}; the known keys are {}", expected.replace(" or ", ", "))
+                }
+                Some((field, expected)) => format!("{field}; the only known key is {expected}"),
+                None => rest.to_string(),
+            };
             format!("unknown key {rest}")
         }
         None => message.to_string(),
@@ -208,17 +255,27 @@ mod tests {
     #[test]
     fn secrets_map_names_to_environment_variables() {
         let map = parse("[secrets]\nAPI_TOKEN = { env = \"VAULT_TOKEN\" }\nOTHER.env = \"X\"\n", "cairn.toml")
-            .expect("valid");
+            .expect("valid")
+            .secrets;
         assert_eq!(map.get("API_TOKEN").map(String::as_str), Some("VAULT_TOKEN"));
         assert_eq!(map.get("OTHER").map(String::as_str), Some("X"));
-        assert!(parse("", "cairn.toml").expect("empty is fine").is_empty());
+        assert!(parse("", "cairn.toml").expect("empty is fine").secrets.is_empty());
+    }
+
+    #[test]
+    fn kinds_tables_configure_known_kinds_only() {
+        let parsed = parse("[kinds.http]\nuser_agent = \"cairn\"\nlimits = { rps = 5 }\n", "cairn.toml").expect("valid");
+        assert_eq!(parsed.kinds.get("http"), Some(&serde_json::json!({"user_agent": "cairn", "limits": {"rps": 5}})));
+        let e = error("[kinds.htp]\nx = 1\n");
+        assert!(e.starts_with("cairn.toml:1:8: `kinds.htp` is not a step kind") && e.ends_with("did you mean `http`?"), "{e}");
+        assert!(error("[kinds]\nhttp = 3\n").contains("`kinds.http` must be a table"));
     }
 
     #[test]
     fn config_errors_name_the_file_line_column_and_key() {
         assert_eq!(
             error("[secrets]\nAPI_TOKEN = { env = \"X\" }\n\n[secret]\nB = 1\n"),
-            "cairn.toml:4:2: unknown key `secret`; the only known key is `secrets`"
+            "cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`"
         );
         assert_eq!(
             error("[secrets]\napi_token = { env = \"X\" }\n").split(':').take(3).collect::<Vec<_>>(),

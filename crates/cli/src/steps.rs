@@ -26,7 +26,7 @@ pub fn find<'a>(run: &str, steps: &'a [StepRow], name: &str) -> CliResult<&'a St
 }
 
 /// The candidate within two edits of `word` (and closer than its length), if any.
-fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let len = word.chars().count();
     candidates
         .iter()

@@ -52,3 +52,54 @@ fn validate_holds_a_with_block_to_its_kinds_schema_and_names_the_failing_field()
     assert!(lines[1].starts_with("wf.yaml:11:19: step `boom`: `with.class` does not fit kind `fail`"), "{so}");
     assert!(stderr(&out).contains("2 problem(s) found"), "{}", stderr(&out));
 }
+
+/// A service that answers every request with the value of its `X-Team` header.
+fn mirror() -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let (mut team, mut length, mut line) = (String::new(), 0usize, String::new());
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some((name, value)) = line.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "x-team" => team = value.trim().to_string(),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+                line.clear();
+            }
+            let _ = reader.read_exact(&mut vec![0; length]);
+            let body = serde_json::json!({ "team": team }).to_string();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = (&stream).write_all(format!("{head}{body}").as_bytes());
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_kinds_configuration_in_cairn_toml_reaches_its_attempts() {
+    let env = Env::new();
+    let addr = mirror();
+    let config = env.write("cairn.toml", "[kinds.http]\nheaders = { X-Team = \"payments\" }\n");
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: t\nsteps:\n  - {{id: a, kind: http, with: {{url: \"http://{addr}/a\"}}}}\n  - {{id: b, kind: http, with: {{url: \"http://{addr}/b\", headers: {{X-Team: own}}}}}}\n"
+        ),
+    );
+    let out = env.run(&["--config", path_str(&config), "run", path_str(&wf), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let outcome: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(outcome["output"]["a"]["team"], "payments", "{outcome}");
+    assert_eq!(outcome["output"]["b"]["team"], "own", "a step's own header wins: {outcome}");
+
+    let bad = env.write("bad.toml", "[kinds.htp]\nheaders = {}\n");
+    let out = env.run(&["--config", path_str(&bad), "run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("`kinds.htp` is not a step kind"), "{}", stderr(&out));
+}

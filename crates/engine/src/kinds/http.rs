@@ -2,7 +2,8 @@
 //! JSON answer is the output. A GET only reads; every other method writes, so its result goes
 //! through the effect log and a repeated attempt does not send it again. `with.requests` (a list
 //! of such requests) sends them one after the other, each a journaled call (`run/step/call-N`),
-//! and outputs the list of answers.
+//! and outputs the list of answers. `[kinds.http] headers = {NAME = "value"}` in cairn.toml adds
+//! headers to every request that does not set them.
 
 use super::{Activity, Attempt, AttemptFuture};
 use cairn_core::event::Failure;
@@ -57,13 +58,26 @@ impl Activity for Kind {
     }
 }
 
-/// One request, as a journaled call.
+/// One request, as a journaled call. Headers from the kind's configuration (`[kinds.http]
+/// headers = {..}` in cairn.toml) are added unless the request sets them itself.
 async fn send(attempt: &mut Attempt<'_>, request: &Value) -> Result<Value, Failure> {
     let (worker, secrets) = (attempt.worker, attempt.secrets);
+    let mut sent = request.clone();
+    if let (Some(Value::Object(defaults)), Value::Object(req)) = (attempt.config.get("headers"), &mut sent) {
+        let headers = req.entry("headers").or_insert_with(|| json!({}));
+        if let Value::Object(headers) = headers {
+            for (name, value) in defaults {
+                if !headers.keys().any(|k| k.eq_ignore_ascii_case(name)) {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+        }
+    }
     let mut logs = Vec::new();
     let lines = &mut logs;
+    let sent = &sent;
     let result = attempt
-        .call("http", request, |key| async move { crate::http::call(request, &key, worker, secrets, lines).await })
+        .call("http", request, |key| async move { crate::http::call(sent, &key, worker, secrets, lines).await })
         .await;
     for line in logs {
         attempt.log(line);
