@@ -127,7 +127,8 @@ impl Config {
             let at = Some(position(text, name.span().start));
             if known.lookup(key).is_none() {
                 let names = known.names();
-                let hint = crate::steps::closest(key, &names).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
+                let hint =
+                    crate::steps::closest(key, &names).map(|c| format!("; did you mean `{c}`?")).unwrap_or_default();
                 problems.push(located(
                     file,
                     at,
@@ -264,10 +265,14 @@ mod tests {
 
     #[test]
     fn kinds_tables_configure_known_kinds_only() {
-        let parsed = parse("[kinds.http]\nuser_agent = \"cairn\"\nlimits = { rps = 5 }\n", "cairn.toml").expect("valid");
+        let parsed =
+            parse("[kinds.http]\nuser_agent = \"cairn\"\nlimits = { rps = 5 }\n", "cairn.toml").expect("valid");
         assert_eq!(parsed.kinds.get("http"), Some(&serde_json::json!({"user_agent": "cairn", "limits": {"rps": 5}})));
         let e = error("[kinds.htp]\nx = 1\n");
-        assert!(e.starts_with("cairn.toml:1:8: `kinds.htp` is not a step kind") && e.ends_with("did you mean `http`?"), "{e}");
+        assert!(
+            e.starts_with("cairn.toml:1:8: `kinds.htp` is not a step kind") && e.ends_with("did you mean `http`?"),
+            "{e}"
+        );
         assert!(error("[kinds]\nhttp = 3\n").contains("`kinds.http` must be a table"));
     }
 

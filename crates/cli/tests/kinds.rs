@@ -74,7 +74,10 @@ fn mirror() -> String {
             }
             let _ = reader.read_exact(&mut vec![0; length]);
             let body = serde_json::json!({ "team": team }).to_string();
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = (&stream).write_all(format!("{head}{body}").as_bytes());
         }
     });

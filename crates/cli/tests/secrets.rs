@@ -405,7 +405,7 @@ fn a_broken_cairn_toml_is_refused_with_its_position_and_the_known_keys() {
     let out = cairn(&env, None, &["runs", "list"], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("cairn.toml:4:2: unknown key `secret`; the only known key is `secrets`"),
+        stderr(&out).contains("cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`"),
         "{}",
         stderr(&out)
     );

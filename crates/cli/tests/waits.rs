@@ -87,6 +87,10 @@ fn a_served_run_parked_on_a_wait_is_handed_back_and_woken_by_the_store_at_its_ti
         run.owner.is_none() && run.wake_at_ms.is_some()
     });
     assert_eq!(env.only_run().status, "WAITING");
+    // A durable wait is not a gate: no decision ends it early.
+    let out = env.run(&["approve", &id, "w"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("in a durable wait"), "{}", stderr(&out));
     wait_for("the store to wake the run", LONG, || env.only_run().status == "COMPLETED");
     assert_eq!(env.step(&id, "w").attempts, 0);
     drop(server);

@@ -81,8 +81,13 @@ impl Step {
     /// The step's role. Definitions pinned before kinds declared roles have none recorded; in
     /// them the one gate kind there was, `approval`, is a gate.
     pub fn role(&self) -> Role {
-        self.role.unwrap_or(if self.kind == "approval" { Role::Gate } else { Role::Activity })
+        self.role.unwrap_or_else(|| legacy_role(&self.kind))
     }
+}
+
+/// The role a step of this kind had before kinds declared roles.
+pub fn legacy_role(kind: &str) -> Role {
+    if kind == "approval" { Role::Gate } else { Role::Activity }
 }
 
 /// An activity that undoes a completed step.

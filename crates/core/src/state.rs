@@ -92,6 +92,12 @@ pub struct ApprovalState {
 }
 
 impl StepState {
+    /// Whether a person's decision is what this step waits for (an approval gate or an escalated
+    /// failure), as opposed to a durable wait or no wait at all.
+    pub fn awaits_decision(&self) -> bool {
+        self.status == StepStatus::Waiting && self.wait.is_none()
+    }
+
     fn new(id: StepId) -> Self {
         StepState {
             id,
@@ -534,6 +540,15 @@ impl RunState {
             | Event::RunCompensated => return Err(Error::Premature { seq, kind }),
         };
         let step = &mut self.steps[idx];
+        if matches!(event, Event::ApprovalDecided { .. }) && step.wait.is_some() {
+            // A durable wait is not a gate: no decision ends it.
+            let source = InvalidTransition {
+                machine: "step",
+                from: format!("{} (in a durable wait)", step.status),
+                input: "ApprovalDecided".into(),
+            };
+            return Err(Error::Transition { seq, kind, source });
+        }
         let next =
             machine::step_transition(step.status, input).map_err(|source| Error::Transition { seq, kind, source })?;
         // Attempt fencing: results are accepted only for the attempt that is current.

@@ -122,14 +122,15 @@ impl RunState {
             .collect()
     }
 
-    /// The event that records this timer firing, if it is still pending; a timer the run no
-    /// longer has (or one armed for an earlier attempt) is refused.
-    pub fn fire_timer(&self, timer: &TimerId) -> Result<Event, StaleTimer> {
-        if !self.pending_timers().iter().any(|t| t.id == *timer) {
-            return Err(StaleTimer { timer: timer.clone() });
+    /// The event that records this timer firing, if it is still pending as armed (same id and
+    /// due time); a timer the run no longer has, one armed for an earlier attempt, or one of a
+    /// wait that began again since, is refused.
+    pub fn fire_timer(&self, timer: &Timer) -> Result<Event, StaleTimer> {
+        if !self.pending_timers().contains(timer) {
+            return Err(StaleTimer { timer: timer.id.clone() });
         }
-        let step = timer.step.clone();
-        Ok(match timer.purpose {
+        let step = timer.id.step.clone();
+        Ok(match timer.id.purpose {
             TimerPurpose::Retry { .. } => Event::TimerFired { step },
             TimerPurpose::ApprovalDeadline => Event::ApprovalExpired { step },
             TimerPurpose::CompensationRetry { .. } => Event::CompensationTimerFired { step },

@@ -175,7 +175,13 @@ pub(crate) async fn recorded<S: cairn_store::Store>(
     let mut out = Vec::new();
     for row in store.calls(run, Some(step)).await? {
         let (true, Some(hash)) = (row.outcome == "ok", &row.result_hash) else { continue };
-        let Some(result) = cairn_store::Journal::payload(store, hash).await? else { continue };
+        // A success whose result is gone must not be made again: the read fails the attempt.
+        let result = cairn_store::Journal::payload(store, hash).await?.ok_or_else(|| {
+            cairn_store::Error::Corrupt(format!(
+                "call {} of step '{step}' is recorded but its result {hash} is missing",
+                row.n
+            ))
+        })?;
         out.push(Recorded { n: row.n, request_hash: row.request_hash, result });
     }
     Ok(out)

@@ -148,6 +148,7 @@ impl<S: Store> Live<S> {
                 | Event::PlanRecorded { .. }
                 | Event::DefinitionMigrated { .. }
                 | Event::RunRetried { .. }
+                | Event::CompensationStarted { .. }
         ) {
             self.touched.extend(0..self.state.steps.len());
         }
@@ -602,7 +603,7 @@ impl<S: Store> Live<S> {
             if self.state.status.is_terminal() {
                 break;
             }
-            if let Ok(event) = self.state.fire_timer(&timer.id) {
+            if let Ok(event) = self.state.fire_timer(&timer) {
                 self.feed(event)?;
             }
         }
@@ -615,7 +616,7 @@ impl<S: Store> Live<S> {
             return;
         }
         let pending = self.state.pending_timers();
-        self.timers.retain(|t| pending.iter().any(|p| p.id == t.id));
+        self.timers.retain(|t| pending.contains(t));
     }
 
     /// Registers this run as driven here, so operator requests reach it.

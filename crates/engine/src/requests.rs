@@ -9,7 +9,7 @@ use crate::Error;
 use cairn_core::event::Event;
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
-use cairn_core::{Definition, RunId, RunStatus, StepStatus};
+use cairn_core::{Definition, RunId, RunStatus};
 use cairn_store::{RequestOutcome, RequestState};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -249,8 +249,7 @@ fn check_decision(
     escalation: Option<&EscalationChoice>,
 ) -> Result<Option<(&'static str, String)>, Error> {
     let id = &state.run_id;
-    let waiting: Vec<&str> =
-        state.steps.iter().filter(|s| s.status == StepStatus::Waiting).map(|s| s.id.as_str()).collect();
+    let waiting: Vec<&str> = state.steps.iter().filter(|s| s.awaits_decision()).map(|s| s.id.as_str()).collect();
     let waiting_list = || match waiting.as_slice() {
         [] => "no step of this run is waiting for a decision".to_string(),
         list => format!("waiting for a decision: {}", list.join(", ")),
@@ -259,7 +258,7 @@ fn check_decision(
         return Err(refused("no_such_step", format!("run {id} has no step '{step}'; {}", waiting_list())));
     };
     let previous = s.approval.as_ref().and_then(|a| a.decision.as_ref());
-    if s.status != StepStatus::Waiting {
+    if !s.awaits_decision() {
         // Asked once and answered: the same answer again is answered, not repeated.
         if let Some((approved, by, _)) = previous {
             let who = by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
@@ -290,9 +289,10 @@ fn check_decision(
                 format!("run {id} is COMPENSATING: it is undoing its completed steps; no decision can change it now"),
             ));
         }
+        let what = if s.wait.is_some() { "in a durable wait".to_string() } else { s.status.to_string() };
         return Err(refused(
             "not_waiting",
-            format!("step '{step}' of run {id} is not waiting for a decision (it is {}); {}", s.status, waiting_list()),
+            format!("step '{step}' of run {id} is not waiting for a decision (it is {what}); {}", waiting_list()),
         ));
     }
     match (s.escalated, escalation) {

@@ -41,6 +41,10 @@ pub async fn waiting_approvals<S: Journal + ?Sized>(store: &S) -> Result<Vec<Wai
                 // The latest request of each gated step (a step can ask again after a retry).
                 let mut latest: Vec<WaitingApproval> = Vec::new();
                 for e in store.events(&id).await? {
+                    // Decided, or past its gate and in a durable wait: no longer asking.
+                    if let Event::ApprovalDecided { step, .. } | Event::WaitStarted { step, .. } = &e.event {
+                        latest.retain(|w| w.step != step.as_str());
+                    }
                     if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms, escalation } = e.event
                         && gated.contains(&step.as_str())
                     {

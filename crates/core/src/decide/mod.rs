@@ -58,26 +58,45 @@ pub enum Command {
 
 /// Whether an event is produced by `decide` (as opposed to reported by the edge).
 pub fn is_decided(event: &Event) -> bool {
-    matches!(
-        event,
+    match event {
         Event::PlanningStarted
-            | Event::StepReady { .. }
-            | Event::StepSkipped { .. }
-            | Event::RetryScheduled { .. }
-            | Event::StepFailed { .. }
-            | Event::RunWaiting { .. }
-            | Event::RunResumed
-            | Event::RunCompleted { .. }
-            | Event::RunFailed { .. }
-            | Event::ApprovalRequested { .. }
-            | Event::ApprovalEscalated { .. }
-            | Event::CompensationStarted { .. }
-            | Event::CompensationRetryScheduled { .. }
-            | Event::CompensationGaveUp { .. }
-            | Event::RunCompensated
-            | Event::WaitStarted { .. }
-            | Event::WaitEnded { .. }
-    )
+        | Event::StepReady { .. }
+        | Event::StepSkipped { .. }
+        | Event::RetryScheduled { .. }
+        | Event::StepFailed { .. }
+        | Event::RunWaiting { .. }
+        | Event::RunResumed
+        | Event::RunCompleted { .. }
+        | Event::RunFailed { .. }
+        | Event::ApprovalRequested { .. }
+        | Event::ApprovalEscalated { .. }
+        | Event::CompensationStarted { .. }
+        | Event::CompensationRetryScheduled { .. }
+        | Event::CompensationGaveUp { .. }
+        | Event::RunCompensated
+        | Event::WaitStarted { .. }
+        | Event::WaitEnded { .. } => true,
+        Event::RunCreated { .. }
+        | Event::PlanRecorded { .. }
+        | Event::AttemptStarted { .. }
+        | Event::AttemptSucceeded { .. }
+        | Event::AttemptFailed { .. }
+        | Event::TimerFired { .. }
+        | Event::StepCancelled { .. }
+        | Event::RunCancelled { .. }
+        | Event::RunPaused { .. }
+        | Event::RunUnpaused { .. }
+        | Event::RunRetried { .. }
+        | Event::SignalReceived { .. }
+        | Event::DefinitionMigrated { .. }
+        | Event::CompensationAttemptStarted { .. }
+        | Event::CompensationAttemptSucceeded { .. }
+        | Event::CompensationAttemptFailed { .. }
+        | Event::CompensationTimerFired { .. }
+        | Event::ApprovalDecided { .. }
+        | Event::ApprovalExpired { .. }
+        | Event::WaitElapsed { .. } => false,
+    }
 }
 
 /// Applies an external event and returns the commands it leads to.
@@ -103,6 +122,7 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
         Event::RunRetried { .. } => d.reconcile()?,
         Event::RunUnpaused { .. } => {
             d.restart_work()?;
+            d.take_waiting_signals()?;
             d.reconcile()?;
         }
         Event::ApprovalDecided { step, approved, action, .. } => {

@@ -457,16 +457,18 @@ fn a_retry_timer_is_armed_for_its_attempt_and_refused_once_that_attempt_moved_on
     assert_eq!(timers.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), vec![retry.clone()]);
     assert_eq!(h.state.pending_timers(), timers, "what decide armed is what the state lists");
     // A timer for another attempt, or of another purpose, is not this run's.
-    let wrong = TimerId { step: a.clone(), purpose: TimerPurpose::Retry { attempt: 3 } };
-    assert!(h.state.fire_timer(&wrong).is_err());
-    let deadline = TimerId { step: a.clone(), purpose: TimerPurpose::ApprovalDeadline };
-    assert!(h.state.fire_timer(&deadline).is_err());
-    let event = h.state.fire_timer(&retry).expect("the armed timer fires");
+    let at_ms = timers[0].at_ms;
+    let timer = |purpose| crate::timer::Timer { id: TimerId { step: a.clone(), purpose }, at_ms };
+    assert!(h.state.fire_timer(&timer(TimerPurpose::Retry { attempt: 3 })).is_err());
+    assert!(h.state.fire_timer(&timer(TimerPurpose::ApprovalDeadline)).is_err());
+    let early = crate::timer::Timer { at_ms: at_ms - 1, ..timers[0].clone() };
+    assert!(h.state.fire_timer(&early).is_err(), "armed for another time");
+    let event = h.state.fire_timer(&timers[0]).expect("the armed timer fires");
     assert_eq!(event, Event::TimerFired { step: a.clone() });
     h.feed(event);
     assert!(h.state.pending_timers().is_empty());
     // Fired once, the same timer is stale: a second report would start a second attempt.
-    assert!(h.state.fire_timer(&retry).is_err());
+    assert!(h.state.fire_timer(&timers[0]).is_err());
 }
 
 #[test]
@@ -479,7 +481,7 @@ fn an_escalated_approval_deadline_is_not_pending_again_so_a_restart_does_not_esc
     assert_eq!(timers.len(), 1);
     assert_eq!(timers[0].id.purpose, TimerPurpose::ApprovalDeadline);
     assert_eq!(timers[0].at_ms, 1_000 + 3_600_000);
-    let event = h.state.fire_timer(&timers[0].id).expect("pending");
+    let event = h.state.fire_timer(&timers[0]).expect("pending");
     let cmds = h.feed(event);
     assert!(cmds.iter().any(|c| matches!(c, Command::Record(Envelope { event: Event::ApprovalEscalated { .. }, .. }))));
     assert_eq!(status(&h, "a"), Some(StepStatus::Waiting));
@@ -498,7 +500,7 @@ fn a_paused_run_has_no_pending_timers_and_unpausing_arms_them_again() {
     let timers = armed(&h.feed(Event::AttemptFailed { step: a, attempt: 1, failure, duration_ms: 1 }));
     h.feed(Event::RunPaused { by: None });
     assert!(h.state.pending_timers().is_empty());
-    assert!(h.state.fire_timer(&timers[0].id).is_err(), "a paused run's timer does not fire");
+    assert!(h.state.fire_timer(&timers[0]).is_err(), "a paused run's timer does not fire");
     let cmds = h.feed(Event::RunUnpaused { by: None });
     assert_eq!(armed(&cmds), timers);
 }
@@ -530,11 +532,11 @@ fn a_timed_wait_starts_no_attempt_arms_one_timer_and_ends_when_it_fires() {
     assert_eq!(h.state.pending_timers(), timers, "a restart arms the same timer");
     assert_eq!(status(&h, "w"), Some(StepStatus::Waiting));
     assert_eq!(h.state.status, RunStatus::Waiting);
-    let fired = h.state.fire_timer(&timers[0].id).expect("pending");
+    let fired = h.state.fire_timer(&timers[0]).expect("pending");
     let cmds = h.feed(fired);
     assert_eq!(status(&h, "w"), Some(StepStatus::Completed));
     assert_eq!(started(&cmds), vec![("after".to_string(), json!({"x": 0}))], "the test clock did not move");
-    assert!(h.state.fire_timer(&timers[0].id).is_err(), "a wait ends once");
+    assert!(h.state.fire_timer(&timers[0]).is_err(), "a wait ends once");
 }
 
 #[test]
@@ -561,7 +563,7 @@ fn a_signal_wait_that_times_out_fails_with_class_timeout_and_on_failure_applies(
     let timers = armed(&cmds);
     assert_eq!(timers.len(), 1);
     h.succeed("other", json!(1));
-    let fired = h.state.fire_timer(&timers[0].id).expect("pending");
+    let fired = h.state.fire_timer(&timers[0]).expect("pending");
     h.feed(fired);
     let step = h.state.step_state("w").expect("w");
     assert_eq!(step.status, StepStatus::Failed);
@@ -610,4 +612,60 @@ fn validation_refuses_a_wait_without_exactly_one_of_duration_until_or_signal_at_
     assert_eq!((problems[0].line, problems[0].code), (Some(3), "bad_wait"), "{problems:?}");
     let ok = "name: t\ninputs: {d: {}}\nsteps:\n  - {id: w, kind: wait, with: {duration: '{{ inputs.d }}'}}\n";
     assert!(crate::validate::parse_definition(ok, "t.yaml", &kinds).is_ok());
+}
+
+#[test]
+fn a_paused_run_keeps_signals_for_its_waits_until_it_is_unpaused() {
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: wait, with: {signal: go}}\n  - {id: b, kind: wait, needs: [a], with: {signal: go}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    h.feed(Event::RunPaused { by: None });
+    assert!(recorded(&signal(&mut h, "go", json!(1))).is_empty(), "nothing moves while paused");
+    signal(&mut h, "go", json!(2));
+    assert_eq!(status(&h, "a"), Some(StepStatus::Waiting));
+    let cmds = h.feed(Event::RunUnpaused { by: None });
+    assert!(recorded(&cmds).iter().any(|e| matches!(e, Event::WaitEnded { .. })), "{cmds:#?}");
+    assert_eq!((status(&h, "a"), status(&h, "b")), (Some(StepStatus::Completed), Some(StepStatus::Completed)));
+    assert_eq!(h.state.status, RunStatus::Completed);
+}
+
+#[test]
+fn a_decision_cannot_end_a_durable_wait() {
+    let yaml = "name: t\nsteps:\n  - {id: w, kind: wait, with: {duration: 1h}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    assert!(!h.state.step_state("w").expect("w").awaits_decision());
+    let env = Envelope {
+        seq: h.state.last_seq + 1,
+        at_ms: 1_000,
+        schema: JOURNAL_SCHEMA,
+        event: Event::ApprovalDecided { step: StepId::new("w"), approved: true, by: None, comment: None, action: None },
+    };
+    assert!(decide(&mut h.state, &env).is_err(), "refused by the state machine");
+}
+
+#[test]
+fn an_approval_step_serializes_as_it_did_before_kinds_had_roles_and_a_wait_records_its_role() {
+    let yaml =
+        "name: t\nsteps:\n  - {id: ok, kind: approval}\n  - {id: w, kind: wait, with: {duration: 1s}, needs: [ok]}\n";
+    let def = crate::validate::parse_definition(yaml, "t.yaml", &crate::kinds::for_tests()).expect("valid");
+    let value = serde_json::to_value(&def).expect("json");
+    assert!(value["steps"][0].get("role").is_none(), "{value}");
+    assert_eq!(value["steps"][1]["role"], "wait");
+    assert_eq!(def.steps[0].role(), crate::kinds::Role::Gate);
+}
+
+#[test]
+fn validation_refuses_what_does_not_apply_to_a_wait() {
+    let kinds = crate::kinds::for_tests();
+    for (extra, needle) in [
+        ("timeout: 5s", "no attempts to time out"),
+        ("retry: {max_attempts: 2}", "`retry` and `inject` do not apply"),
+        ("on_failure: escalate", "cannot escalate"),
+    ] {
+        let yaml = format!("name: t\nsteps:\n  - id: w\n    kind: wait\n    with: {{duration: 1s}}\n    {extra}\n");
+        let problems = crate::validate::parse_definition(&yaml, "t.yaml", &kinds).expect_err(extra);
+        assert!(problems.iter().any(|p| p.code == "bad_wait" && p.message.contains(needle)), "{extra}: {problems:?}");
+    }
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, compensate: {kind: wait, with: {duration: 1s}}}\n";
+    let problems = crate::validate::parse_definition(yaml, "t.yaml", &kinds).expect_err("compensate wait");
+    assert!(problems[0].message.contains("compensate.kind cannot be `wait`"), "{problems:?}");
 }

@@ -20,6 +20,10 @@ impl Decider<'_> {
     /// Starts step `i`'s wait from its rendered `with`.
     pub(super) fn begin_wait(&mut self, i: usize) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
+        // A paused run starts nothing: the step stays ready and `RunUnpaused` begins its wait.
+        if self.state.status == RunStatus::Paused {
+            return Ok(());
+        }
         let step = def.steps[i].id.clone();
         let with = match template::render_input(&def.steps[i].with, &self.context(i)) {
             Ok((with, _)) => with,
@@ -63,11 +67,27 @@ impl Decider<'_> {
 
     /// A signal arrived: the first step waiting for that name (in definition order) takes it.
     pub(super) fn on_signal(&mut self, name: &str) -> Result<(), Error> {
+        // While paused the signal is kept; `RunUnpaused` hands it to the wait.
+        if self.state.status == RunStatus::Paused {
+            return Ok(());
+        }
         let waiting = self.state.steps.iter().position(|s| {
             s.status == StepStatus::Waiting && s.wait.as_ref().is_some_and(|w| w.signal.as_deref() == Some(name))
         });
         if let Some(i) = waiting {
             self.take_signal(i, name)?;
+        }
+        Ok(())
+    }
+
+    /// After an unpause or a restart: signal waits take the signals that arrived meanwhile.
+    pub(super) fn take_waiting_signals(&mut self) -> Result<(), Error> {
+        let waits: Vec<(usize, String)> = (self.state.steps.iter().enumerate())
+            .filter(|(_, s)| s.status == StepStatus::Waiting)
+            .filter_map(|(i, s)| Some((i, s.wait.as_ref()?.signal.clone()?)))
+            .collect();
+        for (i, name) in waits {
+            self.take_signal(i, &name)?;
         }
         Ok(())
     }

@@ -78,11 +78,14 @@ pub(super) fn compile_compensate(
         );
         return None;
     };
-    if kind.role == Role::Gate {
-        let msg = format!(
-            "compensate.kind cannot be `{}`: a compensation runs unattended; use `on_failure: escalate` on a step to involve a person",
-            kind.name
-        );
+    if kind.role != Role::Activity {
+        let msg = match kind.role {
+            Role::Gate => format!(
+                "compensate.kind cannot be `{}`: a compensation runs unattended; use `on_failure: escalate` on a step to involve a person",
+                kind.name
+            ),
+            _ => format!("compensate.kind cannot be `{}`: a compensation must run an activity", kind.name),
+        };
         out.add(c.kind.referenced, step, "bad_compensation", msg);
         return None;
     }

@@ -182,6 +182,25 @@ fn compile_step(
         check_with(kind, &with, &places, at, "", here, out);
         if kind.role == Role::Wait {
             check_wait(&with, at, here, out);
+            // A wait has no attempts: what shapes attempts does not apply to it.
+            let name = &kind.name;
+            if let Some(t) = &s.timeout {
+                let msg = format!(
+                    "a `{name}` step has no attempts to time out; write its timeout in `with` (a signal wait's `with.timeout`)"
+                );
+                out.add(t.referenced, here, "bad_wait", msg);
+            }
+            if s.retry.is_some() || s.inject.is_some() {
+                let msg =
+                    format!("a `{name}` step has no attempts: `retry` and `inject` do not apply to it; remove them");
+                out.add(s.kind.referenced, here, "bad_wait", msg);
+            }
+            if let Some(f) = &s.on_failure
+                && matches!(&f.value, RawOnFailure::Policy(p) if p == "escalate")
+            {
+                let msg = format!("a `{name}` step cannot escalate to a person; use fail, continue or a fallback");
+                out.add(f.referenced, here, "bad_wait", msg);
+            }
         }
     }
 
@@ -263,7 +282,9 @@ fn compile_step(
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
         approval: compile_approval(s, gate, index, here, sites, out),
         compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, index, defaults, kinds, here, sites, out)),
-        role: kind.map(|k| k.role).filter(|r| !r.is_activity()),
+        // Written only where the legacy rule (`approval` is the gate) would not say it, so a
+        // definition registered before kinds had roles serializes (and hashes) the same.
+        role: kind.map(|k| k.role).filter(|r| *r != crate::definition::legacy_role(&s.kind.value)),
     }
 }
 
