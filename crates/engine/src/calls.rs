@@ -12,7 +12,7 @@ use crate::secrets::Resolved;
 use cairn_core::RunId;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::payload::Payload;
-use cairn_store::{CallRow, EffectLog};
+use cairn_store::CallRow;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,20 +23,28 @@ use tokio::sync::watch;
 /// The failure code of a call whose request differs from the one recorded at its position.
 pub const DIVERGENCE: &str = "call_divergence";
 
-type Recording<'a> = Pin<Box<dyn Future<Output = Result<(), cairn_store::Error>> + Send + 'a>>;
+type Recording<'a> = Pin<Box<dyn Future<Output = Result<Option<Recorded>, cairn_store::Error>> + Send + 'a>>;
 
 /// Where calls are recorded (the store's effect log), behind a trait object so that attempts do
 /// not depend on the store's type.
+/// Recording answers `Some(call)` when another attempt recorded a success at that position
+/// first (an attempt that lost its lease and ran on): that call stands, not this one.
 pub(crate) trait CallSink: Send + Sync {
     fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_>;
 }
 
 pub(crate) struct StoreSink<S>(pub Arc<S>);
 
-impl<S: EffectLog> CallSink for StoreSink<S> {
+impl<S: cairn_store::Store> CallSink for StoreSink<S> {
     fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_> {
         let run = run.clone();
-        Box::pin(async move { self.0.record_call(&run, call, result).await })
+        Box::pin(async move {
+            let (step, n) = (call.step_id.clone(), call.n);
+            if self.0.record_call(&run, call, result).await? {
+                return Ok(None);
+            }
+            Ok(recorded(&*self.0, &run, &step).await?.into_iter().find(|r| r.n == n))
+        })
     }
 }
 
@@ -117,7 +125,7 @@ impl CallLog {
             step_id: self.step.clone(),
             n,
             kind: kind.to_string(),
-            request_hash,
+            request_hash: request_hash.clone(),
             outcome: if result.is_ok() { "ok" } else { "failed" }.into(),
             result_hash: payload.as_ref().map(|p| p.reference.hash.clone()),
             error: result.as_ref().err().map(ToString::to_string),
@@ -125,7 +133,21 @@ impl CallLog {
             duration_ms,
             at_ms: crate::now_ms(),
         };
-        self.keep(row, payload).await?;
+        if let Some(first) = self.keep(row, payload).await? {
+            // Another attempt of this step recorded this call first: its result stands.
+            logs.push(format!("call {n} ({kind}, {key}): another attempt recorded it first; its result stands"));
+            if first.request_hash != request_hash {
+                let message = format!(
+                    "call {n} of step '{}' ({kind}) was recorded by another attempt with another request (hash {} \
+                     there, {} here)",
+                    self.step,
+                    short(&first.request_hash),
+                    short(&request_hash)
+                );
+                return Err(Failure { code: Some(DIVERGENCE.into()), ..Failure::new(ErrorClass::Permanent, message) });
+            }
+            return Ok(first.result);
+        }
         logs.push(format!(
             "call {n} ({kind}, {key}): {} in {duration_ms} ms",
             if result.is_ok() { "succeeded" } else { "failed" }
@@ -140,11 +162,11 @@ impl CallLog {
     /// Records the call before the next one may start. While the store cannot take it (disk
     /// full, server away) keep trying; if it cannot be kept, the attempt fails (transient): going
     /// on would make a call that a later attempt could repeat.
-    async fn keep(&self, row: CallRow, payload: Option<Payload>) -> Result<(), Failure> {
+    async fn keep(&self, row: CallRow, payload: Option<Payload>) -> Result<Option<Recorded>, Failure> {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.sink.record(&self.run, row.clone(), payload.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(first) => return Ok(first),
                 Err(e) if e.is_transient() && !*self.shutdown.borrow() => {
                     crate::say_limited!(
                         "call-log",
@@ -189,4 +211,42 @@ pub(crate) async fn recorded<S: cairn_store::Store>(
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_store::{Durability, EffectLog, SqliteStore};
+    use serde_json::json;
+
+    fn log(store: &Arc<SqliteStore>, run: &RunId, attempt: u32, recorded: Vec<Recorded>) -> CallLog {
+        let (_stop, shutdown) = watch::channel(false);
+        CallLog::new(run.clone(), "s".into(), attempt, recorded, Arc::new(StoreSink(store.clone())), shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_call_another_attempt_recorded_first_returns_that_result_not_this_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Arc::new(SqliteStore::open(dir.path().join("c.db"), Durability::Normal).expect("open"));
+        let run = RunId::from_parts(1, 1);
+        let none = Resolved::none();
+        let request = json!({"url": "http://x/"});
+        // Attempt 1 (which lost its lease but ran on) records call 1 ...
+        let mut first = log(&store, &run, 1, Vec::new());
+        let mut logs = Vec::new();
+        let got = first.call("http", &request, &none, &mut logs, |_| async { Ok(json!("first")) }).await;
+        assert_eq!(got, Ok(json!("first")));
+        // ... while attempt 2, started before that was recorded, makes the same call: the first
+        // success stands, and attempt 2 goes on with it.
+        let mut second = log(&store, &run, 2, Vec::new());
+        let got = second.call("http", &request, &none, &mut logs, |_| async { Ok(json!("second")) }).await;
+        assert_eq!(got, Ok(json!("first")), "{logs:?}");
+        let calls = store.calls(&run, Some("s")).await.expect("calls");
+        assert_eq!(calls.iter().map(|c| (c.n, c.attempt)).collect::<Vec<_>>(), [(1, 1)]);
+        // A later attempt that asks something else at that position diverges.
+        let mut third = log(&store, &run, 3, Vec::new());
+        let other = json!({"url": "http://y/"});
+        let got = third.call("http", &other, &none, &mut logs, |_| async { Ok(json!("third")) }).await;
+        assert_eq!(got.map_err(|f| f.code), Err(Some(DIVERGENCE.to_string())));
+    }
 }

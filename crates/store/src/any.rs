@@ -182,7 +182,7 @@ impl EffectLog for AnyStore {
         run_id: &RunId,
         call: CallRow,
         result: Option<cairn_core::payload::Payload>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         each!(self, s => s.record_call(run_id, call, result).await)
     }
 

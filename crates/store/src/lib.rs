@@ -337,14 +337,14 @@ pub trait EffectLog: Send + Sync + 'static {
     fn effect(&self, key: &str) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
     /// Records a call made inside an attempt, in its own commit, before the next call starts.
     /// `result` is the payload of a call that succeeded (`call.outcome == "ok"`). A call already
-    /// recorded as `ok` at the same position is kept (the first success wins); a `failed` one is
-    /// replaced.
+    /// recorded as `ok` at the same position is kept (the first success wins) and `Ok(false)`
+    /// says so: the caller must use the recorded call, not its own; a `failed` one is replaced.
     fn record_call(
         &self,
         run_id: &RunId,
         call: CallRow,
         result: Option<cairn_core::payload::Payload>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// The calls recorded for a run (one step's, when given), in step and position order.
     fn calls(&self, run_id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<CallRow>, Error>> + Send;
 }

@@ -1230,13 +1230,18 @@ conformance!(calls_inside_an_attempt_keep_their_first_success_and_are_replaced_a
     };
     assert!(store.calls(&id, None).await.expect("calls").is_empty());
     let first = Payload::of(&json!({"page": 1}));
-    store.record_call(&id, call(1, "h1", "ok", Some(&first), 1), Some(first.clone())).await.expect("record 1");
-    store.record_call(&id, call(2, "h2", "failed", None, 1), None).await.expect("record 2");
-    // The next attempt: call 1 again (a success is kept as it was), call 2 succeeds this time.
+    let written = store.record_call(&id, call(1, "h1", "ok", Some(&first), 1), Some(first.clone())).await;
+    assert!(written.expect("record 1"));
+    assert!(store.record_call(&id, call(2, "h2", "failed", None, 1), None).await.expect("record 2"));
+    // The next attempt: call 1 again (a success is kept as it was, and the caller is told),
+    // call 2 succeeds this time.
     let other = Payload::of(&json!({"page": "other"}));
-    store.record_call(&id, call(1, "hX", "ok", Some(&other), 2), Some(other.clone())).await.expect("again");
+    let kept = store.record_call(&id, call(1, "hX", "ok", Some(&other), 2), Some(other.clone())).await;
+    assert!(!kept.expect("again"), "the first success stays");
     let second = Payload::of(&json!({"page": 2}));
-    store.record_call(&id, call(2, "h2", "ok", Some(&second), 2), Some(second.clone())).await.expect("retry 2");
+    assert!(
+        store.record_call(&id, call(2, "h2", "ok", Some(&second), 2), Some(second.clone())).await.expect("retry 2")
+    );
     // Another step's calls are its own.
     let mut elsewhere = call(1, "z", "ok", Some(&first), 1);
     elsewhere.step_id = "zeta".into();

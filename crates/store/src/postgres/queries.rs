@@ -479,7 +479,7 @@ impl EffectLog for PgStore {
         }
     }
 
-    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<(), Error> {
+    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<bool, Error> {
         // One statement (one transaction), under the writers' side of the gc lock. A success is
         // final; a failure is replaced by the next attempt's call.
         let (hash, size, bytes) = match &result {
@@ -517,7 +517,7 @@ impl EffectLog for PgStore {
             ],
         )
         .await
-        .map(|_| ())
+        .map(|written| written > 0)
     }
 
     async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {

@@ -599,7 +599,7 @@ impl EffectLog for SqliteStore {
         }
     }
 
-    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<(), Error> {
+    async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<bool, Error> {
         let run_id = run_id.to_string();
         self.in_group(move |tx| {
             if let Some(result) = &result {
@@ -613,7 +613,7 @@ impl EffectLog for SqliteStore {
                 )?;
             }
             // A success is final; a failure is replaced by the next attempt's call.
-            tx.execute(
+            let written = tx.execute(
                 "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at)
                  VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
                  ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind,
@@ -634,7 +634,7 @@ impl EffectLog for SqliteStore {
                     call.at_ms
                 ],
             )?;
-            Ok(())
+            Ok(written > 0)
         })
         .await
     }
