@@ -163,6 +163,17 @@ pub struct AttemptView {
 }
 
 #[derive(Debug, Serialize)]
+pub struct WaitView {
+    pub started_at_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
 pub struct ApprovalView {
     pub requested_at_ms: i64,
     /// An escalated failure rather than an approval gate.
@@ -229,6 +240,9 @@ pub struct StepView {
     pub approvals: Vec<ApprovalView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compensation: Option<CompensationView>,
+    /// The step's durable wait (`wait` kind), if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitView>,
     /// Calls the step's attempts (and its compensation's, under `STEP.compensate`) made through
     /// the effect log, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -291,6 +305,7 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         attempts: Vec::new(),
         approvals: Vec::new(),
         compensation: None,
+        wait: None,
         calls: Vec::new(),
     };
     let mut attempts = Attempts::default();
@@ -310,6 +325,16 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         let at = env.at_ms;
         match &env.event {
             Event::StepReady { .. } => view.ready_at_ms = view.ready_at_ms.or(Some(at)),
+            Event::WaitStarted { until_ms, signal, .. } => {
+                let (until_ms, signal) = (*until_ms, signal.clone());
+                view.wait = Some(WaitView { started_at_ms: at, until_ms, signal, ended_at_ms: None });
+            }
+            Event::WaitEnded { output: out, .. } => {
+                if let Some(w) = &mut view.wait {
+                    w.ended_at_ms = Some(at);
+                }
+                output = Some(out.clone());
+            }
             Event::AttemptStarted { attempt, input, .. } => attempts.started(*attempt, at, input),
             Event::AttemptSucceeded { attempt, output: out, duration_ms, .. } => {
                 attempts.ended(*attempt, *duration_ms, None);
@@ -557,6 +582,27 @@ pub fn print_step(v: &StepView, full: bool) {
                 a.comment.as_ref().map(|c| format!(": {c}")).unwrap_or_default()
             ),
             _ => crate::out!("  waiting for a decision"),
+        }
+    }
+    if let Some(w) = &v.wait {
+        crate::out!();
+        crate::out!("wait");
+        let mut line = format!("  {} began", timestamp(w.started_at_ms));
+        if let Some(name) = &w.signal {
+            line.push_str(&format!(", for signal '{name}'"));
+        }
+        if let Some(until) = w.until_ms {
+            line.push_str(&format!(
+                ", {} {}",
+                if w.signal.is_some() { "times out at" } else { "until" },
+                timestamp(until)
+            ));
+        }
+        crate::out!("{line}");
+        match w.ended_at_ms {
+            Some(at) => crate::out!("  {} ended", timestamp(at)),
+            None if v.state == "WAITING" => crate::out!("  still waiting"),
+            None => {}
         }
     }
     if !v.calls.is_empty() {

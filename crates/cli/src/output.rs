@@ -142,6 +142,17 @@ pub(crate) fn progress_line(
             Some(format!("[step] {step}={}: {}", paint.red(&format!("failed({})", failure.class)), failure.message))
         }
         Event::StepSkipped { step, reason } => Some(format!("[step] {step}=skipped ({reason})")),
+        Event::WaitStarted { step, until_ms, signal } => {
+            let until = until_ms.map(|t| format!("until {}", timestamp(t)));
+            let what = match (signal, until) {
+                (Some(name), Some(until)) => format!("for signal '{name}' ({until})"),
+                (Some(name), None) => format!("for signal '{name}' (cairn runs signal {run_id} {name} --data JSON)"),
+                (None, Some(until)) => until,
+                (None, None) => String::new(),
+            };
+            Some(format!("[step] {step}={} {what}", paint.yellow("waiting")))
+        }
+        Event::WaitEnded { step, .. } => Some(format!("[step] {step}={} (wait ended)", paint.green("ok"))),
         Event::RunWaiting { reason } => Some(format!("[workflow] waiting: {reason}")),
         Event::RunCompleted { .. } => Some(format!("[workflow] {}{}", paint.green("completed"), since(started, "in"))),
         Event::RunFailed { failure, .. } => {

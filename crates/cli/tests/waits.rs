@@ -66,6 +66,10 @@ fn a_signal_ends_a_wait_with_its_payload_and_a_missing_one_times_out_into_on_fai
     );
     let out = env.run(&["run", path_str(&wf)]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("[step] approve=waiting for signal 'go' (until "), "{said}");
+    assert!(said.contains("[step] other=ok ("), "{said}");
+    assert!(said.contains("[step] approve=failed(timeout): no signal 'go' arrived within"), "{said}");
     let late = env.runs().into_iter().find(|r| r.workflow == "late").expect("late run");
     let step = env.step(&late.id, "approve");
     assert_eq!((step.status.as_str(), step.error_class.as_deref()), ("FAILED", Some("timeout")));
@@ -87,6 +91,11 @@ fn a_served_run_parked_on_a_wait_is_handed_back_and_woken_by_the_store_at_its_ti
         run.owner.is_none() && run.wake_at_ms.is_some()
     });
     assert_eq!(env.only_run().status, "WAITING");
+    let shown = stdout(&env.run(&["runs", "show", &id, "--step", "w"]));
+    assert!(
+        shown.contains("wait\n  ") && shown.contains(" began, until ") && shown.contains("still waiting"),
+        "{shown}"
+    );
     // A durable wait is not a gate: no decision ends it early.
     let out = env.run(&["approve", &id, "w"]);
     assert!(!out.status.success(), "{}", stdout(&out));
