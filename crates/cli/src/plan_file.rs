@@ -128,8 +128,11 @@ fn step(s: &Step) -> Doc {
     if !s.with.is_null() {
         m.set("with", s.with.clone());
     }
-    m.set("retry", retry(&s.retry));
-    m.set("timeout", json!(s.timeout_ms.map(duration).unwrap_or_else(|| "none".into())));
+    // A wait has no attempts: nothing shapes them (its end is in `with`).
+    if s.role() != cairn_core::kinds::Role::Wait {
+        m.set("retry", retry(&s.retry));
+        m.set("timeout", json!(s.timeout_ms.map(duration).unwrap_or_else(|| "none".into())));
+    }
     match &s.on_failure {
         OnFailure::Fail => {}
         OnFailure::Continue => m.set("on_failure", json!("continue")),

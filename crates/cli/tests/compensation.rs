@@ -117,7 +117,7 @@ fn cancelling_a_run_undoes_what_it_completed() {
 #[test]
 fn a_compensating_run_cannot_be_paused_or_cancelled_and_says_so() {
     let env = Env::new();
-    let undo = |_: &str| "{kind: sleep, with: {duration: 1500ms}}".to_string();
+    let undo = |_: &str| "{kind: mock_model, with: {prompt: busy, latency: 1500ms}}".to_string();
     let wf = env.write("wf.yaml", &saga(undo, FAILS));
     let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
     wait_line(&lines, "[workflow] compensating", LONG);

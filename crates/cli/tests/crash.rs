@@ -14,7 +14,7 @@ fn kill_mid_activity_then_resume_reruns_only_the_interrupted_step() {
     let env = Env::new();
     let wf = env.write(
         "wf.yaml",
-        "name: crash-mid\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: slow, kind: sleep, needs: [a], with: {duration: 1500ms}}\n  - {id: c, kind: echo, needs: [slow], with: {y: 2}}\n",
+        "name: crash-mid\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: slow, kind: mock_model, needs: [a], with: {prompt: busy, latency: 1500ms}}\n  - {id: c, kind: echo, needs: [slow], with: {y: 2}}\n",
     );
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
     wait_for("step slow to be RUNNING", LONG, || {
@@ -103,7 +103,7 @@ fn repeated_kills_at_varying_points_still_finish_exactly_once_per_completed_step
     let mut yaml = String::from("name: crash-loop\nsteps:\n");
     for i in 0..6 {
         let needs = if i == 0 { String::new() } else { format!(", needs: [s{}]", i - 1) };
-        yaml.push_str(&format!("  - {{id: s{i}, kind: sleep, with: {{duration: 150ms}}{needs}}}\n"));
+        yaml.push_str(&format!("  - {{id: s{i}, kind: mock_model, with: {{prompt: busy, latency: 150ms}}{needs}}}\n"));
     }
     let wf = env.write("wf.yaml", &yaml);
     let (mut child, _l) = env.spawn(&["run", path_str(&wf)], &[]);

@@ -68,11 +68,11 @@ fn fill(path: &Path) -> u64 {
 
 fn workflow() -> serde_json::Value {
     json!({"name": "steady", "steps": [
-        {"id": "a", "kind": "sleep", "with": {"duration": "300ms"}},
+        {"id": "a", "kind": "mock_model", "with": {"prompt": "busy", "latency": "300ms"}},
         {"id": "b", "kind": "echo", "needs": ["a"], "with": {"payload": "x".repeat(2000)}},
-        {"id": "c", "kind": "sleep", "needs": ["b"], "with": {"duration": "300ms"}},
+        {"id": "c", "kind": "mock_model", "needs": ["b"], "with": {"prompt": "busy", "latency": "300ms"}},
         {"id": "d", "kind": "echo", "needs": ["c"], "with": {"payload": "y".repeat(2000)}},
-        {"id": "e", "kind": "sleep", "needs": ["d"], "with": {"duration": "300ms"}},
+        {"id": "e", "kind": "mock_model", "needs": ["d"], "with": {"prompt": "busy", "latency": "300ms"}},
     ]})
 }
 

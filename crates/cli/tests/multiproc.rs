@@ -96,7 +96,7 @@ fn three_workers_and_an_api_share_one_database_and_survive_a_killed_worker() {
 
     let workflow = json!({"name": "effects", "steps": [
         {"id": "charge", "kind": "http", "with": {"url": format!("http://{effects}/charge"), "body": {"amount": 5}}},
-        {"id": "pause", "kind": "sleep", "needs": ["charge"], "with": {"duration": "30ms"}},
+        {"id": "pause", "kind": "mock_model", "needs": ["charge"], "with": {"prompt": "busy", "latency": "30ms"}},
         {"id": "notify", "kind": "http", "needs": ["pause"], "with": {"url": format!("http://{effects}/notify"), "body": {}}},
     ]});
     let total = 200;

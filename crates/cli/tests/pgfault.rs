@@ -60,8 +60,8 @@ fn a_postgres_restart_under_load_loses_nothing_acknowledged() {
     let env = Env::new();
     let server = env.serve(&["--database", &url, "--lease-ms", "4000"]);
     let workflow = json!({"name": "steady", "steps": [
-        {"id": "a", "kind": "sleep", "with": {"duration": "20ms"}},
-        {"id": "b", "kind": "sleep", "needs": ["a"], "with": {"duration": "20ms"}},
+        {"id": "a", "kind": "mock_model", "with": {"prompt": "busy", "latency": "20ms"}},
+        {"id": "b", "kind": "mock_model", "needs": ["a"], "with": {"prompt": "busy", "latency": "20ms"}},
     ]});
     let accepted: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));

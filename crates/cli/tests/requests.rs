@@ -23,7 +23,7 @@ use std::time::Duration;
 // through its inbox instead of taking an idle run over.
 const WORKFLOW: &str = "name: ordering
 steps:
-  - {id: busy, kind: sleep, with: {duration: 60s}, timeout: 120s}
+  - {id: busy, kind: mock_model, with: {prompt: busy, latency: 60s}, timeout: 120s}
   - {id: gate, kind: approval}
   - {id: flaky, kind: fail, with: {class: permanent, message: down}, on_failure: escalate}
   - {id: after, kind: echo, needs: [gate, flaky], with: {done: true}}
@@ -532,7 +532,7 @@ fn a_paused_run_starts_nothing_new_until_it_is_unpaused() {
     let Some(case) = Case::new("paused", false) else { return };
     let wf = case.env.write(
         "wide.yaml",
-        "name: wide\nsteps:\n  - {id: p1, kind: sleep, with: {duration: 600ms}}\n  - {id: p2, kind: sleep, with: {duration: 600ms}}\n  - {id: p3, kind: sleep, with: {duration: 600ms}}\n  - {id: p4, kind: sleep, with: {duration: 600ms}}\n",
+        "name: wide\nsteps:\n  - {id: p1, kind: mock_model, with: {prompt: busy, latency: 600ms}}\n  - {id: p2, kind: mock_model, with: {prompt: busy, latency: 600ms}}\n  - {id: p3, kind: mock_model, with: {prompt: busy, latency: 600ms}}\n  - {id: p4, kind: mock_model, with: {prompt: busy, latency: 600ms}}\n",
     );
     let (mut child, _lines) = case.env.spawn(&case.args(&["run", "--concurrency", "1", path_str(&wf)]), &[]);
     wait_for("a run to start", LONG, || !case.env.runs().is_empty());

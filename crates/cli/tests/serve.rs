@@ -20,7 +20,7 @@ const GOAL: &str = "generate summary and send email";
 fn nap_workflow(name: &str, nap: &str) -> Value {
     json!({"name": name, "steps": [
         {"id": "a", "kind": "echo", "with": {"x": 1}},
-        {"id": "nap", "kind": "sleep", "needs": ["a"], "with": {"duration": nap}},
+        {"id": "nap", "kind": "mock_model", "needs": ["a"], "with": {"prompt": "busy", "latency": nap}},
         {"id": "c", "kind": "echo", "needs": ["nap"], "with": {"y": 2}},
     ]})
 }
@@ -30,7 +30,7 @@ fn chain_workflow(name: &str, links: usize, each: &str) -> Value {
     let steps: Vec<Value> = (0..links)
         .map(|i| {
             let needs: Vec<String> = if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] };
-            json!({"id": format!("s{i}"), "kind": "sleep", "needs": needs, "with": {"duration": each}})
+            json!({"id": format!("s{i}"), "kind": "mock_model", "needs": needs, "with": {"prompt": "busy", "latency": each}})
         })
         .collect();
     json!({"name": name, "steps": steps})
@@ -465,7 +465,7 @@ fn a_run_whose_cli_process_was_killed_is_finished_by_the_server() {
     let env = Env::new();
     let wf = env.write(
         "wf.yaml",
-        "name: orphan\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: nap, kind: sleep, needs: [a], with: {duration: 1500ms}}\n  - {id: c, kind: echo, needs: [nap], with: {y: 2}}\n",
+        "name: orphan\nsteps:\n  - {id: a, kind: echo, with: {x: 1}}\n  - {id: nap, kind: mock_model, needs: [a], with: {prompt: busy, latency: 1500ms}}\n  - {id: c, kind: echo, needs: [nap], with: {y: 2}}\n",
     );
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
     wait_for("step nap to be RUNNING", LONG, || {

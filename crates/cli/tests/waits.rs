@@ -10,10 +10,19 @@ const LONG: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_wait_killed_halfway_ends_on_its_original_time_after_resume_without_spending_an_attempt() {
+    killed_halfway("wait");
+}
+
+#[test]
+fn a_sleep_is_a_durable_wait_too() {
+    killed_halfway("sleep");
+}
+
+fn killed_halfway(kind: &str) {
     let env = Env::new();
     let wf = env.write(
         "wf.yaml",
-        "name: pause\nsteps:\n  - {id: cool_off, kind: wait, with: {duration: 1500ms}}\n  - {id: after, kind: echo, needs: [cool_off], with: {waited: '{{ steps.cool_off.output.waited_ms }}'}}\n",
+        &format!("name: pause\nsteps:\n  - {{id: cool_off, kind: {kind}, with: {{duration: 1500ms}}}}\n  - {{id: after, kind: echo, needs: [cool_off], with: {{waited: '{{{{ steps.cool_off.output.waited_ms }}}}'}}}}\n"),
     );
     let began = Instant::now();
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);

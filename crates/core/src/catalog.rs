@@ -1161,7 +1161,7 @@ recipes:
                     };
                     json!({"text": text, "tokens_in": 1, "tokens_out": 1, "model": "mock"})
                 }
-                "sleep" => json!({"slept_ms": 2000}),
+                "sleep" => json!({"waited_ms": 2000}),
                 _ => with.clone(),
             };
             steps.insert(step.id.to_string(), json!({"status": "completed", "output": output}));

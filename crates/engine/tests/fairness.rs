@@ -47,13 +47,16 @@ async fn a_wide_run_keeps_to_its_share_and_a_small_run_is_not_starved() {
 
     let mut wide = String::from("name: wide\nsteps:\n");
     for i in 0..12 {
-        wide.push_str(&format!("  - {{id: s{i}, kind: sleep, with: {{duration: 80ms}}}}\n"));
+        wide.push_str(&format!("  - {{id: s{i}, kind: mock_model, with: {{prompt: busy, latency: 80ms}}}}\n"));
     }
     let wide_id = cairn_engine::new_run_id();
     let wide_task = engine.start(wide_id.clone(), run(&wide)).await.expect("start wide");
     let small_id = cairn_engine::new_run_id();
     let small_task = engine
-        .start(small_id.clone(), run("name: small\nsteps:\n  - {id: only, kind: sleep, with: {duration: 10ms}}\n"))
+        .start(
+            small_id.clone(),
+            run("name: small\nsteps:\n  - {id: only, kind: mock_model, with: {prompt: busy, latency: 10ms}}\n"),
+        )
         .await
         .expect("start small");
 

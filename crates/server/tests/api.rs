@@ -386,7 +386,7 @@ async fn wait_answers_with_the_finished_run_and_its_output() {
     assert!(view["finished_at_ms"].is_i64());
 
     // Without ?wait the answer comes at once, before the run is done; GET shows steps and output.
-    let inline = json!({"name": "slowish", "steps": [{"id": "nap", "kind": "sleep", "with": {"duration": "300ms"}}]});
+    let inline = json!({"name": "slowish", "steps": [{"id": "nap", "kind": "mock_model", "with": {"prompt": "busy", "latency": "300ms"}}]});
     let r = api.post("/v1/runs", json!({"workflow": inline})).await;
     let view = r.ok(201).clone();
     assert_ne!(view["status"], "COMPLETED", "answered before the 300ms step finished: {view:#}");
@@ -395,7 +395,7 @@ async fn wait_answers_with_the_finished_run_and_its_output() {
     assert_eq!(done["steps"][0]["step_id"], "nap", "{done:#}");
     assert_eq!(done["steps"][0]["attempts"], 1, "{done:#}");
     // ?wait that runs out answers with the run as it is.
-    let long = json!({"name": "long", "steps": [{"id": "nap", "kind": "sleep", "with": {"duration": "2s"}}]});
+    let long = json!({"name": "long", "steps": [{"id": "nap", "kind": "mock_model", "with": {"prompt": "busy", "latency": "2s"}}]});
     let started = Instant::now();
     let r = api.post("/v1/runs?wait=100ms", json!({"workflow": long})).await;
     assert_eq!(r.ok(201)["status"], "EXECUTING", "{}", r.text);
@@ -486,7 +486,7 @@ async fn workflows_register_once_per_version_and_runs_pin_theirs() {
     let r = api.post("/v1/runs?wait=5s", slow_v1).await;
     assert_eq!(r.ok(201)["workflow_version"], 1, "{}", r.text);
     let sleepy = json!({"name": "sleepy", "version": 1,
-        "steps": [{"id": "v1_nap", "kind": "sleep", "with": {"duration": "300ms"}}]});
+        "steps": [{"id": "v1_nap", "kind": "mock_model", "with": {"prompt": "busy", "latency": "300ms"}}]});
     api.post("/v1/workflows", sleepy).await.ok(201);
     let in_flight = api.start(json!({"workflow": "sleepy"})).await;
 

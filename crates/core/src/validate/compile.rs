@@ -215,6 +215,13 @@ fn compile_step(
 
     let step_timeout = s.timeout.as_ref().and_then(|t| out.timeout("timeout", t, here));
     let timeout_ms = step_timeout.or(defaults.timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
+    // A wait has no attempts: `defaults` do not shape it (so a written-back plan, which leaves
+    // them out for waits, compiles to the same step).
+    let waits = kind.is_some_and(|k| k.role == Role::Wait);
+    let (retry, timeout_ms) = match kind {
+        Some(k) if waits => (k.retry, None),
+        _ => (resolved.policy, timeout_ms),
+    };
 
     let on_failure = match s.on_failure.as_ref().map(|v| (&v.value, v.referenced)) {
         None => OnFailure::Fail,
@@ -275,7 +282,7 @@ fn compile_step(
         needs,
         when: s.when.as_ref().map(|w| w.value.clone()),
         with,
-        retry: resolved.policy,
+        retry,
         timeout_ms,
         on_failure,
         trigger,

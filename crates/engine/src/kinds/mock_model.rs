@@ -2,8 +2,11 @@
 //! same reply, with token counts, so workflows and tests run without a model server.
 
 use super::{Activity, Attempt, AttemptFuture, Usage};
+use cairn_core::duration::parse_ms;
+use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{KindSpec, REMOTE};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 pub struct Kind;
 
@@ -12,14 +15,29 @@ impl Activity for Kind {
         KindSpec::new(
             "mock_model",
             "deterministic stand-in for a model: `with.prompt` in, {text, tokens_in, tokens_out} out; \
-             `with.respond` fixes the reply",
+             `with.respond` fixes the reply, `with.latency` (e.g. 2s) is how long it thinks",
         )
         .retry(REMOTE)
         .timeout_ms(Some(120_000))
+        .with_schema(json!({
+            "type": ["object", "null"],
+            "properties": {"latency": {"type": ["string", "integer"], "minimum": 0}}
+        }))
     }
 
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
+            let latency = match attempt.input.get("latency") {
+                Some(Value::String(s)) => {
+                    parse_ms(s).map_err(|e| Failure::new(ErrorClass::Permanent, format!("with.latency: {e}")))?
+                }
+                Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+                _ => 0,
+            };
+            if latency > 0 {
+                // Inside the attempt, like a real model's latency: it holds the attempt.
+                tokio::time::sleep(Duration::from_millis(latency)).await;
+            }
             let (out, usage) = reply(attempt.input);
             attempt.log(format!("mock model: {} tokens in, {} tokens out", usage.tokens_in, usage.tokens_out));
             attempt.report_usage(usage);
