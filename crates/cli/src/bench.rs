@@ -38,6 +38,10 @@ pub struct BenchArgs {
     /// from `--in-flight` keep-alive clients.
     #[arg(long)]
     pub http: bool,
+    /// Park `--workflows` runs on a durable `wait: {signal: go}` (handed back to the store), then
+    /// signal them all: parking and completion rates, and the process's memory while they wait.
+    #[arg(long, conflicts_with = "http")]
+    pub park: bool,
 }
 
 fn chain(steps: usize) -> Definition {
@@ -231,6 +235,9 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         return crate::bench_http::bench_http(args.workflows, args.in_flight, args.json).await;
     }
     if let Some(url) = &db.database {
+        if args.park {
+            return Err(CliError::usage("--park runs on the embedded SQLite store; leave out --database"));
+        }
         return bench_postgres(url, &args).await;
     }
     let tmp = std::env::temp_dir().join(format!("cairn-bench-{}", std::process::id()));
@@ -242,6 +249,13 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
             tmp.join("bench.db")
         }
     };
+    if args.park {
+        let result = crate::bench_park::bench_park(&path, args.workflows, args.in_flight, args.json).await;
+        if args.bench_db.is_none() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        return result;
+    }
     let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
     cairn_engine::say!("cairn bench: {}", cairn_store::Journal::describe(&*store));
     cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));

@@ -855,6 +855,27 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
         assert!(r["workflow_p99_ms"].as_f64().unwrap_or(-1.0) >= r["workflow_p50_ms"].as_f64().unwrap_or(0.0));
     }
     assert!(stderr(&out).contains("synchronous=FULL"), "the durability mode is printed: {}", stderr(&out));
+
+    // Runs parked on a durable wait, then all signalled: every one completes.
+    let parked = env.dir.path().join("park.db");
+    let out = env.run(&[
+        "bench",
+        "--park",
+        "--workflows",
+        "40",
+        "--in-flight",
+        "8",
+        "--bench-db",
+        path_str(&parked),
+        "--json",
+    ]);
+    assert!(out.status.success(), "bench --park failed: {}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON line");
+    assert_eq!((r["shape"].as_str(), r["runs"].as_u64()), (Some("park"), Some(40)), "{r}");
+    let store = cairn_store::SqliteStore::open(&parked, cairn_store::Durability::Normal).expect("open");
+    let query = cairn_store::RunQuery { status: Some("COMPLETED".into()), limit: 100, ..Default::default() };
+    let done = env.block(cairn_store::Journal::list_runs(&store, query)).expect("list");
+    assert_eq!(done.len(), 40, "every parked run completed after its signal");
 }
 
 /// A workflow's own `retention` wins over the default; unfinished runs are never collected.
