@@ -4,9 +4,11 @@
 //! `mock_model` with `with.latency`, or `inject: {delay: …}`.)
 
 use super::{Activity, Attempt, AttemptFuture};
+use cairn_core::duration::parse_ms;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{KindSpec, Role};
-use serde_json::json;
+use serde_json::{Value, json};
+use std::time::Duration;
 
 pub struct Kind;
 
@@ -23,8 +25,20 @@ impl Activity for Kind {
             }))
     }
 
-    fn run<'a>(&'a self, _attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
-        // The core never starts an attempt of a waiting kind.
-        Box::pin(async { Err(Failure::new(ErrorClass::Permanent, "a sleep has no attempts; the engine decides it")) })
+    /// Only runs pinned before `sleep` became a durable wait (their definitions record no role)
+    /// still start attempts of it: those sleep inside the attempt, as they did then.
+    fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
+        Box::pin(async move {
+            let ms = match attempt.input.get("duration") {
+                Some(Value::String(s)) => {
+                    parse_ms(s).map_err(|e| Failure::new(ErrorClass::Permanent, format!("with.duration: {e}")))?
+                }
+                Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+                _ => 0,
+            };
+            attempt.log(format!("sleeping {ms} ms (a run pinned before sleep became a durable wait)"));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({ "slept_ms": ms }))
+        })
     }
 }
