@@ -76,7 +76,10 @@ fn a_step_killed_after_its_third_call_resumes_and_the_service_sees_each_write_on
     assert_eq!(ns, [1, 2, 3, 4, 5], "{body}");
     assert_eq!(body["calls"][0]["kind"], "http");
     assert!(body["calls"][0]["duration_ms"].is_u64(), "{body}");
-    assert_eq!(get(&server.addr, &format!("/v1/runs/{id}/steps/nope")).status, 404);
+    let nope = get(&server.addr, &format!("/v1/runs/{id}/steps/nope"));
+    assert_eq!((nope.status, nope.json()["error"]["code"].as_str()), (404, Some("step_not_found")));
+    let unknown = get(&server.addr, "/v1/runs/wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7/steps/writes");
+    assert_eq!((unknown.status, unknown.json()["error"]["code"].as_str()), (404, Some("run_not_found")));
 }
 
 #[test]

@@ -515,6 +515,8 @@ pub async fn step<S: Store>(
     Path(RunStepPath { id, step }): Path<RunStepPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
+    // An unknown run is `run_not_found`, not a run without that step.
+    state.store.get_run(&id).await?;
     let steps = state.store.steps(&id).await?;
     let Some(row) = steps.into_iter().find(|s| s.step_id == step) else {
         return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
@@ -545,6 +547,7 @@ pub async fn logs<S: Store>(
     Path(RunStepPath { id, step }): Path<RunStepPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
+    state.store.get_run(&id).await?;
     let steps = state.store.steps(&id).await?;
     if !steps.iter().any(|s| s.step_id == step) {
         return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
