@@ -21,7 +21,7 @@ use cairn_core::kinds::Kinds;
 use cairn_core::payload::sha256_hex;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_engine::{Control, Delivery, NewRun, Submit};
-use cairn_store::{IdempotencyKey, RunQuery, RunRow, Store};
+use cairn_store::{IdempotencyKey, RunQuery, RunRow, StepRow, Store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
@@ -515,16 +515,22 @@ pub async fn step<S: Store>(
     Path(RunStepPath { id, step }): Path<RunStepPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
-    // An unknown run is `run_not_found`, not a run without that step.
-    state.store.get_run(&id).await?;
-    let steps = state.store.steps(&id).await?;
-    let Some(row) = steps.into_iter().find(|s| s.step_id == step) else {
-        return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
-    };
+    let row = step_of(&state, &id, &step).await?;
     let undo = format!("{step}.compensate");
     let mut calls = state.store.calls(&id, Some(&step)).await?;
     calls.extend(state.store.calls(&id, Some(&undo)).await?);
     Ok(reply(StatusCode::OK, &StepDetail { run_id: id.to_string(), step: row, calls }))
+}
+
+/// A run's step by name: `run_not_found` for an unknown run, `step_not_found` for a run
+/// without that step.
+async fn step_of<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Result<StepRow, ApiError> {
+    state.store.get_run(id).await?;
+    let steps = state.store.steps(id).await?;
+    steps
+        .into_iter()
+        .find(|s| s.step_id == step)
+        .ok_or_else(|| ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")))
 }
 
 /// A step's logs
@@ -547,11 +553,7 @@ pub async fn logs<S: Store>(
     Path(RunStepPath { id, step }): Path<RunStepPath>,
 ) -> Result<Response, ApiError> {
     let id = parse_run_id(&id)?;
-    state.store.get_run(&id).await?;
-    let steps = state.store.steps(&id).await?;
-    if !steps.iter().any(|s| s.step_id == step) {
-        return Err(ApiError::not_found("step_not_found", format!("run {id} has no step '{step}'")));
-    }
+    step_of(&state, &id, &step).await?;
     let logs = state.store.logs(&id, Some(&step)).await?;
     Ok(reply(StatusCode::OK, &StepLogs { run_id: id.to_string(), step, logs }))
 }
