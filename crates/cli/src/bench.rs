@@ -76,6 +76,9 @@ fn chain(steps: usize) -> Definition {
                 approval: None,
                 compensate: None,
                 role: None,
+                for_each: None,
+                repeat: None,
+                instance: None,
             })
             .collect(),
     }

@@ -75,6 +75,57 @@ pub struct Step {
     /// How `decide` treats the step, from its kind's description; absent for plain activities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// Run the step once per item of this list: a template that renders to a list, or a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEach>,
+    /// Repeat the step until a condition over an iteration's output holds.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Loop>,
+    /// Set only on the instances a run adds for a `for_each` item or a `loop` iteration; never
+    /// in a definition as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Instance>,
+}
+
+/// Default cap on the number of items a `for_each` step may run.
+pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
+
+/// `for_each`: one instance of the step per item, `ID[0]`, `ID[1]`, …
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A template rendering to a list (`"{{ steps.search.output.urls }}"`), or a literal list.
+    pub items: Value,
+    /// At most this many items run at once; `None` leaves it to the engine's per-run limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// A longer list fails the step instead of running.
+    pub max_items: u32,
+}
+
+/// `loop`: instances `ID#1`, `ID#2`, … until `until` holds over an iteration's `output`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Loop {
+    /// CEL over `output` (this iteration's), `iteration`, `inputs` and `steps`.
+    pub until: String,
+    pub max_iterations: u32,
+}
+
+/// Which step an instance belongs to and which item or iteration it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub of: StepId,
+    /// The item's position (from 0) or the iteration's number (from 1).
+    pub index: u32,
+}
+
+/// The id of a `for_each` item's instance: `fetch[3]`.
+pub fn item_id(step: &StepId, index: u32) -> StepId {
+    StepId::new(format!("{step}[{index}]"))
+}
+
+/// The id of a `loop` iteration's instance: `review#2`.
+pub fn iteration_id(step: &StepId, n: u32) -> StepId {
+    StepId::new(format!("{step}#{n}"))
 }
 
 impl Step {
@@ -191,6 +242,30 @@ fn default_fail_class() -> crate::event::ErrorClass {
 impl Definition {
     pub fn step(&self, id: &str) -> Option<&Step> {
         self.steps.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// How many steps the definition was written with: a run appends its instances after them.
+    pub fn written(&self) -> usize {
+        self.steps.iter().position(|s| s.instance.is_some()).unwrap_or(self.steps.len())
+    }
+
+    /// The instance a run adds to step `parent` (a `for_each` item or a `loop` iteration): the
+    /// same step under a new id, run on its own, with no dependencies, condition or gate of its
+    /// own (the step had them), and failing into the step rather than the run.
+    pub fn instance_of(&self, parent: usize, id: StepId, index: u32) -> Step {
+        let p = &self.steps[parent];
+        Step {
+            id,
+            needs: Vec::new(),
+            when: None,
+            on_failure: OnFailure::Fail,
+            trigger: Trigger::AllSucceeded,
+            approval: None,
+            for_each: None,
+            repeat: None,
+            instance: Some(Instance { of: p.id.clone(), index }),
+            ..p.clone()
+        }
     }
 
     fn index_of(&self, id: &str) -> Option<usize> {

@@ -361,6 +361,24 @@ pub enum Event {
         step: StepId,
         output: PayloadRef,
     },
+    /// A `for_each` step's items were rendered: the run adds one instance per item (`ID[0]`, …).
+    StepExpanded {
+        step: StepId,
+        items: PayloadRef,
+        count: u32,
+    },
+    /// A `loop` step begins iteration `iteration` (from 1): the run adds the instance `ID#N`.
+    LoopIterated {
+        step: StepId,
+        iteration: u32,
+    },
+    /// A `for_each` or `loop` step finished with this output: its items' outputs in order, or its
+    /// last iteration's output. `note` says how it ended.
+    StepJoined {
+        step: StepId,
+        output: PayloadRef,
+        note: String,
+    },
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -411,6 +429,9 @@ impl Event {
             Event::WaitStarted { .. } => "wait_started",
             Event::WaitElapsed { .. } => "wait_elapsed",
             Event::WaitEnded { .. } => "wait_ended",
+            Event::StepExpanded { .. } => "step_expanded",
+            Event::LoopIterated { .. } => "loop_iterated",
+            Event::StepJoined { .. } => "step_joined",
         }
     }
 
@@ -438,7 +459,10 @@ impl Event {
             | Event::CompensationGaveUp { step, .. }
             | Event::WaitStarted { step, .. }
             | Event::WaitElapsed { step }
-            | Event::WaitEnded { step, .. } => Some(step),
+            | Event::WaitEnded { step, .. }
+            | Event::StepExpanded { step, .. }
+            | Event::LoopIterated { step, .. }
+            | Event::StepJoined { step, .. } => Some(step),
             Event::RunCreated { .. }
             | Event::PlanningStarted
             | Event::PlanRecorded { .. }
@@ -468,6 +492,8 @@ impl Event {
             Event::DefinitionMigrated { definition, .. } => Some(definition),
             Event::CompensationAttemptStarted { input, .. } => Some(input),
             Event::WaitEnded { output, .. } => Some(output),
+            Event::StepExpanded { items, .. } => Some(items),
+            Event::StepJoined { output, .. } => Some(output),
             // A skip's supplied output is stored with the decision (see `ApprovalDecided`).
             Event::ApprovalDecided { action: Some(Escalation::Skip { output }), .. } => Some(output),
             Event::ApprovalDecided { .. }
@@ -498,7 +524,8 @@ impl Event {
             | Event::ApprovalExpired { .. }
             | Event::ApprovalEscalated { .. }
             | Event::WaitStarted { .. }
-            | Event::WaitElapsed { .. } => None,
+            | Event::WaitElapsed { .. }
+            | Event::LoopIterated { .. } => None,
         }
     }
 }

@@ -10,8 +10,14 @@ use std::collections::BTreeSet;
 /// `from` itself and every step that depends on it, directly or through others.
 pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String> {
     let def = parent.definition.as_ref().ok_or_else(|| format!("run {} has no plan to fork", parent.run_id))?;
+    if let Some(instance) = def.step(from).and_then(|s| s.instance.as_ref()) {
+        return Err(format!(
+            "'{from}' is an instance of step '{}'; fork from '{}' (its instances run again, each as before)",
+            instance.of, instance.of
+        ));
+    }
     if def.step(from).is_none() {
-        let names: Vec<&str> = def.steps.iter().map(|s| s.id.as_str()).collect();
+        let names: Vec<&str> = def.steps[..def.written()].iter().map(|s| s.id.as_str()).collect();
         return Err(format!("run {} has no step '{from}'; its steps are {}", parent.run_id, names.join(", ")));
     }
     // `from` and everything downstream of it run again.
@@ -36,7 +42,11 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
         .iter()
         .enumerate()
         .filter(|(i, s)| {
-            s.status == StepStatus::Completed && !again.contains(s.id.as_str()) && def.primary_of(*i).is_none()
+            // Instances are not reused on their own: their step's joined output is.
+            s.status == StepStatus::Completed
+                && !again.contains(s.id.as_str())
+                && def.primary_of(*i).is_none()
+                && def.steps[*i].instance.is_none()
         })
         .map(|(_, s)| s)
         .filter_map(|s| {
@@ -55,6 +65,12 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
 /// decided differently). Returns the first incompatibility.
 pub fn migration_problem(run: &RunState, new: &crate::definition::Definition) -> Option<String> {
     let old = run.definition.as_ref()?;
+    if old.written() < old.steps.len() {
+        return Some(
+            "the run added `for_each` or `loop` instances, and a run that did cannot move to another version yet; fork              it instead"
+                .into(),
+        );
+    }
     if old.name != new.name {
         return Some(format!("the run is workflow '{}', not '{}'", old.name, new.name));
     }

@@ -161,6 +161,10 @@ pub enum StepInput {
     WaitElapsed,
     /// A wait ended: its time passed or its signal arrived.
     WaitEnded,
+    /// A `for_each` or `loop` step added instances and waits for them.
+    Expanded,
+    /// Its instances are done and gave the step its output.
+    Joined,
 }
 
 impl StepInput {
@@ -189,6 +193,8 @@ impl StepInput {
         StepInput::WaitStarted,
         StepInput::WaitElapsed,
         StepInput::WaitEnded,
+        StepInput::Expanded,
+        StepInput::Joined,
     ];
 }
 
@@ -289,6 +295,11 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Ready, SI::WaitStarted, S::Waiting),
     (S::Waiting, SI::WaitElapsed, S::Waiting),
     (S::Waiting, SI::WaitEnded, S::Completed),
+    // Dynamic steps: a `for_each` or `loop` step waits for the instances it added (a loop adds
+    // one at a time) and completes with their joined output.
+    (S::Ready, SI::Expanded, S::Waiting),
+    (S::Waiting, SI::Expanded, S::Waiting),
+    (S::Waiting, SI::Joined, S::Completed),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -391,6 +402,8 @@ mod tests {
             (S::Ready, WaitStarted) => Some(S::Waiting),
             (S::Waiting, WaitElapsed) => Some(S::Waiting),
             (S::Waiting, WaitEnded) => Some(S::Completed),
+            (S::Ready | S::Waiting, Expanded) => Some(S::Waiting),
+            (S::Waiting, Joined) => Some(S::Completed),
             _ => None,
         }
     }

@@ -58,7 +58,7 @@ pub(crate) fn position(source: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The fields of `steps.ID` that can exist at run time.
-const STEP_FIELDS: [&str; 4] = ["output", "status", "error", "fallback"];
+const STEP_FIELDS: [&str; 5] = ["output", "status", "error", "fallback", "iterations"];
 
 /// What one step's templates and conditions see at run time.
 pub struct View<'a> {
@@ -72,10 +72,15 @@ pub struct View<'a> {
     pub visible: HashSet<&'a str>,
     /// Steps that declare `on_failure: {fallback: STEP}` (only they have `steps.ID.fallback`).
     pub with_fallback: HashSet<&'a str>,
+    /// Steps that declare `loop` (only they have `steps.ID.iterations`).
+    pub loops: HashSet<&'a str>,
     /// `compensate.with` also sees `output`, what the step produced.
     pub output: bool,
     /// `with` and `compensate.with` may print secrets; conditions and prompts may not.
     pub secrets: bool,
+    /// Variables of this place only: `item` and `index` in a `for_each` step's `with`,
+    /// `iteration` and `previous` in a `loop` step's, `output` and `iteration` in `loop.until`.
+    pub locals: Vec<&'static str>,
 }
 
 /// A refused reference: a stable code and a message that says how to fix it.
@@ -204,8 +209,10 @@ impl View<'_> {
             }
             ("inputs" | "steps" | "run" | "signals", _) => None,
             ("output", _) if self.output => None,
+            (local, _) if self.locals.contains(&local) => None,
             (other, _) => {
                 let mut roots = vec!["inputs", "steps", "signals", "run"];
+                roots.extend(self.locals.iter().copied());
                 if self.output {
                     roots.push("output");
                 }
@@ -221,6 +228,8 @@ impl View<'_> {
                 } else if other == "output" {
                     "templates and conditions see `inputs`, `steps`, `signals` and `run` (`output` only in \
                      `compensate.with`)"
+                } else if !self.locals.is_empty() {
+                    &format!("this sees `inputs`, `steps`, `signals`, `run` and `{}`", self.locals.join("`, `"))
                 } else {
                     "templates and conditions see `inputs`, `steps`, `signals` and `run`"
                 };
@@ -284,9 +293,18 @@ impl View<'_> {
                 code: "unknown_step_field",
                 why: format!("`steps.{id}.fallback` exists only for a step with `on_failure: {{fallback: STEP}}`"),
             }),
+            Some("iterations") if !self.loops.contains(id) => Some(Missing {
+                depth: 2,
+                code: "unknown_step_field",
+                why: format!("`steps.{id}.iterations` exists only for a step with `loop`"),
+            }),
             Some(f) if !STEP_FIELDS.contains(&f) => {
-                let fields: Vec<&str> =
-                    STEP_FIELDS.iter().copied().filter(|s| has_fallback || *s != "fallback").collect();
+                let fields: Vec<&str> = STEP_FIELDS
+                    .iter()
+                    .copied()
+                    .filter(|s| has_fallback || *s != "fallback")
+                    .filter(|s| self.loops.contains(id) || *s != "iterations")
+                    .collect();
                 let hint = crate::validate::closest(f, fields.iter().copied())
                     .map(|c| format!("; did you mean `{c}`?"))
                     .unwrap_or_default();

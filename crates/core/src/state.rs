@@ -8,7 +8,7 @@ use crate::machine::{self, InvalidTransition, RunInput, RunStatus, StepInput, St
 use crate::payload::{Payload, PayloadRef};
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -54,6 +54,17 @@ pub struct StepState {
     pub retry_base: u32,
     /// The step's durable wait, while it waits (`wait` kind).
     pub wait: Option<WaitState>,
+    /// The instances a `for_each` or `loop` step added, once it added them.
+    pub expansion: Option<Expansion>,
+}
+
+/// What a `for_each` or `loop` step added to the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Expansion {
+    /// Positions (in `RunState::steps`) of its instances: items in order, or iterations 1, 2, ….
+    pub instances: Vec<usize>,
+    /// A `for_each` step's items.
+    pub items: Option<PayloadRef>,
 }
 
 /// A durable wait in progress.
@@ -95,7 +106,7 @@ impl StepState {
     /// Whether a person's decision is what this step waits for (an approval gate or an escalated
     /// failure), as opposed to a durable wait or no wait at all.
     pub fn awaits_decision(&self) -> bool {
-        self.status == StepStatus::Waiting && self.wait.is_none()
+        self.status == StepStatus::Waiting && self.wait.is_none() && self.expansion.is_none()
     }
 
     fn new(id: StepId) -> Self {
@@ -117,6 +128,7 @@ impl StepState {
             compensation: None,
             retry_base: 0,
             wait: None,
+            expansion: None,
         }
     }
 }
@@ -132,8 +144,11 @@ pub struct RunState {
     pub definition: Option<Arc<Definition>>,
     pub definition_ref: Option<PayloadRef>,
     pub plan: Option<PlanInfo>,
-    /// Parallel to `definition.steps`.
+    /// Parallel to `definition.steps`, which holds the definition as written followed by the
+    /// instances the run added (`for_each` items, `loop` iterations).
     pub steps: Vec<StepState>,
+    /// Position of each step in `steps`, by id.
+    index: HashMap<StepId, usize>,
     /// Payload values this run refers to, by hash.
     pub payloads: BTreeMap<String, Arc<Value>>,
     pub last_seq: u64,
@@ -165,6 +180,7 @@ impl RunState {
             definition_ref: None,
             plan: None,
             steps: Vec::new(),
+            index: HashMap::new(),
             payloads: BTreeMap::new(),
             last_seq: 0,
             created_at_ms: 0,
@@ -203,11 +219,21 @@ impl RunState {
     }
 
     pub fn step_index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id.as_str() == id)
+        self.index.get(id).copied()
     }
 
     pub fn step_state(&self, id: &str) -> Option<&StepState> {
-        self.steps.iter().find(|s| s.id.as_str() == id)
+        self.step_index(id).map(|i| &self.steps[i])
+    }
+
+    fn reindex(&mut self) {
+        self.index = self.steps.iter().enumerate().map(|(i, s)| (s.id.clone(), i)).collect();
+    }
+
+    /// The step that instance `i` belongs to (a `for_each` or `loop` step), if `i` is one.
+    pub fn parent_of(&self, i: usize) -> Option<usize> {
+        let of = &self.definition.as_ref()?.steps.get(i)?.instance.as_ref()?.of;
+        self.step_index(of.as_str())
     }
 
     /// The step an operator would call "current": the first running, else ready, else waiting one.
@@ -231,7 +257,9 @@ impl RunState {
             Some(def) => (0..self.steps.len())
                 .filter(|&i| {
                     let s = &self.steps[i];
+                    // A `for_each` or `loop` step is undone through its instances.
                     def.steps[i].compensate.is_some()
+                        && s.expansion.is_none()
                         && matches!(s.status, StepStatus::Completed | StepStatus::Compensating)
                         && s.compensation.as_ref().is_none_or(|c| c.gave_up.is_none())
                 })
@@ -324,6 +352,7 @@ impl RunState {
                     step.completed_seq = seq;
                 }
                 self.steps = steps;
+                self.reindex();
                 self.definition = Some(Arc::new(def));
                 self.definition_ref = Some(definition.clone());
                 self.plan = plan.clone();
@@ -375,6 +404,7 @@ impl RunState {
                         None => StepState::new(s.id.clone()),
                     })
                     .collect();
+                self.reindex();
                 self.definition = Some(Arc::new(def));
                 self.definition_ref = Some(definition.clone());
             }
@@ -413,6 +443,8 @@ impl RunState {
                             first_started_at_ms: s.first_started_at_ms,
                             busy_ms: s.busy_ms,
                             last_failure: s.last_failure.take(),
+                            // Its instances stay: those that completed are not run again.
+                            expansion: s.expansion.take(),
                             ..StepState::new(s.id.clone())
                         };
                     }
@@ -451,6 +483,65 @@ impl RunState {
         }
         self.last_seq = seq;
         self.updated_at_ms = at;
+        Ok(())
+    }
+
+    /// Adds the instances a `for_each` step's items or a `loop`'s next iteration call for, after
+    /// the step's own. A step that already has them (it runs again after a retry in place) keeps
+    /// them: the event must then name the same items, or the iteration it is at.
+    fn add_instances(&mut self, idx: usize, event: &Event) -> Result<(), Error> {
+        let Some(def) = self.definition.as_mut() else { return Ok(()) };
+        let parent = self.steps[idx].id.clone();
+        let have = self.steps[idx].expansion.as_ref().map_or(0, |e| e.instances.len());
+        let (ids, items): (Vec<(StepId, u32)>, Option<PayloadRef>) = match event {
+            Event::StepExpanded { items, count, .. } => {
+                if !self.payloads.contains_key(&items.hash) {
+                    return Err(Error::MissingPayload { hash: items.hash.clone() });
+                }
+                if have > 0 && have != *count as usize {
+                    return Err(Error::BadDefinition(format!(
+                        "step '{parent}' has {have} item(s) already, so it cannot be expanded to {count}"
+                    )));
+                }
+                let ids = if have > 0 {
+                    Vec::new()
+                } else {
+                    (0..*count).map(|k| (crate::definition::item_id(&parent, k), k)).collect()
+                };
+                (ids, Some(items.clone()))
+            }
+            Event::LoopIterated { iteration, .. } => {
+                let n = *iteration as usize;
+                if n == have && n > 0 {
+                    (Vec::new(), None)
+                } else if n == have + 1 {
+                    (vec![(crate::definition::iteration_id(&parent, *iteration), *iteration)], None)
+                } else {
+                    return Err(Error::BadDefinition(format!(
+                        "step '{parent}' is at iteration {have}, so it cannot begin iteration {n}"
+                    )));
+                }
+            }
+            _ => return Ok(()),
+        };
+        if let Some((id, _)) = ids.iter().find(|(id, _)| self.index.contains_key(id)) {
+            return Err(Error::BadDefinition(format!("step '{parent}' cannot add '{id}': a step of that id exists")));
+        }
+        let def = Arc::make_mut(def);
+        let mut added = Vec::with_capacity(ids.len());
+        for (id, k) in ids {
+            let at = self.steps.len();
+            def.steps.push(def.instance_of(idx, id.clone(), k));
+            added.push(at);
+            self.index.insert(id.clone(), at);
+            self.steps.push(StepState::new(id));
+        }
+        let expansion =
+            self.steps[idx].expansion.get_or_insert_with(|| Expansion { instances: Vec::new(), items: None });
+        expansion.instances.extend(added);
+        if items.is_some() {
+            expansion.items = items;
+        }
         Ok(())
     }
 
@@ -520,6 +611,8 @@ impl RunState {
             Event::WaitStarted { .. } => StepInput::WaitStarted,
             Event::WaitElapsed { .. } => StepInput::WaitElapsed,
             Event::WaitEnded { .. } => StepInput::WaitEnded,
+            Event::StepExpanded { .. } | Event::LoopIterated { .. } => StepInput::Expanded,
+            Event::StepJoined { .. } => StepInput::Joined,
             // Run-level events are applied by `apply`; reaching here means one came too early.
             // `StepCancelled` is never journaled (a run's end cancels its unsettled steps).
             Event::StepCancelled { .. }
@@ -539,6 +632,17 @@ impl RunState {
             | Event::CompensationStarted { .. }
             | Event::RunCompensated => return Err(Error::Premature { seq, kind }),
         };
+        if matches!(event, Event::StepExpanded { .. } | Event::LoopIterated { .. }) {
+            let next = machine::step_transition(self.steps[idx].status, input).map_err(|source| Error::Transition {
+                seq,
+                kind,
+                source,
+            })?;
+            self.add_instances(idx, event)?;
+            self.steps[idx].status = next;
+            self.status = run_next;
+            return Ok(());
+        }
         let step = &mut self.steps[idx];
         if matches!(event, Event::ApprovalDecided { .. }) && step.wait.is_some() {
             // A durable wait is not a gate: no decision ends it.
@@ -672,6 +776,14 @@ impl RunState {
                 if let Some(w) = &mut step.wait {
                     w.elapsed = true;
                 }
+            }
+            Event::StepJoined { output, .. } => {
+                if !self.payloads.contains_key(&output.hash) {
+                    return Err(Error::MissingPayload { hash: output.hash.clone() });
+                }
+                step.output = Some(output.clone());
+                step.finished_at_ms = Some(at);
+                step.completed_seq = seq;
             }
             Event::WaitEnded { output, .. } => {
                 if !self.payloads.contains_key(&output.hash) {

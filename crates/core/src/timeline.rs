@@ -112,6 +112,21 @@ impl Timeline {
                     t.moments.push((at, format!("step {s}'s wait ended")));
                 }
                 Event::WaitElapsed { .. } => {}
+                Event::StepExpanded { step: s, count, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "WAITING".into();
+                    t.moments.push((at, format!("step {s} runs for each of {count} item(s): {s}[0]…")));
+                }
+                Event::LoopIterated { step: s, iteration } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "WAITING".into();
+                    t.moments.push((at, format!("step {s} begins iteration {iteration} ({s}#{iteration})")));
+                }
+                Event::StepJoined { step: s, note, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "COMPLETED".into();
+                    t.moments.push((at, format!("step {s} completed: {note}")));
+                }
                 Event::StepSkipped { step: s, reason } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "SKIPPED".into();

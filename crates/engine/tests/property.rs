@@ -2,7 +2,8 @@
 //! and a PostgreSQL schema, each case on a fresh one. Folding the recorded journal through the
 //! pure core reproduces the engine's final state exactly, the journal replays without
 //! divergence, projections equal the fold, and every step ends the way its failure schedule says
-//! it must. Some steps are durable waits (timers in the journal) instead of activities.
+//! it must. Some steps are durable waits (timers in the journal) instead of activities; some run
+//! `for_each` over a few items, some `loop` a few iterations.
 
 // The store crate's test harness (fresh store per backend; PostgreSQL from CAIRN_TEST_POSTGRES,
 // skipped with a notice when unreachable unless CAIRN_REQUIRE_POSTGRES=1).
@@ -10,7 +11,7 @@
 mod common;
 
 use cairn_core::decide::replay;
-use cairn_core::definition::{Definition, Inject, OnFailure, Step, Trigger};
+use cairn_core::definition::{Definition, ForEach, Inject, Loop, OnFailure, Step, Trigger};
 use cairn_core::event::{ErrorClass, RunOptions, RunSource};
 use cairn_core::kinds::Role;
 use cairn_core::retry::RetryPolicy;
@@ -30,6 +31,24 @@ struct StepSpec {
     trigger: Trigger,
     /// The schedule of a fallback step standing in for this one, if it has one.
     fallback: Option<Schedule>,
+    shape: Shape,
+}
+
+/// A plain step, one that runs for each of `items` items (each following the schedule), or one
+/// that loops until its `iterations`-th iteration (each following the schedule).
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    Plain,
+    ForEach { items: u32, max_parallel: u32 },
+    Loop { iterations: u32 },
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        7 => Just(Shape::Plain),
+        2 => (0u32..4, 1u32..3).prop_map(|(items, max_parallel)| Shape::ForEach { items, max_parallel }),
+        2 => (1u32..4).prop_map(|iterations| Shape::Loop { iterations }),
+    ]
 }
 
 /// How a step's attempts go: the first `fail_times` fail (permanently, or transiently under a
@@ -55,14 +74,15 @@ fn step_spec(i: usize) -> impl Strategy<Value = StepSpec> {
         proptest::option::weighted(0.3, any::<bool>()),
         prop_oneof![Just(Trigger::AllSucceeded), Just(Trigger::NoneFailed), Just(Trigger::AllDone)],
         proptest::option::weighted(0.25, schedule()),
+        shape(),
     )
-        .prop_map(move |(mut needs, schedule, when, trigger, fallback)| {
+        .prop_map(move |(mut needs, schedule, when, trigger, fallback, shape)| {
             if i == 0 {
                 needs.clear();
             }
             needs.sort_unstable();
             needs.dedup();
-            StepSpec { needs, schedule, when, trigger, fallback }
+            StepSpec { needs, schedule, when, trigger, fallback, shape }
         })
 }
 
@@ -80,6 +100,7 @@ struct Node {
     trigger: Trigger,
     fallback: Option<usize>,
     primary: Option<usize>,
+    shape: Shape,
 }
 
 /// Lays the specs out in order, each fallback right after its step (needs point at steps only).
@@ -97,6 +118,7 @@ fn nodes(specs: &[StepSpec]) -> Vec<Node> {
             trigger: s.trigger,
             fallback: s.fallback.map(|_| index + 1),
             primary: None,
+            shape: s.shape,
         });
         if let Some(schedule) = s.fallback {
             out.push(Node {
@@ -107,6 +129,7 @@ fn nodes(specs: &[StepSpec]) -> Vec<Node> {
                 trigger: Trigger::AllSucceeded,
                 fallback: None,
                 primary: Some(index),
+                shape: Shape::Plain,
             });
         }
     }
@@ -132,6 +155,8 @@ fn definition(nodes: &[Node]) -> Definition {
                 when: n.when.map(|w| format!("inputs.flag == {w}")),
                 with: if n.schedule.wait {
                     json!({"duration": format!("{}ms", 1 + i % 4)})
+                } else if !matches!(n.shape, Shape::Plain) {
+                    json!({"i": i, "item": "{{ item if item is defined else iteration }}"})
                 } else {
                     json!({"i": i, "prev": n.needs.first().map(|&j| format!("{{{{ steps.{}.status }}}}", nodes[j].id))})
                 },
@@ -156,6 +181,21 @@ fn definition(nodes: &[Node]) -> Definition {
                 approval: None,
                 compensate: None,
                 role: n.schedule.wait.then_some(Role::Wait),
+                for_each: match n.shape {
+                    Shape::ForEach { items, max_parallel } => Some(ForEach {
+                        items: json!((0..items).collect::<Vec<_>>()),
+                        max_parallel: Some(max_parallel),
+                        max_items: 10,
+                    }),
+                    _ => None,
+                },
+                repeat: match n.shape {
+                    Shape::Loop { iterations } => {
+                        Some(Loop { until: format!("iteration >= {iterations}"), max_iterations: 5 })
+                    }
+                    _ => None,
+                },
+                instance: None,
             })
             .collect(),
     }
@@ -172,7 +212,7 @@ fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
         (status, _) => status,
     };
     for n in nodes {
-        let run = |s: Schedule| {
+        let one = |s: Schedule| {
             if s.wait {
                 (StepStatus::Completed, 0)
             } else if s.fail_times > 0 && s.permanent {
@@ -182,6 +222,17 @@ fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
             } else {
                 (StepStatus::Completed, s.fail_times + 1)
             }
+        };
+        // A dynamic step runs no attempt itself. Its items or iterations each go as the schedule
+        // says: a failed item is skipped (the step continues) unless the step has a fallback; a
+        // failed iteration fails the step.
+        let run = |s: Schedule| match n.shape {
+            Shape::Plain => one(s),
+            Shape::ForEach { items, .. } => match one(s).0 {
+                StepStatus::Failed if items > 0 && n.fallback.is_some() => (StepStatus::Failed, 0),
+                _ => (StepStatus::Completed, 0),
+            },
+            Shape::Loop { .. } => (one(s).0, 0),
         };
         if let Some(p) = n.primary {
             out.push(if out[p].0 == StepStatus::Failed { run(n.schedule) } else { (StepStatus::Skipped, 0) });

@@ -190,6 +190,32 @@ pub struct StepFile {
     requires_approval: Option<bool>,
     approval: Option<ApprovalFile>,
     compensate: Option<CompensateFile>,
+    /// Run the step once per item: a list, or a template rendering to one
+    /// (`"{{ steps.search.output.urls }}"`). Instances are `ID[0]`, `ID[1]`, …; their `with`
+    /// sees `item` and `index`; the step's output is the list of their outputs.
+    #[schema(value_type = Option<Value>)]
+    for_each: Option<Value>,
+    /// With `for_each`: at most this many items run at once.
+    #[schema(minimum = 1, maximum = 10000)]
+    max_parallel: Option<i64>,
+    /// With `for_each`: a longer list fails the step (default 10,000).
+    #[schema(minimum = 1, maximum = 100000)]
+    max_items: Option<i64>,
+    #[serde(rename = "loop")]
+    #[schema(rename = "loop")]
+    repeat: Option<LoopFile>,
+}
+
+/// Repeat a step (instances `ID#1`, `ID#2`, …) until `until` holds over an iteration's output.
+/// Its `with` sees `iteration` and `previous` (the last iteration's output, null at first).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowLoop)]
+#[serde(deny_unknown_fields)]
+pub struct LoopFile {
+    /// A CEL condition over `output` (this iteration's) and `iteration`.
+    until: String,
+    #[schema(minimum = 1, maximum = 10000)]
+    max_iterations: i64,
 }
 
 /// How a step retries.

@@ -11,7 +11,11 @@ impl Decider<'_> {
     /// again after a restart gives the same input as the first time.
     pub(super) fn context(&self, i: usize) -> Value {
         let Some(def) = self.definition() else { return Value::Null };
-        let mut visible = vec![false; def.steps.len()];
+        if let Some(p) = self.state.parent_of(i) {
+            return self.instance_context(&def, i, self.context(p));
+        }
+        // Only steps as written are ever needed: instances are seen through their step.
+        let mut visible = vec![false; def.written()];
         let mut stack: Vec<usize> = vec![i];
         while let Some(j) = stack.pop() {
             let mut deps: Vec<usize> =
@@ -41,7 +45,7 @@ impl Decider<'_> {
             }
         }
         let mut steps = Map::new();
-        for (k, s) in self.state.steps.iter().enumerate().filter(|(k, _)| visible[*k]) {
+        for (k, s) in self.state.steps.iter().enumerate().take(visible.len()).filter(|(k, _)| visible[*k]) {
             let (r, st) = self.state.outcome(k);
             let (r, st) = if r != k && st.is_terminal() { (r, st) } else { (k, s.status) };
             let output = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);
@@ -50,6 +54,16 @@ impl Decider<'_> {
             // that declares one, so a template can use it either way.
             if def.fallback_of(k).is_some() {
                 entry["fallback"] = if r != k { json!(self.state.steps[r].id.as_str()) } else { Value::Null };
+            }
+            if def.steps[k].repeat.is_some()
+                && let Some(e) = &s.expansion
+            {
+                let outputs: Vec<Value> = e
+                    .instances
+                    .iter()
+                    .map(|&j| self.state.output_of(j).map_or(Value::Null, |v| (**v).clone()))
+                    .collect();
+                entry["iterations"] = Value::Array(outputs);
             }
             if s.status == StepStatus::Failed
                 && let Some(f) = &s.last_failure

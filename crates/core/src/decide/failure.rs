@@ -62,6 +62,9 @@ impl Decider<'_> {
             failure.message = format!("{} (falls back to '{f}')", failure.message);
         }
         self.record(Event::StepFailed { step, failure: failure.clone() })?;
+        if let Some(p) = self.state.parent_of(i) {
+            return self.instance_failed(p, i, &failure);
+        }
         self.apply_failure_policy(i, Some(failure), false)
     }
 

@@ -10,12 +10,16 @@
 //!
 //! The decider is split by concern: `steps` (readiness, starting attempts, finishing the run),
 //! `failure` (retries and `on_failure` policies), `approvals` (gates, deadlines, escalations),
-//! `compensation` (undoing completed steps), `waits` (durable waits), `context` (what templates and conditions see) and
-//! `replay` (checking a journal against the current core).
+//! `compensation` (undoing completed steps), `waits` (durable waits), `expand` (`for_each` and
+//! `loop` instances), `context` (what templates and conditions see) and `replay` (checking a
+//! journal against the current core).
 
 mod approvals;
 mod compensation;
 mod context;
+mod expand;
+#[cfg(test)]
+mod expand_tests;
 mod failure;
 mod replay;
 mod steps;
@@ -75,7 +79,10 @@ pub fn is_decided(event: &Event) -> bool {
         | Event::CompensationGaveUp { .. }
         | Event::RunCompensated
         | Event::WaitStarted { .. }
-        | Event::WaitEnded { .. } => true,
+        | Event::WaitEnded { .. }
+        | Event::StepExpanded { .. }
+        | Event::LoopIterated { .. }
+        | Event::StepJoined { .. } => true,
         Event::RunCreated { .. }
         | Event::PlanRecorded { .. }
         | Event::AttemptStarted { .. }
@@ -175,7 +182,10 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
         | Event::CompensationGaveUp { .. }
         | Event::RunCompensated
         | Event::WaitStarted { .. }
-        | Event::WaitEnded { .. } => {}
+        | Event::WaitEnded { .. }
+        | Event::StepExpanded { .. }
+        | Event::LoopIterated { .. }
+        | Event::StepJoined { .. } => {}
     }
     // While paused nothing new starts and no timer is armed; `RunUnpaused` starts them.
     if d.state.status == RunStatus::Paused {

@@ -17,7 +17,7 @@ impl Decider<'_> {
     pub(super) fn start_attempt(&mut self, i: usize) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
         let step = &def.steps[i];
-        if self.ask_approval(i)? {
+        if self.ask_approval(i)? || self.begin_expansion(i)? {
             return Ok(());
         }
         if def.steps[i].role() == Role::Wait {
@@ -60,7 +60,8 @@ impl Decider<'_> {
                 return Ok(());
             }
             let mut progressed = false;
-            for (i, step) in def.steps.iter().enumerate() {
+            // The steps as written; the instances a run added are moved by their step.
+            for (i, step) in def.steps.iter().enumerate().take(def.written()) {
                 if self.state.steps[i].status != StepStatus::Pending {
                     continue;
                 }
@@ -150,6 +151,7 @@ impl Decider<'_> {
                 self.record(Event::StepReady { step: step.id.clone() })?;
                 self.start_attempt(i)?;
             }
+            progressed |= self.advance_expansions()?;
             if !progressed {
                 break;
             }
@@ -163,6 +165,10 @@ impl Decider<'_> {
             return Ok(());
         }
         if steps.iter().all(|s| s.status.is_terminal()) {
+            // The steps as written count; an instance's failure is its step's (unless the step
+            // goes on without it: `for_each` with `on_failure: continue`).
+            let written = self.definition().map_or(steps.len(), |d| d.written());
+            let steps = &steps[..written];
             // A failed step whose fallback completed in its place does not fail the run.
             let failed: Vec<usize> = (0..steps.len())
                 .filter(|&k| steps[k].status == StepStatus::Failed && !self.state.is_covered(k))
@@ -206,7 +212,7 @@ impl Decider<'_> {
             return Ok(());
         }
         let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
-        let approval = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_none());
+        let approval = steps.iter().find(|s| s.awaits_decision());
         let wait = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_some());
         let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
         let waiting = match (approval, retry) {

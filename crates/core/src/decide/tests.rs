@@ -5,12 +5,14 @@ use crate::ids::{RunId, StepId};
 use crate::payload::Payload;
 use serde_json::json;
 
-struct Harness {
-    state: RunState,
+pub(super) struct Harness {
+    pub(super) state: RunState,
+    /// Every event fed and decided, in order.
+    pub(super) journal: Vec<Envelope>,
 }
 
 impl Harness {
-    fn new(yaml: &str) -> (Harness, Vec<Command>) {
+    pub(super) fn new(yaml: &str) -> (Harness, Vec<Command>) {
         Harness::with(
             crate::validate::parse_definition(yaml, "t.yaml", &crate::kinds::for_tests()).expect("valid definition"),
         )
@@ -19,7 +21,7 @@ impl Harness {
     /// A run of a definition as given, even one validation would refuse (stored before a
     /// check existed, or built by hand).
     fn with(def: crate::definition::Definition) -> (Harness, Vec<Command>) {
-        let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)) };
+        let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)), journal: Vec::new() };
         let created = Event::RunCreated {
             workflow: def.name.clone(),
             source: RunSource::Definition { path: None },
@@ -34,23 +36,30 @@ impl Harness {
         (h, cmds)
     }
 
-    fn feed(&mut self, event: Event) -> Vec<Command> {
+    pub(super) fn feed(&mut self, event: Event) -> Vec<Command> {
         let env = Envelope { seq: self.state.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event };
-        decide(&mut self.state, &env).expect("legal event")
+        self.journal.push(env.clone());
+        let cmds = decide(&mut self.state, &env).expect("legal event");
+        self.journal.extend(cmds.iter().filter_map(|c| match c {
+            Command::Record(e) => Some(e.clone()),
+            _ => None,
+        }));
+        cmds
     }
 
-    fn succeed(&mut self, step: &str, output: Value) -> Vec<Command> {
+    pub(super) fn succeed(&mut self, step: &str, output: Value) -> Vec<Command> {
         let step = StepId::new(step);
+        let attempt = self.state.step_state(step.as_str()).map_or(0, |s| s.attempts) + 1;
         let input = Payload::of(&Value::Null);
         self.state.add_payload(&input, Value::Null);
-        self.feed(Event::AttemptStarted { step: step.clone(), attempt: 1, input: input.reference });
+        self.feed(Event::AttemptStarted { step: step.clone(), attempt, input: input.reference });
         let out = Payload::of(&output);
         self.state.add_payload(&out, output);
-        self.feed(Event::AttemptSucceeded { step, attempt: 1, output: out.reference, duration_ms: 1 })
+        self.feed(Event::AttemptSucceeded { step, attempt, output: out.reference, duration_ms: 1 })
     }
 }
 
-fn started(cmds: &[Command]) -> Vec<(String, Value)> {
+pub(super) fn started(cmds: &[Command]) -> Vec<(String, Value)> {
     cmds.iter()
         .filter_map(|c| match c {
             Command::StartAttempt { step, input, .. } => Some((step.to_string(), input.clone())),
@@ -185,7 +194,7 @@ fn a_failed_run_retried_in_place_reruns_what_did_not_succeed_with_a_fresh_budget
     assert_eq!(started(&cmds).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec!["c"]);
 }
 
-fn fail_for_good(h: &mut Harness, step: &str, message: &str) -> Vec<Command> {
+pub(super) fn fail_for_good(h: &mut Harness, step: &str, message: &str) -> Vec<Command> {
     let input = Payload::of(&Value::Null);
     let step = StepId::new(step);
     let attempt = h.state.step_state(step.as_str()).map_or(0, |s| s.attempts) + 1;
@@ -194,7 +203,7 @@ fn fail_for_good(h: &mut Harness, step: &str, message: &str) -> Vec<Command> {
     h.feed(Event::AttemptFailed { step, attempt, failure, duration_ms: 1 })
 }
 
-fn status(h: &Harness, step: &str) -> Option<StepStatus> {
+pub(super) fn status(h: &Harness, step: &str) -> Option<StepStatus> {
     h.state.step_state(step).map(|s| s.status)
 }
 

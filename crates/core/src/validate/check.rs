@@ -283,12 +283,27 @@ impl Site {
     }
 }
 
+/// What only this place of the step sees: a `for_each` step's item, a `loop` step's iteration.
+fn locals_of(step: &crate::definition::Step, field: &str) -> Vec<&'static str> {
+    let in_with = field.starts_with("with") || field.starts_with("compensate.with");
+    if field == "loop.until" {
+        vec!["output", "iteration"]
+    } else if in_with && step.for_each.is_some() {
+        vec!["item", "index"]
+    } else if in_with && step.repeat.is_some() {
+        vec!["iteration", "previous"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Refuses what a step's conditions and templates read but can never see (see [`crate::scope`]).
 pub(super) fn check_references(def: &Definition, sites: &[Site], out: &mut Problems<'_>) {
     let ids: Vec<&str> = def.steps.iter().map(|s| s.id.as_str()).collect();
     let inputs: Vec<&str> = def.inputs.keys().map(String::as_str).collect();
     let with_fallback: HashSet<&str> =
         def.steps.iter().filter(|s| matches!(s.on_failure, OnFailure::Fallback(_))).map(|s| s.id.as_str()).collect();
+    let loops: HashSet<&str> = def.steps.iter().filter(|s| s.repeat.is_some()).map(|s| s.id.as_str()).collect();
     let mut visible: HashMap<usize, HashSet<&str>> = HashMap::new();
     for site in sites {
         let seen = visible.entry(site.step).or_insert_with(|| {
@@ -301,8 +316,10 @@ pub(super) fn check_references(def: &Definition, sites: &[Site], out: &mut Probl
             steps: ids.clone(),
             visible: seen.clone(),
             with_fallback: with_fallback.clone(),
+            loops: loops.clone(),
             output: site.compensation,
             secrets: site.secrets,
+            locals: locals_of(&def.steps[site.step], &site.field),
         };
         let (refs, kind) = if site.condition {
             (expr::references(&site.text), "condition")

@@ -5,6 +5,7 @@
 
 use super::blocks::{compile_approval, compile_compensate, compile_inject, places_of, templates_of};
 use super::check::{Graph, Site, check_fallbacks, check_needs, check_references, report_cycles};
+use super::dynamic::{check_dynamic, compile_for_each, compile_loop};
 use super::parse::{RawDefinition, RawOnFailure, RawStep};
 use super::problems::Problems;
 use super::retry::{RetryOverride, check_delays, check_retry, resolve_retry};
@@ -276,6 +277,7 @@ fn compile_step(
     };
 
     let gate = kind.is_some_and(|k| k.role == Role::Gate);
+    check_dynamic(s, gate, here, out);
     Step {
         id: StepId::new(id),
         kind: s.kind.value.clone(),
@@ -289,6 +291,9 @@ fn compile_step(
         inject: s.inject.as_ref().map(|raw| compile_inject(raw, here, out)),
         approval: compile_approval(s, gate, index, here, sites, out),
         compensate: s.compensate.as_ref().and_then(|c| compile_compensate(c, index, defaults, kinds, here, sites, out)),
+        for_each: compile_for_each(s, index, here, sites, out),
+        repeat: compile_loop(s, index, here, sites, out),
+        instance: None,
         // Written only where the legacy rule (`approval` is the gate) would not say it, so a
         // definition registered before kinds had roles serializes (and hashes) the same.
         role: kind.map(|k| k.role).filter(|r| *r != crate::definition::legacy_role(&s.kind.value)),

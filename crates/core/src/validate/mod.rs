@@ -33,6 +33,7 @@ use std::fmt;
 mod blocks;
 mod check;
 mod compile;
+mod dynamic;
 mod parse;
 mod problems;
 mod retry;

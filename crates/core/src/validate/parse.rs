@@ -77,6 +77,18 @@ pub(super) struct RawStep {
     pub(super) requires_approval: Option<bool>,
     pub(super) approval: Option<RawApproval>,
     pub(super) compensate: Option<RawCompensate>,
+    pub(super) for_each: Option<Spanned<Node>>,
+    pub(super) max_parallel: Option<Spanned<i64>>,
+    pub(super) max_items: Option<Spanned<i64>>,
+    #[serde(rename = "loop")]
+    pub(super) repeat: Option<Spanned<RawLoop>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLoop {
+    pub(super) until: Option<Spanned<String>>,
+    pub(super) max_iterations: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
