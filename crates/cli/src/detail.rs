@@ -173,6 +173,25 @@ pub struct WaitView {
     pub ended_at_ms: Option<i64>,
 }
 
+/// What a `for_each` or `loop` step added to the run, and how it ended.
+#[derive(Debug, Serialize)]
+pub struct InstancesView {
+    /// `for_each` or `loop`.
+    pub kind: &'static str,
+    /// Items, or iterations begun.
+    pub count: u32,
+    /// The first and last instance (`fetch[0]`, `fetch[9]`); `runs show RUN --step ID` shows each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub joined_at_ms: Option<i64>,
+    /// How it ended (`3 of 3 item(s) completed`, `` `output.ok` held after iteration 2 ``).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ApprovalView {
     pub requested_at_ms: i64,
@@ -243,6 +262,12 @@ pub struct StepView {
     /// The step's durable wait (`wait` kind), if it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitView>,
+    /// The instances of a `for_each` or `loop` step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<InstancesView>,
+    /// The `for_each` or `loop` step this instance belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
     /// Calls the step's attempts (and its compensation's, under `STEP.compensate`) made through
     /// the effect log, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -306,6 +331,9 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         approvals: Vec::new(),
         compensation: None,
         wait: None,
+        instances: None,
+        // Written step ids have neither `[` nor `#`: only a run's instances do.
+        instance_of: name.split(['[', '#']).next().filter(|of| of.len() < name.len()).map(str::to_string),
         calls: Vec::new(),
     };
     let mut attempts = Attempts::default();
@@ -332,6 +360,34 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
             Event::WaitEnded { output: out, .. } => {
                 if let Some(w) = &mut view.wait {
                     w.ended_at_ms = Some(at);
+                }
+                output = Some(out.clone());
+            }
+            Event::StepExpanded { step, count, .. } => {
+                let (first, last) = match count {
+                    0 => (None, None),
+                    n => (Some(format!("{step}[0]")), Some(format!("{step}[{}]", n - 1))),
+                };
+                let (joined_at_ms, note) = (None, None);
+                view.instances =
+                    Some(InstancesView { kind: "for_each", count: *count, first, last, joined_at_ms, note });
+            }
+            Event::LoopIterated { step, iteration } => {
+                let v = view.instances.get_or_insert(InstancesView {
+                    kind: "loop",
+                    count: 0,
+                    first: Some(format!("{step}#1")),
+                    last: None,
+                    joined_at_ms: None,
+                    note: None,
+                });
+                v.count = *iteration;
+                v.last = Some(format!("{step}#{iteration}"));
+            }
+            Event::StepJoined { output: out, note, .. } => {
+                if let Some(v) = &mut view.instances {
+                    v.joined_at_ms = Some(at);
+                    v.note = Some(note.clone());
                 }
                 output = Some(out.clone());
             }
@@ -603,6 +659,26 @@ pub fn print_step(v: &StepView, full: bool) {
             Some(at) => crate::out!("  {} ended", timestamp(at)),
             None if v.state == "WAITING" => crate::out!("  still waiting"),
             None => {}
+        }
+    }
+    if let Some(of) = &v.instance_of {
+        crate::out!();
+        crate::out!("instance of step '{of}' (cairn runs show {} --step {of})", v.run_id);
+    }
+    if let Some(d) = &v.instances {
+        crate::out!();
+        crate::out!("{}", d.kind);
+        let what = if d.kind == "loop" { "iteration(s)" } else { "item(s)" };
+        let span = match (&d.first, &d.last) {
+            (Some(a), Some(b)) if a != b => format!(": {a} … {b}"),
+            (Some(a), _) => format!(": {a}"),
+            _ => String::new(),
+        };
+        crate::out!("  {} {what}{span}", d.count);
+        match (d.joined_at_ms, &d.note) {
+            (Some(at), Some(note)) => crate::out!("  {} joined: {note}", timestamp(at)),
+            _ if v.state == "WAITING" => crate::out!("  still running"),
+            _ => {}
         }
     }
     if !v.calls.is_empty() {

@@ -153,6 +153,13 @@ pub(crate) fn progress_line(
             Some(format!("[step] {step}={} {what}", paint.yellow("waiting")))
         }
         Event::WaitEnded { step, .. } => Some(format!("[step] {step}={} (wait ended)", paint.green("ok"))),
+        Event::StepExpanded { step, count, .. } => {
+            Some(format!("[step] {step}={} for each of {count} item(s) ({step}[0]…)", paint.yellow("running")))
+        }
+        Event::LoopIterated { step, iteration } => {
+            Some(format!("[step] {step}={} iteration {iteration} ({step}#{iteration})", paint.yellow("running")))
+        }
+        Event::StepJoined { step, note, .. } => Some(format!("[step] {step}={} ({note})", paint.green("ok"))),
         Event::RunWaiting { reason } => Some(format!("[workflow] waiting: {reason}")),
         Event::RunCompleted { .. } => Some(format!("[workflow] {}{}", paint.green("completed"), since(started, "in"))),
         Event::RunFailed { failure, .. } => {
