@@ -42,6 +42,23 @@ pub struct BenchArgs {
     /// signal them all: parking and completion rates, and the process's memory while they wait.
     #[arg(long, conflicts_with = "http")]
     pub park: bool,
+    /// Another workload: `map` is one run with a `for_each` step over `--items` no-op items,
+    /// `--max-parallel` at once (item-steps per second; SQLite, or PostgreSQL with --database).
+    #[arg(long, value_enum, conflicts_with_all = ["http", "park"])]
+    pub shape: Option<Shape>,
+    /// Items of the `--shape map` run.
+    #[arg(long, default_value_t = 10_000)]
+    pub items: usize,
+    /// `max_parallel` of the `--shape map` run.
+    #[arg(long, default_value_t = 100)]
+    pub max_parallel: usize,
+}
+
+/// Workloads besides the default chains.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shape {
+    /// One run, `for_each` over many items.
+    Map,
 }
 
 fn chain(steps: usize) -> Definition {
@@ -237,6 +254,10 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     if args.http {
         return crate::bench_http::bench_http(args.workflows, args.in_flight, args.json).await;
     }
+    if let (Some(Shape::Map), Some(url)) = (args.shape, &db.database) {
+        let store = Arc::new(cairn_store::PgStore::open(url).await?);
+        return crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
+    }
     if let Some(url) = &db.database {
         if args.park {
             return Err(CliError::usage("--park runs on the embedded SQLite store; leave out --database"));
@@ -252,6 +273,14 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
             tmp.join("bench.db")
         }
     };
+    if let Some(Shape::Map) = args.shape {
+        let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
+        let result = crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
+        if args.bench_db.is_none() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        return result;
+    }
     if args.park {
         let result = crate::bench_park::bench_park(&path, args.workflows, args.in_flight, args.json).await;
         if args.bench_db.is_none() {

@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_http;
+mod bench_map;
 mod bench_park;
 mod config;
 mod detail;

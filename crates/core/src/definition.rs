@@ -253,18 +253,25 @@ impl Definition {
     /// same step under a new id, run on its own, with no dependencies, condition or gate of its
     /// own (the step had them), and failing into the step rather than the run.
     pub fn instance_of(&self, parent: usize, id: StepId, index: u32) -> Step {
+        // Field by field: the step's own `for_each` list may be long, and is not the instance's.
         let p = &self.steps[parent];
         Step {
             id,
+            kind: p.kind.clone(),
             needs: Vec::new(),
             when: None,
+            with: p.with.clone(),
+            retry: p.retry,
+            timeout_ms: p.timeout_ms,
             on_failure: OnFailure::Fail,
             trigger: Trigger::AllSucceeded,
+            inject: p.inject.clone(),
             approval: None,
+            compensate: p.compensate.clone(),
+            role: p.role,
             for_each: None,
             repeat: None,
             instance: Some(Instance { of: p.id.clone(), index }),
-            ..p.clone()
         }
     }
 

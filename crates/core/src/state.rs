@@ -65,6 +65,25 @@ pub struct Expansion {
     pub instances: Vec<usize>,
     /// A `for_each` step's items.
     pub items: Option<PayloadRef>,
+    /// Instances that left `PENDING`, and those of them that settled: kept as statuses change,
+    /// so moving a step with many instances along never counts them all again.
+    pub started: usize,
+    pub settled: usize,
+    /// Instances ready or running (an attempt is about to start or in flight).
+    pub running: usize,
+    /// No instance before this position in `instances` is `PENDING`.
+    pub next: usize,
+}
+
+fn is_running(s: StepStatus) -> bool {
+    matches!(s, StepStatus::Ready | StepStatus::Running)
+}
+
+impl Expansion {
+    /// Instances started and not settled.
+    pub fn active(&self) -> usize {
+        self.started.saturating_sub(self.settled)
+    }
 }
 
 /// A durable wait in progress.
@@ -449,6 +468,7 @@ impl RunState {
                         };
                     }
                 }
+                self.recount_expansions();
             }
             Event::SignalReceived { name, payload, .. } => {
                 self.require_created(seq, kind)?;
@@ -536,8 +556,14 @@ impl RunState {
             self.index.insert(id.clone(), at);
             self.steps.push(StepState::new(id));
         }
-        let expansion =
-            self.steps[idx].expansion.get_or_insert_with(|| Expansion { instances: Vec::new(), items: None });
+        let expansion = self.steps[idx].expansion.get_or_insert_with(|| Expansion {
+            instances: Vec::new(),
+            items: None,
+            started: 0,
+            settled: 0,
+            running: 0,
+            next: 0,
+        });
         expansion.instances.extend(added);
         if items.is_some() {
             expansion.items = items;
@@ -563,6 +589,55 @@ impl RunState {
                 s.status = next;
                 s.finished_at_ms.get_or_insert(at);
             }
+        }
+        self.recount_expansions();
+    }
+
+    /// Counts every expanded step's instances again (after statuses changed wholesale).
+    fn recount_expansions(&mut self) {
+        for p in 0..self.steps.len() {
+            let Some(e) = &self.steps[p].expansion else { continue };
+            let statuses: Vec<StepStatus> = e.instances.iter().map(|&k| self.steps[k].status).collect();
+            let started = statuses.iter().filter(|s| **s != StepStatus::Pending).count();
+            let settled = statuses.iter().filter(|s| s.is_terminal()).count();
+            let running = statuses.iter().filter(|s| is_running(**s)).count();
+            let next = statuses.iter().position(|s| *s == StepStatus::Pending).unwrap_or(statuses.len());
+            if let Some(e) = &mut self.steps[p].expansion {
+                (e.started, e.settled, e.running, e.next) = (started, settled, running, next);
+            }
+        }
+    }
+
+    /// Instance `k` moved from `old` to `new`: its step's counts follow.
+    fn instance_moved(&mut self, k: usize, old: StepStatus, new: StepStatus) {
+        let Some(p) = self.parent_of(k) else { return };
+        let Some(e) = &mut self.steps[p].expansion else { return };
+        match (old == StepStatus::Pending, new == StepStatus::Pending) {
+            (true, false) => e.started += 1,
+            (false, true) => e.started = e.started.saturating_sub(1),
+            _ => {}
+        }
+        match (old.is_terminal(), new.is_terminal()) {
+            (false, true) => e.settled += 1,
+            (true, false) => e.settled = e.settled.saturating_sub(1),
+            _ => {}
+        }
+        match (is_running(old), is_running(new)) {
+            (false, true) => e.running += 1,
+            (true, false) => e.running = e.running.saturating_sub(1),
+            _ => {}
+        }
+        let mut next = e.next;
+        let len = e.instances.len();
+        while next < len {
+            let at = self.steps[p].expansion.as_ref().map_or(0, |e| e.instances[next]);
+            if self.steps[at].status == StepStatus::Pending {
+                break;
+            }
+            next += 1;
+        }
+        if let Some(e) = &mut self.steps[p].expansion {
+            e.next = next;
         }
     }
 
@@ -799,8 +874,12 @@ impl RunState {
             // The rest carry nothing beyond the transition.
             _ => {}
         }
+        let old = step.status;
         step.status = next;
         self.status = run_next;
+        if old != next {
+            self.instance_moved(idx, old, next);
+        }
         Ok(())
     }
 }

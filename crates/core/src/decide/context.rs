@@ -4,15 +4,43 @@
 use super::Decider;
 use crate::machine::StepStatus;
 use serde_json::{Map, Value, json};
+use std::collections::HashSet;
+
+/// The ids of the steps a `with` block's templates read (`steps.ID…`), or `None` when one reads
+/// `steps` as a whole or by a computed key.
+fn read_steps(with: &Value) -> Option<HashSet<String>> {
+    let mut ids = HashSet::new();
+    let mut whole = false;
+    crate::template::for_each_template(with, "with", &mut |_, text| {
+        for r in crate::template::references(text) {
+            match (r.path.first().map(String::as_str), r.path.get(1)) {
+                (Some("steps"), Some(id)) => {
+                    ids.insert(id.clone());
+                }
+                (Some("steps"), None) => whole = true,
+                _ => {}
+            }
+        }
+    });
+    (!whole).then_some(ids)
+}
 
 impl Decider<'_> {
     /// Variables visible to step `i`'s condition and templates. A step sees only the steps it
     /// needs, directly or transitively: they are all settled before it is decided, so rendering
     /// again after a restart gives the same input as the first time.
     pub(super) fn context(&self, i: usize) -> Value {
+        self.context_seeing(i, None)
+    }
+
+    /// As [`Self::context`], with only the steps in `only` (when given) under `steps`. An instance
+    /// gets only what its `with` reads: a step's context may hold a long list, and copying it for
+    /// each of thousands of items would cost as much as the list times the items.
+    fn context_seeing(&self, i: usize, only: Option<&HashSet<String>>) -> Value {
         let Some(def) = self.definition() else { return Value::Null };
         if let Some(p) = self.state.parent_of(i) {
-            return self.instance_context(&def, i, self.context(p));
+            let read = read_steps(&def.steps[i].with);
+            return self.instance_context(&def, i, self.context_seeing(p, read.as_ref()));
         }
         // Only steps as written are ever needed: instances are seen through their step.
         let mut visible = vec![false; def.written()];
@@ -45,7 +73,15 @@ impl Decider<'_> {
             }
         }
         let mut steps = Map::new();
-        for (k, s) in self.state.steps.iter().enumerate().take(visible.len()).filter(|(k, _)| visible[*k]) {
+        let wanted = |id: &str| only.is_none_or(|o| o.contains(id));
+        for (k, s) in self
+            .state
+            .steps
+            .iter()
+            .enumerate()
+            .take(visible.len())
+            .filter(|(k, s)| visible[*k] && wanted(s.id.as_str()))
+        {
             let (r, st) = self.state.outcome(k);
             let (r, st) = if r != k && st.is_terminal() { (r, st) } else { (k, s.status) };
             let output = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);

@@ -92,24 +92,24 @@ impl Decider<'_> {
     fn advance_items(&mut self, i: usize) -> Result<bool, Error> {
         let Some(def) = self.definition() else { return Ok(false) };
         let Some(each) = &def.steps[i].for_each else { return Ok(false) };
-        let instances = self.state.steps[i].expansion.as_ref().map(|e| e.instances.clone()).unwrap_or_default();
         let limit = each.max_parallel.map_or(usize::MAX, |m| m.max(1) as usize);
-        let mut active = 0;
-        let mut pending = Vec::new();
-        for &k in &instances {
-            match self.state.steps[k].status {
-                StepStatus::Pending => pending.push(k),
-                st if !st.is_terminal() => active += 1,
-                _ => {}
-            }
-        }
+        // The step's counts say how many run and where the first pending item is, so starting the
+        // next items costs the same however many there are.
         let mut progressed = false;
-        for k in pending.into_iter().take(limit.saturating_sub(active)) {
+        loop {
+            let s = &self.state.steps[i];
+            let Some(e) = s.expansion.as_ref().filter(|_| s.status == StepStatus::Waiting) else { return Ok(true) };
+            if e.active() >= limit || e.next >= e.instances.len() || self.state.status.is_terminal() {
+                break;
+            }
+            let k = e.instances[e.next];
             progressed = true;
             self.record(Event::StepReady { step: self.state.steps[k].id.clone() })?;
             self.start_attempt(k)?;
         }
-        if instances.iter().all(|&k| self.state.steps[k].status.is_terminal()) {
+        let e = self.state.steps[i].expansion.as_ref();
+        if e.is_some_and(|e| e.settled == e.instances.len()) {
+            let instances = e.map(|e| e.instances.clone()).unwrap_or_default();
             let outputs: Vec<Value> =
                 instances.iter().map(|&k| self.state.output_of(k).map_or(Value::Null, |v| (**v).clone())).collect();
             let failed = instances.iter().filter(|&&k| self.state.steps[k].status != StepStatus::Completed).count();

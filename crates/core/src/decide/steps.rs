@@ -211,7 +211,17 @@ impl Decider<'_> {
         if self.state.status == RunStatus::Paused {
             return Ok(());
         }
-        let active = steps.iter().any(|s| matches!(s.status, StepStatus::Ready | StepStatus::Running));
+        // Instances are counted by their step, so this does not visit every item of a long list.
+        let written = self.definition().map_or(steps.len(), |d| d.written());
+        let active = steps[..written].iter().any(|s| {
+            matches!(s.status, StepStatus::Ready | StepStatus::Running)
+                || s.expansion.as_ref().is_some_and(|e| e.running > 0)
+        });
+        match (self.state.status, active) {
+            (RunStatus::Waiting, true) => return self.record(Event::RunResumed),
+            (RunStatus::Executing, false) => {}
+            _ => return Ok(()),
+        }
         let approval = steps.iter().find(|s| s.awaits_decision());
         let wait = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_some());
         let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
@@ -224,10 +234,9 @@ impl Decider<'_> {
                 None => format!("step '{}' waits", s.id),
             }),
         };
-        match (self.state.status, active, waiting) {
-            (RunStatus::Executing, false, Some(reason)) => self.record(Event::RunWaiting { reason }),
-            (RunStatus::Waiting, true, _) => self.record(Event::RunResumed),
-            _ => Ok(()),
+        match waiting {
+            Some(reason) => self.record(Event::RunWaiting { reason }),
+            None => Ok(()),
         }
     }
 }
