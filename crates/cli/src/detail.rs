@@ -173,6 +173,17 @@ pub struct WaitView {
     pub ended_at_ms: Option<i64>,
 }
 
+/// A child run a `subworkflow` step's attempt started.
+#[derive(Debug, Serialize)]
+pub struct ChildRunView {
+    pub attempt: u32,
+    pub run_id: String,
+    pub started_at_ms: i64,
+    /// `completed` or `failed`, once it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+}
+
 /// What a `for_each` or `loop` step added to the run, and how it ended.
 #[derive(Debug, Serialize)]
 pub struct InstancesView {
@@ -265,6 +276,9 @@ pub struct StepView {
     /// The instances of a `for_each` or `loop` step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instances: Option<InstancesView>,
+    /// A `subworkflow` step's child runs, one per attempt.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub child_runs: Vec<ChildRunView>,
     /// The `for_each` or `loop` step this instance belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_of: Option<String>,
@@ -332,6 +346,7 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         compensation: None,
         wait: None,
         instances: None,
+        child_runs: Vec::new(),
         // Written step ids have neither `[` nor `#`: only a run's instances do.
         instance_of: name.split(['[', '#']).next().filter(|of| of.len() < name.len()).map(str::to_string),
         calls: Vec::new(),
@@ -383,6 +398,25 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
                 });
                 v.count = *iteration;
                 v.last = Some(format!("{step}#{iteration}"));
+            }
+            Event::ChildStarted { attempt, child, input, .. } => {
+                attempts.started(*attempt, at, input);
+                view.child_runs.push(ChildRunView {
+                    attempt: *attempt,
+                    run_id: child.clone(),
+                    started_at_ms: at,
+                    ended: None,
+                });
+            }
+            Event::ChildEnded { attempt, output: out, failure, .. } => {
+                let took = view.child_runs.last().map_or(0, |c| (at - c.started_at_ms).max(0) as u64);
+                attempts.ended(*attempt, took, failure.as_ref());
+                if let Some(c) = view.child_runs.last_mut() {
+                    c.ended = Some(if out.is_some() { "completed".into() } else { "failed".into() });
+                }
+                if out.is_some() {
+                    output = out.clone();
+                }
             }
             Event::StepJoined { output: out, note, .. } => {
                 if let Some(v) = &mut view.instances {
@@ -659,6 +693,20 @@ pub fn print_step(v: &StepView, full: bool) {
             Some(at) => crate::out!("  {} ended", timestamp(at)),
             None if v.state == "WAITING" => crate::out!("  still waiting"),
             None => {}
+        }
+    }
+    if !v.child_runs.is_empty() {
+        crate::out!();
+        crate::out!("child runs");
+        for c in &v.child_runs {
+            let how = c.ended.as_deref().unwrap_or("running");
+            crate::out!(
+                "  #{} {} {} {how} (cairn runs show {})",
+                c.attempt,
+                timestamp(c.started_at_ms),
+                c.run_id,
+                c.run_id
+            );
         }
     }
     if let Some(of) = &v.instance_of {

@@ -312,8 +312,9 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             let id = run_id(&id)?;
             let run = store.get_run(&id).await?;
             let steps = store.steps(&id).await?;
+            let links = cairn_engine::RunLinks::of(&store.events(&id).await?);
             if json {
-                print_json(&json!({"run": run, "steps": steps}));
+                print_json(&json!({"run": run, "links": links, "steps": steps}));
                 return Ok(());
             }
             crate::out!("run       {}", run.id);
@@ -332,6 +333,12 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             }
             if let Some(msg) = &run.failure_message {
                 crate::out!("failure   {}: {msg}", run.failure_class.as_deref().unwrap_or("error"));
+            }
+            if let Some(p) = &links.parent {
+                crate::out!("parent    {} (step {}, attempt {})", p.run_id, p.step, p.attempt);
+            }
+            for c in &links.children {
+                crate::out!("child     {} (step {}, attempt {})", c.run_id, c.step, c.attempt);
             }
             crate::out!();
             let body: Vec<Vec<String>> = steps

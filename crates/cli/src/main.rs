@@ -27,6 +27,7 @@ mod serve;
 mod steer;
 mod steps;
 mod watch;
+mod workflows;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -160,6 +161,12 @@ enum Command {
         /// Definition files (YAML or JSON).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+    /// Register workflow definitions (for `subworkflow` steps and the API) and list them.
+    #[command(after_help = "Examples:\n  cairn workflows register onboarding.yaml\n  cairn workflows list")]
+    Workflows {
+        #[command(subcommand)]
+        command: workflows::WorkflowsCommand,
     },
     /// List the step kinds this binary runs, with their defaults and `with` schema.
     #[command(after_help = "Examples:\n  cairn kinds\n  cairn kinds --json | jq '.kinds[] | .name'")]
@@ -312,7 +319,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(&cli.db, args).await,
-            Command::Validate { files } => run::validate(&files),
+            Command::Validate { files } => run::validate(&cli.db, &files).await,
+            Command::Workflows { command } => workflows::workflows(&cli.db, command).await,
             Command::Plan(args) => run::plan(args),
             Command::Kinds(args) => kinds::list(args),
             Command::Runs { command } => inspect::runs(&cli.db, command).await,

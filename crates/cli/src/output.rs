@@ -111,9 +111,13 @@ pub(crate) fn progress_line(
         started.get(run_id).map(|t| format!(" {word} {}", format_ms((env.at_ms - t).max(0) as u64))).unwrap_or_default()
     };
     match &env.event {
-        Event::RunCreated { workflow, .. } => {
+        Event::RunCreated { workflow, source, .. } => {
             started.insert(run_id.clone(), env.at_ms);
-            Some(format!("[workflow] id={run_id} started ({workflow})"))
+            let of = match source {
+                cairn_core::event::RunSource::Child { parent, step, .. } => format!(", child of {parent} step {step}"),
+                _ => String::new(),
+            };
+            Some(format!("[workflow] id={run_id} started ({workflow}{of})"))
         }
         Event::PlanRecorded { plan: Some(plan), .. } => {
             let left_out = plan.left_out_text().map(|t| format!("; {t}")).unwrap_or_default();
@@ -160,6 +164,16 @@ pub(crate) fn progress_line(
             Some(format!("[step] {step}={} iteration {iteration} ({step}#{iteration})", paint.yellow("running")))
         }
         Event::StepJoined { step, note, .. } => Some(format!("[step] {step}={} ({note})", paint.green("ok"))),
+        Event::ChildStarted { step, child, .. } => {
+            Some(format!("[step] {step}={} for child run {child}", paint.yellow("waiting")))
+        }
+        Event::ChildEnded { step, child, output: Some(_), .. } => {
+            Some(format!("[step] {step}={} (child run {child} completed)", paint.green("ok")))
+        }
+        Event::ChildEnded { step, failure, .. } => {
+            let why = failure.as_ref().map(|f| f.message.as_str()).unwrap_or("failed");
+            Some(format!("[step] {step}={}: {why}", paint.red("child failed")))
+        }
         Event::RunWaiting { reason } => Some(format!("[workflow] waiting: {reason}")),
         Event::RunCompleted { .. } => Some(format!("[workflow] {}{}", paint.green("completed"), since(started, "in"))),
         Event::RunFailed { failure, .. } => {

@@ -182,7 +182,8 @@ pub fn parse_chaos(spec: &str) -> CliResult<Chaos> {
     Ok(Chaos { seed: seed.ok_or_else(|| bad("seed is missing"))?, rate: rate.ok_or_else(|| bad("rate is missing"))? })
 }
 
-pub fn validate(files: &[PathBuf]) -> CliResult {
+pub async fn validate(db: &DbArgs, files: &[PathBuf]) -> CliResult {
+    let targets = crate::workflows::Targets::load(db).await;
     let mut total = 0;
     for path in files {
         let source = match std::fs::read_to_string(path) {
@@ -193,10 +194,11 @@ pub fn validate(files: &[PathBuf]) -> CliResult {
                 continue;
             }
         };
-        let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(
+        let (definition, warnings) = cairn_core::validate::parse_definition_checking(
             &source,
             &path.display().to_string(),
             crate::kinds::kinds(),
+            &|with| targets.check(path, with),
         );
         // Warnings do not change the exit code: the file is valid.
         for w in &warnings {

@@ -88,6 +88,8 @@ pub enum RunSource {
     Goal { goal: String },
     /// A new run that reuses another run's results up to a step (`cairn rerun ID --from STEP`).
     Fork { parent: String, from_step: String },
+    /// A child run started by attempt `attempt` of a `subworkflow` step of run `parent`.
+    Child { parent: String, step: String, attempt: u32 },
 }
 
 /// Seeded failure injection for a whole run, recorded so a resumed run keeps the same schedule.
@@ -379,6 +381,25 @@ pub enum Event {
         output: PayloadRef,
         note: String,
     },
+    /// A `subworkflow` step's attempt starts the child run `child` (its id derives from the run,
+    /// the step and the attempt, so starting it again after a crash finds the same run).
+    ChildStarted {
+        step: StepId,
+        attempt: u32,
+        child: String,
+        /// The rendered `with`: which workflow, and its inputs.
+        input: PayloadRef,
+    },
+    /// The child run ended: completed with `output`, or failed (or was cancelled) with `failure`.
+    ChildEnded {
+        step: StepId,
+        attempt: u32,
+        child: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<PayloadRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure: Option<Failure>,
+    },
     /// A named message from outside; the latest payload per name is visible as `signals.NAME`.
     SignalReceived {
         name: String,
@@ -432,6 +453,8 @@ impl Event {
             Event::StepExpanded { .. } => "step_expanded",
             Event::LoopIterated { .. } => "loop_iterated",
             Event::StepJoined { .. } => "step_joined",
+            Event::ChildStarted { .. } => "child_started",
+            Event::ChildEnded { .. } => "child_ended",
         }
     }
 
@@ -462,7 +485,9 @@ impl Event {
             | Event::WaitEnded { step, .. }
             | Event::StepExpanded { step, .. }
             | Event::LoopIterated { step, .. }
-            | Event::StepJoined { step, .. } => Some(step),
+            | Event::StepJoined { step, .. }
+            | Event::ChildStarted { step, .. }
+            | Event::ChildEnded { step, .. } => Some(step),
             Event::RunCreated { .. }
             | Event::PlanningStarted
             | Event::PlanRecorded { .. }
@@ -494,6 +519,8 @@ impl Event {
             Event::WaitEnded { output, .. } => Some(output),
             Event::StepExpanded { items, .. } => Some(items),
             Event::StepJoined { output, .. } => Some(output),
+            Event::ChildStarted { input, .. } => Some(input),
+            Event::ChildEnded { output, .. } => output.as_ref(),
             // A skip's supplied output is stored with the decision (see `ApprovalDecided`).
             Event::ApprovalDecided { action: Some(Escalation::Skip { output }), .. } => Some(output),
             Event::ApprovalDecided { .. }

@@ -70,6 +70,10 @@ pub enum Role {
     /// A durable wait decided by the core (`with: {duration | until | signal [, timeout]}`):
     /// it holds no worker and no attempt; a timer or a signal ends it.
     Wait,
+    /// Starts a child run (`with: {workflow [, version] | file, inputs}`) and waits for it
+    /// durably, holding no worker: the child's output is the step's output, its failure the
+    /// failure of the step's attempt (so the step's retry policy may start a new child).
+    Subworkflow,
 }
 
 impl Role {
@@ -78,6 +82,7 @@ impl Role {
             Role::Activity => "activity",
             Role::Gate => "gate",
             Role::Wait => "wait",
+            Role::Subworkflow => "subworkflow",
         }
     }
 
@@ -195,5 +200,6 @@ pub(crate) fn for_tests() -> Kinds {
             .with_schema(json!({"type": "object", "required": ["url"], "properties": {"url": {"type": "string"}}})),
         KindSpec::new("approval", "a person decides").role(Role::Gate),
         KindSpec::new("wait", "waits durably").role(Role::Wait).timeout_ms(None),
+        KindSpec::new("subworkflow", "runs a child workflow").role(Role::Subworkflow).timeout_ms(None),
     ])
 }

@@ -15,6 +15,7 @@ pub mod expr;
 pub mod fork;
 pub mod ids;
 pub mod kinds;
+pub mod links;
 pub mod machine;
 pub mod payload;
 pub mod retry;

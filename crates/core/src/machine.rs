@@ -165,6 +165,12 @@ pub enum StepInput {
     Expanded,
     /// Its instances are done and gave the step its output.
     Joined,
+    /// A `subworkflow` step started its child run and waits for it.
+    ChildStarted,
+    /// The child run completed: its output is the step's.
+    ChildCompleted,
+    /// The child run failed: the step's attempt failed (a retry may start a new child).
+    ChildFailed,
 }
 
 impl StepInput {
@@ -195,6 +201,9 @@ impl StepInput {
         StepInput::WaitEnded,
         StepInput::Expanded,
         StepInput::Joined,
+        StepInput::ChildStarted,
+        StepInput::ChildCompleted,
+        StepInput::ChildFailed,
     ];
 }
 
@@ -300,6 +309,11 @@ pub const STEP_TRANSITIONS: &[(StepStatus, StepInput, StepStatus)] = &[
     (S::Ready, SI::Expanded, S::Waiting),
     (S::Waiting, SI::Expanded, S::Waiting),
     (S::Waiting, SI::Joined, S::Completed),
+    // Subworkflows: an attempt is a child run, waited for without a worker; its end is the
+    // attempt's end.
+    (S::Ready, SI::ChildStarted, S::Waiting),
+    (S::Waiting, SI::ChildCompleted, S::Completed),
+    (S::Waiting, SI::ChildFailed, S::RetryWait),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -404,6 +418,9 @@ mod tests {
             (S::Waiting, WaitEnded) => Some(S::Completed),
             (S::Ready | S::Waiting, Expanded) => Some(S::Waiting),
             (S::Waiting, Joined) => Some(S::Completed),
+            (S::Ready, ChildStarted) => Some(S::Waiting),
+            (S::Waiting, ChildCompleted) => Some(S::Completed),
+            (S::Waiting, ChildFailed) => Some(S::RetryWait),
             _ => None,
         }
     }

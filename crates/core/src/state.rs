@@ -56,6 +56,17 @@ pub struct StepState {
     pub wait: Option<WaitState>,
     /// The instances a `for_each` or `loop` step added, once it added them.
     pub expansion: Option<Expansion>,
+    /// A `subworkflow` step's current (or last) child run.
+    pub child: Option<ChildState>,
+}
+
+/// The child run of a `subworkflow` step's attempt.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChildState {
+    pub run_id: String,
+    pub attempt: u32,
+    /// What it was started with (which workflow, its inputs).
+    pub input: PayloadRef,
 }
 
 /// What a `for_each` or `loop` step added to the run.
@@ -125,7 +136,12 @@ impl StepState {
     /// Whether a person's decision is what this step waits for (an approval gate or an escalated
     /// failure), as opposed to a durable wait or no wait at all.
     pub fn awaits_decision(&self) -> bool {
-        self.status == StepStatus::Waiting && self.wait.is_none() && self.expansion.is_none()
+        self.status == StepStatus::Waiting && self.wait.is_none() && self.expansion.is_none() && !self.awaits_child()
+    }
+
+    /// Whether the step waits for its child run to end.
+    pub fn awaits_child(&self) -> bool {
+        self.status == StepStatus::Waiting && self.child.is_some()
     }
 
     fn new(id: StepId) -> Self {
@@ -148,6 +164,7 @@ impl StepState {
             retry_base: 0,
             wait: None,
             expansion: None,
+            child: None,
         }
     }
 }
@@ -688,6 +705,9 @@ impl RunState {
             Event::WaitEnded { .. } => StepInput::WaitEnded,
             Event::StepExpanded { .. } | Event::LoopIterated { .. } => StepInput::Expanded,
             Event::StepJoined { .. } => StepInput::Joined,
+            Event::ChildStarted { .. } => StepInput::ChildStarted,
+            Event::ChildEnded { output: Some(_), .. } => StepInput::ChildCompleted,
+            Event::ChildEnded { .. } => StepInput::ChildFailed,
             // Run-level events are applied by `apply`; reaching here means one came too early.
             // `StepCancelled` is never journaled (a run's end cancels its unsettled steps).
             Event::StepCancelled { .. }
@@ -850,6 +870,43 @@ impl RunState {
             Event::WaitElapsed { .. } => {
                 if let Some(w) = &mut step.wait {
                     w.elapsed = true;
+                }
+            }
+            Event::ChildStarted { attempt, child, input, .. } => {
+                check_attempt(*attempt, step.attempts + 1)?;
+                step.attempts = *attempt;
+                step.first_started_at_ms.get_or_insert(at);
+                step.attempt_started_at_ms = Some(at);
+                step.not_before_ms = None;
+                step.child = Some(ChildState { run_id: child.clone(), attempt: *attempt, input: input.clone() });
+            }
+            Event::ChildEnded { attempt, child, output, failure, .. } => {
+                check_attempt(*attempt, step.attempts)?;
+                if step.child.as_ref().map(|c| c.run_id.as_str()) != Some(child.as_str()) {
+                    let source = InvalidTransition {
+                        machine: "step",
+                        from: format!("{} (its child run is not {child})", step.status),
+                        input: "ChildEnded".into(),
+                    };
+                    return Err(Error::Transition { seq, kind, source });
+                }
+                let busy = step.attempt_started_at_ms.map_or(0, |t| (at - t).max(0) as u64);
+                step.busy_ms += busy;
+                match output {
+                    Some(output) => {
+                        if !self.payloads.contains_key(&output.hash) {
+                            return Err(Error::MissingPayload { hash: output.hash.clone() });
+                        }
+                        step.output = Some(output.clone());
+                        step.finished_at_ms = Some(at);
+                        step.completed_seq = seq;
+                    }
+                    None => {
+                        let f = failure
+                            .clone()
+                            .unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "the child run failed"));
+                        step.last_failure = Some(f);
+                    }
                 }
             }
             Event::StepJoined { output, .. } => {

@@ -122,6 +122,32 @@ impl Timeline {
                     t.steps[i].status = "WAITING".into();
                     t.moments.push((at, format!("step {s} begins iteration {iteration} ({s}#{iteration})")));
                 }
+                Event::ChildStarted { step: s, attempt, child, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    t.steps[i].status = "WAITING".into();
+                    t.steps[i].attempts.push(Attempt {
+                        number: *attempt,
+                        started_at_ms: at,
+                        duration_ms: None,
+                        outcome: "running".into(),
+                        failure: None,
+                        then_waited_ms: None,
+                    });
+                    t.moments.push((at, format!("step {s} started child run {child} (attempt {attempt})")));
+                }
+                Event::ChildEnded { step: s, child, output, failure, .. } => {
+                    let i = step(&mut t, s.as_str());
+                    if let Some(a) = t.steps[i].attempts.last_mut() {
+                        a.duration_ms = Some((at - a.started_at_ms).max(0) as u64);
+                        a.outcome = if output.is_some() { "ok" } else { "failed" }.into();
+                        a.failure = failure.clone();
+                    }
+                    if output.is_some() {
+                        t.steps[i].status = "COMPLETED".into();
+                    }
+                    let how = if output.is_some() { "completed" } else { "failed" };
+                    t.moments.push((at, format!("step {s}'s child run {child} {how}")));
+                }
                 Event::StepJoined { step: s, note, .. } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "COMPLETED".into();

@@ -81,6 +81,8 @@ pub(crate) struct Live<S: Store> {
     /// store accepts writes again. One-off commits (a creation, a request) fail fast.
     patient: bool,
     idempotency: Option<IdempotencyKey>,
+    /// Child runs to create once the commit that records them lands.
+    children: Vec<crate::children::ChildStart>,
 }
 
 impl<S: Store> Live<S> {
@@ -103,6 +105,7 @@ impl<S: Store> Live<S> {
             release: false,
             patient: false,
             idempotency: None,
+            children: Vec::new(),
             inner,
         }
     }
@@ -169,6 +172,9 @@ impl<S: Store> Live<S> {
                     self.start_queue.push_front(Queued { index, step, attempt, input, secrets, compensation: true });
                 }
                 Command::ArmTimer(timer) => self.timers.push(timer),
+                Command::StartChild { step, attempt, child, input } => {
+                    self.children.push(crate::children::ChildStart { step, attempt, child, input });
+                }
             }
         }
     }
@@ -285,6 +291,23 @@ impl<S: Store> Live<S> {
         run.owner = Some(self.inner.config.owner.clone());
         // A finished run needs no owner: leases only ever cover unfinished work.
         let release = std::mem::take(&mut self.release) || self.state.status.is_terminal();
+        // Requests for other runs go in the same transaction: this child run's end for its
+        // parent; cancellations for the children of steps this run's end cancelled.
+        let ends = |e: &Envelope| {
+            matches!(
+                e.event,
+                Event::RunCompleted { .. }
+                    | Event::RunFailed { .. }
+                    | Event::RunCancelled { .. }
+                    | Event::RunCompensated
+                    | Event::CompensationStarted { .. }
+            )
+        };
+        let mut notify = Vec::new();
+        if self.events.iter().any(ends) {
+            notify.extend(crate::children::ended(&self.state));
+            notify.extend(crate::children::cascade(&self.state));
+        }
         let mut write = Arc::new(RunWrite {
             release,
             idempotency: self.idempotency.take(),
@@ -298,6 +321,7 @@ impl<S: Store> Live<S> {
             steps: StepRow::from_state(&self.state, Some(&touched)),
             logs: std::mem::take(&mut self.logs),
             requests: std::mem::take(&mut self.answered),
+            notify,
         });
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -325,6 +349,30 @@ impl<S: Store> Live<S> {
             }
         }
         self.committed_seq = self.state.last_seq;
+        for n in &write.notify {
+            if let Ok(id) = cairn_core::RunId::parse(&n.run_id) {
+                crate::engine::Engine::from_inner(self.inner.clone()).poke(&id);
+            }
+        }
+        if !write.notify.is_empty() {
+            self.inner.wake.notify_one();
+        }
+        // Children decided in this commit: created now, each on its own (the parent does not
+        // wait for them here; their ends come back through its inbox).
+        // A run let go here is not driven by this process, which may be about to exit (`run
+        // --detach`): its children are created before this returns, left for any worker.
+        let children = std::mem::take(&mut self.children);
+        if !children.is_empty() && !self.state.status.is_terminal() {
+            let parent = Arc::new(crate::children::Parent::of(&self.state, !write.release));
+            for start in children {
+                let (engine, parent) = (crate::engine::Engine::from_inner(self.inner.clone()), parent.clone());
+                if write.release {
+                    engine.start_child(parent, start).await;
+                } else {
+                    tokio::spawn(engine.start_child(parent, start));
+                }
+            }
+        }
         let events = std::mem::take(&mut self.events);
         if let Some(tx) = &self.inner.notices {
             let _ = tx.send(Notice::Committed { run_id: self.state.run_id.clone(), events });

@@ -180,6 +180,14 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    pub(crate) fn from_inner(inner: Arc<Inner<S>>) -> Self {
+        Engine { inner }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner<S>> {
+        &self.inner
+    }
+
     pub fn store(&self) -> &Arc<S> {
         &self.inner.store
     }

@@ -9,6 +9,7 @@
 
 pub mod activity;
 pub mod calls;
+mod children;
 mod driver;
 mod engine;
 mod http;
@@ -18,6 +19,7 @@ mod requests;
 pub mod secrets;
 mod waiting;
 
+pub use cairn_core::links::{RunLink, RunLinks};
 pub use engine::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
 pub use requests::{Control, Delivery, EscalationChoice, RequestView, check_signal_name};
 pub use waiting::{WaitingApproval, waiting_approvals};

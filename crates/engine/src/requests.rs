@@ -47,6 +47,17 @@ pub enum Control {
         definition: Value,
         by: Option<String>,
     },
+    /// A child run of a `subworkflow` step ended (sent by the engine, with the child's final
+    /// write): its output, or why it failed (or could not start).
+    ChildEnded {
+        step: String,
+        attempt: u32,
+        child: String,
+        #[serde(default)]
+        output: Option<Value>,
+        #[serde(default)]
+        failure: Option<cairn_core::event::Failure>,
+    },
 }
 
 /// An answer to an escalated failure.
@@ -133,6 +144,7 @@ impl Control {
             Control::Decide { approve: true, .. } => "approve",
             Control::Decide { approve: false, .. } => "reject",
             Control::Migrate { .. } => "migrate",
+            Control::ChildEnded { .. } => "child_ended",
         }
     }
 
@@ -184,6 +196,25 @@ impl Control {
                 let p = Payload::of(&payload);
                 let reference = p.reference.clone();
                 (Event::SignalReceived { name, payload: reference, by }, Some((p, payload)))
+            }
+            Control::ChildEnded { step, attempt, child, output, failure } => {
+                let step = cairn_core::StepId::new(step);
+                match output {
+                    Some(value) => {
+                        let p = Payload::of(&value);
+                        let output = Some(p.reference.clone());
+                        (Event::ChildEnded { step, attempt, child, output, failure: None }, Some((p, value)))
+                    }
+                    None => {
+                        let failure = failure.unwrap_or_else(|| {
+                            cairn_core::event::Failure::new(
+                                cairn_core::event::ErrorClass::Permanent,
+                                format!("child run {child} failed"),
+                            )
+                        });
+                        (Event::ChildEnded { step, attempt, child, output: None, failure: Some(failure) }, None)
+                    }
+                }
             }
         })
     }
@@ -238,6 +269,18 @@ pub(crate) fn check(state: &RunState, control: &Control) -> Result<Option<(&'sta
         },
         Control::Cancel { .. } if status == RunStatus::Compensating => Err(undoing("cancelled")),
         Control::Cancel { .. } | Control::Signal { .. } | Control::Migrate { .. } => Ok(None),
+        Control::ChildEnded { step, child, .. } => {
+            // Only the child the step waits for now: a report from an earlier attempt's child
+            // (or a second report) changes nothing.
+            let current = state.step_state(step).and_then(|s| s.child.as_ref().filter(|_| s.awaits_child()));
+            match current {
+                Some(c) if c.run_id == *child => Ok(None),
+                _ => Ok(Some((
+                    "not_waiting",
+                    format!("step '{step}' does not wait for child run {child} (any more); nothing to do"),
+                ))),
+            }
+        }
         Control::Decide { step, approve, escalation, .. } => check_decision(state, step, *approve, escalation.as_ref()),
     }
 }
@@ -344,6 +387,7 @@ impl RequestView {
                     Control::Migrate { by, .. } => (by, None),
                     Control::Signal { name, by, .. } => (by, Some(name.clone())),
                     Control::Decide { step, by, .. } => (by, Some(step.clone())),
+                    Control::ChildEnded { step, .. } => (&None, Some(step.clone())),
                 };
                 (c.verb().to_string(), by.clone(), target)
             }

@@ -466,7 +466,15 @@ pub async fn get<S: Store>(
     let row = state.store.get_run(&id).await?;
     let steps = state.store.steps(&id).await?;
     let output = output_of(&*state.store, &row).await?;
-    Ok(reply(StatusCode::OK, &RunDetail { run: RunView::of(&row), steps, output }))
+    let links = cairn_engine::RunLinks::of(&state.store.events(&id).await?);
+    let detail = RunDetail {
+        run: RunView::of(&row),
+        parent: links.parent.map(Into::into),
+        children: links.children.into_iter().map(Into::into).collect(),
+        steps,
+        output,
+    };
+    Ok(reply(StatusCode::OK, &detail))
 }
 
 /// A run's steps

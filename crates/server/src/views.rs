@@ -182,11 +182,39 @@ pub struct StartedRun {
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunView,
+    /// The run whose `subworkflow` step started this one, if it is a child run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RunLinkView>,
+    /// The child runs this run's `subworkflow` steps started, in order (one per attempt).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<RunLinkView>,
     pub steps: Vec<StepRow>,
     /// The run's output, present once it has completed; any JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>)]
     pub output: Option<Value>,
+}
+
+/// A run's links in an export.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RunLinksExport {
+    parent: Option<RunLinkView>,
+    children: Option<Vec<RunLinkView>>,
+}
+
+/// Another run, and the `subworkflow` step (and attempt) linking the two.
+#[derive(Serialize, ToSchema)]
+pub struct RunLinkView {
+    pub run_id: String,
+    pub step: String,
+    pub attempt: u32,
+}
+
+impl From<cairn_engine::RunLink> for RunLinkView {
+    fn from(l: cairn_engine::RunLink) -> Self {
+        RunLinkView { run_id: l.run_id, step: l.step, attempt: l.attempt }
+    }
 }
 
 /// A page of runs, newest first.
@@ -322,6 +350,8 @@ pub struct RunExport {
     /// The journal schema version of this build (events carry their own `schema`).
     journal_schema: u16,
     run: cairn_store::RunRow,
+    /// The run that started this one (`parent`) and the child runs it started (`children`).
+    links: RunLinksExport,
     steps: Vec<StepRow>,
     /// The calls the run's attempts made through the effect log (`run/step/call-N`).
     calls: Vec<CallRow>,

@@ -17,6 +17,7 @@ pub async fn export_document(store: &impl Store, id: &RunId) -> Result<Value, Er
         "format_version": 1,
         "journal_schema": cairn_core::JOURNAL_SCHEMA,
         "run": loaded.run,
+        "links": cairn_core::links::RunLinks::of(&loaded.events),
         "steps": steps,
         "calls": calls,
         "events": loaded.events,

@@ -23,8 +23,8 @@ pub use export::{EXPORT_FORMAT, export_document};
 pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use rows::{
-    AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, RequestOutcome, RequestRow, RequestState, RunRow,
-    RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
+    AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, Notify, RequestOutcome, RequestRow, RequestState,
+    RunRow, RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
 };
 pub use sqlite::{Durability, SqliteStore};
 

@@ -235,6 +235,18 @@ pub struct RunWrite {
     /// Operator requests this write answers (applied, unchanged or refused), recorded with the
     /// events that apply them so that each request takes effect exactly once.
     pub requests: Vec<RequestOutcome>,
+    /// Requests for other runs, accepted in the same transaction as this write (a child run's
+    /// end for its parent, a parent's cancellation for its children), so that none is lost to
+    /// a crash between the two. One for a finished or unknown run is dropped.
+    pub notify: Vec<Notify>,
+}
+
+/// A request for another run, sent with a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notify {
+    pub run_id: String,
+    /// The request, as `Inbox::push_inbox` takes it.
+    pub body: String,
 }
 
 /// A registered workflow definition version.

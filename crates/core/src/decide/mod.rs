@@ -15,6 +15,9 @@
 //! journal against the current core).
 
 mod approvals;
+mod children;
+#[cfg(test)]
+mod children_tests;
 mod compensation;
 mod context;
 mod expand;
@@ -29,7 +32,7 @@ pub(crate) mod waits;
 
 pub use replay::{ReplayError, replay};
 
-use crate::event::{Envelope, Event, JOURNAL_SCHEMA};
+use crate::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
 use crate::ids::StepId;
 use crate::machine::{RunStatus, StepStatus};
 use crate::payload::Payload;
@@ -55,6 +58,10 @@ pub enum Command {
     /// When the timer is due, turn it into its event with `RunState::fire_timer` (which refuses
     /// a timer the run no longer has) and report that event.
     ArmTimer(Timer),
+    /// Start the child run `child` of a `subworkflow` step's attempt (after the commit that
+    /// records `ChildStarted`) unless it exists; if it already ended, report how. Its end comes
+    /// back as a `ChildEnded` request in this run's inbox.
+    StartChild { step: StepId, attempt: u32, child: crate::ids::RunId, input: Value },
     /// Run the step's compensation: record `CompensationAttemptStarted`, commit, then run it
     /// (`input` and `secrets` as for `StartAttempt`).
     StartCompensation { step: StepId, index: usize, attempt: u32, input: Value, secrets: Vec<SecretSlot> },
@@ -82,7 +89,8 @@ pub fn is_decided(event: &Event) -> bool {
         | Event::WaitEnded { .. }
         | Event::StepExpanded { .. }
         | Event::LoopIterated { .. }
-        | Event::StepJoined { .. } => true,
+        | Event::StepJoined { .. }
+        | Event::ChildStarted { .. } => true,
         Event::RunCreated { .. }
         | Event::PlanRecorded { .. }
         | Event::AttemptStarted { .. }
@@ -102,7 +110,8 @@ pub fn is_decided(event: &Event) -> bool {
         | Event::CompensationTimerFired { .. }
         | Event::ApprovalDecided { .. }
         | Event::ApprovalExpired { .. }
-        | Event::WaitElapsed { .. } => false,
+        | Event::WaitElapsed { .. }
+        | Event::ChildEnded { .. } => false,
     }
 }
 
@@ -159,6 +168,18 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.on_signal(name)?;
             d.reconcile()?;
         }
+        Event::ChildEnded { step, attempt, failure, output, .. } => {
+            // The run moves again (it may wait again at once).
+            if d.state.status == RunStatus::Waiting {
+                d.record(Event::RunResumed)?;
+            }
+            if output.is_none() {
+                let failure =
+                    failure.clone().unwrap_or_else(|| Failure::new(ErrorClass::Permanent, "the child run failed"));
+                d.on_attempt_failed(step, *attempt, &failure)?;
+            }
+            d.reconcile()?;
+        }
         // Facts that need no decision: an attempt or undo began, a signal arrived (its value is
         // read when a step that uses it is decided), a pause took effect.
         Event::AttemptStarted { .. }
@@ -185,7 +206,8 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
         | Event::WaitEnded { .. }
         | Event::StepExpanded { .. }
         | Event::LoopIterated { .. }
-        | Event::StepJoined { .. } => {}
+        | Event::StepJoined { .. }
+        | Event::ChildStarted { .. } => {}
     }
     // While paused nothing new starts and no timer is armed; `RunUnpaused` starts them.
     if d.state.status == RunStatus::Paused {
@@ -219,6 +241,7 @@ impl Decider<'_> {
         for t in self.state.pending_timers() {
             self.out.push(Command::ArmTimer(t));
         }
+        self.restart_children();
         if self.state.status == RunStatus::Compensating {
             return self.compensate_next();
         }

@@ -23,6 +23,9 @@ impl Decider<'_> {
         if def.steps[i].role() == Role::Wait {
             return self.begin_wait(i);
         }
+        if def.steps[i].role() == Role::Subworkflow {
+            return self.begin_child(i);
+        }
         let decision = self.state.steps[i].approval.as_ref().and_then(|a| a.decision.clone());
         if step.role() == Role::Gate {
             // The gate itself: its output is the decision.
@@ -224,15 +227,22 @@ impl Decider<'_> {
         }
         let approval = steps.iter().find(|s| s.awaits_decision());
         let wait = steps.iter().find(|s| s.status == StepStatus::Waiting && s.wait.is_some());
+        let child = steps.iter().find(|s| s.awaits_child());
         let retry = steps.iter().filter(|s| s.status == StepStatus::RetryWait).min_by_key(|s| s.not_before_ms);
         let waiting = match (approval, retry) {
             (Some(s), _) if s.escalated => Some(format!("step '{}' failed; a person decides what to do", s.id)),
             (Some(s), _) => Some(format!("step '{}' awaits approval", s.id)),
             (None, Some(s)) => Some(format!("step '{}' waits to retry", s.id)),
-            (None, None) => wait.map(|s| match s.wait.as_ref().and_then(|w| w.signal.as_deref()) {
-                Some(name) => format!("step '{}' waits for signal '{name}'", s.id),
-                None => format!("step '{}' waits", s.id),
-            }),
+            (None, None) => wait
+                .map(|s| match s.wait.as_ref().and_then(|w| w.signal.as_deref()) {
+                    Some(name) => format!("step '{}' waits for signal '{name}'", s.id),
+                    None => format!("step '{}' waits", s.id),
+                })
+                .or_else(|| {
+                    let s = child?;
+                    let run = s.child.as_ref().map_or("", |c| c.run_id.as_str());
+                    Some(format!("step '{}' waits for child run {run}", s.id))
+                }),
         };
         match waiting {
             Some(reason) => self.record(Event::RunWaiting { reason }),

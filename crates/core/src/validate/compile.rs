@@ -203,6 +203,29 @@ fn compile_step(
                 out.add(f.referenced, here, "bad_wait", msg);
             }
         }
+        if kind.role == Role::Subworkflow {
+            // Its attempt is a child run, not work done here.
+            let name = &kind.name;
+            if let Some(t) = &s.timeout {
+                let msg = format!(
+                    "a `{name}` step's attempt is a child run, which a per-attempt timeout does not stop; bound the                      child's own steps with timeouts instead"
+                );
+                out.add(t.referenced, here, "bad_subworkflow", msg);
+            }
+            if s.inject.is_some() {
+                let msg = format!("a `{name}` step runs no attempt here: put `inject` on a step of the child workflow");
+                out.add(s.kind.referenced, here, "bad_subworkflow", msg);
+            }
+            // A target written as a template is known only when it renders.
+            let literal = |k: &str| with.get(k).and_then(serde_json::Value::as_str).is_some_and(|v| !v.contains("{{"));
+            if literal("workflow") || literal("file") {
+                let (at, places) = s.with.as_ref().map_or((s.kind.referenced, Default::default()), places_of);
+                if let Some(why) = (out.targets)(&with) {
+                    let field = if literal("workflow") { "with.workflow" } else { "with.file" };
+                    out.add(places.get(field).copied().unwrap_or(at), here, "unknown_workflow", why);
+                }
+            }
+        }
     }
 
     let step_retry = s.retry.as_ref().map(|r| check_retry(r, "retry.", here, out)).unwrap_or_default();
@@ -218,9 +241,10 @@ fn compile_step(
     let timeout_ms = step_timeout.or(defaults.timeout).unwrap_or(kind.and_then(|k| k.timeout_ms));
     // A wait has no attempts: `defaults` do not shape it (so a written-back plan, which leaves
     // them out for waits, compiles to the same step).
-    let waits = kind.is_some_and(|k| k.role == Role::Wait);
-    let (retry, timeout_ms) = match kind {
-        Some(k) if waits => (k.retry, None),
+    // A subworkflow's attempt is a child run: it retries, but no per-attempt timeout stops it.
+    let (retry, timeout_ms) = match kind.map(|k| (k, k.role)) {
+        Some((k, Role::Wait)) => (k.retry, None),
+        Some((_, Role::Subworkflow)) => (resolved.policy, None),
         _ => (resolved.policy, timeout_ms),
     };
 

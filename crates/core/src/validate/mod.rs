@@ -42,7 +42,7 @@ mod suggest;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use suggest::closest;
+pub use suggest::closest;
 
 /// The longest timeout or retry delay a definition may ask for.
 const DAY_MS: u64 = 24 * 3_600_000;
@@ -111,11 +111,24 @@ pub fn parse_definition_with_warnings(
     file: &str,
     kinds: &Kinds,
 ) -> (Result<Definition, Vec<Problem>>, Vec<Problem>) {
+    parse_definition_checking(source, file, kinds, &|_| None)
+}
+
+/// As [`parse_definition_with_warnings`], also asking `targets` about each `subworkflow` step's
+/// literal `with` (its `workflow` and `version`, or its `file`): a message means the child it
+/// names does not exist, reported at the name as `unknown_workflow`. The core knows no registry
+/// and no files; the caller does.
+pub fn parse_definition_checking(
+    source: &str,
+    file: &str,
+    kinds: &Kinds,
+    targets: &dyn Fn(&serde_json::Value) -> Option<String>,
+) -> (Result<Definition, Vec<Problem>>, Vec<Problem>) {
     let raw = match parse::read(source, file) {
         Ok(raw) => raw,
         Err(problem) => return (Err(vec![problem]), Vec::new()),
     };
-    let mut problems = problems::Problems { file, list: Vec::new(), warnings: Vec::new() };
+    let mut problems = problems::Problems { file, list: Vec::new(), warnings: Vec::new(), targets };
     let definition = compile::compile(raw, kinds, &mut problems);
     // Stable: problems at the same place keep the order the checks found them in.
     let by_place = |p: &Problem| (p.line.is_none(), p.line, p.column);

@@ -12,6 +12,8 @@ pub(super) struct Problems<'a> {
     pub(super) file: &'a str,
     pub(super) list: Vec<Problem>,
     pub(super) warnings: Vec<Problem>,
+    /// Says why a `subworkflow` step's literal target (its `with`) does not exist, if it does not.
+    pub(super) targets: &'a dyn Fn(&serde_json::Value) -> Option<String>,
 }
 
 impl Problems<'_> {

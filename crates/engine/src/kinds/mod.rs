@@ -18,6 +18,7 @@ mod http;
 mod mock_model;
 mod noop;
 mod sleep;
+mod subworkflow;
 mod wait;
 
 use crate::calls::CallLog;
@@ -231,6 +232,7 @@ pub fn builtin() -> Registry {
         .with(http::Kind)
         .with(approval::Kind)
         .with(fail::Kind)
+        .with(subworkflow::Kind)
         .with(wait::Kind)
 }
 
@@ -242,7 +244,10 @@ mod tests {
     fn every_builtin_describes_itself_with_a_schema_the_validator_accepts() {
         let registry = builtin();
         let specs = registry.specs();
-        assert_eq!(specs.names(), ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep", "wait"]);
+        assert_eq!(
+            specs.names(),
+            ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep", "subworkflow", "wait"]
+        );
         for spec in specs.iter() {
             assert!(!spec.summary.is_empty(), "{}", spec.name);
             // The core compiles each schema when it validates a step; a broken one must not ship.

@@ -381,20 +381,7 @@ impl Inbox for PgStore {
     async fn push_inbox(&self, id: &RunId, body: String, now_ms: i64) -> Result<Option<i64>, Error> {
         // The run's row lock (FOR UPDATE) is taken before the request's id is drawn and held to
         // commit, so one run's requests get ids in the order they were accepted (committed).
-        let rows = self
-            .query(
-                &format!(
-                    "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL} FOR UPDATE), \
-                     ins AS (INSERT INTO inbox (run_id, body, created_at) \
-                             SELECT id, $2, GREATEST($3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=$1), $3)) \
-                             FROM open RETURNING id, run_id), \
-                     woken AS (UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) \
-                               WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
-                     SELECT id FROM ins"
-                ),
-                &[&id.as_str(), &body, &now_ms],
-            )
-            .await?;
+        let rows = self.query(&push_request_sql(), &[&id.as_str(), &body, &now_ms]).await?;
         self.notify().await;
         Ok(rows.first().map(|r| r.get::<_, i64>(0)))
     }
@@ -765,4 +752,18 @@ impl Retention for PgStore {
         tx.commit().await.map_err(pg)?;
         Ok(GcReport { runs, events, payloads })
     }
+}
+
+/// Accepts a request (`$2`) into run `$1`'s inbox at `$3` and makes the run due then; returns the
+/// request's id, or nothing for a finished or unknown run.
+pub(super) fn push_request_sql() -> String {
+    format!(
+        "WITH open AS (SELECT id FROM runs WHERE id=$1 AND status NOT IN {TERMINAL} FOR UPDATE), \
+         ins AS (INSERT INTO inbox (run_id, body, created_at) \
+                 SELECT id, $2, GREATEST($3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=$1), $3)) \
+                 FROM open RETURNING id, run_id), \
+         woken AS (UPDATE runs SET wake_at=LEAST(COALESCE(wake_at, $3), $3) \
+                   WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
+         SELECT id FROM ins"
+    )
 }

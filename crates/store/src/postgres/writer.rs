@@ -198,7 +198,16 @@ async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<
         }
         let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
         write_rows(client, &rows).await?;
-        if rows.iter().any(|w| w.release) {
+        // Requests for other runs (a child's end, a parent's cancellation), in this transaction.
+        let notify: Vec<(&RunWrite, &crate::Notify)> =
+            rows.iter().flat_map(|w| w.notify.iter().map(move |n| (*w, n))).collect();
+        if !notify.is_empty() {
+            let sql = super::queries::push_request_sql();
+            for (w, n) in &notify {
+                client.execute(sql.as_str(), &[&n.run_id, &n.body, &w.run.updated_at_ms]).await.map_err(pg)?;
+            }
+        }
+        if rows.iter().any(|w| w.release) || !notify.is_empty() {
             // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
             client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await.map_err(pg)?;
         }

@@ -478,27 +478,7 @@ impl Inbox for SqliteStore {
     async fn push_inbox(&self, id: &RunId, body: String, now: i64) -> Result<Option<i64>, Error> {
         let id = id.to_string();
         // The single writer orders acceptances: ids grow in the order requests were accepted.
-        self.in_group(move |tx| {
-            let open: Option<i64> = tx
-                .prepare_cached(&format!("SELECT 1 FROM runs WHERE id=?1 AND status NOT IN {TERMINAL}"))?
-                .query_row([&id], |r| r.get(0))
-                .optional()?;
-            if open.is_none() {
-                return Ok(None);
-            }
-            // Acceptance times never go back within a run (clocks of different requesters differ).
-            tx.prepare_cached(
-                "INSERT INTO inbox (run_id, body, created_at) \
-                 SELECT ?1, ?2, MAX(?3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=?1), ?3))",
-            )?
-            .execute(params![id, body, now])?;
-            let request = tx.last_insert_rowid();
-            // Make sure some worker looks at the run soon, even if it was idle.
-            tx.prepare_cached("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1")?
-                .execute(params![id, now])?;
-            Ok(Some(request))
-        })
-        .await
+        self.in_group(move |tx| super::writer::push_request(tx, &id, &body, now)).await
     }
 
     async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {

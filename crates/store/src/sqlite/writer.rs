@@ -253,6 +253,9 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
             }
         }
     }
+    for n in &w.notify {
+        push_request(tx, &n.run_id, &n.body, r.updated_at_ms)?;
+    }
     if !w.logs.is_empty() {
         let mut ins = tx.prepare_cached(
             "INSERT INTO logs (run_id, step_id, attempt, at, level, message) VALUES (?1,?2,?3,?4,?5,?6)",
@@ -262,6 +265,33 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error
         }
     }
     Ok(())
+}
+
+/// Accepts a request into a run's inbox (`None`: the run is finished or unknown) and makes the
+/// run due now, so some worker looks at it even if it was idle.
+pub(super) fn push_request(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    body: &str,
+    now: i64,
+) -> Result<Option<i64>, Error> {
+    let open: Option<i64> = tx
+        .prepare_cached(&format!("SELECT 1 FROM runs WHERE id=?1 AND status NOT IN {}", crate::TERMINAL))?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    if open.is_none() {
+        return Ok(None);
+    }
+    // Acceptance times never go back within a run (clocks of different requesters differ).
+    tx.prepare_cached(
+        "INSERT INTO inbox (run_id, body, created_at) \
+         SELECT ?1, ?2, MAX(?3, COALESCE((SELECT MAX(created_at) FROM inbox WHERE run_id=?1), ?3))",
+    )?
+    .execute(params![id, body, now])?;
+    let request = tx.last_insert_rowid();
+    tx.prepare_cached("UPDATE runs SET wake_at=MIN(COALESCE(wake_at, ?2), ?2) WHERE id=?1")?
+        .execute(params![id, now])?;
+    Ok(Some(request))
 }
 
 /// A run let go while requests wait in its inbox must be picked up at once, whatever its own

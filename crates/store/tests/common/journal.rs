@@ -109,7 +109,10 @@ impl Journal {
                 Command::StartAttempt { step, input, .. } => {
                     self.inputs.insert(step.to_string(), input);
                 }
-                Command::Plan | Command::ArmTimer(_) | Command::StartCompensation { .. } => {}
+                Command::Plan
+                | Command::ArmTimer(_)
+                | Command::StartCompensation { .. }
+                | Command::StartChild { .. } => {}
             }
         }
     }
@@ -166,6 +169,7 @@ impl Journal {
             release: false,
             idempotency: None,
             requests: Vec::new(),
+            notify: Vec::new(),
         };
         self.events.clear();
         self.committed_seq = self.state.last_seq;
