@@ -341,6 +341,26 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 crate::out!("child     {} (step {}, attempt {})", c.run_id, c.step, c.attempt);
             }
             crate::out!();
+            // A `for_each` or `loop` step may have thousands of instances: the first few and the
+            // failed ones are listed, the rest counted (`--json` has them all).
+            const SHOWN: usize = 3;
+            let parent_of = |id: &str| id.split(['[', '#']).next().filter(|p| p.len() < id.len()).map(str::to_string);
+            let mut seen: std::collections::HashMap<String, usize> = Default::default();
+            let mut hidden: std::collections::BTreeMap<(String, &str), usize> = Default::default();
+            let steps: Vec<&cairn_store::StepRow> = steps
+                .iter()
+                .filter(|s| {
+                    let Some(parent) = parent_of(&s.step_id) else { return true };
+                    let n = seen.entry(parent.clone()).or_default();
+                    *n += 1;
+                    let show = *n <= SHOWN || s.status == "FAILED";
+                    if !show {
+                        let which = if s.step_id.contains('#') { "#N" } else { "[N]" };
+                        *hidden.entry((parent, which)).or_default() += 1;
+                    }
+                    show
+                })
+                .collect();
             let body: Vec<Vec<String>> = steps
                 .iter()
                 .map(|s| {
@@ -356,10 +376,17 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                     vec![s.step_id.clone(), s.status.clone(), s.attempts.to_string(), duration, error]
                 })
                 .collect();
+
             crate::output::out(format_args!(
                 "{}",
                 table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body)
             ));
+            for ((parent, which), n) in hidden {
+                crate::out!(
+                    "… and {n} more instance(s) of {parent} (cairn runs show {} --step '{parent}{which}')",
+                    run.id
+                );
+            }
         }
         RunsCommand::Events { id, json, payloads, full } => {
             let events = store.events(&run_id(&id)?).await?;

@@ -201,3 +201,34 @@ fn validation_refuses_what_a_dynamic_step_cannot_be_at_its_place() {
     crate::validate::parse_definition(FETCH, "t.yaml", &crate::kinds::for_tests()).expect("item and index");
     crate::validate::parse_definition(REVIEW, "t.yaml", &crate::kinds::for_tests()).expect("previous and iterations");
 }
+
+#[test]
+fn a_failing_run_undoes_each_completed_item_of_a_for_each_step_not_the_step_itself() {
+    let yaml = "\
+name: t
+steps:
+  - id: book
+    kind: echo
+    for_each: [a, b]
+    with: {seat: \"{{ item }}\"}
+    compensate: {kind: echo, with: {cancel: \"{{ output.seat }}\"}}
+  - {id: pay, kind: echo, needs: [book]}
+";
+    let (mut h, _) = Harness::new(yaml);
+    h.succeed("book[0]", json!({"seat": "a"}));
+    h.succeed("book[1]", json!({"seat": "b"}));
+    let cmds = fail_for_good(&mut h, "pay", "card declined");
+    let undo: Vec<(String, Value)> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            Command::StartCompensation { step, input, .. } => Some((step.to_string(), input.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(undo, vec![("book[1]".to_string(), json!({"cancel": "b"}))], "newest completion first, one at a time");
+    assert_eq!(h.state.status, RunStatus::Compensating);
+    assert!(
+        !h.state.pending_compensations().any(|i| h.state.steps[i].id.as_str() == "book"),
+        "the step is undone through its items"
+    );
+}
