@@ -112,10 +112,17 @@ impl Targets {
             ));
         }
         let target = with.get("file").and_then(|v| v.as_str())?;
-        let path = match file.parent() {
-            Some(dir) if Path::new(target).is_relative() => dir.join(target),
-            _ => PathBuf::from(target),
-        };
+        let relative = Path::new(target);
+        let inside = relative.is_relative()
+            && relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Some(format!(
+                "`with.file` must be a path inside this file's directory (relative, without `..`), not {target}"
+            ));
+        }
+        let path = file.parent().map_or_else(|| PathBuf::from(target), |dir| dir.join(target));
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) => return Some(format!("cannot read the child workflow {}: {e}", path.display())),

@@ -67,6 +67,17 @@ fn a_subworkflow_runs_a_registered_or_file_child_and_takes_its_output_with_links
     let body = get(&server.addr, &format!("/v1/runs/{}", child.id)).json();
     assert_eq!(body["parent"]["run_id"], parent.id.as_str(), "{body}");
     assert_eq!(body["parent"]["step"], "onboard");
+
+    // A definition posted to the API names no files on the server: the step fails, saying why.
+    let posted = serde_json::json!({"workflow": {"name": "api", "steps": [
+        {"id": "s", "kind": "subworkflow", "with": {"file": "onboarding.yaml"}}
+    ]}});
+    let reply = post(&server.addr, "/v1/runs?wait=10s", &posted);
+    let body = reply.json();
+    assert_eq!(body["status"], "FAILED", "{body}");
+    let why = body["failure"]["message"].as_str().or(body["failure_message"].as_str()).unwrap_or_default().to_string();
+    let why = if why.is_empty() { body.to_string() } else { why };
+    assert!(why.contains("is read only for runs started from a local file"), "{why}");
 }
 
 #[test]
@@ -77,7 +88,7 @@ fn validate_refuses_an_unknown_workflow_or_a_missing_file_at_its_place() {
     assert!(out.status.success(), "{}", stderr(&out));
     let wf = env.write(
         "p.yaml",
-        "name: p\nsteps:\n  - id: a\n    kind: subworkflow\n    with: {workflow: onbaording}\n  - id: b\n    kind: subworkflow\n    with: {file: missing.yaml}\n  - id: c\n    kind: subworkflow\n    with: {workflow: onboarding, version: 3}\n",
+        "name: p\nsteps:\n  - id: a\n    kind: subworkflow\n    with: {workflow: onbaording}\n  - id: b\n    kind: subworkflow\n    with: {file: missing.yaml}\n  - id: c\n    kind: subworkflow\n    with: {workflow: onboarding, version: 3}\n  - id: d\n    kind: subworkflow\n    with: {file: ../outside.yaml}\n",
     );
     let out = env.run(&["validate", path_str(&wf)]);
     assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
@@ -86,6 +97,7 @@ fn validate_refuses_an_unknown_workflow_or_a_missing_file_at_its_place() {
     assert!(said.contains("did you mean `onboarding`?"), "{said}");
     assert!(said.contains("p.yaml:8:18: step `b`: cannot read the child workflow "), "{said}");
     assert!(said.contains("step `c`: workflow `onboarding` has no version 3 registered"), "{said}");
+    assert!(said.contains("step `d`: `with.file` must be a path inside this file's directory"), "{said}");
 }
 
 #[test]

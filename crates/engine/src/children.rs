@@ -162,7 +162,7 @@ impl<S: Store> Engine<S> {
                         .map_err(|e| format!("registered workflow '{name}' does not load: {e}"))?
                 }
                 (None, Some(file)) => {
-                    let path = child_path(parent, file);
+                    let path = child_path(parent, file)?;
                     let text =
                         std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                     cairn_core::validate::parse_definition(&text, &path.display().to_string(), self.kinds()).map_err(
@@ -208,15 +208,25 @@ impl<S: Store> Engine<S> {
     }
 }
 
-/// A relative `file` is read next to the parent's own file when it has one.
-fn child_path(parent: &Parent, file: &str) -> PathBuf {
-    let file = Path::new(file);
-    match &parent.source {
-        Some(RunSource::Definition { path: Some(p) }) if file.is_relative() => {
-            Path::new(p).parent().map_or_else(|| file.to_path_buf(), |dir| dir.join(file))
-        }
-        _ => file.to_path_buf(),
+/// Where a child's `file` is: next to the parent's own definition file, never outside its
+/// directory. A run whose definition did not come from a file (one posted to the API) reads no
+/// files at all: the server must not open paths a client names.
+fn child_path(parent: &Parent, file: &str) -> Result<PathBuf, String> {
+    let Some(RunSource::Definition { path: Some(own) }) = &parent.source else {
+        return Err(format!(
+            "`with.file` ({file}) is read only for runs started from a local file; register the child workflow \
+             (cairn workflows register FILE, or POST /v1/workflows) and name it with `with.workflow`"
+        ));
+    };
+    let relative = Path::new(file);
+    let inside = relative.is_relative()
+        && relative.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+    if !inside {
+        return Err(format!(
+            "`with.file` ({file}) must be a path inside the directory of {own} (relative, without `..`)"
+        ));
     }
+    Ok(Path::new(own).parent().map_or_else(|| relative.to_path_buf(), |dir| dir.join(relative)))
 }
 
 fn is_transient(e: &Error) -> bool {
