@@ -53,6 +53,18 @@ fn a_for_each_killed_mid_way_resumes_and_the_service_sees_each_item_once() {
     assert!(shown.contains("instance of step 'fetch'"), "{shown}");
     let replay = stdout(&env.run(&["replay", &id]));
     assert!(replay.contains("replay ok"), "{replay}");
+
+    // A fork from the for_each step runs its items afresh; one from after it reuses its list.
+    for from in ["fetch", "count"] {
+        let out = env.run(&["rerun", &id, "--from", from]);
+        assert!(out.status.success(), "rerun --from {from}: {}", stderr(&out));
+    }
+    let forks: Vec<_> = env.runs().into_iter().filter(|r| r.id != id).collect();
+    assert_eq!(forks.len(), 2);
+    for fork in forks {
+        assert_eq!(fork.status, "COMPLETED", "{fork:?}");
+        env.assert_journal_is_sound(&fork.id);
+    }
 }
 
 #[test]

@@ -22,7 +22,12 @@ fn a_subworkflow_runs_a_registered_or_file_child_and_takes_its_output_with_links
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("registered onboarding v2"), "{}", stdout(&out));
     std::fs::create_dir_all(env.dir.path().join("sub")).expect("mkdir");
-    env.write("sub/notify.yaml", "name: notify\nsteps:\n  - {id: send, kind: echo, with: {sent: true}}\n");
+    // A child started from a file may start its own from a file next to it.
+    env.write("sub/leaf.yaml", "name: leaf\nsteps:\n  - {id: sent, kind: echo, with: {ok: true}}\n");
+    env.write(
+        "sub/notify.yaml",
+        "name: notify\nsteps:\n  - {id: leaf, kind: subworkflow, with: {file: leaf.yaml}}\n  - {id: send, kind: echo, needs: [leaf], with: {sent: \"{{ steps.leaf.output.sent.ok }}\"}}\n",
+    );
     let wf = env.write(
         "parent.yaml",
         "name: parent\nsteps:\n  - id: onboard\n    kind: subworkflow\n    with: {workflow: onboarding, version: 2, inputs: {vendor: acme}}\n  - id: notify\n    kind: subworkflow\n    needs: [onboard]\n    with: {file: sub/notify.yaml}\n  - {id: after, kind: echo, needs: [onboard, notify], with: {vendor: \"{{ steps.onboard.output.check.vendor }}\", sent: \"{{ steps.notify.output.send.sent }}\"}}\n",

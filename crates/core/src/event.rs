@@ -88,8 +88,15 @@ pub enum RunSource {
     Goal { goal: String },
     /// A new run that reuses another run's results up to a step (`cairn rerun ID --from STEP`).
     Fork { parent: String, from_step: String },
-    /// A child run started by attempt `attempt` of a `subworkflow` step of run `parent`.
-    Child { parent: String, step: String, attempt: u32 },
+    /// A child run started by attempt `attempt` of a `subworkflow` step of run `parent`; `path`
+    /// is its definition file when it was started from one (`with.file`).
+    Child {
+        parent: String,
+        step: String,
+        attempt: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+    },
 }
 
 /// Seeded failure injection for a whole run, recorded so a resumed run keeps the same schedule.

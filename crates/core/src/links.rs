@@ -28,7 +28,7 @@ impl RunLinks {
         let mut links = RunLinks::default();
         for e in events {
             match &e.event {
-                Event::RunCreated { source: RunSource::Child { parent, step, attempt }, .. } => {
+                Event::RunCreated { source: RunSource::Child { parent, step, attempt, .. }, .. } => {
                     links.parent = Some(RunLink { run_id: parent.clone(), step: step.clone(), attempt: *attempt });
                 }
                 Event::ChildStarted { step, attempt, child, .. } => {

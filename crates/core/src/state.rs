@@ -65,6 +65,8 @@ pub struct StepState {
 pub struct ChildState {
     pub run_id: String,
     pub attempt: u32,
+    /// Its end was reported (the step then completed, or its attempt failed).
+    pub ended: bool,
     /// What it was started with (which workflow, its inputs).
     pub input: PayloadRef,
 }
@@ -141,7 +143,7 @@ impl StepState {
 
     /// Whether the step waits for its child run to end.
     pub fn awaits_child(&self) -> bool {
-        self.status == StepStatus::Waiting && self.child.is_some()
+        self.status == StepStatus::Waiting && self.child.as_ref().is_some_and(|c| !c.ended)
     }
 
     fn new(id: StepId) -> Self {
@@ -466,12 +468,25 @@ impl RunState {
                 self.output = None;
                 // A failed step whose fallback completed stays as it is: its stand-in's result is
                 // the one the rest of the run used.
-                let covered: Vec<bool> = (0..self.steps.len()).map(|k| self.is_covered(k)).collect();
-                for (s, covered) in self.steps.iter_mut().zip(covered) {
-                    if covered {
+                // An instance runs again only with its step: the items of a step that completed
+                // (skipping a failed one, `on_failure: continue`) or was covered stay as they are.
+                let mut again: Vec<bool> = (0..self.steps.len())
+                    .map(|k| {
+                        !self.is_covered(k)
+                            && machine::step_transition(self.steps[k].status, StepInput::Retried).is_ok()
+                    })
+                    .collect();
+                for k in 0..self.steps.len() {
+                    if let Some(p) = self.parent_of(k) {
+                        again[k] &= again[p];
+                    }
+                }
+                for (s, again) in self.steps.iter_mut().zip(again) {
+                    if !again {
                         continue;
                     }
                     if let Ok(next) = machine::step_transition(s.status, StepInput::Retried) {
+                        let expansion = s.expansion.take();
                         *s = StepState {
                             status: next,
                             attempts: s.attempts,
@@ -479,8 +494,10 @@ impl RunState {
                             first_started_at_ms: s.first_started_at_ms,
                             busy_ms: s.busy_ms,
                             last_failure: s.last_failure.take(),
-                            // Its instances stay: those that completed are not run again.
-                            expansion: s.expansion.take(),
+                            // A step that had begun its instances keeps them (those that completed
+                            // are not run again) and the approval it had: it is not asked again.
+                            approval: if expansion.is_some() { s.approval.take() } else { None },
+                            expansion,
                             ..StepState::new(s.id.clone())
                         };
                     }
@@ -878,17 +895,21 @@ impl RunState {
                 step.first_started_at_ms.get_or_insert(at);
                 step.attempt_started_at_ms = Some(at);
                 step.not_before_ms = None;
-                step.child = Some(ChildState { run_id: child.clone(), attempt: *attempt, input: input.clone() });
+                step.child =
+                    Some(ChildState { run_id: child.clone(), attempt: *attempt, ended: false, input: input.clone() });
             }
             Event::ChildEnded { attempt, child, output, failure, .. } => {
                 check_attempt(*attempt, step.attempts)?;
-                if step.child.as_ref().map(|c| c.run_id.as_str()) != Some(child.as_str()) {
+                if step.child.as_ref().filter(|c| !c.ended).map(|c| c.run_id.as_str()) != Some(child.as_str()) {
                     let source = InvalidTransition {
                         machine: "step",
-                        from: format!("{} (its child run is not {child})", step.status),
+                        from: format!("{} (it does not wait for child run {child})", step.status),
                         input: "ChildEnded".into(),
                     };
                     return Err(Error::Transition { seq, kind, source });
+                }
+                if let Some(c) = &mut step.child {
+                    c.ended = true;
                 }
                 let busy = step.attempt_started_at_ms.map_or(0, |t| (at - t).max(0) as u64);
                 step.busy_ms += busy;

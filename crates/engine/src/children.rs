@@ -50,21 +50,25 @@ impl<S: Store> Engine<S> {
     /// or one that cannot start (unknown workflow, wrong inputs), to the parent's inbox.
     ///
     /// Boxed: creating a run commits and drives it, which may start children in turn.
+    /// Whether the child now exists (or was reported to the parent as unable to start).
     pub(crate) fn start_child(
         self,
         parent: std::sync::Arc<Parent>,
         start: ChildStart,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> {
         Box::pin(async move { self.start_child_now(&parent, start).await })
     }
 
-    async fn start_child_now(&self, parent: &Parent, start: ChildStart) {
+    async fn start_child_now(&self, parent: &Parent, start: ChildStart) -> bool {
         let parent_id = parent.run_id.clone();
         let mut backoff = Duration::from_millis(100);
-        // The store may be briefly unable to answer; the parent waits for this child meanwhile.
-        for _ in 0..8 {
+        // The store may be unable to answer for a while; the parent waits for this child
+        // meanwhile. Past a minute this process stops trying: the parent stays held, so whoever
+        // takes it over (or resumes it) asks for the child again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline && !*self.inner().shutdown.borrow() {
             match self.try_start_child(parent, &start).await {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(e) if is_transient(&e) => {
                     crate::say_limited!(
                         "child-start",
@@ -78,14 +82,15 @@ impl<S: Store> Engine<S> {
                     let failure =
                         Failure::new(ErrorClass::Permanent, format!("child run {} could not start: {e}", start.child));
                     self.report_child(&parent_id, &start, None, Some(failure)).await;
-                    return;
+                    return true;
                 }
             }
         }
         crate::say!(
-            "[engine] run {parent_id}: gave up starting child run {} for now; resuming the run tries again",
+            "[engine] run {parent_id}: could not start child run {} yet; the run is kept for a retry",
             start.child
         );
+        false
     }
 
     async fn try_start_child(&self, parent: &Parent, start: &ChildStart) -> Result<(), Error> {
@@ -112,7 +117,7 @@ impl<S: Store> Engine<S> {
             Err(cairn_store::Error::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
-        let (definition, inputs) = match self.child_definition(parent, &start.input).await {
+        let (definition, inputs, path) = match self.child_definition(parent, &start.input).await {
             Ok(found) => found,
             Err(why) => {
                 let failure = Failure::new(ErrorClass::Permanent, format!("child run could not start: {why}"));
@@ -126,6 +131,7 @@ impl<S: Store> Engine<S> {
                 parent: parent.run_id.to_string(),
                 step: start.step.to_string(),
                 attempt: start.attempt,
+                path,
             },
             plan: None,
             inputs,
@@ -133,18 +139,41 @@ impl<S: Store> Engine<S> {
             reused: Vec::new(),
             reused_payloads: Vec::new(),
         };
-        match self.submit(start.child.clone(), new, Submit { idempotency: None, drive_here: parent.driven_here }).await
-        {
-            // Driven here (or left for any worker); its end comes back through the inbox.
-            Ok(_) => Ok(()),
-            // Another process created it first.
-            Err(Error::Store(cairn_store::Error::Conflict { .. })) => Ok(()),
-            Err(e) => Err(e),
+        // A parent that ended meanwhile (cancelled before its child existed) gets no child.
+        if self.parent_ended(&parent.run_id).await? {
+            return Ok(());
         }
+        let submitted =
+            self.submit(start.child.clone(), new, Submit { idempotency: None, drive_here: parent.driven_here }).await;
+        match submitted {
+            // Driven here (or left for any worker); its end comes back through the inbox.
+            Ok(_) => {}
+            // Another process created it first.
+            Err(Error::Store(cairn_store::Error::Conflict { .. })) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // The parent's end may have come between the check and the creation: its cancellation
+        // found no child to reach, so the child is cancelled here.
+        if self.parent_ended(&parent.run_id).await? {
+            let reason = format!("its parent run {} ended before it started", parent.run_id);
+            let _ = self.request(&start.child, Control::Cancel { reason, by: None }).await;
+        }
+        Ok(())
+    }
+
+    async fn parent_ended(&self, parent: &RunId) -> Result<bool, Error> {
+        let row = self.store().get_run(parent).await?;
+        Ok(RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()))
     }
 
     /// The child's definition and its resolved inputs, or why there is none.
-    async fn child_definition(&self, parent: &Parent, with: &Value) -> Result<(Definition, Value), String> {
+    /// The child's definition, its resolved inputs, and the file it came from (if one).
+    async fn child_definition(
+        &self,
+        parent: &Parent,
+        with: &Value,
+    ) -> Result<(Definition, Value, Option<String>), String> {
+        let mut from_file = None;
         let definition: Definition =
             match (with.get("workflow").and_then(Value::as_str), with.get("file").and_then(Value::as_str)) {
                 (Some(name), _) => {
@@ -163,6 +192,7 @@ impl<S: Store> Engine<S> {
                 }
                 (None, Some(file)) => {
                     let path = child_path(parent, file)?;
+                    from_file = Some(path.display().to_string());
                     let text =
                         std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                     cairn_core::validate::parse_definition(&text, &path.display().to_string(), self.kinds()).map_err(
@@ -180,7 +210,7 @@ impl<S: Store> Engine<S> {
             };
         let given = with.get("inputs").and_then(Value::as_object).cloned().unwrap_or_default();
         let inputs = definition.resolve_inputs(&given).map_err(|e| e.to_string())?;
-        Ok((definition, inputs))
+        Ok((definition, inputs, from_file))
     }
 
     /// Sends a child's end to its parent's inbox (outside a write: the child could not start,
@@ -212,7 +242,9 @@ impl<S: Store> Engine<S> {
 /// directory. A run whose definition did not come from a file (one posted to the API) reads no
 /// files at all: the server must not open paths a client names.
 fn child_path(parent: &Parent, file: &str) -> Result<PathBuf, String> {
-    let Some(RunSource::Definition { path: Some(own) }) = &parent.source else {
+    let (Some(RunSource::Definition { path: Some(own) }) | Some(RunSource::Child { path: Some(own), .. })) =
+        &parent.source
+    else {
         return Err(format!(
             "`with.file` ({file}) is read only for runs started from a local file; register the child workflow \
              (cairn workflows register FILE, or POST /v1/workflows) and name it with `with.workflow`"
@@ -226,7 +258,15 @@ fn child_path(parent: &Parent, file: &str) -> Result<PathBuf, String> {
             "`with.file` ({file}) must be a path inside the directory of {own} (relative, without `..`)"
         ));
     }
-    Ok(Path::new(own).parent().map_or_else(|| relative.to_path_buf(), |dir| dir.join(relative)))
+    let dir = Path::new(own).parent().unwrap_or(Path::new("."));
+    let path = dir.join(relative);
+    // A link inside the directory must not lead out of it either.
+    if let (Ok(real_dir), Ok(real)) = (dir.canonicalize(), path.canonicalize())
+        && !real.starts_with(&real_dir)
+    {
+        return Err(format!("`with.file` ({file}) leads outside the directory of {own}"));
+    }
+    Ok(path)
 }
 
 fn is_transient(e: &Error) -> bool {
@@ -235,7 +275,7 @@ fn is_transient(e: &Error) -> bool {
 
 /// The request that tells a child run's parent how it ended, for the write that ends it.
 pub(crate) fn ended(state: &RunState) -> Option<Notify> {
-    let Some(RunSource::Child { parent, step, attempt }) = &state.source else { return None };
+    let Some(RunSource::Child { parent, step, attempt, .. }) = &state.source else { return None };
     if !state.status.is_terminal() {
         return None;
     }

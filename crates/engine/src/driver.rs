@@ -284,13 +284,19 @@ impl<S: Store> Live<S> {
 
     pub(crate) async fn commit(&mut self) -> Result<(), Error> {
         if !self.has_pending() {
+            // Children asked for again after a take-over, with nothing new to record.
+            self.start_children(false).await;
             return Ok(());
         }
         let touched: Vec<usize> = std::mem::take(&mut self.touched).into_iter().collect();
         let mut run = RunRow::from_state(&self.state);
         run.owner = Some(self.inner.config.owner.clone());
-        // A finished run needs no owner: leases only ever cover unfinished work.
-        let release = std::mem::take(&mut self.release) || self.state.status.is_terminal();
+        // A finished run needs no owner: leases only ever cover unfinished work. A run with
+        // children to create is let go only once they exist (below): if this process died
+        // first, the run would be nobody's with nothing to wake it.
+        let let_go = std::mem::take(&mut self.release);
+        let hold_for_children = let_go && !self.children.is_empty() && !self.state.status.is_terminal();
+        let release = (let_go && !hold_for_children) || self.state.status.is_terminal();
         // Requests for other runs go in the same transaction: this child run's end for its
         // parent; cancellations for the children of steps this run's end cancelled.
         let ends = |e: &Envelope| {
@@ -357,21 +363,15 @@ impl<S: Store> Live<S> {
         if !write.notify.is_empty() {
             self.inner.wake.notify_one();
         }
-        // Children decided in this commit: created now, each on its own (the parent does not
-        // wait for them here; their ends come back through its inbox).
-        // A run let go here is not driven by this process, which may be about to exit (`run
-        // --detach`): its children are created before this returns, left for any worker.
-        let children = std::mem::take(&mut self.children);
-        if !children.is_empty() && !self.state.status.is_terminal() {
-            let parent = Arc::new(crate::children::Parent::of(&self.state, !write.release));
-            for start in children {
-                let (engine, parent) = (crate::engine::Engine::from_inner(self.inner.clone()), parent.clone());
-                if write.release {
-                    engine.start_child(parent, start).await;
-                } else {
-                    tokio::spawn(engine.start_child(parent, start));
-                }
+        if hold_for_children {
+            // Not driven by this process, which may be about to exit (`run --detach`): the
+            // children are created first, then the run is let go for any worker.
+            if self.start_children(true).await {
+                let wake_at = RunRow::from_state(&self.state).wake_at_ms;
+                self.inner.store.release_run(&self.inner.config.owner, &self.state.run_id, wake_at).await?;
             }
+        } else {
+            self.start_children(false).await;
         }
         let events = std::mem::take(&mut self.events);
         if let Some(tx) = &self.inner.notices {
@@ -386,6 +386,27 @@ impl<S: Store> Live<S> {
             self.spawn_attempt(launch);
         }
         Ok(())
+    }
+
+    /// Creates the child runs decided so far: in the background while this process drives the
+    /// run (their ends come back through its inbox), or right now, left for any worker, when it
+    /// lets the run go. Whether every child now exists.
+    async fn start_children(&mut self, letting_go: bool) -> bool {
+        let children = std::mem::take(&mut self.children);
+        if children.is_empty() || self.state.status.is_terminal() {
+            return true;
+        }
+        let parent = Arc::new(crate::children::Parent::of(&self.state, !letting_go));
+        let mut all = true;
+        for start in children {
+            let engine = crate::engine::Engine::from_inner(self.inner.clone());
+            if letting_go {
+                all &= engine.start_child(parent.clone(), start).await;
+            } else {
+                tokio::spawn(engine.start_child(parent.clone(), start));
+            }
+        }
+        all
     }
 
     fn spawn_attempt(&mut self, launch: Launch) {

@@ -310,7 +310,12 @@ impl<S: Store> Engine<S> {
         let definition = state
             .definition
             .as_ref()
-            .map(|d| (**d).clone())
+            .map(|d| {
+                // The definition as written: a fork adds its own instances as it runs.
+                let mut d = (**d).clone();
+                d.steps.truncate(d.written());
+                d
+            })
             .ok_or_else(|| Error::Invalid(format!("run {parent} has no recorded plan to fork")))?;
         let reused_payloads = reused
             .iter()

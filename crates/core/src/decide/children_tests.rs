@@ -91,3 +91,36 @@ fn validation_refuses_what_does_not_apply_to_a_subworkflow() {
     .expect_err("refused");
     assert_eq!(found.iter().map(|p| (p.line, p.code)).collect::<Vec<_>>(), vec![(Some(3), "bad_subworkflow")]);
 }
+
+#[test]
+fn an_escalated_subworkflow_waits_for_a_person_not_for_its_ended_child() {
+    let escalating = PARENT.replace(
+        "retry: {max_attempts: 2, initial_delay: 1s, jitter: 0}",
+        "retry: {max_attempts: 1}\n    on_failure: escalate",
+    );
+    let (mut h, cmds) = Harness::new(&escalating);
+    let (child, ..) = children(&cmds)[0].clone();
+    ended(&mut h, &child, 1, None);
+    let s = h.state.step_state("onboard").expect("step");
+    assert!(s.awaits_decision() && !s.awaits_child(), "{s:?}");
+    let again = Event::ChildEnded {
+        step: StepId::new("onboard"),
+        attempt: 1,
+        child: child.to_string(),
+        output: None,
+        failure: Some(Failure::new(ErrorClass::Transient, "reported twice")),
+    };
+    let env = Envelope { seq: h.state.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event: again };
+    assert!(decide(&mut h.state.clone(), &env).is_err(), "an ended child's end is not taken twice");
+    let action = Some(crate::event::Escalation::Retry { fresh_budget: true });
+    let cmds = h.feed(Event::ApprovalDecided {
+        step: StepId::new("onboard"),
+        approved: true,
+        by: None,
+        comment: None,
+        action,
+    });
+    let (second, attempt, _) = children(&cmds)[0].clone();
+    assert_eq!(attempt, 2);
+    assert_ne!(second, child);
+}

@@ -39,7 +39,9 @@ impl Decider<'_> {
     fn context_seeing(&self, i: usize, only: Option<&HashSet<String>>) -> Value {
         let Some(def) = self.definition() else { return Value::Null };
         if let Some(p) = self.state.parent_of(i) {
-            let read = read_steps(&def.steps[i].with);
+            // What its undo reads counts too: it renders against the same context.
+            let undo = def.steps[i].compensate.as_ref().map_or(&Value::Null, |c| &c.with);
+            let read = read_steps(&def.steps[i].with).zip(read_steps(undo)).map(|(a, b)| &a | &b);
             return self.instance_context(&def, i, self.context_seeing(p, read.as_ref()));
         }
         // Only steps as written are ever needed: instances are seen through their step.

@@ -232,3 +232,20 @@ steps:
         "the step is undone through its items"
     );
 }
+
+#[test]
+fn a_retry_in_place_leaves_the_items_of_a_step_that_went_on_without_them() {
+    let going_on = FETCH.replace("max_parallel: 2", "max_parallel: 2\n    on_failure: continue");
+    let (mut h, _) = Harness::new(&going_on);
+    h.succeed("search", json!({"urls": ["a", "b"]}));
+    fail_for_good(&mut h, "fetch[0]", "404");
+    h.succeed("fetch[1]", json!("B"));
+    fail_for_good(&mut h, "report", "disk full");
+    assert_eq!(h.state.status, RunStatus::Failed);
+    let cmds = h.feed(Event::RunRetried { by: None });
+    assert_eq!(names(&cmds), vec!["report"], "fetch completed: its skipped item stays skipped");
+    assert_eq!(status(&h, "fetch[0]"), Some(StepStatus::Failed));
+    h.succeed("report", json!(null));
+    assert_eq!(h.state.status, RunStatus::Completed);
+    replays(&h);
+}
