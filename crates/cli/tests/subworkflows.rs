@@ -162,3 +162,49 @@ fn a_parent_killed_while_its_child_runs_resumes_with_the_same_child_and_nothing_
     env.assert_journal_is_sound(&parent.id);
     env.assert_journal_is_sound(&child.id);
 }
+
+#[test]
+fn on_postgres_a_child_reports_its_end_and_a_cancelled_parent_cancels_its_child() {
+    let Some(db) = common::pg::Database::create("subworkflows") else { return };
+    let env = Env::new();
+    env.write(
+        "child.yaml",
+        "name: child\ninputs:\n  n: {}\nsteps:\n  - {id: twice, kind: echo, with: {n: \"{{ inputs.n }}\"}}\n",
+    );
+    let wf = env.write(
+        "parent.yaml",
+        "name: parent\nsteps:\n  - id: each\n    kind: subworkflow\n    for_each: [1, 2, 3]\n    with: {file: child.yaml, inputs: {n: \"{{ item }}\"}}\n  - {id: sum, kind: echo, needs: [each], with: {all: \"{{ steps.each.output }}\"}}\n",
+    );
+    let out = env.run(&["run", path_str(&wf), "--database", &db.url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("[step] each=ok (3 of 3 item(s) completed)"), "{said}");
+    let listed = stdout(&env.run(&["runs", "list", "--json", "--database", &db.url]));
+    let runs: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    assert_eq!(runs.len(), 4, "a parent and one child per item: {runs:?}");
+    assert!(runs.iter().all(|r| r["status"] == "COMPLETED"), "{runs:?}");
+
+    env.write("slow.yaml", "name: slow\nsteps:\n  - {id: hold, kind: wait, with: {signal: never}}\n");
+    let wf =
+        env.write("waits.yaml", "name: waits\nsteps:\n  - {id: sub, kind: subworkflow, with: {file: slow.yaml}}\n");
+    let server = env.serve(&["--database", &db.url]);
+    let out = env.run(&["run", path_str(&wf), "--detach", "--database", &db.url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let parent = stdout(&out).trim().to_string();
+    let status_of = |workflow: &str| -> Vec<String> {
+        let listed = stdout(&env.run(&["runs", "list", "--json", "--database", &db.url]));
+        let runs: serde_json::Value = serde_json::from_str(&listed).unwrap_or_default();
+        runs.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["workflow"] == workflow)
+            .filter_map(|r| r["status"].as_str().map(str::to_string))
+            .collect()
+    };
+    wait_for("the child to wait", LONG, || status_of("slow") == ["WAITING"]);
+    let out = env.run(&["runs", "cancel", &parent, "--database", &db.url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for("the child to be cancelled", LONG, || status_of("slow") == ["CANCELLED"]);
+    drop(server);
+}
