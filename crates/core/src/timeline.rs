@@ -31,6 +31,20 @@ pub struct StepStory {
     pub failure: Option<Failure>,
 }
 
+impl Attempt {
+    /// An attempt that began at `at` and is still running.
+    fn began(number: u32, at: i64) -> Attempt {
+        Attempt {
+            number,
+            started_at_ms: at,
+            duration_ms: None,
+            outcome: "running".into(),
+            failure: None,
+            then_waited_ms: None,
+        }
+    }
+}
+
 /// The first thing that went wrong and what it led to.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct FirstFailure {
@@ -125,14 +139,7 @@ impl Timeline {
                 Event::ChildStarted { step: s, attempt, child, .. } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "WAITING".into();
-                    t.steps[i].attempts.push(Attempt {
-                        number: *attempt,
-                        started_at_ms: at,
-                        duration_ms: None,
-                        outcome: "running".into(),
-                        failure: None,
-                        then_waited_ms: None,
-                    });
+                    t.steps[i].attempts.push(Attempt::began(*attempt, at));
                     t.moments.push((at, format!("step {s} started child run {child} (attempt {attempt})")));
                 }
                 Event::ChildEnded { step: s, child, output, failure, .. } => {
@@ -161,14 +168,7 @@ impl Timeline {
                 Event::AttemptStarted { step: s, attempt, .. } => {
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "RUNNING".into();
-                    t.steps[i].attempts.push(Attempt {
-                        number: *attempt,
-                        started_at_ms: at,
-                        duration_ms: None,
-                        outcome: "running".into(),
-                        failure: None,
-                        then_waited_ms: None,
-                    });
+                    t.steps[i].attempts.push(Attempt::began(*attempt, at));
                 }
                 Event::AttemptSucceeded { step: s, duration_ms, .. } => {
                     let i = step(&mut t, s.as_str());
