@@ -208,3 +208,16 @@ fn on_postgres_a_child_reports_its_end_and_a_cancelled_parent_cancels_its_child(
     wait_for("the child to be cancelled", LONG, || status_of("slow") == ["CANCELLED"]);
     drop(server);
 }
+
+#[test]
+fn a_workflow_that_starts_itself_stops_at_the_nesting_limit_and_fails_saying_why() {
+    let env = Env::new();
+    let wf =
+        env.write("again.yaml", "name: again\nsteps:\n  - {id: deeper, kind: subworkflow, with: {file: again.yaml}}\n");
+    let out = output_within(env.cmd().args(["run", path_str(&wf)]), LONG);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let runs = runs_by_workflow(&env, "again");
+    assert_eq!(runs.len(), 17, "the top run and 16 nested children");
+    assert!(runs.iter().all(|r| r.status == "FAILED"), "{runs:?}");
+    assert!(stderr(&out).contains("child runs may nest 16 deep"), "{}", stderr(&out));
+}

@@ -96,7 +96,14 @@ pub enum RunSource {
         attempt: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
+        /// How deep it is: 1 for a child of a run that is no child, and so on.
+        #[serde(default = "first_level")]
+        depth: u32,
     },
+}
+
+fn first_level() -> u32 {
+    1
 }
 
 /// Seeded failure injection for a whole run, recorded so a resumed run keeps the same schedule.

@@ -25,7 +25,18 @@ pub(crate) struct Parent {
     pub(crate) driven_here: bool,
 }
 
+/// How deep children may nest: deeper is almost surely a workflow that starts itself.
+pub(crate) const MAX_DEPTH: u32 = 16;
+
 impl Parent {
+    /// 0 for a run that is no child.
+    fn depth(&self) -> u32 {
+        match &self.source {
+            Some(RunSource::Child { depth, .. }) => *depth,
+            _ => 0,
+        }
+    }
+
     pub(crate) fn of(state: &RunState, driven_here: bool) -> Parent {
         Parent {
             run_id: state.run_id.clone(),
@@ -95,6 +106,17 @@ impl<S: Store> Engine<S> {
 
     async fn try_start_child(&self, parent: &Parent, start: &ChildStart) -> Result<(), Error> {
         let store = self.store();
+        if parent.depth() >= MAX_DEPTH {
+            let failure = Failure::new(
+                ErrorClass::Permanent,
+                format!(
+                    "child runs may nest {MAX_DEPTH} deep; run {} is that deep already (does a workflow start itself?)",
+                    parent.run_id
+                ),
+            );
+            self.report_child(&parent.run_id, start, None, Some(failure)).await;
+            return Ok(());
+        }
         match store.get_run(&start.child).await {
             Ok(row) => {
                 // It exists: an earlier start (before a crash) made it. If it ended meanwhile
@@ -132,6 +154,7 @@ impl<S: Store> Engine<S> {
                 step: start.step.to_string(),
                 attempt: start.attempt,
                 path,
+                depth: parent.depth() + 1,
             },
             plan: None,
             inputs,
