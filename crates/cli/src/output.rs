@@ -157,6 +157,7 @@ pub(crate) fn progress_line(
             Some(format!("[step] {step}={} {what}", paint.yellow("waiting")))
         }
         Event::WaitEnded { step, .. } => Some(format!("[step] {step}={} (wait ended)", paint.green("ok"))),
+        Event::StepExpanded { step, count: 0, .. } => Some(format!("[step] {step}: no items to run")),
         Event::StepExpanded { step, count, .. } => {
             Some(format!("[step] {step}={} for each of {count} item(s) ({step}[0]…)", paint.yellow("running")))
         }
@@ -171,6 +172,9 @@ pub(crate) fn progress_line(
             Some(format!("[step] {step}={} (child run {child} completed)", paint.green("ok")))
         }
         Event::ChildEnded { step, failure, .. } => {
+            if let Some(f) = failure {
+                last_failure.insert((run_id.clone(), step.to_string()), f.clone());
+            }
             let why = failure.as_ref().map(|f| f.message.as_str()).unwrap_or("failed");
             Some(format!("[step] {step}={}: {why}", paint.red("child failed")))
         }

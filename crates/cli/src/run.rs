@@ -118,11 +118,17 @@ fn read_file(path: &Path) -> CliResult<String> {
 
 /// Reads and validates a definition file; its warnings (literal credentials …) go to stderr.
 pub fn load_definition(path: &Path) -> CliResult<Definition> {
+    load_checked(path, None)
+}
+
+/// As [`load_definition`], also refusing `subworkflow` targets that do not exist (`targets`).
+pub fn load_checked(path: &Path, targets: Option<&crate::workflows::Targets>) -> CliResult<Definition> {
     let source = read_file(path)?;
-    let (definition, warnings) = cairn_core::validate::parse_definition_with_warnings(
+    let (definition, warnings) = cairn_core::validate::parse_definition_checking(
         &source,
         &path.display().to_string(),
         crate::kinds::kinds(),
+        &|with| targets.and_then(|t| t.check(path, with)),
     );
     for w in &warnings {
         cairn_engine::say!("{}", w.as_warning());
@@ -304,7 +310,12 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
 pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     let (definition, source, plan): (Definition, RunSource, Option<PlanInfo>) = match (&args.file, &args.goal) {
         (Some(path), None) => {
-            (load_definition(path)?, RunSource::Definition { path: Some(path.display().to_string()) }, None)
+            // The children it names are checked now, not only when their step comes; its path is
+            // kept whole, so a `with.file` is found from any process's working directory.
+            let targets = crate::workflows::Targets::load(db).await;
+            let definition = load_checked(path, Some(&targets))?;
+            let whole = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+            (definition, RunSource::Definition { path: Some(whole.display().to_string()) }, None)
         }
         (None, Some(goal)) => {
             let catalog = load_catalog(args.catalog.as_deref())?;

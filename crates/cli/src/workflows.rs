@@ -122,7 +122,13 @@ impl Targets {
                 "`with.file` must be a path inside this file's directory (relative, without `..`), not {target}"
             ));
         }
-        let path = file.parent().map_or_else(|| PathBuf::from(target), |dir| dir.join(target));
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let path = dir.join(target);
+        if let (Ok(real_dir), Ok(real)) = (dir.canonicalize(), path.canonicalize())
+            && !real.starts_with(&real_dir)
+        {
+            return Some(format!("`with.file` ({target}) leads outside this file's directory"));
+        }
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) => return Some(format!("cannot read the child workflow {}: {e}", path.display())),

@@ -133,3 +133,24 @@ fn for_each_and_loop_run_on_postgres_as_on_sqlite() {
     let replay = stdout(&env.run(&["replay", &id, "--database", &db.url]));
     assert!(replay.contains("replay ok"), "{replay}");
 }
+
+#[test]
+fn a_loop_whose_output_nests_deeper_each_iteration_fails_at_the_limit_and_stays_readable() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: nest\nsteps:\n  - id: g\n    kind: echo\n    loop: {until: \"false\", max_iterations: 200}\n    with: {p: \"{{ previous }}\"}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nests 65 levels deep, over the limit of 64"), "{}", stderr(&out));
+    let id = env.only_run().id;
+    assert_eq!(env.only_run().status, "FAILED");
+    for args in
+        [vec!["replay", id.as_str()], vec!["export", id.as_str()], vec!["runs", "show", id.as_str(), "--step", "g#64"]]
+    {
+        let out = env.run(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    env.assert_journal_is_sound(&id);
+}

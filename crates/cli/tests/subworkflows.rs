@@ -130,6 +130,17 @@ fn cancelling_the_parent_cancels_the_child_it_waits_for() {
     drop(server);
     env.assert_journal_is_sound(&parent.id);
     env.assert_journal_is_sound(&child.id);
+
+    // Without any worker running: the command that cancels the parent cancels the child too.
+    let out = env.run(&["run", path_str(&wf), "--detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let parent = stdout(&out).trim().to_string();
+    let waiting = runs_by_workflow(&env, "slow").into_iter().filter(|r| r.status != "CANCELLED").count();
+    assert_eq!(waiting, 1, "the detached run created its child before it returned");
+    let out = env.run(&["runs", "cancel", &parent]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let statuses: Vec<String> = runs_by_workflow(&env, "slow").into_iter().map(|r| r.status).collect();
+    assert_eq!(statuses, ["CANCELLED", "CANCELLED"]);
 }
 
 #[test]
@@ -210,14 +221,22 @@ fn on_postgres_a_child_reports_its_end_and_a_cancelled_parent_cancels_its_child(
 }
 
 #[test]
-fn a_workflow_that_starts_itself_stops_at_the_nesting_limit_and_fails_saying_why() {
+fn a_workflow_that_starts_itself_directly_or_through_another_is_refused_before_any_child_runs() {
     let env = Env::new();
-    let wf =
-        env.write("again.yaml", "name: again\nsteps:\n  - {id: deeper, kind: subworkflow, with: {file: again.yaml}}\n");
+    // Each item would start three more of itself, without end.
+    let wf = env.write(
+        "again.yaml",
+        "name: again\nsteps:\n  - {id: deeper, kind: subworkflow, for_each: [1, 2, 3], with: {file: again.yaml}}\n",
+    );
     let out = output_within(env.cmd().args(["run", path_str(&wf)]), LONG);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let runs = runs_by_workflow(&env, "again");
-    assert_eq!(runs.len(), 17, "the top run and 16 nested children");
-    assert!(runs.iter().all(|r| r.status == "FAILED"), "{runs:?}");
-    assert!(stderr(&out).contains("child runs may nest 16 deep"), "{}", stderr(&out));
+    assert_eq!(runs_by_workflow(&env, "again").len(), 1, "no child was started");
+    assert!(stderr(&out).contains("workflow 'again' would start itself (again → again)"), "{}", stderr(&out));
+    // Through another workflow.
+    env.write("ping.yaml", "name: ping\nsteps:\n  - {id: to_pong, kind: subworkflow, with: {file: pong.yaml}}\n");
+    env.write("pong.yaml", "name: pong\nsteps:\n  - {id: to_ping, kind: subworkflow, with: {file: ping.yaml}}\n");
+    let out = output_within(env.cmd().args(["run", path_str(&env.dir.path().join("ping.yaml"))]), LONG);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(ping → pong → ping)"), "{}", stderr(&out));
+    assert_eq!(runs_by_workflow(&env, "pong").len(), 1);
 }

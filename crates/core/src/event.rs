@@ -99,6 +99,9 @@ pub enum RunSource {
         /// How deep it is: 1 for a child of a run that is no child, and so on.
         #[serde(default = "first_level")]
         depth: u32,
+        /// The workflows of the runs above it, the top one first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        lineage: Vec<String>,
     },
 }
 

@@ -34,6 +34,28 @@ impl Payload {
     }
 }
 
+/// How deep a step's output may nest. Deeper values could not be read back (JSON parsers stop at
+/// 128 levels) and would exhaust the stack of whatever walks them recursively; a `loop` that
+/// feeds each iteration's output to the next (`{p: "{{ previous }}"}`) reaches it.
+pub const MAX_NESTING: usize = 64;
+
+/// How many levels of arrays and objects a value nests (0 for a scalar), counted without
+/// recursion, so a value of any depth is measured safely.
+pub fn nesting(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    deepest
+}
+
 /// Lower-case hex SHA-256 (payload addresses, token hashes, request fingerprints).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);

@@ -106,7 +106,7 @@ impl View<'_> {
         let mut reported: HashSet<&[String]> = HashSet::new();
         for r in refs {
             if r.path.first().is_some_and(|root| root == crate::secrets::ROOT) {
-                if let Some((code, why)) = self.secret_problem(r, kind)
+                if let Some((code, why)) = self.secret_problem(r, kind, field)
                     && reported.insert(&r.path)
                 {
                     let message = format!(
@@ -141,11 +141,20 @@ impl View<'_> {
     }
 
     /// Why a use of `secrets` is refused here, if it is.
-    fn secret_problem(&self, r: &Reference, kind: &str) -> Option<(&'static str, String)> {
+    fn secret_problem(&self, r: &Reference, kind: &str, field: &str) -> Option<(&'static str, String)> {
         use crate::secrets::{is_name, reference, suggest_name};
         if !self.secrets {
             let what = if kind == "condition" {
                 "a condition cannot read secrets: its outcome is decided by the core and journaled"
+            } else if field.starts_with("for_each") {
+                "`for_each` items cannot hold secrets: they are journaled as they render"
+            } else if field.starts_with("with") {
+                return Some((
+                    "secret_not_allowed",
+                    "a subworkflow's `with` cannot hold secrets: the child run journals its inputs; let the child \
+                     read `{{ secrets.NAME }}` in its own steps"
+                        .to_string(),
+                ));
             } else {
                 "an approval prompt cannot show secrets: it is journaled and shown to approvers"
             };

@@ -18,6 +18,7 @@ use std::time::Duration;
 /// What a child needs of its parent run.
 pub(crate) struct Parent {
     pub(crate) run_id: RunId,
+    pub(crate) workflow: String,
     pub(crate) source: Option<RunSource>,
     pub(crate) options: cairn_core::event::RunOptions,
     /// The parent is driven here, so its children may be too; otherwise they are left for any
@@ -29,6 +30,16 @@ pub(crate) struct Parent {
 pub(crate) const MAX_DEPTH: u32 = 16;
 
 impl Parent {
+    /// The workflows from the top run down to this one.
+    fn lineage(&self) -> Vec<String> {
+        let mut above = match &self.source {
+            Some(RunSource::Child { lineage, .. }) => lineage.clone(),
+            _ => Vec::new(),
+        };
+        above.push(self.workflow.clone());
+        above
+    }
+
     /// 0 for a run that is no child.
     fn depth(&self) -> u32 {
         match &self.source {
@@ -40,6 +51,7 @@ impl Parent {
     pub(crate) fn of(state: &RunState, driven_here: bool) -> Parent {
         Parent {
             run_id: state.run_id.clone(),
+            workflow: state.workflow.clone(),
             source: state.source.clone(),
             options: state.options.clone(),
             driven_here,
@@ -140,6 +152,20 @@ impl<S: Store> Engine<S> {
             Err(e) => return Err(e.into()),
         }
         let (definition, inputs, path) = match self.child_definition(parent, &start.input).await {
+            // A workflow that starts itself, directly or through others, would not stop.
+            Ok((definition, ..)) if parent.lineage().contains(&definition.name) => {
+                let chain = [parent.lineage(), vec![definition.name.clone()]].concat().join(" → ");
+                let failure = Failure::new(
+                    ErrorClass::Permanent,
+                    format!(
+                        "child run could not start: workflow '{}' would start itself ({chain}); a workflow cannot \
+                         be its own subworkflow, directly or through others",
+                        definition.name
+                    ),
+                );
+                self.report_child(&parent.run_id, start, None, Some(failure)).await;
+                return Ok(());
+            }
             Ok(found) => found,
             Err(why) => {
                 let failure = Failure::new(ErrorClass::Permanent, format!("child run could not start: {why}"));
@@ -155,6 +181,7 @@ impl<S: Store> Engine<S> {
                 attempt: start.attempt,
                 path,
                 depth: parent.depth() + 1,
+                lineage: parent.lineage(),
             },
             plan: None,
             inputs,
@@ -231,7 +258,13 @@ impl<S: Store> Engine<S> {
                 }
                 (None, None) => return Err("`with` names neither `workflow` nor `file`".into()),
             };
-        let given = with.get("inputs").and_then(Value::as_object).cloned().unwrap_or_default();
+        let given = match with.get("inputs") {
+            None | Some(Value::Null) => Default::default(),
+            Some(Value::Object(given)) => given.clone(),
+            Some(other) => {
+                return Err(format!("`with.inputs` must be an object of the child's inputs by name, not {other}"));
+            }
+        };
         let inputs = definition.resolve_inputs(&given).map_err(|e| e.to_string())?;
         Ok((definition, inputs, from_file))
     }
@@ -258,6 +291,29 @@ impl<S: Store> Engine<S> {
                 ),
             }
         }
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Makes sure a request just put in another run's inbox (by a write's `notify`) is answered:
+    /// its driver here is rung; a run nobody holds is taken over for its requests now, so a
+    /// parked child is cancelled with its parent even where no worker runs (`cairn runs
+    /// cancel` on the command line). A run held elsewhere is answered by its owner.
+    pub(crate) fn deliver(self, id: RunId) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if self.poke(&id) {
+                return;
+            }
+            let Ok(row) = self.store().get_run(&id).await else { return };
+            let now = now_ms();
+            let held = row.owner.is_some() && row.lease_expires_at_ms.is_some_and(|l| l >= now);
+            if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) || held {
+                return;
+            }
+            if let Err(e) = self.take_over_for_requests(&id).await {
+                crate::say_limited!("deliver", "[engine] run {id}: its request waits for a worker ({e})");
+            }
+        })
     }
 }
 

@@ -357,7 +357,14 @@ impl<S: Store> Live<S> {
         self.committed_seq = self.state.last_seq;
         for n in &write.notify {
             if let Ok(id) = cairn_core::RunId::parse(&n.run_id) {
-                crate::engine::Engine::from_inner(self.inner.clone()).poke(&id);
+                let delivery = crate::engine::Engine::from_inner(self.inner.clone()).deliver(id);
+                // A one-off commit (a request answered by taking the run over) belongs to a
+                // process that may exit as soon as it returns: deliver before that.
+                if self.patient {
+                    tokio::spawn(delivery);
+                } else {
+                    delivery.await;
+                }
             }
         }
         if !write.notify.is_empty() {
@@ -592,6 +599,19 @@ impl<S: Store> Live<S> {
             self.log(&f.step, f.attempt, "info", line);
         }
         let result = f.outcome.result.and_then(|value| {
+            let depth = cairn_core::payload::nesting(&value);
+            if depth > cairn_core::payload::MAX_NESTING {
+                return Err(Failure::new(
+                    ErrorClass::Permanent,
+                    format!(
+                        "step '{}' produced an output that nests {depth} levels deep, over the limit of {}; a loop \
+                         that wraps `previous` in each output grows one level per iteration: pass on only what the \
+                         next iteration needs",
+                        f.step,
+                        cairn_core::payload::MAX_NESTING
+                    ),
+                ));
+            }
             let payload = Payload::of(&value);
             let cap = self.state.options.max_output_bytes;
             if payload.reference.size > cap {

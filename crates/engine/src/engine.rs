@@ -573,7 +573,7 @@ impl<S: Store> Engine<S> {
 
     /// Takes over a run nobody drives to answer its requests; then drives it here if this
     /// process works runs, else hands it back (with what the requests changed committed).
-    async fn take_over_for_requests(&self, id: &RunId) -> Result<(), Error> {
+    pub(crate) async fn take_over_for_requests(&self, id: &RunId) -> Result<(), Error> {
         let now = now_ms();
         let claimed = self
             .inner

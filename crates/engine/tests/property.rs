@@ -205,6 +205,8 @@ fn definition(nodes: &[Node]) -> Definition {
 /// a fallback right after its step), and whether the run fails.
 fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
     let mut out: Vec<(StepStatus, u32)> = Vec::new();
+    // A `for_each` that went on past failed items (`continue`) still fails the run at the end.
+    let mut items_failed = false;
     // What a step counts as for the steps that need it: its fallback's outcome if it failed.
     // A failed step whose fallback did not complete counts as failed.
     let counts_as = |out: &[(StepStatus, u32)], j: usize| match (out[j].0, nodes[j].fallback) {
@@ -248,10 +250,15 @@ fn expected(nodes: &[Node]) -> (Vec<(StepStatus, u32)>, bool) {
         if skip || n.when == Some(false) {
             out.push((StepStatus::Skipped, 0));
         } else {
-            out.push(run(n.schedule));
+            let ran = run(n.schedule);
+            if let Shape::ForEach { items, .. } = n.shape {
+                items_failed |= items > 0 && ran.0 == StepStatus::Completed && one(n.schedule).0 == StepStatus::Failed;
+            }
+            out.push(ran);
         }
     }
-    let fails = (0..nodes.len()).any(|j| out[j].0 == StepStatus::Failed && counts_as(&out, j) != StepStatus::Completed);
+    let fails = items_failed
+        || (0..nodes.len()).any(|j| out[j].0 == StepStatus::Failed && counts_as(&out, j) != StepStatus::Completed);
     (out, fails)
 }
 

@@ -115,7 +115,7 @@ impl Decider<'_> {
             let failed = instances.iter().filter(|&&k| self.state.steps[k].status != StepStatus::Completed).count();
             let mut note = format!("{} of {} item(s) completed", instances.len() - failed, instances.len());
             if failed > 0 {
-                note.push_str(&format!("; {failed} failed and were skipped (on_failure: continue)"));
+                note.push_str(&format!("; {failed} failed, recorded as null (on_failure: continue)"));
             }
             self.join(i, Value::Array(outputs), note)?;
             progressed = true;

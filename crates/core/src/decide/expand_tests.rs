@@ -96,7 +96,10 @@ fn a_failed_item_fails_the_step_and_skips_what_has_not_started_unless_it_continu
     let cmds = h.succeed("fetch[2]", json!("C"));
     assert_eq!(started(&cmds), vec![("report".to_string(), json!({"all": ["A", null, "C"]}))]);
     h.succeed("report", json!(null));
-    assert_eq!(h.state.status, RunStatus::Completed, "a skipped item does not fail the run");
+    // As a failed step with `continue` does, the failed item fails the run once all else is done.
+    assert_eq!(h.state.status, RunStatus::Failed);
+    let why = h.state.failure.clone().expect("failure").message;
+    assert!(why.contains("1 step(s) failed") && why.contains("first: 'fetch[1]': 404"), "{why}");
     replays(&h);
 }
 
@@ -243,9 +246,11 @@ fn a_retry_in_place_leaves_the_items_of_a_step_that_went_on_without_them() {
     fail_for_good(&mut h, "report", "disk full");
     assert_eq!(h.state.status, RunStatus::Failed);
     let cmds = h.feed(Event::RunRetried { by: None });
-    assert_eq!(names(&cmds), vec!["report"], "fetch completed: its skipped item stays skipped");
+    assert_eq!(names(&cmds), vec!["report"], "fetch completed: its failed item stays as it was");
     assert_eq!(status(&h, "fetch[0]"), Some(StepStatus::Failed));
     h.succeed("report", json!(null));
-    assert_eq!(h.state.status, RunStatus::Completed);
+    // The item still failed: the run ends as it did (a fork from `fetch` runs the items again).
+    assert_eq!(h.state.status, RunStatus::Failed);
+    assert!(h.state.steps.iter().all(|s| s.status.is_terminal()), "nothing is left pending");
     replays(&h);
 }

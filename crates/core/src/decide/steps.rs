@@ -168,13 +168,15 @@ impl Decider<'_> {
             return Ok(());
         }
         if steps.iter().all(|s| s.status.is_terminal()) {
-            // The steps as written count; an instance's failure is its step's (unless the step
-            // goes on without it: `for_each` with `on_failure: continue`).
+            // A failed step whose fallback completed in its place does not fail the run. A failed
+            // item of a `for_each` that went on without it (`on_failure: continue`) does, as a
+            // failed step with `continue` does: once everything else has finished.
             let written = self.definition().map_or(steps.len(), |d| d.written());
-            let steps = &steps[..written];
-            // A failed step whose fallback completed in its place does not fail the run.
             let failed: Vec<usize> = (0..steps.len())
                 .filter(|&k| steps[k].status == StepStatus::Failed && !self.state.is_covered(k))
+                .filter(|&k| {
+                    k < written || self.state.parent_of(k).is_some_and(|p| steps[p].status == StepStatus::Completed)
+                })
                 .collect();
             if let Some(&first) = failed.first() {
                 let n = failed.len();
@@ -197,7 +199,7 @@ impl Decider<'_> {
             // A step covered by its fallback reports the fallback's output under its own id too,
             // as the steps that needed it saw it.
             let mut output = Map::new();
-            for (i, s) in steps.iter().enumerate() {
+            for (i, s) in steps.iter().enumerate().take(written) {
                 let (r, st) = self.state.outcome(i);
                 if st == StepStatus::Completed {
                     let v = self.state.output_of(r).map(|v| (**v).clone()).unwrap_or(Value::Null);

@@ -204,7 +204,11 @@ fn compile_step(
             }
         }
         if kind.role == Role::Subworkflow {
-            // Its attempt is a child run, not work done here.
+            // Its attempt is a child run, not work done here; what it passes on is journaled by
+            // the child, so no secret may be in it.
+            for site in sites.iter_mut().filter(|s| s.step == index && s.field.starts_with("with")) {
+                site.secrets = false;
+            }
             let name = &kind.name;
             if let Some(t) = &s.timeout {
                 let msg = format!(

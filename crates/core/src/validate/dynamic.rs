@@ -68,6 +68,13 @@ pub(super) fn compile_for_each(
         .as_ref()
         .and_then(|m| out.in_range("max_items", m, here, (1, MAX_ITEMS_LIMIT), " (the longest list the step accepts)"))
         .map_or(DEFAULT_MAX_ITEMS, |n| n as u32);
+    if let Some(list) = items.as_array()
+        && list.len() > max_items as usize
+    {
+        let msg =
+            format!("`for_each` lists {} items, more than `max_items` ({max_items}); raise `max_items`", list.len());
+        out.add(node.referenced, here, "bad_for_each", msg);
+    }
     Some(ForEach { items, max_parallel, max_items })
 }
 
