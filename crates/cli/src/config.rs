@@ -29,6 +29,14 @@ pub struct Config {
     /// provider's base URL). Secrets do not go here: a kind reads them by reference.
     #[serde(default)]
     kinds: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    /// The model the catalog's model steps and the planner use (a `[models.ALIAS]`).
+    default_model: Option<Spanned<String>>,
+    /// `[providers.NAME]`: where models answer (see `config_models.rs`).
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, Spanned<crate::config_models::ProviderFile>>,
+    /// `[models.ALIAS]`: what steps name, with price and limits.
+    #[serde(default)]
+    models: BTreeMap<Spanned<String>, Spanned<crate::config_models::ModelFile>>,
 }
 
 /// A config file, read and checked.
@@ -40,13 +48,16 @@ pub struct Loaded {
     pub secrets: BTreeMap<String, String>,
     /// Kind name → its configuration.
     pub kinds: BTreeMap<String, serde_json::Value>,
+    /// Model providers and aliases.
+    pub models: cairn_engine::models::Models,
 }
 
 /// What a file's tables resolve to.
 #[derive(Debug, Default)]
-struct Parsed {
+pub(crate) struct Parsed {
     secrets: BTreeMap<String, String>,
     kinds: BTreeMap<String, serde_json::Value>,
+    pub(crate) models: cairn_engine::models::Models,
 }
 
 impl Loaded {
@@ -84,7 +95,12 @@ pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         CliError::usage(format!("cannot read the config file {} (--config / CAIRN_CONFIG): {e}", path.display()))
     })?;
-    parse(&text, &path.display().to_string()).map(|p| Loaded { path: Some(path), secrets: p.secrets, kinds: p.kinds })
+    parse(&text, &path.display().to_string()).map(|p| Loaded {
+        path: Some(path),
+        secrets: p.secrets,
+        kinds: p.kinds,
+        models: p.models,
+    })
 }
 
 /// `cairn config check`: the file is valid (else `load` already failed); each mapped secret
@@ -104,11 +120,14 @@ pub fn check(loaded: &Loaded) -> CliResult {
     for name in loaded.kinds.keys() {
         crate::out!("  kinds.{name}: configured");
     }
+    for m in loaded.models.models.values() {
+        crate::out!("  models.{} -> {} ({})", m.alias, m.model, m.provider);
+    }
     Ok(())
 }
 
 /// Parses and checks the text of a config file named `file` in messages.
-fn parse(text: &str, file: &str) -> CliResult<Parsed> {
+pub(crate) fn parse(text: &str, file: &str) -> CliResult<Parsed> {
     let config: Config = toml::from_str(text).map_err(|e| {
         let at = e.span().map(|s| position(text, s.start));
         CliError::usage(located(file, at, &toml_message(e.message())))
@@ -199,11 +218,17 @@ impl Config {
                 Err(message) => problems.push(located(file, at(&entry.span()), &message)),
             }
         }
-        if problems.is_empty() { Ok(Parsed { secrets, kinds }) } else { Err(CliError::usage(problems.join("\n"))) }
+        let models =
+            crate::config_models::check(self.default_model, self.providers, self.models, text, file, &mut problems);
+        if problems.is_empty() {
+            Ok(Parsed { secrets, kinds, models })
+        } else {
+            Err(CliError::usage(problems.join("\n")))
+        }
     }
 }
 
-fn is_variable(name: &str) -> bool {
+pub(crate) fn is_variable(name: &str) -> bool {
     let mut bytes = name.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -230,7 +255,7 @@ fn toml_message(message: &str) -> String {
     }
 }
 
-fn located(file: &str, at: Option<(usize, usize)>, message: &str) -> String {
+pub(crate) fn located(file: &str, at: Option<(usize, usize)>, message: &str) -> String {
     match at {
         Some((line, column)) => format!("{file}:{line}:{column}: {message}"),
         None => format!("{file}: {message}"),
@@ -238,7 +263,7 @@ fn located(file: &str, at: Option<(usize, usize)>, message: &str) -> String {
 }
 
 /// 1-based (line, column) of byte `offset`, counting characters.
-fn position(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn position(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

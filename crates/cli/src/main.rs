@@ -16,6 +16,7 @@ mod bench_http;
 mod bench_map;
 mod bench_park;
 mod config;
+mod config_models;
 mod detail;
 mod inspect;
 mod kinds;
@@ -281,6 +282,12 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// List the model providers and aliases cairn.toml declares (prices, limits, where keys come from).
+    #[command(after_help = "Examples:\n  cairn models\n  cairn models --json")]
+    Models {
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
@@ -373,6 +380,7 @@ fn main() -> ExitCode {
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,
             Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
             Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
+            Command::Models { json } => config_models::list(&config::get().models, json),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -15,6 +15,7 @@ mod engine;
 mod http;
 pub mod kinds;
 pub mod log;
+pub mod models;
 mod requests;
 pub mod secrets;
 mod waiting;

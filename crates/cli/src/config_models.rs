@@ -1,0 +1,332 @@
+//! The model tables of `cairn.toml`: `default_model`, `[providers.NAME]` and `[models.ALIAS]`,
+//! checked into [`cairn_engine::models::Models`]. Every problem names the file, line, column and
+//! key; a key's *value* never goes in the file (`api_key_env` names the variable that holds it).
+
+use super::config::{is_variable, located, position};
+use cairn_engine::models::{Model, Models, Provider, ProviderType};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+/// `[providers.NAME]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProviderFile {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    base_url: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    /// Seconds.
+    connect_timeout: Option<Spanned<f64>>,
+    request_timeout: Option<Spanned<f64>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// `[models.ALIAS]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ModelFile {
+    provider: Spanned<String>,
+    model: Spanned<String>,
+    input_usd_per_mtok: Option<Spanned<f64>>,
+    output_usd_per_mtok: Option<Spanned<f64>>,
+    cached_input_usd_per_mtok: Option<Spanned<f64>>,
+    context_window: Option<Spanned<i64>>,
+    max_output_tokens: Option<Spanned<i64>>,
+}
+
+/// Names a provider or model alias may have (as step `with.model` writes them).
+fn is_alias(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Checks the model tables; problems go to `problems`, one line each.
+pub(crate) fn check(
+    default_model: Option<Spanned<String>>,
+    providers: BTreeMap<Spanned<String>, Spanned<ProviderFile>>,
+    models: BTreeMap<Spanned<String>, Spanned<ModelFile>>,
+    text: &str,
+    file: &str,
+    problems: &mut Vec<String>,
+) -> Models {
+    let at = |offset: usize| Some(position(text, offset));
+    let mut out = Models::default();
+    for (name, p) in providers {
+        let key = name.get_ref().clone();
+        if !is_alias(&key) {
+            let msg = format!(
+                "`providers.{}`: a provider name is 1 to 64 of A-Z, a-z, 0-9, `_`, `-`, `.`",
+                key.escape_debug()
+            );
+            problems.push(located(file, at(name.span().start), &msg));
+            continue;
+        }
+        let p = p.into_inner();
+        let Some(kind) = ProviderType::parse(p.kind.get_ref()) else {
+            let msg = format!(
+                "`providers.{key}.type` is `{}`; use `openai` (any OpenAI-compatible chat-completions server: OpenAI, \
+                 vLLM, Ollama, llama.cpp, LiteLLM) or `anthropic` (the Messages API)",
+                p.kind.get_ref().escape_debug()
+            );
+            problems.push(located(file, at(p.kind.span().start), &msg));
+            continue;
+        };
+        let base_url = p.base_url.get_ref().trim_end_matches('/').to_string();
+        let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
+        if !scheme_ok || base_url.len() <= "https://".len() || base_url.contains(char::is_whitespace) {
+            let msg = format!(
+                "`providers.{key}.base_url` is `{}`, not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)",
+                p.base_url.get_ref().escape_debug()
+            );
+            problems.push(located(file, at(p.base_url.span().start), &msg));
+        }
+        if let Some(var) = &p.api_key_env
+            && !is_variable(var.get_ref())
+        {
+            let msg = format!(
+                "`providers.{key}.api_key_env` is `{}`: it names the environment variable that holds the key (letters, \
+                 digits and `_`), never the key itself",
+                var.get_ref().escape_debug()
+            );
+            problems.push(located(file, at(var.span().start), &msg));
+        }
+        let mut seconds = |field: &str, v: &Option<Spanned<f64>>, default: u64| -> u64 {
+            match v {
+                None => default,
+                Some(s) if *s.get_ref() > 0.0 && *s.get_ref() <= 3_600.0 => (s.get_ref() * 1000.0) as u64,
+                Some(s) => {
+                    let msg =
+                        format!("`providers.{key}.{field}` is {} seconds; use more than 0, at most 3600", s.get_ref());
+                    problems.push(located(file, at(s.span().start), &msg));
+                    default
+                }
+            }
+        };
+        let connect_timeout_ms = seconds("connect_timeout", &p.connect_timeout, 10_000);
+        let request_timeout_ms = seconds("request_timeout", &p.request_timeout, 120_000);
+        let mut headers = BTreeMap::new();
+        for (h, v) in p.headers {
+            let secretish = ["authorization", "x-api-key", "api-key"].contains(&h.to_ascii_lowercase().as_str());
+            if secretish {
+                let msg = format!(
+                    "`providers.{key}.headers.{h}` would put a credential in this file; name its variable in \
+                     `api_key_env` instead"
+                );
+                problems.push(located(file, at(v.span().start), &msg));
+                continue;
+            }
+            headers.insert(h, v.into_inner());
+        }
+        out.providers.insert(
+            key.clone(),
+            Provider {
+                name: key,
+                kind,
+                base_url,
+                api_key_env: p.api_key_env.map(Spanned::into_inner),
+                connect_timeout_ms,
+                request_timeout_ms,
+                headers,
+            },
+        );
+    }
+    let known: Vec<String> = out.providers.keys().cloned().collect();
+    for (alias, m) in models {
+        let key = alias.get_ref().clone();
+        if !is_alias(&key) {
+            let msg =
+                format!("`models.{}`: a model alias is 1 to 64 of A-Z, a-z, 0-9, `_`, `-`, `.`", key.escape_debug());
+            problems.push(located(file, at(alias.span().start), &msg));
+            continue;
+        }
+        let m = m.into_inner();
+        if !known.contains(m.provider.get_ref()) {
+            let listed = if known.is_empty() { "none is declared".to_string() } else { known.join(", ") };
+            let msg = format!(
+                "`models.{key}.provider` is `{}`, which no `[providers.…]` table declares ({listed})",
+                m.provider.get_ref().escape_debug()
+            );
+            problems.push(located(file, at(m.provider.span().start), &msg));
+        }
+        let mut price = |field: &str, v: &Option<Spanned<f64>>| -> Option<f64> {
+            let s = v.as_ref()?;
+            if s.get_ref().is_finite() && *s.get_ref() >= 0.0 {
+                Some(*s.get_ref())
+            } else {
+                let msg =
+                    format!("`models.{key}.{field}` is {}; a price is 0 or more (USD per million tokens)", s.get_ref());
+                problems.push(located(file, at(s.span().start), &msg));
+                None
+            }
+        };
+        let input_usd_per_mtok = price("input_usd_per_mtok", &m.input_usd_per_mtok).unwrap_or(0.0);
+        let output_usd_per_mtok = price("output_usd_per_mtok", &m.output_usd_per_mtok).unwrap_or(0.0);
+        let cached_input_usd_per_mtok = price("cached_input_usd_per_mtok", &m.cached_input_usd_per_mtok);
+        let mut tokens = |field: &str, v: &Option<Spanned<i64>>| -> Option<u32> {
+            let s = v.as_ref()?;
+            match u32::try_from(*s.get_ref()) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    let msg = format!("`models.{key}.{field}` is {}; use a number of tokens above 0", s.get_ref());
+                    problems.push(located(file, at(s.span().start), &msg));
+                    None
+                }
+            }
+        };
+        let context_window = tokens("context_window", &m.context_window);
+        let max_output_tokens = tokens("max_output_tokens", &m.max_output_tokens);
+        out.models.insert(
+            key.clone(),
+            Model {
+                alias: key,
+                provider: m.provider.into_inner(),
+                model: m.model.into_inner(),
+                input_usd_per_mtok,
+                output_usd_per_mtok,
+                cached_input_usd_per_mtok,
+                context_window,
+                max_output_tokens,
+            },
+        );
+    }
+    if let Some(d) = default_model {
+        if !out.models.contains_key(d.get_ref()) {
+            let names: Vec<&str> = out.models.keys().map(String::as_str).collect();
+            let hint = crate::steps::closest(d.get_ref(), &names)
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            let listed = if names.is_empty() { "none is declared".to_string() } else { names.join(", ") };
+            let msg = format!(
+                "`default_model` is `{}`, which no `[models.…]` table declares ({listed}){hint}",
+                d.get_ref().escape_debug()
+            );
+            problems.push(located(file, at(d.span().start), &msg));
+        }
+        out.default_model = Some(d.into_inner());
+    }
+    out
+}
+
+/// `cairn models [--json]`: what the config declares.
+pub fn list(models: &Models, json: bool) -> crate::CliResult {
+    if json {
+        crate::out!("{}", serde_json::to_string_pretty(models).unwrap_or_default());
+        return Ok(());
+    }
+    if models.is_empty() {
+        crate::out!(
+            "no models configured: steps use `mock_model`. Declare [providers.NAME] and [models.ALIAS] in cairn.toml \
+             (README: Models)"
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = models
+        .models
+        .values()
+        .map(|m| {
+            let provider = models.providers.get(&m.provider);
+            vec![
+                format!(
+                    "{}{}",
+                    m.alias,
+                    if models.default_model.as_deref() == Some(&m.alias) { " (default)" } else { "" }
+                ),
+                m.provider.clone(),
+                provider.map_or("-".into(), |p| p.kind.as_str().to_string()),
+                m.model.clone(),
+                format!("{} / {}", m.input_usd_per_mtok, m.output_usd_per_mtok),
+                m.context_window.map_or("-".into(), |c| c.to_string()),
+            ]
+        })
+        .collect();
+    crate::output::out(format_args!(
+        "{}",
+        crate::output::table(&["MODEL", "PROVIDER", "TYPE", "PROVIDER MODEL", "USD/MTOK IN / OUT", "CONTEXT"], &rows)
+    ));
+    for p in models.providers.values() {
+        let key = match &p.api_key_env {
+            Some(var) if std::env::var_os(var).is_some_and(|v| !v.is_empty()) => format!("key from ${var} (set here)"),
+            Some(var) => format!("key from ${var} (NOT set here)"),
+            None => "no key".to_string(),
+        };
+        crate::out!("provider {}: {} at {}, {key}", p.name, p.kind.as_str(), p.base_url);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const GOOD: &str = "\
+default_model = \"small\"
+
+[providers.local]
+type = \"openai\"
+base_url = \"http://127.0.0.1:8000/v1/\"
+api_key_env = \"LOCAL_API_KEY\"
+request_timeout = 30
+headers = { X-Team = \"agents\" }
+
+[models.small]
+provider = \"local\"
+model = \"SmolLM2-135M-Instruct\"
+input_usd_per_mtok = 0.10
+output_usd_per_mtok = 0.20
+context_window = 4096
+";
+
+    #[test]
+    fn providers_and_models_resolve_with_their_prices_and_defaults() {
+        let models = parse(GOOD, "cairn.toml").expect("valid").models;
+        assert_eq!(models.default_model.as_deref(), Some("small"));
+        let (model, provider) = models.resolve("small").expect("small resolves");
+        assert_eq!((model.model.as_str(), model.context_window), ("SmolLM2-135M-Instruct", Some(4096)));
+        assert_eq!(provider.base_url, "http://127.0.0.1:8000/v1", "a trailing slash is dropped");
+        assert_eq!((provider.connect_timeout_ms, provider.request_timeout_ms), (10_000, 30_000));
+        assert_eq!(provider.api_key_env.as_deref(), Some("LOCAL_API_KEY"));
+        assert_eq!(provider.headers.get("X-Team").map(String::as_str), Some("agents"));
+    }
+
+    #[test]
+    fn every_model_table_problem_is_named_with_its_position() {
+        let text = "\
+default_model = \"smal\"
+
+[providers.local]
+type = \"openia\"
+base_url = \"ftp://x\"
+
+[providers.cloud]
+type = \"anthropic\"
+base_url = \"https://api.anthropic.com\"
+api_key_env = \"sk-ant-123\"
+headers = { Authorization = \"Bearer x\" }
+
+[models.small]
+provider = \"locl\"
+model = \"m\"
+input_usd_per_mtok = -1.0
+context_window = 0
+";
+        let message = parse(text, "cairn.toml").expect_err("refused").message;
+        let lines: Vec<&str> = message.lines().collect();
+        let expect = [
+            "cairn.toml:10:15: `providers.cloud.api_key_env` is `sk-ant-123`",
+            "cairn.toml:11:29: `providers.cloud.headers.Authorization` would put a credential in this file",
+            "cairn.toml:4:8: `providers.local.type` is `openia`; use `openai`",
+            "cairn.toml:14:12: `models.small.provider` is `locl`, which no `[providers.…]` table declares (cloud)",
+            "cairn.toml:16:22: `models.small.input_usd_per_mtok` is -1",
+            "cairn.toml:17:18: `models.small.context_window` is 0",
+            "cairn.toml:1:17: `default_model` is `smal`, which no `[models.…]` table declares (small); did you mean `small`?",
+        ];
+        assert_eq!(lines.len(), expect.len(), "{message}");
+        for (line, want) in lines.iter().zip(expect) {
+            assert!(line.starts_with(want), "{line}\n  does not start with\n{want}");
+        }
+        let unknown =
+            parse("[models.x]\nprovider = \"p\"\nmodel = \"m\"\nprice = 1\n", "cairn.toml").expect_err("refused");
+        assert!(unknown.message.starts_with("cairn.toml:4:1: unknown key `price`"), "{}", unknown.message);
+    }
+}

@@ -1,0 +1,128 @@
+//! Model providers and model aliases, as `cairn.toml` declares them (`[providers.NAME]`,
+//! `[models.ALIAS]`, `default_model`). Data only: what a provider is (an OpenAI-compatible
+//! chat-completions server or the Anthropic Messages API), where it answers, which environment
+//! variable holds its key (never the key itself), and each model's price and limits.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The API a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderType {
+    /// OpenAI chat completions, as OpenAI, vLLM, Ollama, llama.cpp and LiteLLM serve it.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+}
+
+impl ProviderType {
+    pub fn parse(s: &str) -> Option<ProviderType> {
+        match s {
+            "openai" => Some(ProviderType::Openai),
+            "anthropic" => Some(ProviderType::Anthropic),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderType::Openai => "openai",
+            ProviderType::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// `[providers.NAME]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Provider {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ProviderType,
+    /// E.g. `http://127.0.0.1:8000/v1` (OpenAI-compatible) or `https://api.anthropic.com`.
+    pub base_url: String,
+    /// The environment variable holding the API key; `None` for local servers without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// How long to wait for a connection, and for a whole request.
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// Sent with every request (names and values; never secrets — those come from `api_key_env`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `[models.ALIAS]`: what steps name, mapped to a provider's model, with its price and limits.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Model {
+    pub alias: String,
+    pub provider: String,
+    /// The provider's own id for it.
+    pub model: String,
+    /// USD per million tokens.
+    pub input_usd_per_mtok: f64,
+    pub output_usd_per_mtok: f64,
+    /// Cached input tokens, where the provider discounts them; `None` prices them as input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached_input_usd_per_mtok: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+}
+
+impl Model {
+    /// What a call costs, in USD, at this model's prices.
+    pub fn cost_usd(&self, input_tokens: u64, cached_tokens: u64, output_tokens: u64) -> f64 {
+        let cached_price = self.cached_input_usd_per_mtok.unwrap_or(self.input_usd_per_mtok);
+        let fresh = input_tokens.saturating_sub(cached_tokens) as f64;
+        (fresh * self.input_usd_per_mtok
+            + cached_tokens as f64 * cached_price
+            + output_tokens as f64 * self.output_usd_per_mtok)
+            / 1_000_000.0
+    }
+}
+
+/// Every provider and model this process knows, and the default model.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Models {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_model: Option<String>,
+    pub providers: BTreeMap<String, Provider>,
+    pub models: BTreeMap<String, Model>,
+}
+
+impl Models {
+    pub fn is_empty(&self) -> bool {
+        self.providers.is_empty() && self.models.is_empty()
+    }
+
+    /// A model and its provider, by alias.
+    pub fn resolve(&self, alias: &str) -> Option<(&Model, &Provider)> {
+        let model = self.models.get(alias)?;
+        Some((model, self.providers.get(&model.provider)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_prices_fresh_cached_and_output_tokens_apart() {
+        let m = Model {
+            alias: "small".into(),
+            provider: "local".into(),
+            model: "m".into(),
+            input_usd_per_mtok: 1.0,
+            output_usd_per_mtok: 4.0,
+            cached_input_usd_per_mtok: Some(0.1),
+            context_window: None,
+            max_output_tokens: None,
+        };
+        let cost = m.cost_usd(1_000_000, 500_000, 250_000);
+        assert!((cost - (0.5 + 0.05 + 1.0)).abs() < 1e-9, "{cost}");
+        let uncached = Model { cached_input_usd_per_mtok: None, ..m };
+        assert!((uncached.cost_usd(2_000, 1_000, 0) - 0.002).abs() < 1e-12);
+    }
+}
