@@ -208,11 +208,36 @@ pub(crate) fn check(
     out
 }
 
-/// `cairn models [--json]`: what the config declares.
-pub fn list(models: &Models, json: bool) -> crate::CliResult {
+/// `cairn models [--json] [--check]`: what the config declares, and whether each provider
+/// answers.
+pub async fn list(models: &Models, json: bool, check: bool) -> crate::CliResult {
+    let mut answers = BTreeMap::new();
+    if check {
+        for p in models.providers.values() {
+            answers.insert(p.name.clone(), cairn_engine::models::check(p).await);
+        }
+    }
+    let failed = answers.values().filter(|a| a.is_err()).count();
+    let verdict = || -> crate::CliResult {
+        if failed > 0 { Err(crate::CliError::env(format!("{failed} provider(s) did not answer"))) } else { Ok(()) }
+    };
     if json {
-        crate::out!("{}", serde_json::to_string_pretty(models).unwrap_or_default());
-        return Ok(());
+        let mut doc = serde_json::to_value(models).unwrap_or_default();
+        if check {
+            let checks: serde_json::Map<String, serde_json::Value> = answers
+                .iter()
+                .map(|(name, a)| {
+                    let v = match a {
+                        Ok(what) => serde_json::json!({"ok": true, "message": what}),
+                        Err(why) => serde_json::json!({"ok": false, "message": why}),
+                    };
+                    (name.clone(), v)
+                })
+                .collect();
+            doc["checks"] = serde_json::Value::Object(checks);
+        }
+        crate::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return verdict();
     }
     if models.is_empty() {
         crate::out!(
@@ -251,8 +276,13 @@ pub fn list(models: &Models, json: bool) -> crate::CliResult {
             None => "no key".to_string(),
         };
         crate::out!("provider {}: {} at {}, {key}", p.name, p.kind.as_str(), p.base_url);
+        match answers.get(&p.name) {
+            Some(Ok(what)) => crate::out!("  ok: {what}"),
+            Some(Err(why)) => crate::out!("  FAILED: {why}"),
+            None => {}
+        }
     }
-    Ok(())
+    verdict()
 }
 
 #[cfg(test)]

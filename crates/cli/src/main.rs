@@ -283,10 +283,13 @@ enum Command {
         command: ConfigCommand,
     },
     /// List the model providers and aliases cairn.toml declares (prices, limits, where keys come from).
-    #[command(after_help = "Examples:\n  cairn models\n  cairn models --json")]
+    #[command(after_help = "Examples:\n  cairn models\n  cairn models --json\n  cairn models --check")]
     Models {
         #[arg(long)]
         json: bool,
+        /// Also ask each provider whether it answers (GET BASE_URL/models with its key).
+        #[arg(long)]
+        check: bool,
     },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
@@ -380,7 +383,7 @@ fn main() -> ExitCode {
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,
             Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
             Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
-            Command::Models { json } => config_models::list(&config::get().models, json),
+            Command::Models { json, check } => config_models::list(&config::get().models, json, check).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

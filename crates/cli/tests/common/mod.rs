@@ -1,6 +1,7 @@
 //! Helpers for driving the real `cairn` binary against a real SQLite file.
 #![allow(dead_code)]
 
+pub mod model;
 pub mod pg;
 
 use cairn_core::decide::replay;
