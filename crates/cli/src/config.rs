@@ -305,7 +305,7 @@ mod tests {
     fn config_errors_name_the_file_line_column_and_key() {
         assert_eq!(
             error("[secrets]\nAPI_TOKEN = { env = \"X\" }\n\n[secret]\nB = 1\n"),
-            "cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`"
+            "cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`, `default_model`, `providers`, `models`"
         );
         assert_eq!(
             error("[secrets]\napi_token = { env = \"X\" }\n").split(':').take(3).collect::<Vec<_>>(),
