@@ -61,6 +61,20 @@ pub(crate) struct Parsed {
 }
 
 impl Loaded {
+    /// What each kind's attempts are configured with: the `[kinds.NAME]` tables, and for `llm`
+    /// also the model tables (under `models`).
+    pub fn kind_config(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut kinds = self.kinds.clone();
+        if !self.models.is_empty() {
+            let models = serde_json::to_value(&self.models).unwrap_or_default();
+            let llm = kinds.entry("llm".to_string()).or_insert_with(|| serde_json::json!({}));
+            if let Some(table) = llm.as_object_mut() {
+                table.insert("models".into(), models);
+            }
+        }
+        kinds
+    }
+
     /// Where this process finds secret values.
     pub fn secret_source(&self) -> cairn_engine::secrets::Source {
         let source = cairn_engine::secrets::Source::from_env();

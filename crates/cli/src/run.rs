@@ -71,7 +71,7 @@ impl EngineArgs {
         config.hold_after_activity = std::env::var("CAIRN_TEST_HOLD_AFTER_ACTIVITY").ok();
         config.hold_after_call = std::env::var("CAIRN_TEST_HOLD_AFTER_CALL").ok();
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
-        config.kind_config = crate::config::get().kinds.clone();
+        config.kind_config = crate::config::get().kind_config();
         config
     }
 }

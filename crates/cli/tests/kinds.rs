@@ -14,7 +14,10 @@ fn kinds_lists_every_builtin_with_its_effect_class_role_and_with_schema() {
     let doc: Value = serde_json::from_str(&stdout(&out)).expect("kinds --json is JSON");
     let kinds = doc["kinds"].as_array().expect("a list");
     let names: Vec<&str> = kinds.iter().filter_map(|k| k["name"].as_str()).collect();
-    assert_eq!(names, ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep", "subworkflow", "wait"]);
+    assert_eq!(
+        names,
+        ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "wait"]
+    );
     assert_eq!(
         kinds.iter().find(|k| k["name"] == "subworkflow").map(|k| k["role"].clone()),
         Some("subworkflow".into())

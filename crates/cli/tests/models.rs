@@ -83,3 +83,91 @@ fn models_check_asks_each_provider_and_says_which_did_not_answer() {
     assert_eq!(doc["checks"]["gone"]["ok"], false, "{doc}");
     assert!(!stdout(&out).contains("sk-local-secret-123") && !stderr(&out).contains("sk-local-secret-123"));
 }
+
+fn model_config(server: &common::model::ModelServer) -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    format!(
+        "default_model = \"small\"\n\n[providers.local]\ntype = \"openai\"\nbase_url = \"{}\"\n\n[providers.dead]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:{closed}/v1\"\nconnect_timeout = 1\n\n[models.small]\nprovider = \"local\"\nmodel = \"SmolLM2-135M-Instruct\"\ninput_usd_per_mtok = 0.10\noutput_usd_per_mtok = 0.20\n\n[models.gone]\nprovider = \"dead\"\nmodel = \"x\"\n",
+        server.base_url
+    )
+}
+
+#[test]
+fn an_llm_step_asks_the_real_model_falls_back_past_one_that_is_away_and_counts_tokens_and_cost() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    env.write("cairn.toml", &model_config(&server));
+    let wf = env.write(
+        "wf.yaml",
+        "name: ask\nsteps:\n  - id: ask\n    kind: llm\n    with: {model: [gone, small], system: \"Answer in one word.\", prompt: \"What colour is the sky?\", max_tokens: 8, temperature: 0}\n  - {id: after, kind: echo, needs: [ask], with: {said: \"{{ steps.ask.output.text }}\"}}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "ask", "--json"]))).expect("json");
+    let output = &shown["output"]["value"];
+    assert!(output["text"].as_str().is_some_and(|t| !t.trim().is_empty()), "{shown}");
+    assert_eq!(output["model"], "small");
+    assert_eq!(output["skipped"][0]["model"], "gone", "{shown}");
+    assert!(output["usage"]["input_tokens"].as_u64().is_some_and(|n| n > 0), "{shown}");
+    assert!(output["usage"]["output_tokens"].as_u64().is_some_and(|n| (1..=8).contains(&n)), "{shown}");
+    assert_eq!(output["usage"]["estimated"], false);
+    let cost = output["cost_usd"].as_f64().unwrap_or(0.0);
+    let expected = (output["usage"]["input_tokens"].as_f64().unwrap_or(0.0) * 0.10
+        + output["usage"]["output_tokens"].as_f64().unwrap_or(0.0) * 0.20)
+        / 1e6;
+    assert!((cost - expected).abs() < 1e-12 && cost > 0.0, "{cost} vs {expected}");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn an_llm_call_recorded_before_a_crash_is_not_paid_for_again_after_resume() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    env.write("cairn.toml", &model_config(&server));
+    let wf = env.write(
+        "wf.yaml",
+        "name: ask\nsteps:\n  - id: ask\n    kind: llm\n    with: {prompt: \"Name a colour.\", max_tokens: 6, temperature: 0}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_CALL", "ask/1")]);
+    wait_line(&lines, "[debug] holding after call 1 of ask", std::time::Duration::from_secs(60));
+    sigkill(&mut child);
+    let id = env.only_run().id;
+    assert_eq!(env.step(&id, "ask").status, "RUNNING");
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.only_run().status, "COMPLETED");
+    let store = env.store();
+    let calls = env.block(cairn_store::EffectLog::calls(&store, &cairn_core::RunId::parse(&id).expect("id"), None));
+    let calls = calls.expect("calls");
+    assert_eq!(calls.len(), 1, "one model call, made once: {calls:?}");
+    assert_eq!((calls[0].kind.as_str(), calls[0].attempt, calls[0].outcome.as_str()), ("llm", 1, "ok"));
+    let logs = stdout(&env.run(&["runs", "logs", &id]));
+    assert!(logs.contains("returned the recorded result; not sent again"), "{logs}");
+}
+
+#[test]
+fn an_llm_step_without_models_or_without_its_key_fails_saying_what_to_do() {
+    let env = Env::new();
+    let wf = env.write("wf.yaml", "name: ask\nsteps:\n  - {id: ask, kind: llm, with: {prompt: hi}}\n");
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no models are configured: declare [providers.NAME] and [models.ALIAS]"),
+        "{}",
+        stderr(&out)
+    );
+    env.write(
+        "cairn.toml",
+        "[providers.cloud]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"CAIRN_TEST_NO_SUCH_KEY\"\n\n[models.big]\nprovider = \"cloud\"\nmodel = \"m\"\n",
+    );
+    let wf = env.write("wf2.yaml", "name: ask2\nsteps:\n  - {id: ask, kind: llm, with: {model: big, prompt: hi}}\n");
+    let out = env.cmd().args(["run", path_str(&wf)]).env_remove("CAIRN_TEST_NO_SUCH_KEY").output().expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("$CAIRN_TEST_NO_SUCH_KEY (the key of provider 'cloud') is not set"),
+        "{}",
+        stderr(&out)
+    );
+}

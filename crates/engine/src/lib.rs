@@ -16,6 +16,7 @@ mod http;
 pub mod kinds;
 pub mod log;
 pub mod models;
+mod providers;
 mod requests;
 pub mod secrets;
 mod waiting;

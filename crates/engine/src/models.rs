@@ -3,11 +3,11 @@
 //! chat-completions server or the Anthropic Messages API), where it answers, which environment
 //! variable holds its key (never the key itself), and each model's price and limits.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The API a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderType {
     /// OpenAI chat completions, as OpenAI, vLLM, Ollama, llama.cpp and LiteLLM serve it.
@@ -34,7 +34,7 @@ impl ProviderType {
 }
 
 /// `[providers.NAME]`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Provider {
     pub name: String,
     #[serde(rename = "type")]
@@ -48,12 +48,12 @@ pub struct Provider {
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
     /// Sent with every request (names and values; never secrets — those come from `api_key_env`).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
 }
 
 /// `[models.ALIAS]`: what steps name, mapped to a provider's model, with its price and limits.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     pub alias: String,
     pub provider: String,
@@ -84,7 +84,7 @@ impl Model {
 }
 
 /// Every provider and model this process knows, and the default model.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Models {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_model: Option<String>,

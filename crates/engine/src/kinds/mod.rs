@@ -15,6 +15,7 @@ mod approval;
 mod echo;
 mod fail;
 mod http;
+mod llm;
 mod mock_model;
 mod noop;
 mod sleep;
@@ -229,6 +230,7 @@ pub fn builtin() -> Registry {
         .with(echo::Kind)
         .with(sleep::Kind)
         .with(mock_model::Kind)
+        .with(llm::Kind)
         .with(http::Kind)
         .with(approval::Kind)
         .with(fail::Kind)
@@ -246,7 +248,7 @@ mod tests {
         let specs = registry.specs();
         assert_eq!(
             specs.names(),
-            ["approval", "echo", "fail", "http", "mock_model", "noop", "sleep", "subworkflow", "wait"]
+            ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "wait"]
         );
         for spec in specs.iter() {
             assert!(!spec.summary.is_empty(), "{}", spec.name);

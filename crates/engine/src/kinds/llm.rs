@@ -1,0 +1,153 @@
+//! `llm`: one chat call to a configured model (`cairn.toml` `[models.ALIAS]`), or to the first of
+//! a list that answers. Each request is a journaled call, so a retried or resumed attempt gets an
+//! answer already paid for back instead of asking again. Output: `{text, model, provider_model,
+//! finish_reason, usage: {input_tokens, output_tokens, cached_tokens, estimated}, cost_usd,
+//! skipped}` — `skipped` says why each earlier model of the list did not answer.
+
+use super::{Activity, Attempt, AttemptFuture, Usage};
+use crate::models::Models;
+use cairn_core::event::{ErrorClass, Failure};
+use cairn_core::kinds::{EffectClass, KindSpec, REMOTE};
+use serde_json::{Value, json};
+
+pub struct Kind;
+
+fn permanent(message: String) -> Failure {
+    Failure::new(ErrorClass::Permanent, message)
+}
+
+impl Activity for Kind {
+    fn spec(&self) -> KindSpec {
+        KindSpec::new(
+            "llm",
+            "one chat call to a model from cairn.toml (`with.model`: an alias or a list tried in order; \
+             `prompt` or `messages`, `system`, `temperature`, `max_tokens`, `stop`): {text, usage, cost_usd, …}",
+        )
+        .retry(REMOTE)
+        .timeout_ms(Some(300_000))
+        .effect(EffectClass::Read)
+        .with_schema(json!({
+            "type": "object",
+            "properties": {
+                "model": {"anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+                ]},
+                "system": {"type": "string"},
+                "prompt": {"type": "string"},
+                "messages": {"type": "array", "minItems": 1, "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"enum": ["system", "user", "assistant"]},
+                        "content": {"type": "string"}
+                    },
+                    "additionalProperties": false
+                }},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+            },
+            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+            "additionalProperties": false
+        }))
+    }
+
+    fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
+        Box::pin(async move {
+            let models: Models = serde_json::from_value(attempt.config.get("models").cloned().unwrap_or(Value::Null))
+                .unwrap_or_default();
+            if models.models.is_empty() {
+                return Err(permanent(
+                    "no models are configured: declare [providers.NAME] and [models.ALIAS] in cairn.toml (`cairn \
+                     models` lists them), or use `mock_model`"
+                        .into(),
+                ));
+            }
+            let input = attempt.input.clone();
+            let aliases: Vec<String> = match input.get("model") {
+                Some(Value::String(a)) => vec![a.clone()],
+                Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                _ => models.default_model.clone().into_iter().collect(),
+            };
+            if aliases.is_empty() {
+                return Err(permanent("with.model is not given and cairn.toml has no `default_model`".into()));
+            }
+            let body = request_body(&input)?;
+            let mut skipped = Vec::new();
+            let last = aliases.len() - 1;
+            for (n, alias) in aliases.iter().enumerate() {
+                let Some((model, provider)) = models.resolve(alias) else {
+                    let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
+                    return Err(permanent(format!(
+                        "with.model `{alias}` is not a model of cairn.toml (declared: {})",
+                        known.join(", ")
+                    )));
+                };
+                let key = match &provider.api_key_env {
+                    Some(var) => match std::env::var(var) {
+                        Ok(k) if !k.is_empty() => Some(k),
+                        _ => {
+                            let why = format!("${var} (the key of provider '{}') is not set", provider.name);
+                            if n == last {
+                                return Err(permanent(why));
+                            }
+                            skipped.push(json!({"model": alias, "reason": why}));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                // What is recorded and hashed: never the key.
+                let request = json!({"provider": provider.name, "model": alias, "body": body});
+                let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
+                let answered = attempt
+                    .call("llm", &request, |_| async move {
+                        let raw = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await?;
+                        crate::providers::answer(&model, &raw)
+                    })
+                    .await;
+                match answered {
+                    Ok(mut output) => {
+                        let tokens =
+                            |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
+                        attempt.report_usage(Usage {
+                            tokens_in: tokens("input_tokens"),
+                            tokens_out: tokens("output_tokens"),
+                            cost_usd: output.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+                        });
+                        output["skipped"] = Value::Array(skipped);
+                        return Ok(output);
+                    }
+                    // The next model answers instead when this one is away or busy.
+                    Err(f) if f.class.is_retryable() && n < last => {
+                        attempt.log(format!("model {alias} did not answer ({f}); trying {}", aliases[n + 1]));
+                        skipped.push(json!({"model": alias, "reason": f.to_string()}));
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+            Err(permanent("no model answered".into()))
+        })
+    }
+}
+
+/// The chat request's body (without the model id) from the step's `with`.
+fn request_body(input: &Value) -> Result<Value, Failure> {
+    let mut messages = Vec::new();
+    if let Some(system) = input.get("system").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    match (input.get("prompt"), input.get("messages")) {
+        (Some(Value::String(prompt)), None) => messages.push(json!({"role": "user", "content": prompt})),
+        (None, Some(Value::Array(list))) => messages.extend(list.iter().cloned()),
+        _ => return Err(permanent("with takes `prompt` (a string) or `messages` (a list), one of them".into())),
+    }
+    let mut body = json!({"messages": messages});
+    for k in ["temperature", "max_tokens", "stop"] {
+        if let Some(v) = input.get(k).filter(|v| !v.is_null()) {
+            body[k] = v.clone();
+        }
+    }
+    Ok(body)
+}
