@@ -67,7 +67,10 @@ fn models_check_asks_each_provider_and_says_which_did_not_answer() {
     assert_eq!(out.status.code(), Some(3), "two providers do not answer: {}{}", stdout(&out), stderr(&out));
     let shown = stdout(&out);
     assert!(shown.contains(&format!("  ok: answers at {}/models: 1 model(s) listed", server.base_url)), "{shown}");
-    assert!(shown.contains("provider gone: ") && shown.contains("  FAILED: connecting to 127.0.0.1:"), "{shown}");
+    assert!(
+        shown.contains("provider gone: ") && shown.contains("  FAILED: connecting to http://127.0.0.1:"),
+        "{shown}"
+    );
     assert!(shown.contains("  FAILED: $CAIRN_TEST_UNSET_KEY is not set here"), "{shown}");
     assert!(stderr(&out).contains("2 provider(s) did not answer"), "{}", stderr(&out));
 

@@ -106,12 +106,8 @@ impl Models {
 
 /// Whether a provider answers: `GET {base_url}/models` with its key (read from `api_key_env`
 /// here), within its timeouts. `Ok` says how many models it lists; `Err` says what went wrong
-/// (never the key). Plain `http://` only for now: an `https://` provider is reported as not
-/// checked, since this build has no TLS client yet.
+/// (never the key).
 pub async fn check(provider: &Provider) -> Result<String, String> {
-    if provider.base_url.starts_with("https://") {
-        return Err("not checked: this build reaches http:// providers only (TLS comes with the model client)".into());
-    }
     let key = match &provider.api_key_env {
         Some(var) => match std::env::var(var) {
             Ok(key) if !key.is_empty() => Some(key),
@@ -119,40 +115,41 @@ pub async fn check(provider: &Provider) -> Result<String, String> {
         },
         None => None,
     };
-    let mut headers: serde_json::Map<String, serde_json::Value> =
-        provider.headers.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-    match (&provider.kind, &key) {
-        (ProviderType::Openai, Some(key)) => {
-            headers.insert("Authorization".into(), format!("Bearer {key}").into());
-        }
-        (ProviderType::Anthropic, Some(key)) => {
-            headers.insert("x-api-key".into(), key.clone().into());
-        }
-        (_, None) => {}
-    }
-    if provider.kind == ProviderType::Anthropic {
-        headers.insert("anthropic-version".into(), "2023-06-01".into());
-    }
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(provider.connect_timeout_ms))
+        .timeout(std::time::Duration::from_millis(provider.request_timeout_ms))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
     let url = format!("{}/models", provider.base_url);
-    let input = serde_json::json!({"url": url, "method": "GET", "headers": headers});
-    let limit = std::time::Duration::from_millis(provider.connect_timeout_ms + provider.request_timeout_ms);
-    let mut logs = Vec::new();
+    let mut request = client.get(&url);
+    for (k, v) in &provider.headers {
+        request = request.header(k, v);
+    }
+    request = match (provider.kind, &key) {
+        (ProviderType::Openai, Some(key)) => request.bearer_auth(key),
+        (ProviderType::Anthropic, Some(key)) => request.header("x-api-key", key),
+        (_, None) => request,
+    };
+    if provider.kind == ProviderType::Anthropic {
+        request = request.header("anthropic-version", "2023-06-01");
+    }
     let redact = |text: String| match &key {
         Some(key) if key.len() >= 4 => text.replace(key.as_str(), "[redacted]"),
         _ => text,
     };
-    let none = crate::secrets::Resolved::none();
-    let call = crate::http::call(&input, "cairn-models-check", "cairn", &none, &mut logs);
-    match tokio::time::timeout(limit, call).await {
-        Err(_) => Err(format!("no answer from {url} within {} ms", limit.as_millis())),
-        Ok(Err(failure)) => Err(redact(failure.message)),
-        Ok(Ok(body)) => {
-            let listed = ["data", "models"].iter().find_map(|k| body.get(*k).and_then(|v| v.as_array()).map(Vec::len));
-            match listed {
-                Some(n) => Ok(format!("answers at {url}: {n} model(s) listed")),
-                None => Err(format!("{url} answered, but not with a list of models")),
-            }
-        }
+    let response = request.send().await.map_err(|e| redact(format!("connecting to {url}: {e}")))?;
+    let status = response.status();
+    let body = response.text().await.map_err(|e| redact(format!("reading from {url}: {e}")))?;
+    if !status.is_success() {
+        let quoted: String = body.chars().take(200).collect();
+        return Err(redact(format!("{url} answered {status}: {quoted}")));
+    }
+    let body: serde_json::Value =
+        serde_json::from_str(&body).map_err(|_| format!("{url} answered, but not with JSON"))?;
+    let listed = ["data", "models"].iter().find_map(|k| body.get(*k).and_then(|v| v.as_array()).map(Vec::len));
+    match listed {
+        Some(n) => Ok(format!("answers at {url}: {n} model(s) listed")),
+        None => Err(format!("{url} answered, but not with a list of models")),
     }
 }
 
