@@ -5,7 +5,7 @@
 
 use crate::{CliError, CliResult};
 use cairn_core::definition::{Definition, OnFailure, Step, Trigger};
-use cairn_core::event::{Event, RunOptions, RunSource};
+use cairn_core::event::Event;
 use cairn_core::{RunId, StepId};
 use cairn_engine::{Engine, EngineConfig, NewRun, Notice};
 use cairn_store::{Durability, Journal, SqliteStore, Store};
@@ -164,15 +164,7 @@ async fn scenario<S: Store>(stores: &[Arc<S>], steps: usize, total: usize, in_fl
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
             let t0 = Instant::now();
-            let new = NewRun {
-                definition,
-                source: RunSource::Definition { path: None },
-                plan: None,
-                inputs: json!({}),
-                options: RunOptions::default(),
-                reused: Vec::new(),
-                reused_payloads: Vec::new(),
-            };
+            let new = NewRun::inline(definition, json!({}));
             let handle = engine.start(cairn_engine::new_run_id(), new).await?;
             let outcome = handle.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;
             if outcome.status != cairn_core::RunStatus::Completed {

@@ -3,7 +3,6 @@
 //! cost: item-steps per second (each item is an instance with its own journaled attempt).
 
 use crate::{CliError, CliResult};
-use cairn_core::event::{RunOptions, RunSource};
 use cairn_core::{RunStatus, StepStatus};
 use cairn_engine::{Engine, EngineConfig, NewRun};
 use cairn_store::Store;
@@ -35,15 +34,7 @@ pub async fn bench_map<S: Store>(store: Arc<S>, items: usize, max_parallel: usiz
         if let Some(each) = def.steps.get_mut(1).and_then(|s| s.for_each.as_mut()) {
             each.items = json!((0..n).collect::<Vec<_>>());
         }
-        let new = NewRun {
-            definition: def,
-            source: RunSource::Definition { path: None },
-            plan: None,
-            inputs: json!({}),
-            options: RunOptions::default(),
-            reused: Vec::new(),
-            reused_payloads: Vec::new(),
-        };
+        let new = NewRun::inline(def, json!({}));
         let started = Instant::now();
         let driving = engine.start(cairn_engine::new_run_id(), new).await?;
         let outcome = driving.await.map_err(|e| CliError::env(e.to_string()))??;

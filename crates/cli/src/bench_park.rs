@@ -4,7 +4,7 @@
 //! many wait, and every run completes once its signal arrives.
 
 use crate::{CliError, CliResult};
-use cairn_core::event::{Event, RunOptions, RunSource};
+use cairn_core::event::Event;
 use cairn_engine::{Control, Engine, EngineConfig, NewRun, Notice, Submit};
 use cairn_store::{Durability, SqliteStore};
 use serde_json::json;
@@ -61,15 +61,7 @@ pub async fn bench_park(path: &Path, runs: usize, in_flight: usize, json_out: bo
         ids.push(id.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = permit;
-            let new = NewRun {
-                definition,
-                source: RunSource::Definition { path: None },
-                plan: None,
-                inputs: json!({}),
-                options: RunOptions::default(),
-                reused: Vec::new(),
-                reused_payloads: Vec::new(),
-            };
+            let new = NewRun::inline(definition, json!({}));
             let submit = Submit { drive_here: true, ..Submit::default() };
             if let Some(driving) = engine.submit(id, new, submit).await? {
                 driving.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;

@@ -88,6 +88,22 @@ pub struct NewRun {
     pub reused_payloads: Vec<(Payload, Value)>,
 }
 
+impl NewRun {
+    /// A run of a definition given as it is (no file, plan or fork), with these inputs and the
+    /// default options.
+    pub fn inline(definition: Definition, inputs: Value) -> NewRun {
+        NewRun {
+            definition,
+            source: RunSource::Definition { path: None },
+            plan: None,
+            inputs,
+            options: RunOptions::default(),
+            reused: Vec::new(),
+            reused_payloads: Vec::new(),
+        }
+    }
+}
+
 /// How to create a run.
 #[derive(Default)]
 pub struct Submit {

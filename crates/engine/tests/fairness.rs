@@ -1,7 +1,7 @@
 //! Fair progress: one wide run never holds more than its share of an engine's activity slots,
 //! so a small run started after it still gets to run at once.
 
-use cairn_core::event::{Envelope, Event, RunOptions, RunSource};
+use cairn_core::event::{Envelope, Event};
 use cairn_core::validate::parse_definition;
 use cairn_engine::{Engine, EngineConfig, NewRun};
 use cairn_store::{Durability, Journal, SqliteStore};
@@ -25,15 +25,7 @@ fn max_overlap(events: &[Envelope]) -> usize {
 }
 
 fn run(yaml: &str) -> NewRun {
-    NewRun {
-        definition: parse_definition(yaml, "t.yaml", &cairn_engine::kinds::builtin().specs()).expect("valid"),
-        source: RunSource::Definition { path: None },
-        plan: None,
-        inputs: json!({}),
-        options: RunOptions::default(),
-        reused: Vec::new(),
-        reused_payloads: Vec::new(),
-    }
+    NewRun::inline(parse_definition(yaml, "t.yaml", &cairn_engine::kinds::builtin().specs()).expect("valid"), json!({}))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,6 @@
 //! roles of its steps only since kinds declared them, and a `sleep` step of such a definition
 //! still sleeps inside an attempt (new definitions make it a durable wait).
 
-use cairn_core::event::{RunOptions, RunSource};
 use cairn_core::validate::parse_definition;
 use cairn_engine::{Engine, EngineConfig, NewRun};
 use cairn_store::{Durability, Journal, SqliteStore};
@@ -20,15 +19,7 @@ async fn a_sleep_pinned_before_it_became_a_wait_still_sleeps_in_an_attempt() {
             .expect("valid");
     assert!(definition.steps[0].role.is_some(), "new definitions record the wait role");
     definition.steps[0].role = None; // as pinned by an older release
-    let new = NewRun {
-        definition,
-        source: RunSource::Definition { path: None },
-        plan: None,
-        inputs: json!({}),
-        options: RunOptions::default(),
-        reused: Vec::new(),
-        reused_payloads: Vec::new(),
-    };
+    let new = NewRun::inline(definition, json!({}));
     let outcome =
         engine.start(cairn_engine::new_run_id(), new).await.expect("start").await.expect("join").expect("run");
     assert_eq!(outcome.status, cairn_core::RunStatus::Completed);

@@ -12,7 +12,7 @@ mod common;
 
 use cairn_core::decide::replay;
 use cairn_core::definition::{Definition, ForEach, Inject, Loop, OnFailure, Step, Trigger};
-use cairn_core::event::{ErrorClass, RunOptions, RunSource};
+use cairn_core::event::ErrorClass;
 use cairn_core::kinds::Role;
 use cairn_core::retry::RetryPolicy;
 use cairn_core::{RunState, RunStatus, StepId, StepStatus};
@@ -272,15 +272,7 @@ fn journal_fold_reproduces_the_final_state(backend: Backend, specs: &[StepSpec])
     let nodes = nodes(specs);
     let def = definition(&nodes);
     let outcome = rt.block_on(async {
-        let new = NewRun {
-            definition: def,
-            source: RunSource::Definition { path: None },
-            plan: None,
-            inputs: json!({"flag": true}),
-            options: RunOptions::default(),
-            reused: Vec::new(),
-            reused_payloads: Vec::new(),
-        };
+        let new = NewRun::inline(def, json!({"flag": true}));
         let id = cairn_engine::new_run_id();
         engine.start(id, new).await.expect("start").await.expect("join").expect("run")
     });
