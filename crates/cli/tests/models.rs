@@ -174,3 +174,24 @@ fn an_llm_step_without_models_or_without_its_key_fails_saying_what_to_do() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_llm_step_with_an_output_schema_gets_json_that_fits_it_from_the_real_model() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    env.write("cairn.toml", &model_config(&server));
+    let wf = env.write(
+        "wf.yaml",
+        "name: structured\nsteps:\n  - id: ask\n    kind: llm\n    with:\n      prompt: \"Give the capital of France as JSON with keys city and country.\"\n      max_tokens: 60\n      temperature: 0\n      output_schema: {type: object, properties: {city: {type: string}, country: {type: string}}, required: [city, country]}\n  - {id: after, kind: echo, needs: [ask], with: {city: \"{{ steps.ask.output.json.city }}\"}}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "ask", "--json"]))).expect("json");
+    let json = &shown["output"]["value"]["json"];
+    assert!(json["city"].is_string() && json["country"].is_string(), "{shown}");
+    let after: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "after", "--json"]))).expect("json");
+    assert_eq!(after["output"]["value"]["city"], json["city"], "{after}");
+}

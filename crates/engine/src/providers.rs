@@ -108,11 +108,21 @@ pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<
     })
 }
 
-/// A reqwest error's text without the request URL's query (none is sent, but be sure).
+/// A reqwest error's text with its causes ("connection refused" is in a source, not the top),
+/// without the request URL's query (none is sent, but be sure).
 fn without_url(e: &reqwest::Error) -> String {
-    let mut e = e.to_string();
-    if let Some(i) = e.find('?') {
-        e.truncate(i);
+    let mut text = e.to_string();
+    if let Some(i) = text.find('?') {
+        text.truncate(i);
     }
-    e
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,6 +1,7 @@
 //! Helpers for driving the real `cairn` binary against a real SQLite file.
 #![allow(dead_code)]
 
+pub mod fake_model;
 pub mod model;
 pub mod pg;
 

@@ -1,8 +1,12 @@
 //! `llm`: one chat call to a configured model (`cairn.toml` `[models.ALIAS]`), or to the first of
 //! a list that answers. Each request is a journaled call, so a retried or resumed attempt gets an
-//! answer already paid for back instead of asking again. Output: `{text, model, provider_model,
-//! finish_reason, usage: {input_tokens, output_tokens, cached_tokens, estimated}, cost_usd,
-//! skipped}` — `skipped` says why each earlier model of the list did not answer.
+//! answer already paid for back instead of asking again. Output: `{text, json, model,
+//! provider_model, finish_reason, usage: {input_tokens, output_tokens, cached_tokens, estimated},
+//! cost_usd, skipped}` — `skipped` says why each earlier model of the list did not answer.
+//!
+//! With `output_schema` the provider is asked for JSON fitting it, and the answer is checked: one
+//! that does not parse or fit is sent back once, naming what failed, and a second miss fails the
+//! step permanently (code `malformed_output`). A malformed answer is never passed on.
 
 use super::{Activity, Attempt, AttemptFuture, Usage};
 use crate::models::Models;
@@ -21,7 +25,8 @@ impl Activity for Kind {
         KindSpec::new(
             "llm",
             "one chat call to a model from cairn.toml (`with.model`: an alias or a list tried in order; \
-             `prompt` or `messages`, `system`, `temperature`, `max_tokens`, `stop`): {text, usage, cost_usd, …}",
+             `prompt` or `messages`, `system`, `temperature`, `max_tokens`, `stop`, `output_schema`): {text, json, usage, \
+             cost_usd, …}",
         )
         .retry(REMOTE)
         .timeout_ms(Some(300_000))
@@ -46,7 +51,8 @@ impl Activity for Kind {
                 }},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                 "max_tokens": {"type": "integer", "minimum": 1},
-                "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+                "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "output_schema": {"type": "object", "description": "a JSON Schema the answer must fit"}
             },
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "additionalProperties": false
@@ -73,63 +79,150 @@ impl Activity for Kind {
             if aliases.is_empty() {
                 return Err(permanent("with.model is not given and cairn.toml has no `default_model`".into()));
             }
+            let schema = match input.get("output_schema") {
+                Some(schema) => Some(
+                    jsonschema::validator_for(schema)
+                        .map_err(|e| permanent(format!("with.output_schema is not a usable JSON Schema: {e}")))?,
+                ),
+                None => None,
+            };
             let body = request_body(&input)?;
-            let mut skipped = Vec::new();
-            let last = aliases.len() - 1;
-            for (n, alias) in aliases.iter().enumerate() {
-                let Some((model, provider)) = models.resolve(alias) else {
-                    let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
-                    return Err(permanent(format!(
-                        "with.model `{alias}` is not a model of cairn.toml (declared: {})",
-                        known.join(", ")
-                    )));
-                };
-                let key = match &provider.api_key_env {
-                    Some(var) => match std::env::var(var) {
-                        Ok(k) if !k.is_empty() => Some(k),
-                        _ => {
-                            let why = format!("${var} (the key of provider '{}') is not set", provider.name);
-                            if n == last {
-                                return Err(permanent(why));
-                            }
-                            skipped.push(json!({"model": alias, "reason": why}));
-                            continue;
-                        }
-                    },
-                    None => None,
-                };
-                // What is recorded and hashed: never the key.
-                let request = json!({"provider": provider.name, "model": alias, "body": body});
-                let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
-                let answered = attempt
-                    .call("llm", &request, |_| async move {
-                        let raw = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await?;
-                        crate::providers::answer(&model, &raw)
-                    })
-                    .await;
-                match answered {
-                    Ok(mut output) => {
-                        let tokens =
-                            |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
-                        attempt.report_usage(Usage {
-                            tokens_in: tokens("input_tokens"),
-                            tokens_out: tokens("output_tokens"),
-                            cost_usd: output.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
-                        });
-                        output["skipped"] = Value::Array(skipped);
-                        return Ok(output);
-                    }
-                    // The next model answers instead when this one is away or busy.
-                    Err(f) if f.class.is_retryable() && n < last => {
-                        attempt.log(format!("model {alias} did not answer ({f}); trying {}", aliases[n + 1]));
-                        skipped.push(json!({"model": alias, "reason": f.to_string()}));
-                    }
-                    Err(f) => return Err(f),
+            let (alias, mut output) = ask(attempt, &models, &aliases, &body).await?;
+            let Some(schema) = schema else { return Ok(output) };
+            let text = output["text"].as_str().unwrap_or_default().to_string();
+            let problem = match structured(&schema, &text) {
+                Ok(json) => {
+                    output["json"] = json;
+                    return Ok(output);
                 }
+                Err(problem) => problem,
+            };
+            // Once more, with the answer and what is wrong with it; a second miss is final.
+            attempt.log(format!("the answer of model {alias} does not fit output_schema ({problem}); asking again"));
+            let mut again = body.clone();
+            if let Some(Value::Array(messages)) = again.get_mut("messages") {
+                messages.push(json!({"role": "assistant", "content": text}));
+                messages.push(json!({"role": "user", "content": format!(
+                    "That answer cannot be used: {problem}. Answer again with only a JSON value that fits the \
+                     schema, and nothing else."
+                )}));
             }
-            Err(permanent("no model answered".into()))
+            let (_, second) = ask(attempt, &models, std::slice::from_ref(&alias), &again).await?;
+            let text = second["text"].as_str().unwrap_or_default().to_string();
+            let json = structured(&schema, &text).map_err(|problem| Failure {
+                code: Some("malformed_output".into()),
+                ..permanent(format!(
+                    "model {alias} answered twice without fitting with.output_schema; the second time: {problem}"
+                ))
+            })?;
+            output = summed(output, second);
+            output["json"] = json;
+            Ok(output)
         })
     }
+}
+
+/// Asks the first model of `aliases` that answers: each request a journaled call, the next model
+/// asked when one is away or busy. The answer, with `skipped` saying why earlier ones did not.
+async fn ask(
+    attempt: &mut Attempt<'_>,
+    models: &Models,
+    aliases: &[String],
+    body: &Value,
+) -> Result<(String, Value), Failure> {
+    let mut skipped = Vec::new();
+    let last = aliases.len() - 1;
+    for (n, alias) in aliases.iter().enumerate() {
+        let Some((model, provider)) = models.resolve(alias) else {
+            let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
+            return Err(permanent(format!(
+                "with.model `{alias}` is not a model of cairn.toml (declared: {})",
+                known.join(", ")
+            )));
+        };
+        let key = match &provider.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => {
+                    let why = format!("${var} (the key of provider '{}') is not set", provider.name);
+                    if n == last {
+                        return Err(permanent(why));
+                    }
+                    skipped.push(json!({"model": alias, "reason": why}));
+                    continue;
+                }
+            },
+            None => None,
+        };
+        // What is recorded and hashed: never the key.
+        let request = json!({"provider": provider.name, "model": alias, "body": body});
+        let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
+        let answered = attempt
+            .call("llm", &request, |_| async move {
+                let raw = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await?;
+                crate::providers::answer(&model, &raw)
+            })
+            .await;
+        match answered {
+            Ok(mut output) => {
+                let tokens = |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
+                attempt.report_usage(Usage {
+                    tokens_in: tokens("input_tokens"),
+                    tokens_out: tokens("output_tokens"),
+                    cost_usd: output.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+                });
+                output["skipped"] = Value::Array(skipped);
+                return Ok((alias.clone(), output));
+            }
+            // The next model answers instead when this one is away or busy.
+            Err(f) if f.class.is_retryable() && n < last => {
+                attempt.log(format!("model {alias} did not answer ({f}); trying {}", aliases[n + 1]));
+                skipped.push(json!({"model": alias, "reason": f.to_string()}));
+            }
+            Err(f) => return Err(f),
+        }
+    }
+    Err(permanent("no model answered".into()))
+}
+
+/// The JSON in an answer, checked against the schema; or what is wrong with it, in a sentence the
+/// model can act on.
+fn structured(schema: &jsonschema::Validator, text: &str) -> Result<Value, String> {
+    let trimmed = text.trim();
+    // Small models wrap JSON in a Markdown fence now and then.
+    let bare = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|t| t.strip_suffix("```"))
+        .map(str::trim)
+        .unwrap_or(trimmed);
+    let value: Value = serde_json::from_str(bare).map_err(|e| {
+        let quoted: String = bare.chars().take(80).collect();
+        format!("it is not JSON ({e}; it begins `{quoted}`)")
+    })?;
+    let problems: Vec<String> = schema
+        .iter_errors(&value)
+        .take(3)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("{} {e}", if at.is_empty() { "the value:".to_string() } else { format!("at {at}:") })
+        })
+        .collect();
+    if problems.is_empty() { Ok(value) } else { Err(format!("it does not fit the schema ({})", problems.join("; "))) }
+}
+
+/// The second answer, with the usage and cost of both calls.
+fn summed(first: Value, mut second: Value) -> Value {
+    for k in ["input_tokens", "output_tokens", "cached_tokens"] {
+        let n = |v: &Value| v.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
+        second["usage"][k] = json!(n(&first) + n(&second));
+    }
+    let estimated = |v: &Value| v.pointer("/usage/estimated").and_then(Value::as_bool).unwrap_or(false);
+    second["usage"]["estimated"] = json!(estimated(&first) || estimated(&second));
+    let cost = |v: &Value| v.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0);
+    second["cost_usd"] = json!(cost(&first) + cost(&second));
+    second["skipped"] = first["skipped"].clone();
+    second
 }
 
 /// The chat request's body (without the model id) from the step's `with`.
@@ -148,6 +241,9 @@ fn request_body(input: &Value) -> Result<Value, Failure> {
         if let Some(v) = input.get(k).filter(|v| !v.is_null()) {
             body[k] = v.clone();
         }
+    }
+    if let Some(schema) = input.get("output_schema") {
+        body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}});
     }
     Ok(body)
 }

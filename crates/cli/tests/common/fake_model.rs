@@ -1,0 +1,132 @@
+//! A scripted model provider on loopback, in addition to the real model: it answers OpenAI chat
+//! completions (`POST …/chat/completions`) and Anthropic messages (`POST …/messages`) with the
+//! replies a test queues — an answer, a 429 with `Retry-After`, a 500, a hang, a body that is no
+//! JSON — and keeps every request it received, so a test can count calls and read what was sent.
+
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One scripted reply.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// A status, extra headers and a body.
+    Http(u16, Vec<(&'static str, String)>, String),
+    /// No answer for this long (the client's timeout should fire first).
+    Hang(Duration),
+}
+
+impl Reply {
+    /// A successful OpenAI chat completion saying `text`, with this usage.
+    pub fn says(text: &str, input_tokens: u64, output_tokens: u64) -> Reply {
+        Reply::Http(
+            200,
+            vec![],
+            json!({
+                "id": "fake-1",
+                "object": "chat.completion",
+                "model": "fake-model",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                          "total_tokens": input_tokens + output_tokens}
+            })
+            .to_string(),
+        )
+    }
+
+    /// A completion without usage (the engine must count the tokens itself).
+    pub fn says_without_usage(text: &str) -> Reply {
+        Reply::Http(
+            200,
+            vec![],
+            json!({"model": "fake-model", "choices": [{"message": {"role": "assistant", "content": text},
+                   "finish_reason": "stop"}]})
+            .to_string(),
+        )
+    }
+
+    pub fn status(code: u16, body: &str) -> Reply {
+        Reply::Http(code, vec![], body.to_string())
+    }
+
+    pub fn rate_limited(retry_after_s: u64) -> Reply {
+        Reply::Http(
+            429,
+            vec![("Retry-After", retry_after_s.to_string())],
+            r#"{"error":{"message":"slow down"}}"#.into(),
+        )
+    }
+}
+
+pub struct FakeProvider {
+    /// `http://127.0.0.1:PORT/v1`
+    pub base_url: String,
+    script: Arc<Mutex<VecDeque<Reply>>>,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl FakeProvider {
+    /// Starts on a free loopback port. With the script empty it answers `"ok"` (5 in, 1 out).
+    pub fn start() -> FakeProvider {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
+        let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let (s, r) = (script.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (s, r) = (s.clone(), r.clone());
+                std::thread::spawn(move || serve(stream, &s, &r));
+            }
+        });
+        FakeProvider { base_url, script, received }
+    }
+
+    /// Queues replies, answered in order.
+    pub fn then(&self, replies: impl IntoIterator<Item = Reply>) -> &FakeProvider {
+        self.script.lock().expect("script").extend(replies);
+        self
+    }
+
+    /// The JSON bodies received so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.received.lock().expect("received").clone()
+    }
+}
+
+fn serve(stream: std::net::TcpStream, script: &Mutex<VecDeque<Reply>>, received: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(&stream);
+    let (mut length, mut line, mut first) = (0usize, String::new(), String::new());
+    let _ = reader.read_line(&mut first);
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+        if let Some((name, value)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        line.clear();
+    }
+    let mut body = vec![0; length];
+    let _ = reader.read_exact(&mut body);
+    let reply = if first.starts_with("GET ") && first.contains("/models") {
+        Reply::Http(200, vec![], r#"{"data":[{"id":"fake-model"}]}"#.into())
+    } else {
+        received.lock().expect("received").push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+        script.lock().expect("script").pop_front().unwrap_or_else(|| Reply::says("ok", 5, 1))
+    };
+    match reply {
+        Reply::Hang(d) => std::thread::sleep(d),
+        Reply::Http(code, headers, body) => {
+            let mut head = format!(
+                "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            let _ = (&stream).write_all(format!("{head}\r\n{body}").as_bytes());
+        }
+    }
+}
