@@ -78,6 +78,7 @@ fn chain(steps: usize) -> Definition {
         inputs: Default::default(),
         artifact: None,
         retention_ms: None,
+        budget: None,
         steps: (0..steps)
             .map(|i| Step {
                 id: StepId::new(format!("s{i}")),
@@ -96,6 +97,7 @@ fn chain(steps: usize) -> Definition {
                 for_each: None,
                 repeat: None,
                 instance: None,
+                budget: None,
             })
             .collect(),
     }

@@ -3,6 +3,7 @@
 //! key; a key's *value* never goes in the file (`api_key_env` names the variable that holds it).
 
 use super::config::{is_variable, located, position};
+use cairn_engine::breakers::BreakerConfig;
 use cairn_engine::models::{Model, Models, Provider, ProviderType};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -21,6 +22,23 @@ pub(crate) struct ProviderFile {
     request_timeout: Option<Spanned<f64>>,
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
+    breaker: Option<BreakerFile>,
+}
+
+/// `[providers.NAME] breaker = {…}` as written: when the provider is skipped for a while.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BreakerFile {
+    /// Failures in a row that open it.
+    failures: Option<Spanned<i64>>,
+    /// Or this share of failed calls (0 to 1) …
+    failure_rate: Option<Spanned<f64>>,
+    /// … over at least this many calls …
+    min_calls: Option<Spanned<i64>>,
+    /// … in this many seconds.
+    window: Option<Spanned<f64>>,
+    /// Seconds an open breaker waits before it lets one probe call through.
+    cool_down: Option<Spanned<f64>>,
 }
 
 /// `[models.ALIAS]` as written.
@@ -105,6 +123,35 @@ pub(crate) fn check(
         };
         let connect_timeout_ms = seconds("connect_timeout", &p.connect_timeout, 10_000);
         let request_timeout_ms = seconds("request_timeout", &p.request_timeout, 120_000);
+        let mut breaker = BreakerConfig::default();
+        if let Some(b) = &p.breaker {
+            breaker.window_ms = seconds("breaker.window", &b.window, breaker.window_ms);
+            breaker.cool_down_ms = seconds("breaker.cool_down", &b.cool_down, breaker.cool_down_ms);
+            let mut count = |field: &str, v: &Option<Spanned<i64>>, default: u32| -> u32 {
+                match v {
+                    None => default,
+                    Some(n) if (1..=10_000).contains(n.get_ref()) => *n.get_ref() as u32,
+                    Some(n) => {
+                        let msg = format!("`providers.{key}.breaker.{field}` is {}; use 1 to 10000", n.get_ref());
+                        problems.push(located(file, at(n.span().start), &msg));
+                        default
+                    }
+                }
+            };
+            breaker.failures = count("failures", &b.failures, breaker.failures);
+            breaker.min_calls = count("min_calls", &b.min_calls, breaker.min_calls);
+            match &b.failure_rate {
+                Some(r) if *r.get_ref() > 0.0 && *r.get_ref() <= 1.0 => breaker.failure_rate = *r.get_ref(),
+                Some(r) => {
+                    let msg = format!(
+                        "`providers.{key}.breaker.failure_rate` is {}; use a share above 0, at most 1 (0.5 = half)",
+                        r.get_ref()
+                    );
+                    problems.push(located(file, at(r.span().start), &msg));
+                }
+                None => {}
+            }
+        }
         let mut headers = BTreeMap::new();
         for (h, v) in p.headers {
             let secretish = ["authorization", "x-api-key", "api-key"].contains(&h.to_ascii_lowercase().as_str());
@@ -128,6 +175,7 @@ pub(crate) fn check(
                 connect_timeout_ms,
                 request_timeout_ms,
                 headers,
+                breaker,
             },
         );
     }

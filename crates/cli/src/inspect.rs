@@ -4,7 +4,7 @@ use crate::output::{table, timestamp};
 use crate::{CliError, CliResult, DbArgs};
 use cairn_core::RunId;
 use cairn_core::duration::format_ms;
-use cairn_store::{Inbox, Journal, Registry, RunQuery};
+use cairn_store::{EffectLog, Inbox, Journal, Registry, RunQuery};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -148,6 +148,16 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
 }
 
+/// An amount in US dollars, with the digits small amounts need.
+pub(crate) fn usd(amount: f64) -> String {
+    if amount != 0.0 && amount.abs() < 0.01 { format!("${amount:.6}") } else { format!("${amount:.4}") }
+}
+
+/// `$0.000123 (2 model calls, 120 tokens in, 30 out)`.
+pub(crate) fn spent(s: &cairn_store::Spend) -> String {
+    format!("{} ({} model call(s), {} tokens in, {} out)", usd(s.cost_usd), s.calls, s.tokens_in, s.tokens_out)
+}
+
 fn run_id(s: &str) -> CliResult<RunId> {
     RunId::parse(s).map_err(CliError::usage)
 }
@@ -281,14 +291,26 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 })
                 .transpose()?;
             let rows = store.list_runs(RunQuery { status, workflow, limit, ..Default::default() }).await?;
+            let ids: Vec<RunId> = rows.iter().filter_map(|r| RunId::parse(&r.id).ok()).collect();
+            let usage = store.spend(&ids).await?;
             if json {
+                let rows: Vec<Value> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+                        if let Some(u) = usage.get(&r.id) {
+                            v["usage"] = json!(u);
+                        }
+                        v
+                    })
+                    .collect();
                 print_json(&rows);
                 return Ok(());
             }
             let body: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
-                    vec![
+                    let mut line = vec![
                         r.id.clone(),
                         r.status.clone(),
                         r.workflow.clone(),
@@ -297,13 +319,18 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                         r.finished_at_ms
                             .map(|f| format_ms((f - r.created_at_ms).max(0) as u64))
                             .unwrap_or_else(|| "-".into()),
-                    ]
+                    ];
+                    if !usage.is_empty() {
+                        line.push(usage.get(&r.id).map_or_else(|| "-".into(), |u| usd(u.cost_usd)));
+                    }
+                    line
                 })
                 .collect();
-            crate::output::out(format_args!(
-                "{}",
-                table(&["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"], &body)
-            ));
+            let mut head = vec!["RUN", "STATE", "WORKFLOW", "CURRENT STEP", "CREATED", "TOOK"];
+            if !usage.is_empty() {
+                head.push("COST");
+            }
+            crate::output::out(format_args!("{}", table(&head, &body)));
         }
         RunsCommand::Show { id, step: Some(step), json, full } => {
             crate::detail::show_step(&store, &run_id(&id)?, &step, json, full).await?;
@@ -313,8 +340,14 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             let run = store.get_run(&id).await?;
             let steps = store.steps(&id).await?;
             let links = cairn_engine::RunLinks::of(&store.events(&id).await?);
+            let (step_usage, usage) = cairn_store::Spend::of_calls(&store.calls(&id, None).await?);
             if json {
-                print_json(&json!({"run": run, "links": links, "steps": steps}));
+                let mut doc = json!({"run": run, "links": links, "steps": steps});
+                if usage.calls > 0 {
+                    doc["usage"] = json!(usage);
+                    doc["step_usage"] = json!(step_usage);
+                }
+                print_json(&doc);
                 return Ok(());
             }
             crate::out!("run       {}", run.id);
@@ -333,6 +366,9 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
             }
             if let Some(msg) = &run.failure_message {
                 crate::out!("failure   {}: {msg}", run.failure_class.as_deref().unwrap_or("error"));
+            }
+            if usage.calls > 0 {
+                crate::out!("cost      {}", spent(&usage));
             }
             if let Some(p) = &links.parent {
                 crate::out!("parent    {} (step {}, attempt {})", p.run_id, p.step, p.attempt);
@@ -373,14 +409,20 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                         (_, _, Some(skip)) => format!("skipped: {skip}"),
                         _ => "-".into(),
                     };
-                    vec![s.step_id.clone(), s.status.clone(), s.attempts.to_string(), duration, error]
+                    let mut line = vec![s.step_id.clone(), s.status.clone(), s.attempts.to_string(), duration];
+                    if usage.calls > 0 {
+                        line.push(step_usage.get(&s.step_id).map_or_else(|| "-".into(), |u| usd(u.cost_usd)));
+                    }
+                    line.push(error);
+                    line
                 })
                 .collect();
-
-            crate::output::out(format_args!(
-                "{}",
-                table(&["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"], &body)
-            ));
+            let head: &[&str] = if usage.calls > 0 {
+                &["STEP", "STATE", "ATTEMPTS", "DURATION", "COST", "LAST ERROR"]
+            } else {
+                &["STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR"]
+            };
+            crate::output::out(format_args!("{}", table(head, &body)));
             for ((parent, which), n) in hidden {
                 crate::out!(
                     "… and {n} more instance(s) of {parent} (cairn runs show {} --step '{parent}{which}')",

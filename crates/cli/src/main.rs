@@ -17,6 +17,7 @@ mod bench_map;
 mod bench_park;
 mod config;
 mod config_models;
+mod cost;
 mod detail;
 mod inspect;
 mod kinds;
@@ -225,10 +226,10 @@ enum Command {
     /// Start a new run from a step of an earlier one, reusing the results before it.
     #[command(after_help = "Example:\n  cairn rerun wf_01J... --from send_email")]
     Rerun(run::RerunArgs),
-    /// Answer an escalated failure (`on_failure: escalate`): retry the step, skip it with an
-    /// output, or abort the run.
+    /// Answer an escalated failure (`on_failure: escalate`, or `budget: {on_exceed: escalate}`):
+    /// retry the step (raising the budget it stopped at), skip it with an output, or abort the run.
     #[command(
-        after_help = "Examples:\n  cairn escalation wf_01J... send retry\n  cairn escalation wf_01J... send skip --output '{\"sent\": false}'\n  cairn escalation wf_01J... send abort"
+        after_help = "Examples:\n  cairn escalation wf_01J... send retry\n  cairn escalation wf_01J... summarize retry --max-cost-usd 2.50\n  cairn escalation wf_01J... send skip --output '{\"sent\": false}'\n  cairn escalation wf_01J... send abort"
     )]
     Escalation {
         id: String,
@@ -238,6 +239,12 @@ enum Command {
         /// The output a skipped step takes (JSON).
         #[arg(long)]
         output: Option<String>,
+        /// With retry, for a step stopped by a budget: its new limit in US dollars.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+        /// With retry, for a step stopped by a budget: its new limit in tokens.
+        #[arg(long)]
+        max_tokens: Option<u64>,
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
         /// Return once the answer is recorded (see `cairn approve --help`).
@@ -291,6 +298,20 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// What model calls spent (USD and tokens), summed from the store and grouped.
+    #[command(
+        after_help = "Examples:\n  cairn cost\n  cairn cost --since 30d --by model\n  cairn cost --by day --json"
+    )]
+    Cost {
+        /// How far back (a duration: 1h, 7d, 30d).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// workflow | model | day
+        #[arg(long, default_value = "workflow")]
+        by: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
@@ -338,10 +359,15 @@ fn main() -> ExitCode {
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
             Command::Rerun(args) => run::rerun(&cli.db, args).await,
-            Command::Escalation { id, step, action, output, by, detach } => {
+            Command::Escalation { id, step, action, output, max_cost_usd, max_tokens, by, detach } => {
                 use cairn_engine::EscalationChoice;
+                let raise = (max_cost_usd.is_some() || max_tokens.is_some())
+                    .then_some(cairn_engine::Raise { max_cost_usd, max_tokens });
+                if raise.is_some() && action != "retry" {
+                    return Err(CliError::usage("--max-cost-usd and --max-tokens go only with retry"));
+                }
                 let choice = match (action.as_str(), output) {
-                    ("retry", None) => EscalationChoice::Retry,
+                    ("retry", None) => EscalationChoice::Retry { raise },
                     ("abort", None) => EscalationChoice::Abort,
                     ("skip", Some(text)) => EscalationChoice::Skip {
                         output: serde_json::from_str(&text)
@@ -384,6 +410,7 @@ fn main() -> ExitCode {
             Command::Gc { retention, dry_run, json } => admin::gc(&cli.db, &retention, dry_run, json).await,
             Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
             Command::Models { json, check } => config_models::list(&config::get().models, json, check).await,
+            Command::Cost { since, by, json } => cost::cost(&cli.db, &since, &by, json).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

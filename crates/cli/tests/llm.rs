@@ -68,7 +68,7 @@ fn a_second_answer_that_does_not_fit_fails_the_step_as_malformed_output_and_is_n
             _ => None,
         })
         .expect("StepFailed");
-    assert_eq!(failed.code.as_deref(), Some("malformed_output"), "{failed:?}");
+    assert_eq!(failed.class, cairn_core::event::ErrorClass::MalformedOutput, "{failed:?}");
     assert!(failed.message.contains("at /city: 7 is not of type \"string\""), "{}", failed.message);
     // Permanent: no third call, no retry.
     assert_eq!(fake.received().len(), 2);
@@ -133,7 +133,7 @@ fn refusals_are_permanent_and_say_which_and_a_hang_is_a_timeout() {
     for (reply, expected) in [
         (Reply::status(401, r#"{"error":"invalid key"}"#), "answered 401 for model 'fake-model'"),
         (Reply::status(404, r#"{"error":"no such model"}"#), "is the model id or base_url wrong?"),
-        (Reply::status(400, r#"{"error":"maximum context length exceeded"}"#), "answered 400"),
+        (Reply::status(400, r#"{"error":"maximum context length exceeded"}"#), "failed(context_overflow)"),
         (Reply::status(200, "this is not json"), "the answer is not JSON"),
         (Reply::Hang(std::time::Duration::from_secs(5)), "failed(timeout)"),
     ] {
@@ -150,4 +150,156 @@ fn refusals_are_permanent_and_say_which_and_a_hang_is_a_timeout() {
     }
     let sent_auth = fake.received().len();
     assert_eq!(sent_auth, 5, "one request each: permanent failures are not retried");
+}
+
+fn calls_of(env: &Env, id: &str) -> Vec<cairn_store::CallRow> {
+    let store = env.store();
+    env.block(cairn_store::EffectLog::calls(&store, &cairn_core::RunId::parse(id).expect("id"), None)).expect("calls")
+}
+
+#[test]
+fn a_call_that_would_cross_the_budget_is_not_sent_and_fails_the_step_as_budget_exceeded() {
+    let fake = FakeProvider::start();
+    // Each call asks for at most 100 output tokens at $2/M and ~10 input at $1/M: ≈ $0.00021.
+    // The first answer costs 1000 in + 100 out = $0.0012, leaving less than the next call needs.
+    fake.then([Reply::says("one", 1000, 100)]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let wf = env.write(
+        "wf.yaml",
+        "name: budgeted\nbudget: {max_cost_usd: 0.0013}\nsteps:\n  - {id: first, kind: llm, with: {prompt: hi, max_tokens: 100}}\n  - {id: second, kind: llm, needs: [first], with: {prompt: again, max_tokens: 100}}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("failed(budget_exceeded)"), "{said}");
+    assert!(said.contains("the budget of the run is $0.0013"), "{said}");
+    assert_eq!(fake.received().len(), 1, "the second call was not sent");
+    let id = env.only_run().id;
+    let calls = calls_of(&env, &id);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let cost = calls[0].cost.as_ref().expect("priced");
+    assert_eq!((cost.model.as_str(), cost.tokens_in, cost.tokens_out), ("fake", 1000, 100));
+    // Step and run totals, from the recorded calls.
+    let shown: Value = serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--json"]))).expect("json");
+    assert!((shown["usage"]["cost_usd"].as_f64().unwrap_or(0.0) - 0.0012).abs() < 1e-12, "{shown}");
+    assert_eq!(shown["step_usage"]["first"]["calls"], 1);
+    let text = stdout(&env.run(&["runs", "show", &id]));
+    assert!(text.contains("cost      $0.001200 (1 model call(s), 1000 tokens in, 100 out)"), "{text}");
+}
+
+#[test]
+fn a_step_over_its_budget_waits_for_a_person_who_raises_it_and_the_run_goes_on() {
+    let fake = FakeProvider::start();
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let wf = env.write(
+        "wf.yaml",
+        "name: escalated\nsteps:\n  - id: ask\n    kind: llm\n    with: {prompt: hi, max_tokens: 100}\n    budget: {max_tokens: 50, on_exceed: escalate}\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "ask=escalated(needs a decision)", std::time::Duration::from_secs(30));
+    let id = env.only_run().id;
+    assert_eq!(env.only_run().status, "WAITING");
+    assert!(fake.received().is_empty(), "nothing was sent");
+    let waiting = stdout(&env.run(&["approvals", "--json"]));
+    assert!(waiting.contains("stopped at the step's budget") && waiting.contains("50 tokens"), "{waiting}");
+    // A raise that is no raise, and a raise for a step not stopped by a budget, are refused.
+    let out = env.run(&["escalation", &id, "ask", "skip", "--max-tokens", "500"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = env.run(&["escalation", &id, "ask", "retry", "--max-tokens", "1000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(wait_exit(&mut child, std::time::Duration::from_secs(30)).success());
+    assert_eq!(env.only_run().status, "COMPLETED");
+    assert_eq!(fake.received().len(), 1);
+    let raised = env.events(&id).into_iter().find_map(|e| match e.event {
+        cairn_core::Event::ApprovalDecided {
+            action: Some(cairn_core::event::Escalation::Retry { raise, .. }), ..
+        } => raise,
+        _ => None,
+    });
+    let raised = raised.expect("the raise is journaled");
+    assert_eq!((raised.step.map(|s| s.to_string()), raised.max_tokens), (Some("ask".into()), Some(1000)));
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn a_crash_between_reservation_and_settlement_counts_the_call_once() {
+    let fake = FakeProvider::start();
+    // The first request hangs (the process is killed meanwhile); the resumed attempt's answers.
+    fake.then([Reply::Hang(std::time::Duration::from_secs(30)), Reply::says("late", 40, 10)]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake).replace("request_timeout = 2", "request_timeout = 60"));
+    let wf = env.write(
+        "wf.yaml",
+        "name: reserved\nbudget: {max_cost_usd: 0.001}\nsteps:\n  - {id: ask, kind: llm, with: {prompt: hi, max_tokens: 100}}\n",
+    );
+    let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_for("the call to be in flight", std::time::Duration::from_secs(30), || fake.received().len() == 1);
+    sigkill(&mut child);
+    let id = env.only_run().id;
+    let held = calls_of(&env, &id);
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].outcome, "reserved", "{held:?}");
+    let reserved = held[0].reserved.expect("reservation");
+    assert!(reserved.usd > 0.0 && reserved.tokens > 100, "{reserved:?}");
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.only_run().status, "COMPLETED");
+    let settled = calls_of(&env, &id);
+    assert_eq!(settled.len(), 1, "the reservation was replaced, not added to: {settled:?}");
+    assert_eq!((settled[0].outcome.as_str(), settled[0].attempt), ("ok", 2));
+    let cost = settled[0].cost.as_ref().expect("priced");
+    assert_eq!((cost.tokens_in, cost.tokens_out), (40, 10));
+    let report: Value = serde_json::from_str(&stdout(&env.run(&["cost", "--by", "model", "--json"]))).expect("json");
+    assert_eq!(report["groups"][0]["key"], "fake", "{report}");
+    assert_eq!(report["total"]["calls"], 1, "{report}");
+    assert!((report["total"]["cost_usd"].as_f64().unwrap_or(0.0) - 60e-6).abs() < 1e-12, "{report}");
+}
+
+#[test]
+fn usage_a_provider_leaves_out_is_counted_and_marked_estimated() {
+    let fake = FakeProvider::start();
+    fake.then([Reply::says_without_usage("hello world")]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let wf = env.write("wf.yaml", "name: ask\nsteps:\n  - {id: ask, kind: llm, with: {prompt: \"hello world\"}}\n");
+    assert!(env.run(&["run", path_str(&wf)]).status.success());
+    let output = step_output(&env, &env.only_run().id, "ask");
+    assert_eq!(output["usage"]["estimated"], true, "{output}");
+    assert_eq!(output["usage"]["output_tokens"], 2, "o200k counts `hello world` as 2: {output}");
+    assert_eq!(output["usage"]["input_tokens"], 3 + 4 + 2, "{output}");
+}
+
+#[test]
+fn a_provider_that_keeps_failing_is_skipped_while_its_breaker_is_open_and_the_api_shows_it() {
+    let (flaky, spare) = (FakeProvider::start(), FakeProvider::start());
+    flaky.then((0..10).map(|_| Reply::status(503, r#"{"error":"overloaded"}"#)));
+    let env = Env::new();
+    env.write(
+        "cairn.toml",
+        &format!(
+            "[providers.flaky]\ntype = \"openai\"\nbase_url = \"{}\"\nbreaker = {{failures = 2, cool_down = 600}}\n\n[providers.spare]\ntype = \"openai\"\nbase_url = \"{}\"\n\n[models.a]\nprovider = \"flaky\"\nmodel = \"m-a\"\n\n[models.b]\nprovider = \"spare\"\nmodel = \"m-b\"\n",
+            flaky.base_url, spare.base_url
+        ),
+    );
+    let server = env.serve(&[]);
+    let workflow = serde_json::json!({"name": "many", "steps": [
+        {"id": "ask", "kind": "llm", "for_each": [1, 2, 3, 4, 5], "max_parallel": 1,
+         "with": {"model": ["a", "b"], "prompt": "item {{ item }}"}}
+    ]});
+    let r = post(&server.addr, "/v1/runs?wait=30s", &serde_json::json!({"workflow": workflow}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["status"], "COMPLETED", "{}", r.body);
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    assert_eq!(flaky.received().len(), 2, "two failures open the breaker; later items skip the provider");
+    assert_eq!(spare.received().len(), 5);
+    let last = step_output(&env, &id, "ask[4]");
+    let why = last["skipped"][0]["reason"].as_str().unwrap_or_default();
+    assert!(why.contains("provider flaky: breaker open (2 failures in a row)"), "{last}");
+    let providers = get(&server.addr, "/v1/providers").json();
+    let flaky_view = &providers["providers"][0];
+    assert_eq!((flaky_view["name"].as_str(), flaky_view["breaker"]["state"].as_str()), (Some("flaky"), Some("open")));
+    assert_eq!(flaky_view["models"], serde_json::json!(["a"]));
+    assert_eq!(providers["providers"][1]["breaker"]["state"], "closed", "{providers}");
 }

@@ -31,7 +31,34 @@ pub struct Definition {
     /// means the store's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_ms: Option<u64>,
+    /// What the whole run's model calls may spend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     pub steps: Vec<Step>,
+}
+
+/// `budget:` of a workflow or a step: what its model calls may spend together. Each call reserves
+/// its worst case before it is sent, and a call that would cross the limit is not sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Budget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    /// Input and output tokens together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub on_exceed: OnExceed,
+}
+
+/// What a call that would cross a budget does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    /// The step fails with class `budget_exceeded` (default); its `on_failure` applies.
+    #[default]
+    Fail,
+    /// The run waits for a person to raise the budget (or skip the step, or abort).
+    Escalate,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
@@ -85,6 +112,10 @@ pub struct Step {
     /// in a definition as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Instance>,
+    /// What this step's model calls may spend (each instance of a `for_each` or `loop` has its
+    /// own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
 }
 
 /// Default cap on the number of items a `for_each` step may run.
@@ -272,6 +303,7 @@ impl Definition {
             for_each: None,
             repeat: None,
             instance: Some(Instance { of: p.id.clone(), index }),
+            budget: p.budget.clone(),
         }
     }
 

@@ -11,7 +11,8 @@ use std::fmt;
 /// was written with, so a newer binary can still read (and upcast) an older journal.
 pub const JOURNAL_SCHEMA: u16 = 1;
 
-/// How a failure should be treated. Only `Transient`, `Timeout` and `RateLimited` are retried.
+/// How a failure should be treated. Only `Transient`, `Timeout` and `RateLimited` are retried;
+/// the others say why retrying cannot help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
@@ -23,14 +24,27 @@ pub enum ErrorClass {
     RateLimited,
     /// Retrying cannot help (bad input, output over the cap, a condition that does not evaluate).
     Permanent,
+    /// A model's prompt does not fit its context window.
+    ContextOverflow,
+    /// A model's answer did not parse or fit the step's `output_schema`, even after a repair.
+    MalformedOutput,
+    /// The call would have crossed the run's or the step's budget, so it was not sent.
+    BudgetExceeded,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 4] =
-        [ErrorClass::Transient, ErrorClass::Timeout, ErrorClass::RateLimited, ErrorClass::Permanent];
+    pub const ALL: [ErrorClass; 7] = [
+        ErrorClass::Transient,
+        ErrorClass::Timeout,
+        ErrorClass::RateLimited,
+        ErrorClass::Permanent,
+        ErrorClass::ContextOverflow,
+        ErrorClass::MalformedOutput,
+        ErrorClass::BudgetExceeded,
+    ];
 
     pub fn is_retryable(self) -> bool {
-        !matches!(self, ErrorClass::Permanent)
+        matches!(self, ErrorClass::Transient | ErrorClass::Timeout | ErrorClass::RateLimited)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +53,9 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::RateLimited => "rate_limited",
             ErrorClass::Permanent => "permanent",
+            ErrorClass::ContextOverflow => "context_overflow",
+            ErrorClass::MalformedOutput => "malformed_output",
+            ErrorClass::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -142,11 +159,27 @@ pub enum Escalation {
     Retry {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         fresh_budget: bool,
+        /// The budget the step crossed, raised by the person who decided (a `budget_exceeded`
+        /// escalation).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raise: Option<BudgetRaise>,
     },
     /// Take the step as done with this output.
     Skip { output: PayloadRef },
     /// Fail the run.
     Abort,
+}
+
+/// A budget raised by a person: the run's (`step: None`) or one step's. Each limit given replaces
+/// the one in force; a limit not given stays as it was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BudgetRaise {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<StepId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 /// A step a forked run does not execute again: it takes the output the parent recorded.

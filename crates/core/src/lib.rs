@@ -5,6 +5,7 @@
 //! Time arrives inside events; "randomness" (retry jitter, chaos) is a hash of stable ids. That is
 //! what makes a recorded journal replay to the same decisions bit for bit.
 
+pub mod budget;
 pub mod catalog;
 pub mod chaos;
 pub mod decide;

@@ -202,6 +202,8 @@ pub struct RunState {
     pub signal_log: BTreeMap<String, Vec<PayloadRef>>,
     /// How many of each name's signals ended a wait.
     pub signals_taken: BTreeMap<String, usize>,
+    /// Budgets raised by people, oldest first (see [`RunState::budgets`]).
+    pub budget_raises: Vec<crate::event::BudgetRaise>,
 }
 
 impl RunState {
@@ -230,6 +232,7 @@ impl RunState {
             signals: BTreeMap::new(),
             signal_log: BTreeMap::new(),
             signals_taken: BTreeMap::new(),
+            budget_raises: Vec::new(),
         }
     }
 
@@ -689,6 +692,12 @@ impl RunState {
             kind,
             step: step_id.to_string(),
         })?;
+        if let Event::ApprovalDecided {
+            action: Some(crate::event::Escalation::Retry { raise: Some(raise), .. }), ..
+        } = event
+        {
+            self.budget_raises.push(raise.clone());
+        }
         let input = match event {
             Event::StepReady { .. } => StepInput::Ready,
             Event::StepSkipped { .. } => StepInput::Skipped,
@@ -852,7 +861,7 @@ impl RunState {
                 if let Some(a) = &mut step.approval {
                     a.decision = Some((*approved, by.clone(), comment.clone()));
                 }
-                if let Some(crate::event::Escalation::Retry { fresh_budget: true }) = action {
+                if let Some(crate::event::Escalation::Retry { fresh_budget: true, .. }) = action {
                     step.retry_base = step.attempts;
                 }
                 if let Some(crate::event::Escalation::Skip { output }) = action {

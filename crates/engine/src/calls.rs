@@ -12,7 +12,7 @@ use crate::secrets::Resolved;
 use cairn_core::RunId;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::payload::Payload;
-use cairn_store::CallRow;
+use cairn_store::{CallCost, CallRow, Limit, Overspend, Reservation};
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,7 +31,11 @@ type Recording<'a> = Pin<Box<dyn Future<Output = Result<Option<Recorded>, cairn_
 /// first (an attempt that lost its lease and ran on): that call stands, not this one.
 pub(crate) trait CallSink: Send + Sync {
     fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_>;
+    /// Reserves a budgeted call's worst case (see `EffectLog::reserve_call`).
+    fn reserve(&self, run: &RunId, call: CallRow, limits: Vec<Limit>) -> Reserving<'_>;
 }
+
+type Reserving<'a> = Pin<Box<dyn Future<Output = Result<Option<Overspend>, cairn_store::Error>> + Send + 'a>>;
 
 pub(crate) struct StoreSink<S>(pub Arc<S>);
 
@@ -46,6 +50,20 @@ impl<S: cairn_store::Store> CallSink for StoreSink<S> {
             Ok(recorded(&*self.0, &run, &step).await?.into_iter().find(|r| r.n == n))
         })
     }
+
+    fn reserve(&self, run: &RunId, call: CallRow, limits: Vec<Limit>) -> Reserving<'_> {
+        let run = run.clone();
+        Box::pin(async move { self.0.reserve_call(&run, call, limits).await })
+    }
+}
+
+/// A model call's accounting: which model is asked and the most the call may cost. Its worst
+/// case is reserved against the attempt's budgets before it is sent; its usage and cost (the
+/// `usage` and `cost_usd` of its result) are recorded with the result.
+#[derive(Clone, Debug)]
+pub struct Meter {
+    pub model: String,
+    pub worst: Reservation,
 }
 
 /// A call recorded by an earlier attempt of the same step.
@@ -66,6 +84,10 @@ pub(crate) struct CallLog {
     /// Test hook: after the call at this position is recorded, hold (so a test can SIGKILL).
     pub hold_after: Option<u32>,
     pub shutdown: watch::Receiver<bool>,
+    /// The budgets metered calls must fit (the run's and the step's, as in force now).
+    pub budgets: Vec<Limit>,
+    /// Whether the last call came back from the record instead of being made.
+    pub last_replayed: bool,
     next: u32,
 }
 
@@ -78,14 +100,28 @@ impl CallLog {
         sink: Arc<dyn CallSink>,
         shutdown: watch::Receiver<bool>,
     ) -> CallLog {
-        CallLog { run, step, attempt, recorded, sink, hold_after: None, shutdown, next: 0 }
+        CallLog {
+            run,
+            step,
+            attempt,
+            recorded,
+            sink,
+            hold_after: None,
+            shutdown,
+            budgets: Vec::new(),
+            last_replayed: false,
+            next: 0,
+        }
     }
 
-    /// Makes (or replays) the next call: `send` gets the call's idempotency key.
+    /// Makes (or replays) the next call: `send` gets the call's idempotency key. A metered call
+    /// is reserved against the budgets first, and not sent if one would be crossed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call<Fut>(
         &mut self,
         kind: &str,
         request: &Value,
+        meter: Option<&Meter>,
         secrets: &Resolved,
         logs: &mut Vec<String>,
         send: impl FnOnce(String) -> Fut,
@@ -93,6 +129,7 @@ impl CallLog {
     where
         Fut: Future<Output = Result<Value, Failure>>,
     {
+        self.last_replayed = false;
         self.next += 1;
         let n = self.next;
         let request_hash = Payload::of(&secrets.redact_value(request.clone())).reference.hash;
@@ -110,8 +147,20 @@ impl CallLog {
                 return Err(Failure { code: Some(DIVERGENCE.into()), ..Failure::new(ErrorClass::Permanent, message) });
             }
             logs.push(format!("call {n} ({kind}, {key}): returned the recorded result; not sent again"));
+            self.last_replayed = true;
             return Ok(done.result.clone());
         }
+        let reserved = match meter {
+            Some(m) if !self.budgets.is_empty() => {
+                self.reserve(n, kind, &request_hash, m).await?;
+                logs.push(format!(
+                    "call {n} ({kind}): reserved up to ${:.6} / {} tokens for model {}",
+                    m.worst.usd, m.worst.tokens, m.model
+                ));
+                Some(m.worst)
+            }
+            _ => None,
+        };
         let started = Instant::now();
         let result = send(key.clone()).await;
         let duration_ms = started.elapsed().as_millis() as u64;
@@ -132,6 +181,9 @@ impl CallLog {
             attempt: self.attempt,
             duration_ms,
             at_ms: crate::now_ms(),
+            // Settles the reservation: what the call cost (nothing, if it failed).
+            cost: meter.map(|m| priced(m, result.as_ref().ok())),
+            reserved,
         };
         if let Some(first) = self.keep(row, payload).await? {
             // Another attempt of this step recorded this call first: its result stands.
@@ -157,6 +209,44 @@ impl CallLog {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         result
+    }
+
+    /// Reserves call `n`'s worst case against the budgets, or says which budget it would cross.
+    async fn reserve(&self, n: u32, kind: &str, request_hash: &str, meter: &Meter) -> Result<(), Failure> {
+        let row = CallRow {
+            step_id: self.step.clone(),
+            n,
+            kind: kind.to_string(),
+            request_hash: request_hash.to_string(),
+            outcome: "reserved".into(),
+            result_hash: None,
+            error: None,
+            attempt: self.attempt,
+            duration_ms: 0,
+            at_ms: crate::now_ms(),
+            cost: None,
+            reserved: Some(meter.worst),
+        };
+        let over = self.sink.reserve(&self.run, row, self.budgets.clone()).await.map_err(|e| {
+            Failure::new(ErrorClass::Transient, format!("cannot reserve call {n} against the budget yet: {e}"))
+        })?;
+        let Some(over) = over else { return Ok(()) };
+        let (scope, code) = match &over.limit.step {
+            Some(step) => (format!("step '{step}'"), cairn_core::budget::STEP_BUDGET),
+            None => ("the run".to_string(), cairn_core::budget::RUN_BUDGET),
+        };
+        let limit = match (over.limit.max_cost_usd, over.limit.max_tokens) {
+            (Some(usd), Some(tokens)) => format!("${usd} / {tokens} tokens"),
+            (Some(usd), None) => format!("${usd}"),
+            (None, Some(tokens)) => format!("{tokens} tokens"),
+            (None, None) => "none".into(),
+        };
+        let message = format!(
+            "the budget of {scope} is {limit}; ${:.6} and {} tokens are spent or held, and call {n} to model {} may \
+             cost up to ${:.6} / {} tokens, so it was not sent",
+            over.spent_usd, over.spent_tokens, meter.model, over.asked.usd, over.asked.tokens
+        );
+        Err(Failure { code: Some(code.into()), ..Failure::new(ErrorClass::BudgetExceeded, message) })
     }
 
     /// Records the call before the next one may start. While the store cannot take it (disk
@@ -185,6 +275,17 @@ impl CallLog {
                 }
             }
         }
+    }
+}
+
+/// What a metered call cost, from its result's `usage` and `cost_usd` (nothing when it failed).
+fn priced(meter: &Meter, result: Option<&Value>) -> CallCost {
+    let tokens = |k: &str| result.and_then(|v| v.pointer(&format!("/usage/{k}"))).and_then(Value::as_u64).unwrap_or(0);
+    CallCost {
+        model: meter.model.clone(),
+        tokens_in: tokens("input_tokens"),
+        tokens_out: tokens("output_tokens"),
+        cost_usd: result.and_then(|v| v.get("cost_usd")).and_then(Value::as_f64).unwrap_or(0.0),
     }
 }
 
@@ -234,19 +335,19 @@ mod tests {
         // Attempt 1 (which lost its lease but ran on) records call 1 ...
         let mut first = log(&store, &run, 1, Vec::new());
         let mut logs = Vec::new();
-        let got = first.call("http", &request, &none, &mut logs, |_| async { Ok(json!("first")) }).await;
+        let got = first.call("http", &request, None, &none, &mut logs, |_| async { Ok(json!("first")) }).await;
         assert_eq!(got, Ok(json!("first")));
         // ... while attempt 2, started before that was recorded, makes the same call: the first
         // success stands, and attempt 2 goes on with it.
         let mut second = log(&store, &run, 2, Vec::new());
-        let got = second.call("http", &request, &none, &mut logs, |_| async { Ok(json!("second")) }).await;
+        let got = second.call("http", &request, None, &none, &mut logs, |_| async { Ok(json!("second")) }).await;
         assert_eq!(got, Ok(json!("first")), "{logs:?}");
         let calls = store.calls(&run, Some("s")).await.expect("calls");
         assert_eq!(calls.iter().map(|c| (c.n, c.attempt)).collect::<Vec<_>>(), [(1, 1)]);
         // A later attempt that asks something else at that position diverges.
         let mut third = log(&store, &run, 3, Vec::new());
         let other = json!({"url": "http://y/"});
-        let got = third.call("http", &other, &none, &mut logs, |_| async { Ok(json!("third")) }).await;
+        let got = third.call("http", &other, None, &none, &mut logs, |_| async { Ok(json!("third")) }).await;
         assert_eq!(got.map_err(|f| f.code), Err(Some(DIVERGENCE.to_string())));
     }
 }

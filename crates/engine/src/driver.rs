@@ -434,6 +434,17 @@ impl<S: Store> Live<S> {
         let run_id = self.state.run_id.to_string();
         let workflow = self.state.workflow.clone();
         let chaos = self.state.options.chaos;
+        // What the attempt's model calls must fit (a compensation is not budgeted).
+        let budgets: Vec<cairn_store::Limit> = if l.compensation {
+            Vec::new()
+        } else {
+            let limit = |b: cairn_core::budget::InForce| cairn_store::Limit {
+                step: b.step,
+                max_cost_usd: b.max_cost_usd,
+                max_tokens: b.max_tokens,
+            };
+            self.state.budgets(l.index).into_iter().map(limit).collect()
+        };
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
         let hold_call = self.inner.config.hold_after_call.as_deref().and_then(|h| {
             let (step, n) = h.rsplit_once('/')?;
@@ -507,6 +518,7 @@ impl<S: Store> Live<S> {
             let mut call_log =
                 calls::CallLog::new(run.clone(), effect_step.clone(), l.attempt, recorded, sink, shutdown.clone());
             call_log.hold_after = hold_call;
+            call_log.budgets = budgets;
             let input = resolved.apply(&l.input, &l.secrets);
             let ctx = AttemptContext {
                 run_id: &run_id,

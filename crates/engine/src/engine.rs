@@ -213,6 +213,12 @@ impl<S: Store> Engine<S> {
         &self.inner.specs
     }
 
+    /// The model providers and aliases the `llm` kind was configured with (cairn.toml).
+    pub fn models(&self) -> crate::models::Models {
+        let configured = self.inner.config.kind_config.get("llm").and_then(|c| c.get("models")).cloned();
+        configured.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+    }
+
     pub fn owner(&self) -> &str {
         &self.inner.config.owner
     }

@@ -8,6 +8,7 @@
 //! reports as an interrupted (transient) failure and retries under the step's policy.
 
 pub mod activity;
+pub mod breakers;
 pub mod calls;
 mod children;
 mod driver;
@@ -19,11 +20,12 @@ pub mod models;
 mod providers;
 mod requests;
 pub mod secrets;
+mod tokens;
 mod waiting;
 
 pub use cairn_core::links::{RunLink, RunLinks};
 pub use engine::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
-pub use requests::{Control, Delivery, EscalationChoice, RequestView, check_signal_name};
+pub use requests::{Control, Delivery, EscalationChoice, Raise, RequestView, check_signal_name};
 pub use waiting::{WaitingApproval, waiting_approvals};
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -50,6 +50,9 @@ pub struct Provider {
     /// Sent with every request (names and values; never secrets — those come from `api_key_env`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// When this process skips the provider for a while (see `crate::breakers`).
+    #[serde(default)]
+    pub breaker: crate::breakers::BreakerConfig,
 }
 
 /// `[models.ALIAS]`: what steps name, mapped to a provider's model, with its price and limits.

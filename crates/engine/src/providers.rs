@@ -13,8 +13,9 @@ use std::time::Duration;
 /// The most of a provider's error body quoted in a failure.
 const QUOTED: usize = 300;
 
-/// One model's answer, as journaled: what the step's output is built from.
-pub fn answer(model: &Model, raw: &Value) -> Result<Value, Failure> {
+/// One model's answer, as journaled: what the step's output is built from. Usage the provider
+/// left out is counted here (`estimated: true`) from the request's messages and the answer.
+pub fn answer(model: &Model, body: &Value, raw: &Value) -> Result<Value, Failure> {
     let choice = raw.pointer("/choices/0").ok_or_else(|| malformed("the answer has no choices"))?;
     let text = choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default().to_string();
     let finish_reason = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("unknown").to_string();
@@ -22,7 +23,8 @@ pub fn answer(model: &Model, raw: &Value) -> Result<Value, Failure> {
     let tokens = |k: &str| usage.get(k).and_then(Value::as_u64);
     let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
     let cached = usage.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0);
-    let (input_tokens, output_tokens) = (input.unwrap_or(0), output.unwrap_or(0));
+    let input_tokens = input.unwrap_or_else(|| crate::tokens::count_messages(&body["messages"]));
+    let output_tokens = output.unwrap_or_else(|| crate::tokens::count(&text));
     Ok(json!({
         "text": text,
         "model": model.alias,
@@ -45,7 +47,7 @@ fn malformed(why: &str) -> Failure {
 /// Sends one chat request (`body` without the model id, which comes from `model`) and returns the
 /// provider's JSON answer, or a failure classed as the engine's retry policy needs it: 429 is
 /// `rate_limited` (with `Retry-After`), 408/5xx and connection trouble `transient`, a context
-/// too long `permanent` with code `context_overflow`, other 4xx `permanent` saying which.
+/// too long `context_overflow`, other 4xx `permanent` saying which.
 pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<&str>) -> Result<Value, Failure> {
     if provider.kind == ProviderType::Anthropic {
         return Err(Failure::new(
@@ -97,7 +99,7 @@ pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<
         400 if lower.contains("context")
             && (lower.contains("length") || lower.contains("exceed") || lower.contains("too long")) =>
         {
-            Failure { code: Some("context_overflow".into()), ..Failure::new(ErrorClass::Permanent, said) }
+            Failure::new(ErrorClass::ContextOverflow, said)
         }
         401 | 403 => Failure::new(
             ErrorClass::Permanent,

@@ -64,9 +64,24 @@ pub enum Control {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "do", rename_all = "snake_case")]
 pub enum EscalationChoice {
-    Retry,
-    Skip { output: Value },
+    /// Try again; for a step stopped by a budget, with the limits given raised.
+    Retry {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raise: Option<Raise>,
+    },
+    Skip {
+        output: Value,
+    },
     Abort,
+}
+
+/// New limits for the budget a step crossed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Raise {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 /// How a request was answered.
@@ -138,7 +153,7 @@ impl Control {
             Control::Pause { .. } => "pause",
             Control::Unpause { .. } => "unpause",
             Control::Signal { .. } => "signal",
-            Control::Decide { escalation: Some(EscalationChoice::Retry), .. } => "retry",
+            Control::Decide { escalation: Some(EscalationChoice::Retry { .. }), .. } => "retry",
             Control::Decide { escalation: Some(EscalationChoice::Skip { .. }), .. } => "skip",
             Control::Decide { escalation: Some(EscalationChoice::Abort), .. } => "abort",
             Control::Decide { approve: true, .. } => "approve",
@@ -169,7 +184,13 @@ impl Control {
                 use cairn_core::event::Escalation;
                 let (action, payload) = match escalation {
                     None => (None, None),
-                    Some(EscalationChoice::Retry) => (Some(Escalation::Retry { fresh_budget: true }), None),
+                    Some(EscalationChoice::Retry { raise: None }) => {
+                        (Some(Escalation::Retry { fresh_budget: true, raise: None }), None)
+                    }
+                    Some(EscalationChoice::Retry { raise: Some(raise) }) => (
+                        Some(Escalation::Retry { fresh_budget: true, raise: Some(budget_raise(state, &step, raise)?) }),
+                        None,
+                    ),
                     Some(EscalationChoice::Abort) => (Some(Escalation::Abort), None),
                     Some(EscalationChoice::Skip { output }) => {
                         let p = Payload::of(&output);
@@ -407,4 +428,27 @@ impl RequestView {
             decided_at_ms: o.decided_at_ms,
         }
     }
+}
+
+/// The budget a step stopped at, with the limits a person gave: refused unless the step did stop
+/// at a budget, or if a limit is not above zero.
+fn budget_raise(state: &RunState, step: &str, raise: Raise) -> Result<cairn_core::event::BudgetRaise, Error> {
+    if raise.max_cost_usd.is_none() && raise.max_tokens.is_none() {
+        return Err(Error::Invalid("a budget raise needs `max_cost_usd`, `max_tokens` or both".into()));
+    }
+    if raise.max_cost_usd.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) || raise.max_tokens == Some(0) {
+        return Err(Error::Invalid("a raised budget must be above zero".into()));
+    }
+    let crossed =
+        state.step_index(step).and_then(|i| state.steps[i].last_failure.as_ref().and_then(|f| state.crossed(i, f)));
+    let Some(crossed) = crossed else {
+        return Err(Error::Invalid(format!(
+            "step '{step}' did not stop at a budget, so there is no budget to raise; decide `retry` without one"
+        )));
+    };
+    Ok(cairn_core::event::BudgetRaise {
+        step: crossed.step.map(cairn_core::StepId::new),
+        max_cost_usd: raise.max_cost_usd,
+        max_tokens: raise.max_tokens,
+    })
 }

@@ -145,6 +145,7 @@ fn definition(nodes: &[Node]) -> Definition {
         inputs: Default::default(),
         artifact: None,
         retention_ms: None,
+        budget: None,
         steps: nodes
             .iter()
             .enumerate()
@@ -196,6 +197,7 @@ fn definition(nodes: &[Node]) -> Definition {
                     _ => None,
                 },
                 instance: None,
+                budget: None,
             })
             .collect(),
     }

@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 #[schema(examples(
     json!({"decision": "approve", "comment": "looks right"}),
     json!({"decision": "skip", "output": {"text": "written by hand"}}),
+    json!({"decision": "retry", "budget": {"max_cost_usd": 2.5}}),
 ))]
 pub struct Decision {
     /// `approve` or `reject` at an approval gate; `retry`, `skip` (with `output`) or `abort` for
@@ -35,6 +36,19 @@ pub struct Decision {
     /// With `skip` only: the output the step takes instead (any JSON).
     #[schema(value_type = Option<Value>)]
     output: Option<Value>,
+    /// With `retry` only, for a step stopped by a budget (`budget_exceeded`): the budget's new
+    /// limits.
+    budget: Option<BudgetRaise>,
+}
+
+/// New limits for the budget a step stopped at; a limit not given stays as it was.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRaise {
+    #[schema(minimum = 0)]
+    max_cost_usd: Option<f64>,
+    #[schema(minimum = 1)]
+    max_tokens: Option<u64>,
 }
 
 /// A step that waits for a person.
@@ -120,10 +134,14 @@ pub async fn decide<S: Store>(
     Path(RunStepPath { id, step }): Path<RunStepPath>,
     JsonBody(body, _): JsonBody<Decision>,
 ) -> Result<Response, ApiError> {
+    let raise = body.budget.map(|b| cairn_engine::Raise { max_cost_usd: b.max_cost_usd, max_tokens: b.max_tokens });
+    if raise.is_some() && body.decision != "retry" {
+        return Err(ApiError::unprocessable("unexpected_budget", "`budget` goes only with `retry`"));
+    }
     let (approve, escalation) = match (body.decision.as_str(), body.output) {
         ("approve" | "approved", None) => (true, None),
         ("reject" | "rejected", None) => (false, None),
-        ("retry", None) => (true, Some(EscalationChoice::Retry)),
+        ("retry", None) => (true, Some(EscalationChoice::Retry { raise })),
         ("skip", Some(output)) => (true, Some(EscalationChoice::Skip { output })),
         ("skip", None) => {
             return Err(ApiError::unprocessable("missing_output", "`skip` needs the step's `output` (any JSON)"));

@@ -135,6 +135,8 @@ pub struct DefinitionFile {
     inputs: Option<Value>,
     /// Defaults for every step.
     defaults: Option<DefaultsFile>,
+    /// What the whole run's model calls may spend.
+    budget: Option<BudgetFile>,
     #[schema(min_items = 1)]
     steps: Vec<StepFile>,
 }
@@ -204,6 +206,25 @@ pub struct StepFile {
     #[serde(rename = "loop")]
     #[schema(rename = "loop")]
     repeat: Option<LoopFile>,
+    /// What this step's model calls may spend.
+    budget: Option<BudgetFile>,
+}
+
+/// What model calls may spend: each call reserves its worst case first, and a call that would
+/// cross a limit is not sent.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowBudget)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    /// US dollars (at least one of the two limits).
+    #[schema(minimum = 0.000001, maximum = 1000000)]
+    max_cost_usd: Option<f64>,
+    /// Input and output tokens together.
+    #[schema(minimum = 1)]
+    max_tokens: Option<i64>,
+    /// `fail` (default: the step fails as `budget_exceeded`) or `escalate` (a person may raise it).
+    #[schema(pattern = "^(fail|escalate)$")]
+    on_exceed: Option<String>,
 }
 
 /// Repeat a step (instances `ID#1`, `ID#2`, …) until `until` holds over an iteration's output.
@@ -243,7 +264,8 @@ pub struct InjectFile {
     fail_times: Option<i64>,
     #[schema(minimum = 0, maximum = 1)]
     fail_rate: Option<f64>,
-    /// `transient`, `timeout`, `rate_limited` or `permanent`.
+    /// `transient`, `timeout`, `rate_limited` (retried), or `permanent`, `context_overflow`,
+    /// `malformed_output`, `budget_exceeded`.
     fail_class: Option<String>,
     #[schema(value_type = Option<DurationText>)]
     delay: Option<Value>,

@@ -14,6 +14,7 @@ mod error;
 mod listener;
 mod openapi;
 mod probes;
+mod providers;
 mod responses;
 mod routes;
 mod runs;

@@ -36,6 +36,7 @@ fn tags() -> Vec<utoipa::openapi::tag::Tag> {
         ("runs", "Start runs and read them: state, steps, logs, journal, live events."),
         ("steering", "Change a run's course: cancel, pause, resume, signal, rerun, retry."),
         ("approvals", "What waits for a person, and the decision."),
+        ("providers", "Model providers from the configuration, and their circuit breakers."),
         ("workflows", "A registry of versioned definitions; runs pin the version they started with."),
         ("admin", "API tokens and the audit trail."),
         ("tasks", "The original task API, kept for existing clients."),

@@ -21,7 +21,7 @@ use cairn_core::kinds::Kinds;
 use cairn_core::payload::sha256_hex;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_engine::{Control, Delivery, NewRun, Submit};
-use cairn_store::{IdempotencyKey, RunQuery, RunRow, StepRow, Store};
+use cairn_store::{IdempotencyKey, RunQuery, RunRow, Spend, StepRow, Store};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
@@ -440,7 +440,10 @@ pub async fn list<S: Store>(
         })
         .await?;
     let next = (rows.len() == limit).then(|| rows.last().map(|r| format!("{}.{}", r.created_at_ms, r.id))).flatten();
-    Ok(reply(StatusCode::OK, &RunPage { runs: rows.iter().map(RunView::of).collect(), next_cursor: next }))
+    let ids: Vec<RunId> = rows.iter().filter_map(|r| RunId::parse(&r.id).ok()).collect();
+    let usage = state.store.spend(&ids).await?;
+    let runs = rows.iter().map(|r| RunView::of(r).with_usage(usage.get(&r.id))).collect();
+    Ok(reply(StatusCode::OK, &RunPage { runs, next_cursor: next }))
 }
 
 /// A run
@@ -467,11 +470,13 @@ pub async fn get<S: Store>(
     let steps = state.store.steps(&id).await?;
     let output = output_of(&*state.store, &row).await?;
     let links = cairn_engine::RunLinks::of(&state.store.events(&id).await?);
+    let (step_usage, total) = Spend::of_calls(&state.store.calls(&id, None).await?);
     let detail = RunDetail {
-        run: RunView::of(&row),
+        run: RunView::of(&row).with_usage((total.calls > 0).then_some(&total)),
         parent: links.parent.map(Into::into),
         children: links.children.into_iter().map(Into::into).collect(),
         steps,
+        step_usage,
         output,
     };
     Ok(reply(StatusCode::OK, &detail))

@@ -4,10 +4,11 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_core::RunStatus;
-use cairn_store::{CallRow, LogLine, RunRow, StepRow};
+use cairn_store::{CallRow, LogLine, RunRow, Spend, StepRow};
 use serde::Serialize;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{RefOr, schema::AdditionalProperties};
 use utoipa::{PartialSchema, ToSchema};
@@ -88,7 +89,8 @@ impl ToSchema for JournalEvent {}
 /// Why a run failed.
 #[derive(Serialize, ToSchema)]
 pub struct Failure {
-    /// `transient`, `timeout`, `rate_limited` or `permanent`.
+    /// `transient`, `timeout`, `rate_limited` (retried), or `permanent`, `context_overflow`,
+    /// `malformed_output`, `budget_exceeded`.
     class: Option<String>,
     message: String,
     /// The step whose failure failed the run.
@@ -129,6 +131,9 @@ pub struct RunView {
     /// How many events the journal holds.
     events: u64,
     failure: Option<Failure>,
+    /// What the run's model calls used: calls, tokens and USD (absent when it made none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Spend>,
     links: RunLinks,
 }
 
@@ -151,6 +156,7 @@ impl RunView {
                 message: m.clone(),
                 step: row.failed_step.clone(),
             }),
+            usage: None,
             links: RunLinks {
                 this: format!("/v1/runs/{id}"),
                 steps: format!("/v1/runs/{id}/steps"),
@@ -159,6 +165,12 @@ impl RunView {
                 export: format!("/v1/runs/{id}/export"),
             },
         }
+    }
+
+    /// With what the run's model calls used, if they used anything.
+    pub fn with_usage(mut self, usage: Option<&Spend>) -> RunView {
+        self.usage = usage.copied();
+        self
     }
 }
 
@@ -189,6 +201,9 @@ pub struct RunDetail {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub children: Vec<RunLinkView>,
     pub steps: Vec<StepRow>,
+    /// What each step's model calls used, by step (steps that made none are absent).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub step_usage: BTreeMap<String, Spend>,
     /// The run's output, present once it has completed; any JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>)]

@@ -189,6 +189,23 @@ impl EffectLog for AnyStore {
     async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
         each!(self, s => s.calls(run_id, step).await)
     }
+
+    async fn reserve_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        limits: Vec<crate::Limit>,
+    ) -> Result<Option<crate::Overspend>, Error> {
+        each!(self, s => s.reserve_call(run_id, call, limits).await)
+    }
+
+    async fn spend(&self, runs: &[RunId]) -> Result<std::collections::BTreeMap<String, crate::Spend>, Error> {
+        each!(self, s => s.spend(runs).await)
+    }
+
+    async fn cost_report(&self, since_ms: i64, by: crate::CostBy) -> Result<Vec<crate::CostLine>, Error> {
+        each!(self, s => s.cost_report(since_ms, by).await)
+    }
 }
 
 impl Registry for AnyStore {

@@ -16,6 +16,7 @@ mod any;
 mod export;
 pub mod postgres;
 mod rows;
+mod spend;
 pub mod sqlite;
 
 pub use export::{EXPORT_FORMAT, export_document};
@@ -26,6 +27,7 @@ pub use rows::{
     AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, Notify, RequestOutcome, RequestRow, RequestState,
     RunRow, RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
 };
+pub use spend::{CallCost, CostBy, CostLine, Limit, Overspend, Reservation, Spend};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Whether opening a database may create Cairn's schema in it.
@@ -40,6 +42,7 @@ pub enum Create {
 
 use cairn_core::{Envelope, RunId};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -347,6 +350,21 @@ pub trait EffectLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, Error>> + Send;
     /// The calls recorded for a run (one step's, when given), in step and position order.
     fn calls(&self, run_id: &RunId, step: Option<&str>) -> impl Future<Output = Result<Vec<CallRow>, Error>> + Send;
+    /// Reserves a budgeted call's worst case (`call.reserved`, `outcome = "reserved"`) before it
+    /// is sent, if every limit still holds it on top of what its scope already holds (settled
+    /// calls at their cost, other reservations at theirs; a reservation at the same position,
+    /// left by an attempt that crashed, is replaced, not added). Reservations of one run are
+    /// checked one at a time. `Some` says which limit refused, and nothing is written.
+    fn reserve_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        limits: Vec<Limit>,
+    ) -> impl Future<Output = Result<Option<Overspend>, Error>> + Send;
+    /// What each of these runs' settled model calls spent (runs without any are left out).
+    fn spend(&self, runs: &[RunId]) -> impl Future<Output = Result<BTreeMap<String, Spend>, Error>> + Send;
+    /// What model calls made since `since_ms` spent, grouped.
+    fn cost_report(&self, since_ms: i64, by: CostBy) -> impl Future<Output = Result<Vec<CostLine>, Error>> + Send;
 }
 
 /// Registered workflow definitions, by name and version.

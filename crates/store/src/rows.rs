@@ -186,7 +186,8 @@ pub struct CallRow {
     pub kind: String,
     /// SHA-256 of the request as recorded (secrets redacted).
     pub request_hash: String,
-    /// `ok` or `failed`.
+    /// `ok`, `failed`, or `reserved` (a budgeted call sent but not settled yet: its worst case is
+    /// held against the budgets).
     pub outcome: String,
     /// The result's payload hash (`ok`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,6 +199,12 @@ pub struct CallRow {
     pub attempt: u32,
     pub duration_ms: u64,
     pub at_ms: i64,
+    /// A model call's tokens and cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<crate::CallCost>,
+    /// A budgeted call's worst case, reserved before it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<crate::Reservation>,
 }
 
 impl CallRow {

@@ -1227,6 +1227,8 @@ conformance!(calls_inside_an_attempt_keep_their_first_success_and_are_replaced_a
         attempt,
         duration_ms: 7,
         at_ms: T0 + i64::from(n),
+        cost: None,
+        reserved: None,
     };
     assert!(store.calls(&id, None).await.expect("calls").is_empty());
     let first = Payload::of(&json!({"page": 1}));
@@ -1256,4 +1258,78 @@ conformance!(calls_inside_an_attempt_keep_their_first_success_and_are_replaced_a
     commit(&*store, j.write(OWNER, LIVE)).await;
     store.gc(T0 + 10 * 86_400_000, 1, false).await.expect("gc");
     assert!(store.calls(&id, None).await.expect("calls").is_empty());
+});
+
+conformance!(budgets_hold_reservations_until_settled_and_spend_is_summed_per_run_and_group, |store| async move {
+    use cairn_store::{CallCost, CostBy, Limit, Reservation};
+    let j = create(&*store, 1, OWNER, LIVE).await;
+    let id = j.id();
+    let model_call = |step: &str, n: u32, outcome: &str, usd: f64, tokens: u64| CallRow {
+        step_id: step.into(),
+        n,
+        kind: "llm".into(),
+        request_hash: format!("h{n}"),
+        outcome: outcome.into(),
+        result_hash: None,
+        error: None,
+        attempt: 1,
+        duration_ms: 3,
+        at_ms: T0 + i64::from(n),
+        cost: (outcome != "reserved").then(|| CallCost {
+            model: "small".into(),
+            tokens_in: tokens / 2,
+            tokens_out: tokens - tokens / 2,
+            cost_usd: usd,
+        }),
+        reserved: Some(Reservation { usd: 0.4, tokens: 400 }),
+    };
+    let run_limit = Limit { step: None, max_cost_usd: Some(1.0), max_tokens: None };
+    let step_limit = Limit { step: Some("a".into()), max_cost_usd: None, max_tokens: Some(500) };
+    let limits = vec![run_limit.clone(), step_limit];
+    // Step a reserves 0.4 / 400 tokens; settling at 0.1 / 100 frees the rest.
+    assert_eq!(
+        store.reserve_call(&id, model_call("a", 1, "reserved", 0.0, 0), limits.clone()).await.expect("r1"),
+        None
+    );
+    // A second reservation of step a would hold 800 tokens of its 500.
+    let over = store.reserve_call(&id, model_call("a", 2, "reserved", 0.0, 0), limits.clone()).await.expect("r2");
+    let over = over.expect("step a's tokens are held");
+    assert_eq!((over.limit.step.as_deref(), over.spent_tokens, over.asked.tokens), (Some("a"), 400, 400));
+    // The same position reserved again (an attempt after a crash) replaces its own reservation.
+    assert_eq!(
+        store.reserve_call(&id, model_call("a", 1, "reserved", 0.0, 0), limits.clone()).await.expect("again"),
+        None
+    );
+    assert!(store.spend(std::slice::from_ref(&id)).await.expect("spend").is_empty(), "nothing settled yet");
+    store.record_call(&id, model_call("a", 1, "ok", 0.1, 100), None).await.expect("settle 1");
+    assert_eq!(
+        store.reserve_call(&id, model_call("a", 2, "reserved", 0.0, 0), limits.clone()).await.expect("r2"),
+        None
+    );
+    store.record_call(&id, model_call("a", 2, "ok", 0.2, 100), None).await.expect("settle 2");
+    // Step b is under the run's limit only: 0.3 spent, 0.4 asked, fits; another 0.4 does not.
+    let run_only = vec![run_limit];
+    assert_eq!(
+        store.reserve_call(&id, model_call("b", 1, "reserved", 0.0, 0), run_only.clone()).await.expect("b1"),
+        None
+    );
+    let over = store.reserve_call(&id, model_call("b", 2, "reserved", 0.0, 0), run_only).await.expect("b2");
+    let over = over.expect("the run's limit");
+    assert_eq!(over.limit.step, None);
+    assert!((over.spent_usd - 0.7).abs() < 1e-9, "{over:?}");
+    store.record_call(&id, model_call("b", 1, "failed", 0.0, 0), None).await.expect("settle b1");
+
+    let spend = store.spend(std::slice::from_ref(&id)).await.expect("spend");
+    let run = spend.get(id.as_str()).expect("the run spent");
+    assert_eq!((run.calls, run.tokens_in + run.tokens_out), (3, 200));
+    assert!((run.cost_usd - 0.3).abs() < 1e-9, "{run:?}");
+    let by_model = store.cost_report(T0, CostBy::Model).await.expect("report");
+    assert_eq!(by_model.len(), 1);
+    assert_eq!((by_model[0].key.as_str(), by_model[0].runs, by_model[0].spend.calls), ("small", 1, 3));
+    let by_day = store.cost_report(T0, CostBy::Day).await.expect("by day");
+    assert_eq!(by_day.len(), 1);
+    assert_eq!(by_day[0].key.len(), 10, "YYYY-MM-DD: {by_day:?}");
+    let by_workflow = store.cost_report(T0, CostBy::Workflow).await.expect("by workflow");
+    assert_eq!(by_workflow.len(), 1);
+    assert!(store.cost_report(T0 + 1_000_000, CostBy::Model).await.expect("later").is_empty());
 });

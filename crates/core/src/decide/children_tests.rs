@@ -112,7 +112,7 @@ fn an_escalated_subworkflow_waits_for_a_person_not_for_its_ended_child() {
     };
     let env = Envelope { seq: h.state.last_seq + 1, at_ms: 1_000, schema: JOURNAL_SCHEMA, event: again };
     assert!(decide(&mut h.state.clone(), &env).is_err(), "an ended child's end is not taken twice");
-    let action = Some(crate::event::Escalation::Retry { fresh_budget: true });
+    let action = Some(crate::event::Escalation::Retry { fresh_budget: true, raise: None });
     let cmds = h.feed(Event::ApprovalDecided {
         step: StepId::new("onboard"),
         approved: true,

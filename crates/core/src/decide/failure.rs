@@ -2,7 +2,8 @@
 //! apply its `on_failure` policy.
 
 use super::Decider;
-use crate::definition::OnFailure;
+use crate::budget::RUN_BUDGET;
+use crate::definition::{OnExceed, OnFailure};
 use crate::event::{ErrorClass, Event, Failure};
 use crate::ids::StepId;
 use crate::state::Error;
@@ -29,6 +30,22 @@ impl Decider<'_> {
                 let purpose = TimerPurpose::Retry { attempt: attempt + 1 };
                 self.arm(step, purpose, not_before_ms);
                 Ok(())
+            }
+            None if self.state.crossed(i, failure).is_some_and(|b| b.on_exceed == OnExceed::Escalate) => {
+                // The budget says: ask a person to raise it (retry with a new limit), skip, or abort.
+                let scope = if failure.code.as_deref() == Some(RUN_BUDGET) { "the run's" } else { "the step's" };
+                let prompt = format!(
+                    "step '{step}' stopped at {scope} budget: {}. Raise the budget and retry, skip the step with an \
+                     output, or abort the run?",
+                    failure.message
+                );
+                self.record(Event::ApprovalRequested {
+                    step: step.clone(),
+                    prompt,
+                    approvers: Vec::new(),
+                    deadline_ms: None,
+                    escalation: true,
+                })
             }
             None if def.steps[i].on_failure == OnFailure::Escalate => {
                 // Ask a person instead of failing: retry, skip with an output, or abort.

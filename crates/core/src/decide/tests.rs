@@ -306,8 +306,8 @@ fn a_run_retried_in_place_keeps_a_step_its_fallback_covered() {
 #[test]
 fn an_escalation_retry_grants_a_fresh_budget_but_old_journals_keep_one_attempt_per_decision() {
     let old: crate::event::Escalation = serde_json::from_str(r#"{"do":"retry"}"#).expect("old decision");
-    assert_eq!(old, crate::event::Escalation::Retry { fresh_budget: false });
-    let new = crate::event::Escalation::Retry { fresh_budget: true };
+    assert_eq!(old, crate::event::Escalation::Retry { fresh_budget: false, raise: None });
+    let new = crate::event::Escalation::Retry { fresh_budget: true, raise: None };
     assert_eq!(serde_json::to_string(&new).expect("json"), r#"{"do":"retry","fresh_budget":true}"#);
 
     let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, on_failure: escalate, retry: {max_attempts: 2, jitter: 0}}\n";

@@ -1,15 +1,16 @@
 //! Part of phase 2: the blocks of a step that compile on their own — `with` (and
 //! `compensate.with`): JSON with each template checked at its own line, kept as a site for the
-//! reference check, and literal credentials warned about; `compensate`, `approval` and `inject`.
+//! reference check, and literal credentials warned about; `compensate`, `approval`, `inject` and
+//! `budget`.
 
 use super::DAY_MS;
 use super::check::Site;
 use super::compile::Defaults;
-use super::parse::{Node, RawCompensate, RawInject, RawStep, node_to_json};
+use super::parse::{Node, RawBudget, RawCompensate, RawInject, RawStep, node_to_json};
 use super::problems::Problems;
 use super::retry::{check_retry, resolve_retry};
 use super::schema::check_with;
-use crate::definition::Inject;
+use crate::definition::{Budget, Inject, OnExceed};
 use crate::event::ErrorClass;
 use crate::kinds::{Kinds, Role};
 use crate::template;
@@ -190,6 +191,43 @@ pub(super) fn compile_inject(raw: &RawInject, step: Option<&str>, out: &mut Prob
     }
     inject.hang = raw.hang.unwrap_or(false);
     inject
+}
+
+/// `budget: {max_cost_usd, max_tokens, on_exceed}` of the workflow (`step: None`) or a step.
+pub(super) fn compile_budget(raw: &Spanned<RawBudget>, step: Option<&str>, out: &mut Problems<'_>) -> Option<Budget> {
+    let b = &raw.value;
+    let max_cost_usd = b
+        .max_cost_usd
+        .as_ref()
+        .and_then(|v| out.in_range("budget.max_cost_usd", v, step, (0.000_001, 1_000_000.0), " (US dollars)"));
+    let max_tokens = b
+        .max_tokens
+        .as_ref()
+        .and_then(|v| out.in_range("budget.max_tokens", v, step, (1, 1_000_000_000_000), " (input and output tokens)"))
+        .map(|n| n as u64);
+    if b.max_cost_usd.is_none() && b.max_tokens.is_none() {
+        out.add(
+            raw.referenced,
+            step,
+            "missing_field",
+            "`budget` needs `max_cost_usd`, `max_tokens` or both".to_string(),
+        );
+    }
+    let on_exceed = match b.on_exceed.as_ref().map(|v| v.value.as_str()) {
+        None | Some("fail") => OnExceed::Fail,
+        Some("escalate") => OnExceed::Escalate,
+        Some(other) => {
+            let at = b.on_exceed.as_ref().map_or(raw.referenced, |v| v.referenced);
+            out.add(
+                at,
+                step,
+                "bad_value",
+                format!("`budget.on_exceed: {}` is not one of fail, escalate", other.escape_debug()),
+            );
+            OnExceed::Fail
+        }
+    };
+    (max_cost_usd.is_some() || max_tokens.is_some()).then_some(Budget { max_cost_usd, max_tokens, on_exceed })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! reported at its place and replaced by a placeholder, so the remaining checks still run and one
 //! pass finds every problem. The graph checks are called from here once what they need exists.
 
-use super::blocks::{compile_approval, compile_compensate, compile_inject, places_of, templates_of};
+use super::blocks::{compile_approval, compile_budget, compile_compensate, compile_inject, places_of, templates_of};
 use super::check::{Graph, Site, check_fallbacks, check_needs, check_references, report_cycles};
 use super::dynamic::{check_dynamic, compile_for_each, compile_loop};
 use super::parse::{RawDefinition, RawOnFailure, RawStep};
@@ -114,6 +114,7 @@ pub(super) fn compile(raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>)
         inputs,
         artifact: raw.artifact.map(|a| a.value),
         retention_ms,
+        budget: raw.budget.as_ref().and_then(|b| compile_budget(b, None, out)),
         steps,
     };
     check_references(&definition, &sites, out);
@@ -322,6 +323,7 @@ fn compile_step(
         for_each: compile_for_each(s, index, here, sites, out),
         repeat: compile_loop(s, index, here, sites, out),
         instance: None,
+        budget: s.budget.as_ref().and_then(|b| compile_budget(b, here, out)),
         // Written only where the legacy rule (`approval` is the gate) would not say it, so a
         // definition registered before kinds had roles serializes (and hashes) the same.
         role: kind.map(|k| k.role).filter(|r| *r != crate::definition::legacy_role(&s.kind.value)),

@@ -42,6 +42,7 @@ pub(super) struct RawDefinition {
     pub(super) description: Option<String>,
     pub(super) artifact: Option<Spanned<String>>,
     pub(super) retention: Option<Spanned<DurationText>>,
+    pub(super) budget: Option<Spanned<RawBudget>>,
     pub(super) inputs: Option<BTreeMap<String, Option<RawInput>>>,
     pub(super) defaults: Option<RawDefaults>,
     pub(super) steps: Spanned<Vec<Spanned<RawStep>>>,
@@ -82,6 +83,15 @@ pub(super) struct RawStep {
     pub(super) max_items: Option<Spanned<i64>>,
     #[serde(rename = "loop")]
     pub(super) repeat: Option<Spanned<RawLoop>>,
+    pub(super) budget: Option<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBudget {
+    pub(super) max_cost_usd: Option<Spanned<f64>>,
+    pub(super) max_tokens: Option<Spanned<i64>>,
+    pub(super) on_exceed: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -215,3 +215,32 @@ fn validate_examples_parse_and_invalid_yaml_fails_loudly() {
     }
     assert!(checked >= 3, "expected the three examples, checked {checked}");
 }
+
+#[test]
+fn validate_budgets_of_the_run_and_of_a_step_compile_and_bad_ones_are_named_where_they_are() {
+    let def = parse(
+        "name: b\nbudget: {max_cost_usd: 0.5}\nsteps:\n  - {id: a, kind: noop, budget: {max_tokens: 2000, on_exceed: escalate}}\n",
+        "b.yaml",
+    );
+    let run = def.budget.expect("run budget");
+    assert_eq!((run.max_cost_usd, run.max_tokens, run.on_exceed), (Some(0.5), None, crate::definition::OnExceed::Fail));
+    let step = def.steps[0].budget.clone().expect("step budget");
+    assert_eq!((step.max_tokens, step.on_exceed), (Some(2000), crate::definition::OnExceed::Escalate));
+    let found = problems(
+        "name: b\nbudget: {on_exceed: fail}\nsteps:\n  - {id: a, kind: noop, budget: {max_cost_usd: -1, on_exceed: later}}\n",
+    );
+    assert_eq!(
+        summary(&found),
+        vec![
+            (Some(2), Some(9), None, "missing_field"),
+            (Some(4), Some(48), Some("a"), "out_of_range"),
+            (Some(4), Some(63), Some("a"), "bad_value")
+        ],
+        "{found:#?}"
+    );
+    assert!(
+        found[2].message.contains("`budget.on_exceed: later` is not one of fail, escalate"),
+        "{}",
+        found[2].message
+    );
+}

@@ -6,12 +6,14 @@
 //!
 //! With `output_schema` the provider is asked for JSON fitting it, and the answer is checked: one
 //! that does not parse or fit is sent back once, naming what failed, and a second miss fails the
-//! step permanently (code `malformed_output`). A malformed answer is never passed on.
+//! step (class `malformed_output`, not retried). A malformed answer is never passed on.
 
-use super::{Activity, Attempt, AttemptFuture, Usage};
+use super::{Activity, Attempt, AttemptFuture, Meter, Usage};
+use crate::breakers;
 use crate::models::Models;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{EffectClass, KindSpec, REMOTE};
+use cairn_store::Reservation;
 use serde_json::{Value, json};
 
 pub struct Kind;
@@ -109,11 +111,13 @@ impl Activity for Kind {
             }
             let (_, second) = ask(attempt, &models, std::slice::from_ref(&alias), &again).await?;
             let text = second["text"].as_str().unwrap_or_default().to_string();
-            let json = structured(&schema, &text).map_err(|problem| Failure {
-                code: Some("malformed_output".into()),
-                ..permanent(format!(
-                    "model {alias} answered twice without fitting with.output_schema; the second time: {problem}"
-                ))
+            let json = structured(&schema, &text).map_err(|problem| {
+                Failure::new(
+                    ErrorClass::MalformedOutput,
+                    format!(
+                        "model {alias} answered twice without fitting with.output_schema; the second time: {problem}"
+                    ),
+                )
             })?;
             output = summed(output, second);
             output["json"] = json;
@@ -156,14 +160,37 @@ async fn ask(
         };
         // What is recorded and hashed: never the key.
         let request = json!({"provider": provider.name, "model": alias, "body": body});
+        let meter = Meter { model: alias.clone(), worst: worst_case(attempt, model, body) };
         let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
         let answered = attempt
-            .call("llm", &request, |_| async move {
-                let raw = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await?;
-                crate::providers::answer(&model, &raw)
+            .metered_call("llm", &request, Some(&meter), |_| async move {
+                // Asked inside the call, so a refusal takes the call's position like a failure
+                // would: an attempt run again (in a process whose breakers differ) finds the same
+                // calls in the same places.
+                if let Err((why, wait)) = breakers::allow(&provider.name, provider.breaker) {
+                    let message = format!("provider {}: {why}", provider.name);
+                    let retry_after_ms = Some(wait.as_millis() as u64);
+                    return Err(Failure { retry_after_ms, ..Failure::new(ErrorClass::Transient, message) });
+                }
+                let answered = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await;
+                let health = match &answered {
+                    Ok(_) => Some(false),
+                    Err(f) if f.class.is_retryable() => Some(true),
+                    Err(_) => None,
+                };
+                breakers::record(&provider.name, health);
+                crate::providers::answer(&model, &sent, &answered?)
             })
             .await;
         match answered {
+            Ok(mut output) if attempt.last_call_replayed() => {
+                // Paid for by an earlier attempt (and counted there): it costs this one nothing.
+                output["skipped"] = Value::Array(skipped);
+                output["recorded"] = json!(true);
+                output["recorded_cost_usd"] = output["cost_usd"].take();
+                output["cost_usd"] = json!(0.0);
+                return Ok((alias.clone(), output));
+            }
             Ok(mut output) => {
                 let tokens = |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
                 attempt.report_usage(Usage {
@@ -183,6 +210,23 @@ async fn ask(
         }
     }
     Err(permanent("no model answered".into()))
+}
+
+/// The most a call may cost: its input counted, and as much output as it may produce (its
+/// `max_tokens`, else the model's `max_output_tokens`, else what is left of the context window,
+/// else 4,096), at the model's prices. Counted only when a budget needs it.
+fn worst_case(attempt: &Attempt<'_>, model: &crate::models::Model, body: &Value) -> Reservation {
+    if !attempt.budgeted() {
+        return Reservation { usd: 0.0, tokens: 0 };
+    }
+    let input = crate::tokens::count_messages(&body["messages"]);
+    let output = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .or(model.max_output_tokens.map(u64::from))
+        .or(model.context_window.map(|w| u64::from(w).saturating_sub(input)))
+        .unwrap_or(4_096);
+    Reservation { usd: model.cost_usd(input, 0, output), tokens: input + output }
 }
 
 /// The JSON in an answer, checked against the schema; or what is wrong with it, in a sentence the

@@ -23,6 +23,7 @@ mod subworkflow;
 mod wait;
 
 use crate::calls::CallLog;
+pub use crate::calls::Meter;
 use crate::secrets::Resolved;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{EffectClass, KindSpec, Kinds};
@@ -142,10 +143,39 @@ impl<'a> Attempt<'a> {
     where
         Fut: Future<Output = Result<Value, Failure>>,
     {
+        self.metered_call(kind, request, None, send).await
+    }
+
+    /// [`Attempt::call`] for a call that costs money (a model call): `meter` names the model and
+    /// the most the call may cost. That worst case is reserved against the run's and the step's
+    /// budgets before the call is sent (a call that would cross one fails with class
+    /// `budget_exceeded`, unsent), and the `usage` and `cost_usd` of its result are recorded with
+    /// it, so `cairn cost` and the run's totals count each call once.
+    pub async fn metered_call<Fut>(
+        &mut self,
+        kind: &str,
+        request: &Value,
+        meter: Option<&Meter>,
+        send: impl FnOnce(String) -> Fut,
+    ) -> Result<Value, Failure>
+    where
+        Fut: Future<Output = Result<Value, Failure>>,
+    {
         match &mut self.calls {
-            Some(log) => log.call(kind, request, self.secrets, &mut self.logs, send).await,
+            Some(log) => log.call(kind, request, meter, self.secrets, &mut self.logs, send).await,
             None => send(self.idempotency_key.clone()).await,
         }
+    }
+
+    /// Whether a budget applies to this attempt's metered calls (so their worst case is needed).
+    pub fn budgeted(&self) -> bool {
+        self.calls.as_ref().is_some_and(|c| !c.budgets.is_empty())
+    }
+
+    /// Whether the last call came back from the record (made and paid for by an earlier attempt)
+    /// instead of being sent.
+    pub fn last_call_replayed(&self) -> bool {
+        self.calls.as_ref().is_some_and(|c| c.last_replayed)
     }
 
     /// Keeps a line with the attempt's logs (shown by `cairn logs`, redacted of secrets).

@@ -8,17 +8,19 @@ use super::writer::GC_LOCK;
 use super::{connect, pg};
 use crate::TERMINAL;
 use crate::{
-    Access, AuditRow, CallRow, Claim, EffectLog, Error, FeedItem, GcReport, Inbox, InboxRow, Journal, LoadedRun,
-    LogLine, Registry, RequestOutcome, RequestRow, Retention, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow,
-    WorkflowRow,
+    Access, AuditRow, CallCost, CallRow, Claim, CostBy, CostLine, EffectLog, Error, FeedItem, GcReport, Inbox,
+    InboxRow, Journal, Limit, LoadedRun, LogLine, Overspend, Registry, RequestOutcome, RequestRow, Reservation,
+    Retention, RunQuery, RunRow, RunWrite, Spend, StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, RunId};
 use futures_util::future::join_all;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 /// This host's clock, in milliseconds since the epoch.
 fn cairn_core_now() -> i64 {
@@ -468,49 +470,110 @@ impl EffectLog for PgStore {
 
     async fn record_call(&self, run_id: &RunId, call: CallRow, result: Option<Payload>) -> Result<bool, Error> {
         // One statement (one transaction), under the writers' side of the gc lock. A success is
-        // final; a failure is replaced by the next attempt's call.
+        // final; a failure (or a reservation) is replaced by the call's next record.
         let (hash, size, bytes) = match &result {
             Some(p) => (Some(p.reference.hash.clone()), i(p.reference.size), p.bytes.clone()),
             None => (None, 0, Vec::new()),
         };
+        let owned = CallParams::of(run_id, &call);
+        let mut params = owned.refs(&call);
+        params.extend([&GC_LOCK as &(dyn ToSql + Sync), &hash, &size, &bytes]);
         self.execute(
-            "WITH l AS (SELECT pg_advisory_xact_lock_shared($1::BIGINT)), \
-             p AS (INSERT INTO payloads (hash, size, body) SELECT $2::TEXT, $3::BIGINT, $4::BYTEA FROM l \
-                   WHERE $2::TEXT IS NOT NULL ON CONFLICT (hash) DO NOTHING), \
-             r AS (INSERT INTO run_payloads (run_id, hash) SELECT $5::TEXT, $2::TEXT FROM l \
-                   WHERE $2::TEXT IS NOT NULL ON CONFLICT DO NOTHING) \
-             INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at) \
-             SELECT $5::TEXT, $6::TEXT, $7::INTEGER, $8::TEXT, $9::TEXT, $10::TEXT, $2::TEXT, $11::TEXT, \
-                    $12::INTEGER, $13::BIGINT, $14::BIGINT FROM l \
-             ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind, request_hash=excluded.request_hash, \
-               outcome=excluded.outcome, hash=excluded.hash, error=excluded.error, attempt=excluded.attempt, \
-               duration_ms=excluded.duration_ms, at=excluded.at \
-             WHERE calls.outcome <> 'ok'",
-            &[
-                &GC_LOCK,
-                &hash,
-                &size,
-                &bytes,
-                &run_id.as_str(),
-                &call.step_id,
-                &(call.n as i32),
-                &call.kind,
-                &call.request_hash,
-                &call.outcome,
-                &call.error,
-                &(call.attempt as i32),
-                &i(call.duration_ms),
-                &call.at_ms,
-            ],
+            &format!(
+                "WITH l AS (SELECT pg_advisory_xact_lock_shared($18::BIGINT)), \
+                 p AS (INSERT INTO payloads (hash, size, body) SELECT $19::TEXT, $20::BIGINT, $21::BYTEA FROM l \
+                       WHERE $19::TEXT IS NOT NULL ON CONFLICT (hash) DO NOTHING), \
+                 r AS (INSERT INTO run_payloads (run_id, hash) SELECT $1::TEXT, $19::TEXT FROM l \
+                       WHERE $19::TEXT IS NOT NULL ON CONFLICT DO NOTHING) \
+                 {CALL_UPSERT} SELECT {CALL_VALUES} FROM l {CALL_CONFLICT} WHERE calls.outcome <> 'ok'"
+            ),
+            &params,
         )
         .await
         .map(|written| written > 0)
     }
 
+    async fn reserve_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        limits: Vec<Limit>,
+    ) -> Result<Option<Overspend>, Error> {
+        // One transaction on its own connection: the run's reservations queue on an advisory lock
+        // (its own key space: two 32-bit keys), so no other comes between the sums and the row.
+        let mut client = connect(&self.shared.config).await?;
+        let tx = client.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)::TEXT", &[&GC_LOCK]).await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7, hashtext($1))::TEXT", &[&run_id.as_str()]).await.map_err(pg)?;
+        let asked = call.reserved.unwrap_or(Reservation { usd: 0.0, tokens: 0 });
+        for limit in &limits {
+            let row = tx
+                .query_one(
+                    &format!(
+                        "SELECT {HELD} FROM calls WHERE run_id=$1 AND ($2::TEXT IS NULL OR step=$2) \
+                         AND NOT (step=$3 AND n=$4)"
+                    ),
+                    &[&run_id.as_str(), &limit.step, &call.step_id, &(call.n as i32)],
+                )
+                .await
+                .map_err(pg)?;
+            let (usd, tokens): (f64, i64) = (row.get(0), row.get(1));
+            if let Some(over) = Overspend::check(limit, usd, tokens.max(0) as u64, asked) {
+                return Ok(Some(over));
+            }
+        }
+        let owned = CallParams::of(run_id, &call);
+        tx.execute(
+            &format!("{CALL_UPSERT} VALUES ({CALL_VALUES}) {CALL_CONFLICT} WHERE calls.outcome <> 'ok'"),
+            &owned.refs(&call),
+        )
+        .await
+        .map_err(pg)?;
+        tx.commit().await.map_err(pg)?;
+        Ok(None)
+    }
+
+    async fn spend(&self, runs: &[RunId]) -> Result<BTreeMap<String, Spend>, Error> {
+        let ids: Vec<&str> = runs.iter().map(RunId::as_str).collect();
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT run_id, {SPENT} FROM calls WHERE run_id = ANY($1) AND model IS NOT NULL GROUP BY run_id"
+                ),
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0), spend_at(r, 1))).filter(|(_, s)| s.calls > 0).collect())
+    }
+
+    async fn cost_report(&self, since_ms: i64, by: CostBy) -> Result<Vec<CostLine>, Error> {
+        let key = match by {
+            CostBy::Workflow => "r.workflow",
+            CostBy::Model => "c.model",
+            CostBy::Day => "to_char(to_timestamp(c.at / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        };
+        let spent =
+            SPENT.replace("outcome", "c.outcome").replace("tokens_", "c.tokens_").replace("(cost_usd", "(c.cost_usd");
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT {key}, COUNT(DISTINCT c.run_id), {spent} FROM calls c JOIN runs r ON r.id = c.run_id \
+                     WHERE c.model IS NOT NULL AND c.at >= $1 GROUP BY 1 ORDER BY 1"
+                ),
+                &[&since_ms],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| CostLine { key: r.get(0), runs: r.get::<_, i64>(1).max(0) as u64, spend: spend_at(r, 2) })
+            .collect())
+    }
+
     async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
         let rows = self
             .query(
-                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at FROM calls \
+                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at, \
+                   model, tokens_in, tokens_out, cost_usd, reserved_usd, reserved_tokens FROM calls \
                  WHERE run_id=$1 AND ($2::TEXT IS NULL OR step=$2) ORDER BY step, n",
                 &[&run_id.as_str(), &step],
             )
@@ -528,6 +591,15 @@ impl EffectLog for PgStore {
                 attempt: r.get::<_, i32>(7).max(0) as u32,
                 duration_ms: r.get::<_, i64>(8).max(0) as u64,
                 at_ms: r.get(9),
+                cost: r.get::<_, Option<String>>(10).map(|model| CallCost {
+                    model,
+                    tokens_in: r.get::<_, Option<i64>>(11).unwrap_or(0).max(0) as u64,
+                    tokens_out: r.get::<_, Option<i64>>(12).unwrap_or(0).max(0) as u64,
+                    cost_usd: r.get::<_, Option<f64>>(13).unwrap_or(0.0),
+                }),
+                reserved: r
+                    .get::<_, Option<f64>>(14)
+                    .map(|usd| Reservation { usd, tokens: r.get::<_, Option<i64>>(15).unwrap_or(0).max(0) as u64 }),
             })
             .collect())
     }
@@ -766,4 +838,90 @@ pub(super) fn push_request_sql() -> String {
                    WHERE id IN (SELECT run_id FROM ins) RETURNING id) \
          SELECT id FROM ins"
     )
+}
+
+/// A call's row: inserted, or replacing the one at its position (the caller adds the condition).
+const CALL_UPSERT: &str = "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, \
+     duration_ms, at, model, tokens_in, tokens_out, cost_usd, reserved_usd, reserved_tokens)";
+const CALL_VALUES: &str = "$1::TEXT, $2::TEXT, $3::INTEGER, $4::TEXT, $5::TEXT, $6::TEXT, $7::TEXT, $8::TEXT, \
+     $9::INTEGER, $10::BIGINT, $11::BIGINT, $12::TEXT, $13::BIGINT, $14::BIGINT, $15::DOUBLE PRECISION, \
+     $16::DOUBLE PRECISION, $17::BIGINT";
+const CALL_CONFLICT: &str = "ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind, \
+     request_hash=excluded.request_hash, outcome=excluded.outcome, hash=excluded.hash, error=excluded.error, \
+     attempt=excluded.attempt, duration_ms=excluded.duration_ms, at=excluded.at, model=excluded.model, \
+     tokens_in=excluded.tokens_in, tokens_out=excluded.tokens_out, cost_usd=excluded.cost_usd, \
+     reserved_usd=excluded.reserved_usd, reserved_tokens=excluded.reserved_tokens";
+
+/// What a scope holds against its budgets: settled calls at their cost, reserved ones at their
+/// worst case.
+const HELD: &str = "COALESCE(SUM(CASE WHEN outcome = 'reserved' THEN reserved_usd ELSE cost_usd END), 0.0)::DOUBLE PRECISION, \
+     COALESCE(SUM(CASE WHEN outcome = 'reserved' THEN reserved_tokens ELSE COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END), 0)::BIGINT";
+
+/// What settled calls spent (a reservation not settled yet is no spending).
+const SPENT: &str = "COUNT(*) FILTER (WHERE outcome <> 'reserved'), \
+     COALESCE(SUM(tokens_in) FILTER (WHERE outcome <> 'reserved'), 0)::BIGINT, \
+     COALESCE(SUM(tokens_out) FILTER (WHERE outcome <> 'reserved'), 0)::BIGINT, \
+     COALESCE(SUM(cost_usd) FILTER (WHERE outcome <> 'reserved'), 0.0)::DOUBLE PRECISION";
+
+/// The parameters `$1`…`$17` of [`CALL_VALUES`], converted to the columns' types.
+struct CallParams {
+    run: String,
+    n: i32,
+    attempt: i32,
+    duration_ms: i64,
+    model: Option<String>,
+    tokens_in: Option<i64>,
+    tokens_out: Option<i64>,
+    cost_usd: Option<f64>,
+    reserved_usd: Option<f64>,
+    reserved_tokens: Option<i64>,
+}
+
+impl CallParams {
+    fn of(run_id: &RunId, call: &CallRow) -> CallParams {
+        let cost = call.cost.as_ref();
+        CallParams {
+            run: run_id.to_string(),
+            n: call.n as i32,
+            attempt: call.attempt as i32,
+            duration_ms: i(call.duration_ms),
+            model: cost.map(|c| c.model.clone()),
+            tokens_in: cost.map(|c| i(c.tokens_in)),
+            tokens_out: cost.map(|c| i(c.tokens_out)),
+            cost_usd: cost.map(|c| c.cost_usd),
+            reserved_usd: call.reserved.map(|r| r.usd),
+            reserved_tokens: call.reserved.map(|r| i(r.tokens)),
+        }
+    }
+
+    fn refs<'a>(&'a self, call: &'a CallRow) -> Vec<&'a (dyn ToSql + Sync)> {
+        vec![
+            &self.run,
+            &call.step_id,
+            &self.n,
+            &call.kind,
+            &call.request_hash,
+            &call.outcome,
+            &call.result_hash,
+            &call.error,
+            &self.attempt,
+            &self.duration_ms,
+            &call.at_ms,
+            &self.model,
+            &self.tokens_in,
+            &self.tokens_out,
+            &self.cost_usd,
+            &self.reserved_usd,
+            &self.reserved_tokens,
+        ]
+    }
+}
+
+fn spend_at(r: &tokio_postgres::Row, from: usize) -> Spend {
+    Spend {
+        calls: r.get::<_, i64>(from).max(0) as u64,
+        tokens_in: r.get::<_, i64>(from + 1).max(0) as u64,
+        tokens_out: r.get::<_, i64>(from + 2).max(0) as u64,
+        cost_usd: r.get(from + 3),
+    }
 }

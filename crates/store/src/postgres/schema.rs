@@ -159,4 +159,15 @@ CREATE TABLE calls (
     PRIMARY KEY (run_id, step, n)
 );
 "#,
+    // 5: what model calls cost, recorded with their results, and what a budgeted call reserved
+    // before it was sent (`outcome = 'reserved'` until it is settled).
+    r#"
+ALTER TABLE calls ADD COLUMN model TEXT;
+ALTER TABLE calls ADD COLUMN tokens_in BIGINT;
+ALTER TABLE calls ADD COLUMN tokens_out BIGINT;
+ALTER TABLE calls ADD COLUMN cost_usd DOUBLE PRECISION;
+ALTER TABLE calls ADD COLUMN reserved_usd DOUBLE PRECISION;
+ALTER TABLE calls ADD COLUMN reserved_tokens BIGINT;
+CREATE INDEX calls_priced_at ON calls(at) WHERE model IS NOT NULL;
+"#,
 ];

@@ -4,13 +4,15 @@ use super::SqliteStore;
 use crate::TERMINAL;
 use crate::{Access, EffectLog, Inbox, Journal, Registry, Retention};
 use crate::{
-    AuditRow, CallRow, Claim, Error, FeedItem, GcReport, InboxRow, LoadedRun, LogLine, RequestOutcome, RequestRow,
-    RequestState, RunQuery, RunRow, RunWrite, StepRow, TokenRow, WorkerRow, WorkflowRow,
+    AuditRow, CallCost, CallRow, Claim, CostBy, CostLine, Error, FeedItem, GcReport, InboxRow, Limit, LoadedRun,
+    LogLine, Overspend, RequestOutcome, RequestRow, RequestState, Reservation, RunQuery, RunRow, RunWrite, Spend,
+    StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, Event, RunId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -593,36 +595,78 @@ impl EffectLog for SqliteStore {
                 )?;
             }
             // A success is final; a failure is replaced by the next attempt's call.
-            let written = tx.execute(
-                "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at)
-                 VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
-                 ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind,
-                   request_hash=excluded.request_hash, outcome=excluded.outcome, hash=excluded.hash,
-                   error=excluded.error, attempt=excluded.attempt, duration_ms=excluded.duration_ms, at=excluded.at
-                 WHERE calls.outcome <> 'ok'",
-                params![
-                    run_id,
-                    call.step_id,
-                    call.n,
-                    call.kind,
-                    call.request_hash,
-                    call.outcome,
-                    call.result_hash,
-                    call.error,
-                    call.attempt,
-                    call.duration_ms as i64,
-                    call.at_ms
-                ],
-            )?;
+            let written =
+                tx.execute(&format!("{CALL_UPSERT} WHERE calls.outcome <> 'ok'"), call_params(&run_id, &call))?;
             Ok(written > 0)
         })
         .await
     }
 
+    async fn reserve_call(
+        &self,
+        run_id: &RunId,
+        call: CallRow,
+        limits: Vec<Limit>,
+    ) -> Result<Option<Overspend>, Error> {
+        let run_id = run_id.to_string();
+        // The writer is one connection, so no other reservation comes between the sums and the row.
+        self.in_group(move |tx| {
+            let asked = call.reserved.unwrap_or(Reservation { usd: 0.0, tokens: 0 });
+            for limit in &limits {
+                let (usd, tokens): (f64, i64) = tx.query_row(
+                    &format!("SELECT {HELD} FROM calls WHERE run_id=?1 AND (?2 IS NULL OR step=?2) AND NOT (step=?3 AND n=?4)"),
+                    params![run_id, limit.step, call.step_id, call.n],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if let Some(over) = Overspend::check(limit, usd, tokens.max(0) as u64, asked) {
+                    return Ok(Some(over));
+                }
+            }
+            tx.execute(&format!("{CALL_UPSERT} WHERE calls.outcome <> 'ok'"), call_params(&run_id, &call))?;
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn spend(&self, runs: &[RunId]) -> Result<BTreeMap<String, Spend>, Error> {
+        let ids: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {SPENT} FROM calls WHERE run_id=?1 AND model IS NOT NULL"))?;
+            let mut out = BTreeMap::new();
+            for id in ids {
+                let spend = stmt.query_row(params![id], spend_of)?;
+                if spend.calls > 0 {
+                    out.insert(id, spend);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    async fn cost_report(&self, since_ms: i64, by: CostBy) -> Result<Vec<CostLine>, Error> {
+        let key = match by {
+            CostBy::Workflow => "r.workflow",
+            CostBy::Model => "c.model",
+            CostBy::Day => "strftime('%Y-%m-%d', c.at / 1000, 'unixepoch')",
+        };
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {key}, COUNT(DISTINCT c.run_id), {SPENT_C} FROM calls c JOIN runs r ON r.id = c.run_id
+                 WHERE c.model IS NOT NULL AND c.at >= ?1 GROUP BY 1 ORDER BY 1"
+            ))?;
+            let rows = stmt.query_map(params![since_ms], |r| {
+                Ok(CostLine { key: r.get(0)?, runs: r.get::<_, i64>(1)?.max(0) as u64, spend: spend_at(r, 2)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
     async fn calls(&self, run_id: &RunId, step: Option<&str>) -> Result<Vec<CallRow>, Error> {
         self.read(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at FROM calls
+                "SELECT step, n, kind, request_hash, outcome, hash, error, attempt, duration_ms, at,
+                   model, tokens_in, tokens_out, cost_usd, reserved_usd, reserved_tokens FROM calls
                  WHERE run_id=?1 AND (?2 IS NULL OR step=?2) ORDER BY step, n",
             )?;
             let rows = stmt.query_map(params![run_id.as_str(), step], |r| {
@@ -637,6 +681,21 @@ impl EffectLog for SqliteStore {
                     attempt: r.get(7)?,
                     duration_ms: r.get::<_, i64>(8)?.max(0) as u64,
                     at_ms: r.get(9)?,
+                    cost: match r.get::<_, Option<String>>(10)? {
+                        Some(model) => Some(CallCost {
+                            model,
+                            tokens_in: r.get::<_, Option<i64>>(11)?.unwrap_or(0).max(0) as u64,
+                            tokens_out: r.get::<_, Option<i64>>(12)?.unwrap_or(0).max(0) as u64,
+                            cost_usd: r.get::<_, Option<f64>>(13)?.unwrap_or(0.0),
+                        }),
+                        None => None,
+                    },
+                    reserved: match r.get::<_, Option<f64>>(14)? {
+                        Some(usd) => {
+                            Some(Reservation { usd, tokens: r.get::<_, Option<i64>>(15)?.unwrap_or(0).max(0) as u64 })
+                        }
+                        None => None,
+                    },
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -856,4 +915,69 @@ impl Retention for SqliteStore {
         })
         .await
     }
+}
+
+/// Inserts a call's row, or replaces the one at its position (the caller adds the condition).
+const CALL_UPSERT: &str = "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt,
+       duration_ms, at, model, tokens_in, tokens_out, cost_usd, reserved_usd, reserved_tokens)
+     VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
+     ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind, request_hash=excluded.request_hash,
+       outcome=excluded.outcome, hash=excluded.hash, error=excluded.error, attempt=excluded.attempt,
+       duration_ms=excluded.duration_ms, at=excluded.at, model=excluded.model, tokens_in=excluded.tokens_in,
+       tokens_out=excluded.tokens_out, cost_usd=excluded.cost_usd, reserved_usd=excluded.reserved_usd,
+       reserved_tokens=excluded.reserved_tokens";
+
+/// What a scope holds against its budgets: settled calls at their cost, reserved ones at their
+/// worst case.
+const HELD: &str = "COALESCE(SUM(CASE WHEN outcome = 'reserved' THEN reserved_usd ELSE cost_usd END), 0.0),
+     COALESCE(SUM(CASE WHEN outcome = 'reserved' THEN reserved_tokens ELSE COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END), 0)";
+
+/// What settled calls spent (a reservation not settled yet is no spending).
+const SPENT: &str = "COUNT(*) FILTER (WHERE outcome <> 'reserved'),
+     COALESCE(SUM(tokens_in) FILTER (WHERE outcome <> 'reserved'), 0),
+     COALESCE(SUM(tokens_out) FILTER (WHERE outcome <> 'reserved'), 0),
+     COALESCE(SUM(cost_usd) FILTER (WHERE outcome <> 'reserved'), 0.0)";
+const SPENT_C: &str = "COUNT(*) FILTER (WHERE c.outcome <> 'reserved'),
+     COALESCE(SUM(c.tokens_in) FILTER (WHERE c.outcome <> 'reserved'), 0),
+     COALESCE(SUM(c.tokens_out) FILTER (WHERE c.outcome <> 'reserved'), 0),
+     COALESCE(SUM(c.cost_usd) FILTER (WHERE c.outcome <> 'reserved'), 0.0)";
+
+/// The parameters `?1`…`?17` of [`CALL_UPSERT`].
+fn call_params(run_id: &str, call: &CallRow) -> rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>> {
+    use rusqlite::types::Value as V;
+    let int = |n: u64| V::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    let text = |t: &Option<String>| t.clone().map_or(V::Null, V::Text);
+    let cost = call.cost.as_ref();
+    rusqlite::params_from_iter(vec![
+        V::Text(run_id.to_string()),
+        V::Text(call.step_id.clone()),
+        int(call.n.into()),
+        V::Text(call.kind.clone()),
+        V::Text(call.request_hash.clone()),
+        V::Text(call.outcome.clone()),
+        text(&call.result_hash),
+        text(&call.error),
+        int(call.attempt.into()),
+        int(call.duration_ms),
+        V::Integer(call.at_ms),
+        text(&cost.map(|c| c.model.clone())),
+        cost.map_or(V::Null, |c| int(c.tokens_in)),
+        cost.map_or(V::Null, |c| int(c.tokens_out)),
+        cost.map_or(V::Null, |c| V::Real(c.cost_usd)),
+        call.reserved.map_or(V::Null, |r| V::Real(r.usd)),
+        call.reserved.map_or(V::Null, |r| int(r.tokens)),
+    ])
+}
+
+fn spend_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Spend> {
+    spend_at(r, 0)
+}
+
+fn spend_at(r: &rusqlite::Row<'_>, from: usize) -> rusqlite::Result<Spend> {
+    Ok(Spend {
+        calls: r.get::<_, i64>(from)?.max(0) as u64,
+        tokens_in: r.get::<_, i64>(from + 1)?.max(0) as u64,
+        tokens_out: r.get::<_, i64>(from + 2)?.max(0) as u64,
+        cost_usd: r.get(from + 3)?,
+    })
 }

@@ -160,4 +160,15 @@ CREATE TABLE calls (
     PRIMARY KEY (run_id, step, n)
 );
 "#,
+    // 5: what model calls cost, recorded with their results, and what a budgeted call reserved
+    // before it was sent (`outcome = 'reserved'` until it is settled).
+    r#"
+ALTER TABLE calls ADD COLUMN model TEXT;
+ALTER TABLE calls ADD COLUMN tokens_in INTEGER;
+ALTER TABLE calls ADD COLUMN tokens_out INTEGER;
+ALTER TABLE calls ADD COLUMN cost_usd REAL;
+ALTER TABLE calls ADD COLUMN reserved_usd REAL;
+ALTER TABLE calls ADD COLUMN reserved_tokens INTEGER;
+CREATE INDEX calls_priced_at ON calls(at) WHERE model IS NOT NULL;
+"#,
 ];
