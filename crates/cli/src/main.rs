@@ -352,7 +352,7 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.db, args).await,
             Command::Validate { files } => run::validate(&cli.db, &files).await,
             Command::Workflows { command } => workflows::workflows(&cli.db, command).await,
-            Command::Plan(args) => run::plan(args),
+            Command::Plan(args) => run::plan(args).await,
             Command::Kinds(args) => kinds::list(args),
             Command::Runs { command } => inspect::runs(&cli.db, command).await,
             Command::Export(args) => inspect::export(&cli.db, args).await,

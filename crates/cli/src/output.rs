@@ -121,7 +121,8 @@ pub(crate) fn progress_line(
         }
         Event::PlanRecorded { plan: Some(plan), .. } => {
             let left_out = plan.left_out_text().map(|t| format!("; {t}")).unwrap_or_default();
-            Some(format!("[plan] goal \"{}\" -> {}{left_out}", plan.goal, plan.matched.join(" -> ")))
+            let by = plan.planner.as_ref().map(|p| format!(" (planned by {p})")).unwrap_or_default();
+            Some(format!("[plan] goal \"{}\" -> {}{left_out}{by}", plan.goal, plan.matched.join(" -> ")))
         }
         Event::AttemptSucceeded { step, attempt, duration_ms, .. } => {
             let on = if *attempt > 1 { format!(" on attempt {attempt}") } else { String::new() };

@@ -27,6 +27,10 @@ pub struct RunArgs {
     /// Extra step templates for the planner (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Who turns the goal into a plan: the deterministic catalog matcher, or the configured
+    /// default model choosing from the same catalog.
+    #[arg(long, value_enum, default_value = "catalog", requires = "goal")]
+    pub planner: Planner,
     /// Seeded failure injection for every attempt: `seed=42,rate=0.2`.
     #[arg(long)]
     pub chaos: Option<String>,
@@ -83,6 +87,9 @@ pub struct PlanArgs {
     /// Extra step templates for the planner (YAML), on top of the built-in catalog.
     #[arg(long)]
     pub catalog: Option<PathBuf>,
+    /// Who turns the goal into a plan: the catalog matcher, or the configured default model.
+    #[arg(long, value_enum, default_value = "catalog")]
+    pub planner: Planner,
     /// List what the catalog can plan.
     #[arg(long)]
     pub list: bool,
@@ -94,6 +101,12 @@ pub struct PlanArgs {
     /// (the same document as --format json).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Planner {
+    Catalog,
+    Model,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,14 +155,35 @@ pub fn load_checked(path: &Path, targets: Option<&crate::workflows::Targets>) ->
     })
 }
 
-fn load_catalog(extra: Option<&Path>) -> CliResult<Catalog> {
+/// The built-in catalog with `extra` merged over it; with a `default_model` configured, its model
+/// templates call that model instead of the stand-in.
+pub(crate) fn load_catalog(extra: Option<&Path>) -> CliResult<Catalog> {
     let mut catalog = Catalog::builtin().map_err(|e| CliError::env(format!("built-in catalog is broken: {e}")))?;
     if let Some(path) = extra {
         let source = read_file(path)?;
         let user = Catalog::from_yaml(&source, &path.display().to_string()).map_err(CliError::usage)?;
         catalog.merge(user);
     }
+    if let Some(model) = &crate::config::get().models.default_model {
+        catalog.with_model(model);
+    }
     Ok(catalog)
+}
+
+/// A goal's plan, from the catalog matcher or from the default model.
+async fn plan_goal(catalog: &Catalog, goal: &str, planner: Planner) -> CliResult<(Definition, PlanInfo)> {
+    match planner {
+        Planner::Catalog => catalog.plan(goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string())),
+        Planner::Model => {
+            use cairn_engine::planner::ModelPlanError;
+            cairn_engine::planner::plan(&crate::config::get().models, catalog, crate::kinds::kinds(), goal)
+                .await
+                .map_err(|e| match e {
+                    ModelPlanError::Call(_) => CliError::env(e.to_string()),
+                    _ => CliError::usage(e.to_string()),
+                })
+        }
+    }
 }
 
 fn parse_inputs(pairs: &[String]) -> CliResult<Map<String, Value>> {
@@ -223,7 +257,7 @@ pub async fn validate(db: &DbArgs, files: &[PathBuf]) -> CliResult {
     if total > 0 { Err(CliError::usage(format!("{total} problem(s) found"))) } else { Ok(()) }
 }
 
-pub fn plan(args: PlanArgs) -> CliResult {
+pub async fn plan(args: PlanArgs) -> CliResult {
     let catalog = load_catalog(args.catalog.as_deref())?;
     if args.list {
         for line in catalog.describe() {
@@ -232,7 +266,7 @@ pub fn plan(args: PlanArgs) -> CliResult {
         return Ok(());
     }
     let goal = args.goal.unwrap_or_default();
-    let (def, info) = catalog.plan(&goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string()))?;
+    let (def, info) = plan_goal(&catalog, &goal, args.planner).await?;
     let document = crate::plan_file::plan_document(&def, &info);
     if let Some(format) = args.format {
         match format {
@@ -245,13 +279,23 @@ pub fn plan(args: PlanArgs) -> CliResult {
             goal: &'a str,
             plan: &'a [String],
             left_out: &'a [cairn_core::event::LeftOut],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            planner: Option<&'a str>,
             definition: &'a crate::plan_file::Doc,
         }
-        let machine =
-            Machine { goal: &info.goal, plan: &info.matched, left_out: &info.left_out, definition: &document };
+        let machine = Machine {
+            goal: &info.goal,
+            plan: &info.matched,
+            left_out: &info.left_out,
+            planner: info.planner.as_deref(),
+            definition: &document,
+        };
         crate::out!("{}", serde_json::to_string_pretty(&machine).unwrap_or_default());
     } else {
         crate::out!("goal: {}", info.goal);
+        if let Some(planner) = &info.planner {
+            crate::out!("planned by {planner}");
+        }
         for s in &def.steps {
             let needs = if s.needs.is_empty() {
                 String::new()
@@ -319,7 +363,7 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
         }
         (None, Some(goal)) => {
             let catalog = load_catalog(args.catalog.as_deref())?;
-            let (def, info) = catalog.plan(goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string()))?;
+            let (def, info) = plan_goal(&catalog, goal, args.planner).await?;
             (def, RunSource::Goal { goal: goal.clone() }, Some(info))
         }
         _ => return Err(CliError::usage("give a workflow FILE or --goal \"...\" (see cairn run --help)")),

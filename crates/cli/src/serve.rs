@@ -252,6 +252,9 @@ pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
             .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
         catalog.merge(Catalog::from_yaml(&text, &path.display().to_string()).map_err(CliError::usage)?);
     }
+    if let Some(model) = &crate::config::get().models.default_model {
+        catalog.with_model(model);
+    }
     let store = Arc::new(db.open().await?);
     if auth == AuthMode::On && store.tokens().await?.iter().all(|t| t.revoked_at_ms.is_some()) {
         cairn_engine::say!(

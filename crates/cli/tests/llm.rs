@@ -303,3 +303,89 @@ fn a_provider_that_keeps_failing_is_skipped_while_its_breaker_is_open_and_the_ap
     assert_eq!(flaky_view["models"], serde_json::json!(["a"]));
     assert_eq!(providers["providers"][1]["breaker"]["state"], "closed", "{providers}");
 }
+
+#[test]
+fn an_anthropic_provider_gets_a_messages_request_and_its_answer_and_forced_tool_are_read() {
+    let fake = FakeProvider::start();
+    fake.then([Reply::anthropic_says("Bonjour", 12, 3), Reply::anthropic_tool(serde_json::json!({"city": "Lyon"}))]);
+    let env = Env::new();
+    let base = fake.base_url.trim_end_matches("/v1");
+    env.write(
+        "cairn.toml",
+        &format!(
+            "[providers.claude]\ntype = \"anthropic\"\nbase_url = \"{base}\"\napi_key_env = \"CAIRN_TEST_ANTHROPIC_KEY\"\n\n[models.sonnet]\nprovider = \"claude\"\nmodel = \"claude-fake\"\ninput_usd_per_mtok = 3.0\noutput_usd_per_mtok = 15.0\nmax_output_tokens = 256\n"
+        ),
+    );
+    let wf = env.write(
+        "wf.yaml",
+        "name: claude\nsteps:\n  - {id: hello, kind: llm, with: {model: sonnet, system: \"Answer in French.\", prompt: hello, stop: [\"END\"]}}\n  - id: city\n    kind: llm\n    needs: [hello]\n    with: {model: sonnet, prompt: \"A city in France, as JSON.\", output_schema: {type: object, properties: {city: {type: string}}, required: [city]}}\n",
+    );
+    let out = env
+        .cmd()
+        .args(["run", path_str(&wf)])
+        .env("CAIRN_TEST_ANTHROPIC_KEY", "sk-ant-secret-9")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let hello = step_output(&env, &id, "hello");
+    assert_eq!(
+        (hello["text"].as_str(), hello["finish_reason"].as_str()),
+        (Some("Bonjour"), Some("end_turn")),
+        "{hello}"
+    );
+    assert!((hello["cost_usd"].as_f64().unwrap_or(0.0) - (12.0 * 3.0 + 3.0 * 15.0) / 1e6).abs() < 1e-12, "{hello}");
+    assert_eq!(step_output(&env, &id, "city")["json"]["city"], "Lyon");
+    let (sent, heads) = (fake.received(), fake.heads());
+    assert_eq!(heads[0].line, "POST /v1/messages HTTP/1.1");
+    assert_eq!(heads[0].headers.get("x-api-key").map(String::as_str), Some("sk-ant-secret-9"));
+    assert_eq!(heads[0].headers.get("anthropic-version").map(String::as_str), Some("2023-06-01"));
+    assert!(!heads[0].headers.contains_key("authorization"));
+    assert_eq!(sent[0]["system"], "Answer in French.");
+    assert_eq!(sent[0]["messages"], serde_json::json!([{"role": "user", "content": "hello"}]));
+    assert_eq!((sent[0]["max_tokens"].as_u64(), sent[0]["stop_sequences"][0].as_str()), (Some(256), Some("END")));
+    assert_eq!(sent[1]["tool_choice"]["name"], "output");
+    let export = stdout(&env.run(&["export", &id]));
+    assert!(!export.contains("sk-ant-secret-9"), "the key is in no record");
+}
+
+#[test]
+fn the_model_planner_over_the_api_plans_with_the_model_and_refuses_a_plan_it_cannot_fix() {
+    let fake = FakeProvider::start();
+    let good = serde_json::json!({"steps": [{"template": "generate_summary"}, {"template": "send_email"}]});
+    let bad = serde_json::json!({"steps": [{"template": "write_a_poem"}]});
+    fake.then([
+        Reply::says(&good.to_string(), 300, 20),
+        Reply::says("A short summary.", 40, 5),
+        Reply::says(&bad.to_string(), 300, 20),
+        Reply::says(&bad.to_string(), 320, 20),
+    ]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let server = env.serve(&[]);
+    let r = post(
+        &server.addr,
+        "/v1/runs?wait=20s",
+        &serde_json::json!({"goal": "generate summary and send email", "planner": "model"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let sent = fake.received();
+    let schema = &sent[0]["response_format"]["json_schema"]["schema"];
+    assert_eq!(schema["properties"]["steps"]["maxItems"], 2, "two clauses, at most two steps: {schema}");
+    // The plan's model step calls the model too (its catalog template uses llm now).
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let summary = step_output(&env, &id, "generate_summary");
+    assert_eq!((summary["model"].as_str(), summary["text"].as_str()), (Some("fake"), Some("A short summary.")));
+
+    let r = post(&server.addr, "/v1/runs", &serde_json::json!({"goal": "write a poem", "planner": "model"}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "unplannable_goal");
+    let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("`write_a_poem` is not a template"), "{message}");
+    let retry = &fake.received()[3]["messages"];
+    assert!(retry.to_string().contains("That plan cannot run"), "the problems were sent back once: {retry}");
+    assert_eq!(fake.received().len(), 4, "sent back once, then refused");
+    let r = post(&server.addr, "/v1/runs", &serde_json::json!({"workflow": "x", "planner": "model"}));
+    assert_eq!(r.status, 422, "{}", r.body);
+}

@@ -131,10 +131,11 @@ fn an_llm_call_recorded_before_a_crash_is_not_paid_for_again_after_resume() {
     env.write("cairn.toml", &model_config(&server));
     let wf = env.write(
         "wf.yaml",
-        "name: ask\nsteps:\n  - id: ask\n    kind: llm\n    with: {prompt: \"Name a colour.\", max_tokens: 6, temperature: 0}\n",
+        "name: ask\nsteps:\n  - id: ask\n    kind: llm\n    with: {model: [gone, small], prompt: \"Name a colour.\", max_tokens: 6, temperature: 0}\n",
     );
-    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_CALL", "ask/1")]);
-    wait_line(&lines, "[debug] holding after call 1 of ask", std::time::Duration::from_secs(60));
+    // Two calls: the first model is away, the second answers; the process dies right after.
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_CALL", "ask/2")]);
+    wait_line(&lines, "[debug] holding after call 2 of ask", std::time::Duration::from_secs(60));
     sigkill(&mut child);
     let id = env.only_run().id;
     assert_eq!(env.step(&id, "ask").status, "RUNNING");
@@ -144,8 +145,20 @@ fn an_llm_call_recorded_before_a_crash_is_not_paid_for_again_after_resume() {
     let store = env.store();
     let calls = env.block(cairn_store::EffectLog::calls(&store, &cairn_core::RunId::parse(&id).expect("id"), None));
     let calls = calls.expect("calls");
-    assert_eq!(calls.len(), 1, "one model call, made once: {calls:?}");
-    assert_eq!((calls[0].kind.as_str(), calls[0].attempt, calls[0].outcome.as_str()), ("llm", 1, "ok"));
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    // The away model is asked again (a failed call is); the answer already paid for is not.
+    assert_eq!((calls[0].attempt, calls[0].outcome.as_str()), (2, "failed"), "{calls:?}");
+    assert_eq!((calls[1].kind.as_str(), calls[1].attempt, calls[1].outcome.as_str()), ("llm", 1, "ok"));
+    let cost = calls[1].cost.as_ref().expect("priced");
+    assert!(cost.tokens_out > 0 && cost.cost_usd > 0.0, "{cost:?}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--json"]))).expect("json");
+    assert_eq!(shown["usage"]["calls"], 2, "the away model's failed call is counted, at no cost: {shown}");
+    let output = &serde_json::from_str::<serde_json::Value>(&stdout(
+        &env.run(&["runs", "show", &id, "--step", "ask", "--json"]),
+    ))
+    .expect("json")["output"]["value"];
+    assert_eq!((output["recorded"].as_bool(), output["cost_usd"].as_f64()), (Some(true), Some(0.0)), "{output}");
     let logs = stdout(&env.run(&["runs", "logs", &id]));
     assert!(logs.contains("returned the recorded result; not sent again"), "{logs}");
 }
@@ -194,4 +207,61 @@ fn an_llm_step_with_an_output_schema_gets_json_that_fits_it_from_the_real_model(
     let after: serde_json::Value =
         serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "after", "--json"]))).expect("json");
     assert_eq!(after["output"]["value"]["city"], json["city"], "{after}");
+}
+
+#[test]
+fn the_model_planner_turns_the_seed_goal_into_a_valid_plan_that_runs_and_is_journaled() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    env.write("cairn.toml", &model_config(&server));
+    let out = env.run(&["plan", "--goal", "generate summary and send email", "--planner", "model", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(plan["planner"], "model:small", "{plan}");
+    assert!(plan["plan"].as_array().is_some_and(|p| !p.is_empty()), "{plan}");
+
+    let out = env.run(&["run", "--goal", "generate summary and send email", "--planner", "model"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("(planned by model:small)"), "{}", stderr(&out));
+    let id = env.only_run().id;
+    assert_eq!(env.only_run().status, "COMPLETED");
+    let recorded = env.events(&id).into_iter().find_map(|e| match e.event {
+        cairn_core::Event::PlanRecorded { plan, .. } => plan,
+        _ => None,
+    });
+    assert_eq!(
+        recorded.and_then(|p| p.planner).as_deref(),
+        Some("model:small"),
+        "the plan is journaled with who made it"
+    );
+    // Replay derives the run from its journal and never asks the model again.
+    drop(server);
+    let out = env.run(&["replay", &id]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn with_a_default_model_the_catalogs_model_steps_call_it() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    env.write("cairn.toml", &model_config(&server));
+    let out = env.run(&["run", "--goal", "generate summary and send email"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let summary = env.step(&id, "generate_summary");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "generate_summary", "--json"])))
+            .expect("json");
+    assert_eq!(shown["kind"], "llm", "{shown}");
+    assert_eq!(shown["output"]["value"]["model"], "small", "{shown}");
+    assert!(shown["output"]["value"]["usage"]["output_tokens"].as_u64().is_some_and(|n| n > 0), "{shown}");
+    assert_eq!(summary.status, "COMPLETED");
+    // Without a config the stand-in stays.
+    let offline = Env::new();
+    assert!(offline.run(&["run", "--goal", "generate summary and send email"]).status.success());
+    let id = offline.only_run().id;
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&offline.run(&["runs", "show", &id, "--step", "generate_summary", "--json"])))
+            .expect("json");
+    assert_eq!(shown["kind"], "mock_model", "{shown}");
 }

@@ -31,6 +31,9 @@ pub const CATALOG_FORMAT: u32 = 1;
 /// The file name given to a composed plan, so validation problems say where they come from.
 const PLAN_FILE: &str = "<plan>";
 
+mod chosen;
+pub use chosen::MODEL_PLAN_SYSTEM;
+
 /// Longest slug of the goal in a plan's name (`goal-<slug>`).
 const SLUG_MAX: usize = 40;
 
@@ -158,6 +161,8 @@ pub enum PlanError {
     UnknownTemplate { recipe: String, template: String },
     /// The composed plan is not a valid definition: a catalog entry behind it is broken.
     Invalid { goal: String, matched: Vec<String>, problems: Vec<String> },
+    /// A plan chosen outside the matcher (by a model) names what is not there.
+    Chosen { goal: String, problems: Vec<String> },
 }
 
 impl std::error::Error for PlanError {}
@@ -178,7 +183,8 @@ impl fmt::Display for PlanError {
                 write_can_plan(f, can_plan)
             }
             PlanError::NothingLeft { goal, left_out, can_plan } => {
-                let info = PlanInfo { goal: goal.clone(), matched: Vec::new(), left_out: left_out.clone() };
+                let info =
+                    PlanInfo { goal: goal.clone(), matched: Vec::new(), left_out: left_out.clone(), planner: None };
                 let what = info.left_out_text().unwrap_or_else(|| "everything it names is negated".to_string());
                 writeln!(
                     f,
@@ -192,6 +198,13 @@ impl fmt::Display for PlanError {
                 "catalog recipe `{recipe}` uses template `{template}`, which the catalog does not define: \
                  add the template or fix the recipe's `steps` in the file passed with --catalog"
             ),
+            PlanError::Chosen { goal, problems } => {
+                write!(f, "the plan chosen for \"{goal}\" cannot run:")?;
+                for problem in problems {
+                    write!(f, "\n  - {problem}")?;
+                }
+                Ok(())
+            }
             PlanError::Invalid { goal, matched, problems } => {
                 write!(
                     f,
@@ -507,6 +520,22 @@ impl Catalog {
             steps.push(Value::Object(step));
         }
 
+        let matched: Vec<String> = entries.iter().map(|e| e.name().to_string()).collect();
+        let (definition, mut info) = finish(goal, steps, artifact, matched, kinds)?;
+        info.left_out = left_out;
+        Ok((definition, info))
+    }
+}
+
+/// The plan's definition document around its steps, validated like a file.
+fn finish(
+    goal: &str,
+    steps: Vec<Value>,
+    artifact: Option<String>,
+    matched: Vec<String>,
+    kinds: &Kinds,
+) -> Result<(Definition, PlanInfo), PlanError> {
+    {
         let mut doc = Map::new();
         doc.insert("cairn".into(), json!(FORMAT_VERSION));
         doc.insert("name".into(), Value::String(plan_name(goal)));
@@ -520,13 +549,12 @@ impl Catalog {
         }
         doc.insert("steps".into(), Value::Array(steps));
 
-        let matched: Vec<String> = entries.iter().map(|e| e.name().to_string()).collect();
         let invalid =
             |problems: Vec<String>| PlanError::Invalid { goal: goal.to_string(), matched: matched.clone(), problems };
         let text = serde_json::to_string_pretty(&Value::Object(doc)).map_err(|e| invalid(vec![e.to_string()]))?;
         let definition = crate::validate::parse_definition(&text, PLAN_FILE, kinds)
             .map_err(|problems| invalid(problems.iter().map(ToString::to_string).collect()))?;
-        Ok((definition, PlanInfo { goal: goal.to_string(), matched, left_out }))
+        Ok((definition, PlanInfo { goal: goal.to_string(), matched, left_out: Vec::new(), planner: None }))
     }
 }
 
@@ -840,7 +868,7 @@ mod tests {
         let (def, info) = plan(&catalog, goal);
         assert_eq!(shape(&def), chain(&["generate_summary", "send_email"]));
         let matched = vec!["generate_summary".into(), "send_email".into()];
-        assert_eq!(info, PlanInfo { goal: goal.into(), matched, left_out: Vec::new() });
+        assert_eq!(info, PlanInfo { goal: goal.into(), matched, left_out: Vec::new(), planner: None });
         assert_eq!(def.name, "goal-generate-summary-and-send-email");
         assert_eq!(def.description.as_deref(), Some(goal));
         assert_eq!(def.inputs["goal"].default, Some(json!(goal)));

@@ -200,6 +200,9 @@ pub struct PlanInfo {
     /// Absent from journals written before negation was understood.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<LeftOut>,
+    /// Who chose the steps when it was not the catalog's matcher: `model:ALIAS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planner: Option<String>,
 }
 
 /// A catalog entry the planner left out, and the words of the goal that said so.

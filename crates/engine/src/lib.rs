@@ -17,6 +17,7 @@ mod http;
 pub mod kinds;
 pub mod log;
 pub mod models;
+pub mod planner;
 mod providers;
 mod requests;
 pub mod secrets;

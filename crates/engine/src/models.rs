@@ -39,7 +39,8 @@ pub struct Provider {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: ProviderType,
-    /// E.g. `http://127.0.0.1:8000/v1` (OpenAI-compatible) or `https://api.anthropic.com`.
+    /// E.g. `http://127.0.0.1:8000/v1` (OpenAI-compatible: `/chat/completions` is appended) or
+    /// `https://api.anthropic.com` (`/v1/messages` is appended, `/messages` to one ending in `/v1`).
     pub base_url: String,
     /// The environment variable holding the API key; `None` for local servers without one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,7 +124,10 @@ pub async fn check(provider: &Provider) -> Result<String, String> {
         .timeout(std::time::Duration::from_millis(provider.request_timeout_ms))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let url = format!("{}/models", provider.base_url);
+    let url = match provider.kind {
+        ProviderType::Openai => format!("{}/models", provider.base_url),
+        ProviderType::Anthropic => crate::providers::anthropic_url(&provider.base_url, "models"),
+    };
     let mut request = client.get(&url);
     for (k, v) in &provider.headers {
         request = request.header(k, v);

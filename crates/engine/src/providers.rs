@@ -2,78 +2,121 @@
 //! client over reqwest (rustls) rather than a provider SDK, because the engine owns retries and
 //! must see each answer's status, `Retry-After` and usage itself.
 //!
-//! OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM) are spoken
-//! here; the Anthropic Messages API is declared in the config and refused until it lands.
+//! Two APIs are spoken: OpenAI-compatible chat completions (OpenAI, vLLM, Ollama, llama.cpp,
+//! LiteLLM) at `BASE_URL/chat/completions`, and Anthropic's Messages API at
+//! `BASE_URL/v1/messages`. The step builds one request shape (OpenAI's); an Anthropic request is
+//! translated from it (the system message apart, `max_tokens` required, an `output_schema` as a
+//! forced tool), and both answers come back as one shape.
 
 use crate::models::{Model, Provider, ProviderType};
 use cairn_core::event::{ErrorClass, Failure};
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// The most of a provider's error body quoted in a failure.
 const QUOTED: usize = 300;
 
+/// The Messages API version sent to Anthropic.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// What an Anthropic request asks for when the step sets no `max_tokens` (the API requires one).
+const ANTHROPIC_MAX_TOKENS: u64 = 4_096;
+
+/// The name of the tool an Anthropic request is forced to call for structured output.
+const OUTPUT_TOOL: &str = "output";
+
+/// A provider's answer in one shape, whatever API it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub text: String,
+    pub finish_reason: String,
+    pub provider_model: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_tokens: u64,
+}
+
 /// One model's answer, as journaled: what the step's output is built from. Usage the provider
 /// left out is counted here (`estimated: true`) from the request's messages and the answer.
-pub fn answer(model: &Model, body: &Value, raw: &Value) -> Result<Value, Failure> {
-    let choice = raw.pointer("/choices/0").ok_or_else(|| malformed("the answer has no choices"))?;
-    let text = choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default().to_string();
-    let finish_reason = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("unknown").to_string();
-    let usage = raw.get("usage").cloned().unwrap_or(Value::Null);
-    let tokens = |k: &str| usage.get(k).and_then(Value::as_u64);
-    let (input, output) = (tokens("prompt_tokens"), tokens("completion_tokens"));
-    let cached = usage.pointer("/prompt_tokens_details/cached_tokens").and_then(Value::as_u64).unwrap_or(0);
-    let input_tokens = input.unwrap_or_else(|| crate::tokens::count_messages(&body["messages"]));
-    let output_tokens = output.unwrap_or_else(|| crate::tokens::count(&text));
-    Ok(json!({
-        "text": text,
+pub fn answer(model: &Model, body: &Value, a: Answer) -> Value {
+    let input_tokens = a.input_tokens.unwrap_or_else(|| crate::tokens::count_messages(&body["messages"]));
+    let output_tokens = a.output_tokens.unwrap_or_else(|| crate::tokens::count(&a.text));
+    json!({
+        "text": a.text,
         "model": model.alias,
-        "provider_model": raw.get("model").cloned().unwrap_or_else(|| json!(model.model)),
-        "finish_reason": finish_reason,
+        "provider_model": a.provider_model.unwrap_or_else(|| model.model.clone()),
+        "finish_reason": a.finish_reason,
         "usage": {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cached_tokens": cached,
-            "estimated": input.is_none() || output.is_none(),
+            "cached_tokens": a.cached_tokens,
+            "estimated": a.input_tokens.is_none() || a.output_tokens.is_none(),
         },
-        "cost_usd": model.cost_usd(input_tokens, cached, output_tokens),
-    }))
+        "cost_usd": model.cost_usd(input_tokens, a.cached_tokens, output_tokens),
+    })
 }
 
-fn malformed(why: &str) -> Failure {
-    Failure { code: Some("malformed_output".into()), ..Failure::new(ErrorClass::Transient, why.to_string()) }
+fn malformed(provider: &Provider, why: &str) -> Failure {
+    let message = format!("{} answered 200 but {why}", provider.name);
+    Failure { code: Some("malformed_answer".into()), ..Failure::new(ErrorClass::Transient, message) }
 }
 
-/// Sends one chat request (`body` without the model id, which comes from `model`) and returns the
-/// provider's JSON answer, or a failure classed as the engine's retry policy needs it: 429 is
-/// `rate_limited` (with `Retry-After`), 408/5xx and connection trouble `transient`, a context
-/// too long `context_overflow`, other 4xx `permanent` saying which.
-pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<&str>) -> Result<Value, Failure> {
-    if provider.kind == ProviderType::Anthropic {
-        return Err(Failure::new(
-            ErrorClass::Permanent,
-            format!(
-                "provider '{}' is `anthropic`, which this build does not call yet; use an openai-compatible one",
-                provider.name
-            ),
-        ));
+/// Kept clients, by provider name and timeouts.
+type Clients = Mutex<HashMap<(String, u64, u64), reqwest::Client>>;
+
+/// One client per provider and timeouts, so connections are kept and reused across calls.
+fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
+    static CLIENTS: OnceLock<Clients> = OnceLock::new();
+    let key = (provider.name.clone(), provider.connect_timeout_ms, provider.request_timeout_ms);
+    let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = clients.get(&key) {
+        return Ok(c.clone());
     }
-    let client = reqwest::Client::builder()
+    let c = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
         .timeout(Duration::from_millis(provider.request_timeout_ms))
         .build()
         .map_err(|e| Failure::new(ErrorClass::Permanent, format!("cannot build an HTTP client: {e}")))?;
-    let mut body = body.clone();
-    body["model"] = json!(model.model);
-    let url = format!("{}/chat/completions", provider.base_url);
+    clients.insert(key, c.clone());
+    Ok(c)
+}
+
+/// `BASE_URL/v1/PATH` for Anthropic, whether or not the base URL was written with its `/v1`.
+pub fn anthropic_url(base_url: &str, path: &str) -> String {
+    let base = base_url.trim_end_matches('/');
+    if base.ends_with("/v1") { format!("{base}/{path}") } else { format!("{base}/v1/{path}") }
+}
+
+/// Sends one chat request (`body` in OpenAI's shape, without the model id, which comes from
+/// `model`) and returns the answer, or a failure classed as the engine's retry policy needs it:
+/// 429 is `rate_limited` (with `Retry-After`), 408/5xx (Anthropic's 529 too) and connection
+/// trouble `transient`, a read past the timeout `timeout`, a prompt too long `context_overflow`,
+/// other 4xx `permanent` saying which.
+pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<&str>) -> Result<Answer, Failure> {
+    let client = client(provider)?;
+    let (url, sent) = match provider.kind {
+        ProviderType::Openai => {
+            let mut sent = body.clone();
+            sent["model"] = json!(model.model);
+            (format!("{}/chat/completions", provider.base_url), sent)
+        }
+        ProviderType::Anthropic => (anthropic_url(&provider.base_url, "messages"), anthropic_body(model, body)),
+    };
     let mut request = client.post(&url).header("Content-Type", "application/json");
     for (k, v) in &provider.headers {
         request = request.header(k, v);
     }
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
+    request = match (provider.kind, key) {
+        (ProviderType::Openai, Some(key)) => request.bearer_auth(key),
+        (ProviderType::Anthropic, Some(key)) => request.header("x-api-key", key),
+        (_, None) => request,
+    };
+    if provider.kind == ProviderType::Anthropic {
+        request = request.header("anthropic-version", ANTHROPIC_VERSION);
     }
-    let response = request.body(body.to_string()).send().await.map_err(|e| {
+    let response = request.body(sent.to_string()).send().await.map_err(|e| {
         let class = if e.is_timeout() { ErrorClass::Timeout } else { ErrorClass::Transient };
         Failure::new(class, format!("{} ({}): {}", provider.name, url, without_url(&e)))
     })?;
@@ -85,28 +128,119 @@ pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|s| s * 1000);
     let text = response.text().await.map_err(|e| {
-        Failure::new(ErrorClass::Transient, format!("{}: reading the answer: {}", provider.name, without_url(&e)))
+        let class = if e.is_timeout() { ErrorClass::Timeout } else { ErrorClass::Transient };
+        Failure::new(class, format!("{}: reading the answer: {}", provider.name, without_url(&e)))
     })?;
     if (200..300).contains(&status) {
-        return serde_json::from_str(&text).map_err(|e| malformed(&format!("the answer is not JSON: {e}")));
+        let raw: Value =
+            serde_json::from_str(&text).map_err(|e| malformed(provider, &format!("the answer is not JSON: {e}")))?;
+        return match provider.kind {
+            ProviderType::Openai => openai_answer(&raw),
+            ProviderType::Anthropic => anthropic_answer(&raw),
+        }
+        .map_err(|why| malformed(provider, why));
     }
+    Err(refusal(provider, model, status, retry_after_ms, &text))
+}
+
+/// A provider's non-2xx answer, classified.
+fn refusal(provider: &Provider, model: &Model, status: u16, retry_after_ms: Option<u64>, text: &str) -> Failure {
     let quoted: String = text.chars().take(QUOTED).collect();
     let said = format!("{} answered {status} for model '{}': {quoted}", provider.name, model.model);
     let lower = text.to_ascii_lowercase();
-    Err(match status {
+    let too_long = (lower.contains("context") && (lower.contains("length") || lower.contains("exceed")))
+        || lower.contains("too long")
+        || lower.contains("too many tokens");
+    match status {
         429 => Failure { retry_after_ms, ..Failure::new(ErrorClass::RateLimited, said) },
         408 | 500..=599 => Failure { retry_after_ms, ..Failure::new(ErrorClass::Transient, said) },
-        400 if lower.contains("context")
-            && (lower.contains("length") || lower.contains("exceed") || lower.contains("too long")) =>
-        {
-            Failure::new(ErrorClass::ContextOverflow, said)
-        }
+        400 | 413 if too_long => Failure::new(ErrorClass::ContextOverflow, said),
         401 | 403 => Failure::new(
             ErrorClass::Permanent,
             format!("{said} (the key from ${} was refused)", provider.api_key_env.as_deref().unwrap_or("-")),
         ),
         404 => Failure::new(ErrorClass::Permanent, format!("{said} (is the model id or base_url wrong?)")),
         _ => Failure::new(ErrorClass::Permanent, said),
+    }
+}
+
+fn openai_answer(raw: &Value) -> Result<Answer, &'static str> {
+    let choice = raw.pointer("/choices/0").ok_or("the answer has no choices")?;
+    let usage = raw.get("usage");
+    let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
+    Ok(Answer {
+        text: choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+        provider_model: raw.get("model").and_then(Value::as_str).map(str::to_string),
+        input_tokens: tokens("prompt_tokens"),
+        output_tokens: tokens("completion_tokens"),
+        cached_tokens: usage
+            .and_then(|u| u.pointer("/prompt_tokens_details/cached_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}
+
+/// The Messages API request for an OpenAI-shaped body: system messages joined into `system`,
+/// `stop` as `stop_sequences`, `max_tokens` always set, and an `output_schema` (carried as
+/// `response_format`) as a tool the model is made to call.
+fn anthropic_body(model: &Model, body: &Value) -> Value {
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    for m in body["messages"].as_array().into_iter().flatten() {
+        let content = m.get("content").cloned().unwrap_or(Value::Null);
+        match m.get("role").and_then(Value::as_str) {
+            Some("system") => system.push(content.as_str().unwrap_or_default().to_string()),
+            Some(role) => messages.push(json!({"role": role, "content": content})),
+            None => {}
+        }
+    }
+    let max_tokens = body
+        .get("max_tokens")
+        .and_then(Value::as_u64)
+        .or(model.max_output_tokens.map(u64::from))
+        .unwrap_or(ANTHROPIC_MAX_TOKENS);
+    let mut sent = json!({"model": model.model, "max_tokens": max_tokens, "messages": messages});
+    if !system.is_empty() {
+        sent["system"] = json!(system.join("\n\n"));
+    }
+    if let Some(t) = body.get("temperature") {
+        sent["temperature"] = t.clone();
+    }
+    match body.get("stop") {
+        Some(Value::String(s)) => sent["stop_sequences"] = json!([s]),
+        Some(list @ Value::Array(_)) => sent["stop_sequences"] = list.clone(),
+        _ => {}
+    }
+    if let Some(schema) = body.pointer("/response_format/json_schema/schema") {
+        sent["tools"] = json!([{
+            "name": OUTPUT_TOOL,
+            "description": "Give the answer, as the input of this tool.",
+            "input_schema": schema,
+        }]);
+        sent["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
+    }
+    sent
+}
+
+fn anthropic_answer(raw: &Value) -> Result<Answer, &'static str> {
+    let content = raw.get("content").and_then(Value::as_array).ok_or("the answer has no content")?;
+    // A forced tool call carries the structured answer as its input; text blocks carry the rest.
+    let text = match content.iter().find(|b| b["type"] == "tool_use" && b["name"] == OUTPUT_TOOL) {
+        Some(call) => call.get("input").map(Value::to_string).unwrap_or_default(),
+        None => content.iter().filter(|b| b["type"] == "text").filter_map(|b| b["text"].as_str()).collect(),
+    };
+    let usage = raw.get("usage");
+    let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
+    let cached = tokens("cache_read_input_tokens").unwrap_or(0);
+    Ok(Answer {
+        text,
+        finish_reason: raw.get("stop_reason").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+        provider_model: raw.get("model").and_then(Value::as_str).map(str::to_string),
+        // Anthropic counts cached input apart; the engine's input includes it.
+        input_tokens: tokens("input_tokens").map(|n| n + cached + tokens("cache_creation_input_tokens").unwrap_or(0)),
+        output_tokens: tokens("output_tokens"),
+        cached_tokens: cached,
     })
 }
 
@@ -127,4 +261,55 @@ fn without_url(e: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> Model {
+        Model {
+            alias: "claude".into(),
+            provider: "a".into(),
+            model: "claude-x".into(),
+            input_usd_per_mtok: 3.0,
+            output_usd_per_mtok: 15.0,
+            cached_input_usd_per_mtok: Some(0.3),
+            context_window: None,
+            max_output_tokens: Some(1000),
+        }
+    }
+
+    #[test]
+    fn an_openai_shaped_request_becomes_a_messages_request_with_its_schema_as_a_forced_tool() {
+        let body = json!({
+            "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+            "temperature": 0, "stop": "END",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "output", "schema": {"type": "object"}}}
+        });
+        let sent = anthropic_body(&model(), &body);
+        assert_eq!(sent["system"], "Be brief.");
+        assert_eq!(sent["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!((sent["max_tokens"].as_u64(), sent["model"].as_str()), (Some(1000), Some("claude-x")));
+        assert_eq!(sent["stop_sequences"], json!(["END"]));
+        assert_eq!(sent["tool_choice"], json!({"type": "tool", "name": "output"}));
+        assert_eq!(sent["tools"][0]["input_schema"], json!({"type": "object"}));
+    }
+
+    #[test]
+    fn a_messages_answer_reads_as_text_or_as_the_forced_tools_input_with_cached_input_counted() {
+        let raw = json!({"model": "claude-x", "stop_reason": "end_turn",
+            "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}],
+            "usage": {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 90}});
+        let a = anthropic_answer(&raw).expect("answer");
+        assert_eq!((a.text.as_str(), a.input_tokens, a.cached_tokens), ("Hello there", Some(100), 90));
+        let out = answer(&model(), &json!({}), a);
+        let expected = (10.0 * 3.0 + 90.0 * 0.3 + 3.0 * 15.0) / 1e6;
+        assert!((out["cost_usd"].as_f64().unwrap_or(0.0) - expected).abs() < 1e-12, "{out}");
+        let raw = json!({"content": [{"type": "tool_use", "name": "output", "input": {"city": "Paris"}}],
+                         "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
+        assert_eq!(anthropic_answer(&raw).expect("tool").text, r#"{"city":"Paris"}"#);
+        assert_eq!(anthropic_url("https://api.anthropic.com/", "messages"), "https://api.anthropic.com/v1/messages");
+        assert_eq!(anthropic_url("http://127.0.0.1:9/v1", "messages"), "http://127.0.0.1:9/v1/messages");
+    }
 }

@@ -105,7 +105,7 @@ error_responses! {
         ("invalid_request", "the body does not fit: unknown field `reson`, expected `reason` at line 1 column 8", {"line": 1, "column": 8}),
     ]
     /// 422: what to run is not something that can run.
-    InvalidRun = "What to run does not fit: not exactly one of `goal` and `workflow`, or a bad field (`invalid_request`); a goal the planner cannot plan (`unplannable_goal`); an inline definition with problems (`invalid_definition`, each in `details`); inputs the definition does not declare or lacks (`unknown_inputs`, `missing_inputs`); an `Idempotency-Key` used for another request or still being answered (`idempotency_key_reused`, `idempotency_in_progress`)." [
+    InvalidRun = "What to run does not fit: not exactly one of `goal` and `workflow`, or a bad field (`invalid_request`); a goal the planner cannot plan (`unplannable_goal`); `planner: model` with no model configured (`no_planner_model`); an inline definition with problems (`invalid_definition`, each in `details`); inputs the definition does not declare or lacks (`unknown_inputs`, `missing_inputs`); an `Idempotency-Key` used for another request or still being answered (`idempotency_key_reused`, `idempotency_in_progress`)." [
         ("unknown_inputs", "workflow 'summary-and-email' does not declare input 'tpoic' (did you mean 'topic'?); it declares: topic", {"unknown": ["tpoic"], "suggestions": {"tpoic": "topic"}, "declared": ["topic"], "missing": []}),
         ("unplannable_goal", "no recipe or step in the catalog matches the goal 'xyzzy'", null),
         ("invalid_request", "give exactly one of `goal` (a goal to plan) or `workflow` (a name or a definition)", null),
@@ -130,7 +130,7 @@ error_responses! {
         ("bad_name", "token name 'tok_1' starts with `tok_`, which would read as a token id; pick another", null),
     ]
     /// 503: the server cannot answer now.
-    Unavailable = "The server cannot answer now; retry shortly: every connection is busy (`too_many_connections`), the database is busy, unreachable or its disk is full (`database_busy`, `database_unavailable`, `disk_full`), or the server is shutting down (`shutting_down`; `/readyz` answers `draining`, or `not_ready` when the database does not answer)." [
+    Unavailable = "The server cannot answer now; retry shortly: every connection is busy (`too_many_connections`), the database is busy, unreachable or its disk is full (`database_busy`, `database_unavailable`, `disk_full`), the planner model does not answer (`planner_unavailable`), or the server is shutting down (`shutting_down`; `/readyz` answers `draining`, or `not_ready` when the database does not answer)." [
         ("too_many_connections", "every connection is busy; retry shortly (the server's --max-connections is reached)", null),
         ("database_unavailable", "the database is unreachable (connection refused)", null),
     ]

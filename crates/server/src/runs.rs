@@ -35,6 +35,7 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 #[serde(deny_unknown_fields)]
 #[schema(examples(
     json!({"goal": "generate summary and send email"}),
+    json!({"goal": "summarise the incident report and email it", "planner": "model"}),
     json!({"workflow": "summary-and-email", "inputs": {"topic": "beavers"}}),
     json!({"workflow": {"name": "hello", "steps": [{"id": "greet", "kind": "echo", "with": {"text": "hi"}}]}}),
 ))]
@@ -42,6 +43,10 @@ pub struct CreateRun {
     /// A goal for the planner, which plans it from the catalog (`cairn plan --list`).
     #[schema(value_type = String, required = false, pattern = r"\S", example = "generate summary and send email")]
     goal: Option<String>,
+    /// With `goal`: who plans it — `catalog` (default: the deterministic matcher) or `model` (the
+    /// configured default model chooses from the same catalog).
+    #[schema(pattern = "^(catalog|model)$")]
+    planner: Option<String>,
     /// A registered workflow's name, or an inline definition (the same shape as a file).
     #[schema(schema_with = workflow_ref_schema, required = false)]
     workflow: Option<Value>,
@@ -191,12 +196,36 @@ pub async fn resolve<S: Store>(
     req: CreateRunParts,
 ) -> Result<(Definition, RunSource, Option<PlanInfo>, Value, Vec<String>), ApiError> {
     let mut warnings = Vec::new();
+    if req.planner.is_some() && req.goal.is_none() {
+        return Err(ApiError::unprocessable("invalid_request", "`planner` goes with a `goal`"));
+    }
     let (definition, source, plan) = match (req.goal, req.workflow) {
         (Some(goal), None) => {
-            let (def, info) = state
-                .catalog
-                .plan(&goal, state.engine.kinds())
-                .map_err(|e| ApiError::unprocessable("unplannable_goal", e.to_string()))?;
+            let (def, info) = match req.planner.as_deref() {
+                None | Some("catalog") => state
+                    .catalog
+                    .plan(&goal, state.engine.kinds())
+                    .map_err(|e| ApiError::unprocessable("unplannable_goal", e.to_string()))?,
+                Some("model") => {
+                    use cairn_engine::planner::ModelPlanError;
+                    let models = state.engine.models();
+                    cairn_engine::planner::plan(&models, &state.catalog, state.engine.kinds(), &goal).await.map_err(
+                        |e| match e {
+                            ModelPlanError::Call(_) => {
+                                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "planner_unavailable", e.to_string())
+                            }
+                            ModelPlanError::NoModel(_) => ApiError::unprocessable("no_planner_model", e.to_string()),
+                            ModelPlanError::Rejected(_) => ApiError::unprocessable("unplannable_goal", e.to_string()),
+                        },
+                    )?
+                }
+                Some(other) => {
+                    return Err(ApiError::unprocessable(
+                        "invalid_request",
+                        format!("`planner` is `{other}`; use `catalog` or `model`"),
+                    ));
+                }
+            };
             (def, RunSource::Goal { goal }, Some(info))
         }
         (None, Some(Value::String(name))) => {
@@ -246,6 +275,8 @@ pub async fn resolve<S: Store>(
 
 pub struct CreateRunParts {
     pub goal: Option<String>,
+    /// `Some("model")`: the model planner.
+    pub planner: Option<String>,
     pub workflow: Option<Value>,
     pub version: Option<u32>,
     pub inputs: Map<String, Value>,
@@ -313,6 +344,7 @@ async fn replay_idempotent<S: Store>(state: &AppState<S>, key: &IdempotencyKey) 
         (status = 409, response = RunConflict),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = InvalidRun),
+        (status = 503, response = crate::responses::Unavailable),
     ),
 )]
 pub async fn create<S: Store>(
@@ -329,7 +361,13 @@ pub async fn create<S: Store>(
         return Ok(response);
     }
     let max_output_bytes = req.max_output_bytes.unwrap_or(RunOptions::default().max_output_bytes);
-    let parts = CreateRunParts { goal: req.goal, workflow: req.workflow, version: req.version, inputs: req.inputs };
+    let parts = CreateRunParts {
+        goal: req.goal,
+        planner: req.planner,
+        workflow: req.workflow,
+        version: req.version,
+        inputs: req.inputs,
+    };
     let (definition, source, plan, inputs, warnings) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun {

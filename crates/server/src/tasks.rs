@@ -109,7 +109,8 @@ pub async fn create<S: Store>(
     State(state): State<AppState<S>>,
     JsonBody(req, _): JsonBody<CreateTask>,
 ) -> Result<Response, ApiError> {
-    let parts = CreateRunParts { goal: Some(req.goal), workflow: None, version: None, inputs: req.inputs };
+    let parts =
+        CreateRunParts { goal: Some(req.goal), planner: None, workflow: None, version: None, inputs: req.inputs };
     let (definition, source, plan, inputs, _) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun {

@@ -47,6 +47,34 @@ impl Reply {
         )
     }
 
+    /// A successful Anthropic Messages answer saying `text`.
+    pub fn anthropic_says(text: &str, input_tokens: u64, output_tokens: u64) -> Reply {
+        Reply::Http(
+            200,
+            vec![],
+            json!({
+                "id": "msg_fake", "type": "message", "role": "assistant", "model": "claude-fake",
+                "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens}
+            })
+            .to_string(),
+        )
+    }
+
+    /// An Anthropic answer calling the forced `output` tool with `input`.
+    pub fn anthropic_tool(input: Value) -> Reply {
+        Reply::Http(
+            200,
+            vec![],
+            json!({
+                "model": "claude-fake", "stop_reason": "tool_use",
+                "content": [{"type": "tool_use", "id": "toolu_1", "name": "output", "input": input}],
+                "usage": {"input_tokens": 20, "output_tokens": 8}
+            })
+            .to_string(),
+        )
+    }
+
     pub fn status(code: u16, body: &str) -> Reply {
         Reply::Http(code, vec![], body.to_string())
     }
@@ -65,6 +93,14 @@ pub struct FakeProvider {
     pub base_url: String,
     script: Arc<Mutex<VecDeque<Reply>>>,
     received: Arc<Mutex<Vec<Value>>>,
+    heads: Arc<Mutex<Vec<Head>>>,
+}
+
+/// A request's line and headers (names in lower case).
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub line: String,
+    pub headers: std::collections::HashMap<String, String>,
 }
 
 impl FakeProvider {
@@ -74,14 +110,15 @@ impl FakeProvider {
         let base_url = format!("http://{}/v1", listener.local_addr().expect("addr"));
         let script: Arc<Mutex<VecDeque<Reply>>> = Arc::default();
         let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let (s, r) = (script.clone(), received.clone());
+        let heads: Arc<Mutex<Vec<Head>>> = Arc::default();
+        let (s, r, h) = (script.clone(), received.clone(), heads.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (s, r) = (s.clone(), r.clone());
-                std::thread::spawn(move || serve(stream, &s, &r));
+                let (s, r, h) = (s.clone(), r.clone(), h.clone());
+                std::thread::spawn(move || serve(stream, &s, &r, &h));
             }
         });
-        FakeProvider { base_url, script, received }
+        FakeProvider { base_url, script, received, heads }
     }
 
     /// Queues replies, answered in order.
@@ -90,24 +127,38 @@ impl FakeProvider {
         self
     }
 
+    /// The request lines and headers received so far.
+    pub fn heads(&self) -> Vec<Head> {
+        self.heads.lock().expect("heads").clone()
+    }
+
     /// The JSON bodies received so far.
     pub fn received(&self) -> Vec<Value> {
         self.received.lock().expect("received").clone()
     }
 }
 
-fn serve(stream: std::net::TcpStream, script: &Mutex<VecDeque<Reply>>, received: &Mutex<Vec<Value>>) {
+fn serve(
+    stream: std::net::TcpStream,
+    script: &Mutex<VecDeque<Reply>>,
+    received: &Mutex<Vec<Value>>,
+    heads: &Mutex<Vec<Head>>,
+) {
     let mut reader = BufReader::new(&stream);
     let (mut length, mut line, mut first) = (0usize, String::new(), String::new());
     let _ = reader.read_line(&mut first);
+    let mut headers = std::collections::HashMap::new();
     while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-        if let Some((name, value)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("content-length")
-        {
-            length = value.trim().parse().unwrap_or(0);
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim().to_ascii_lowercase();
+            if name == "content-length" {
+                length = value.trim().parse().unwrap_or(0);
+            }
+            headers.insert(name, value.trim().to_string());
         }
         line.clear();
     }
+    heads.lock().expect("heads").push(Head { line: first.trim().to_string(), headers });
     let mut body = vec![0; length];
     let _ = reader.read_exact(&mut body);
     let reply = if first.starts_with("GET ") && first.contains("/models") {

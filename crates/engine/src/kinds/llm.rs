@@ -179,7 +179,7 @@ async fn ask(
                     Err(_) => None,
                 };
                 breakers::record(&provider.name, health);
-                crate::providers::answer(&model, &sent, &answered?)
+                Ok(crate::providers::answer(&model, &sent, answered?))
             })
             .await;
         match answered {
