@@ -52,6 +52,15 @@ pub(crate) struct ModelFile {
     cached_input_usd_per_mtok: Option<Spanned<f64>>,
     context_window: Option<Spanned<i64>>,
     max_output_tokens: Option<Spanned<i64>>,
+    /// `cache = {ttl = "1h"}`: answers of this model are kept across runs for that long.
+    cache: Option<CacheFile>,
+}
+
+/// `cache = {ttl = "1h"}` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CacheFile {
+    ttl: Spanned<String>,
 }
 
 /// Names a provider or model alias may have (as step `with.model` writes them).
@@ -224,6 +233,18 @@ pub(crate) fn check(
         };
         let context_window = tokens("context_window", &m.context_window);
         let max_output_tokens = tokens("max_output_tokens", &m.max_output_tokens);
+        let cache_ttl_ms = m.cache.as_ref().and_then(|c| match cairn_core::duration::parse_ms(c.ttl.get_ref()) {
+            Ok(ms) if (1_000..=30 * 86_400_000).contains(&ms) => Some(ms),
+            Ok(_) => {
+                let msg = format!("`models.{key}.cache.ttl` is {}; use 1s to 30d", c.ttl.get_ref());
+                problems.push(located(file, at(c.ttl.span().start), &msg));
+                None
+            }
+            Err(e) => {
+                problems.push(located(file, at(c.ttl.span().start), &format!("`models.{key}.cache.ttl`: {e}")));
+                None
+            }
+        });
         out.models.insert(
             key.clone(),
             Model {
@@ -235,6 +256,7 @@ pub(crate) fn check(
                 cached_input_usd_per_mtok,
                 context_window,
                 max_output_tokens,
+                cache_ttl_ms,
             },
         );
     }

@@ -389,3 +389,35 @@ fn the_model_planner_over_the_api_plans_with_the_model_and_refuses_a_plan_it_can
     let r = post(&server.addr, "/v1/runs", &serde_json::json!({"workflow": "x", "planner": "model"}));
     assert_eq!(r.status, 422, "{}", r.body);
 }
+
+#[test]
+fn an_opted_in_cache_answers_the_same_request_in_another_run_for_nothing_and_says_so() {
+    let fake = FakeProvider::start();
+    fake.then([Reply::says("Paris", 100, 10), Reply::says("Lyon", 100, 10)]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let cached = env.write(
+        "wf.yaml",
+        "name: cached\nsteps:\n  - {id: ask, kind: llm, with: {prompt: \"Capital of France?\", cache: {ttl: 1h}}}\n",
+    );
+    for _ in 0..2 {
+        assert!(env.run(&["run", path_str(&cached)]).status.success());
+    }
+    assert_eq!(fake.received().len(), 1, "the second run was answered from the cache");
+    let runs = env.runs();
+    let (second, first) = (&runs[0].id, &runs[1].id);
+    let hit = step_output(&env, second, "ask");
+    assert_eq!((hit["text"].as_str(), hit["cache"]["hit"].as_bool()), (Some("Paris"), Some(true)), "{hit}");
+    assert_eq!(hit["cost_usd"], 0.0);
+    assert!((hit["cache"]["saved_usd"].as_f64().unwrap_or(0.0) - 120e-6).abs() < 1e-12, "{hit}");
+    assert!(step_output(&env, first, "ask")["cache"].is_null());
+    // The hit is a journaled call of its run, at no cost.
+    let calls = calls_of(&env, second);
+    assert_eq!((calls.len(), calls[0].cost.as_ref().map(|c| c.cost_usd)), (1, Some(0.0)));
+    // Another request, or a step without the cache, asks the model.
+    let other = env
+        .write("other.yaml", "name: other\nsteps:\n  - {id: ask, kind: llm, with: {prompt: \"Capital of France?\"}}\n");
+    assert!(env.run(&["run", path_str(&other)]).status.success());
+    assert_eq!(fake.received().len(), 2);
+    assert_eq!(step_output(&env, &env.runs()[0].id, "ask")["text"], "Lyon");
+}

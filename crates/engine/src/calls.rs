@@ -33,6 +33,9 @@ pub(crate) trait CallSink: Send + Sync {
     fn record(&self, run: &RunId, call: CallRow, result: Option<Payload>) -> Recording<'_>;
     /// Reserves a budgeted call's worst case (see `EffectLog::reserve_call`).
     fn reserve(&self, run: &RunId, call: CallRow, limits: Vec<Limit>) -> Reserving<'_>;
+    /// The response cache across runs (see `EffectLog::cached_answer`).
+    fn cached(&self, key: String) -> Pin<Box<dyn Future<Output = Option<Value>> + Send + '_>>;
+    fn cache(&self, key: String, answer: Value, expires_at_ms: i64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 type Reserving<'a> = Pin<Box<dyn Future<Output = Result<Option<Overspend>, cairn_store::Error>> + Send + 'a>>;
@@ -54,6 +57,19 @@ impl<S: cairn_store::Store> CallSink for StoreSink<S> {
     fn reserve(&self, run: &RunId, call: CallRow, limits: Vec<Limit>) -> Reserving<'_> {
         let run = run.clone();
         Box::pin(async move { self.0.reserve_call(&run, call, limits).await })
+    }
+
+    fn cached(&self, key: String) -> Pin<Box<dyn Future<Output = Option<Value>> + Send + '_>> {
+        // A cache that cannot be read is a miss: the model is asked.
+        Box::pin(async move { self.0.cached_answer(&key, crate::now_ms()).await.ok().flatten() })
+    }
+
+    fn cache(&self, key: String, answer: Value, expires_at_ms: i64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            if let Err(e) = self.0.cache_answer(&key, &answer, crate::now_ms(), expires_at_ms).await {
+                crate::say_limited!("response-cache", "[engine] cannot keep an answer in the response cache: {e}");
+            }
+        })
     }
 }
 

@@ -73,6 +73,9 @@ pub struct Model {
     pub context_window: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u32>,
+    /// Answers kept across runs this long (`cache = {ttl = "1h"}`); a step's `with.cache` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_ttl_ms: Option<u64>,
 }
 
 impl Model {
@@ -175,6 +178,7 @@ mod tests {
             cached_input_usd_per_mtok: Some(0.1),
             context_window: None,
             max_output_tokens: None,
+            cache_ttl_ms: None,
         };
         let cost = m.cost_usd(1_000_000, 500_000, 250_000);
         assert!((cost - (0.5 + 0.05 + 1.0)).abs() < 1e-9, "{cost}");

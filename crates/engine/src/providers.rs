@@ -277,6 +277,7 @@ mod tests {
             cached_input_usd_per_mtok: Some(0.3),
             context_window: None,
             max_output_tokens: Some(1000),
+            cache_ttl_ms: None,
         }
     }
 

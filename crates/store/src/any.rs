@@ -206,6 +206,14 @@ impl EffectLog for AnyStore {
     async fn cost_report(&self, since_ms: i64, by: crate::CostBy) -> Result<Vec<crate::CostLine>, Error> {
         each!(self, s => s.cost_report(since_ms, by).await)
     }
+
+    async fn cached_answer(&self, key: &str, now_ms: i64) -> Result<Option<Value>, Error> {
+        each!(self, s => s.cached_answer(key, now_ms).await)
+    }
+
+    async fn cache_answer(&self, key: &str, answer: &Value, now_ms: i64, expires_at_ms: i64) -> Result<(), Error> {
+        each!(self, s => s.cache_answer(key, answer, now_ms, expires_at_ms).await)
+    }
 }
 
 impl Registry for AnyStore {

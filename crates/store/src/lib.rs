@@ -365,6 +365,16 @@ pub trait EffectLog: Send + Sync + 'static {
     fn spend(&self, runs: &[RunId]) -> impl Future<Output = Result<BTreeMap<String, Spend>, Error>> + Send;
     /// What model calls made since `since_ms` spent, grouped.
     fn cost_report(&self, since_ms: i64, by: CostBy) -> impl Future<Output = Result<Vec<CostLine>, Error>> + Send;
+    /// A cached model answer under `key` that has not expired at `now_ms`.
+    fn cached_answer(&self, key: &str, now_ms: i64) -> impl Future<Output = Result<Option<Value>, Error>> + Send;
+    /// Keeps a model answer under `key` until `expires_at_ms` (replacing an older one).
+    fn cache_answer(
+        &self,
+        key: &str,
+        answer: &Value,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// Registered workflow definitions, by name and version.

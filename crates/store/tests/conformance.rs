@@ -1333,3 +1333,17 @@ conformance!(budgets_hold_reservations_until_settled_and_spend_is_summed_per_run
     assert_eq!(by_workflow.len(), 1);
     assert!(store.cost_report(T0 + 1_000_000, CostBy::Model).await.expect("later").is_empty());
 });
+
+conformance!(the_response_cache_answers_until_an_entry_expires_and_gc_drops_expired_ones, |store| async move {
+    assert_eq!(store.cached_answer("k1", T0).await.expect("miss"), None);
+    store.cache_answer("k1", &json!({"text": "Paris"}), T0, T0 + 1_000).await.expect("keep");
+    assert_eq!(store.cached_answer("k1", T0 + 999).await.expect("hit"), Some(json!({"text": "Paris"})));
+    assert_eq!(store.cached_answer("k1", T0 + 1_000).await.expect("expired"), None);
+    // Kept again: the newer answer and expiry replace the old.
+    store.cache_answer("k1", &json!({"text": "Lyon"}), T0 + 2_000, T0 + 5_000).await.expect("again");
+    assert_eq!(store.cached_answer("k1", T0 + 3_000).await.expect("hit"), Some(json!({"text": "Lyon"})));
+    store.gc(T0 + 6_000, 86_400_000, false).await.expect("gc");
+    store.cache_answer("k2", &json!(1), T0 + 6_000, T0 + 9_000).await.expect("k2");
+    assert_eq!(store.cached_answer("k1", T0 + 1).await.expect("gone"), None, "gc dropped the expired entry");
+    assert_eq!(store.cached_answer("k2", T0 + 7_000).await.expect("k2"), Some(json!(1)));
+});

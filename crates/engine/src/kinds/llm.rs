@@ -54,7 +54,13 @@ impl Activity for Kind {
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                 "max_tokens": {"type": "integer", "minimum": 1},
                 "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                "output_schema": {"type": "object", "description": "a JSON Schema the answer must fit"}
+                "output_schema": {"type": "object", "description": "a JSON Schema the answer must fit"},
+                "cache": {
+                    "type": "object",
+                    "properties": {"ttl": {"type": ["string", "integer"], "description": "e.g. 1h; 0 turns caching off"}},
+                    "required": ["ttl"],
+                    "additionalProperties": false
+                }
             },
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "additionalProperties": false
@@ -161,9 +167,30 @@ async fn ask(
         // What is recorded and hashed: never the key.
         let request = json!({"provider": provider.name, "model": alias, "body": body});
         let meter = Meter { model: alias.clone(), worst: worst_case(attempt, model, body) };
+        // The response cache across runs, when the step or the model asks for it.
+        let ttl_ms = cache_ttl(attempt.input)?.or(model.cache_ttl_ms).filter(|ms| *ms > 0);
+        let cache_key = ttl_ms.map(|_| {
+            let canonical =
+                json!({"provider": provider.name, "base_url": provider.base_url, "model": model.model, "body": body});
+            format!("llm:{}", cairn_core::payload::sha256_hex(canonical.to_string().as_bytes()))
+        });
+        let hit = match &cache_key {
+            Some(key) => attempt.cached_answer(key).await,
+            None => None,
+        };
+        let from_cache = hit.is_some();
         let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
         let answered = attempt
             .metered_call("llm", &request, Some(&meter), |_| async move {
+                if let Some(mut cached) = hit {
+                    // Served from the cache: the call is journaled as a hit and costs nothing.
+                    cached["cache"] = json!({"hit": true, "saved_usd": cached["cost_usd"].take()});
+                    cached["cost_usd"] = json!(0.0);
+                    for k in ["input_tokens", "output_tokens", "cached_tokens"] {
+                        cached["usage"][k] = json!(0);
+                    }
+                    return Ok(cached);
+                }
                 // Asked inside the call, so a refusal takes the call's position like a failure
                 // would: an attempt run again (in a process whose breakers differ) finds the same
                 // calls in the same places.
@@ -192,6 +219,9 @@ async fn ask(
                 return Ok((alias.clone(), output));
             }
             Ok(mut output) => {
+                if let (Some(key), Some(ttl), false) = (&cache_key, ttl_ms, from_cache) {
+                    attempt.cache_answer(key, &output, ttl).await;
+                }
                 let tokens = |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
                 attempt.report_usage(Usage {
                     tokens_in: tokens("input_tokens"),
@@ -210,6 +240,18 @@ async fn ask(
         }
     }
     Err(permanent("no model answered".into()))
+}
+
+/// `with.cache.ttl` in milliseconds (`1h`, or a number of ms; 0 turns a model's cache off).
+fn cache_ttl(input: &Value) -> Result<Option<u64>, Failure> {
+    match input.pointer("/cache/ttl") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => Ok(n.as_u64()),
+        Some(Value::String(s)) => {
+            cairn_core::duration::parse_ms(s).map(Some).map_err(|e| permanent(format!("with.cache.ttl: {e}")))
+        }
+        Some(other) => Err(permanent(format!("with.cache.ttl is {other}; use a duration such as 1h"))),
+    }
 }
 
 /// The most a call may cost: its input counted, and as much output as it may produce (its

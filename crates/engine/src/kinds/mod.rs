@@ -167,6 +167,22 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// An answer kept in the response cache across runs under `key`, if one has not expired.
+    pub async fn cached_answer(&self, key: &str) -> Option<Value> {
+        match &self.calls {
+            Some(log) => log.sink.cached(key.to_string()).await,
+            None => None,
+        }
+    }
+
+    /// Keeps an answer in the response cache for `ttl_ms` (best effort: a failure is logged).
+    pub async fn cache_answer(&self, key: &str, answer: &Value, ttl_ms: u64) {
+        if let Some(log) = &self.calls {
+            let expires = crate::now_ms().saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX / 2));
+            log.sink.cache(key.to_string(), answer.clone(), expires).await;
+        }
+    }
+
     /// Whether a budget applies to this attempt's metered calls (so their worst case is needed).
     pub fn budgeted(&self) -> bool {
         self.calls.as_ref().is_some_and(|c| !c.budgets.is_empty())

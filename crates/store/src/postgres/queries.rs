@@ -533,6 +533,23 @@ impl EffectLog for PgStore {
         Ok(None)
     }
 
+    async fn cached_answer(&self, key: &str, now_ms: i64) -> Result<Option<Value>, Error> {
+        let rows =
+            self.query("SELECT answer FROM response_cache WHERE key=$1 AND expires_at>$2", &[&key, &now_ms]).await?;
+        Ok(rows.first().and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok()))
+    }
+
+    async fn cache_answer(&self, key: &str, answer: &Value, now_ms: i64, expires_at_ms: i64) -> Result<(), Error> {
+        self.execute(
+            "INSERT INTO response_cache (key, answer, created_at, expires_at) VALUES ($1,$2,$3,$4) \
+             ON CONFLICT (key) DO UPDATE SET answer=excluded.answer, created_at=excluded.created_at, \
+               expires_at=excluded.expires_at",
+            &[&key, &answer.to_string(), &now_ms, &expires_at_ms],
+        )
+        .await
+        .map(|_| ())
+    }
+
     async fn spend(&self, runs: &[RunId]) -> Result<BTreeMap<String, Spend>, Error> {
         let ids: Vec<&str> = runs.iter().map(RunId::as_str).collect();
         let rows = self
@@ -819,6 +836,7 @@ impl Retention for PgStore {
             // The audit trail (refused requests too) and processes gone for a day are kept no
             // longer than finished runs.
             tx.execute("DELETE FROM audit WHERE at<$1", &[&cutoff]).await.map_err(pg)?;
+            tx.execute("DELETE FROM response_cache WHERE expires_at<=$1", &[&now_ms]).await.map_err(pg)?;
             tx.execute("DELETE FROM workers WHERE seen_at<$1", &[&(now_ms - 86_400_000)]).await.map_err(pg)?;
         }
         tx.commit().await.map_err(pg)?;

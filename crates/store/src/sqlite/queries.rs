@@ -628,6 +628,33 @@ impl EffectLog for SqliteStore {
         .await
     }
 
+    async fn cached_answer(&self, key: &str, now_ms: i64) -> Result<Option<Value>, Error> {
+        self.read(|conn| {
+            let text: Option<String> = conn
+                .query_row(
+                    "SELECT answer FROM response_cache WHERE key=?1 AND expires_at>?2",
+                    params![key, now_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+        })
+    }
+
+    async fn cache_answer(&self, key: &str, answer: &Value, now_ms: i64, expires_at_ms: i64) -> Result<(), Error> {
+        let (key, text) = (key.to_string(), answer.to_string());
+        self.in_group(move |tx| {
+            tx.execute(
+                "INSERT INTO response_cache (key, answer, created_at, expires_at) VALUES (?1,?2,?3,?4)
+                 ON CONFLICT (key) DO UPDATE SET answer=excluded.answer, created_at=excluded.created_at,
+                   expires_at=excluded.expires_at",
+                params![key, text, now_ms, expires_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn spend(&self, runs: &[RunId]) -> Result<BTreeMap<String, Spend>, Error> {
         let ids: Vec<String> = runs.iter().map(|r| r.to_string()).collect();
         self.read(|conn| {
@@ -909,6 +936,7 @@ impl Retention for SqliteStore {
                 // The audit trail (refused requests too) and processes gone for a day are kept
                 // no longer than finished runs.
                 tx.execute("DELETE FROM audit WHERE at<?1", [cutoff])?;
+                tx.execute("DELETE FROM response_cache WHERE expires_at<=?1", [now_ms])?;
                 tx.execute("DELETE FROM workers WHERE seen_at<?1", [now_ms - 86_400_000])?;
             }
             Ok(GcReport { runs, events, payloads })

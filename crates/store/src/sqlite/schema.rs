@@ -171,4 +171,15 @@ ALTER TABLE calls ADD COLUMN reserved_usd REAL;
 ALTER TABLE calls ADD COLUMN reserved_tokens INTEGER;
 CREATE INDEX calls_priced_at ON calls(at) WHERE model IS NOT NULL;
 "#,
+    // 6: the opt-in cache of model answers across runs (`cache: {ttl}`), by the hash of the
+    // canonical request; entries past `expires_at` are never returned and go with `gc`.
+    r#"
+CREATE TABLE response_cache (
+    key TEXT PRIMARY KEY,
+    answer TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX response_cache_expiry ON response_cache(expires_at);
+"#,
 ];
