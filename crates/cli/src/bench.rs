@@ -121,7 +121,8 @@ async fn scenario<S: Store>(stores: &[Arc<S>], steps: usize, total: usize, in_fl
     let watcher = {
         let clock = clock.clone();
         tokio::spawn(async move {
-            while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+            while let Some(notice) = rx.recv().await {
+                let Notice::Committed { run_id, events } = notice else { continue };
                 let now = Instant::now();
                 let Ok(mut guard) = clock.lock() else { return };
                 let (last, samples) = &mut *guard;

@@ -34,7 +34,8 @@ pub async fn bench_park(path: &Path, runs: usize, in_flight: usize, json_out: bo
     let completed = Arc::new(AtomicUsize::new(0));
     let counter = completed.clone();
     tokio::spawn(async move {
-        while let Some(Notice::Committed { events, .. }) = rx.recv().await {
+        while let Some(notice) = rx.recv().await {
+            let Notice::Committed { events, .. } = notice else { continue };
             let done = events.iter().filter(|e| matches!(e.event, Event::RunCompleted { .. })).count();
             counter.fetch_add(done, Ordering::Relaxed);
         }

@@ -69,7 +69,8 @@ pub async fn print_progress<S: Store>(
     let paint = Paint(colour_enabled());
     let mut started: HashMap<RunId, i64> = HashMap::new();
     let mut last_failure: HashMap<(RunId, String), cairn_core::Failure> = HashMap::new();
-    while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+    while let Some(notice) = rx.recv().await {
+        let Notice::Committed { run_id, events } = notice else { continue };
         let created_here = events.iter().any(|e| matches!(e.event, Event::RunCreated { .. }));
         if !created_here
             && !started.contains_key(&run_id)

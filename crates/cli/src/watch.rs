@@ -42,20 +42,53 @@ enum End {
     Dropped,
 }
 
+/// What the stream brought: a journal event, or a model call's tokens (`llm.delta` / `llm.restart`).
+enum Seen<'a> {
+    Event(&'a Envelope),
+    Tokens(&'a serde_json::Value),
+}
+
 pub async fn watch(args: WatchArgs) -> CliResult {
     let id = RunId::parse(&args.id).map_err(CliError::usage)?;
     let addr = host_port(&args.server)?;
     let paint = Paint(colour_enabled());
-    let mut last: Option<u64> = None;
+    let mut last: Option<String> = None;
     let mut started = HashMap::new();
     let mut failures = HashMap::new();
     let mut retries = 0u32;
+    // Whether tokens are being printed on a line of their own, to end before the next line.
+    let mut streaming = false;
     loop {
-        match follow(&addr, &id, &args, &mut last, &mut |env| {
-            if args.json {
-                crate::out!("{}", serde_json::to_string(env).unwrap_or_default());
-            } else if let Some(line) = progress_line(&paint, &id, env, &mut started, &mut failures) {
-                crate::out!("{line}");
+        match follow(&addr, &id, &args, &mut last, &mut |seen| match seen {
+            Seen::Event(env) => {
+                if args.json {
+                    crate::out!("{}", serde_json::to_string(env).unwrap_or_default());
+                } else if let Some(line) = progress_line(&paint, &id, env, &mut started, &mut failures) {
+                    if std::mem::take(&mut streaming) {
+                        crate::out!();
+                    }
+                    crate::out!("{line}");
+                }
+            }
+            Seen::Tokens(delta) if args.json => crate::out!("{delta}"),
+            Seen::Tokens(delta) => {
+                let step = delta["step"].as_str().unwrap_or("?");
+                match delta["type"].as_str() {
+                    Some("llm.delta") => {
+                        if !std::mem::replace(&mut streaming, true) {
+                            crate::output::out(format_args!("[llm] {step}: "));
+                        }
+                        crate::output::out(format_args!("{}", delta["text"].as_str().unwrap_or_default()));
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    }
+                    _ => {
+                        if std::mem::take(&mut streaming) {
+                            crate::out!();
+                        }
+                        let why = delta["reason"].as_str().unwrap_or_default();
+                        crate::out!("[llm] {step}: restart ({why})");
+                    }
+                }
             }
         })
         .await
@@ -80,8 +113,8 @@ async fn follow(
     addr: &str,
     id: &RunId,
     args: &WatchArgs,
-    last: &mut Option<u64>,
-    show: &mut dyn FnMut(&Envelope),
+    last: &mut Option<String>,
+    show: &mut dyn FnMut(Seen<'_>),
 ) -> CliResult<End> {
     let stream = TcpStream::connect(addr).await.map_err(|e| CliError::env(format!("cannot connect to {addr}: {e}")))?;
     let mut reader = BufReader::new(stream);
@@ -124,7 +157,7 @@ async fn follow(
         return Err(err);
     }
     let mut pending = String::new();
-    let (mut ev_id, mut data) = (None::<u64>, String::new());
+    let (mut ev_id, mut data) = (None::<String>, String::new());
     let mut outcome: Option<bool> = None;
     loop {
         let bytes = if chunked {
@@ -154,8 +187,11 @@ async fn follow(
             let line: String = pending.drain(..=pos).collect();
             let line = line.trim_end_matches(['\r', '\n']);
             if line.is_empty() {
-                if let Ok(env) = serde_json::from_str::<Envelope>(&data) {
-                    show(&env);
+                let value: serde_json::Value = serde_json::from_str(&data).unwrap_or_default();
+                if value["type"].as_str().is_some_and(|t| t.starts_with("llm.")) {
+                    show(Seen::Tokens(&value));
+                } else if let Ok(env) = serde_json::from_value::<Envelope>(value) {
+                    show(Seen::Event(&env));
                     match env.event {
                         Event::RunCompleted { .. } => outcome = Some(true),
                         Event::RunFailed { .. } | Event::RunCancelled { .. } => outcome = Some(false),
@@ -167,7 +203,7 @@ async fn follow(
                 }
                 data.clear();
             } else if let Some(v) = line.strip_prefix("id:") {
-                ev_id = v.trim().parse().ok();
+                ev_id = Some(v.trim().to_string()).filter(|i| !i.is_empty());
             } else if let Some(v) = line.strip_prefix("data:") {
                 data.push_str(v.strip_prefix(' ').unwrap_or(v));
             }

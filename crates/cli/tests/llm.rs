@@ -421,3 +421,71 @@ fn an_opted_in_cache_answers_the_same_request_in_another_run_for_nothing_and_say
     assert_eq!(fake.received().len(), 2);
     assert_eq!(step_output(&env, &env.runs()[0].id, "ask")["text"], "Lyon");
 }
+
+#[test]
+fn watchers_get_the_tokens_as_they_stream_a_restart_before_a_retry_and_resume_without_repeats() {
+    use std::time::Duration;
+    let fake = FakeProvider::start();
+    let piece = |t: &str| t.to_string();
+    let gap = Duration::from_millis(150);
+    fake.then([
+        Reply::Stream { pieces: vec![piece("The "), piece("sky "), piece("is")], gap, whole: false },
+        Reply::Stream { pieces: vec![piece("Blue"), piece(" it"), piece(" is"), piece(".")], gap, whole: true },
+    ]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let server = env.serve(&[]);
+    let workflow = serde_json::json!({"name": "streamed", "steps": [
+        {"id": "ask", "kind": "llm", "with": {"prompt": "What colour is the sky?"},
+         "retry": {"max_attempts": 3, "initial_delay": "10ms"}}
+    ]});
+    let r = post(&server.addr, "/v1/runs", &serde_json::json!({"workflow": workflow}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let path = format!("/v1/runs/{id}/events/stream");
+    let mut sse = Sse::open(&server.addr, &path, &[]);
+    let mut seen = Vec::new();
+    let mut resumed_from = None;
+    while let Ok(Some(e)) = sse.next(Duration::from_secs(20)) {
+        if e.event == "llm.delta" && e.data["text"] == "Blue" {
+            resumed_from = e.raw_id.clone();
+        }
+        let done = e.event == "run_completed";
+        seen.push(e);
+        if done {
+            break;
+        }
+        // Reconnect once, right after the retry's first token, from that token's id.
+        if let (Some(last), true) = (&resumed_from, seen.iter().filter(|e| e.event == "llm.delta").count() == 4) {
+            let mut again = Sse::open(&server.addr, &path, &[("Last-Event-ID", last)]);
+            let next = again.next(Duration::from_secs(10)).expect("an event").expect("not ended");
+            assert_eq!((next.event.as_str(), next.data["text"].as_str()), ("llm.delta", Some(" it")), "{next:?}");
+        }
+    }
+    let kinds: Vec<String> = seen
+        .iter()
+        .filter(|e| e.event.starts_with("llm."))
+        .map(|e| format!("{}:{}", e.event, e.data["text"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "llm.delta:The ",
+            "llm.delta:sky ",
+            "llm.delta:is",
+            "llm.restart:",
+            "llm.delta:Blue",
+            "llm.delta: it",
+            "llm.delta: is",
+            "llm.delta:."
+        ],
+        "{seen:#?}"
+    );
+    let restart = seen.iter().find(|e| e.event == "llm.restart").expect("restart");
+    assert_eq!((restart.data["step"].as_str(), restart.data["attempt"].as_u64()), (Some("ask"), Some(1)));
+    assert!(restart.raw_id.as_deref().is_some_and(|i| i.contains('.')), "{restart:?}");
+    // What is journaled is the final answer, whole.
+    let output = step_output(&env, &id, "ask");
+    assert_eq!((output["text"].as_str(), output["usage"]["output_tokens"].as_u64()), (Some("Blue it is."), Some(4)));
+    assert!(fake.received().iter().all(|b| b["stream"] == true), "asked for a stream");
+}

@@ -104,7 +104,42 @@ pub(crate) struct CallLog {
     pub budgets: Vec<Limit>,
     /// Whether the last call came back from the record instead of being made.
     pub last_replayed: bool,
+    /// Where streaming calls' tokens go (the engine's notices), if anyone may watch.
+    pub deltas: Option<tokio::sync::mpsc::UnboundedSender<crate::Notice>>,
     next: u32,
+}
+
+/// The tokens of the next call, for watchers, as it streams.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    tx: tokio::sync::mpsc::UnboundedSender<crate::Notice>,
+    run_id: RunId,
+    step: String,
+    attempt: u32,
+    call: u32,
+}
+
+impl Tokens {
+    /// The next tokens of the answer.
+    pub fn send(&self, text: &str) {
+        self.notice(Some(text.to_string()));
+    }
+
+    /// The tokens sent so far are void: the call failed before it ended.
+    pub fn void(&self) {
+        self.notice(None);
+    }
+
+    fn notice(&self, text: Option<String>) {
+        let delta = crate::Delta {
+            run_id: self.run_id.clone(),
+            step: self.step.clone(),
+            attempt: self.attempt,
+            call: self.call,
+            text,
+        };
+        let _ = self.tx.send(crate::Notice::Delta(delta));
+    }
 }
 
 impl CallLog {
@@ -126,8 +161,20 @@ impl CallLog {
             shutdown,
             budgets: Vec::new(),
             last_replayed: false,
+            deltas: None,
             next: 0,
         }
+    }
+
+    /// Where the next call's tokens go while it streams, if anyone may watch.
+    pub fn tokens(&self) -> Option<Tokens> {
+        Some(Tokens {
+            tx: self.deltas.clone()?,
+            run_id: self.run.clone(),
+            step: self.step.clone(),
+            attempt: self.attempt,
+            call: self.next + 1,
+        })
     }
 
     /// Makes (or replays) the next call: `send` gets the call's idempotency key. A metered call

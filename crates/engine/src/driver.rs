@@ -445,6 +445,7 @@ impl<S: Store> Live<S> {
             };
             self.state.budgets(l.index).into_iter().map(limit).collect()
         };
+        let deltas = self.inner.notices.clone();
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
         let hold_call = self.inner.config.hold_after_call.as_deref().and_then(|h| {
             let (step, n) = h.rsplit_once('/')?;
@@ -519,6 +520,7 @@ impl<S: Store> Live<S> {
                 calls::CallLog::new(run.clone(), effect_step.clone(), l.attempt, recorded, sink, shutdown.clone());
             call_log.hold_after = hold_call;
             call_log.budgets = budgets;
+            call_log.deltas = deltas;
             let input = resolved.apply(&l.input, &l.secrets);
             let ctx = AttemptContext {
                 run_id: &run_id,

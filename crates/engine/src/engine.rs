@@ -115,7 +115,24 @@ pub struct Submit {
 /// Something observers (progress lines, event streams) may want to know, sent after each commit.
 #[derive(Debug, Clone)]
 pub enum Notice {
-    Committed { run_id: RunId, events: Vec<cairn_core::Envelope> },
+    Committed {
+        run_id: RunId,
+        events: Vec<cairn_core::Envelope>,
+    },
+    /// Tokens of a model call while it streams (never journaled: the final answer is).
+    Delta(Delta),
+}
+
+/// A piece of a streaming call's answer, for watchers: `text` is the next tokens, or `None` when
+/// the call's tokens so far are void (the call failed; a retry streams anew).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub run_id: RunId,
+    pub step: String,
+    pub attempt: u32,
+    /// The call's position among the step's calls (`run/step/call-N`).
+    pub call: u32,
+    pub text: Option<String>,
 }
 
 #[derive(Debug, Clone)]

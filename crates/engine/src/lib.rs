@@ -25,7 +25,7 @@ mod tokens;
 mod waiting;
 
 pub use cairn_core::links::{RunLink, RunLinks};
-pub use engine::{Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
+pub use engine::{Delta, Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
 pub use requests::{Control, Delivery, EscalationChoice, Raise, RequestView, check_signal_name};
 pub use waiting::{WaitingApproval, waiting_approvals};
 

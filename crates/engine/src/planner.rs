@@ -75,7 +75,7 @@ pub async fn plan(
             "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}},
         });
         let answer =
-            crate::providers::chat(provider, model, &body, key.as_deref()).await.map_err(ModelPlanError::Call)?;
+            crate::providers::chat(provider, model, &body, key.as_deref(), None).await.map_err(ModelPlanError::Call)?;
         let parsed: Value = serde_json::from_str(answer.text.trim()).unwrap_or(Value::Null);
         let result = if parsed.is_null() {
             Err(PlanError::Chosen {

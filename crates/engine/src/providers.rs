@@ -8,6 +8,9 @@
 //! translated from it (the system message apart, `max_tokens` required, an `output_schema` as a
 //! forced tool), and both answers come back as one shape.
 
+mod streaming;
+
+use crate::calls::Tokens;
 use crate::models::{Model, Provider, ProviderType};
 use cairn_core::event::{ErrorClass, Failure};
 use serde_json::{Value, json};
@@ -94,9 +97,18 @@ pub fn anthropic_url(base_url: &str, path: &str) -> String {
 /// 429 is `rate_limited` (with `Retry-After`), 408/5xx (Anthropic's 529 too) and connection
 /// trouble `transient`, a read past the timeout `timeout`, a prompt too long `context_overflow`,
 /// other 4xx `permanent` saying which.
-pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<&str>) -> Result<Answer, Failure> {
+///
+/// With `tokens`, the answer is asked for as a stream and its tokens go there as they arrive (a
+/// server that answers in one piece anyway is read as such).
+pub async fn chat(
+    provider: &Provider,
+    model: &Model,
+    body: &Value,
+    key: Option<&str>,
+    tokens: Option<&Tokens>,
+) -> Result<Answer, Failure> {
     let client = client(provider)?;
-    let (url, sent) = match provider.kind {
+    let (url, mut sent) = match provider.kind {
         ProviderType::Openai => {
             let mut sent = body.clone();
             sent["model"] = json!(model.model);
@@ -104,6 +116,12 @@ pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<
         }
         ProviderType::Anthropic => (anthropic_url(&provider.base_url, "messages"), anthropic_body(model, body)),
     };
+    if tokens.is_some() {
+        sent["stream"] = json!(true);
+        if provider.kind == ProviderType::Openai {
+            sent["stream_options"] = json!({"include_usage": true});
+        }
+    }
     let mut request = client.post(&url).header("Content-Type", "application/json");
     for (k, v) in &provider.headers {
         request = request.header(k, v);
@@ -121,6 +139,17 @@ pub async fn chat(provider: &Provider, model: &Model, body: &Value, key: Option<
         Failure::new(class, format!("{} ({}): {}", provider.name, url, without_url(&e)))
     })?;
     let status = response.status().as_u16();
+    let streamed = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/event-stream"));
+    if let (true, true, Some(tokens)) = ((200..300).contains(&status), streamed, tokens) {
+        return streaming::read(provider.kind, response, tokens).await.map_err(|why| {
+            tokens.void();
+            Failure::new(ErrorClass::Transient, format!("{} ({url}): {why}", provider.name))
+        });
+    }
     let retry_after_ms = response
         .headers()
         .get("retry-after")

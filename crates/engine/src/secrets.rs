@@ -168,6 +168,11 @@ impl Resolved {
         Resolved { values, needles, notes }
     }
 
+    /// Whether the attempt holds any secret value (its output then goes out only once redacted).
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// No secrets: the input as it is, nothing to redact.
     pub fn none() -> Self {
         Resolved { values: Vec::new(), needles: Vec::new(), notes: Vec::new() }

@@ -10,6 +10,7 @@ mod approvals;
 pub mod auth;
 mod body;
 mod definition_schema;
+mod deltas;
 mod error;
 mod listener;
 mod openapi;
@@ -65,6 +66,8 @@ pub struct Shared<S: Store> {
     pub shutdown: watch::Receiver<bool>,
     /// Requests waiting (`?wait=`) for a run this process drives to finish.
     pub finish_waiters: Mutex<HashMap<RunId, Vec<oneshot::Sender<()>>>>,
+    /// Tokens of model calls streaming in this process, for run event streams.
+    pub deltas: deltas::Deltas,
 }
 
 pub struct AppState<S: Store>(Arc<Shared<S>>);
@@ -102,12 +105,23 @@ impl<S: Store> AppState<S> {
             changes,
             shutdown,
             finish_waiters: Mutex::new(HashMap::new()),
+            deltas: deltas::Deltas::default(),
         }));
         if let Some(mut rx) = notices {
             let weak = Arc::downgrade(&state.0);
             tokio::spawn(async move {
-                while let Some(Notice::Committed { run_id, events }) = rx.recv().await {
+                while let Some(notice) = rx.recv().await {
                     let Some(shared) = weak.upgrade() else { return };
+                    let (run_id, events) = match notice {
+                        Notice::Committed { run_id, events } => (run_id, events),
+                        Notice::Delta(delta) => {
+                            let run_id = delta.run_id.clone();
+                            shared.deltas.push(delta);
+                            let _ = shared.changes.send(run_id);
+                            continue;
+                        }
+                    };
+                    shared.deltas.committed(&run_id, &events);
                     let finished = events.iter().any(|e| {
                         matches!(
                             e.event,

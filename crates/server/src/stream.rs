@@ -28,19 +28,38 @@ use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 const POLL: Duration = Duration::from_millis(500);
 
+/// A model call's tokens while it streams (`llm.delta`), or the news that the tokens so far are
+/// void (`llm.restart`: the call failed, or another call of the step begins). Never journaled:
+/// the final answer is, in the step's `attempt_succeeded`.
+#[derive(serde::Serialize, ToSchema)]
+pub struct ModelDelta {
+    /// `llm.delta` or `llm.restart`.
+    #[schema(pattern = "^llm\\.(delta|restart)$")]
+    r#type: String,
+    run_id: String,
+    step: String,
+    attempt: u32,
+    /// The call's position among the step's calls.
+    call: u32,
+    /// `llm.delta`: the next tokens.
+    text: Option<String>,
+    /// `llm.restart`: why the tokens so far are void.
+    reason: Option<String>,
+}
+
 /// One Server-Sent Event whose `data` is JSON of the schema named `data` (described per event,
 /// as OpenAPI 3.2's `itemSchema` does and schema-based tools read `text/event-stream`).
-fn sse_event(description: &str, data: &str) -> RefOr<Schema> {
+fn sse_event(description: &str, data: &str, id_pattern: &str) -> RefOr<Schema> {
     let text = || ObjectBuilder::new().schema_type(Type::String);
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .description(Some(description))
         .property(
             "id",
-            text().pattern(Some("^[0-9]+$")).description(Some("Send as `Last-Event-ID` to resume after it.")),
+            text().pattern(Some(id_pattern)).description(Some("Send as `Last-Event-ID` to resume after it.")),
         )
         .required("id")
-        .property("event", text().description(Some("The journal event's `type`.")))
+        .property("event", text().description(Some("The journal event's `type` (or `llm.delta`, `llm.restart`).")))
         .required("event")
         .property(
             "data",
@@ -58,13 +77,19 @@ pub struct RunStreamEvent;
 
 impl PartialSchema for RunStreamEvent {
     fn schema() -> RefOr<Schema> {
-        sse_event("One event of a run's stream: `id` is the event's `seq`.", "JournalEvent")
+        sse_event(
+            "One event of a run's stream: a journal event (`id` is its `seq`; `data` a `JournalEvent`), or while a \
+             model call streams an `llm.delta` / `llm.restart` (`id` is `SEQ.K`; `data` a `ModelDelta`).",
+            "JournalEvent",
+            "^[0-9]+(\\.[0-9]+)?$",
+        )
     }
 }
 
 impl ToSchema for RunStreamEvent {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push((JournalEvent::name().into(), JournalEvent::schema()));
+        schemas.push((ModelDelta::name().into(), ModelDelta::schema()));
     }
 }
 
@@ -88,7 +113,7 @@ pub struct FeedStreamEvent;
 
 impl PartialSchema for FeedStreamEvent {
     fn schema() -> RefOr<Schema> {
-        sse_event("One event of the stream of every run: `id` is the global event id.", "FeedEvent")
+        sse_event("One event of the stream of every run: `id` is the global event id.", "FeedEvent", "^[0-9]+$")
     }
 }
 
@@ -109,14 +134,22 @@ pub struct StreamQuery {
 }
 
 fn resume_point(headers: &HeaderMap, q: &StreamQuery) -> Result<Option<i64>, ApiError> {
-    match headers.get("last-event-id") {
-        Some(v) => {
-            v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|n| *n >= 0).map(Some).ok_or_else(|| {
-                ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be an id this stream sent")
-            })
-        }
-        None => Ok(q.after),
-    }
+    Ok(resume_at(headers, q, false)?.map(|(seq, _)| seq))
+}
+
+/// Where to resume: a journal position, and for a run's stream the piece number of an
+/// `llm.delta`/`llm.restart` id (`SEQ.K`).
+fn resume_at(headers: &HeaderMap, q: &StreamQuery, pieces: bool) -> Result<Option<(i64, Option<u64>)>, ApiError> {
+    let bad = || ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be an id this stream sent");
+    let Some(v) = headers.get("last-event-id") else { return Ok(q.after.map(|n| (n, None))) };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    let (seq, k) = match text.split_once('.') {
+        Some((seq, k)) if pieces => (seq, Some(k.parse::<u64>().map_err(|_| bad())?)),
+        Some(_) => return Err(bad()),
+        None => (text, None),
+    };
+    let seq = seq.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(bad)?;
+    Ok(Some((seq, k)))
 }
 
 fn finishes(e: &Envelope) -> bool {
@@ -155,6 +188,10 @@ struct RunFeed<S: Store> {
     state: AppState<S>,
     id: RunId,
     last: u64,
+    /// The last `llm.delta`/`llm.restart` piece sent; before the first, pieces that came after
+    /// journal position `floor` are due.
+    last_piece: Option<u64>,
+    floor: u64,
     buf: VecDeque<SseEvent>,
     rx: broadcast::Receiver<RunId>,
     shutdown: watch::Receiver<bool>,
@@ -166,7 +203,10 @@ struct RunFeed<S: Store> {
 /// Server-Sent Events, one per journal event: `id` is the event's `seq`, `event` its `type`,
 /// `data` the event as JSON (a `JournalEvent`). It replays the journal after `Last-Event-ID` (or
 /// `?after=`), then follows it live, and ends after the run finishes; reconnecting with the last
-/// id seen loses and repeats nothing.
+/// id seen loses and repeats nothing. While a model call of the run streams in this server, its
+/// tokens come as `llm.delta` events (`id` `SEQ.K`, `data` a `ModelDelta`), and an `llm.restart`
+/// comes before the tokens of a call that replaces one already streamed (a retry, a repair, the
+/// next model): watchers drop what they showed of that step, never see it twice.
 #[utoipa::path(
     get,
     path = "/v1/runs/{id}/events/stream",
@@ -175,7 +215,7 @@ struct RunFeed<S: Store> {
     params(
         RunPath,
         StreamQuery,
-        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+$",
+        ("Last-Event-ID" = Option<String>, Header, pattern = "^[0-9]+(\\.[0-9]+)?$",
          description = "Resume after this event id (the last `id:` received)."),
     ),
     responses(
@@ -194,7 +234,8 @@ pub async fn run_stream<S: Store>(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let id = parse_run_id(&id)?;
-    let after = resume_point(&headers, &q)?.unwrap_or(0).max(0) as u64;
+    let (after, last_piece) = resume_at(&headers, &q, true)?.unwrap_or((0, None));
+    let after = after.max(0) as u64;
     state.store.get_run(&id).await?;
     let feed = RunFeed {
         rx: state.changes.subscribe(),
@@ -202,6 +243,8 @@ pub async fn run_stream<S: Store>(
         state,
         id,
         last: after,
+        last_piece,
+        floor: after,
         buf: VecDeque::new(),
         done: false,
     };
@@ -219,6 +262,16 @@ pub async fn run_stream<S: Store>(
                     f.last = env.seq;
                     f.done |= finishes(env);
                     f.buf.push_back(sse(env.seq as i64, env, None));
+                }
+                continue;
+            }
+            // Tokens of calls in flight, after the journal events they followed.
+            let pieces = f.state.deltas.after(&f.id, f.floor, f.last_piece);
+            if !pieces.is_empty() {
+                for p in pieces {
+                    f.last_piece = Some(p.k);
+                    let event = SseEvent::default().id(p.id()).event(p.event).data(p.data.to_string());
+                    f.buf.push_back(event);
                 }
                 continue;
             }

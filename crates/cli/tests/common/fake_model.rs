@@ -16,6 +16,9 @@ pub enum Reply {
     Http(u16, Vec<(&'static str, String)>, String),
     /// No answer for this long (the client's timeout should fire first).
     Hang(Duration),
+    /// A streamed OpenAI answer: these pieces, `gap` apart; `whole: false` cuts the stream
+    /// before its end.
+    Stream { pieces: Vec<String>, gap: Duration, whole: bool },
 }
 
 impl Reply {
@@ -169,6 +172,28 @@ fn serve(
     };
     match reply {
         Reply::Hang(d) => std::thread::sleep(d),
+        Reply::Stream { pieces, gap, whole } => {
+            let mut out = &stream;
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+            if out.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for piece in &pieces {
+                let chunk = json!({"model": "fake-model", "choices": [{"index": 0, "delta": {"content": piece}}]});
+                if out.write_all(format!("data: {chunk}\n\n").as_bytes()).is_err() {
+                    return;
+                }
+                let _ = out.flush();
+                std::thread::sleep(gap);
+            }
+            if whole {
+                let end =
+                    json!({"model": "fake-model", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+                let usage = json!({"model": "fake-model", "choices": [],
+                                   "usage": {"prompt_tokens": 9, "completion_tokens": pieces.len()}});
+                let _ = out.write_all(format!("data: {end}\n\ndata: {usage}\n\ndata: [DONE]\n\n").as_bytes());
+            }
+        }
         Reply::Http(code, headers, body) => {
             let mut head = format!(
                 "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",

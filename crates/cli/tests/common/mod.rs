@@ -334,6 +334,8 @@ pub fn post(addr: &str, path: &str, body: &serde_json::Value) -> HttpReply {
 #[derive(Debug, Clone)]
 pub struct SseEvent {
     pub id: Option<i64>,
+    /// The id as sent (`llm.delta` ids are `SEQ.K`, which `id` cannot hold).
+    pub raw_id: Option<String>,
     pub event: String,
     pub data: serde_json::Value,
 }
@@ -411,9 +413,11 @@ impl Sse {
                 let block = normalized[..pos].to_string();
                 self.pending = normalized[pos + 2..].to_string();
                 let (mut id, mut event, mut data, mut any) = (None, String::new(), String::new(), false);
+                let mut raw_id = None;
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
                         id = v.trim().parse().ok();
+                        raw_id = Some(v.trim().to_string());
                         any = true;
                     } else if let Some(v) = line.strip_prefix("event:") {
                         event = v.trim().to_string();
@@ -424,7 +428,7 @@ impl Sse {
                 }
                 if any {
                     let data = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
-                    return Ok(Some(SseEvent { id, event, data }));
+                    return Ok(Some(SseEvent { id, raw_id, event, data }));
                 }
                 continue;
             }

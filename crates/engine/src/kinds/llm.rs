@@ -179,6 +179,7 @@ async fn ask(
             None => None,
         };
         let from_cache = hit.is_some();
+        let tokens = attempt.tokens();
         let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
         let answered = attempt
             .metered_call("llm", &request, Some(&meter), |_| async move {
@@ -199,7 +200,7 @@ async fn ask(
                     let retry_after_ms = Some(wait.as_millis() as u64);
                     return Err(Failure { retry_after_ms, ..Failure::new(ErrorClass::Transient, message) });
                 }
-                let answered = crate::providers::chat(&provider, &model, &sent, key.as_deref()).await;
+                let answered = crate::providers::chat(&provider, &model, &sent, key.as_deref(), tokens.as_ref()).await;
                 let health = match &answered {
                     Ok(_) => Some(false),
                     Err(f) if f.class.is_retryable() => Some(true),

@@ -167,6 +167,16 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// Where the next call's tokens go as it streams, for watchers of the run. `None` when nobody
+    /// can watch, or when the attempt holds a secret's value (a model could echo it before the
+    /// answer is redacted).
+    pub fn tokens(&self) -> Option<crate::calls::Tokens> {
+        if !self.secrets.is_empty() {
+            return None;
+        }
+        self.calls.as_ref()?.tokens()
+    }
+
     /// An answer kept in the response cache across runs under `key`, if one has not expired.
     pub async fn cached_answer(&self, key: &str) -> Option<Value> {
         match &self.calls {
