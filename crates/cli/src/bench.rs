@@ -42,6 +42,14 @@ pub struct BenchArgs {
     /// signal them all: parking and completion rates, and the process's memory while they wait.
     #[arg(long, conflicts_with = "http")]
     pub park: bool,
+    /// Runs of one `llm` step each against a model server on loopback in this process answering
+    /// after `--latency`: llm calls per second through the engine (journaled, cost accounted),
+    /// and the process's memory with `--in-flight` runs waiting on the model at once.
+    #[arg(long, conflicts_with_all = ["http", "park"])]
+    pub llm: bool,
+    /// With --llm: how long the model takes to answer.
+    #[arg(long, default_value = "0ms")]
+    pub latency: String,
     /// Another workload: `map` is one run with a `for_each` step over `--items` no-op items,
     /// `--max-parallel` at once (item-steps per second; SQLite, or PostgreSQL with --database).
     #[arg(long, value_enum, conflicts_with_all = ["http", "park"])]
@@ -254,8 +262,8 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         return crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
     }
     if let Some(url) = &db.database {
-        if args.park {
-            return Err(CliError::usage("--park runs on the embedded SQLite store; leave out --database"));
+        if args.park || args.llm {
+            return Err(CliError::usage("--park and --llm run on the embedded SQLite store; leave out --database"));
         }
         return bench_postgres(url, &args).await;
     }
@@ -271,6 +279,13 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     if let Some(Shape::Map) = args.shape {
         let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
         let result = crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
+        if args.bench_db.is_none() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        return result;
+    }
+    if args.llm {
+        let result = crate::bench_llm::bench_llm(&path, args.workflows, args.in_flight, &args.latency, args.json).await;
         if args.bench_db.is_none() {
             let _ = std::fs::remove_dir_all(&tmp);
         }

@@ -111,10 +111,10 @@ pub(crate) fn check(
         if let Some(var) = &p.api_key_env
             && !is_variable(var.get_ref())
         {
+            // Not quoted: what was written there may be a pasted key.
             let msg = format!(
-                "`providers.{key}.api_key_env` is `{}`: it names the environment variable that holds the key (letters, \
-                 digits and `_`), never the key itself",
-                var.get_ref().escape_debug()
+                "`providers.{key}.api_key_env` is not a variable name (letters, digits and `_`): it names the \
+                 environment variable that holds the key, never the key itself (the value written is not shown)"
             );
             problems.push(located(file, at(var.span().start), &msg));
         }
@@ -163,7 +163,10 @@ pub(crate) fn check(
         }
         let mut headers = BTreeMap::new();
         for (h, v) in p.headers {
-            let secretish = ["authorization", "x-api-key", "api-key"].contains(&h.to_ascii_lowercase().as_str());
+            let lower = h.to_ascii_lowercase();
+            let secretish = ["auth", "key", "token", "secret", "cookie", "password", "session"]
+                .iter()
+                .any(|word| lower.contains(word));
             if secretish {
                 let msg = format!(
                     "`providers.{key}.headers.{h}` would put a credential in this file; name its variable in \
@@ -411,9 +414,10 @@ input_usd_per_mtok = -1.0
 context_window = 0
 ";
         let message = parse(text, "cairn.toml").expect_err("refused").message;
+        assert!(!message.contains("sk-ant-123"), "a pasted key is not repeated: {message}");
         let lines: Vec<&str> = message.lines().collect();
         let expect = [
-            "cairn.toml:10:15: `providers.cloud.api_key_env` is `sk-ant-123`",
+            "cairn.toml:10:15: `providers.cloud.api_key_env` is not a variable name",
             "cairn.toml:11:29: `providers.cloud.headers.Authorization` would put a credential in this file",
             "cairn.toml:4:8: `providers.local.type` is `openia`; use `openai`",
             "cairn.toml:14:12: `models.small.provider` is `locl`, which no `[providers.…]` table declares (cloud)",

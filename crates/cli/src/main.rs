@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_http;
+mod bench_llm;
 mod bench_map;
 mod bench_park;
 mod config;
@@ -365,6 +366,12 @@ fn main() -> ExitCode {
                     .then_some(cairn_engine::Raise { max_cost_usd, max_tokens });
                 if raise.is_some() && action != "retry" {
                     return Err(CliError::usage("--max-cost-usd and --max-tokens go only with retry"));
+                }
+                // Checked here too: a value JSON cannot carry (NaN, infinity) must not reach the run.
+                if max_cost_usd.is_some_and(|usd| !(usd.is_finite() && usd > 0.0 && usd <= 1_000_000.0)) {
+                    return Err(CliError::usage(
+                        "--max-cost-usd: max_cost_usd must be a number above 0, at most 1000000",
+                    ));
                 }
                 let choice = match (action.as_str(), output) {
                     ("retry", None) => EscalationChoice::Retry { raise },

@@ -170,14 +170,22 @@ pub(crate) fn load_catalog(extra: Option<&Path>) -> CliResult<Catalog> {
     Ok(catalog)
 }
 
-/// A goal's plan, from the catalog matcher or from the default model.
-async fn plan_goal(catalog: &Catalog, goal: &str, planner: Planner) -> CliResult<(Definition, PlanInfo)> {
+/// A goal's plan, from the catalog matcher or from the default model (with the calls it made).
+async fn plan_goal(
+    catalog: &Catalog,
+    goal: &str,
+    planner: Planner,
+) -> CliResult<(Definition, PlanInfo, Vec<cairn_store::CallRow>)> {
     match planner {
-        Planner::Catalog => catalog.plan(goal, crate::kinds::kinds()).map_err(|e| CliError::usage(e.to_string())),
+        Planner::Catalog => catalog
+            .plan(goal, crate::kinds::kinds())
+            .map(|(d, i)| (d, i, Vec::new()))
+            .map_err(|e| CliError::usage(e.to_string())),
         Planner::Model => {
             use cairn_engine::planner::ModelPlanError;
             cairn_engine::planner::plan(&crate::config::get().models, catalog, crate::kinds::kinds(), goal)
                 .await
+                .map(|p| (p.definition, p.info, p.calls))
                 .map_err(|e| match e {
                     ModelPlanError::Call(_) => CliError::env(e.to_string()),
                     _ => CliError::usage(e.to_string()),
@@ -266,7 +274,7 @@ pub async fn plan(args: PlanArgs) -> CliResult {
         return Ok(());
     }
     let goal = args.goal.unwrap_or_default();
-    let (def, info) = plan_goal(&catalog, &goal, args.planner).await?;
+    let (def, info, _) = plan_goal(&catalog, &goal, args.planner).await?;
     let document = crate::plan_file::plan_document(&def, &info);
     if let Some(format) = args.format {
         match format {
@@ -352,6 +360,7 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
 }
 
 pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
+    let mut planning = Vec::new();
     let (definition, source, plan): (Definition, RunSource, Option<PlanInfo>) = match (&args.file, &args.goal) {
         (Some(path), None) => {
             // The children it names are checked now, not only when their step comes; its path is
@@ -363,7 +372,8 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
         }
         (None, Some(goal)) => {
             let catalog = load_catalog(args.catalog.as_deref())?;
-            let (def, info) = plan_goal(&catalog, goal, args.planner).await?;
+            let (def, info, calls) = plan_goal(&catalog, goal, args.planner).await?;
+            planning = calls;
             (def, RunSource::Goal { goal: goal.clone() }, Some(info))
         }
         _ => return Err(CliError::usage("give a workflow FILE or --goal \"...\" (see cairn run --help)")),
@@ -378,7 +388,8 @@ pub async fn run(db: &DbArgs, args: RunArgs) -> CliResult {
     })?;
     let chaos = args.chaos.as_deref().map(parse_chaos).transpose()?;
     let options = RunOptions { chaos, max_output_bytes: args.max_output_bytes };
-    let new = NewRun { definition, source, plan, inputs, options, reused: Vec::new(), reused_payloads: Vec::new() };
+    let new =
+        NewRun { definition, source, plan, inputs, options, reused: Vec::new(), reused_payloads: Vec::new(), planning };
     if args.detach {
         return detach(db, &args.engine, new).await;
     }

@@ -136,6 +136,11 @@ fn refusals_are_permanent_and_say_which_and_a_hang_is_a_timeout() {
         (Reply::status(400, r#"{"error":"maximum context length exceeded"}"#), "failed(context_overflow)"),
         (Reply::status(200, "this is not json"), "the answer is not JSON"),
         (Reply::Hang(std::time::Duration::from_secs(5)), "failed(timeout)"),
+        // A provider quoting the key back: it is redacted from what is kept and shown.
+        (
+            Reply::status(500, r#"{"error":"unexpected header Authorization: Bearer sk-fake-secret-1"}"#),
+            "Bearer [redacted]",
+        ),
     ] {
         fake.then([reply]);
         let out = env
@@ -149,7 +154,11 @@ fn refusals_are_permanent_and_say_which_and_a_hang_is_a_timeout() {
         assert!(!stderr(&out).contains("sk-fake-secret-1"));
     }
     let sent_auth = fake.received().len();
-    assert_eq!(sent_auth, 5, "one request each: permanent failures are not retried");
+    assert_eq!(sent_auth, 6, "one request each: permanent failures are not retried");
+    for id in env.runs().iter().map(|r| r.id.clone()) {
+        let kept = stdout(&env.run(&["export", &id]));
+        assert!(!kept.contains("sk-fake-secret-1"), "the key is in no record");
+    }
 }
 
 fn calls_of(env: &Env, id: &str) -> Vec<cairn_store::CallRow> {
@@ -207,6 +216,17 @@ fn a_step_over_its_budget_waits_for_a_person_who_raises_it_and_the_run_goes_on()
     // A raise that is no raise, and a raise for a step not stopped by a budget, are refused.
     let out = env.run(&["escalation", &id, "ask", "skip", "--max-tokens", "500"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    for (args, said) in [
+        (["--max-cost-usd", "5"], "has no max_cost_usd to raise; raise its max_tokens"),
+        (["--max-tokens", "40"], "is 50 tokens; a raise must be above it, not 40"),
+        (["--max-cost-usd", "nan"], "max_cost_usd must be a number above 0"),
+    ] {
+        let mut all = vec!["escalation", &id, "ask", "retry"];
+        all.extend(args);
+        let out = env.run(&all);
+        assert!(!out.status.success(), "{args:?} is refused");
+        assert!(stderr(&out).contains(said), "{args:?}: {}", stderr(&out));
+    }
     let out = env.run(&["escalation", &id, "ask", "retry", "--max-tokens", "1000"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(wait_exit(&mut child, std::time::Duration::from_secs(30)).success());
@@ -375,6 +395,9 @@ fn the_model_planner_over_the_api_plans_with_the_model_and_refuses_a_plan_it_can
     assert_eq!(schema["properties"]["steps"]["maxItems"], 2, "two clauses, at most two steps: {schema}");
     // The plan's model step calls the model too (its catalog template uses llm now).
     assert_eq!(sent.len(), 2, "{sent:?}");
+    let shown: Value = serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--json"]))).expect("json");
+    assert_eq!(shown["step_usage"]["(plan)"]["tokens_in"], 300, "the planner's call is accounted: {shown}");
+    assert_eq!(shown["usage"]["calls"], 2, "{shown}");
     let summary = step_output(&env, &id, "generate_summary");
     assert_eq!((summary["model"].as_str(), summary["text"].as_str()), (Some("fake"), Some("A short summary.")));
 
@@ -488,4 +511,28 @@ fn watchers_get_the_tokens_as_they_stream_a_restart_before_a_retry_and_resume_wi
     let output = step_output(&env, &id, "ask");
     assert_eq!((output["text"].as_str(), output["usage"]["output_tokens"].as_u64()), (Some("Blue it is."), Some(4)));
     assert!(fake.received().iter().all(|b| b["stream"] == true), "asked for a stream");
+}
+
+#[test]
+fn absurd_hints_and_usage_from_a_provider_are_survived_not_believed() {
+    let fake = FakeProvider::start();
+    fake.then([
+        Reply::Http(429, vec![("Retry-After", u64::MAX.to_string())], "{}".into()),
+        Reply::says("garbage usage", u64::MAX, u64::MAX),
+        Reply::says("fine", 10, 2),
+    ]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let wf = env.write(
+        "wf.yaml",
+        "name: ask\nsteps:\n  - {id: ask, kind: llm, with: {model: [fake, spare, fake], prompt: hi}}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let output = step_output(&env, &id, "ask");
+    assert_eq!(output["text"], "fine", "{output}");
+    assert!(output["skipped"][1]["reason"].as_str().is_some_and(|r| r.contains("cannot be right")), "{output}");
+    let report: Value = serde_json::from_str(&stdout(&env.run(&["cost", "--json"]))).expect("json");
+    assert_eq!(report["total"]["tokens_in"], 10, "{report}");
 }

@@ -55,8 +55,11 @@ enum State {
         until: Instant,
         reason: String,
     },
-    /// One probe is out; others are refused until it comes back.
-    HalfOpen,
+    /// One probe is out since then; others are refused until it comes back, or — a probe that
+    /// never reports (its attempt was cancelled or timed out) — until a cool-down passes.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -89,7 +92,7 @@ impl Breaker {
                 ("open", Some(until.duration_since(now).as_millis() as u64), Some(reason.clone()))
             }
             State::Open { reason, .. } => ("half_open", Some(0), Some(reason.clone())),
-            State::HalfOpen => ("half_open", None, None),
+            State::HalfOpen { .. } => ("half_open", None, None),
         };
         BreakerView {
             state,
@@ -122,10 +125,17 @@ pub fn allow(provider: &str, config: BreakerConfig) -> Result<(), (String, Durat
         }
         // The cool-down is over: this call is the probe.
         State::Open { .. } => {
-            b.state = State::HalfOpen;
+            b.state = State::HalfOpen { since: now };
             Ok(())
         }
-        State::HalfOpen => Err(("breaker half-open (its probe call is still out)".into(), Duration::from_secs(1))),
+        // The probe never reported: another one goes.
+        State::HalfOpen { since } if now.duration_since(*since) >= Duration::from_millis(b.config.cool_down_ms) => {
+            b.state = State::HalfOpen { since: now };
+            Ok(())
+        }
+        State::HalfOpen { .. } => {
+            Err(("breaker half-open (its probe call is still out)".into(), Duration::from_secs(1)))
+        }
     }
 }
 
@@ -136,7 +146,8 @@ pub fn record(provider: &str, failed: Option<bool>) {
     let mut all = breakers().lock().unwrap_or_else(|e| e.into_inner());
     let Some(b) = all.get_mut(provider) else { return };
     let Some(failed) = failed else {
-        if matches!(b.state, State::HalfOpen) {
+        // The provider answered (a refusal of this request): it is up.
+        if matches!(b.state, State::HalfOpen { .. }) {
             b.state = State::Closed;
         }
         return;
@@ -152,7 +163,7 @@ pub fn record(provider: &str, failed: Option<bool>) {
     let c = b.config;
     let failures = b.recent.iter().filter(|(_, f)| *f).count() as u32;
     let calls = b.recent.len() as u32;
-    let reason = if matches!(b.state, State::HalfOpen) {
+    let reason = if matches!(b.state, State::HalfOpen { .. }) {
         Some("the probe call failed".to_string())
     } else if b.consecutive >= c.failures {
         Some(format!("{} failures in a row", b.consecutive))
@@ -194,6 +205,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert!(allow(p, config()).is_ok(), "the probe");
         assert!(allow(p, config()).is_err(), "only one probe at a time");
+        // A probe that never reports (its attempt was cancelled) does not hold the breaker.
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(allow(p, config()).is_ok(), "another probe once a cool-down passed");
         record(p, Some(true));
         assert!(allow(p, config()).expect_err("reopened").0.contains("the probe call failed"));
         std::thread::sleep(Duration::from_millis(60));

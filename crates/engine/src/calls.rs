@@ -249,8 +249,10 @@ impl CallLog {
             reserved,
         };
         if let Some(first) = self.keep(row, payload).await? {
-            // Another attempt of this step recorded this call first: its result stands.
+            // Another attempt of this step recorded this call first: its result stands (and was
+            // paid for there).
             logs.push(format!("call {n} ({kind}, {key}): another attempt recorded it first; its result stands"));
+            self.last_replayed = true;
             if first.request_hash != request_hash {
                 let message = format!(
                     "call {n} of step '{}' ({kind}) was recorded by another attempt with another request (hash {} \

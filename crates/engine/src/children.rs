@@ -188,6 +188,7 @@ impl<S: Store> Engine<S> {
             options: parent.options.clone(),
             reused: Vec::new(),
             reused_payloads: Vec::new(),
+            planning: Vec::new(),
         };
         // A parent that ended meanwhile (cancelled before its child existed) gets no child.
         if self.parent_ended(&parent.run_id).await? {

@@ -86,6 +86,9 @@ pub struct NewRun {
     pub reused: Vec<cairn_core::event::ReusedStep>,
     /// The values of those outputs.
     pub reused_payloads: Vec<(Payload, Value)>,
+    /// Calls made to plan the run before it existed (the model planner's), recorded against it
+    /// once it is created so its cost counts.
+    pub planning: Vec<cairn_store::CallRow>,
 }
 
 impl NewRun {
@@ -100,6 +103,7 @@ impl NewRun {
             options: RunOptions::default(),
             reused: Vec::new(),
             reused_payloads: Vec::new(),
+            planning: Vec::new(),
         }
     }
 }
@@ -275,7 +279,14 @@ impl<S: Store> Engine<S> {
         }
         live.feed(Event::PlanRecorded { definition, plan: new.plan, reused: new.reused })?;
         live.set_idempotency(submit.idempotency);
-        self.commit_and_drive(live, submit.drive_here).await
+        let run_id = live.state.run_id.clone();
+        let driving = self.commit_and_drive(live, submit.drive_here).await?;
+        for call in new.planning {
+            if let Err(e) = self.inner.store.record_call(&run_id, call, None).await {
+                crate::say!("[engine] {run_id}: the planner's call could not be accounted: {e}");
+            }
+        }
+        Ok(driving)
     }
 
     /// Commits what `live` decided, then drives the run here (with `drive_here` and room) or
@@ -369,6 +380,7 @@ impl<S: Store> Engine<S> {
             options: state.options.clone(),
             reused,
             reused_payloads,
+            planning: Vec::new(),
         };
         let id = crate::new_run_id();
         let driving = self.submit(id.clone(), new, Submit { idempotency: None, drive_here }).await?;

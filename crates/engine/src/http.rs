@@ -97,7 +97,7 @@ pub async fn call(
         if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().ok();
         } else if let Some(v) = lower.strip_prefix("retry-after:") {
-            retry_after = v.trim().parse::<u64>().ok().map(|s| s * 1000);
+            retry_after = v.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000));
         }
     }
     let mut raw = Vec::new();

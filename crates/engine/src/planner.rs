@@ -9,7 +9,11 @@ use cairn_core::catalog::{Catalog, MODEL_PLAN_SYSTEM, PlanError};
 use cairn_core::event::PlanInfo;
 use cairn_core::kinds::Kinds;
 use cairn_core::{Definition, Failure};
+use cairn_store::{CallCost, CallRow};
 use serde_json::{Value, json};
+
+/// Where the planner's calls are accounted in the run they planned (`cairn cost`, `runs show`).
+pub const PLAN_STEP: &str = "(plan)";
 
 /// Why the model planner gave no plan.
 #[derive(Debug)]
@@ -32,13 +36,16 @@ impl std::fmt::Display for ModelPlanError {
     }
 }
 
+/// A plan, and the calls made to get it (to be accounted against the run once it exists).
+pub struct ModelPlan {
+    pub definition: Definition,
+    pub info: PlanInfo,
+    pub calls: Vec<CallRow>,
+}
+
 /// Asks the default model for a plan of `goal` from `catalog`.
-pub async fn plan(
-    models: &Models,
-    catalog: &Catalog,
-    kinds: &Kinds,
-    goal: &str,
-) -> Result<(Definition, PlanInfo), ModelPlanError> {
+pub async fn plan(models: &Models, catalog: &Catalog, kinds: &Kinds, goal: &str) -> Result<ModelPlan, ModelPlanError> {
+    catalog.check_goal(goal).map_err(ModelPlanError::Rejected)?;
     let alias = models.default_model.clone().ok_or_else(|| {
         ModelPlanError::NoModel(
             "the model planner uses `default_model` of cairn.toml, and none is set (`cairn models` lists what is \
@@ -67,15 +74,50 @@ pub async fn plan(
         json!({"role": "user", "content": catalog.choice_prompt(goal)}),
     ];
     let mut refused = None;
-    for _ in 0..2 {
+    let mut calls = Vec::new();
+    for n in 1..=2u32 {
         let body = json!({
             "messages": messages,
             "temperature": 0,
             "max_tokens": 400,
             "response_format": {"type": "json_schema", "json_schema": {"name": "plan", "schema": schema}},
         });
-        let answer =
-            crate::providers::chat(provider, model, &body, key.as_deref(), None).await.map_err(ModelPlanError::Call)?;
+        if let Err((why, _)) = crate::breakers::allow(&provider.name, provider.breaker) {
+            let failure = Failure::new(cairn_core::ErrorClass::Transient, format!("provider {}: {why}", provider.name));
+            return Err(ModelPlanError::Call(failure));
+        }
+        let started = std::time::Instant::now();
+        let answered = crate::providers::chat(provider, model, &body, key.as_deref(), None).await;
+        crate::breakers::record(
+            &provider.name,
+            match &answered {
+                Ok(_) => Some(false),
+                Err(f) if f.class.is_retryable() => Some(true),
+                Err(_) => None,
+            },
+        );
+        let answer = answered.map_err(ModelPlanError::Call)?;
+        let priced = crate::providers::answer(model, &body, answer.clone());
+        let tokens = |k: &str| priced.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
+        calls.push(CallRow {
+            step_id: PLAN_STEP.into(),
+            n,
+            kind: "llm".into(),
+            request_hash: cairn_core::payload::Payload::of(&body).reference.hash,
+            outcome: "ok".into(),
+            result_hash: None,
+            error: None,
+            attempt: 1,
+            duration_ms: started.elapsed().as_millis() as u64,
+            at_ms: crate::now_ms(),
+            cost: Some(CallCost {
+                model: alias.clone(),
+                tokens_in: tokens("input_tokens"),
+                tokens_out: tokens("output_tokens"),
+                cost_usd: priced["cost_usd"].as_f64().unwrap_or(0.0),
+            }),
+            reserved: None,
+        });
         let parsed: Value = serde_json::from_str(answer.text.trim()).unwrap_or(Value::Null);
         let result = if parsed.is_null() {
             Err(PlanError::Chosen {
@@ -91,7 +133,7 @@ pub async fn plan(
         match result {
             Ok((definition, mut info)) => {
                 info.planner = Some(format!("model:{alias}"));
-                return Ok((definition, info));
+                return Ok(ModelPlan { definition, info, calls });
             }
             Err(e) => {
                 let problems = match &e {

@@ -145,7 +145,8 @@ pub async fn chat(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/event-stream"));
     if let (true, true, Some(tokens)) = ((200..300).contains(&status), streamed, tokens) {
-        return streaming::read(provider.kind, response, tokens).await.map_err(|why| {
+        let read = streaming::read(provider.kind, response, tokens, MAX_ANSWER_BYTES).await;
+        return read.and_then(|a| sane(a).map_err(str::to_string)).map_err(|why| {
             tokens.void();
             Failure::new(ErrorClass::Transient, format!("{} ({url}): {why}", provider.name))
         });
@@ -155,11 +156,9 @@ pub async fn chat(
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| s * 1000);
-    let text = response.text().await.map_err(|e| {
-        let class = if e.is_timeout() { ErrorClass::Timeout } else { ErrorClass::Transient };
-        Failure::new(class, format!("{}: reading the answer: {}", provider.name, without_url(&e)))
-    })?;
+        // A day at most: a provider's hint must not park a step for ever (or overflow).
+        .map(|s| s.min(86_400).saturating_mul(1000));
+    let text = read_capped(provider, response).await?;
     if (200..300).contains(&status) {
         let raw: Value =
             serde_json::from_str(&text).map_err(|e| malformed(provider, &format!("the answer is not JSON: {e}")))?;
@@ -167,9 +166,43 @@ pub async fn chat(
             ProviderType::Openai => openai_answer(&raw),
             ProviderType::Anthropic => anthropic_answer(&raw),
         }
+        .and_then(sane)
         .map_err(|why| malformed(provider, why));
     }
     Err(refusal(provider, model, status, retry_after_ms, &text))
+}
+
+/// The most of an answer's body read; a provider sending more is answering garbage.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most tokens a provider may report for one call before its usage is taken as garbage.
+const MAX_REPORTED_TOKENS: u64 = 100_000_000;
+
+/// An answer's body as text, refusing one over [`MAX_ANSWER_BYTES`] as it arrives.
+async fn read_capped(provider: &Provider, response: reqwest::Response) -> Result<String, Failure> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let class = if e.is_timeout() { ErrorClass::Timeout } else { ErrorClass::Transient };
+            Failure::new(class, format!("{}: reading the answer: {}", provider.name, without_url(&e)))
+        })?;
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(malformed(provider, &format!("its answer is over {} MiB", MAX_ANSWER_BYTES >> 20)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Usage a provider reported, unless it cannot be right (then the call is treated as malformed).
+fn sane(answer: Answer) -> Result<Answer, &'static str> {
+    let too_many = |n: Option<u64>| n.is_some_and(|n| n > MAX_REPORTED_TOKENS);
+    if too_many(answer.input_tokens) || too_many(answer.output_tokens) || answer.cached_tokens > MAX_REPORTED_TOKENS {
+        return Err("it reported a token usage that cannot be right (over 100 million)");
+    }
+    Ok(answer)
 }
 
 /// A provider's non-2xx answer, classified.
@@ -253,7 +286,8 @@ fn anthropic_body(model: &Model, body: &Value) -> Value {
 }
 
 fn anthropic_answer(raw: &Value) -> Result<Answer, &'static str> {
-    let content = raw.get("content").and_then(Value::as_array).ok_or("the answer has no content")?;
+    let content =
+        raw.get("content").and_then(Value::as_array).filter(|c| !c.is_empty()).ok_or("the answer has no content")?;
     // A forced tool call carries the structured answer as its input; text blocks carry the rest.
     let text = match content.iter().find(|b| b["type"] == "tool_use" && b["name"] == OUTPUT_TOOL) {
         Some(call) => call.get("input").map(Value::to_string).unwrap_or_default(),

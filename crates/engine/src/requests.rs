@@ -431,13 +431,17 @@ impl RequestView {
 }
 
 /// The budget a step stopped at, with the limits a person gave: refused unless the step did stop
-/// at a budget, or if a limit is not above zero.
+/// at a budget, unless each limit given is one that budget has and goes above it, and for values
+/// a definition could not hold either.
 fn budget_raise(state: &RunState, step: &str, raise: Raise) -> Result<cairn_core::event::BudgetRaise, Error> {
     if raise.max_cost_usd.is_none() && raise.max_tokens.is_none() {
-        return Err(Error::Invalid("a budget raise needs `max_cost_usd`, `max_tokens` or both".into()));
+        return Err(Error::Invalid("a budget raise needs max_cost_usd, max_tokens or both".into()));
     }
-    if raise.max_cost_usd.is_some_and(|usd| !(usd.is_finite() && usd > 0.0)) || raise.max_tokens == Some(0) {
-        return Err(Error::Invalid("a raised budget must be above zero".into()));
+    if raise.max_cost_usd.is_some_and(|usd| !(usd.is_finite() && usd > 0.0 && usd <= 1_000_000.0)) {
+        return Err(Error::Invalid("max_cost_usd must be a number above 0, at most 1000000 (US dollars)".into()));
+    }
+    if raise.max_tokens.is_some_and(|n| !(1..=1_000_000_000_000).contains(&n)) {
+        return Err(Error::Invalid("max_tokens must be from 1 to 1000000000000".into()));
     }
     let crossed =
         state.step_index(step).and_then(|i| state.steps[i].last_failure.as_ref().and_then(|f| state.crossed(i, f)));
@@ -446,6 +450,28 @@ fn budget_raise(state: &RunState, step: &str, raise: Raise) -> Result<cairn_core
             "step '{step}' did not stop at a budget, so there is no budget to raise; decide `retry` without one"
         )));
     };
+    let whose = match &crossed.step {
+        Some(s) => format!("step '{s}''s budget"),
+        None => "the run's budget".to_string(),
+    };
+    match (raise.max_cost_usd, crossed.max_cost_usd) {
+        (Some(_), None) => {
+            return Err(Error::Invalid(format!("{whose} has no max_cost_usd to raise; raise its max_tokens")));
+        }
+        (Some(new), Some(old)) if new <= old => {
+            return Err(Error::Invalid(format!("{whose} is ${old}; a raise must be above it, not ${new}")));
+        }
+        _ => {}
+    }
+    match (raise.max_tokens, crossed.max_tokens) {
+        (Some(_), None) => {
+            return Err(Error::Invalid(format!("{whose} has no max_tokens to raise; raise its max_cost_usd")));
+        }
+        (Some(new), Some(old)) if new <= old => {
+            return Err(Error::Invalid(format!("{whose} is {old} tokens; a raise must be above it, not {new}")));
+        }
+        _ => {}
+    }
     Ok(cairn_core::event::BudgetRaise {
         step: crossed.step.map(cairn_core::StepId::new),
         max_cost_usd: raise.max_cost_usd,

@@ -194,8 +194,9 @@ fn definition_from(value: Value, origin: &str, kinds: &Kinds) -> Result<(Definit
 pub async fn resolve<S: Store>(
     state: &AppState<S>,
     req: CreateRunParts,
-) -> Result<(Definition, RunSource, Option<PlanInfo>, Value, Vec<String>), ApiError> {
+) -> Result<(Definition, RunSource, Option<PlanInfo>, Value, Vec<String>, Vec<cairn_store::CallRow>), ApiError> {
     let mut warnings = Vec::new();
+    let mut planning = Vec::new();
     if req.planner.is_some() && req.goal.is_none() {
         return Err(ApiError::unprocessable("invalid_request", "`planner` goes with a `goal`"));
     }
@@ -209,15 +210,17 @@ pub async fn resolve<S: Store>(
                 Some("model") => {
                     use cairn_engine::planner::ModelPlanError;
                     let models = state.engine.models();
-                    cairn_engine::planner::plan(&models, &state.catalog, state.engine.kinds(), &goal).await.map_err(
-                        |e| match e {
+                    let planned = cairn_engine::planner::plan(&models, &state.catalog, state.engine.kinds(), &goal)
+                        .await
+                        .map_err(|e| match e {
                             ModelPlanError::Call(_) => {
                                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "planner_unavailable", e.to_string())
                             }
                             ModelPlanError::NoModel(_) => ApiError::unprocessable("no_planner_model", e.to_string()),
                             ModelPlanError::Rejected(_) => ApiError::unprocessable("unplannable_goal", e.to_string()),
-                        },
-                    )?
+                        })?;
+                    planning = planned.calls;
+                    (planned.definition, planned.info)
                 }
                 Some(other) => {
                     return Err(ApiError::unprocessable(
@@ -270,7 +273,7 @@ pub async fn resolve<S: Store>(
             json!({"unknown": unknown, "suggestions": suggestions, "declared": e.declared, "missing": e.missing});
         ApiError::unprocessable(e.code(), e.to_string()).with_details(details)
     })?;
-    Ok((definition, source, plan, inputs, warnings))
+    Ok((definition, source, plan, inputs, warnings, planning))
 }
 
 pub struct CreateRunParts {
@@ -368,7 +371,7 @@ pub async fn create<S: Store>(
         version: req.version,
         inputs: req.inputs,
     };
-    let (definition, source, plan, inputs, warnings) = resolve(&state, parts).await?;
+    let (definition, source, plan, inputs, warnings, planning) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun {
         definition,
@@ -378,6 +381,7 @@ pub async fn create<S: Store>(
         options: RunOptions { chaos: None, max_output_bytes },
         reused: Vec::new(),
         reused_payloads: Vec::new(),
+        planning,
     };
     let submit = Submit { idempotency: key.clone(), drive_here: state.drive_here };
     match state.engine.submit(run_id.clone(), new, submit).await {

@@ -111,7 +111,7 @@ pub async fn create<S: Store>(
 ) -> Result<Response, ApiError> {
     let parts =
         CreateRunParts { goal: Some(req.goal), planner: None, workflow: None, version: None, inputs: req.inputs };
-    let (definition, source, plan, inputs, _) = resolve(&state, parts).await?;
+    let (definition, source, plan, inputs, _, planning) = resolve(&state, parts).await?;
     let run_id = cairn_engine::new_run_id();
     let new = NewRun {
         definition,
@@ -121,6 +121,7 @@ pub async fn create<S: Store>(
         options: RunOptions::default(),
         reused: Vec::new(),
         reused_payloads: Vec::new(),
+        planning,
     };
     state.engine.submit(run_id.clone(), new, Submit { idempotency: None, drive_here: state.drive_here }).await?;
     let row = state.store.get_run(&run_id).await?;

@@ -33,7 +33,7 @@ impl Reply {
                 "model": "fake-model",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                          "total_tokens": input_tokens + output_tokens}
+                          "total_tokens": input_tokens.saturating_add(output_tokens)}
             })
             .to_string(),
         )

@@ -4,9 +4,9 @@
 //! file. Also the switch of the catalog's model templates from `mock_model` to `llm` when a model
 //! is configured.
 
-use super::{Catalog, PlanError, Template, finish};
+use super::{ALTERNATIVES, Catalog, Entry, PlanError, Template, finish};
 use crate::definition::Definition;
-use crate::event::PlanInfo;
+use crate::event::{LeftOut, PlanInfo};
 use crate::kinds::Kinds;
 use serde_json::{Map, Value, json};
 
@@ -24,8 +24,13 @@ impl Catalog {
     /// most as many steps as the goal has clauses that ask for something (a small model otherwise
     /// goes on until the limit).
     pub fn choice_schema(&self, goal: &str) -> Value {
-        let names: Vec<&str> = self.templates.keys().map(String::as_str).collect();
-        let asked = super::parts(goal).iter().filter(|p| !p.negated).count().clamp(1, MAX_STEPS);
+        let (asked, left_out) = self.choice_bounds(goal);
+        let names: Vec<&str> = self
+            .templates
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !left_out.iter().any(|l| l.entry == *name))
+            .collect();
         let positions: Vec<Value> = (0..asked)
             .map(|i| {
                 let mut properties = json!({"template": {"enum": names}});
@@ -49,6 +54,43 @@ impl Catalog {
         })
     }
 
+    /// How many steps a plan of `goal` may have (its clauses that ask for something), and the
+    /// templates (or recipes' templates) the goal negates ("do not send email"), which a plan may
+    /// not use. Refuses a goal with nothing to plan, as the catalog planner does.
+    pub fn choice_bounds(&self, goal: &str) -> (usize, Vec<LeftOut>) {
+        let parts = super::parts(goal);
+        let asked = parts.iter().filter(|p| !p.negated).count().clamp(1, MAX_STEPS);
+        let mut left_out: Vec<LeftOut> = Vec::new();
+        for part in parts.iter().filter(|p| p.negated) {
+            for alternative in part.words.split(|w| ALTERNATIVES.contains(&w.as_str())) {
+                let names: Vec<String> = match self.match_clause(alternative) {
+                    Some(Entry::Template(name, _)) => vec![name.to_string()],
+                    Some(Entry::Recipe(recipe)) => recipe.steps.clone(),
+                    None => continue,
+                };
+                for name in names {
+                    if !left_out.iter().any(|l| l.entry == name) {
+                        left_out.push(LeftOut { entry: name, because: part.text.clone() });
+                    }
+                }
+            }
+        }
+        (asked, left_out)
+    }
+
+    /// Refuses a goal a model cannot be asked to plan: empty, or all negated.
+    pub fn check_goal(&self, goal: &str) -> Result<(), PlanError> {
+        let parts = super::parts(goal);
+        if parts.is_empty() {
+            return Err(PlanError::EmptyGoal { can_plan: self.describe() });
+        }
+        let (_, left_out) = self.choice_bounds(goal);
+        if parts.iter().all(|p| p.negated) || left_out.len() >= self.templates.len() {
+            return Err(PlanError::NothingLeft { goal: super::one_line(goal), left_out, can_plan: self.describe() });
+        }
+        Ok(())
+    }
+
     /// The templates a model may choose from, one line each (`- name: description; asked as
     /// "…"`), an example answer, and the goal.
     pub fn choice_prompt(&self, goal: &str) -> String {
@@ -70,14 +112,16 @@ impl Catalog {
     /// file. Every problem is listed (an unknown template, a need that is not an earlier step, a
     /// definition that does not validate), so the model can be told what to fix.
     pub fn plan_choice(&self, goal: &str, answer: &Value, kinds: &Kinds) -> Result<(Definition, PlanInfo), PlanError> {
+        self.check_goal(goal)?;
+        let (asked, left_out) = self.choice_bounds(goal);
         let goal = super::one_line(goal);
         let mut problems = Vec::new();
         let chosen = answer.get("steps").and_then(Value::as_array).cloned().unwrap_or_default();
         if chosen.is_empty() {
             problems.push("the plan has no steps: give at least one".to_string());
         }
-        if chosen.len() > MAX_STEPS {
-            problems.push(format!("the plan has {} steps; at most {MAX_STEPS}", chosen.len()));
+        if chosen.len() > asked {
+            problems.push(format!("the plan has {} steps; the goal asks for at most {asked}", chosen.len()));
         }
         let mut ids: Vec<String> = Vec::new();
         let mut steps = Vec::new();
@@ -95,6 +139,10 @@ impl Catalog {
                 ids.push(format!("step{n}"));
                 continue;
             };
+            if let Some(l) = left_out.iter().find(|l| l.entry == *name) {
+                problems.push(format!("step {n}: `{name}` is what the goal says not to do (\"{}\")", l.because));
+                continue;
+            }
             let needs = match c.get("needs") {
                 None | Some(Value::Null) => ids.last().cloned().into_iter().collect(),
                 Some(Value::Array(list)) => {
@@ -129,7 +177,9 @@ impl Catalog {
             return Err(PlanError::Chosen { goal, problems });
         }
         let artifact = matched.last().and_then(|name| self.templates.get(name)).and_then(|t| t.artifact.clone());
-        finish(&goal, steps, artifact, matched, kinds)
+        let (definition, mut info) = finish(&goal, steps, artifact, matched, kinds)?;
+        info.left_out = left_out;
+        Ok((definition, info))
     }
 
     /// Makes the catalog's model templates (`mock_model`) call a real model: kind `llm` with
@@ -214,10 +264,11 @@ mod tests {
         let twice = json!({"steps": [{"template": "notify"}, {"template": "notify", "needs": []}]});
         let fan = json!({"steps": [{"template": "fetch_context"}, {"template": "classify", "needs": [1]},
                                    {"template": "notify", "needs": [1, 2, 2]}]});
-        let (def, _) = catalog().plan_choice("fan in", &fan, &kinds).expect("plan");
+        let (def, _) =
+            catalog().plan_choice("research it, classify it and notify the team", &fan, &kinds).expect("plan");
         let needs: Vec<&str> = def.steps[2].needs.iter().map(|n| n.as_str()).collect();
         assert_eq!(needs, ["fetch_context", "classify"]);
-        let (def, _) = catalog().plan_choice("ping twice", &twice, &kinds).expect("plan");
+        let (def, _) = catalog().plan_choice("notify the team, then notify them again", &twice, &kinds).expect("plan");
         assert_eq!((def.steps[1].id.as_str(), def.steps[1].needs.len()), ("notify_2", 0));
     }
 
@@ -229,7 +280,8 @@ mod tests {
             {"template": "write_poem"},
             {"template": "generate_summary"}
         ]});
-        let Err(PlanError::Chosen { problems, .. }) = catalog().plan_choice("g", &answer, &kinds) else {
+        let Err(PlanError::Chosen { problems, .. }) = catalog().plan_choice("one, two and three", &answer, &kinds)
+        else {
             panic!("refused")
         };
         assert_eq!(problems.len(), 2, "{problems:?}");
@@ -242,6 +294,25 @@ mod tests {
         assert!(names.as_array().is_some_and(|n| n.iter().any(|t| t == "send_email")), "{schema}");
         assert!(positions[0]["properties"].get("needs").is_none(), "the first step needs nothing");
         assert_eq!(positions[3]["properties"]["needs"]["items"]["maximum"], 3);
+    }
+
+    #[test]
+    fn a_negated_template_is_out_of_the_schema_and_refused_and_an_empty_goal_is_refused() {
+        let kinds = crate::kinds::for_tests();
+        let goal = "summarise the report but do not send email";
+        let schema = catalog().choice_schema(goal);
+        let names = &schema["properties"]["steps"]["prefixItems"][0]["properties"]["template"]["enum"];
+        assert!(!names.as_array().expect("names").iter().any(|n| n == "send_email"), "{names}");
+        let answer = json!({"steps": [{"template": "send_email"}]});
+        let Err(PlanError::Chosen { problems, .. }) = catalog().plan_choice(goal, &answer, &kinds) else {
+            panic!("refused")
+        };
+        assert!(problems[0].contains("is what the goal says not to do"), "{problems:?}");
+        let ok = json!({"steps": [{"template": "generate_summary"}]});
+        let (_, info) = catalog().plan_choice(goal, &ok, &kinds).expect("plan");
+        assert_eq!(info.left_out[0].entry, "send_email");
+        assert!(matches!(catalog().check_goal("  "), Err(PlanError::EmptyGoal { .. })));
+        assert!(matches!(catalog().check_goal("do NOT notify anyone"), Err(PlanError::NothingLeft { .. })));
     }
 
     #[test]

@@ -26,6 +26,15 @@ pub(super) fn check_with(
     if kind.with_schema == Value::Bool(true) || is_template(with) {
         return;
     }
+    // A JSON Schema given to a kind (an answer's `output_schema`) must compile, or every attempt
+    // would fail on it: said now, at its line.
+    if let Some(schema) = with.get("output_schema").filter(|s| s.is_object() && !contains_template(s))
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        let at = places.get("with.output_schema").copied().unwrap_or(block_at);
+        let message = format!("`{prefix}with.output_schema` is not a usable JSON Schema: {e}");
+        out.add(at, step, "bad_schema", message);
+    }
     let validator = match jsonschema::validator_for(&kind.with_schema) {
         Ok(v) => v,
         Err(e) => {
@@ -101,6 +110,15 @@ fn schema_wants_object(schema: &Value) -> bool {
 /// A string that is (or holds) a template renders to a value of any type.
 fn is_template(value: &Value) -> bool {
     value.as_str().is_some_and(|s| s.contains("{{") || s.contains("{%"))
+}
+
+/// Whether a template appears anywhere in `v`.
+fn contains_template(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.values().any(contains_template),
+        Value::Array(a) => a.iter().any(contains_template),
+        other => is_template(other),
+    }
 }
 
 #[cfg(test)]

@@ -195,6 +195,20 @@ async fn ask(
                 // Asked inside the call, so a refusal takes the call's position like a failure
                 // would: an attempt run again (in a process whose breakers differ) finds the same
                 // calls in the same places.
+                // A prompt that cannot fit the model's context window is not sent (counted with
+                // OpenAI's vocabulary, which takes fewer tokens than most: what it counts over is
+                // over). Checked here, only when the call is made, so a recorded call replays.
+                if let Some(window) = model.context_window {
+                    let input = crate::tokens::count_messages(&sent["messages"]);
+                    if input > u64::from(window) {
+                        let message = format!(
+                            "the prompt takes about {input} tokens, more than the {window} of model {}'s context \
+                             window; it was not sent",
+                            model.alias
+                        );
+                        return Err(Failure::new(ErrorClass::ContextOverflow, message));
+                    }
+                }
                 if let Err((why, wait)) = breakers::allow(&provider.name, provider.breaker) {
                     let message = format!("provider {}: {why}", provider.name);
                     let retry_after_ms = Some(wait.as_millis() as u64);
@@ -207,7 +221,15 @@ async fn ask(
                     Err(_) => None,
                 };
                 breakers::record(&provider.name, health);
-                Ok(crate::providers::answer(&model, &sent, answered?))
+                // A provider quoting the request back (an error page, an echo) must not put its
+                // key in anything kept or shown.
+                let hide = |text: &str| match key.as_deref() {
+                    Some(k) if k.len() >= 8 => text.replace(k, "[redacted]"),
+                    _ => text.to_string(),
+                };
+                let mut answer = answered.map_err(|f| Failure { message: hide(&f.message), ..f })?;
+                answer.text = hide(&answer.text);
+                Ok(crate::providers::answer(&model, &sent, answer))
             })
             .await;
         match answered {
@@ -262,7 +284,9 @@ fn worst_case(attempt: &Attempt<'_>, model: &crate::models::Model, body: &Value)
     if !attempt.budgeted() {
         return Reservation { usd: 0.0, tokens: 0 };
     }
-    let input = crate::tokens::count_messages(&body["messages"]);
+    // Counted with OpenAI's vocabulary; a model's own tokenizer and chat template can take more,
+    // so the input is held with a margin (the call is settled at what the provider reports).
+    let input = crate::tokens::count_messages(&body["messages"]) * 3 / 2 + 32;
     let output = body
         .get("max_tokens")
         .and_then(Value::as_u64)

@@ -10,7 +10,12 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 /// The answer read from an event stream, or why it is not whole.
-pub async fn read(kind: ProviderType, response: reqwest::Response, tokens: &Tokens) -> Result<Answer, String> {
+pub async fn read(
+    kind: ProviderType,
+    response: reqwest::Response,
+    tokens: &Tokens,
+    max_bytes: usize,
+) -> Result<Answer, String> {
     let mut answer = Answer {
         text: String::new(),
         finish_reason: "unknown".into(),
@@ -24,8 +29,13 @@ pub async fn read(kind: ProviderType, response: reqwest::Response, tokens: &Toke
     let mut done = false;
     let mut pending = String::new();
     let mut body = response.bytes_stream();
+    let mut read = 0usize;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| format!("the answer's stream broke off: {e}"))?;
+        read += chunk.len();
+        if read > max_bytes {
+            return Err(format!("the answer's stream went past {} MiB", max_bytes >> 20));
+        }
         pending.push_str(&String::from_utf8_lossy(&chunk));
         // One event per blank line; a partial event waits for the rest.
         while let Some(end) = pending.find("\n\n").or_else(|| pending.find("\r\n\r\n")) {
