@@ -6,7 +6,6 @@
 //! at once, and the process's memory is reported.
 
 use crate::{CliError, CliResult};
-use cairn_core::event::Event;
 use cairn_engine::{Engine, EngineConfig, NewRun, Notice, Submit};
 use cairn_store::{Durability, EffectLog, SqliteStore};
 use serde_json::json;
@@ -72,36 +71,13 @@ async fn model_server(latency: Duration, served: Arc<AtomicUsize>) -> CliResult<
     Ok(format!("http://{addr}/v1"))
 }
 
-/// Resident memory of this process now, and at its peak, in MiB (Linux; 0 elsewhere).
-fn rss_mib() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let read = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (read("VmRSS:"), read("VmHWM:"))
-}
-
 pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str, json_out: bool) -> CliResult {
     let latency_ms = cairn_core::duration::parse_ms(latency).map_err(|e| CliError::usage(format!("--latency: {e}")))?;
     let served = Arc::new(AtomicUsize::new(0));
     let base_url = model_server(Duration::from_millis(latency_ms), served.clone()).await?;
     let store = Arc::new(SqliteStore::open(path, Durability::Full)?);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
-    let completed = Arc::new(AtomicUsize::new(0));
-    let counter = completed.clone();
-    tokio::spawn(async move {
-        while let Some(notice) = rx.recv().await {
-            let Notice::Committed { events, .. } = notice else { continue };
-            let done = events.iter().filter(|e| matches!(e.event, Event::RunCompleted { .. })).count();
-            counter.fetch_add(done, Ordering::Relaxed);
-        }
-    });
+    let (tx, rx) = mpsc::unbounded_channel::<Notice>();
+    let completed = crate::bench_park::count_completions(rx);
     let in_flight = in_flight.clamp(1, runs.max(1));
     let mut config = EngineConfig::new(cairn_engine::owner_id());
     config.concurrency = in_flight;
@@ -117,7 +93,7 @@ pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str
     let engine = Engine::new(store.clone(), config, Some(tx));
     let definition = cairn_core::validate::parse_definition(DEFINITION, "llm.yaml", crate::kinds::kinds())
         .map_err(|p| CliError::env(format!("the bench definition is invalid: {p:?}")))?;
-    let (rss_start, _) = rss_mib();
+    let (rss_start, _) = crate::bench_park::memory_mib();
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(in_flight));
     let mut tasks = Vec::with_capacity(runs);
@@ -138,7 +114,7 @@ pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str
         t.await.map_err(|e| CliError::env(e.to_string()))??;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (rss_end, rss_peak) = rss_mib();
+    let (rss_end, rss_peak) = crate::bench_park::memory_mib();
     let done = completed.load(Ordering::Relaxed);
     if done != runs {
         return Err(CliError::env(format!("only {done} of {runs} runs completed")));

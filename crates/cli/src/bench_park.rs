@@ -18,19 +18,26 @@ const DEFINITION: &str = "name: parked\nsteps:\n  - {id: wait_for_go, kind: wait
 
 /// Resident memory of this process, from /proc (Linux); 0 where it cannot be read.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    memory_mib().0
 }
 
-pub async fn bench_park(path: &Path, runs: usize, in_flight: usize, json_out: bool) -> CliResult {
-    let store = Arc::new(SqliteStore::open(path, Durability::Full)?);
-    let (tx, mut rx) = mpsc::unbounded_channel::<Notice>();
+/// Resident memory of this process now and at its peak, in MiB (Linux; 0 where it cannot be read).
+pub(crate) fn memory_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let read = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (read("VmRSS:"), read("VmHWM:"))
+}
+
+/// Counts the runs that complete, from the engine's notices.
+pub(crate) fn count_completions(mut rx: mpsc::UnboundedReceiver<Notice>) -> Arc<AtomicUsize> {
     let completed = Arc::new(AtomicUsize::new(0));
     let counter = completed.clone();
     tokio::spawn(async move {
@@ -40,6 +47,13 @@ pub async fn bench_park(path: &Path, runs: usize, in_flight: usize, json_out: bo
             counter.fetch_add(done, Ordering::Relaxed);
         }
     });
+    completed
+}
+
+pub async fn bench_park(path: &Path, runs: usize, in_flight: usize, json_out: bool) -> CliResult {
+    let store = Arc::new(SqliteStore::open(path, Durability::Full)?);
+    let (tx, rx) = mpsc::unbounded_channel::<Notice>();
+    let completed = count_completions(rx);
     let mut config = EngineConfig::new(cairn_engine::owner_id());
     config.concurrency = 64;
     config.max_runs = runs.max(1);

@@ -327,7 +327,11 @@ fn a_provider_that_keeps_failing_is_skipped_while_its_breaker_is_open_and_the_ap
 #[test]
 fn an_anthropic_provider_gets_a_messages_request_and_its_answer_and_forced_tool_are_read() {
     let fake = FakeProvider::start();
-    fake.then([Reply::anthropic_says("Bonjour", 12, 3), Reply::anthropic_tool(serde_json::json!({"city": "Lyon"}))]);
+    fake.then([
+        Reply::anthropic_says("Bonjour", 12, 3),
+        Reply::anthropic_tool(serde_json::json!({"city": "Lyon"})),
+        Reply::AnthropicStream { pieces: vec!["Bon".into(), "soir".into()] },
+    ]);
     let env = Env::new();
     let base = fake.base_url.trim_end_matches("/v1");
     env.write(
@@ -367,6 +371,23 @@ fn an_anthropic_provider_gets_a_messages_request_and_its_answer_and_forced_tool_
     assert_eq!(sent[1]["tool_choice"]["name"], "output");
     let export = stdout(&env.run(&["export", &id]));
     assert!(!export.contains("sk-ant-secret-9"), "the key is in no record");
+    // A streamed answer (what `cairn run` asks for, as its progress may watch) reads the same.
+    assert_eq!(sent[0]["stream"], true);
+    let wf = env
+        .write("one.yaml", "name: one\nsteps:\n  - {id: hello, kind: llm, with: {model: sonnet, prompt: evening}}\n");
+    let out = env
+        .cmd()
+        .args(["run", path_str(&wf)])
+        .env("CAIRN_TEST_ANTHROPIC_KEY", "sk-ant-secret-9")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let streamed = step_output(&env, &env.runs()[0].id, "hello");
+    assert_eq!((streamed["text"].as_str(), streamed["usage"]["output_tokens"].as_u64()), (Some("Bonsoir"), Some(2)));
+    assert_eq!(
+        (streamed["usage"]["input_tokens"].as_u64(), streamed["finish_reason"].as_str()),
+        (Some(11), Some("end_turn"))
+    );
 }
 
 #[test]

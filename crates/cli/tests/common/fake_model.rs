@@ -19,6 +19,8 @@ pub enum Reply {
     /// A streamed OpenAI answer: these pieces, `gap` apart; `whole: false` cuts the stream
     /// before its end.
     Stream { pieces: Vec<String>, gap: Duration, whole: bool },
+    /// A streamed Anthropic Messages answer of these pieces.
+    AnthropicStream { pieces: Vec<String> },
 }
 
 impl Reply {
@@ -172,6 +174,36 @@ fn serve(
     };
     match reply {
         Reply::Hang(d) => std::thread::sleep(d),
+        Reply::AnthropicStream { pieces } => {
+            let mut out = &stream;
+            let mut body =
+                String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+            body.push_str(&event(
+                "message_start",
+                json!({"type": "message_start", "message": {"model": "claude-fake",
+                "usage": {"input_tokens": 11, "output_tokens": 1}}}),
+            ));
+            body.push_str(&event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                "content_block": {"type": "text", "text": ""}}),
+            ));
+            for piece in &pieces {
+                body.push_str(&event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}}),
+                ));
+            }
+            body.push_str(&event(
+                "message_delta",
+                json!({"type": "message_delta",
+                "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": pieces.len()}}),
+            ));
+            body.push_str(&event("message_stop", json!({"type": "message_stop"})));
+            let _ = out.write_all(body.as_bytes());
+        }
         Reply::Stream { pieces, gap, whole } => {
             let mut out = &stream;
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";

@@ -585,18 +585,13 @@ impl EffectLog for SqliteStore {
         let run_id = run_id.to_string();
         self.in_group(move |tx| {
             if let Some(result) = &result {
-                tx.execute(
-                    "INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)",
-                    params![result.reference.hash, result.reference.size as i64, result.bytes],
-                )?;
-                tx.execute(
-                    "INSERT OR IGNORE INTO run_payloads (run_id, hash) VALUES (?1,?2)",
-                    params![run_id, result.reference.hash],
-                )?;
+                tx.prepare_cached("INSERT OR IGNORE INTO payloads (hash, size, body) VALUES (?1,?2,?3)")?
+                    .execute(params![result.reference.hash, result.reference.size as i64, result.bytes])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO run_payloads (run_id, hash) VALUES (?1,?2)")?
+                    .execute(params![run_id, result.reference.hash])?;
             }
             // A success is final; a failure is replaced by the next attempt's call.
-            let written =
-                tx.execute(&format!("{CALL_UPSERT} WHERE calls.outcome <> 'ok'"), call_params(&run_id, &call))?;
+            let written = tx.prepare_cached(CALL_RECORD)?.execute(call_params(&run_id, &call))?;
             Ok(written > 0)
         })
         .await
@@ -622,7 +617,7 @@ impl EffectLog for SqliteStore {
                     return Ok(Some(over));
                 }
             }
-            tx.execute(&format!("{CALL_UPSERT} WHERE calls.outcome <> 'ok'"), call_params(&run_id, &call))?;
+            tx.prepare_cached(CALL_RECORD)?.execute(call_params(&run_id, &call))?;
             Ok(None)
         })
         .await
@@ -945,15 +940,16 @@ impl Retention for SqliteStore {
     }
 }
 
-/// Inserts a call's row, or replaces the one at its position (the caller adds the condition).
-const CALL_UPSERT: &str = "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt,
+/// Records a call at its position unless a success is there already (parsed once per connection).
+const CALL_RECORD: &str = "INSERT INTO calls (run_id, step, n, kind, request_hash, outcome, hash, error, attempt,
        duration_ms, at, model, tokens_in, tokens_out, cost_usd, reserved_usd, reserved_tokens)
      VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)
      ON CONFLICT (run_id, step, n) DO UPDATE SET kind=excluded.kind, request_hash=excluded.request_hash,
        outcome=excluded.outcome, hash=excluded.hash, error=excluded.error, attempt=excluded.attempt,
        duration_ms=excluded.duration_ms, at=excluded.at, model=excluded.model, tokens_in=excluded.tokens_in,
        tokens_out=excluded.tokens_out, cost_usd=excluded.cost_usd, reserved_usd=excluded.reserved_usd,
-       reserved_tokens=excluded.reserved_tokens";
+       reserved_tokens=excluded.reserved_tokens
+     WHERE calls.outcome <> 'ok'";
 
 /// What a scope holds against its budgets: settled calls at their cost, reserved ones at their
 /// worst case.
@@ -970,7 +966,7 @@ const SPENT_C: &str = "COUNT(*) FILTER (WHERE c.outcome <> 'reserved'),
      COALESCE(SUM(c.tokens_out) FILTER (WHERE c.outcome <> 'reserved'), 0),
      COALESCE(SUM(c.cost_usd) FILTER (WHERE c.outcome <> 'reserved'), 0.0)";
 
-/// The parameters `?1`…`?17` of [`CALL_UPSERT`].
+/// The parameters `?1`…`?17` of [`CALL_RECORD`].
 fn call_params(run_id: &str, call: &CallRow) -> rusqlite::ParamsFromIter<Vec<rusqlite::types::Value>> {
     use rusqlite::types::Value as V;
     let int = |n: u64| V::Integer(i64::try_from(n).unwrap_or(i64::MAX));
