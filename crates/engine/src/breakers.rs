@@ -115,7 +115,10 @@ fn breakers() -> &'static Mutex<HashMap<String, Breaker>> {
 pub fn allow(provider: &str, config: BreakerConfig) -> Result<(), (String, Duration)> {
     let now = Instant::now();
     let mut all = breakers().lock().unwrap_or_else(|e| e.into_inner());
-    let b = all.entry(provider.to_string()).or_insert_with(|| Breaker::new(config));
+    if !all.contains_key(provider) {
+        all.insert(provider.to_string(), Breaker::new(config));
+    }
+    let Some(b) = all.get_mut(provider) else { return Ok(()) };
     b.config = config;
     match &b.state {
         State::Closed => Ok(()),

@@ -66,15 +66,17 @@ fn malformed(provider: &Provider, why: &str) -> Failure {
     Failure { code: Some("malformed_answer".into()), ..Failure::new(ErrorClass::Transient, message) }
 }
 
-/// Kept clients, by provider name and timeouts.
-type Clients = Mutex<HashMap<(String, u64, u64), reqwest::Client>>;
+/// Kept clients, by provider name (with the timeouts they were built with).
+type Clients = Mutex<HashMap<String, ((u64, u64), reqwest::Client)>>;
 
 /// One client per provider and timeouts, so connections are kept and reused across calls.
 fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
     static CLIENTS: OnceLock<Clients> = OnceLock::new();
-    let key = (provider.name.clone(), provider.connect_timeout_ms, provider.request_timeout_ms);
+    let timeouts = (provider.connect_timeout_ms, provider.request_timeout_ms);
     let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = clients.get(&key) {
+    if let Some((built, c)) = clients.get(&provider.name)
+        && *built == timeouts
+    {
         return Ok(c.clone());
     }
     let c = reqwest::Client::builder()
@@ -82,7 +84,7 @@ fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
         .timeout(Duration::from_millis(provider.request_timeout_ms))
         .build()
         .map_err(|e| Failure::new(ErrorClass::Permanent, format!("cannot build an HTTP client: {e}")))?;
-    clients.insert(key, c.clone());
+    clients.insert(provider.name.clone(), (timeouts, c.clone()));
     Ok(c)
 }
 

@@ -69,8 +69,7 @@ impl Activity for Kind {
 
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
-            let models: Models = serde_json::from_value(attempt.config.get("models").cloned().unwrap_or(Value::Null))
-                .unwrap_or_default();
+            let models = models_of(attempt.config.get("models").unwrap_or(&Value::Null));
             if models.models.is_empty() {
                 return Err(permanent(
                     "no models are configured: declare [providers.NAME] and [models.ALIAS] in cairn.toml (`cairn \
@@ -130,6 +129,21 @@ impl Activity for Kind {
             Ok(output)
         })
     }
+}
+
+/// The configuration's models, read once (every attempt of a process gets the same value).
+fn models_of(config: &Value) -> std::sync::Arc<Models> {
+    type Last = std::sync::Mutex<Option<(Value, std::sync::Arc<Models>)>>;
+    static LAST: Last = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((seen, models)) = &*last
+        && seen == config
+    {
+        return models.clone();
+    }
+    let models = std::sync::Arc::new(serde_json::from_value::<Models>(config.clone()).unwrap_or_default());
+    *last = Some((config.clone(), models.clone()));
+    models
 }
 
 /// Asks the first model of `aliases` that answers: each request a journaled call, the next model
