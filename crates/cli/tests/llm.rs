@@ -195,6 +195,12 @@ fn a_call_that_would_cross_the_budget_is_not_sent_and_fails_the_step_as_budget_e
     assert_eq!(shown["step_usage"]["first"]["calls"], 1);
     let text = stdout(&env.run(&["runs", "show", &id]));
     assert!(text.contains("cost      $0.001200 (1 model call(s), 1000 tokens in, 100 out)"), "{text}");
+    let export: Value = serde_json::from_str(&stdout(&env.run(&["export", &id]))).expect("json");
+    assert_eq!(
+        (export["usage"]["calls"].as_u64(), export["step_usage"]["first"]["tokens_in"].as_u64()),
+        (Some(1), Some(1000))
+    );
+    assert_eq!(export["calls"][0]["cost"]["model"], "fake", "{}", export["calls"]);
 }
 
 #[test]

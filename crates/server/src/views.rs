@@ -370,6 +370,10 @@ pub struct RunExport {
     steps: Vec<StepRow>,
     /// The calls the run's attempts made through the effect log (`run/step/call-N`).
     calls: Vec<CallRow>,
+    /// What the run's model calls used in all (calls, tokens, USD).
+    usage: Spend,
+    /// The same by step (steps that made none are absent).
+    step_usage: BTreeMap<String, Spend>,
     #[schema(value_type = Vec<JournalEvent>)]
     events: Vec<Value>,
     /// Every payload the journal refers to, by its SHA-256.

@@ -12,6 +12,7 @@ pub async fn export_document(store: &impl Store, id: &RunId) -> Result<Value, Er
     let steps = store.steps(id).await?;
     let calls = store.calls(id, None).await?;
     let payloads: Map<String, Value> = loaded.payloads.iter().map(|(h, v)| (h.clone(), (**v).clone())).collect();
+    let (step_usage, usage) = crate::Spend::of_calls(&calls);
     Ok(json!({
         "format": EXPORT_FORMAT,
         "format_version": 1,
@@ -20,6 +21,8 @@ pub async fn export_document(store: &impl Store, id: &RunId) -> Result<Value, Er
         "links": cairn_core::links::RunLinks::of(&loaded.events),
         "steps": steps,
         "calls": calls,
+        "usage": usage,
+        "step_usage": step_usage,
         "events": loaded.events,
         "payloads": payloads,
     }))
