@@ -563,3 +563,68 @@ fn absurd_hints_and_usage_from_a_provider_are_survived_not_believed() {
     let report: Value = serde_json::from_str(&stdout(&env.run(&["cost", "--json"]))).expect("json");
     assert_eq!(report["total"]["tokens_in"], 10, "{report}");
 }
+
+#[test]
+fn streamed_tokens_never_show_the_providers_key_and_characters_split_between_reads_arrive_whole() {
+    use std::time::Duration;
+    let fake = FakeProvider::start();
+    let pieces = ["Ключ: Bea", "rer sk-fake-secr", "et-1 — 日本語", " ok."].map(str::to_string).to_vec();
+    fake.then([Reply::Stream { pieces, gap: Duration::from_millis(60), whole: true }]);
+    let env = Env::new();
+    env.write(
+        "cairn.toml",
+        &config(&fake).replace("[providers.fake]\n", "[providers.fake]\napi_key_env = \"CAIRN_TEST_FAKE_KEY\"\n"),
+    );
+    let mut server = {
+        let (child, lines) =
+            env.spawn(&["serve", "--listen", "127.0.0.1:0"], &[("CAIRN_TEST_FAKE_KEY", "sk-fake-secret-1")]);
+        let seen = wait_line(&lines, "listening on http://", Duration::from_secs(20));
+        let addr = seen
+            .last()
+            .and_then(|l| l.split("http://").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .expect("addr")
+            .to_string();
+        Server { child, addr, lines }
+    };
+    let workflow = serde_json::json!({"name": "s", "steps": [{"id": "ask", "kind": "llm", "with": {"prompt": "hi"}}]});
+    let r = post(&server.addr, "/v1/runs", &serde_json::json!({"workflow": workflow}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let mut sse = Sse::open(&server.addr, &format!("/v1/runs/{id}/events/stream"), &[]);
+    let mut shown = String::new();
+    while let Ok(Some(e)) = sse.next(Duration::from_secs(20)) {
+        if e.event == "llm.delta" {
+            shown.push_str(e.data["text"].as_str().unwrap_or_default());
+        }
+        if e.event == "run_completed" {
+            break;
+        }
+    }
+    assert_eq!(shown, "Ключ: Bearer [redacted] — 日本語 ok.", "watchers never see the key, and text arrives whole");
+    let output = step_output(&env, &id, "ask");
+    assert_eq!(output["text"], "Ключ: Bearer [redacted] — 日本語 ok.", "{output}");
+    server.signal("TERM");
+    server.wait_exit(Duration::from_secs(20));
+}
+
+#[test]
+fn an_answer_that_does_not_fit_its_schema_is_never_cached() {
+    let fake = FakeProvider::start();
+    fake.then([
+        Reply::says("no json", 10, 2),
+        Reply::says("still none", 10, 2),
+        Reply::says("{\"city\": \"Paris\"}", 10, 2),
+    ]);
+    let env = Env::new();
+    env.write("cairn.toml", &config(&fake));
+    let wf = env.write(
+        "wf.yaml",
+        &STRUCTURED.replace("prompt: \"A city, as JSON.\"", "prompt: \"A city, as JSON.\"\n      cache: {ttl: 1h}"),
+    );
+    assert_eq!(env.run(&["run", path_str(&wf)]).status.code(), Some(1));
+    let out = env.run(&["run", path_str(&wf)]);
+    assert!(out.status.success(), "the second run asks the model again: {}", stderr(&out));
+    assert_eq!(fake.received().len(), 3);
+    assert_eq!(step_output(&env, &env.runs()[0].id, "ask")["json"]["city"], "Paris");
+}

@@ -147,11 +147,13 @@ pub async fn chat(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.starts_with("text/event-stream"));
     if let (true, true, Some(tokens)) = ((200..300).contains(&status), streamed, tokens) {
-        let read = streaming::read(provider.kind, response, tokens, MAX_ANSWER_BYTES).await;
-        return read.and_then(|a| sane(a).map_err(str::to_string)).map_err(|why| {
-            tokens.void();
-            Failure::new(ErrorClass::Transient, format!("{} ({url}): {why}", provider.name))
-        });
+        let read = streaming::read(provider.kind, response, tokens, MAX_ANSWER_BYTES, key).await;
+        return read.and_then(|a| sane(a).map_err(|why| (ErrorClass::Transient, why.to_string()))).map_err(
+            |(class, why)| {
+                tokens.void();
+                Failure::new(class, format!("{} ({url}): {why}", provider.name))
+            },
+        );
     }
     let retry_after_ms = response
         .headers()

@@ -62,6 +62,9 @@ pub struct Shared<S: Store> {
     pub max_body_bytes: usize,
     /// Wakes event streams: the id of a run that just committed.
     pub changes: broadcast::Sender<RunId>,
+    /// Wakes a run's event streams when a model call of it streamed tokens (apart, so streams of
+    /// every run are not woken per token).
+    pub token_changes: broadcast::Sender<RunId>,
     /// Turns true when the server shuts down; streams end.
     pub shutdown: watch::Receiver<bool>,
     /// Requests waiting (`?wait=`) for a run this process drives to finish.
@@ -94,6 +97,7 @@ impl<S: Store> AppState<S> {
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let (changes, _) = broadcast::channel(4096);
+        let (token_changes, _) = broadcast::channel(4096);
         let store = engine.store().clone();
         let state = AppState(Arc::new(Shared {
             engine,
@@ -103,6 +107,7 @@ impl<S: Store> AppState<S> {
             drive_here: config.drive_here,
             max_body_bytes: config.max_body_bytes,
             changes,
+            token_changes,
             shutdown,
             finish_waiters: Mutex::new(HashMap::new()),
             deltas: deltas::Deltas::default(),
@@ -117,7 +122,7 @@ impl<S: Store> AppState<S> {
                         Notice::Delta(delta) => {
                             let run_id = delta.run_id.clone();
                             shared.deltas.push(delta);
-                            let _ = shared.changes.send(run_id);
+                            let _ = shared.token_changes.send(run_id);
                             continue;
                         }
                     };

@@ -164,17 +164,29 @@ fn sse(id: i64, env: &Envelope, run_id: Option<&str>) -> SseEvent {
     SseEvent::default().id(id.to_string()).event(env.event.kind()).data(data.to_string())
 }
 
-/// Waits for a change notice (for `only`, if given), a poll tick, or shutdown (false).
+/// Waits for a change notice (for `only`, if given; with `tokens`, also a streaming call's
+/// tokens), a poll tick, or shutdown (false).
 async fn wait_change(
     rx: &mut broadcast::Receiver<RunId>,
+    mut tokens: Option<&mut broadcast::Receiver<RunId>>,
     shutdown: &mut watch::Receiver<bool>,
     only: Option<&RunId>,
 ) -> bool {
     let sleep = tokio::time::sleep(POLL);
     tokio::pin!(sleep);
     loop {
+        let streamed = async {
+            match tokens.as_deref_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             changed = rx.recv() => match changed {
+                Ok(run) if only.is_some_and(|o| *o != run) => continue,
+                _ => return true,
+            },
+            changed = streamed => match changed {
                 Ok(run) if only.is_some_and(|o| *o != run) => continue,
                 _ => return true,
             },
@@ -192,6 +204,7 @@ struct RunFeed<S: Store> {
     /// journal position `floor` are due.
     last_piece: Option<u64>,
     floor: u64,
+    tokens: broadcast::Receiver<RunId>,
     buf: VecDeque<SseEvent>,
     rx: broadcast::Receiver<RunId>,
     shutdown: watch::Receiver<bool>,
@@ -239,6 +252,7 @@ pub async fn run_stream<S: Store>(
     state.store.get_run(&id).await?;
     let feed = RunFeed {
         rx: state.changes.subscribe(),
+        tokens: state.token_changes.subscribe(),
         shutdown: state.shutdown.clone(),
         state,
         id,
@@ -283,7 +297,7 @@ pub async fn run_stream<S: Store>(
             if cairn_core::RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
                 return None;
             }
-            if !wait_change(&mut f.rx, &mut f.shutdown, Some(&f.id)).await {
+            if !wait_change(&mut f.rx, Some(&mut f.tokens), &mut f.shutdown, Some(&f.id)).await {
                 return None;
             }
         }
@@ -354,7 +368,7 @@ pub async fn all_stream<S: Store>(
                 }
                 continue;
             }
-            if !wait_change(&mut f.rx, &mut f.shutdown, None).await {
+            if !wait_change(&mut f.rx, None, &mut f.shutdown, None).await {
                 return None;
             }
         }

@@ -212,11 +212,17 @@ fn serve(
             }
             for piece in &pieces {
                 let chunk = json!({"model": "fake-model", "choices": [{"index": 0, "delta": {"content": piece}}]});
-                if out.write_all(format!("data: {chunk}\n\n").as_bytes()).is_err() {
-                    return;
+                let event = format!("data: {chunk}\n\n");
+                // Sent in two writes, cut one byte into the text: a character may be split
+                // between reads, as on any real connection.
+                let cut = event.find("content").map_or(0, |i| i + "content\":\"".len() + 1).min(event.len());
+                for part in [&event.as_bytes()[..cut], &event.as_bytes()[cut..]] {
+                    if out.write_all(part).is_err() {
+                        return;
+                    }
+                    let _ = out.flush();
+                    std::thread::sleep(gap / 2);
                 }
-                let _ = out.flush();
-                std::thread::sleep(gap);
             }
             if whole {
                 let end =

@@ -57,7 +57,10 @@ impl Activity for Kind {
                 "output_schema": {"type": "object", "description": "a JSON Schema the answer must fit"},
                 "cache": {
                     "type": "object",
-                    "properties": {"ttl": {"type": ["string", "integer"], "description": "e.g. 1h; 0 turns caching off"}},
+                    "properties": {"ttl": {"anyOf": [
+                        {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(ms|s|m|min|h|d)?$"},
+                        {"type": "integer", "minimum": 0, "maximum": MAX_CACHE_TTL_MS}
+                    ], "description": "e.g. 1h (a bare number is milliseconds); 0 turns caching off; at most 30d"}},
                     "required": ["ttl"],
                     "additionalProperties": false
                 }
@@ -94,7 +97,7 @@ impl Activity for Kind {
                 None => None,
             };
             let body = request_body(&input)?;
-            let (alias, mut output) = ask(attempt, &models, &aliases, &body).await?;
+            let (alias, mut output) = ask(attempt, &models, &aliases, &body, schema.as_ref()).await?;
             let Some(schema) = schema else { return Ok(output) };
             let text = output["text"].as_str().unwrap_or_default().to_string();
             let problem = match structured(&schema, &text) {
@@ -114,7 +117,7 @@ impl Activity for Kind {
                      schema, and nothing else."
                 )}));
             }
-            let (_, second) = ask(attempt, &models, std::slice::from_ref(&alias), &again).await?;
+            let (_, second) = ask(attempt, &models, std::slice::from_ref(&alias), &again, Some(&schema)).await?;
             let text = second["text"].as_str().unwrap_or_default().to_string();
             let json = structured(&schema, &text).map_err(|problem| {
                 Failure::new(
@@ -153,6 +156,7 @@ async fn ask(
     models: &Models,
     aliases: &[String],
     body: &Value,
+    schema: Option<&jsonschema::Validator>,
 ) -> Result<(String, Value), Failure> {
     let mut skipped = Vec::new();
     let last = aliases.len() - 1;
@@ -184,8 +188,8 @@ async fn ask(
         // The response cache across runs, when the step or the model asks for it.
         let ttl_ms = cache_ttl(attempt.input)?.or(model.cache_ttl_ms).filter(|ms| *ms > 0);
         let cache_key = ttl_ms.map(|_| {
-            let canonical =
-                json!({"provider": provider.name, "base_url": provider.base_url, "model": model.model, "body": body});
+            let canonical = json!({"alias": alias, "provider": provider.name, "base_url": provider.base_url,
+                                   "model": model.model, "body": body});
             format!("llm:{}", cairn_core::payload::sha256_hex(canonical.to_string().as_bytes()))
         });
         let hit = match &cache_key {
@@ -256,7 +260,10 @@ async fn ask(
                 return Ok((alias.clone(), output));
             }
             Ok(mut output) => {
-                if let (Some(key), Some(ttl), false) = (&cache_key, ttl_ms, from_cache) {
+                // Only a whole answer that fits what was asked is kept for other runs.
+                let usable = output["finish_reason"] != "length"
+                    && schema.is_none_or(|s| structured(s, output["text"].as_str().unwrap_or_default()).is_ok());
+                if let (Some(key), Some(ttl), false, true) = (&cache_key, ttl_ms, from_cache, usable) {
                     attempt.cache_answer(key, &output, ttl).await;
                 }
                 let tokens = |k: &str| output.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0);
@@ -279,16 +286,26 @@ async fn ask(
     Err(permanent("no model answered".into()))
 }
 
-/// `with.cache.ttl` in milliseconds (`1h`, or a number of ms; 0 turns a model's cache off).
+/// The longest a cached answer is kept.
+const MAX_CACHE_TTL_MS: u64 = 30 * 86_400_000;
+
+/// `with.cache.ttl` in milliseconds (`1h`, or a number of milliseconds as every duration of a
+/// definition; 0 turns a model's cache off for the step), at most 30 days.
 fn cache_ttl(input: &Value) -> Result<Option<u64>, Failure> {
-    match input.pointer("/cache/ttl") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_u64()),
-        Some(Value::String(s)) => {
-            cairn_core::duration::parse_ms(s).map(Some).map_err(|e| permanent(format!("with.cache.ttl: {e}")))
+    let ms = match input.pointer("/cache/ttl") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_u64().ok_or_else(|| permanent(format!("with.cache.ttl is {n}; use 0 or more")))?
         }
-        Some(other) => Err(permanent(format!("with.cache.ttl is {other}; use a duration such as 1h"))),
+        Some(Value::String(s)) => {
+            cairn_core::duration::parse_ms(s).map_err(|e| permanent(format!("with.cache.ttl: {e}")))?
+        }
+        Some(other) => return Err(permanent(format!("with.cache.ttl is {other}; use a duration such as 1h"))),
+    };
+    if ms > MAX_CACHE_TTL_MS {
+        return Err(permanent(format!("with.cache.ttl is {ms} ms; at most 30d")));
     }
+    Ok(Some(ms))
 }
 
 /// The most a call may cost: its input counted, and as much output as it may produce (its

@@ -1,21 +1,59 @@
 //! Reading a streamed answer (Server-Sent Events) from either API: tokens go to watchers as they
 //! arrive, and the whole answer comes back in the same shape as an answer that was not streamed.
-//! A stream that ends before the provider says it is done is a `transient` failure: what was
-//! sent to watchers is void, and a retry streams anew.
+//! A stream that ends before the provider says it is done is a `transient` failure (a read past
+//! the timeout a `timeout`): what was sent to watchers is void, and a retry streams anew.
 
 use super::Answer;
 use crate::calls::Tokens;
 use crate::models::ProviderType;
+use cairn_core::event::ErrorClass;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-/// The answer read from an event stream, or why it is not whole.
+/// What is sent to watchers as it comes: with a secret to hide (the provider's key, which a
+/// provider may quote back), the last characters that could begin it are held back until more
+/// text shows they do not.
+struct Outgoing<'a> {
+    tokens: &'a Tokens,
+    hide: Option<&'a str>,
+    held: String,
+}
+
+impl Outgoing<'_> {
+    fn push(&mut self, piece: &str) {
+        let Some(secret) = self.hide else {
+            self.tokens.send(piece);
+            return;
+        };
+        self.held.push_str(piece);
+        self.held = self.held.replace(secret, "[redacted]");
+        // Everything but a tail that could still grow into the secret goes out.
+        let keep = secret.chars().count().saturating_sub(1);
+        let cut = self.held.char_indices().rev().nth(keep.saturating_sub(1)).map_or(0, |(i, _)| i);
+        let cut = if keep == 0 { self.held.len() } else { cut };
+        if cut > 0 {
+            let out: String = self.held.drain(..cut).collect();
+            self.tokens.send(&out);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.held.is_empty() {
+            let out = std::mem::take(&mut self.held);
+            self.tokens.send(&out);
+        }
+    }
+}
+
+/// The answer read from an event stream, or why it is not whole (with the class it fails as).
+/// `hide` is a value watchers must never see (the provider's key).
 pub async fn read(
     kind: ProviderType,
     response: reqwest::Response,
     tokens: &Tokens,
     max_bytes: usize,
-) -> Result<Answer, String> {
+    hide: Option<&str>,
+) -> Result<Answer, (ErrorClass, String)> {
     let mut answer = Answer {
         text: String::new(),
         finish_reason: "unknown".into(),
@@ -24,51 +62,74 @@ pub async fn read(
         output_tokens: None,
         cached_tokens: 0,
     };
+    let mut out = Outgoing { tokens, hide: hide.filter(|h| h.len() >= 8), held: String::new() };
     // Anthropic: the forced tool's input arrives as pieces of JSON text.
     let mut tool_input = String::new();
-    let mut done = false;
-    let mut pending = String::new();
+    // `done`: the answer is whole; `ended`: the provider said so (`[DONE]`, `message_stop`), so
+    // nothing more is read even if it keeps the connection open.
+    let (mut done, mut ended) = (false, false);
+    // Bytes, not text: a character may be split between two chunks.
+    let mut pending: Vec<u8> = Vec::new();
     let mut body = response.bytes_stream();
     let mut read = 0usize;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| format!("the answer's stream broke off: {e}"))?;
+    while !ended && let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            let class = if e.is_timeout() { ErrorClass::Timeout } else { ErrorClass::Transient };
+            (class, format!("the answer's stream broke off: {e}"))
+        })?;
         read += chunk.len();
         if read > max_bytes {
-            return Err(format!("the answer's stream went past {} MiB", max_bytes >> 20));
+            return Err((ErrorClass::Transient, format!("the answer's stream went past {} MiB", max_bytes >> 20)));
         }
-        pending.push_str(&String::from_utf8_lossy(&chunk));
+        pending.extend_from_slice(&chunk);
         // One event per blank line; a partial event waits for the rest.
-        while let Some(end) = pending.find("\n\n").or_else(|| pending.find("\r\n\r\n")) {
-            let event: String = pending.drain(..end).collect();
-            pending = pending.trim_start_matches(['\r', '\n']).to_string();
+        while let Some((end, gap)) = event_end(&pending) {
+            let event = String::from_utf8_lossy(&pending[..end]).into_owned();
+            pending.drain(..end + gap);
             for line in event.lines() {
                 let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
                 if data == "[DONE]" {
                     done = true;
+                    ended = true;
                     continue;
                 }
                 let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
                 let piece = match kind {
                     ProviderType::Openai => openai_event(&v, &mut answer, &mut done),
-                    ProviderType::Anthropic => anthropic_event(&v, &mut answer, &mut tool_input, &mut done)?,
+                    ProviderType::Anthropic => {
+                        let piece = anthropic_event(&v, &mut answer, &mut tool_input, &mut done)?;
+                        ended |= done;
+                        piece
+                    }
                 };
                 if let Some(piece) = piece.filter(|p| !p.is_empty()) {
-                    tokens.send(&piece);
+                    out.push(&piece);
                     answer.text.push_str(&piece);
                 }
             }
         }
     }
     if !done {
-        return Err(format!(
-            "the answer's stream ended before the provider said it was done ({} bytes)",
-            answer.text.len()
+        return Err((
+            ErrorClass::Transient,
+            format!("the answer's stream ended before the provider said it was done ({} bytes)", answer.text.len()),
         ));
     }
+    out.flush();
     if !tool_input.is_empty() {
         answer.text = tool_input;
     }
     Ok(answer)
+}
+
+/// Where the first complete event of `pending` ends, and the length of the blank line after it.
+fn event_end(pending: &[u8]) -> Option<(usize, usize)> {
+    let lf = pending.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = pending.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
 }
 
 /// One chunk of an OpenAI-compatible stream: its text, if any.
@@ -97,7 +158,7 @@ fn anthropic_event(
     answer: &mut Answer,
     tool_input: &mut String,
     done: &mut bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, (ErrorClass, String)> {
     match v.get("type").and_then(Value::as_str) {
         Some("message_start") => {
             let message = &v["message"];
@@ -131,7 +192,16 @@ fn anthropic_event(
             *done = true;
             Ok(None)
         }
-        Some("error") => Err(format!("the provider's stream reported an error: {}", v["error"])),
+        Some("error") => {
+            // Classed as the same error would be as an HTTP status.
+            let class = match v.pointer("/error/type").and_then(Value::as_str) {
+                Some("rate_limit_error") => ErrorClass::RateLimited,
+                Some("overloaded_error" | "api_error" | "timeout_error") | None => ErrorClass::Transient,
+                Some("request_too_large") => ErrorClass::ContextOverflow,
+                Some(_) => ErrorClass::Permanent,
+            };
+            Err((class, format!("the provider's stream reported an error: {}", v["error"])))
+        }
         _ => Ok(None),
     }
 }
