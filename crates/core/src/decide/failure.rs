@@ -39,26 +39,14 @@ impl Decider<'_> {
                      output, or abort the run?",
                     failure.message
                 );
-                self.record(Event::ApprovalRequested {
-                    step: step.clone(),
-                    prompt,
-                    approvers: Vec::new(),
-                    deadline_ms: None,
-                    escalation: true,
-                })
+                self.escalate(step, prompt)
             }
             None if def.steps[i].on_failure == OnFailure::Escalate => {
                 // Ask a person instead of failing: retry, skip with an output, or abort.
                 let prompt = format!(
                     "step '{step}' failed after {attempt} attempt(s): {failure}. Retry it, skip it with an output, or abort the run?"
                 );
-                self.record(Event::ApprovalRequested {
-                    step: step.clone(),
-                    prompt,
-                    approvers: Vec::new(),
-                    deadline_ms: None,
-                    escalation: true,
-                })
+                self.escalate(step, prompt)
             }
             None => {
                 let mut last = failure.clone();
@@ -68,6 +56,17 @@ impl Decider<'_> {
                 self.fail_step(i, last)
             }
         }
+    }
+
+    /// Asks any operator what to do about the step's failure (retry, skip with an output, abort).
+    fn escalate(&mut self, step: &StepId, prompt: String) -> Result<(), Error> {
+        self.record(Event::ApprovalRequested {
+            step: step.clone(),
+            prompt,
+            approvers: Vec::new(),
+            deadline_ms: None,
+            escalation: true,
+        })
     }
 
     /// Records the step's failure and applies its `on_failure` policy.
