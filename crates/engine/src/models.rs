@@ -56,6 +56,18 @@ pub struct Provider {
     pub breaker: crate::breakers::BreakerConfig,
 }
 
+impl Provider {
+    /// The key to send, read from `api_key_env` now (`None` for a provider without one); `Err`
+    /// says which variable is not set (never a value).
+    pub fn key(&self) -> Result<Option<String>, String> {
+        let Some(var) = &self.api_key_env else { return Ok(None) };
+        match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Ok(Some(key)),
+            _ => Err(format!("${var} (the key of provider '{}') is not set", self.name)),
+        }
+    }
+}
+
 /// `[models.ALIAS]`: what steps name, mapped to a provider's model, with its price and limits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Model {
@@ -115,18 +127,10 @@ impl Models {
 /// here), within its timeouts. `Ok` says how many models it lists; `Err` says what went wrong
 /// (never the key).
 pub async fn check(provider: &Provider) -> Result<String, String> {
-    let key = match &provider.api_key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(key) if !key.is_empty() => Some(key),
-            _ => return Err(format!("${var} is not set here, so there is no key to send")),
-        },
-        None => None,
-    };
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_millis(provider.connect_timeout_ms))
-        .timeout(std::time::Duration::from_millis(provider.request_timeout_ms))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let key = provider.key().map_err(|_| {
+        format!("${} is not set here, so there is no key to send", provider.api_key_env.as_deref().unwrap_or_default())
+    })?;
+    let client = crate::providers::client(provider).map_err(|f| f.message)?;
     let url = match provider.kind {
         ProviderType::Openai => format!("{}/models", provider.base_url),
         ProviderType::Anthropic => crate::providers::anthropic_url(&provider.base_url, "models"),

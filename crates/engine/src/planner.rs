@@ -56,18 +56,7 @@ pub async fn plan(models: &Models, catalog: &Catalog, kinds: &Kinds, goal: &str)
     let Some((model, provider)) = models.resolve(&alias) else {
         return Err(ModelPlanError::NoModel(format!("default_model `{alias}` is not a model of cairn.toml")));
     };
-    let key = match &provider.api_key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(k) if !k.is_empty() => Some(k),
-            _ => {
-                return Err(ModelPlanError::NoModel(format!(
-                    "${var} (the key of provider '{}') is not set",
-                    provider.name
-                )));
-            }
-        },
-        None => None,
-    };
+    let key = provider.key().map_err(ModelPlanError::NoModel)?;
     let schema = catalog.choice_schema(goal);
     let mut messages = vec![
         json!({"role": "system", "content": MODEL_PLAN_SYSTEM}),

@@ -70,7 +70,7 @@ fn malformed(provider: &Provider, why: &str) -> Failure {
 type Clients = Mutex<HashMap<String, ((u64, u64), reqwest::Client)>>;
 
 /// One client per provider and timeouts, so connections are kept and reused across calls.
-fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
+pub(crate) fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
     static CLIENTS: OnceLock<Clients> = OnceLock::new();
     let timeouts = (provider.connect_timeout_ms, provider.request_timeout_ms);
     let mut clients = CLIENTS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());

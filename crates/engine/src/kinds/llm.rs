@@ -168,19 +168,13 @@ async fn ask(
                 known.join(", ")
             )));
         };
-        let key = match &provider.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(k),
-                _ => {
-                    let why = format!("${var} (the key of provider '{}') is not set", provider.name);
-                    if n == last {
-                        return Err(permanent(why));
-                    }
-                    skipped.push(json!({"model": alias, "reason": why}));
-                    continue;
-                }
-            },
-            None => None,
+        let key = match provider.key() {
+            Ok(key) => key,
+            Err(why) if n == last => return Err(permanent(why)),
+            Err(why) => {
+                skipped.push(json!({"model": alias, "reason": why}));
+                continue;
+            }
         };
         // What is recorded and hashed: never the key.
         let request = json!({"provider": provider.name, "model": alias, "body": body});
