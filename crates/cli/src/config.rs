@@ -37,6 +37,12 @@ pub struct Config {
     /// `[models.ALIAS]`: what steps name, with price and limits.
     #[serde(default)]
     models: BTreeMap<Spanned<String>, Spanned<crate::config_models::ModelFile>>,
+    /// `[tools.NAME]`: configured tools of the built-in types (see `config_tools.rs`).
+    #[serde(default)]
+    tools: BTreeMap<Spanned<String>, Spanned<toml::Table>>,
+    /// `[mcp.NAME]`: MCP servers whose tools are registered as `NAME.TOOL`.
+    #[serde(default)]
+    mcp: BTreeMap<Spanned<String>, Spanned<toml::Table>>,
 }
 
 /// A config file, read and checked.
@@ -50,6 +56,10 @@ pub struct Loaded {
     pub kinds: BTreeMap<String, serde_json::Value>,
     /// Model providers and aliases.
     pub models: cairn_engine::models::Models,
+    /// Configured tools and MCP servers, as written.
+    pub tools: cairn_engine::tools::ToolsConfig,
+    /// The tool registry they make (built once, when the file is read).
+    registry: Option<std::sync::Arc<cairn_engine::tools::Tools>>,
 }
 
 /// What a file's tables resolve to.
@@ -58,9 +68,15 @@ pub(crate) struct Parsed {
     secrets: BTreeMap<String, String>,
     kinds: BTreeMap<String, serde_json::Value>,
     pub(crate) models: cairn_engine::models::Models,
+    pub(crate) tools: cairn_engine::tools::ToolsConfig,
 }
 
 impl Loaded {
+    /// The tools this process can call: the built-ins and the configured ones.
+    pub fn registry(&self) -> std::sync::Arc<cairn_engine::tools::Tools> {
+        self.registry.clone().unwrap_or_else(|| std::sync::Arc::new(cairn_engine::tools::Tools::builtin()))
+    }
+
     /// What each kind's attempts are configured with: the `[kinds.NAME]` tables, and for `llm`
     /// also the model tables (under `models`).
     pub fn kind_config(&self) -> BTreeMap<String, serde_json::Value> {
@@ -109,11 +125,16 @@ pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         CliError::usage(format!("cannot read the config file {} (--config / CAIRN_CONFIG): {e}", path.display()))
     })?;
-    parse(&text, &path.display().to_string()).map(|p| Loaded {
+    let parsed = parse(&text, &path.display().to_string())?;
+    let registry = cairn_engine::tools::Tools::from_config(&parsed.tools)
+        .map_err(|problems| CliError::usage(format!("{}: the tools cannot be set up:\n{problems}", path.display())))?;
+    Ok(Loaded {
         path: Some(path),
-        secrets: p.secrets,
-        kinds: p.kinds,
-        models: p.models,
+        secrets: parsed.secrets,
+        kinds: parsed.kinds,
+        models: parsed.models,
+        tools: parsed.tools,
+        registry: Some(std::sync::Arc::new(registry)),
     })
 }
 
@@ -136,6 +157,13 @@ pub fn check(loaded: &Loaded) -> CliResult {
     }
     for m in loaded.models.models.values() {
         crate::out!("  models.{} -> {} ({})", m.alias, m.model, m.provider);
+    }
+    for t in loaded.tools.tools.values() {
+        crate::out!("  tools.{} ({})", t.name, t.kind);
+    }
+    for m in loaded.tools.mcp.values() {
+        let how = m.url.clone().unwrap_or_else(|| m.command.join(" "));
+        crate::out!("  mcp.{} ({how})", m.name);
     }
     Ok(())
 }
@@ -234,8 +262,10 @@ impl Config {
         }
         let models =
             crate::config_models::check(self.default_model, self.providers, self.models, text, file, &mut problems);
+        let base = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty());
+        let tools = crate::config_tools::check(self.tools, self.mcp, base, text, file, &mut problems);
         if problems.is_empty() {
-            Ok(Parsed { secrets, kinds, models })
+            Ok(Parsed { secrets, kinds, models, tools })
         } else {
             Err(CliError::usage(problems.join("\n")))
         }
@@ -319,7 +349,7 @@ mod tests {
     fn config_errors_name_the_file_line_column_and_key() {
         assert_eq!(
             error("[secrets]\nAPI_TOKEN = { env = \"X\" }\n\n[secret]\nB = 1\n"),
-            "cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`, `default_model`, `providers`, `models`"
+            "cairn.toml:4:2: unknown key `secret`; the known keys are `secrets`, `kinds`, `default_model`, `providers`, `models`, `tools`, `mcp`"
         );
         assert_eq!(
             error("[secrets]\napi_token = { env = \"X\" }\n").split(':').take(3).collect::<Vec<_>>(),

@@ -186,13 +186,23 @@ pub async fn approvals(db: &DbArgs, json: bool) -> CliResult {
     let body: Vec<Vec<String>> = waiting
         .iter()
         .map(|w| {
-            let answer = match w.kind {
-                "escalation" => format!("cairn escalation {} {} retry|skip|abort", w.run_id, w.step),
+            let answer = match (w.kind, &w.call) {
+                ("escalation", _) => format!("cairn escalation {} {} retry|skip|abort", w.run_id, w.step),
+                (_, Some(_)) => {
+                    format!("cairn approve {0} {1} [--args JSON] | cairn reject {0} {1} --reason …", w.run_id, w.step)
+                }
                 _ => format!("cairn approve|reject {} {}", w.run_id, w.step),
+            };
+            let prompt = match &w.call {
+                Some(call) => {
+                    let args: String = call.args.to_string().chars().take(300).collect();
+                    format!("{} args: {args}", w.prompt)
+                }
+                None => w.prompt.clone(),
             };
             let who = if w.approvers.is_empty() { "any operator".to_string() } else { w.approvers.join(", ") };
             let deadline = w.deadline_ms.map(timestamp).unwrap_or_else(|| "-".into());
-            vec![timestamp(w.requested_at_ms), w.step.clone(), w.prompt.clone(), who, deadline, answer]
+            vec![timestamp(w.requested_at_ms), w.step.clone(), prompt, who, deadline, answer]
         })
         .collect();
     crate::output::out(format_args!(

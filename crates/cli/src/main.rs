@@ -18,6 +18,7 @@ mod bench_map;
 mod bench_park;
 mod config;
 mod config_models;
+mod config_tools;
 mod cost;
 mod detail;
 mod inspect;
@@ -29,6 +30,7 @@ mod run;
 mod serve;
 mod steer;
 mod steps;
+mod tools;
 mod watch;
 mod workflows;
 
@@ -196,13 +198,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Approve a step waiting at an approval gate.
-    #[command(after_help = "Example:\n  cairn approve wf_01J... policy_screen --comment \"controls agreed\"")]
+    /// Approve a step waiting at an approval gate, or a tool call waiting for approval (with
+    /// `--args`, call it with edited arguments instead).
+    #[command(
+        after_help = "Examples:\n  cairn approve wf_01J... policy_screen --comment \"controls agreed\"\n  cairn approve wf_01J... notify --args '{\"method\": \"POST\", \"url\": \"https://api.example.com/notes\", \"body\": {\"text\": \"shorter\"}}'"
+    )]
     Approve {
         id: String,
         step: String,
         #[arg(long)]
         comment: Option<String>,
+        /// For a tool call: the arguments to call it with instead (JSON, checked against the
+        /// tool's input schema).
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
         /// Who decides (recorded in the journal).
         #[arg(long, env = "USER", default_value = "cli")]
         by: String,
@@ -211,7 +220,8 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
-    /// Reject a step waiting at an approval gate (it fails; its on_failure applies).
+    /// Reject a step waiting at an approval gate (it fails; its on_failure applies), or a tool
+    /// call waiting for approval (the `tool` step fails with the reason).
     #[command(after_help = "Example:\n  cairn reject wf_01J... policy_screen --reason \"no SOC 2 report\"")]
     Reject {
         id: String,
@@ -298,6 +308,14 @@ enum Command {
         /// Also ask each provider whether it answers (GET BASE_URL/models with its key).
         #[arg(long)]
         check: bool,
+    },
+    /// The tools steps can call: built-ins, [tools.NAME] and the tools of each [mcp.NAME] server.
+    #[command(
+        after_help = "Examples:\n  cairn tools list\n  cairn tools show orders_db --json\n  cairn tools call orders_db --args '{\"sql\": \"select 1\"}'\n  cairn tools refresh"
+    )]
+    Tools {
+        #[command(subcommand)]
+        command: tools::ToolsCommand,
     },
     /// What model calls spent (USD and tokens), summed from the store and grouped.
     #[command(
@@ -391,13 +409,27 @@ fn main() -> ExitCode {
                     by: Some(by),
                     comment: None,
                     escalation: Some(choice),
+                    args: None,
                 };
                 steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Approvals { json } => inspect::approvals(&cli.db, json).await,
-            Command::Approve { id, step, comment, by, detach } => {
-                let control =
-                    cairn_engine::Control::Decide { step, approve: true, by: Some(by), comment, escalation: None };
+            Command::Approve { id, step, comment, args, by, detach } => {
+                let args = match args {
+                    Some(text) => Some(
+                        serde_json::from_str::<serde_json::Value>(&text)
+                            .map_err(|e| CliError::usage(format!("--args is not JSON: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let control = cairn_engine::Control::Decide {
+                    step,
+                    approve: true,
+                    by: Some(by),
+                    comment,
+                    escalation: None,
+                    args,
+                };
                 steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Reject { id, step, reason, by, detach } => {
@@ -407,6 +439,7 @@ fn main() -> ExitCode {
                     by: Some(by),
                     comment: Some(reason),
                     escalation: None,
+                    args: None,
                 };
                 steer::steer(&cli.db, &id, control, follow(detach)).await
             }
@@ -418,6 +451,7 @@ fn main() -> ExitCode {
             Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
             Command::Models { json, check } => config_models::list(&config::get().models, json, check).await,
             Command::Cost { since, by, json } => cost::cost(&cli.db, &since, &by, json).await,
+            Command::Tools { command } => tools::tools(command).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

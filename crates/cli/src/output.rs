@@ -193,16 +193,23 @@ pub(crate) fn progress_line(
             "[step] {step}={}: {prompt} (cairn escalation {run_id} {step} retry|skip --output JSON|abort)",
             paint.yellow("escalated(needs a decision)")
         )),
+        Event::ApprovalRequested { step, prompt, call: Some(call), .. } => Some(format!(
+            "[step] {step}={}: {prompt} args: {} (cairn approve {run_id} {step} [--args JSON] | cairn reject {run_id} \
+             {step} --reason …)",
+            paint.yellow("blocked(tool call approval)"),
+            call.args.to_string().chars().take(300).collect::<String>()
+        )),
         Event::ApprovalRequested { step, prompt, .. } => Some(format!(
             "[step] {step}={}: {prompt} (cairn approve {run_id} {step} | cairn reject {run_id} {step} --reason …)",
             paint.yellow("blocked(manual approval)")
         )),
-        Event::ApprovalDecided { step, approved, by, comment, action } => Some(format!(
+        Event::ApprovalDecided { step, approved, by, comment, action, args } => Some(format!(
             "[approval] {step} {}{}{}",
             match action {
                 Some(cairn_core::event::Escalation::Retry { .. }) => paint.yellow("to be retried"),
                 Some(cairn_core::event::Escalation::Skip { .. }) => paint.yellow("skipped with a supplied output"),
                 Some(cairn_core::event::Escalation::Abort) => paint.red("aborted"),
+                None if *approved && args.is_some() => paint.green("approved with edited arguments"),
                 None if *approved => paint.green("approved"),
                 None => paint.red("rejected"),
             },

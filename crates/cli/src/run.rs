@@ -76,6 +76,11 @@ impl EngineArgs {
         config.hold_after_call = std::env::var("CAIRN_TEST_HOLD_AFTER_CALL").ok();
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
         config.kind_config = crate::config::get().kind_config();
+        let tools = crate::config::get().registry();
+        config.kinds = std::sync::Arc::new(
+            cairn_engine::kinds::builtin().with(cairn_engine::kinds::ToolKind { tools: tools.clone() }),
+        );
+        config.tools = tools;
         config
     }
 }
@@ -350,8 +355,15 @@ async fn ask_on_terminal(engine: Engine<AnyStore>, mut asks: mpsc::UnboundedRece
         let by = Some(std::env::var("USER").unwrap_or_else(|_| "terminal".into()));
         let control = match answer.as_str() {
             "" => continue,
-            "y" | "yes" => Control::Decide { step, approve: true, by, comment: None, escalation: None },
-            reason => Control::Decide { step, approve: false, by, comment: Some(reason.to_string()), escalation: None },
+            "y" | "yes" => Control::Decide { step, approve: true, by, comment: None, escalation: None, args: None },
+            reason => Control::Decide {
+                step,
+                approve: false,
+                by,
+                comment: Some(reason.to_string()),
+                escalation: None,
+                args: None,
+            },
         };
         if let Err(e) = engine.request(&run, control).await {
             cairn_engine::say!("error: {e}");

@@ -30,10 +30,14 @@ pub enum ErrorClass {
     MalformedOutput,
     /// The call would have crossed the run's or the step's budget, so it was not sent.
     BudgetExceeded,
+    /// The attempt stopped before a call that needs a person's approval (a tool that writes);
+    /// the failure's `approval` says which call. Not a fault: the step waits for the decision and
+    /// runs again with it.
+    ApprovalRequired,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 7] = [
+    pub const ALL: [ErrorClass; 8] = [
         ErrorClass::Transient,
         ErrorClass::Timeout,
         ErrorClass::RateLimited,
@@ -41,6 +45,7 @@ impl ErrorClass {
         ErrorClass::ContextOverflow,
         ErrorClass::MalformedOutput,
         ErrorClass::BudgetExceeded,
+        ErrorClass::ApprovalRequired,
     ];
 
     pub fn is_retryable(self) -> bool {
@@ -56,6 +61,7 @@ impl ErrorClass {
             ErrorClass::ContextOverflow => "context_overflow",
             ErrorClass::MalformedOutput => "malformed_output",
             ErrorClass::BudgetExceeded => "budget_exceeded",
+            ErrorClass::ApprovalRequired => "approval_required",
         }
     }
 
@@ -81,12 +87,45 @@ pub struct Failure {
     /// A stable code for failures a program may want to tell apart (e.g. `call_divergence`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// For class `approval_required`: the call that waits for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Box<CallApproval>>,
 }
 
 impl Failure {
     pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
-        Failure { class, message: message.into(), retry_after_ms: None, code: None }
+        Failure { class, message: message.into(), retry_after_ms: None, code: None, approval: None }
     }
+}
+
+/// A call inside an attempt that needs a person's approval before it is made (a tool call that
+/// writes): which call of the step, to which tool, with which arguments, and why it is asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallApproval {
+    /// The call's position among the step's journaled calls (`run/step/call-N`).
+    pub call: u32,
+    pub tool: String,
+    /// The arguments as they would be sent (secret values redacted).
+    pub args: Value,
+    /// The tool's effect class for this call (`write`, `irreversible` …).
+    pub effect: String,
+    /// Why a person is asked (the tool's policy, or untrusted content read before).
+    pub reason: String,
+}
+
+/// A person's answer to a [`CallApproval`], handed to the step's next attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallDecision {
+    pub call: u32,
+    pub approved: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// Arguments the person edited, used instead of the asked ones (checked against the tool's
+    /// schema again before the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
 }
 
 impl fmt::Display for Failure {
@@ -331,6 +370,10 @@ pub enum Event {
         /// An escalated failure (answers: retry, skip with an output, abort).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         escalation: bool,
+        /// A call inside the step's attempt waits for the decision (approve, approve with edited
+        /// arguments, or reject with a reason); the step's next attempt gets the answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call: Option<Box<CallApproval>>,
     },
     /// Someone decided. For an escalated failure, `action` says what to do.
     ApprovalDecided {
@@ -342,6 +385,9 @@ pub enum Event {
         comment: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         action: Option<Escalation>,
+        /// For a call's approval: the arguments as the person edited them.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<Value>,
     },
     /// The approval deadline passed (reported by the timer).
     ApprovalExpired {

@@ -58,6 +58,9 @@ pub struct StepState {
     pub expansion: Option<Expansion>,
     /// A `subworkflow` step's current (or last) child run.
     pub child: Option<ChildState>,
+    /// What people answered about the calls of its attempts (tool calls that needed approval),
+    /// handed to each new attempt.
+    pub call_decisions: Vec<crate::event::CallDecision>,
 }
 
 /// The child run of a `subworkflow` step's attempt.
@@ -132,6 +135,8 @@ pub struct ApprovalState {
     pub decision: Option<(bool, Option<String>, Option<String>)>,
     /// The deadline passed (its timer fired); an escalated gate keeps waiting without one.
     pub expired: bool,
+    /// The request is for a call inside an attempt (a tool call), not a gate before the step.
+    pub call: Option<Box<crate::event::CallApproval>>,
 }
 
 impl StepState {
@@ -167,7 +172,13 @@ impl StepState {
             wait: None,
             expansion: None,
             child: None,
+            call_decisions: Vec::new(),
         }
+    }
+
+    /// Whether the step waits for a person's answer about a call inside its attempt.
+    pub fn awaits_call_decision(&self) -> bool {
+        self.approval.as_ref().is_some_and(|a| a.call.is_some() && a.decision.is_none())
     }
 }
 
@@ -501,6 +512,11 @@ impl RunState {
                             // are not run again) and the approval it had: it is not asked again.
                             approval: if expansion.is_some() { s.approval.take() } else { None },
                             expansion,
+                            // Approved calls stay approved; a rejected one is asked again.
+                            call_decisions: std::mem::take(&mut s.call_decisions)
+                                .into_iter()
+                                .filter(|d| d.approved)
+                                .collect(),
                             ..StepState::new(s.id.clone())
                         };
                     }
@@ -708,6 +724,10 @@ impl RunState {
             Event::TimerFired { .. } => StepInput::TimerFired,
             Event::StepFailed { .. } => StepInput::Failed,
             Event::ApprovalRequested { .. } => StepInput::ApprovalRequested,
+            // A call's approval is answered either way by running the step again with the answer.
+            Event::ApprovalDecided { action: None, .. } if self.steps[idx].awaits_call_decision() => {
+                StepInput::Approved
+            }
             Event::ApprovalDecided { action: Some(crate::event::Escalation::Skip { .. }), .. } => {
                 StepInput::SkippedWithOutput
             }
@@ -847,7 +867,7 @@ impl RunState {
                 c.gave_up = Some(failure.clone());
                 c.not_before_ms = None;
             }
-            Event::ApprovalRequested { prompt, deadline_ms, escalation, .. } => {
+            Event::ApprovalRequested { prompt, deadline_ms, escalation, call, .. } => {
                 step.escalated = *escalation;
                 step.approval = Some(ApprovalState {
                     requested_at_ms: at,
@@ -855,7 +875,24 @@ impl RunState {
                     deadline_ms: *deadline_ms,
                     decision: None,
                     expired: false,
+                    call: call.clone(),
                 });
+            }
+            Event::ApprovalDecided { approved, by, comment, action: None, args, .. } if step.awaits_call_decision() => {
+                let call = step.approval.as_ref().and_then(|a| a.call.as_ref()).map(|c| c.call).unwrap_or_default();
+                if let Some(a) = &mut step.approval {
+                    a.decision = Some((*approved, by.clone(), comment.clone()));
+                }
+                step.call_decisions.retain(|d| d.call != call);
+                step.call_decisions.push(crate::event::CallDecision {
+                    call,
+                    approved: *approved,
+                    by: by.clone(),
+                    comment: comment.clone(),
+                    args: args.clone(),
+                });
+                // The attempt that stopped to ask does not count against the retry policy.
+                step.retry_base = step.attempts;
             }
             Event::ApprovalDecided { approved, by, comment, action, .. } => {
                 if let Some(a) = &mut step.approval {

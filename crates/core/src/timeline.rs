@@ -94,6 +94,9 @@ impl Timeline {
                 t.steps.len() - 1
             })
         };
+        // Steps whose open request is about a call inside an attempt (a rejection does not fail
+        // them: their next attempt gets the answer).
+        let mut asking_for_call = std::collections::BTreeSet::new();
         for env in events {
             let at = env.at_ms;
             match &env.event {
@@ -258,24 +261,31 @@ impl Timeline {
                     t.moments.push((at, format!("cancelled{who}: {reason}")));
                     t.follow(format!("run cancelled: {reason}"));
                 }
-                Event::ApprovalRequested { step: s, prompt, .. } => {
+                Event::ApprovalRequested { step: s, prompt, call, .. } => {
+                    if call.is_some() {
+                        asking_for_call.insert(s.clone());
+                    } else {
+                        asking_for_call.remove(s);
+                    }
                     let i = step(&mut t, s.as_str());
                     t.steps[i].status = "WAITING".into();
                     t.moments.push((at, format!("step {s} asks for approval: {prompt}")));
                 }
-                Event::ApprovalDecided { step: s, approved, by, comment, action } => {
+                Event::ApprovalDecided { step: s, approved, by, comment, action, args } => {
                     let i = step(&mut t, s.as_str());
+                    let for_call = asking_for_call.remove(s);
                     let verdict = match action {
                         Some(crate::event::Escalation::Retry { .. }) => "to be retried",
                         Some(crate::event::Escalation::Skip { .. }) => "skipped with a supplied output",
                         Some(crate::event::Escalation::Abort) => "aborted",
+                        None if *approved && args.is_some() => "approved with edited arguments",
                         None if *approved => "approved",
                         None => "rejected",
                     };
                     match action {
                         Some(crate::event::Escalation::Skip { .. }) => t.steps[i].status = "COMPLETED".into(),
                         Some(crate::event::Escalation::Abort) => t.steps[i].status = "FAILED".into(),
-                        None if !approved => t.steps[i].status = "FAILED".into(),
+                        None if !approved && !for_call => t.steps[i].status = "FAILED".into(),
                         _ => {}
                     }
                     let who = by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default();

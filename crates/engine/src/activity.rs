@@ -37,6 +37,8 @@ pub struct AttemptContext<'a> {
     pub cancel: watch::Receiver<bool>,
     /// Where the attempt's calls are journaled (none in unit tests: calls are simply made).
     pub(crate) calls: Option<crate::calls::CallLog>,
+    /// What people answered about the step's calls that needed approval.
+    pub decisions: Vec<cairn_core::event::CallDecision>,
 }
 
 /// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
@@ -100,7 +102,8 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         ctx.worker,
         ctx.cancel,
         ctx.calls,
-    );
+    )
+    .with_decisions(ctx.decisions);
     let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
     let (lines, usage) = attempt.finish();
     logs.extend(lines);
@@ -135,6 +138,7 @@ mod tests {
             config: &Value::Null,
             cancel: watch::channel(false).1,
             calls: None,
+            decisions: Vec::new(),
         }
     }
 

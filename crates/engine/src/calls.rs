@@ -166,6 +166,11 @@ impl CallLog {
         }
     }
 
+    /// The position the next call will take.
+    pub fn next_position(&self) -> u32 {
+        self.next + 1
+    }
+
     /// Where the next call's tokens go while it streams, if anyone may watch.
     pub fn tokens(&self) -> Option<Tokens> {
         Some(Tokens {

@@ -446,6 +446,7 @@ impl<S: Store> Live<S> {
             self.state.budgets(l.index).into_iter().map(limit).collect()
         };
         let deltas = self.inner.notices.clone();
+        let decisions = if l.compensation { Vec::new() } else { self.state.steps[l.index].call_decisions.clone() };
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
         let hold_call = self.inner.config.hold_after_call.as_deref().and_then(|h| {
             let (step, n) = h.rsplit_once('/')?;
@@ -537,6 +538,7 @@ impl<S: Store> Live<S> {
                 config: &config,
                 cancel: shutdown.clone(),
                 calls: Some(call_log),
+                decisions,
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {

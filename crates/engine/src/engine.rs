@@ -51,6 +51,9 @@ pub struct EngineConfig {
     pub kinds: Arc<crate::kinds::Registry>,
     /// Each kind's configuration, by kind name, handed to its attempts.
     pub kind_config: BTreeMap<String, Value>,
+    /// The tools this process can call (the `tool` kind's registry), for checking a person's
+    /// edited arguments before they are accepted.
+    pub tools: Arc<crate::tools::Tools>,
 }
 
 impl EngineConfig {
@@ -70,6 +73,7 @@ impl EngineConfig {
             secrets: Arc::new(crate::secrets::Source::from_env()),
             kinds: Arc::new(crate::kinds::builtin()),
             kind_config: BTreeMap::new(),
+            tools: Arc::new(crate::tools::Tools::builtin()),
         }
     }
 }
@@ -499,6 +503,9 @@ impl<S: Store> Engine<S> {
 
     async fn request_now(&self, id: &RunId, control: Control) -> Result<Delivery, Error> {
         control.validate()?;
+        if let Control::Decide { step, args: Some(args), approve: true, .. } = &control {
+            self.check_edited_args(id, step, args).await?;
+        }
         let row = self.inner.store.get_run(id).await?;
         if RunStatus::parse(&row.status).is_some_and(|s| s.is_terminal()) {
             return self.to_finished_run(id, &control).await;
@@ -509,6 +516,16 @@ impl<S: Store> Engine<S> {
             // It finished in the meantime.
             None => self.to_finished_run(id, &control).await,
         }
+    }
+
+    /// Edited arguments must fit the input schema of the tool whose call waits: refused here,
+    /// before the request is accepted, naming what does not fit.
+    async fn check_edited_args(&self, id: &RunId, step: &str, args: &Value) -> Result<(), Error> {
+        let live = self.load(id).await?;
+        let asked = live.state.step_state(step).filter(|s| s.awaits_call_decision()).and_then(|s| s.approval.as_ref());
+        let Some(call) = asked.and_then(|a| a.call.as_ref()) else { return Ok(()) };
+        let tool = self.inner.config.tools.find(&call.tool).await.map_err(|f| Error::Invalid(f.message))?;
+        tool.check_args(args).map_err(|f| Error::Refused { code: "invalid_args", message: f.message })
     }
 
     /// Nothing can change a finished run, but the same decision again is answered as such.

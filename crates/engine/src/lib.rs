@@ -21,7 +21,9 @@ pub mod planner;
 mod providers;
 mod requests;
 pub mod secrets;
+pub mod tls;
 mod tokens;
+pub mod tools;
 mod waiting;
 
 pub use cairn_core::links::{RunLink, RunLinks};

@@ -79,6 +79,7 @@ pub(crate) fn client(provider: &Provider) -> Result<reqwest::Client, Failure> {
     {
         return Ok(c.clone());
     }
+    crate::tls::init();
     let c = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(provider.connect_timeout_ms))
         .timeout(Duration::from_millis(provider.request_timeout_ms))

@@ -41,6 +41,10 @@ pub enum Control {
         comment: Option<String>,
         #[serde(default)]
         escalation: Option<EscalationChoice>,
+        /// Approve a tool call with these arguments instead of the asked ones (checked against
+        /// the tool's input schema).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        args: Option<Value>,
     },
     /// Move the run to another version of its definition (a compiled definition as JSON).
     Migrate {
@@ -180,7 +184,7 @@ impl Control {
             Control::Cancel { reason, by } => (Event::RunCancelled { reason, by }, None),
             Control::Pause { by } => (Event::RunPaused { by }, None),
             Control::Unpause { by } => (Event::RunUnpaused { by }, None),
-            Control::Decide { step, approve, by, comment, escalation } => {
+            Control::Decide { step, approve, by, comment, escalation, args } => {
                 use cairn_core::event::Escalation;
                 let (action, payload) = match escalation {
                     None => (None, None),
@@ -198,7 +202,7 @@ impl Control {
                     }
                 };
                 let step = cairn_core::StepId::new(step);
-                (Event::ApprovalDecided { step, approved: approve, by, comment, action }, payload)
+                (Event::ApprovalDecided { step, approved: approve, by, comment, action, args }, payload)
             }
             Control::Migrate { definition, by } => {
                 let to: Definition = serde_json::from_value(definition.clone())
@@ -258,8 +262,8 @@ pub(crate) fn check(state: &RunState, control: &Control) -> Result<Option<(&'sta
     let status = state.status;
     if status.is_terminal() {
         // The same decision again is answered even after the run finished.
-        if let Control::Decide { step, approve, escalation: None, .. } = control
-            && let Ok(Some(unchanged)) = check_decision(state, step, *approve, None)
+        if let Control::Decide { step, approve, escalation: None, args, .. } = control
+            && let Ok(Some(unchanged)) = check_decision(state, step, *approve, None, args.is_some())
         {
             return Ok(Some(unchanged));
         }
@@ -302,7 +306,9 @@ pub(crate) fn check(state: &RunState, control: &Control) -> Result<Option<(&'sta
                 ))),
             }
         }
-        Control::Decide { step, approve, escalation, .. } => check_decision(state, step, *approve, escalation.as_ref()),
+        Control::Decide { step, approve, escalation, args, .. } => {
+            check_decision(state, step, *approve, escalation.as_ref(), args.is_some())
+        }
     }
 }
 
@@ -311,6 +317,7 @@ fn check_decision(
     step: &str,
     approve: bool,
     escalation: Option<&EscalationChoice>,
+    edited: bool,
 ) -> Result<Option<(&'static str, String)>, Error> {
     let id = &state.run_id;
     let waiting: Vec<&str> = state.steps.iter().filter(|s| s.awaits_decision()).map(|s| s.id.as_str()).collect();
@@ -358,6 +365,17 @@ fn check_decision(
             "not_waiting",
             format!("step '{step}' of run {id} is not waiting for a decision (it is {what}); {}", waiting_list()),
         ));
+    }
+    if edited && !s.awaits_call_decision() {
+        return Err(refused(
+            "wrong_decision",
+            format!(
+                "step '{step}' does not wait on a tool call: edited arguments apply only to a tool call's approval"
+            ),
+        ));
+    }
+    if edited && !approve {
+        return Err(refused("wrong_decision", "edited arguments go with an approval, not a rejection".to_string()));
     }
     match (s.escalated, escalation) {
         (true, None) => Err(refused(

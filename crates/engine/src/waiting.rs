@@ -20,6 +20,9 @@ pub struct WaitingApproval {
     pub kind: &'static str,
     /// The answers that apply.
     pub decisions: &'static [&'static str],
+    /// For a tool call waiting inside the step: which call, tool, arguments, effect and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call: Option<cairn_core::event::CallApproval>,
 }
 
 /// Every step of an unfinished run that waits for a person, oldest request first.
@@ -45,7 +48,7 @@ pub async fn waiting_approvals<S: Journal + ?Sized>(store: &S) -> Result<Vec<Wai
                     if let Event::ApprovalDecided { step, .. } | Event::WaitStarted { step, .. } = &e.event {
                         latest.retain(|w| w.step != step.as_str());
                     }
-                    if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms, escalation } = e.event
+                    if let Event::ApprovalRequested { step, prompt, approvers, deadline_ms, escalation, call } = e.event
                         && gated.contains(&step.as_str())
                     {
                         latest.retain(|w| w.step != step.as_str());
@@ -59,6 +62,7 @@ pub async fn waiting_approvals<S: Journal + ?Sized>(store: &S) -> Result<Vec<Wai
                             deadline_ms,
                             kind: if escalation { "escalation" } else { "approval" },
                             decisions: if escalation { &["retry", "skip", "abort"] } else { &["approve", "reject"] },
+                            call: call.map(|c| *c),
                         });
                     }
                 }

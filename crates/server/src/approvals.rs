@@ -25,6 +25,7 @@ use utoipa::ToSchema;
     json!({"decision": "approve", "comment": "looks right"}),
     json!({"decision": "skip", "output": {"text": "written by hand"}}),
     json!({"decision": "retry", "budget": {"max_cost_usd": 2.5}}),
+    json!({"decision": "approve", "args": {"method": "POST", "url": "https://api.example.com/notes", "body": {"text": "edited"}}}),
 ))]
 pub struct Decision {
     /// `approve` or `reject` at an approval gate; `retry`, `skip` (with `output`) or `abort` for
@@ -39,6 +40,10 @@ pub struct Decision {
     /// With `retry` only, for a step stopped by a budget (`budget_exceeded`): the budget's new
     /// limits.
     budget: Option<BudgetRaise>,
+    /// With `approve` only, for a tool call waiting for approval: the arguments to call it with
+    /// instead (checked against the tool's input schema; a misfit is 422 `invalid_args`).
+    #[schema(value_type = Option<Object>)]
+    args: Option<Value>,
 }
 
 /// New limits for the budget a step stopped at; a limit not given stays as it was.
@@ -72,6 +77,23 @@ pub struct ApprovalView {
     /// Where to POST the decision.
     #[schema(example = "/v1/runs/wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7/approvals/review")]
     decide: String,
+    /// For a tool call waiting inside the step: the call, tool, arguments (secrets redacted),
+    /// effect class and why a person is asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    call: Option<CallView>,
+}
+
+/// A tool call that waits for approval.
+#[derive(Serialize, ToSchema)]
+pub struct CallView {
+    /// The call's position among the step's calls (`run/step/call-N`).
+    call: u32,
+    tool: String,
+    #[schema(value_type = Object)]
+    args: Value,
+    #[schema(example = "write")]
+    effect: String,
+    reason: String,
 }
 
 impl From<WaitingApproval> for ApprovalView {
@@ -87,6 +109,13 @@ impl From<WaitingApproval> for ApprovalView {
             deadline_ms: w.deadline_ms,
             kind: w.kind,
             decisions: w.decisions,
+            call: w.call.map(|c| CallView {
+                call: c.call,
+                tool: c.tool,
+                args: c.args,
+                effect: c.effect,
+                reason: c.reason,
+            }),
         }
     }
 }
@@ -138,6 +167,9 @@ pub async fn decide<S: Store>(
     if raise.is_some() && body.decision != "retry" {
         return Err(ApiError::unprocessable("unexpected_budget", "`budget` goes only with `retry`"));
     }
+    if body.args.is_some() && !matches!(body.decision.as_str(), "approve" | "approved") {
+        return Err(ApiError::unprocessable("unexpected_args", "`args` (edited arguments) go only with `approve`"));
+    }
     let (approve, escalation) = match (body.decision.as_str(), body.output) {
         ("approve" | "approved", None) => (true, None),
         ("reject" | "rejected", None) => (false, None),
@@ -169,7 +201,8 @@ pub async fn decide<S: Store>(
             format!("step '{step}' may be decided by {} (or an admin), not '{}'", approvers.join(", "), actor.name),
         ));
     }
-    let control = Control::Decide { step, approve, by: Some(actor.name), comment: body.comment, escalation };
+    let control =
+        Control::Decide { step, approve, by: Some(actor.name), comment: body.comment, escalation, args: body.args };
     steer(&state, &id, control).await
 }
 

@@ -99,6 +99,8 @@ impl From<cairn_engine::Error> for ApiError {
         match e {
             E::Store(s) => s.into(),
             E::Illegal(m) => ApiError::conflict("illegal_transition", m),
+            // Edited arguments that do not fit the tool's schema: the request is wrong, not late.
+            E::Refused { code: "invalid_args", message } => ApiError::unprocessable("invalid_args", message),
             E::Refused { code, message } => ApiError::conflict(code, message),
             E::Invalid(m) => ApiError::unprocessable("invalid_request", m),
             E::Owned(_) | E::Lost { .. } => ApiError::conflict("run_busy", e.to_string()),

@@ -116,7 +116,7 @@ error_responses! {
         ("invalid_request", format!("run {RUN} has no step 'publsh'").as_str(), null),
     ]
     /// 422: a decision that does not apply.
-    InvalidDecision = "The decision is not one of `approve`, `reject` (a gate) or `retry`, `skip`, `abort` (an escalation) (`bad_decision`); `skip` without `output` (`missing_output`); `output` with anything but `skip` (`unexpected_output`); `budget` with anything but `retry` (`unexpected_budget`); or the body does not fit, or asks to raise the budget of a step that did not stop at one (`invalid_request`)." [
+    InvalidDecision = "The decision is not one of `approve`, `reject` (a gate) or `retry`, `skip`, `abort` (an escalation) (`bad_decision`); `skip` without `output` (`missing_output`); `output` with anything but `skip` (`unexpected_output`); `budget` with anything but `retry` (`unexpected_budget`); `args` with anything but `approve` (`unexpected_args`); edited `args` that do not fit the waiting tool's input schema (`invalid_args`); or the body does not fit, or asks to raise the budget of a step that did not stop at one (`invalid_request`)." [
         ("bad_decision", "decision 'maybe' is not approve, reject (a gate) or retry, skip, abort (an escalation)", null),
         ("missing_output", "`skip` needs the step's `output` (any JSON)", null),
     ]

@@ -15,7 +15,9 @@ impl Decider<'_> {
         let step = &def.steps[i];
         let decision = self.state.steps[i].approval.as_ref().and_then(|a| a.decision.clone());
         let Some(gate) = &step.approval else { return Ok(false) };
-        if matches!(decision, Some((true, ..))) {
+        // A call inside an attempt was asked about: the gate was passed before that attempt.
+        let past_gate = self.state.steps[i].approval.as_ref().is_some_and(|a| a.call.is_some());
+        if matches!(decision, Some((true, ..))) || past_gate {
             return Ok(false);
         }
         let prompt = match template::render(&Value::String(gate.prompt.clone()), &self.context(i)) {
@@ -30,6 +32,7 @@ impl Decider<'_> {
             approvers: gate.approvers.clone(),
             deadline_ms,
             escalation: false,
+            call: None,
         })?;
         if let Some(at_ms) = deadline_ms {
             self.arm(&step.id, TimerPurpose::ApprovalDeadline, at_ms);

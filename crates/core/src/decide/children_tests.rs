@@ -119,6 +119,7 @@ fn an_escalated_subworkflow_waits_for_a_person_not_for_its_ended_child() {
         by: None,
         comment: None,
         action,
+        args: None,
     });
     let (second, attempt, _) = children(&cmds)[0].clone();
     assert_eq!(attempt, 2);

@@ -13,6 +13,22 @@ impl Decider<'_> {
     pub(super) fn on_attempt_failed(&mut self, step: &StepId, attempt: u32, failure: &Failure) -> Result<(), Error> {
         let Some(def) = self.definition() else { return Ok(()) };
         let Some(i) = self.state.step_index(step.as_str()) else { return Ok(()) };
+        if let (ErrorClass::ApprovalRequired, Some(call)) = (failure.class, &failure.approval) {
+            // Not a fault: the step waits for a person's answer about that call.
+            let prompt = format!(
+                "step '{step}' wants to call tool '{}' ({}): {}. Approve, approve with edited arguments, or reject \
+                 with a reason?",
+                call.tool, call.effect, call.reason
+            );
+            return self.record(Event::ApprovalRequested {
+                step: step.clone(),
+                prompt,
+                approvers: Vec::new(),
+                deadline_ms: None,
+                escalation: false,
+                call: Some(call.clone()),
+            });
+        }
         let policy = def.steps[i].retry;
         let key = [self.state.run_id.as_str(), step.as_str()];
         // After a retry in place the budget starts again; attempt numbers keep counting.
@@ -66,6 +82,7 @@ impl Decider<'_> {
             approvers: Vec::new(),
             deadline_ms: None,
             escalation: true,
+            call: None,
         })
     }
 

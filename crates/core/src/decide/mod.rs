@@ -142,7 +142,12 @@ pub fn decide(state: &mut RunState, event: &Envelope) -> Result<Vec<Command>, Er
             d.reconcile()?;
         }
         Event::ApprovalDecided { step, approved, action, .. } => {
-            d.on_decision(step, *approved, action.as_ref())?;
+            // Folded already: a call's decision is with the step, which runs again to use it.
+            let for_call = action.is_none()
+                && d.state
+                    .step_index(step.as_str())
+                    .is_some_and(|i| d.state.steps[i].approval.as_ref().is_some_and(|a| a.call.is_some()));
+            d.on_decision(step, *approved || for_call, action.as_ref())?;
             d.reconcile()?;
         }
         Event::DefinitionMigrated { .. } => d.reconcile()?,

@@ -333,6 +333,7 @@ fn an_escalation_retry_grants_a_fresh_budget_but_old_journals_keep_one_attempt_p
             by: None,
             comment: None,
             action: Some(action.clone()),
+            args: None,
         });
         let cmds = attempt(&mut h, 3);
         assert_eq!(escalated(&cmds), !retried, "{action:?}: {cmds:#?}");
@@ -646,7 +647,14 @@ fn a_decision_cannot_end_a_durable_wait() {
         seq: h.state.last_seq + 1,
         at_ms: 1_000,
         schema: JOURNAL_SCHEMA,
-        event: Event::ApprovalDecided { step: StepId::new("w"), approved: true, by: None, comment: None, action: None },
+        event: Event::ApprovalDecided {
+            step: StepId::new("w"),
+            approved: true,
+            by: None,
+            comment: None,
+            action: None,
+            args: None,
+        },
     };
     assert!(decide(&mut h.state, &env).is_err(), "refused by the state machine");
 }
@@ -677,4 +685,64 @@ fn validation_refuses_what_does_not_apply_to_a_wait() {
     let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, compensate: {kind: wait, with: {duration: 1s}}}\n";
     let problems = crate::validate::parse_definition(yaml, "t.yaml", &kinds).expect_err("compensate wait");
     assert!(problems[0].message.contains("compensate.kind cannot be `wait`"), "{problems:?}");
+}
+
+#[test]
+fn a_call_that_needs_approval_parks_the_step_and_its_answer_reaches_the_next_attempt() {
+    use crate::event::CallApproval;
+    let yaml = "name: t\nsteps:\n  - {id: a, kind: echo, retry: {max_attempts: 2, jitter: 0}}\n";
+    let (mut h, _) = Harness::new(yaml);
+    let a = StepId::new("a");
+    let input = Payload::of(&Value::Null);
+    h.state.add_payload(&input, Value::Null);
+    let ask = |h: &mut Harness, attempt: u32| {
+        h.feed(Event::AttemptStarted { step: a.clone(), attempt, input: input.reference.clone() });
+        let call = CallApproval {
+            call: 1,
+            tool: "web".into(),
+            args: json!({"url": "http://x/"}),
+            effect: "write".into(),
+            reason: "policy: always".into(),
+        };
+        let failure = Failure {
+            approval: Some(Box::new(call)),
+            ..Failure::new(ErrorClass::ApprovalRequired, "tool 'web' needs approval")
+        };
+        h.feed(Event::AttemptFailed { step: a.clone(), attempt, failure, duration_ms: 1 })
+    };
+    // The attempt stops before its call: the step waits for a person, with the call shown.
+    let cmds = ask(&mut h, 1);
+    let asked = cmds.iter().any(|c| {
+        matches!(c, Command::Record(Envelope { event: Event::ApprovalRequested { call: Some(c), .. }, .. }) if c.tool == "web")
+    });
+    assert!(asked, "{cmds:#?}");
+    assert_eq!(h.state.steps[0].status, StepStatus::Waiting);
+    assert_eq!(h.state.status, RunStatus::Waiting);
+    // A rejection does not fail the step: its next attempt gets the answer (and decides).
+    let decided = |approved: bool, args: Option<Value>| Event::ApprovalDecided {
+        step: a.clone(),
+        approved,
+        by: Some("ann".into()),
+        comment: Some("too much".into()),
+        action: None,
+        args,
+    };
+    let cmds = h.feed(decided(false, None));
+    assert_eq!(started(&cmds).len(), 1, "{cmds:#?}");
+    assert_eq!(h.state.steps[0].call_decisions.len(), 1);
+    assert!(!h.state.steps[0].call_decisions[0].approved);
+    // Asked again (a new attempt, the same call), then approved with edited arguments: the
+    // decision replaces the earlier one, and parked attempts do not use up the retry policy.
+    ask(&mut h, 2);
+    let cmds = h.feed(decided(true, Some(json!({"url": "http://y/"}))));
+    assert_eq!(started(&cmds).len(), 1, "{cmds:#?}");
+    let decisions = &h.state.steps[0].call_decisions;
+    assert_eq!((decisions.len(), decisions[0].approved), (1, true));
+    assert_eq!(decisions[0].args, Some(json!({"url": "http://y/"})));
+    h.feed(Event::AttemptStarted { step: a.clone(), attempt: 3, input: input.reference.clone() });
+    let failure = Failure::new(ErrorClass::Transient, "down");
+    let cmds = h.feed(Event::AttemptFailed { step: a.clone(), attempt: 3, failure, duration_ms: 1 });
+    let retried =
+        cmds.iter().any(|c| matches!(c, Command::Record(Envelope { event: Event::RetryScheduled { .. }, .. })));
+    assert!(retried, "a parked attempt is not a failed one: {cmds:#?}");
 }

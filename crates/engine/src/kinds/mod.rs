@@ -20,7 +20,10 @@ mod mock_model;
 mod noop;
 mod sleep;
 mod subworkflow;
+mod tool;
 mod wait;
+
+pub use tool::Kind as ToolKind;
 
 use crate::calls::CallLog;
 pub use crate::calls::Meter;
@@ -95,6 +98,8 @@ pub struct Attempt<'a> {
     logs: Vec<String>,
     usage: Option<Usage>,
     calls: Option<CallLog>,
+    /// What people answered about this step's calls that needed approval.
+    decisions: Vec<cairn_core::event::CallDecision>,
 }
 
 impl<'a> Attempt<'a> {
@@ -125,7 +130,29 @@ impl<'a> Attempt<'a> {
             logs: Vec::new(),
             usage: None,
             calls,
+            decisions: Vec::new(),
         }
+    }
+
+    /// Hands the attempt what people answered about the step's gated calls.
+    pub(crate) fn with_decisions(mut self, decisions: Vec<cairn_core::event::CallDecision>) -> Self {
+        self.decisions = decisions;
+        self
+    }
+
+    /// The position the next call will take (`run/step/call-N`).
+    pub fn next_call(&self) -> u32 {
+        self.calls.as_ref().map_or(1, |c| c.next_position())
+    }
+
+    /// Whether an earlier attempt recorded call `n` (it will come back from the record, unsent).
+    pub fn call_recorded(&self, n: u32) -> bool {
+        self.calls.as_ref().is_some_and(|c| c.recorded.iter().any(|r| r.n == n))
+    }
+
+    /// A person's answer about call `n`, if it was asked about.
+    pub fn call_decision(&self, n: u32) -> Option<&cairn_core::event::CallDecision> {
+        self.decisions.iter().rev().find(|d| d.call == n)
     }
 
     /// Makes one outside call through the effect log (see `crate::calls`): `send` gets the
@@ -292,6 +319,7 @@ pub fn builtin() -> Registry {
         .with(fail::Kind)
         .with(subworkflow::Kind)
         .with(wait::Kind)
+        .with(tool::Kind { tools: Arc::new(crate::tools::Tools::builtin()) })
 }
 
 #[cfg(test)]
@@ -304,7 +332,7 @@ mod tests {
         let specs = registry.specs();
         assert_eq!(
             specs.names(),
-            ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "wait"]
+            ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "tool", "wait"]
         );
         for spec in specs.iter() {
             assert!(!spec.summary.is_empty(), "{}", spec.name);

@@ -1,0 +1,423 @@
+//! Tools against real parts: a real SQLite file and PostgreSQL, a real HTTP service on loopback,
+//! a real sandbox directory, the real binary (`cairn tools call`, `tool` steps, approvals,
+//! SIGKILL). Every refusal is asserted by its message.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A request the local service received.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    key: Option<String>,
+    body: String,
+}
+
+/// A local HTTP service that records each request; `/redirect?to=URL` answers 302 to URL, every
+/// other path 200 `{"ok": true}`.
+fn recorder() -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, path) =
+                (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+            let (mut key, mut length) = (None, 0usize);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "idempotency-key" => key = Some(value.trim().to_string()),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let body = String::from_utf8_lossy(&body).into_owned();
+            log.lock().expect("log").push(Seen { method, path: path.clone(), key, body });
+            let reply = match path.split_once("/redirect?to=") {
+                Some((_, to)) => format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                None => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}"
+                    .to_string(),
+            };
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+    });
+    (addr, seen)
+}
+
+fn config(env: &Env, text: &str) -> std::path::PathBuf {
+    env.write("cairn.toml", text)
+}
+
+/// `cairn tools call NAME --args JSON [--yes]` in the test's directory: (exit code, stdout, stderr).
+fn call(env: &Env, name: &str, args: &Value, yes: bool) -> (i32, String, String) {
+    let args = args.to_string();
+    let mut argv = vec!["tools", "call", name, "--args", args.as_str(), "--json"];
+    if yes {
+        argv.push("--yes");
+    }
+    let out = env.run(&argv);
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+}
+
+fn refused(env: &Env, name: &str, args: Value, says: &str) {
+    let (code, out, err) = call(env, name, &args, true);
+    assert_ne!(code, 0, "{name} {args} was not refused: {out}");
+    assert!(err.contains(says), "{name} {args}: expected `{says}` in: {err}");
+}
+
+fn orders_sqlite(env: &Env) {
+    let db = env.dir.path().join("orders.db");
+    let c = rusqlite::Connection::open(&db).expect("sqlite");
+    c.execute_batch(
+        "CREATE TABLE orders(id INTEGER PRIMARY KEY, customer TEXT, total REAL);
+         INSERT INTO orders(customer, total) VALUES ('ann', 120.5), ('bob', 30), ('cy', 99.9);",
+    )
+    .expect("orders");
+}
+
+const SQL_REFUSALS: &[(&str, &str)] = &[
+    ("DELETE FROM orders", "DELETE is not a query"),
+    ("UPDATE orders SET total = 0", "UPDATE is not a query"),
+    ("DROP TABLE orders", "DROP TABLE is not a query"),
+    ("SELECT 1; SELECT 2", "2 statements"),
+    ("SELECT 1; /* a comment */ DELETE FROM orders", "2 statements"),
+    ("SELECT 1 -- hidden\n; DELETE FROM orders", "2 statements"),
+];
+
+#[test]
+fn sql_queries_read_and_everything_that_writes_is_refused_on_sqlite() {
+    let env = Env::new();
+    orders_sqlite(&env);
+    config(&env, "[tools.orders_db]\ntype = \"sql_query\"\nconnection = \"sqlite://orders.db\"\nmax_rows = 2\n");
+    let (code, out, err) = call(
+        &env,
+        "orders_db",
+        &json!({"sql": "SELECT customer, total FROM orders WHERE total > ?1 ORDER BY id", "params": [50]}),
+        false,
+    );
+    assert_eq!(code, 0, "{err}");
+    let answer: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(answer["rows"], json!([{"customer": "ann", "total": 120.5}, {"customer": "cy", "total": 99.9}]));
+    let (_, out, _) = call(&env, "orders_db", &json!({"sql": "SELECT id FROM orders ORDER BY id"}), false);
+    let answer: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((answer["row_count"].as_u64(), answer["truncated"].as_bool()), (Some(2), Some(true)), "max_rows caps");
+    let mut refusals = SQL_REFUSALS.to_vec();
+    refusals.extend([
+        ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "data-modifying"),
+        ("ATTACH DATABASE 'other.db' AS other", "ATTACH"),
+        ("PRAGMA journal_mode = 'delete'", "PRAGMA journal_mode with a value"),
+        ("PRAGMA query_only = 0", "PRAGMA query_only with a value"),
+        ("SELECT load_extension('x')", "load_extension() is not allowed"),
+    ]);
+    for (sql, says) in refusals {
+        refused(&env, "orders_db", json!({"sql": sql}), says);
+    }
+    // Nothing changed.
+    let c = rusqlite::Connection::open(env.dir.path().join("orders.db")).expect("sqlite");
+    let n: i64 = c.query_row("SELECT count(*) FROM orders WHERE total > 0", [], |r| r.get(0)).expect("count");
+    assert_eq!(n, 3);
+    assert!(!env.dir.path().join("other.db").exists(), "ATTACH created nothing");
+    // A schema failure names the field as a JSON pointer, what was given and what was expected.
+    refused(&env, "orders_db", json!({"sql": 5}), "at /sql: 5 is not of type \"string\"");
+    refused(
+        &env,
+        "orders_db",
+        json!({"sql": "SELECT 1", "limit": 3}),
+        "Additional properties are not allowed ('limit' was unexpected)",
+    );
+}
+
+#[test]
+fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
+    let Some(db) = common::pg::Database::create("tools") else { return };
+    let psql = |sql: &str| {
+        let out = std::process::Command::new("psql").args([db.url.as_str(), "-qAtc", sql]).output().expect("psql");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql(
+        "CREATE TABLE orders(id serial PRIMARY KEY, customer text, total numeric); INSERT INTO orders(customer, total) VALUES ('ann', 120.5), ('bob', 30); CREATE SEQUENCE s;",
+    );
+    let env = Env::new();
+    config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{}\"\n", db.url));
+    let (code, out, err) = call(
+        &env,
+        "pg",
+        &json!({"sql": "SELECT customer, total FROM orders WHERE total > $1 AND customer <> $2 ORDER BY id", "params": [50.25, "zed"]}),
+        false,
+    );
+    assert_eq!(code, 0, "{err}");
+    let answer: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(answer["rows"], json!([{"customer": "ann", "total": 120.5}]));
+    let (_, out, _) = call(
+        &env,
+        "pg",
+        &json!({"sql": "SELECT count(*) AS n FROM orders WHERE total > $1", "params": ["-0.001"]}),
+        false,
+    );
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["rows"], json!([{"n": 2}]));
+    let (_, out, _) = call(
+        &env,
+        "pg",
+        &json!({"sql": "SELECT count(*) AS n FROM orders WHERE total > $1", "params": [120.49999]}),
+        false,
+    );
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["rows"], json!([{"n": 1}]));
+    assert_eq!(answer["columns"], json!(["customer", "total"]));
+    let mut refusals = SQL_REFUSALS.to_vec();
+    refusals.extend([
+        ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "data-modifying"),
+        ("SELECT * INTO t FROM orders", "SELECT … INTO"),
+        ("SELECT pg_terminate_backend(1)", "pg_terminate_backend() is not allowed"),
+        ("SELECT nextval('s')", "nextval() is not allowed"),
+        ("SELECT * FROM orders FOR UPDATE", "row locks"),
+        ("COPY orders TO STDOUT", "COPY"),
+    ]);
+    for (sql, says) in refusals {
+        refused(&env, "pg", json!({"sql": sql}), says);
+    }
+    assert_eq!(psql("SELECT count(*) FROM orders"), "2");
+    assert_eq!(psql("SELECT count(*) FROM pg_tables WHERE tablename = 't'"), "0");
+    // The second guard on its own: a function that writes but is not on the deny-list is stopped
+    // by the read-only transaction.
+    psql("CREATE FUNCTION wipe() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1'");
+    refused(&env, "pg", json!({"sql": "SELECT wipe()"}), "read-only transaction");
+    assert_eq!(psql("SELECT count(*) FROM orders"), "2");
+    // A statement timeout stops a long query.
+    config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{}\"\nstatement_timeout = 0.3\n", db.url));
+    refused(&env, "pg", json!({"sql": "SELECT count(*) FROM generate_series(1, 100000000)"}), "timeout");
+}
+
+#[test]
+fn http_requests_refuse_internal_addresses_disallowed_hosts_and_redirects_out() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    config(&env, "[tools.local]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\n");
+    // The default tool reaches public hosts only.
+    for (url, says) in [
+        ("http://127.0.0.1:9/x", "127.0.0.1, a loopback address; refused"),
+        ("http://[::1]:9/x", "::1, a loopback address; refused"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254, a cloud metadata address; refused"),
+        ("http://10.0.0.1/", "10.0.0.1, a private address; refused"),
+        ("http://192.168.1.1/", "a private address; refused"),
+        ("http://[::ffff:127.0.0.1]:9/", "an IPv4-mapped internal address; refused"),
+        ("http://localhost:9/", "localhost resolves to 127.0.0.1, a loopback address; refused"),
+        ("file:///etc/passwd", "does not match"),
+    ] {
+        refused(&env, "http_request", json!({"url": url}), says);
+    }
+    // An allowed host works (and a GET reads, so it needs no --yes); others are refused.
+    let (code, out, err) =
+        call(&env, "local", &json!({"url": format!("http://{addr}/ping"), "query": {"q": "a b"}}), false);
+    assert_eq!(code, 0, "{err}");
+    let answer: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((answer["status"].as_u64(), &answer["body"]), (Some(200), &json!({"ok": true})));
+    refused(&env, "local", json!({"url": "http://example.com/"}), "host example.com is not in this tool's allow_hosts");
+    // A redirect is checked like the first request: to a private address, or to a host that is
+    // not allowed, it is not followed.
+    let to = |target: &str| json!({"url": format!("http://{addr}/redirect?to={target}")});
+    refused(&env, "local", to("http://10.1.2.3/"), "host 10.1.2.3 is not in this tool's allow_hosts");
+    refused(&env, "local", to("http://localhost:1/"), "host localhost is not in this tool's allow_hosts");
+    let followed = seen.lock().expect("seen").iter().filter(|s| s.path.starts_with("/redirect")).count();
+    assert_eq!(followed, 2, "each redirect was asked once and not followed");
+    // A write needs --yes here, and carries an idempotency key.
+    let post = json!({"method": "POST", "url": format!("http://{addr}/notes"), "body": {"text": "hi"}});
+    let (code, _, err) = call(&env, "local", &post, false);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("writes with these arguments (effect write); add --yes"), "{err}");
+    let (code, _, err) = call(&env, "local", &post, true);
+    assert_eq!(code, 0, "{err}");
+    let notes: Vec<Seen> = seen.lock().expect("seen").iter().filter(|s| s.path == "/notes").cloned().collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!((notes[0].method.as_str(), notes[0].body.as_str()), ("POST", "{\"text\":\"hi\"}"));
+    assert!(notes[0].key.as_deref().is_some_and(|k| k.starts_with("cli/") && k.ends_with("/call-1")), "{notes:?}");
+}
+
+#[test]
+fn files_stay_in_their_sandbox() {
+    let env = Env::new();
+    let sandbox = env.dir.path().join("sandbox");
+    std::fs::create_dir(&sandbox).expect("sandbox");
+    std::os::unix::fs::symlink("/", sandbox.join("root")).expect("symlink");
+    std::os::unix::fs::symlink("../cairn.toml", sandbox.join("config")).expect("symlink");
+    let fifo = sandbox.join("pipe");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo").success());
+    config(&env, "[tools.workspace]\ntype = \"file\"\nroot = \"./sandbox\"\nmax_file_bytes = 100\n");
+    let (code, _, err) =
+        call(&env, "workspace", &json!({"op": "write", "path": "notes/today.md", "content": "# Today"}), true);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(sandbox.join("notes/today.md")).expect("written"), "# Today");
+    let (_, out, _) = call(&env, "workspace", &json!({"op": "read", "path": "notes/today.md"}), false);
+    assert_eq!(serde_json::from_str::<Value>(&out).expect("json")["content"], "# Today");
+    for (args, says) in [
+        (json!({"op": "read", "path": "../cairn.toml"}), "contains `..`; paths may not leave the sandbox"),
+        (json!({"op": "read", "path": "/etc/passwd"}), "is an absolute path"),
+        (json!({"op": "read", "path": "root/etc/passwd"}), "leads out of the sandbox"),
+        (json!({"op": "read", "path": "config"}), "leads out of the sandbox"),
+        (json!({"op": "list", "path": "root"}), "leads out of the sandbox"),
+        (json!({"op": "write", "path": "root/tmp/cairn-escape", "content": "x"}), "leads out of the sandbox"),
+        (json!({"op": "read", "path": "pipe"}), "is not a regular file"),
+        (
+            json!({"op": "write", "path": "big.txt", "content": "x".repeat(101)}),
+            "over this tool's max_file_bytes (100)",
+        ),
+        (json!({"op": "delete", "path": "notes"}), "at /op"),
+    ] {
+        refused(&env, "workspace", args, says);
+    }
+    assert!(!std::path::Path::new("/tmp/cairn-escape").exists());
+}
+
+/// A workflow: a read-only query, then a POST that needs approval.
+fn notify_workflow(env: &Env, addr: &str) -> std::path::PathBuf {
+    orders_sqlite(env);
+    config(
+        env,
+        &format!(
+            "[tools.orders_db]\ntype = \"sql_query\"\nconnection = \"sqlite://orders.db\"\n\n[tools.notify]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\n\n# {addr}\n"
+        ),
+    );
+    env.write(
+        "wf.yaml",
+        &format!(
+            "name: report\nsteps:\n  - id: big\n    kind: tool\n    with:\n      tool: orders_db\n      args: {{sql: \"SELECT count(*) AS n FROM orders WHERE total > 50\"}}\n  - id: post\n    kind: tool\n    needs: [big]\n    with:\n      tool: notify\n      args:\n        method: POST\n        url: http://{addr}/notes\n        body: {{text: \"{{{{ steps.big.output.rows[0].n }}}} big orders\"}}\n"
+        ),
+    )
+}
+
+#[test]
+fn a_write_waits_for_approval_survives_a_restart_and_is_sent_once_with_the_edited_arguments() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    let wf = notify_workflow(&env, &addr);
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(tool call approval)", LONG);
+    let id = env.only_run().id;
+    assert_eq!(env.step(&id, "post").status, "WAITING");
+    assert!(seen.lock().expect("seen").is_empty(), "nothing is sent before the approval");
+    // The approvals list shows the tool, the arguments and why.
+    let out = env.run(&["approvals", "--json"]);
+    let listed: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let call = &listed[0]["call"];
+    assert_eq!(
+        (call["tool"].as_str(), call["effect"].as_str(), call["call"].as_u64()),
+        (Some("notify"), Some("write"), Some(1))
+    );
+    assert_eq!(call["args"]["body"], json!({"text": "2 big orders"}));
+    assert!(call["reason"].as_str().unwrap_or_default().contains("calls that write need approval"), "{call}");
+    // The process dies while it waits; the request survives.
+    sigkill(&mut child);
+    // Edited arguments that do not fit the schema are refused, naming the field.
+    let bad = json!({"method": "POST", "url": 7});
+    let out = env.run(&["approve", &id, "post", "--args", &bad.to_string(), "--detach"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("at /url: 7 is not of type \"string\""), "{}", stderr(&out));
+    let edited =
+        json!({"method": "POST", "url": format!("http://{addr}/notes"), "body": {"text": "2 big orders (edited)"}});
+    let out = env.run(&["approve", &id, "post", "--args", &edited.to_string(), "--by", "ana", "--detach"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.only_run().status, "COMPLETED");
+    let sent = seen.lock().expect("seen").clone();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body, "{\"text\":\"2 big orders (edited)\"}");
+    assert_eq!(sent[0].key.as_deref(), Some(format!("{id}/post/call-1").as_str()));
+    // The journal says who approved what.
+    let decided = env.events(&id).into_iter().find_map(|e| match e.event {
+        cairn_core::Event::ApprovalDecided { by, args, approved: true, .. } => Some((by, args)),
+        _ => None,
+    });
+    assert_eq!(decided, Some((Some("ana".to_string()), Some(edited))));
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn a_rejected_write_fails_its_step_with_the_reason_and_is_never_sent() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    let wf = notify_workflow(&env, &addr);
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(tool call approval)", LONG);
+    let id = env.only_run().id;
+    let out = env.run(&["reject", &id, "post", "--reason", "not to that channel", "--by", "bo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(wait_exit(&mut child, LONG).code(), Some(1));
+    let post = env.step(&id, "post");
+    assert_eq!(post.status, "FAILED");
+    let message = post.error_message.unwrap_or_default();
+    assert!(message.contains("rejected by bo: not to that channel"), "{message}");
+    assert!(seen.lock().expect("seen").is_empty());
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn a_write_whose_result_was_recorded_is_not_sent_again_after_a_crash() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    let wf = notify_workflow(&env, &addr);
+    // Approved by policy here, so the step runs straight through.
+    let text = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
+    config(&env, &text.replace("allow_hosts = [\"127.0.0.1\"]", "allow_hosts = [\"127.0.0.1\"]\napproval = \"never\""));
+    // The process stops right after the tool returned, before the attempt's result is committed.
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_ACTIVITY", "post")]);
+    wait_line(&lines, "holding", LONG);
+    assert_eq!(seen.lock().expect("seen").len(), 1);
+    sigkill(&mut child);
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = env.only_run().id;
+    assert_eq!(env.only_run().status, "COMPLETED");
+    assert_eq!(seen.lock().expect("seen").len(), 1, "the far side saw one request");
+    assert!(env.started(&id, "post") >= 2, "the step ran again, and its call came back from the record");
+    env.assert_journal_is_sound(&id);
+}
+
+#[test]
+fn bad_tool_configuration_is_refused_at_its_line() {
+    let env = Env::new();
+    for (text, says) in [
+        ("[tools.x]\ntype = \"ftp\"\n", "cairn.toml:1:1: `tools.x.type` is `ftp`; use http_request, sql_query or file"),
+        ("[tools.x]\ntype = \"file\"\n", "`tools.x` (file) needs `root`"),
+        ("[tools.x]\ntype = \"file\"\nroot = \"./nope\"\n", "tool 'x': its root `"),
+        (
+            "[tools.x]\ntype = \"sql_query\"\nconnection = \"sqlite://a.db\"\nroot = \"/\"\n",
+            "unknown key `root` for type sql_query",
+        ),
+        ("[tools.x]\ntype = \"http_request\"\napproval = \"args.amount >\"\n", "is not CEL"),
+        (
+            "[tools.x]\ntype = \"http_request\"\nheaders = {Authorization = \"Bearer abc\"}\n",
+            "would put a credential in this file",
+        ),
+        ("[mcp.fs]\ncommand = []\n", "`mcp.fs` needs `command"),
+        ("[mcp.fs]\nurl = \"ftp://x\"\n", "not an http:// or https:// URL"),
+    ] {
+        config(&env, text);
+        let out = env.run(&["tools", "list"]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        assert!(stderr(&out).contains(says), "{text}: {}", stderr(&out));
+    }
+}
