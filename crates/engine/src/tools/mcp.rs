@@ -7,7 +7,9 @@
 //! its effect unless `approval` says otherwise. A server that dies mid-call fails that call as
 //! `transient` and is started again by the next one; a server that never starts is a clear error
 //! naming the command and the tail of what it wrote to stderr. Each call carries the call's
-//! stable key in its request `_meta` (`cairn.dev/idempotency-key`).
+//! stable key in its request `_meta` (`cairn.dev/idempotency-key`). A stdio server inherits only
+//! a plain environment (`PATH`, `HOME`, `USER`, locale …) plus its configured `env`: the keys
+//! and secrets of this process never reach it.
 
 use super::config::McpConfig;
 use super::{CallContext, Entry, Policy, Tool, ToolFuture, ToolSpec};
@@ -23,6 +25,10 @@ use std::time::Duration;
 
 /// The `_meta` key that carries a call's idempotency key.
 pub const KEY_META: &str = "cairn.dev/idempotency-key";
+
+/// The variables a stdio server inherits from this process; anything else it needs is given in
+/// `[mcp.NAME] env`.
+const INHERITED: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "LANG", "LC_ALL", "TMPDIR", "TZ"];
 
 /// Lines of a server's stderr kept for error messages.
 const STDERR_LINES: usize = 20;
@@ -141,7 +147,8 @@ impl McpServer {
             compensate: None,
         };
         let code = Arc::new(McpTool { server: self.me.clone(), tool: tool.name.to_string() });
-        Entry::new(spec, true, code)
+        // A tool with an output schema answers `structuredContent` fitting it.
+        Ok(Entry::new(spec, true, code)?.output_at("/structured"))
     }
 
     /// The running client, started (or started again, after it died) when needed.
@@ -182,7 +189,10 @@ impl McpServer {
                         return Err("no command".to_string());
                     };
                     let mut command = tokio::process::Command::new(program);
-                    command.args(args).envs(&self.config.env).kill_on_drop(true);
+                    // The child sees a plain environment plus what the config gives it: never
+                    // this process's keys and secrets.
+                    let plain = INHERITED.iter().filter_map(|k| Some((*k, std::env::var_os(k)?)));
+                    command.env_clear().envs(plain).args(args).envs(&self.config.env).kill_on_drop(true);
                     let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(command)
                         .stderr(std::process::Stdio::piped())
                         .spawn()

@@ -167,6 +167,8 @@ pub struct Entry {
     output: Option<jsonschema::Validator>,
     /// The configuration fixed the effect (`effect = …`): the tool's code does not refine it.
     fixed_effect: bool,
+    /// Where in a result the output schema applies (a JSON pointer; MCP: `/structured`).
+    output_at: &'static str,
     code: Arc<dyn Tool>,
 }
 
@@ -183,7 +185,13 @@ impl Entry {
             Some(schema) => Some(compile(schema).map_err(|e| format!("tool '{}': output schema: {e}", spec.name))?),
             None => None,
         };
-        Ok(Entry { spec, input, output, fixed_effect, code })
+        Ok(Entry { spec, input, output, fixed_effect, output_at: "", code })
+    }
+
+    /// The output schema applies to this part of a result (a JSON pointer).
+    pub fn output_at(mut self, pointer: &'static str) -> Entry {
+        self.output_at = pointer;
+        self
     }
 
     /// The effect of a call with these arguments.
@@ -216,7 +224,8 @@ impl Entry {
     pub async fn call(&self, args: &Value, ctx: CallContext<'_>) -> Result<Value, Failure> {
         let result = self.code.call(args, ctx).await?;
         if let Some(output) = &self.output {
-            let problems = problems(output, &result);
+            let checked = result.pointer(self.output_at).unwrap_or(&Value::Null);
+            let problems = problems(output, checked);
             if !problems.is_empty() {
                 let message = format!(
                     "tool '{}' answered something that does not fit its output schema: {problems}",
