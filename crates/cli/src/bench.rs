@@ -87,6 +87,7 @@ fn chain(steps: usize) -> Definition {
         artifact: None,
         retention_ms: None,
         budget: None,
+        tools: Default::default(),
         steps: (0..steps)
             .map(|i| Step {
                 id: StepId::new(format!("s{i}")),

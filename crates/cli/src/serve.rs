@@ -80,6 +80,15 @@ fn engine_config(args: &WorkerArgs) -> EngineConfig {
     config.max_runs = args.max_runs.max(1);
     config.max_per_run = args.max_per_run.max(1);
     config.release_when_idle_ms = Some(1_000);
+    // The MCP servers' tools are listed at start-up (in the background: a slow server does not
+    // hold the process up; a step that needs one waits for it).
+    let tools = config.tools.clone();
+    tokio::spawn(async move {
+        tools.connect_all().await;
+        for (server, why) in tools.unavailable() {
+            cairn_engine::say!("[tools] mcp.{server}: its tools are not available yet: {why}");
+        }
+    });
     config
 }
 

@@ -421,3 +421,76 @@ fn bad_tool_configuration_is_refused_at_its_line() {
         assert!(stderr(&out).contains(says), "{text}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn a_workflow_defines_http_tools_only_and_they_never_reach_internal_addresses() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    let bad = env.write(
+        "bad.yaml",
+        "name: bad\ntools:\n  db: {type: sql_query, connection: \"sqlite:///etc/x.db\"}\n  hook: {type: http_request, approval: \"args.x >\", retries: 3}\nsteps:\n  - {id: a, kind: tool, with: {tool: hook}}\n",
+    );
+    let out = env.run(&["validate", path_str(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(err.contains("a workflow may define `http_request` tools only"), "{err}");
+    assert!(err.contains("`tools.hook.approval` is not never, always or a CEL condition"), "{err}");
+    assert!(err.contains("`tools.hook` has an unknown key `retries`"), "{err}");
+    let wf = env.write(
+        "wf.yaml",
+        &format!(
+            "name: own\ntools:\n  hook: {{type: http_request, allow_hosts: [\"127.0.0.1\"], approval: never, timeout: 5s}}\nsteps:\n  - {{id: ping, kind: tool, with: {{tool: hook, args: {{url: \"http://{addr}/x\"}}}}}}\n"
+        ),
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let message = env.step(&id, "ping").error_message.unwrap_or_default();
+    assert!(message.contains("a workflow's own tools never reach internal addresses"), "{message}");
+    assert!(seen.lock().expect("seen").is_empty());
+}
+
+#[test]
+fn the_api_lists_tools_and_shows_a_waiting_call_that_is_approved_with_edited_arguments() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    notify_workflow(&env, &addr);
+    let server = env.serve(&[]);
+    let api = server.addr.clone();
+    let tools = get(&api, "/v1/tools").json();
+    let orders = tools["tools"].as_array().into_iter().flatten().find(|t| t["name"] == "orders_db").cloned();
+    let orders = orders.expect("orders_db is listed");
+    assert_eq!((orders["effect"].as_str(), orders["approval"].as_str()), (Some("read"), Some("never")));
+    assert_eq!(orders["openai"]["function"]["parameters"]["required"], json!(["sql"]));
+    assert_eq!(orders["anthropic"]["input_schema"]["required"], json!(["sql"]));
+    let workflow = json!({"name": "api", "steps": [{"id": "post", "kind": "tool", "with": {"tool": "notify", "args": {
+        "method": "POST", "url": format!("http://{addr}/notes"), "body": {"text": "from the API"}}}}]});
+    let r = post(&api, "/v1/runs", &json!({"workflow": workflow}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let mut waiting = Value::Null;
+    wait_for("the call to wait for approval", LONG, || {
+        waiting = get(&api, "/v1/approvals").json();
+        waiting["approvals"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let asked = &waiting["approvals"][0];
+    assert_eq!(
+        (asked["call"]["tool"].as_str(), asked["call"]["args"]["body"]["text"].as_str()),
+        (Some("notify"), Some("from the API"))
+    );
+    let decide = format!("/v1/runs/{id}/approvals/post");
+    let r = post(&api, &decide, &json!({"decision": "approve", "args": {"url": 5}}));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "invalid_args");
+    assert!(r.body.contains("at /url: 5 is not of type"), "{}", r.body);
+    let r = post(&api, &decide, &json!({"decision": "reject", "args": {}}));
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("unexpected_args")));
+    let edited =
+        json!({"method": "POST", "url": format!("http://{addr}/notes"), "body": {"text": "edited in the API"}});
+    let r = post(&api, &decide, &json!({"decision": "approve", "args": edited, "comment": "softer"}));
+    assert!(r.status == 200 || r.status == 202, "{}", r.body);
+    wait_for("the run to complete", LONG, || get(&api, &format!("/v1/runs/{id}")).json()["status"] == "COMPLETED");
+    let sent = seen.lock().expect("seen").clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body, "{\"text\":\"edited in the API\"}");
+}

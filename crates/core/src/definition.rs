@@ -34,6 +34,11 @@ pub struct Definition {
     /// What the whole run's model calls may spend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+    /// Tools this workflow defines for its `tool` steps (`tools:`), by name: `http_request`
+    /// tools only, which may never reach internal addresses (what a config file may allow, a
+    /// workflow may not). Each is the engine's tool configuration as JSON.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tools: BTreeMap<String, Value>,
     pub steps: Vec<Step>,
 }
 

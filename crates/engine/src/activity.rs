@@ -39,6 +39,8 @@ pub struct AttemptContext<'a> {
     pub(crate) calls: Option<crate::calls::CallLog>,
     /// What people answered about the step's calls that needed approval.
     pub decisions: Vec<cairn_core::event::CallDecision>,
+    /// The tools the run's workflow defines.
+    pub workflow_tools: std::sync::Arc<std::collections::BTreeMap<String, Value>>,
 }
 
 /// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
@@ -103,7 +105,8 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         ctx.cancel,
         ctx.calls,
     )
-    .with_decisions(ctx.decisions);
+    .with_decisions(ctx.decisions)
+    .with_workflow_tools(ctx.workflow_tools);
     let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
     let (lines, usage) = attempt.finish();
     logs.extend(lines);
@@ -139,6 +142,7 @@ mod tests {
             cancel: watch::channel(false).1,
             calls: None,
             decisions: Vec::new(),
+            workflow_tools: Default::default(),
         }
     }
 

@@ -244,6 +244,11 @@ impl<S: Store> Engine<S> {
         configured.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
     }
 
+    /// The tools this process's steps can call.
+    pub fn tools(&self) -> Arc<crate::tools::Tools> {
+        self.inner.config.tools.clone()
+    }
+
     pub fn owner(&self) -> &str {
         &self.inner.config.owner
     }
@@ -524,7 +529,12 @@ impl<S: Store> Engine<S> {
         let live = self.load(id).await?;
         let asked = live.state.step_state(step).filter(|s| s.awaits_call_decision()).and_then(|s| s.approval.as_ref());
         let Some(call) = asked.and_then(|a| a.call.as_ref()) else { return Ok(()) };
-        let tool = self.inner.config.tools.find(&call.tool).await.map_err(|f| Error::Invalid(f.message))?;
+        let own = live.state.definition.as_ref().and_then(|d| d.tools.get(&call.tool));
+        let tool = match own {
+            Some(spec) => crate::tools::Tools::workflow_tool(&call.tool, spec),
+            None => self.inner.config.tools.find(&call.tool).await,
+        };
+        let tool = tool.map_err(|f| Error::Invalid(f.message))?;
         tool.check_args(args).map_err(|f| Error::Refused { code: "invalid_args", message: f.message })
     }
 

@@ -146,6 +146,7 @@ fn definition(nodes: &[Node]) -> Definition {
         artifact: None,
         retention_ms: None,
         budget: None,
+        tools: Default::default(),
         steps: nodes
             .iter()
             .enumerate()

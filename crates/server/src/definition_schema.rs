@@ -137,8 +137,43 @@ pub struct DefinitionFile {
     defaults: Option<DefaultsFile>,
     /// What the whole run's model calls may spend.
     budget: Option<BudgetFile>,
+    /// Tools this workflow defines for its `tool` steps, by name (`http_request` only; they never
+    /// reach internal addresses). Other tools come from the server's cairn.toml.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, WorkflowToolFile>>)]
+    tools: Option<Value>,
     #[schema(min_items = 1)]
     steps: Vec<StepFile>,
+}
+
+/// A tool a workflow defines.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowTool)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowToolFile {
+    /// `http_request` (the only type a workflow may define).
+    #[serde(rename = "type")]
+    #[schema(pattern = "^http_request$")]
+    kind: String,
+    description: Option<String>,
+    /// read, idempotent_write, write or irreversible (default: GET/HEAD/OPTIONS read, others write).
+    effect: Option<String>,
+    /// never, always, or a CEL condition over `args` (default: calls that write ask).
+    approval: Option<String>,
+    /// Hosts it may reach (`api.example.com`, `*.example.com`); empty: any public host.
+    allow_hosts: Option<Vec<String>>,
+    #[schema(value_type = Option<DurationText>)]
+    timeout: Option<Value>,
+    #[schema(value_type = Option<DurationText>)]
+    connect_timeout: Option<Value>,
+    #[schema(minimum = 1)]
+    max_response_bytes: Option<u64>,
+    /// truncate (default) or refuse.
+    on_oversize: Option<String>,
+    #[schema(maximum = 20)]
+    max_redirects: Option<u32>,
+    /// A JSON Schema the result must fit.
+    #[schema(value_type = Option<Object>)]
+    output_schema: Option<Value>,
 }
 
 /// A declared input.

@@ -21,6 +21,7 @@ mod routes;
 mod runs;
 mod stream;
 mod tasks;
+mod tools;
 mod views;
 mod workflows;
 

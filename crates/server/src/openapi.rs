@@ -37,6 +37,7 @@ fn tags() -> Vec<utoipa::openapi::tag::Tag> {
         ("steering", "Change a run's course: cancel, pause, resume, signal, rerun, retry."),
         ("approvals", "What waits for a person, and the decision."),
         ("providers", "Model providers from the configuration, and their circuit breakers."),
+        ("tools", "The tools steps can call: schemas, effect classes, approval policies."),
         ("workflows", "A registry of versioned definitions; runs pin the version they started with."),
         ("admin", "API tokens and the audit trail."),
         ("tasks", "The original task API, kept for existing clients."),

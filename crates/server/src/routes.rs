@@ -3,7 +3,7 @@
 //! the description cannot drift apart: nothing is routed that is not described, and nothing is
 //! described that is not routed.
 
-use crate::{AppState, admin, approvals, openapi, probes, providers, runs, stream, tasks, workflows};
+use crate::{AppState, admin, approvals, openapi, probes, providers, runs, stream, tasks, tools, workflows};
 use axum::Router;
 use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter};
@@ -84,6 +84,7 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(runs::__path_retry, runs::retry::<S>)
         .add(approvals::__path_list, approvals::list::<S>)
         .add(providers::__path_list, providers::list::<S>)
+        .add(tools::__path_list, tools::list::<S>)
         .add(stream::__path_all_stream, stream::all_stream::<S>)
         .add(workflows::__path_register, workflows::register::<S>)
         .add(workflows::__path_list, workflows::list::<S>)

@@ -41,6 +41,7 @@ mod schema;
 mod suggest;
 #[cfg(test)]
 mod tests;
+mod tools;
 
 pub use suggest::closest;
 

@@ -45,6 +45,8 @@ pub(super) struct RawDefinition {
     pub(super) budget: Option<Spanned<RawBudget>>,
     pub(super) inputs: Option<BTreeMap<String, Option<RawInput>>>,
     pub(super) defaults: Option<RawDefaults>,
+    /// Tools the workflow defines (`http_request` only), checked in `blocks::compile_tools`.
+    pub(super) tools: Option<BTreeMap<String, Spanned<Node>>>,
     pub(super) steps: Spanned<Vec<Spanned<RawStep>>>,
 }
 

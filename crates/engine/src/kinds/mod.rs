@@ -100,6 +100,8 @@ pub struct Attempt<'a> {
     calls: Option<CallLog>,
     /// What people answered about this step's calls that needed approval.
     decisions: Vec<cairn_core::event::CallDecision>,
+    /// The tools the run's workflow defines (`tools:`), by name.
+    pub workflow_tools: Arc<BTreeMap<String, Value>>,
 }
 
 impl<'a> Attempt<'a> {
@@ -131,12 +133,19 @@ impl<'a> Attempt<'a> {
             usage: None,
             calls,
             decisions: Vec::new(),
+            workflow_tools: Arc::default(),
         }
     }
 
     /// Hands the attempt what people answered about the step's gated calls.
     pub(crate) fn with_decisions(mut self, decisions: Vec<cairn_core::event::CallDecision>) -> Self {
         self.decisions = decisions;
+        self
+    }
+
+    /// Hands the attempt the tools its workflow defines.
+    pub(crate) fn with_workflow_tools(mut self, tools: Arc<BTreeMap<String, Value>>) -> Self {
+        self.workflow_tools = tools;
         self
     }
 

@@ -51,7 +51,11 @@ impl Activity for Kind {
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
             let name = attempt.input.get("tool").and_then(Value::as_str).unwrap_or_default().to_string();
-            let entry = self.tools.find(&name).await?;
+            // The workflow's own tools first, then the registry.
+            let entry = match attempt.workflow_tools.get(&name) {
+                Some(spec) => Tools::workflow_tool(&name, spec)?,
+                None => self.tools.find(&name).await?,
+            };
             let mut args = attempt.input.get("args").cloned().unwrap_or_else(|| json!({}));
             let n = attempt.next_call();
             if !attempt.call_recorded(n) {

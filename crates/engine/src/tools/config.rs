@@ -34,6 +34,10 @@ pub struct ToolConfig {
     /// Naming a loopback or private host or address here allows it.
     #[serde(default)]
     pub allow_hosts: Vec<String>,
+    /// Internal addresses are refused even when `allow_hosts` names them (a workflow's own
+    /// tools: only the config file may open the inside of the network).
+    #[serde(default)]
+    pub deny_internal: bool,
     /// Sent with every request that does not set them.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -108,7 +112,14 @@ pub(crate) fn build(config: &ToolConfig) -> Result<Entry, String> {
         name: name.clone(),
         description: config.description.clone().unwrap_or(built.description),
         kind: config.kind.clone(),
-        source: if config == &ToolConfig::http_request_default() { "built-in" } else { "cairn.toml" }.into(),
+        source: if config == &ToolConfig::http_request_default() {
+            "built-in"
+        } else if config.deny_internal {
+            "workflow"
+        } else {
+            "cairn.toml"
+        }
+        .into(),
         input_schema: built.input_schema,
         output_schema: config.output_schema.clone(),
         effect,

@@ -33,7 +33,7 @@ struct HttpTool {
 }
 
 pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
-    let allow = Arc::new(Allow::new(&config.allow_hosts));
+    let allow = Arc::new(Allow::new(&config.allow_hosts, config.deny_internal));
     let refuse_oversize = match config.on_oversize.as_deref() {
         None | Some("truncate") => false,
         Some("refuse") => true,
@@ -268,7 +268,7 @@ fn sent_error(url: &reqwest::Url, e: &reqwest::Error) -> Failure {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
         let text = err.to_string();
-        if text.contains("; refused (name it in the tool's allow_hosts") {
+        if text.contains("; refused (") {
             return refused(text);
         }
         source = err.source();

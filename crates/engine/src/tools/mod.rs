@@ -366,6 +366,28 @@ impl Tools {
         .await;
     }
 
+    /// A tool a workflow defines (`tools:` in its definition), set up once per definition.
+    pub fn workflow_tool(name: &str, spec: &Value) -> Result<Arc<Entry>, Failure> {
+        type Cache = std::sync::Mutex<BTreeMap<String, Arc<Entry>>>;
+        static BUILT: std::sync::LazyLock<Cache> = std::sync::LazyLock::new(Default::default);
+        let key = format!("{name}\u{0}{spec}");
+        let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = built.get(&key) {
+            return Ok(entry.clone());
+        }
+        let mut config: ToolConfig = serde_json::from_value(spec.clone()).map_err(|e| {
+            Failure::new(ErrorClass::Permanent, format!("the workflow's tool '{name}' is not a tool definition: {e}"))
+        })?;
+        config.name = name.to_string();
+        config.deny_internal = true;
+        let entry = Arc::new(config::build(&config).map_err(|e| Failure::new(ErrorClass::Permanent, e))?);
+        if built.len() >= 256 {
+            built.clear();
+        }
+        built.insert(key, entry.clone());
+        Ok(entry)
+    }
+
     /// A tool by name, reaching its MCP server first if needed; else a failure naming the known
     /// tools (or why the server's tools are not there).
     pub async fn find(&self, name: &str) -> Result<Arc<Entry>, Failure> {

@@ -11,11 +11,13 @@ use std::sync::Arc;
 pub(crate) struct Allow {
     /// Empty: any public host.
     hosts: Vec<String>,
+    /// Internal addresses are refused even for a named host.
+    deny_internal: bool,
 }
 
 impl Allow {
-    pub fn new(hosts: &[String]) -> Allow {
-        Allow { hosts: hosts.iter().map(|h| normal(h)).collect() }
+    pub fn new(hosts: &[String], deny_internal: bool) -> Allow {
+        Allow { hosts: hosts.iter().map(|h| normal(h)).collect(), deny_internal }
     }
 
     /// Whether the host may be asked at all.
@@ -34,6 +36,9 @@ impl Allow {
     /// `Ok` if `host` (as the URL names it) may connect to `addr`; else why not.
     pub fn check(&self, host: &str, addr: IpAddr) -> Result<(), String> {
         match internal(addr) {
+            Some(what) if self.deny_internal => Err(format!(
+                "{host} resolves to {addr}, {what}; refused (a workflow's own tools never reach internal addresses)"
+            )),
             Some(what) if !self.named(host) => Err(format!(
                 "{host} resolves to {addr}, {what}; refused (name it in the tool's allow_hosts to allow it)"
             )),
@@ -178,10 +183,10 @@ mod tests {
 
     #[test]
     fn allow_hosts_limits_hosts_and_naming_an_internal_host_allows_it() {
-        let open = Allow::new(&[]);
+        let open = Allow::new(&[], false);
         assert!(open.host_allowed("example.com"));
         assert!(open.check("example.com", "127.0.0.1".parse().expect("ip")).is_err());
-        let list = Allow::new(&["api.example.com".into(), "*.corp.example".into(), "127.0.0.1".into()]);
+        let list = Allow::new(&["api.example.com".into(), "*.corp.example".into(), "127.0.0.1".into()], false);
         assert!(list.host_allowed("API.example.com."));
         assert!(!list.host_allowed("example.com"));
         assert!(list.host_allowed("a.corp.example"));
@@ -190,5 +195,7 @@ mod tests {
         assert!(list.check("127.0.0.1", "127.0.0.1".parse().expect("ip")).is_ok());
         let why = list.check("a.corp.example", "10.0.0.7".parse().expect("ip")).expect_err("refused");
         assert!(why.contains("10.0.0.7, a private address"), "{why}");
+        let strict = Allow::new(&["127.0.0.1".into()], true);
+        assert!(strict.check("127.0.0.1", "127.0.0.1".parse().expect("ip")).is_err());
     }
 }
