@@ -351,4 +351,57 @@ mod tests {
         }
         assert_eq!(std::fs::read_to_string(dir.path().join("secret.txt")).expect("secret"), "s3cret");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_symlink_swapped_in_during_reads_never_leads_out() {
+        // `swap` flips between a real directory inside the sandbox and a symlink to a directory
+        // outside it, as fast as it can, while the tool reads `swap/data.txt` again and again.
+        let dir = tempfile::tempdir().expect("dir");
+        let (inside, outside) = (dir.path().join("box"), dir.path().join("outside"));
+        std::fs::create_dir_all(inside.join("real")).expect("box");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(inside.join("real/data.txt"), "inside").expect("inside file");
+        std::fs::write(outside.join("data.txt"), "OUTSIDE").expect("outside file");
+        let t = tool(&inside);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flipper = {
+            let (inside, outside, stop) = (inside.clone(), outside.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (swap, spare) = (inside.join("swap"), inside.join("spare"));
+                std::os::unix::fs::symlink("real", &swap).expect("first link");
+                std::os::unix::fs::symlink(&outside, &spare).expect("escape link");
+                let mut flips = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // rename(2) swaps the links atomically: `swap` is always one or the other.
+                    let _ = std::fs::rename(&spare, inside.join("tmp"));
+                    let _ = std::fs::rename(&swap, &spare);
+                    let _ = std::fs::rename(inside.join("tmp"), &swap);
+                    flips += 1;
+                }
+                flips
+            })
+        };
+        let (mut inside_reads, mut refused) = (0, 0);
+        for _ in 0..2_000 {
+            match call(&t, json!({"op": "read", "path": "swap/data.txt"})).await {
+                Ok(read) => {
+                    assert_eq!(read["content"], "inside", "a read left the sandbox");
+                    inside_reads += 1;
+                }
+                Err(f) => {
+                    assert!(
+                        f.message.contains("leads out of the sandbox") || f.message.contains("does not exist"),
+                        "{f:?}"
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let flips = flipper.join().expect("flipper");
+        assert!(
+            flips > 100 && refused > 0,
+            "the race was exercised: {flips} flips, {inside_reads} reads, {refused} refused"
+        );
+    }
 }
