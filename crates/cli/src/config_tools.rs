@@ -1,7 +1,8 @@
 //! The tool tables of `cairn.toml`: `[tools.NAME]` (a configured tool of a built-in type) and
 //! `[mcp.NAME]` (an MCP server), checked into [`cairn_engine::tools::ToolsConfig`]. Each type has
 //! its own keys; an unknown key is refused with the known ones listed, at its line. Relative
-//! paths (`root`, `sqlite://PATH`) are taken from the config file's directory.
+//! paths (`root`, `sqlite://PATH`) are taken from the config file's directory, and stdio MCP
+//! servers start there.
 
 use super::config::{is_variable, located, position};
 use cairn_core::kinds::EffectClass;
@@ -288,7 +289,8 @@ pub(crate) fn check(
                 );
             }
         }
-        let mut server = McpConfig { name: key.clone(), ..McpConfig::default() };
+        let cwd = base.map(|b| b.display().to_string());
+        let mut server = McpConfig { name: key.clone(), cwd, ..McpConfig::default() };
         server.command = strings(&mut c, at, &t, &path, "command");
         server.env = string_map(&mut c, at, &t, &path, "env");
         server.url = string(&mut c, at, &t, &path, "url");

@@ -87,7 +87,7 @@ impl Activity for Kind {
                                 effect,
                                 reason: reason.clone(),
                             };
-                            let message = format!("call {n} waits for approval: {reason}");
+                            let message = format!("call {n} to tool '{name}' waits for approval: {reason}");
                             return Err(Failure {
                                 approval: Some(Box::new(call)),
                                 ..Failure::new(ErrorClass::ApprovalRequired, message)

@@ -75,6 +75,10 @@ pub struct McpConfig {
     pub name: String,
     #[serde(default)]
     pub command: Vec<String>,
+    /// Where a stdio server runs (the config file's directory, so that relative paths in its
+    /// command mean what they mean elsewhere in the file); `None`: this process's directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     pub url: Option<String>,

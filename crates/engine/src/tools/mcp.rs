@@ -193,6 +193,9 @@ impl McpServer {
                     // this process's keys and secrets.
                     let plain = INHERITED.iter().filter_map(|k| Some((*k, std::env::var_os(k)?)));
                     command.env_clear().envs(plain).args(args).envs(&self.config.env).kill_on_drop(true);
+                    if let Some(dir) = &self.config.cwd {
+                        command.current_dir(dir);
+                    }
                     let (transport, stderr) = rmcp::transport::TokioChildProcess::builder(command)
                         .stderr(std::process::Stdio::piped())
                         .spawn()

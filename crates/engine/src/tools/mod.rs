@@ -212,11 +212,7 @@ impl Entry {
 
     /// Why a call with these arguments needs a person, or `None`.
     pub fn approval_reason(&self, args: &Value) -> Option<String> {
-        let effect = self.effect(args);
-        self.spec
-            .approval
-            .reason(args, effect)
-            .map(|why| format!("tool '{}' ({}): {why}", self.spec.name, effect.as_str()))
+        self.spec.approval.reason(args, self.effect(args))
     }
 
     /// Makes the call (arguments already checked) and checks the result against the output
