@@ -12,8 +12,17 @@ use std::path::Path;
 use toml::Spanned;
 
 const COMMON: &[&str] = &["type", "description", "effect", "approval", "output_schema", "compensate"];
-const HTTP: &[&str] =
-    &["allow_hosts", "headers", "connect_timeout", "timeout", "max_response_bytes", "on_oversize", "max_redirects"];
+const HTTP: &[&str] = &[
+    "url",
+    "method",
+    "allow_hosts",
+    "headers",
+    "connect_timeout",
+    "timeout",
+    "max_response_bytes",
+    "on_oversize",
+    "max_redirects",
+];
 const SQL: &[&str] = &["connection", "password_env", "max_rows", "statement_timeout"];
 const FILE: &[&str] = &["root", "max_file_bytes"];
 const MCP: &[&str] = &["command", "env", "url", "headers", "headers_env", "effects", "approval", "timeout"];
@@ -134,6 +143,27 @@ fn beside(base: Option<&Path>, path: &str) -> String {
     }
 }
 
+/// A table's name, where it starts and its settings; `None` (with the problem) for a name steps
+/// could not write.
+fn named(
+    c: &mut Checker,
+    section: &str,
+    what: &str,
+    name: Spanned<String>,
+    table: Spanned<toml::Table>,
+) -> Option<(String, usize, toml::Table)> {
+    let key = name.get_ref().clone();
+    if !is_name(&key) {
+        let message = format!(
+            "`{section}.{}`: {what} name is a letter, then up to 63 letters, digits, `_` or `-`",
+            key.escape_debug()
+        );
+        c.problem(name.span().start, message);
+        return None;
+    }
+    Some((key, table.span().start, table.into_inner()))
+}
+
 /// Checks the tool tables; problems go to `problems`, one line each.
 pub(crate) fn check(
     tools: BTreeMap<Spanned<String>, Spanned<toml::Table>>,
@@ -146,18 +176,7 @@ pub(crate) fn check(
     let mut c = Checker { text, file, problems };
     let mut out = ToolsConfig::default();
     for (name, table) in tools {
-        let (key, at) = (name.get_ref().clone(), table.span().start);
-        let t = table.into_inner();
-        if !is_name(&key) {
-            c.problem(
-                name.span().start,
-                format!(
-                    "`tools.{}`: a tool name is a letter, then up to 63 letters, digits, `_` or `-`",
-                    key.escape_debug()
-                ),
-            );
-            continue;
-        }
+        let Some((key, at, t)) = named(&mut c, "tools", "a tool", name, table) else { continue };
         let path = format!("tools.{key}");
         let Some(kind) = string(&mut c, at, &t, &path, "type") else {
             c.problem(at, format!("`{path}` needs `type`: http_request, sql_query or file"));
@@ -205,6 +224,8 @@ pub(crate) fn check(
                 _ => c.problem(at, format!("`{path}.output_schema` must be a JSON Schema (a table) that compiles")),
             }
         }
+        tool.url = string(&mut c, at, &t, &path, "url");
+        tool.method = string(&mut c, at, &t, &path, "method");
         tool.allow_hosts = strings(&mut c, at, &t, &path, "allow_hosts");
         tool.headers = string_map(&mut c, at, &t, &path, "headers");
         for h in tool.headers.keys() {
@@ -264,18 +285,7 @@ pub(crate) fn check(
         out.tools.insert(key, tool);
     }
     for (name, table) in mcp {
-        let (key, at) = (name.get_ref().clone(), table.span().start);
-        let t = table.into_inner();
-        if !is_name(&key) {
-            c.problem(
-                name.span().start,
-                format!(
-                    "`mcp.{}`: a server name is a letter, then up to 63 letters, digits, `_` or `-`",
-                    key.escape_debug()
-                ),
-            );
-            continue;
-        }
+        let Some((key, at, t)) = named(&mut c, "mcp", "a server", name, table) else { continue };
         let path = format!("mcp.{key}");
         for k in t.keys() {
             if !MCP.contains(&k.as_str()) {

@@ -111,8 +111,46 @@ pub fn document(def: &Definition) -> Doc {
         }
         doc.set("inputs", inputs);
     }
+    if let Some(b) = &def.budget {
+        doc.set("budget", budget(b));
+    }
+    if !def.tools.is_empty() {
+        let mut tools = Doc::map();
+        for (name, spec) in &def.tools {
+            tools.set(name, tool(spec));
+        }
+        doc.set("tools", tools);
+    }
     doc.set("steps", Doc::List(def.steps.iter().map(step).collect()));
     doc
+}
+
+fn budget(b: &cairn_core::definition::Budget) -> Doc {
+    let mut m = Doc::map();
+    if let Some(usd) = b.max_cost_usd {
+        m.set("max_cost_usd", json!(usd));
+    }
+    if let Some(tokens) = b.max_tokens {
+        m.set("max_tokens", json!(tokens));
+    }
+    let on_exceed = serde_json::to_value(b.on_exceed).unwrap_or(json!("fail"));
+    m.set("on_exceed", on_exceed);
+    m
+}
+
+/// A workflow's own tool as written: the compiled form without what compiling added.
+fn tool(spec: &Value) -> Doc {
+    let mut m = Doc::map();
+    for (k, v) in spec.as_object().into_iter().flatten() {
+        match k.as_str() {
+            "name" | "deny_internal" => {}
+            "timeout_ms" | "connect_timeout_ms" => {
+                m.set(k.trim_end_matches("_ms"), json!(duration(v.as_u64().unwrap_or(0))));
+            }
+            _ => m.set(k, v.clone()),
+        }
+    }
+    m
 }
 
 fn step(s: &Step) -> Doc {
@@ -166,6 +204,9 @@ fn step(s: &Step) -> Doc {
     }
     if let Some(c) = &s.compensate {
         m.set("compensate", compensate(c));
+    }
+    if let Some(b) = &s.budget {
+        m.set("budget", budget(b));
     }
     m
 }
@@ -407,11 +448,23 @@ mod tests {
     }
 
     #[test]
+    fn budgets_and_a_workflows_own_tools_are_written_back() {
+        let source = "name: t\nbudget: {max_cost_usd: 2.5, on_exceed: escalate}\ntools:\n  hook: {type: http_request, allow_hosts: [a.example], timeout: 10s, approval: never}\nsteps:\n  - {id: a, kind: tool, budget: {max_tokens: 900}, with: {tool: hook, args: {url: 'https://a.example/'}}}\n";
+        let def = parse_definition(source, "t.yaml", crate::kinds::kinds()).expect("valid");
+        assert_eq!(def.tools["hook"]["timeout_ms"], 10_000);
+        let (from_yaml, from_json) = reparsed(&document(&def));
+        assert_eq!(from_yaml, def);
+        assert_eq!(from_json, def);
+    }
+
+    #[test]
     fn every_shipped_example_written_back_parses_to_the_same_definition() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
         let mut checked = 0;
-        for entry in std::fs::read_dir(dir).expect("examples") {
-            let path = entry.expect("entry").path();
+        let entries = std::fs::read_dir(dir).expect("examples").map(|e| e.expect("entry").path());
+        let tools =
+            std::fs::read_dir(format!("{dir}/tools")).expect("examples/tools").map(|e| e.expect("entry").path());
+        for path in entries.chain(tools).filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
             let source = std::fs::read_to_string(&path).expect("read example");
             let Ok(def) = parse_definition(&source, &path.display().to_string(), crate::kinds::kinds()) else {
                 continue;

@@ -308,14 +308,19 @@ fn notify_workflow(env: &Env, addr: &str) -> std::path::PathBuf {
     )
 }
 
+/// `cairn run` of the notify workflow, once its POST waits for approval: the process and the run.
+fn blocked(env: &Env, addr: &str) -> (std::process::Child, String) {
+    let wf = notify_workflow(env, addr);
+    let (child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(tool call approval)", LONG);
+    (child, env.only_run().id)
+}
+
 #[test]
 fn a_write_waits_for_approval_survives_a_restart_and_is_sent_once_with_the_edited_arguments() {
     let env = Env::new();
     let (addr, seen) = recorder();
-    let wf = notify_workflow(&env, &addr);
-    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
-    wait_line(&lines, "blocked(tool call approval)", LONG);
-    let id = env.only_run().id;
+    let (mut child, id) = blocked(&env, &addr);
     assert_eq!(env.step(&id, "post").status, "WAITING");
     assert!(seen.lock().expect("seen").is_empty(), "nothing is sent before the approval");
     // The approvals list shows the tool, the arguments and why.
@@ -359,10 +364,7 @@ fn a_write_waits_for_approval_survives_a_restart_and_is_sent_once_with_the_edite
 fn a_rejected_write_fails_its_step_with_the_reason_and_is_never_sent() {
     let env = Env::new();
     let (addr, seen) = recorder();
-    let wf = notify_workflow(&env, &addr);
-    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
-    wait_line(&lines, "blocked(tool call approval)", LONG);
-    let id = env.only_run().id;
+    let (mut child, id) = blocked(&env, &addr);
     let out = env.run(&["reject", &id, "post", "--reason", "not to that channel", "--by", "bo"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(wait_exit(&mut child, LONG).code(), Some(1));
@@ -493,4 +495,27 @@ fn the_api_lists_tools_and_shows_a_waiting_call_that_is_approved_with_edited_arg
     let sent = seen.lock().expect("seen").clone();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body, "{\"text\":\"edited in the API\"}");
+}
+
+#[test]
+fn an_http_endpoint_tool_sends_to_its_url_only() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    config(
+        &env,
+        &format!("[tools.inbox]\ntype = \"http_request\"\nurl = \"http://{addr}/inbox\"\nmethod = \"POST\"\n"),
+    );
+    let listed = stdout(&env.run(&["tools", "show", "inbox", "--json"]));
+    let shown: Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!((shown["effect"].as_str(), shown["approval"].as_str()), (Some("write"), Some("by_effect")));
+    assert_eq!(shown["input_schema"]["required"], json!([]));
+    let (code, _, err) = call(&env, "inbox", &json!({"body": {"n": 1}, "query": {"from": "cli"}}), true);
+    assert_eq!(code, 0, "{err}");
+    refused(&env, "inbox", json!({"url": "http://10.0.0.1/"}), "'url' was unexpected");
+    let sent = seen.lock().expect("seen").clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].method.as_str(), sent[0].path.as_str(), sent[0].body.as_str()),
+        ("POST", "/inbox?from=cli", "{\"n\":1}")
+    );
 }

@@ -30,6 +30,11 @@ pub struct ToolConfig {
     /// Another tool that undoes this one (shown; called by sagas).
     pub compensate: Option<String>,
     // http_request
+    /// A fixed endpoint (`https://api.example.com/notes`): calls go there (args then give only
+    /// `headers`, `query`, `body`), and its host is allowed unless `allow_hosts` says otherwise.
+    pub url: Option<String>,
+    /// With `url`: the method every call uses (default: the call's `method`, else GET).
+    pub method: Option<String>,
     /// Hosts the tool may reach (`api.example.com`, `*.example.com`); empty: any public host.
     /// Naming a loopback or private host or address here allows it.
     #[serde(default)]

@@ -25,6 +25,9 @@ const DEFAULT_REDIRECTS: u32 = 5;
 
 struct HttpTool {
     client: reqwest::Client,
+    /// A fixed endpoint, and the method its calls use, when the config gives them.
+    endpoint: Option<reqwest::Url>,
+    method: Option<String>,
     allow: Arc<Allow>,
     headers: Vec<(String, String)>,
     max_bytes: u64,
@@ -33,7 +36,27 @@ struct HttpTool {
 }
 
 pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
-    let allow = Arc::new(Allow::new(&config.allow_hosts, config.deny_internal));
+    let endpoint = match &config.url {
+        Some(url) => {
+            let parsed = reqwest::Url::parse(url).map_err(|e| format!("`url` {url} is not a URL: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                return Err(format!("`url` {url} is not an http:// or https:// URL with a host"));
+            }
+            Some(parsed)
+        }
+        None => None,
+    };
+    let method = match &config.method {
+        Some(m) if METHODS.contains(&m.to_ascii_uppercase().as_str()) => Some(m.to_ascii_uppercase()),
+        Some(m) => return Err(format!("`method` {m} is not one of {}", METHODS.join(", "))),
+        None => None,
+    };
+    // A fixed endpoint's host is the one allowed (and named) unless the list says otherwise.
+    let hosts = match (&endpoint, config.allow_hosts.is_empty()) {
+        (Some(url), true) => vec![url.host_str().unwrap_or_default().to_string()],
+        _ => config.allow_hosts.clone(),
+    };
+    let allow = Arc::new(Allow::new(&hosts, config.deny_internal));
     let refuse_oversize = match config.on_oversize.as_deref() {
         None | Some("truncate") => false,
         Some("refuse") => true,
@@ -48,34 +71,49 @@ pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
         .timeout(Duration::from_millis(config.timeout_ms.unwrap_or(30_000)))
         .build()
         .map_err(|e| format!("cannot set up its HTTP client: {e}"))?;
-    let hosts = if config.allow_hosts.is_empty() {
-        "any public host".to_string()
-    } else {
-        format!("only {}", config.allow_hosts.join(", "))
+    let reaches = match (&endpoint, hosts.is_empty()) {
+        (Some(url), _) => format!("to {url}"),
+        (None, true) => "to any public host".to_string(),
+        (None, false) => format!("to {} only", hosts.join(", ")),
     };
+    let mut properties = serde_json::Map::new();
+    if method.is_none() {
+        let names: Vec<String> = METHODS.iter().flat_map(|m| [m.to_string(), m.to_ascii_lowercase()]).collect();
+        properties.insert("method".into(), json!({"type": "string", "enum": names, "description": "default GET"}));
+    }
+    if endpoint.is_none() {
+        properties.insert(
+            "url".into(),
+            json!({"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://", "description": "http:// or https://"}),
+        );
+    }
+    properties.insert("headers".into(), json!({"type": "object", "additionalProperties": {"type": "string"}}));
+    properties.insert(
+        "query".into(),
+        json!({"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}}),
+    );
+    properties.insert("body".into(), json!({"description": "a string is sent as text, anything else as JSON"}));
+    let required: Vec<&str> = if endpoint.is_none() { vec!["url"] } else { Vec::new() };
     Ok(Built {
         description: format!(
-            "Sends one HTTP request ({hosts}) and returns {{status, headers, body, truncated}}; a JSON answer is \
+            "Sends one HTTP request ({reaches}) and returns {{status, headers, body, truncated}}; a JSON answer is \
              parsed into body."
         ),
         input_schema: json!({
             "type": "object",
-            "required": ["url"],
-            "properties": {
-                "method": {"type": "string", "enum": ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE",
-                                                      "get", "head", "options", "post", "put", "patch", "delete"],
-                           "description": "default GET"},
-                "url": {"type": "string", "pattern": "^[hH][tT][tT][pP][sS]?://", "description": "http:// or https://"},
-                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
-                "body": {"description": "a string is sent as text, anything else as JSON"}
-            },
+            "required": required,
+            "properties": properties,
             "additionalProperties": false
         }),
-        effect: EffectClass::Write,
-        effect_note: Some("GET, HEAD and OPTIONS only read".into()),
+        effect: match method.as_deref() {
+            Some("GET" | "HEAD" | "OPTIONS") => EffectClass::Read,
+            _ => EffectClass::Write,
+        },
+        effect_note: method.is_none().then(|| "GET, HEAD and OPTIONS only read".into()),
         code: Arc::new(HttpTool {
             client,
+            endpoint,
+            method,
             allow,
             headers: config.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             max_bytes: config.max_response_bytes.unwrap_or(DEFAULT_MAX_BYTES),
@@ -89,22 +127,36 @@ fn refused(message: String) -> Failure {
     Failure { code: Some("refused".into()), ..Failure::new(ErrorClass::Permanent, message) }
 }
 
-fn method_of(args: &Value) -> String {
-    args.get("method").and_then(Value::as_str).unwrap_or("GET").to_ascii_uppercase()
+const METHODS: &[&str] = &["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
+
+impl HttpTool {
+    /// The call's method: the configured one, else the call's, else GET.
+    fn method_of(&self, args: &Value) -> String {
+        match &self.method {
+            Some(m) => m.clone(),
+            None => args.get("method").and_then(Value::as_str).unwrap_or("GET").to_ascii_uppercase(),
+        }
+    }
 }
 
 impl Tool for HttpTool {
     fn effect(&self, declared: EffectClass, args: &Value) -> EffectClass {
-        if matches!(method_of(args).as_str(), "GET" | "HEAD" | "OPTIONS") { EffectClass::Read } else { declared }
+        if matches!(self.method_of(args).as_str(), "GET" | "HEAD" | "OPTIONS") { EffectClass::Read } else { declared }
     }
 
     fn call<'a>(&'a self, args: &'a Value, ctx: CallContext<'a>) -> ToolFuture<'a> {
         Box::pin(async move {
-            let mut method = reqwest::Method::from_bytes(method_of(args).as_bytes())
+            let mut method = reqwest::Method::from_bytes(self.method_of(args).as_bytes())
                 .map_err(|_| Failure::new(ErrorClass::Permanent, "args.method is not an HTTP method"))?;
-            let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
-            let mut url = reqwest::Url::parse(raw)
-                .map_err(|e| Failure::new(ErrorClass::Permanent, format!("args.url `{raw}` is not a URL: {e}")))?;
+            let mut url = match &self.endpoint {
+                Some(url) => url.clone(),
+                None => {
+                    let raw = args.get("url").and_then(Value::as_str).unwrap_or_default();
+                    reqwest::Url::parse(raw).map_err(|e| {
+                        Failure::new(ErrorClass::Permanent, format!("args.url `{raw}` is not a URL: {e}"))
+                    })?
+                }
+            };
             if let Some(Value::Object(query)) = args.get("query") {
                 let mut pairs = url.query_pairs_mut();
                 for (k, v) in query {
