@@ -23,7 +23,8 @@ const HTTP: &[&str] = &[
     "on_oversize",
     "max_redirects",
 ];
-const SQL: &[&str] = &["connection", "password_env", "max_rows", "statement_timeout"];
+const SQL: &[&str] =
+    &["connection", "password_env", "max_rows", "max_response_bytes", "statement_timeout", "allow_superuser"];
 const FILE: &[&str] = &["root", "max_file_bytes"];
 const MCP: &[&str] = &["command", "env", "url", "headers", "headers_env", "effects", "approval", "timeout"];
 
@@ -266,6 +267,15 @@ pub(crate) fn check(
                 None => conn,
             });
         tool.password_env = string(&mut c, at, &t, &path, "password_env");
+        tool.allow_superuser = match get(&t, "allow_superuser") {
+            None => false,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(v) => {
+                c.problem(at, format!("`{path}.allow_superuser` is `{}`; use true or false", shown(v)));
+                false
+            }
+        };
+
         if let Some(var) = &tool.password_env
             && !is_variable(var)
         {

@@ -126,6 +126,7 @@ async fn call(registry: &Arc<Tools>, name: &str, args: &str, yes: bool, json: bo
     let args: Value = serde_json::from_str(args).map_err(|e| CliError::usage(format!("--args is not JSON: {e}")))?;
     registry.connect_all().await;
     let entry = registry.find(name).await.map_err(|f| CliError::usage(f.message))?;
+    let args = entry.normalize(args);
     entry.check_args(&args).map_err(|f| CliError::usage(f.message))?;
     let effect = entry.effect(&args);
     if effect.needs_effect_key() && !yes {

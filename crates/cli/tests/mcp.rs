@@ -149,10 +149,10 @@ fn a_server_that_dies_mid_call_fails_it_as_transient_and_is_started_again() {
     env.write("cairn.toml", &stdio_config(&modules, &sandbox));
     let wf = env.write(
         "wf.yaml",
-        "name: long\nsteps:\n  - id: op\n    kind: tool\n    retry: {max_attempts: 3, initial_delay: 100ms, jitter: 0}\n    with: {tool: everything.trigger-long-running-operation, args: {duration: 3, steps: 3}}\n",
+        "name: long\nsteps:\n  - {id: hello, kind: tool, with: {tool: everything.echo, args: {message: hi}}}\n  - id: op\n    kind: tool\n    needs: [hello]\n    retry: {max_attempts: 3, initial_delay: 100ms, jitter: 0}\n    with: {tool: everything.trigger-long-running-operation, args: {duration: 4, steps: 4}}\n",
     );
     let (mut child, _lines) = env.spawn(&["run", path_str(&wf)], &[]);
-    // The server starts when the step first needs it; kill it during the call.
+    // The server starts for the first step; once the second step's call is under way, kill it.
     let mut killed = false;
     let deadline = std::time::Instant::now() + LONG;
     while !killed && std::time::Instant::now() < deadline {
@@ -163,7 +163,7 @@ fn a_server_that_dies_mid_call_fails_it_as_transient_and_is_started_again() {
         if let Some(pid) = pids.split_whitespace().next()
             && started
         {
-            std::thread::sleep(Duration::from_millis(800));
+            std::thread::sleep(Duration::from_millis(1_000));
             assert!(Command::new("kill").args(["-9", pid]).status().expect("kill").success());
             killed = true;
         }

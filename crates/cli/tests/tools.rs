@@ -148,10 +148,32 @@ fn sql_queries_read_and_everything_that_writes_is_refused_on_sqlite() {
         json!({"sql": "SELECT 1", "limit": 3}),
         "Additional properties are not allowed ('limit' was unexpected)",
     );
+    // No value larger than the answer may hold is made, and the rows stop at the byte cap.
+    let capped =
+        "[tools.orders_db]\ntype = \"sql_query\"\nconnection = \"sqlite://orders.db\"\nmax_response_bytes = 2048\n";
+    config(&env, capped);
+    let huge = json!({"sql": "SELECT printf('%.*c', 30000000, 'x') AS x FROM orders"});
+    refused(&env, "orders_db", huge, "over this tool's max_response_bytes (2048)");
+    let (_, out, _) =
+        call(&env, "orders_db", &json!({"sql": "SELECT printf('%.*c', 900, 'x') AS x FROM orders"}), false);
+    let answer: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!((answer["row_count"].as_u64(), answer["truncated"].as_bool()), (Some(2), Some(true)), "{out}");
+}
+
+/// A login role that can only read, dropped at the end of the test (after its database).
+struct Reader(String);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let base = common::pg::base_url();
+        let drop = format!("DROP ROLE IF EXISTS {}", self.0);
+        let _ = std::process::Command::new("psql").args([base.as_str(), "-qAtc", &drop]).output();
+    }
 }
 
 #[test]
 fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
+    let reader = Reader(format!("cairn_reader_{}", std::process::id()));
     let Some(db) = common::pg::Database::create("tools") else { return };
     let psql = |sql: &str| {
         let out = std::process::Command::new("psql").args([db.url.as_str(), "-qAtc", sql]).output().expect("psql");
@@ -162,7 +184,15 @@ fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
         "CREATE TABLE orders(id serial PRIMARY KEY, customer text, total numeric); INSERT INTO orders(customer, total) VALUES ('ann', 120.5), ('bob', 30); CREATE SEQUENCE s;",
     );
     let env = Env::new();
+    // A superuser's connection is refused: a read-only transaction does not stop its functions.
     config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{}\"\n", db.url));
+    refused(&env, "pg", json!({"sql": "SELECT 1"}), "is a superuser");
+    psql(&format!(
+        "DROP ROLE IF EXISTS {0}; CREATE ROLE {0} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {0}",
+        reader.0
+    ));
+    let url = db.url.replacen("postgres@", &format!("{}@", reader.0), 1);
+    config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{url}\"\n"));
     let (code, out, err) = call(
         &env,
         "pg",
@@ -192,6 +222,7 @@ fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
         ("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d", "data-modifying"),
         ("SELECT * INTO t FROM orders", "SELECT … INTO"),
         ("SELECT pg_terminate_backend(1)", "pg_terminate_backend() is not allowed"),
+        ("SELECT * FROM ts_stat('select to_tsvector(pg_terminate_backend(1)::text)')", "ts_stat() is not allowed"),
         ("SELECT nextval('s')", "nextval() is not allowed"),
         ("SELECT * FROM orders FOR UPDATE", "row locks"),
         ("COPY orders TO STDOUT", "COPY"),
@@ -203,11 +234,15 @@ fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
     assert_eq!(psql("SELECT count(*) FROM pg_tables WHERE tablename = 't'"), "0");
     // The second guard on its own: a function that writes but is not on the deny-list is stopped
     // by the read-only transaction.
-    psql("CREATE FUNCTION wipe() RETURNS int LANGUAGE sql AS 'DELETE FROM orders RETURNING 1'");
+    psql(&format!(
+        "CREATE FUNCTION wipe() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM orders RETURNING 1'; \
+         GRANT EXECUTE ON FUNCTION wipe() TO {}",
+        reader.0
+    ));
     refused(&env, "pg", json!({"sql": "SELECT wipe()"}), "read-only transaction");
     assert_eq!(psql("SELECT count(*) FROM orders"), "2");
     // A statement timeout stops a long query.
-    config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{}\"\nstatement_timeout = 0.3\n", db.url));
+    config(&env, &format!("[tools.pg]\ntype = \"sql_query\"\nconnection = \"{url}\"\nstatement_timeout = 0.3\n"));
     refused(&env, "pg", json!({"sql": "SELECT count(*) FROM generate_series(1, 100000000)"}), "timeout");
 }
 
@@ -449,6 +484,17 @@ fn a_workflow_defines_http_tools_only_and_they_never_reach_internal_addresses() 
     let id = env.only_run().id;
     let message = env.step(&id, "ping").error_message.unwrap_or_default();
     assert!(message.contains("a workflow's own tools never reach internal addresses"), "{message}");
+    // A workflow may not stand in for a tool the server declares.
+    config(&env, "[tools.hook]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\n");
+    let wf = env.write(
+        "shadow.yaml",
+        &std::fs::read_to_string(&wf).expect("wf").replace("name: own", "name: shadow").replace("ping", "pong"),
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let id = env.runs().into_iter().find(|r| r.workflow == "shadow").expect("run").id;
+    let message = env.step(&id, "pong").error_message.unwrap_or_default();
+    assert!(message.contains("already a tool of this server's registry"), "{message}");
     assert!(seen.lock().expect("seen").is_empty());
 }
 
@@ -518,4 +564,41 @@ fn an_http_endpoint_tool_sends_to_its_url_only() {
         (sent[0].method.as_str(), sent[0].path.as_str(), sent[0].body.as_str()),
         ("POST", "/inbox?from=cli", "{\"n\":1}")
     );
+}
+
+#[test]
+fn policies_see_canonical_arguments_and_edits_are_held_to_the_tools_rules() {
+    let env = Env::new();
+    let (addr, seen) = recorder();
+    config(
+        &env,
+        "[tools.web]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\napproval = \"args.method == 'DELETE'\"\n",
+    );
+    let wf = env.write(
+        "wf.yaml",
+        &format!("name: del\nsteps:\n  - {{id: d, kind: tool, with: {{tool: web, args: {{method: delete, url: \"http://{addr}/records/42\"}}}}}}\n"),
+    );
+    // `delete` is the DELETE the policy names.
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(tool call approval)", LONG);
+    let id = env.only_run().id;
+    let listed: Value = serde_json::from_str(&stdout(&env.run(&["approvals", "--json"]))).expect("json");
+    assert_eq!(listed[0]["call"]["args"]["method"], "DELETE");
+    // Edited arguments that the tool would refuse are refused at once.
+    let elsewhere = json!({"method": "DELETE", "url": "http://127.0.0.2:9/x"});
+    let out = env.run(&["approve", &id, "d", "--args", &elsewhere.to_string()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("host 127.0.0.2 is not in this tool's allow_hosts"), "{}", stderr(&out));
+    assert!(env.run(&["approve", &id, "d", "--by", "ana"]).status.success());
+    assert_eq!(wait_exit(&mut child, LONG).code(), Some(0));
+    // The same approval again is answered; other arguments now are refused.
+    let again = env.run(&["approve", &id, "d"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let other = json!({"method": "DELETE", "url": format!("http://{addr}/records/43")});
+    let out = env.run(&["approve", &id, "d", "--args", &other.to_string()]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("already finished (COMPLETED); nothing can change it"), "{}", stderr(&out));
+    let sent = seen.lock().expect("seen").clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].method.as_str(), sent[0].path.as_str()), ("DELETE", "/records/42"));
 }

@@ -535,7 +535,8 @@ impl<S: Store> Engine<S> {
             None => self.inner.config.tools.find(&call.tool).await,
         };
         let tool = tool.map_err(|f| Error::Invalid(f.message))?;
-        tool.check_args(args).map_err(|f| Error::Refused { code: "invalid_args", message: f.message })
+        tool.check_args(&tool.normalize(args.clone()))
+            .map_err(|f| Error::Refused { code: "invalid_args", message: f.message })
     }
 
     /// Nothing can change a finished run, but the same decision again is answered as such.

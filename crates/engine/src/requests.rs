@@ -263,7 +263,7 @@ pub(crate) fn check(state: &RunState, control: &Control) -> Result<Option<(&'sta
     if status.is_terminal() {
         // The same decision again is answered even after the run finished.
         if let Control::Decide { step, approve, escalation: None, args, .. } = control
-            && let Ok(Some(unchanged)) = check_decision(state, step, *approve, None, args.is_some())
+            && let Ok(Some(unchanged)) = check_decision(state, step, *approve, None, args.as_ref())
         {
             return Ok(Some(unchanged));
         }
@@ -307,7 +307,7 @@ pub(crate) fn check(state: &RunState, control: &Control) -> Result<Option<(&'sta
             }
         }
         Control::Decide { step, approve, escalation, args, .. } => {
-            check_decision(state, step, *approve, escalation.as_ref(), args.is_some())
+            check_decision(state, step, *approve, escalation.as_ref(), args.as_ref())
         }
     }
 }
@@ -317,7 +317,7 @@ fn check_decision(
     step: &str,
     approve: bool,
     escalation: Option<&EscalationChoice>,
-    edited: bool,
+    edited: Option<&Value>,
 ) -> Result<Option<(&'static str, String)>, Error> {
     let id = &state.run_id;
     let waiting: Vec<&str> = state.steps.iter().filter(|s| s.awaits_decision()).map(|s| s.id.as_str()).collect();
@@ -334,6 +334,21 @@ fn check_decision(
         if let Some((approved, by, _)) = previous {
             let who = by.as_deref().map(|b| format!(" by {b}")).unwrap_or_default();
             let was = if *approved { "approved" } else { "rejected" };
+            // A tool call approved with other arguments than these: not the same decision.
+            let call_args = s.approval.as_ref().and_then(|a| a.call.as_ref()).map(|asked| {
+                s.call_decisions.iter().rev().find(|d| d.call == asked.call).and_then(|d| d.args.as_ref())
+            });
+            if let Some(before) = call_args
+                && before != edited
+            {
+                return Err(refused(
+                    "already_decided",
+                    format!(
+                        "step '{step}' was already {was}{who} with {}; it cannot be decided again with other arguments",
+                        if before.is_some() { "edited arguments" } else { "its own arguments" }
+                    ),
+                ));
+            }
             if escalation.is_none() && !s.escalated {
                 if *approved == approve {
                     return Ok(Some(("already_decided", format!("step '{step}' was already {was}{who}"))));
@@ -366,7 +381,7 @@ fn check_decision(
             format!("step '{step}' of run {id} is not waiting for a decision (it is {what}); {}", waiting_list()),
         ));
     }
-    if edited && !s.awaits_call_decision() {
+    if edited.is_some() && !s.awaits_call_decision() {
         return Err(refused(
             "wrong_decision",
             format!(
@@ -374,7 +389,7 @@ fn check_decision(
             ),
         ));
     }
-    if edited && !approve {
+    if edited.is_some() && !approve {
         return Err(refused("wrong_decision", "edited arguments go with an approval, not a rejection".to_string()));
     }
     match (s.escalated, escalation) {

@@ -196,21 +196,29 @@ impl Resolved {
     /// `text` with every value (of at least [`MIN_REDACTED_CHARS`]) replaced by
     /// `[redacted secret NAME]`, in one pass, so a marker is never redacted again.
     pub fn redact(&self, text: &str) -> String {
+        if self.needles.is_empty() {
+            return text.to_string();
+        }
+        // Matched regardless of ASCII case: a value that went through a URL's host, a header
+        // name or any other lower-casing still is the secret. ASCII case folding keeps every
+        // byte where it was, so positions in the folded text are positions in the text.
+        let folded = text.to_ascii_lowercase();
+        let needles: Vec<(&String, String)> =
+            self.needles.iter().map(|(name, v)| (name, v.to_ascii_lowercase())).collect();
         let mut out = String::with_capacity(text.len());
-        let mut rest = text;
+        let mut from = 0;
         loop {
             // The earliest occurrence; at the same place the longest value (listed first).
-            let next = self
-                .needles
+            let next = needles
                 .iter()
-                .filter_map(|(name, v)| rest.find(v.as_str()).map(|at| (at, name, v.len())))
+                .filter_map(|(name, v)| folded[from..].find(v.as_str()).map(|at| (from + at, *name, v.len())))
                 .min_by_key(|(at, ..)| *at);
             let Some((at, name, len)) = next else { break };
-            out.push_str(&rest[..at]);
+            out.push_str(&text[from..at]);
             out.push_str(&format!("[redacted secret {name}]"));
-            rest = &rest[at + len..];
+            from = at + len;
         }
-        out.push_str(rest);
+        out.push_str(&text[from..]);
         out
     }
 
@@ -272,6 +280,17 @@ mod tests {
         let real = resolved.apply(&input, &slots);
         assert_eq!(real["headers"]["Authorization"], "Bearer tok-123456");
         assert_eq!(real["body"], "{{ secrets.API_TOKEN }}", "text that only looks like a reference stays text");
+    }
+
+    #[test]
+    fn a_value_is_redacted_whatever_its_ascii_case() {
+        let s = source(&[("CAIRN_SECRET_TOKEN", "SuperSecret123")]);
+        let resolved = s.resolve(&[slot("", vec![Part::Secret("TOKEN".into())])]).expect("resolved");
+        let text = "host supersecret123.invalid, or SUPERSECRET123, é SuperSecret123!";
+        assert_eq!(
+            resolved.redact(text),
+            "host [redacted secret TOKEN].invalid, or [redacted secret TOKEN], é [redacted secret TOKEN]!"
+        );
     }
 
     #[test]

@@ -90,7 +90,11 @@ pub(super) fn compile(
                         Err(e) => Some(bad(&format!("is not never, always or a CEL condition over `args`: {e}"))),
                     },
                 },
-                ("allow_hosts", Value::Array(hosts)) if hosts.iter().all(Value::is_string) => {
+                ("allow_hosts", Value::Array(hosts))
+                    if hosts.iter().all(|h| {
+                        h.as_str().is_some_and(|h| !h.is_empty() && !h.contains(['/', ' ', '@', '\t']) && h != "*")
+                    }) =>
+                {
                     tool.insert(field.clone(), value.clone());
                     None
                 }

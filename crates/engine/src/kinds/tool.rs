@@ -51,12 +51,20 @@ impl Activity for Kind {
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
             let name = attempt.input.get("tool").and_then(Value::as_str).unwrap_or_default().to_string();
-            // The workflow's own tools first, then the registry.
+            // The workflow's own tools, then the registry; a workflow may not stand in for a
+            // tool the server declares (its policy and allowances are the server's to set).
             let entry = match attempt.workflow_tools.get(&name) {
+                Some(_) if self.tools.get(&name).is_some() || name.contains('.') => {
+                    let message = format!(
+                        "the workflow defines a tool named '{name}', which is already a tool of this server's \
+                         registry (`cairn tools list`); rename the workflow's tool"
+                    );
+                    return Err(Failure::new(ErrorClass::Permanent, message));
+                }
                 Some(spec) => Tools::workflow_tool(&name, spec)?,
                 None => self.tools.find(&name).await?,
             };
-            let mut args = attempt.input.get("args").cloned().unwrap_or_else(|| json!({}));
+            let mut args = entry.normalize(attempt.input.get("args").cloned().unwrap_or_else(|| json!({})));
             let n = attempt.next_call();
             if !attempt.call_recorded(n) {
                 match attempt.call_decision(n).cloned() {
@@ -72,7 +80,7 @@ impl Activity for Kind {
                     Some(decision) => {
                         if let Some(edited) = decision.args {
                             attempt.log(format!("call {n} to tool '{name}': approved with edited arguments"));
-                            args = edited;
+                            args = entry.normalize(edited);
                         }
                         entry.check_args(&args)?;
                     }

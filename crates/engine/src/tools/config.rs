@@ -57,6 +57,10 @@ pub struct ToolConfig {
     pub connection: Option<String>,
     /// The environment variable holding the PostgreSQL password (never written in the file).
     pub password_env: Option<String>,
+    /// Let a PostgreSQL superuser run the queries (refused by default: a read-only transaction
+    /// does not stop a superuser's functions).
+    #[serde(default)]
+    pub allow_superuser: bool,
     pub max_rows: Option<u32>,
     pub statement_timeout_ms: Option<u64>,
     // file

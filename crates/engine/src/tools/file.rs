@@ -170,10 +170,15 @@ fn type_name(t: FileType) -> &'static str {
     }
 }
 
-/// Refuses what is not a regular file (a device, a FIFO, a socket, a directory).
+/// Refuses what is not a regular file (a device, a FIFO, a socket, a directory), and a file with
+/// other names (hard links: one of them may lie outside the sandbox).
 fn regular(fd: &OwnedFd, shown: &str) -> Result<u64, Failure> {
     let st = rustix::fs::fstat(fd).map_err(|e| io_failure(e, shown))?;
     match kind_of(st.st_mode) {
+        FileType::RegularFile if st.st_nlink > 1 => Err(refused(format!(
+            "`{shown}` has {} names (hard links), and another may lie outside the sandbox; refused",
+            st.st_nlink
+        ))),
         FileType::RegularFile => Ok(st.st_size as u64),
         FileType::Directory => {
             Err(Failure::new(ErrorClass::Permanent, format!("`{shown}` is a directory; use op list")))
@@ -348,6 +353,13 @@ mod tests {
             let failure = call(&t, args.clone()).await.expect_err("refused");
             assert!(failure.message.contains(says), "{args}: {failure:?}");
             assert_eq!(failure.class, ErrorClass::Permanent);
+        }
+        assert_eq!(std::fs::read_to_string(dir.path().join("secret.txt")).expect("secret"), "s3cret");
+        // A hard link to a file outside: neither read nor appended to.
+        std::fs::hard_link(dir.path().join("secret.txt"), inside.join("hard")).expect("hard link");
+        for op in ["read", "append"] {
+            let failure = call(&t, json!({"op": op, "path": "hard", "content": "x"})).await.expect_err("refused");
+            assert!(failure.message.contains("has 2 names (hard links)"), "{failure:?}");
         }
         assert_eq!(std::fs::read_to_string(dir.path().join("secret.txt")).expect("secret"), "s3cret");
     }

@@ -36,6 +36,9 @@ struct HttpTool {
 }
 
 pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
+    if let Some(why) = config.allow_hosts.iter().find_map(|h| super::net::bad_host(h)) {
+        return Err(why);
+    }
     let endpoint = match &config.url {
         Some(url) => {
             let parsed = reqwest::Url::parse(url).map_err(|e| format!("`url` {url} is not a URL: {e}"))?;
@@ -140,6 +143,24 @@ impl HttpTool {
 }
 
 impl Tool for HttpTool {
+    fn normalize(&self, mut args: Value) -> Value {
+        if let Some(Value::String(method)) = args.get_mut("method") {
+            *method = method.to_ascii_uppercase();
+        }
+        args
+    }
+
+    fn precheck(&self, args: &Value) -> Result<(), Failure> {
+        match (&self.endpoint, args.get("url").and_then(Value::as_str)) {
+            (Some(url), _) => self.check(url),
+            (None, Some(raw)) => match reqwest::Url::parse(raw) {
+                Ok(url) => self.check(&url),
+                Err(e) => Err(Failure::new(ErrorClass::Permanent, format!("args.url `{raw}` is not a URL: {e}"))),
+            },
+            (None, None) => Ok(()),
+        }
+    }
+
     fn effect(&self, declared: EffectClass, args: &Value) -> EffectClass {
         if matches!(self.method_of(args).as_str(), "GET" | "HEAD" | "OPTIONS") { EffectClass::Read } else { declared }
     }

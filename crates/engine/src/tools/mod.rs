@@ -54,6 +54,16 @@ pub trait Tool: Send + Sync + 'static {
     fn effect(&self, declared: EffectClass, _args: &Value) -> EffectClass {
         declared
     }
+
+    /// The arguments in the one form policies, approvals and the journal see (`delete` → `DELETE`).
+    fn normalize(&self, args: Value) -> Value {
+        args
+    }
+
+    /// What the tool would refuse anyway, said before a person is asked (a host not allowed).
+    fn precheck(&self, _args: &Value) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// When a person must approve a call.
@@ -199,12 +209,18 @@ impl Entry {
         if self.fixed_effect { self.spec.effect } else { self.code.effect(self.spec.effect, args) }
     }
 
-    /// Checks arguments against the input schema: `Err` names each failing field as a JSON
-    /// pointer, what was expected and what was given (class `permanent`, code `invalid_args`).
+    /// The arguments in their one canonical form (see [`Tool::normalize`]).
+    pub fn normalize(&self, args: Value) -> Value {
+        self.code.normalize(args)
+    }
+
+    /// Checks arguments against the input schema, then what the tool would refuse anyway: `Err`
+    /// names each failing field as a JSON pointer, what was expected and what was given (class
+    /// `permanent`, code `invalid_args`).
     pub fn check_args(&self, args: &Value) -> Result<(), Failure> {
         let problems = problems(&self.input, args);
         if problems.is_empty() {
-            return Ok(());
+            return self.code.precheck(args);
         }
         let message = format!("the arguments of tool '{}' do not fit its input schema: {}", self.spec.name, problems);
         Err(Failure { code: Some("invalid_args".into()), ..Failure::new(ErrorClass::Permanent, message) })
@@ -299,6 +315,15 @@ impl Tools {
         }
         for server in config.mcp.values() {
             tools.mcp.insert(server.name.clone(), mcp::McpServer::new(server.clone()));
+        }
+        for tool in config.tools.values() {
+            if let Some(undo) = &tool.compensate {
+                let known = tools.entries.contains_key(undo)
+                    || undo.split_once('.').is_some_and(|(server, _)| tools.mcp.contains_key(server));
+                if !known {
+                    problems.push(format!("tool '{}': its compensate tool '{undo}' is not declared", tool.name));
+                }
+            }
         }
         if problems.is_empty() { Ok(tools) } else { Err(problems.join("\n")) }
     }
@@ -402,11 +427,18 @@ impl Tools {
         }
         Err(Failure::new(
             ErrorClass::Permanent,
-            format!(
-                "tool '{name}' is not known to this process (known: {}); declare it as [tools.{name}] or serve it \
-                 from an [mcp.SERVER] in cairn.toml",
-                self.names().join(", ")
-            ),
+            match name.split_once('.') {
+                Some((server, tool)) => format!(
+                    "tool '{name}' is not known to this process: there is no MCP server `{server}` serving `{tool}` \
+                     (known tools: {})",
+                    self.names().join(", ")
+                ),
+                None => format!(
+                    "tool '{name}' is not known to this process (known: {}); declare it as [tools.{name}] in \
+                     cairn.toml",
+                    self.names().join(", ")
+                ),
+            },
         ))
     }
 }

@@ -51,6 +51,23 @@ fn normal(host: &str) -> String {
     host.trim().trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// Why an `allow_hosts` entry is not a host name, an address or `*.domain`; `None` when it is.
+pub(crate) fn bad_host(entry: &str) -> Option<String> {
+    let host = entry.strip_prefix("*.").unwrap_or(entry);
+    let literal = entry.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok();
+    let name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    (!literal && !name).then(|| {
+        format!(
+            "`{}` in allow_hosts is not a host name, an address or `*.domain` (no scheme, port or path)",
+            entry.escape_debug()
+        )
+    })
+}
+
 /// `*.example.com` matches subdomains (not `example.com` itself); anything else matches exactly.
 fn matches(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix("*.") {
@@ -74,6 +91,11 @@ pub(crate) fn internal(addr: IpAddr) -> Option<&'static str> {
             if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 let v4 = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
                 return internal_v4(v4).map(|_| "a NAT64 address of an internal IPv4 address");
+            }
+            // The deprecated IPv4-compatible form (::a.b.c.d).
+            if seg[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                let v4 = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
+                return internal_v4(v4).map(|_| "an IPv4-compatible internal address");
             }
             if v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
                 return Some("a cloud metadata address");
@@ -171,6 +193,7 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.1.1.1",
             "64:ff9b::7f00:1",
+            "::127.0.0.1",
             "224.0.0.1",
             "255.255.255.255",
         ] {

@@ -2,7 +2,8 @@
 //! Exactly one statement; a query only (no DML, DDL, `COPY`, `ATTACH`, `SET` …, wherever they
 //! hide: a data-modifying CTE, a nested statement); no `SELECT … INTO`; no row locks; no function
 //! from the deny-list (server administration, files, large objects, remote links, sequences,
-//! sleeps); SQLite `PRAGMA` only in its read form, from a short list. What runs is the statement
+//! sleeps, and those that run SQL given as text); SQLite `PRAGMA` only in its read form, from a
+//! short list. What runs is the statement
 //! as walked (printed back from the tree), so the parser and the database cannot disagree about
 //! what was checked. The second guard is the read-only transaction the query runs in.
 
@@ -28,8 +29,7 @@ const DENIED: &[&str] = &[
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_promote",
-    "pg_read_file",
-    "pg_read_binary_file",
+    "pg_read_*",
     "pg_ls_*",
     "pg_stat_file",
     "pg_file_*",
@@ -42,7 +42,16 @@ const DENIED: &[&str] = &[
     "pg_start_backup",
     "pg_stop_backup",
     "pg_import_system_collations",
-    "pg_log_backend_memory_contexts",
+    "pg_log_*",
+    "pg_logical_*",
+    "pg_stat_reset*",
+    "pg_wal_replay_*",
+    "pg_copy_*",
+    "txid_current*",
+    "pg_current_xact_id*",
+    // Functions that run SQL given as text: the walk cannot see inside a string.
+    "ts_stat",
+    "ts_rewrite",
     "pg_export_snapshot",
     "pg_notify",
     "pg_sleep*",
@@ -266,6 +275,11 @@ mod tests {
         refused("PRAGMA wal_checkpoint", Sqlite, "not one of the read-only pragmas");
         refused("SELECT * FROM orders FOR UPDATE", Pg, "row locks");
         refused("SELECT nextval('s')", Pg, "nextval()");
+        refused("SELECT * FROM ts_stat($q$select to_tsvector(pg_terminate_backend(1)::text)$q$)", Pg, "ts_stat()");
+        refused("SELECT pg_catalog.pg_stat_reset_shared('bgwriter')", Pg, "pg_stat_reset_shared()");
+        refused("SELECT pg_logical_emit_message(false, 'x', 'y')", Pg, "pg_logical_emit_message()");
+        refused("SELECT txid_current()", Pg, "txid_current()");
+        refused("SELECT \"PG_READ_FILE\"('/etc/hostname')", Pg, "pg_read_file()");
         refused("COPY orders TO '/tmp/x'", Pg, "COPY");
         refused("SET search_path = x", Pg, "not a query");
         refused("EXPLAIN ANALYZE DELETE FROM orders", Pg, "EXPLAIN");

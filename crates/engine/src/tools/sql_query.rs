@@ -24,7 +24,17 @@ enum Target {
 
 struct SqlTool {
     target: Target,
-    max_rows: usize,
+    limits: Limits,
+    /// Run as a PostgreSQL superuser anyway (`allow_superuser = true`).
+    allow_superuser: bool,
+}
+
+/// How much a query may return, and for how long it may run.
+#[derive(Clone, Copy)]
+struct Limits {
+    rows: usize,
+    /// The rows as JSON, together; also the largest value SQLite may make.
+    bytes: usize,
     timeout: Duration,
 }
 
@@ -39,7 +49,12 @@ pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
         Target::Sqlite(PathBuf::from(path))
     } else if connection.starts_with("postgres://") || connection.starts_with("postgresql://") {
         let mut pg: tokio_postgres::Config =
-            connection.parse().map_err(|e| format!("`connection` is not a PostgreSQL URL: {e}"))?;
+            connection.parse().map_err(|_| "`connection` is not a PostgreSQL URL".to_string())?;
+        if pg.get_password().is_some() {
+            return Err("`connection` holds a password; name the variable that holds it in `password_env` instead \
+                        (the value is not shown)"
+                .into());
+        }
         if let Some(var) = &config.password_env {
             let password = std::env::var(var).map_err(|_| format!("${var} (password_env) is not set"))?;
             pg.password(password);
@@ -72,8 +87,12 @@ pub(crate) fn build(config: &ToolConfig) -> Result<Built, String> {
         effect_note: None,
         code: Arc::new(SqlTool {
             target,
-            max_rows,
-            timeout: Duration::from_millis(config.statement_timeout_ms.unwrap_or(10_000)),
+            limits: Limits {
+                rows: max_rows,
+                bytes: config.max_response_bytes.unwrap_or(1024 * 1024).clamp(1024, 1 << 30) as usize,
+                timeout: Duration::from_millis(config.statement_timeout_ms.unwrap_or(10_000)),
+            },
+            allow_superuser: config.allow_superuser,
         }),
     })
 }
@@ -94,8 +113,10 @@ impl Tool for SqlTool {
             let statement =
                 sql_check::check(sql, flavor).map_err(|why| refused(format!("the query was refused: {why}")))?;
             let (columns, rows, truncated) = match &self.target {
-                Target::Sqlite(path) => sqlite(path.clone(), statement, params, self.max_rows, self.timeout).await?,
-                Target::Postgres(config) => postgres(config, &statement, &params, self.max_rows, self.timeout).await?,
+                Target::Sqlite(path) => sqlite(path.clone(), statement, params, self.limits).await?,
+                Target::Postgres(config) => {
+                    postgres(config, &statement, &params, self.limits, self.allow_superuser).await?
+                }
             };
             Ok(json!({"columns": columns, "row_count": rows.len(), "rows": rows, "truncated": truncated}))
         })
@@ -104,13 +125,22 @@ impl Tool for SqlTool {
 
 type Answer = (Vec<String>, Vec<Value>, bool);
 
-async fn sqlite(
-    path: PathBuf,
-    sql: String,
-    params: Vec<Value>,
-    max: usize,
-    timeout: Duration,
-) -> Result<Answer, Failure> {
+/// Whether `row` still fits in the answer (`used` bytes so far); `Err` when the first row alone
+/// is over the cap.
+fn fits(row: &Value, used: &mut usize, limits: Limits, first: bool) -> Result<bool, Failure> {
+    let size = row.to_string().len();
+    if first && size > limits.bytes {
+        return Err(refused(format!(
+            "the first row is {size} bytes as JSON, over this tool's max_response_bytes ({})",
+            limits.bytes
+        )));
+    }
+    *used += size;
+    Ok(*used <= limits.bytes)
+}
+
+async fn sqlite(path: PathBuf, sql: String, params: Vec<Value>, limits: Limits) -> Result<Answer, Failure> {
+    let Limits { rows: max, timeout, .. } = limits;
     use rusqlite::types::Value as Sql;
     let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
     let work = tokio::task::spawn_blocking(move || -> Result<Answer, Failure> {
@@ -122,6 +152,9 @@ async fn sqlite(
         let setup = || -> rusqlite::Result<()> {
             conn.pragma_update(None, "query_only", true)?;
             conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+            // No string or blob larger than the answer may hold is ever made.
+            let length = i32::try_from(limits.bytes).unwrap_or(i32::MAX);
+            conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, length)?;
             conn.busy_timeout(timeout)
         };
         setup().map_err(|e| Failure::new(ErrorClass::Transient, format!("cannot set up the connection: {e}")))?;
@@ -132,6 +165,8 @@ async fn sqlite(
                     ErrorClass::Timeout,
                     format!("the query ran past its timeout of {timeout:?} and was stopped"),
                 )
+            } else if text.contains("too big") {
+                refused(format!("the query made a value over this tool's max_response_bytes ({})", limits.bytes))
             } else if text.contains("locked") || text.contains("busy") {
                 Failure::new(ErrorClass::Transient, format!("the query failed: {text}"))
             } else {
@@ -156,7 +191,7 @@ async fn sqlite(
             })
             .collect();
         let mut rows = stmt.query(rusqlite::params_from_iter(bound)).map_err(failed)?;
-        let mut out = Vec::new();
+        let (mut out, mut used) = (Vec::new(), 0);
         while let Some(row) = rows.next().map_err(failed)? {
             if out.len() == max {
                 return Ok((columns, out, true));
@@ -172,7 +207,11 @@ async fn sqlite(
                 };
                 object.insert(name.clone(), value);
             }
-            out.push(Value::Object(object));
+            let object = Value::Object(object);
+            if !fits(&object, &mut used, limits, out.is_empty())? {
+                return Ok((columns, out, true));
+            }
+            out.push(object);
         }
         Ok((columns, out, false))
     });
@@ -197,14 +236,44 @@ async fn postgres(
     config: &tokio_postgres::Config,
     sql: &str,
     params: &[Value],
-    max: usize,
-    timeout: Duration,
+    limits: Limits,
+    allow_superuser: bool,
 ) -> Result<Answer, Failure> {
-    let transient = |what: &str, e: tokio_postgres::Error| Failure::new(ErrorClass::Transient, format!("{what}: {e}"));
-    let (client, connection) =
-        config.connect(tokio_postgres::NoTls).await.map_err(|e| transient("cannot connect to PostgreSQL", e))?;
+    let Limits { rows: max, bytes, timeout } = limits;
+    // The cause too (tokio-postgres says "db error" and keeps the server's words in its source).
+    let said = |e: &tokio_postgres::Error| match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    };
+    let transient =
+        |what: &str, e: tokio_postgres::Error| Failure::new(ErrorClass::Transient, format!("{what}: {}", said(&e)));
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        // A missing database, role or password will not appear by retrying.
+        let class = match e.code().map(|c| c.code()) {
+            Some(c) if c.starts_with("28") || c == "3D000" => ErrorClass::Permanent,
+            _ => ErrorClass::Transient,
+        };
+        Failure::new(class, format!("cannot connect to PostgreSQL: {}", said(&e)))
+    })?;
     let driver = tokio::spawn(connection);
     let result = async {
+        // A read-only transaction stops writes, not a superuser's functions (ending sessions,
+        // reading the server's files): such a connection is refused unless the config says so.
+        let who = client
+            .query_one("SELECT current_user::text, current_setting('is_superuser') = 'on'", &[])
+            .await
+            .map_err(|e| transient("cannot ask who the connection is", e))?;
+        let (user, superuser): (String, bool) = (who.get(0), who.get(1));
+        if superuser && !allow_superuser {
+            return Err(refused(format!(
+                "the connection's role `{user}` is a superuser: a read-only transaction does not stop a superuser's \
+                 functions (ending sessions, reading server files). Connect as a role that can only read (GRANT \
+                 SELECT, or pg_read_all_data), or set allow_superuser = true on the tool"
+            )));
+        }
         client
             .batch_execute(&format!("BEGIN READ ONLY; SET LOCAL statement_timeout = {}", timeout.as_millis().max(1)))
             .await
@@ -223,19 +292,32 @@ async fn postgres(
         };
         let inner = client.prepare(sql).await.map_err(failed)?;
         let columns: Vec<String> = inner.columns().iter().map(|c| c.name().to_string()).collect();
-        let wrapped = format!("SELECT row_to_json(cairn_row)::text FROM ({sql}\n) AS cairn_row LIMIT {}", max + 1);
+        // Each row as JSON text; one larger than the cap is not sent (only its size is).
+        let wrapped = format!(
+            "SELECT CASE WHEN octet_length(j) > {bytes} THEN NULL ELSE j END, octet_length(j) FROM \
+             (SELECT row_to_json(cairn_row)::text AS j FROM ({sql}\n) AS cairn_row LIMIT {}) AS cairn_rows",
+            max + 1
+        );
         let stmt = client.prepare(&wrapped).await.map_err(failed)?;
         let bound = bind(stmt.params(), params)?;
         let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = bound.iter().map(|b| b.as_ref() as _).collect();
         let rows = client.query(&stmt, &refs).await.map_err(failed)?;
         let _ = client.batch_execute("ROLLBACK").await;
-        let truncated = rows.len() > max;
-        let rows: Vec<Value> = rows
-            .iter()
-            .take(max)
-            .map(|r| r.try_get::<_, String>(0).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null))
-            .collect();
-        Ok((columns, rows, truncated))
+        let (mut out, mut used, mut truncated) = (Vec::new(), 0, rows.len() > max);
+        for row in rows.iter().take(max) {
+            let value = row
+                .try_get::<_, Option<String>>(0)
+                .ok()
+                .flatten()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or_else(|| json!({"over_max_response_bytes": row.try_get::<_, i32>(1).unwrap_or(0)}));
+            if !fits(&value, &mut used, limits, out.is_empty())? {
+                truncated = true;
+                break;
+            }
+            out.push(value);
+        }
+        Ok((columns, out, truncated))
     }
     .await;
     drop(client);
