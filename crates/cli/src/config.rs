@@ -77,15 +77,17 @@ impl Loaded {
         self.registry.clone().unwrap_or_else(|| std::sync::Arc::new(cairn_engine::tools::Tools::builtin()))
     }
 
-    /// What each kind's attempts are configured with: the `[kinds.NAME]` tables, and for `llm`
-    /// also the model tables (under `models`).
+    /// What each kind's attempts are configured with: the `[kinds.NAME]` tables, and for the
+    /// kinds that call models (`llm`, `agent`) also the model tables (under `models`).
     pub fn kind_config(&self) -> BTreeMap<String, serde_json::Value> {
         let mut kinds = self.kinds.clone();
         if !self.models.is_empty() {
             let models = serde_json::to_value(&self.models).unwrap_or_default();
-            let llm = kinds.entry("llm".to_string()).or_insert_with(|| serde_json::json!({}));
-            if let Some(table) = llm.as_object_mut() {
-                table.insert("models".into(), models);
+            for kind in ["llm", "agent"] {
+                let table = kinds.entry(kind.to_string()).or_insert_with(|| serde_json::json!({}));
+                if let Some(table) = table.as_object_mut() {
+                    table.insert("models".into(), models.clone());
+                }
             }
         }
         kinds

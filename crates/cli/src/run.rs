@@ -77,9 +77,7 @@ impl EngineArgs {
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
         config.kind_config = crate::config::get().kind_config();
         let tools = crate::config::get().registry();
-        config.kinds = std::sync::Arc::new(
-            cairn_engine::kinds::builtin().with(cairn_engine::kinds::ToolKind { tools: tools.clone() }),
-        );
+        config.kinds = std::sync::Arc::new(cairn_engine::kinds::with_tools(tools.clone()));
         config.tools = tools;
         config
     }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use cairn_store::EffectLog;
 use common::*;
 
 const CONFIG: &str = "\
@@ -264,4 +265,39 @@ fn with_a_default_model_the_catalogs_model_steps_call_it() {
         serde_json::from_str(&stdout(&offline.run(&["runs", "show", &id, "--step", "generate_summary", "--json"])))
             .expect("json");
     assert_eq!(shown["kind"], "mock_model", "{shown}");
+}
+
+#[test]
+fn an_agent_on_the_real_model_acts_in_the_json_action_format_and_its_final_answer_fits() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    let mut config = model_config(&server);
+    config.push_str("\n[tools.workspace]\ntype = \"file\"\nroot = \"./box\"\n");
+    std::fs::create_dir(env.dir.path().join("box")).expect("box");
+    std::fs::write(env.dir.path().join("box/capital.txt"), "The capital of France is Paris.").expect("file");
+    env.write("cairn.toml", &config);
+    let wf = env.write(
+        "wf.yaml",
+        "name: agent\nsteps:\n  - id: find\n    kind: agent\n    with:\n      model: small\n      task: \"Read the file capital.txt with the workspace tool, then give the city as the final answer.\"\n      tools: [workspace]\n      max_turns: 6\n      max_tokens: 120\n      temperature: 0\n      output_schema: {type: object, properties: {city: {type: string}}, required: [city]}\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    let id = env.only_run().id;
+    let step = env.step(&id, "find");
+    // A 135M model may or may not find its way in six turns; every answer it gives must be a
+    // usable action (the provider holds it to the action schema), and an end is either a final
+    // answer that fits or max_turns.
+    match out.status.code() {
+        Some(0) => {
+            let shown: serde_json::Value =
+                serde_json::from_str(&stdout(&env.run(&["runs", "show", &id, "--step", "find", "--json"])))
+                    .expect("json");
+            let output = &shown["output"]["value"];
+            assert!(output["final"]["city"].is_string(), "{shown}");
+            assert!(output["turns"].as_u64().is_some_and(|t| (1..=6).contains(&t)), "{shown}");
+        }
+        _ => assert_eq!(step.error_class.as_deref(), Some("max_turns"), "{step:?}\n{}", stderr(&out)),
+    }
+    let calls = env.block(env.store().calls(&cairn_core::RunId::parse(&id).expect("id"), Some("find"))).expect("calls");
+    assert!(calls.iter().any(|c| c.kind == "llm"), "{calls:?}");
+    env.assert_journal_is_sound(&id);
 }

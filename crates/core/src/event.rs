@@ -34,10 +34,12 @@ pub enum ErrorClass {
     /// the failure's `approval` says which call. Not a fault: the step waits for the decision and
     /// runs again with it.
     ApprovalRequired,
+    /// An agent did not finish within its `max_turns`.
+    MaxTurns,
 }
 
 impl ErrorClass {
-    pub const ALL: [ErrorClass; 8] = [
+    pub const ALL: [ErrorClass; 9] = [
         ErrorClass::Transient,
         ErrorClass::Timeout,
         ErrorClass::RateLimited,
@@ -46,6 +48,7 @@ impl ErrorClass {
         ErrorClass::MalformedOutput,
         ErrorClass::BudgetExceeded,
         ErrorClass::ApprovalRequired,
+        ErrorClass::MaxTurns,
     ];
 
     pub fn is_retryable(self) -> bool {
@@ -62,6 +65,7 @@ impl ErrorClass {
             ErrorClass::MalformedOutput => "malformed_output",
             ErrorClass::BudgetExceeded => "budget_exceeded",
             ErrorClass::ApprovalRequired => "approval_required",
+            ErrorClass::MaxTurns => "max_turns",
         }
     }
 

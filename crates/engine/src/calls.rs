@@ -171,6 +171,11 @@ impl CallLog {
         self.next + 1
     }
 
+    /// Uses up the next position without a call.
+    pub fn skip(&mut self) {
+        self.next += 1;
+    }
+
     /// Where the next call's tokens go while it streams, if anyone may watch.
     pub fn tokens(&self) -> Option<Tokens> {
         Some(Tokens {

@@ -135,7 +135,7 @@ impl Activity for Kind {
 }
 
 /// The configuration's models, read once (every attempt of a process gets the same value).
-fn models_of(config: &Value) -> std::sync::Arc<Models> {
+pub(super) fn models_of(config: &Value) -> std::sync::Arc<Models> {
     type Last = std::sync::Mutex<Option<(Value, std::sync::Arc<Models>)>>;
     static LAST: Last = std::sync::Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
@@ -151,7 +151,7 @@ fn models_of(config: &Value) -> std::sync::Arc<Models> {
 
 /// Asks the first model of `aliases` that answers: each request a journaled call, the next model
 /// asked when one is away or busy. The answer, with `skipped` saying why earlier ones did not.
-async fn ask(
+pub(super) async fn ask(
     attempt: &mut Attempt<'_>,
     models: &Models,
     aliases: &[String],
@@ -323,7 +323,7 @@ fn worst_case(attempt: &Attempt<'_>, model: &crate::models::Model, body: &Value)
 
 /// The JSON in an answer, checked against the schema; or what is wrong with it, in a sentence the
 /// model can act on.
-fn structured(schema: &jsonschema::Validator, text: &str) -> Result<Value, String> {
+pub(super) fn structured(schema: &jsonschema::Validator, text: &str) -> Result<Value, String> {
     let trimmed = text.trim();
     // Small models wrap JSON in a Markdown fence now and then.
     let bare = trimmed

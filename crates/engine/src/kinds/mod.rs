@@ -11,6 +11,7 @@
 //! `mod NAME;` and one `.with(NAME::Kind)` line to [`builtin`]. `cairn kinds` lists it, `cairn
 //! validate` checks its `with` blocks, and steps can use it.
 
+mod agent;
 mod approval;
 mod echo;
 mod fail;
@@ -22,8 +23,6 @@ mod sleep;
 mod subworkflow;
 mod tool;
 mod wait;
-
-pub use tool::Kind as ToolKind;
 
 use crate::calls::CallLog;
 pub use crate::calls::Meter;
@@ -152,6 +151,14 @@ impl<'a> Attempt<'a> {
     /// The position the next call will take (`run/step/call-N`).
     pub fn next_call(&self) -> u32 {
         self.calls.as_ref().map_or(1, |c| c.next_position())
+    }
+
+    /// Uses up the next call's position without a call (a rejected tool call), so the calls after
+    /// it keep their positions on every attempt.
+    pub fn skip_call(&mut self) {
+        if let Some(calls) = &mut self.calls {
+            calls.skip();
+        }
     }
 
     /// Whether an earlier attempt recorded call `n` (it will come back from the record, unsent).
@@ -329,6 +336,12 @@ pub fn builtin() -> Registry {
         .with(subworkflow::Kind)
         .with(wait::Kind)
         .with(tool::Kind { tools: Arc::new(crate::tools::Tools::builtin()) })
+        .with(agent::Kind { tools: Arc::new(crate::tools::Tools::builtin()) })
+}
+
+/// The built-in kinds, with `tool` and `agent` calling these tools.
+pub fn with_tools(tools: Arc<crate::tools::Tools>) -> Registry {
+    builtin().with(tool::Kind { tools: tools.clone() }).with(agent::Kind { tools })
 }
 
 #[cfg(test)]
@@ -341,7 +354,20 @@ mod tests {
         let specs = registry.specs();
         assert_eq!(
             specs.names(),
-            ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "tool", "wait"]
+            [
+                "agent",
+                "approval",
+                "echo",
+                "fail",
+                "http",
+                "llm",
+                "mock_model",
+                "noop",
+                "sleep",
+                "subworkflow",
+                "tool",
+                "wait"
+            ]
         );
         for spec in specs.iter() {
             assert!(!spec.summary.is_empty(), "{}", spec.name);

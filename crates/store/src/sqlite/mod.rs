@@ -95,10 +95,17 @@ fn set_pragmas(conn: &Connection, path: &Path, durability: Durability) -> Result
 /// them; returns whether migrations are needed.
 fn check_ownership(conn: &Connection, path: &Path) -> Result<bool, Error> {
     let p = path.display().to_string();
-    let read = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(|e| open_error(path, e));
-    let app_id = read("PRAGMA application_id")?;
-    let version = read("PRAGMA user_version")?;
-    let tables = read("SELECT count(*) FROM sqlite_master WHERE type='table'")?;
+    // One statement, so one snapshot: read apart, another process's migration could commit in
+    // between (no id yet, then its tables) and the file would look like another application's.
+    let (app_id, version, tables): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id()), \
+                    (SELECT user_version FROM pragma_user_version()), \
+                    (SELECT count(*) FROM sqlite_master WHERE type = 'table')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(|e| open_error(path, e))?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables > 0) {
         return Err(Error::NotOurs {
             path: p,
