@@ -16,7 +16,20 @@ fn kinds_lists_every_builtin_with_its_effect_class_role_and_with_schema() {
     let names: Vec<&str> = kinds.iter().filter_map(|k| k["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["approval", "echo", "fail", "http", "llm", "mock_model", "noop", "sleep", "subworkflow", "tool", "wait"]
+        [
+            "agent",
+            "approval",
+            "echo",
+            "fail",
+            "http",
+            "llm",
+            "mock_model",
+            "noop",
+            "sleep",
+            "subworkflow",
+            "tool",
+            "wait"
+        ]
     );
     assert_eq!(
         kinds.iter().find(|k| k["name"] == "subworkflow").map(|k| k["role"].clone()),
