@@ -6,66 +6,9 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// A request the local service received.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    key: Option<String>,
-    body: String,
-}
-
-/// A local HTTP service that records each request; `/redirect?to=URL` answers 302 to URL, every
-/// other path 200 `{"ok": true}`.
-fn recorder() -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(&stream);
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                continue;
-            }
-            let mut parts = line.split_whitespace();
-            let (method, path) =
-                (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
-            let (mut key, mut length) = (None, 0usize);
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    match name.trim().to_ascii_lowercase().as_str() {
-                        "idempotency-key" => key = Some(value.trim().to_string()),
-                        "content-length" => length = value.trim().parse().unwrap_or(0),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0; length];
-            let _ = reader.read_exact(&mut body);
-            let body = String::from_utf8_lossy(&body).into_owned();
-            log.lock().expect("log").push(Seen { method, path: path.clone(), key, body });
-            let reply = match path.split_once("/redirect?to=") {
-                Some((_, to)) => format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-                None => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}"
-                    .to_string(),
-            };
-            let _ = (&stream).write_all(reply.as_bytes());
-        }
-    });
-    (addr, seen)
-}
 
 fn config(env: &Env, text: &str) -> std::path::PathBuf {
     env.write("cairn.toml", text)
@@ -249,7 +192,7 @@ fn sql_queries_on_postgres_run_read_only_and_writes_in_disguise_are_refused() {
 #[test]
 fn http_requests_refuse_internal_addresses_disallowed_hosts_and_redirects_out() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     config(&env, "[tools.local]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\n");
     // The default tool reaches public hosts only.
     for (url, says) in [
@@ -354,7 +297,7 @@ fn blocked(env: &Env, addr: &str) -> (std::process::Child, String) {
 #[test]
 fn a_write_waits_for_approval_survives_a_restart_and_is_sent_once_with_the_edited_arguments() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     let (mut child, id) = blocked(&env, &addr);
     assert_eq!(env.step(&id, "post").status, "WAITING");
     assert!(seen.lock().expect("seen").is_empty(), "nothing is sent before the approval");
@@ -398,7 +341,7 @@ fn a_write_waits_for_approval_survives_a_restart_and_is_sent_once_with_the_edite
 #[test]
 fn a_rejected_write_fails_its_step_with_the_reason_and_is_never_sent() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     let (mut child, id) = blocked(&env, &addr);
     let out = env.run(&["reject", &id, "post", "--reason", "not to that channel", "--by", "bo"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -414,7 +357,7 @@ fn a_rejected_write_fails_its_step_with_the_reason_and_is_never_sent() {
 #[test]
 fn a_write_whose_result_was_recorded_is_not_sent_again_after_a_crash() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     let wf = notify_workflow(&env, &addr);
     // Approved by policy here, so the step runs straight through.
     let text = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
@@ -462,7 +405,7 @@ fn bad_tool_configuration_is_refused_at_its_line() {
 #[test]
 fn a_workflow_defines_http_tools_only_and_they_never_reach_internal_addresses() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     let bad = env.write(
         "bad.yaml",
         "name: bad\ntools:\n  db: {type: sql_query, connection: \"sqlite:///etc/x.db\"}\n  hook: {type: http_request, approval: \"args.x >\", retries: 3}\nsteps:\n  - {id: a, kind: tool, with: {tool: hook}}\n",
@@ -501,7 +444,7 @@ fn a_workflow_defines_http_tools_only_and_they_never_reach_internal_addresses() 
 #[test]
 fn the_api_lists_tools_and_shows_a_waiting_call_that_is_approved_with_edited_arguments() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     notify_workflow(&env, &addr);
     let server = env.serve(&[]);
     let api = server.addr.clone();
@@ -546,7 +489,7 @@ fn the_api_lists_tools_and_shows_a_waiting_call_that_is_approved_with_edited_arg
 #[test]
 fn an_http_endpoint_tool_sends_to_its_url_only() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     config(
         &env,
         &format!("[tools.inbox]\ntype = \"http_request\"\nurl = \"http://{addr}/inbox\"\nmethod = \"POST\"\n"),
@@ -569,7 +512,7 @@ fn an_http_endpoint_tool_sends_to_its_url_only() {
 #[test]
 fn policies_see_canonical_arguments_and_edits_are_held_to_the_tools_rules() {
     let env = Env::new();
-    let (addr, seen) = recorder();
+    let (addr, seen) = recorder(&[]);
     config(
         &env,
         "[tools.web]\ntype = \"http_request\"\nallow_hosts = [\"127.0.0.1\"]\napproval = \"args.method == 'DELETE'\"\n",

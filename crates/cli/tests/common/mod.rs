@@ -573,3 +573,68 @@ pub fn counting_server() -> (String, std::sync::Arc<std::sync::Mutex<std::collec
     });
     (addr, counts)
 }
+
+/// A request a [`recorder`] received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub key: Option<String>,
+    pub body: String,
+}
+
+/// A local HTTP service that records each request (but those for `pages`, which it answers with
+/// their text); `/redirect?to=URL` answers 302 to URL, every other path 200 `{"ok": true}`.
+pub fn recorder(pages: &[(&'static str, &'static str)]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let pages: Vec<(&'static str, &'static str)> = pages.to_vec();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or_default().to_string();
+            let path = parts.next().unwrap_or_default().to_string();
+            let (mut key, mut length) = (None, 0usize);
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    match name.trim().to_ascii_lowercase().as_str() {
+                        "idempotency-key" => key = Some(value.trim().to_string()),
+                        "content-length" => length = value.trim().parse().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let reply = if let Some((_, text)) = pages.iter().find(|(p, _)| *p == path) {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                )
+            } else {
+                let body = String::from_utf8_lossy(&body).into_owned();
+                log.lock().expect("log").push(Seen { method, path: path.clone(), key, body });
+                match path.split_once("/redirect?to=") {
+                    Some((_, to)) => {
+                        format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    }
+                    None => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"ok\":true}".to_string(),
+                }
+            };
+            let _ = (&stream).write_all(reply.as_bytes());
+        }
+    });
+    (addr, seen)
+}

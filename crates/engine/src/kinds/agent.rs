@@ -67,21 +67,8 @@ impl Activity for Kind {
 
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
-            let models = super::llm::models_of(attempt.config.get("models").unwrap_or(&Value::Null));
-            if models.models.is_empty() {
-                return Err(permanent(
-                    "no models are configured: declare [providers.NAME] and [models.ALIAS] in cairn.toml".into(),
-                ));
-            }
+            let (models, aliases) = super::llm::chosen(attempt)?;
             let input = attempt.input.clone();
-            let aliases: Vec<String> = match input.get("model") {
-                Some(Value::String(a)) => vec![a.clone()],
-                Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                _ => models.default_model.clone().into_iter().collect(),
-            };
-            if aliases.is_empty() {
-                return Err(permanent("with.model is not given and cairn.toml has no `default_model`".into()));
-            }
             let max_turns = input.get("max_turns").and_then(Value::as_u64).unwrap_or(1).max(1);
             let trusting = input.get("trust_tool_output").and_then(Value::as_bool).unwrap_or(false);
             let output_schema = input.get("output_schema").cloned();

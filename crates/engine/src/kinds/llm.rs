@@ -72,23 +72,8 @@ impl Activity for Kind {
 
     fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
         Box::pin(async move {
-            let models = models_of(attempt.config.get("models").unwrap_or(&Value::Null));
-            if models.models.is_empty() {
-                return Err(permanent(
-                    "no models are configured: declare [providers.NAME] and [models.ALIAS] in cairn.toml (`cairn \
-                     models` lists them), or use `mock_model`"
-                        .into(),
-                ));
-            }
+            let (models, aliases) = chosen(attempt)?;
             let input = attempt.input.clone();
-            let aliases: Vec<String> = match input.get("model") {
-                Some(Value::String(a)) => vec![a.clone()],
-                Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-                _ => models.default_model.clone().into_iter().collect(),
-            };
-            if aliases.is_empty() {
-                return Err(permanent("with.model is not given and cairn.toml has no `default_model`".into()));
-            }
             let schema = match input.get("output_schema") {
                 Some(schema) => Some(
                     jsonschema::validator_for(schema)
@@ -134,8 +119,30 @@ impl Activity for Kind {
     }
 }
 
+/// The configured models, and the ones the step asks for in order (`with.model`, else
+/// `default_model`).
+pub(super) fn chosen(attempt: &Attempt<'_>) -> Result<(std::sync::Arc<Models>, Vec<String>), Failure> {
+    let models = models_of(attempt.config.get("models").unwrap_or(&Value::Null));
+    if models.models.is_empty() {
+        return Err(permanent(
+            "no models are configured: declare [providers.NAME] and [models.ALIAS] in cairn.toml (`cairn models` \
+             lists them), or use `mock_model`"
+                .into(),
+        ));
+    }
+    let aliases: Vec<String> = match attempt.input.get("model") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(list)) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => models.default_model.clone().into_iter().collect(),
+    };
+    if aliases.is_empty() {
+        return Err(permanent("with.model is not given and cairn.toml has no `default_model`".into()));
+    }
+    Ok((models, aliases))
+}
+
 /// The configuration's models, read once (every attempt of a process gets the same value).
-pub(super) fn models_of(config: &Value) -> std::sync::Arc<Models> {
+fn models_of(config: &Value) -> std::sync::Arc<Models> {
     type Last = std::sync::Mutex<Option<(Value, std::sync::Arc<Models>)>>;
     static LAST: Last = std::sync::Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
