@@ -21,6 +21,7 @@ mod config_models;
 mod config_tools;
 mod cost;
 mod detail;
+mod diff;
 mod inspect;
 mod kinds;
 mod output;
@@ -237,6 +238,15 @@ enum Command {
     /// Start a new run from a step of an earlier one, reusing the results before it.
     #[command(after_help = "Example:\n  cairn rerun wf_01J... --from send_email")]
     Rerun(run::RerunArgs),
+    /// Where two runs diverged (a run and its fork): the first step that settled differently,
+    /// every step side by side, and the difference in tokens and cost.
+    #[command(after_help = "Examples:\n  cairn diff wf_01J...A wf_01J...B\n  cairn diff wf_01J...A wf_01J...B --json")]
+    Diff {
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Answer an escalated failure (`on_failure: escalate`, or `budget: {on_exceed: escalate}`):
     /// retry the step (raising the budget it stopped at), skip it with an output, or abort the run.
     #[command(
@@ -378,6 +388,7 @@ fn main() -> ExitCode {
             Command::Resume(args) => run::resume(&cli.db, args).await,
             Command::Replay(args) => replay::run(&cli.db, args).await,
             Command::Rerun(args) => run::rerun(&cli.db, args).await,
+            Command::Diff { a, b, json } => diff::diff(&cli.db, &a, &b, json).await,
             Command::Escalation { id, step, action, output, max_cost_usd, max_tokens, by, detach } => {
                 use cairn_engine::EscalationChoice;
                 let raise = (max_cost_usd.is_some() || max_tokens.is_some())

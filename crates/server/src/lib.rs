@@ -11,6 +11,7 @@ pub mod auth;
 mod body;
 mod definition_schema;
 mod deltas;
+mod diff;
 mod error;
 mod listener;
 mod openapi;

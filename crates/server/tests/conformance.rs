@@ -58,6 +58,8 @@ impl Fixtures {
             runs.push((paused, vec!["review"]));
         }
         self.pools.insert("id", runs.iter().map(|(id, _)| id.clone()).collect());
+        // The run another is compared with (`/v1/runs/{id}/diff/{other}`).
+        self.pools.insert("other", runs.iter().map(|(id, _)| id.clone()).collect());
         self.runs = runs;
     }
 
