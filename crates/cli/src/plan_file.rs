@@ -116,7 +116,7 @@ pub fn document(def: &Definition) -> Doc {
     }
     if !def.tools.is_empty() {
         let mut tools = Doc::map();
-        for (name, spec) in &def.tools {
+        for (name, spec) in def.tools.iter() {
             tools.set(name, tool(spec));
         }
         doc.set("tools", tools);

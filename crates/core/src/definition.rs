@@ -36,9 +36,10 @@ pub struct Definition {
     pub budget: Option<Budget>,
     /// Tools this workflow defines for its `tool` steps (`tools:`), by name: `http_request`
     /// tools only, which may never reach internal addresses (what a config file may allow, a
-    /// workflow may not). Each is the engine's tool configuration as JSON.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tools: BTreeMap<String, Value>,
+    /// workflow may not). Each is the engine's tool configuration as JSON. Shared, so every
+    /// attempt can hold it without a copy.
+    #[serde(default, skip_serializing_if = "no_tools")]
+    pub tools: std::sync::Arc<BTreeMap<String, Value>>,
     pub steps: Vec<Step>,
 }
 
@@ -121,6 +122,10 @@ pub struct Step {
     /// own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
+}
+
+fn no_tools(tools: &std::sync::Arc<BTreeMap<String, Value>>) -> bool {
+    tools.is_empty()
 }
 
 /// Default cap on the number of items a `for_each` step may run.

@@ -447,7 +447,7 @@ impl<S: Store> Live<S> {
         };
         let deltas = self.inner.notices.clone();
         let decisions = if l.compensation { Vec::new() } else { self.state.steps[l.index].call_decisions.clone() };
-        let workflow_tools = std::sync::Arc::new(def.tools.clone());
+        let workflow_tools = def.tools.clone();
         let hold = self.inner.config.hold_after_activity.as_deref() == Some(effect_step.as_str());
         let hold_call = self.inner.config.hold_after_call.as_deref().and_then(|h| {
             let (step, n) = h.rsplit_once('/')?;

@@ -115,7 +115,7 @@ pub(super) fn compile(raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>)
         artifact: raw.artifact.map(|a| a.value),
         retention_ms,
         budget: raw.budget.as_ref().and_then(|b| compile_budget(b, None, out)),
-        tools: raw.tools.map(|t| super::tools::compile(t, out)).unwrap_or_default(),
+        tools: std::sync::Arc::new(raw.tools.map(|t| super::tools::compile(t, out)).unwrap_or_default()),
         steps,
     };
     check_references(&definition, &sites, out);

@@ -340,9 +340,8 @@ impl HttpTool {
 fn sent_error(url: &reqwest::Url, e: &reqwest::Error) -> Failure {
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(err) = source {
-        let text = err.to_string();
-        if text.contains("; refused (") {
-            return refused(text);
+        if let Some(why) = err.downcast_ref::<super::net::Refused>() {
+            return refused(why.0.clone());
         }
         source = err.source();
     }

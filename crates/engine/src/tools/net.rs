@@ -142,6 +142,19 @@ fn internal_v4(v4: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// A name refused by the [`Resolver`] (it resolves to an internal address): the request fails for
+/// good, not as a connection that might come back.
+#[derive(Debug)]
+pub(crate) struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// The client's resolver: resolves, then refuses the whole answer if any address is internal and
 /// the host was not named in `allow_hosts` (one bad address is enough: the client might pick it).
 pub(crate) struct Resolver {
@@ -160,7 +173,7 @@ impl reqwest::dns::Resolve for Resolver {
             for addr in &addrs {
                 allow
                     .check(&host, addr.ip())
-                    .map_err(|why| -> Box<dyn std::error::Error + Send + Sync> { why.into() })?;
+                    .map_err(|why| -> Box<dyn std::error::Error + Send + Sync> { Box::new(Refused(why)) })?;
             }
             let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
             Ok(addrs)
