@@ -4,7 +4,7 @@
 
 use super::config::{is_variable, located, position};
 use cairn_engine::breakers::BreakerConfig;
-use cairn_engine::models::{Model, Models, Provider, ProviderType};
+use cairn_engine::models::{Model, Models, Provider, ProviderType, ToolCalling};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -54,6 +54,8 @@ pub(crate) struct ModelFile {
     max_output_tokens: Option<Spanned<i64>>,
     /// `cache = {ttl = "1h"}`: answers of this model are kept across runs for that long.
     cache: Option<CacheFile>,
+    /// `tool_calling = "json" | "native"`: how agent steps give this model its tools.
+    tool_calling: Option<Spanned<String>>,
 }
 
 /// `cache = {ttl = "1h"}` as written.
@@ -248,6 +250,18 @@ pub(crate) fn check(
                 None
             }
         });
+        let tool_calling = match &m.tool_calling {
+            None => ToolCalling::Json,
+            Some(s) => ToolCalling::parse(s.get_ref()).unwrap_or_else(|| {
+                let msg = format!(
+                    "`models.{key}.tool_calling` is `{}`; use \"json\" (a JSON action format any model can follow) or \
+                     \"native\" (the provider's own tool calls)",
+                    s.get_ref().escape_debug()
+                );
+                problems.push(located(file, at(s.span().start), &msg));
+                ToolCalling::Json
+            }),
+        };
         out.models.insert(
             key.clone(),
             Model {
@@ -260,6 +274,7 @@ pub(crate) fn check(
                 context_window,
                 max_output_tokens,
                 cache_ttl_ms,
+                tool_calling,
             },
         );
     }
@@ -335,12 +350,16 @@ pub async fn list(models: &Models, json: bool, check: bool) -> crate::CliResult 
                 m.model.clone(),
                 format!("{} / {}", m.input_usd_per_mtok, m.output_usd_per_mtok),
                 m.context_window.map_or("-".into(), |c| c.to_string()),
+                m.tool_calling.as_str().to_string(),
             ]
         })
         .collect();
     crate::output::out(format_args!(
         "{}",
-        crate::output::table(&["MODEL", "PROVIDER", "TYPE", "PROVIDER MODEL", "USD/MTOK IN / OUT", "CONTEXT"], &rows)
+        crate::output::table(
+            &["MODEL", "PROVIDER", "TYPE", "PROVIDER MODEL", "USD/MTOK IN / OUT", "CONTEXT", "TOOLS"],
+            &rows
+        )
     ));
     for p in models.providers.values() {
         let key = match &p.api_key_env {
@@ -432,5 +451,14 @@ context_window = 0
         let unknown =
             parse("[models.x]\nprovider = \"p\"\nmodel = \"m\"\nprice = 1\n", "cairn.toml").expect_err("refused");
         assert!(unknown.message.starts_with("cairn.toml:4:1: unknown key `price`"), "{}", unknown.message);
+        let calling = format!("{GOOD}tool_calling = \"functions\"\n");
+        let message = parse(&calling, "cairn.toml").expect_err("refused").message;
+        assert!(message.contains("`models.small.tool_calling` is `functions`; use \"json\""), "{message}");
+        let native = parse(&format!("{GOOD}tool_calling = \"native\"\n"), "cairn.toml").expect("valid").models;
+        assert_eq!(native.models["small"].tool_calling, cairn_engine::models::ToolCalling::Native);
+        assert_eq!(
+            parse(GOOD, "cairn.toml").expect("valid").models.models["small"].tool_calling,
+            cairn_engine::models::ToolCalling::Json
+        );
     }
 }

@@ -148,3 +148,132 @@ fn an_agent_that_does_not_finish_stops_at_max_turns_and_bad_answers_go_back_to_i
     let n: i64 = c.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).expect("count");
     assert_eq!(n, 2);
 }
+
+/// Requests in flight now, the most in flight at once, and each request's path and body.
+type Traffic = std::sync::Arc<std::sync::Mutex<(usize, usize, Vec<String>)>>;
+
+/// A local service whose every answer takes 300 ms, keeping its [`Traffic`].
+fn slow_site() -> (String, Traffic) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let state = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize, Vec::new())));
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let state = shared.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(&stream);
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                let mut length = 0usize;
+                let mut header = String::new();
+                while reader.read_line(&mut header).unwrap_or(0) > 0 && header != "\r\n" {
+                    if let Some((k, v)) = header.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    header.clear();
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                {
+                    let mut s = state.lock().expect("state");
+                    s.0 += 1;
+                    s.1 = s.1.max(s.0);
+                    s.2.push(format!("{path} {}", String::from_utf8_lossy(&body)));
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                state.lock().expect("state").0 -= 1;
+                let text = format!("{{\"path\":\"{path}\"}}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = (&stream).write_all(reply.as_bytes());
+            });
+        }
+    });
+    (addr, state)
+}
+
+#[test]
+fn native_tool_calls_run_reads_side_by_side_and_an_edited_write_survives_a_kill_while_parked() {
+    let fake = FakeProvider::start();
+    let (addr, state) = slow_site();
+    let env = Env::new();
+    setup(&env, &fake, &addr);
+    let config = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
+    let config =
+        config.replace("output_usd_per_mtok = 2.0\n", "output_usd_per_mtok = 2.0\ntool_calling = \"native\"\n");
+    env.write(
+        "cairn.toml",
+        &format!("{config}\n[tools.stock]\ntype = \"http_request\"\nurl = \"http://{addr}/stock\"\nmethod = \"GET\"\n\n[tools.prices]\ntype = \"http_request\"\nurl = \"http://{addr}/prices\"\nmethod = \"GET\"\n"),
+    );
+    fake.then([
+        Reply::calls(
+            "I need the orders, the stock and the prices.",
+            &[
+                ("c1", "orders_db", json!({"sql": "SELECT customer FROM orders WHERE total > 100"})),
+                ("c2", "stock", json!({})),
+                ("c3", "prices", json!({})),
+                ("c4", "nope", json!({})),
+            ],
+        ),
+        Reply::calls("Reporting the big orders.", &[("c5", "notes", json!({"body": {"text": "ann, bob"}}))]),
+        Reply::says("Reported: ann.", 80, 5),
+    ]);
+    let wf = env.write(
+        "wf.yaml",
+        "name: agent\nsteps:\n  - id: work\n    kind: agent\n    with:\n      task: Report the big orders.\n      tools: [orders_db, stock, prices, notes]\n      max_turns: 5\n",
+    );
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[]);
+    wait_line(&lines, "blocked(tool call approval)", LONG);
+    let id = env.only_run().id;
+    {
+        let s = state.lock().expect("state");
+        assert_eq!(s.1, 2, "the two HTTP reads of one turn were in flight together: {:?}", s.2);
+        assert!(s.2.iter().all(|r| !r.starts_with("/notes")), "the write waits: {:?}", s.2);
+    }
+    // The write after tool output waits for a person, with the model's words for it.
+    let listed: Value = serde_json::from_str(&stdout(&env.run(&["approvals", "--json"]))).expect("json");
+    let call = &listed[0]["call"];
+    assert_eq!(call["tool"], "notes");
+    let reason = call["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("turn 2; the model says: Reporting the big orders."), "{reason}");
+    // The process dies while the step waits; a person approves with edited arguments; a new
+    // process goes on from the record.
+    sigkill(&mut child);
+    let edited = r#"{"body": {"text": "ann"}}"#;
+    let out = env.run(&["approve", &id, "work", "--args", edited, "--by", "bo"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(env.only_run().status, "COMPLETED");
+    assert_eq!(output(&env, &id, "work"), json!({"final": "Reported: ann.", "turns": 3, "tool_calls": 4}));
+    let sent = state.lock().expect("state").2.clone();
+    let notes: Vec<&String> = sent.iter().filter(|r| r.starts_with("/notes")).collect();
+    assert_eq!(notes, [&r#"/notes {"text":"ann"}"#.to_string()], "sent once, as edited: {sent:?}");
+    assert_eq!(sent.len(), 3, "the reads were not made again: {sent:?}");
+    let received = fake.received();
+    assert_eq!(received.len(), 3, "no turn asked twice across the kill");
+    // The provider got the tools natively and each call's result under its id.
+    let names: Vec<&str> =
+        received[0]["tools"].as_array().expect("tools").iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    assert_eq!(names, ["orders_db", "stock", "prices", "notes"]);
+    let second = received[1]["messages"].as_array().expect("messages");
+    let results: Vec<(&str, &str)> = second
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .map(|m| (m["tool_call_id"].as_str().unwrap_or_default(), m["content"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(results.iter().map(|r| r.0).collect::<Vec<_>>(), ["c1", "c2", "c3", "c4"]);
+    assert!(results[0].1.contains("ann") && results[1].1.contains("/stock"), "{results:?}");
+    assert!(results[3].1.contains("There is no tool 'nope'"), "{results:?}");
+    assert_eq!(second.iter().filter(|m| m["tool_calls"].is_array()).count(), 1);
+    env.assert_journal_is_sound(&id);
+}

@@ -82,6 +82,23 @@ pub struct Meter {
     pub worst: Reservation,
 }
 
+/// How one of [`CallLog::calls_together`]'s calls is made: given its idempotency key.
+pub type CallFn<'f> =
+    Box<dyn FnOnce(String) -> Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send + 'f>> + Send + 'f>;
+
+/// A call's position: already settled by the record, or due.
+enum Position {
+    Recorded(Result<Value, Failure>),
+    Due(Due),
+}
+
+/// A call to make at position `n`.
+struct Due {
+    n: u32,
+    request_hash: String,
+    key: String,
+}
+
 /// A call recorded by an earlier attempt of the same step.
 #[derive(Clone, Debug)]
 pub(crate) struct Recorded {
@@ -203,40 +220,111 @@ impl CallLog {
         Fut: Future<Output = Result<Value, Failure>>,
     {
         self.last_replayed = false;
-        self.next += 1;
-        let n = self.next;
-        let request_hash = Payload::of(&secrets.redact_value(request.clone())).reference.hash;
-        let key = CallRow::key(self.run.as_str(), &self.step, n);
-        if let Some(done) = self.recorded.iter().find(|r| r.n == n) {
-            if done.request_hash != request_hash {
-                let message = format!(
-                    "call {n} of step '{}' ({kind}) asks something else than the call recorded at that position \
-                     (request hash {} now, {} recorded): the step's input or code changed since; it is not sent \
-                     again. Fork the run from this step to start its calls afresh",
-                    self.step,
-                    short(&request_hash),
-                    short(&done.request_hash)
-                );
-                return Err(Failure { code: Some(DIVERGENCE.into()), ..Failure::new(ErrorClass::Permanent, message) });
-            }
-            logs.push(format!("call {n} ({kind}, {key}): returned the recorded result; not sent again"));
-            self.last_replayed = true;
-            return Ok(done.result.clone());
-        }
+        let due = match self.position(kind, request, secrets, logs) {
+            Position::Recorded(result) => return result,
+            Position::Due(due) => due,
+        };
         let reserved = match meter {
             Some(m) if !self.budgets.is_empty() => {
-                self.reserve(n, kind, &request_hash, m).await?;
+                self.reserve(due.n, kind, &due.request_hash, m).await?;
                 logs.push(format!(
-                    "call {n} ({kind}): reserved up to ${:.6} / {} tokens for model {}",
-                    m.worst.usd, m.worst.tokens, m.model
+                    "call {} ({kind}): reserved up to ${:.6} / {} tokens for model {}",
+                    due.n, m.worst.usd, m.worst.tokens, m.model
                 ));
                 Some(m.worst)
             }
             _ => None,
         };
         let started = Instant::now();
-        let result = send(key.clone()).await;
+        let result = send(due.key.clone()).await;
         let duration_ms = started.elapsed().as_millis() as u64;
+        self.settle(kind, due, result, duration_ms, meter, reserved, secrets, logs).await
+    }
+
+    /// Makes (or replays) the next calls at once: each slot takes the next position in order (an
+    /// empty slot uses its position up without a call). The calls not yet recorded are sent
+    /// together; their results are recorded in position order once all have answered, so an
+    /// attempt that dies among them makes again only those not recorded. For calls that may run
+    /// side by side (reads); not for metered calls.
+    pub async fn calls_together<'f>(
+        &mut self,
+        kind: &str,
+        slots: Vec<Option<(Value, CallFn<'f>)>>,
+        secrets: &Resolved,
+        logs: &mut Vec<String>,
+    ) -> Vec<Option<Result<Value, Failure>>> {
+        self.last_replayed = false;
+        let mut out: Vec<Option<Result<Value, Failure>>> = Vec::with_capacity(slots.len());
+        let mut due = Vec::new();
+        let mut sends = Vec::new();
+        for (i, slot) in slots.into_iter().enumerate() {
+            let Some((request, send)) = slot else {
+                self.skip();
+                out.push(None);
+                continue;
+            };
+            match self.position(kind, &request, secrets, logs) {
+                Position::Recorded(result) => out.push(Some(result)),
+                Position::Due(d) => {
+                    out.push(None);
+                    let key = d.key.clone();
+                    due.push((i, d));
+                    sends.push(async move {
+                        let started = Instant::now();
+                        let result = send(key).await;
+                        (result, started.elapsed().as_millis() as u64)
+                    });
+                }
+            }
+        }
+        let answered = futures_util::future::join_all(sends).await;
+        for ((i, d), (result, duration_ms)) in due.into_iter().zip(answered) {
+            out[i] = Some(self.settle(kind, d, result, duration_ms, None, None, secrets, logs).await);
+        }
+        out
+    }
+
+    /// Takes the next position for a call: its recorded result (or the divergence), or what is
+    /// needed to make it.
+    fn position(&mut self, kind: &str, request: &Value, secrets: &Resolved, logs: &mut Vec<String>) -> Position {
+        self.next += 1;
+        let n = self.next;
+        let request_hash = Payload::of(&secrets.redact_value(request.clone())).reference.hash;
+        let key = CallRow::key(self.run.as_str(), &self.step, n);
+        let Some(done) = self.recorded.iter().find(|r| r.n == n) else {
+            return Position::Due(Due { n, request_hash, key });
+        };
+        if done.request_hash != request_hash {
+            let message = format!(
+                "call {n} of step '{}' ({kind}) asks something else than the call recorded at that position \
+                 (request hash {} now, {} recorded): the step's input or code changed since; it is not sent \
+                 again. Fork the run from this step to start its calls afresh",
+                self.step,
+                short(&request_hash),
+                short(&done.request_hash)
+            );
+            let failure = Failure { code: Some(DIVERGENCE.into()), ..Failure::new(ErrorClass::Permanent, message) };
+            return Position::Recorded(Err(failure));
+        }
+        logs.push(format!("call {n} ({kind}, {key}): returned the recorded result; not sent again"));
+        self.last_replayed = true;
+        Position::Recorded(Ok(done.result.clone()))
+    }
+
+    /// Records a call's result (redacted of secrets) before the next call may start.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &mut self,
+        kind: &str,
+        due: Due,
+        result: Result<Value, Failure>,
+        duration_ms: u64,
+        meter: Option<&Meter>,
+        reserved: Option<Reservation>,
+        secrets: &Resolved,
+        logs: &mut Vec<String>,
+    ) -> Result<Value, Failure> {
+        let Due { n, request_hash, key } = due;
         // What is kept never holds a secret's value.
         let result = match result {
             Ok(value) => Ok(secrets.redact_value(value)),

@@ -88,6 +88,39 @@ pub struct Model {
     /// Answers kept across runs this long (`cache = {ttl = "1h"}`); a step's `with.cache` wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_ttl_ms: Option<u64>,
+    /// How an `agent` step gives this model its tools.
+    #[serde(default)]
+    pub tool_calling: ToolCalling,
+}
+
+/// How an agent's tools reach a model (`tool_calling` in `[models.ALIAS]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolCalling {
+    /// A JSON action format any model can follow, its answers held to a JSON Schema:
+    /// `{"tool": NAME, "args": {…}, "reason": "…"}` or `{"final": ANSWER}`.
+    #[default]
+    Json,
+    /// The provider's own tool calling (OpenAI `tools`/`tool_calls`, Anthropic `tool_use`): the
+    /// model may ask for several calls in one turn.
+    Native,
+}
+
+impl ToolCalling {
+    pub fn parse(s: &str) -> Option<ToolCalling> {
+        match s {
+            "json" => Some(ToolCalling::Json),
+            "native" => Some(ToolCalling::Native),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolCalling::Json => "json",
+            ToolCalling::Native => "native",
+        }
+    }
 }
 
 impl Model {
@@ -183,6 +216,7 @@ mod tests {
             context_window: None,
             max_output_tokens: None,
             cache_ttl_ms: None,
+            tool_calling: ToolCalling::Json,
         };
         let cost = m.cost_usd(1_000_000, 500_000, 250_000);
         assert!((cost - (0.5 + 0.05 + 1.0)).abs() < 1e-9, "{cost}");

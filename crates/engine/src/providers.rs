@@ -39,14 +39,28 @@ pub struct Answer {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub cached_tokens: u64,
+    /// The tool calls the model asked for (native tool calling), in its order.
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// One tool call a model asked for: the provider's id for it, the tool's name as sent (see
+/// `ToolSpec::wire_name`), and its arguments (a JSON value; a string when they were not JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub args: Value,
 }
 
 /// One model's answer, as journaled: what the step's output is built from. Usage the provider
 /// left out is counted here (`estimated: true`) from the request's messages and the answer.
 pub fn answer(model: &Model, body: &Value, a: Answer) -> Value {
     let input_tokens = a.input_tokens.unwrap_or_else(|| crate::tokens::count_messages(&body["messages"]));
-    let output_tokens = a.output_tokens.unwrap_or_else(|| crate::tokens::count(&a.text));
-    json!({
+    let output_tokens = a.output_tokens.unwrap_or_else(|| {
+        crate::tokens::count(&a.text)
+            + a.tool_calls.iter().map(|c| crate::tokens::count(&format!("{}{}", c.name, c.args))).sum::<u64>()
+    });
+    let mut out = json!({
         "text": a.text,
         "model": model.alias,
         "provider_model": a.provider_model.unwrap_or_else(|| model.model.clone()),
@@ -58,7 +72,13 @@ pub fn answer(model: &Model, body: &Value, a: Answer) -> Value {
             "estimated": a.input_tokens.is_none() || a.output_tokens.is_none(),
         },
         "cost_usd": model.cost_usd(input_tokens, a.cached_tokens, output_tokens),
-    })
+    });
+    if !a.tool_calls.is_empty() {
+        let calls: Vec<Value> =
+            a.tool_calls.into_iter().map(|c| json!({"id": c.id, "name": c.name, "args": c.args})).collect();
+        out["tool_calls"] = Value::Array(calls);
+    }
+    out
 }
 
 fn malformed(provider: &Provider, why: &str) -> Failure {
@@ -169,7 +189,7 @@ pub async fn chat(
             serde_json::from_str(&text).map_err(|e| malformed(provider, &format!("the answer is not JSON: {e}")))?;
         return match provider.kind {
             ProviderType::Openai => openai_answer(&raw),
-            ProviderType::Anthropic => anthropic_answer(&raw),
+            ProviderType::Anthropic => anthropic_answer(&raw, body.get("response_format").is_some()),
         }
         .and_then(sane)
         .map_err(|why| malformed(provider, why));
@@ -245,7 +265,30 @@ fn openai_answer(raw: &Value) -> Result<Answer, &'static str> {
             .and_then(|u| u.pointer("/prompt_tokens_details/cached_tokens"))
             .and_then(Value::as_u64)
             .unwrap_or(0),
+        tool_calls: openai_tool_calls(choice.pointer("/message/tool_calls"))?,
     })
+}
+
+/// The `tool_calls` of an OpenAI answer's message: each `{id, function: {name, arguments}}`, its
+/// arguments a JSON text (kept as a string when it is not JSON, for the step to report).
+fn openai_tool_calls(calls: Option<&Value>) -> Result<Vec<ToolCall>, &'static str> {
+    let Some(calls) = calls.filter(|c| !c.is_null()) else { return Ok(Vec::new()) };
+    let calls = calls.as_array().ok_or("its tool_calls is not a list")?;
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = c.pointer("/function/name").and_then(Value::as_str).ok_or("a tool call has no function name")?;
+            let args = match c.pointer("/function/arguments") {
+                Some(Value::String(text)) if text.trim().is_empty() => json!({}),
+                Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!(text)),
+                Some(other) => other.clone(),
+                None => json!({}),
+            };
+            let id = c.get("id").and_then(Value::as_str).map_or_else(|| format!("call_{i}"), str::to_string);
+            Ok(ToolCall { id, name: name.to_string(), args })
+        })
+        .collect()
 }
 
 /// The Messages API request for an OpenAI-shaped body: system messages joined into `system`,
@@ -253,11 +296,41 @@ fn openai_answer(raw: &Value) -> Result<Answer, &'static str> {
 /// `response_format`) as a tool the model is made to call.
 fn anthropic_body(model: &Model, body: &Value) -> Value {
     let mut system = Vec::new();
-    let mut messages = Vec::new();
+    let mut messages: Vec<Value> = Vec::new();
     for m in body["messages"].as_array().into_iter().flatten() {
         let content = m.get("content").cloned().unwrap_or(Value::Null);
         match m.get("role").and_then(Value::as_str) {
             Some("system") => system.push(content.as_str().unwrap_or_default().to_string()),
+            // An assistant turn that called tools: its text, then a `tool_use` block per call.
+            Some("assistant") if m.get("tool_calls").is_some() => {
+                let mut blocks = Vec::new();
+                if let Some(text) = content.as_str().filter(|t| !t.is_empty()) {
+                    blocks.push(json!({"type": "text", "text": text}));
+                }
+                for call in m["tool_calls"].as_array().into_iter().flatten() {
+                    let args = match call.pointer("/function/arguments") {
+                        Some(Value::String(text)) => serde_json::from_str(text).unwrap_or_else(|_| json!({})),
+                        Some(other) => other.clone(),
+                        None => json!({}),
+                    };
+                    blocks.push(
+                        json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": args}),
+                    );
+                }
+                messages.push(json!({"role": "assistant", "content": blocks}));
+            }
+            // Tool results go back as `tool_result` blocks of one user turn.
+            Some("tool") => {
+                let block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": content});
+                match messages.last_mut() {
+                    Some(last) if last["role"] == "user" && last["content"].is_array() => {
+                        if let Some(blocks) = last["content"].as_array_mut() {
+                            blocks.push(block);
+                        }
+                    }
+                    _ => messages.push(json!({"role": "user", "content": [block]})),
+                }
+            }
             Some(role) => messages.push(json!({"role": role, "content": content})),
             None => {}
         }
@@ -279,6 +352,16 @@ fn anthropic_body(model: &Model, body: &Value) -> Value {
         Some(list @ Value::Array(_)) => sent["stop_sequences"] = list.clone(),
         _ => {}
     }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let tools: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                let f = &t["function"];
+                json!({"name": f["name"], "description": f["description"], "input_schema": f["parameters"]})
+            })
+            .collect();
+        sent["tools"] = Value::Array(tools);
+    }
     if let Some(schema) = body.pointer("/response_format/json_schema/schema") {
         sent["tools"] = json!([{
             "name": OUTPUT_TOOL,
@@ -290,13 +373,29 @@ fn anthropic_body(model: &Model, body: &Value) -> Value {
     sent
 }
 
-fn anthropic_answer(raw: &Value) -> Result<Answer, &'static str> {
+/// A Messages answer in one shape; `forced`: the request made the model call [`OUTPUT_TOOL`].
+fn anthropic_answer(raw: &Value, forced: bool) -> Result<Answer, &'static str> {
     let content =
         raw.get("content").and_then(Value::as_array).filter(|c| !c.is_empty()).ok_or("the answer has no content")?;
     // A forced tool call carries the structured answer as its input; text blocks carry the rest.
-    let text = match content.iter().find(|b| b["type"] == "tool_use" && b["name"] == OUTPUT_TOOL) {
+    let output = content.iter().find(|b| forced && b["type"] == "tool_use" && b["name"] == OUTPUT_TOOL);
+    let text = match output {
         Some(call) => call.get("input").map(Value::to_string).unwrap_or_default(),
         None => content.iter().filter(|b| b["type"] == "text").filter_map(|b| b["text"].as_str()).collect(),
+    };
+    let tool_calls = if forced {
+        Vec::new()
+    } else {
+        content
+            .iter()
+            .filter(|b| b["type"] == "tool_use")
+            .enumerate()
+            .map(|(i, b)| ToolCall {
+                id: b["id"].as_str().map_or_else(|| format!("toolu_{i}"), str::to_string),
+                name: b["name"].as_str().unwrap_or_default().to_string(),
+                args: b.get("input").cloned().unwrap_or_else(|| json!({})),
+            })
+            .collect()
     };
     let usage = raw.get("usage");
     let tokens = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64);
@@ -309,6 +408,7 @@ fn anthropic_answer(raw: &Value) -> Result<Answer, &'static str> {
         input_tokens: tokens("input_tokens").map(|n| n + cached + tokens("cache_creation_input_tokens").unwrap_or(0)),
         output_tokens: tokens("output_tokens"),
         cached_tokens: cached,
+        tool_calls,
     })
 }
 
@@ -346,6 +446,7 @@ mod tests {
             context_window: None,
             max_output_tokens: Some(1000),
             cache_ttl_ms: None,
+            tool_calling: crate::models::ToolCalling::Native,
         }
     }
 
@@ -366,18 +467,63 @@ mod tests {
     }
 
     #[test]
+    fn tool_calls_and_their_results_become_tool_use_and_tool_result_blocks_and_come_back_as_calls() {
+        let body = json!({
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": "Looking.", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{\"q\":1}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "mcp__b", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "one"},
+                {"role": "tool", "tool_call_id": "c2", "content": "two"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "a", "description": "A.", "parameters": {"type": "object"}}}]
+        });
+        let sent = anthropic_body(&model(), &body);
+        assert_eq!(
+            sent["messages"][1]["content"][1],
+            json!({"type": "tool_use", "id": "c1", "name": "a", "input": {"q": 1}})
+        );
+        assert_eq!(sent["messages"][1]["content"][0], json!({"type": "text", "text": "Looking."}));
+        let results = &sent["messages"][2];
+        assert_eq!((results["role"].as_str(), results["content"].as_array().map(Vec::len)), (Some("user"), Some(2)));
+        assert_eq!(results["content"][1], json!({"type": "tool_result", "tool_use_id": "c2", "content": "two"}));
+        assert_eq!(sent["tools"], json!([{"name": "a", "description": "A.", "input_schema": {"type": "object"}}]));
+        assert!(sent.get("tool_choice").is_none());
+        // A tool named like the forced output tool is a call when nothing was forced.
+        let raw = json!({"content": [{"type": "tool_use", "id": "t1", "name": "output", "input": {"x": 1}}],
+                         "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
+        let a = anthropic_answer(&raw, false).expect("answer");
+        assert_eq!(
+            (a.text.as_str(), a.tool_calls[0].name.as_str(), &a.tool_calls[0].args),
+            ("", "output", &json!({"x": 1}))
+        );
+        let raw = json!({"choices": [{"finish_reason": "tool_calls", "message": {"content": null, "tool_calls": [
+            {"id": "k", "function": {"name": "a", "arguments": "{\"q\": 2}"}},
+            {"id": "j", "function": {"name": "a", "arguments": "not json"}}]}}]});
+        let a = openai_answer(&raw).expect("answer");
+        assert_eq!(
+            a.tool_calls.iter().map(|c| c.args.clone()).collect::<Vec<_>>(),
+            [json!({"q": 2}), json!("not json")]
+        );
+        let out = answer(&model(), &json!({"messages": []}), a);
+        assert_eq!(out["tool_calls"][0], json!({"id": "k", "name": "a", "args": {"q": 2}}));
+    }
+
+    #[test]
     fn a_messages_answer_reads_as_text_or_as_the_forced_tools_input_with_cached_input_counted() {
         let raw = json!({"model": "claude-x", "stop_reason": "end_turn",
             "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}],
             "usage": {"input_tokens": 10, "output_tokens": 3, "cache_read_input_tokens": 90}});
-        let a = anthropic_answer(&raw).expect("answer");
+        let a = anthropic_answer(&raw, false).expect("answer");
         assert_eq!((a.text.as_str(), a.input_tokens, a.cached_tokens), ("Hello there", Some(100), 90));
         let out = answer(&model(), &json!({}), a);
         let expected = (10.0 * 3.0 + 90.0 * 0.3 + 3.0 * 15.0) / 1e6;
         assert!((out["cost_usd"].as_f64().unwrap_or(0.0) - expected).abs() < 1e-12, "{out}");
         let raw = json!({"content": [{"type": "tool_use", "name": "output", "input": {"city": "Paris"}}],
                          "stop_reason": "tool_use", "usage": {"input_tokens": 1, "output_tokens": 1}});
-        assert_eq!(anthropic_answer(&raw).expect("tool").text, r#"{"city":"Paris"}"#);
+        assert_eq!(anthropic_answer(&raw, true).expect("tool").text, r#"{"city":"Paris"}"#);
         assert_eq!(anthropic_url("https://api.anthropic.com/", "messages"), "https://api.anthropic.com/v1/messages");
         assert_eq!(anthropic_url("http://127.0.0.1:9/v1", "messages"), "http://127.0.0.1:9/v1/messages");
     }

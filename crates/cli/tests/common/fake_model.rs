@@ -41,6 +41,27 @@ impl Reply {
         )
     }
 
+    /// An OpenAI completion asking for tool calls (`id`, tool name, arguments), with `text`.
+    pub fn calls(text: &str, calls: &[(&str, &str, Value)]) -> Reply {
+        let calls: Vec<Value> = calls
+            .iter()
+            .map(|(id, name, args)| {
+                json!({"id": id, "type": "function", "function": {"name": name, "arguments": args.to_string()}})
+            })
+            .collect();
+        Reply::Http(
+            200,
+            vec![],
+            json!({
+                "model": "fake-model",
+                "choices": [{"index": 0, "finish_reason": "tool_calls",
+                             "message": {"role": "assistant", "content": text, "tool_calls": calls}}],
+                "usage": {"prompt_tokens": 60, "completion_tokens": 12, "total_tokens": 72}
+            })
+            .to_string(),
+        )
+    }
+
     /// A completion without usage (the engine must count the tokens itself).
     pub fn says_without_usage(text: &str) -> Reply {
         Reply::Http(

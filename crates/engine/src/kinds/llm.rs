@@ -198,7 +198,8 @@ pub(super) async fn ask(
             None => None,
         };
         let from_cache = hit.is_some();
-        let tokens = attempt.tokens();
+        // Tool calls come whole or not at all: a request offering tools is not streamed.
+        let tokens = if body.get("tools").is_some() { None } else { attempt.tokens() };
         let (model, provider, sent) = (model.clone(), provider.clone(), body.clone());
         let answered = attempt
             .metered_call("llm", &request, Some(&meter), |_| async move {

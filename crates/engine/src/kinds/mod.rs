@@ -210,6 +210,30 @@ impl<'a> Attempt<'a> {
         }
     }
 
+    /// Several calls at once (reads an agent asked for in one turn), each a journaled call as
+    /// [`Attempt::call`] makes it: each slot takes the next position in order (`None` uses its
+    /// position up without a call, as a rejected call does). Calls not yet recorded are sent
+    /// together and recorded in position order when all have answered.
+    pub async fn calls_together<'f>(
+        &mut self,
+        kind: &str,
+        slots: Vec<Option<(Value, crate::calls::CallFn<'f>)>>,
+    ) -> Vec<Option<Result<Value, Failure>>> {
+        match &mut self.calls {
+            Some(log) => log.calls_together(kind, slots, self.secrets, &mut self.logs).await,
+            None => {
+                let mut out = Vec::with_capacity(slots.len());
+                for slot in slots {
+                    out.push(match slot {
+                        Some((_, send)) => Some(send(self.idempotency_key.clone()).await),
+                        None => None,
+                    });
+                }
+                out
+            }
+        }
+    }
+
     /// Where the next call's tokens go as it streams, for watchers of the run. `None` when nobody
     /// can watch, or when the attempt holds a secret's value (a model could echo it before the
     /// answer is redacted).

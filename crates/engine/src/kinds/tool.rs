@@ -53,7 +53,8 @@ impl Activity for Kind {
             let name = attempt.input.get("tool").and_then(Value::as_str).unwrap_or_default().to_string();
             let entry = lookup(&self.tools, &attempt.workflow_tools, &name).await?;
             let args = entry.normalize(attempt.input.get("args").cloned().unwrap_or_else(|| json!({})));
-            let args = match gate(attempt, &entry, &name, args, None, None)? {
+            let n = attempt.next_call();
+            let args = match gate(attempt, n, &entry, &name, args, None, None)? {
                 Gate::Go(args) => args,
                 Gate::Rejected(message) => {
                     return Err(Failure {
@@ -96,12 +97,12 @@ pub(super) async fn lookup(
 pub(super) enum Gate {
     /// Make the call with these arguments (as asked, or as edited).
     Go(Value),
-    /// A person rejected it: "the call to tool 'X' was rejected by NAME: reason". The call's
-    /// position is used up, so the calls after it keep theirs.
+    /// A person rejected it: "the call to tool 'X' was rejected by NAME: reason". The caller
+    /// uses the call's position up (`Attempt::skip_call`), so the calls after it keep theirs.
     Rejected(String),
 }
 
-/// Decides whether the next call (to `entry`, with `args` already normalized) may be made: a call
+/// Decides whether call `n` (to `entry`, with `args` already normalized) may be made: a call
 /// an earlier attempt recorded goes ahead (it comes back from the record); otherwise the arguments
 /// are checked, and a call the tool's policy gates — or any write after untrusted content
 /// (`untrusted`: why, naming the source) — stops the attempt with class `approval_required` until
@@ -109,19 +110,18 @@ pub(super) enum Gate {
 /// `Err` is a failure of the attempt (arguments that do not fit, or the stop).
 pub(super) fn gate(
     attempt: &mut Attempt<'_>,
+    n: u32,
     entry: &crate::tools::Entry,
     name: &str,
     args: Value,
     untrusted: Option<&str>,
     context: Option<&str>,
 ) -> Result<Gate, Failure> {
-    let n = attempt.next_call();
     if attempt.call_recorded(n) {
         return Ok(Gate::Go(args));
     }
     match attempt.call_decision(n).cloned() {
         Some(decision) if !decision.approved => {
-            attempt.skip_call();
             let who = decision.by.as_deref().unwrap_or("an operator");
             let why = decision.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
             Ok(Gate::Rejected(format!("the call to tool '{name}' was rejected by {who}{why}")))

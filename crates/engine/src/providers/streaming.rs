@@ -61,6 +61,7 @@ pub async fn read(
         input_tokens: None,
         output_tokens: None,
         cached_tokens: 0,
+        tool_calls: Vec::new(),
     };
     let mut out = Outgoing { tokens, hide: hide.filter(|h| h.len() >= 8), held: String::new() };
     // Anthropic: the forced tool's input arrives as pieces of JSON text.
