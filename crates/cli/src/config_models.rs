@@ -4,7 +4,7 @@
 
 use super::config::{is_variable, located, position};
 use cairn_engine::breakers::BreakerConfig;
-use cairn_engine::models::{Model, Models, Provider, ProviderType, ToolCalling};
+use cairn_engine::models::{MockReply, Model, Models, Provider, ProviderType, ToolCalling};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -15,7 +15,8 @@ use toml::Spanned;
 pub(crate) struct ProviderFile {
     #[serde(rename = "type")]
     kind: Spanned<String>,
-    base_url: Spanned<String>,
+    /// Required but for `type = "mock"`.
+    base_url: Option<Spanned<String>>,
     api_key_env: Option<Spanned<String>>,
     /// Seconds.
     connect_timeout: Option<Spanned<f64>>,
@@ -23,6 +24,9 @@ pub(crate) struct ProviderFile {
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
     breaker: Option<BreakerFile>,
+    /// `type = "mock"` only: `[[providers.NAME.replies]]` with `when` and `say`.
+    #[serde(default)]
+    replies: Vec<Spanned<MockReply>>,
 }
 
 /// `[providers.NAME] breaker = {…}` as written: when the provider is skipped for a while.
@@ -95,20 +99,38 @@ pub(crate) fn check(
         let Some(kind) = ProviderType::parse(p.kind.get_ref()) else {
             let msg = format!(
                 "`providers.{key}.type` is `{}`; use `openai` (any OpenAI-compatible chat-completions server: OpenAI, \
-                 vLLM, Ollama, llama.cpp, LiteLLM) or `anthropic` (the Messages API)",
+                 vLLM, Ollama, llama.cpp, LiteLLM), `anthropic` (the Messages API) or `mock` (scripted, offline)",
                 p.kind.get_ref().escape_debug()
             );
             problems.push(located(file, at(p.kind.span().start), &msg));
             continue;
         };
-        let base_url = p.base_url.get_ref().trim_end_matches('/').to_string();
-        let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
-        if !scheme_ok || base_url.len() <= "https://".len() || base_url.contains(char::is_whitespace) {
-            let msg = format!(
-                "`providers.{key}.base_url` is `{}`, not an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)",
-                p.base_url.get_ref().escape_debug()
-            );
-            problems.push(located(file, at(p.base_url.span().start), &msg));
+        let base_url = match (&p.base_url, kind) {
+            (None, ProviderType::Mock) => String::new(),
+            (None, _) => {
+                let msg = format!(
+                    "`providers.{key}` has no `base_url`; give the server's URL (e.g. http://127.0.0.1:8000/v1)"
+                );
+                problems.push(located(file, at(p.kind.span().start), &msg));
+                String::new()
+            }
+            (Some(written), _) => {
+                let base_url = written.get_ref().trim_end_matches('/').to_string();
+                let scheme_ok = base_url.starts_with("http://") || base_url.starts_with("https://");
+                if !scheme_ok || base_url.len() <= "https://".len() || base_url.contains(char::is_whitespace) {
+                    let msg = format!(
+                        "`providers.{key}.base_url` is `{}`, not an http:// or https:// URL (e.g. \
+                         http://127.0.0.1:8000/v1)",
+                        written.get_ref().escape_debug()
+                    );
+                    problems.push(located(file, at(written.span().start), &msg));
+                }
+                base_url
+            }
+        };
+        if let (Some(first), false) = (p.replies.first(), kind == ProviderType::Mock) {
+            let msg = format!("`providers.{key}.replies` is for `type = \"mock\"` providers only");
+            problems.push(located(file, at(first.span().start), &msg));
         }
         if let Some(var) = &p.api_key_env
             && !is_variable(var.get_ref())
@@ -190,6 +212,7 @@ pub(crate) fn check(
                 request_timeout_ms,
                 headers,
                 breaker,
+                replies: p.replies.into_iter().map(Spanned::into_inner).collect(),
             },
         );
     }

@@ -64,6 +64,19 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What each model call was given as context: the lineage ledger of every `context:` —
+    /// candidates observed, selected and rejected (why), with scores, tokens and digests.
+    #[command(
+        after_help = "Examples:\n  cairn runs context wf_01J...\n  cairn runs context wf_01J... --step draft --json"
+    )]
+    Context {
+        id: String,
+        /// Only this step (its `for_each`/`loop` instances too).
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-attempt log lines, of the whole run or of one step.
     #[command(after_help = "Examples:\n  cairn runs logs wf_01J...\n  cairn runs logs wf_01J... --step send_email")]
     Logs {
@@ -498,6 +511,19 @@ pub async fn runs(db: &DbArgs, command: RunsCommand) -> CliResult {
                 "{}",
                 table(&["ID", "ACCEPTED", "REQUEST", "BY", "STATE", "ANSWER"], &body)
             ));
+        }
+        RunsCommand::Context { id, step, json } => {
+            let run = run_id(&id)?;
+            let steps = store.steps(&run).await?;
+            if let Some(name) = &step {
+                crate::steps::find(&id, &steps, name)?;
+            }
+            let ledgers = cairn_engine::context::ledgers(&store, &run, step.as_deref()).await?;
+            if json {
+                print_json(&ledgers);
+            } else {
+                crate::lineage::print(&id, step.as_deref(), &ledgers);
+            }
         }
         RunsCommand::Logs { id, step } => {
             let run = run_id(&id)?;

@@ -24,6 +24,7 @@ mod detail;
 mod diff;
 mod inspect;
 mod kinds;
+mod lineage;
 mod output;
 mod plan_file;
 mod replay;

@@ -11,6 +11,7 @@ pub mod activity;
 pub mod breakers;
 pub mod calls;
 mod children;
+pub mod context;
 pub mod diff;
 mod driver;
 mod engine;

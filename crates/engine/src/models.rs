@@ -14,6 +14,8 @@ pub enum ProviderType {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// A model in this process that answers from `replies` (see `providers::mock`): offline.
+    Mock,
 }
 
 impl ProviderType {
@@ -21,6 +23,7 @@ impl ProviderType {
         match s {
             "openai" => Some(ProviderType::Openai),
             "anthropic" => Some(ProviderType::Anthropic),
+            "mock" => Some(ProviderType::Mock),
             _ => None,
         }
     }
@@ -29,6 +32,7 @@ impl ProviderType {
         match self {
             ProviderType::Openai => "openai",
             ProviderType::Anthropic => "anthropic",
+            ProviderType::Mock => "mock",
         }
     }
 }
@@ -54,6 +58,18 @@ pub struct Provider {
     /// When this process skips the provider for a while (see `crate::breakers`).
     #[serde(default)]
     pub breaker: crate::breakers::BreakerConfig,
+    /// A `mock` provider's scripted answers, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replies: Vec<MockReply>,
+}
+
+/// One scripted answer of a `mock` provider: `say` answers when `when` is in the conversation's
+/// last message (any message when `when` is not given).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MockReply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    pub say: String,
 }
 
 impl Provider {
@@ -160,13 +176,16 @@ impl Models {
 /// here), within its timeouts. `Ok` says how many models it lists; `Err` says what went wrong
 /// (never the key).
 pub async fn check(provider: &Provider) -> Result<String, String> {
+    if provider.kind == ProviderType::Mock {
+        return Ok(format!("answers in this process (type mock, {} scripted replies)", provider.replies.len()));
+    }
     let key = provider.key().map_err(|_| {
         format!("${} is not set here, so there is no key to send", provider.api_key_env.as_deref().unwrap_or_default())
     })?;
     let client = crate::providers::client(provider).map_err(|f| f.message)?;
     let url = match provider.kind {
-        ProviderType::Openai => format!("{}/models", provider.base_url),
         ProviderType::Anthropic => crate::providers::anthropic_url(&provider.base_url, "models"),
+        _ => format!("{}/models", provider.base_url),
     };
     let mut request = client.get(&url);
     for (k, v) in &provider.headers {
@@ -175,7 +194,7 @@ pub async fn check(provider: &Provider) -> Result<String, String> {
     request = match (provider.kind, &key) {
         (ProviderType::Openai, Some(key)) => request.bearer_auth(key),
         (ProviderType::Anthropic, Some(key)) => request.header("x-api-key", key),
-        (_, None) => request,
+        (ProviderType::Mock, _) | (_, None) => request,
     };
     if provider.kind == ProviderType::Anthropic {
         request = request.header("anthropic-version", "2023-06-01");

@@ -8,6 +8,7 @@
 //! translated from it (the system message apart, `max_tokens` required, an `output_schema` as a
 //! forced tool), and both answers come back as one shape.
 
+mod mock;
 mod streaming;
 
 use crate::calls::Tokens;
@@ -130,9 +131,12 @@ pub async fn chat(
     key: Option<&str>,
     tokens: Option<&Tokens>,
 ) -> Result<Answer, Failure> {
+    if provider.kind == ProviderType::Mock {
+        return Ok(mock::answer(provider, body));
+    }
     let client = client(provider)?;
     let (url, mut sent) = match provider.kind {
-        ProviderType::Openai => {
+        ProviderType::Openai | ProviderType::Mock => {
             let mut sent = body.clone();
             sent["model"] = json!(model.model);
             (format!("{}/chat/completions", provider.base_url), sent)
@@ -152,7 +156,7 @@ pub async fn chat(
     request = match (provider.kind, key) {
         (ProviderType::Openai, Some(key)) => request.bearer_auth(key),
         (ProviderType::Anthropic, Some(key)) => request.header("x-api-key", key),
-        (_, None) => request,
+        (ProviderType::Mock, _) | (_, None) => request,
     };
     if provider.kind == ProviderType::Anthropic {
         request = request.header("anthropic-version", ANTHROPIC_VERSION);
@@ -188,7 +192,7 @@ pub async fn chat(
         let raw: Value =
             serde_json::from_str(&text).map_err(|e| malformed(provider, &format!("the answer is not JSON: {e}")))?;
         return match provider.kind {
-            ProviderType::Openai => openai_answer(&raw),
+            ProviderType::Openai | ProviderType::Mock => openai_answer(&raw),
             ProviderType::Anthropic => anthropic_answer(&raw, body.get("response_format").is_some()),
         }
         .and_then(sane)

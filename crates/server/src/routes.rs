@@ -3,7 +3,9 @@
 //! the description cannot drift apart: nothing is routed that is not described, and nothing is
 //! described that is not routed.
 
-use crate::{AppState, admin, approvals, diff, openapi, probes, providers, runs, stream, tasks, tools, workflows};
+use crate::{
+    AppState, admin, approvals, diff, lineage, openapi, probes, providers, runs, stream, tasks, tools, workflows,
+};
 use axum::Router;
 use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter};
@@ -80,6 +82,7 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(runs::__path_signal, runs::signal::<S>)
         .add(runs::__path_requests, runs::requests::<S>)
         .add(diff::__path_diff, diff::diff::<S>)
+        .add(lineage::__path_context, lineage::context::<S>)
         .add(approvals::__path_decide, approvals::decide::<S>)
         .add(runs::__path_rerun, runs::rerun::<S>)
         .add(runs::__path_retry, runs::retry::<S>)

@@ -91,7 +91,8 @@ impl Activity for Kind {
                 "output_schema": {"type": "object", "description": "a JSON Schema the final answer must fit"},
                 "trust_tool_output": {"type": "boolean", "description": "let writes follow tool output without a person"},
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                "max_tokens": {"type": "integer", "minimum": 1}
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "context": super::context::schema()
             },
             "additionalProperties": false
         }))
@@ -130,10 +131,17 @@ impl Activity for Kind {
                 }
             };
             let system = input.get("system").and_then(Value::as_str);
-            let mut messages = vec![
-                json!({"role": "system", "content": system_prompt(system, &tools, &format, output_schema.as_ref())}),
-                json!({"role": "user", "content": input.get("task").and_then(Value::as_str).unwrap_or_default()}),
-            ];
+            let task = input.get("task").and_then(Value::as_str).unwrap_or_default();
+            let mut body = json!({"messages": [
+                {"role": "system", "content": system_prompt(system, &tools, &format, output_schema.as_ref())},
+                {"role": "user", "content": task},
+            ]});
+            // The context, chosen once before the first turn (its ledger a journaled call).
+            if let Some(spec) = input.get("context") {
+                let block = super::context::assemble(attempt, &self.tools, spec, task).await?;
+                super::llm::with_context(&mut body, block);
+            }
+            let mut messages = body["messages"].as_array().cloned().unwrap_or_default();
             let mut loop_state = Acting { untrusted: None, trusting, tool_calls: 0 };
             for turn in 1..=max_turns {
                 let mut body = json!({"messages": messages});

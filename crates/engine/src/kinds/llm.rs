@@ -16,7 +16,10 @@ use cairn_core::kinds::{EffectClass, KindSpec, REMOTE};
 use cairn_store::Reservation;
 use serde_json::{Value, json};
 
-pub struct Kind;
+pub struct Kind {
+    /// The tools `with.context` sources read through.
+    pub tools: std::sync::Arc<crate::tools::Tools>,
+}
 
 fn permanent(message: String) -> Failure {
     Failure::new(ErrorClass::Permanent, message)
@@ -55,6 +58,7 @@ impl Activity for Kind {
                 "max_tokens": {"type": "integer", "minimum": 1},
                 "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
                 "output_schema": {"type": "object", "description": "a JSON Schema the answer must fit"},
+                "context": super::context::schema(),
                 "cache": {
                     "type": "object",
                     "properties": {"ttl": {"anyOf": [
@@ -81,7 +85,17 @@ impl Activity for Kind {
                 ),
                 None => None,
             };
-            let body = request_body(&input)?;
+            let mut body = request_body(&input)?;
+            if let Some(spec) = input.get("context") {
+                let query = body["messages"]
+                    .as_array()
+                    .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                let block = super::context::assemble(attempt, &self.tools, spec, &query).await?;
+                with_context(&mut body, block);
+            }
             let (alias, mut output) = ask(attempt, &models, &aliases, &body, schema.as_ref()).await?;
             let Some(schema) = schema else { return Ok(output) };
             let text = output["text"].as_str().unwrap_or_default().to_string();
@@ -367,6 +381,18 @@ fn summed(first: Value, mut second: Value) -> Value {
     second["cost_usd"] = json!(cost(&first) + cost(&second));
     second["skipped"] = first["skipped"].clone();
     second
+}
+
+/// Adds the context block to a request's system message (one is put first when there is none).
+pub(super) fn with_context(body: &mut Value, block: String) {
+    let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) else { return };
+    match messages.first_mut() {
+        Some(first) if first["role"] == "system" => {
+            let text = first["content"].as_str().unwrap_or_default();
+            first["content"] = json!(format!("{text}\n\n{block}"));
+        }
+        _ => messages.insert(0, json!({"role": "system", "content": block})),
+    }
 }
 
 /// The chat request's body (without the model id) from the step's `with`.

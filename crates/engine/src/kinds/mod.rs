@@ -13,6 +13,7 @@
 
 mod agent;
 mod approval;
+mod context;
 mod echo;
 mod fail;
 mod http;
@@ -353,7 +354,7 @@ pub fn builtin() -> Registry {
         .with(echo::Kind)
         .with(sleep::Kind)
         .with(mock_model::Kind)
-        .with(llm::Kind)
+        .with(llm::Kind { tools: Arc::new(crate::tools::Tools::builtin()) })
         .with(http::Kind)
         .with(approval::Kind)
         .with(fail::Kind)
@@ -365,7 +366,10 @@ pub fn builtin() -> Registry {
 
 /// The built-in kinds, with `tool` and `agent` calling these tools.
 pub fn with_tools(tools: Arc<crate::tools::Tools>) -> Registry {
-    builtin().with(tool::Kind { tools: tools.clone() }).with(agent::Kind { tools })
+    builtin()
+        .with(llm::Kind { tools: tools.clone() })
+        .with(tool::Kind { tools: tools.clone() })
+        .with(agent::Kind { tools })
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub async fn read(
                 }
                 let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
                 let piece = match kind {
-                    ProviderType::Openai => openai_event(&v, &mut answer, &mut done),
+                    ProviderType::Openai | ProviderType::Mock => openai_event(&v, &mut answer, &mut done),
                     ProviderType::Anthropic => {
                         let piece = anthropic_event(&v, &mut answer, &mut tool_input, &mut done)?;
                         ended |= done;
