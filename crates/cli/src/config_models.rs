@@ -474,6 +474,15 @@ context_window = 0
         let unknown =
             parse("[models.x]\nprovider = \"p\"\nmodel = \"m\"\nprice = 1\n", "cairn.toml").expect_err("refused");
         assert!(unknown.message.starts_with("cairn.toml:4:1: unknown key `price`"), "{}", unknown.message);
+        let mock = "[providers.m]\ntype = \"mock\"\n\n[[providers.m.replies]]\nwhen = \"hi\"\nsay = \"hello\"\n\n[models.x]\nprovider = \"m\"\nmodel = \"m\"\n";
+        let parsed = parse(mock, "cairn.toml").expect("a mock needs no base_url").models;
+        assert_eq!(parsed.providers["m"].replies[0].say, "hello");
+        let stray = "[providers.p]\ntype = \"openai\"\n\n[[providers.p.replies]]\nsay = \"x\"\n";
+        let message = parse(stray, "cairn.toml").expect_err("refused").message;
+        assert!(
+            message.contains("has no `base_url`") && message.contains("for `type = \"mock\"` providers only"),
+            "{message}"
+        );
         let calling = format!("{GOOD}tool_calling = \"functions\"\n");
         let message = parse(&calling, "cairn.toml").expect_err("refused").message;
         assert!(message.contains("`models.small.tool_calling` is `functions`; use \"json\""), "{message}");

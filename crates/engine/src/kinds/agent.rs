@@ -30,6 +30,9 @@ use std::sync::Arc;
 /// The most of a tool's result put into the conversation (characters).
 const OBSERVATION_CHARS: usize = 16_000;
 
+/// The most of an answer that could not be used kept in the conversation (characters).
+const UNUSABLE_CHARS: usize = 1_000;
+
 pub struct Kind {
     pub tools: Arc<Tools>,
 }
@@ -169,6 +172,15 @@ impl Activity for Kind {
                 let asked = match read {
                     Turn::Unusable(problem) => {
                         attempt.log(format!("turn {turn}: the answer cannot be used ({problem})"));
+                        // A rambling answer must not fill the context window: the model sees
+                        // enough of it to correct itself.
+                        if let Some(last) = messages.last_mut()
+                            && let Some(text) = last["content"].as_str()
+                            && text.chars().count() > UNUSABLE_CHARS
+                        {
+                            let kept: String = text.chars().take(UNUSABLE_CHARS).collect();
+                            last["content"] = json!(format!("{kept}…[cut]"));
+                        }
                         messages.push(observe(&problem));
                         continue;
                     }

@@ -48,7 +48,7 @@ pub(super) fn schema() -> Value {
                 "properties": {
                     "name": {"type": "string", "minLength": 1, "pattern": "^[A-Za-z0-9_.-]+$"},
                     "text": {"description": "one document (a value that is not a string is used as JSON)"},
-                    "documents": {"type": "array", "description": "strings, or objects {id, text}"},
+                    "documents": {"type": "array", "description": "strings, objects {id, text}, or what a file tool read ({path, content})"},
                     "file": tool_read(json!({"path": {"type": "string", "minLength": 1}})),
                     "sql": tool_read(json!({"sql": {"type": "string", "minLength": 1}, "params": {"type": "array"}}))
                 },
@@ -88,9 +88,11 @@ pub(super) async fn assemble(
                 permanent(format!("with.context source '{name}': `documents` must give a list, but it gave {docs}"))
             })?;
             for (i, doc) in docs.iter().enumerate() {
+                // `{id, text}`, or what a tool read (`{path, content}`), or any value as JSON.
                 let (id, text) = match doc {
-                    Value::Object(m) if m.contains_key("text") => {
-                        (m.get("id").map_or_else(|| i.to_string(), as_text), as_text(&m["text"]))
+                    Value::Object(m) if m.contains_key("text") || m.contains_key("content") => {
+                        let id = m.get("id").or_else(|| m.get("path")).map_or_else(|| i.to_string(), as_text);
+                        (id, as_text(m.get("text").unwrap_or_else(|| &m["content"])))
                     }
                     other => (i.to_string(), as_text(other)),
                 };
