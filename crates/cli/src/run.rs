@@ -539,6 +539,16 @@ pub struct RerunArgs {
     /// The first step to execute again; completed steps before it are reused, not re-run.
     #[arg(long)]
     pub from: String,
+    /// Fork inside STEP (an agent or llm step): reuse its recorded calls before its N-th model
+    /// turn, at no cost, and go on live from that turn.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub turn: Option<u32>,
+    /// The model (an alias of cairn.toml) STEP and the model steps after it use instead.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Take this output as the recorded one of a step before STEP: `STEP=JSON` (repeatable).
+    #[arg(long = "set-output", value_name = "STEP=JSON")]
+    pub set_output: Vec<String>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[arg(long)]
@@ -566,11 +576,32 @@ pub async fn retry(db: &DbArgs, id: &str, engine_args: EngineArgs, json: bool) -
 /// outputs for the steps before STEP.
 pub async fn rerun(db: &DbArgs, args: RerunArgs) -> CliResult {
     let parent = RunId::parse(&args.id).map_err(CliError::usage)?;
+    let mut set_outputs = Vec::new();
+    for given in &args.set_output {
+        let (step, json) = given.split_once('=').ok_or_else(|| {
+            CliError::usage(format!(
+                "--set-output {given}: write STEP=JSON, e.g. --set-output classify='{{\"intent\":\"order\"}}'"
+            ))
+        })?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| CliError::usage(format!("--set-output {step}: the value is not JSON ({e})")))?;
+        set_outputs.push((step.to_string(), value));
+    }
+    if let Some(model) = &args.model {
+        let models = &crate::config::get().models;
+        if !models.models.contains_key(model) {
+            let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
+            let listed = if known.is_empty() { "none is declared".to_string() } else { known.join(", ") };
+            return Err(CliError::usage(format!("--model {model}: cairn.toml declares no such model ({listed})")));
+        }
+    }
+    let changes = cairn_engine::ForkChanges { turn: args.turn, model: args.model.clone(), set_outputs };
     let (engine, printer) = open_engine(db, &args.engine).await?;
     let heartbeat = engine.spawn_heartbeat();
-    let (run_id, handle) = engine.fork(&parent, &args.from, true).await?;
+    let (run_id, handle) = engine.fork(&parent, &args.from, changes, true).await?;
     let handle = handle.ok_or_else(|| CliError::env("the engine is shutting down"))?;
-    cairn_engine::say!("[workflow] id={run_id} forked from {parent} at step {}", args.from);
+    let at = args.turn.map(|t| format!(", turn {t}")).unwrap_or_default();
+    cairn_engine::say!("[workflow] id={run_id} forked from {parent} at step {}{at}", args.from);
     let outcome = follow(&engine, &run_id, handle).await;
     heartbeat.abort();
     drop(engine);

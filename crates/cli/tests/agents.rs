@@ -277,3 +277,50 @@ fn native_tool_calls_run_reads_side_by_side_and_an_edited_write_survives_a_kill_
     assert_eq!(second.iter().filter(|m| m["tool_calls"].is_array()).count(), 1);
     env.assert_journal_is_sound(&id);
 }
+
+#[test]
+fn a_fork_at_a_turn_reuses_the_calls_before_it_for_nothing_and_goes_on_with_another_model() {
+    let fake = FakeProvider::start();
+    let (addr, seen) = site();
+    let env = Env::new();
+    setup(&env, &fake, &addr);
+    let config = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
+    env.write(
+        "cairn.toml",
+        &format!("{config}\n[models.spare]\nprovider = \"fake\"\nmodel = \"spare-model\"\ninput_usd_per_mtok = 5.0\noutput_usd_per_mtok = 10.0\n"),
+    );
+    fake.then([
+        says(json!({"tool": "orders_db", "args": {"sql": "SELECT customer FROM orders WHERE total > 100"}})),
+        says(json!({"tool": "notes", "args": {"body": {"text": "ann"}}})),
+        says(json!({"final": {"big": ["ann"]}})),
+    ]);
+    let wf = env.write("wf.yaml", &agent("      trust_tool_output: true\n"));
+    assert!(env.run(&["run", path_str(&wf)]).status.success());
+    let parent = env.only_run().id;
+    assert_eq!((fake.received().len(), seen.lock().expect("seen").len()), (3, 1));
+    // What if a stronger model had taken the last turn?
+    fake.then([says(json!({"final": {"big": ["ann"], "note": "checked twice"}}))]);
+    let out = env.run(&["rerun", &parent, "--from", "work", "--turn", "3", "--model", "spare"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("at step work, turn 3"), "{}", stderr(&out));
+    let fork = env.runs().into_iter().find(|r| r.id != parent).expect("the fork").id;
+    let received = fake.received();
+    assert_eq!(received.len(), 4, "only the last turn was asked again");
+    assert_eq!(received[3]["model"], "spare-model");
+    assert!(received[3]["messages"].to_string().contains("Result of tool 'notes'"), "the fork saw the recorded turns");
+    assert_eq!(seen.lock().expect("seen").len(), 1, "the write of turn 2 was not sent again");
+    assert_eq!(output(&env, &fork, "work")["final"]["note"], "checked twice");
+    // The diff: where they diverged, and the fork paid only for its new turn.
+    let diff: Value = serde_json::from_str(&stdout(&env.run(&["diff", &parent, &fork, "--json"]))).expect("json");
+    assert_eq!(diff["first_divergence"]["step"], "work", "{diff}");
+    let fork_cost = diff["spend"]["b"]["cost_usd"].as_f64().unwrap_or(-1.0);
+    assert!((fork_cost - (50.0 * 5.0 + 10.0 * 10.0) / 1e6).abs() < 1e-12, "{diff}");
+    // Out of range, and a model the config does not have, are refused before anything runs.
+    let out = env.run(&["rerun", &parent, "--from", "work", "--turn", "9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("made 3 model turn(s); use 1 to 3"), "{}", stderr(&out));
+    let out = env.run(&["rerun", &parent, "--from", "work", "--model", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--model nope: cairn.toml declares no such model"), "{}", stderr(&out));
+    env.assert_journal_is_sound(&fork);
+}

@@ -33,7 +33,7 @@ fn rerun_reuses_what_came_before_the_step_and_links_to_its_parent() {
     }
     let events = env.events(&child);
     assert!(
-        matches!(&events[0].event, Event::RunCreated { source: RunSource::Fork { parent: p, from_step }, .. }
+        matches!(&events[0].event, Event::RunCreated { source: RunSource::Fork { parent: p, from_step, .. }, .. }
         if *p == parent && from_step == "send"),
         "{}",
         dump(&events)
@@ -79,4 +79,38 @@ fn rerun_over_the_api() {
     assert_eq!(r.status, 422, "{}", r.body);
     let r = post(addr, &format!("/v1/runs/{parent}/rerun"), &json!({"step": "send"}));
     assert_eq!(r.status, 422, "{}", r.body);
+}
+
+#[test]
+fn set_output_changes_what_a_step_before_the_fork_point_gave_and_refuses_what_runs_again() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: counter\nsteps:\n  - {id: pick, kind: echo, with: {intent: order}}\n  - {id: act, kind: echo, needs: [pick], with: {did: \"{{ steps.pick.output.intent }}\"}}\n",
+    );
+    assert!(env.run(&["run", path_str(&wf)]).status.success());
+    let parent = env.only_run().id;
+    let out = env.run(&["rerun", &parent, "--from", "act", "--set-output", r#"pick={"intent": "refund"}"#, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fork = env.runs().into_iter().find(|r| r.id != parent).expect("the fork").id;
+    assert_eq!(env.started(&fork, "pick"), 0, "pick was set, not run");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &fork, "--step", "act", "--json"]))).expect("json");
+    assert_eq!(shown["output"]["value"], json!({"did": "refund"}));
+    let events = env.events(&fork);
+    assert!(
+        matches!(&events[0].event, Event::RunCreated { source: RunSource::Fork { set_outputs, .. }, .. } if set_outputs == &["pick".to_string()]),
+        "{}",
+        dump(&events)
+    );
+    // A step that runs again cannot be set; bad values are usage errors.
+    let out = env.run(&["rerun", &parent, "--from", "pick", "--set-output", r#"act={"did": 1}"#]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("step 'act' runs again in the fork"), "{}", stderr(&out));
+    let out = env.run(&["rerun", &parent, "--from", "act", "--set-output", "pick={nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--set-output pick: the value is not JSON"), "{}", stderr(&out));
+    let out = env.run(&["rerun", &parent, "--from", "act", "--turn", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--turn needs a model step"), "{}", stderr(&out));
 }

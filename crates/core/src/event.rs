@@ -146,8 +146,21 @@ pub enum RunSource {
     Definition { path: Option<String> },
     /// A goal that the planner turned into a plan.
     Goal { goal: String },
-    /// A new run that reuses another run's results up to a step (`cairn rerun ID --from STEP`).
-    Fork { parent: String, from_step: String },
+    /// A new run that reuses another run's results up to a step (`cairn rerun ID --from STEP`),
+    /// with what the operator changed (a counterfactual fork).
+    Fork {
+        parent: String,
+        from_step: String,
+        /// `--turn N`: the recorded calls of `from_step` before its N-th model turn are reused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        turn: Option<u32>,
+        /// `--model ALIAS`: the model of `from_step` and the model steps after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+        /// `--set-output STEP=JSON`: the steps whose output the operator set.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set_outputs: Vec<String>,
+    },
     /// A child run started by attempt `attempt` of a `subworkflow` step of run `parent`; `path`
     /// is its definition file when it was started from one (`with.file`).
     Child {

@@ -59,6 +59,24 @@ pub fn reusable(parent: &RunState, from: &str) -> Result<Vec<ReusedStep>, String
         .collect())
 }
 
+/// The steps a fork from `from` runs again: `from` and every step downstream of it (a fallback
+/// counts as downstream of the step it stands in for).
+pub fn runs_again(parent: &RunState, from: &str) -> BTreeSet<String> {
+    let Some(def) = parent.definition.as_ref() else { return BTreeSet::new() };
+    let mut again: BTreeSet<String> = BTreeSet::from([from.to_string()]);
+    loop {
+        let before = again.len();
+        for (i, s) in def.steps[..def.written()].iter().enumerate() {
+            if def.effective_needs(i).iter().any(|&n| again.contains(def.steps[n].id.as_str())) {
+                again.insert(s.id.to_string());
+            }
+        }
+        if again.len() == before {
+            return again;
+        }
+    }
+}
+
 /// Whether a run can move to `new` without rewriting what it already did: every step that has
 /// made progress must exist in `new` with the same kind and the same `needs`, and the new steps
 /// may only depend on steps that have not finished (so nothing already decided would have been

@@ -103,6 +103,8 @@ struct Due {
 #[derive(Clone, Debug)]
 pub(crate) struct Recorded {
     pub n: u32,
+    /// The attempt that made it; 0 for a call copied from a forked run.
+    pub attempt: u32,
     pub request_hash: String,
     pub result: Value,
 }
@@ -294,6 +296,15 @@ impl CallLog {
         let Some(done) = self.recorded.iter().find(|r| r.n == n) else {
             return Position::Due(Due { n, request_hash, key });
         };
+        // Attempt 0: copied from the run this one forked from (`cairn rerun --turn`), where it was
+        // asked of the model or tool the operator chose to keep; it stands even if asked
+        // differently here (another model, say).
+        if done.attempt == 0 {
+            let same = if done.request_hash == request_hash { "" } else { " (asked differently there)" };
+            logs.push(format!("call {n} ({kind}): reused from the run this one forked from{same}; not sent"));
+            self.last_replayed = true;
+            return Position::Recorded(Ok(done.result.clone()));
+        }
         if done.request_hash != request_hash {
             let message = format!(
                 "call {n} of step '{}' ({kind}) asks something else than the call recorded at that position \
@@ -468,7 +479,7 @@ pub(crate) async fn recorded<S: cairn_store::Store>(
                 row.n
             ))
         })?;
-        out.push(Recorded { n: row.n, request_hash: row.request_hash, result });
+        out.push(Recorded { n: row.n, attempt: row.attempt, request_hash: row.request_hash, result });
     }
     Ok(out)
 }

@@ -7,7 +7,7 @@ use crate::engine::{Inner, Notice, RunOutcome};
 use crate::requests::{self, Control};
 use crate::{Error, now_ms};
 use cairn_core::decide::{self, Command};
-use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA};
+use cairn_core::event::{Envelope, ErrorClass, Event, Failure, JOURNAL_SCHEMA, RunSource};
 use cairn_core::payload::Payload;
 use cairn_core::secrets::SecretSlot;
 use cairn_core::state::RunState;
@@ -454,6 +454,11 @@ impl<S: Store> Live<S> {
             (step == effect_step).then(|| n.parse::<u32>().ok()).flatten()
         });
         let worker = self.inner.config.owner.clone();
+        // A fork at a turn copied the parent's calls of its first step into this run's effect
+        // log before it started: its first attempt reads them too.
+        let seeded = !l.compensation
+            && matches!(&self.state.source, Some(RunSource::Fork { from_step, turn: Some(_), .. })
+                if *from_step == effect_step);
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
         let secrets = self.inner.config.secrets.clone();
@@ -498,7 +503,7 @@ impl<S: Store> Live<S> {
             };
             // Calls an earlier attempt of this step made come back from the effect log. A first
             // attempt has none (an interrupted attempt is reported, and the next one numbered on).
-            let recorded = if l.attempt > 1 {
+            let recorded = if l.attempt > 1 || seeded {
                 match calls::recorded(&*store, &run, &effect_step).await {
                     Ok(recorded) => recorded,
                     Err(e) => {

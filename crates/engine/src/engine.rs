@@ -4,12 +4,13 @@
 use crate::driver::Live;
 use crate::requests::{self, Control, Delivery};
 use crate::{Error, now_ms, owner_is_dead};
-use cairn_core::event::{Event, PlanInfo, RunOptions, RunSource};
+use cairn_core::StepId;
+use cairn_core::event::{Event, PlanInfo, ReusedStep, RunOptions, RunSource};
 use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_core::{Definition, RunId, RunStatus};
 use cairn_store::{Claim, IdempotencyKey, RequestOutcome, RequestState, Store, WorkerRow};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,18 @@ impl NewRun {
             planning: Vec::new(),
         }
     }
+}
+
+/// What a counterfactual fork changes (`cairn rerun --turn/--model/--set-output`).
+#[derive(Clone, Debug, Default)]
+pub struct ForkChanges {
+    /// Reuse the recorded calls of the fork's first step before its N-th model turn (1-based);
+    /// the step makes its first new call at that turn.
+    pub turn: Option<u32>,
+    /// The model alias the fork's first step, and the model steps after it, use instead.
+    pub model: Option<String>,
+    /// Steps before the fork point taken as done with this output instead of the recorded one.
+    pub set_outputs: Vec<(String, Value)>,
 }
 
 /// How to create a run.
@@ -355,18 +368,31 @@ impl<S: Store> Engine<S> {
 
     /// Starts a new run that reuses `parent`'s recorded results for every completed step except
     /// `from` and what depends on it, and executes from there (pinned to the parent's
-    /// definition, with its inputs). Returns the new run's id.
-    pub async fn fork(&self, parent: &RunId, from: &str, drive_here: bool) -> Result<(RunId, Option<Driving>), Error> {
+    /// definition, with its inputs), with `changes` made (see [`ForkChanges`]). Returns the new
+    /// run's id.
+    pub async fn fork(
+        &self,
+        parent: &RunId,
+        from: &str,
+        changes: ForkChanges,
+        drive_here: bool,
+    ) -> Result<(RunId, Option<Driving>), Error> {
         let (engine, parent, from) = (self.clone(), parent.clone(), from.to_string());
-        detached(async move { engine.fork_now(&parent, &from, drive_here).await }).await
+        detached(async move { engine.fork_now(&parent, &from, changes, drive_here).await }).await
     }
 
-    async fn fork_now(&self, parent: &RunId, from: &str, drive_here: bool) -> Result<(RunId, Option<Driving>), Error> {
+    async fn fork_now(
+        &self,
+        parent: &RunId,
+        from: &str,
+        changes: ForkChanges,
+        drive_here: bool,
+    ) -> Result<(RunId, Option<Driving>), Error> {
         let loaded = self.inner.store.load_run(parent).await?;
         let state = RunState::fold(parent.clone(), &loaded.events, loaded.payloads)
             .map_err(|source| Error::Journal { run_id: parent.to_string(), source })?;
-        let reused = cairn_core::fork::reusable(&state, from).map_err(Error::Invalid)?;
-        let definition = state
+        let mut reused = cairn_core::fork::reusable(&state, from).map_err(Error::Invalid)?;
+        let mut definition = state
             .definition
             .as_ref()
             .map(|d| {
@@ -376,14 +402,56 @@ impl<S: Store> Engine<S> {
                 d
             })
             .ok_or_else(|| Error::Invalid(format!("run {parent} has no recorded plan to fork")))?;
-        let reused_payloads = reused
+        let again = cairn_core::fork::runs_again(&state, from);
+        let mut reused_payloads: Vec<(Payload, Value)> = reused
             .iter()
             .filter_map(|r| state.payload(&r.output).map(|v| ((**v).clone(), r)))
             .map(|(v, _)| (Payload::of(&v), v))
             .collect();
+        // What the operator set stands in for what the parent recorded (or did not).
+        for (step, value) in &changes.set_outputs {
+            if definition.step(step).is_none_or(|s| s.instance.is_some()) {
+                return Err(Error::Invalid(format!(
+                    "--set-output names step '{step}', which run {parent} does not have"
+                )));
+            }
+            if again.contains(step) {
+                return Err(Error::Invalid(format!(
+                    "--set-output {step}: step '{step}' runs again in the fork (it is '{from}' or after it); set the \
+                     output of a step before '{from}'"
+                )));
+            }
+            let payload = Payload::of(value);
+            reused.retain(|r| r.step.as_str() != step);
+            reused.push(ReusedStep {
+                step: StepId::new(step.clone()),
+                output: payload.reference.clone(),
+                from_run: parent.to_string(),
+            });
+            reused_payloads.push((payload, value.clone()));
+        }
+        if let Some(model) = &changes.model {
+            for s in definition.steps.iter_mut().filter(|s| again.contains(s.id.as_str())) {
+                if matches!(s.kind.as_str(), "llm" | "agent")
+                    && let Some(with) = s.with.as_object_mut()
+                {
+                    with.insert("model".into(), json!(model));
+                }
+            }
+        }
+        let id = crate::new_run_id();
+        if let Some(turn) = changes.turn {
+            self.seed_calls(parent, &id, from, turn, &definition).await?;
+        }
         let new = NewRun {
             definition,
-            source: RunSource::Fork { parent: parent.to_string(), from_step: from.to_string() },
+            source: RunSource::Fork {
+                parent: parent.to_string(),
+                from_step: from.to_string(),
+                turn: changes.turn,
+                model: changes.model.clone(),
+                set_outputs: changes.set_outputs.iter().map(|(s, _)| s.clone()).collect(),
+            },
             plan: state.plan.clone(),
             inputs: state.inputs.clone(),
             options: state.options.clone(),
@@ -391,9 +459,44 @@ impl<S: Store> Engine<S> {
             reused_payloads,
             planning: Vec::new(),
         };
-        let id = crate::new_run_id();
         let driving = self.submit(id.clone(), new, Submit { idempotency: None, drive_here }).await?;
         Ok((id, driving))
+    }
+
+    /// Copies the calls `parent`'s step `step` recorded before its `turn`-th model call into the
+    /// new run's effect log (as attempt 0: reused, costing nothing), so the fork's step gets them
+    /// back in order and makes its first new call at that turn.
+    async fn seed_calls(
+        &self,
+        parent: &RunId,
+        fork: &RunId,
+        step: &str,
+        turn: u32,
+        definition: &Definition,
+    ) -> Result<(), Error> {
+        let kind = definition.step(step).map(|s| s.kind.clone()).unwrap_or_default();
+        if !matches!(kind.as_str(), "agent" | "llm") {
+            return Err(Error::Invalid(format!(
+                "--turn needs a model step to fork inside (kind agent or llm); step '{step}' is a {kind} step"
+            )));
+        }
+        let rows = self.inner.store.calls(parent, Some(step)).await?;
+        let turns: Vec<u32> = rows.iter().filter(|r| r.kind == "llm" && r.outcome == "ok").map(|r| r.n).collect();
+        let Some(&cut) = turn.checked_sub(1).and_then(|i| turns.get(i as usize)) else {
+            return Err(Error::Invalid(format!(
+                "--turn {turn}: step '{step}' of run {parent} made {} model turn(s); use 1 to {}",
+                turns.len(),
+                turns.len().max(1)
+            )));
+        };
+        let results = crate::calls::recorded(&*self.inner.store, parent, step).await?;
+        for row in rows.into_iter().filter(|r| r.n < cut && r.outcome == "ok") {
+            let Some(result) = results.iter().find(|r| r.n == row.n) else { continue };
+            let copy =
+                cairn_store::CallRow { attempt: 0, cost: None, reserved: None, duration_ms: 0, at_ms: now_ms(), ..row };
+            self.inner.store.record_call(fork, copy, Some(Payload::of(&result.result))).await?;
+        }
+        Ok(())
     }
 
     /// Retries a FAILED run in place (journaled as `RunRetried`): its failed, cancelled and

@@ -29,7 +29,7 @@ pub mod tools;
 mod waiting;
 
 pub use cairn_core::links::{RunLink, RunLinks};
-pub use engine::{Delta, Driving, Engine, EngineConfig, NewRun, Notice, RunOutcome, Submit};
+pub use engine::{Delta, Driving, Engine, EngineConfig, ForkChanges, NewRun, Notice, RunOutcome, Submit};
 pub use requests::{Control, Delivery, EscalationChoice, Raise, RequestView, check_signal_name};
 pub use waiting::{WaitingApproval, waiting_approvals};
 

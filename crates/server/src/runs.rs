@@ -862,6 +862,19 @@ pub struct RerunBody {
     /// The first step to execute again; the steps before it keep their recorded results.
     #[schema(example = "send_email")]
     from: String,
+    /// Fork inside `from` (an `agent` or `llm` step): its recorded calls before its N-th model
+    /// turn are reused at no cost, and it goes on live from that turn.
+    #[serde(default)]
+    #[schema(minimum = 1, example = 3)]
+    turn: Option<u32>,
+    /// The model alias `from` and the model steps after it use instead.
+    #[serde(default)]
+    #[schema(example = "spare")]
+    model: Option<String>,
+    /// Outputs to take as the recorded ones of steps before `from`: `{STEP: VALUE}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    set_output: Option<serde_json::Map<String, Value>>,
 }
 
 /// Retry a failed run in place
@@ -921,7 +934,15 @@ pub async fn rerun<S: Store>(
 ) -> Result<Response, ApiError> {
     let parent = parse_run_id(&id)?;
     state.store.get_run(&parent).await?;
-    let (run_id, _) = state.engine.fork(&parent, &body.from, state.drive_here).await?;
+    let changes = cairn_engine::ForkChanges {
+        turn: body.turn,
+        model: body.model,
+        set_outputs: body.set_output.unwrap_or_default().into_iter().collect(),
+    };
+    if changes.turn == Some(0) {
+        return Err(ApiError::unprocessable("invalid_fork", "turn counts from 1 (the first model turn)".to_string()));
+    }
+    let (run_id, _) = state.engine.fork(&parent, &body.from, changes, state.drive_here).await?;
     let row = state.store.get_run(&run_id).await?;
     let view =
         ForkedRun { run: RunView::of(&row), forked_from: ForkOrigin { run: parent.to_string(), step: body.from } };
