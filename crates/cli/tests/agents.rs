@@ -324,3 +324,53 @@ fn a_fork_at_a_turn_reuses_the_calls_before_it_for_nothing_and_goes_on_with_anot
     assert!(stderr(&out).contains("--model nope: cairn.toml declares no such model"), "{}", stderr(&out));
     env.assert_journal_is_sound(&fork);
 }
+
+/// What the journal keeps for a run: payload bytes (content-addressed, each stored once) and
+/// event bytes.
+fn stored_bytes(env: &Env, id: &str) -> i64 {
+    let c = rusqlite::Connection::open(&env.db).expect("db");
+    let payloads: i64 = c
+        .query_row(
+            "SELECT COALESCE(SUM(p.size), 0) FROM payloads p JOIN run_payloads r ON r.hash = p.hash WHERE r.run_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("payloads");
+    let events: i64 = c
+        .query_row("SELECT COALESCE(SUM(length(body)), 0) FROM events WHERE run_id = ?1", [id], |r| r.get(0))
+        .expect("events");
+    payloads + events
+}
+
+#[test]
+fn the_journal_grows_linearly_with_turns_not_with_the_conversation() {
+    let bytes = |turns: usize| {
+        let fake = FakeProvider::start();
+        let (addr, _) = site();
+        let env = Env::new();
+        setup(&env, &fake, &addr);
+        let mut replies: Vec<Reply> = (0..turns)
+            .map(|i| {
+                says(json!({"tool": "orders_db", "args": {"sql": format!("SELECT {i} AS turn, 'row {i}' AS note")}}))
+            })
+            .collect();
+        replies.push(says(json!({"final": {"turns": turns}})));
+        fake.then(replies);
+        let wf = env.write(
+            "wf.yaml",
+            &format!("name: long\nsteps:\n  - id: work\n    kind: agent\n    with:\n      task: Count.\n      tools: [orders_db]\n      max_turns: {}\n", turns + 1),
+        );
+        let out = env.run(&["run", path_str(&wf)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        // The model saw the whole conversation each turn …
+        let last = fake.received().last().cloned().unwrap_or_default();
+        assert_eq!(last["messages"].as_array().map(Vec::len), Some(2 + 2 * turns));
+        // … but the journal keeps each turn's answer and result once.
+        stored_bytes(&env, &env.only_run().id)
+    };
+    let (b5, b20, b50) = (bytes(5), bytes(20), bytes(50));
+    let early = (b20 - b5) as f64 / 15.0;
+    let late = (b50 - b20) as f64 / 30.0;
+    assert!(late < early * 1.3, "bytes per turn grew from {early:.0} to {late:.0} ({b5}, {b20}, {b50})");
+    assert!(late < 2_500.0, "a turn and its tool call take {late:.0} bytes");
+}
