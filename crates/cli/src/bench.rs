@@ -47,9 +47,17 @@ pub struct BenchArgs {
     /// and the process's memory with `--in-flight` runs waiting on the model at once.
     #[arg(long, conflicts_with_all = ["http", "park"])]
     pub llm: bool,
-    /// With --llm: how long the model takes to answer.
+    /// With --llm or --agent: how long the model takes to answer.
     #[arg(long, default_value = "0ms")]
     pub latency: String,
+    /// Runs of one `agent` step each (`--turns` turns with a read tool call, then the final
+    /// answer) against a model and a tool on loopback in this process: model turns per second with
+    /// `--in-flight` runs at once, the engine's time per turn, and memory.
+    #[arg(long, conflicts_with_all = ["http", "park", "llm"])]
+    pub agent: bool,
+    /// With --agent: tool-calling turns per run.
+    #[arg(long, default_value_t = 5)]
+    pub turns: usize,
     /// Another workload: `map` is one run with a `for_each` step over `--items` no-op items,
     /// `--max-parallel` at once (item-steps per second; SQLite, or PostgreSQL with --database).
     #[arg(long, value_enum, conflicts_with_all = ["http", "park"])]
@@ -263,8 +271,10 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         return crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
     }
     if let Some(url) = &db.database {
-        if args.park || args.llm {
-            return Err(CliError::usage("--park and --llm run on the embedded SQLite store; leave out --database"));
+        if args.park || args.llm || args.agent {
+            return Err(CliError::usage(
+                "--park, --llm and --agent run on the embedded SQLite store; leave out --database",
+            ));
         }
         return bench_postgres(url, &args).await;
     }
@@ -280,6 +290,16 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     if let Some(Shape::Map) = args.shape {
         let store = Arc::new(SqliteStore::open(&path, Durability::Full)?);
         let result = crate::bench_map::bench_map(store, args.items, args.max_parallel, args.json).await;
+        if args.bench_db.is_none() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        return result;
+    }
+    if args.agent {
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| tmp.clone());
+        let result =
+            crate::bench_agent::bench_agent(&dir, args.workflows, args.in_flight, &args.latency, args.turns, args.json)
+                .await;
         if args.bench_db.is_none() {
             let _ = std::fs::remove_dir_all(&tmp);
         }

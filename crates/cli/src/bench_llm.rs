@@ -22,24 +22,30 @@ const DEFINITION: &str =
 /// A chat completion with usage, the same for every request.
 const ANSWER: &str = r#"{"id":"bench","object":"chat.completion","model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"Something."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":3,"total_tokens":15}}"#;
 
-/// Serves `ANSWER` to every request on keep-alive connections, after `latency`; counts requests.
-async fn model_server(latency: Duration, served: Arc<AtomicUsize>) -> CliResult<String> {
+/// What a bench server answers to a request body (an HTTP 200 body).
+pub(crate) type Answering = Arc<dyn Fn(&[u8]) -> String + Send + Sync>;
+
+/// Serves `answer(body)` to every request on keep-alive connections, after `latency` (POSTs
+/// only: a GET is answered at once); counts the POSTs.
+pub(crate) async fn model_server(latency: Duration, served: Arc<AtomicUsize>, answer: Answering) -> CliResult<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| CliError::env(e.to_string()))?;
     let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            let served = served.clone();
+            let (served, answer) = (served.clone(), answer.clone());
             tokio::spawn(async move {
                 let mut reader = BufReader::new(socket);
                 loop {
                     let mut length = 0usize;
                     let mut line = String::new();
+                    let mut post = false;
                     // Request line and headers.
                     loop {
                         line.clear();
                         match reader.read_line(&mut line).await {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line == "\r\n" => break,
+                            Ok(_) if line.starts_with("POST ") => post = true,
                             Ok(_) => {
                                 if let Some((k, v)) = line.split_once(':')
                                     && k.eq_ignore_ascii_case("content-length")
@@ -53,13 +59,16 @@ async fn model_server(latency: Duration, served: Arc<AtomicUsize>) -> CliResult<
                     if reader.read_exact(&mut body).await.is_err() {
                         return;
                     }
-                    if !latency.is_zero() {
-                        tokio::time::sleep(latency).await;
+                    if post {
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
+                        served.fetch_add(1, Ordering::Relaxed);
                     }
-                    served.fetch_add(1, Ordering::Relaxed);
+                    let text = answer(&body);
                     let reply = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{ANSWER}",
-                        ANSWER.len()
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}",
+                        text.len()
                     );
                     if reader.get_mut().write_all(reply.as_bytes()).await.is_err() {
                         return;
@@ -74,7 +83,9 @@ async fn model_server(latency: Duration, served: Arc<AtomicUsize>) -> CliResult<
 pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str, json_out: bool) -> CliResult {
     let latency_ms = cairn_core::duration::parse_ms(latency).map_err(|e| CliError::usage(format!("--latency: {e}")))?;
     let served = Arc::new(AtomicUsize::new(0));
-    let base_url = model_server(Duration::from_millis(latency_ms), served.clone()).await?;
+    let base_url =
+        model_server(Duration::from_millis(latency_ms), served.clone(), Arc::new(|_: &[u8]| ANSWER.to_string()))
+            .await?;
     let store = Arc::new(SqliteStore::open(path, Durability::Full)?);
     let (tx, rx) = mpsc::unbounded_channel::<Notice>();
     let completed = crate::bench_park::count_completions(rx);

@@ -12,6 +12,7 @@
 
 mod admin;
 mod bench;
+mod bench_agent;
 mod bench_http;
 mod bench_llm;
 mod bench_map;

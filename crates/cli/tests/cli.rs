@@ -876,6 +876,29 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
     let query = cairn_store::RunQuery { status: Some("COMPLETED".into()), limit: 100, ..Default::default() };
     let done = env.block(cairn_store::Journal::list_runs(&store, query)).expect("list");
     assert_eq!(done.len(), 40, "every parked run completed after its signal");
+
+    // Agent runs: every turn and tool call made once (the bench checks), numbers reported.
+    let agents = env.dir.path().join("agents").join("agent.db");
+    std::fs::create_dir_all(agents.parent().expect("dir")).expect("mkdir");
+    let out = env.run(&[
+        "bench",
+        "--agent",
+        "--workflows",
+        "12",
+        "--in-flight",
+        "4",
+        "--turns",
+        "3",
+        "--latency",
+        "5ms",
+        "--bench-db",
+        path_str(&agents),
+        "--json",
+    ]);
+    assert!(out.status.success(), "bench --agent failed: {}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON line");
+    assert_eq!((r["shape"].as_str(), r["model_turns"].as_u64()), (Some("agent"), Some(12 * 4)), "{r}");
+    assert!(r["cpu_ms_per_turn"].as_f64().is_some() && r["solo_ms_per_turn"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
 }
 
 /// A workflow's own `retention` wins over the default; unfinished runs are never collected.
