@@ -374,3 +374,103 @@ fn the_journal_grows_linearly_with_turns_not_with_the_conversation() {
     assert!(late < early * 1.3, "bytes per turn grew from {early:.0} to {late:.0} ({b5}, {b20}, {b50})");
     assert!(late < 2_500.0, "a turn and its tool call take {late:.0} bytes");
 }
+
+/// The token reservation of an agent's first turn, read from its log.
+fn first_reservation(env: &Env, id: &str) -> u64 {
+    let logs = stdout(&env.run(&["runs", "logs", id]));
+    let line = logs.lines().find(|l| l.contains("call 1 (llm): reserved up to")).unwrap_or_else(|| panic!("{logs}"));
+    line.split(" / ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).expect("tokens")
+}
+
+#[test]
+fn a_budget_stops_the_loop_before_the_turn_it_cannot_afford_and_what_was_done_stays_done() {
+    let run_with = |budget: Option<u64>| {
+        let fake = FakeProvider::start();
+        let (addr, seen) = site();
+        let env = Env::new();
+        setup(&env, &fake, &addr);
+        fake.then([
+            says(json!({"tool": "notes", "args": {"body": {"text": "first"}}})),
+            says(json!({"tool": "notes", "args": {"body": {"text": "second"}}})),
+            says(json!({"final": {}})),
+        ]);
+        let budget = budget.map(|b| format!("    budget: {{max_tokens: {b}}}\n")).unwrap_or_default();
+        let text = format!(
+            "name: agent\nsteps:\n  - id: work\n    kind: agent\n{budget}    with:\n      task: Take notes.\n      tools: [notes]\n      max_turns: 4\n      max_tokens: 200\n      trust_tool_output: true\n"
+        );
+        let wf = env.write("wf.yaml", &text);
+        let out = env.run(&["run", path_str(&wf)]);
+        (env, fake, seen, out)
+    };
+    // Unbounded, to read what the first turn reserves.
+    let (env, _, _, out) = run_with(Some(1_000_000));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let first = first_reservation(&env, &env.only_run().id);
+    // Room for the first turn and what it used (60 tokens), not for the second's larger prompt.
+    let (env, fake, seen, out) = run_with(Some(first + 60 + 5));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let id = env.only_run().id;
+    let step = env.step(&id, "work");
+    assert_eq!(step.error_class.as_deref(), Some("budget_exceeded"), "{step:?}");
+    assert!(step.error_message.unwrap_or_default().contains("call 3 to model fake"), "the second turn is call 3");
+    assert_eq!(fake.received().len(), 1, "the turn over the budget was not sent");
+    let sent = seen.lock().expect("seen").clone();
+    assert_eq!(sent.len(), 1, "the first turn's write was made, once: {sent:?}");
+}
+
+#[test]
+fn a_model_that_asks_for_a_path_outside_the_sandbox_is_told_no_and_the_file_is_not_read() {
+    let fake = FakeProvider::start();
+    let (addr, _) = site();
+    let env = Env::new();
+    setup(&env, &fake, &addr);
+    std::fs::create_dir(env.dir.path().join("box")).expect("box");
+    env.write("secret.txt", "the password is hunter2");
+    let config = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
+    env.write("cairn.toml", &format!("{config}\n[tools.files]\ntype = \"file\"\nroot = \"box\"\n"));
+    fake.then([
+        says(json!({"tool": "files", "args": {"op": "read", "path": "../secret.txt"}})),
+        says(json!({"tool": "files", "args": {"op": "read", "path": "/etc/passwd"}})),
+        says(json!({"final": {"gave_up": true}})),
+    ]);
+    let wf = env.write(
+        "wf.yaml",
+        "name: agent\nsteps:\n  - id: work\n    kind: agent\n    with:\n      task: Read the secret.\n      tools: [files]\n      max_turns: 4\n",
+    );
+    let out = env.run(&["run", path_str(&wf)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let conversation = fake.received()[2]["messages"].to_string();
+    assert!(conversation.contains("contains `..`") && conversation.contains("absolute path"), "{conversation}");
+    assert!(!conversation.contains("hunter2"));
+    let store = env.store();
+    let run = cairn_core::RunId::parse(&env.only_run().id).expect("id");
+    let calls = env.block(cairn_store::EffectLog::calls(&store, &run, Some("work")));
+    let refused: Vec<_> = calls.expect("calls").into_iter().filter(|c| c.kind == "tool").collect();
+    assert!(
+        refused.iter().all(|c| c.outcome == "failed" && c.result_hash.is_none()),
+        "refused, nothing read: {refused:?}"
+    );
+}
+
+#[test]
+fn a_kill_right_after_a_write_and_before_the_next_turn_sends_nothing_twice() {
+    let fake = FakeProvider::start();
+    let (addr, seen) = site();
+    let env = Env::new();
+    setup(&env, &fake, &addr);
+    fake.then([
+        says(json!({"tool": "notes", "args": {"body": {"text": "once"}}})),
+        says(json!({"final": {"noted": true}})),
+    ]);
+    let wf = env.write("wf.yaml", &agent("      trust_tool_output: true\n"));
+    // Call 2 is the write; the process dies once it is recorded, before turn 2 is asked.
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_CALL", "work/2")]);
+    wait_line(&lines, "holding after call 2", LONG);
+    sigkill(&mut child);
+    assert_eq!((fake.received().len(), seen.lock().expect("seen").len()), (1, 1));
+    let out = env.run(&["resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(output(&env, &env.only_run().id, "work")["final"], json!({"noted": true}));
+    assert_eq!(fake.received().len(), 2, "turn 1 was not asked again");
+    assert_eq!(seen.lock().expect("seen").len(), 1, "the write was not sent again");
+}

@@ -301,3 +301,37 @@ fn an_agent_on_the_real_model_acts_in_the_json_action_format_and_its_final_answe
     assert!(calls.iter().any(|c| c.kind == "llm"), "{calls:?}");
     env.assert_journal_is_sound(&id);
 }
+
+#[test]
+fn an_agent_on_the_real_model_killed_after_its_first_turn_resumes_without_asking_it_again() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    let mut config = model_config(&server);
+    config.push_str("\n[tools.workspace]\ntype = \"file\"\nroot = \"./box\"\n");
+    std::fs::create_dir(env.dir.path().join("box")).expect("box");
+    std::fs::write(env.dir.path().join("box/capital.txt"), "The capital of France is Paris.").expect("file");
+    env.write("cairn.toml", &config);
+    let wf = env.write(
+        "wf.yaml",
+        "name: agent\nsteps:\n  - id: find\n    kind: agent\n    retry: {max_attempts: 3, initial_delay: 100ms}\n    with:\n      model: small\n      task: \"Read the file capital.txt with the workspace tool, then give the city as the final answer.\"\n      tools: [workspace]\n      max_turns: 3\n      max_tokens: 120\n      temperature: 0\n",
+    );
+    // The process dies once the first model turn is recorded, before anything else is done.
+    let (mut child, lines) = env.spawn(&["run", path_str(&wf)], &[("CAIRN_TEST_HOLD_AFTER_CALL", "find/1")]);
+    wait_line(&lines, "holding after call 1", std::time::Duration::from_secs(120));
+    sigkill(&mut child);
+    let id = env.only_run().id;
+    let run = cairn_core::RunId::parse(&id).expect("id");
+    let before = env.block(env.store().calls(&run, Some("find"))).expect("calls");
+    assert_eq!(before.iter().map(|c| (c.n, c.kind.as_str(), c.attempt)).collect::<Vec<_>>(), [(1, "llm", 1)]);
+    let out = env.run(&["resume"]);
+    let step = env.step(&id, "find");
+    assert!(out.status.success() || step.error_class.as_deref() == Some("max_turns"), "{step:?}\n{}", stderr(&out));
+    // The paid first turn came back from the record: its row is still attempt 1's, and the next
+    // attempt's log says so.
+    let after = env.block(env.store().calls(&run, Some("find"))).expect("calls");
+    let first = after.iter().find(|c| c.n == 1).expect("call 1");
+    assert_eq!((first.attempt, first.request_hash.as_str()), (1, before[0].request_hash.as_str()));
+    let logs = stdout(&env.run(&["runs", "logs", &id, "--step", "find"]));
+    assert!(logs.contains("call 1 (llm,") && logs.contains("returned the recorded result; not sent again"), "{logs}");
+    env.assert_journal_is_sound(&id);
+}
