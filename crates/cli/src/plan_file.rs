@@ -163,13 +163,31 @@ fn step(s: &Step) -> Doc {
     if let Some(when) = &s.when {
         m.set("when", json!(when));
     }
+    if let Some(f) = &s.for_each {
+        m.set("for_each", f.items.clone());
+        if let Some(n) = f.max_parallel {
+            m.set("max_parallel", json!(n));
+        }
+        m.set("max_items", json!(f.max_items));
+    }
+    if let Some(l) = &s.repeat {
+        let mut r = Doc::map();
+        r.set("until", json!(l.until));
+        r.set("max_iterations", json!(l.max_iterations));
+        m.set("loop", r);
+    }
     if !s.with.is_null() {
         m.set("with", s.with.clone());
     }
-    // A wait has no attempts: nothing shapes them (its end is in `with`).
-    if s.role() != cairn_core::kinds::Role::Wait {
-        m.set("retry", retry(&s.retry));
-        m.set("timeout", json!(s.timeout_ms.map(duration).unwrap_or_else(|| "none".into())));
+    // A wait has no attempts: nothing shapes them (its end is in `with`); a subworkflow's attempt
+    // is a child run, which a timeout does not bound.
+    match s.role() {
+        cairn_core::kinds::Role::Wait => {}
+        cairn_core::kinds::Role::Subworkflow => m.set("retry", retry(&s.retry)),
+        _ => {
+            m.set("retry", retry(&s.retry));
+            m.set("timeout", json!(s.timeout_ms.map(duration).unwrap_or_else(|| "none".into())));
+        }
     }
     match &s.on_failure {
         OnFailure::Fail => {}

@@ -299,7 +299,9 @@ impl Gen<'_> {
                 must.extend(names(&chosen));
             }
             for (k, s) in props {
-                if must.contains(k) || (depth < 3 && !never.contains(k) && self.coin(0.4)) {
+                // A canonical request is the plainest that must succeed: what is required only.
+                let optional = depth < 3 && !never.contains(k) && !self.examples_first && self.coin(0.4);
+                if must.contains(k) || optional {
                     out.insert(k.clone(), self.value(s, depth + 1));
                 }
             }

@@ -214,7 +214,8 @@ fn compile_step(
             let name = &kind.name;
             if let Some(t) = &s.timeout {
                 let msg = format!(
-                    "a `{name}` step's attempt is a child run, which a per-attempt timeout does not stop; bound the                      child's own steps with timeouts instead"
+                    "a `{name}` step's attempt is a child run, which a per-attempt timeout does not stop; bound the \
+                     child's own steps with timeouts instead"
                 );
                 out.add(t.referenced, here, "bad_subworkflow", msg);
             }
