@@ -286,6 +286,30 @@ pub struct StepView {
     /// the effect log, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub calls: Vec<cairn_store::CallRow>,
+    /// What each call answered, in a line (the text view's conversation); `None` for a call
+    /// without a result.
+    #[serde(skip)]
+    pub said: Vec<Option<String>>,
+}
+
+/// A call's result in one line: a model's text (or the tools it called), a tool's result, a
+/// context selection's counts.
+fn said(kind: &str, result: &Value) -> String {
+    let line = match kind {
+        "llm" => {
+            let calls: Vec<&str> =
+                result["tool_calls"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+            let text = result["text"].as_str().unwrap_or_default();
+            if calls.is_empty() { text.to_string() } else { format!("{text} → calls {}", calls.join(", ")) }
+        }
+        "context" => format!(
+            "{} of {} candidate(s) selected, {} of {} tokens",
+            result["selected"], result["observed"], result["used_tokens"], result["max_tokens"]
+        ),
+        _ => result.to_string(),
+    };
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= 110 { line } else { format!("{}…", line.chars().take(110).collect::<String>()) }
 }
 
 /// Attempts (of the step, or of its compensation) as the journal tells them.
@@ -350,6 +374,7 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
         // Written step ids have neither `[` nor `#`: only a run's instances do.
         instance_of: name.split(['[', '#']).next().filter(|of| of.len() < name.len()).map(str::to_string),
         calls: Vec::new(),
+        said: Vec::new(),
     };
     let mut attempts = Attempts::default();
     let mut undo = Attempts::default();
@@ -550,6 +575,13 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
     }
     view.calls = store.calls(run, Some(name)).await?;
     view.calls.extend(store.calls(run, Some(&format!("{name}.compensate"))).await?);
+    for c in &view.calls {
+        let result = match (&c.result_hash, c.outcome.as_str()) {
+            (Some(hash), "ok") => payloads.value(hash).await?,
+            _ => None,
+        };
+        view.said.push(result.map(|r| said(&c.kind, &r)));
+    }
     Ok(view)
 }
 
@@ -732,7 +764,7 @@ pub fn print_step(v: &StepView, full: bool) {
     if !v.calls.is_empty() {
         crate::out!();
         crate::out!("calls");
-        for c in &v.calls {
+        for (i, c) in v.calls.iter().enumerate() {
             let mut line = format!(
                 "  {}#{:<3} {}  {:>7}  {:<6} {}  attempt {}  request {}",
                 if c.step_id == v.step { String::new() } else { format!("{} ", c.step_id) },
@@ -748,6 +780,9 @@ pub fn print_step(v: &StepView, full: bool) {
                 line.push_str(&format!(": {e}"));
             }
             crate::out!("{line}");
+            if let Some(Some(text)) = v.said.get(i) {
+                crate::out!("        {text}");
+            }
         }
     }
     if let Some(c) = &v.compensation {
