@@ -139,6 +139,7 @@ pub async fn bench_agent(
 ) -> CliResult {
     let latency_ms = cairn_core::duration::parse_ms(latency).map_err(|e| CliError::usage(format!("--latency: {e}")))?;
     let turns = turns.clamp(1, 100);
+    let runs = runs.max(1);
     let in_flight = in_flight.clamp(1, runs.max(1));
     let (rss_start, _) = crate::bench_park::memory_mib();
     let cpu_start = cpu_ms();

@@ -128,6 +128,11 @@ pub(crate) fn check(
                 base_url
             }
         };
+        if let (Some(var), ProviderType::Mock) = (&p.api_key_env, kind) {
+            let msg =
+                format!("`providers.{key}.api_key_env`: a `mock` provider answers in this process and takes no key");
+            problems.push(located(file, at(var.span().start), &msg));
+        }
         if let (Some(first), false) = (p.replies.first(), kind == ProviderType::Mock) {
             let msg = format!("`providers.{key}.replies` is for `type = \"mock\"` providers only");
             problems.push(located(file, at(first.span().start), &msg));
@@ -390,6 +395,10 @@ pub async fn list(models: &Models, json: bool, check: bool) -> crate::CliResult 
             Some(var) => format!("key from ${var} (NOT set here)"),
             None => "no key".to_string(),
         };
+        if p.kind == ProviderType::Mock {
+            crate::out!("provider {}: mock, in this process ({} scripted replies)", p.name, p.replies.len());
+            continue;
+        }
         crate::out!("provider {}: {} at {}, {key}", p.name, p.kind.as_str(), p.base_url);
         match answers.get(&p.name) {
             Some(Ok(what)) => crate::out!("  ok: {what}"),

@@ -587,14 +587,6 @@ pub async fn rerun(db: &DbArgs, args: RerunArgs) -> CliResult {
             .map_err(|e| CliError::usage(format!("--set-output {step}: the value is not JSON ({e})")))?;
         set_outputs.push((step.to_string(), value));
     }
-    if let Some(model) = &args.model {
-        let models = &crate::config::get().models;
-        if !models.models.contains_key(model) {
-            let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
-            let listed = if known.is_empty() { "none is declared".to_string() } else { known.join(", ") };
-            return Err(CliError::usage(format!("--model {model}: cairn.toml declares no such model ({listed})")));
-        }
-    }
     let changes = cairn_engine::ForkChanges { turn: args.turn, model: args.model.clone(), set_outputs };
     let (engine, printer) = open_engine(db, &args.engine).await?;
     let heartbeat = engine.spawn_heartbeat();

@@ -89,6 +89,17 @@ fn the_router_takes_one_branch_and_skips_the_other_with_the_models_reason_journa
     let gathered = output(&env, &id, "aggregate");
     assert_eq!(gathered["orders"]["row_count"], 2, "{gathered}");
     assert_eq!(env.step(&id, "reply").status, "COMPLETED");
+    // The other branch: a general question goes to the help centre.
+    let (addr, seen) = recorder(&[]);
+    examples(&env, &addr);
+    let out = env.run(&["run", "customer_service.yaml", "--input", "message=How do I return a kettle?"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = env.runs().into_iter().find(|r| r.workflow == "customer-service" && r.id != id).expect("run").id;
+    assert_eq!(env.step(&other, "query_order").status, "SKIPPED");
+    assert_eq!(env.step(&other, "query_knowledge").status, "COMPLETED");
+    let asked = seen.lock().expect("seen").clone();
+    assert!(asked.len() == 1 && asked[0].method == "GET" && asked[0].path.starts_with("/kb?q=How"), "{asked:?}");
+    assert!(output(&env, &other, "reply")["text"].as_str().unwrap_or_default().contains("returned within 30 days"));
 }
 
 #[test]

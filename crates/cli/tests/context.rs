@@ -57,12 +57,11 @@ steps:
     let out = env.run(&["run", path_str(&wf)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let id = env.only_run().id;
-    let system = fake.received()[0]["messages"][0]["content"].as_str().unwrap_or_default().to_string();
-    assert!(
-        system
-            .starts_with("You answer customers.\n\nContext (selected from 6 candidate(s) under a budget of 40 tokens"),
-        "{system}"
-    );
+    let messages = fake.received()[0]["messages"].clone();
+    assert_eq!(messages[0]["content"], "You answer customers.", "the instructions stay as written");
+    let system = messages[1]["content"].as_str().unwrap_or_default().to_string();
+    assert!(system.starts_with("Context (selected from 6 candidate(s) under a budget of 40 tokens"), "{system}");
+    assert!(system.ends_with("Draft a reply to: My kettle arrived damaged. I want a refund."), "{system}");
     assert!(system.contains("[orders#0]") && system.contains("damaged kettle"), "{system}");
     assert!(!system.contains("Biscuit") && !system.contains("three days"), "what does not match stays out: {system}");
     // The ledger: every candidate, with its verdict, digest and tokens, and no text.

@@ -112,5 +112,23 @@ fn set_output_changes_what_a_step_before_the_fork_point_gave_and_refuses_what_ru
     assert!(stderr(&out).contains("--set-output pick: the value is not JSON"), "{}", stderr(&out));
     let out = env.run(&["rerun", &parent, "--from", "act", "--turn", "2"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--turn needs a model step"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a fork at a turn needs a model step"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_set_output_runs_again_what_depends_on_it_even_before_the_fork_point() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: chain\nsteps:\n  - {id: pick, kind: echo, with: {n: 1}}\n  - {id: act, kind: echo, needs: [pick], with: {n: \"{{ steps.pick.output.n }}\"}}\n  - {id: report, kind: echo, needs: [act], with: {n: \"{{ steps.act.output.n }}\"}}\n",
+    );
+    assert!(env.run(&["run", path_str(&wf)]).status.success());
+    let parent = env.only_run().id;
+    let out = env.run(&["rerun", &parent, "--from", "report", "--set-output", r#"pick={"n": 2}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fork = env.runs().into_iter().find(|r| r.id != parent).expect("the fork").id;
+    assert_eq!((env.started(&fork, "pick"), env.started(&fork, "act")), (0, 1), "act depends on the set pick");
+    let shown: serde_json::Value =
+        serde_json::from_str(&stdout(&env.run(&["runs", "show", &fork, "--step", "report", "--json"]))).expect("json");
+    assert_eq!(shown["output"]["value"], json!({"n": 2}));
 }

@@ -105,6 +105,8 @@ pub(crate) struct Recorded {
     pub n: u32,
     /// The attempt that made it; 0 for a call copied from a forked run.
     pub attempt: u32,
+    /// `llm`, `tool`, `context`, `http`, …
+    pub kind: String,
     pub request_hash: String,
     pub result: Value,
 }
@@ -299,8 +301,11 @@ impl CallLog {
         // Attempt 0: copied from the run this one forked from (`cairn rerun --turn`), where it was
         // asked of the model or tool the operator chose to keep; it stands even if asked
         // differently here (another model, say).
-        if done.attempt == 0 {
-            let same = if done.request_hash == request_hash { "" } else { " (asked differently there)" };
+        // Only a model call may differ (the fork changed the model); anything else that differs
+        // means the fork went another way, and is a divergence.
+        let same = done.request_hash == request_hash;
+        if done.attempt == 0 && done.kind == kind && (same || kind == "llm") {
+            let same = if same { "" } else { " (asked of another model there)" };
             logs.push(format!("call {n} ({kind}): reused from the run this one forked from{same}; not sent"));
             self.last_replayed = true;
             return Position::Recorded(Ok(done.result.clone()));
@@ -479,7 +484,7 @@ pub(crate) async fn recorded<S: cairn_store::Store>(
                 row.n
             ))
         })?;
-        out.push(Recorded { n: row.n, attempt: row.attempt, request_hash: row.request_hash, result });
+        out.push(Recorded { n: row.n, attempt: row.attempt, kind: row.kind, request_hash: row.request_hash, result });
     }
     Ok(out)
 }

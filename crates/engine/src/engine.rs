@@ -408,17 +408,23 @@ impl<S: Store> Engine<S> {
             .filter_map(|r| state.payload(&r.output).map(|v| ((**v).clone(), r)))
             .map(|(v, _)| (Payload::of(&v), v))
             .collect();
-        // What the operator set stands in for what the parent recorded (or did not).
+        // What the operator set stands in for what the parent recorded (or did not); what
+        // depends on a set step runs again too.
+        let mut downstream = std::collections::BTreeSet::new();
+        for (step, _) in &changes.set_outputs {
+            downstream.extend(cairn_core::fork::runs_again(&state, step).into_iter().filter(|s| s != step));
+        }
+        reused.retain(|r| !downstream.contains(r.step.as_str()));
         for (step, value) in &changes.set_outputs {
             if definition.step(step).is_none_or(|s| s.instance.is_some()) {
                 return Err(Error::Invalid(format!(
                     "--set-output names step '{step}', which run {parent} does not have"
                 )));
             }
-            if again.contains(step) {
+            if again.contains(step) || downstream.contains(step) {
                 return Err(Error::Invalid(format!(
-                    "--set-output {step}: step '{step}' runs again in the fork (it is '{from}' or after it); set the \
-                     output of a step before '{from}'"
+                    "set_output {step}: step '{step}' runs again in the fork (it is '{from}', after it, or after \
+                     another step whose output is set); set the output of a step before those"
                 )));
             }
             let payload = Payload::of(value);
@@ -430,7 +436,31 @@ impl<S: Store> Engine<S> {
             });
             reused_payloads.push((payload, value.clone()));
         }
+        let models = self.models();
         if let Some(model) = &changes.model {
+            if !models.models.contains_key(model) {
+                let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
+                return Err(Error::Invalid(format!(
+                    "model '{model}' is not a model of this configuration (declared: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            // A fork inside a step reuses turns written in the step's tool-calling format.
+            let step_model = definition.step(from).and_then(|s| match s.with.get("model") {
+                Some(Value::String(m)) => Some(m.clone()),
+                Some(Value::Array(list)) => list.first().and_then(Value::as_str).map(str::to_string),
+                _ => models.default_model.clone(),
+            });
+            let way = |alias: &str| models.models.get(alias).map(|m| m.tool_calling);
+            if let (Some(_), Some(old)) = (changes.turn, step_model.as_deref())
+                && way(old).is_some()
+                && way(old) != way(model)
+            {
+                return Err(Error::Invalid(format!(
+                    "model '{model}' takes tools differently from '{old}' (tool_calling), so it cannot go on from \
+                     turns '{old}' took; fork from the step without a turn"
+                )));
+            }
             for s in definition.steps.iter_mut().filter(|s| again.contains(s.id.as_str())) {
                 if matches!(s.kind.as_str(), "llm" | "agent")
                     && let Some(with) = s.with.as_object_mut()
@@ -477,18 +507,34 @@ impl<S: Store> Engine<S> {
         let kind = definition.step(step).map(|s| s.kind.clone()).unwrap_or_default();
         if !matches!(kind.as_str(), "agent" | "llm") {
             return Err(Error::Invalid(format!(
-                "--turn needs a model step to fork inside (kind agent or llm); step '{step}' is a {kind} step"
+                "a fork at a turn needs a model step to fork inside (kind agent or llm); step '{step}' is a {kind} step"
             )));
         }
         let rows = self.inner.store.calls(parent, Some(step)).await?;
         let turns: Vec<u32> = rows.iter().filter(|r| r.kind == "llm" && r.outcome == "ok").map(|r| r.n).collect();
         let Some(&cut) = turn.checked_sub(1).and_then(|i| turns.get(i as usize)) else {
+            let range =
+                if turns.is_empty() { "none to fork at".to_string() } else { format!("use 1 to {}", turns.len()) };
             return Err(Error::Invalid(format!(
-                "--turn {turn}: step '{step}' of run {parent} made {} model turn(s); use 1 to {}",
-                turns.len(),
-                turns.len().max(1)
+                "turn {turn}: step '{step}' of run {parent} made {} model turn(s); {range}",
+                turns.len()
             )));
         };
+        // Every position before the cut must hold a result, or the fork's calls would not line
+        // up with the parent's (a model that failed over to the next one, a call that failed).
+        if let Some(gap) = rows.iter().find(|r| r.n < cut && r.outcome != "ok") {
+            return Err(Error::Invalid(format!(
+                "turn {turn}: call {} of step '{step}' before that turn has no result ({}), so the calls before the \
+                 turn cannot be reused in order; fork from the step without a turn",
+                gap.n, gap.outcome
+            )));
+        }
+        if (1..cut).any(|n| !rows.iter().any(|r| r.n == n)) {
+            return Err(Error::Invalid(format!(
+                "turn {turn}: step '{step}' skipped a call position before that turn (a rejected call), so its calls \
+                 cannot be reused in order; fork from the step without a turn"
+            )));
+        }
         let results = crate::calls::recorded(&*self.inner.store, parent, step).await?;
         for row in rows.into_iter().filter(|r| r.n < cut && r.outcome == "ok") {
             let Some(result) = results.iter().find(|r| r.n == row.n) else { continue };

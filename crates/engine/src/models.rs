@@ -66,6 +66,7 @@ pub struct Provider {
 /// One scripted answer of a `mock` provider: `say` answers when `when` is in the conversation's
 /// last message (any message when `when` is not given).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MockReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,

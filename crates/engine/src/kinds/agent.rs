@@ -122,6 +122,15 @@ impl Activity for Kind {
                 let entry = lookup(&self.tools, &attempt.workflow_tools, &name).await?;
                 tools.push((name, entry));
             }
+            for (i, (name, entry)) in tools.iter().enumerate() {
+                if let Some((other, _)) = tools[..i].iter().find(|(_, e)| e.spec.wire_name() == entry.spec.wire_name())
+                {
+                    return Err(permanent(format!(
+                        "tools '{other}' and '{name}' are both sent to models as '{}'; list one of them",
+                        entry.spec.wire_name()
+                    )));
+                }
+            }
             let format = match calling(&models, &aliases)? {
                 ToolCalling::Json => {
                     let action = action_schema(&tools, output_schema.as_ref());
@@ -139,13 +148,16 @@ impl Activity for Kind {
                 {"role": "system", "content": system_prompt(system, &tools, &format, output_schema.as_ref())},
                 {"role": "user", "content": task},
             ]});
-            // The context, chosen once before the first turn (its ledger a journaled call).
+            // The context, chosen once before the first turn (its ledger a journaled call). What
+            // it brings in is content the loop has read: writes after it need a person.
+            let mut untrusted = None;
             if let Some(spec) = input.get("context") {
                 let block = super::context::assemble(attempt, &self.tools, spec, task).await?;
                 super::llm::with_context(&mut body, block);
+                untrusted = Some("the step's context (with.context)".to_string());
             }
             let mut messages = body["messages"].as_array().cloned().unwrap_or_default();
-            let mut loop_state = Acting { untrusted: None, trusting, tool_calls: 0 };
+            let mut loop_state = Acting { untrusted, trusting, tool_calls: 0 };
             for turn in 1..=max_turns {
                 let mut body = json!({"messages": messages});
                 match &format {
@@ -186,10 +198,16 @@ impl Activity for Kind {
                     }
                     Turn::Final(done) => {
                         if let Some(check) = &final_check {
-                            let text = done.as_str().map_or_else(|| done.to_string(), str::to_string);
+                            // A JSON action's final answer is a value; a native answer is text
+                            // that must hold one.
+                            let text = match (&format, done.as_str()) {
+                                (Format::Native { .. }, Some(text)) => text.to_string(),
+                                _ => done.to_string(),
+                            };
                             match super::llm::structured(check, &text) {
                                 Ok(fits) => return Ok(finished(fits, turn, loop_state.tool_calls)),
                                 Err(problem) => {
+                                    attempt.log(format!("turn {turn}: the final answer does not fit ({problem})"));
                                     messages.push(observe(&format!("That final answer cannot be used: {problem}.")));
                                     continue;
                                 }
@@ -268,18 +286,26 @@ fn read_native(answer: &Value, messages: &mut Vec<Value>) -> Turn {
     let text = answer["text"].as_str().unwrap_or_default().to_string();
     let calls = answer["tool_calls"].as_array().cloned().unwrap_or_default();
     if calls.is_empty() {
-        messages.push(json!({"role": "assistant", "content": text}));
         if text.trim().is_empty() {
+            // Providers refuse an empty assistant message.
+            messages.push(json!({"role": "assistant", "content": "(no answer)"}));
             return Turn::Unusable("That answer was empty: call a tool, or answer the task.".into());
         }
+        messages.push(json!({"role": "assistant", "content": text}));
         return Turn::Final(Value::String(text));
     }
-    // The call ids are the provider's; one repeated or missing would leave a result unmatched.
+    // The call ids are the provider's; one missing or repeated gets its own, so each result is
+    // answered under an id of its own.
+    let mut ids: Vec<String> = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        let id = c["id"].as_str().filter(|id| !id.is_empty()).map_or_else(|| format!("call_{i}"), str::to_string);
+        ids.push(if ids.contains(&id) { format!("{id}_{i}") } else { id });
+    }
     let asked: Vec<Asked> = calls
         .iter()
-        .enumerate()
-        .map(|(i, c)| Asked {
-            id: Some(c["id"].as_str().filter(|id| !id.is_empty()).map_or_else(|| format!("call_{i}"), str::to_string)),
+        .zip(ids)
+        .map(|(c, id)| Asked {
+            id: Some(id),
             name: c["name"].as_str().unwrap_or_default().to_string(),
             args: c.get("args").cloned().unwrap_or_else(|| json!({})),
             reason: Some(text.trim().to_string()).filter(|t| !t.is_empty()),
@@ -351,7 +377,8 @@ impl Acting {
             let mut placed = Vec::new();
             for k in i..end {
                 let Some((name, entry, args)) = ready[k].take() else { continue };
-                let said = asked[k].reason.as_deref().map(|r| format!("; the model says: {r}")).unwrap_or_default();
+                let said =
+                    asked[k].reason.as_deref().map(|r| format!("; the model says: {}", short(r))).unwrap_or_default();
                 let context = format!("turn {turn}{said}");
                 let source = if self.trusting { None } else { self.untrusted.clone() };
                 match gate(attempt, n, entry, name, args, source.as_deref(), Some(&context)) {
@@ -369,11 +396,12 @@ impl Acting {
                         seen[k] = format!("{message}. Do something else, or finish.");
                         slots.push(None);
                     }
-                    // Arguments that do not fit go back to the model (no position is taken); a
-                    // stop for approval does not.
+                    // Arguments that do not fit go back to the model; a stop for approval does
+                    // not. The position is used up all the same, so that what a person decided
+                    // about a later call stays with that call even if what fits changes.
                     Err(f) if f.code.as_deref() == Some("invalid_args") || f.code.as_deref() == Some("refused") => {
                         seen[k] = format!("That call was not made: {}", f.message);
-                        continue;
+                        slots.push(None);
                     }
                     Err(f) => return Err(f),
                 }
@@ -415,6 +443,12 @@ fn unusable(text: &str, problem: &str, tools: &Toolbox) -> String {
         }
         _ => format!("That answer cannot be used: {problem}. Answer with one JSON object: a tool call or final."),
     }
+}
+
+/// The model's words for a call, as an approver reads them: at most 300 characters.
+fn short(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= 300 { text } else { format!("{}…", text.chars().take(300).collect::<String>()) }
 }
 
 /// An observation, as the next user message.

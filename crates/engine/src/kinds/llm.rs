@@ -383,15 +383,16 @@ fn summed(first: Value, mut second: Value) -> Value {
     second
 }
 
-/// Adds the context block to a request's system message (one is put first when there is none).
+/// Puts the context block before the text of the request's last user message (data beside the
+/// ask, never in the system message's instructions); a message of its own when there is none.
 pub(super) fn with_context(body: &mut Value, block: String) {
     let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) else { return };
-    match messages.first_mut() {
-        Some(first) if first["role"] == "system" => {
-            let text = first["content"].as_str().unwrap_or_default();
-            first["content"] = json!(format!("{text}\n\n{block}"));
+    match messages.iter_mut().rev().find(|m| m["role"] == "user") {
+        Some(last) => {
+            let text = last["content"].as_str().unwrap_or_default();
+            last["content"] = json!(format!("{block}\n\n{text}"));
         }
-        _ => messages.insert(0, json!({"role": "system", "content": block})),
+        None => messages.push(json!({"role": "user", "content": block})),
     }
 }
 

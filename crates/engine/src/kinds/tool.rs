@@ -118,7 +118,10 @@ pub(super) fn gate(
     context: Option<&str>,
 ) -> Result<Gate, Failure> {
     if attempt.call_recorded(n) {
-        return Ok(Gate::Go(args));
+        // It comes back from the record; asked with the arguments it was made with (a person's
+        // edit included), so that it matches what was recorded.
+        let edited = attempt.call_decision(n).filter(|d| d.approved).and_then(|d| d.args.clone());
+        return Ok(Gate::Go(edited.map(|e| entry.normalize(e)).unwrap_or(args)));
     }
     match attempt.call_decision(n).cloned() {
         Some(decision) if !decision.approved => {

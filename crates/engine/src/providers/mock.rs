@@ -86,7 +86,7 @@ fn fitting(schema: &Value, depth: usize) -> Value {
         "null" => Value::Null,
         _ => {
             let mut s = "mock".to_string();
-            while (s.chars().count() as u64) < at_least("minLength") {
+            while (s.chars().count() as u64) < at_least("minLength").min(256) {
                 s.push('.');
             }
             json!(s)
