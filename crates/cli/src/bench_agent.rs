@@ -7,14 +7,14 @@
 
 use crate::bench_llm::{Answering, model_server};
 use crate::{CliError, CliResult};
-use cairn_engine::{Engine, EngineConfig, NewRun, Notice, Submit};
+use cairn_engine::{Engine, EngineConfig, Notice};
 use cairn_store::{Durability, SqliteStore};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 /// The model: a tool call while fewer than `turns` results are in the conversation, then the
 /// final answer; the tool (a GET, without a body): a small JSON document.
@@ -91,26 +91,7 @@ async fn pass(path: &Path, runs: usize, in_flight: usize, latency_ms: u64, turns
     );
     let definition = cairn_core::validate::parse_definition(&text, "agent.yaml", crate::kinds::kinds())
         .map_err(|p| CliError::env(format!("the bench definition is invalid: {p:?}")))?;
-    let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let mut tasks = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::env(e.to_string()))?;
-        let (engine, definition) = (engine.clone(), definition.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let new = NewRun::inline(definition, json!({}));
-            let submit = Submit { drive_here: true, ..Submit::default() };
-            if let Some(driving) = engine.submit(cairn_engine::new_run_id(), new, submit).await? {
-                driving.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;
-            }
-            Ok::<(), cairn_engine::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| CliError::env(e.to_string()))??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = crate::bench_llm::drive_runs(&engine, &definition, runs, in_flight).await?;
     // The last notices may still be on their way to the counter.
     let deadline = Instant::now() + Duration::from_secs(5);
     while completed.load(Ordering::Relaxed) < runs && Instant::now() < deadline {

@@ -80,6 +80,35 @@ pub(crate) async fn model_server(latency: Duration, served: Arc<AtomicUsize>, an
     Ok(format!("http://{addr}/v1"))
 }
 
+/// Runs `definition` `runs` times, `in_flight` at once, each driven here; the seconds it took.
+pub(crate) async fn drive_runs(
+    engine: &Engine<SqliteStore>,
+    definition: &cairn_core::Definition,
+    runs: usize,
+    in_flight: usize,
+) -> CliResult<f64> {
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(in_flight));
+    let mut tasks = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::env(e.to_string()))?;
+        let (engine, definition) = (engine.clone(), definition.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let new = NewRun::inline(definition, json!({}));
+            let submit = Submit { drive_here: true, ..Submit::default() };
+            if let Some(driving) = engine.submit(cairn_engine::new_run_id(), new, submit).await? {
+                driving.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;
+            }
+            Ok::<(), cairn_engine::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| CliError::env(e.to_string()))??;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
 pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str, json_out: bool) -> CliResult {
     let latency_ms = cairn_core::duration::parse_ms(latency).map_err(|e| CliError::usage(format!("--latency: {e}")))?;
     let served = Arc::new(AtomicUsize::new(0));
@@ -105,26 +134,7 @@ pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str
     let definition = cairn_core::validate::parse_definition(DEFINITION, "llm.yaml", crate::kinds::kinds())
         .map_err(|p| CliError::env(format!("the bench definition is invalid: {p:?}")))?;
     let (rss_start, _) = crate::bench_park::memory_mib();
-    let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(in_flight));
-    let mut tasks = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let permit = gate.clone().acquire_owned().await.map_err(|e| CliError::env(e.to_string()))?;
-        let (engine, definition) = (engine.clone(), definition.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let new = NewRun::inline(definition, json!({}));
-            let submit = Submit { drive_here: true, ..Submit::default() };
-            if let Some(driving) = engine.submit(cairn_engine::new_run_id(), new, submit).await? {
-                driving.await.map_err(|e| cairn_engine::Error::Invalid(e.to_string()))??;
-            }
-            Ok::<(), cairn_engine::Error>(())
-        }));
-    }
-    for t in tasks {
-        t.await.map_err(|e| CliError::env(e.to_string()))??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = drive_runs(&engine, &definition, runs, in_flight).await?;
     let (rss_end, rss_peak) = crate::bench_park::memory_mib();
     let done = completed.load(Ordering::Relaxed);
     if done != runs {
