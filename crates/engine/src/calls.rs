@@ -97,6 +97,8 @@ struct Due {
     n: u32,
     request_hash: String,
     key: String,
+    /// The tool or model it goes to (a metrics label).
+    name: String,
 }
 
 /// A call recorded by an earlier attempt of the same step.
@@ -296,7 +298,15 @@ impl CallLog {
         let request_hash = Payload::of(&secrets.redact_value(request.clone())).reference.hash;
         let key = CallRow::key(self.run.as_str(), &self.step, n);
         let Some(done) = self.recorded.iter().find(|r| r.n == n) else {
-            return Position::Due(Due { n, request_hash, key });
+            // What metrics call it: the tool, or the model alias; else the kind (bounded).
+            let name = ["tool", "model"]
+                .iter()
+                .find_map(|k| request.get(*k).and_then(Value::as_str))
+                .unwrap_or(kind)
+                .chars()
+                .take(64)
+                .collect();
+            return Position::Due(Due { n, request_hash, key, name });
         };
         // Attempt 0: copied from the run this one forked from (`cairn rerun --turn`), where it was
         // asked of the model or tool the operator chose to keep; it stands even if asked
@@ -340,7 +350,7 @@ impl CallLog {
         secrets: &Resolved,
         logs: &mut Vec<String>,
     ) -> Result<Value, Failure> {
-        let Due { n, request_hash, key } = due;
+        let Due { n, request_hash, key, name } = due;
         // What is kept never holds a secret's value.
         let result = match result {
             Ok(value) => Ok(secrets.redact_value(value)),
@@ -362,6 +372,7 @@ impl CallLog {
             cost: meter.map(|m| priced(m, result.as_ref().ok())),
             reserved,
         };
+        let row_cost = row.cost.clone();
         if let Some(first) = self.keep(row, payload).await? {
             // Another attempt of this step recorded this call first: its result stands (and was
             // paid for there).
@@ -379,6 +390,7 @@ impl CallLog {
             }
             return Ok(first.result);
         }
+        crate::metrics::call(kind, &name, result.is_ok(), duration_ms, row_cost.as_ref());
         logs.push(format!(
             "call {n} ({kind}, {key}): {} in {duration_ms} ms",
             if result.is_ok() { "succeeded" } else { "failed" }

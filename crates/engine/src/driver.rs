@@ -381,6 +381,7 @@ impl<S: Store> Live<S> {
             self.start_children(false).await;
         }
         let events = std::mem::take(&mut self.events);
+        crate::metrics::committed(&self.state, &events);
         if let Some(tx) = &self.inner.notices {
             let _ = tx.send(Notice::Committed { run_id: self.state.run_id.clone(), events });
         }

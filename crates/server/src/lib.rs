@@ -15,6 +15,7 @@ mod diff;
 mod error;
 mod lineage;
 mod listener;
+mod metrics;
 mod openapi;
 mod probes;
 mod providers;
@@ -152,6 +153,8 @@ impl<S: Store> AppState<S> {
 /// The API: every route comes from the one table in `routes.rs`, which also describes it at
 /// `/openapi.json`.
 pub fn app<S: Store>(state: AppState<S>) -> Router {
+    // Counted from now on (the engine's metrics), rendered at /metrics.
+    let _ = metrics::handle();
     routes::table::<S>()
         .router
         .fallback(not_found)

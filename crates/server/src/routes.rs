@@ -4,7 +4,8 @@
 //! described that is not routed.
 
 use crate::{
-    AppState, admin, approvals, diff, lineage, openapi, probes, providers, runs, stream, tasks, tools, workflows,
+    AppState, admin, approvals, diff, lineage, metrics, openapi, probes, providers, runs, stream, tasks, tools,
+    workflows,
 };
 use axum::Router;
 use axum::handler::Handler;
@@ -101,6 +102,7 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(tasks::__path_get, tasks::get::<S>)
         .add(tasks::__path_steps, tasks::steps::<S>)
         .add(probes::__path_healthz, probes::healthz)
+        .add(metrics::__path_metrics, metrics::metrics::<S>)
         .add(probes::__path_readyz, probes::readyz::<S>)
         .add(openapi::__path_document, openapi::document::<S>)
 }

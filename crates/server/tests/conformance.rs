@@ -582,6 +582,14 @@ fn check(doc: &Value, op: &Value, reply: &common::Reply) -> Option<String> {
         }
         return None;
     }
+    if ct == "text/plain" {
+        // Prometheus text: lines of `# TYPE`/`# HELP` comments and `name{labels} value` samples.
+        let text = reply.text();
+        let misfit = text.lines().find(|l| {
+            !l.is_empty() && !l.starts_with('#') && l.rsplit_once(' ').is_none_or(|(_, v)| v.parse::<f64>().is_err())
+        });
+        return misfit.map(|l| format!("a line that is not a sample: {l:?}"));
+    }
     let Some(json) = &reply.json else {
         return Some("the body is not JSON".to_string());
     };
