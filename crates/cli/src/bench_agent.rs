@@ -66,13 +66,7 @@ async fn pass(path: &Path, runs: usize, in_flight: usize, latency_ms: u64, turns
     let mut config = EngineConfig::new(cairn_engine::owner_id());
     config.concurrency = in_flight;
     config.max_runs = in_flight;
-    let models = json!({
-        "default_model": "bench",
-        "providers": {"local": {"name": "local", "type": "openai", "base_url": base_url,
-                                "connect_timeout_ms": 10_000, "request_timeout_ms": 120_000}},
-        "models": {"bench": {"alias": "bench", "provider": "local", "model": "bench-model",
-                             "input_usd_per_mtok": 0.10, "output_usd_per_mtok": 0.20}}
-    });
+    let models = crate::bench_llm::bench_models(&base_url);
     config.kind_config.insert("agent".into(), json!({"models": models}));
     let tool_url = base_url.replace("/v1", "/stock");
     let tools: cairn_engine::tools::ToolsConfig = serde_json::from_value(json!({

@@ -80,6 +80,17 @@ pub(crate) async fn model_server(latency: Duration, served: Arc<AtomicUsize>, an
     Ok(format!("http://{addr}/v1"))
 }
 
+/// The model tables of a bench engine: alias `bench` at the in-process server `base_url`.
+pub(crate) fn bench_models(base_url: &str) -> serde_json::Value {
+    json!({
+        "default_model": "bench",
+        "providers": {"local": {"name": "local", "type": "openai", "base_url": base_url,
+                                "connect_timeout_ms": 10_000, "request_timeout_ms": 120_000}},
+        "models": {"bench": {"alias": "bench", "provider": "local", "model": "bench-model",
+                             "input_usd_per_mtok": 0.10, "output_usd_per_mtok": 0.20}}
+    })
+}
+
 /// Runs `definition` `runs` times, `in_flight` at once, each driven here; the seconds it took.
 pub(crate) async fn drive_runs(
     engine: &Engine<SqliteStore>,
@@ -122,13 +133,7 @@ pub async fn bench_llm(path: &Path, runs: usize, in_flight: usize, latency: &str
     let mut config = EngineConfig::new(cairn_engine::owner_id());
     config.concurrency = in_flight;
     config.max_runs = in_flight;
-    let models = json!({
-        "default_model": "bench",
-        "providers": {"local": {"name": "local", "type": "openai", "base_url": base_url,
-                                "connect_timeout_ms": 10_000, "request_timeout_ms": 120_000}},
-        "models": {"bench": {"alias": "bench", "provider": "local", "model": "bench-model",
-                             "input_usd_per_mtok": 0.10, "output_usd_per_mtok": 0.20}}
-    });
+    let models = bench_models(&base_url);
     config.kind_config.insert("llm".into(), json!({"models": models}));
     let engine = Engine::new(store.clone(), config, Some(tx));
     let definition = cairn_core::validate::parse_definition(DEFINITION, "llm.yaml", crate::kinds::kinds())

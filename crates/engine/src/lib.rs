@@ -18,7 +18,7 @@ mod engine;
 mod http;
 pub mod kinds;
 pub mod log;
-mod metrics;
+pub mod metrics;
 pub mod models;
 pub mod planner;
 mod providers;

@@ -6,9 +6,22 @@
 
 use cairn_core::event::{Envelope, Event};
 use cairn_core::state::RunState;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether a process installed a recorder: until then nothing is counted (no labels built on the
+/// commit path for nobody).
+static ON: AtomicBool = AtomicBool::new(false);
+
+/// Turns counting on, once a recorder is installed (`cairn serve`).
+pub fn enable() {
+    ON.store(true, Ordering::Relaxed);
+}
 
 /// Counts what one commit of `state`'s run recorded.
 pub(crate) fn committed(state: &RunState, events: &[Envelope]) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
     let workflow = state.workflow.clone();
     let kind_of = |step: &str| {
         let def = state.definition.as_ref();
@@ -68,6 +81,9 @@ pub(crate) fn committed(state: &RunState, events: &[Envelope]) {
 /// …) and name (the model alias or the tool), with its duration, and a model call's tokens and
 /// cost.
 pub(crate) fn call(kind: &str, name: &str, ok: bool, duration_ms: u64, cost: Option<&cairn_store::CallCost>) {
+    if !ON.load(Ordering::Relaxed) {
+        return;
+    }
     let (kind, name) = (kind.to_string(), name.to_string());
     let outcome = if ok { "ok" } else { "failed" };
     metrics::counter!("cairn_calls_total", "kind" => kind.clone(), "name" => name.clone(), "outcome" => outcome)

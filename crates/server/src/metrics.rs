@@ -24,7 +24,11 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
                 [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
             let builder = PrometheusBuilder::new();
             let builder = builder.set_buckets(&buckets).unwrap_or_else(|_| PrometheusBuilder::new());
-            builder.install_recorder().ok()
+            let handle = builder.install_recorder().ok();
+            if handle.is_some() {
+                cairn_engine::metrics::enable();
+            }
+            handle
         })
         .as_ref()
 }
