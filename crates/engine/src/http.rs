@@ -85,7 +85,7 @@ pub async fn call(
         // the values as they are.
         transient(format!("{url} answered something that is not HTTP: {:?}", secrets.redact(line.trim())))
     })?;
-    let (mut length, mut retry_after) = (None::<usize>, None::<u64>);
+    let (mut length, mut retry_after, mut chunked) = (None::<usize>, None::<u64>, false);
     loop {
         line.clear();
         if io.read_line(&mut line).await.map_err(|e| transient(format!("reading from {url}: {e}")))? == 0
@@ -96,12 +96,18 @@ pub async fn call(
         let lower = line.to_ascii_lowercase();
         if let Some(v) = lower.strip_prefix("content-length:") {
             length = v.trim().parse().ok();
+        } else if let Some(v) = lower.strip_prefix("transfer-encoding:") {
+            chunked = v.split(',').any(|coding| coding.trim() == "chunked");
         } else if let Some(v) = lower.strip_prefix("retry-after:") {
             retry_after = v.trim().parse::<u64>().ok().map(|s| s.saturating_mul(1000));
         }
     }
     let mut raw = Vec::new();
     match length {
+        // A chunked body's length comes chunk by chunk (and `Content-Length` must then be ignored).
+        _ if chunked => {
+            read_chunked(&mut io, &mut raw).await.map_err(|e| transient(format!("reading from {url}: {e}")))?
+        }
         Some(n) if n > MAX_BODY => return Err(permanent(format!("{url} answered {n} bytes, over {MAX_BODY}"))),
         Some(n) => {
             raw.resize(n, 0);
@@ -132,9 +138,54 @@ pub async fn call(
     }
 }
 
+/// A `Transfer-Encoding: chunked` body: each chunk's hex size line, its bytes, CRLF; a zero size
+/// ends it (trailers skipped). At most [`MAX_BODY`] bytes.
+async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if io.read_line(&mut line).await? == 0 {
+            return Err(bad("the chunked body ended early".into()));
+        }
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad(format!("bad chunk size {size:?}")))?;
+        if size == 0 {
+            // Trailers, up to the blank line.
+            loop {
+                line.clear();
+                if io.read_line(&mut line).await? == 0 || line == "\r\n" || line == "\n" {
+                    return Ok(());
+                }
+            }
+        }
+        if out.len() + size > MAX_BODY {
+            return Err(bad(format!("the body is over {MAX_BODY} bytes")));
+        }
+        let start = out.len();
+        out.resize(start + size, 0);
+        io.read_exact(&mut out[start..]).await?;
+        line.clear();
+        io.read_line(&mut line).await?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded() {
+        let wire = b"18\r\n{\"error\":\"service down\"}\r\n3;ext=1\r\n   \r\n0\r\nX-Trailer: t\r\n\r\n";
+        let mut io = tokio::io::BufReader::new(&wire[..]);
+        let mut out = Vec::new();
+        read_chunked(&mut io, &mut out).await.expect("decoded");
+        assert_eq!(String::from_utf8(out).expect("utf-8"), "{\"error\":\"service down\"}   ");
+        let mut cut = tokio::io::BufReader::new(&b"10\r\nshort"[..]);
+        assert!(read_chunked(&mut cut, &mut Vec::new()).await.is_err(), "a body cut short is an error");
+        let mut junk = tokio::io::BufReader::new(&b"zz\r\n"[..]);
+        assert!(read_chunked(&mut junk, &mut Vec::new()).await.is_err(), "a bad size is an error");
+    }
 
     #[test]
     fn urls_are_checked() {
