@@ -292,26 +292,6 @@ pub struct StepView {
     pub said: Vec<Option<String>>,
 }
 
-/// A call's result in one line: a model's text (or the tools it called), a tool's result, a
-/// context selection's counts.
-fn said(kind: &str, result: &Value) -> String {
-    let line = match kind {
-        "llm" => {
-            let calls: Vec<&str> =
-                result["tool_calls"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
-            let text = result["text"].as_str().unwrap_or_default();
-            if calls.is_empty() { text.to_string() } else { format!("{text} → calls {}", calls.join(", ")) }
-        }
-        "context" => format!(
-            "{} of {} candidate(s) selected, {} of {} tokens",
-            result["selected"], result["observed"], result["used_tokens"], result["max_tokens"]
-        ),
-        _ => result.to_string(),
-    };
-    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.chars().count() <= 110 { line } else { format!("{}…", line.chars().take(110).collect::<String>()) }
-}
-
 /// Attempts (of the step, or of its compensation) as the journal tells them.
 #[derive(Default)]
 struct Attempts(Vec<AttemptView>);
@@ -580,7 +560,7 @@ pub async fn step_view<S: Store>(store: &S, run: &RunId, row: &StepRow, events: 
             (Some(hash), "ok") => payloads.value(hash).await?,
             _ => None,
         };
-        view.said.push(result.map(|r| said(&c.kind, &r)));
+        view.said.push(result.map(|r| cairn_engine::calls::answer_line(&c.kind, &r, 110)));
     }
     Ok(view)
 }

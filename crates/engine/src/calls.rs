@@ -505,6 +505,30 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
+/// A call's result in one line: a model's text (or the tools it called), a tool's result, a
+/// context selection's counts; cut to `max_chars` characters.
+pub fn answer_line(kind: &str, result: &serde_json::Value, max_chars: usize) -> String {
+    let line = match kind {
+        "llm" => {
+            let calls: Vec<&str> =
+                result["tool_calls"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+            let text = result["text"].as_str().unwrap_or_default();
+            if calls.is_empty() { text.to_string() } else { format!("{text} → calls {}", calls.join(", ")) }
+        }
+        "context" => format!(
+            "{} of {} candidate(s) selected, {} of {} tokens",
+            result["selected"], result["observed"], result["used_tokens"], result["max_tokens"]
+        ),
+        _ => result.to_string(),
+    };
+    let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.chars().count() <= max_chars {
+        line
+    } else {
+        format!("{}…", line.chars().take(max_chars).collect::<String>())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

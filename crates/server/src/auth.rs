@@ -103,7 +103,7 @@ pub fn check_token_name(name: &str) -> Result<&str, String> {
 
 /// The role a request needs; `None` for the public probes.
 pub(crate) fn required_role(method: &Method, path: &str) -> Option<Role> {
-    if matches!(path, "/healthz" | "/readyz" | "/openapi.json") {
+    if matches!(path, "/healthz" | "/readyz" | "/openapi.json") || crate::ui::is_ui_path(path) {
         return None;
     }
     let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");

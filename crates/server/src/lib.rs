@@ -25,6 +25,7 @@ mod runs;
 mod stream;
 mod tasks;
 mod tools;
+mod ui;
 mod views;
 mod workflows;
 
@@ -157,6 +158,7 @@ pub fn app<S: Store>(state: AppState<S>) -> Router {
     let _ = metrics::handle();
     routes::table::<S>()
         .router
+        .merge(ui::routes::<S>())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::layer::<S>))

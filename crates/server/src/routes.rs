@@ -1,7 +1,8 @@
 //! The one table of routes. Each entry registers a handler at the path and methods its
 //! `#[utoipa::path]` declares and puts that operation into `/openapi.json`, so the router and
 //! the description cannot drift apart: nothing is routed that is not described, and nothing is
-//! described that is not routed.
+//! described that is not routed. (The dashboard's static files, `ui.rs`, are not API routes and
+//! are added beside this table.)
 
 use crate::{
     AppState, admin, approvals, diff, lineage, metrics, openapi, probes, providers, runs, stream, tasks, tools,

@@ -9,8 +9,8 @@ use crate::responses::{
     WorkflowNotFound,
 };
 use crate::views::{
-    ForkOrigin, ForkedRun, RequestView, RunDetail, RunEvents, RunPage, RunRequests, RunSteps, RunView, StartedRun,
-    SteerRequest, SteeredRun, StepDetail, StepLogs, reply,
+    CallDetail, ForkOrigin, ForkedRun, RequestView, RunDetail, RunEvents, RunPage, RunRequests, RunSteps, RunView,
+    StartedRun, SteerRequest, SteeredRun, StepDetail, StepLogs, reply,
 };
 use axum::Extension;
 use axum::extract::State;
@@ -19,7 +19,8 @@ use axum::response::{IntoResponse, Response};
 use cairn_core::event::{PlanInfo, RunOptions, RunSource};
 use cairn_core::kinds::Kinds;
 use cairn_core::payload::sha256_hex;
-use cairn_core::{Definition, RunId, RunStatus};
+use cairn_core::{Definition, Event, RunId, RunStatus};
+use cairn_engine::calls::answer_line;
 use cairn_engine::{Control, Delivery, NewRun, Submit};
 use cairn_store::{IdempotencyKey, RunQuery, RunRow, Spend, StepRow, Store};
 use serde::Deserialize;
@@ -511,8 +512,18 @@ pub async fn get<S: Store>(
     let row = state.store.get_run(&id).await?;
     let steps = state.store.steps(&id).await?;
     let output = output_of(&*state.store, &row).await?;
-    let links = cairn_engine::RunLinks::of(&state.store.events(&id).await?);
-    let (step_usage, total) = Spend::of_calls(&state.store.calls(&id, None).await?);
+    let events = state.store.events(&id).await?;
+    let links = cairn_engine::RunLinks::of(&events);
+    let pinned = events.iter().rev().find_map(|e| match &e.event {
+        Event::PlanRecorded { definition, .. } => Some(definition.hash.clone()),
+        _ => None,
+    });
+    let definition = match pinned {
+        Some(hash) => state.store.payload(&hash).await?,
+        None => None,
+    };
+    let calls = state.store.calls(&id, None).await?;
+    let (step_usage, total) = Spend::of_calls(&calls);
     let detail = RunDetail {
         run: RunView::of(&row).with_usage((total.calls > 0).then_some(&total)),
         parent: links.parent.map(Into::into),
@@ -520,6 +531,8 @@ pub async fn get<S: Store>(
         steps,
         step_usage,
         output,
+        definition,
+        calls,
     };
     Ok(reply(StatusCode::OK, &detail))
 }
@@ -572,9 +585,29 @@ pub async fn step<S: Store>(
     let id = parse_run_id(&id)?;
     let row = step_of(&state, &id, &step).await?;
     let undo = format!("{step}.compensate");
-    let mut calls = state.store.calls(&id, Some(&step)).await?;
-    calls.extend(state.store.calls(&id, Some(&undo)).await?);
-    Ok(reply(StatusCode::OK, &StepDetail { run_id: id.to_string(), step: row, calls }))
+    let mut rows = state.store.calls(&id, Some(&step)).await?;
+    rows.extend(state.store.calls(&id, Some(&undo)).await?);
+    let latest_input = state.store.events(&id).await?.into_iter().rev().find_map(|e| match e.event {
+        Event::AttemptStarted { step: s, input, .. } if s.as_str() == step => Some(input.hash),
+        _ => None,
+    });
+    let input = match latest_input {
+        Some(hash) => state.store.payload(&hash).await?,
+        None => None,
+    };
+    let output = match &row.output_hash {
+        Some(hash) => state.store.payload(hash).await?,
+        None => None,
+    };
+    let mut calls = Vec::with_capacity(rows.len());
+    for call in rows {
+        let answer = match (&call.result_hash, call.outcome.as_str()) {
+            (Some(hash), "ok") => state.store.payload(hash).await?.map(|r| answer_line(&call.kind, &r, 600)),
+            _ => None,
+        };
+        calls.push(CallDetail { call, answer });
+    }
+    Ok(reply(StatusCode::OK, &StepDetail { run_id: id.to_string(), step: row, input, output, calls }))
 }
 
 /// A run's step by name: `run_not_found` for an unknown run, `step_not_found` for a run

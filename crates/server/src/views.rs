@@ -208,6 +208,14 @@ pub struct RunDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Value>)]
     pub output: Option<Value>,
+    /// The definition the run executes, as pinned when it started (its steps with their kinds,
+    /// `needs` and conditions); absent while a goal is still being planned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub definition: Option<Value>,
+    /// Every journaled call of the run (`run/step/call-N`), by step then position: kind,
+    /// outcome, attempt, duration, tokens and cost. `GET …/steps/{step}` adds what each answered.
+    pub calls: Vec<CallRow>,
 }
 
 /// A run's links in an export.
@@ -246,13 +254,35 @@ pub struct RunSteps {
     pub steps: Vec<StepRow>,
 }
 
-/// One step with the calls its attempts made (its compensation's too, under `STEP.compensate`).
+/// One step with its latest input, its output and the calls its attempts made (its
+/// compensation's too, under `STEP.compensate`).
 #[derive(Serialize, ToSchema)]
 pub struct StepDetail {
     pub run_id: String,
     pub step: StepRow,
-    /// Journaled calls (`run/step/call-N`) in order: kind, request hash, outcome, duration.
-    pub calls: Vec<CallRow>,
+    /// What the latest attempt ran with (templates rendered, secrets redacted); absent before
+    /// the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    pub input: Option<Value>,
+    /// The step's recorded output, once it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Value>)]
+    pub output: Option<Value>,
+    /// Journaled calls (`run/step/call-N`) in order: kind, request hash, outcome, duration, and
+    /// what each answered in a line.
+    pub calls: Vec<CallDetail>,
+}
+
+/// A journaled call and what it answered.
+#[derive(Serialize, ToSchema)]
+pub struct CallDetail {
+    #[serde(flatten)]
+    pub call: CallRow,
+    /// The answer in one line, cut at 600 characters: a model's text (or the tools it called),
+    /// a tool's result, a context selection's counts. Absent without a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -236,7 +236,8 @@ async fn every_bad_request_gets_its_4xx_with_the_error_shape() {
         ("POST", "/v1/runs/nope/pause".into(), None, String::new(), 400, "bad_run_id"),
         ("GET", "/tasks/nope".into(), None, String::new(), 400, "bad_run_id"),
         ("GET", "/v1/nothing".into(), None, String::new(), 404, "no_such_route"),
-        ("GET", "/".into(), None, String::new(), 404, "no_such_route"),
+        ("GET", "/ui/nothing.js".into(), None, String::new(), 404, "no_such_file"),
+        ("POST", "/".into(), None, String::new(), 405, "method_not_allowed"),
         ("GET", "/v2/runs".into(), None, String::new(), 404, "no_such_route"),
         ("DELETE", "/v1/runs".into(), None, String::new(), 405, "method_not_allowed"),
         ("PUT", "/healthz".into(), None, String::new(), 405, "method_not_allowed"),
@@ -974,4 +975,29 @@ async fn health_and_readiness() {
     assert_eq!(api.get("/healthz").await.ok(200)["status"], "ok");
     let ready = api.get("/readyz").await;
     assert_eq!(ready.ok(200)["status"], "ready", "{}", ready.text);
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_a_token_under_a_strict_policy_and_its_data_still_needs_one() {
+    let api = Api::new(AuthMode::On);
+    let page = api.get("/").await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert!(page.text.contains(r#"<script type="module" src="/ui/app.js">"#), "{}", page.text);
+    let policy = page.headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    for part in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"] {
+        assert!(policy.contains(part), "the page's policy has {part}: {policy}");
+    }
+    assert!(!policy.contains("unsafe-inline") && !policy.contains("http"), "nothing inline, no other origin: {policy}");
+    // Every file the page loads is there, with its type, and names no other origin.
+    for (file, kind) in [("app.js", "text/javascript"), ("run.js", "text/javascript"), ("style.css", "text/css")] {
+        let r = api.get(&format!("/ui/{file}")).await;
+        assert_eq!(r.status, 200, "{file}");
+        let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(ct.starts_with(kind), "{file}: {ct}");
+        assert_eq!(r.headers.get("x-content-type-options").map(|v| v.as_bytes()), Some(&b"nosniff"[..]));
+        assert!(!r.text.contains("http://") && !r.text.contains("https://"), "{file} fetches nothing from elsewhere");
+        assert!(!r.text.contains("innerHTML"), "{file} never writes markup from data");
+    }
+    api.get("/ui/../Cargo.toml").await.error(404, "no_such_route");
+    api.get("/v1/runs").await.error(401, "unauthorized");
 }
