@@ -46,9 +46,21 @@ fn chromium() -> Option<String> {
 fn the_dashboard_shows_runs_live_approves_retries_and_asks_for_a_token_in_a_real_browser() {
     let (Some(dir), Some(chromium)) = (browser_dir(), chromium()) else { return };
     let env = Env::new();
+    // The script's own HTTP service (a report uploader that fails until told otherwise, and a
+    // notes endpoint a tool writes to) listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
     env.write(
         "cairn.toml",
-        "[providers.offline]\ntype = \"mock\"\n\n[models.quick]\nprovider = \"offline\"\nmodel = \"scripted\"\n",
+        &format!(
+            "[providers.offline]\ntype = \"mock\"\n\n\
+             [[providers.offline.replies]]\nwhen = \"saved\"\nsay = '{{\"final\": \"The note is saved.\"}}'\n\n\
+             [[providers.offline.replies]]\nwhen = \"weekly report\"\n\
+             say = '{{\"tool\": \"notes\", \"args\": {{\"body\": {{\"text\": \"report ready\"}}}}, \"reason\": \"the task asks for a note\"}}'\n\n\
+             [models.quick]\nprovider = \"offline\"\nmodel = \"scripted\"\n\
+             input_usd_per_mtok = 0.5\noutput_usd_per_mtok = 1.5\n\n\
+             [tools.notes]\ntype = \"http_request\"\nurl = \"http://127.0.0.1:{port}/notes\"\nmethod = \"POST\"\n\
+             description = \"Save a note for the team\"\n"
+        ),
     );
     let server = env.serve(&[]);
     // The same database behind a second server that wants tokens.
@@ -65,6 +77,7 @@ fn the_dashboard_shows_runs_live_approves_retries_and_asks_for_a_token_in_a_real
         .env("CAIRN_URL", server.url())
         .env("CAIRN_AUTH_URL", guarded.url())
         .env("CAIRN_TOKEN", &token)
+        .env("CAIRN_SERVICE_PORT", port.to_string())
         .env("CAIRN_BROWSER_DIR", &dir)
         .env("CAIRN_CHROMIUM", chromium)
         .env("CAIRN_SHOTS", &shots)
@@ -73,7 +86,18 @@ fn the_dashboard_shows_runs_live_approves_retries_and_asks_for_a_token_in_a_real
     let said = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "the browser test failed:\n{said}");
     assert!(said.contains("dashboard: all checks passed"), "{said}");
-    for page in ["runs", "approvals", "run", "run-failed", "workflows", "models", "runs-phone", "run-phone"] {
+    for page in [
+        "runs",
+        "approvals",
+        "run",
+        "run-failed",
+        "tool-approval",
+        "agent",
+        "workflows",
+        "models",
+        "runs-phone",
+        "run-phone",
+    ] {
         let png = shots.join(format!("{page}.png"));
         let bytes = std::fs::read(&png).unwrap_or_else(|e| panic!("{}: {e}", png.display()));
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{} is not a screenshot", png.display());

@@ -25,13 +25,25 @@ async function api(method, url, body, token) {
   return JSON.parse(text);
 }
 
-// A service that fails until told otherwise: the failed run's step calls it.
+// A service: `/publish` fails until told otherwise (the failed run's step calls it); `/notes`
+// keeps what the agent's tool writes.
 let healthy = false;
+const notes = [];
 const service = http.createServer((req, res) => {
-  res.writeHead(healthy ? 200 : 503, { "Content-Type": "application/json" });
-  res.end(JSON.stringify(healthy ? { report: "published" } : { error: "the report service is down" }));
+  let body = "";
+  req.on("data", (chunk) => { body += chunk; });
+  req.on("end", () => {
+    if (req.url === "/notes") {
+      notes.push(JSON.parse(body || "null"));
+      res.writeHead(200, { "Content-Type": "application/json" });
+      res.end(JSON.stringify({ saved: true, id: notes.length }));
+      return;
+    }
+    res.writeHead(healthy ? 200 : 503, { "Content-Type": "application/json" });
+    res.end(JSON.stringify(healthy ? { report: "published" } : { error: "the report service is down" }));
+  });
 });
-await new Promise((resolve) => service.listen(0, "127.0.0.1", resolve));
+await new Promise((resolve) => service.listen(Number(process.env.CAIRN_SERVICE_PORT), "127.0.0.1", resolve));
 const serviceUrl = `http://127.0.0.1:${service.address().port}/publish`;
 
 const browser = await chromium.launch({ executablePath: process.env.CAIRN_CHROMIUM, args: ["--no-sandbox"] });
@@ -42,7 +54,11 @@ function watchConsole(page, allow) {
   });
   page.on("pageerror", (e) => problems.push(`uncaught on ${page.url()}: ${e.message}`));
 }
-const shot = async (page, name) => page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+// A screenshot without the passing notice a click may have left.
+const shot = async (page, name) => {
+  await page.evaluate(() => { const t = document.getElementById("toast"); t.className = ""; t.textContent = ""; });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+};
 const wait = (page, selector, what) => page.waitForSelector(selector, { timeout: 15000 }).catch(() => {
   throw new Error(`${what}: nothing matched ${selector} on ${page.url()}`);
 });
@@ -118,6 +134,35 @@ try {
   await page.click('#actions button:has-text("Retry")');
   await wait(page, 'h1 + .badge.s-COMPLETED, .row .badge.s-COMPLETED', "the retried run completed");
   await wait(page, '#graph g.node[data-step="upload"][data-status="COMPLETED"]', "the retried step completed");
+
+  step("an agent's tool call waits; bad JSON arguments are refused in the page; edited ones are sent");
+  const agent = await api("POST", `${base}/v1/runs`, { workflow: {
+    name: "note-taker",
+    steps: [{ id: "assistant", kind: "agent", with: { model: "quick", tools: ["notes"], max_turns: 4,
+      task: "Leave the team a note that the weekly report is ready." } }],
+  } });
+  await page.click('a[data-page="approvals"]');
+  const toolCard = `.approval[data-run="${agent.id}"]`;
+  await wait(page, `${toolCard} textarea`, "the tool call's arguments");
+  await page.fill(`${toolCard} textarea`, '{"body": {"text": "report ready"}');
+  await wait(page, `${toolCard} .error-box:not([hidden])`, "the JSON error");
+  await page.click(`${toolCard} button:has-text("Approve with these arguments")`);
+  if (notes.length) throw new Error("arguments that are not JSON were sent");
+  await page.fill(`${toolCard} textarea`, '{"body": {"text": "report ready, edited in the dashboard"}}');
+  await shot(page, "tool-approval");
+  await page.click(`${toolCard} button:has-text("Approve with these arguments")`);
+  await page.waitForSelector(toolCard, { state: "detached", timeout: 15000 });
+  await page.goto(`${base}/#/runs/${agent.id}?step=assistant`);
+  await wait(page, '#graph g.node[data-step="assistant"][data-status="COMPLETED"]', "the agent's run completed");
+  await wait(page, '#step-detail tr[data-call="3"]', "the agent's turns and tool call");
+  const turns = await page.textContent("#step-detail table");
+  for (const part of ["turn 1", "tool", "turn 2", "The note is saved."]) {
+    if (!turns.includes(part)) throw new Error(`the turns do not show ${part}: ${turns}`);
+  }
+  if (notes.length !== 1 || notes[0].text !== "report ready, edited in the dashboard") {
+    throw new Error(`the tool received ${JSON.stringify(notes)}`);
+  }
+  await shot(page, "agent");
 
   step("workflows, a definition, models and tools");
   await page.click('a[data-page="workflows"]');
