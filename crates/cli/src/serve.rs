@@ -34,6 +34,10 @@ pub struct WorkerArgs {
     /// How often retention runs.
     #[arg(long, default_value = "10m")]
     pub gc_every: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464). `cairn serve` has
+    /// them at /metrics of its API already.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -196,14 +200,12 @@ async fn drain(engine: &Engine<AnyStore>, timeout: Duration) {
 
 /// `--listen` as one address: an IP address and port, or a host name (resolved here) and port.
 /// Of a name's addresses the first IPv4 one is bound, else the first.
-async fn listen_addr(text: &str) -> CliResult<SocketAddr> {
+async fn listen_addr(flag: &str, text: &str) -> CliResult<SocketAddr> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
     let malformed = || {
-        CliError::usage(format!(
-            "--listen '{text}' is not host:port (e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080)"
-        ))
+        CliError::usage(format!("{flag} '{text}' is not host:port (e.g. 127.0.0.1:8080, localhost:8080 or [::1]:8080)"))
     };
     let (host, port) = text.rsplit_once(':').ok_or_else(malformed)?;
     if host.is_empty() || host.contains(':') || port.parse::<u16>().is_err() {
@@ -211,14 +213,14 @@ async fn listen_addr(text: &str) -> CliResult<SocketAddr> {
     }
     let found: Vec<SocketAddr> = tokio::net::lookup_host(text)
         .await
-        .map_err(|e| CliError::usage(format!("--listen '{text}': cannot resolve host '{host}': {e}")))?
+        .map_err(|e| CliError::usage(format!("{flag} '{text}': cannot resolve host '{host}': {e}")))?
         .collect();
     found
         .iter()
         .find(|a| a.is_ipv4())
         .or(found.first())
         .copied()
-        .ok_or_else(|| CliError::usage(format!("--listen '{text}': host '{host}' resolves to no address")))
+        .ok_or_else(|| CliError::usage(format!("{flag} '{text}': host '{host}' resolves to no address")))
 }
 
 fn limits(args: &ServeArgs) -> CliResult<Limits> {
@@ -241,7 +243,7 @@ fn limits(args: &ServeArgs) -> CliResult<Limits> {
 }
 
 pub async fn serve(db: &DbArgs, args: ServeArgs) -> CliResult {
-    let listen = listen_addr(&args.listen).await?;
+    let listen = listen_addr("--listen", &args.listen).await?;
     let limits = limits(&args)?;
     let auth = match args.auth.as_str() {
         "auto" if listen.ip().is_loopback() => AuthMode::Off,
@@ -328,8 +330,32 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let engine = Engine::new(store.clone(), engine_config(&args), None);
     let background = Background::start(&engine, store.clone(), &args, true)?;
     let signal = first_signal();
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = &args.metrics_listen {
+        let addr = listen_addr("--metrics-listen", addr).await?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| CliError::env(format!("--metrics-listen: cannot listen on {addr}: {e}")))?;
+        let bound = listener.local_addr().map_err(|e| CliError::env(format!("--metrics-listen {addr}: {e}")))?;
+        if !bound.ip().is_loopback() {
+            cairn_engine::say!(
+                "cairn: WARNING: metrics on {bound} are readable by anyone who can reach it (workflow, model and tool names; no run data)"
+            );
+        }
+        cairn_engine::say!("cairn worker: metrics at http://{bound}/metrics");
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = cairn_server::serve_metrics(listener, engine, stopped).await {
+                cairn_engine::say!("cairn worker: the metrics listener stopped: {e}");
+            }
+        });
+    }
     cairn_engine::say!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
     signal.await;
+    let _ = stop_metrics.send(());
     cairn_engine::say!("cairn: shutting down: no new work; finishing attempts in flight (up to {shutdown_timeout:?})");
     background.stop(&engine, shutdown_timeout).await;
     Ok(())

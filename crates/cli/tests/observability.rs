@@ -59,4 +59,68 @@ fn metrics_count_runs_attempts_errors_calls_tokens_and_waiting_approvals_without
     assert_eq!(sample(&text, "cairn_approvals_waiting"), Some(1.0), "{text}");
     assert!(text.contains("cairn_run_seconds_count{workflow=\"ask\",state=\"completed\"} 1"), "{text}");
     assert!(!text.contains(&waiting) && !text.contains("wf_"), "no run ids in labels");
+    // What is in flight now: the gate's run waits; nothing is stuck; the provider's breaker is
+    // closed; the store's group commits are timed and counted.
+    assert_eq!(sample(&text, "cairn_runs_active{state=\"waiting\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "cairn_runs_active{state=\"executing\"}"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "cairn_runs_lease_expired"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "cairn_steps_running_past_timeout"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "cairn_breaker_state{provider=\"fake\",state=\"closed\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "cairn_breaker_state{provider=\"fake\",state=\"open\"}"), Some(0.0), "{text}");
+    let groups = sample(&text, "cairn_store_commit_group_size_count{backend=\"sqlite\"}").unwrap_or(0.0);
+    assert!(groups >= 3.0, "group commits are counted: {text}");
+    assert!(text.contains("cairn_store_commit_seconds_bucket{backend=\"sqlite\",le=\"0.0001\"}"), "{text}");
+}
+
+#[test]
+fn a_run_nobody_drives_shows_as_a_ready_step_getting_older_and_a_worker_serves_its_own_metrics() {
+    let env = Env::new();
+    // An API without workers: the run is created, its step is ready, and nobody starts it.
+    let api = env.serve(&["--no-worker"]);
+    let wf = json!({"name": "idle", "steps": [{"id": "x", "kind": "echo", "with": {"n": 1}}]});
+    let r = post(&api.addr, "/v1/runs", &json!({"workflow": wf}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let text = get(&api.addr, "/metrics").body;
+    assert_eq!(sample(&text, "cairn_steps_ready"), Some(1.0), "{text}");
+    let age = sample(&text, "cairn_step_ready_oldest_age_seconds").expect("the age of the oldest ready step");
+    assert!(age >= 1.0, "the ready step has waited over a second: {text}");
+    assert_eq!(sample(&text, "cairn_runs_active{state=\"executing\"}"), Some(1.0), "{text}");
+
+    // A worker on the same database drives it, and serves its metrics on its own listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut worker, lines) = env.spawn(&["worker", "--metrics-listen", &listen], &[]);
+    wait_line(&lines, "metrics at http://", std::time::Duration::from_secs(20));
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    wait_for("the worker to finish the run", std::time::Duration::from_secs(20), || {
+        get(&api.addr, &format!("/v1/runs/{id}")).json()["status"] == "COMPLETED"
+    });
+    let text = get(&listen, "/metrics").body;
+    assert_eq!(sample(&text, "cairn_runs_finished_total{workflow=\"idle\",state=\"completed\"}"), Some(1.0), "{text}");
+    assert_eq!(sample(&text, "cairn_steps_ready"), Some(0.0), "{text}");
+    assert_eq!(get(&listen, "/v1/runs").status, 404, "the worker's listener serves /metrics only");
+    sigkill(&mut worker);
+    // A bad address is refused with the flag's name.
+    let out = env.run(&["worker", "--metrics-listen", "nowhere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--metrics-listen 'nowhere' is not host:port"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_step_still_running_past_its_timeout_is_counted_as_stuck() {
+    let env = Env::new();
+    // The process finishes the attempt's work and then hangs before it commits: the step stays
+    // RUNNING in the database past its 100 ms timeout (plus the 2 s grace).
+    let (mut server, lines) =
+        env.spawn(&["serve", "--listen", "127.0.0.1:0"], &[("CAIRN_TEST_HOLD_AFTER_ACTIVITY", "slow")]);
+    let seen = wait_line(&lines, "listening on http://", std::time::Duration::from_secs(20));
+    let addr =
+        seen.last().and_then(|l| l.split("http://").nth(1)).and_then(|r| r.split_whitespace().next()).expect("addr");
+    let wf = json!({"name": "hangs", "steps": [{"id": "slow", "kind": "echo", "timeout": "100ms", "with": {"n": 1}}]});
+    assert_eq!(post(addr, "/v1/runs", &json!({"workflow": wf})).status, 201);
+    wait_for("the stuck step to be counted", std::time::Duration::from_secs(15), || {
+        sample(&get(addr, "/metrics").body, "cairn_steps_running_past_timeout") == Some(1.0)
+    });
+    sigkill(&mut server);
 }

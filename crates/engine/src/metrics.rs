@@ -100,3 +100,81 @@ pub(crate) fn call(kind: &str, name: &str, ok: bool, duration_ms: u64, cost: Opt
             .increment((c.cost_usd * 1e6).round() as u64);
     }
 }
+
+/// How many ready or running steps a scrape looks at, at most (the stuck signals are about the
+/// oldest; a backlog larger than this is itself the signal).
+const SCRAPE_STEPS: usize = 10_000;
+/// How far past its timeout a running attempt must be before it counts as stuck: its owner
+/// cancels it at the timeout, then commits.
+const TIMEOUT_GRACE_MS: i64 = 2_000;
+
+/// The gauges that describe now, read from the store at each scrape (every process sharing the
+/// database sees the same): unfinished runs by state; leases expired and not taken over; the
+/// age of the oldest step ready to start and not started (a due retry counts); steps still
+/// running past their attempt timeout; approvals waiting and the oldest's age. And, from this
+/// process, each model provider's circuit breaker.
+pub async fn scrape<S: cairn_store::Store>(engine: &crate::Engine<S>) -> Result<(), cairn_store::Error> {
+    let store = engine.store();
+    let now = crate::now_ms();
+    let work = store.active_work(now, SCRAPE_STEPS).await?;
+    for state in cairn_core::RunStatus::ALL.iter().filter(|s| !s.is_terminal()) {
+        let n = work.runs_by_status.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+        metrics::gauge!("cairn_runs_active", "state" => state.as_str().to_ascii_lowercase()).set(n as f64);
+    }
+    metrics::gauge!("cairn_runs_lease_expired").set(work.expired_leases as f64);
+    let mut ready = 0u64;
+    let mut oldest_ready = 0i64;
+    let mut past_timeout = 0u64;
+    let mut timeouts: std::collections::HashMap<String, Option<cairn_core::Definition>> = Default::default();
+    for step in &work.steps {
+        match step.status.as_str() {
+            "READY" => {
+                ready += 1;
+                oldest_ready = oldest_ready.max(now - step.run_updated_at_ms);
+            }
+            "RETRY_WAIT" => {
+                if let Some(due) = step.not_before_ms.filter(|t| *t <= now) {
+                    ready += 1;
+                    oldest_ready = oldest_ready.max(now - due);
+                }
+            }
+            _ => {
+                let (Some(started), Some(hash)) = (step.attempt_started_at_ms, &step.definition_hash) else { continue };
+                if !timeouts.contains_key(hash) {
+                    let definition = store.payload(hash).await?.and_then(|v| serde_json::from_value(v).ok());
+                    timeouts.insert(hash.clone(), definition);
+                }
+                // An instance (`fetch[3]`, `rounds#2`) has its step's timeout.
+                let base = step.step_id.split(['[', '#']).next().unwrap_or(&step.step_id);
+                let timeout = timeouts[hash]
+                    .as_ref()
+                    .and_then(|d: &cairn_core::Definition| d.steps.iter().find(|s| s.id.as_str() == base))
+                    .and_then(|s| s.timeout_ms);
+                if timeout.is_some_and(|t| now - started > t as i64 + TIMEOUT_GRACE_MS) {
+                    past_timeout += 1;
+                }
+            }
+        }
+    }
+    metrics::gauge!("cairn_steps_ready").set(ready as f64);
+    metrics::gauge!("cairn_step_ready_oldest_age_seconds").set(oldest_ready.max(0) as f64 / 1000.0);
+    metrics::gauge!("cairn_steps_running_past_timeout").set(past_timeout as f64);
+
+    let waiting = crate::waiting_approvals(&**store).await?;
+    let oldest = waiting.iter().map(|w| now - w.requested_at_ms).max().unwrap_or(0).max(0);
+    metrics::gauge!("cairn_approvals_waiting").set(waiting.len() as f64);
+    metrics::gauge!("cairn_approval_oldest_age_seconds").set(oldest as f64 / 1000.0);
+
+    let breakers = crate::breakers::snapshot();
+    for provider in engine.models().providers.keys() {
+        let state = breakers.get(provider).map_or("closed", |b| b.state);
+        for s in ["closed", "open", "half_open"] {
+            metrics::gauge!("cairn_breaker_state", "provider" => provider.clone(), "state" => s).set(if s == state {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! `GET /metrics`: Prometheus text. The process's recorder is installed the first time an app is
 //! built, so everything the engine counts from then on (`cairn_engine::metrics`: runs, attempts,
 //! errors, retries, calls, model tokens and cost — from journaled facts, bounded labels) is kept;
-//! the gauges that describe what waits now (approvals) are read from the store at each scrape.
+//! the gauges that describe now (runs by state, stuck signals, approvals, breakers) are set at
+//! each scrape (`cairn_engine::metrics::scrape`).
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -9,8 +10,9 @@ use crate::responses::Internal;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_engine::Engine;
 use cairn_store::Store;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
 /// The recorder of this process (`None` if another one was installed first).
@@ -22,8 +24,14 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
             // from 5 ms (a step) to an hour (a run waiting on a person).
             let buckets =
                 [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-            let builder = PrometheusBuilder::new();
-            let builder = builder.set_buckets(&buckets).unwrap_or_else(|_| PrometheusBuilder::new());
+            // A group commit takes from a tenth of a millisecond; a group holds up to thousands.
+            let commit = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+            let group = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("cairn_store_commit_seconds".into()), &commit))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("cairn_store_commit_group_size".into()), &group))
+                .unwrap_or_else(|_| PrometheusBuilder::new());
             let handle = builder.install_recorder().ok();
             if handle.is_some() {
                 cairn_engine::metrics::enable();
@@ -38,7 +46,9 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
 /// The text exposition format: runs started and finished (by workflow and state) with their
 /// durations, step attempts, durations and errors (by kind and class), retries, calls (by kind and
 /// tool or model) with durations, model tokens and cost, approvals waiting and the age of the
-/// oldest. Labels never carry run ids.
+/// oldest, unfinished runs by state, stuck signals (the oldest ready step not started, expired
+/// leases, steps past their timeout), breakers by provider, store commit latency and group size.
+/// Labels never carry run ids.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -50,15 +60,32 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     ),
 )]
 pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
-    let waiting = cairn_engine::waiting_approvals(&*state.store).await?;
-    let now = cairn_engine::now_ms();
-    let oldest = waiting.iter().map(|w| now - w.requested_at_ms).max().unwrap_or(0).max(0);
-    metrics::gauge!("cairn_approvals_waiting").set(waiting.len() as f64);
-    metrics::gauge!("cairn_approval_oldest_age_seconds").set(oldest as f64 / 1000.0);
+    render(&state.engine).await
+}
+
+async fn render<S: Store>(engine: &Engine<S>) -> Result<Response, ApiError> {
+    cairn_engine::metrics::scrape(engine).await?;
     let text = handle().map(PrometheusHandle::render).unwrap_or_default();
     let mut response = (StatusCode::OK, text).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     Ok(response)
+}
+
+/// `GET /metrics` alone, for a process without the API (`cairn worker --metrics-listen`), until
+/// `shutdown` resolves. Anything else is 404.
+pub async fn serve_metrics<S: Store>(
+    listener: tokio::net::TcpListener,
+    engine: Engine<S>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = handle();
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(|State(engine): State<Engine<S>>| async move { render(&engine).await }))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::not_found("no_such_route", format!("{} is not served here; this is /metrics only", uri.path()))
+        })
+        .with_state(engine);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

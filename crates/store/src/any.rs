@@ -119,6 +119,10 @@ impl Journal for AnyStore {
         each!(self, s => s.workers(seen_after_ms).await)
     }
 
+    async fn active_work(&self, now_ms: i64, limit: usize) -> Result<crate::ActiveWork, Error> {
+        each!(self, s => s.active_work(now_ms, limit).await)
+    }
+
     async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {
         each!(self, s => s.events_after(id, after_seq).await)
     }

@@ -14,6 +14,7 @@
 
 mod any;
 mod export;
+mod observe;
 pub mod postgres;
 mod rows;
 mod spend;
@@ -24,8 +25,8 @@ pub use export::{EXPORT_FORMAT, export_document};
 pub use any::AnyStore;
 pub use postgres::PgStore;
 pub use rows::{
-    AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, Notify, RequestOutcome, RequestRow, RequestState,
-    RunRow, RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
+    ActiveStep, ActiveWork, AuditRow, CallRow, FeedItem, IdempotencyKey, InboxRow, LogLine, Notify, RequestOutcome,
+    RequestRow, RequestState, RunRow, RunWrite, StepRow, StoredEvent, TokenRow, WorkerRow, WorkflowRow,
 };
 pub use spend::{CallCost, CostBy, CostLine, Limit, Overspend, Reservation, Spend};
 pub use sqlite::{Durability, SqliteStore};
@@ -49,6 +50,8 @@ use std::sync::Arc;
 /// The finished run states as an SQL list (`status NOT IN {TERMINAL}`): runs in them are never
 /// claimed, leased or woken.
 pub(crate) const TERMINAL: &str = "('COMPLETED','COMPENSATED','FAILED','CANCELLED')";
+/// The other run states (`status IN {UNFINISHED}`, which an index on status can answer).
+pub(crate) const UNFINISHED: &str = "('PENDING','PLANNING','EXECUTING','WAITING','PAUSED','COMPENSATING')";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -298,6 +301,10 @@ pub trait Journal: Send + Sync + 'static {
     fn worker_gone(&self, owner: &str) -> impl Future<Output = Result<(), Error>> + Send;
     /// Processes seen at or after `seen_after_ms`, most recently seen first.
     fn workers(&self, seen_after_ms: i64) -> impl Future<Output = Result<Vec<WorkerRow>, Error>> + Send;
+    /// What is in flight now (unfinished runs by state, leases expired before `now_ms`, and at
+    /// most `limit` ready, retry-waiting or running steps of executing runs), for the stuck
+    /// signals `/metrics` reads at each scrape.
+    fn active_work(&self, now_ms: i64, limit: usize) -> impl Future<Output = Result<ActiveWork, Error>> + Send;
 }
 
 /// Operator requests queued for a run, applied in the order accepted, and their answers.
@@ -435,5 +442,11 @@ mod tests {
             .map(|s| format!("'{}'", s.as_str()))
             .collect();
         assert_eq!(super::TERMINAL, format!("({})", core.join(",")));
+        let rest: Vec<String> = cairn_core::RunStatus::ALL
+            .iter()
+            .filter(|s| !s.is_terminal())
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        assert_eq!(super::UNFINISHED, format!("({})", rest.join(",")));
     }
 }

@@ -366,6 +366,34 @@ pub struct WorkerRow {
     pub seen_at_ms: i64,
 }
 
+/// What is in flight now: see [`crate::Journal::active_work`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActiveWork {
+    /// Unfinished runs by state.
+    pub runs_by_status: Vec<(String, u64)>,
+    /// Unfinished runs still held by an owner whose lease has expired: its process died or
+    /// hangs, and no other process has taken them over yet.
+    pub expired_leases: u64,
+    /// Steps READY, RETRY_WAIT or RUNNING in executing or compensating runs.
+    pub steps: Vec<ActiveStep>,
+}
+
+/// A step that is ready, waiting to retry, or running.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveStep {
+    pub run_id: String,
+    pub step_id: String,
+    pub status: String,
+    /// When a retry may start (RETRY_WAIT).
+    pub not_before_ms: Option<i64>,
+    /// The run's last commit (for a READY step, when it became ready at the latest).
+    pub run_updated_at_ms: i64,
+    /// When the attempt in flight started (RUNNING).
+    pub attempt_started_at_ms: Option<i64>,
+    /// The run's pinned definition (a payload), for the step's timeout.
+    pub definition_hash: Option<String>,
+}
+
 /// An event in the all-runs feed, with its global position.
 #[derive(Debug, Clone)]
 pub struct FeedItem {

@@ -1347,3 +1347,44 @@ conformance!(the_response_cache_answers_until_an_entry_expires_and_gc_drops_expi
     assert_eq!(store.cached_answer("k1", T0 + 1).await.expect("gone"), None, "gc dropped the expired entry");
     assert_eq!(store.cached_answer("k2", T0 + 7_000).await.expect("k2"), Some(json!(1)));
 });
+
+// ---------------------------------------------------------------------------------------------
+// What is in flight, for the stuck signals
+
+conformance!(active_work_counts_unfinished_runs_expired_leases_and_ready_or_running_steps, |store| async move {
+    // Run 1: created, both its (independent) steps READY, held by a live owner.
+    let one = create(&*store, 1, OWNER, LIVE).await;
+    // Run 2: its step `a` RUNNING (attempt started), held by an owner whose lease expired.
+    let mut two = Journal::new(run_id(2), TWO_STEPS);
+    two.start("a");
+    commit(&*store, two.write(OTHER, T0 + 10)).await;
+    // Run 3: finished — counted nowhere.
+    let mut three = Journal::new(run_id(3), TWO_STEPS);
+    three.finish();
+    commit(&*store, three.write(OWNER, LIVE)).await;
+
+    let work = store.active_work(T0 + 1_000, 100).await.expect("active_work");
+    assert_eq!(work.runs_by_status, vec![("EXECUTING".to_string(), 2)], "{work:?}");
+    assert_eq!(work.expired_leases, 1, "run 2's owner is past its lease: {work:?}");
+    let mut steps: Vec<(String, String, String)> =
+        work.steps.iter().map(|s| (s.run_id.clone(), s.step_id.clone(), s.status.clone())).collect();
+    steps.sort();
+    assert_eq!(
+        steps,
+        vec![
+            (one.id().to_string(), "a".to_string(), "READY".to_string()),
+            (one.id().to_string(), "b".to_string(), "READY".to_string()),
+            (two.id().to_string(), "a".to_string(), "RUNNING".to_string()),
+            (two.id().to_string(), "b".to_string(), "READY".to_string()),
+        ]
+    );
+    let running = work.steps.iter().find(|s| s.status == "RUNNING").expect("running");
+    let started = two.state.step_state("a").and_then(|s| s.first_started_at_ms);
+    assert_eq!(running.attempt_started_at_ms, started, "the attempt's start comes from its event");
+    assert_eq!(running.definition_hash, two.state.definition_ref.clone().map(|r| r.hash));
+    let ready = work.steps.iter().find(|s| s.status == "READY" && s.run_id == one.id().as_str()).expect("ready");
+    assert_eq!(ready.attempt_started_at_ms, None);
+    assert_eq!(ready.run_updated_at_ms, one.state.updated_at_ms);
+    // The limit bounds the steps read.
+    assert_eq!(store.active_work(T0 + 1_000, 1).await.expect("active_work").steps.len(), 1);
+});

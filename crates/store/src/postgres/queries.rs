@@ -6,12 +6,12 @@ use super::rows::{REQUEST_COLUMNS, RUN_COLUMNS, envelope, i, parse_id, request_r
 use super::schema::MIGRATIONS;
 use super::writer::GC_LOCK;
 use super::{connect, pg};
-use crate::TERMINAL;
 use crate::{
     Access, AuditRow, CallCost, CallRow, Claim, CostBy, CostLine, EffectLog, Error, FeedItem, GcReport, Inbox,
     InboxRow, Journal, Limit, LoadedRun, LogLine, Overspend, Registry, RequestOutcome, RequestRow, Reservation,
     Retention, RunQuery, RunRow, RunWrite, Spend, StepRow, TokenRow, WorkerRow, WorkflowRow,
 };
+use crate::{ActiveStep, ActiveWork, TERMINAL, UNFINISHED};
 use cairn_core::payload::Payload;
 use cairn_core::{Envelope, RunId};
 use futures_util::future::join_all;
@@ -346,6 +346,55 @@ impl Journal for PgStore {
             .iter()
             .map(|r| WorkerRow { owner: r.get(0), role: r.get(1), started_at_ms: r.get(2), seen_at_ms: r.get(3) })
             .collect())
+    }
+
+    async fn active_work(&self, now_ms: i64, limit: usize) -> Result<ActiveWork, Error> {
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT status, COUNT(*) FROM runs WHERE status IN {UNFINISHED} GROUP BY status ORDER BY status"
+                ),
+                &[],
+            )
+            .await?;
+        let runs_by_status = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect();
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT COUNT(*) FROM runs WHERE status IN {UNFINISHED} AND owner IS NOT NULL \
+                     AND lease_expires_at < $1"
+                ),
+                &[&now_ms],
+            )
+            .await?;
+        let expired_leases = rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64;
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT s.run_id, s.step_id, s.status, s.not_before, r.updated_at, r.definition_hash, \
+                 CASE WHEN s.status='RUNNING' THEN (SELECT MAX(e.at) FROM events e WHERE e.run_id=s.run_id \
+                 AND e.step_id=s.step_id AND e.kind='attempt_started') END \
+                 FROM runs r JOIN steps s ON s.run_id=r.id \
+                 WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
+                 LIMIT {limit}",
+                    limit = "$1"
+                ),
+                &[&(limit as i64)],
+            )
+            .await?;
+        let steps = rows
+            .iter()
+            .map(|r| ActiveStep {
+                run_id: r.get(0),
+                step_id: r.get(1),
+                status: r.get(2),
+                not_before_ms: r.get(3),
+                run_updated_at_ms: r.get(4),
+                definition_hash: r.get(5),
+                attempt_started_at_ms: r.get(6),
+            })
+            .collect();
+        Ok(ActiveWork { runs_by_status, expired_leases, steps })
     }
 
     async fn events_after(&self, id: &RunId, after_seq: u64) -> Result<Vec<Envelope>, Error> {

@@ -48,6 +48,7 @@ pub(super) async fn write_loop(
         // backoff rather than fail every run in flight; give up after a while.
         let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
         let mut backoff = Duration::from_millis(100);
+        let started = std::time::Instant::now();
         let results = loop {
             let attempt = group_once(&slot, &writes).await;
             match attempt {
@@ -61,6 +62,7 @@ pub(super) async fn write_loop(
         health.note(results.as_ref().err());
         match results {
             Ok(results) => {
+                crate::observe::committed("postgres", writes.len(), started.elapsed());
                 for ((_, reply), r) in batch.drain(..).zip(results) {
                     let _ = reply.send(r);
                 }

@@ -1,8 +1,8 @@
 //! The [`crate::Store`] roles for SQLite: reads on the reader connection, writes inside the writer's group commit.
 
 use super::SqliteStore;
-use crate::TERMINAL;
 use crate::{Access, EffectLog, Inbox, Journal, Registry, Retention};
+use crate::{ActiveStep, ActiveWork, TERMINAL, UNFINISHED};
 use crate::{
     AuditRow, CallCost, CallRow, Claim, CostBy, CostLine, Error, FeedItem, GcReport, InboxRow, Limit, LoadedRun,
     LogLine, Overspend, RequestOutcome, RequestRow, RequestState, Reservation, RunQuery, RunRow, RunWrite, Spend,
@@ -427,6 +427,46 @@ impl Journal for SqliteStore {
                 Ok(WorkerRow { owner: r.get(0)?, role: r.get(1)?, started_at_ms: r.get(2)?, seen_at_ms: r.get(3)? })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    async fn active_work(&self, now_ms: i64, limit: usize) -> Result<ActiveWork, Error> {
+        self.read(move |conn| {
+            let mut by_status = conn.prepare_cached(&format!(
+                "SELECT status, COUNT(*) FROM runs WHERE status IN {UNFINISHED} GROUP BY status ORDER BY status"
+            ))?;
+            let runs_by_status = by_status
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            let expired_leases: i64 = conn
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM runs WHERE status IN {UNFINISHED} AND owner IS NOT NULL \
+                     AND lease_expires_at < ?1"
+                ))?
+                .query_row([now_ms], |r| r.get(0))?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT s.run_id, s.step_id, s.status, s.not_before, r.updated_at, r.definition_hash, \
+                 CASE WHEN s.status='RUNNING' THEN (SELECT MAX(e.at) FROM events e WHERE e.run_id=s.run_id \
+                 AND e.step_id=s.step_id AND e.kind='attempt_started') END \
+                 FROM runs r JOIN steps s ON s.run_id=r.id \
+                 WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
+                 LIMIT {limit}",
+                limit = "?1"
+            ))?;
+            let steps = stmt
+                .query_map([limit as i64], |r| {
+                    Ok(ActiveStep {
+                        run_id: r.get(0)?,
+                        step_id: r.get(1)?,
+                        status: r.get(2)?,
+                        not_before_ms: r.get(3)?,
+                        run_updated_at_ms: r.get(4)?,
+                        definition_hash: r.get(5)?,
+                        attempt_started_at_ms: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ActiveWork { runs_by_status, expired_leases: expired_leases as u64, steps })
         })
     }
 

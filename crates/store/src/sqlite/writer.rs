@@ -42,6 +42,7 @@ fn reply_of(m: Msg) -> oneshot::Sender<Result<(), Error>> {
 /// Commits a group; returns why writes failed for want of the store (disk full, I/O), if they did.
 fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) -> Option<Error> {
     let started = Instant::now();
+    let writes = pending.len();
     let mut replies = Vec::with_capacity(pending.len());
     let result = (|| -> Result<Vec<Result<(), Error>>, Error> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -67,6 +68,7 @@ fn commit_group(conn: &mut Connection, pending: &mut Vec<Msg>, path: &Path) -> O
     let transient = |r: &Result<(), Error>| r.as_ref().err().and_then(Error::write_failure_copy);
     match result {
         Ok(results) => {
+            crate::observe::committed("sqlite", writes, started.elapsed());
             let failed = results.iter().find_map(transient);
             for (reply, r) in replies.into_iter().zip(results) {
                 let _ = reply.send(r);
