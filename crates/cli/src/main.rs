@@ -34,6 +34,7 @@ mod serve;
 mod steer;
 mod steps;
 mod tools;
+mod top;
 mod watch;
 mod workflows;
 
@@ -96,6 +97,11 @@ struct Cli {
     /// Config file (TOML): where secrets come from, [secrets]. Default: ./cairn.toml if present.
     #[arg(long, global = true, env = "CAIRN_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// `text` (plain lines) or `json`: one JSON object per line on stderr, with the run, step,
+    /// attempt and call each line was said in, plus an event per attempt and per call
+    /// (`CAIRN_LOG=debug` or any tracing filter narrows or widens them).
+    #[arg(long, global = true, env = "CAIRN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -343,6 +349,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of what is in flight: runs by state, stuck signals, waiting approvals, spend.
+    #[command(after_help = "Examples:\n  cairn top\n  cairn top --every 5s\n  cairn top --once")]
+    Top {
+        /// How often to redraw.
+        #[arg(long, default_value = "2s")]
+        every: String,
+        /// Print one frame and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
@@ -360,8 +376,48 @@ fn follow(detach: bool) -> steer::Follow {
     if detach { steer::Follow::Detach } else { steer::Follow::Continue }
 }
 
+/// Trace export to `OTEL_EXPORTER_OTLP_ENDPOINT`, in a build with the `otel` feature; kept until
+/// the process ends (dropping it sends what is left).
+#[cfg(feature = "otel")]
+fn traces() -> Option<cairn_engine::otel::Exporting> {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty())?;
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "cairn".into());
+    match cairn_engine::otel::install(endpoint.trim(), &service) {
+        Ok(exporting) => Some(exporting),
+        Err(e) => {
+            cairn_engine::say!("cairn: WARNING: no traces: {e}");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+fn traces() -> Option<()> {
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|e| !e.trim().is_empty()) {
+        cairn_engine::say!(
+            "cairn: WARNING: OTEL_EXPORTER_OTLP_ENDPOINT is set but this cairn was built without traces; \
+             build it with `cargo build --release --features otel`"
+        );
+    }
+    None
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.log_format == "json" {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+        cairn_engine::log::use_tracing();
+    }
+    let _traces = traces();
     // Every command reads the config, so a broken file is reported at once, whatever runs.
     let config = match config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -371,6 +427,8 @@ fn main() -> ExitCode {
         }
     };
     config::set(config);
+    #[cfg(feature = "otel")]
+    cairn_engine::otel::know_models(&config::get().models);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -464,6 +522,7 @@ fn main() -> ExitCode {
             Command::Config { command: ConfigCommand::Check } => config::check(config::get()),
             Command::Models { json, check } => config_models::list(&config::get().models, json, check).await,
             Command::Cost { since, by, json } => cost::cost(&cli.db, &since, &by, json).await,
+            Command::Top { every, once } => top::top(&cli.db, &every, once).await,
             Command::Tools { command } => tools::tools(command).await,
         }
     });

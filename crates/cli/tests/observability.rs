@@ -124,3 +124,52 @@ fn a_step_still_running_past_its_timeout_is_counted_as_stuck() {
     });
     sigkill(&mut server);
 }
+
+#[test]
+fn json_logs_carry_the_run_step_and_attempt_of_each_line() {
+    let env = Env::new();
+    let wf = env.write(
+        "wf.yaml",
+        "name: logged\nsteps:\n  - id: fails\n    kind: fail\n    with: {class: transient, message: down}\n    retry: {max_attempts: 2, initial_delay: 5ms}\n",
+    );
+    let out = env.run(&["--log-format", "json", "run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(1), "the run fails: {}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let finished: Vec<&serde_json::Value> = lines.iter().filter(|l| l["message"] == "attempt finished").collect();
+    assert_eq!(finished.len(), 2, "one line per attempt: {lines:#?}");
+    for (i, line) in finished.iter().enumerate() {
+        assert_eq!(line["outcome"], "failed");
+        assert_eq!(line["class"], "transient");
+        assert_eq!(line["span"]["step"], "fails");
+        assert_eq!(line["span"]["attempt"], i as u64 + 1);
+        assert!(line["span"]["run_id"].as_str().is_some_and(|id| id.starts_with("wf_")), "{line}");
+    }
+    let out = env.run(&["--log-format", "xml", "run", path_str(&wf)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("'xml'") && stderr(&out).contains("json"), "{}", stderr(&out));
+}
+
+#[test]
+fn top_shows_runs_by_state_stuck_signals_and_what_waits_for_a_person() {
+    let env = Env::new();
+    let api = env.serve(&["--no-worker"]);
+    let gate = json!({"name": "gated", "steps": [{"id": "sign", "kind": "approval", "approval": {"prompt": "Sign the contract?"}}]});
+    let idle = json!({"name": "idle", "steps": [{"id": "x", "kind": "echo", "with": {"n": 1}}]});
+    for wf in [&gate, &idle] {
+        assert_eq!(post(&api.addr, "/v1/runs", &json!({"workflow": wf})).status, 201);
+    }
+    let out = env.run(&["top", "--once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    // The gate waits as soon as the run is created; the other run's step waits for a worker.
+    assert!(text.contains("executing 1 · waiting 1"), "{text}");
+    assert!(text.contains("ready steps 1"), "{text}");
+    assert!(text.contains("leases expired 0"), "{text}");
+    assert!(text.contains("WAITING FOR A PERSON (1)") && text.contains("Sign the contract?"), "{text}");
+    assert!(text.contains("EXECUTING (newest 1)") && text.contains("idle"), "{text}");
+    let out = env.run(&["top", "--every", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

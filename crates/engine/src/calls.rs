@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// The failure code of a call whose request differs from the one recorded at its position.
 pub const DIVERGENCE: &str = "call_divergence";
@@ -99,6 +100,9 @@ struct Due {
     key: String,
     /// The tool or model it goes to (a metrics label).
     name: String,
+    /// The request as sent, secrets redacted (for a trace span).
+    #[cfg(feature = "otel")]
+    request: Value,
 }
 
 /// A call recorded by an earlier attempt of the same step.
@@ -242,7 +246,8 @@ impl CallLog {
             _ => None,
         };
         let started = Instant::now();
-        let result = send(due.key.clone()).await;
+        let span = tracing::info_span!("call", step = %self.step, n = due.n, kind);
+        let result = send(due.key.clone()).instrument(span).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         self.settle(kind, due, result, duration_ms, meter, reserved, secrets, logs).await
     }
@@ -306,7 +311,14 @@ impl CallLog {
                 .chars()
                 .take(64)
                 .collect();
-            return Position::Due(Due { n, request_hash, key, name });
+            return Position::Due(Due {
+                n,
+                request_hash,
+                key,
+                name,
+                #[cfg(feature = "otel")]
+                request: secrets.redact_value(request.clone()),
+            });
         };
         // Attempt 0: copied from the run this one forked from (`cairn rerun --turn`), where it was
         // asked of the model or tool the operator chose to keep; it stands even if asked
@@ -350,7 +362,9 @@ impl CallLog {
         secrets: &Resolved,
         logs: &mut Vec<String>,
     ) -> Result<Value, Failure> {
-        let Due { n, request_hash, key, name } = due;
+        #[cfg(feature = "otel")]
+        let sent = due.request.clone();
+        let Due { n, request_hash, key, name, .. } = due;
         // What is kept never holds a secret's value.
         let result = match result {
             Ok(value) => Ok(secrets.redact_value(value)),
@@ -391,6 +405,27 @@ impl CallLog {
             return Ok(first.result);
         }
         crate::metrics::call(kind, &name, result.is_ok(), duration_ms, row_cost.as_ref());
+        #[cfg(feature = "otel")]
+        crate::otel::call(crate::otel::CallFacts {
+            run: self.run.as_str(),
+            step: &self.step,
+            attempt: self.attempt,
+            key: &key,
+            kind,
+            name: &name,
+            request: &sent,
+            result: result.as_ref().map_err(|f| f.message.as_str()),
+            duration_ms,
+            at_ms: crate::now_ms(),
+        });
+        tracing::info!(
+            n,
+            kind,
+            name = %name,
+            outcome = if result.is_ok() { "ok" } else { "failed" },
+            duration_ms,
+            "call finished"
+        );
         logs.push(format!(
             "call {n} ({kind}, {key}): {} in {duration_ms} ms",
             if result.is_ok() { "succeeded" } else { "failed" }

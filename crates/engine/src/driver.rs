@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// An attempt decided but not yet started: the step's own, or its compensation.
 struct Queued {
@@ -382,6 +383,8 @@ impl<S: Store> Live<S> {
         }
         let events = std::mem::take(&mut self.events);
         crate::metrics::committed(&self.state, &events);
+        #[cfg(feature = "otel")]
+        crate::otel::committed(&self.state, &events);
         if let Some(tx) = &self.inner.notices {
             let _ = tx.send(Notice::Committed { run_id: self.state.run_id.clone(), events });
         }
@@ -466,7 +469,14 @@ impl<S: Store> Live<S> {
         let kinds = self.inner.config.kinds.clone();
         let config = self.inner.config.kind_config.get(&step_def.kind).cloned().unwrap_or(Value::Null);
         let shutdown = self.shutdown.clone();
-        self.running.spawn(async move {
+        let span = tracing::info_span!(
+            "attempt",
+            run_id = %run_id,
+            step = %effect_step,
+            attempt = l.attempt,
+            kind = %step_def.kind
+        );
+        let work = async move {
             let _permit = permit;
             let started = Instant::now();
             // Side effects go through the effect log: a result logged by an earlier attempt is
@@ -607,7 +617,8 @@ impl<S: Store> Live<S> {
                 outcome,
                 duration_ms: started.elapsed().as_millis() as u64,
             }
-        });
+        };
+        self.running.spawn(traced(work).instrument(span));
     }
 
     fn on_finished(&mut self, f: Finished) -> Result<(), Error> {
@@ -812,7 +823,8 @@ impl<S: Store> Live<S> {
 
     pub(crate) async fn drive(mut self) -> Result<RunOutcome, Error> {
         self.patient = true;
-        let result = self.drive_loop().await;
+        let span = tracing::info_span!("run", run_id = %self.state.run_id, workflow = %self.state.workflow);
+        let result = self.drive_loop().instrument(span).await;
         self.detach();
         if result.is_err() {
             self.running.abort_all();
@@ -927,6 +939,23 @@ impl<S: Store> Live<S> {
             state: Box::new(self.state.clone()),
         }
     }
+}
+
+/// An attempt, with an event when it starts and one when it ends (in its span: run, step,
+/// attempt, kind), for `--log-format json`.
+async fn traced(work: impl std::future::Future<Output = Finished>) -> Finished {
+    tracing::info!("attempt started");
+    let finished = work.await;
+    match &finished.outcome.result {
+        Ok(_) => tracing::info!(outcome = "ok", duration_ms = finished.duration_ms, "attempt finished"),
+        Err(f) => tracing::info!(
+            outcome = "failed",
+            class = f.class.as_str(),
+            duration_ms = finished.duration_ms,
+            "attempt finished"
+        ),
+    }
+    finished
 }
 
 async fn rung(bell: Option<&Notify>) {

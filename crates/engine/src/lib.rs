@@ -20,6 +20,8 @@ pub mod kinds;
 pub mod log;
 pub mod metrics;
 pub mod models;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod planner;
 mod providers;
 mod requests;

@@ -8,8 +8,21 @@ use std::io::Write;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Whether lines go out as JSON through `tracing` (`--log-format json`).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sends every line through `tracing` from now on: the process installed a JSON subscriber, which
+/// writes each line with the spans it was said in (run, step, attempt, call).
+pub fn use_tracing() {
+    JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes one line to stderr, ignoring failures.
 pub fn line(args: std::fmt::Arguments<'_>) {
+    if JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(target: "cairn", "{args}");
+        return;
+    }
     let mut err = std::io::stderr().lock();
     let _ = err.write_fmt(args);
     let _ = err.write_all(b"\n");

@@ -108,34 +108,46 @@ const SCRAPE_STEPS: usize = 10_000;
 /// cancels it at the timeout, then commits.
 const TIMEOUT_GRACE_MS: i64 = 2_000;
 
-/// The gauges that describe now, read from the store at each scrape (every process sharing the
-/// database sees the same): unfinished runs by state; leases expired and not taken over; the
-/// age of the oldest step ready to start and not started (a due retry counts); steps still
-/// running past their attempt timeout; approvals waiting and the oldest's age. And, from this
-/// process, each model provider's circuit breaker.
-pub async fn scrape<S: cairn_store::Store>(engine: &crate::Engine<S>) -> Result<(), cairn_store::Error> {
-    let store = engine.store();
+/// What is in flight now and what looks stuck, from the store (every process sharing the
+/// database sees the same).
+#[derive(Debug, Clone, Default)]
+pub struct Now {
+    /// Unfinished runs by state (every unfinished state, zeros included).
+    pub runs_by_status: Vec<(&'static str, u64)>,
+    /// Unfinished runs whose owner's lease expired and that nobody has taken over.
+    pub expired_leases: u64,
+    /// Steps ready to start (a due retry counts) …
+    pub ready: u64,
+    /// … and how long the oldest of them has waited.
+    pub oldest_ready_ms: i64,
+    /// Steps still RUNNING in the database past their attempt timeout (plus a grace).
+    pub past_timeout: u64,
+}
+
+/// Reads [`Now`] from the store.
+pub async fn now<S: cairn_store::Store + ?Sized>(store: &S) -> Result<Now, cairn_store::Error> {
     let now = crate::now_ms();
     let work = store.active_work(now, SCRAPE_STEPS).await?;
-    for state in cairn_core::RunStatus::ALL.iter().filter(|s| !s.is_terminal()) {
-        let n = work.runs_by_status.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
-        metrics::gauge!("cairn_runs_active", "state" => state.as_str().to_ascii_lowercase()).set(n as f64);
-    }
-    metrics::gauge!("cairn_runs_lease_expired").set(work.expired_leases as f64);
-    let mut ready = 0u64;
-    let mut oldest_ready = 0i64;
-    let mut past_timeout = 0u64;
+    let runs_by_status = cairn_core::RunStatus::ALL
+        .iter()
+        .filter(|s| !s.is_terminal())
+        .map(|state| {
+            let n = work.runs_by_status.iter().find(|(s, _)| s == state.as_str()).map_or(0, |(_, n)| *n);
+            (state.as_str(), n)
+        })
+        .collect();
+    let mut out = Now { runs_by_status, expired_leases: work.expired_leases, ..Now::default() };
     let mut timeouts: std::collections::HashMap<String, Option<cairn_core::Definition>> = Default::default();
     for step in &work.steps {
         match step.status.as_str() {
             "READY" => {
-                ready += 1;
-                oldest_ready = oldest_ready.max(now - step.run_updated_at_ms);
+                out.ready += 1;
+                out.oldest_ready_ms = out.oldest_ready_ms.max(now - step.run_updated_at_ms);
             }
             "RETRY_WAIT" => {
                 if let Some(due) = step.not_before_ms.filter(|t| *t <= now) {
-                    ready += 1;
-                    oldest_ready = oldest_ready.max(now - due);
+                    out.ready += 1;
+                    out.oldest_ready_ms = out.oldest_ready_ms.max(now - due);
                 }
             }
             _ => {
@@ -151,14 +163,31 @@ pub async fn scrape<S: cairn_store::Store>(engine: &crate::Engine<S>) -> Result<
                     .and_then(|d: &cairn_core::Definition| d.steps.iter().find(|s| s.id.as_str() == base))
                     .and_then(|s| s.timeout_ms);
                 if timeout.is_some_and(|t| now - started > t as i64 + TIMEOUT_GRACE_MS) {
-                    past_timeout += 1;
+                    out.past_timeout += 1;
                 }
             }
         }
     }
-    metrics::gauge!("cairn_steps_ready").set(ready as f64);
-    metrics::gauge!("cairn_step_ready_oldest_age_seconds").set(oldest_ready.max(0) as f64 / 1000.0);
-    metrics::gauge!("cairn_steps_running_past_timeout").set(past_timeout as f64);
+    out.oldest_ready_ms = out.oldest_ready_ms.max(0);
+    Ok(out)
+}
+
+/// The gauges that describe now, read from the store at each scrape (every process sharing the
+/// database sees the same): unfinished runs by state; leases expired and not taken over; the
+/// age of the oldest step ready to start and not started (a due retry counts); steps still
+/// running past their attempt timeout; approvals waiting and the oldest's age. And, from this
+/// process, each model provider's circuit breaker.
+pub async fn scrape<S: cairn_store::Store>(engine: &crate::Engine<S>) -> Result<(), cairn_store::Error> {
+    let store = engine.store();
+    let now = crate::now_ms();
+    let current = self::now(&**store).await?;
+    for (state, n) in &current.runs_by_status {
+        metrics::gauge!("cairn_runs_active", "state" => state.to_ascii_lowercase()).set(*n as f64);
+    }
+    metrics::gauge!("cairn_runs_lease_expired").set(current.expired_leases as f64);
+    metrics::gauge!("cairn_steps_ready").set(current.ready as f64);
+    metrics::gauge!("cairn_step_ready_oldest_age_seconds").set(current.oldest_ready_ms as f64 / 1000.0);
+    metrics::gauge!("cairn_steps_running_past_timeout").set(current.past_timeout as f64);
 
     let waiting = crate::waiting_approvals(&**store).await?;
     let oldest = waiting.iter().map(|w| now - w.requested_at_ms).max().unwrap_or(0).max(0);

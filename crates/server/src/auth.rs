@@ -106,6 +106,10 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Option<Role> {
     if matches!(path, "/healthz" | "/readyz" | "/openapi.json") || crate::ui::is_ui_path(path) {
         return None;
     }
+    // GraphQL is read-only whatever the method.
+    if path == "/graphql" {
+        return Some(Role::Viewer);
+    }
     let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");
     if admin_area || (path.starts_with("/v1/workflows") && *method != Method::GET) {
         return Some(Role::Admin);
@@ -209,7 +213,7 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
     }
     req.extensions_mut().insert(actor.clone());
     let response = next.run(req).await;
-    if method != Method::GET && method != Method::HEAD {
+    if method != Method::GET && method != Method::HEAD && path != "/graphql" {
         record(&*state.store, audit_row(&actor.name, &method, &path, &response)).await;
     }
     response

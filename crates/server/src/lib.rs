@@ -13,6 +13,7 @@ mod definition_schema;
 mod deltas;
 mod diff;
 mod error;
+mod graphql;
 mod lineage;
 mod listener;
 mod metrics;

@@ -39,6 +39,7 @@ fn tags() -> Vec<utoipa::openapi::tag::Tag> {
         ("providers", "Model providers from the configuration, and their circuit breakers."),
         ("tools", "The tools steps can call: schemas, effect classes, approval policies."),
         ("workflows", "A registry of versioned definitions; runs pin the version they started with."),
+        ("graphql", "A read-only GraphQL view of runs, steps, calls, events, approvals and costs."),
         ("admin", "API tokens and the audit trail."),
         ("tasks", "The original task API, kept for existing clients."),
         ("probes", "Liveness, readiness and this document."),

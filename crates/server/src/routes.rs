@@ -5,8 +5,8 @@
 //! are added beside this table.)
 
 use crate::{
-    AppState, admin, approvals, diff, lineage, metrics, openapi, probes, providers, runs, stream, tasks, tools,
-    workflows,
+    AppState, admin, approvals, diff, graphql, lineage, metrics, openapi, probes, providers, runs, stream, tasks,
+    tools, workflows,
 };
 use axum::Router;
 use axum::handler::Handler;
@@ -104,6 +104,8 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(tasks::__path_steps, tasks::steps::<S>)
         .add(probes::__path_healthz, probes::healthz)
         .add(metrics::__path_metrics, metrics::metrics::<S>)
+        .add(graphql::__path_query, graphql::query::<S>)
+        .add(graphql::__path_schema_text, graphql::schema_text)
         .add(probes::__path_readyz, probes::readyz::<S>)
         .add(openapi::__path_document, openapi::document::<S>)
 }

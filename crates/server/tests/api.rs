@@ -1001,3 +1001,105 @@ async fn the_dashboard_is_served_without_a_token_under_a_strict_policy_and_its_d
     api.get("/ui/../Cargo.toml").await.error(404, "no_such_route");
     api.get("/v1/runs").await.error(401, "unauthorized");
 }
+
+#[tokio::test]
+async fn graphql_reads_runs_steps_calls_events_and_approvals_within_its_limits() {
+    let api = Api::new(AuthMode::On);
+    let (admin, _) = api.token("ada", Role::Admin).await;
+    let (viewer, _) = api.token("vera", Role::Viewer).await;
+    let done =
+        api.post_as(&admin, "/v1/runs?wait=10s", json!({"workflow": echo_workflow("pair", 1, &["a", "b"])})).await;
+    let done = done.ok(201)["id"].as_str().expect("id").to_string();
+    let gate = json!({"name": "gate", "steps": [{"id": "ok", "kind": "approval", "approval": {"prompt": "Ship it?"}}]});
+    let gated = api.post_as(&admin, "/v1/runs", json!({"workflow": gate})).await.ok(201)["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let deadline = Instant::now() + DEADLINE;
+    while api.get_as(&viewer, "/v1/approvals").await.json["approvals"].as_array().is_none_or(Vec::is_empty) {
+        assert!(Instant::now() < deadline, "the gate never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let ask = |query: &str| json!({"query": query});
+    let q = format!(
+        r#"{{ run(id: "{done}") {{ id workflow status steps {{ id status attempts calls {{ kind }} }}
+              events(first: 3) {{ seq type step }} children {{ runId }} }}
+            runs(first: 1) {{ runs {{ id }} nextCursor }}
+            approvals {{ runId step prompt kind decisions }} }}"#
+    );
+    let r = api.post_as(&viewer, "/graphql", ask(&q)).await;
+    let body = r.ok(200).clone();
+    assert!(body.get("errors").is_none(), "{body:#}");
+    let run = &body["data"]["run"];
+    assert_eq!(run["status"], "COMPLETED", "{body:#}");
+    assert_eq!(run["steps"].as_array().map(Vec::len), Some(2), "{body:#}");
+    assert_eq!(run["events"].as_array().map(Vec::len), Some(3), "the page size holds: {body:#}");
+    assert_eq!(run["events"][0]["type"], "run_created");
+    assert_eq!(body["data"]["runs"]["runs"][0]["id"], gated.as_str(), "newest first");
+    let cursor = body["data"]["runs"]["nextCursor"].as_str().expect("a next page").to_string();
+    let next = api
+        .post_as(
+            &viewer,
+            "/graphql",
+            ask(&format!(r#"{{ runs(first: 5, after: "{cursor}") {{ runs {{ id }} nextCursor }} }}"#)),
+        )
+        .await;
+    assert_eq!(next.ok(200)["data"]["runs"]["runs"], json!([{"id": done}]), "{}", next.text);
+    let approvals = &body["data"]["approvals"];
+    assert_eq!(approvals[0]["runId"], gated.as_str());
+    assert_eq!(approvals[0]["prompt"], "Ship it?");
+    // An unknown run is null, not an error; a malformed id is an error in the answer.
+    let r = api.post_as(&viewer, "/graphql", ask(&format!(r#"{{ run(id: "{}") {{ id }} }}"#, fresh_run_id()))).await;
+    assert_eq!(r.ok(200)["data"]["run"], Value::Null, "{}", r.text);
+    let r = api.post_as(&viewer, "/graphql", ask(r#"{ run(id: "nope") { id } }"#)).await;
+    assert!(r.ok(200)["errors"][0]["message"].as_str().unwrap_or_default().contains("not a run id"), "{}", r.text);
+
+    // Limits: page size, depth, complexity; and there is nothing to mutate.
+    let r = api.post_as(&viewer, "/graphql", ask("{ runs(first: 1000) { runs { id } } }")).await;
+    assert!(r.ok(200)["errors"][0]["message"].as_str().unwrap_or_default().contains("use 1 to 100"), "{}", r.text);
+    let deep = "{ runs { runs { steps { calls { kind } } } } }".replace("{ kind }", "{ kind step n outcome }");
+    assert!(
+        api.post_as(&viewer, "/graphql", ask(&deep)).await.ok(200).get("errors").is_none(),
+        "a reasonable query runs"
+    );
+    let costly = "{ runs(first: 100) { runs { steps { calls { kind step n outcome attempt durationMs atMs error } } events(first: 100) { seq type step data } } } }";
+    let r = api.post_as(&viewer, "/graphql", ask(costly)).await;
+    assert!(
+        r.ok(200)["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase().contains("complex"),
+        "{}",
+        r.text
+    );
+    let nested = "{ __schema { types { fields { type { ofType { ofType { ofType { ofType { name } } } } } } } } }";
+    let r = api.post_as(&viewer, "/graphql", ask(nested)).await;
+    assert!(
+        r.ok(200)["errors"][0]["message"].as_str().unwrap_or_default().to_lowercase().contains("nested too deep"),
+        "{}",
+        r.text
+    );
+    let r = api.post_as(&viewer, "/graphql", ask(r#"mutation { cancel(id: "x") }"#)).await;
+    assert!(r.ok(200)["errors"].is_array(), "{}", r.text);
+
+    // The same auth as REST, and bad bodies are 4xx with the error shape.
+    api.post("/graphql", ask("{ runs { runs { id } } }")).await.error(401, "unauthorized");
+    api.raw(
+        "POST",
+        "/graphql",
+        Some("application/json"),
+        &[("authorization", &format!("Bearer {viewer}"))],
+        "{not json",
+    )
+    .await
+    .error(400, "malformed_json");
+    let r = api.post_as(&viewer, "/graphql", json!({"query": "{ runs { runs { id } } }", "variables": [1]})).await;
+    r.error(422, "invalid_request");
+    let schema = api.get_as(&viewer, "/graphql").await;
+    assert_eq!(schema.status, 200);
+    assert!(schema.text.contains("type Run") && schema.text.contains("approvals"), "{}", schema.text);
+    // Reading is not audited as a change; the refused request is, like any refused one.
+    let audit = api.get_as(&admin, "/v1/audit").await;
+    let rows: Vec<&Value> =
+        audit.json["audit"].as_array().expect("audit").iter().filter(|r| r["path"] == "/graphql").collect();
+    assert_eq!(rows.len(), 1, "{}", audit.text);
+    assert_eq!(rows[0]["status"], 401);
+}

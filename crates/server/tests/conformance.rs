@@ -582,6 +582,10 @@ fn check(doc: &Value, op: &Value, reply: &common::Reply) -> Option<String> {
         }
         return None;
     }
+    if ct == "text/plain" && op["operationId"] == "graphql_schema" {
+        let text = reply.text();
+        return (!text.contains("type Query")).then(|| format!("not a GraphQL schema: {text:.200}"));
+    }
     if ct == "text/plain" {
         // Prometheus text: lines of `# TYPE`/`# HELP` comments and `name{labels} value` samples.
         let text = reply.text();
