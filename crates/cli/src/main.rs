@@ -406,7 +406,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.log_format == "json" {
         let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // Cairn's own lines and events; only warnings from the libraries under it.
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cairn=info,cairn_engine=info"));
         tracing_subscriber::fmt()
             .json()
             .flatten_event(true)

@@ -328,8 +328,8 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
     let shutdown_timeout = duration("shutdown-timeout", &args.shutdown_timeout)?;
     let store = Arc::new(db.open().await?);
     let engine = Engine::new(store.clone(), engine_config(&args), None);
-    let background = Background::start(&engine, store.clone(), &args, true)?;
-    let signal = first_signal();
+    // The metrics listener is set up (and the recorder installed) before any run is claimed: a
+    // bad address claims nothing, and the first commits are counted.
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = &args.metrics_listen {
         let addr = listen_addr("--metrics-listen", addr).await?;
@@ -342,6 +342,7 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
                 "cairn: WARNING: metrics on {bound} are readable by anyone who can reach it (workflow, model and tool names; no run data)"
             );
         }
+        cairn_server::install_recorder();
         cairn_engine::say!("cairn worker: metrics at http://{bound}/metrics");
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -353,6 +354,8 @@ pub async fn worker(db: &DbArgs, args: WorkerArgs) -> CliResult {
             }
         });
     }
+    let background = Background::start(&engine, store.clone(), &args, true)?;
+    let signal = first_signal();
     cairn_engine::say!("cairn worker: {} ({}), up to {} runs", engine.owner(), store.describe(), args.max_runs);
     signal.await;
     let _ = stop_metrics.send(());

@@ -29,6 +29,12 @@ pub async fn top(db: &DbArgs, every: &str, once: bool) -> CliResult {
     }
 }
 
+/// Text from runs (prompts, step names) without control characters: a prompt rendered from a
+/// fetched page must not drive the terminal.
+fn plain(text: &str, max: usize) -> String {
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).take(max).collect()
+}
+
 fn seconds(ms: i64) -> String {
     let s = ms.max(0) as f64 / 1000.0;
     if s < 120.0 { format!("{s:.1}s") } else { format!("{:.0}m", s / 60.0) }
@@ -84,10 +90,10 @@ async fn frame(store: &cairn_store::AnyStore) -> CliResult<String> {
             .take(10)
             .map(|w| {
                 let what = match &w.call {
-                    Some(c) => format!("tool {} ({})", c.tool, c.effect),
-                    None => w.prompt.chars().take(60).collect(),
+                    Some(c) => format!("tool {} ({})", plain(&c.tool, 64), plain(&c.effect, 32)),
+                    None => plain(&w.prompt, 60),
                 };
-                vec![w.run_id.clone(), w.step.clone(), seconds(now_ms - w.requested_at_ms), what]
+                vec![w.run_id.clone(), plain(&w.step, 64), seconds(now_ms - w.requested_at_ms), what]
             })
             .collect();
         out.push_str(&table(&["RUN", "STEP", "WAITING", "ASKS"], &rows));
@@ -99,8 +105,8 @@ async fn frame(store: &cairn_store::AnyStore) -> CliResult<String> {
             .map(|r| {
                 vec![
                     r.id.clone(),
-                    r.workflow.clone(),
-                    r.current_step.clone().unwrap_or_default(),
+                    plain(&r.workflow, 64),
+                    plain(r.current_step.as_deref().unwrap_or_default(), 64),
                     seconds(now_ms - r.created_at_ms),
                 ]
             })

@@ -71,6 +71,8 @@ fn the_dashboard_shows_runs_live_approves_retries_and_asks_for_a_token_in_a_real
     let shots = std::env::var("CAIRN_SCREENSHOTS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard"));
+    // Screenshots from an earlier run must not pass for this one's.
+    let _ = std::fs::remove_dir_all(&shots);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.mjs");
     let out = Command::new("node")
         .arg(&script)

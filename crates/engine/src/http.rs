@@ -105,9 +105,11 @@ pub async fn call(
     let mut raw = Vec::new();
     match length {
         // A chunked body's length comes chunk by chunk (and `Content-Length` must then be ignored).
-        _ if chunked => {
-            read_chunked(&mut io, &mut raw).await.map_err(|e| transient(format!("reading from {url}: {e}")))?
-        }
+        _ if chunked => match read_chunked(&mut io, &mut raw).await {
+            Ok(()) => {}
+            Err(Chunked::TooLarge) => return Err(permanent(format!("{url} answered over {MAX_BODY} bytes"))),
+            Err(Chunked::Broken(why)) => return Err(transient(format!("reading from {url}: {why}"))),
+        },
         Some(n) if n > MAX_BODY => return Err(permanent(format!("{url} answered {n} bytes, over {MAX_BODY}"))),
         Some(n) => {
             raw.resize(n, 0);
@@ -138,35 +140,69 @@ pub async fn call(
     }
 }
 
+/// Why a chunked body could not be read: too large (permanent, as with `Content-Length`), or
+/// broken (the service or the connection misbehaved: transient).
+#[derive(Debug, PartialEq)]
+enum Chunked {
+    TooLarge,
+    Broken(String),
+}
+
+/// The longest chunk-size or trailer line read (a line without an end is refused past it).
+const MAX_LINE: u64 = 4096;
+/// The most trailer lines read after the last chunk.
+const MAX_TRAILERS: usize = 64;
+
+/// One line of at most [`MAX_LINE`] bytes, its `\r\n` (or `\n`) included; empty at the end.
+async fn bounded_line<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R, line: &mut Vec<u8>) -> Result<(), Chunked> {
+    line.clear();
+    (&mut *io)
+        .take(MAX_LINE)
+        .read_until(b'\n', line)
+        .await
+        .map_err(|e| Chunked::Broken(format!("reading the body: {e}")))?;
+    if !line.is_empty() && !line.ends_with(b"\n") && line.len() as u64 >= MAX_LINE {
+        return Err(Chunked::Broken(format!("a chunk line is over {MAX_LINE} bytes")));
+    }
+    Ok(())
+}
+
 /// A `Transfer-Encoding: chunked` body: each chunk's hex size line, its bytes, CRLF; a zero size
 /// ends it (trailers skipped). At most [`MAX_BODY`] bytes.
-async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R, out: &mut Vec<u8>) -> std::io::Result<()> {
-    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-    let mut line = String::new();
+async fn read_chunked<R: tokio::io::AsyncBufRead + Unpin>(io: &mut R, out: &mut Vec<u8>) -> Result<(), Chunked> {
+    let mut line = Vec::new();
     loop {
-        line.clear();
-        if io.read_line(&mut line).await? == 0 {
-            return Err(bad("the chunked body ended early".into()));
+        bounded_line(io, &mut line).await?;
+        if line.is_empty() {
+            return Err(Chunked::Broken("the chunked body ended early".into()));
         }
-        let size = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| bad(format!("bad chunk size {size:?}")))?;
+        let text = String::from_utf8_lossy(&line);
+        let token = text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(token, 16).map_err(|_| {
+            // Not quoted (quoting would hide a secret from redaction), and only what could be hex.
+            let shown: String = token.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+            Chunked::Broken(format!("a chunk size is not hexadecimal ({shown})"))
+        })?;
         if size == 0 {
             // Trailers, up to the blank line.
-            loop {
-                line.clear();
-                if io.read_line(&mut line).await? == 0 || line == "\r\n" || line == "\n" {
+            for _ in 0..MAX_TRAILERS {
+                bounded_line(io, &mut line).await?;
+                if line.is_empty() || line == b"\r\n" || line == b"\n" {
                     return Ok(());
                 }
             }
+            return Err(Chunked::Broken(format!("more than {MAX_TRAILERS} trailer lines")));
         }
-        if out.len() + size > MAX_BODY {
-            return Err(bad(format!("the body is over {MAX_BODY} bytes")));
+        if size > MAX_BODY.saturating_sub(out.len()) {
+            return Err(Chunked::TooLarge);
         }
         let start = out.len();
         out.resize(start + size, 0);
-        io.read_exact(&mut out[start..]).await?;
-        line.clear();
-        io.read_line(&mut line).await?;
+        io.read_exact(&mut out[start..]).await.map_err(|e| Chunked::Broken(format!("reading a chunk: {e}")))?;
+        bounded_line(io, &mut line).await?;
+        if line != b"\r\n" && line != b"\n" {
+            return Err(Chunked::Broken("a chunk is longer than its size says".into()));
+        }
     }
 }
 
@@ -181,10 +217,21 @@ mod tests {
         let mut out = Vec::new();
         read_chunked(&mut io, &mut out).await.expect("decoded");
         assert_eq!(String::from_utf8(out).expect("utf-8"), "{\"error\":\"service down\"}   ");
-        let mut cut = tokio::io::BufReader::new(&b"10\r\nshort"[..]);
-        assert!(read_chunked(&mut cut, &mut Vec::new()).await.is_err(), "a body cut short is an error");
-        let mut junk = tokio::io::BufReader::new(&b"zz\r\n"[..]);
-        assert!(read_chunked(&mut junk, &mut Vec::new()).await.is_err(), "a bad size is an error");
+        async fn read(wire: &[u8]) -> Result<Vec<u8>, Chunked> {
+            let mut out = Vec::new();
+            read_chunked(&mut tokio::io::BufReader::new(wire), &mut out).await.map(|()| out)
+        }
+        assert!(matches!(read(b"10\r\nshort").await, Err(Chunked::Broken(_))), "a body cut short");
+        assert!(matches!(read(b"zz\r\n").await, Err(Chunked::Broken(m)) if m.contains("(zz)")), "a bad size");
+        // A size that would overflow, after some data: refused as too large, no panic.
+        assert_eq!(read(b"2\r\nab\r\nffffffffffffffff\r\n").await, Err(Chunked::TooLarge));
+        assert_eq!(read(format!("{:x}\r\n", MAX_BODY + 1).as_bytes()).await, Err(Chunked::TooLarge));
+        // Data longer than its size, an endless size line, endless trailers.
+        assert!(matches!(read(b"2\r\nabc\r\n0\r\n\r\n").await, Err(Chunked::Broken(m)) if m.contains("longer")));
+        let endless = vec![b'1'; 100_000];
+        assert!(matches!(read(&endless).await, Err(Chunked::Broken(m)) if m.contains("over 4096")));
+        let trailers = format!("0\r\n{}", "X-T: t\r\n".repeat(100));
+        assert!(matches!(read(trailers.as_bytes()).await, Err(Chunked::Broken(m)) if m.contains("trailer")));
     }
 
     #[test]

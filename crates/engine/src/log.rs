@@ -20,7 +20,15 @@ pub fn use_tracing() {
 /// Writes one line to stderr, ignoring failures.
 pub fn line(args: std::fmt::Arguments<'_>) {
     if JSON.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::info!(target: "cairn", "{args}");
+        // Warnings and errors keep their level, so a `warn` filter still shows them.
+        let text = args.to_string();
+        if text.contains("WARNING") {
+            tracing::warn!(target: "cairn", "{text}");
+        } else if text.starts_with("error") || text.contains(": error") {
+            tracing::error!(target: "cairn", "{text}");
+        } else {
+            tracing::info!(target: "cairn", "{text}");
+        }
         return;
     }
     let mut err = std::io::stderr().lock();

@@ -12,6 +12,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// commit path for nobody).
 static ON: AtomicBool = AtomicBool::new(false);
 
+/// How many distinct values one label takes in a process: past it, new values count as
+/// `other`. Workflow names come from inline definitions any operator may send, so without a cap
+/// they could grow the exposition without end.
+const MAX_LABEL_VALUES: usize = 200;
+
+static WORKFLOWS: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+static KINDS: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+static NAMES: std::sync::Mutex<Option<std::collections::HashSet<String>>> = std::sync::Mutex::new(None);
+
+/// `value` as a label value, or `other` once the label has [`MAX_LABEL_VALUES`] others.
+fn bounded(seen: &std::sync::Mutex<Option<std::collections::HashSet<String>>>, value: &str) -> String {
+    let Ok(mut seen) = seen.lock() else { return "other".into() };
+    let seen = seen.get_or_insert_with(Default::default);
+    if seen.contains(value) {
+        return value.to_string();
+    }
+    if seen.len() >= MAX_LABEL_VALUES {
+        return "other".into();
+    }
+    seen.insert(value.to_string());
+    value.to_string()
+}
+
 /// Turns counting on, once a recorder is installed (`cairn serve`).
 pub fn enable() {
     ON.store(true, Ordering::Relaxed);
@@ -22,7 +45,7 @@ pub(crate) fn committed(state: &RunState, events: &[Envelope]) {
     if !ON.load(Ordering::Relaxed) {
         return;
     }
-    let workflow = state.workflow.clone();
+    let workflow = bounded(&WORKFLOWS, &state.workflow);
     let kind_of = |step: &str| {
         let def = state.definition.as_ref();
         let kind = def.and_then(|d| d.step(step)).map(|s| s.kind.clone());
@@ -84,7 +107,7 @@ pub(crate) fn call(kind: &str, name: &str, ok: bool, duration_ms: u64, cost: Opt
     if !ON.load(Ordering::Relaxed) {
         return;
     }
-    let (kind, name) = (kind.to_string(), name.to_string());
+    let (kind, name) = (bounded(&KINDS, kind), bounded(&NAMES, name));
     let outcome = if ok { "ok" } else { "failed" };
     metrics::counter!("cairn_calls_total", "kind" => kind.clone(), "name" => name.clone(), "outcome" => outcome)
         .increment(1);

@@ -159,18 +159,29 @@ pub(crate) fn committed(state: &RunState, events: &[Envelope]) {
     let run = state.run_id.to_string();
     for env in events {
         match &env.event {
-            Event::RunCompleted { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. } => {
+            Event::RunCompleted { .. }
+            | Event::RunFailed { .. }
+            | Event::RunCancelled { .. }
+            | Event::RunCompensated => {
                 let error = match &env.event {
                     Event::RunFailed { failure, .. } => {
                         Some(format!("{}: {}", failure.class.as_str(), failure.message))
                     }
                     _ => None,
                 };
+                // A run retried in place ends again: that ending is its own span under the
+                // first (which its attempts hang under), so no span id is reported twice.
+                let retried = state.steps.iter().any(|s| s.retry_base > 0);
+                let (id, parent) = if retried {
+                    (span_id(&[&run, "run", &env.seq.to_string()]), Some(run_span(&run)))
+                } else {
+                    (run_span(&run), None)
+                };
                 emit(Spec {
                     name: format!("invoke_workflow {}", state.workflow),
                     run: run.clone(),
-                    id: run_span(&run),
-                    parent: None,
+                    id,
+                    parent,
                     start_ms: state.created_at_ms,
                     end_ms: env.at_ms,
                     attributes: vec![
@@ -184,11 +195,8 @@ pub(crate) fn committed(state: &RunState, events: &[Envelope]) {
             }
             Event::AttemptSucceeded { step, attempt, duration_ms, .. }
             | Event::AttemptFailed { step, attempt, duration_ms, .. } => {
-                let kind = state
-                    .definition
-                    .as_ref()
-                    .and_then(|d| d.steps.iter().find(|s| s.id == *step))
-                    .map_or("", |s| s.kind.as_str());
+                let kind =
+                    state.definition.as_ref().and_then(|d| d.step(step.as_str())).map_or("", |s| s.kind.as_str());
                 let agent = kind == "agent";
                 let mut attributes = vec![
                     KeyValue::new("gen_ai.operation.name", if agent { "invoke_agent" } else { "execute_step" }),

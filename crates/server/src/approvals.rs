@@ -99,7 +99,7 @@ pub struct CallView {
 impl From<WaitingApproval> for ApprovalView {
     fn from(w: WaitingApproval) -> ApprovalView {
         ApprovalView {
-            decide: format!("/v1/runs/{}/approvals/{}", w.run_id, w.step),
+            decide: format!("/v1/runs/{}/approvals/{}", w.run_id, path_segment(&w.step)),
             run_id: w.run_id,
             workflow: w.workflow,
             step: w.step,
@@ -118,6 +118,17 @@ impl From<WaitingApproval> for ApprovalView {
             }),
         }
     }
+}
+
+/// `s` as one URL path segment: an instance's step id (`rounds#2`, `fetch[3]`) keeps its `#`
+/// and brackets as `%23`, `%5B`, `%5D`.
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Serialize, ToSchema)]
@@ -220,4 +231,14 @@ pub async fn decide<S: Store>(
 pub async fn list<S: Store>(State(state): State<AppState<S>>) -> Result<Response, ApiError> {
     let approvals = cairn_engine::waiting_approvals(&*state.store).await?.into_iter().map(ApprovalView::from).collect();
     Ok(reply(StatusCode::OK, &ApprovalList { approvals }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_instance_step_is_one_path_segment() {
+        assert_eq!(super::path_segment("review"), "review");
+        assert_eq!(super::path_segment("rounds#2"), "rounds%232");
+        assert_eq!(super::path_segment("fetch[3]"), "fetch%5B3%5D");
+    }
 }

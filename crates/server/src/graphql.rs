@@ -24,14 +24,19 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use utoipa::ToSchema;
 
-/// Deepest nesting a query may have.
-const MAX_DEPTH: usize = 8;
+/// Deepest nesting a query may have (the standard introspection query fits).
+const MAX_DEPTH: usize = 15;
 /// Most a query may cost: each field costs 1, a list field its page size times its selection.
 const MAX_COMPLEXITY: usize = 5_000;
 /// Largest page of runs or events one field returns.
 const MAX_PAGE: i32 = 100;
 /// What a list of a run's steps or calls is costed as (they are not paged).
 const LIST_COST: usize = 20;
+/// What a field that reads the store costs on top of what it selects: aliases that repeat such
+/// a field add up quickly.
+const READ: usize = 50;
+/// What reading every waiting approval costs (it looks at every unfinished run); once a request.
+const APPROVALS: usize = 500;
 
 type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, cairn_store::Error>> + Send + 'a>>;
 
@@ -80,6 +85,16 @@ type ReadSchema = Schema<Query, EmptyMutation, EmptySubscription>;
 
 fn reader<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Arc<dyn Reader>> {
     ctx.data::<Arc<dyn Reader>>()
+}
+
+/// What waits for a person, read once per request however many fields ask.
+#[derive(Default)]
+struct Waiting(tokio::sync::OnceCell<Vec<cairn_engine::WaitingApproval>>);
+
+async fn waiting<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a [cairn_engine::WaitingApproval]> {
+    let memo = ctx.data::<Waiting>()?;
+    let all = memo.0.get_or_try_init(|| async { reader(ctx)?.approvals().await.map_err(failed) }).await?;
+    Ok(all)
 }
 
 fn failed(e: cairn_store::Error) -> async_graphql::Error {
@@ -155,13 +170,13 @@ impl Query {
     }
 
     /// What waits for a person, oldest first.
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "APPROVALS + LIST_COST * child_complexity")]
     async fn approvals(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Approval>> {
-        Ok(reader(ctx)?.approvals().await.map_err(failed)?.into_iter().map(Approval::of).collect())
+        Ok(waiting(ctx).await?.iter().cloned().map(Approval::of).collect())
     }
 
     /// What model calls cost since a time, summed by `workflow`, `model` or `day` (UTC).
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "READ + LIST_COST * child_complexity")]
     async fn costs(
         &self,
         ctx: &Context<'_>,
@@ -263,6 +278,7 @@ impl Run {
 #[ComplexObject]
 impl Run {
     /// What its model calls used (null when it made none).
+    #[graphql(complexity = "READ + child_complexity")]
     async fn usage(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Usage>> {
         let ids = [self.run_id()?];
         let spend = reader(ctx)?.spend(&ids).await.map_err(failed)?;
@@ -270,18 +286,22 @@ impl Run {
     }
 
     /// Its steps in definition order (instances of `for_each` / `loop` after their step).
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "READ + LIST_COST * child_complexity")]
     async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Step>> {
         let id = self.run_id()?;
         let reader = reader(ctx)?;
         let calls = reader.calls(&id).await.map_err(failed)?;
         let (usage, _) = Spend::of_calls(&calls);
+        let mut by_step: std::collections::HashMap<&str, Vec<Call>> = std::collections::HashMap::new();
+        for c in &calls {
+            by_step.entry(c.step_id.as_str()).or_default().push(Call::of(c));
+        }
         let rows = reader.steps(&id).await.map_err(failed)?;
         Ok(rows
             .into_iter()
             .map(|r| Step {
                 usage: usage.get(&r.step_id).map(Usage::of),
-                calls: calls.iter().filter(|c| c.step_id == r.step_id).map(Call::of).collect(),
+                calls: by_step.remove(r.step_id.as_str()).unwrap_or_default(),
                 id: r.step_id,
                 position: r.position,
                 kind: r.kind,
@@ -299,14 +319,14 @@ impl Run {
     }
 
     /// Its journaled calls (`run/step/call-N`), by step then position; `step` narrows them.
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "READ + LIST_COST * child_complexity")]
     async fn calls(&self, ctx: &Context<'_>, step: Option<String>) -> async_graphql::Result<Vec<Call>> {
         let calls = reader(ctx)?.calls(&self.run_id()?).await.map_err(failed)?;
         Ok(calls.iter().filter(|c| step.as_ref().is_none_or(|s| &c.step_id == s)).map(Call::of).collect())
     }
 
     /// Its journal, in order: the events after position `after`, at most `first` (1 to 100).
-    #[graphql(complexity = "first.clamp(0, MAX_PAGE) as usize * child_complexity + 1")]
+    #[graphql(complexity = "READ + first.clamp(0, MAX_PAGE) as usize * child_complexity")]
     async fn events(
         &self,
         ctx: &Context<'_>,
@@ -335,19 +355,19 @@ impl Run {
     }
 
     /// Its steps that wait for a person now.
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "APPROVALS + LIST_COST * child_complexity")]
     async fn approvals(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Approval>> {
-        let all = reader(ctx)?.approvals().await.map_err(failed)?;
-        Ok(all.into_iter().filter(|a| a.run_id == self.id).map(Approval::of).collect())
+        Ok(waiting(ctx).await?.iter().filter(|a| a.run_id == self.id).cloned().map(Approval::of).collect())
     }
 
     /// The run whose `subworkflow` step started this one.
+    #[graphql(complexity = "READ + child_complexity")]
     async fn parent(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<RunLink>> {
         Ok(self.links(ctx).await?.parent.map(RunLink::of))
     }
 
     /// The runs its `subworkflow` steps started, one per attempt.
-    #[graphql(complexity = "LIST_COST * child_complexity + 1")]
+    #[graphql(complexity = "READ + LIST_COST * child_complexity")]
     async fn children(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<RunLink>> {
         Ok(self.links(ctx).await?.children.into_iter().map(RunLink::of).collect())
     }
@@ -523,13 +543,19 @@ pub struct GraphqlRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     variables: Option<serde_json::Map<String, Value>>,
+    /// Accepted and ignored (clients send it; no extension is supported).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    #[allow(dead_code)]
+    extensions: Option<Value>,
 }
 
 /// Query with GraphQL
 ///
 /// A read-only GraphQL view of runs (filters, pages), a run's steps, calls, events, approvals and
-/// links, what waits for a person, and cost sums. Queries deeper than 8 levels or costing more
-/// than 5,000 (each field 1; a list its page size times its selection) are refused. Errors in a
+/// links, what waits for a person, and cost sums. Queries deeper than 15 levels or costing more
+/// than 5,000 (each field 1, each field that reads the store 50 more, what waits for a person
+/// 500; a list its page size times its selection) are refused. Errors in a
 /// query are answered `200` with `errors`, as GraphQL does; the schema is the SDL at
 /// `GET /graphql`.
 #[utoipa::path(
@@ -559,7 +585,7 @@ pub async fn query<S: Store>(
         request = request.variables(async_graphql::Variables::from_json(Value::Object(variables)));
     }
     let reader: Arc<dyn Reader> = Arc::new(StoreReader(state.store.clone()));
-    let answer = schema.execute(request.data(reader)).await;
+    let answer = schema.execute(request.data(reader).data(Waiting::default())).await;
     Ok((StatusCode::OK, axum::Json(answer)).into_response())
 }
 

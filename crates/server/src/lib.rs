@@ -33,7 +33,7 @@ mod workflows;
 pub use auth::{AuthMode, Role, new_token};
 pub use error::ApiError;
 pub use listener::{Limits, raise_fd_limit};
-pub use metrics::serve_metrics;
+pub use metrics::{install_recorder, serve_metrics};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};

@@ -73,6 +73,11 @@ async fn render<S: Store>(engine: &Engine<S>) -> Result<Response, ApiError> {
     Ok(response)
 }
 
+/// Installs the process's recorder now (before the work it counts starts).
+pub fn install_recorder() {
+    let _ = handle();
+}
+
 /// `GET /metrics` alone, for a process without the API (`cairn worker --metrics-listen`), until
 /// `shutdown` resolves. Anything else is 404.
 pub async fn serve_metrics<S: Store>(
@@ -80,7 +85,6 @@ pub async fn serve_metrics<S: Store>(
     engine: Engine<S>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let _ = handle();
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|State(engine): State<Engine<S>>| async move { render(&engine).await }))
         .fallback(|uri: axum::http::Uri| async move {

@@ -10,11 +10,13 @@ import { workflowsPage, workflowPage, modelsPage } from "./catalog.js";
 const main = document.getElementById("main");
 let cleanup = null;
 
+// Run ids and workflow names have fixed alphabets: a link that carries anything else (`..`,
+// `/`, `?`) is not followed to an API path.
 const routes = [
-  [/^#\/runs\/([^/?]+)$/, (m, q) => runPage(main, decodeURIComponent(m[1]), q)],
+  [/^#\/runs\/(wf_[0-9A-Za-z]{1,64})$/, (m, q) => runPage(main, m[1], q)],
   [/^#\/runs$/, (m, q) => runsPage(main, q)],
   [/^#\/approvals$/, () => approvalsPage(main)],
-  [/^#\/workflows\/([^/?]+)$/, (m, q) => workflowPage(main, decodeURIComponent(m[1]), q)],
+  [/^#\/workflows\/([A-Za-z0-9_.-]{1,64})$/, (m, q) => workflowPage(main, m[1], q)],
   [/^#\/workflows$/, () => workflowsPage(main)],
   [/^#\/models$/, () => modelsPage(main)],
 ];

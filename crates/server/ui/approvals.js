@@ -2,7 +2,7 @@
 // edited arguments (checked to be a JSON object before it is sent), or answer an escalation.
 
 import { get, post, follow } from "./api.js";
-import { h, put, clear, time, duration, toast } from "./dom.js";
+import { h, put, time, duration, toast } from "./dom.js";
 
 export function approvalsPage(main) {
   const stop = new AbortController();
@@ -80,13 +80,29 @@ export function approvalsPage(main) {
       problem, buttons);
   }
 
+  // Cards are kept by what they ask (run, step, when, which call): a refresh adds new ones and
+  // drops answered ones, and never resets a card someone is editing.
+  const cards = new Map();
+  const keyOf = (item) => `${item.run_id}|${item.step}|${item.requested_at_ms}|${item.call ? item.call.call : ""}`;
+  const empty = h("p", { class: "muted", text: "Nothing waits for a person." });
   async function load() {
     try {
       const { approvals } = await get("/v1/approvals");
       approvals.sort((a, b) => a.requested_at_ms - b.requested_at_ms);
-      clear(list);
-      if (!approvals.length) put(list, h("p", { class: "muted", text: "Nothing waits for a person." }));
-      for (const item of approvals) put(list, card(item));
+      const keys = new Set(approvals.map(keyOf));
+      for (const [key, el] of cards) {
+        if (!keys.has(key)) { el.remove(); cards.delete(key); }
+      }
+      for (const item of approvals) {
+        const key = keyOf(item);
+        // New requests are newer than those shown: they go last, and shown cards stay put.
+        if (!cards.has(key)) {
+          const el = card(item);
+          cards.set(key, el);
+          list.append(el);
+        }
+      }
+      if (approvals.length) empty.remove(); else list.append(empty);
     } catch (e) {
       if (e.status !== 401) toast(`approvals: ${e.message}`, true);
     }

@@ -21,6 +21,7 @@ function short(value, max) {
 
 export function runPage(main, id, params) {
   const stop = new AbortController();
+  const base = `/v1/runs/${encodeURIComponent(id)}`;
   let detail = null;
   let events = [];
   let selected = params.get("step");
@@ -74,10 +75,10 @@ export function runPage(main, id, params) {
         ["Duration", duration(end - run.created_at_ms)],
         ["Cost", usage ? `${usd(usage.cost_usd)} · ${usage.tokens_in} in / ${usage.tokens_out} out tokens · ${usage.calls} model call(s)` : null],
         ["Events", String(run.events)],
-        ["Parent", run.parent ? h("span", {}, h("a", { class: "mono", href: `#/runs/${run.parent.run_id}`, text: run.parent.run_id }),
+        ["Parent", run.parent ? h("span", {}, h("a", { class: "mono", href: `#/runs/${encodeURIComponent(run.parent.run_id)}`, text: run.parent.run_id }),
           ` (step ${run.parent.step})`) : null],
         ["Children", run.children && run.children.length ? h("span", {}, run.children.map((c, i) => [i ? ", " : "",
-          h("a", { class: "mono", href: `#/runs/${c.run_id}`, text: c.run_id }), ` (${c.step}, attempt ${c.attempt})`])) : null],
+          h("a", { class: "mono", href: `#/runs/${encodeURIComponent(c.run_id)}`, text: c.run_id }), ` (${c.step}, attempt ${c.attempt})`])) : null],
       ])),
       run.failure ? h("div", { class: "error-box", id: "run-error" },
         h("strong", { text: `${run.failure.class || "error"}${run.failure.step ? ` at step ${run.failure.step}` : ""}: ` }),
@@ -105,7 +106,7 @@ export function runPage(main, id, params) {
     const run = detail;
     clear(actions);
     const steer = (what, body) => async () => {
-      await post(`/v1/runs/${id}/${what}`, body);
+      await post(`${base}/${what}`, body);
       toast(`${what} sent`);
       await reload();
       watch();
@@ -136,7 +137,7 @@ export function runPage(main, id, params) {
       const from = h("select", { "aria-label": "Rerun from step" },
         steps.map((st) => h("option", { value: st.id, text: st.id, selected: st.id === selected })));
       put(actions, h("span", { class: "row" }, "Rerun from", from, button("Rerun", "A new run reusing the results before this step", async () => {
-        const forked = await post(`/v1/runs/${id}/rerun`, { from: from.value });
+        const forked = await post(`${base}/rerun`, { from: from.value });
         toast(`rerun started: ${forked.id}`);
         location.hash = `#/runs/${encodeURIComponent(forked.id)}`;
       })));
@@ -345,7 +346,7 @@ export function runPage(main, id, params) {
       return;
     }
     try {
-      const path = `/v1/runs/${id}/steps/${encodeURIComponent(selected)}`;
+      const path = `${base}/steps/${encodeURIComponent(selected)}`;
       const [step, logs] = await Promise.all([get(path), get(`${path}/logs`)]);
       if (mine !== paneToken) return;
       put(clear(pane), stepView(step, logs.logs));
@@ -411,12 +412,12 @@ export function runPage(main, id, params) {
 
   let loading = false;
   let again = false;
-  async function reload() {
+  async function reload(pane = true) {
     if (loading) { again = true; return; }
     loading = true;
     try {
       const after = events.length ? events[events.length - 1].seq : null;
-      const [run, more] = await Promise.all([get(`/v1/runs/${id}`), get(`/v1/runs/${id}/events${after !== null ? `?after=${after}` : ""}`)]);
+      const [run, more] = await Promise.all([get(base), get(`${base}/events${after !== null ? `?after=${after}` : ""}`)]);
       detail = run;
       events = events.concat(more.events);
       if (!selected && detail.failure && detail.failure.step) selected = detail.failure.step;
@@ -425,7 +426,7 @@ export function runPage(main, id, params) {
       drawGraph();
       drawTimeline();
       drawTabs();
-      drawPane();
+      if (pane) drawPane();
     } catch (e) {
       if (e.status !== 401) {
         put(clear(head), h("h1", { text: `Run ${id}` }), h("div", { class: "error-box", text: e.message }));
@@ -437,20 +438,33 @@ export function runPage(main, id, params) {
   }
 
   let pending = null;
+  let paneToo = false;
   function watch() {
-    if (following) return;
+    if (following || stop.signal.aborted) return;
     const mine = new AbortController();
     following = mine;
     stop.signal.addEventListener("abort", () => mine.abort());
-    follow(`/v1/runs/${id}/events/stream`, (event) => {
+    follow(`${base}/events/stream`, (event) => {
       if (event.event.startsWith("llm.")) return;
+      // The step pane is read again only for its own step's events (or the run's).
+      let step = null;
+      try { step = JSON.parse(event.data).step || null; } catch { /* no step */ }
+      paneToo = paneToo || !step || step === selected || tab === "journal";
+      if (/approval|run_waiting|run_resumed/.test(event.event)) window.dispatchEvent(new Event("cairn:changed"));
       if (pending) return;
-      pending = setTimeout(() => { pending = null; reload(); window.dispatchEvent(new Event("cairn:changed")); }, 250);
+      pending = setTimeout(() => { pending = null; const pane = paneToo; paneToo = false; reload(pane); }, 250);
     }, () => {}, mine.signal, () => { if (following === mine) following = null; });
   }
 
   reload().then(watch);
-  // Durations of unfinished work grow while nothing is committed.
-  const tick = setInterval(() => { if (detail && !TERMINAL.has(detail.status)) { drawHead(); drawTimeline(); } }, 5000);
+  // Durations of unfinished work grow while nothing is committed; a finished run is looked at
+  // now and then (another client may retry it), and followed again if it runs.
+  let idle = 0;
+  const tick = setInterval(() => {
+    if (!detail) return;
+    if (!TERMINAL.has(detail.status)) { drawHead(); drawTimeline(); return; }
+    idle += 1;
+    if (idle % 3 === 0) reload(false).then(() => { if (detail && !TERMINAL.has(detail.status)) watch(); });
+  }, 5000);
   return () => { stop.abort(); clearTimeout(pending); clearInterval(tick); };
 }

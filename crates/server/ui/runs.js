@@ -144,9 +144,10 @@ export function runsPage(main, params) {
   // Any committed event may change a row on this page or add a run to the first page; a burst
   // of events costs one reload per 300 ms.
   let pending = null;
-  follow("/v1/events/stream", () => {
+  follow("/v1/events/stream", (event) => {
+    if (/approval|run_waiting|run_resumed/.test(event.event)) window.dispatchEvent(new Event("cairn:changed"));
     if (pending) return;
-    pending = setTimeout(() => { pending = null; load(); window.dispatchEvent(new Event("cairn:changed")); }, 300);
+    pending = setTimeout(() => { pending = null; load(); }, 300);
   }, (on) => live.classList.toggle("on", on), stop.signal);
 
   load();

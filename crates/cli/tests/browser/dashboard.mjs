@@ -40,7 +40,8 @@ const service = http.createServer((req, res) => {
       return;
     }
     res.writeHead(healthy ? 200 : 503, { "Content-Type": "application/json" });
-    res.end(JSON.stringify(healthy ? { report: "published" } : { error: "the report service is down" }));
+    res.end(JSON.stringify(healthy ? { report: "published" }
+      : { error: "the report service is down", detail: "<script>window.__owned=2</script>" }));
   });
 });
 await new Promise((resolve) => service.listen(Number(process.env.CAIRN_SERVICE_PORT), "127.0.0.1", resolve));
@@ -78,7 +79,7 @@ try {
   const report = {
     name: "weekly-report",
     steps: [
-      { id: "gather", kind: "echo", with: { rows: 42 } },
+      { id: "gather", kind: "echo", with: { rows: 42, title: '<img src=x onerror="window.__owned=1">' } },
       { id: "review", kind: "approval", needs: ["gather"], approval: { prompt: "Publish the weekly report ({{ steps.gather.output.rows }} rows)?" } },
       { id: "publish", kind: "echo", needs: ["review"], with: { published: true } },
     ],
@@ -101,6 +102,11 @@ try {
   step("the run completes and its graph and timeline render");
   await page.goto(`${base}/#/runs/${gated.id}`);
   await wait(page, '#graph g.node[data-step="publish"][data-status="COMPLETED"]', "the completed graph");
+  // A link that does not carry a run id leads nowhere near the API.
+  await page.goto(`${base}/#/runs/..%2Ftokens`);
+  await wait(page, "#runs", "the runs list instead of a forged path");
+  await page.goto(`${base}/#/runs/${gated.id}`);
+  await wait(page, '#graph g.node[data-step="publish"][data-status="COMPLETED"]', "the completed graph");
   await wait(page, "#timeline rect.bar-wait", "the approval wait on the timeline");
   const bars = await page.locator("#timeline rect.bar-ok").count();
   if (bars < 3) throw new Error(`the timeline shows ${bars} succeeded attempts, not 3`);
@@ -108,6 +114,8 @@ try {
   await wait(page, '#step-detail[data-step="gather"]', "the step's detail");
   const output = await page.textContent("#step-detail");
   if (!output.includes('"rows": 42')) throw new Error(`the step's output is not shown: ${output}`);
+  // Markup in run data is shown as text, never run.
+  if (!output.includes('<img src=x onerror=')) throw new Error(`markup in the output is not shown as text: ${output}`);
   await shot(page, "run");
   await page.click('button[role="tab"]:has-text("Journal")');
   await wait(page, "#journal td:has-text('approval_decided')", "the journal");
@@ -125,11 +133,12 @@ try {
   await page.goto(`${base}/#/runs/${broken.id}`);
   await wait(page, "#run-error", "the run's error");
   const error = await page.textContent("#run-error");
-  if (!error.includes("503") || !error.includes('{"error":"the report service is down"}')) {
+  if (!error.includes("503") || !error.includes('"error":"the report service is down"') || !error.includes("<script>")) {
     throw new Error(`the error does not say what failed: ${error}`);
   }
   await wait(page, '#step-detail[data-step="upload"] #step-error', "the failed step's error");
   await shot(page, "run-failed");
+  if (await page.evaluate(() => window.__owned)) throw new Error("markup in an error message ran");
   healthy = true;
   await page.click('#actions button:has-text("Retry")');
   await wait(page, 'h1 + .badge.s-COMPLETED, .row .badge.s-COMPLETED', "the retried run completed");
@@ -146,8 +155,11 @@ try {
   await wait(page, `${toolCard} textarea`, "the tool call's arguments");
   await page.fill(`${toolCard} textarea`, '{"body": {"text": "report ready"}');
   await wait(page, `${toolCard} .error-box:not([hidden])`, "the JSON error");
+  let decided = 0;
+  page.on("request", (r) => { if (r.method() === "POST" && r.url().includes("/approvals/")) decided += 1; });
   await page.click(`${toolCard} button:has-text("Approve with these arguments")`);
-  if (notes.length) throw new Error("arguments that are not JSON were sent");
+  await page.waitForTimeout(500);
+  if (decided || notes.length || !(await page.$(toolCard))) throw new Error("arguments that are not JSON were sent");
   await page.fill(`${toolCard} textarea`, '{"body": {"text": "report ready, edited in the dashboard"}}');
   await shot(page, "tool-approval");
   await page.click(`${toolCard} button:has-text("Approve with these arguments")`);
@@ -206,6 +218,11 @@ try {
 } catch (e) {
   failed = true;
   console.error(`FAILED: ${e.message}`);
+}
+for (const context of browser.contexts()) {
+  for (const p of context.pages()) {
+    if (await p.evaluate(() => window.__owned).catch(() => undefined)) problems.push(`markup from run data ran on ${p.url()}`);
+  }
 }
 await browser.close();
 service.close();

@@ -376,7 +376,7 @@ impl Journal for PgStore {
                  AND e.step_id=s.step_id AND e.kind='attempt_started') END \
                  FROM runs r JOIN steps s ON s.run_id=r.id \
                  WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
-                 LIMIT {limit}",
+                 ORDER BY r.updated_at LIMIT {limit}",
                     limit = "$1"
                 ),
                 &[&(limit as i64)],
