@@ -44,6 +44,10 @@ pub struct Decision {
     /// instead (checked against the tool's input schema; a misfit is 422 `invalid_args`).
     #[schema(value_type = Option<Object>)]
     args: Option<Value>,
+    /// The request this decision answers: its `requested_at_ms` from `GET /v1/approvals`. When
+    /// the step has asked again since (another call of an agent, a retried gate), the decision
+    /// is refused (409 `stale_decision`) rather than answer a question its sender did not see.
+    requested_at_ms: Option<i64>,
 }
 
 /// New limits for the budget a step stopped at; a limit not given stays as it was.
@@ -138,10 +142,15 @@ pub struct ApprovalList {
 
 /// Who may decide the step's latest approval request (empty: any operator); `None` if the
 /// step never asked (the engine then refuses the decision with the reason).
-async fn approvers<S: Store>(state: &AppState<S>, id: &RunId, step: &str) -> Result<Option<Vec<String>>, ApiError> {
+/// The step's latest request for a decision: who may decide it, and when it was asked.
+async fn latest_request<S: Store>(
+    state: &AppState<S>,
+    id: &RunId,
+    step: &str,
+) -> Result<Option<(Vec<String>, i64)>, ApiError> {
     let events = state.store.events(id).await?;
     Ok(events.iter().rev().find_map(|e| match &e.event {
-        Event::ApprovalRequested { step: s, approvers, .. } if s.as_str() == step => Some(approvers.clone()),
+        Event::ApprovalRequested { step: s, approvers, .. } if s.as_str() == step => Some((approvers.clone(), e.at_ms)),
         _ => None,
     }))
 }
@@ -201,7 +210,19 @@ pub async fn decide<S: Store>(
         }
     };
     let id = parse_run_id(&id)?;
-    if let Some(approvers) = approvers(&state, &id, &step).await?
+    let latest = latest_request(&state, &id, &step).await?;
+    if let Some(seen) = body.requested_at_ms
+        && latest.as_ref().is_some_and(|(_, at)| *at != seen)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "stale_decision",
+            format!(
+                "step '{step}' has asked again since the request you answered (asked at {seen}); read it again with GET /v1/approvals"
+            ),
+        ));
+    }
+    if let Some((approvers, _)) = latest
         && !approvers.is_empty()
         && !approvers.contains(&actor.name)
         && actor.role < Role::Admin

@@ -78,7 +78,7 @@ error_responses! {
         ("body_timeout", "the request body did not arrive within 30s of its head (see --body-timeout)", null),
     ]
     /// 409: the run's state does not allow the request.
-    RunConflict = "The run's state does not allow this, and the code names why: `illegal_transition`, `run_finished`, `already_paused`, `not_paused`, `not_pausable`, `run_compensating`, `not_waiting`, `no_such_step` (no such step waits for a decision), `already_decided` (the step was decided otherwise, or is no longer waiting), `wrong_decision` (the decision does not fit what the step waits for), `invalid_request` (the request cannot apply when its turn comes); or another process holds the run (`run_busy`, `run_conflict`: retry)." [
+    RunConflict = "The run's state does not allow this, and the code names why: `illegal_transition`, `run_finished`, `already_paused`, `not_paused`, `not_pausable`, `run_compensating`, `not_waiting`, `no_such_step` (no such step waits for a decision), `already_decided` (the step was decided otherwise, or is no longer waiting), `wrong_decision` (the decision does not fit what the step waits for), `stale_decision` (the step has asked again since the request the decision names), `invalid_request` (the request cannot apply when its turn comes); or another process holds the run (`run_busy`, `run_conflict`: retry)." [
         ("run_finished", format!("run {RUN} already finished (COMPLETED); nothing can change it now").as_str(), null),
         ("already_paused", format!("run {RUN} is already paused; `cairn runs unpause {RUN}` resumes it").as_str(), null),
         ("illegal_transition", format!("run {RUN} is COMPLETED; only a FAILED run can be retried").as_str(), null),

@@ -1136,3 +1136,26 @@ async fn graphql_reads_runs_steps_calls_events_and_approvals_within_its_limits()
     assert_eq!(rows.len(), 1, "{}", audit.text);
     assert_eq!(rows[0]["status"], 401);
 }
+
+#[tokio::test]
+async fn a_decision_naming_an_older_request_is_refused_as_stale() {
+    let api = Api::new(AuthMode::Off);
+    let gate = json!({"name": "gate", "steps": [{"id": "ok", "kind": "approval"}]});
+    let id = api.start(json!({"workflow": gate})).await;
+    let deadline = Instant::now() + DEADLINE;
+    let asked = loop {
+        let list = api.get("/v1/approvals").await;
+        if let Some(at) = list.json["approvals"][0]["requested_at_ms"].as_i64() {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the gate never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let path = format!("/v1/runs/{id}/approvals/ok");
+    let r = api.post(&path, json!({"decision": "approve", "requested_at_ms": asked - 1})).await;
+    r.error(409, "stale_decision");
+    assert!(r.json["error"]["message"].as_str().unwrap_or_default().contains("asked again"), "{}", r.text);
+    let r = api.post(&path, json!({"decision": "approve", "requested_at_ms": asked})).await;
+    assert!(r.status.is_success(), "{}", r.text);
+    api.wait_status(&id, "COMPLETED").await;
+}

@@ -11,7 +11,8 @@ export function approvalsPage(main) {
   put(main, h("div", { class: "row" }, h("h1", { class: "grow", text: "Approvals" }), live), list);
 
   async function decide(item, body) {
-    await post(item.decide, body);
+    // Names the request it answers: if the step asked again meanwhile, the server refuses it.
+    await post(item.decide, { ...body, requested_at_ms: item.requested_at_ms });
     toast(`${body.decision}: ${item.step} of ${item.run_id}`);
     window.dispatchEvent(new Event("cairn:changed"));
     await load();
