@@ -63,9 +63,23 @@ pub async fn metrics<S: Store>(State(state): State<AppState<S>>) -> Result<Respo
     render(&state.engine).await
 }
 
+/// The last exposition and when it was made: scrapes within a second share it, and one scrape
+/// reads the store at a time (each reads every unfinished run's ready and running steps).
+static LAST: tokio::sync::Mutex<Option<(std::time::Instant, String)>> = tokio::sync::Mutex::const_new(None);
+
 async fn render<S: Store>(engine: &Engine<S>) -> Result<Response, ApiError> {
-    cairn_engine::metrics::scrape(engine).await?;
-    let text = handle().map(PrometheusHandle::render).unwrap_or_default();
+    let text = {
+        let mut last = LAST.lock().await;
+        match &*last {
+            Some((at, text)) if at.elapsed() < std::time::Duration::from_secs(1) => text.clone(),
+            _ => {
+                cairn_engine::metrics::scrape(engine).await?;
+                let text = handle().map(PrometheusHandle::render).unwrap_or_default();
+                *last = Some((std::time::Instant::now(), text.clone()));
+                text
+            }
+        }
+    };
     let mut response = (StatusCode::OK, text).into_response();
     response
         .headers_mut()
@@ -91,5 +105,35 @@ pub async fn serve_metrics<S: Store>(
             ApiError::not_found("no_such_route", format!("{} is not served here; this is /metrics only", uri.path()))
         })
         .with_state(engine);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    // A scrape is one short request: a bounded number of connections, each with a deadline, so
+    // a slow or flooding client cannot hold the worker's descriptors.
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .keep_alive(false);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the limit, the socket is dropped (closed) at once.
+        let Ok(permit) = permits.clone().try_acquire_owned() else { continue };
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), conn).await;
+        });
+    }
 }
+
+/// Connections the worker's metrics listener serves at once.
+const METRICS_CONNECTIONS: usize = 16;
