@@ -50,6 +50,20 @@ use std::sync::Arc;
 /// The finished run states as an SQL list (`status NOT IN {TERMINAL}`): runs in them are never
 /// claimed, leased or woken.
 pub(crate) const TERMINAL: &str = "('COMPLETED','COMPENSATED','FAILED','CANCELLED')";
+/// The ready, retry-waiting and running steps of executing runs, least recently written runs
+/// first, at most `limit` (a bind parameter: `?1` or `$1`), with the start of a running step's
+/// attempt in flight (see [`Journal::active_work`]).
+pub(crate) fn active_steps_sql(limit: &str) -> String {
+    format!(
+        "SELECT s.run_id, s.step_id, s.status, s.not_before, r.updated_at, r.definition_hash, \
+         CASE WHEN s.status='RUNNING' THEN (SELECT MAX(e.at) FROM events e WHERE e.run_id=s.run_id \
+         AND e.step_id=s.step_id AND e.kind='attempt_started') END \
+         FROM runs r JOIN steps s ON s.run_id=r.id \
+         WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
+         ORDER BY r.updated_at LIMIT {limit}"
+    )
+}
+
 /// The other run states (`status IN {UNFINISHED}`, which an index on status can answer).
 pub(crate) const UNFINISHED: &str = "('PENDING','PLANNING','EXECUTING','WAITING','PAUSED','COMPENSATING')";
 

@@ -368,20 +368,7 @@ impl Journal for PgStore {
             )
             .await?;
         let expired_leases = rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64;
-        let rows = self
-            .query(
-                &format!(
-                    "SELECT s.run_id, s.step_id, s.status, s.not_before, r.updated_at, r.definition_hash, \
-                 CASE WHEN s.status='RUNNING' THEN (SELECT MAX(e.at) FROM events e WHERE e.run_id=s.run_id \
-                 AND e.step_id=s.step_id AND e.kind='attempt_started') END \
-                 FROM runs r JOIN steps s ON s.run_id=r.id \
-                 WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
-                 ORDER BY r.updated_at LIMIT {limit}",
-                    limit = "$1"
-                ),
-                &[&(limit as i64)],
-            )
-            .await?;
+        let rows = self.query(&crate::active_steps_sql("$1"), &[&(limit as i64)]).await?;
         let steps = rows
             .iter()
             .map(|r| ActiveStep {

@@ -444,15 +444,7 @@ impl Journal for SqliteStore {
                      AND lease_expires_at < ?1"
                 ))?
                 .query_row([now_ms], |r| r.get(0))?;
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT s.run_id, s.step_id, s.status, s.not_before, r.updated_at, r.definition_hash, \
-                 CASE WHEN s.status='RUNNING' THEN (SELECT MAX(e.at) FROM events e WHERE e.run_id=s.run_id \
-                 AND e.step_id=s.step_id AND e.kind='attempt_started') END \
-                 FROM runs r JOIN steps s ON s.run_id=r.id \
-                 WHERE r.status IN ('EXECUTING','COMPENSATING') AND s.status IN ('READY','RETRY_WAIT','RUNNING') \
-                 ORDER BY r.updated_at LIMIT {limit}",
-                limit = "?1"
-            ))?;
+            let mut stmt = conn.prepare_cached(&crate::active_steps_sql("?1"))?;
             let steps = stmt
                 .query_map([limit as i64], |r| {
                     Ok(ActiveStep {
