@@ -10,9 +10,8 @@ use cairn_store::{CostBy, EffectLog, Journal, RunQuery, Spend};
 use std::time::Duration;
 
 pub async fn top(db: &DbArgs, every: &str, once: bool) -> CliResult {
-    let every = cairn_core::duration::parse_ms(every)
-        .map_err(|e| CliError::usage(format!("--every {every}: {e}")))?
-        .max(200);
+    let every =
+        cairn_core::duration::parse_ms(every).map_err(|e| CliError::usage(format!("--every {every}: {e}")))?.max(200);
     let store = open_existing(db).await?;
     loop {
         let frame = frame(&store).await?;
