@@ -266,6 +266,36 @@ impl Access for AnyStore {
     }
 }
 
+impl crate::Tasks for AnyStore {
+    async fn enqueue_task(&self, task: crate::NewTask) -> Result<(), Error> {
+        each!(self, s => s.enqueue_task(task).await)
+    }
+    async fn claim_tasks(&self, claim: crate::TaskClaim<'_>) -> Result<Vec<crate::TaskRow>, Error> {
+        each!(self, s => s.claim_tasks(claim).await)
+    }
+    async fn heartbeat_task(&self, token: &str, worker: &str, lease_until_ms: i64) -> Result<crate::TaskAnswer, Error> {
+        each!(self, s => s.heartbeat_task(token, worker, lease_until_ms).await)
+    }
+    async fn finish_task(
+        &self,
+        token: &str,
+        worker: &str,
+        outcome: crate::TaskOutcome,
+        now_ms: i64,
+    ) -> Result<crate::TaskAnswer, Error> {
+        each!(self, s => s.finish_task(token, worker, outcome, now_ms).await)
+    }
+    async fn expire_task(&self, token: &str, now_ms: i64) -> Result<bool, Error> {
+        each!(self, s => s.expire_task(token, now_ms).await)
+    }
+    async fn cancel_task(&self, token: &str) -> Result<bool, Error> {
+        each!(self, s => s.cancel_task(token).await)
+    }
+    async fn task(&self, token: &str) -> Result<Option<crate::TaskRow>, Error> {
+        each!(self, s => s.task(token).await)
+    }
+}
+
 impl Retention for AnyStore {
     async fn gc(&self, now_ms: i64, default_retention_ms: u64, dry_run: bool) -> Result<GcReport, Error> {
         each!(self, s => s.gc(now_ms, default_retention_ms, dry_run).await)

@@ -19,6 +19,7 @@ pub mod postgres;
 mod rows;
 mod spend;
 pub mod sqlite;
+mod tasks;
 
 pub use export::{EXPORT_FORMAT, export_document};
 
@@ -30,6 +31,7 @@ pub use rows::{
 };
 pub use spend::{CallCost, CostBy, CostLine, Limit, Overspend, Reservation, Spend};
 pub use sqlite::{Durability, SqliteStore};
+pub use tasks::{NewTask, TaskAnswer, TaskClaim, TaskOutcome, TaskRow, TaskState};
 
 /// Whether opening a database may create Cairn's schema in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,9 +230,9 @@ pub struct Claim<'a> {
 /// default) and PostgreSQL; the conformance tests run against each. Code that needs only part of
 /// it can ask for just that role (e.g. `impl EffectLog`), and code generic over `S: Store` can
 /// call every method without importing the role traits.
-pub trait Store: Journal + Inbox + EffectLog + Registry + Access + Retention {}
+pub trait Store: Journal + Inbox + EffectLog + Registry + Access + Retention + Tasks {}
 
-impl<T: Journal + Inbox + EffectLog + Registry + Access + Retention> Store for T {}
+impl<T: Journal + Inbox + EffectLog + Registry + Access + Retention + Tasks> Store for T {}
 
 /// Runs' journals and their projections, and who drives which run (leases, claims, workers).
 pub trait Journal: Send + Sync + 'static {
@@ -431,6 +433,38 @@ pub trait Access: Send + Sync + 'static {
     fn revoke_token(&self, id_or_name: &str, now_ms: i64) -> impl Future<Output = Result<TokenRow, Error>> + Send;
     fn audit(&self, row: AuditRow) -> impl Future<Output = Result<(), Error>> + Send;
     fn audit_log(&self, limit: usize) -> impl Future<Output = Result<Vec<AuditRow>, Error>> + Send;
+}
+
+/// Tasks for external workers (see `tasks.rs`): queued per attempt, claimed by one worker at a
+/// time under a lease, settled once with the attempt's token.
+pub trait Tasks: Send + Sync + 'static {
+    /// Queues a task; queuing the same token again changes nothing.
+    fn enqueue_task(&self, task: NewTask) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Claims up to `limit` ready tasks of the claim's queues (and kinds), oldest first, for its
+    /// worker until `lease_until_ms`. A task is claimed by one worker only, however many ask
+    /// at once.
+    fn claim_tasks(&self, claim: TaskClaim<'_>) -> impl Future<Output = Result<Vec<TaskRow>, Error>> + Send;
+    /// Extends the lease of a task `worker` holds.
+    fn heartbeat_task(
+        &self,
+        token: &str,
+        worker: &str,
+        lease_until_ms: i64,
+    ) -> impl Future<Output = Result<TaskAnswer, Error>> + Send;
+    /// Settles a task `worker` holds (its lease not yet expired at `now_ms`).
+    fn finish_task(
+        &self,
+        token: &str,
+        worker: &str,
+        outcome: TaskOutcome,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<TaskAnswer, Error>> + Send;
+    /// Marks a claimed task whose lease expired before `now_ms` as lost; true if it was.
+    fn expire_task(&self, token: &str, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Cancels a task that is not settled; true if it was.
+    fn cancel_task(&self, token: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// The task with this token.
+    fn task(&self, token: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
 }
 
 /// Deleting what is past its retention, across every role's tables.

@@ -13,7 +13,7 @@ use cairn_core::payload::Payload;
 use cairn_core::state::RunState;
 use cairn_store::{
     Access, AuditRow, CallRow, EffectLog, Error, IdempotencyKey, Inbox, Journal as _, LogLine, Registry,
-    RequestOutcome, RequestState, Retention, RunQuery, RunRow, StepRow, Store, TokenRow, WorkerRow,
+    RequestOutcome, RequestState, Retention, RunQuery, RunRow, StepRow, Store, Tasks as _, TokenRow, WorkerRow,
 };
 use common::journal::*;
 use common::{Backend, conformance};
@@ -1387,4 +1387,142 @@ conformance!(active_work_counts_unfinished_runs_expired_leases_and_ready_or_runn
     assert_eq!(ready.run_updated_at_ms, one.state.updated_at_ms);
     // The limit bounds the steps read.
     assert_eq!(store.active_work(T0 + 1_000, 1).await.expect("active_work").steps.len(), 1);
+});
+
+// ---------------------------------------------------------------------------------------------
+// Tasks for external workers
+
+fn new_task(n: usize, queue: &str, kind: &str) -> cairn_store::NewTask {
+    cairn_store::NewTask {
+        token: format!("tk_{n:04}"),
+        run_id: run_id(n as u128).to_string(),
+        step: "work".into(),
+        attempt: 1,
+        queue: queue.into(),
+        kind: kind.into(),
+        input: json!({"n": n}),
+        deadline_ms: Some(T0 + 60_000),
+        created_at_ms: T0 + n as i64,
+    }
+}
+
+async fn claim_some(store: &impl Store, worker: &str, queues: &[&str], kinds: &[&str], limit: usize) -> Vec<String> {
+    let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+    let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    let claim = cairn_store::TaskClaim {
+        worker,
+        queues: &queues,
+        kinds: &kinds,
+        limit,
+        now_ms: T0 + 1_000,
+        lease_until_ms: T0 + 31_000,
+    };
+    store.claim_tasks(claim).await.expect("claim_tasks").into_iter().map(|t| t.token).collect()
+}
+
+conformance!(each_task_is_claimed_by_one_worker_however_many_ask_at_once, |store| async move {
+    for n in 0..60 {
+        store.enqueue_task(new_task(n, "py", "summarize")).await.expect("enqueue");
+    }
+    // Queuing a token again changes nothing.
+    store.enqueue_task(new_task(0, "py", "other")).await.expect("enqueue again");
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.shared();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let got = claim_some(&*store, &format!("worker-{w}"), &["py"], &[], 4).await;
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (60, 60), "every task claimed exactly once");
+    let first = store.task("tk_0000").await.expect("task").expect("exists");
+    assert_eq!(first.kind, "summarize", "the second enqueue did not replace the first");
+    assert_eq!(first.state, cairn_store::TaskState::Claimed);
+    assert_eq!(first.input, json!({"n": 0}));
+    assert_eq!(first.lease_expires_at_ms, Some(T0 + 31_000));
+});
+
+conformance!(claims_take_their_queues_and_kinds_oldest_first, |store| async move {
+    store.enqueue_task(new_task(3, "ts", "render")).await.expect("enqueue");
+    store.enqueue_task(new_task(2, "py", "summarize")).await.expect("enqueue");
+    store.enqueue_task(new_task(1, "py", "translate")).await.expect("enqueue");
+    assert_eq!(claim_some(&*store, "a", &["nope"], &[], 10).await, Vec::<String>::new());
+    assert_eq!(claim_some(&*store, "a", &["py"], &["summarize"], 10).await, vec!["tk_0002"]);
+    assert_eq!(claim_some(&*store, "a", &["py", "ts"], &[], 10).await, vec!["tk_0001", "tk_0003"]);
+    assert!(claim_some(&*store, "a", &[], &[], 10).await.is_empty(), "no queue, no task");
+});
+
+conformance!(a_task_is_settled_once_by_the_worker_holding_it_while_its_lease_holds, |store| async move {
+    use cairn_store::{TaskAnswer, TaskOutcome, TaskState};
+    for n in 1..=3 {
+        store.enqueue_task(new_task(n, "py", "summarize")).await.expect("enqueue");
+    }
+    assert_eq!(claim_some(&*store, "a", &["py"], &[], 3).await.len(), 3);
+    let done = TaskOutcome::Done(json!({"summary": "short"}));
+    let now = T0 + 2_000;
+    // Another worker's result and heartbeat change nothing.
+    assert_eq!(
+        store.finish_task("tk_0001", "b", done.clone(), now).await.expect("finish"),
+        TaskAnswer::Stale(TaskState::Claimed)
+    );
+    assert_eq!(
+        store.heartbeat_task("tk_0001", "b", T0 + 90_000).await.expect("hb"),
+        TaskAnswer::Stale(TaskState::Claimed)
+    );
+    assert_eq!(store.heartbeat_task("tk_0001", "a", T0 + 60_000).await.expect("hb"), TaskAnswer::Ok);
+    assert_eq!(store.task("tk_0001").await.expect("task").expect("row").lease_expires_at_ms, Some(T0 + 60_000));
+    assert_eq!(store.finish_task("tk_0001", "a", done.clone(), now).await.expect("finish"), TaskAnswer::Ok);
+    let row = store.task("tk_0001").await.expect("task").expect("row");
+    assert_eq!((row.state, row.output), (TaskState::Done, Some(json!({"summary": "short"}))));
+    assert_eq!(
+        store.finish_task("tk_0001", "a", done.clone(), now).await.expect("again"),
+        TaskAnswer::Stale(TaskState::Done)
+    );
+    assert_eq!(store.finish_task("tk_none", "a", done.clone(), now).await.expect("unknown"), TaskAnswer::Unknown);
+
+    // A failure keeps its class, message and retry hint.
+    let failed =
+        TaskOutcome::Failed { class: "transient".into(), message: "upstream down".into(), retry_after_ms: Some(1500) };
+    assert_eq!(store.finish_task("tk_0002", "a", failed, now).await.expect("fail"), TaskAnswer::Ok);
+    let row = store.task("tk_0002").await.expect("task").expect("row");
+    assert_eq!(row.state, TaskState::Failed);
+    assert_eq!((row.error_class.as_deref(), row.retry_after_ms), (Some("transient"), Some(1500)));
+
+    // Past its lease, a task is no longer the worker's to settle; once marked lost, nobody's.
+    let late = T0 + 31_001;
+    assert_eq!(
+        store.finish_task("tk_0003", "a", done.clone(), late).await.expect("late"),
+        TaskAnswer::Stale(TaskState::Claimed)
+    );
+    assert!(!store.expire_task("tk_0003", T0 + 30_000).await.expect("not yet"), "the lease still holds then");
+    assert!(store.expire_task("tk_0003", late).await.expect("expire"));
+    assert_eq!(
+        store.finish_task("tk_0003", "a", done.clone(), late).await.expect("lost"),
+        TaskAnswer::Stale(TaskState::Lost)
+    );
+    assert_eq!(
+        store.heartbeat_task("tk_0003", "a", late + 30_000).await.expect("hb"),
+        TaskAnswer::Stale(TaskState::Lost)
+    );
+
+    // A cancelled task is neither claimed nor settled.
+    store.enqueue_task(new_task(4, "py", "summarize")).await.expect("enqueue");
+    assert!(store.cancel_task("tk_0004").await.expect("cancel"));
+    assert!(!store.cancel_task("tk_0001").await.expect("cancel a settled one"), "a settled task stays settled");
+    assert!(claim_some(&*store, "a", &["py"], &[], 10).await.is_empty());
+    assert_eq!(store.heartbeat_task("tk_0004", "a", late).await.expect("hb"), TaskAnswer::Stale(TaskState::Cancelled));
 });

@@ -14,6 +14,7 @@
 mod queries;
 mod rows;
 mod schema;
+mod tasks;
 mod wake;
 mod writer;
 

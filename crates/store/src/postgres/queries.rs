@@ -865,6 +865,7 @@ impl Retention for PgStore {
                  DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM calls WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM tasks WHERE run_id IN (SELECT id FROM gc_runs);
                  DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
             ))
             .await

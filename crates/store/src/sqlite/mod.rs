@@ -11,6 +11,7 @@
 
 mod queries;
 mod schema;
+mod tasks;
 mod writer;
 
 use crate::Error;

@@ -958,6 +958,7 @@ impl Retention for SqliteStore {
                      DELETE FROM inbox WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM effects WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM calls WHERE run_id IN (SELECT id FROM gc_runs);
+                     DELETE FROM tasks WHERE run_id IN (SELECT id FROM gc_runs);
                      DELETE FROM runs WHERE id IN (SELECT id FROM gc_runs);"
                 ))?;
                 // The audit trail (refused requests too) and processes gone for a day are kept

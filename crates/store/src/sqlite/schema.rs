@@ -182,4 +182,28 @@ CREATE TABLE response_cache (
 );
 CREATE INDEX response_cache_expiry ON response_cache(expires_at);
 "#,
+    // 7: tasks for external workers, one per attempt of an external step, named by its fencing
+    // token; `ready` ones wait in their queue, `claimed` ones are held under a lease.
+    r#"
+CREATE TABLE tasks (
+    token TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    step TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    input TEXT NOT NULL,
+    deadline_at INTEGER,
+    state TEXT NOT NULL,
+    worker TEXT,
+    lease_expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    output TEXT,
+    error_class TEXT,
+    error_message TEXT,
+    retry_after_ms INTEGER
+) WITHOUT ROWID;
+CREATE INDEX tasks_ready ON tasks(queue, created_at) WHERE state = 'ready';
+CREATE INDEX tasks_by_run ON tasks(run_id);
+"#,
 ];
