@@ -6,6 +6,7 @@
 //! what makes a recorded journal replay to the same decisions bit for bit.
 
 pub mod budget;
+pub mod builder;
 pub mod catalog;
 pub mod chaos;
 pub mod decide;
