@@ -96,6 +96,7 @@ fn chain(steps: usize) -> Definition {
         retention_ms: None,
         budget: None,
         tools: Default::default(),
+        kinds: Default::default(),
         steps: (0..steps)
             .map(|i| Step {
                 id: StepId::new(format!("s{i}")),

@@ -26,7 +26,8 @@ pub struct Config {
     #[serde(default)]
     secrets: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     /// `[kinds.NAME]`: the configuration handed to every attempt of step kind NAME (e.g. a model
-    /// provider's base URL). Secrets do not go here: a kind reads them by reference.
+    /// provider's base URL). Secrets do not go here: a kind reads them by reference. A table with
+    /// `queue` declares an external kind instead: run by workers claiming from that queue.
     #[serde(default)]
     kinds: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     /// The model the catalog's model steps and the planner use (a `[models.ALIAS]`).
@@ -54,6 +55,8 @@ pub struct Loaded {
     pub secrets: BTreeMap<String, String>,
     /// Kind name → its configuration.
     pub kinds: BTreeMap<String, serde_json::Value>,
+    /// External kinds (`[kinds.NAME]` with a `queue`), by name.
+    pub external: BTreeMap<String, cairn_core::kinds::ExternalKind>,
     /// Model providers and aliases.
     pub models: cairn_engine::models::Models,
     /// Configured tools and MCP servers, as written.
@@ -67,6 +70,7 @@ pub struct Loaded {
 pub(crate) struct Parsed {
     secrets: BTreeMap<String, String>,
     kinds: BTreeMap<String, serde_json::Value>,
+    external: BTreeMap<String, cairn_core::kinds::ExternalKind>,
     pub(crate) models: cairn_engine::models::Models,
     pub(crate) tools: cairn_engine::tools::ToolsConfig,
 }
@@ -134,6 +138,7 @@ pub fn load(flag: Option<&Path>) -> CliResult<Loaded> {
         path: Some(path),
         secrets: parsed.secrets,
         kinds: parsed.kinds,
+        external: parsed.external,
         models: parsed.models,
         tools: parsed.tools,
         registry: Some(std::sync::Arc::new(registry)),
@@ -156,6 +161,9 @@ pub fn check(loaded: &Loaded) -> CliResult {
     }
     for name in loaded.kinds.keys() {
         crate::out!("  kinds.{name}: configured");
+    }
+    for (name, kind) in &loaded.external {
+        crate::out!("  kinds.{name}: external, queue {}", kind.queue);
     }
     for m in loaded.models.models.values() {
         crate::out!("  models.{} -> {} ({})", m.alias, m.model, m.provider);
@@ -184,10 +192,23 @@ impl Config {
     fn check(self, text: &str, file: &str) -> CliResult<Parsed> {
         let mut problems = Vec::new();
         let mut kinds = BTreeMap::new();
-        let known = crate::kinds::kinds();
+        let mut external = BTreeMap::new();
+        let known = cairn_engine::kinds::builtin().specs();
         for (name, entry) in self.kinds {
             let key = name.get_ref();
             let at = Some(position(text, name.span().start));
+            if let toml::Value::Table(table) = entry.get_ref()
+                && table.contains_key("queue")
+            {
+                let spec = serde_json::to_value(table).unwrap_or_default();
+                match cairn_core::validate::external_kind(key, &spec, &known) {
+                    Ok(kind) => {
+                        external.insert(key.clone(), kind);
+                    }
+                    Err(list) => problems.extend(list.iter().map(|p| located(file, at, &p.message))),
+                }
+                continue;
+            }
             if known.lookup(key).is_none() {
                 let names = known.names();
                 let hint =
@@ -195,7 +216,11 @@ impl Config {
                 problems.push(located(
                     file,
                     at,
-                    &format!("`kinds.{key}` is not a step kind this binary runs ({}){hint}", names.join(", ")),
+                    &format!(
+                        "`kinds.{key}` is not a step kind this binary runs ({}); to declare an external kind run by \
+                         your own workers, give it a `queue = \"NAME\"`{hint}",
+                        names.join(", ")
+                    ),
                 ));
                 continue;
             }
@@ -267,7 +292,7 @@ impl Config {
         let base = Path::new(file).parent().filter(|p| !p.as_os_str().is_empty());
         let tools = crate::config_tools::check(self.tools, self.mcp, base, text, file, &mut problems);
         if problems.is_empty() {
-            Ok(Parsed { secrets, kinds, models, tools })
+            Ok(Parsed { secrets, kinds, external, models, tools })
         } else {
             Err(CliError::usage(problems.join("\n")))
         }
@@ -345,6 +370,23 @@ mod tests {
             "{e}"
         );
         assert!(error("[kinds]\nhttp = 3\n").contains("`kinds.http` must be a table"));
+    }
+
+    #[test]
+    fn a_kinds_table_with_a_queue_declares_an_external_kind() {
+        let text = "[kinds.summarize]\nqueue = \"py\"\neffect = \"read\"\ntimeout = \"30s\"\n\
+                    retry = { max_attempts = 2 }\ninput_schema = { type = \"object\", required = [\"text\"] }\n";
+        let parsed = parse(text, "cairn.toml").expect("valid");
+        let kind = &parsed.external["summarize"];
+        assert_eq!((kind.queue.as_str(), kind.timeout_ms, kind.retry.max_attempts), ("py", Some(30_000), 2));
+        assert_eq!(kind.effect, cairn_core::kinds::EffectClass::Read);
+        assert!(parsed.kinds.is_empty(), "an external kind is not a built-in kind's configuration");
+        let e = error("[kinds.http]\nqueue = \"py\"\n");
+        assert!(e.starts_with("cairn.toml:1:8: `kinds.http` names a kind built into cairn"), "{e}");
+        let e = error("[kinds.x]\nqueue = \"py\"\nretry = { max_attempts = 0 }\ncolour = 1\n");
+        assert!(e.contains("`kinds.x.retry.max_attempts` is 0, but must be between 1 and 100"), "{e}");
+        assert!(e.contains("`kinds.x` has an unknown key `colour`"), "{e}");
+        assert!(error("[kinds.summarise]\nx = 1\n").contains("give it a `queue = \"NAME\"`"));
     }
 
     #[test]

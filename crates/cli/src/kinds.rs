@@ -7,9 +7,13 @@ use clap::Args;
 use serde_json::json;
 use std::sync::LazyLock;
 
-static KINDS: LazyLock<Kinds> = LazyLock::new(|| cairn_engine::kinds::builtin().specs());
+static KINDS: LazyLock<Kinds> = LazyLock::new(|| {
+    let external = &crate::config::get().external;
+    cairn_engine::kinds::builtin().specs().and(external.iter().map(|(name, kind)| kind.spec(name)))
+});
 
-/// The kinds the engine this CLI builds runs (the built-ins).
+/// The kinds the engine this CLI builds runs: the built-ins and the external kinds of the config
+/// file (read at start, before anything validates).
 pub fn kinds() -> &'static Kinds {
     &KINDS
 }

@@ -77,7 +77,11 @@ impl EngineArgs {
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
         config.kind_config = crate::config::get().kind_config();
         let tools = crate::config::get().registry();
-        config.kinds = std::sync::Arc::new(cairn_engine::kinds::with_tools(tools.clone()));
+        let mut kinds = cairn_engine::kinds::with_tools(tools.clone());
+        for (name, kind) in &crate::config::get().external {
+            kinds = kinds.with(cairn_engine::kinds::External { name: name.clone(), kind: kind.clone() });
+        }
+        config.kinds = std::sync::Arc::new(kinds);
         config.tools = tools;
         config
     }

@@ -40,6 +40,9 @@ pub struct Definition {
     /// attempt can hold it without a copy.
     #[serde(default, skip_serializing_if = "no_tools")]
     pub tools: std::sync::Arc<BTreeMap<String, Value>>,
+    /// Kinds this workflow declares as external (`kinds:`): run by workers, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, crate::kinds::ExternalKind>,
     pub steps: Vec<Step>,
 }
 

@@ -107,6 +107,9 @@ pub struct KindSpec {
     /// JSON Schema of the step's `with` block; `cairn validate` checks literal values against it
     /// (a value that is a template is checked when it renders, by the kind).
     pub with_schema: Value,
+    /// For an external kind (run by workers outside the engine): the queue its tasks wait in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 impl KindSpec {
@@ -121,6 +124,7 @@ impl KindSpec {
             effect: EffectClass::Pure,
             role: Role::Activity,
             with_schema: Value::Bool(true),
+            queue: None,
         }
     }
 
@@ -147,6 +151,63 @@ impl KindSpec {
     pub fn with_schema(mut self, schema: Value) -> Self {
         self.with_schema = schema;
         self
+    }
+}
+
+/// A kind run by workers outside the engine (a Python function, a TypeScript tool): each attempt
+/// of its steps waits in `queue` as a task until a worker claims it over HTTP. Declared in a
+/// workflow's `kinds:` or in `cairn.toml`'s `[kinds.NAME]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExternalKind {
+    pub queue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of the step's input (its `with`): literal values are checked by `cairn
+    /// validate`, the rendered input before the task is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<Value>,
+    /// JSON Schema a worker's output must fit; an output that does not fails the attempt with
+    /// class `malformed_output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// What the worker's code does to the world (default `write`: an attempt whose result was
+    /// logged is not handed to a worker again).
+    pub effect: EffectClass,
+    pub retry: RetryPolicy,
+    /// Per-attempt timeout, from when the task is queued until a worker settles it.
+    pub timeout_ms: Option<u64>,
+}
+
+/// An external kind's defaults: retries for remote work, five minutes per attempt, and `write`.
+pub const EXTERNAL_TIMEOUT_MS: u64 = 300_000;
+
+impl ExternalKind {
+    /// A kind on `queue` with the defaults.
+    pub fn new(queue: impl Into<String>) -> ExternalKind {
+        ExternalKind {
+            queue: queue.into(),
+            description: None,
+            input_schema: None,
+            output_schema: None,
+            effect: EffectClass::Write,
+            retry: REMOTE,
+            timeout_ms: Some(EXTERNAL_TIMEOUT_MS),
+        }
+    }
+
+    /// The kind as the core validates steps against it.
+    pub fn spec(&self, name: &str) -> KindSpec {
+        let summary = match &self.description {
+            Some(d) => d.clone(),
+            None => format!("runs in an external worker (queue `{}`)", self.queue),
+        };
+        let mut spec = KindSpec::new(name, summary)
+            .retry(self.retry)
+            .timeout_ms(self.timeout_ms)
+            .effect(self.effect)
+            .with_schema(self.input_schema.clone().unwrap_or(Value::Bool(true)));
+        spec.queue = Some(self.queue.clone());
+        spec
     }
 }
 
@@ -180,6 +241,13 @@ impl Kinds {
 
     pub fn iter(&self) -> impl Iterator<Item = &KindSpec> {
         self.by_name.values()
+    }
+
+    /// These kinds and `more` (which replace kinds of the same name).
+    pub fn and(&self, more: impl IntoIterator<Item = KindSpec>) -> Kinds {
+        let mut by_name = (*self.by_name).clone();
+        by_name.extend(more.into_iter().map(|k| (k.name.clone(), k)));
+        Kinds { by_name: Arc::new(by_name) }
     }
 }
 

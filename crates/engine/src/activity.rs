@@ -41,6 +41,8 @@ pub struct AttemptContext<'a> {
     pub decisions: Vec<cairn_core::event::CallDecision>,
     /// The tools the run's workflow defines.
     pub workflow_tools: std::sync::Arc<std::collections::BTreeMap<String, Value>>,
+    /// When the attempt times out, if its step has a timeout.
+    pub deadline_ms: Option<i64>,
 }
 
 /// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
@@ -106,7 +108,8 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
         ctx.calls,
     )
     .with_decisions(ctx.decisions)
-    .with_workflow_tools(ctx.workflow_tools);
+    .with_workflow_tools(ctx.workflow_tools)
+    .with_deadline(ctx.deadline_ms);
     let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
     let (lines, usage) = attempt.finish();
     logs.extend(lines);
@@ -143,6 +146,7 @@ mod tests {
             calls: None,
             decisions: Vec::new(),
             workflow_tools: Default::default(),
+            deadline_ms: None,
         }
     }
 

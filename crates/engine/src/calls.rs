@@ -37,6 +37,36 @@ pub(crate) trait CallSink: Send + Sync {
     /// The response cache across runs (see `EffectLog::cached_answer`).
     fn cached(&self, key: String) -> Pin<Box<dyn Future<Output = Option<Value>> + Send + '_>>;
     fn cache(&self, key: String, answer: Value, expires_at_ms: i64) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// External workers' tasks (see `cairn_store::Tasks`), for external kinds.
+    fn tasks(&self) -> &dyn TaskSink;
+}
+
+type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, cairn_store::Error>> + Send + 'a>>;
+
+/// The store's task queue, behind a trait object (see `cairn_store::Tasks`).
+pub(crate) trait TaskSink: Send + Sync {
+    fn enqueue(&self, task: cairn_store::NewTask) -> Answer<'_, ()>;
+    fn task(&self, token: String) -> Answer<'_, Option<cairn_store::TaskRow>>;
+    fn expire(&self, token: String, now_ms: i64) -> Answer<'_, bool>;
+    fn cancel(&self, token: String) -> Answer<'_, bool>;
+}
+
+impl<S: cairn_store::Store> TaskSink for StoreSink<S> {
+    fn enqueue(&self, task: cairn_store::NewTask) -> Answer<'_, ()> {
+        Box::pin(self.0.enqueue_task(task))
+    }
+
+    fn task(&self, token: String) -> Answer<'_, Option<cairn_store::TaskRow>> {
+        Box::pin(async move { self.0.task(&token).await })
+    }
+
+    fn expire(&self, token: String, now_ms: i64) -> Answer<'_, bool> {
+        Box::pin(async move { self.0.expire_task(&token, now_ms).await })
+    }
+
+    fn cancel(&self, token: String) -> Answer<'_, bool> {
+        Box::pin(async move { self.0.cancel_task(&token).await })
+    }
 }
 
 type Reserving<'a> = Pin<Box<dyn Future<Output = Result<Option<Overspend>, cairn_store::Error>> + Send + 'a>>;
@@ -71,6 +101,10 @@ impl<S: cairn_store::Store> CallSink for StoreSink<S> {
                 crate::say_limited!("response-cache", "[engine] cannot keep an answer in the response cache: {e}");
             }
         })
+    }
+
+    fn tasks(&self) -> &dyn TaskSink {
+        self
     }
 }
 

@@ -466,7 +466,13 @@ impl<S: Store> Live<S> {
         let store = self.inner.store.clone();
         let run = self.state.run_id.clone();
         let secrets = self.inner.config.secrets.clone();
-        let kinds = self.inner.config.kinds.clone();
+        let mut kinds = self.inner.config.kinds.clone();
+        // A kind the workflow declares as external runs in its workers (it may also replace an
+        // external kind of the same name from the configuration, for this workflow).
+        if let Some(external) = def.kinds.get(&step_def.kind) {
+            let own = crate::kinds::External { name: step_def.kind.clone(), kind: external.clone() };
+            kinds = Arc::new((*kinds).clone().with(own));
+        }
         let config = self.inner.config.kind_config.get(&step_def.kind).cloned().unwrap_or(Value::Null);
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(
@@ -557,6 +563,7 @@ impl<S: Store> Live<S> {
                 calls: Some(call_log),
                 decisions,
                 workflow_tools,
+                deadline_ms: step_def.timeout_ms.map(|ms| crate::now_ms().saturating_add(ms as i64)),
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {

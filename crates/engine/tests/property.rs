@@ -147,6 +147,7 @@ fn definition(nodes: &[Node]) -> Definition {
         retention_ms: None,
         budget: None,
         tools: Default::default(),
+        kinds: Default::default(),
         steps: nodes
             .iter()
             .enumerate()

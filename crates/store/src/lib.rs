@@ -438,7 +438,8 @@ pub trait Access: Send + Sync + 'static {
 /// Tasks for external workers (see `tasks.rs`): queued per attempt, claimed by one worker at a
 /// time under a lease, settled once with the attempt's token.
 pub trait Tasks: Send + Sync + 'static {
-    /// Queues a task; queuing the same token again changes nothing.
+    /// Queues a task; queuing the same token again changes nothing. Unsettled tasks of earlier
+    /// attempts of the same step are cancelled (superseded): only the newest attempt may settle.
     fn enqueue_task(&self, task: NewTask) -> impl Future<Output = Result<(), Error>> + Send;
     /// Claims up to `limit` ready tasks of the claim's queues (and kinds), oldest first, for its
     /// worker until `lease_until_ms`. A task is claimed by one worker only, however many ask

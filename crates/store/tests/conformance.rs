@@ -1526,3 +1526,32 @@ conformance!(a_task_is_settled_once_by_the_worker_holding_it_while_its_lease_hol
     assert!(claim_some(&*store, "a", &["py"], &[], 10).await.is_empty());
     assert_eq!(store.heartbeat_task("tk_0004", "a", late).await.expect("hb"), TaskAnswer::Stale(TaskState::Cancelled));
 });
+
+conformance!(a_newer_attempts_task_supersedes_the_older_ones_of_its_step, |store| async move {
+    use cairn_store::{TaskAnswer, TaskOutcome, TaskState};
+    let first = new_task(1, "py", "summarize");
+    store.enqueue_task(first.clone()).await.expect("enqueue");
+    assert_eq!(claim_some(&*store, "a", &["py"], &[], 1).await, vec!["tk_0001"]);
+    // Another step of the same run, and another run, are left alone.
+    let other_step = cairn_store::NewTask { token: "tk_other_step".into(), step: "other".into(), ..first.clone() };
+    store.enqueue_task(other_step).await.expect("enqueue");
+    let other_run = new_task(2, "py", "summarize");
+    store.enqueue_task(other_run).await.expect("enqueue");
+    // The engine tried the step again (the first worker went silent, or the engine restarted).
+    let retry = cairn_store::NewTask { token: "tk_retry".into(), attempt: 2, ..first.clone() };
+    store.enqueue_task(retry).await.expect("enqueue retry");
+    let state = |t: &'static str| {
+        let store = store.shared();
+        async move { store.task(t).await.expect("task").expect("row").state }
+    };
+    assert_eq!(state("tk_0001").await, TaskState::Cancelled);
+    assert_eq!(state("tk_other_step").await, TaskState::Ready);
+    assert_eq!(state("tk_0002").await, TaskState::Ready);
+    assert_eq!(state("tk_retry").await, TaskState::Ready);
+    let done = TaskOutcome::Done(json!(1));
+    assert_eq!(
+        store.finish_task("tk_0001", "a", done, T0 + 2_000).await.expect("finish"),
+        TaskAnswer::Stale(TaskState::Cancelled),
+        "the superseded attempt's result changes nothing"
+    );
+});

@@ -20,7 +20,10 @@ use serde_json::Value;
 
 /// Checks and compiles the whole definition. What is wrong goes to `out`; the definition returned
 /// is only meaningful when `out` holds no problem.
-pub(super) fn compile(raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>) -> Definition {
+pub(super) fn compile(mut raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>) -> Definition {
+    // The workflow's own external kinds join the binary's before any step is checked.
+    let external = raw.kinds.take().map(|k| super::external::compile(k, kinds, out)).unwrap_or_default();
+    let kinds = &kinds.and(external.iter().map(|(name, kind)| kind.spec(name)));
     if let Some(v) = &raw.cairn
         && v.value != i64::from(FORMAT_VERSION)
     {
@@ -116,6 +119,7 @@ pub(super) fn compile(raw: RawDefinition, kinds: &Kinds, out: &mut Problems<'_>)
         retention_ms,
         budget: raw.budget.as_ref().and_then(|b| compile_budget(b, None, out)),
         tools: std::sync::Arc::new(raw.tools.map(|t| super::tools::compile(t, out)).unwrap_or_default()),
+        kinds: external,
         steps,
     };
     check_references(&definition, &sites, out);

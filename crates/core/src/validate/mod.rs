@@ -34,6 +34,8 @@ mod blocks;
 mod check;
 mod compile;
 mod dynamic;
+mod external;
+pub use external::{KIND_KEYS, KindProblem, external_kind};
 mod parse;
 mod problems;
 mod retry;

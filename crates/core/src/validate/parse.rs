@@ -47,6 +47,8 @@ pub(super) struct RawDefinition {
     pub(super) defaults: Option<RawDefaults>,
     /// Tools the workflow defines (`http_request` only), checked in `blocks::compile_tools`.
     pub(super) tools: Option<BTreeMap<String, Spanned<Node>>>,
+    /// Kinds the workflow declares as external, checked in `external::compile`.
+    pub(super) kinds: Option<BTreeMap<String, Spanned<Node>>>,
     pub(super) steps: Spanned<Vec<Spanned<RawStep>>>,
 }
 

@@ -15,6 +15,7 @@ mod agent;
 mod approval;
 mod context;
 mod echo;
+mod external;
 mod fail;
 mod http;
 mod llm;
@@ -27,6 +28,7 @@ mod wait;
 
 use crate::calls::CallLog;
 pub use crate::calls::Meter;
+pub use external::{Kind as External, task_queued, task_settled};
 use crate::secrets::Resolved;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{EffectClass, KindSpec, Kinds};
@@ -102,6 +104,8 @@ pub struct Attempt<'a> {
     decisions: Vec<cairn_core::event::CallDecision>,
     /// The tools the run's workflow defines (`tools:`), by name.
     pub workflow_tools: Arc<BTreeMap<String, Value>>,
+    /// When the attempt times out (its step's timeout from its start), if it has one.
+    pub deadline_ms: Option<i64>,
 }
 
 impl<'a> Attempt<'a> {
@@ -134,7 +138,19 @@ impl<'a> Attempt<'a> {
             calls,
             decisions: Vec::new(),
             workflow_tools: Arc::default(),
+            deadline_ms: None,
         }
+    }
+
+    /// Hands the attempt its deadline.
+    pub(crate) fn with_deadline(mut self, deadline_ms: Option<i64>) -> Self {
+        self.deadline_ms = deadline_ms;
+        self
+    }
+
+    /// The store behind the attempt's calls (none in unit tests).
+    pub(crate) fn sink(&self) -> Option<Arc<dyn crate::calls::CallSink>> {
+        self.calls.as_ref().map(|c| c.sink.clone())
     }
 
     /// Hands the attempt what people answered about the step's gated calls.

@@ -42,6 +42,13 @@ impl PgStore {
 
 impl Tasks for PgStore {
     async fn enqueue_task(&self, t: NewTask) -> Result<(), Error> {
+        // An older attempt's task is superseded: its worker learns it at its next heartbeat.
+        self.execute(
+            "UPDATE tasks SET state='cancelled' WHERE run_id=$1 AND step=$2 AND attempt<$3 \
+             AND state IN ('ready', 'claimed')",
+            &[&t.run_id, &t.step, &i64::from(t.attempt)],
+        )
+        .await?;
         self.execute(
             "INSERT INTO tasks (token, run_id, step, attempt, queue, kind, input, deadline_at, state, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9) ON CONFLICT (token) DO NOTHING",
@@ -58,6 +65,8 @@ impl Tasks for PgStore {
             ],
         )
         .await?;
+        // Long polls waiting in other processes answer at once.
+        self.notify().await;
         Ok(())
     }
 

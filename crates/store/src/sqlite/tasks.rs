@@ -52,6 +52,12 @@ fn refusal(conn: &rusqlite::Connection, token: &str) -> Result<TaskAnswer, Error
 impl Tasks for SqliteStore {
     async fn enqueue_task(&self, t: NewTask) -> Result<(), Error> {
         self.in_group(move |tx| {
+            // An older attempt's task is superseded: its worker learns it at its next heartbeat.
+            tx.prepare_cached(
+                "UPDATE tasks SET state='cancelled' WHERE run_id=?1 AND step=?2 AND attempt<?3 \
+                 AND state IN ('ready', 'claimed')",
+            )?
+            .execute(params![t.run_id, t.step, t.attempt])?;
             tx.prepare_cached(
                 "INSERT INTO tasks (token, run_id, step, attempt, queue, kind, input, deadline_at, state, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'ready', ?9) ON CONFLICT (token) DO NOTHING",

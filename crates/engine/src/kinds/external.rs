@@ -1,0 +1,205 @@
+//! External kinds: the step's attempt is not run here but queued as a task for a worker outside
+//! the engine (a Python function, a TypeScript tool), which claims it over HTTP, heartbeats,
+//! and settles it with its fencing token (see `cairn_store::Tasks` and the server's worker
+//! endpoints). The attempt waits for the task to settle: done → the output (checked against the
+//! kind's `output_schema`), failed → the worker's class and message, lost (its worker's lease ran
+//! out) → a transient failure the step's retry policy handles. Dropping the attempt (a timeout,
+//! the run cancelled) cancels the task, which the worker learns at its next heartbeat.
+//!
+//! Workers see the input as the journal holds it: secret values are replaced by their
+//! references, so a worker reads its own credentials from its own environment.
+
+use super::{Activity, Attempt, AttemptFuture};
+use crate::calls::CallSink;
+use cairn_core::event::{ErrorClass, Failure};
+use cairn_core::kinds::{ExternalKind, KindSpec};
+use cairn_store::{NewTask, TaskRow, TaskState};
+use serde_json::Value;
+use std::io::Read;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Rung when a task is queued in this process: long polls waiting for work answer at once.
+/// (Processes that share a PostgreSQL database also hear each other through NOTIFY.)
+pub fn task_queued() -> &'static Notify {
+    static BELL: LazyLock<Notify> = LazyLock::new(Notify::new);
+    &BELL
+}
+
+/// Rung when a worker settles a task through this process: the attempt waiting for it reads it
+/// at once instead of at its next poll.
+pub fn task_settled() -> &'static Notify {
+    static BELL: LazyLock<Notify> = LazyLock::new(Notify::new);
+    &BELL
+}
+
+/// How often a waiting attempt reads its task when no bell rings (a worker settled it through
+/// another process).
+const POLL: Duration = Duration::from_millis(250);
+
+/// A kind whose attempts external workers run.
+pub struct Kind {
+    pub name: String,
+    pub kind: ExternalKind,
+}
+
+impl Activity for Kind {
+    fn spec(&self) -> KindSpec {
+        self.kind.spec(&self.name)
+    }
+
+    fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
+        Box::pin(self.attempt(attempt))
+    }
+}
+
+/// A new fencing token: 128 random bits.
+fn new_token() -> Result<String, Failure> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(|e| {
+        Failure::new(ErrorClass::Transient, format!("cannot read random bytes for the task's token: {e}"))
+    })?;
+    Ok(format!("tk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Cancels the task when the attempt is dropped before it settled (a timeout, a cancelled run, a
+/// stopping engine), so its worker stops at its next heartbeat.
+struct Queued {
+    sink: Arc<dyn CallSink>,
+    token: String,
+    settled: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (sink, token) = (self.sink.clone(), std::mem::take(&mut self.token));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = sink.tasks().cancel(token).await;
+            });
+        }
+    }
+}
+
+fn schema_problem(schema: &Value, value: &Value) -> Option<String> {
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("the schema does not compile: {e}")),
+    };
+    let problems: Vec<String> = validator.iter_errors(value).take(3).map(|e| format!("{e} at `{}`", e.instance_path())).collect();
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+impl Kind {
+    async fn attempt(&self, attempt: &mut Attempt<'_>) -> Result<Value, Failure> {
+        if let Some(schema) = &self.kind.input_schema
+            && let Some(why) = schema_problem(schema, attempt.input)
+        {
+            let message = format!("the input of kind `{}` does not fit its input_schema: {why}", self.name);
+            return Err(Failure::new(ErrorClass::Permanent, message));
+        }
+        let Some(sink) = attempt.sink() else {
+            let message = format!("kind `{}` runs in external workers, which need the engine's store", self.name);
+            return Err(Failure::new(ErrorClass::Permanent, message));
+        };
+        let token = new_token()?;
+        let task = NewTask {
+            token: token.clone(),
+            run_id: attempt.run_id.to_string(),
+            step: attempt.step.to_string(),
+            attempt: attempt.attempt,
+            queue: self.kind.queue.clone(),
+            kind: self.name.clone(),
+            // What the journal holds: secret values never leave the engine.
+            input: attempt.secrets.redact_value(attempt.input.clone()),
+            deadline_ms: attempt.deadline_ms,
+            created_at_ms: crate::now_ms(),
+        };
+        sink.tasks().enqueue(task).await.map_err(|e| {
+            Failure::new(ErrorClass::Transient, format!("cannot queue the task for queue `{}`: {e}", self.kind.queue))
+        })?;
+        let mut queued = Queued { sink: sink.clone(), token: token.clone(), settled: false };
+        task_queued().notify_waiters();
+        attempt.log(format!("queued for a worker on queue `{}`", self.kind.queue));
+        loop {
+            let settled = task_settled().notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let row = match sink.tasks().task(token.clone()).await {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    queued.settled = true;
+                    return Err(Failure::new(ErrorClass::Transient, "the task vanished from the store (collected?)"));
+                }
+                // A store that cannot be read now may be readable soon: keep waiting.
+                Err(_) => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            if let Some(result) = self.settle(&row, attempt) {
+                queued.settled = true;
+                return result;
+            }
+            let now = crate::now_ms();
+            if row.state == TaskState::Claimed && row.lease_expires_at_ms.is_some_and(|t| t <= now) {
+                if let Ok(true) = sink.tasks().expire(token.clone(), now).await {
+                    attempt.log(format!("worker {} lost its lease", row.worker.as_deref().unwrap_or("?")));
+                }
+                continue;
+            }
+            let wait = match (row.state, row.lease_expires_at_ms) {
+                (TaskState::Claimed, Some(t)) => Duration::from_millis((t - now).clamp(1, 1_000) as u64),
+                _ => POLL,
+            };
+            tokio::select! {
+                _ = settled => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = attempt.cancelled() => {
+                    return Err(Failure::new(ErrorClass::Transient, "the engine stopped while a worker held the task"));
+                }
+            }
+        }
+    }
+
+    /// The attempt's result once the task settled; `None` while it waits or runs.
+    fn settle(&self, row: &TaskRow, attempt: &mut Attempt<'_>) -> Option<Result<Value, Failure>> {
+        let worker = row.worker.as_deref().unwrap_or("?");
+        match row.state {
+            TaskState::Ready | TaskState::Claimed => None,
+            TaskState::Done => {
+                let output = row.output.clone().unwrap_or(Value::Null);
+                attempt.log(format!("worker {worker} completed the task"));
+                if let Some(schema) = &self.kind.output_schema
+                    && let Some(why) = schema_problem(schema, &output)
+                {
+                    let message = format!("worker {worker}'s output does not fit the output_schema of kind `{}`: {why}", self.name);
+                    return Some(Err(Failure::new(ErrorClass::MalformedOutput, message)));
+                }
+                Some(Ok(output))
+            }
+            TaskState::Failed => {
+                let class = row
+                    .error_class
+                    .as_deref()
+                    .and_then(|c| ErrorClass::ALL.into_iter().find(|e| e.as_str() == c))
+                    .unwrap_or(ErrorClass::Transient);
+                let message = row.error_message.clone().unwrap_or_default();
+                let mut failure = Failure::new(class, format!("worker {worker}: {message}"));
+                failure.retry_after_ms = row.retry_after_ms;
+                Some(Err(failure))
+            }
+            TaskState::Lost => Some(Err(Failure::new(
+                ErrorClass::Transient,
+                format!("worker {worker} lost its lease before it settled the task (it stopped heartbeating)"),
+            ))),
+            TaskState::Cancelled => {
+                Some(Err(Failure::new(ErrorClass::Transient, "the task was cancelled before a worker settled it")))
+            }
+        }
+    }
+}
