@@ -37,8 +37,9 @@ pub async fn tokens(db: &DbArgs, command: TokensCommand) -> CliResult {
     };
     match command {
         TokensCommand::Create { role, name } => {
-            let role = Role::parse(&role)
-                .ok_or_else(|| CliError::usage(format!("--role '{role}' is not one of viewer, operator, admin")))?;
+            let role = Role::parse(&role).ok_or_else(|| {
+                CliError::usage(format!("--role '{role}' is not one of viewer, worker, operator, admin"))
+            })?;
             let name = check_token_name(&name).map_err(|m| CliError::usage(format!("--name: {m}")))?;
             let (secret, row) = new_token(name, role, cairn_engine::now_ms())
                 .map_err(|e| CliError::env(format!("cannot read random bytes: {e}")))?;

@@ -22,7 +22,7 @@ pub struct NewToken {
     name: String,
     /// `viewer` reads; `operator` also starts and steers runs; `admin` also registers workflows
     /// and manages tokens.
-    #[schema(pattern = "^(viewer|operator|admin)$", example = "operator")]
+    #[schema(pattern = "^(viewer|worker|operator|admin)$", example = "operator")]
     role: String,
 }
 
@@ -61,7 +61,10 @@ pub async fn create_token<S: Store>(
     JsonBody(req, _): JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
     let role = Role::parse(&req.role).ok_or_else(|| {
-        ApiError::unprocessable("bad_role", format!("role '{}' is not one of viewer, operator, admin", req.role))
+        ApiError::unprocessable(
+            "bad_role",
+            format!("role '{}' is not one of viewer, worker, operator, admin", req.role),
+        )
     })?;
     let name = check_token_name(&req.name).map_err(|m| ApiError::unprocessable("bad_name", m))?;
     let (secret, row) = new_token(name, role, cairn_engine::now_ms())

@@ -1,7 +1,8 @@
 //! Bearer tokens with roles, and the audit trail of every mutating request and every refused one.
 //!
-//! Roles are ordered: `viewer` reads, `operator` also starts, cancels, pauses and signals runs,
-//! `admin` also registers workflows and manages tokens. Only a SHA-256 of a token is stored; its
+//! Roles are ordered: `viewer` reads, `worker` also claims and settles external workers' tasks
+//! (`/v1/workers/*`), `operator` also starts, cancels, pauses and signals runs, `admin` also
+//! registers workflows and manages tokens. Only a SHA-256 of a token is stored; its
 //! id is drawn apart from its secret, so listings reveal nothing of the secret.
 
 use crate::AppState;
@@ -24,6 +25,7 @@ pub enum AuthMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
+    Worker,
     Operator,
     Admin,
 }
@@ -32,6 +34,7 @@ impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s.trim().to_ascii_lowercase().as_str() {
             "viewer" => Some(Role::Viewer),
+            "worker" => Some(Role::Worker),
             "operator" => Some(Role::Operator),
             "admin" => Some(Role::Admin),
             _ => None,
@@ -40,6 +43,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
+            Role::Worker => "worker",
             Role::Operator => "operator",
             Role::Admin => "admin",
         }
@@ -109,6 +113,9 @@ pub(crate) fn required_role(method: &Method, path: &str) -> Option<Role> {
     // GraphQL is read-only whatever the method.
     if path == "/graphql" {
         return Some(Role::Viewer);
+    }
+    if path.starts_with("/v1/workers/") {
+        return Some(Role::Worker);
     }
     let admin_area = path.starts_with("/v1/tokens") || path.starts_with("/v1/audit");
     if admin_area || (path.starts_with("/v1/workflows") && *method != Method::GET) {

@@ -141,8 +141,36 @@ pub struct DefinitionFile {
     /// reach internal addresses). Other tools come from the server's cairn.toml.
     #[schema(value_type = Option<std::collections::BTreeMap<String, WorkflowToolFile>>)]
     tools: Option<Value>,
+    /// Kinds this workflow declares as external, by name: their steps wait in `queue` for
+    /// workers (`/v1/workers/*`).
+    #[schema(value_type = Option<std::collections::BTreeMap<String, WorkflowExternalKindFile>>)]
+    kinds: Option<Value>,
     #[schema(min_items = 1)]
     steps: Vec<StepFile>,
+}
+
+/// An external kind a workflow declares.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = WorkflowExternalKind)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowExternalKindFile {
+    /// The queue its workers claim from: a letter, then up to 63 letters, digits, `_`, `-` or `.`.
+    #[schema(pattern = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$", example = "py-workers")]
+    queue: String,
+    description: Option<String>,
+    /// JSON Schema of the step's input (`with`).
+    #[schema(value_type = Option<Object>)]
+    input_schema: Option<Value>,
+    /// JSON Schema the worker's output must fit (else the attempt fails as `malformed_output`).
+    #[schema(value_type = Option<Object>)]
+    output_schema: Option<Value>,
+    /// pure, read, idempotent_write, write (default) or irreversible.
+    effect: Option<String>,
+    /// The kind's retry policy (default: 5 attempts, 500ms doubling to 30s).
+    retry: Option<RetryFile>,
+    /// Per attempt, from queued to settled (default 5m; `none` for no timeout).
+    #[schema(value_type = Option<DurationText>)]
+    timeout: Option<Value>,
 }
 
 /// A tool a workflow defines.

@@ -28,6 +28,7 @@ mod tasks;
 mod tools;
 mod ui;
 mod views;
+mod workers;
 mod workflows;
 
 pub use auth::{AuthMode, Role, new_token};

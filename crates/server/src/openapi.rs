@@ -29,7 +29,7 @@ schema): `code` is stable for programs, `message` says what happened and how to 
 that is no route answers 404 `no_such_route`; a method a route does not serve answers 405 \
 `method_not_allowed`.\n\n\
 With auth on, every operation but the probes and this document needs `Authorization: Bearer \
-<token>` with at least the role in its `x-cairn-role` (`viewer` < `operator` < `admin`).";
+<token>` with at least the role in its `x-cairn-role` (`viewer` < `worker` < `operator` < `admin`).";
 
 fn tags() -> Vec<utoipa::openapi::tag::Tag> {
     [
@@ -41,6 +41,7 @@ fn tags() -> Vec<utoipa::openapi::tag::Tag> {
         ("workflows", "A registry of versioned definitions; runs pin the version they started with."),
         ("graphql", "A read-only GraphQL view of runs, steps, calls, events, approvals and costs."),
         ("admin", "API tokens and the audit trail."),
+        ("workers", "The worker protocol: external workers claim the tasks of external kinds, heartbeat, settle them, and make durable calls. Needs the `worker` role."),
         ("tasks", "The original task API, kept for existing clients."),
         ("probes", "Liveness, readiness and this document."),
     ]

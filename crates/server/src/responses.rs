@@ -73,6 +73,10 @@ error_responses! {
     TokenNotFound = "No live token has this id or name (`token_not_found`)." [
         ("token_not_found", "no live token with id or name 'tok_5f1c2a9e07b3d846'; `cairn tokens list` (or `GET /v1/tokens`) shows them", null),
     ]
+    /// 404: no task has the token.
+    TaskNotFound = "No task has this token (`task_not_found`): use the token a claim answered with." [
+        ("task_not_found", "no task has this token; use the token a claim answered with", null),
+    ]
     /// 408: the body did not arrive in time.
     RequestTimeout = "The request body did not arrive within `--body-timeout` of its head (`body_timeout`)." [
         ("body_timeout", "the request body did not arrive within 30s of its head (see --body-timeout)", null),
@@ -91,6 +95,11 @@ error_responses! {
     TokenConflict = "A live token already has this name (`token_name_taken`), or several live tokens share it (`ambiguous_token_name`: revoke by id)." [
         ("token_name_taken", "a live token is already named 'ci' (tok_5f1c2a9e07b3d846); pick another name, or revoke tok_5f1c2a9e07b3d846 first", {"name": "ci", "id": "tok_5f1c2a9e07b3d846"}),
         ("ambiguous_token_name", "'ci' names 2 live tokens (tok_5f1c2a9e07b3d846, tok_0a9b8c7d6e5f4a3b); revoke one by its id", {"name": "ci", "ids": ["tok_5f1c2a9e07b3d846", "tok_0a9b8c7d6e5f4a3b"]}),
+    ]
+    /// 409: the token no longer holds its task.
+    StaleToken = "The token no longer holds its task, and nothing changed (`stale_token`; `details.state` says where the task went: `lost` when its lease lapsed, `cancelled` when its run was cancelled or its attempt superseded, `done`/`failed` when already settled); or a durable call's request differs from the one recorded at its position (`call_divergence`)." [
+        ("stale_token", "this token no longer holds its task: its lease lapsed and the attempt was given up (it may be retried under a new token); nothing changed", {"state": "lost"}),
+        ("call_divergence", "call 2 was recorded with request hash 3f5a but is now made with 9c1d: the worker's code or input changed; the task cannot go on from the record", {"n": 2, "recorded": "3f5a", "now": "9c1d"}),
     ]
     /// 413: the body is over the limit.
     PayloadTooLarge = "The body is larger than `--max-body-bytes` (`body_too_large`); a declared `Content-Length` over it is refused before any of the body is read." [
@@ -125,9 +134,13 @@ error_responses! {
         ("invalid_definition", "the workflow definition has 1 problem(s); see details", ["<request.yaml>:4:11: step `b`: needs unknown step `c`"]),
     ]
     /// 422: a token request that does not fit.
-    InvalidToken = "The role is not `viewer`, `operator` or `admin` (`bad_role`), the name is not allowed (`bad_name`), or the body does not fit (`invalid_request`)." [
-        ("bad_role", "role 'root' is not one of viewer, operator, admin", null),
+    InvalidToken = "The role is not `viewer`, `worker`, `operator` or `admin` (`bad_role`), the name is not allowed (`bad_name`), or the body does not fit (`invalid_request`)." [
+        ("bad_role", "role 'root' is not one of viewer, worker, operator, admin", null),
         ("bad_name", "token name 'tok_1' starts with `tok_`, which would read as a token id; pick another", null),
+    ]
+    /// 422: a worker request that does not fit.
+    InvalidWorkerRequest = "The body does not fit (`invalid_request`): an unknown or missing field, a value out of range (`max_tasks`, `wait_ms`, `lease_ms`, `n`), a name that is not one (`queues`, `kinds`, `name`), a failure class a worker cannot report, or an output nested too deep." [
+        ("invalid_request", "`class` `approval_required` is not one of transient, timeout, rate_limited, permanent, malformed_output", null),
     ]
     /// 503: the server cannot answer now.
     Unavailable = "The server cannot answer now; retry shortly: every connection is busy (`too_many_connections`), the database is busy, unreachable or its disk is full (`database_busy`, `database_unavailable`, `disk_full`), the planner model does not answer (`planner_unavailable`), or the server is shutting down (`shutting_down`; `/readyz` answers `draining`, or `not_ready` when the database does not answer)." [

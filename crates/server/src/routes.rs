@@ -6,7 +6,7 @@
 
 use crate::{
     AppState, admin, approvals, diff, graphql, lineage, metrics, openapi, probes, providers, runs, stream, tasks,
-    tools, workflows,
+    tools, workers, workflows,
 };
 use axum::Router;
 use axum::handler::Handler;
@@ -99,6 +99,11 @@ pub fn table<S: Store>() -> Routes<S> {
         .add(admin::__path_list_tokens, admin::list_tokens::<S>)
         .add(admin::__path_revoke_token, admin::revoke_token::<S>)
         .add(admin::__path_audit, admin::audit::<S>)
+        .add(workers::__path_claim, workers::claim::<S>)
+        .add(workers::__path_heartbeat, workers::heartbeat::<S>)
+        .add(workers::__path_complete, workers::complete::<S>)
+        .add(workers::__path_fail, workers::fail::<S>)
+        .add(workers::__path_call, workers::call::<S>)
         .add(tasks::__path_create, tasks::create::<S>)
         .add(tasks::__path_get, tasks::get::<S>)
         .add(tasks::__path_steps, tasks::steps::<S>)

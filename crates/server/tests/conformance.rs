@@ -63,6 +63,17 @@ impl Fixtures {
         self.runs = runs;
     }
 
+    /// A task of an external step, claimed, for the worker operations.
+    async fn claim_task(&mut self, api: &Api) {
+        let id = start(api, json!({"workflow": "external"})).await;
+        let claim = json!({"worker": "fuzz", "queues": ["fuzz"], "wait_ms": 10_000});
+        let reply = api.post("/v1/workers/claim", claim).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        let tasks = reply.json.expect("json")["tasks"].clone();
+        assert_eq!(tasks[0]["run_id"], id.as_str(), "{tasks}");
+        self.pools.insert("task", vec![tasks[0]["token"].as_str().expect("token").to_string()]);
+    }
+
     /// A run and one of its steps, each run as likely as the others.
     fn target(&self, g: &mut Gen) -> (String, String) {
         let (id, steps) = g.pick(&self.runs);
@@ -115,7 +126,9 @@ async fn seed(api: &Api, doc: &Value) -> Fixtures {
     let waits = json!({"name": "waits", "steps": [{"id": "flaky", "kind": "noop", "inject": {"fail_times": 1},
         "retry": {"initial_delay": "1h", "max_delay": "1h", "jitter": 0}}]});
     let fails = json!({"name": "fails", "steps": [{"id": "broken", "kind": "fail", "retry": {"max_attempts": 1}}]});
-    for definition in [gated, waits, fails] {
+    let external = json!({"name": "external", "kinds": {"ext": {"queue": "fuzz"}},
+        "steps": [{"id": "work", "kind": "ext", "with": {"n": 1}}]});
+    for definition in [gated, waits, fails, external] {
         assert_eq!(api.post("/v1/workflows", definition).await.status, 201);
     }
     // The described example, which `POST /v1/runs`'s example starts by name.
@@ -129,7 +142,7 @@ async fn seed(api: &Api, doc: &Value) -> Fixtures {
         token_ids.push(api.token(&format!("fuzz-{i}"), Role::Viewer).await.1);
     }
     let mut tokens = Vec::new();
-    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+    for role in [Role::Viewer, Role::Worker, Role::Operator, Role::Admin] {
         tokens.push(api.token(&format!("as-{}", role.as_str()), role).await.0);
     }
     let mut pools = BTreeMap::new();
@@ -488,6 +501,18 @@ fn generate(g: &mut Gen, fx: &Fixtures, method: &str, path: &str, op: &Value, ki
         if let (Some(from), Some((_, step))) = (value.get_mut("from"), &target) {
             *from = json!(step);
         }
+        // Worker requests mostly name a real task (claimed for this operation), and claims wait
+        // briefly: the schema allows a minute.
+        if let Some(obj) = value.as_object_mut() {
+            if let (Some(token), Some(pool)) = (obj.get_mut("token"), fx.pools.get("task"))
+                && (canonical || g.coin(0.8))
+            {
+                *token = json!(pool[0]);
+            }
+            if path == "/v1/workers/claim" {
+                obj.insert("wait_ms".into(), json!(g.pick(&[0, 50])));
+            }
+        }
         let resolved = resolve(g.doc, schema);
         match mistake {
             "body-type" => value = g.wrong(schema),
@@ -632,6 +657,9 @@ async fn fuzz(auth: AuthMode) {
     for (method, path, op) in operations(&doc) {
         let at = format!("{} {path}", method.to_ascii_uppercase());
         fx.refresh(&api).await;
+        if path.starts_with("/v1/workers/") {
+            fx.claim_task(&api).await;
+        }
         let streaming = path.ends_with("/stream");
         let n = if streaming { cases.div_ceil(2) } else { cases };
         let mut previous: Option<Case> = None;

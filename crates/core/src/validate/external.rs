@@ -18,8 +18,7 @@ pub fn is_name(name: &str) -> bool {
 }
 
 /// The keys an external kind's declaration may have.
-pub const KIND_KEYS: &[&str] =
-    &["queue", "description", "input_schema", "output_schema", "effect", "retry", "timeout"];
+pub const KIND_KEYS: &[&str] = &["queue", "description", "input_schema", "output_schema", "effect", "retry", "timeout"];
 
 /// What is wrong with one field of an external kind's declaration.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,7 +44,11 @@ pub fn external_kind(name: &str, spec: &Value, known: &Kinds) -> Result<External
         return Err(problems);
     }
     if known.lookup(name).is_some_and(|k| k.queue.is_none()) {
-        bad("", "bad_kind", format!("names a kind built into cairn; give your external kind another name than `{name}`"));
+        bad(
+            "",
+            "bad_kind",
+            format!("names a kind built into cairn; give your external kind another name than `{name}`"),
+        );
         return Err(problems);
     }
     let Value::Object(fields) = spec else {
@@ -72,9 +75,11 @@ pub fn external_kind(name: &str, spec: &Value, known: &Kinds) -> Result<External
                 Ok(_) => kind.output_schema = Some(value.clone()),
                 Err(e) => bad(field, "bad_schema", format!("is not a usable JSON Schema: {e}")),
             },
-            ("input_schema" | "output_schema", _) => {
-                bad(field, "bad_schema", "must be a JSON Schema object (e.g. `{type: object, required: [text]}`)".into())
-            }
+            ("input_schema" | "output_schema", _) => bad(
+                field,
+                "bad_schema",
+                "must be a JSON Schema object (e.g. `{type: object, required: [text]}`)".into(),
+            ),
             ("effect", Value::String(e)) => match EffectClass::ALL.into_iter().find(|c| c.as_str() == e) {
                 Some(c) => kind.effect = c,
                 None => {
@@ -91,7 +96,9 @@ pub fn external_kind(name: &str, spec: &Value, known: &Kinds) -> Result<External
                             let (lo, hi) = MAX_ATTEMPTS_RANGE;
                             match n.as_u64().filter(|n| (u64::from(lo)..=u64::from(hi)).contains(n)) {
                                 Some(n) => r.max_attempts = n as u32,
-                                None => bad(&here, "out_of_range", format!("is {n}, but must be between {lo} and {hi}")),
+                                None => {
+                                    bad(&here, "out_of_range", format!("is {n}, but must be between {lo} and {hi}"))
+                                }
                             }
                         }
                         ("multiplier" | "jitter", Value::Number(n)) => {
@@ -99,7 +106,9 @@ pub fn external_kind(name: &str, spec: &Value, known: &Kinds) -> Result<External
                             match n.as_f64().filter(|n| (lo..=hi).contains(n)) {
                                 Some(n) if key == "jitter" => r.jitter = n,
                                 Some(n) => r.multiplier = n,
-                                None => bad(&here, "out_of_range", format!("is {n}, but must be between {lo} and {hi}")),
+                                None => {
+                                    bad(&here, "out_of_range", format!("is {n}, but must be between {lo} and {hi}"))
+                                }
                             }
                         }
                         ("initial_delay" | "max_delay", Value::String(text)) => match crate::duration::parse_ms(text) {

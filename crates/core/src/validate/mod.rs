@@ -35,7 +35,7 @@ mod check;
 mod compile;
 mod dynamic;
 mod external;
-pub use external::{KIND_KEYS, KindProblem, external_kind};
+pub use external::{KIND_KEYS, KindProblem, external_kind, is_name as is_kind_name};
 mod parse;
 mod problems;
 mod retry;

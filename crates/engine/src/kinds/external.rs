@@ -90,7 +90,8 @@ fn schema_problem(schema: &Value, value: &Value) -> Option<String> {
         Ok(v) => v,
         Err(e) => return Some(format!("the schema does not compile: {e}")),
     };
-    let problems: Vec<String> = validator.iter_errors(value).take(3).map(|e| format!("{e} at `{}`", e.instance_path())).collect();
+    let problems: Vec<String> =
+        validator.iter_errors(value).take(3).map(|e| format!("{e} at `{}`", e.instance_path())).collect();
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
@@ -177,7 +178,10 @@ impl Kind {
                 if let Some(schema) = &self.kind.output_schema
                     && let Some(why) = schema_problem(schema, &output)
                 {
-                    let message = format!("worker {worker}'s output does not fit the output_schema of kind `{}`: {why}", self.name);
+                    let message = format!(
+                        "worker {worker}'s output does not fit the output_schema of kind `{}`: {why}",
+                        self.name
+                    );
                     return Some(Err(Failure::new(ErrorClass::MalformedOutput, message)));
                 }
                 Some(Ok(output))

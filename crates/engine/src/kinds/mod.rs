@@ -28,10 +28,10 @@ mod wait;
 
 use crate::calls::CallLog;
 pub use crate::calls::Meter;
-pub use external::{Kind as External, task_queued, task_settled};
 use crate::secrets::Resolved;
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::{EffectClass, KindSpec, Kinds};
+pub use external::{Kind as External, task_queued, task_settled};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
