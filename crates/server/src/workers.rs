@@ -82,6 +82,8 @@ pub struct ClaimedTask {
     deadline_ms: Option<i64>,
     /// When the claim lapses without a heartbeat (ms since the epoch).
     lease_expires_at_ms: Option<i64>,
+    /// When the task was queued (ms since the epoch).
+    queued_at_ms: i64,
 }
 
 impl From<TaskRow> for ClaimedTask {
@@ -96,6 +98,7 @@ impl From<TaskRow> for ClaimedTask {
             input: t.input,
             deadline_ms: t.deadline_ms,
             lease_expires_at_ms: t.lease_expires_at_ms,
+            queued_at_ms: t.created_at_ms,
         }
     }
 }
