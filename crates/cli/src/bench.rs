@@ -38,6 +38,20 @@ pub struct BenchArgs {
     /// from `--in-flight` keep-alive clients.
     #[arg(long)]
     pub http: bool,
+    /// Benchmark external workers: 3-step workflows whose steps are an external kind, run by
+    /// workers over HTTP on loopback (`--external-client`), started by `--in-flight` clients:
+    /// workflows/s, tasks/s, and each task's round trip.
+    #[arg(long, conflicts_with = "http")]
+    pub external: bool,
+    /// With --external: minimal Rust workers in this process, or the Python client in processes.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub external_client: crate::bench_external::ExternalClient,
+    /// With --external: how many workers (Rust connections or Python processes).
+    #[arg(long, default_value_t = 4)]
+    pub external_workers: usize,
+    /// With --external-client python: the Python client's directory.
+    #[arg(long, default_value = "clients/python")]
+    pub python_client: PathBuf,
     /// Park `--workflows` runs on a durable `wait: {signal: go}` (handed back to the store), then
     /// signal them all: parking and completion rates, and the process's memory while they wait.
     #[arg(long, conflicts_with = "http")]
@@ -266,6 +280,17 @@ async fn bench_postgres(url: &str, args: &BenchArgs) -> CliResult {
 pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     if args.http {
         return crate::bench_http::bench_http(args.workflows, args.in_flight, args.json).await;
+    }
+    if args.external {
+        return crate::bench_external::bench_external(
+            args.workflows,
+            args.in_flight,
+            args.external_workers,
+            args.external_client,
+            args.python_client,
+            args.json,
+        )
+        .await;
     }
     if let (Some(Shape::Map), Some(url)) = (args.shape, &db.database) {
         let store = Arc::new(cairn_store::PgStore::open(url).await?);

@@ -17,18 +17,18 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
-struct Client {
+pub(crate) struct Client {
     io: BufReader<TcpStream>,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+    pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<Client> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
         Ok(Client { io: BufReader::new(s) })
     }
 
-    async fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    pub(crate) async fn post(&mut self, path: &str, body: &str) -> std::io::Result<(u16, Vec<u8>)> {
         let req = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -53,7 +53,7 @@ impl Client {
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -13,6 +13,7 @@
 mod admin;
 mod bench;
 mod bench_agent;
+mod bench_external;
 mod bench_http;
 mod bench_llm;
 mod bench_map;

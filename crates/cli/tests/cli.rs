@@ -899,6 +899,14 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
     let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON line");
     assert_eq!((r["shape"].as_str(), r["model_turns"].as_u64()), (Some("agent"), Some(12 * 4)), "{r}");
     assert!(r["cpu_ms_per_turn"].as_f64().is_some() && r["solo_ms_per_turn"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+
+    // External workers over HTTP: every workflow completed, the numbers reported.
+    let out =
+        env.run(&["bench", "--external", "--workflows", "30", "--in-flight", "5", "--external-workers", "2", "--json"]);
+    assert!(out.status.success(), "bench --external failed: {}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON line");
+    assert_eq!((r["completed"].as_u64(), r["errors"].as_u64()), (Some(30), Some(0)), "{r}");
+    assert!(r["tasks_per_s"].as_f64().unwrap_or(0.0) > 0.0 && r["task_round_trip_p99_ms"].is_number(), "{r}");
 }
 
 /// A workflow's own `retention` wins over the default; unfinished runs are never collected.

@@ -167,7 +167,7 @@ pub(super) fn compile(
             }
             Err(problems) => {
                 // Its steps are still checked (as a kind taking anything), not reported unknown.
-                if is_name(&name) && !known.lookup(&name).is_some_and(|k| k.queue.is_none()) {
+                if is_name(&name) && known.lookup(&name).is_none_or(|k| k.queue.is_some()) {
                     kinds.insert(name.clone(), ExternalKind::new("invalid"));
                 }
                 for p in problems {
