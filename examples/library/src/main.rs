@@ -7,15 +7,8 @@
 //! cargo run -p cairn-example-library -- /tmp/library.db "the quick brown fox"
 //! ```
 
-use cairn_core::builder::{Step, Workflow};
-use cairn_core::event::{ErrorClass, Failure};
-use cairn_core::kinds::KindSpec;
-use cairn_engine::kinds::{Activity, Attempt, AttemptFuture};
-use cairn_engine::{Engine, EngineConfig, NewRun};
-use cairn_store::{Durability, SqliteStore};
-use serde_json::{Value, json};
+use cairn_sdk::{Activity, Attempt, AttemptFuture, Cairn, ErrorClass, Failure, KindSpec, Step, Value, Workflow, json};
 use std::path::Path;
-use std::sync::Arc;
 
 /// A step kind written in Rust: counts the words of `with.text`.
 struct WordCount;
@@ -37,30 +30,19 @@ impl Activity for WordCount {
 
 /// Opens (or creates) the database at `db`, finishes any run a previous process left, then runs
 /// the workflow on `text` and returns its output.
-async fn run(db: &Path, text: &str) -> Result<Value, String> {
-    let kinds = cairn_engine::kinds::builtin().with(WordCount);
-    let definition = Workflow::new("library-demo")
+async fn run(db: &Path, text: &str) -> Result<Value, cairn_sdk::Error> {
+    let cairn = Cairn::new().kind(WordCount).open_sqlite(db)?;
+    // Runs an earlier process did not finish go on from their last recorded step.
+    for outcome in cairn.resume().await? {
+        println!("resumed {}: {}", outcome.run_id, outcome.status.as_str());
+    }
+    let workflow = Workflow::new("library-demo")
         .input("text", None)
         .step(Step::new("count", "word_count").with(json!({"text": "{{ inputs.text }}"})).retry(3))
-        .step(Step::new("report", "echo").needs(["count"]).with(json!({"words": "{{ steps.count.output.words }}"})))
-        .build(&kinds.specs())
-        .map_err(|problems| problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
-
-    let store = SqliteStore::open(db, Durability::Full).map_err(|e| e.to_string())?;
-    let mut config = EngineConfig::new(cairn_engine::owner_id());
-    config.kinds = Arc::new(kinds);
-    let engine = Engine::new(Arc::new(store), config, None);
-    // Runs an earlier process did not finish go on from their last recorded step.
-    for (id, driving) in engine.resume(None).await.map_err(|e| e.to_string())? {
-        let outcome = driving.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
-        let outcome = outcome.map_err(|e| e.to_string())?;
-        println!("resumed {id}: {}", outcome.status.as_str());
-    }
-    let new = NewRun::inline(definition, json!({"text": text}));
-    let driving = engine.start(cairn_engine::new_run_id(), new).await.map_err(|e| e.to_string())?;
-    let outcome = driving.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        .step(Step::new("report", "echo").needs(["count"]).with(json!({"words": "{{ steps.count.output.words }}"})));
+    let outcome = cairn.run(&workflow, json!({"text": text})).await?;
     match outcome.failure {
-        Some(f) => Err(format!("the run failed: {}", f.message)),
+        Some(f) => Err(cairn_sdk::Error::Invalid(vec![format!("the run failed: {}", f.message)])),
         None => Ok(outcome.output.unwrap_or(Value::Null)),
     }
 }
@@ -93,7 +75,7 @@ mod tests {
         let output = run(&db, "one two three").await.expect("the run completes");
         assert_eq!(output["report"], json!({"words": 3}), "{output}");
         // The journal is on disk: a second process on the same file sees the first run.
-        let store = SqliteStore::open(&db, Durability::Full).expect("reopen");
+        let store = cairn_sdk::SqliteStore::open(&db, cairn_sdk::Durability::Full).expect("reopen");
         let runs = cairn_store::Journal::list_runs(&store, Default::default()).await.expect("list");
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].status, "COMPLETED");
