@@ -191,3 +191,31 @@ def test_the_client_lists_and_answers_approvals(server: Any) -> None:
     with pytest.raises(CairnError) as missing:
         client.run("wf_01KBC6X8Y2S7J5W0Q3R4T5V6X7")
     assert (missing.value.status, missing.value.code) == (404, "run_not_found")
+
+
+def test_a_durable_call_that_returns_nothing_is_recorded_too(server: Any) -> None:
+    sent: List[str] = []
+    worker = Worker(server.url, queues=["mail"], poll_ms=500)
+
+    def send_email(to: str) -> None:
+        sent.append(to)
+
+    @worker.kind("notify")
+    def notify(ctx: TaskContext, input: Any) -> Any:
+        assert ctx.call("send_email", send_email, input["to"]) is None
+        if ctx.attempt == 1:
+            raise ConnectionError("the process died right after sending")
+        return {"sent": True, "attempt": ctx.attempt}
+
+    thread = running(worker)
+    client = Client(server.url)
+    kinds = {"notify": {"queue": "mail", "retry": {"initial_delay": "50ms"}}}
+    run = client.wait(client.start({"name": "mail", "kinds": kinds, "steps": [{"id": "n", "kind": "notify", "with": {"to": "ada@example.com"}}]}))
+    assert (run["status"], run["output"]["n"]) == ("COMPLETED", {"sent": True, "attempt": 2})
+    assert sent == ["ada@example.com"], "the email went out again on the retry"
+    with pytest.raises(TypeError):
+        from cairn import request_hash
+
+        request_hash("x", [object()], {})
+    worker.stop()
+    thread.join(timeout=5)

@@ -33,11 +33,14 @@ pub fn list(args: KindsArgs) -> CliResult {
     }
     for kind in kinds().iter() {
         let timeout = kind.timeout_ms.map_or("none".to_string(), cairn_core::duration::format_ms);
+        let role = match &kind.queue {
+            Some(queue) => format!("external, queue {queue}"),
+            None => kind.role.as_str().to_string(),
+        };
         crate::out!(
-            "{}  ({}, {}; retries: {} attempts; timeout: {timeout})",
+            "{}  ({}, {role}; retries: {} attempts; timeout: {timeout})",
             kind.name,
             kind.effect.as_str(),
-            kind.role.as_str(),
             kind.retry.max_attempts
         );
         crate::out!("    {}", kind.summary);

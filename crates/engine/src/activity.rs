@@ -43,6 +43,11 @@ pub struct AttemptContext<'a> {
     pub workflow_tools: std::sync::Arc<std::collections::BTreeMap<String, Value>>,
     /// When the attempt times out, if its step has a timeout.
     pub deadline_ms: Option<i64>,
+    /// The input as journaled (secret references, not values).
+    pub journaled_input: Option<&'a Value>,
+    /// The attempt's concurrency permit, held while it runs (an attempt that only waits may give
+    /// it back).
+    pub slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The effect-log key of an attempt whose kind writes to the outside (by its effect class, from
@@ -109,7 +114,8 @@ pub async fn execute(ctx: AttemptContext<'_>) -> Outcome {
     )
     .with_decisions(ctx.decisions)
     .with_workflow_tools(ctx.workflow_tools)
-    .with_deadline(ctx.deadline_ms);
+    .with_deadline(ctx.deadline_ms)
+    .with_journal(ctx.journaled_input, ctx.slot);
     let result = ctx.kinds.run(ctx.kind, &mut attempt).await;
     let (lines, usage) = attempt.finish();
     logs.extend(lines);
@@ -147,6 +153,8 @@ mod tests {
             decisions: Vec::new(),
             workflow_tools: Default::default(),
             deadline_ms: None,
+            journaled_input: None,
+            slot: None,
         }
     }
 

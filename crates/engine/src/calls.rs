@@ -49,6 +49,10 @@ pub(crate) trait TaskSink: Send + Sync {
     fn task(&self, token: String) -> Answer<'_, Option<cairn_store::TaskRow>>;
     fn expire(&self, token: String, now_ms: i64) -> Answer<'_, bool>;
     fn cancel(&self, token: String) -> Answer<'_, bool>;
+    fn latest(&self, run_id: String, step: String) -> Answer<'_, Option<cairn_store::TaskRow>>;
+    /// Rung when work may have changed in another process (PostgreSQL's NOTIFY), if the store
+    /// can tell.
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>>;
 }
 
 impl<S: cairn_store::Store> TaskSink for StoreSink<S> {
@@ -66,6 +70,14 @@ impl<S: cairn_store::Store> TaskSink for StoreSink<S> {
 
     fn cancel(&self, token: String) -> Answer<'_, bool> {
         Box::pin(async move { self.0.cancel_task(&token).await })
+    }
+
+    fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.0.wake_signal()
+    }
+
+    fn latest(&self, run_id: String, step: String) -> Answer<'_, Option<cairn_store::TaskRow>> {
+        Box::pin(async move { self.0.latest_task(&run_id, &step).await })
     }
 }
 

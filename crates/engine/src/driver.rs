@@ -473,6 +473,14 @@ impl<S: Store> Live<S> {
             let own = crate::kinds::External { name: step_def.kind.clone(), kind: external.clone() };
             kinds = Arc::new((*kinds).clone().with(own));
         }
+        // A compensation has no timeout of its own, but one run by workers is bounded by its
+        // kind's: a queue nobody serves must not hold the run forever.
+        if l.compensation
+            && let Some((spec, _)) = kinds.get(&step_def.kind)
+            && spec.queue.is_some()
+        {
+            step_def.timeout_ms = spec.timeout_ms;
+        }
         let config = self.inner.config.kind_config.get(&step_def.kind).cloned().unwrap_or(Value::Null);
         let shutdown = self.shutdown.clone();
         let span = tracing::info_span!(
@@ -483,7 +491,7 @@ impl<S: Store> Live<S> {
             kind = %step_def.kind
         );
         let work = async move {
-            let _permit = permit;
+            let mut permit = permit;
             let started = Instant::now();
             // Side effects go through the effect log: a result logged by an earlier attempt is
             // returned instead of calling again (the call's key is the same for every attempt,
@@ -564,6 +572,8 @@ impl<S: Store> Live<S> {
                 decisions,
                 workflow_tools,
                 deadline_ms: step_def.timeout_ms.map(|ms| crate::now_ms().saturating_add(ms as i64)),
+                journaled_input: Some(&l.input),
+                slot: permit.take(),
             };
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {

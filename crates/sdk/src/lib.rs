@@ -137,6 +137,9 @@ impl Cairn {
         config.concurrency = self.concurrency;
         config.lease_ms = self.lease_ms;
         config.kinds = Arc::new(self.kinds);
+        // A run that waits on a person, a long timer or a worker is handed back to the database
+        // (its `wait` answers with the waiting status) instead of holding this process.
+        config.release_when_idle_ms = Some(1_000);
         let engine = Engine::new(Arc::new(store), config, None);
         let heartbeat = engine.spawn_heartbeat();
         Runtime { engine, heartbeat }
@@ -163,8 +166,9 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
-    /// Waits for the run to finish (or to wait on a person or a long timer: then its status is
-    /// not terminal and another `resume` picks it up later).
+    /// Waits for the run to finish, or to wait (on a person, a long timer, a worker: then its
+    /// status is not terminal, the run is handed back to the database, and a later `resume`
+    /// or any `cairn worker` on the same database drives it on).
     pub async fn wait(self) -> Result<RunOutcome, Error> {
         Ok(self.driving.await.map_err(|e| Error::Driver(e.to_string()))??)
     }
@@ -192,11 +196,19 @@ impl<S: Store> Runtime<S> {
     }
 
     /// Takes over every unfinished run no live process holds (a previous process of this
-    /// program that died, or stopped) and drives each to its end; returns how each ended.
-    pub async fn resume(&self) -> Result<Vec<RunOutcome>, Error> {
-        let mut outcomes = Vec::new();
-        for (_, driving) in self.engine.resume(None).await? {
-            outcomes.push(RunHandle { id: String::new(), driving: driving? }.wait().await?);
+    /// program that died, or stopped) and drives each until it ends or waits (on a person, a
+    /// long timer, a worker); returns how each of them stands, one result per run.
+    pub async fn resume(&self) -> Result<Vec<Result<RunOutcome, Error>>, Error> {
+        let mut handles = Vec::new();
+        for (id, driving) in self.engine.resume(None).await? {
+            handles.push(driving.map(|driving| RunHandle { id: id.to_string(), driving }));
+        }
+        let mut outcomes = Vec::with_capacity(handles.len());
+        for handle in handles {
+            outcomes.push(match handle {
+                Ok(handle) => handle.wait().await,
+                Err(e) => Err(e.into()),
+            });
         }
         Ok(outcomes)
     }

@@ -77,11 +77,18 @@ fn a_run_cut_off_by_a_dying_process_is_resumed_by_the_next_without_repeating_its
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(outcomes.len(), 1, "the run was taken over");
-        let outcome = &outcomes[0];
+        let outcome = outcomes[0].as_ref().expect("driven");
         assert_eq!(outcome.status, RunStatus::Completed, "{:?}", outcome.failure);
         let output = outcome.output.clone().expect("output");
         assert_eq!(output["done"], json!({"first": 1}), "{output}");
         assert_eq!(FIRST_RUNS.load(Ordering::SeqCst), 1, "the finished step did not run again");
+        // A run that waits for a person is handed back, not awaited forever.
+        let gated = Workflow::new("gated").step(Step::new("ask", "approval").approval("ship it?"));
+        let waiting = tokio::time::timeout(Duration::from_secs(10), cairn.run(&gated, json!({})))
+            .await
+            .expect("handed back while it waits")
+            .expect("run");
+        assert!(!waiting.status.is_terminal(), "{:?}", waiting.status);
         // A definition with problems is refused before anything is written.
         let bad = Workflow::new("bad").step(Step::new("x", "nope")).step(Step::new("y", "echo").needs(["z"]));
         let err = cairn.start(&bad, json!({})).await.err().expect("refused").to_string();

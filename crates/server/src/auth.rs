@@ -220,7 +220,10 @@ pub async fn layer<S: Store>(State(state): State<AppState<S>>, mut req: Request,
     }
     req.extensions_mut().insert(actor.clone());
     let response = next.run(req).await;
-    if method != Method::GET && method != Method::HEAD && path != "/graphql" {
+    // Reads are not audited, nor a worker's polling (claims, heartbeats, durable calls: many per
+    // task); a task's result is.
+    let polling = matches!(path.as_str(), "/v1/workers/claim" | "/v1/workers/heartbeat" | "/v1/workers/calls");
+    if method != Method::GET && method != Method::HEAD && path != "/graphql" && !polling {
         record(&*state.store, audit_row(&actor.name, &method, &path, &response)).await;
     }
     response

@@ -221,6 +221,16 @@ async fn task<S: Store>(state: &AppState<S>, token: &str) -> Result<TaskRow, Api
     })
 }
 
+/// Whether the task's run is over (or gone).
+async fn run_ended<S: Store>(state: &AppState<S>, run_id: &str) -> Result<bool, ApiError> {
+    let Ok(id) = RunId::parse(run_id) else { return Ok(true) };
+    match cairn_store::Journal::get_run(&*state.store, &id).await {
+        Ok(run) => Ok(matches!(run.status.as_str(), "COMPLETED" | "FAILED" | "CANCELLED")),
+        Err(cairn_store::Error::NotFound(_)) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Extends a task's lease, or says it was cancelled.
 #[utoipa::path(
     post,
@@ -249,6 +259,10 @@ pub async fn heartbeat<S: Store>(
     let answer = if lapsed {
         let _ = state.store.expire_task(&body.token, now).await?;
         TaskAnswer::Stale(TaskState::Lost)
+    } else if row.state == TaskState::Claimed && run_ended(&state, &row.run_id).await? {
+        // Its run ended without it (the engine that waited for it was gone): nobody will read it.
+        state.store.cancel_task(&body.token).await?;
+        TaskAnswer::Stale(TaskState::Cancelled)
     } else {
         state.store.heartbeat_task(&body.token, &worker, now + lease_ms).await?
     };
@@ -318,7 +332,7 @@ async fn settle<S: Store>(state: &AppState<S>, token: &str, outcome: TaskOutcome
 fn stale(s: TaskState) -> ApiError {
     let why = match s {
         TaskState::Ready => "it was never claimed",
-        TaskState::Claimed => "its lease lapsed before this arrived",
+        TaskState::Claimed => "its lease or the attempt's deadline passed before this arrived",
         TaskState::Done | TaskState::Failed => "it is already settled",
         TaskState::Cancelled => "its run was cancelled or its attempt superseded",
         TaskState::Lost => "its lease lapsed and the attempt was given up (it may be retried under a new token)",
@@ -401,8 +415,8 @@ pub struct Call {
     /// A hash of the call's request (1 to 128 of `0-9a-zA-Z_:-`), e.g. SHA-256 of its arguments:
     /// a recorded call whose hash differs is a divergence.
     request_hash: String,
-    /// The call's result, to record it; without it, only look it up.
-    #[serde(default)]
+    /// The call's result (any JSON, `null` too), to record it; without the field, only look it up.
+    #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Value>)]
     result: Option<Value>,
 }
@@ -416,6 +430,11 @@ pub struct CallAnswer {
     result: Option<Value>,
     /// The attempt that made it.
     attempt: Option<u32>,
+}
+
+/// A field that is present is `Some`, even when it is `null`; an absent one is `None` (by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Looks up or records a durable call of worker code.

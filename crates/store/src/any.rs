@@ -294,6 +294,9 @@ impl crate::Tasks for AnyStore {
     async fn task(&self, token: &str) -> Result<Option<crate::TaskRow>, Error> {
         each!(self, s => s.task(token).await)
     }
+    async fn latest_task(&self, run_id: &str, step: &str) -> Result<Option<crate::TaskRow>, Error> {
+        each!(self, s => s.latest_task(run_id, step).await)
+    }
 }
 
 impl Retention for AnyStore {

@@ -466,6 +466,9 @@ pub trait Tasks: Send + Sync + 'static {
     fn cancel_task(&self, token: &str) -> impl Future<Output = Result<bool, Error>> + Send;
     /// The task with this token.
     fn task(&self, token: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
+    /// The task of the step's latest attempt that has one (to adopt a result a worker delivered
+    /// while no engine waited for it).
+    fn latest_task(&self, run_id: &str, step: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
 }
 
 /// Deleting what is past its retention, across every role's tables.

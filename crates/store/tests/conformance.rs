@@ -1548,10 +1548,41 @@ conformance!(a_newer_attempts_task_supersedes_the_older_ones_of_its_step, |store
     assert_eq!(state("tk_other_step").await, TaskState::Ready);
     assert_eq!(state("tk_0002").await, TaskState::Ready);
     assert_eq!(state("tk_retry").await, TaskState::Ready);
+    let latest = store.latest_task(&first.run_id, "work").await.expect("latest").expect("a task");
+    assert_eq!((latest.token.as_str(), latest.attempt), ("tk_retry", 2));
+    assert!(store.latest_task(&first.run_id, "nope").await.expect("latest").is_none());
     let done = TaskOutcome::Done(json!(1));
     assert_eq!(
         store.finish_task("tk_0001", "a", done, T0 + 2_000).await.expect("finish"),
         TaskAnswer::Stale(TaskState::Cancelled),
         "the superseded attempt's result changes nothing"
     );
+});
+
+conformance!(tasks_of_finished_runs_are_not_handed_out_and_late_results_are_refused, |store| async move {
+    use cairn_store::{TaskAnswer, TaskOutcome, TaskState};
+    let now = T0 + 1_000;
+    let mut done = create(&*store, 1, OWNER, now + 30_000).await;
+    let live = create(&*store, 2, OWNER, now + 30_000).await;
+    let task = |run: &RunId, token: &str| cairn_store::NewTask {
+        token: token.into(),
+        run_id: run.to_string(),
+        ..new_task(0, "py", "summarize")
+    };
+    // A task queued by an engine that died before it could retire it; its run ended since.
+    store.enqueue_task(task(&done.id(), "tk_orphan")).await.expect("enqueue");
+    done.finish();
+    commit(&*store, done.write(OWNER, now)).await;
+    store.enqueue_task(task(&live.id(), "tk_live")).await.expect("enqueue");
+    assert_eq!(claim_some(&*store, "a", &["py"], &[], 10).await, vec!["tk_live"], "only the live run's task");
+    assert_eq!(store.task("tk_orphan").await.expect("task").expect("row").state, TaskState::Ready);
+    // A result after the attempt's deadline (T0 + 60 s) is refused, lease or not: the engine
+    // gave up on it.
+    assert_eq!(store.heartbeat_task("tk_live", "a", T0 + 90_000).await.expect("hb"), TaskAnswer::Ok);
+    let late = TaskOutcome::Done(json!(1));
+    assert_eq!(
+        store.finish_task("tk_live", "a", late.clone(), T0 + 60_000).await.expect("finish"),
+        TaskAnswer::Stale(TaskState::Claimed)
+    );
+    assert_eq!(store.finish_task("tk_live", "a", late, T0 + 59_999).await.expect("finish"), TaskAnswer::Ok);
 });

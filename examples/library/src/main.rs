@@ -34,6 +34,7 @@ async fn run(db: &Path, text: &str) -> Result<Value, cairn_sdk::Error> {
     let cairn = Cairn::new().kind(WordCount).open_sqlite(db)?;
     // Runs an earlier process did not finish go on from their last recorded step.
     for outcome in cairn.resume().await? {
+        let outcome = outcome?;
         println!("resumed {}: {}", outcome.run_id, outcome.status.as_str());
     }
     let workflow = Workflow::new("library-demo")

@@ -43,7 +43,11 @@ class TaskFailed(Exception):
     `timeout` and `rate_limited` are retried under the step's policy; `permanent` and
     `malformed_output` are not. `retry_after_ms` asks the next attempt to wait at least so long."""
 
+    CLASSES = ("transient", "timeout", "rate_limited", "permanent", "malformed_output")
+
     def __init__(self, message: str, cls: str = "transient", retry_after_ms: Optional[int] = None) -> None:
+        if cls not in self.CLASSES:
+            raise ValueError(f"failure class {cls!r} is not one of {', '.join(self.CLASSES)}")
         super().__init__(message)
         self.cls = cls
         self.retry_after_ms = retry_after_ms
@@ -61,8 +65,10 @@ class Cancelled(Exception):
 
 
 def request_hash(name: str, args: Any, kwargs: Any) -> str:
-    """The hash a durable call is recorded under: SHA-256 of its name and arguments as JSON."""
-    text = json.dumps([name, args, kwargs], sort_keys=True, separators=(",", ":"), default=str)
+    """The hash a durable call is recorded under: SHA-256 of its name and arguments as canonical
+    JSON. Arguments must be JSON (a `TypeError` otherwise): anything else has no representation
+    that is the same in every process."""
+    text = json.dumps([name, args, kwargs], sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -120,6 +126,9 @@ class TaskContext:
             if e.code == "stale_token":
                 self._cancelled.set()
                 raise Cancelled(e.message) from None
+            if e.code == "call_divergence":
+                # The code or its input changed since the call was recorded: retrying cannot help.
+                raise TaskFailed(e.message, "permanent") from None
             raise
 
 
@@ -157,7 +166,8 @@ class Worker:
         return register
 
     def stop(self) -> None:
-        """Stops claiming; tasks running now finish."""
+        """Stops claiming (after the claim waiting now, at most `poll_ms`); tasks running now
+        finish."""
         self._stop.set()
 
     def run(self) -> None:
@@ -175,7 +185,7 @@ class Worker:
                 try:
                     tasks = self._claim(free)
                     backoff = 0.1
-                except (CairnError, OSError) as e:
+                except Exception as e:  # noqa: BLE001 - a proxy's page, a cut connection: try again
                     log.warning("claim failed (%s); retrying in %.1fs", e, backoff)
                     tasks = []
                     self._stop.wait(backoff)
@@ -230,24 +240,30 @@ class Worker:
     def _settle(self, path: str, ctx: TaskContext, body: Dict[str, Any]) -> None:
         body = {k: v for k, v in body.items() if v is not None}
         body["token"] = ctx.token
-        for wait in (0.0, 0.5, 1.0, 2.0, 4.0):
+        for n, wait in enumerate((0.0, 0.5, 1.0, 2.0, 4.0, 8.0)):
             time.sleep(wait)
             try:
                 self.http.post(path, body)
                 return
             except CairnError as e:
+                if e.status == 409 and n > 0 and e.details and e.details.get("state") in ("done", "failed"):
+                    return  # an earlier try was taken; its answer was lost on the way
                 if e.status < 500:
                     log.warning("step %s: %s was refused: %s", ctx.step, path, e)
                     return
-            except OSError as e:
                 log.warning("step %s: %s failed (%s); retrying", ctx.step, path, e)
+            except Exception as e:  # noqa: BLE001 - the answer was lost: try again
+                log.warning("step %s: %s failed (%s); retrying", ctx.step, path, e)
+        log.error("step %s: gave up reporting its result; the attempt is retried when its lease lapses", ctx.step)
 
     def _heartbeat(self, ctx: TaskContext, done: threading.Event) -> None:
         every = max(self.lease_ms / 3000, 0.2)
         while not done.wait(every):
             try:
-                answer = self.http.post("/v1/workers/heartbeat", {"token": ctx.token, "lease_ms": self.lease_ms})
-            except (CairnError, OSError) as e:
+                answer = self.http.post(
+                    "/v1/workers/heartbeat", {"token": ctx.token, "lease_ms": self.lease_ms}, timeout=every
+                )
+            except Exception as e:  # noqa: BLE001 - the next beat may get through
                 log.warning("heartbeat for step %s failed: %s", ctx.step, e)
                 continue
             if answer.get("cancelled"):

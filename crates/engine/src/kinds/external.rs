@@ -6,8 +6,13 @@
 //! out) → a transient failure the step's retry policy handles. Dropping the attempt (a timeout,
 //! the run cancelled) cancels the task, which the worker learns at its next heartbeat.
 //!
-//! Workers see the input as the journal holds it: secret values are replaced by their
-//! references, so a worker reads its own credentials from its own environment.
+//! Workers see the input as the journal holds it: secrets are their `{{ secrets.X }}`
+//! references, never values, so a worker reads its own credentials from its own environment.
+//!
+//! A task outlives the engine that queued it: when the engine stops or dies, the step's next
+//! attempt (in whichever process resumes the run) adopts the earlier task — its result if a
+//! worker delivered one meanwhile, else the task itself — instead of handing the work out again.
+//! While it waits for a worker, the attempt gives its concurrency slot back.
 
 use super::{Activity, Attempt, AttemptFuture};
 use crate::calls::CallSink;
@@ -18,7 +23,7 @@ use serde_json::Value;
 use std::io::Read;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// Rung when a task is queued in this process: long polls waiting for work answer at once.
 /// (Processes that share a PostgreSQL database also hear each other through NOTIFY.)
@@ -37,6 +42,13 @@ pub fn task_settled() -> &'static Notify {
 /// How often a waiting attempt reads its task when no bell rings (a worker settled it through
 /// another process).
 const POLL: Duration = Duration::from_millis(250);
+
+/// What an earlier attempt left.
+enum Adopted {
+    Result(Result<Value, Failure>),
+    Task(String),
+    Nothing,
+}
 
 /// A kind whose attempts external workers run.
 pub struct Kind {
@@ -63,17 +75,19 @@ fn new_token() -> Result<String, Failure> {
     Ok(format!("tk_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
-/// Cancels the task when the attempt is dropped before it settled (a timeout, a cancelled run, a
-/// stopping engine), so its worker stops at its next heartbeat.
+/// Cancels the task when the attempt is dropped before it settled (a timeout, a cancelled run),
+/// so its worker stops at its next heartbeat. Not when the engine is stopping: the task stays
+/// queued (or with its worker), and the next engine's attempt adopts it.
 struct Queued {
     sink: Arc<dyn CallSink>,
     token: String,
     settled: bool,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        if self.settled {
+        if self.settled || *self.stopping.borrow() {
             return;
         }
         let (sink, token) = (self.sink.clone(), std::mem::take(&mut self.token));
@@ -107,7 +121,114 @@ impl Kind {
             let message = format!("kind `{}` runs in external workers, which need the engine's store", self.name);
             return Err(Failure::new(ErrorClass::Permanent, message));
         };
+        let token = match self.adopt(&sink, attempt).await? {
+            Adopted::Result(result) => return result,
+            Adopted::Task(token) => token,
+            Adopted::Nothing => self.enqueue(&sink, attempt).await?,
+        };
+        // Waiting for a worker takes none of the process's concurrency.
+        attempt.release_slot();
+        let mut queued =
+            Queued { sink: sink.clone(), token: token.clone(), settled: false, stopping: attempt.stop_signal() };
+        let wake = sink.tasks().wake();
+        let mut backoff = POLL;
+        loop {
+            let settled = task_settled().notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            // A worker may settle the task through another process (PostgreSQL: NOTIFY).
+            let elsewhere = wake.as_ref().map(|w| w.notified());
+            let wait = match sink.tasks().task(token.clone()).await {
+                Ok(Some(row)) => {
+                    backoff = POLL;
+                    if let Some(result) = self.settle(&row, attempt) {
+                        queued.settled = true;
+                        return result;
+                    }
+                    let now = crate::now_ms();
+                    match (row.state, row.lease_expires_at_ms) {
+                        (TaskState::Claimed, Some(t)) if t <= now => {
+                            match sink.tasks().expire(token.clone(), now).await {
+                                Ok(true) => {
+                                    attempt
+                                        .log(format!("worker {} lost its lease", row.worker.as_deref().unwrap_or("?")));
+                                    Duration::ZERO
+                                }
+                                Ok(false) => Duration::ZERO,
+                                Err(_) => POLL,
+                            }
+                        }
+                        (TaskState::Claimed, Some(t)) => Duration::from_millis((t - now).clamp(1, 1_000) as u64),
+                        _ => POLL,
+                    }
+                }
+                Ok(None) => {
+                    queued.settled = true;
+                    return Err(Failure::new(ErrorClass::Transient, "the task vanished from the store (collected?)"));
+                }
+                // A store that cannot be read now may be readable soon: keep waiting, slower.
+                Err(_) => {
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff
+                }
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = settled => {}
+                _ = async { match elsewhere { Some(w) => w.await, None => std::future::pending().await } } => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = attempt.cancelled() => {
+                    // The task stays where it is: the next engine's attempt adopts it.
+                    return Err(Failure::new(
+                        ErrorClass::Transient,
+                        "the engine stopped while the task waited for a worker; the next attempt takes it over",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// What an earlier attempt of this step left with a worker, when no engine waited for it (the
+    /// engine that queued it stopped or died): a result delivered meanwhile is taken as this
+    /// attempt's (a write is not handed to a worker again), a task still queued or held is waited
+    /// for instead of queuing another.
+    async fn adopt(&self, sink: &Arc<dyn CallSink>, attempt: &mut Attempt<'_>) -> Result<Adopted, Failure> {
+        if attempt.attempt <= 1 {
+            return Ok(Adopted::Nothing);
+        }
+        let latest =
+            sink.tasks().latest(attempt.run_id.to_string(), attempt.step.to_string()).await.map_err(|e| {
+                Failure::new(ErrorClass::Transient, format!("cannot read the step's earlier task: {e}"))
+            })?;
+        let Some(row) = latest.filter(|r| r.attempt < attempt.attempt) else { return Ok(Adopted::Nothing) };
+        Ok(match row.state {
+            TaskState::Done => {
+                attempt
+                    .log(format!("took the result attempt {}'s worker delivered while no engine waited", row.attempt));
+                Adopted::Result(self.settle(&row, attempt).unwrap_or(Ok(Value::Null)))
+            }
+            // An attempt that timed out gave its task up (its deadline passed): queue anew.
+            TaskState::Ready | TaskState::Claimed if row.deadline_ms.is_some_and(|d| d <= crate::now_ms()) => {
+                Adopted::Nothing
+            }
+            TaskState::Ready | TaskState::Claimed => {
+                attempt.log(format!("waiting for attempt {}'s task, still with its queue or worker", row.attempt));
+                Adopted::Task(row.token)
+            }
+            TaskState::Failed | TaskState::Lost | TaskState::Cancelled => Adopted::Nothing,
+        })
+    }
+
+    /// Queues this attempt's task; returns its token.
+    async fn enqueue(&self, sink: &Arc<dyn CallSink>, attempt: &mut Attempt<'_>) -> Result<String, Failure> {
         let token = new_token()?;
+        // What the journal holds: secret values never leave the engine.
+        let input = match attempt.journaled_input {
+            Some(journaled) => journaled.clone(),
+            None => attempt.secrets.redact_value(attempt.input.clone()),
+        };
         let task = NewTask {
             token: token.clone(),
             run_id: attempt.run_id.to_string(),
@@ -115,56 +236,16 @@ impl Kind {
             attempt: attempt.attempt,
             queue: self.kind.queue.clone(),
             kind: self.name.clone(),
-            // What the journal holds: secret values never leave the engine.
-            input: attempt.secrets.redact_value(attempt.input.clone()),
+            input,
             deadline_ms: attempt.deadline_ms,
             created_at_ms: crate::now_ms(),
         };
         sink.tasks().enqueue(task).await.map_err(|e| {
             Failure::new(ErrorClass::Transient, format!("cannot queue the task for queue `{}`: {e}", self.kind.queue))
         })?;
-        let mut queued = Queued { sink: sink.clone(), token: token.clone(), settled: false };
         task_queued().notify_waiters();
         attempt.log(format!("queued for a worker on queue `{}`", self.kind.queue));
-        loop {
-            let settled = task_settled().notified();
-            tokio::pin!(settled);
-            settled.as_mut().enable();
-            let row = match sink.tasks().task(token.clone()).await {
-                Ok(Some(row)) => row,
-                Ok(None) => {
-                    queued.settled = true;
-                    return Err(Failure::new(ErrorClass::Transient, "the task vanished from the store (collected?)"));
-                }
-                // A store that cannot be read now may be readable soon: keep waiting.
-                Err(_) => {
-                    tokio::time::sleep(POLL).await;
-                    continue;
-                }
-            };
-            if let Some(result) = self.settle(&row, attempt) {
-                queued.settled = true;
-                return result;
-            }
-            let now = crate::now_ms();
-            if row.state == TaskState::Claimed && row.lease_expires_at_ms.is_some_and(|t| t <= now) {
-                if let Ok(true) = sink.tasks().expire(token.clone(), now).await {
-                    attempt.log(format!("worker {} lost its lease", row.worker.as_deref().unwrap_or("?")));
-                }
-                continue;
-            }
-            let wait = match (row.state, row.lease_expires_at_ms) {
-                (TaskState::Claimed, Some(t)) => Duration::from_millis((t - now).clamp(1, 1_000) as u64),
-                _ => POLL,
-            };
-            tokio::select! {
-                _ = settled => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = attempt.cancelled() => {
-                    return Err(Failure::new(ErrorClass::Transient, "the engine stopped while a worker held the task"));
-                }
-            }
-        }
+        Ok(token)
     }
 
     /// The attempt's result once the task settled; `None` while it waits or runs.

@@ -106,6 +106,10 @@ pub struct Attempt<'a> {
     pub workflow_tools: Arc<BTreeMap<String, Value>>,
     /// When the attempt times out (its step's timeout from its start), if it has one.
     pub deadline_ms: Option<i64>,
+    /// The input as the journal holds it: secrets as `{{ secrets.X }}` references, never values.
+    pub journaled_input: Option<&'a Value>,
+    /// The attempt's share of the process's concurrency, while it holds one.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl<'a> Attempt<'a> {
@@ -139,7 +143,31 @@ impl<'a> Attempt<'a> {
             decisions: Vec::new(),
             workflow_tools: Arc::default(),
             deadline_ms: None,
+            journaled_input: None,
+            slot: None,
         }
+    }
+
+    /// Hands the attempt the input as journaled, and its concurrency slot.
+    pub(crate) fn with_journal(
+        mut self,
+        journaled_input: Option<&'a Value>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Self {
+        self.journaled_input = journaled_input;
+        self.slot = slot;
+        self
+    }
+
+    /// Gives the attempt's concurrency slot back while it only waits (an external kind's task
+    /// waiting for a worker), so waiting attempts do not starve the process's other work.
+    pub fn release_slot(&mut self) {
+        self.slot = None;
+    }
+
+    /// What tells the attempt the engine is stopping (see [`Attempt::is_cancelled`]).
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.cancel.clone()
     }
 
     /// Hands the attempt its deadline.

@@ -80,6 +80,8 @@ impl Tasks for PgStore {
                     "UPDATE tasks SET state='claimed', worker=$1, lease_expires_at=$2 WHERE token IN \
                      (SELECT token FROM tasks WHERE state='ready' AND queue = ANY($3) \
                       AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
+                      AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = tasks.run_id \
+                      AND r.status IN ('COMPLETED', 'FAILED', 'CANCELLED')) \
                       ORDER BY created_at, token LIMIT $5 FOR UPDATE SKIP LOCKED) \
                      RETURNING {COLUMNS}"
                 ),
@@ -112,7 +114,7 @@ impl Tasks for PgStore {
             TaskOutcome::Done(output) => {
                 self.execute(
                     "UPDATE tasks SET state='done', output=$1 WHERE token=$2 AND worker=$3 AND state='claimed' \
-                     AND lease_expires_at>=$4",
+                     AND lease_expires_at>=$4 AND (deadline_at IS NULL OR deadline_at>$4)",
                     &[&output.to_string(), &token, &worker, &now_ms],
                 )
                 .await?
@@ -120,13 +122,18 @@ impl Tasks for PgStore {
             TaskOutcome::Failed { class, message, retry_after_ms } => {
                 self.execute(
                     "UPDATE tasks SET state='failed', error_class=$1, error_message=$2, retry_after_ms=$3 \
-                     WHERE token=$4 AND worker=$5 AND state='claimed' AND lease_expires_at>=$6",
+                     WHERE token=$4 AND worker=$5 AND state='claimed' AND lease_expires_at>=$6 AND (deadline_at IS NULL OR deadline_at>$6)",
                     &[&class, &message, &retry_after_ms.map(|ms| ms as i64), &token, &worker, &now_ms],
                 )
                 .await?
             }
         };
-        if n == 1 { Ok(TaskAnswer::Ok) } else { self.refusal(token).await }
+        if n != 1 {
+            return self.refusal(token).await;
+        }
+        // The attempt waiting for it may be in another process.
+        self.notify().await;
+        Ok(TaskAnswer::Ok)
     }
 
     async fn expire_task(&self, token: &str, now_ms: i64) -> Result<bool, Error> {
@@ -148,6 +155,14 @@ impl Tasks for PgStore {
 
     async fn task(&self, token: &str) -> Result<Option<TaskRow>, Error> {
         let rows = self.query(&format!("SELECT {COLUMNS} FROM tasks WHERE token=$1"), &[&token]).await?;
+        Ok(rows.first().map(task_row))
+    }
+
+    async fn latest_task(&self, run_id: &str, step: &str) -> Result<Option<TaskRow>, Error> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks WHERE run_id=$1 AND step=$2 ORDER BY attempt DESC, created_at DESC LIMIT 1"
+        );
+        let rows = self.query(&sql, &[&run_id, &step]).await?;
         Ok(rows.first().map(task_row))
     }
 }

@@ -86,8 +86,12 @@ impl Tasks for SqliteStore {
         let (worker, until, limit) = (claim.worker.to_string(), claim.lease_until_ms, claim.limit);
         self.in_group(move |tx| {
             let marks = |n: usize, from: usize| (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",");
-            let mut sql =
-                format!("SELECT token FROM tasks WHERE state='ready' AND queue IN ({})", marks(queues.len(), 1));
+            let mut sql = format!(
+                "SELECT token FROM tasks WHERE state='ready' AND queue IN ({}) \
+                         AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = tasks.run_id \
+                         AND r.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))",
+                marks(queues.len(), 1)
+            );
             if !kinds.is_empty() {
                 sql.push_str(&format!(" AND kind IN ({})", marks(kinds.len(), queues.len() + 1)));
             }
@@ -138,13 +142,13 @@ impl Tasks for SqliteStore {
                 TaskOutcome::Done(output) => tx
                     .prepare_cached(
                         "UPDATE tasks SET state='done', output=?1 WHERE token=?2 AND worker=?3 AND state='claimed' \
-                         AND lease_expires_at>=?4",
+                         AND lease_expires_at>=?4 AND (deadline_at IS NULL OR deadline_at>?4)",
                     )?
                     .execute(params![output.to_string(), token, worker, now_ms])?,
                 TaskOutcome::Failed { class, message, retry_after_ms } => tx
                     .prepare_cached(
                         "UPDATE tasks SET state='failed', error_class=?1, error_message=?2, retry_after_ms=?3 \
-                         WHERE token=?4 AND worker=?5 AND state='claimed' AND lease_expires_at>=?6",
+                         WHERE token=?4 AND worker=?5 AND state='claimed' AND lease_expires_at>=?6 AND (deadline_at IS NULL OR deadline_at>?6)",
                     )?
                     .execute(params![class, message, retry_after_ms.map(|ms| ms as i64), token, worker, now_ms])?,
             };
@@ -179,5 +183,16 @@ impl Tasks for SqliteStore {
 
     async fn task(&self, token: &str) -> Result<Option<TaskRow>, Error> {
         self.read(|conn| get(conn, token))
+    }
+
+    async fn latest_task(&self, run_id: &str, step: &str) -> Result<Option<TaskRow>, Error> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM tasks WHERE run_id=?1 AND step=?2 ORDER BY attempt DESC, created_at DESC LIMIT 1"
+                ))?
+                .query_row([run_id, step], task_row)
+                .optional()?)
+        })
     }
 }
