@@ -42,24 +42,34 @@ const MAX_MESSAGE_CHARS: usize = 4_096;
 #[schema(example = json!({"worker": "py-worker-1", "queues": ["py-workers"], "max_tasks": 4, "wait_ms": 20000}))]
 pub struct Claim {
     /// Who claims (for logs and the dashboard): 1 to 128 printable characters.
-    #[schema(example = "py-worker-1")]
+    #[schema(example = "py-worker-1", min_length = 1, max_length = 128)]
     worker: String,
     /// Tasks of these queues (1 to 32).
+    #[schema(min_items = 1, max_items = 32, inline, value_type = Vec<NameText>)]
     queues: Vec<String>,
     /// And of these kinds only, when given.
     #[serde(default)]
+    #[schema(max_items = 64, inline, value_type = Vec<NameText>)]
     kinds: Vec<String>,
     /// At most this many tasks (1 to 100; default 1).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     max_tasks: Option<u64>,
     /// How long to wait for a task when none is ready, in ms (0 to 60000; default 20000).
     #[serde(default)]
+    #[schema(maximum = 60000)]
     wait_ms: Option<u64>,
     /// How long the worker holds each task without a heartbeat, in ms (1000 to 600000; default
     /// 30000). A worker that stops heartbeating loses the task, and the attempt is retried.
     #[serde(default)]
+    #[schema(minimum = 1000, maximum = 600000)]
     lease_ms: Option<u64>,
 }
+
+/// A queue or kind name: a letter, then up to 63 letters, digits, `_`, `-` or `.`.
+#[derive(ToSchema)]
+#[schema(pattern = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$", example = "py-workers")]
+pub struct NameText(#[allow(dead_code)] String);
 
 /// A claimed task: one attempt of a step, the worker's until its lease expires.
 #[derive(Serialize, ToSchema)]
@@ -194,9 +204,11 @@ pub async fn claim<S: Store>(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"token": "tk_9f2c4e1a0b3d5f7e9a1c3e5f7b9d1f3a", "lease_ms": 30000}))]
 pub struct Heartbeat {
+    #[schema(min_length = 1, max_length = 128)]
     token: String,
     /// Extend the lease by this much from now, in ms (1000 to 600000; default 30000).
     #[serde(default)]
+    #[schema(minimum = 1000, maximum = 600000)]
     lease_ms: Option<u64>,
 }
 
@@ -286,6 +298,7 @@ pub async fn heartbeat<S: Store>(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"token": "tk_9f2c4e1a0b3d5f7e9a1c3e5f7b9d1f3a", "output": {"summary": "Otters hold hands."}}))]
 pub struct Complete {
+    #[schema(min_length = 1, max_length = 128)]
     token: String,
     /// The step's output (any JSON).
     #[schema(value_type = Value)]
@@ -297,15 +310,19 @@ pub struct Complete {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"token": "tk_9f2c4e1a0b3d5f7e9a1c3e5f7b9d1f3a", "class": "rate_limited", "message": "upstream said 429", "retry_after_ms": 2000}))]
 pub struct Fail {
+    #[schema(min_length = 1, max_length = 128)]
     token: String,
     /// `transient` (default), `timeout` or `rate_limited` are retried under the step's policy;
     /// `permanent` and `malformed_output` are not.
     #[serde(default)]
+    #[schema(pattern = "^(transient|timeout|rate_limited|permanent|malformed_output)$")]
     class: Option<String>,
     /// What went wrong (at most 4096 characters).
+    #[schema(max_length = 4096)]
     message: String,
-    /// Wait at least this long before the next attempt.
+    /// Wait at least this long before the next attempt (at most a day).
     #[serde(default)]
+    #[schema(maximum = 86400000)]
     retry_after_ms: Option<u64>,
 }
 
@@ -406,14 +423,18 @@ pub async fn fail<S: Store>(
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"token": "tk_9f2c4e1a0b3d5f7e9a1c3e5f7b9d1f3a", "n": 1, "name": "fetch_page", "request_hash": "sha256:3f5a9c0e", "result": {"status": 200}}))]
 pub struct Call {
+    #[schema(min_length = 1, max_length = 128)]
     token: String,
     /// The call's position among the task's calls (1, 2, …): the same call must take the same
     /// position in every attempt.
+    #[schema(minimum = 1, maximum = 10000)]
     n: u32,
     /// What the call is (`fetch_page`, `model`): a letter, then up to 63 letters, digits, `_`, `-` or `.`.
+    #[schema(pattern = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
     name: String,
     /// A hash of the call's request (1 to 128 of `0-9a-zA-Z_:-`), e.g. SHA-256 of its arguments:
     /// a recorded call whose hash differs is a divergence.
+    #[schema(pattern = "^[0-9A-Za-z_:-]{1,128}$")]
     request_hash: String,
     /// The call's result (any JSON, `null` too), to record it; without the field, only look it up.
     #[serde(default, deserialize_with = "present")]
