@@ -6,19 +6,15 @@
 //! `--in-flight` clients; a run counts when its answer says COMPLETED. Reported: workflows/s,
 //! tasks/s, the run's latency, and each task's round trip (queued → settled, from the journal).
 
-use crate::bench_http::{Client, pct};
+use crate::bench_http::{Client, Stack, pct};
 use crate::{CliError, CliResult};
-use cairn_core::catalog::Catalog;
-use cairn_engine::{Engine, EngineConfig};
-use cairn_server::{AppState, AuthMode, ServerConfig};
-use cairn_store::{Durability, Journal, SqliteStore};
+use cairn_store::Journal;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
 
 /// Who runs the tasks.
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -97,46 +93,13 @@ pub async fn bench_external(
     client_dir: PathBuf,
     json_out: bool,
 ) -> CliResult {
-    let dir = std::env::temp_dir().join(format!("cairn-bench-external-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
-    let store = Arc::new(SqliteStore::open(dir.join("bench.db"), Durability::Full)?);
-    let mut config = EngineConfig::new(cairn_engine::owner_id());
-    config.concurrency = 1024;
-    config.max_runs = 8192;
-    config.max_per_run = 8;
-    config.release_when_idle_ms = Some(1_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(store.clone(), config, Some(tx));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let catalog = Catalog::builtin().map_err(CliError::env)?;
-    let state = AppState::new(
-        engine.clone(),
-        Some(rx),
-        ServerConfig { auth: AuthMode::Off, drive_here: true, max_body_bytes: 1 << 20, catalog },
-        shutdown_rx.clone(),
-    );
-    let listener =
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| CliError::env(format!("cannot listen: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
-    let mut stop_server = shutdown_rx;
-    let server = tokio::spawn(cairn_server::serve(listener, state, async move {
-        let _ = stop_server.changed().await;
-    }));
-    let heartbeat = engine.spawn_heartbeat();
-    let driver = engine.spawn_worker();
-    cairn_engine::say!("cairn bench --external: http://{addr}, {}", cairn_store::Journal::describe(&*store));
-
     let definition = json!({"name": "bench-ext-3", "kinds": {"work": {"queue": "bench", "effect": "pure"}}, "steps": [
         {"id": "s0", "kind": "work", "with": {"n": 0}},
         {"id": "s1", "kind": "work", "needs": ["s0"], "with": {"n": 1}},
         {"id": "s2", "kind": "work", "needs": ["s1"], "with": {"n": 2}},
     ]});
-    let mut admin = Client::connect(addr).await.map_err(|e| CliError::env(e.to_string()))?;
-    let (status, _) =
-        admin.post("/v1/workflows", &definition.to_string()).await.map_err(|e| CliError::env(e.to_string()))?;
-    if status != 201 && status != 200 {
-        return Err(CliError::env(format!("registering the bench workflow answered HTTP {status}")));
-    }
+    let stack = Stack::start("external", 1024, &definition).await?;
+    let (addr, store) = (stack.addr, stack.store.clone());
 
     let stop = Arc::new(AtomicBool::new(false));
     let worker_errors = Arc::new(AtomicUsize::new(0));
@@ -250,12 +213,7 @@ pub async fn bench_external(
     for w in rust_workers {
         let _ = w.await;
     }
-    let _ = shutdown_tx.send(true);
-    engine.drain();
-    driver.abort();
-    heartbeat.abort();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
     if results.iter().any(|r| r["errors"].as_u64().unwrap_or(0) > 0) {
         return Err(CliError::failed("some benchmark workflows did not complete"));
     }

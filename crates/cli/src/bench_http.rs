@@ -60,47 +60,78 @@ pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
 }
 
-pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliResult {
-    let dir = std::env::temp_dir().join(format!("cairn-bench-http-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
-    let store = Arc::new(SqliteStore::open(dir.join("bench.db"), Durability::Full)?);
-    let mut config = EngineConfig::new(cairn_engine::owner_id());
-    config.concurrency = 512;
-    config.max_runs = 8192;
-    config.max_per_run = 8;
-    config.release_when_idle_ms = Some(1_000);
-    let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(store.clone(), config, Some(tx));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let catalog = Catalog::builtin().map_err(CliError::env)?;
-    let state = AppState::new(
-        engine.clone(),
-        Some(rx),
-        ServerConfig { auth: AuthMode::Off, drive_here: true, max_body_bytes: 1 << 20, catalog },
-        shutdown_rx.clone(),
-    );
-    let listener =
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| CliError::env(format!("cannot listen: {e}")))?;
-    let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
-    let mut stop = shutdown_rx;
-    let server = tokio::spawn(cairn_server::serve(listener, state, async move {
-        let _ = stop.changed().await;
-    }));
-    let heartbeat = engine.spawn_heartbeat();
-    let worker = engine.spawn_worker();
-    cairn_engine::say!("cairn bench --http: http://{addr}, {}", cairn_store::Journal::describe(&*store));
+/// A real `cairn serve` stack in this process on loopback: server, engine (its worker and
+/// heartbeat), SQLite with synchronous=FULL in a scratch directory.
+pub(crate) struct Stack {
+    pub addr: SocketAddr,
+    pub store: Arc<SqliteStore>,
+    dir: std::path::PathBuf,
+    engine: Engine<SqliteStore>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
 
+impl Stack {
+    /// Starts the stack and registers `workflow`; `name` is the bench's, for messages.
+    pub(crate) async fn start(name: &str, concurrency: usize, workflow: &Value) -> CliResult<Stack> {
+        let dir = std::env::temp_dir().join(format!("cairn-bench-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
+        let store = Arc::new(SqliteStore::open(dir.join("bench.db"), Durability::Full)?);
+        let mut config = EngineConfig::new(cairn_engine::owner_id());
+        config.concurrency = concurrency;
+        config.max_runs = 8192;
+        config.max_per_run = 8;
+        config.release_when_idle_ms = Some(1_000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Engine::new(store.clone(), config, Some(tx));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let catalog = Catalog::builtin().map_err(CliError::env)?;
+        let state = AppState::new(
+            engine.clone(),
+            Some(rx),
+            ServerConfig { auth: AuthMode::Off, drive_here: true, max_body_bytes: 1 << 20, catalog },
+            shutdown_rx.clone(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::env(format!("cannot listen: {e}")))?;
+        let addr = listener.local_addr().map_err(|e| CliError::env(e.to_string()))?;
+        let mut stop = shutdown_rx;
+        let server = tokio::spawn(cairn_server::serve(listener, state, async move {
+            let _ = stop.changed().await;
+        }));
+        let tasks = [engine.spawn_heartbeat(), engine.spawn_worker()];
+        cairn_engine::say!("cairn bench --{name}: http://{addr}, {}", cairn_store::Journal::describe(&*store));
+        let mut admin = Client::connect(addr).await.map_err(|e| CliError::env(e.to_string()))?;
+        let (status, _) =
+            admin.post("/v1/workflows", &workflow.to_string()).await.map_err(|e| CliError::env(e.to_string()))?;
+        if status != 201 && status != 200 {
+            return Err(CliError::env(format!("registering the bench workflow answered HTTP {status}")));
+        }
+        Ok(Stack { addr, store, dir, engine, shutdown, server, tasks })
+    }
+
+    /// Stops the server and the engine and removes the scratch directory.
+    pub(crate) async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        self.engine.drain();
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.server).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliResult {
     let definition = json!({"name": "bench-noop-3", "steps": [
         {"id": "s0", "kind": "noop"},
         {"id": "s1", "kind": "noop", "needs": ["s0"]},
         {"id": "s2", "kind": "noop", "needs": ["s1"]},
     ]});
-    let mut admin = Client::connect(addr).await.map_err(|e| CliError::env(e.to_string()))?;
-    let (status, _) =
-        admin.post("/v1/workflows", &definition.to_string()).await.map_err(|e| CliError::env(e.to_string()))?;
-    if status != 201 && status != 200 {
-        return Err(CliError::env(format!("registering the bench workflow answered HTTP {status}")));
-    }
+    let stack = Stack::start("http", 512, &definition).await?;
+    let addr = stack.addr;
 
     let run_once = |warm: usize| {
         let next = Arc::new(AtomicUsize::new(0));
@@ -176,12 +207,7 @@ pub async fn bench_http(total: usize, in_flight: usize, json_out: bool) -> CliRe
             );
         }
     }
-    let _ = shutdown_tx.send(true);
-    engine.drain();
-    worker.abort();
-    heartbeat.abort();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    stack.stop().await;
     if results.iter().any(|r| r["errors"].as_u64().unwrap_or(0) > 0) {
         return Err(CliError::failed("some benchmark requests did not complete"));
     }
