@@ -404,3 +404,16 @@ fn a_task_outlives_the_engine_that_queued_it_and_its_result_is_adopted_not_redon
     let _ = third.kill();
     let _ = third.wait();
 }
+
+#[test]
+fn a_step_nobody_claims_times_out_naming_its_queue_and_its_task_is_withdrawn() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let addr = server.addr.clone();
+    let id = start(&addr, &pipeline(json!({"max_attempts": 1}), "300ms"));
+    let run = wait_status(&addr, &id, "FAILED");
+    assert!(run.to_string().contains("waited for a worker on queue `rust`"), "{run}");
+    // The task was withdrawn with the attempt: a worker arriving late gets nothing.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(claim(&addr, 0, 30_000).is_empty(), "a timed-out attempt's task was still handed out");
+}

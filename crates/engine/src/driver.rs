@@ -575,6 +575,7 @@ impl<S: Store> Live<S> {
                 journaled_input: Some(&l.input),
                 slot: permit.take(),
             };
+            let queue = kinds.get(&step_def.kind).and_then(|(spec, _)| spec.queue.clone());
             let fut = activity::execute(ctx);
             let outcome = match step_def.timeout_ms {
                 Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), fut).await {
@@ -583,9 +584,16 @@ impl<S: Store> Live<S> {
                         Err(Failure::new(
                             ErrorClass::Timeout,
                             format!(
-                                "attempt {} ran past its timeout of {} and was cancelled",
+                                "attempt {} ran past its timeout of {} and was cancelled{}",
                                 l.attempt,
-                                cairn_core::duration::format_ms(ms)
+                                cairn_core::duration::format_ms(ms),
+                                match &queue {
+                                    Some(q) => format!(
+                                        " (its task waited for a worker on queue `{q}` and was not settled in \
+                                         time: is a worker claiming from that queue?)"
+                                    ),
+                                    None => String::new(),
+                                }
                             ),
                         )),
                         Vec::new(),

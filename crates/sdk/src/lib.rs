@@ -98,6 +98,24 @@ impl Cairn {
         self
     }
 
+    /// Adds a step kind from an async function of the step's input (its rendered `with`; secret
+    /// values in memory only) to its output. For more (logs, usage, journaled calls inside the
+    /// attempt, cancellation) implement [`Activity`].
+    ///
+    /// ```no_run
+    /// # use cairn_sdk::{Cairn, KindSpec, Value, json};
+    /// let cairn = Cairn::new().kind_fn(KindSpec::new("upper", "upper-cases `with.text`"), |input: Value| async move {
+    ///     Ok(json!({"text": input["text"].as_str().unwrap_or_default().to_uppercase()}))
+    /// });
+    /// ```
+    pub fn kind_fn<F, Fut>(self, spec: KindSpec, f: F) -> Cairn
+    where
+        F: Fn(Value) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Value, Failure>> + Send + 'static,
+    {
+        self.kind(FnKind { spec, f })
+    }
+
     /// Adds an external kind: its steps wait in `kind.queue` for workers (any language, over
     /// `cairn serve`'s worker protocol on the same database).
     pub fn external(mut self, name: &str, kind: ExternalKind) -> Cairn {
@@ -143,6 +161,26 @@ impl Cairn {
         let engine = Engine::new(Arc::new(store), config, None);
         let heartbeat = engine.spawn_heartbeat();
         Runtime { engine, heartbeat }
+    }
+}
+
+/// A kind made of an async function (see [`Cairn::kind_fn`]).
+struct FnKind<F> {
+    spec: KindSpec,
+    f: F,
+}
+
+impl<F, Fut> Activity for FnKind<F>
+where
+    F: Fn(Value) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Value, Failure>> + Send + 'static,
+{
+    fn spec(&self) -> KindSpec {
+        self.spec.clone()
+    }
+
+    fn run<'a>(&'a self, attempt: &'a mut Attempt<'_>) -> AttemptFuture<'a> {
+        Box::pin((self.f)(attempt.input.clone()))
     }
 }
 

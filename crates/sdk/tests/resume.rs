@@ -82,6 +82,17 @@ fn a_run_cut_off_by_a_dying_process_is_resumed_by_the_next_without_repeating_its
         let output = outcome.output.clone().expect("output");
         assert_eq!(output["done"], json!({"first": 1}), "{output}");
         assert_eq!(FIRST_RUNS.load(Ordering::SeqCst), 1, "the finished step did not run again");
+        // An async function as a kind.
+        let upper = KindSpec::new("upper", "upper-cases `with.text`");
+        let fns = Cairn::new()
+            .kind_fn(upper, |input: cairn_sdk::Value| async move {
+                Ok(json!({"text": input["text"].as_str().unwrap_or_default().to_uppercase()}))
+            })
+            .open_sqlite(dir.path().join("fns.db"))
+            .expect("open");
+        let shout = Workflow::new("shout").step(Step::new("up", "upper").with(json!({"text": "quiet"})));
+        let out = fns.run(&shout, json!({})).await.expect("run").output.expect("output");
+        assert_eq!(out["up"]["text"], "QUIET");
         // A run that waits for a person is handed back, not awaited forever.
         let gated = Workflow::new("gated").step(Step::new("ask", "approval").approval("ship it?"));
         let waiting = tokio::time::timeout(Duration::from_secs(10), cairn.run(&gated, json!({})))
