@@ -417,3 +417,26 @@ fn a_step_nobody_claims_times_out_naming_its_queue_and_its_task_is_withdrawn() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(claim(&addr, 0, 30_000).is_empty(), "a timed-out attempt's task was still handed out");
 }
+
+/// `cairn serve` stopped with SIGTERM while a worker holds a task: the drain waits for it (up to
+/// `--shutdown-timeout`), gives up without withdrawing the task, and the next server's engine
+/// takes the worker's result: the attempt is not lost, the work not handed out again.
+#[test]
+fn a_graceful_stop_leaves_a_held_task_to_the_next_server() {
+    let env = Env::new();
+    let mut server = env.serve(&["--shutdown-timeout", "500ms"]);
+    let id = start(&server.addr, &pipeline(json!({"max_attempts": 2, "initial_delay": "50ms"}), "1m"));
+    let task = claim(&server.addr, 20_000, 60_000).remove(0);
+    send_signal(&server.child, "TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success(), "a clean exit");
+    let server = env.serve(&[]);
+    let addr = server.addr.clone();
+    let hb = post(&addr, "/v1/workers/heartbeat", &json!({"token": task["token"]})).json();
+    assert_eq!(hb["cancelled"], false, "the stop withdrew the task: {hb}");
+    let done = json!({"token": task["token"], "output": {"text": "AFTER RESTART"}});
+    assert_eq!(post(&addr, "/v1/workers/complete", &done).status, 200);
+    let run = wait_status(&addr, &id, "COMPLETED");
+    assert_eq!(run["output"]["c"], json!({"got": "AFTER RESTART"}), "{run}");
+    let body = json!({"worker": "late", "queues": ["rust"], "wait_ms": 0});
+    assert_eq!(post(&addr, "/v1/workers/claim", &body).json()["tasks"], json!([]));
+}

@@ -146,6 +146,15 @@ impl Kind {
                         return result;
                     }
                     let now = crate::now_ms();
+                    // An adopted task keeps the deadline of the attempt that queued it: past
+                    // it, no result is taken any more (the worker's is refused).
+                    if row.deadline_ms.is_some_and(|d| d <= now) {
+                        let message = format!(
+                            "the task (queued by attempt {}) passed its deadline before a worker settled it",
+                            row.attempt
+                        );
+                        return Err(Failure::new(ErrorClass::Timeout, message));
+                    }
                     match (row.state, row.lease_expires_at_ms) {
                         (TaskState::Claimed, Some(t)) if t <= now => {
                             match sink.tasks().expire(token.clone(), now).await {
@@ -179,14 +188,9 @@ impl Kind {
                 _ = settled => {}
                 _ = async { match elsewhere { Some(w) => w.await, None => std::future::pending().await } } => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = attempt.cancelled() => {
-                    // The task stays where it is: the next engine's attempt adopts it.
-                    return Err(Failure::new(
-                        ErrorClass::Transient,
-                        "the engine stopped while the task waited for a worker; the next attempt takes it over",
-                    ));
-                }
             }
+            // An engine that stops waits for its attempts like for any kind's; if it exits
+            // first, the task stays where it is (see `Queued`) for the next engine to adopt.
         }
     }
 
