@@ -9,6 +9,7 @@ pub mod budget;
 pub mod builder;
 pub mod catalog;
 pub mod chaos;
+pub mod chaos_plan;
 pub mod decide;
 pub mod definition;
 pub mod duration;
