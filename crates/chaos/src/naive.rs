@@ -1,0 +1,99 @@
+//! The naive runner Cairn is measured against: the same five stages, run by a plain in-process
+//! loop with in-memory retries (3 attempts, 100 ms apart, 1 s per request) and no journal. When
+//! its process is killed it loses what it held: the job starts again from its first stage (a
+//! supervisor restarts the process at once, so nobody has to step in). It has no fallback model
+//! and sends no idempotency keys, as such loops usually don't.
+
+use crate::world::{EVALUATE, KillOrder};
+use cairn_core::chaos_plan::STAGES;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How the naive runs went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub completed: usize,
+    pub failed: usize,
+    /// Kills it came back from (by starting the job over).
+    pub recoveries: usize,
+    pub wall: Duration,
+}
+
+enum Job {
+    Done,
+    Failed,
+}
+
+/// Runs `jobs` jobs one after another against the world at `addr`; kill orders for the job in
+/// progress arrive on `kills`.
+pub async fn run(addr: SocketAddr, jobs: usize, kills: &mut mpsc::UnboundedReceiver<KillOrder>) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    for job in 0..jobs {
+        loop {
+            tokio::select! {
+                ended = run_job(addr, job) => {
+                    match ended {
+                        Job::Done => outcome.completed += 1,
+                        Job::Failed => outcome.failed += 1,
+                    }
+                    break;
+                }
+                Some(order) = kills.recv() => {
+                    // The process dies with everything it held; it is started again and takes
+                    // the job from the top.
+                    let _ = order.done.send(());
+                    outcome.recoveries += 1;
+                }
+            }
+        }
+    }
+    outcome.wall = started.elapsed();
+    outcome
+}
+
+async fn run_job(addr: SocketAddr, job: usize) -> Job {
+    for (stage, name) in STAGES.iter().enumerate() {
+        let mut done = false;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let (path, body) = if stage == EVALUATE {
+                let body =
+                    json!({"model": "primary", "messages": [{"role": "user", "content": format!("score job {job}")}]});
+                ("/v1/chat/completions".to_string(), body)
+            } else {
+                (format!("/stage/{job}/{name}"), json!({"job": job}))
+            };
+            if let Ok(Ok(200)) =
+                tokio::time::timeout(Duration::from_secs(1), post(addr, &path, &body.to_string())).await
+            {
+                done = true;
+                break;
+            }
+        }
+        if !done {
+            return Job::Failed;
+        }
+    }
+    Job::Done
+}
+
+/// One `POST` with `Connection: close`; the answer's status.
+async fn post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("no status line"))
+}
