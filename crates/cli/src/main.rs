@@ -18,6 +18,7 @@ mod bench_http;
 mod bench_llm;
 mod bench_map;
 mod bench_park;
+mod chaos;
 mod config;
 mod config_models;
 mod config_tools;
@@ -363,6 +364,9 @@ enum Command {
     /// Measure throughput and latency of no-op workflows on a real SQLite file.
     #[command(after_help = "Example:\n  cairn bench --workflows 5000")]
     Bench(bench::BenchArgs),
+    /// The same workload, naive and under Cairn, through one seeded failure schedule: a table.
+    #[command(after_help = "Example:\n  cairn chaos --profile hostile --seed 1337 --workflows 20")]
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Subcommand)]
@@ -517,6 +521,7 @@ fn main() -> ExitCode {
                 steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Bench(args) => bench::bench(&cli.db, args).await,
+            Command::Chaos(args) => chaos::chaos(args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,

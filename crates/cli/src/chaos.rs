@@ -1,0 +1,239 @@
+//! `cairn chaos`: the same five-stage workload run twice under one seeded failure schedule
+//! (`cairn_core::chaos_plan`) against one kind of outside world (`cairn_chaos::world`): once by
+//! the naive runner (in-memory retries, no journal, starts over after a kill), once by Cairn — a
+//! real `cairn worker` process on a SQLite file, killed with SIGKILL at each scheduled instant
+//! and started again. Jobs run one after another in both modes, so the same seed gives the same
+//! table (up to wall time). The report: completion, duplicated side effects (counted by the
+//! world), wasted work (stage executions done again), cost (priced model calls), wall time,
+//! recoveries, human interventions, and the delta.
+
+use crate::{CliError, CliResult};
+use cairn_chaos::naive::Outcome;
+use cairn_chaos::world::{PRICE_USD, Service, Tally};
+use cairn_core::chaos_plan::{Schedule, profile};
+use cairn_engine::{Engine, EngineConfig, NewRun, Submit};
+use cairn_store::{Durability, Journal, SqliteStore};
+use clap::Args;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct ChaosArgs {
+    /// The failure profile: calm, flaky or hostile.
+    #[arg(long, default_value = "hostile")]
+    pub profile: String,
+    /// The schedule's seed: the same seed, the same failures.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Jobs (workflows of five stages) in the workload.
+    #[arg(long, default_value_t = 20)]
+    pub workflows: usize,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One job of the durable side: five steps against the world, the evaluation with a fallback.
+fn workflow() -> &'static str {
+    r#"
+name: chaos-job
+inputs: {job: {}, base: {}}
+defaults:
+  timeout: 1s
+  retry: {max_attempts: 6, initial_delay: 50ms, max_delay: 400ms, jitter: 0}
+steps:
+  - id: setup
+    kind: http
+    with: {url: "{{ inputs.base }}/stage/{{ inputs.job }}/setup", method: POST, body: {job: "{{ inputs.job }}"}}
+  - id: load_data
+    kind: http
+    needs: [setup]
+    with: {url: "{{ inputs.base }}/stage/{{ inputs.job }}/load_data", method: POST, body: {job: "{{ inputs.job }}"}}
+  - id: evaluate
+    kind: llm
+    needs: [load_data]
+    with: {model: [primary, fallback], prompt: "score job {{ inputs.job }}"}
+  - id: write_metrics
+    kind: http
+    needs: [evaluate]
+    with: {url: "{{ inputs.base }}/stage/{{ inputs.job }}/write_metrics", method: POST, body: {job: "{{ inputs.job }}"}}
+  - id: upload_artifact
+    kind: http
+    needs: [write_metrics]
+    with: {url: "{{ inputs.base }}/stage/{{ inputs.job }}/upload_artifact", method: POST, body: {job: "{{ inputs.job }}"}}
+"#
+}
+
+/// The models of the durable side: two providers on the world, so the primary's breaker does not
+/// stop the fallback.
+fn config(base: &str) -> String {
+    // Priced per call as the world counts them: 28 tokens a call.
+    let per_mtok = PRICE_USD / 28.0 * 1_000_000.0;
+    format!(
+        "[providers.world_a]\ntype = \"openai\"\nbase_url = \"{base}/v1\"\n\n\
+         [providers.world_b]\ntype = \"openai\"\nbase_url = \"{base}/v1\"\n\n\
+         [models.primary]\nprovider = \"world_a\"\nmodel = \"primary\"\ninput_usd_per_mtok = {per_mtok}\noutput_usd_per_mtok = {per_mtok}\n\n\
+         [models.fallback]\nprovider = \"world_b\"\nmodel = \"fallback\"\ninput_usd_per_mtok = {per_mtok}\noutput_usd_per_mtok = {per_mtok}\n"
+    )
+}
+
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(dir: &Path) -> CliResult<Worker> {
+        let exe = std::env::current_exe().map_err(|e| CliError::env(format!("cannot find this binary: {e}")))?;
+        let child = Command::new(exe)
+            .args(["worker", "--lease-ms", "2000"])
+            .env("CAIRN_DB", dir.join("chaos.db"))
+            .env("CAIRN_CONFIG", dir.join("cairn.toml"))
+            .env_remove("CAIRN_DATABASE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| CliError::env(format!("cannot start a cairn worker: {e}")))?;
+        Ok(Worker { child })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The durable side: returns how the jobs went and what the world counted.
+async fn durable(schedule: &Schedule) -> CliResult<(Outcome, Tally)> {
+    let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
+    let base = format!("http://{}", world.addr);
+    let dir = std::env::temp_dir().join(format!("cairn-chaos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::write(dir.join("cairn.toml"), config(&base)).map_err(|e| CliError::env(e.to_string()))?;
+    let store = Arc::new(SqliteStore::open(dir.join("chaos.db"), Durability::Full)?);
+    let engine = Engine::new(store.clone(), EngineConfig::new(cairn_engine::owner_id()), None);
+    let definition = cairn_core::validate::parse_definition(workflow(), "chaos-job.yaml", engine.kinds())
+        .map_err(|p| CliError::env(format!("the chaos workflow does not validate: {p:?}")))?;
+    let mut worker = Worker::start(&dir)?;
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    for job in 0..schedule.jobs {
+        let id = cairn_engine::new_run_id();
+        let new = NewRun::inline(definition.clone(), json!({"job": job, "base": base}));
+        engine.submit(id.clone(), new, Submit { idempotency: None, drive_here: false }).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            tokio::select! {
+                Some(order) = orders.recv() => {
+                    // SIGKILL right after the effect, then the supervisor starts a new process.
+                    worker.kill();
+                    let _ = order.done.send(());
+                    outcome.recoveries += 1;
+                    worker = Worker::start(&dir)?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    let run = store.get_run(&id).await?;
+                    match run.status.as_str() {
+                        "COMPLETED" => { outcome.completed += 1; break; }
+                        "FAILED" | "CANCELLED" => { outcome.failed += 1; break; }
+                        _ if Instant::now() > deadline => { outcome.failed += 1; break; }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    outcome.wall = started.elapsed();
+    drop(worker);
+    let tally = world.tally();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((outcome, tally))
+}
+
+fn row(mode: &str, jobs: usize, o: &Outcome, t: &Tally) -> Value {
+    json!({
+        "mode": mode,
+        "completed": o.completed,
+        "completion_pct": if jobs == 0 { 100.0 } else { 100.0 * o.completed as f64 / jobs as f64 },
+        "duplicated_effects": t.duplicated_effects(),
+        "wasted_work": t.wasted_work(),
+        "cost_usd": t.cost_usd(),
+        "wall_s": o.wall.as_secs_f64(),
+        "recoveries": o.recoveries,
+        // Jobs that ended failed need a person to look at them and run them again.
+        "human_interventions": o.failed,
+    })
+}
+
+pub async fn chaos(args: ChaosArgs) -> CliResult {
+    let profile = profile(&args.profile).map_err(CliError::usage)?;
+    if args.workflows == 0 || args.workflows > 1_000 {
+        return Err(CliError::usage(format!("--workflows {} is out of range: use 1 to 1000", args.workflows)));
+    }
+    let schedule = Schedule::new(&profile, args.seed, args.workflows);
+    for line in schedule.describe() {
+        cairn_engine::say!("[chaos] {line}");
+    }
+    if schedule.db_restart_at_job.is_some() {
+        // The workload runs on a SQLite file in this version; a database restart needs a server.
+        cairn_engine::say!("[chaos] (the database restart is not played: the workload runs on SQLite)");
+    }
+    cairn_engine::say!("[chaos] naive runner …");
+    let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
+    let naive = cairn_chaos::naive::run(world.addr, args.workflows, &mut orders).await;
+    let naive = row("naive", args.workflows, &naive, &world.tally());
+    drop(world);
+    cairn_engine::say!("[chaos] cairn (a cairn worker process, SIGKILLed at each kill) …");
+    let (outcome, tally) = durable(&schedule).await?;
+    let durable = row("cairn", args.workflows, &outcome, &tally);
+    let report = json!({"schedule": schedule, "rows": [naive, durable]});
+    if args.json {
+        crate::out!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        crate::out!("{}", table(&report));
+    }
+    Ok(())
+}
+
+fn table(report: &Value) -> String {
+    let mut out = String::from(
+        "| mode | completion | duplicated effects | wasted work | cost | wall time | recoveries | human interventions |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    let rows = report["rows"].as_array().cloned().unwrap_or_default();
+    for r in &rows {
+        out.push_str(&format!(
+            "| {} | {:.0} % | {} | {} | ${:.4} | {:.1} s | {} | {} |\n",
+            r["mode"].as_str().unwrap_or(""),
+            r["completion_pct"].as_f64().unwrap_or(0.0),
+            r["duplicated_effects"],
+            r["wasted_work"],
+            r["cost_usd"].as_f64().unwrap_or(0.0),
+            r["wall_s"].as_f64().unwrap_or(0.0),
+            r["recoveries"],
+            r["human_interventions"],
+        ));
+    }
+    if let [naive, cairn] = rows.as_slice() {
+        let d = |k: &str| cairn[k].as_f64().unwrap_or(0.0) - naive[k].as_f64().unwrap_or(0.0);
+        out.push_str(&format!(
+            "| **delta** | {:+.0} pts | {:+} | {:+} | ${:+.4} | {:+.1} s | {:+} | {:+} |\n",
+            d("completion_pct"),
+            d("duplicated_effects"),
+            d("wasted_work"),
+            d("cost_usd"),
+            d("wall_s"),
+            d("recoveries"),
+            d("human_interventions"),
+        ));
+    }
+    out
+}

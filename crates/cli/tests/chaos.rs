@@ -1,0 +1,34 @@
+//! `cairn chaos` end to end: the naive runner and Cairn (a real `cairn worker` process SIGKILLed
+//! at each scheduled instant) through the `hostile` schedule of seed 1337.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+#[test]
+fn under_the_hostile_schedule_cairn_completes_everything_once_and_the_naive_runner_does_not() {
+    let env = Env::new();
+    let mut cmd = env.cmd();
+    cmd.args(["chaos", "--profile", "hostile", "--seed", "1337", "--workflows", "20", "--json"]);
+    let out = output_within(&mut cmd, Duration::from_secs(240));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let (naive, cairn) = (&report["rows"][0], &report["rows"][1]);
+    let kills = report["schedule"]["kills"].as_array().map_or(0, Vec::len);
+    assert_eq!(kills, 6, "{}", report["schedule"]);
+    // Cairn: every job done, no effect applied twice, every kill recovered without a person.
+    assert_eq!(cairn["completion_pct"], 100.0, "{cairn}");
+    assert_eq!(cairn["duplicated_effects"], 0, "{cairn}");
+    assert_eq!(cairn["recoveries"], kills as u64, "{cairn}");
+    assert_eq!(cairn["human_interventions"], 0, "{cairn}");
+    // The naive runner, same schedule: the jobs without their primary model are lost, and jobs
+    // started over after a kill write again.
+    assert_eq!((naive["completed"].as_u64(), naive["duplicated_effects"].as_u64()), (Some(15), Some(9)), "{naive}");
+    assert!(naive["wasted_work"].as_u64() > cairn["wasted_work"].as_u64(), "{naive} vs {cairn}");
+    // A profile that does not exist is a usage error naming the ones there are.
+    let bad = env.run(&["chaos", "--profile", "hostle"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("calm, flaky, hostile"));
+}
