@@ -4,6 +4,7 @@
 //! (`cairn_core::chaos_plan`).
 
 pub mod naive;
+pub mod restart;
 pub mod world;
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `cairn chaos`: the same five-stage workload run twice under one seeded failure schedule
 //! (`cairn_core::chaos_plan`) against one kind of outside world (`cairn_chaos::world`): once by
 //! the naive runner (in-memory retries, no journal, starts over after a kill), once by Cairn — a
-//! real `cairn worker` process on a SQLite file, killed with SIGKILL at each scheduled instant
-//! and started again. Jobs run one after another in both modes, so the same seed gives the same
+//! real `cairn worker` process on a scratch SQLite file (or the `--database` PostgreSQL, where the
+//! schedule's database restart cuts every connection), killed with SIGKILL at each scheduled
+//! instant and started again. Jobs run one after another in both modes, so the same seed gives the same
 //! table (up to wall time). The report: completion, duplicated side effects (counted by the
 //! world), wasted work (stage executions done again), cost (priced model calls), wall time,
 //! recoveries, human interventions, and the delta.
@@ -12,7 +13,7 @@ use cairn_chaos::naive::Outcome;
 use cairn_chaos::world::{PRICE_USD, Service, Tally};
 use cairn_core::chaos_plan::{Schedule, profile};
 use cairn_engine::{Engine, EngineConfig, NewRun, Submit};
-use cairn_store::{Durability, Journal, SqliteStore};
+use cairn_store::{AnyStore, Durability, Journal, SqliteStore};
 use clap::Args;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -85,13 +86,17 @@ struct Worker {
 }
 
 impl Worker {
-    fn start(dir: &Path) -> CliResult<Worker> {
+    fn start(dir: &Path, database: Option<&str>) -> CliResult<Worker> {
         let exe = std::env::current_exe().map_err(|e| CliError::env(format!("cannot find this binary: {e}")))?;
-        let child = Command::new(exe)
-            .args(["worker", "--lease-ms", "2000"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["worker", "--lease-ms", "2000"])
             .env("CAIRN_DB", dir.join("chaos.db"))
             .env("CAIRN_CONFIG", dir.join("cairn.toml"))
-            .env_remove("CAIRN_DATABASE")
+            .env_remove("CAIRN_DATABASE");
+        if let Some(url) = database {
+            cmd.env("CAIRN_DATABASE", url);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -111,21 +116,32 @@ impl Drop for Worker {
     }
 }
 
-/// The durable side: returns how the jobs went and what the world counted.
-async fn durable(schedule: &Schedule) -> CliResult<(Outcome, Tally)> {
+/// The durable side: returns how the jobs went and what the world counted. On PostgreSQL
+/// (`database`) the schedule's database restart is played: every connection is cut.
+async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome, Tally)> {
     let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
     let base = format!("http://{}", world.addr);
     let dir = std::env::temp_dir().join(format!("cairn-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
     std::fs::write(dir.join("cairn.toml"), config(&base)).map_err(|e| CliError::env(e.to_string()))?;
-    let store = Arc::new(SqliteStore::open(dir.join("chaos.db"), Durability::Full)?);
+    let database = db.database.as_deref();
+    let store = Arc::new(match database {
+        Some(_) => db.open().await?,
+        None => AnyStore::Sqlite(SqliteStore::open(dir.join("chaos.db"), Durability::Full)?),
+    });
     let engine = Engine::new(store.clone(), EngineConfig::new(cairn_engine::owner_id()), None);
     let definition = cairn_core::validate::parse_definition(workflow(), "chaos-job.yaml", engine.kinds())
         .map_err(|p| CliError::env(format!("the chaos workflow does not validate: {p:?}")))?;
-    let mut worker = Worker::start(&dir)?;
+    let mut worker = Worker::start(&dir, database)?;
     let started = Instant::now();
     let mut outcome = Outcome::default();
     for job in 0..schedule.jobs {
+        if let (Some(url), Some(at)) = (database, schedule.db_restart_at_job)
+            && at == job
+        {
+            let cut = cairn_chaos::restart::cut_connections(url).await.map_err(CliError::env)?;
+            cairn_engine::say!("[chaos] database restart: cut {cut} connection(s)");
+        }
         let id = cairn_engine::new_run_id();
         let new = NewRun::inline(definition.clone(), json!({"job": job, "base": base}));
         engine.submit(id.clone(), new, Submit { idempotency: None, drive_here: false }).await?;
@@ -137,7 +153,7 @@ async fn durable(schedule: &Schedule) -> CliResult<(Outcome, Tally)> {
                     worker.kill();
                     let _ = order.done.send(());
                     outcome.recoveries += 1;
-                    worker = Worker::start(&dir)?;
+                    worker = Worker::start(&dir, database)?;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
                     let run = store.get_run(&id).await?;
@@ -173,7 +189,7 @@ fn row(mode: &str, jobs: usize, o: &Outcome, t: &Tally) -> Value {
     })
 }
 
-pub async fn chaos(args: ChaosArgs) -> CliResult {
+pub async fn chaos(db: &crate::DbArgs, args: ChaosArgs) -> CliResult {
     let profile = profile(&args.profile).map_err(CliError::usage)?;
     if args.workflows == 0 || args.workflows > 1_000 {
         return Err(CliError::usage(format!("--workflows {} is out of range: use 1 to 1000", args.workflows)));
@@ -182,9 +198,9 @@ pub async fn chaos(args: ChaosArgs) -> CliResult {
     for line in schedule.describe() {
         cairn_engine::say!("[chaos] {line}");
     }
-    if schedule.db_restart_at_job.is_some() {
-        // The workload runs on a SQLite file in this version; a database restart needs a server.
-        cairn_engine::say!("[chaos] (the database restart is not played: the workload runs on SQLite)");
+    if schedule.db_restart_at_job.is_some() && db.database.is_none() {
+        // A database restart needs a server: with `--database` the workload runs on it.
+        cairn_engine::say!("[chaos] (the database restart is played with --database only: this run is on SQLite)");
     }
     cairn_engine::say!("[chaos] naive runner …");
     let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
@@ -192,7 +208,7 @@ pub async fn chaos(args: ChaosArgs) -> CliResult {
     let naive = row("naive", args.workflows, &naive, &world.tally());
     drop(world);
     cairn_engine::say!("[chaos] cairn (a cairn worker process, SIGKILLed at each kill) …");
-    let (outcome, tally) = durable(&schedule).await?;
+    let (outcome, tally) = durable(&schedule, db).await?;
     let durable = row("cairn", args.workflows, &outcome, &tally);
     let report = json!({"schedule": schedule, "rows": [naive, durable]});
     if args.json {

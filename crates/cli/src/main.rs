@@ -521,7 +521,7 @@ fn main() -> ExitCode {
                 steer::steer(&cli.db, &id, control, follow(detach)).await
             }
             Command::Bench(args) => bench::bench(&cli.db, args).await,
-            Command::Chaos(args) => chaos::chaos(args).await,
+            Command::Chaos(args) => chaos::chaos(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,

@@ -32,3 +32,31 @@ fn under_the_hostile_schedule_cairn_completes_everything_once_and_the_naive_runn
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("calm, flaky, hostile"));
 }
+
+/// On PostgreSQL the schedule's database restart is played too: every connection to the
+/// workload's database is cut mid-workload, and the worker reconnects and finishes.
+#[test]
+fn on_postgresql_a_database_restart_mid_workload_loses_and_duplicates_nothing() {
+    let Some(db) = common::pg::Database::create("chaos") else { return };
+    let env = Env::new();
+    let mut cmd = env.cmd();
+    cmd.args(["--database", &db.url, "chaos", "--profile", "hostile", "--seed", "7", "--workflows", "8", "--json"]);
+    let out = output_within(&mut cmd, Duration::from_secs(240));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    let cut: u64 = stderr
+        .split("database restart: cut ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restart in {stderr}"));
+    assert!(cut >= 2, "the worker's and this process's connections were cut: {cut}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    let cairn = &report["rows"][1];
+    assert_eq!(
+        (cairn["completion_pct"].as_f64(), cairn["duplicated_effects"].as_u64()),
+        (Some(100.0), Some(0)),
+        "{cairn}"
+    );
+    assert_eq!(cairn["human_interventions"], 0, "{cairn}");
+}
