@@ -121,14 +121,28 @@ impl Drop for Worker {
 async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome, Tally)> {
     let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
     let base = format!("http://{}", world.addr);
-    let dir = std::env::temp_dir().join(format!("cairn-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::env(format!("cannot create {}: {e}", dir.display())))?;
+    // Removed on every way out, errors included.
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-chaos-")
+        .tempdir()
+        .map_err(|e| CliError::env(format!("cannot create a scratch directory: {e}")))?;
+    let dir = scratch.path().to_path_buf();
     std::fs::write(dir.join("cairn.toml"), config(&base)).map_err(|e| CliError::env(e.to_string()))?;
     let database = db.database.as_deref();
     let store = Arc::new(match database {
         Some(_) => db.open().await?,
         None => AnyStore::Sqlite(SqliteStore::open(dir.join("chaos.db"), Durability::Full)?),
     });
+    // Its worker would drive whatever runs the database holds, and the restart cuts every
+    // connection to it: only a database with no runs yet is taken.
+    if database.is_some()
+        && !store.list_runs(cairn_store::RunQuery { limit: 1, ..Default::default() }).await?.is_empty()
+    {
+        return Err(CliError::usage(
+            "--database holds runs already: give `cairn chaos` a scratch database (it starts workers on it and cuts \
+             its connections)",
+        ));
+    }
     let engine = Engine::new(store.clone(), EngineConfig::new(cairn_engine::owner_id()), None);
     let definition = cairn_core::validate::parse_definition(workflow(), "chaos-job.yaml", engine.kinds())
         .map_err(|p| CliError::env(format!("the chaos workflow does not validate: {p:?}")))?;
@@ -152,11 +166,14 @@ async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome,
                     // SIGKILL right after the effect, then the supervisor starts a new process.
                     worker.kill();
                     let _ = order.done.send(());
-                    outcome.recoveries += 1;
+                    if order.job == job {
+                        outcome.recoveries += 1;
+                    }
                     worker = Worker::start(&dir, database)?;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                    let run = store.get_run(&id).await?;
+                    // Right after a connection cut the read may fail: ask again.
+                    let Ok(run) = store.get_run(&id).await else { continue };
                     match run.status.as_str() {
                         "COMPLETED" => { outcome.completed += 1; break; }
                         "FAILED" | "CANCELLED" => { outcome.failed += 1; break; }
@@ -170,7 +187,7 @@ async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome,
     outcome.wall = started.elapsed();
     drop(worker);
     let tally = world.tally();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(scratch);
     Ok((outcome, tally))
 }
 

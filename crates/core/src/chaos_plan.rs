@@ -171,7 +171,7 @@ impl Schedule {
         let transient = self.faults.values().filter(|f| matches!(f, Fault::Transient { .. })).count();
         let timeouts = self.faults.values().filter(|f| matches!(f, Fault::Timeout)).count();
         let mut lines = vec![format!(
-            "profile {}, seed {}, {} jobs: {} kills, {} transient failures, {} timeouts",
+            "profile {}, seed {}, {} jobs: {} kills, {} stages failing transiently, {} timeouts",
             self.profile,
             self.seed,
             self.jobs,

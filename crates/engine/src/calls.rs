@@ -48,7 +48,8 @@ pub(crate) trait TaskSink: Send + Sync {
     fn enqueue(&self, task: cairn_store::NewTask) -> Answer<'_, ()>;
     fn task(&self, token: String) -> Answer<'_, Option<cairn_store::TaskRow>>;
     fn expire(&self, token: String, now_ms: i64) -> Answer<'_, bool>;
-    fn cancel(&self, token: String) -> Answer<'_, bool>;
+    fn withdraw(&self, token: String, attempt: u32) -> Answer<'_, bool>;
+    fn adopt(&self, token: String, attempt: u32) -> Answer<'_, bool>;
     fn latest(&self, run_id: String, step: String) -> Answer<'_, Option<cairn_store::TaskRow>>;
     /// Rung when work may have changed in another process (PostgreSQL's NOTIFY), if the store
     /// can tell.
@@ -68,8 +69,12 @@ impl<S: cairn_store::Store> TaskSink for StoreSink<S> {
         Box::pin(async move { self.0.expire_task(&token, now_ms).await })
     }
 
-    fn cancel(&self, token: String) -> Answer<'_, bool> {
-        Box::pin(async move { self.0.cancel_task(&token).await })
+    fn withdraw(&self, token: String, attempt: u32) -> Answer<'_, bool> {
+        Box::pin(async move { self.0.withdraw_task(&token, attempt).await })
+    }
+
+    fn adopt(&self, token: String, attempt: u32) -> Answer<'_, bool> {
+        Box::pin(async move { self.0.adopt_task(&token, attempt).await })
     }
 
     fn wake(&self) -> Option<Arc<tokio::sync::Notify>> {

@@ -291,6 +291,12 @@ impl crate::Tasks for AnyStore {
     async fn cancel_task(&self, token: &str) -> Result<bool, Error> {
         each!(self, s => s.cancel_task(token).await)
     }
+    async fn withdraw_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        each!(self, s => s.withdraw_task(token, attempt).await)
+    }
+    async fn adopt_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        each!(self, s => s.adopt_task(token, attempt).await)
+    }
     async fn task(&self, token: &str) -> Result<Option<crate::TaskRow>, Error> {
         each!(self, s => s.task(token).await)
     }

@@ -464,6 +464,11 @@ pub trait Tasks: Send + Sync + 'static {
     fn expire_task(&self, token: &str, now_ms: i64) -> impl Future<Output = Result<bool, Error>> + Send;
     /// Cancels a task that is not settled; true if it was.
     fn cancel_task(&self, token: &str) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Cancels a task as attempt `attempt` holds it: not once a newer attempt adopted it.
+    fn withdraw_task(&self, token: &str, attempt: u32) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// A newer attempt of the step takes over an unfinished (or done, unread) task: it is named
+    /// by that attempt from now on. False when it was settled otherwise or taken already.
+    fn adopt_task(&self, token: &str, attempt: u32) -> impl Future<Output = Result<bool, Error>> + Send;
     /// The task with this token.
     fn task(&self, token: &str) -> impl Future<Output = Result<Option<TaskRow>, Error>> + Send;
     /// The task of the step's latest attempt that has one (to adopt a result a worker delivered

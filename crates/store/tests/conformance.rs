@@ -1586,3 +1586,20 @@ conformance!(tasks_of_finished_runs_are_not_handed_out_and_late_results_are_refu
     );
     assert_eq!(store.finish_task("tk_live", "a", late, T0 + 59_999).await.expect("finish"), TaskAnswer::Ok);
 });
+
+conformance!(an_adopted_task_is_the_adopters_and_the_old_attempt_cannot_withdraw_it, |store| async move {
+    use cairn_store::TaskState;
+    let first = new_task(1, "py", "summarize");
+    store.enqueue_task(first.clone()).await.expect("enqueue");
+    // A past deadline keeps a task from being handed out.
+    let late =
+        cairn_store::NewTask { token: "tk_late".into(), step: "late".into(), deadline_ms: Some(T0), ..first.clone() };
+    store.enqueue_task(late).await.expect("enqueue");
+    assert_eq!(claim_some(&*store, "a", &["py"], &[], 10).await, vec!["tk_0001"], "the late task is not handed out");
+    assert!(store.adopt_task("tk_0001", 2).await.expect("adopt"), "attempt 2 takes the task over");
+    assert!(!store.adopt_task("tk_0001", 2).await.expect("adopt again"), "only once");
+    assert!(!store.withdraw_task("tk_0001", 1).await.expect("withdraw"), "attempt 1 no longer holds it");
+    assert_eq!(store.task("tk_0001").await.expect("task").expect("row").state, TaskState::Claimed);
+    assert!(store.withdraw_task("tk_0001", 2).await.expect("withdraw"), "its adopter may withdraw it");
+    assert_eq!(store.task("tk_0001").await.expect("task").expect("row").state, TaskState::Cancelled);
+});

@@ -81,6 +81,9 @@ fn new_token() -> Result<String, Failure> {
 struct Queued {
     sink: Arc<dyn CallSink>,
     token: String,
+    /// The attempt the task is this attempt's under (an engine that lost the run must not
+    /// withdraw a task the new owner's attempt adopted).
+    attempt: u32,
     settled: bool,
     stopping: watch::Receiver<bool>,
 }
@@ -90,10 +93,10 @@ impl Drop for Queued {
         if self.settled || *self.stopping.borrow() {
             return;
         }
-        let (sink, token) = (self.sink.clone(), std::mem::take(&mut self.token));
+        let (sink, token, attempt) = (self.sink.clone(), std::mem::take(&mut self.token), self.attempt);
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                let _ = sink.tasks().cancel(token).await;
+                let _ = sink.tasks().withdraw(token, attempt).await;
             });
         }
     }
@@ -126,10 +129,16 @@ impl Kind {
             Adopted::Task(token) => token,
             Adopted::Nothing => self.enqueue(&sink, attempt).await?,
         };
-        // Waiting for a worker takes none of the process's concurrency.
+        // Waiting for a worker gives the process's concurrency slot back (it still counts toward
+        // the run's `--max-per-run`).
         attempt.release_slot();
-        let mut queued =
-            Queued { sink: sink.clone(), token: token.clone(), settled: false, stopping: attempt.stop_signal() };
+        let mut queued = Queued {
+            sink: sink.clone(),
+            token: token.clone(),
+            attempt: attempt.attempt,
+            settled: false,
+            stopping: attempt.stop_signal(),
+        };
         let wake = sink.tasks().wake();
         let mut backoff = POLL;
         loop {
@@ -206,7 +215,28 @@ impl Kind {
             sink.tasks().latest(attempt.run_id.to_string(), attempt.step.to_string()).await.map_err(|e| {
                 Failure::new(ErrorClass::Transient, format!("cannot read the step's earlier task: {e}"))
             })?;
-        let Some(row) = latest.filter(|r| r.attempt < attempt.attempt) else { return Ok(Adopted::Nothing) };
+        // Only the same work: this kind, on this queue, with this input (a retry after the
+        // definition or the input changed queues anew).
+        let same = |r: &TaskRow| {
+            r.attempt < attempt.attempt
+                && r.kind == self.name
+                && r.queue == self.kind.queue
+                && attempt.journaled_input.is_none_or(|input| *input == r.input)
+        };
+        let Some(row) = latest.filter(same) else { return Ok(Adopted::Nothing) };
+        // An output that broke the kind's schema was refused once: a worker does it again.
+        if row.state == TaskState::Done
+            && let (Some(schema), Some(output)) = (&self.kind.output_schema, &row.output)
+            && schema_problem(schema, output).is_some()
+        {
+            return Ok(Adopted::Nothing);
+        }
+        let adoptable = matches!(row.state, TaskState::Done | TaskState::Ready | TaskState::Claimed)
+            && !(row.state != TaskState::Done && row.deadline_ms.is_some_and(|d| d <= crate::now_ms()));
+        // Named by this attempt from now on: an engine that lost the run can no longer withdraw it.
+        if !adoptable || !sink.tasks().adopt(row.token.clone(), attempt.attempt).await.unwrap_or(false) {
+            return Ok(Adopted::Nothing);
+        }
         Ok(match row.state {
             TaskState::Done => {
                 attempt

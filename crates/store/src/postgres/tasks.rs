@@ -80,12 +80,21 @@ impl Tasks for PgStore {
                     "UPDATE tasks SET state='claimed', worker=$1, lease_expires_at=$2 WHERE token IN \
                      (SELECT token FROM tasks WHERE state='ready' AND queue = ANY($3) \
                       AND (cardinality($4::text[]) = 0 OR kind = ANY($4)) \
+                      AND (deadline_at IS NULL OR deadline_at > $6) \
                       AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = tasks.run_id \
-                      AND r.status IN ('COMPLETED', 'FAILED', 'CANCELLED')) \
+                      AND r.status IN {terminal}) \
                       ORDER BY created_at, token LIMIT $5 FOR UPDATE SKIP LOCKED) \
-                     RETURNING {COLUMNS}"
+                     RETURNING {COLUMNS}",
+                    terminal = crate::TERMINAL
                 ),
-                &[&claim.worker, &claim.lease_until_ms, &claim.queues, &claim.kinds, &(claim.limit as i64)],
+                &[
+                    &claim.worker,
+                    &claim.lease_until_ms,
+                    &claim.queues,
+                    &claim.kinds,
+                    &(claim.limit as i64),
+                    &claim.now_ms,
+                ],
             )
             .await?;
         let mut claimed: Vec<TaskRow> = rows.iter().map(task_row).collect();
@@ -149,6 +158,26 @@ impl Tasks for PgStore {
     async fn cancel_task(&self, token: &str) -> Result<bool, Error> {
         let n = self
             .execute("UPDATE tasks SET state='cancelled' WHERE token=$1 AND state IN ('ready','claimed')", &[&token])
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn withdraw_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE tasks SET state='cancelled' WHERE token=$1 AND attempt=$2 AND state IN ('ready','claimed')",
+                &[&token, &i64::from(attempt)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn adopt_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        let n = self
+            .execute(
+                "UPDATE tasks SET attempt=$2 WHERE token=$1 AND attempt<$2 AND state IN ('ready','claimed','done')",
+                &[&token, &i64::from(attempt)],
+            )
             .await?;
         Ok(n == 1)
     }

@@ -83,14 +83,15 @@ impl Tasks for SqliteStore {
             return Ok(Vec::new());
         }
         let (queues, kinds) = (claim.queues.to_vec(), claim.kinds.to_vec());
-        let (worker, until, limit) = (claim.worker.to_string(), claim.lease_until_ms, claim.limit);
+        let (worker, until, limit, now) = (claim.worker.to_string(), claim.lease_until_ms, claim.limit, claim.now_ms);
         self.in_group(move |tx| {
             let marks = |n: usize, from: usize| (from..from + n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",");
             let mut sql = format!(
                 "SELECT token FROM tasks WHERE state='ready' AND queue IN ({}) \
-                         AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = tasks.run_id \
-                         AND r.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))",
-                marks(queues.len(), 1)
+                 AND (deadline_at IS NULL OR deadline_at > {now}) \
+                 AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = tasks.run_id AND r.status IN {})",
+                marks(queues.len(), 1),
+                crate::TERMINAL
             );
             if !kinds.is_empty() {
                 sql.push_str(&format!(" AND kind IN ({})", marks(kinds.len(), queues.len() + 1)));
@@ -176,6 +177,32 @@ impl Tasks for SqliteStore {
             Ok(tx
                 .prepare_cached("UPDATE tasks SET state='cancelled' WHERE token=?1 AND state IN ('ready','claimed')")?
                 .execute([token])?
+                == 1)
+        })
+        .await
+    }
+
+    async fn withdraw_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        let token = token.to_string();
+        self.in_group(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE tasks SET state='cancelled' WHERE token=?1 AND attempt=?2 AND state IN ('ready','claimed')",
+                )?
+                .execute(params![token, attempt])?
+                == 1)
+        })
+        .await
+    }
+
+    async fn adopt_task(&self, token: &str, attempt: u32) -> Result<bool, Error> {
+        let token = token.to_string();
+        self.in_group(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE tasks SET attempt=?2 WHERE token=?1 AND attempt<?2 AND state IN ('ready','claimed','done')",
+                )?
+                .execute(params![token, attempt])?
                 == 1)
         })
         .await
