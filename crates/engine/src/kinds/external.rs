@@ -231,27 +231,23 @@ impl Kind {
         {
             return Ok(Adopted::Nothing);
         }
-        let adoptable = matches!(row.state, TaskState::Done | TaskState::Ready | TaskState::Claimed)
-            && !(row.state != TaskState::Done && row.deadline_ms.is_some_and(|d| d <= crate::now_ms()));
+        // A failed, lost or cancelled task is over; one still open past its deadline belonged to an
+        // attempt that timed out and gave it up: queue anew.
+        let adoptable = match row.state {
+            TaskState::Done => true,
+            TaskState::Ready | TaskState::Claimed => row.deadline_ms.is_none_or(|d| d > crate::now_ms()),
+            TaskState::Failed | TaskState::Lost | TaskState::Cancelled => false,
+        };
         // Named by this attempt from now on: an engine that lost the run can no longer withdraw it.
         if !adoptable || !sink.tasks().adopt(row.token.clone(), attempt.attempt).await.unwrap_or(false) {
             return Ok(Adopted::Nothing);
         }
-        Ok(match row.state {
-            TaskState::Done => {
-                attempt
-                    .log(format!("took the result attempt {}'s worker delivered while no engine waited", row.attempt));
-                Adopted::Result(self.settle(&row, attempt).unwrap_or(Ok(Value::Null)))
-            }
-            // An attempt that timed out gave its task up (its deadline passed): queue anew.
-            TaskState::Ready | TaskState::Claimed if row.deadline_ms.is_some_and(|d| d <= crate::now_ms()) => {
-                Adopted::Nothing
-            }
-            TaskState::Ready | TaskState::Claimed => {
-                attempt.log(format!("waiting for attempt {}'s task, still with its queue or worker", row.attempt));
-                Adopted::Task(row.token)
-            }
-            TaskState::Failed | TaskState::Lost | TaskState::Cancelled => Adopted::Nothing,
+        Ok(if row.state == TaskState::Done {
+            attempt.log(format!("took the result attempt {}'s worker delivered while no engine waited", row.attempt));
+            Adopted::Result(self.settle(&row, attempt).unwrap_or(Ok(Value::Null)))
+        } else {
+            attempt.log(format!("waiting for attempt {}'s task, still with its queue or worker", row.attempt));
+            Adopted::Task(row.token)
         })
     }
 
