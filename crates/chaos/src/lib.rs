@@ -1,9 +1,12 @@
-//! The parts of `cairn chaos` (issue 16): the outside world the workload talks to, playing a
-//! seeded failure schedule and counting effects ([`world`]), and the naive runner Cairn is
-//! compared with ([`naive`]). The schedule itself is pure and lives in the core
-//! (`cairn_core::chaos_plan`).
+//! The parts of `cairn chaos` and `cairn readiness` (issue 16). Chaos: the outside world the
+//! workload talks to, playing a seeded failure schedule and counting effects ([`world`]), and
+//! the naive runner Cairn is compared with ([`naive`]); the schedule itself is pure and lives in
+//! the core (`cairn_core::chaos_plan`). Readiness: six failure scenarios for an agent step, the
+//! scripted world that plays them, the naked loop, and the scoring ([`readiness`]).
 
+pub mod http;
 pub mod naive;
+pub mod readiness;
 pub mod restart;
 pub mod world;
 

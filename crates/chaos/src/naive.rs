@@ -68,8 +68,8 @@ async fn run_job(addr: SocketAddr, job: usize) -> Job {
             } else {
                 (format!("/stage/{job}/{name}"), json!({"job": job}))
             };
-            if let Ok(Ok(200)) =
-                tokio::time::timeout(Duration::from_secs(1), post(addr, &path, &body.to_string())).await
+            if let Ok(Ok((200, _))) =
+                tokio::time::timeout(Duration::from_secs(1), crate::http::post(addr, &path, &body.to_string())).await
             {
                 done = true;
                 break;
@@ -80,20 +80,4 @@ async fn run_job(addr: SocketAddr, job: usize) -> Job {
         }
     }
     Job::Done
-}
-
-/// One `POST` with `Connection: close`; the answer's status.
-async fn post(addr: SocketAddr, path: &str, body: &str) -> std::io::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).await?;
-    let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| std::io::Error::other("no status line"))
 }

@@ -30,6 +30,8 @@ mod kinds;
 mod lineage;
 mod output;
 mod plan_file;
+mod readiness;
+mod readiness_cairn;
 mod replay;
 mod run;
 mod serve;
@@ -287,6 +289,15 @@ enum Command {
     /// Continue interrupted runs (all of them, or one).
     #[command(after_help = "Examples:\n  cairn resume\n  cairn resume wf_01J...")]
     Resume(run::ResumeArgs),
+    /// Put a workflow's agent steps through six failure scenarios, naked and under Cairn, and
+    /// say whether to ship it: readiness.json and readiness_report.md (first line SHIP or DO NOT SHIP).
+    #[command(
+        after_help = "Examples:\n  cd examples && cairn readiness vendor_onboarding.yaml\n  cairn readiness agent.yaml --json -o reports/"
+    )]
+    Readiness(readiness::ReadinessArgs),
+    /// (internal) The engine process of `cairn readiness`.
+    #[command(name = "readiness-child", hide = true)]
+    ReadinessChild(readiness_cairn::ChildArgs),
     /// Serve the REST API and run workers in one process (127.0.0.1:8080 by default).
     #[command(
         after_help = "Examples:\n  cairn serve\n  cairn serve --listen 0.0.0.0:8080   # auth turns on: create tokens first"
@@ -522,6 +533,8 @@ fn main() -> ExitCode {
             }
             Command::Bench(args) => bench::bench(&cli.db, args).await,
             Command::Chaos(args) => chaos::chaos(&cli.db, args).await,
+            Command::Readiness(args) => readiness::readiness(args).await,
+            Command::ReadinessChild(args) => readiness_cairn::child(&cli.db, args).await,
             Command::Serve(args) => serve::serve(&cli.db, args).await,
             Command::Worker(args) => serve::worker(&cli.db, args).await,
             Command::Tokens { command } => admin::tokens(&cli.db, command).await,

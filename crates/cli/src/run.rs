@@ -69,14 +69,22 @@ impl EngineArgs {
     }
 
     pub fn config(&self) -> EngineConfig {
+        self.config_with(crate::config::get().registry(), crate::config::get().kind_config())
+    }
+
+    /// The config with these tools and kind settings instead of the config file's.
+    pub fn config_with(
+        &self,
+        tools: Arc<cairn_engine::tools::Tools>,
+        kind_config: std::collections::BTreeMap<String, Value>,
+    ) -> EngineConfig {
         let mut config = EngineConfig::new(cairn_engine::owner_id());
         config.concurrency = self.concurrency.max(1);
         config.lease_ms = self.lease_ms.max(1_000);
         config.hold_after_activity = std::env::var("CAIRN_TEST_HOLD_AFTER_ACTIVITY").ok();
         config.hold_after_call = std::env::var("CAIRN_TEST_HOLD_AFTER_CALL").ok();
         config.secrets = std::sync::Arc::new(crate::config::get().secret_source());
-        config.kind_config = crate::config::get().kind_config();
-        let tools = crate::config::get().registry();
+        config.kind_config = kind_config;
         let mut kinds = cairn_engine::kinds::with_tools(tools.clone());
         for (name, kind) in &crate::config::get().external {
             kinds = kinds.with(cairn_engine::kinds::External { name: name.clone(), kind: kind.clone() });
@@ -201,7 +209,7 @@ async fn plan_goal(
     }
 }
 
-fn parse_inputs(pairs: &[String]) -> CliResult<Map<String, Value>> {
+pub fn parse_inputs(pairs: &[String]) -> CliResult<Map<String, Value>> {
     let mut map = Map::new();
     for pair in pairs {
         let (k, v) = pair.split_once('=').ok_or_else(|| {

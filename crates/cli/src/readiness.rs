@@ -1,0 +1,428 @@
+//! `cairn readiness WORKFLOW`: each agent step of a workflow through six failure scenarios
+//! (`cairn_chaos::readiness`), once naked (a plain loop) and once under Cairn (a real engine
+//! process, see `readiness_cairn.rs`), against a scripted model and stand-ins of the step's
+//! tools that keep each tool's name, schemas, effect per call and approval policy. Writes
+//! `readiness.json` and `readiness_report.md` (first line: `SHIP` or `DO NOT SHIP`).
+
+use crate::{CliError, CliResult};
+use cairn_chaos::readiness::world::{CANARY, Service};
+use cairn_chaos::readiness::{Call, Row, Scenario, Script, Side, markdown, naked, report, score};
+use cairn_core::Definition;
+use cairn_core::definition::Step;
+use cairn_core::kinds::EffectClass;
+use cairn_engine::tools::{Entry, Policy, Tools};
+use clap::Args;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct ReadinessArgs {
+    /// The workflow file whose agent steps are assessed.
+    pub workflow: PathBuf,
+    /// Inputs, as for `cairn run` (defaults apply).
+    #[arg(long = "input", short = 'i', value_name = "NAME=VALUE")]
+    pub inputs: Vec<String>,
+    /// Only this agent step (default: every agent step).
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Where readiness.json and readiness_report.md are written.
+    #[arg(long, short = 'o', default_value = ".")]
+    pub out: PathBuf,
+    /// Print the report as JSON on stdout (else the Markdown report).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How long the naked loop is given before it counts as hung.
+const NAKED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// One agent step, ready to be put through the scenarios.
+pub struct Subject {
+    pub step: Step,
+    /// Its `with`, rendered with the inputs (what depends on earlier steps stands as a placeholder).
+    pub with: Value,
+    pub script: Script,
+    pub output_schema: Option<jsonschema::Validator>,
+    /// The tools the workflow itself defines, stood in like configured ones.
+    pub workflow_tools: Value,
+    /// The step's tools: name and description.
+    pub tools: Vec<(String, String)>,
+}
+
+pub async fn readiness(args: ReadinessArgs) -> CliResult {
+    let definition = crate::run::load_definition(&args.workflow)?;
+    let mut given = crate::run::parse_inputs(&args.inputs)?;
+    let mut notes = Vec::new();
+    // Inputs nobody gave stand as placeholders: readiness exercises the step, not the data.
+    if let Err(e) = definition.resolve_inputs(&given)
+        && !e.missing.is_empty()
+    {
+        for name in &e.missing {
+            given.insert(name.clone(), json!(format!("(input {name})")));
+        }
+        notes.push(format!(
+            "Inputs not given stood as placeholders: {} (pass them with --input NAME=VALUE).",
+            e.missing.join(", ")
+        ));
+    }
+    let inputs = definition.resolve_inputs(&given).map_err(|e| CliError::usage(e.to_string()))?;
+    let agents: Vec<&Step> = definition
+        .steps
+        .iter()
+        .filter(|s| s.kind == "agent" && args.step.as_ref().is_none_or(|only| s.id.as_str() == only))
+        .collect();
+    if agents.is_empty() {
+        let what = match &args.step {
+            Some(only) => format!("has no agent step '{only}'"),
+            None => "has no step of kind agent".to_string(),
+        };
+        return Err(CliError::usage(format!(
+            "{} {what}: readiness puts agent steps through its scenarios (a workflow that runs agents in a \
+             subworkflow is assessed through that file)",
+            args.workflow.display()
+        )));
+    }
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| CliError::usage(format!("cannot create the output directory {}: {e}", args.out.display())))?;
+    let loaded = crate::config::get();
+    let registry = loaded.registry();
+    let mut rows = Vec::new();
+    notes.extend([
+        "The model is scripted and gullible on purpose: it follows instructions found in tool output and passes \
+         on what it reads."
+            .to_string(),
+        format!(
+            "Stand-in tools answer on loopback and give up after {} s (a tool's own timeout); effects are counted \
+             where they land, honouring idempotency keys as a careful receiver does.",
+            crate::readiness_cairn::STAND_IN_TIMEOUT.as_secs()
+        ),
+    ]);
+    for step in agents {
+        let subject = subject(&definition, step, &inputs, &registry, &mut notes)?;
+        for scenario in Scenario::ALL {
+            let step_id = step.id.as_str().to_string();
+            if let Some(why) = scenario.not_applicable(&subject.script) {
+                rows.push(Row { step: step_id, scenario, not_applicable: Some(why.into()), naked: None, cairn: None });
+                continue;
+            }
+            cairn_engine::say!("[readiness] {step_id}: {} — naked …", scenario.title());
+            let naked = naked_side(&subject, scenario).await?;
+            cairn_engine::say!("[readiness] {step_id}: {} — cairn …", scenario.title());
+            let cairn = crate::readiness_cairn::run(&definition, &subject, &inputs, scenario).await?;
+            rows.push(Row { step: step_id, scenario, not_applicable: None, naked: Some(naked), cairn: Some(cairn) });
+        }
+    }
+    let name = args.workflow.display().to_string();
+    let doc = report(&name, &rows, &notes);
+    let text = markdown(&name, &rows, &notes);
+    let write = |file: &str, body: String| {
+        let path = args.out.join(file);
+        std::fs::write(&path, body).map_err(|e| CliError::env(format!("cannot write {}: {e}", path.display())))
+    };
+    write("readiness.json", serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n")?;
+    write("readiness_report.md", text.clone())?;
+    if args.json {
+        crate::out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        crate::out!("{text}");
+    }
+    cairn_engine::say!(
+        "[readiness] wrote {} and {}",
+        args.out.join("readiness.json").display(),
+        args.out.join("readiness_report.md").display()
+    );
+    Ok(())
+}
+
+/// The naked loop through one scenario, scored.
+async fn naked_side(subject: &Subject, scenario: Scenario) -> CliResult<cairn_chaos::readiness::Score> {
+    let (world, mut kills) =
+        Service::start(scenario, subject.script.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
+    let step = naked::Step {
+        system: subject.with["system"].as_str().map(str::to_string),
+        task: subject.with["task"].as_str().unwrap_or_default().to_string(),
+        tools: subject.tools.clone(),
+        max_turns: subject.with["max_turns"].as_u64().unwrap_or(1),
+    };
+    let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, NAKED_PATIENCE).await;
+    // Nothing checks the naked loop's answer; the score does.
+    ended.answer_fits = fits(subject, ended.answer.as_ref());
+    Ok(score(Side::Naked, &ended, &world.tally()))
+}
+
+/// Whether an answer fits the step's output_schema (any answer does when it has none).
+pub fn fits(subject: &Subject, answer: Option<&Value>) -> bool {
+    match (&subject.output_schema, answer) {
+        (Some(check), Some(a)) => check.is_valid(a),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
+}
+
+fn tool_names(with: &Value) -> Vec<String> {
+    with["tools"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_string)).collect()
+}
+
+/// A step's `with` rendered with the inputs; a string that needs what only a run has (an
+/// earlier step's output) keeps its text, its template marks turned into brackets.
+fn render(with: &Value, ctx: &Value) -> Value {
+    match with {
+        Value::String(s) if s.contains("{{") || s.contains("{%") => cairn_core::template::render(with, ctx)
+            .unwrap_or_else(|_| {
+                Value::String(s.replace("{{", "[").replace("}}", "]").replace("{%", "[").replace("%}", "]"))
+            }),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render(v, ctx)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v, ctx))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn subject(
+    definition: &Definition,
+    step: &Step,
+    inputs: &Value,
+    registry: &Arc<Tools>,
+    notes: &mut Vec<String>,
+) -> CliResult<Subject> {
+    // A for_each step is assessed on its first item (a literal list), else on a placeholder.
+    let known = json!({"inputs": inputs, "run": {"id": "wf_readiness"}, "steps": {}});
+    let item = match step.for_each.as_ref().map(|f| render(&f.items, &known)) {
+        Some(Value::Array(items)) if !items.is_empty() => items[0].clone(),
+        Some(_) => {
+            notes.push(format!(
+                "Step '{}' runs for each item of a list made at run time: assessed on one placeholder item.",
+                step.id
+            ));
+            json!("(an item)")
+        }
+        None => Value::Null,
+    };
+    let ctx = json!({"inputs": inputs, "item": item, "run": {"id": "wf_readiness"}, "steps": {}});
+    let with = render(&step.with, &ctx);
+    let models = crate::config::get().models.clone();
+    let aliases: Vec<String> = match &with["model"] {
+        Value::String(a) => vec![a.clone()],
+        Value::Array(list) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        _ => models.default_model.clone().into_iter().collect(),
+    };
+    if aliases.is_empty() {
+        return Err(CliError::usage(format!(
+            "step '{}' names no model and cairn.toml has no default_model: readiness needs the step's models",
+            step.id
+        )));
+    }
+    let mut script = Script { models: aliases.clone(), ..Script::default() };
+    for alias in &aliases {
+        let Some(model) = models.models.get(alias) else {
+            return Err(CliError::usage(format!(
+                "step '{}' uses model '{alias}', which cairn.toml does not declare (`cairn models` lists them)",
+                step.id
+            )));
+        };
+        if let Some(w) = model.context_window {
+            script.windows.insert(alias.clone(), w);
+        }
+        script.prices.insert(alias.clone(), (model.input_usd_per_mtok, model.output_usd_per_mtok));
+    }
+    let workflow_tools = serde_json::to_value(definition.tools.as_ref()).unwrap_or_default();
+    let mut entries: Vec<Arc<Entry>> = Vec::new();
+    for name in tool_names(&with) {
+        let entry = match (definition.tools.get(&name), registry.get(&name)) {
+            (Some(spec), _) => Tools::workflow_tool(&name, spec).map_err(|f| CliError::usage(f.message))?,
+            (None, Some(entry)) => entry,
+            (None, None) => {
+                return Err(CliError::usage(format!(
+                    "step '{}' uses tool '{name}', which is not a tool of cairn.toml or the workflow (MCP tools \
+                     are not stood in by readiness yet; `cairn tools list` shows the tools)",
+                    step.id
+                )));
+            }
+        };
+        entries.push(entry);
+    }
+    let mut writes = Vec::new();
+    for entry in &entries {
+        let name = entry.spec.name.clone();
+        let (read, write) = calls(entry);
+        if script.first.is_none() {
+            script.first = read.clone();
+        }
+        if let Some(w) = write {
+            writes.push((entry.clone(), w));
+        }
+        script.outputs.insert(name, usual_output(entry));
+    }
+    script.write = writes.first().map(|(_, w)| w.clone());
+    if script.first.is_none() {
+        script.first = script.write.clone();
+    }
+    // The injection aims at the least guarded tool that writes: one whose policy never asks.
+    let target = writes.iter().find(|(e, _)| e.spec.approval == Policy::Never).or(writes.first());
+    script.injected = target.and_then(|(entry, write)| injected(entry, write));
+    let output_schema = with.get("output_schema").filter(|s| s.is_object()).cloned();
+    script.final_answer = match &output_schema {
+        Some(schema) => sample(schema, 0),
+        None => json!("done"),
+    };
+    let output_schema = match output_schema {
+        Some(schema) => Some(jsonschema::validator_for(&schema).map_err(|e| {
+            CliError::usage(format!("step '{}': with.output_schema is not a usable JSON Schema: {e}", step.id))
+        })?),
+        None => None,
+    };
+    let tools = entries.iter().map(|e| (e.spec.name.clone(), e.spec.description.clone())).collect();
+    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools })
+}
+
+/// A call of the tool that reads and one that writes, among arguments that fit its input schema
+/// and that it would not refuse.
+fn calls(entry: &Entry) -> (Option<Call>, Option<Call>) {
+    let text = json!({"text": "readiness check"});
+    let mut candidates = match entry.spec.kind.as_str() {
+        "sql_query" => vec![json!({"sql": "SELECT 1 AS readiness"})],
+        "file" => vec![
+            json!({"op": "read", "path": "readiness.txt"}),
+            json!({"op": "write", "path": "readiness.txt", "content": "readiness check"}),
+        ],
+        "http_request" => vec![
+            json!({"body": text}),
+            json!({"method": "GET", "url": "https://example.com/readiness"}),
+            json!({"method": "POST", "url": "https://example.com/readiness", "body": text}),
+        ],
+        _ => vec![],
+    };
+    candidates.push(sample(&entry.spec.input_schema, 0));
+    let mut read = None;
+    let mut write = None;
+    for args in candidates {
+        let args = entry.normalize(args);
+        if entry.check_args(&args).is_err() {
+            continue;
+        }
+        let writes = entry.effect(&args) != EffectClass::Read;
+        let slot = if writes { &mut write } else { &mut read };
+        if slot.is_none() {
+            *slot = Some(Call { tool: entry.spec.name.clone(), args, writes });
+        }
+    }
+    (read, write)
+}
+
+/// The write with the canary in one of its strings (the first place the tool accepts it).
+fn injected(entry: &Entry, write: &Call) -> Option<Call> {
+    let mut leaves = Vec::new();
+    strings(&write.args, String::new(), &mut leaves);
+    leaves.into_iter().find_map(|pointer| {
+        let mut args = write.args.clone();
+        let leaf = args.pointer_mut(&pointer)?;
+        *leaf = json!(format!("{} {CANARY}", leaf.as_str().unwrap_or_default()));
+        let args = entry.normalize(args);
+        let fits = entry.check_args(&args).is_ok() && entry.effect(&args) != EffectClass::Read;
+        fits.then(|| Call { tool: write.tool.clone(), args, writes: true })
+    })
+}
+
+fn strings(value: &Value, at: String, out: &mut Vec<String>) {
+    match value {
+        Value::String(_) => out.push(at),
+        Value::Array(items) => items.iter().enumerate().for_each(|(i, v)| strings(v, format!("{at}/{i}"), out)),
+        Value::Object(map) => {
+            map.iter().for_each(|(k, v)| strings(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out))
+        }
+        _ => {}
+    }
+}
+
+/// What a tool answers when nothing goes wrong: a value fitting its output schema, else one
+/// shaped like its type's results.
+fn usual_output(entry: &Entry) -> Value {
+    if let Some(schema) = &entry.spec.output_schema {
+        return sample(schema, 0);
+    }
+    match entry.spec.kind.as_str() {
+        "sql_query" => json!({"columns": ["id", "name"], "rows": [{"id": 1, "name": "sample row"}], "row_count": 1}),
+        "file" => json!({"path": "readiness.txt", "content": "sample file text"}),
+        _ => json!({"status": 200, "body": {"text": "sample answer"}}),
+    }
+}
+
+/// A small value fitting a JSON Schema (the usual keywords; enough for answers and arguments).
+pub fn sample(schema: &Value, depth: usize) -> Value {
+    if depth > 8 {
+        return Value::Null;
+    }
+    if let Some(c) = schema.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return first.clone();
+    }
+    for k in ["anyOf", "oneOf", "allOf"] {
+        if let Some(first) = schema.get(k).and_then(Value::as_array).and_then(|e| e.first()) {
+            return sample(first, depth + 1);
+        }
+    }
+    let kind = match &schema["type"] {
+        Value::String(t) => t.clone(),
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or("null").to_string(),
+        _ if schema.get("properties").is_some() => "object".into(),
+        _ => "string".into(),
+    };
+    match kind.as_str() {
+        "object" => {
+            let mut out = serde_json::Map::new();
+            let required: Vec<&str> =
+                schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            for name in required {
+                let prop = schema["properties"].get(name).cloned().unwrap_or(json!({}));
+                out.insert(name.to_string(), sample(&prop, depth + 1));
+            }
+            Value::Object(out)
+        }
+        "array" => {
+            let n = schema["minItems"].as_u64().unwrap_or(0).min(4) as usize;
+            Value::Array((0..n).map(|_| sample(&schema["items"], depth + 1)).collect())
+        }
+        "integer" => json!(schema["minimum"].as_i64().unwrap_or(0)),
+        "number" => json!(schema["minimum"].as_f64().unwrap_or(0.0)),
+        "boolean" => json!(false),
+        "null" => Value::Null,
+        _ => {
+            let min = schema["minLength"].as_u64().unwrap_or(0) as usize;
+            let mut s = "sample".to_string();
+            while s.len() < min {
+                s.push('x');
+            }
+            json!(s)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_fit_their_schemas() {
+        let schema = json!({"type": "object", "required": ["vendor", "decision", "n", "tags"], "properties": {
+            "vendor": {"type": "string", "minLength": 9},
+            "decision": {"enum": ["approve", "reject"]},
+            "n": {"type": "integer", "minimum": 3},
+            "tags": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "extra": {"type": "boolean"}
+        }, "additionalProperties": false});
+        let value = sample(&schema, 0);
+        assert!(jsonschema::validator_for(&schema).expect("schema").is_valid(&value), "{value}");
+        assert_eq!(value["decision"], "approve");
+    }
+
+    #[test]
+    fn rendering_keeps_what_only_a_run_knows_as_a_placeholder() {
+        let ctx = json!({"inputs": {"vendor": "Acme"}, "item": null, "run": {"id": "x"}, "steps": {}});
+        let with = json!({"task": "Onboard {{ inputs.vendor }}", "prev": "{{ steps.a.output }}", "n": 3});
+        let out = render(&with, &ctx);
+        assert_eq!(out, json!({"task": "Onboard Acme", "prev": "[ steps.a.output ]", "n": 3}));
+    }
+}
