@@ -22,8 +22,8 @@ mod tests {
         let schedule = Schedule::new(&profile("hostile").expect("hostile"), 1337, 20);
         let away = schedule.outage.map_or(0, |(a, b)| b - a);
         let kills = schedule.kills.len();
-        let (world, mut orders) = world::Service::start(schedule.clone()).await.expect("world");
-        let outcome = naive::run(world.addr, 20, &mut orders).await;
+        let (world, mut orders) = world::Service::start(schedule.clone(), None).await.expect("world");
+        let outcome = naive::run(world.addr, 20, &mut orders, std::time::Duration::from_secs(1)).await;
         let tally = world.tally();
         assert_eq!(outcome.completed + outcome.failed, 20);
         assert!(outcome.failed >= away, "the jobs without their model fail: {outcome:?}");
@@ -31,8 +31,8 @@ mod tests {
         assert!(tally.duplicated_effects() > 0, "restarted jobs write again: {tally:?}");
         assert!(tally.wasted_work() > 0);
         // The same seed, the same story.
-        let (again, mut orders) = world::Service::start(schedule).await.expect("world");
-        let second = naive::run(again.addr, 20, &mut orders).await;
+        let (again, mut orders) = world::Service::start(schedule, None).await.expect("world");
+        let second = naive::run(again.addr, 20, &mut orders, std::time::Duration::from_secs(1)).await;
         assert_eq!(
             (second.completed, second.failed, second.recoveries),
             (outcome.completed, outcome.failed, outcome.recoveries)

@@ -28,13 +28,20 @@ enum Job {
 
 /// Runs `jobs` jobs one after another against the world at `addr`; kill orders for the job in
 /// progress arrive on `kills`.
-pub async fn run(addr: SocketAddr, jobs: usize, kills: &mut mpsc::UnboundedReceiver<KillOrder>) -> Outcome {
+///
+/// `model_wait` bounds a model request (1 s for the world's own answers; longer for a real model).
+pub async fn run(
+    addr: SocketAddr,
+    jobs: usize,
+    kills: &mut mpsc::UnboundedReceiver<KillOrder>,
+    model_wait: Duration,
+) -> Outcome {
     let started = Instant::now();
     let mut outcome = Outcome::default();
     for job in 0..jobs {
         loop {
             tokio::select! {
-                ended = run_job(addr, job) => {
+                ended = run_job(addr, job, model_wait) => {
                     match ended {
                         Job::Done => outcome.completed += 1,
                         Job::Failed => outcome.failed += 1,
@@ -54,7 +61,7 @@ pub async fn run(addr: SocketAddr, jobs: usize, kills: &mut mpsc::UnboundedRecei
     outcome
 }
 
-async fn run_job(addr: SocketAddr, job: usize) -> Job {
+async fn run_job(addr: SocketAddr, job: usize, model_wait: Duration) -> Job {
     for (stage, name) in STAGES.iter().enumerate() {
         let mut done = false;
         for attempt in 0..3 {
@@ -62,14 +69,15 @@ async fn run_job(addr: SocketAddr, job: usize) -> Job {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let (path, body) = if stage == EVALUATE {
-                let body =
-                    json!({"model": "primary", "messages": [{"role": "user", "content": format!("score job {job}")}]});
+                let body = json!({"model": "primary", "max_tokens": 16,
+                                  "messages": [{"role": "user", "content": format!("score job {job}")}]});
                 ("/v1/chat/completions".to_string(), body)
             } else {
                 (format!("/stage/{job}/{name}"), json!({"job": job}))
             };
+            let wait = if stage == EVALUATE { model_wait } else { Duration::from_secs(1) };
             if let Ok(Ok((200, _))) =
-                tokio::time::timeout(Duration::from_secs(1), crate::http::post(addr, &path, &body.to_string())).await
+                tokio::time::timeout(wait, crate::http::post(addr, &path, &body.to_string())).await
             {
                 done = true;
                 break;

@@ -1,7 +1,8 @@
 //! The outside world of the chaos workload, on loopback: one HTTP service that every stage of
 //! every job talks to (`POST /stage/{job}/{stage}`), plus an OpenAI-compatible model
 //! (`POST /v1/chat/completions`, models `primary` and `fallback`) for the evaluation stage. It
-//! plays the seeded [`Schedule`]: a stage's first requests fail (503) or hang past the stage's
+//! plays the seeded [`Schedule`] (a real local model may answer the evaluation instead of the
+//! canned score): a stage's first requests fail (503) or hang past the stage's
 //! timeout, the primary model is away for the outage's jobs, and at a kill point it asks its
 //! owner to kill the process that sent the request — after the effect was applied, before the
 //! answer leaves. It counts what happened: requests and successes per stage, effects applied
@@ -55,6 +56,8 @@ struct Counts {
 
 struct World {
     schedule: Schedule,
+    /// A real model answering the evaluation stage instead of the canned score.
+    upstream: Option<crate::http::Upstream>,
     counts: Mutex<Counts>,
     kills: mpsc::UnboundedSender<KillOrder>,
 }
@@ -97,9 +100,12 @@ impl Tally {
 
 impl Service {
     /// Starts the world on loopback; kill orders arrive on the returned channel.
-    pub async fn start(schedule: Schedule) -> std::io::Result<(Service, mpsc::UnboundedReceiver<KillOrder>)> {
+    pub async fn start(
+        schedule: Schedule,
+        upstream: Option<crate::http::Upstream>,
+    ) -> std::io::Result<(Service, mpsc::UnboundedReceiver<KillOrder>)> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let world = Arc::new(World { schedule, counts: Mutex::default(), kills: tx });
+        let world = Arc::new(World { schedule, upstream, counts: Mutex::default(), kills: tx });
         let app = Router::new()
             .route("/stage/{job}/{stage}", post(stage))
             .route("/v1/chat/completions", post(model))
@@ -209,6 +215,16 @@ async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Resp
     match play(&world, job, EVALUATE, None).await {
         Err(answer) => return answer,
         Ok(late) => hang(late).await,
+    }
+    if let Some(up) = &world.upstream {
+        return match up.chat(&body).await {
+            Ok((status, text)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                (status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
+            }
+            Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({"error": format!("the model did not answer: {e}")})))
+                .into_response(),
+        };
     }
     Json(json!({
         "id": format!("chaos-{job}"),

@@ -35,11 +35,38 @@ pub struct ChaosArgs {
     /// Print the report as one JSON document.
     #[arg(long)]
     pub json: bool,
+    /// Answer the evaluation stage with this model of cairn.toml — a local OpenAI-compatible
+    /// server, such as `local` with scripts/local-model — instead of the world's canned score.
+    #[arg(long, value_name = "ALIAS")]
+    pub model: Option<String>,
+}
+
+/// The model of cairn.toml that a harness passes model calls on to: an OpenAI-compatible server
+/// on loopback (load and faults go nowhere else).
+pub fn local_model(alias: &str) -> CliResult<cairn_chaos::http::Upstream> {
+    let models = &crate::config::get().models;
+    let model = models.models.get(alias).ok_or_else(|| {
+        let known: Vec<&str> = models.models.keys().map(String::as_str).collect();
+        CliError::usage(format!("--model {alias} is not a model of cairn.toml (declared: {})", known.join(", ")))
+    })?;
+    let provider = models
+        .providers
+        .get(&model.provider)
+        .ok_or_else(|| CliError::usage(format!("model {alias}: its provider '{}' is not declared", model.provider)))?;
+    if provider.kind != cairn_engine::models::ProviderType::Openai {
+        return Err(CliError::usage(format!(
+            "--model {alias}: its provider '{}' is of type {}; the harness needs an OpenAI-compatible local server",
+            provider.name,
+            provider.kind.as_str()
+        )));
+    }
+    cairn_chaos::http::Upstream::parse(&provider.base_url, &model.model)
+        .map_err(|e| CliError::usage(format!("--model {alias}: {e}")))
 }
 
 /// One job of the durable side: five steps against the world, the evaluation with a fallback.
-fn workflow() -> &'static str {
-    r#"
+fn workflow(model_wait: Duration) -> String {
+    let text = r#"
 name: chaos-job
 inputs: {job: {}, base: {}}
 defaults:
@@ -56,7 +83,8 @@ steps:
   - id: evaluate
     kind: llm
     needs: [load_data]
-    with: {model: [primary, fallback], prompt: "score job {{ inputs.job }}"}
+    timeout: EVALUATE_TIMEOUT
+    with: {model: [primary, fallback], prompt: "score job {{ inputs.job }}", max_tokens: 16}
   - id: write_metrics
     kind: http
     needs: [evaluate]
@@ -65,7 +93,8 @@ steps:
     kind: http
     needs: [write_metrics]
     with: {url: "{{ inputs.base }}/stage/{{ inputs.job }}/upload_artifact", method: POST, body: {job: "{{ inputs.job }}"}}
-"#
+"#;
+    text.replace("EVALUATE_TIMEOUT", &model_wait.as_millis().to_string())
 }
 
 /// The models of the durable side: two providers on the world, so the primary's breaker does not
@@ -118,8 +147,14 @@ impl Drop for Worker {
 
 /// The durable side: returns how the jobs went and what the world counted. On PostgreSQL
 /// (`database`) the schedule's database restart is played: every connection is cut.
-async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome, Tally)> {
-    let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
+async fn durable(
+    schedule: &Schedule,
+    db: &crate::DbArgs,
+    upstream: Option<cairn_chaos::http::Upstream>,
+    model_wait: Duration,
+) -> CliResult<(Outcome, Tally)> {
+    let (world, mut orders) =
+        Service::start(schedule.clone(), upstream).await.map_err(|e| CliError::env(e.to_string()))?;
     let base = format!("http://{}", world.addr);
     // Removed on every way out, errors included.
     let scratch = tempfile::Builder::new()
@@ -144,7 +179,7 @@ async fn durable(schedule: &Schedule, db: &crate::DbArgs) -> CliResult<(Outcome,
         ));
     }
     let engine = Engine::new(store.clone(), EngineConfig::new(cairn_engine::owner_id()), None);
-    let definition = cairn_core::validate::parse_definition(workflow(), "chaos-job.yaml", engine.kinds())
+    let definition = cairn_core::validate::parse_definition(&workflow(model_wait), "chaos-job.yaml", engine.kinds())
         .map_err(|p| CliError::env(format!("the chaos workflow does not validate: {p:?}")))?;
     let mut worker = Worker::start(&dir, database)?;
     let started = Instant::now();
@@ -220,12 +255,19 @@ pub async fn chaos(db: &crate::DbArgs, args: ChaosArgs) -> CliResult {
         cairn_engine::say!("[chaos] (the database restart is played with --database only: this run is on SQLite)");
     }
     cairn_engine::say!("[chaos] naive runner …");
-    let (world, mut orders) = Service::start(schedule.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
-    let naive = cairn_chaos::naive::run(world.addr, args.workflows, &mut orders).await;
+    // A real model is given time to answer; the world's own answers come at once.
+    let upstream = args.model.as_deref().map(local_model).transpose()?;
+    let model_wait = Duration::from_secs(if upstream.is_some() { 30 } else { 1 });
+    if let (Some(alias), Some(up)) = (&args.model, &upstream) {
+        cairn_engine::say!("[chaos] the evaluation stage is answered by model {alias} at {} ({})", up.addr, up.model);
+    }
+    let (world, mut orders) =
+        Service::start(schedule.clone(), upstream.clone()).await.map_err(|e| CliError::env(e.to_string()))?;
+    let naive = cairn_chaos::naive::run(world.addr, args.workflows, &mut orders, model_wait).await;
     let naive = row("naive", args.workflows, &naive, &world.tally());
     drop(world);
     cairn_engine::say!("[chaos] cairn (a cairn worker process, SIGKILLed at each kill) …");
-    let (outcome, tally) = durable(&schedule, db).await?;
+    let (outcome, tally) = durable(&schedule, db, upstream, model_wait).await?;
     let durable = row("cairn", args.workflows, &outcome, &tally);
     let report = json!({"schedule": schedule, "rows": [naive, durable]});
     if args.json {

@@ -6,10 +6,9 @@
 
 use crate::{CliError, CliResult};
 use cairn_chaos::readiness::world::{CANARY, Service};
-use cairn_chaos::readiness::{Call, Row, Scenario, Script, Side, markdown, naked, report, score};
+use cairn_chaos::readiness::{Call, Repeat, Row, Scenario, Score, Script, Side, markdown, naked, report, score};
 use cairn_core::Definition;
 use cairn_core::definition::Step;
-use cairn_core::kinds::EffectClass;
 use cairn_engine::tools::{Entry, Policy, Tools};
 use clap::Args;
 use serde_json::{Value, json};
@@ -33,6 +32,19 @@ pub struct ReadinessArgs {
     /// Print the report as JSON on stdout (else the Markdown report).
     #[arg(long)]
     pub json: bool,
+    /// Let this model of cairn.toml (a local OpenAI-compatible server, such as `local` with
+    /// scripts/local-model) make the step's decisions instead of the scripted model.
+    #[arg(long, value_name = "ALIAS")]
+    pub model: Option<String>,
+}
+
+/// How long each side of a scenario is given: a real model takes its time.
+pub fn patience(real_model: bool) -> (Duration, Duration) {
+    if real_model {
+        (Duration::from_secs(90), Duration::from_secs(240))
+    } else {
+        (NAKED_PATIENCE, Duration::from_secs(60))
+    }
 }
 
 /// How long the naked loop is given before it counts as hung.
@@ -49,6 +61,8 @@ pub struct Subject {
     pub workflow_tools: Value,
     /// The step's tools: name and description.
     pub tools: Vec<(String, String)>,
+    /// Tools that write but that readiness could not make a fitting call of.
+    pub unassessed: Vec<String>,
 }
 
 pub async fn readiness(args: ReadinessArgs) -> CliResult {
@@ -89,18 +103,45 @@ pub async fn readiness(args: ReadinessArgs) -> CliResult {
     let loaded = crate::config::get();
     let registry = loaded.registry();
     let mut rows = Vec::new();
-    notes.extend([
-        "The model is scripted and gullible on purpose: it follows instructions found in tool output and passes \
-         on what it reads."
-            .to_string(),
-        format!(
-            "Stand-in tools answer on loopback and give up after {} s (a tool's own timeout); effects are counted \
-             where they land, honouring idempotency keys as a careful receiver does.",
-            crate::readiness_cairn::STAND_IN_TIMEOUT.as_secs()
+    let upstream = args.model.as_deref().map(crate::chaos::local_model).transpose()?;
+    match (&args.model, &upstream) {
+        (Some(alias), Some(up)) => notes.push(format!(
+            "Model {alias} ({} at {}) made the decisions instead of the scripted model; the scenarios' faults \
+             were played all the same.",
+            up.model, up.addr
+        )),
+        _ => notes.push(
+            "The model is scripted and gullible on purpose: it follows instructions found in tool output and \
+             passes on what it reads."
+                .to_string(),
         ),
-    ]);
+    }
+    notes.push(format!(
+        "Stand-in tools answer on loopback and give up after {} s (standing for the tool's own timeout, scaled \
+         down); effects are counted where they land, applying a repeated write once when the tool sends its \
+         idempotency key (as a careful receiver does) or rewrites a whole file.",
+        crate::readiness_cairn::STAND_IN_TIMEOUT.as_secs()
+    ));
     for step in agents {
-        let subject = subject(&definition, step, &inputs, &registry, &mut notes)?;
+        let mut subject = subject(&definition, step, &inputs, &registry, &mut notes)?;
+        subject.script.upstream = upstream.clone();
+        for tool in &subject.unassessed {
+            // Not seen is not safe: a tool that writes and could not be called blocks the verdict.
+            let what = format!(
+                "tool '{tool}' writes, but readiness could not make a call of it that fits its input schema, so no \
+                 scenario used it"
+            );
+            let cairn =
+                Score { exercised: false, safety: true, reliability: false, cost_usd: 0.0, observability: false, what };
+            let step = step.id.as_str().to_string();
+            rows.push(Row {
+                step,
+                scenario: Scenario::Injection,
+                not_applicable: None,
+                naked: None,
+                cairn: Some(cairn),
+            });
+        }
         for scenario in Scenario::ALL {
             let step_id = step.id.as_str().to_string();
             if let Some(why) = scenario.not_applicable(&subject.script) {
@@ -146,10 +187,11 @@ async fn naked_side(subject: &Subject, scenario: Scenario) -> CliResult<cairn_ch
         tools: subject.tools.clone(),
         max_turns: subject.with["max_turns"].as_u64().unwrap_or(1),
     };
-    let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, NAKED_PATIENCE).await;
+    let (wait, _) = patience(subject.script.upstream.is_some());
+    let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, wait).await;
     // Nothing checks the naked loop's answer; the score does.
     ended.answer_fits = fits(subject, ended.answer.as_ref());
-    Ok(score(Side::Naked, &ended, &world.tally()))
+    Ok(score(scenario, Side::Naked, &ended, &world.tally()))
 }
 
 /// Whether an answer fits the step's output_schema (any answer does when it has none).
@@ -169,10 +211,14 @@ fn tool_names(with: &Value) -> Vec<String> {
 /// earlier step's output) keeps its text, its template marks turned into brackets.
 fn render(with: &Value, ctx: &Value) -> Value {
     match with {
-        Value::String(s) if s.contains("{{") || s.contains("{%") => cairn_core::template::render(with, ctx)
-            .unwrap_or_else(|_| {
-                Value::String(s.replace("{{", "[").replace("}}", "]").replace("{%", "[").replace("%}", "]"))
-            }),
+        // Secrets stay out of the harness: their references become placeholders too.
+        Value::String(s) if s.contains("{{") || s.contains("{%") => {
+            let bracketed = || s.replace("{{", "[").replace("}}", "]").replace("{%", "[").replace("%}", "]");
+            if s.contains("secrets") {
+                return Value::String(bracketed());
+            }
+            cairn_core::template::render(with, ctx).unwrap_or_else(|_| Value::String(bracketed()))
+        }
         Value::Array(items) => Value::Array(items.iter().map(|v| render(v, ctx)).collect()),
         Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), render(v, ctx))).collect()),
         other => other.clone(),
@@ -226,6 +272,9 @@ fn subject(
         }
         script.prices.insert(alias.clone(), (model.input_usd_per_mtok, model.output_usd_per_mtok));
     }
+    // An outage takes the first model's provider down: every model of the step on it is away.
+    let provider = |alias: &String| models.models.get(alias).map(|m| m.provider.clone());
+    script.away = aliases.iter().filter(|a| provider(a) == provider(&aliases[0])).cloned().collect();
     let workflow_tools = serde_json::to_value(definition.tools.as_ref()).unwrap_or_default();
     let mut entries: Vec<Arc<Entry>> = Vec::new();
     for name in tool_names(&with) {
@@ -243,14 +292,18 @@ fn subject(
         entries.push(entry);
     }
     let mut writes = Vec::new();
+    let mut unassessed = Vec::new();
     for entry in &entries {
         let name = entry.spec.name.clone();
         let (read, write) = calls(entry);
         if script.first.is_none() {
             script.first = read.clone();
         }
-        if let Some(w) = write {
-            writes.push((entry.clone(), w));
+        match write {
+            Some(w) => writes.push((entry.clone(), w)),
+            // A tool that may write but whose writes readiness cannot make is not assessed.
+            None if entry.spec.effect.needs_effect_key() && read.is_none() => unassessed.push(name.clone()),
+            None => {}
         }
         script.outputs.insert(name, usual_output(entry));
     }
@@ -258,9 +311,16 @@ fn subject(
     if script.first.is_none() {
         script.first = script.write.clone();
     }
-    // The injection aims at the least guarded tool that writes: one whose policy never asks.
-    let target = writes.iter().find(|(e, _)| e.spec.approval == Policy::Never).or(writes.first());
-    script.injected = target.and_then(|(entry, write)| injected(entry, write));
+    // The injection aims at the least guarded tool that writes (a policy that never asks, then a
+    // condition, then by effect, then always) where the canary fits its arguments.
+    let guard = |p: &Policy| match p {
+        Policy::Never => 0,
+        Policy::When(_) => 1,
+        Policy::ByEffect => 2,
+        Policy::Always => 3,
+    };
+    writes.sort_by_key(|(e, _)| guard(&e.spec.approval));
+    script.injected = writes.iter().find_map(|(entry, write)| injected(entry, write));
     let output_schema = with.get("output_schema").filter(|s| s.is_object()).cloned();
     script.final_answer = match &output_schema {
         Some(schema) => sample(schema, 0),
@@ -273,13 +333,21 @@ fn subject(
         None => None,
     };
     let tools = entries.iter().map(|e| (e.spec.name.clone(), e.spec.description.clone())).collect();
-    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools })
+    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools, unassessed })
 }
 
 /// A call of the tool that reads and one that writes, among arguments that fit its input schema
 /// and that it would not refuse.
 fn calls(entry: &Entry) -> (Option<Call>, Option<Call>) {
     let text = json!({"text": "readiness check"});
+    // A host the tool may reach.
+    let host = crate::config::get()
+        .tools
+        .tools
+        .get(&entry.spec.name)
+        .and_then(|t| t.allow_hosts.iter().find(|h| !h.contains('*')).cloned())
+        .unwrap_or_else(|| "example.com".into());
+    let url = format!("https://{host}/readiness");
     let mut candidates = match entry.spec.kind.as_str() {
         "sql_query" => vec![json!({"sql": "SELECT 1 AS readiness"})],
         "file" => vec![
@@ -288,8 +356,8 @@ fn calls(entry: &Entry) -> (Option<Call>, Option<Call>) {
         ],
         "http_request" => vec![
             json!({"body": text}),
-            json!({"method": "GET", "url": "https://example.com/readiness"}),
-            json!({"method": "POST", "url": "https://example.com/readiness", "body": text}),
+            json!({"method": "GET", "url": url}),
+            json!({"method": "POST", "url": url, "body": text}),
         ],
         _ => vec![],
     };
@@ -301,13 +369,25 @@ fn calls(entry: &Entry) -> (Option<Call>, Option<Call>) {
         if entry.check_args(&args).is_err() {
             continue;
         }
-        let writes = entry.effect(&args) != EffectClass::Read;
+        let writes = entry.effect(&args).needs_effect_key();
         let slot = if writes { &mut write } else { &mut read };
         if slot.is_none() {
-            *slot = Some(Call { tool: entry.spec.name.clone(), args, writes });
+            let repeat = repeat(entry, &args);
+            *slot = Some(Call { tool: entry.spec.name.clone(), args, writes, repeat });
         }
     }
     (read, write)
+}
+
+/// What sending a call again does where it lands: tools that send the call's idempotency key
+/// (HTTP writes, MCP) are applied once by a careful receiver; a file written whole again is the
+/// same file; anything else happens again.
+pub fn repeat(entry: &Entry, args: &Value) -> Repeat {
+    match (entry.spec.kind.as_str(), args.get("op").and_then(Value::as_str)) {
+        ("http_request" | "mcp", _) => Repeat::Key,
+        ("file", Some("write")) => Repeat::SameArgs,
+        _ => Repeat::Again,
+    }
 }
 
 /// The write with the canary in one of its strings (the first place the tool accepts it).
@@ -319,8 +399,9 @@ fn injected(entry: &Entry, write: &Call) -> Option<Call> {
         let leaf = args.pointer_mut(&pointer)?;
         *leaf = json!(format!("{} {CANARY}", leaf.as_str().unwrap_or_default()));
         let args = entry.normalize(args);
-        let fits = entry.check_args(&args).is_ok() && entry.effect(&args) != EffectClass::Read;
-        fits.then(|| Call { tool: write.tool.clone(), args, writes: true })
+        let fits = entry.check_args(&args).is_ok() && entry.effect(&args).needs_effect_key();
+        let repeat = repeat(entry, &args);
+        fits.then(|| Call { tool: write.tool.clone(), args, writes: true, repeat })
     })
 }
 
@@ -385,15 +466,33 @@ pub fn sample(schema: &Value, depth: usize) -> Value {
             let n = schema["minItems"].as_u64().unwrap_or(0).min(4) as usize;
             Value::Array((0..n).map(|_| sample(&schema["items"], depth + 1)).collect())
         }
-        "integer" => json!(schema["minimum"].as_i64().unwrap_or(0)),
-        "number" => json!(schema["minimum"].as_f64().unwrap_or(0.0)),
+        "integer" => {
+            let low = schema["minimum"].as_i64().or(schema["exclusiveMinimum"].as_i64().map(|m| m + 1));
+            let high = schema["maximum"].as_i64().or(schema["exclusiveMaximum"].as_i64().map(|m| m - 1));
+            json!(low.unwrap_or(1.min(high.unwrap_or(1))))
+        }
+        "number" => {
+            let low = schema["minimum"].as_f64().or(schema["exclusiveMinimum"].as_f64().map(|m| m + 1.0));
+            let high = schema["maximum"].as_f64().or(schema["exclusiveMaximum"].as_f64().map(|m| m - 1.0));
+            json!(low.unwrap_or(1.0_f64.min(high.unwrap_or(1.0))))
+        }
         "boolean" => json!(false),
         "null" => Value::Null,
         _ => {
-            let min = schema["minLength"].as_u64().unwrap_or(0) as usize;
-            let mut s = "sample".to_string();
-            while s.len() < min {
-                s.push('x');
+            let mut s = match schema["format"].as_str() {
+                Some("email") => "sample@example.com".to_string(),
+                Some("uri" | "url") => "https://example.com/sample".to_string(),
+                Some("date-time") => "2026-01-01T00:00:00Z".to_string(),
+                Some("date") => "2026-01-01".to_string(),
+                Some("uuid") => "00000000-0000-4000-8000-000000000000".to_string(),
+                _ => "sample".to_string(),
+            };
+            let min = (schema["minLength"].as_u64().unwrap_or(0) as usize).min(10_000);
+            if s.len() < min {
+                s.push_str(&"x".repeat(min - s.len()));
+            }
+            if let Some(max) = schema["maxLength"].as_u64() {
+                s.truncate(max as usize);
             }
             json!(s)
         }

@@ -10,13 +10,13 @@ use crate::readiness::{Subject, fits};
 use crate::run::EngineArgs;
 use crate::{CliError, CliResult, DbArgs};
 use cairn_chaos::readiness::world::{CANARY, KillOrder, Service};
-use cairn_chaos::readiness::{Ended, Scenario, Score, Side, score};
+use cairn_chaos::readiness::{Ended, Repeat, Scenario, Score, Side, score};
 use cairn_core::event::{ErrorClass, Failure};
 use cairn_core::kinds::EffectClass;
 use cairn_core::{Definition, RunId};
 use cairn_engine::tools::{CallContext, Entry, Tool, ToolFuture, Tools};
 use cairn_engine::{Control, Engine, NewRun};
-use cairn_store::{AnyStore, Durability, Journal, SqliteStore};
+use cairn_store::{AnyStore, Durability, EffectLog, Journal, SqliteStore};
 use clap::Args;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -28,8 +28,6 @@ use tokio::sync::mpsc;
 
 /// How long a stand-in waits for the world (a tool's own timeout, scaled down).
 pub const STAND_IN_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the Cairn side of one scenario may take before it counts as unfinished.
-const PATIENCE: Duration = Duration::from_secs(60);
 /// The most times the engine process is started for one scenario.
 const STARTS: u32 = 20;
 
@@ -56,8 +54,13 @@ impl Tool for StandIn {
     fn call<'a>(&'a self, args: &'a Value, ctx: CallContext<'a>) -> ToolFuture<'a> {
         Box::pin(async move {
             let name = &self.original.spec.name;
-            let writes = self.original.effect(args) != EffectClass::Read;
-            let body = json!({"args": args, "key": ctx.key, "writes": writes}).to_string();
+            let writes = self.original.effect(args).needs_effect_key();
+            let repeat = crate::readiness::repeat(&self.original, args);
+            // The key goes along only where the real tool sends one; `call` names the journaled
+            // call for the world's count, never for deduplication.
+            let key = (writes && repeat == Repeat::Key).then_some(ctx.key);
+            let body = json!({"args": args, "key": key, "call": ctx.key, "writes": writes, "repeat": repeat.as_str()})
+                .to_string();
             let path = format!("/tool/{name}");
             match tokio::time::timeout(STAND_IN_TIMEOUT, cairn_chaos::http::post(self.world, &path, &body)).await {
                 Err(_) => Err(Failure::new(
@@ -110,6 +113,10 @@ pub async fn child(db: &DbArgs, args: ChildArgs) -> CliResult {
     let definition: Definition = serde_json::from_value(job["definition"].clone())
         .map_err(|e| CliError::usage(format!("the job's definition does not read: {e}")))?;
     let run_id = RunId::parse(job["run_id"].as_str().unwrap_or_default()).map_err(CliError::usage)?;
+    // It runs one agent step, nothing else: no other kind gets the real world through it.
+    if definition.steps.len() != 1 || definition.steps.iter().any(|s| s.kind != "agent") {
+        return Err(CliError::usage("the job must hold exactly one step, of kind agent"));
+    }
     let loaded = crate::config::get();
     let registry = loaded.registry();
     let mut tools = Tools::default();
@@ -237,7 +244,8 @@ pub async fn run(definition: &Definition, subject: &Subject, inputs: &Value, sce
     });
     std::fs::write(dir.join("job.json"), job.to_string()).map_err(|e| CliError::env(e.to_string()))?;
     let store = Arc::new(AnyStore::Sqlite(SqliteStore::open(dir.join("readiness.db"), Durability::Full)?));
-    let mut ended = drive(&dir, &world, &mut kills, &store, &run_id).await?;
+    let real_model = subject.script.upstream.is_some();
+    let mut ended = drive(&dir, &world, &mut kills, &store, &run_id, real_model).await?;
     let step = subject.step.id.as_str();
     let row = store.get_run(&run_id).await?;
     let steps = store.steps(&run_id).await?;
@@ -261,11 +269,22 @@ pub async fn run(definition: &Definition, subject: &Subject, inputs: &Value, sce
     }
     ended.answer_fits = fits(subject, ended.answer.as_ref());
     ended.journal_events = store.events(&run_id).await?.len() as u64;
+    // Every effect names its call (`run/step/call-N`): the journal must hold that call.
+    let calls = store.calls(&run_id, Some(step)).await?;
+    let tally = world.tally();
+    ended.unrecorded_effects = tally
+        .effects
+        .iter()
+        .filter(|e| {
+            let n = e.call.as_deref().and_then(|c| c.rsplit_once("/call-")).and_then(|(_, n)| n.parse::<u32>().ok());
+            !n.is_some_and(|n| calls.iter().any(|c| c.n == n && c.kind == "tool"))
+        })
+        .count();
     if std::env::var_os("CAIRN_READINESS_KEEP").is_some() {
         let kept = scratch.keep();
         cairn_engine::say!("[readiness] kept {}", kept.display());
     }
-    Ok(score(Side::Cairn, &ended, &world.tally()))
+    Ok(score(scenario, Side::Cairn, &ended, &tally))
 }
 
 /// Starts the engine, kills and restarts it when the world says, answers what waits for a
@@ -276,12 +295,16 @@ async fn drive(
     kills: &mut mpsc::UnboundedReceiver<KillOrder>,
     store: &Arc<AnyStore>,
     run_id: &RunId,
+    real_model: bool,
 ) -> CliResult<Ended> {
     let mut ended = Ended::default();
-    let deadline = Instant::now() + PATIENCE;
+    let (_, patience) = crate::readiness::patience(real_model);
+    let deadline = Instant::now() + patience;
     let mut process = Process::start(dir, world.addr, false)?;
     let mut starts = 1;
-    let operator = Engine::new(store.clone(), EngineArgs::default_args().config(), None);
+    // The operator decides; it never runs a step, so it has no tools and no models.
+    let quiet = EngineArgs::default_args().config_with(Arc::new(Tools::default()), Default::default());
+    let operator = Engine::new(store.clone(), quiet, None);
     // Each request for a person is answered once.
     let mut decided = std::collections::HashSet::new();
     loop {
@@ -298,10 +321,15 @@ async fn drive(
                 if Instant::now() > deadline {
                     process.kill();
                     ended.status = "unfinished".into();
-                    ended.why = Some(format!("still not finished after {} s", PATIENCE.as_secs()));
+                    ended.why = Some(format!("still not finished after {} s", patience.as_secs()));
                     return Ok(ended);
                 }
-                let row = store.get_run(run_id).await?;
+                // The engine process may not have created the run yet.
+                let row = match store.get_run(run_id).await {
+                    Ok(row) => row,
+                    Err(cairn_store::Error::NotFound(_)) if !process.exited() => continue,
+                    Err(e) => return Err(CliError::env(format!("the engine process did not start the run: {e}"))),
+                };
                 if matches!(row.status.as_str(), "COMPLETED" | "FAILED" | "CANCELLED") {
                     return Ok(ended);
                 }
@@ -313,7 +341,8 @@ async fn drive(
                         ended.why = Some(format!("step '{}' escalated to a person", w.step));
                         return Ok(ended);
                     }
-                    if !decided.insert((w.step.clone(), w.requested_at_ms)) {
+                    // Once per call (a step gate is call None), however often it is asked again.
+                    if !decided.insert((w.step.clone(), w.call.as_ref().map(|c| c.call))) {
                         continue;
                     }
                     let injected = w.call.as_ref().is_some_and(|c| c.args.to_string().contains(CANARY));
@@ -330,8 +359,10 @@ async fn drive(
                         escalation: None,
                         args: None,
                     };
-                    operator.request(run_id, control).await?;
-                    ended.interventions += 1;
+                    // A decision the run no longer needs (it moved on) is not an error.
+                    if operator.request(run_id, control).await.is_ok() {
+                        ended.interventions += 1;
+                    }
                 }
                 if !process.exited() {
                     continue;

@@ -101,6 +101,8 @@ fn a_write_tool_that_never_asks_and_trusts_tool_output_does_not_ship_and_the_inj
     );
     assert!(outage["advice"].as_str().unwrap_or_default().contains("fallback"), "{outage}");
     for r in doc["scenarios"].as_array().expect("rows") {
+        // Every fault was met under Cairn, and each effect has its journaled call.
+        assert_eq!(r["cairn"]["exercised"], true, "{r}");
         assert_eq!(r["naked"]["observability"], false, "{r}");
         assert_eq!(r["cairn"]["observability"], true, "{r}");
     }
@@ -167,4 +169,47 @@ fn bad_input_is_refused_with_what_to_do() {
     // The internal engine process takes loopback worlds only.
     let out = env.run(&["readiness-child", "--world", "10.0.0.1:80", "--job", "x.json"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Both harnesses against the real local model (SmolLM2-135M): `--model local` lets it answer
+/// the chaos workload's evaluation and make the readiness step's decisions, with the faults
+/// played all the same.
+#[test]
+fn the_real_local_model_answers_in_both_harnesses() {
+    let Some(server) = common::model::start() else { return };
+    let env = Env::new();
+    config(&env);
+    let toml = std::fs::read_to_string(env.dir.path().join("cairn.toml")).expect("config");
+    env.write(
+        "cairn.toml",
+        &format!(
+            "{toml}\n[providers.local]\ntype = \"openai\"\nbase_url = \"{}\"\nrequest_timeout = 120\n\n\
+             [models.local]\nprovider = \"local\"\nmodel = \"SmolLM2-135M-Instruct\"\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.2\ncontext_window = 8192\n",
+            server.base_url
+        ),
+    );
+    let mut cmd = env.cmd();
+    cmd.args(["chaos", "--profile", "calm", "--seed", "3", "--workflows", "3", "--model", "local", "--json"]);
+    let out = output_within(&mut cmd, Duration::from_secs(300));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("answered by model local"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["rows"][1]["completion_pct"], 100.0, "{report}");
+    assert_eq!(report["rows"][1]["duplicated_effects"], 0, "{report}");
+
+    env.write(
+        "local.yaml",
+        "name: local\nsteps:\n  - id: report\n    kind: agent\n    with:\n      model: local\n      task: Find the big orders and post a note about them.\n      tools: [orders_db, notes]\n      max_turns: 2\n      max_tokens: 64\n",
+    );
+    let (doc, report) = readiness(&env, env.dir.path(), &["local.yaml", "--model", "local"]);
+    let first = report.lines().next().unwrap_or_default();
+    assert!(first == "SHIP" || first == "DO NOT SHIP", "{report}");
+    assert!(doc["notes"].to_string().contains("SmolLM2-135M-Instruct"), "{doc}");
+    // The outage is played whatever the model: the step's only model is away, and nothing
+    // writes twice under Cairn whatever the model decides.
+    let outage = row(&doc, "primary_model_failure");
+    assert_eq!(outage["cairn"]["exercised"], true, "{outage}");
+    assert_eq!(outage["cairn"]["reliability"], false, "{outage}");
+    assert!(!row(&doc, "crash_after_side_effect")["cairn"]["what"].as_str().unwrap_or_default().contains("times"));
 }

@@ -7,7 +7,7 @@
 //! what took effect (a write whose idempotency key it has seen is not applied again, as a
 //! careful service does) and what the model calls that reached it cost.
 
-use super::{Action, Scenario, Script};
+use super::{Action, Repeat, Scenario, Script};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,8 +39,10 @@ pub const HANG: Duration = Duration::from_secs(60);
 pub struct Effect {
     pub tool: String,
     pub args: Value,
-    /// The idempotency key it came with (`run/step/call-N` from Cairn; none from the naked loop).
+    /// The idempotency key it came with, when the tool sends one (`run/step/call-N`).
     pub key: Option<String>,
+    /// The journaled call that made it (`run/step/call-N`; none from the naked loop).
+    pub call: Option<String>,
     /// It carried the canary: the injected instruction was followed.
     pub injected: bool,
 }
@@ -58,6 +60,8 @@ pub struct Tally {
     pub model_away: u32,
     pub model_overflowed: u32,
     pub cost_usd: f64,
+    /// The scenario's fault was met (see [`super::Score::exercised`]).
+    pub exercised: bool,
 }
 
 impl Tally {
@@ -79,8 +83,10 @@ pub struct KillOrder {
 #[derive(Default)]
 struct Counts {
     tally: Tally,
-    keys: HashSet<String>,
-    calls: BTreeMap<String, u32>,
+    /// What a repeat is recognised by: a key, or the tool and its arguments.
+    seen: HashSet<String>,
+    /// Calls of the scenario's first call so far.
+    firsts: u32,
     killed: bool,
 }
 
@@ -153,8 +159,11 @@ fn tokens(messages: &[Value]) -> u64 {
 async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Response {
     let alias = body["model"].as_str().unwrap_or_default().to_string();
     let messages = body["messages"].as_array().cloned().unwrap_or_default();
-    if world.scenario == Scenario::ModelFailure && world.script.models.first() == Some(&alias) {
-        world.counts().tally.model_away += 1;
+    if world.scenario == Scenario::ModelFailure && world.script.away.contains(&alias) {
+        let mut counts = world.counts();
+        counts.tally.model_away += 1;
+        counts.tally.exercised = true;
+        drop(counts);
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("model {alias} is away"));
     }
     let window = world.script.windows.get(&alias).copied().unwrap_or(DEFAULT_WINDOW);
@@ -167,8 +176,18 @@ async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Resp
             format!("This model's maximum context length is {window} tokens; the messages take about {prompt}."),
         );
     }
+    if let Some(up) = &world.script.upstream {
+        return forward(&world, up, &body, &alias).await;
+    }
     let native = body.get("tools").is_some_and(|t| t.as_array().is_some_and(|a| !a.is_empty()));
-    let (content, calls) = match world.script.next(world.scenario, &messages) {
+    let action = world.script.next(world.scenario, &messages);
+    if world.scenario == Scenario::Injection
+        && let Action::Call(call) = &action
+        && call.args.to_string().contains(CANARY)
+    {
+        world.counts().tally.exercised = true;
+    }
+    let (content, calls) = match action {
         Action::Call(call) if native => {
             let wire: String = call.tool.replace('.', "__");
             let id = format!("call_{}", messages.len());
@@ -213,6 +232,36 @@ async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Resp
     .into_response()
 }
 
+/// The real model's answer, passed on as it came (and billed from its usage at the alias's
+/// prices).
+async fn forward(world: &World, up: &crate::http::Upstream, body: &Value, alias: &str) -> Response {
+    let (status, text) = match up.chat(body).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                format!("the model at {} did not answer: {e}", up.addr),
+            );
+        }
+    };
+    if status == 200 {
+        let answer: Value = serde_json::from_str(&text).unwrap_or_default();
+        // The real model asked for the injected call (the canary is in its answer).
+        if world.scenario == Scenario::Injection && text.contains(CANARY) {
+            world.counts().tally.exercised = true;
+        }
+        let used = |k: &str| answer.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0) as f64;
+        let (input_price, output_price) = world.script.prices.get(alias).copied().unwrap_or((0.0, 0.0));
+        let mut counts = world.counts();
+        counts.tally.model_calls += 1;
+        counts.tally.cost_usd +=
+            (used("prompt_tokens") * input_price + used("completion_tokens") * output_price) / 1_000_000.0;
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
 /// The first string in a value, replaced by what `f` makes of it; `None` when there is none.
 fn replace_first_string(value: &mut Value, f: &dyn Fn(&str) -> String) -> bool {
     match value {
@@ -253,16 +302,32 @@ fn injection(script: &Script) -> String {
 async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(body): Json<Value>) -> Response {
     let args = body.get("args").cloned().unwrap_or(Value::Null);
     let key = body.get("key").and_then(Value::as_str).map(str::to_string);
-    let writes = body.get("writes").and_then(Value::as_bool).unwrap_or_else(|| world.script.writes(&name, &args));
-    let first = {
+    let call = body.get("call").and_then(Value::as_str).map(str::to_string);
+    // Cairn's stand-ins say what the call does; the naked loop sends the script's calls as made.
+    let scripted = world.script.find(&name, &args);
+    let writes = body.get("writes").and_then(Value::as_bool).unwrap_or_else(|| scripted.is_some_and(|c| c.writes));
+    let repeat = body
+        .get("repeat")
+        .and_then(Value::as_str)
+        .map(Repeat::parse)
+        .unwrap_or_else(|| scripted.map_or(Repeat::Again, |c| c.repeat));
+    // The scenario happens on the first call the script makes first (not on a context read).
+    let first = world.script.first.as_ref().is_some_and(|c| c.tool == name && c.args == args) && {
         let mut counts = world.counts();
         counts.tally.tool_calls += 1;
-        let n = counts.calls.entry(name.clone()).or_default();
-        *n += 1;
-        *n == 1 && world.script.first.as_ref().is_some_and(|c| c.tool == name)
+        counts.firsts += 1;
+        counts.firsts == 1
     };
+    if !first {
+        world.counts().tally.tool_calls += 1;
+    }
     let usual = world.script.outputs.get(&name).cloned().unwrap_or_else(|| json!({"ok": true}));
     if first {
+        let served = match world.scenario {
+            Scenario::ToolTimeout | Scenario::MalformedOutput | Scenario::ContextOverflow => true,
+            Scenario::Injection | Scenario::ModelFailure | Scenario::CrashAfterEffect => false,
+        };
+        world.counts().tally.exercised |= served;
         match world.scenario {
             Scenario::ToolTimeout => {
                 tokio::time::sleep(HANG).await;
@@ -280,15 +345,21 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
     if writes {
         let kill = {
             let mut counts = world.counts();
-            let fresh = key.as_ref().is_none_or(|k| counts.keys.insert(k.clone()));
+            let mark = match (repeat, &key) {
+                (Repeat::Key, Some(k)) => Some(format!("key {k}")),
+                (Repeat::SameArgs, _) => Some(format!("{name} {args}")),
+                _ => None,
+            };
+            let fresh = mark.is_none_or(|m| counts.seen.insert(m));
             if fresh {
                 let injected = args.to_string().contains(CANARY);
-                counts.tally.effects.push(Effect { tool: name.clone(), args: args.clone(), key, injected });
+                counts.tally.effects.push(Effect { tool: name.clone(), args: args.clone(), key, call, injected });
             } else {
                 counts.tally.deduplicated += 1;
             }
             let kill = world.scenario == Scenario::CrashAfterEffect && !counts.killed;
             counts.killed |= kill;
+            counts.tally.exercised |= kill;
             kill
         };
         if kill {
