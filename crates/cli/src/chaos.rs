@@ -39,6 +39,11 @@ pub struct ChaosArgs {
     /// server, such as `local` with scripts/local-model — instead of the world's canned score.
     #[arg(long, value_name = "ALIAS")]
     pub model: Option<String>,
+    /// With --database: restart the database server for real at the schedule's restart instant by
+    /// running this shell command (e.g. `sudo systemctl restart postgresql`), instead of cutting
+    /// every connection to the workload's database.
+    #[arg(long, value_name = "COMMAND")]
+    pub db_restart_command: Option<String>,
 }
 
 /// The model of cairn.toml that a harness passes model calls on to: an OpenAI-compatible server
@@ -152,6 +157,7 @@ async fn durable(
     db: &crate::DbArgs,
     upstream: Option<cairn_chaos::http::Upstream>,
     model_wait: Duration,
+    restart_command: Option<&str>,
 ) -> CliResult<(Outcome, Tally)> {
     let (world, mut orders) =
         Service::start(schedule.clone(), upstream).await.map_err(|e| CliError::env(e.to_string()))?;
@@ -188,8 +194,23 @@ async fn durable(
         if let (Some(url), Some(at)) = (database, schedule.db_restart_at_job)
             && at == job
         {
-            let cut = cairn_chaos::restart::cut_connections(url).await.map_err(CliError::env)?;
-            cairn_engine::say!("[chaos] database restart: cut {cut} connection(s)");
+            match restart_command {
+                Some(command) => {
+                    let run = command.to_string();
+                    let status = tokio::task::spawn_blocking(move || Command::new("sh").args(["-c", &run]).status())
+                        .await
+                        .map_err(|e| CliError::env(e.to_string()))?
+                        .map_err(|e| CliError::env(format!("--db-restart-command could not start: {e}")))?;
+                    if !status.success() {
+                        return Err(CliError::env(format!("--db-restart-command `{command}` failed ({status})")));
+                    }
+                    cairn_engine::say!("[chaos] database restart: ran `{command}`");
+                }
+                None => {
+                    let cut = cairn_chaos::restart::cut_connections(url).await.map_err(CliError::env)?;
+                    cairn_engine::say!("[chaos] database restart: cut {cut} connection(s)");
+                }
+            }
         }
         let id = cairn_engine::new_run_id();
         let new = NewRun::inline(definition.clone(), json!({"job": job, "base": base}));
@@ -246,6 +267,11 @@ pub async fn chaos(db: &crate::DbArgs, args: ChaosArgs) -> CliResult {
     if args.workflows == 0 || args.workflows > 1_000 {
         return Err(CliError::usage(format!("--workflows {} is out of range: use 1 to 1000", args.workflows)));
     }
+    if args.db_restart_command.is_some() && db.database.is_none() {
+        return Err(CliError::usage(
+            "--db-restart-command restarts a PostgreSQL server: give the workload's database with --database",
+        ));
+    }
     let schedule = Schedule::new(&profile, args.seed, args.workflows);
     for line in schedule.describe() {
         cairn_engine::say!("[chaos] {line}");
@@ -267,7 +293,7 @@ pub async fn chaos(db: &crate::DbArgs, args: ChaosArgs) -> CliResult {
     let naive = row("naive", args.workflows, &naive, &world.tally());
     drop(world);
     cairn_engine::say!("[chaos] cairn (a cairn worker process, SIGKILLed at each kill) …");
-    let (outcome, tally) = durable(&schedule, db, upstream, model_wait).await?;
+    let (outcome, tally) = durable(&schedule, db, upstream, model_wait, args.db_restart_command.as_deref()).await?;
     let durable = row("cairn", args.workflows, &outcome, &tally);
     let report = json!({"schedule": schedule, "rows": [naive, durable]});
     if args.json {

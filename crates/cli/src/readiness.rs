@@ -236,17 +236,22 @@ fn subject(
     let known = json!({"inputs": inputs, "run": {"id": "wf_readiness"}, "steps": {}});
     let item = match step.for_each.as_ref().map(|f| render(&f.items, &known)) {
         Some(Value::Array(items)) if !items.is_empty() => items[0].clone(),
-        Some(_) => {
-            notes.push(format!(
-                "Step '{}' runs for each item of a list made at run time: assessed on one placeholder item.",
-                step.id
-            ));
+        Some(items) => {
+            let why = if items.is_array() { "an empty list" } else { "a list made at run time" };
+            notes.push(format!("Step '{}' runs for each item of {why}: assessed on one placeholder item.", step.id));
             json!("(an item)")
         }
         None => Value::Null,
     };
     let ctx = json!({"inputs": inputs, "item": item, "run": {"id": "wf_readiness"}, "steps": {}});
     let with = render(&step.with, &ctx);
+    if with.get("context").is_some() {
+        notes.push(format!(
+            "Step '{}' chooses context (with.context): under Cairn its reads go to the stand-ins too; the naked loop \
+             runs without it.",
+            step.id
+        ));
+    }
     let models = crate::config::get().models.clone();
     let aliases: Vec<String> = match &with["model"] {
         Value::String(a) => vec![a.clone()],

@@ -62,3 +62,26 @@ fn on_postgresql_a_database_restart_mid_workload_loses_and_duplicates_nothing() 
     );
     assert_eq!(cairn["human_interventions"], 0, "{cairn}");
 }
+
+/// `--db-restart-command` restarts the database for real at the schedule's instant (here a
+/// command that leaves a mark: the shared test server is not restarted); it needs --database.
+#[test]
+fn a_database_restart_command_runs_at_the_scheduled_instant() {
+    let env = Env::new();
+    let bad = env.run(&["chaos", "--db-restart-command", "true"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--database"));
+    let Some(db) = common::pg::Database::create("chaos_cmd") else { return };
+    let mark = env.dir.path().join("restarted");
+    let command = format!("touch {}", mark.display());
+    let mut cmd = env.cmd();
+    cmd.args(["--database", &db.url, "chaos", "--profile", "hostile", "--seed", "7", "--workflows", "8"]);
+    cmd.args(["--db-restart-command", &command, "--json"]);
+    let out = output_within(&mut cmd, Duration::from_secs(240));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("database restart: ran `touch"), "{stderr}");
+    assert!(mark.exists());
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(report["rows"][1]["completion_pct"], 100.0, "{report}");
+}

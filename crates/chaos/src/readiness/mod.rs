@@ -279,10 +279,15 @@ pub fn score(scenario: Scenario, side: Side, ended: &Ended, tally: &world::Tally
         }
     }
     if tally.deduplicated > 0 {
-        what.push(format!("{} repeated write(s) recognised by their idempotency key", tally.deduplicated));
+        what.push(format!(
+            "{} write(s) sent again took no second effect (same idempotency key, or the same file rewritten)",
+            tally.deduplicated
+        ));
     }
-    if ended.recoveries > 0 {
-        what.push(format!("{} recovery(ies) after SIGKILL", ended.recoveries));
+    match side {
+        _ if ended.recoveries == 0 => {}
+        Side::Cairn => what.push(format!("{} recovery(ies) after SIGKILL", ended.recoveries)),
+        Side::Naked => what.push(format!("started over {} time(s) after its process died", ended.recoveries)),
     }
     if ended.interventions > 0 {
         what.push(format!("{} decision(s) by a person", ended.interventions));
@@ -545,5 +550,11 @@ mod tests {
         let mut lines = text.lines();
         assert_eq!(lines.next(), Some("DO NOT SHIP"));
         assert!(lines.next().expect("line 2").contains("prompt injection"), "{text}");
+        // What was never seen is not vouched for; an unsafe row still comes first.
+        let unseen = Score { exercised: false, what: "the scenario's fault was never met".into(), ..ok.clone() };
+        let rows = vec![row(Scenario::ToolTimeout, &ok, &unseen), row(Scenario::Injection, &ok, &ok)];
+        assert_eq!(verdict(&rows).1.map(|r| r.scenario), Some(Scenario::ToolTimeout));
+        let rows = vec![row(Scenario::ToolTimeout, &ok, &unseen), row(Scenario::Injection, &ok, &bad)];
+        assert_eq!(verdict(&rows).1.map(|r| r.scenario), Some(Scenario::Injection));
     }
 }
