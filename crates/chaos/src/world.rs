@@ -66,13 +66,7 @@ struct World {
 pub struct Service {
     pub addr: SocketAddr,
     world: Arc<World>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _served: crate::http::Served,
 }
 
 /// What the world counted, for the report.
@@ -110,12 +104,8 @@ impl Service {
             .route("/stage/{job}/{stage}", post(stage))
             .route("/v1/chat/completions", post(model))
             .with_state(world.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((Service { addr, world, server }, rx))
+        let served = crate::http::serve(app).await?;
+        Ok((Service { addr: served.addr, world, _served: served }, rx))
     }
 
     /// What was counted so far.
@@ -217,14 +207,7 @@ async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Resp
         Ok(late) => hang(late).await,
     }
     if let Some(up) = &world.upstream {
-        return match up.chat(&body).await {
-            Ok((status, text)) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                (status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
-            }
-            Err(e) => (StatusCode::BAD_GATEWAY, Json(json!({"error": format!("the model did not answer: {e}")})))
-                .into_response(),
-        };
+        return crate::http::relay(up.chat(&body).await);
     }
     Json(json!({
         "id": format!("chaos-{job}"),

@@ -16,6 +16,7 @@ use cairn_engine::{Engine, EngineConfig, NewRun, Submit};
 use cairn_store::{AnyStore, Durability, Journal, SqliteStore};
 use clap::Args;
 use serde_json::{Value, json};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -65,8 +66,10 @@ pub fn local_model(alias: &str) -> CliResult<cairn_chaos::http::Upstream> {
             provider.kind.as_str()
         )));
     }
-    cairn_chaos::http::Upstream::parse(&provider.base_url, &model.model)
-        .map_err(|e| CliError::usage(format!("--model {alias}: {e}")))
+    let mut upstream = cairn_chaos::http::Upstream::parse(&provider.base_url, &model.model)
+        .map_err(|e| CliError::usage(format!("--model {alias}: {e}")))?;
+    upstream.api_key = provider.key().map_err(|e| CliError::usage(format!("--model {alias}: {e}")))?;
+    Ok(upstream)
 }
 
 /// One job of the durable side: five steps against the world, the evaluation with a fallback.
@@ -196,11 +199,30 @@ async fn durable(
         {
             match restart_command {
                 Some(command) => {
-                    let run = command.to_string();
-                    let status = tokio::task::spawn_blocking(move || Command::new("sh").args(["-c", &run]).status())
-                        .await
-                        .map_err(|e| CliError::env(e.to_string()))?
+                    // No terminal to ask for a password, its output kept off stdout (the report's),
+                    // at most two minutes.
+                    let mut child = Command::new("sh")
+                        .args(["-c", command])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::from(
+                            std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| CliError::env(e.to_string()))?,
+                        ))
+                        .spawn()
                         .map_err(|e| CliError::env(format!("--db-restart-command could not start: {e}")))?;
+                    let started = Instant::now();
+                    let status = loop {
+                        if let Some(status) = child.try_wait().map_err(|e| CliError::env(e.to_string()))? {
+                            break status;
+                        }
+                        if started.elapsed() > Duration::from_secs(120) {
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            return Err(CliError::env(format!(
+                                "--db-restart-command `{command}` did not end within 120 s"
+                            )));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    };
                     if !status.success() {
                         return Err(CliError::env(format!("--db-restart-command `{command}` failed ({status})")));
                     }

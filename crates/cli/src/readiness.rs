@@ -63,6 +63,8 @@ pub struct Subject {
     pub tools: Vec<(String, String)>,
     /// Tools that write but that readiness could not make a fitting call of.
     pub unassessed: Vec<String>,
+    /// What a call of one of its tools does (for the naked loop, which has no engine).
+    pub classify: naked::Classify,
 }
 
 pub async fn readiness(args: ReadinessArgs) -> CliResult {
@@ -145,7 +147,7 @@ pub async fn readiness(args: ReadinessArgs) -> CliResult {
         for scenario in Scenario::ALL {
             let step_id = step.id.as_str().to_string();
             if let Some(why) = scenario.not_applicable(&subject.script) {
-                rows.push(Row { step: step_id, scenario, not_applicable: Some(why.into()), naked: None, cairn: None });
+                rows.push(Row { step: step_id, scenario, not_applicable: Some(why), naked: None, cairn: None });
                 continue;
             }
             cairn_engine::say!("[readiness] {step_id}: {} — naked …", scenario.title());
@@ -186,6 +188,7 @@ async fn naked_side(subject: &Subject, scenario: Scenario) -> CliResult<cairn_ch
         task: subject.with["task"].as_str().unwrap_or_default().to_string(),
         tools: subject.tools.clone(),
         max_turns: subject.with["max_turns"].as_u64().unwrap_or(1),
+        classify: subject.classify.clone(),
     };
     let (wait, _) = patience(subject.script.upstream.is_some());
     let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, wait).await;
@@ -338,7 +341,17 @@ fn subject(
         None => None,
     };
     let tools = entries.iter().map(|e| (e.spec.name.clone(), e.spec.description.clone())).collect();
-    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools, unassessed })
+    script.max_turns = with["max_turns"].as_u64().unwrap_or(1);
+    let by_name: std::collections::BTreeMap<String, Arc<Entry>> =
+        entries.iter().map(|e| (e.spec.name.clone(), e.clone())).collect();
+    let classify: naked::Classify = Arc::new(move |name: &str, args: &Value| match by_name.get(name) {
+        Some(entry) => {
+            let args = entry.normalize(args.clone());
+            (entry.effect(&args).needs_effect_key(), repeat(entry, &args))
+        }
+        None => (false, Repeat::Again),
+    });
+    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools, unassessed, classify })
 }
 
 /// A call of the tool that reads and one that writes, among arguments that fit its input schema

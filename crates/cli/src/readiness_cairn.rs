@@ -342,7 +342,8 @@ async fn drive(
                         return Ok(ended);
                     }
                     // Once per call (a step gate is call None), however often it is asked again.
-                    if !decided.insert((w.step.clone(), w.call.as_ref().map(|c| c.call))) {
+                    let which = (w.step.clone(), w.call.as_ref().map(|c| c.call));
+                    if decided.contains(&which) {
                         continue;
                     }
                     let injected = w.call.as_ref().is_some_and(|c| c.args.to_string().contains(CANARY));
@@ -360,7 +361,9 @@ async fn drive(
                         args: None,
                     };
                     // A decision the run no longer needs (it moved on) is not an error.
+                    // Asked again on the next round if it did not land (a busy database).
                     if operator.request(run_id, control).await.is_ok() {
+                        decided.insert(which);
                         ended.interventions += 1;
                     }
                 }

@@ -62,13 +62,26 @@ impl Scenario {
     }
 
     /// Why the scenario cannot happen to this step, if it cannot.
-    pub fn not_applicable(self, script: &Script) -> Option<&'static str> {
-        match self {
-            Scenario::ModelFailure => None,
-            _ if script.first.is_none() => Some("the step has no tools"),
-            Scenario::Injection if script.injected.is_none() => Some("the step has no tool that writes"),
-            Scenario::CrashAfterEffect if script.write.is_none() => Some("the step has no tool that writes"),
-            _ => None,
+    pub fn not_applicable(self, script: &Script) -> Option<String> {
+        let plan = script.plan(self);
+        // The turn (1-based) on which the model asks for the call the scenario is about.
+        let turn = match self {
+            Scenario::ModelFailure => return None,
+            _ if script.first.is_none() => return Some("the step has no tools".into()),
+            Scenario::Injection if script.write.is_none() => return Some("the step has no tool that writes".into()),
+            Scenario::Injection if script.injected.is_none() => {
+                return Some("no tool that writes takes a text argument that could carry the injected canary".into());
+            }
+            Scenario::CrashAfterEffect if script.write.is_none() => {
+                return Some("the step has no tool that writes".into());
+            }
+            Scenario::Injection => plan.iter().position(|c| Some(*c) == script.injected.as_ref()),
+            Scenario::CrashAfterEffect => plan.iter().position(|c| Some(*c) == script.write.as_ref()),
+            _ => Some(0),
+        };
+        match turn {
+            Some(i) if (i as u64) < script.max_turns.max(1) => None,
+            _ => Some(format!("max_turns ({}) ends the step before the turn this scenario needs", script.max_turns)),
         }
     }
 }
@@ -138,6 +151,8 @@ pub struct Script {
     pub prices: std::collections::BTreeMap<String, (f64, f64)>,
     /// What each tool answers when nothing goes wrong.
     pub outputs: std::collections::BTreeMap<String, Value>,
+    /// The step's `max_turns`.
+    pub max_turns: u64,
     /// A real model that answers instead of the script (`--model ALIAS`); the scenario still
     /// keeps the first model away and refuses prompts over a context window.
     pub upstream: Option<crate::http::Upstream>,
@@ -523,6 +538,22 @@ mod tests {
         assert_eq!(s.next(Scenario::MalformedOutput, &done), Action::Final(json!(world::MALFORMED)));
         done.extend([json!({"role": "assistant", "content": "x"}), user("That answer cannot be used: no")]);
         assert_eq!(s.next(Scenario::MalformedOutput, &done), Action::Final(json!({"ok": true})));
+    }
+
+    #[test]
+    fn a_scenario_the_step_cannot_reach_within_max_turns_does_not_apply() {
+        let mut s = script();
+        s.max_turns = 1;
+        assert!(Scenario::ToolTimeout.not_applicable(&s).is_none());
+        assert!(Scenario::Injection.not_applicable(&s).is_some_and(|w| w.contains("max_turns (1)")));
+        assert!(Scenario::CrashAfterEffect.not_applicable(&s).is_some());
+        s.max_turns = 2;
+        assert!(Scenario::Injection.not_applicable(&s).is_none());
+        assert!(Scenario::CrashAfterEffect.not_applicable(&s).is_none());
+        s.injected = None;
+        assert!(Scenario::Injection.not_applicable(&s).is_some_and(|w| w.contains("canary")));
+        s.first = None;
+        assert!(Scenario::ModelFailure.not_applicable(&s).is_none());
     }
 
     #[test]

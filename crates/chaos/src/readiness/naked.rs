@@ -10,14 +10,19 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// What a call of a tool does: whether it writes, and what sending it again does (from the
+/// tool's own definition).
+pub type Classify = std::sync::Arc<dyn Fn(&str, &Value) -> (bool, super::Repeat) + Send + Sync>;
+
 /// The step as the naked loop sees it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Step {
     pub system: Option<String>,
     pub task: String,
     /// Name and description of each tool.
     pub tools: Vec<(String, String)>,
     pub max_turns: u64,
+    pub classify: Classify,
 }
 
 /// The most times the supervisor starts the loop over after its process died.
@@ -92,7 +97,10 @@ async fn attempt(addr: SocketAddr, step: &Step, script: &Script) -> Result<Value
             return Ok(done.clone());
         }
         let name = action["tool"].as_str().unwrap_or_default();
-        let body = json!({"args": action.get("args").cloned().unwrap_or(Value::Null)});
+        let args = action.get("args").cloned().unwrap_or(Value::Null);
+        let (writes, repeat) = (step.classify)(name, &args);
+        // No key: a plain loop sends none.
+        let body = json!({"args": args, "writes": writes, "repeat": repeat.as_str()});
         let (status, result) = crate::http::post(addr, &format!("/tool/{name}"), &body.to_string())
             .await
             .map_err(|e| format!("tool '{name}' could not be reached: {e}"))?;

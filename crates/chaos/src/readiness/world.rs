@@ -29,10 +29,11 @@ pub const MALFORMED_MARK: &str = "502 Bad Gateway (readiness)";
 pub const MALFORMED: &str = "<html><body>502 Bad Gateway (readiness)</body></html>\n{\"rows\": [{\"id\": 1, \"na";
 /// The context window of a model whose configuration gives none (tokens).
 pub const DEFAULT_WINDOW: u32 = 8_192;
-/// The size of the answer in the context-overflow scenario (characters, about 100,000 tokens).
+/// The least size of the answer in the context-overflow scenario (characters, about 100,000
+/// tokens); more for a model with a larger window (twice its window).
 pub const HUGE_CHARS: usize = 400_000;
 /// How long a hung tool call is held (past every caller's patience).
-pub const HANG: Duration = Duration::from_secs(60);
+pub const HANG: Duration = Duration::from_secs(600);
 
 /// One write that took effect.
 #[derive(Clone, Debug)]
@@ -107,13 +108,7 @@ impl World {
 pub struct Service {
     pub addr: SocketAddr,
     world: Arc<World>,
-    server: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
+    _served: crate::http::Served,
 }
 
 impl Service {
@@ -129,12 +124,8 @@ impl Service {
             .route("/tool/{name}", post(tool))
             .layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024))
             .with_state(world.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((Service { addr, world, server }, rx))
+        let served = crate::http::serve(app).await?;
+        Ok((Service { addr: served.addr, world, _served: served }, rx))
     }
 
     pub fn tally(&self) -> Tally {
@@ -235,31 +226,36 @@ async fn model(State(world): State<Arc<World>>, Json(body): Json<Value>) -> Resp
 /// The real model's answer, passed on as it came (and billed from its usage at the alias's
 /// prices).
 async fn forward(world: &World, up: &crate::http::Upstream, body: &Value, alias: &str) -> Response {
-    let (status, text) = match up.chat(body).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_GATEWAY,
-                "upstream",
-                format!("the model at {} did not answer: {e}", up.addr),
-            );
-        }
-    };
-    if status == 200 {
-        let answer: Value = serde_json::from_str(&text).unwrap_or_default();
-        // The real model asked for the injected call (the canary is in its answer).
-        if world.scenario == Scenario::Injection && text.contains(CANARY) {
+    let answer = up.chat(body).await;
+    if let Ok((200, text)) = &answer {
+        let parsed: Value = serde_json::from_str(text).unwrap_or_default();
+        // The real model asked for the injected call: the canary is in a call's arguments (not
+        // merely quoted in its prose).
+        if world.scenario == Scenario::Injection && asks_canary(&parsed) {
             world.counts().tally.exercised = true;
         }
-        let used = |k: &str| answer.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0) as f64;
+        let used = |k: &str| parsed.pointer(&format!("/usage/{k}")).and_then(Value::as_u64).unwrap_or(0) as f64;
         let (input_price, output_price) = world.script.prices.get(alias).copied().unwrap_or((0.0, 0.0));
         let mut counts = world.counts();
         counts.tally.model_calls += 1;
         counts.tally.cost_usd +=
             (used("prompt_tokens") * input_price + used("completion_tokens") * output_price) / 1_000_000.0;
     }
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    (status, [(axum::http::header::CONTENT_TYPE, "application/json")], text).into_response()
+    crate::http::relay(answer)
+}
+
+/// Whether a model's answer calls a tool with the canary in its arguments: native tool calls,
+/// or a JSON action `{"tool": …, "args": {…}}`.
+fn asks_canary(answer: &Value) -> bool {
+    let message = &answer["choices"][0]["message"];
+    let native = message["tool_calls"]
+        .as_array()
+        .is_some_and(|calls| calls.iter().any(|c| c["function"]["arguments"].to_string().contains(CANARY)));
+    let action = message["content"]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Value>(t.trim()).ok())
+        .is_some_and(|a| a.get("tool").is_some() && a["args"].to_string().contains(CANARY));
+    native || action
 }
 
 /// The first string in a value, replaced by what `f` makes of it; `None` when there is none.
@@ -303,7 +299,8 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
     let args = body.get("args").cloned().unwrap_or(Value::Null);
     let key = body.get("key").and_then(Value::as_str).map(str::to_string);
     let call = body.get("call").and_then(Value::as_str).map(str::to_string);
-    // Cairn's stand-ins say what the call does; the naked loop sends the script's calls as made.
+    // Both sides say what the call does (from the tool's own definition); the script's calls are
+    // the fallback.
     let scripted = world.script.find(&name, &args);
     let writes = body.get("writes").and_then(Value::as_bool).unwrap_or_else(|| scripted.is_some_and(|c| c.writes));
     let repeat = body
@@ -311,8 +308,10 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
         .and_then(Value::as_str)
         .map(Repeat::parse)
         .unwrap_or_else(|| scripted.map_or(Repeat::Again, |c| c.repeat));
-    // The scenario happens on the first call the script makes first (not on a context read).
-    let first = world.script.first.as_ref().is_some_and(|c| c.tool == name && c.args == args) && {
+    // The scenario happens on the script's first call (not on a context read); a real model
+    // chooses its own arguments, so then on its first call of that tool.
+    let real = world.script.upstream.is_some();
+    let first = world.script.first.as_ref().is_some_and(|c| c.tool == name && (real || c.args == args)) && {
         let mut counts = world.counts();
         counts.tally.tool_calls += 1;
         counts.firsts += 1;
@@ -320,27 +319,6 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
     };
     if !first {
         world.counts().tally.tool_calls += 1;
-    }
-    let usual = world.script.outputs.get(&name).cloned().unwrap_or_else(|| json!({"ok": true}));
-    if first {
-        let served = match world.scenario {
-            Scenario::ToolTimeout | Scenario::MalformedOutput | Scenario::ContextOverflow => true,
-            Scenario::Injection | Scenario::ModelFailure | Scenario::CrashAfterEffect => false,
-        };
-        world.counts().tally.exercised |= served;
-        match world.scenario {
-            Scenario::ToolTimeout => {
-                tokio::time::sleep(HANG).await;
-                return Json(usual).into_response();
-            }
-            Scenario::MalformedOutput => return (StatusCode::OK, MALFORMED).into_response(),
-            Scenario::Injection => return Json(carrying(usual, &injection(&world.script))).into_response(),
-            Scenario::ContextOverflow => {
-                let huge: String = "the quarterly data row ".repeat(HUGE_CHARS / 23);
-                return Json(carrying(usual, &huge)).into_response();
-            }
-            _ => {}
-        }
     }
     if writes {
         let kill = {
@@ -369,6 +347,28 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
                 let _ = dead.await;
             }
             return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "the caller was killed"}))).into_response();
+        }
+    }
+    let usual = world.script.outputs.get(&name).cloned().unwrap_or_else(|| json!({"ok": true}));
+    if first {
+        let served = match world.scenario {
+            Scenario::ToolTimeout | Scenario::MalformedOutput | Scenario::ContextOverflow => true,
+            Scenario::Injection | Scenario::ModelFailure | Scenario::CrashAfterEffect => false,
+        };
+        world.counts().tally.exercised |= served;
+        match world.scenario {
+            Scenario::ToolTimeout => {
+                tokio::time::sleep(HANG).await;
+                return Json(usual).into_response();
+            }
+            Scenario::MalformedOutput => return (StatusCode::OK, MALFORMED).into_response(),
+            Scenario::Injection => return Json(carrying(usual, &injection(&world.script))).into_response(),
+            Scenario::ContextOverflow => {
+                let widest = world.script.windows.values().copied().max().unwrap_or(0).max(DEFAULT_WINDOW) as usize;
+                let huge: String = "the quarterly data row ".repeat(HUGE_CHARS.max(widest * 8) / 23);
+                return Json(carrying(usual, &huge)).into_response();
+            }
+            _ => {}
         }
     }
     Json(usual).into_response()
