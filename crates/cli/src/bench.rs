@@ -241,8 +241,15 @@ fn print_row(r: &Value, json_out: bool) {
         return;
     }
     let workers = r["workers"].as_u64().map(|w| format!("{w} worker(s), ")).unwrap_or_default();
+    let mut ratio = r["ratio_to_commit_limit"]
+        .as_f64()
+        .map(|x| format!(" | {x:.2}× the single-row commit rate"))
+        .unwrap_or_default();
+    if let Some(x) = r["p50_in_commit_times"].as_f64() {
+        ratio.push_str(&format!(", p50 = {x:.1} commit times"));
+    }
     crate::out!(
-        "{workers}{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms",
+        "{workers}{:>2} steps, {:>3} in flight: {:>7.0} workflows/s ({:>7.0} steps/s) | workflow p50 {:>6.2} ms p99 {:>6.2} ms | step p50 {:>5.2} ms p99 {:>5.2} ms{ratio}",
         r["steps"],
         r["in_flight"],
         r["workflows_per_s"].as_f64().unwrap_or(0.0),
@@ -254,6 +261,15 @@ fn print_row(r: &Value, json_out: bool) {
     );
 }
 
+/// The limits first: a line on stderr, or a `{"limits": …}` JSON line.
+fn print_limits(limits: &Value, json_out: bool) {
+    if json_out {
+        crate::out!("{}", json!({"limits": limits}));
+    } else {
+        cairn_engine::say!("{}", crate::bench_limits::describe(limits));
+    }
+}
+
 /// On PostgreSQL: the same workflows with 1, 2 and 4 workers (engines with their own
 /// connections) sharing the database.
 async fn bench_postgres(url: &str, args: &BenchArgs) -> CliResult {
@@ -263,14 +279,25 @@ async fn bench_postgres(url: &str, args: &BenchArgs) -> CliResult {
     }
     cairn_engine::say!("cairn bench: {}", stores[0].describe());
     cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let limits = crate::bench_limits::postgres_limits(url).await?;
+    print_limits(&limits, args.json);
     scenario(&stores[..1], 3, 50.min(args.workflows), 10).await?;
     for workers in [1usize, 2, 4] {
-        for (steps, in_flight, total) in [(3, 1, args.sequential), (3, args.in_flight, args.workflows)] {
+        // The 10-step shapes with one worker; the 3-step ones with each count of workers.
+        let tens = if workers == 1 {
+            vec![(10, 1, args.sequential), (10, args.in_flight, args.workflows)]
+        } else {
+            Vec::new()
+        };
+        for (steps, in_flight, total) in
+            [(3, 1, args.sequential), (3, args.in_flight, args.workflows)].into_iter().chain(tens)
+        {
             if total == 0 {
                 continue;
             }
             let mut r = scenario(&stores[..workers], steps, total, in_flight.max(1)).await?;
             r["workers"] = serde_json::json!(workers);
+            crate::bench_limits::ratios(&mut r, &limits);
             print_row(&r, args.json);
         }
     }
@@ -349,6 +376,9 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
     cairn_engine::say!("cairn bench: {}", cairn_store::Journal::describe(&*store));
     cairn_engine::say!("host: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let stores = [store];
+    let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_else(|| tmp.clone());
+    let limits = crate::bench_limits::sqlite_limits(&dir).await?;
+    print_limits(&limits, args.json);
     // Warm up (page cache, prepared statements).
     scenario(&stores, 3, 50.min(args.workflows), 10).await?;
     for (steps, in_flight, total) in [
@@ -360,7 +390,8 @@ pub async fn bench(db: &crate::DbArgs, args: BenchArgs) -> CliResult {
         if total == 0 {
             continue;
         }
-        let r = scenario(&stores, steps, total, in_flight.max(1)).await?;
+        let mut r = scenario(&stores, steps, total, in_flight.max(1)).await?;
+        crate::bench_limits::ratios(&mut r, &limits);
         print_row(&r, args.json);
     }
     drop(stores);

@@ -15,6 +15,7 @@ mod bench;
 mod bench_agent;
 mod bench_external;
 mod bench_http;
+mod bench_limits;
 mod bench_llm;
 mod bench_map;
 mod bench_park;

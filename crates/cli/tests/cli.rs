@@ -848,11 +848,17 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
     assert!(out.status.success(), "bench failed: {}", stderr(&out));
     let lines: Vec<serde_json::Value> =
         stdout(&out).lines().map(|l| serde_json::from_str(l).expect("a JSON line per scenario")).collect();
-    assert_eq!(lines.len(), 4, "{}", stdout(&out));
-    for (r, (steps, in_flight)) in lines.iter().zip([(3, 1), (10, 1), (3, 5), (10, 5)]) {
+    assert_eq!(lines.len(), 5, "{}", stdout(&out));
+    // The machine's own limits first, measured in the same invocation; each result's ratio to them.
+    let limits = &lines[0]["limits"];
+    assert!(limits["fdatasync_per_s"].as_f64().is_some_and(|v| v > 0.0), "{limits}");
+    assert!(limits["sqlite_commits_per_s"].as_f64().is_some_and(|v| v > 0.0), "{limits}");
+    for (r, (steps, in_flight)) in lines[1..].iter().zip([(3, 1), (10, 1), (3, 5), (10, 5)]) {
         assert_eq!((r["steps"].as_u64(), r["in_flight"].as_u64()), (Some(steps), Some(in_flight)));
         assert!(r["workflows_per_s"].as_f64().unwrap_or(0.0) > 0.0);
         assert!(r["workflow_p99_ms"].as_f64().unwrap_or(-1.0) >= r["workflow_p50_ms"].as_f64().unwrap_or(0.0));
+        assert!(r["ratio_to_commit_limit"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+        assert_eq!(r["p50_in_commit_times"].is_f64(), in_flight == 1, "{r}");
     }
     assert!(stderr(&out).contains("synchronous=FULL"), "the durability mode is printed: {}", stderr(&out));
 
@@ -966,4 +972,23 @@ fn steering_from_the_cli_records_the_request_and_hands_the_run_back() {
     assert!(stderr(&out).contains("is not paused (it is EXECUTING)"), "{}", stderr(&out));
     assert_eq!(env.only_run().owner, None);
     assert_eq!(env.events(&id).len(), events.len());
+}
+
+/// On PostgreSQL `cairn bench` measures the server's single-row commit rate first and gives each
+/// result's ratio to it; the 10-step shapes run with one worker.
+#[test]
+fn bench_on_postgresql_reports_ratios_to_the_servers_commit_rate() {
+    let Some(db) = common::pg::Database::create("bench_limits") else { return };
+    let env = Env::new();
+    let args = ["--database", &db.url, "bench", "--workflows", "20", "--sequential", "5", "--in-flight", "5", "--json"];
+    let out = env.run(&args);
+    assert!(out.status.success(), "bench failed: {}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let limits = &lines[0]["limits"];
+    assert!(limits["postgres_commits_per_s"].as_f64().is_some_and(|v| v > 0.0), "{limits}");
+    assert_eq!(limits["synchronous_commit"], "on", "{limits}");
+    let rows = &lines[1..];
+    assert_eq!(rows.len(), 8, "3-step × 2 shapes × 3 worker counts + 10-step × 2: {}", stdout(&out));
+    assert_eq!(rows.iter().filter(|r| r["steps"] == 10).count(), 2);
+    assert!(rows.iter().all(|r| r["ratio_to_commit_limit"].as_f64().is_some_and(|v| v > 0.0)));
 }
