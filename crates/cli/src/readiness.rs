@@ -36,6 +36,14 @@ pub struct ReadinessArgs {
     /// scripts/local-model) make the step's decisions instead of the scripted model.
     #[arg(long, value_name = "ALIAS")]
     pub model: Option<String>,
+    /// Only these scenarios (repeatable): tool_timeout, malformed_tool_output, prompt_injection,
+    /// context_overflow, primary_model_failure, crash_after_side_effect.
+    #[arg(long = "scenario", value_name = "ID")]
+    pub scenarios: Vec<String>,
+    /// How long each side of a scenario may take, in seconds (default: naked 5 and Cairn 60; with
+    /// --model 90 and 240).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub patience: Option<u64>,
 }
 
 /// How long each side of a scenario is given: a real model takes its time.
@@ -65,6 +73,8 @@ pub struct Subject {
     pub unassessed: Vec<String>,
     /// What a call of one of its tools does (for the naked loop, which has no engine).
     pub classify: naked::Classify,
+    /// How long the naked side, and the Cairn side, of a scenario may take.
+    pub patience: (Duration, Duration),
 }
 
 pub async fn readiness(args: ReadinessArgs) -> CliResult {
@@ -105,7 +115,22 @@ pub async fn readiness(args: ReadinessArgs) -> CliResult {
     let loaded = crate::config::get();
     let registry = loaded.registry();
     let mut rows = Vec::new();
+    let mut scenarios = Vec::new();
+    for id in &args.scenarios {
+        let found = Scenario::ALL.into_iter().find(|s| s.id() == id).ok_or_else(|| {
+            let ids: Vec<&str> = Scenario::ALL.iter().map(|s| s.id()).collect();
+            CliError::usage(format!("--scenario {id} is not a scenario: use one of {}", ids.join(", ")))
+        })?;
+        scenarios.push(found);
+    }
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
+    }
     let upstream = args.model.as_deref().map(crate::chaos::local_model).transpose()?;
+    let patience = match args.patience {
+        Some(s) => (Duration::from_secs(s), Duration::from_secs(s)),
+        None => patience(upstream.is_some()),
+    };
     match (&args.model, &upstream) {
         (Some(alias), Some(up)) => notes.push(format!(
             "Model {alias} ({} at {}) made the decisions instead of the scripted model; the scenarios' faults \
@@ -127,6 +152,7 @@ pub async fn readiness(args: ReadinessArgs) -> CliResult {
     for step in agents {
         let mut subject = subject(&definition, step, &inputs, &registry, &mut notes)?;
         subject.script.upstream = upstream.clone();
+        subject.patience = patience;
         for tool in &subject.unassessed {
             // Not seen is not safe: a tool that writes and could not be called blocks the verdict.
             let what = format!(
@@ -144,16 +170,22 @@ pub async fn readiness(args: ReadinessArgs) -> CliResult {
                 cairn: Some(cairn),
             });
         }
-        for scenario in Scenario::ALL {
+        for &scenario in &scenarios {
             let step_id = step.id.as_str().to_string();
             if let Some(why) = scenario.not_applicable(&subject.script) {
                 rows.push(Row { step: step_id, scenario, not_applicable: Some(why), naked: None, cairn: None });
                 continue;
             }
-            cairn_engine::say!("[readiness] {step_id}: {} — naked …", scenario.title());
+            let started = std::time::Instant::now();
             let naked = naked_side(&subject, scenario).await?;
-            cairn_engine::say!("[readiness] {step_id}: {} — cairn …", scenario.title());
+            let middle = std::time::Instant::now();
             let cairn = crate::readiness_cairn::run(&definition, &subject, &inputs, scenario).await?;
+            cairn_engine::say!(
+                "[readiness] {step_id}: {} — naked {:.1} s, cairn {:.1} s",
+                scenario.title(),
+                (middle - started).as_secs_f64(),
+                middle.elapsed().as_secs_f64()
+            );
             rows.push(Row { step: step_id, scenario, not_applicable: None, naked: Some(naked), cairn: Some(cairn) });
         }
     }
@@ -190,8 +222,7 @@ async fn naked_side(subject: &Subject, scenario: Scenario) -> CliResult<cairn_ch
         max_turns: subject.with["max_turns"].as_u64().unwrap_or(1),
         classify: subject.classify.clone(),
     };
-    let (wait, _) = patience(subject.script.upstream.is_some());
-    let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, wait).await;
+    let mut ended = naked::run(world.addr, &step, &subject.script, &mut kills, subject.patience.0).await;
     // Nothing checks the naked loop's answer; the score does.
     ended.answer_fits = fits(subject, ended.answer.as_ref());
     Ok(score(scenario, Side::Naked, &ended, &world.tally()))
@@ -351,7 +382,18 @@ fn subject(
         }
         None => (false, Repeat::Again),
     });
-    Ok(Subject { step: step.clone(), with, script, output_schema, workflow_tools, tools, unassessed, classify })
+    let patience = patience(false);
+    Ok(Subject {
+        step: step.clone(),
+        with,
+        script,
+        output_schema,
+        workflow_tools,
+        tools,
+        unassessed,
+        classify,
+        patience,
+    })
 }
 
 /// A call of the tool that reads and one that writes, among arguments that fit its input schema

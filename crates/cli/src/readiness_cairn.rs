@@ -244,8 +244,7 @@ pub async fn run(definition: &Definition, subject: &Subject, inputs: &Value, sce
     });
     std::fs::write(dir.join("job.json"), job.to_string()).map_err(|e| CliError::env(e.to_string()))?;
     let store = Arc::new(AnyStore::Sqlite(SqliteStore::open(dir.join("readiness.db"), Durability::Full)?));
-    let real_model = subject.script.upstream.is_some();
-    let mut ended = drive(&dir, &world, &mut kills, &store, &run_id, real_model).await?;
+    let mut ended = drive(&dir, &world, &mut kills, &store, &run_id, subject.patience.1).await?;
     let step = subject.step.id.as_str();
     let row = store.get_run(&run_id).await?;
     let steps = store.steps(&run_id).await?;
@@ -295,10 +294,9 @@ async fn drive(
     kills: &mut mpsc::UnboundedReceiver<KillOrder>,
     store: &Arc<AnyStore>,
     run_id: &RunId,
-    real_model: bool,
+    patience: Duration,
 ) -> CliResult<Ended> {
     let mut ended = Ended::default();
-    let (_, patience) = crate::readiness::patience(real_model);
     let deadline = Instant::now() + patience;
     let mut process = Process::start(dir, world.addr, false)?;
     let mut starts = 1;

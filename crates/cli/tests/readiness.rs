@@ -46,7 +46,7 @@ fn readiness(env: &Env, dir: &Path, args: &[&str]) -> (Value, String) {
     let out_dir = env.dir.path().join(format!("out-{}", args[0].replace('/', "_")));
     let mut cmd = env.cmd();
     cmd.current_dir(dir).arg("readiness").args(args).arg("-o").arg(&out_dir).arg("--json");
-    let out = output_within(&mut cmd, Duration::from_secs(300));
+    let out = output_within(&mut cmd, Duration::from_secs(420));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let written: Value =
@@ -163,6 +163,9 @@ fn bad_input_is_refused_with_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tool 'nope'"), "{out:?}");
     let wf = workflow(&env, "w.yaml", "main", false);
+    let out = env.run(&["readiness", &wf, "--scenario", "earthquake"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prompt_injection"), "{out:?}");
     let out = env.run(&["readiness", &wf, "--step", "other"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent step 'other'"), "{out:?}");
@@ -202,10 +205,17 @@ fn the_real_local_model_answers_in_both_harnesses() {
         "local.yaml",
         "name: local\nsteps:\n  - id: report\n    kind: agent\n    with:\n      model: local\n      task: Find the big orders and post a note about them.\n      tools: [orders_db, notes]\n      max_turns: 2\n      max_tokens: 64\n",
     );
-    let (doc, report) = readiness(&env, env.dir.path(), &["local.yaml", "--model", "local"]);
+    // Two scenarios, each side given at most 60 s: a small model on a busy machine is slow.
+    let args = ["local.yaml", "--model", "local", "--scenario", "primary_model_failure"];
+    let (doc, report) = readiness(
+        &env,
+        env.dir.path(),
+        &[&args[..], &["--scenario", "crash_after_side_effect", "--patience", "60"]].concat(),
+    );
     let first = report.lines().next().unwrap_or_default();
     assert!(first == "SHIP" || first == "DO NOT SHIP", "{report}");
     assert!(doc["notes"].to_string().contains("SmolLM2-135M-Instruct"), "{doc}");
+    assert_eq!(doc["scenarios"].as_array().map(Vec::len), Some(2), "{doc}");
     // The outage is played whatever the model: the step's only model is away, and nothing
     // writes twice under Cairn whatever the model decides.
     let outage = row(&doc, "primary_model_failure");
