@@ -370,7 +370,13 @@ async fn drive(
                 }
                 if starts >= STARTS {
                     ended.status = "unfinished".into();
-                    ended.why = Some(format!("the engine was started {STARTS} times and the run is still {}", row.status));
+                    // What the engine said last, so that a setup problem is not a mystery.
+                    let log = std::fs::read_to_string(dir.join("engine.log")).unwrap_or_default();
+                    let tail: String = log.trim_end().lines().last().unwrap_or_default().chars().take(300).collect();
+                    ended.why = Some(format!(
+                        "the engine was started {STARTS} times and the run is still {} (last said: {tail})",
+                        row.status
+                    ));
                     return Ok(ended);
                 }
                 process = Process::start(dir, world.addr, true)?;
