@@ -298,11 +298,51 @@ pub(super) fn push_request(
 
 /// A run let go while requests wait in its inbox must be picked up at once, whatever its own
 /// next wake time is.
+///
+/// Asked on every release, and almost always answered "nothing waits": that question is a
+/// statement of its own, which SQLite keeps compiled. (One that also reads the earliest request's
+/// time into `runs` is compiled again on every use, ≈ 10 % of the writer's time; see
+/// ARCHITECTURE.md, Performance.)
 pub fn wake_if_inbox(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<(), Error> {
-    tx.prepare_cached(
-        "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=?1 AND state='pending') \
-         WHERE id=?1 AND EXISTS (SELECT 1 FROM inbox WHERE run_id=?1 AND state='pending')",
-    )?
-    .execute([run_id])?;
+    let waiting: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM inbox WHERE run_id=?1 AND state='pending')")?
+        .query_row([run_id], |r| r.get(0))?;
+    if waiting {
+        tx.prepare_cached(
+            "UPDATE runs SET wake_at=(SELECT MIN(created_at) FROM inbox WHERE run_id=?1 AND state='pending') \
+             WHERE id=?1",
+        )?
+        .execute([run_id])?;
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::{Connection, StatementStatus};
+
+    /// The question asked on every release stays compiled: binding another run's id does not
+    /// make SQLite prepare it again.
+    #[test]
+    fn asking_whether_requests_wait_does_not_recompile_the_statement() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let mut conn = Connection::open(&path).expect("open");
+        super::super::migrate(&mut conn, &path).expect("schema");
+        let tx = conn.transaction().expect("tx");
+        tx.execute(
+            "INSERT INTO runs (id, workflow, status, last_seq, created_at, updated_at) VALUES ('wf_b', 'w', 'WAITING', 1, 1, 1)",
+            [],
+        )
+        .expect("run");
+        tx.execute("INSERT INTO inbox (run_id, body, created_at) VALUES ('wf_b', '{}', 42)", []).expect("request");
+        for id in ["wf_a", "wf_b", "wf_c", "wf_d", "wf_e"] {
+            super::wake_if_inbox(&tx, id).expect("wake");
+        }
+        let asked = "SELECT EXISTS (SELECT 1 FROM inbox WHERE run_id=?1 AND state='pending')";
+        assert_eq!(tx.prepare_cached(asked).expect("cached").get_status(StatementStatus::RePrepare), 0);
+        // The run with a pending request is woken at the request's time.
+        let at: Option<i64> = tx.query_row("SELECT wake_at FROM runs WHERE id='wf_b'", [], |r| r.get(0)).expect("row");
+        assert_eq!(at, Some(42));
+    }
 }
