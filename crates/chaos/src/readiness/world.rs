@@ -311,15 +311,13 @@ async fn tool(State(world): State<Arc<World>>, Path(name): Path<String>, Json(bo
     // The scenario happens on the script's first call (not on a context read); a real model
     // chooses its own arguments, so then on its first call of that tool.
     let real = world.script.upstream.is_some();
-    let first = world.script.first.as_ref().is_some_and(|c| c.tool == name && (real || c.args == args)) && {
+    let scripted_first = world.script.first.as_ref().is_some_and(|c| c.tool == name && (real || c.args == args));
+    let first = {
         let mut counts = world.counts();
         counts.tally.tool_calls += 1;
-        counts.firsts += 1;
-        counts.firsts == 1
+        counts.firsts += u32::from(scripted_first);
+        scripted_first && counts.firsts == 1
     };
-    if !first {
-        world.counts().tally.tool_calls += 1;
-    }
     if writes {
         let kill = {
             let mut counts = world.counts();
