@@ -902,9 +902,16 @@ fn bench_runs_every_scenario_and_reports_its_numbers() {
         "--json",
     ]);
     assert!(out.status.success(), "bench --agent failed: {}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON line");
+    let text = stdout(&out);
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 2, "the disk's limits, then the result: {text}");
+    assert!(lines[0]["limits"]["sqlite_commits_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{text}");
+    let r = &lines[1];
     assert_eq!((r["shape"].as_str(), r["model_turns"].as_u64()), (Some("agent"), Some(12 * 4)), "{r}");
     assert!(r["cpu_ms_per_turn"].as_f64().is_some() && r["solo_ms_per_turn"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    // Each against the limits measured in the same run.
+    assert!(r["ratio_to_commit_limit"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
+    assert!(r["solo_turn_in_commit_times"].as_f64().unwrap_or(0.0) > 0.0, "{r}");
 
     // External workers over HTTP: every workflow completed, the numbers reported.
     let out =

@@ -159,7 +159,15 @@ impl Conn {
 struct Slot {
     config: tokio_postgres::Config,
     client: RwLock<Option<Arc<Conn>>>,
+    /// Settings for each new connection of this slot (empty: none).
+    setup: &'static str,
 }
+
+/// The writer's statements are all arrays matched by key (UNNEST joined on primary keys): one
+/// generic plan serves every group, where planning each execution again cost the server ≈ 20 %
+/// of a sequential workflow (see ARCHITECTURE.md, Performance). A server without the setting
+/// (before PostgreSQL 12) keeps its default.
+const WRITER_SETUP: &str = "SET plan_cache_mode = force_generic_plan";
 
 impl Slot {
     /// Forgets the connection (it stopped answering); the next `get` opens a new one.
@@ -179,7 +187,11 @@ impl Slot {
         {
             return Ok(c.clone());
         }
-        let fresh = Arc::new(Conn { client: connect(&self.config).await?, prepared: Mutex::new(Default::default()) });
+        let client = connect(&self.config).await?;
+        if !self.setup.is_empty() {
+            let _ = client.batch_execute(self.setup).await;
+        }
+        let fresh = Arc::new(Conn { client, prepared: Mutex::new(Default::default()) });
         *guard = Some(fresh.clone());
         Ok(fresh)
     }
@@ -220,12 +232,12 @@ impl PgStore {
         }
         migrate(&mut migrator, &display).await?;
         drop(migrator);
-        let shared = Arc::new(Slot { config: config.clone(), client: RwLock::new(None) });
+        let shared = Arc::new(Slot { config: config.clone(), client: RwLock::new(None), setup: "" });
         shared.get().await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(wake::listen(config.clone(), Arc::downgrade(&wake)));
-        let writer = Arc::new(Slot { config, client: RwLock::new(None) });
+        let writer = Arc::new(Slot { config, client: RwLock::new(None), setup: WRITER_SETUP });
         let health = crate::WriteHealth::default();
         tokio::spawn(writer::write_loop(writer, rx, health.clone()));
         Ok(PgStore { display, shared, wake, writes: Mutex::new(tx), health })
@@ -239,6 +251,20 @@ impl PgStore {
         let client = self.client().await?;
         match tokio::time::timeout(CALL_TIMEOUT, client.query(sql, params)).await {
             Ok(r) => r.map_err(pg),
+            Err(_) => {
+                self.shared.reset().await;
+                Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    /// Like `query`, for a statement asked often: prepared once per connection, not each time
+    /// (one round trip instead of two).
+    async fn query_prepared(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
+        let client = self.client().await?;
+        let asked = async { client.query(&client.stmt(sql).await?, params).await.map_err(pg) };
+        match tokio::time::timeout(CALL_TIMEOUT, asked).await {
+            Ok(r) => r,
             Err(_) => {
                 self.shared.reset().await;
                 Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))

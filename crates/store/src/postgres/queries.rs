@@ -425,8 +425,9 @@ impl Inbox for PgStore {
     }
 
     async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
+        // Asked as every run ends: prepared once.
         let rows = self
-            .query(
+            .query_prepared(
                 "SELECT id, run_id, body FROM inbox WHERE run_id=$1 AND state='pending' ORDER BY id",
                 &[&id.as_str()],
             )

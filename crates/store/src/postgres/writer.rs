@@ -138,7 +138,7 @@ async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
         Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
             let mut one_by_one = Vec::with_capacity(writes.len());
             for w in writes {
-                one_by_one.push(match commit_group(client, &[*w]).await {
+                one_by_one.push(match commit_checked(client, &[*w]).await {
                     Ok(mut r) => r.pop().unwrap_or(Ok(())),
                     Err(GroupFail::Failed(e)) => Err(e),
                     Err(GroupFail::Unknown { .. }) => {
@@ -168,16 +168,157 @@ impl From<Error> for GroupFail {
     }
 }
 
-/// Fences every write, writes the rows of those that passed, and commits once. However many
-/// writes the group holds, it costs a handful of statements: updates and rows go as arrays
-/// (`UNNEST`), only creations go one by one.
+/// Commits a group: in two round trips when every write is as expected (the common case), or
+/// fence by fence when one is not.
 async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+    if writes.iter().all(|w| w.notify.is_empty())
+        && let Some(outcomes) = commit_pipelined(client, writes).await?
+    {
+        return Ok(outcomes);
+    }
+    commit_checked(client, writes).await
+}
+
+/// The whole group in one pipelined batch — BEGIN, the group's start, every creation and fence,
+/// every row, the wake-up — then COMMIT once every answer is the one expected: two round trips
+/// to the server whatever the group holds (the careful path takes six or more). Nothing is
+/// committed on a surprise (a fence that did not hold, an idempotency key taken, a request
+/// already answered, a refused statement): the batch is rolled back and `None` hands the group
+/// to `commit_checked`, which finds the write at fault. COMMIT is sent only once the
+/// transaction id is known, so a COMMIT whose answer is lost is looked up as before.
+async fn commit_pipelined(client: &Conn, writes: &[&RunWrite]) -> Result<Option<Vec<Result<(), Error>>>, GroupFail> {
+    let start = client.stmt(GROUP_START).await?;
+    let insert_run = client.stmt(INSERT_RUN).await?;
+    let insert_key = client.stmt(INSERT_KEY).await?;
+    let wake = client.stmt(WAKE_OTHERS).await?;
+    // Every statement prepared before the batch goes out (once per connection): a statement
+    // prepared inside it would be sent late, out of the order below (a run's wake time set
+    // before its fence had written it, say).
+    for sql in ROW_STATEMENTS.iter().chain([&FENCE_UPDATES]) {
+        client.stmt(sql).await?;
+    }
+    let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
+        writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
+    let created = join_all(creates.iter().map(|(_, w)| create_expected(client, &insert_run, &insert_key, w)));
+    let fenced = async {
+        match updates.is_empty() {
+            true => Ok(Default::default()),
+            false => fence_updates(client, &updates).await,
+        }
+    };
+    let woken = async {
+        match writes.iter().any(|w| w.release) {
+            true => client.execute(&wake, &[]).await.map(drop).map_err(pg),
+            false => Ok(()),
+        }
+    };
+    // Biased: the requests go out in this order (BEGIN first), each when first polled.
+    let (began, started, created, fenced, rows, woken) = tokio::join!(
+        biased;
+        client.batch_execute("BEGIN"),
+        client.query_one(&start, &[&GC_LOCK]),
+        created,
+        fenced,
+        write_rows(client, writes),
+        woken,
+    );
+    let checked = (|| -> Result<Option<i64>, Error> {
+        began.map_err(pg)?;
+        let xid: i64 = started.map_err(pg)?.get(0);
+        let mut expected = true;
+        for c in created {
+            expected &= c?;
+        }
+        let landed = fenced?;
+        expected &= updates.iter().all(|(_, w)| landed.contains(&w.run.id));
+        match rows {
+            // An answered request found already answered: the careful path says which run lost.
+            Err(Error::Conflict { .. }) => expected = false,
+            other => other?,
+        }
+        woken?;
+        Ok(expected.then_some(xid))
+    })();
+    match checked {
+        Ok(Some(xid)) => match client.batch_execute("COMMIT").await.map_err(pg) {
+            Ok(()) => Ok(Some(writes.iter().map(|_| Ok(())).collect())),
+            Err(Error::Unavailable(_)) => {
+                Err(GroupFail::Unknown { xid, outcomes: writes.iter().map(|_| Ok(())).collect() })
+            }
+            Err(e) => Err(GroupFail::Failed(e)),
+        },
+        Ok(None) => {
+            client.batch_execute("ROLLBACK").await.map_err(pg)?;
+            Ok(None)
+        }
+        // The server is away or out of disk: the careful path would meet the same.
+        Err(e @ (Error::Unavailable(_) | Error::Full(_))) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(GroupFail::Failed(e))
+        }
+        Err(_) => {
+            client.batch_execute("ROLLBACK").await.map_err(pg)?;
+            Ok(None)
+        }
+    }
+}
+
+/// A creation in the pipelined batch: whether its run row (and idempotency key) went in.
+async fn create_expected(
+    client: &Conn,
+    insert_run: &tokio_postgres::Statement,
+    insert_key: &tokio_postgres::Statement,
+    w: &RunWrite,
+) -> Result<bool, Error> {
+    let r = &w.run;
+    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
+    let wake_at = if w.release { r.wake_at_ms } else { None };
+    let version = r.definition_version.map(i64::from);
+    let last_seq = i(r.last_seq);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 20] = [
+        &r.id,
+        &r.workflow,
+        &version,
+        &r.status,
+        &r.goal,
+        &r.current_step,
+        &r.failure_class,
+        &r.failure_message,
+        &r.failed_step,
+        &last_seq,
+        &owner,
+        &lease,
+        &r.created_at_ms,
+        &r.updated_at_ms,
+        &r.finished_at_ms,
+        &r.definition_hash,
+        &r.output_hash,
+        &r.artifact,
+        &wake_at,
+        &r.retain_until_ms,
+    ];
+    let run = client.execute(insert_run, &params);
+    let key = async {
+        match &w.idempotency {
+            Some(idem) => {
+                client.execute(insert_key, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms]).await.map(Some)
+            }
+            None => Ok(None),
+        }
+    };
+    let (run, key) = tokio::join!(biased; run, key);
+    Ok(run.map_err(pg)? == 1 && key.map_err(pg)?.is_none_or(|n| n == 1))
+}
+
+/// Fences every write, writes the rows of those that passed, and commits once, a round trip at a
+/// time: updates and rows go as arrays (`UNNEST`), only creations go one by one.
+async fn commit_checked(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
     let xid = std::sync::atomic::AtomicI64::new(0);
     let result = async {
         // Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit
         // in flight is linking.
-        let row = client.query_one(GROUP_START, &[&GC_LOCK]).await.map_err(pg)?;
+        let row = client.query_one(&client.stmt(GROUP_START).await?, &[&GC_LOCK]).await.map_err(pg)?;
         xid.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
         let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
             writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
@@ -211,7 +352,7 @@ async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<
         }
         if rows.iter().any(|w| w.release) || !notify.is_empty() {
             // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
-            client.execute("SELECT pg_notify('cairn_wake', '')", &[]).await.map_err(pg)?;
+            client.execute(&client.stmt(WAKE_OTHERS).await?, &[]).await.map_err(pg)?;
         }
         Ok(outcomes)
     }
@@ -281,10 +422,7 @@ async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     let version = r.definition_version.map(i64::from);
     let n = client
         .execute(
-            "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
-             failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
-             definition_hash, output_hash, artifact, wake_at, retain_until) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING",
+            INSERT_RUN,
             &[
                 &r.id,
                 &r.workflow,
@@ -314,14 +452,8 @@ async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
         return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
     }
     if let Some(idem) = &w.idempotency {
-        let inserted = client
-            .execute(
-                "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
-                 ON CONFLICT (key) DO NOTHING",
-                &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms],
-            )
-            .await
-            .map_err(pg)?;
+        let inserted =
+            client.execute(INSERT_KEY, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms]).await.map_err(pg)?;
         if inserted == 0 {
             // The key belongs to another run: take back the row this write just made.
             client.execute("DELETE FROM runs WHERE id=$1", &[&r.id]).await.map_err(pg)?;
@@ -340,6 +472,14 @@ async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     Ok(())
 }
 
+const INSERT_RUN: &str = "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, \
+     failure_class, failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, \
+     finished_at, definition_hash, output_hash, artifact, wake_at, retain_until) \
+     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING";
+const INSERT_KEY: &str = "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
+     ON CONFLICT (key) DO NOTHING";
+/// Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
+const WAKE_OTHERS: &str = "SELECT pg_notify('cairn_wake', '')";
 const FENCE_UPDATES: &str = "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
              failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
              last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
@@ -378,6 +518,10 @@ const ANSWER_REQUESTS: &str = "UPDATE inbox AS i SET state=v.state, code=v.code,
                  FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
                    AS v(id, state, code, message, journal_seq, decided_at, run_id) \
                  WHERE i.id = v.id AND i.run_id = v.run_id AND i.state = 'pending'";
+
+/// The statements `write_rows` sends.
+const ROW_STATEMENTS: [&str; 7] =
+    [INSERT_EVENTS, INSERT_PAYLOADS, INSERT_LINKS, UPSERT_STEPS, INSERT_LOGS, WAKE_RELEASED, ANSWER_REQUESTS];
 
 /// The group's statements, prepared on the writer connection.
 struct Prepared {
@@ -587,8 +731,9 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
             .execute(&prepared.answer_requests, &[&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run])
             .await
     };
-    let (a, b, c, d, e, f, g) =
-        tokio::join!(events, payload_rows, link_rows, step_rows, log_rows, wake_rows, request_rows);
+    // In this order: a request answered here no longer wakes its run.
+    let (a, b, c, d, e, g, f) =
+        tokio::join!(biased; events, payload_rows, link_rows, step_rows, log_rows, request_rows, wake_rows);
     for r in [a, b, c, d, e, f] {
         r.map_err(pg)?;
     }
