@@ -645,6 +645,24 @@ conformance!(requests_are_answered_once_with_the_commit_that_applies_them, |stor
     again.requests = vec![answer(x, RequestState::Refused, Some("twice"), None)];
     assert!(matches!(store.commit(again).await, Err(Error::Conflict { .. })), "a request is answered once");
     assert_eq!(event_count(&*store, &run.id()).await, before, "nothing of that write landed");
+    // The same write sent together with other runs' writes (one group, as a rule): theirs land,
+    // nothing of it does.
+    let mut others = Vec::new();
+    for n in 2..7 {
+        let mut other = create(&*store, n, OWNER, LIVE).await;
+        other.start("a");
+        others.push(other);
+    }
+    let mut again = run.clone().write(OWNER, LIVE);
+    again.requests = vec![answer(x, RequestState::Refused, Some("twice"), None)];
+    let theirs = futures_util::future::join_all(others.iter().map(|o| store.commit(o.clone().write(OWNER, LIVE))));
+    let (mine, theirs) = tokio::join!(store.commit(again), theirs);
+    assert!(matches!(mine, Err(Error::Conflict { .. })), "a request is answered once: {mine:?}");
+    assert!(theirs.iter().all(Result::is_ok), "the other writes of the group land: {theirs:?}");
+    assert_eq!(event_count(&*store, &run.id()).await, before, "nothing of that write landed");
+    for other in &others {
+        assert_eq!(store.get_run(&other.id()).await.expect("run").last_seq, other.state.last_seq);
+    }
     // A requester answers its own request when the run finished first, unless someone did — and
     // never while the run is unfinished (its driver answers then).
     let z = store.push_inbox(&run.id(), "z".into(), now).await.expect("push").expect("accepted");
