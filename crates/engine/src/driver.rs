@@ -953,15 +953,19 @@ impl<S: Store> Live<S> {
         Ok(self.outcome())
     }
 
-    pub(crate) fn outcome(&self) -> RunOutcome {
-        let output = self.state.output.as_ref().and_then(|r| self.state.payload(r)).map(|v| (**v).clone());
+    /// What the run came to, its state moved out (the driver is done with it: only the run's id
+    /// stays, for `detach`).
+    pub(crate) fn outcome(&mut self) -> RunOutcome {
+        let empty = RunState::new(self.state.run_id.clone());
+        let state = std::mem::replace(&mut self.state, empty);
+        let output = state.output.as_ref().and_then(|r| state.payload(r)).map(|v| (**v).clone());
         RunOutcome {
-            run_id: self.state.run_id.clone(),
-            status: self.state.status,
-            failure: self.state.failure.clone(),
+            run_id: state.run_id.clone(),
+            status: state.status,
+            failure: state.failure.clone(),
             output,
-            artifact: self.state.definition.as_ref().and_then(|d| d.artifact.clone()),
-            state: Box::new(self.state.clone()),
+            artifact: state.definition.as_ref().and_then(|d| d.artifact.clone()),
+            state: Box::new(state),
         }
     }
 }
