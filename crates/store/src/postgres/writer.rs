@@ -107,7 +107,14 @@ async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
     };
     match attempt {
         Ok(outcomes) => Ok(outcomes),
-        Err(GroupFail::Failed(e)) => Err(e),
+        Err(GroupFail::Failed(e)) => {
+            // A connection that failed mid-group may still hold that transaction open: the next
+            // try starts on a new one.
+            if matches!(e, Error::Unavailable(_)) {
+                slot.reset().await;
+            }
+            Err(e)
+        }
         Err(GroupFail::Unknown { xid, outcomes }) => {
             slot.reset().await;
             let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
@@ -120,6 +127,11 @@ async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
                 .await;
                 match status {
                     Ok(Some(s)) if s == "committed" => return Ok(outcomes),
+                    // The old backend has not finished the COMMIT yet (an fsync, a half-open
+                    // connection): ask again rather than send the group twice.
+                    Ok(Some(s)) if s == "in progress" && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                     Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
                     Err(_) if tokio::time::Instant::now() < deadline => {
                         tokio::time::sleep(Duration::from_millis(200)).await
@@ -247,19 +259,23 @@ async fn commit_pipelined(client: &Conn, writes: &[&RunWrite]) -> Result<Option<
             }
             Err(e) => Err(GroupFail::Failed(e)),
         },
-        Ok(None) => {
-            client.batch_execute("ROLLBACK").await.map_err(pg)?;
-            Ok(None)
-        }
+        Ok(None) => rolled_back(client).await,
         // The server is away or out of disk: the careful path would meet the same.
         Err(e @ (Error::Unavailable(_) | Error::Full(_))) => {
             let _ = client.batch_execute("ROLLBACK").await;
             Err(GroupFail::Failed(e))
         }
-        Err(_) => {
-            client.batch_execute("ROLLBACK").await.map_err(pg)?;
-            Ok(None)
-        }
+        Err(_) => rolled_back(client).await,
+    }
+}
+
+/// Rolls the pipelined batch back before the careful path goes on the same connection. If the
+/// rollback does not go through, the connection is given up (`Unavailable`: the slot is reset
+/// and the group tried again on a new one), so nothing of the batch can be committed later.
+async fn rolled_back(client: &Conn) -> Result<Option<Vec<Result<(), Error>>>, GroupFail> {
+    match client.batch_execute("ROLLBACK").await {
+        Ok(()) => Ok(None),
+        Err(e) => Err(GroupFail::Failed(Error::Unavailable(format!("the rollback of a group failed: {e}")))),
     }
 }
 

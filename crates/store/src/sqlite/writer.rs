@@ -156,7 +156,12 @@ impl Failed {
 }
 
 fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Failed> {
-    fence(tx, w).map_err(Failed::Refused)?;
+    fence(tx, w).map_err(|e| match e {
+        // Refusals come from rows found (or not): nothing was changed.
+        e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. }) => Failed::Refused(e),
+        // An I/O error, a full disk: SQLite may have rolled the whole transaction back.
+        other => Failed::Broken(other),
+    })?;
     write_rows(tx, w).map_err(Failed::Broken)
 }
 
@@ -261,9 +266,6 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error>
         tx.prepare_cached("INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES (?1,?2,?3,?4)")?
             .execute(params![idem.key, r.id, idem.request_hash, r.created_at_ms])?;
     }
-    if w.release {
-        wake_if_inbox(tx, &r.id)?;
-    }
     {
         let mut ins = tx.prepare_cached(
             "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) VALUES (?1,?2,?3,?4,?5,?6,?7)",
@@ -329,6 +331,10 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error>
                 return Err(Error::Conflict { run_id: r.id.clone(), expected: w.expected_seq });
             }
         }
+    }
+    // After the answers: a request answered here no longer wakes its run.
+    if w.release {
+        wake_if_inbox(tx, &r.id)?;
     }
     for n in &w.notify {
         push_request(tx, &n.run_id, &n.body, r.updated_at_ms)?;
