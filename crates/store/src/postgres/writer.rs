@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 
 const MAX_GROUP: usize = 512;
 
@@ -287,32 +288,8 @@ async fn create_expected(
     w: &RunWrite,
 ) -> Result<bool, Error> {
     let r = &w.run;
-    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
-    let wake_at = if w.release { r.wake_at_ms } else { None };
-    let version = r.definition_version.map(i64::from);
-    let last_seq = i(r.last_seq);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 20] = [
-        &r.id,
-        &r.workflow,
-        &version,
-        &r.status,
-        &r.goal,
-        &r.current_step,
-        &r.failure_class,
-        &r.failure_message,
-        &r.failed_step,
-        &last_seq,
-        &owner,
-        &lease,
-        &r.created_at_ms,
-        &r.updated_at_ms,
-        &r.finished_at_ms,
-        &r.definition_hash,
-        &r.output_hash,
-        &r.artifact,
-        &wake_at,
-        &r.retain_until_ms,
-    ];
+    let row = NewRunRow::of(w);
+    let params = row.params();
     let run = client.execute(insert_run, &params);
     let key = async {
         match &w.idempotency {
@@ -430,40 +407,62 @@ async fn fence_updates(client: &Conn, updates: &[Indexed<'_>]) -> Result<std::co
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
+/// A new run's row: the parameters of `INSERT_RUN`.
+struct NewRunRow<'a> {
+    r: &'a RunRow,
+    version: Option<i64>,
+    last_seq: i64,
+    owner: Option<&'a str>,
+    lease: Option<i64>,
+    wake_at: Option<i64>,
+}
+
+impl<'a> NewRunRow<'a> {
+    fn of(w: &'a RunWrite) -> NewRunRow<'a> {
+        let r = &w.run;
+        NewRunRow {
+            r,
+            version: r.definition_version.map(i64::from),
+            last_seq: i(r.last_seq),
+            // A run let go of at once is nobody's and carries its wake time; a held one needs none.
+            owner: (!w.release).then_some(w.owner.as_str()),
+            lease: (!w.release).then_some(w.lease_until_ms),
+            wake_at: if w.release { r.wake_at_ms } else { None },
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 20] {
+        let r = self.r;
+        [
+            &r.id,
+            &r.workflow,
+            &self.version,
+            &r.status,
+            &r.goal,
+            &r.current_step,
+            &r.failure_class,
+            &r.failure_message,
+            &r.failed_step,
+            &self.last_seq,
+            &self.owner,
+            &self.lease,
+            &r.created_at_ms,
+            &r.updated_at_ms,
+            &r.finished_at_ms,
+            &r.definition_hash,
+            &r.output_hash,
+            &r.artifact,
+            &self.wake_at,
+            &r.retain_until_ms,
+        ]
+    }
+}
+
 /// Fences one creation (the run row must not exist; its idempotency key must be free).
 async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     let r = &w.run;
-    let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
-    let wake_at = if w.release { r.wake_at_ms } else { None };
-    let version = r.definition_version.map(i64::from);
-    let n = client
-        .execute(
-            INSERT_RUN,
-            &[
-                &r.id,
-                &r.workflow,
-                &version,
-                &r.status,
-                &r.goal,
-                &r.current_step,
-                &r.failure_class,
-                &r.failure_message,
-                &r.failed_step,
-                &i(r.last_seq),
-                &owner,
-                &lease,
-                &r.created_at_ms,
-                &r.updated_at_ms,
-                &r.finished_at_ms,
-                &r.definition_hash,
-                &r.output_hash,
-                &r.artifact,
-                &wake_at,
-                &r.retain_until_ms,
-            ],
-        )
-        .await
-        .map_err(pg)?;
+    let row = NewRunRow::of(w);
+    let n = client.execute(INSERT_RUN, &row.params()).await.map_err(pg)?;
     if n == 0 {
         return Err(Error::Conflict { run_id: r.id.clone(), expected: 0 });
     }
