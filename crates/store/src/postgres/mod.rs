@@ -164,8 +164,8 @@ struct Slot {
 }
 
 /// The writer's statements are all arrays matched by key (UNNEST joined on primary keys): one
-/// generic plan serves every group, where planning each execution again cost the server ≈ 20 %
-/// of a sequential workflow (see ARCHITECTURE.md, Performance). A server without the setting
+/// generic plan serves every group, where planning each execution again cost the server enough
+/// to hold one-at-a-time runs to 271 workflows/s against 326 (ARCHITECTURE.md, Performance). A server without the setting
 /// (before PostgreSQL 12) keeps its default.
 const WRITER_SETUP: &str = "SET plan_cache_mode = force_generic_plan";
 
@@ -249,33 +249,26 @@ impl PgStore {
 
     async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
         let client = self.client().await?;
-        match tokio::time::timeout(CALL_TIMEOUT, client.query(sql, params)).await {
-            Ok(r) => r.map_err(pg),
-            Err(_) => {
-                self.shared.reset().await;
-                Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
-            }
-        }
+        self.answered(async { client.query(sql, params).await.map_err(pg) }).await
     }
 
     /// Like `query`, for a statement asked often: prepared once per connection, not each time
     /// (one round trip instead of two).
     async fn query_prepared(&self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, Error> {
         let client = self.client().await?;
-        let asked = async { client.query(&client.stmt(sql).await?, params).await.map_err(pg) };
-        match tokio::time::timeout(CALL_TIMEOUT, asked).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.shared.reset().await;
-                Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
-            }
-        }
+        self.answered(async { client.query(&client.stmt(sql).await?, params).await.map_err(pg) }).await
     }
 
     async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Error> {
         let client = self.client().await?;
-        match tokio::time::timeout(CALL_TIMEOUT, client.execute(sql, params)).await {
-            Ok(r) => r.map_err(pg),
+        self.answered(async { client.execute(sql, params).await.map_err(pg) }).await
+    }
+
+    /// `call`'s answer, or `Unavailable` (and a new connection next time) if none comes within
+    /// `CALL_TIMEOUT`.
+    async fn answered<T>(&self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(r) => r,
             Err(_) => {
                 self.shared.reset().await;
                 Err(Error::Unavailable(format!("no answer within {CALL_TIMEOUT:?}")))
