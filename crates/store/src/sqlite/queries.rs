@@ -517,8 +517,7 @@ impl Inbox for SqliteStore {
 
     async fn pending_inbox(&self, id: &RunId) -> Result<Vec<InboxRow>, Error> {
         self.read(|conn| {
-            let mut stmt = conn
-                .prepare_cached("SELECT id, run_id, body FROM inbox WHERE run_id=?1 AND state='pending' ORDER BY id")?;
+            let mut stmt = conn.prepare_cached(super::PENDING_INBOX)?;
             let rows =
                 stmt.query_map([id.as_str()], |r| Ok(InboxRow { id: r.get(0)?, run_id: r.get(1)?, body: r.get(2)? }))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

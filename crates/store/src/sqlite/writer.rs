@@ -381,9 +381,8 @@ pub(super) fn push_request(
 /// next wake time is.
 ///
 /// Asked on every release, and almost always answered "nothing waits": that question is a
-/// statement of its own, which SQLite keeps compiled. (One that also reads the earliest request's
-/// time into `runs` is compiled again on every use, ≈ 10 % of the writer's time; see
-/// ARCHITECTURE.md, Performance.)
+/// statement of its own, cheaper than the update. (Before the connections fixed their plans,
+/// see `open_raw`, one statement doing both was also compiled again on every use.)
 pub fn wake_if_inbox(tx: &rusqlite::Transaction<'_>, run_id: &str) -> Result<(), Error> {
     let waiting: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM inbox WHERE run_id=?1 AND state='pending')")?
