@@ -10,6 +10,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// A definition ready to be recorded by a new run: its payload, and the definition as the run's
+/// state reads it back from that payload (so a run started from it folds exactly as its replay
+/// does). Preparing costs a serialisation, a hash and a parse; a process starting many runs of
+/// one workflow prepares it once (see `RunState::add_definition`).
+#[derive(Clone, Debug)]
+pub struct PreparedDefinition {
+    pub payload: crate::payload::Payload,
+    pub(crate) value: std::sync::Arc<Value>,
+    pub(crate) parsed: std::sync::Arc<Definition>,
+}
+
+impl PreparedDefinition {
+    pub fn of(definition: &Definition) -> Result<PreparedDefinition, String> {
+        let value = serde_json::to_value(definition).map_err(|e| e.to_string())?;
+        let payload = crate::payload::Payload::of(&value);
+        let parsed = Definition::deserialize(&value).map_err(|e| e.to_string())?;
+        Ok(PreparedDefinition { payload, value: std::sync::Arc::new(value), parsed: std::sync::Arc::new(parsed) })
+    }
+}
+
 /// Version of the definition file format (`cairn: 1` at the top of a file).
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -1,12 +1,12 @@
 //! A run's state: the fold of its journal. `apply` is the only way state changes, and it changes
 //! it only through the transition tables in [`crate::machine`].
 
-use crate::definition::Definition;
+use crate::definition::{Definition, PreparedDefinition};
 use crate::event::{Envelope, ErrorClass, Event, Failure, PlanInfo, RunOptions, RunSource};
 use crate::ids::{RunId, StepId};
 use crate::machine::{self, InvalidTransition, RunInput, RunStatus, StepInput, StepStatus};
 use crate::payload::{Payload, PayloadRef};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -215,6 +215,9 @@ pub struct RunState {
     pub signals_taken: BTreeMap<String, usize>,
     /// Budgets raised by people, oldest first (see [`RunState::budgets`]).
     pub budget_raises: Vec<crate::event::BudgetRaise>,
+    /// A definition already read back from its payload (by hash), for the `PlanRecorded` that
+    /// records it: taken by that event, so it never outlives it.
+    parsed_definition: Option<(String, Arc<Definition>)>,
 }
 
 impl RunState {
@@ -244,6 +247,7 @@ impl RunState {
             signal_log: BTreeMap::new(),
             signals_taken: BTreeMap::new(),
             budget_raises: Vec::new(),
+            parsed_definition: None,
         }
     }
 
@@ -264,6 +268,26 @@ impl RunState {
     /// Makes a payload's value known to the state (before applying the event that refers to it).
     pub fn add_payload(&mut self, payload: &Payload, value: Value) {
         self.payloads.entry(payload.reference.hash.clone()).or_insert_with(|| Arc::new(value));
+    }
+
+    /// Adds a prepared definition's payload; the `PlanRecorded` that records it then takes the
+    /// definition as prepared instead of reading it back from the payload (the same value: see
+    /// [`PreparedDefinition`]).
+    pub fn add_definition(&mut self, prepared: &PreparedDefinition) {
+        let hash = &prepared.payload.reference.hash;
+        self.payloads.entry(hash.clone()).or_insert_with(|| prepared.value.clone());
+        self.parsed_definition = Some((hash.clone(), prepared.parsed.clone()));
+    }
+
+    /// The definition a payload holds.
+    fn definition_in(&mut self, r: &PayloadRef) -> Result<Arc<Definition>, Error> {
+        if let Some((hash, parsed)) = self.parsed_definition.take()
+            && hash == r.hash
+        {
+            return Ok(parsed);
+        }
+        let value = self.payloads.get(&r.hash).ok_or_else(|| Error::MissingPayload { hash: r.hash.clone() })?;
+        Definition::deserialize(&**value).map(Arc::new).map_err(|e| Error::BadDefinition(e.to_string()))
     }
 
     pub fn payload(&self, r: &PayloadRef) -> Option<&Arc<Value>> {
@@ -382,12 +406,7 @@ impl RunState {
             Event::PlanRecorded { definition, plan, reused } => {
                 self.require_created(seq, kind)?;
                 let next = machine::run_transition(self.status, RunInput::PlanRecorded).map_err(tr)?;
-                let value = self
-                    .payloads
-                    .get(&definition.hash)
-                    .ok_or_else(|| Error::MissingPayload { hash: definition.hash.clone() })?;
-                let def: Definition =
-                    serde_json::from_value((**value).clone()).map_err(|e| Error::BadDefinition(e.to_string()))?;
+                let def = self.definition_in(definition)?;
                 let mut steps: Vec<StepState> = def.steps.iter().map(|s| StepState::new(s.id.clone())).collect();
                 for r in reused {
                     let step = steps.iter_mut().find(|s| s.id == r.step).ok_or_else(|| Error::UnknownStep {
@@ -405,7 +424,7 @@ impl RunState {
                 }
                 self.steps = steps;
                 self.reindex();
-                self.definition = Some(Arc::new(def));
+                self.definition = Some(def);
                 self.definition_ref = Some(definition.clone());
                 self.plan = plan.clone();
                 self.status = next;
@@ -438,12 +457,7 @@ impl RunState {
                         input: "DefinitionMigrated".into(),
                     }));
                 }
-                let value = self
-                    .payloads
-                    .get(&definition.hash)
-                    .ok_or_else(|| Error::MissingPayload { hash: definition.hash.clone() })?;
-                let def: Definition =
-                    serde_json::from_value((**value).clone()).map_err(|e| Error::BadDefinition(e.to_string()))?;
+                let def = self.definition_in(definition)?;
                 if let Some(problem) = crate::fork::migration_problem(self, &def) {
                     return Err(Error::BadDefinition(problem));
                 }
@@ -457,7 +471,7 @@ impl RunState {
                     })
                     .collect();
                 self.reindex();
-                self.definition = Some(Arc::new(def));
+                self.definition = Some(def);
                 self.definition_ref = Some(definition.clone());
             }
             Event::RunPaused { .. } => {

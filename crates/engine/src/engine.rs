@@ -210,6 +210,8 @@ pub(crate) struct Inner<S> {
     working_since: Mutex<Option<i64>>,
     /// The kinds' descriptions, as definitions are validated against them.
     specs: cairn_core::kinds::Kinds,
+    /// Definitions of recently created runs, serialised and read back once.
+    definitions: crate::definitions::Prepared,
 }
 
 impl<S: Store> Engine<S> {
@@ -230,6 +232,7 @@ impl<S: Store> Engine<S> {
                 claiming: AtomicBool::new(false),
                 to_let_go: Mutex::new(Vec::new()),
                 working_since: Mutex::new(None),
+                definitions: Default::default(),
             }),
         }
     }
@@ -290,11 +293,10 @@ impl<S: Store> Engine<S> {
         live.feed(Event::RunCreated { workflow, source: new.source, inputs: new.inputs, options: new.options })?;
         // `decide` asked for a plan: the plan was made before the run existed (the planner is
         // pure), so record it now, in the same commit.
-        let json = serde_json::to_value(&new.definition).map_err(|e| Error::Invalid(e.to_string()))?;
-        let payload = Payload::of(&json);
-        live.state.add_payload(&payload, json);
-        let definition = payload.reference.clone();
-        live.add_payload(payload);
+        let prepared = self.inner.definitions.get(&new.definition).map_err(Error::Invalid)?;
+        live.state.add_definition(&prepared);
+        let definition = prepared.payload.reference.clone();
+        live.add_payload(prepared.payload.clone());
         for (p, value) in new.reused_payloads {
             live.state.add_payload(&p, value);
             live.add_payload(p);

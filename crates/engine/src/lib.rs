@@ -12,6 +12,7 @@ pub mod breakers;
 pub mod calls;
 mod children;
 pub mod context;
+mod definitions;
 pub mod diff;
 mod driver;
 mod engine;

@@ -746,3 +746,52 @@ fn a_call_that_needs_approval_parks_the_step_and_its_answer_reaches_the_next_att
         cmds.iter().any(|c| matches!(c, Command::Record(Envelope { event: Event::RetryScheduled { .. }, .. })));
     assert!(retried, "a parked attempt is not a failed one: {cmds:#?}");
 }
+
+/// A run created from a prepared definition (serialised and read back once per process) is in
+/// exactly the state its journal folds to; a definition prepared for another payload is not
+/// taken for this one.
+#[test]
+fn a_prepared_definition_gives_the_state_the_journal_folds_to() {
+    let def = crate::validate::parse_definition(
+        "name: t\nsteps:\n  - {id: a, kind: echo}\n  - {id: b, kind: echo, needs: [a]}\n",
+        "t.yaml",
+        &crate::kinds::for_tests(),
+    )
+    .expect("valid definition");
+    let other = crate::definition::PreparedDefinition::of(&crate::definition::Definition {
+        name: "other".into(),
+        ..def.clone()
+    })
+    .expect("prepared");
+    let prepared = crate::definition::PreparedDefinition::of(&def).expect("prepared");
+    for offered in [&prepared, &other] {
+        let mut h = Harness { state: RunState::new(RunId::from_parts(1, 1)), journal: Vec::new() };
+        h.feed(Event::RunCreated {
+            workflow: def.name.clone(),
+            source: RunSource::Definition { path: None },
+            inputs: json!({}),
+            options: RunOptions::default(),
+        });
+        h.state.add_definition(offered);
+        let value = serde_json::to_value(&def).expect("json");
+        h.state.add_payload(&Payload::of(&value), value);
+        let cmds = h.feed(Event::PlanRecorded {
+            definition: prepared.payload.reference.clone(),
+            plan: None,
+            reused: Vec::new(),
+        });
+        assert_eq!(started(&cmds).len(), 1);
+        h.succeed("a", json!(1));
+        assert_eq!(h.state.definition.as_deref().map(|d| d.name.as_str()), Some("t"));
+        let payloads = h.state.payloads.iter().filter(|(hash, _)| **hash != other.payload.reference.hash);
+        let folded = RunState::fold(
+            h.state.run_id.clone(),
+            &h.journal,
+            payloads.map(|(hash, value)| (hash.clone(), value.clone())),
+        )
+        .expect("folds");
+        let mut live = h.state.clone();
+        live.payloads.remove(&other.payload.reference.hash);
+        assert_eq!(live, folded);
+    }
+}
