@@ -26,10 +26,10 @@ use writer::{Msg, TxJob};
 
 /// Marks a file as Cairn's (`PRAGMA application_id`): "CARN".
 const APPLICATION_ID: i64 = 0x4341_524E;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A run's requests still to answer, in the order they were accepted.
 const PENDING_INBOX: &str = "SELECT id, run_id, body FROM inbox WHERE run_id=?1 AND state='pending' ORDER BY id";
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How hard a commit tries to survive failures; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
