@@ -1,12 +1,13 @@
 //! Group commit of run writes on the writer connection: every write waiting is fenced (journal
-//! position + owner) in one pipelined round, the survivors' rows go in a second pipelined round,
-//! and one COMMIT makes them all durable.
+//! position + owner) and its rows written in one transaction, which one COMMIT makes durable. In
+//! the common case the whole transaction, COMMIT included, is one pipelined round trip.
 
 use super::rows::i;
 use super::{Conn, Slot, pg};
 use crate::{Error, RunRow, RunWrite};
 use futures_util::future::join_all;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
@@ -70,18 +71,25 @@ pub(super) async fn write_loop(
             }
             Err(e) => {
                 for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(match &e {
-                        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-                        Error::Full(m) => Error::Full(m.clone()),
-                        Error::Contention(m) => Error::Contention(m.clone()),
-                        Error::Conflict { run_id, expected } => {
-                            Error::Conflict { run_id: run_id.clone(), expected: *expected }
-                        }
-                        other => Error::Postgres(format!("group commit failed: {other}")),
-                    }));
+                    let _ = reply.send(Err(copy(&e)));
                 }
             }
         }
+    }
+}
+
+/// The same outcome for another write of the group (`Error` is not `Clone`): what a caller acts
+/// on is kept, anything else becomes a message.
+fn copy(e: &Error) -> Error {
+    match e {
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        Error::Full(m) => Error::Full(m.clone()),
+        Error::Contention(m) => Error::Contention(m.clone()),
+        Error::Conflict { run_id, expected } => Error::Conflict { run_id: run_id.clone(), expected: *expected },
+        Error::IdempotencyKey { key, run_id, same_request } => {
+            Error::IdempotencyKey { key: key.clone(), run_id: run_id.clone(), same_request: *same_request }
+        }
+        other => Error::Postgres(format!("group commit failed: {other}")),
     }
 }
 
@@ -94,69 +102,97 @@ const GROUP_START: &str = "SELECT txid_current()::BIGINT, pg_advisory_xact_lock_
 /// How long one group may take before the connection is presumed dead.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One try at committing a group on the writer connection. A group whose COMMIT outcome was lost
-/// with the connection is looked up by transaction id once the server answers again, so a
-/// committed group is never written twice (nor reported as a conflict with itself).
+/// What a group's COMMIT, once sent, makes durable: the transaction's id (0 until the server
+/// said it) and the outcomes the group then has. Kept outside the group's future so that a
+/// COMMIT whose answer never came (a broken connection, a timeout) can be looked up.
+#[derive(Default)]
+struct Sent {
+    xid: AtomicI64,
+    outcomes: std::sync::Mutex<Option<Vec<Result<(), Error>>>>,
+}
+
+impl Sent {
+    fn arm(&self, outcomes: Vec<Result<(), Error>>) {
+        if let Ok(mut o) = self.outcomes.lock() {
+            *o = Some(outcomes);
+        }
+    }
+
+    /// The transaction ended without committing (or committed and was answered).
+    fn clear(&self) {
+        self.xid.store(0, Ordering::Relaxed);
+        if let Ok(mut o) = self.outcomes.lock() {
+            *o = None;
+        }
+    }
+
+    /// The outcomes a sent COMMIT stands for, with the transaction id to look it up by.
+    fn take(&self) -> Option<(i64, Vec<Result<(), Error>>)> {
+        let outcomes = self.outcomes.lock().ok()?.take()?;
+        Some((self.xid.load(Ordering::Relaxed), outcomes))
+    }
+}
+
+/// One try at committing a group on the writer connection. A group whose COMMIT was sent but
+/// not answered (the connection broke, or stopped answering) is looked up by transaction id
+/// once the server answers again, so a committed group is never written twice (nor reported as
+/// a conflict with itself).
 async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
     let client = slot.get().await?;
-    let attempt = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes)).await {
-        Ok(r) => r,
-        Err(_) => {
-            slot.reset().await;
-            return Err(Error::Unavailable(format!("no answer within {GROUP_TIMEOUT:?}")));
-        }
+    let sent = Sent::default();
+    let lost = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes, &sent)).await {
+        Ok(Ok(outcomes)) => return Ok(outcomes),
+        Ok(Err(e @ Error::Unavailable(_))) => e,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => Error::Unavailable(format!("no answer within {GROUP_TIMEOUT:?}")),
     };
-    match attempt {
-        Ok(outcomes) => Ok(outcomes),
-        Err(GroupFail::Failed(e)) => {
-            // A connection that failed mid-group may still hold that transaction open: the next
-            // try starts on a new one.
-            if matches!(e, Error::Unavailable(_)) {
-                slot.reset().await;
-            }
-            Err(e)
+    // A connection that failed mid-group may still hold that transaction open: the next try
+    // starts on a new one.
+    slot.reset().await;
+    let (xid, outcomes) = match sent.take() {
+        Some((xid, outcomes)) if xid != 0 => (xid, outcomes),
+        // No COMMIT went out: nothing of the group is durable, and trying again is safe.
+        None => return Err(lost),
+        // The batch (COMMIT included) went out but the answer naming its transaction never came
+        // back. Sent again, a group that did commit fails its own fences: its runs are given up
+        // as lost by this process and taken up from the journal once their leases run out.
+        Some(_) => return Err(Error::Unavailable(format!("{lost}; whether the group committed is unknown"))),
+    };
+    let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    loop {
+        let status = async {
+            let c = slot.get().await?;
+            let row = c.query_one("SELECT txid_status($1)::TEXT", &[&xid]).await.map_err(pg)?;
+            Ok::<Option<String>, Error>(row.get(0))
         }
-        Err(GroupFail::Unknown { xid, outcomes }) => {
-            slot.reset().await;
-            let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
-            loop {
-                let status = async {
-                    let c = slot.get().await?;
-                    let row = c.query_one("SELECT txid_status($1)::TEXT", &[&xid]).await.map_err(pg)?;
-                    Ok::<Option<String>, Error>(row.get(0))
-                }
-                .await;
-                match status {
-                    Ok(Some(s)) if s == "committed" => return Ok(outcomes),
-                    // The old backend has not finished the COMMIT yet (an fsync, a half-open
-                    // connection): ask again rather than send the group twice.
-                    Ok(Some(s)) if s == "in progress" && tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
-                    Err(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(200)).await
-                    }
-                    Err(e) => return Err(e),
-                }
+        .await;
+        match status {
+            Ok(Some(s)) if s == "committed" => return Ok(outcomes),
+            // The old backend has not finished the COMMIT yet (an fsync, a half-open connection,
+            // a lock it waits for): ask again rather than send the group twice.
+            Ok(Some(s)) if s == "in progress" && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
             }
+            Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => return Err(e),
         }
     }
 }
 
-async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
-    match commit_group(client, writes).await {
+async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
+    match commit_group(client, writes, sent).await {
         // One write broke the whole group (a bug or a constraint we did not fence): commit each
         // alone, so only the broken one fails.
-        Err(GroupFail::Failed(e)) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
+        Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
             let mut one_by_one = Vec::with_capacity(writes.len());
             for w in writes {
-                one_by_one.push(match commit_checked(client, &[*w]).await {
+                // Each its own transaction: a COMMIT lost here is not looked up (the writes
+                // before it did commit), so the connection's loss fails the rest plainly.
+                one_by_one.push(match commit_checked(client, &[*w], &Sent::default()).await {
                     Ok(mut r) => r.pop().unwrap_or(Ok(())),
-                    Err(GroupFail::Failed(e)) => Err(e),
-                    Err(GroupFail::Unknown { .. }) => {
-                        return Err(GroupFail::Failed(Error::Unavailable("connection lost mid-retry".into())));
-                    }
+                    Err(Error::Unavailable(_)) => return Err(Error::Unavailable("connection lost mid-retry".into())),
+                    Err(e) => Err(e),
                 });
             }
             Ok(one_by_one)
@@ -165,154 +201,152 @@ async fn group_on(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
     }
 }
 
-/// Why a group did not simply commit.
-enum GroupFail {
-    /// The connection broke around COMMIT: transaction `xid` may have committed these outcomes.
-    Unknown {
-        xid: i64,
-        outcomes: Vec<Result<(), Error>>,
-    },
-    Failed(Error),
-}
-
-impl From<Error> for GroupFail {
-    fn from(e: Error) -> Self {
-        GroupFail::Failed(e)
-    }
-}
-
-/// Commits a group: in two round trips when every write is as expected (the common case), or
+/// Commits a group: in one round trip when every write is as expected (the common case), or
 /// fence by fence when one is not.
-async fn commit_group(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+async fn commit_group(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
     if writes.iter().all(|w| w.notify.is_empty())
-        && let Some(outcomes) = commit_pipelined(client, writes).await?
+        && let Some(outcomes) = commit_pipelined(client, writes, sent).await?
     {
         return Ok(outcomes);
     }
-    commit_checked(client, writes).await
+    commit_checked(client, writes, sent).await
 }
 
-/// The whole group in one pipelined batch — BEGIN, the group's start, every creation and fence,
-/// every row, the wake-up — then COMMIT once every answer is the one expected: two round trips
-/// to the server whatever the group holds (the careful path takes six or more). Nothing is
-/// committed on a surprise (a fence that did not hold, an idempotency key taken, a request
-/// already answered, a refused statement): the batch is rolled back and `None` hands the group
-/// to `commit_checked`, which finds the write at fault. COMMIT is sent only once the
-/// transaction id is known, so a COMMIT whose answer is lost is looked up as before.
-async fn commit_pipelined(client: &Conn, writes: &[&RunWrite]) -> Result<Option<Vec<Result<(), Error>>>, GroupFail> {
-    let start = client.stmt(GROUP_START).await?;
-    let insert_run = client.stmt(INSERT_RUN).await?;
-    let insert_key = client.stmt(INSERT_KEY).await?;
-    let wake = client.stmt(WAKE_OTHERS).await?;
-    // Every statement prepared before the batch goes out (once per connection): a statement
-    // prepared inside it would be sent late, out of the order below (a run's wake time set
-    // before its fence had written it, say).
-    for sql in ROW_STATEMENTS.iter().chain([&FENCE_UPDATES]) {
-        client.stmt(sql).await?;
+/// The group's statements for one pipelined batch, prepared (once per connection) before any of
+/// it is sent: a statement prepared inside the batch would go out late, after COMMIT.
+struct Batch {
+    start: tokio_postgres::Statement,
+    insert_run: tokio_postgres::Statement,
+    insert_key: tokio_postgres::Statement,
+    fence: tokio_postgres::Statement,
+    rows: RowStatements,
+    wake: tokio_postgres::Statement,
+}
+
+impl Batch {
+    async fn prepare(client: &Conn) -> Result<Batch, Error> {
+        Ok(Batch {
+            start: client.stmt(GROUP_START).await?,
+            insert_run: client.stmt(INSERT_RUN_NEW).await?,
+            insert_key: client.stmt(INSERT_KEY_NEW).await?,
+            fence: client.stmt(FENCE_ALL).await?,
+            rows: RowStatements::prepare(client, ANSWER_ALL).await?,
+            wake: client.stmt(WAKE_OTHERS).await?,
+        })
     }
+}
+
+/// The whole group and its COMMIT in one pipelined batch — BEGIN, the group's start, every
+/// creation and fence, every row, the wake-up, COMMIT — so one round trip to the server
+/// whatever the group holds (the careful path takes six or more). Every statement that could
+/// meet a surprise fails instead of answering "0 rows" (a creation whose run or idempotency key
+/// exists, a fence that did not hold, a request already answered), so the server turns the
+/// COMMIT into a rollback and nothing is committed; `None` then hands the group to
+/// `commit_checked`, which finds the write at fault. `sent` holds the outcomes from the start,
+/// and the transaction id as soon as the server names it.
+async fn commit_pipelined(
+    client: &Conn,
+    writes: &[&RunWrite],
+    sent: &Sent,
+) -> Result<Option<Vec<Result<(), Error>>>, Error> {
+    let s = Batch::prepare(client).await?;
     let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
         writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
-    let created = join_all(creates.iter().map(|(_, w)| create_expected(client, &insert_run, &insert_key, w)));
+    let created = join_all(creates.iter().map(|(_, w)| create_new(client, &s, w)));
+    let fence_cols = FenceCols::of(&updates);
     let fenced = async {
         match updates.is_empty() {
-            true => Ok(Default::default()),
-            false => fence_updates(client, &updates).await,
+            true => Ok(()),
+            false => {
+                let mut params = fence_cols.params().to_vec();
+                let n = updates.len() as i64;
+                params.push(&n);
+                client.execute(&s.fence, &params).await.map(drop).map_err(pg)
+            }
         }
     };
     let woken = async {
         match writes.iter().any(|w| w.release) {
-            true => client.execute(&wake, &[]).await.map(drop).map_err(pg),
+            true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
             false => Ok(()),
         }
     };
-    // Biased: the requests go out in this order (BEGIN first), each when first polled.
-    let (began, started, created, fenced, rows, woken) = tokio::join!(
+    sent.arm(writes.iter().map(|_| Ok(())).collect());
+    let xid = async {
+        let row = client.query_one(&s.start, &[&GC_LOCK]).await.map_err(pg)?;
+        sent.xid.store(row.get(0), Ordering::Relaxed);
+        Ok(())
+    };
+    // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
+    // polled; none awaits anything before it sends.
+    let (began, started, created, fenced, rows, woken, committed) = tokio::join!(
         biased;
-        client.batch_execute("BEGIN"),
-        client.query_one(&start, &[&GC_LOCK]),
+        async { client.batch_execute("BEGIN").await.map_err(pg) },
+        xid,
         created,
         fenced,
-        write_rows(client, writes),
+        write_rows(client, &s.rows, writes),
         woken,
+        async { client.batch_execute("COMMIT").await.map_err(pg) },
     );
-    let checked = (|| -> Result<Option<i64>, Error> {
-        began.map_err(pg)?;
-        let xid: i64 = started.map_err(pg)?.get(0);
-        let mut expected = true;
-        for c in created {
-            expected &= c?;
+    let answers = [began, started, fenced, rows, woken, committed].into_iter().chain(created);
+    let (mut refused, mut lost) = (None, None);
+    for a in answers {
+        match a {
+            Ok(()) => {}
+            Err(e @ Error::Unavailable(_)) => lost = lost.or(Some(e)),
+            Err(e) => refused = refused.or(Some(e)),
         }
-        let landed = fenced?;
-        expected &= updates.iter().all(|(_, w)| landed.contains(&w.run.id));
-        match rows {
-            // An answered request found already answered: the careful path says which run lost.
-            Err(Error::Conflict { .. }) => expected = false,
-            other => other?,
+    }
+    match (refused, lost) {
+        (None, None) => {
+            sent.clear();
+            Ok(Some(writes.iter().map(|_| Ok(())).collect()))
         }
-        woken?;
-        Ok(expected.then_some(xid))
-    })();
-    match checked {
-        Ok(Some(xid)) => match client.batch_execute("COMMIT").await.map_err(pg) {
-            Ok(()) => Ok(Some(writes.iter().map(|_| Ok(())).collect())),
-            Err(Error::Unavailable(_)) => {
-                Err(GroupFail::Unknown { xid, outcomes: writes.iter().map(|_| Ok(())).collect() })
+        // Answers lost with the connection: the COMMIT may have gone through (`group_once`
+        // looks it up).
+        (None, Some(lost)) => Err(lost),
+        // A statement failed, so the transaction could not commit: COMMIT ended it as a rollback.
+        (Some(refused), lost) => {
+            sent.clear();
+            match (refused, lost) {
+                (_, Some(lost)) => Err(lost),
+                // The server is out of disk: the careful path would meet the same.
+                (e @ Error::Full(_), None) => Err(e),
+                (_, None) => Ok(None),
             }
-            Err(e) => Err(GroupFail::Failed(e)),
-        },
-        Ok(None) => rolled_back(client).await,
-        // The server is away or out of disk: the careful path would meet the same.
-        Err(e @ (Error::Unavailable(_) | Error::Full(_))) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(GroupFail::Failed(e))
         }
-        Err(_) => rolled_back(client).await,
     }
 }
 
-/// Rolls the pipelined batch back before the careful path goes on the same connection. If the
-/// rollback does not go through, the connection is given up (`Unavailable`: the slot is reset
-/// and the group tried again on a new one), so nothing of the batch can be committed later.
-async fn rolled_back(client: &Conn) -> Result<Option<Vec<Result<(), Error>>>, GroupFail> {
-    match client.batch_execute("ROLLBACK").await {
-        Ok(()) => Ok(None),
-        Err(e) => Err(GroupFail::Failed(Error::Unavailable(format!("the rollback of a group failed: {e}")))),
-    }
-}
-
-/// A creation in the pipelined batch: whether its run row (and idempotency key) went in.
-async fn create_expected(
-    client: &Conn,
-    insert_run: &tokio_postgres::Statement,
-    insert_key: &tokio_postgres::Statement,
-    w: &RunWrite,
-) -> Result<bool, Error> {
+/// A creation in the pipelined batch: fails if its run or its idempotency key exists.
+async fn create_new(client: &Conn, s: &Batch, w: &RunWrite) -> Result<(), Error> {
     let r = &w.run;
     let row = NewRunRow::of(w);
     let params = row.params();
-    let run = client.execute(insert_run, &params);
+    let run = client.execute(&s.insert_run, &params);
     let key = async {
         match &w.idempotency {
             Some(idem) => {
-                client.execute(insert_key, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms]).await.map(Some)
+                client.execute(&s.insert_key, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms]).await.map(drop)
             }
-            None => Ok(None),
+            None => Ok(()),
         }
     };
     let (run, key) = tokio::join!(biased; run, key);
-    Ok(run.map_err(pg)? == 1 && key.map_err(pg)?.is_none_or(|n| n == 1))
+    run.map_err(pg)?;
+    key.map_err(pg)
 }
 
 /// Fences every write, writes the rows of those that passed, and commits once, a round trip at a
 /// time: updates and rows go as arrays (`UNNEST`), only creations go one by one.
-async fn commit_checked(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, GroupFail> {
+async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
-    let xid = std::sync::atomic::AtomicI64::new(0);
     let result = async {
         // Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit
         // in flight is linking.
         let row = client.query_one(&client.stmt(GROUP_START).await?, &[&GC_LOCK]).await.map_err(pg)?;
-        xid.store(row.get(0), std::sync::atomic::Ordering::Relaxed);
+        sent.xid.store(row.get(0), Ordering::Relaxed);
         let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
             writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
         let mut outcomes: Vec<Result<(), Error>> = (0..writes.len()).map(|_| Ok(())).collect();
@@ -333,7 +367,9 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Resul
             }
         }
         let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
-        write_rows(client, &rows).await?;
+        if !rows.is_empty() {
+            write_rows(client, &RowStatements::prepare(client, ANSWER_REQUESTS).await?, &rows).await?;
+        }
         // Requests for other runs (a child's end, a parent's cancellation), in this transaction.
         let notify: Vec<(&RunWrite, &crate::Notify)> =
             rows.iter().flat_map(|w| w.notify.iter().map(move |n| (*w, n))).collect();
@@ -351,17 +387,26 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Resul
     }
     .await;
     match result {
-        Ok(outcomes) => match client.batch_execute("COMMIT").await.map_err(pg) {
-            Ok(()) => Ok(outcomes),
-            // The connection broke around COMMIT: the group may or may not have committed.
-            Err(Error::Unavailable(_)) => {
-                Err(GroupFail::Unknown { xid: xid.load(std::sync::atomic::Ordering::Relaxed), outcomes })
+        Ok(outcomes) => {
+            sent.arm(outcomes.iter().map(|o| o.as_ref().map_err(copy).copied()).collect());
+            match client.batch_execute("COMMIT").await.map_err(pg) {
+                Ok(()) => {
+                    sent.clear();
+                    Ok(outcomes)
+                }
+                // The connection broke around COMMIT: the group may or may not have committed
+                // (`sent` says what to look up).
+                Err(e @ Error::Unavailable(_)) => Err(e),
+                Err(e) => {
+                    sent.clear();
+                    Err(e)
+                }
             }
-            Err(e) => Err(GroupFail::Failed(e)),
-        },
+        }
         Err(e) => {
+            sent.clear();
             let _ = client.batch_execute("ROLLBACK").await;
-            Err(GroupFail::Failed(e))
+            Err(e)
         }
     }
 }
@@ -369,41 +414,87 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite]) -> Result<Vec<Resul
 /// A write and its position in the group.
 type Indexed<'a> = (usize, &'a RunWrite);
 
+/// The fence's parameters: one array per column of the runs being updated.
+struct FenceCols {
+    ids: Vec<String>,
+    versions: Vec<Option<i64>>,
+    statuses: Vec<String>,
+    current: Vec<Option<String>>,
+    fclass: Vec<Option<String>>,
+    fmsg: Vec<Option<String>>,
+    fstep: Vec<Option<String>>,
+    last: Vec<i64>,
+    updated: Vec<i64>,
+    finished: Vec<Option<i64>>,
+    dhash: Vec<Option<String>>,
+    ohash: Vec<Option<String>>,
+    artifact: Vec<Option<String>>,
+    new_owner: Vec<Option<String>>,
+    lease: Vec<Option<i64>>,
+    wake: Vec<Option<i64>>,
+    retain: Vec<Option<i64>>,
+    expected: Vec<i64>,
+    owners: Vec<String>,
+}
+
+impl FenceCols {
+    fn of(updates: &[Indexed<'_>]) -> FenceCols {
+        let runs: Vec<&RunRow> = updates.iter().map(|(_, w)| &w.run).collect();
+        let col = |f: &dyn Fn(&RunRow) -> Option<String>| runs.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
+        let num = |f: &dyn Fn(&RunRow) -> Option<i64>| runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>();
+        FenceCols {
+            ids: runs.iter().map(|r| r.id.clone()).collect(),
+            versions: num(&|r| r.definition_version.map(i64::from)),
+            statuses: runs.iter().map(|r| r.status.clone()).collect(),
+            current: col(&|r| r.current_step.clone()),
+            fclass: col(&|r| r.failure_class.clone()),
+            fmsg: col(&|r| r.failure_message.clone()),
+            fstep: col(&|r| r.failed_step.clone()),
+            last: runs.iter().map(|r| i(r.last_seq)).collect(),
+            updated: runs.iter().map(|r| r.updated_at_ms).collect(),
+            finished: num(&|r| r.finished_at_ms),
+            dhash: col(&|r| r.definition_hash.clone()),
+            ohash: col(&|r| r.output_hash.clone()),
+            artifact: col(&|r| r.artifact.clone()),
+            new_owner: updates.iter().map(|(_, w)| (!w.release).then(|| w.owner.clone())).collect(),
+            lease: updates.iter().map(|(_, w)| (!w.release).then_some(w.lease_until_ms)).collect(),
+            wake: updates.iter().map(|(_, w)| if w.release { w.run.wake_at_ms } else { None }).collect(),
+            retain: num(&|r| r.retain_until_ms),
+            expected: updates.iter().map(|(_, w)| i(w.expected_seq)).collect(),
+            owners: updates.iter().map(|(_, w)| w.owner.clone()).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn ToSql + Sync); 19] {
+        [
+            &self.ids,
+            &self.versions,
+            &self.statuses,
+            &self.current,
+            &self.fclass,
+            &self.fmsg,
+            &self.fstep,
+            &self.last,
+            &self.updated,
+            &self.finished,
+            &self.dhash,
+            &self.ohash,
+            &self.artifact,
+            &self.new_owner,
+            &self.lease,
+            &self.wake,
+            &self.retain,
+            &self.expected,
+            &self.owners,
+        ]
+    }
+}
+
 /// One UPDATE for every run write in the group, each fenced on journal position and owner;
 /// returns the ids that passed.
 async fn fence_updates(client: &Conn, updates: &[Indexed<'_>]) -> Result<std::collections::HashSet<String>, Error> {
-    let runs: Vec<&RunRow> = updates.iter().map(|(_, w)| &w.run).collect();
-    let col = |f: &dyn Fn(&RunRow) -> Option<String>| runs.iter().map(|r| f(r)).collect::<Vec<Option<String>>>();
-    let num = |f: &dyn Fn(&RunRow) -> Option<i64>| runs.iter().map(|r| f(r)).collect::<Vec<Option<i64>>>();
-    let ids: Vec<String> = runs.iter().map(|r| r.id.clone()).collect();
-    let versions = num(&|r| r.definition_version.map(i64::from));
-    let statuses: Vec<String> = runs.iter().map(|r| r.status.clone()).collect();
-    let current = col(&|r| r.current_step.clone());
-    let fclass = col(&|r| r.failure_class.clone());
-    let fmsg = col(&|r| r.failure_message.clone());
-    let fstep = col(&|r| r.failed_step.clone());
-    let last: Vec<i64> = runs.iter().map(|r| i(r.last_seq)).collect();
-    let updated: Vec<i64> = runs.iter().map(|r| r.updated_at_ms).collect();
-    let finished = num(&|r| r.finished_at_ms);
-    let dhash = col(&|r| r.definition_hash.clone());
-    let ohash = col(&|r| r.output_hash.clone());
-    let artifact = col(&|r| r.artifact.clone());
-    let new_owner: Vec<Option<String>> = updates.iter().map(|(_, w)| (!w.release).then(|| w.owner.clone())).collect();
-    let lease: Vec<Option<i64>> = updates.iter().map(|(_, w)| (!w.release).then_some(w.lease_until_ms)).collect();
-    let wake: Vec<Option<i64>> = updates.iter().map(|(_, w)| if w.release { w.run.wake_at_ms } else { None }).collect();
-    let retain = num(&|r| r.retain_until_ms);
-    let expected: Vec<i64> = updates.iter().map(|(_, w)| i(w.expected_seq)).collect();
-    let owners: Vec<String> = updates.iter().map(|(_, w)| w.owner.clone()).collect();
-    let rows = client
-        .query(
-            &client.stmt(FENCE_UPDATES).await?,
-            &[
-                &ids, &versions, &statuses, &current, &fclass, &fmsg, &fstep, &last, &updated, &finished, &dhash,
-                &ohash, &artifact, &new_owner, &lease, &wake, &retain, &expected, &owners,
-            ],
-        )
-        .await
-        .map_err(pg)?;
+    let cols = FenceCols::of(updates);
+    let rows = client.query(&client.stmt(FENCE_UPDATES).await?, &cols.params()).await.map_err(pg)?;
     Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
 }
 
@@ -487,15 +578,29 @@ async fn fence_create(client: &Client, w: &RunWrite) -> Result<(), Error> {
     Ok(())
 }
 
-const INSERT_RUN: &str = "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, \
-     failure_class, failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, \
-     finished_at, definition_hash, output_hash, artifact, wake_at, retain_until) \
-     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) ON CONFLICT (id) DO NOTHING";
-const INSERT_KEY: &str = "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4) \
-     ON CONFLICT (key) DO NOTHING";
+macro_rules! insert_run {
+    () => {
+        "INSERT INTO runs (id, workflow, definition_version, status, goal, current_step, failure_class, \
+         failure_message, failed_step, last_seq, owner, lease_expires_at, created_at, updated_at, finished_at, \
+         definition_hash, output_hash, artifact, wake_at, retain_until) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)"
+    };
+}
+macro_rules! insert_key {
+    () => {
+        "INSERT INTO idempotency (key, run_id, request_hash, created_at) VALUES ($1,$2,$3,$4)"
+    };
+}
+const INSERT_RUN: &str = concat!(insert_run!(), " ON CONFLICT (id) DO NOTHING");
+const INSERT_KEY: &str = concat!(insert_key!(), " ON CONFLICT (key) DO NOTHING");
+/// In the one-round-trip batch a run or key that exists fails the statement (a unique key).
+const INSERT_RUN_NEW: &str = insert_run!();
+const INSERT_KEY_NEW: &str = insert_key!();
 /// Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
 const WAKE_OTHERS: &str = "SELECT pg_notify('cairn_wake', '')";
-const FENCE_UPDATES: &str = "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
+macro_rules! fence_updates {
+    () => {
+        "UPDATE runs AS r SET definition_version=v.definition_version, status=v.status, current_step=v.current_step, \
              failure_class=v.failure_class, failure_message=v.failure_message, failed_step=v.failed_step, \
              last_seq=v.last_seq, updated_at=v.updated_at, finished_at=v.finished_at, \
              definition_hash=v.definition_hash, output_hash=v.output_hash, artifact=v.artifact, owner=v.new_owner, \
@@ -507,7 +612,13 @@ const FENCE_UPDATES: &str = "UPDATE runs AS r SET definition_version=v.definitio
                     last_seq, updated_at, finished_at, definition_hash, output_hash, artifact, new_owner, lease, \
                     wake_at, retain_until, expected_seq, owner) \
              WHERE r.id = v.id AND r.last_seq = v.expected_seq AND r.owner = v.owner \
-             RETURNING r.id";
+             RETURNING r.id"
+    };
+}
+const FENCE_UPDATES: &str = fence_updates!();
+/// The fence in the one-round-trip batch: fails (division by zero, so the transaction cannot
+/// commit) unless every run in it passed; `$20` is how many were sent.
+const FENCE_ALL: &str = concat!("WITH f AS (", fence_updates!(), ") SELECT 1 / (COUNT(*) = $20)::INT FROM f");
 const INSERT_EVENTS: &str = "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])";
 const INSERT_PAYLOADS: &str = "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
@@ -528,25 +639,47 @@ const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = \
                  (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending') \
                  WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending')";
 /// Answers requests; only pending ones (an answered request is never answered again).
-const ANSWER_REQUESTS: &str = "UPDATE inbox AS i SET state=v.state, code=v.code, message=v.message, \
+macro_rules! answer_requests {
+    () => {
+        "UPDATE inbox AS i SET state=v.state, code=v.code, message=v.message, \
                  journal_seq=v.journal_seq, decided_at=v.decided_at \
                  FROM UNNEST($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::BIGINT[], $7::TEXT[]) \
                    AS v(id, state, code, message, journal_seq, decided_at, run_id) \
-                 WHERE i.id = v.id AND i.run_id = v.run_id AND i.state = 'pending'";
+                 WHERE i.id = v.id AND i.run_id = v.run_id AND i.state = 'pending'"
+    };
+}
+const ANSWER_REQUESTS: &str = answer_requests!();
+/// Answers in the one-round-trip batch: fails unless every request was still pending (`$8`
+/// is how many were sent).
+const ANSWER_ALL: &str =
+    concat!("WITH a AS (", answer_requests!(), " RETURNING 1) SELECT 1 / (COUNT(*) = $8)::INT FROM a");
 
-/// The statements `write_rows` sends.
-const ROW_STATEMENTS: [&str; 7] =
-    [INSERT_EVENTS, INSERT_PAYLOADS, INSERT_LINKS, UPSERT_STEPS, INSERT_LOGS, WAKE_RELEASED, ANSWER_REQUESTS];
-
-/// The group's statements, prepared on the writer connection.
-struct Prepared {
+/// The statements `write_rows` sends, prepared before the rows are sent.
+struct RowStatements {
     insert_events: tokio_postgres::Statement,
     insert_payloads: tokio_postgres::Statement,
     insert_links: tokio_postgres::Statement,
     upsert_steps: tokio_postgres::Statement,
     insert_logs: tokio_postgres::Statement,
     wake_released: tokio_postgres::Statement,
+    /// `ANSWER_REQUESTS` (a count to check) or `ANSWER_ALL` (fails by itself).
     answer_requests: tokio_postgres::Statement,
+    answers_fail: bool,
+}
+
+impl RowStatements {
+    async fn prepare(client: &Conn, answer: &'static str) -> Result<RowStatements, Error> {
+        Ok(RowStatements {
+            insert_events: client.stmt(INSERT_EVENTS).await?,
+            insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
+            insert_links: client.stmt(INSERT_LINKS).await?,
+            upsert_steps: client.stmt(UPSERT_STEPS).await?,
+            insert_logs: client.stmt(INSERT_LOGS).await?,
+            wake_released: client.stmt(WAKE_RELEASED).await?,
+            answer_requests: client.stmt(answer).await?,
+            answers_fail: answer == ANSWER_ALL,
+        })
+    }
 }
 
 /// Column arrays for one multi-row INSERT each.
@@ -601,22 +734,7 @@ struct LogCols {
 }
 
 /// The journal and projection rows of the writes that passed their fence, as arrays.
-async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
-    if writes.is_empty() {
-        return Ok(());
-    }
-    let prepared = Prepared {
-        insert_events: client.stmt(INSERT_EVENTS).await?,
-        insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
-        insert_links: client.stmt(INSERT_LINKS).await?,
-        upsert_steps: client.stmt(UPSERT_STEPS).await?,
-        insert_logs: client.stmt(INSERT_LOGS).await?,
-        wake_released: client.stmt(WAKE_RELEASED).await?,
-        answer_requests: client.stmt(ANSWER_REQUESTS).await?,
-    };
-    if writes.is_empty() {
-        return Ok(());
-    }
+async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite]) -> Result<(), Error> {
     let mut ev = EventCols::default();
     let mut payloads: std::collections::BTreeMap<&str, (i64, &[u8])> = Default::default();
     let mut links: std::collections::BTreeSet<(&str, &str)> = Default::default();
@@ -742,9 +860,16 @@ async fn write_rows(client: &Conn, writes: &[&RunWrite]) -> Result<(), Error> {
         if rq.id.is_empty() {
             return Ok(0);
         }
-        client
-            .execute(&prepared.answer_requests, &[&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run])
-            .await
+        let params: [&(dyn ToSql + Sync); 7] = [&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run];
+        match prepared.answers_fail {
+            true => {
+                let n = rq.id.len() as i64;
+                let mut params = params.to_vec();
+                params.push(&n);
+                client.execute(&prepared.answer_requests, &params).await.map(|_| n as u64)
+            }
+            false => client.execute(&prepared.answer_requests, &params).await,
+        }
     };
     // In this order: a request answered here no longer wakes its run.
     let (a, b, c, d, e, g, f) =

@@ -110,6 +110,17 @@ impl TestStore {
         }
     }
 
+    /// A connection of its own to the PostgreSQL schema behind the store (`None` on SQLite), to
+    /// hold locks or end the store's connections from outside.
+    pub async fn raw_client(&self) -> Option<tokio_postgres::Client> {
+        match &self.place {
+            Place::Sqlite { .. } => None,
+            Place::Postgres(schema) => {
+                Some(pg_connect(&schema.url).await.unwrap_or_else(|e| panic!("raw connection: {e}")))
+            }
+        }
+    }
+
     /// The single integer a raw `SELECT count(*) …` (or similar) returns.
     pub async fn raw_count(&self, sql: &str) -> i64 {
         match &self.place {
