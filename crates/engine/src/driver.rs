@@ -283,7 +283,22 @@ impl<S: Store> Live<S> {
         Ok(())
     }
 
+    /// Records everything decided since the last commit. The write that ends the run must answer
+    /// every request waiting for it: the store refuses it while one waits (rather than the
+    /// driver reading the inbox before every run's end), and it is answered then and sent again.
     pub(crate) async fn commit(&mut self) -> Result<(), Error> {
+        // A flood of requests cannot hold the run's end off for ever: the last try is sent as is
+        // (requests accepted meanwhile are answered by their requesters, the run being finished).
+        for asked in 0..3 {
+            match self.commit_once(asked < 2).await {
+                Err(Error::Store(cairn_store::Error::RequestsWaiting { .. })) => self.answer_requests().await?,
+                other => return other,
+            }
+        }
+        self.commit_once(false).await
+    }
+
+    async fn commit_once(&mut self, answers_every_request: bool) -> Result<(), Error> {
         if !self.has_pending() {
             // Children asked for again after a take-over, with nothing new to record.
             self.start_children(false).await;
@@ -328,6 +343,7 @@ impl<S: Store> Live<S> {
             steps: StepRow::from_state(&self.state, Some(&touched)),
             logs: std::mem::take(&mut self.logs),
             requests: std::mem::take(&mut self.answered),
+            answers_every_request: answers_every_request && self.state.status.is_terminal(),
             notify,
         });
         let mut backoff = Duration::from_millis(50);
@@ -336,6 +352,18 @@ impl<S: Store> Live<S> {
                 Ok(()) => break,
                 Err(cairn_store::Error::Conflict { .. }) => {
                     return Err(Error::Lost { run_id: self.state.run_id.to_string() });
+                }
+                // Nothing was written: take back what the write took, to be sent again with
+                // the answers.
+                Err(e @ cairn_store::Error::RequestsWaiting { .. }) => {
+                    let w = Arc::unwrap_or_clone(write);
+                    self.payloads = w.payloads;
+                    self.logs = w.logs;
+                    self.answered = w.requests;
+                    self.idempotency = w.idempotency;
+                    self.touched = touched.into_iter().collect();
+                    self.release = let_go;
+                    return Err(e.into());
                 }
                 // The store cannot take writes now: keep what was decided and try the same write
                 // again (its fence still holds: if another process took the run meanwhile, the
@@ -860,11 +888,8 @@ impl<S: Store> Live<S> {
     async fn drive_loop(&mut self) -> Result<RunOutcome, Error> {
         loop {
             self.start_ready()?;
-            if self.state.status.is_terminal() && self.has_pending() {
-                // Requests still waiting get their answer (the run finished) in the commit that
-                // ends the run, rather than wait for a requester that may be gone.
-                self.answer_requests().await?;
-            }
+            // Requests still waiting get their answer (the run finished) in the commit that ends
+            // the run, rather than wait for a requester that may be gone (`commit`).
             self.commit().await?;
             if self.state.status.is_terminal() {
                 self.running.abort_all();

@@ -84,6 +84,10 @@ pub enum Error {
     NoSchema { path: String },
     #[error("run {run_id} was changed by someone else (expected journal position {expected}); reload it")]
     Conflict { run_id: String, expected: u64 },
+    /// A write that must answer every request waiting for its run (`RunWrite::answers_every_request`,
+    /// a run's last write) found one it does not answer; nothing of it was written.
+    #[error("run {run_id} has operator requests waiting that this write does not answer; answer them and write again")]
+    RequestsWaiting { run_id: String },
     #[error("no run with id {0}; `cairn runs list` shows the runs in this database")]
     NotFound(String),
     #[error("idempotency key '{key}' was already used for run {run_id}")]

@@ -242,6 +242,10 @@ pub struct RunWrite {
     /// Operator requests this write answers (applied, unchanged or refused), recorded with the
     /// events that apply them so that each request takes effect exactly once.
     pub requests: Vec<RequestOutcome>,
+    /// Refuse the write (`Error::RequestsWaiting`, nothing written) if a request it does not
+    /// answer waits in the run's inbox: set on the write that ends a run, which must answer
+    /// every request accepted before it, without reading the inbox first.
+    pub answers_every_request: bool,
     /// Requests for other runs, accepted in the same transaction as this write (a child run's
     /// end for its parent, a parent's cancellation for its children), so that none is lost to
     /// a crash between the two. One for a finished or unknown run is dropped.

@@ -682,6 +682,50 @@ conformance!(requests_are_answered_once_with_the_commit_that_applies_them, |stor
     assert_eq!((oz.state, oz.message.as_deref()), (RequestState::Refused, Some("it finished")));
 });
 
+conformance!(a_last_write_is_refused_while_a_request_it_does_not_answer_waits, |store| async move {
+    let now = T0 + 60_000;
+    let mut run = create(&*store, 1, OWNER, LIVE).await;
+    let x = store.push_inbox(&run.id(), "x".into(), now).await.expect("push").expect("accepted");
+    let y = store.push_inbox(&run.id(), "y".into(), now).await.expect("push").expect("accepted");
+    let before = snapshot(&*store, &run.id()).await;
+    run.finish();
+    let finished = |answers: &[i64]| {
+        let mut w = run.clone().write(OWNER, LIVE);
+        w.answers_every_request = true;
+        w.requests = answers.iter().map(|id| answer(*id, RequestState::Refused, Some("run_finished"), None)).collect();
+        w
+    };
+    // Answering x but not y: refused, with nothing written — alone, and among other runs' writes
+    // (whose writes land).
+    match store.commit(finished(&[x])).await {
+        Err(Error::RequestsWaiting { run_id }) => assert_eq!(run_id, run.id().to_string()),
+        other => panic!("expected RequestsWaiting, got {other:?}"),
+    }
+    let mut others = Vec::new();
+    for n in 2..6 {
+        let mut other = create(&*store, n, OWNER, LIVE).await;
+        other.start("a");
+        others.push(other);
+    }
+    let theirs = futures_util::future::join_all(others.iter().map(|o| store.commit(o.clone().write(OWNER, LIVE))));
+    let (mine, theirs) = tokio::join!(store.commit(finished(&[])), theirs);
+    assert!(matches!(mine, Err(Error::RequestsWaiting { .. })), "requests wait: {mine:?}");
+    assert!(theirs.iter().all(Result::is_ok), "the other writes of the group land: {theirs:?}");
+    for other in &others {
+        assert_eq!(store.get_run(&other.id()).await.expect("run").last_seq, other.state.last_seq);
+    }
+    assert_eq!(snapshot(&*store, &run.id()).await, before, "a refused last write left a trace");
+    assert_eq!(store.pending_inbox(&run.id()).await.expect("pending").len(), 2, "both still wait");
+    // Answering both, it lands; without the flag, the store does not look.
+    commit(&*store, finished(&[x, y])).await;
+    assert_eq!(store.get_run(&run.id()).await.expect("run").status, "COMPLETED");
+    assert!(store.pending_inbox(&run.id()).await.expect("pending").is_empty());
+    let mut later = create(&*store, 9, OWNER, LIVE).await;
+    store.push_inbox(&later.id(), "z".into(), now).await.expect("push").expect("accepted");
+    later.finish();
+    commit(&*store, later.write(OWNER, LIVE)).await;
+});
+
 conformance!(concurrent_requests_get_distinct_ids_and_one_order, |store| async move {
     let id = create(&*store, 1, OWNER, LIVE).await.id();
     let senders: Vec<_> = (0..4)

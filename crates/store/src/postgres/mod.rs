@@ -1,9 +1,9 @@
 //! The PostgreSQL backend, for many workers on many hosts sharing one database.
 //!
 //! One writer connection group-commits run writes like the SQLite backend does: every write
-//! waiting is fenced (journal position + owner) in one pipelined round, the survivors' rows go
-//! in a second pipelined round, and one COMMIT (one WAL flush with `synchronous_commit=on`) makes
-//! them all durable. Claims, heartbeats and the rest are single statements on a shared
+//! waiting is fenced (journal position + owner) and its rows written in one transaction, whose
+//! one COMMIT (one WAL flush with `synchronous_commit=on`) makes them all durable — as a rule the
+//! whole transaction is one pipelined round trip (`writer`). Claims, heartbeats and the rest are single statements on a shared
 //! connection; claims use `FOR UPDATE SKIP LOCKED` so workers never wait on each other.
 //! Connections are re-established with backoff when the server goes away.
 //!
@@ -133,6 +133,9 @@ fn cairn_log(args: std::fmt::Arguments<'_>) {
 struct Conn {
     client: Client,
     prepared: Mutex<std::collections::HashMap<&'static str, tokio_postgres::Statement>>,
+    /// The server process behind the writer's connection (pid, start time), so that one whose
+    /// answers were lost can be ended before its transaction's fate is asked.
+    backend: Option<(i32, String)>,
 }
 
 impl std::ops::Deref for Conn {
@@ -169,6 +172,9 @@ struct Slot {
 /// (before PostgreSQL 12) keeps its default.
 const WRITER_SETUP: &str = "SET plan_cache_mode = force_generic_plan";
 
+/// This connection's server process: its pid and when it started (a pid alone may be reused).
+const BACKEND: &str = "SELECT pid, backend_start::TEXT FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
 impl Slot {
     /// Forgets the connection (it stopped answering); the next `get` opens a new one.
     async fn reset(&self) {
@@ -188,10 +194,12 @@ impl Slot {
             return Ok(c.clone());
         }
         let client = connect(&self.config).await?;
+        let mut backend = None;
         if !self.setup.is_empty() {
             let _ = client.batch_execute(self.setup).await;
+            backend = client.query_one(BACKEND, &[]).await.ok().map(|row| (row.get(0), row.get(1)));
         }
-        let fresh = Arc::new(Conn { client, prepared: Mutex::new(Default::default()) });
+        let fresh = Arc::new(Conn { client, prepared: Mutex::new(Default::default()), backend });
         *guard = Some(fresh.clone());
         Ok(fresh)
     }

@@ -89,6 +89,7 @@ fn copy(e: &Error) -> Error {
         Error::IdempotencyKey { key, run_id, same_request } => {
             Error::IdempotencyKey { key: key.clone(), run_id: run_id.clone(), same_request: *same_request }
         }
+        Error::RequestsWaiting { run_id } => Error::RequestsWaiting { run_id: run_id.clone() },
         other => Error::Postgres(format!("group commit failed: {other}")),
     }
 }
@@ -98,7 +99,12 @@ const OUTAGE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Advisory lock key shared by writers and taken exclusively by gc ("CARNGC").
 pub(super) const GC_LOCK: i64 = 0x4341_524E_4743;
-const GROUP_START: &str = "SELECT txid_current()::BIGINT, pg_advisory_xact_lock_shared($1)::TEXT";
+/// The group's transaction id, asked first and alone: it is answered at once, even while the
+/// lock below waits for gc, so a COMMIT sent behind a wait can still be looked up.
+const TXID: &str = "SELECT txid_current()::BIGINT";
+/// Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit in
+/// flight is linking.
+const GC_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)::TEXT";
 /// How long one group may take before the connection is presumed dead.
 const GROUP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -149,16 +155,22 @@ async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
     // A connection that failed mid-group may still hold that transaction open: the next try
     // starts on a new one.
     slot.reset().await;
-    let (xid, outcomes) = match sent.take() {
-        Some((xid, outcomes)) if xid != 0 => (xid, outcomes),
-        // No COMMIT went out: nothing of the group is durable, and trying again is safe.
-        None => return Err(lost),
-        // The batch (COMMIT included) went out but the answer naming its transaction never came
-        // back. Sent again, a group that did commit fails its own fences: its runs are given up
-        // as lost by this process and taken up from the journal once their leases run out.
-        Some(_) => return Err(Error::Unavailable(format!("{lost}; whether the group committed is unknown"))),
-    };
+    // No COMMIT went out: nothing of the group can become durable (the old connection closes
+    // once its answers are in, and its transaction with it), and trying again is safe.
+    let Some((xid, outcomes)) = sent.take() else { return Err(lost) };
+    // A COMMIT went out unanswered: its server process may still be at work (waiting on a lock,
+    // say) and could commit later. End it first, so the transaction's fate is settled before it
+    // is asked (or, unknown, before the group is sent again).
     let deadline = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    if let Some(backend) = &client.backend {
+        end_backend(slot, backend, deadline).await;
+    }
+    if xid == 0 {
+        // The answer naming the transaction never came back. Sent again, a group that did
+        // commit fails its own fences: its runs are given up as lost by this process and taken
+        // up from the journal once their leases run out.
+        return Err(Error::Unavailable(format!("{lost}; whether the group committed is unknown")));
+    }
     loop {
         let status = async {
             let c = slot.get().await?;
@@ -180,6 +192,43 @@ async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
     }
 }
 
+/// Ends the server process behind a writer connection whose answers were lost (`backend`: its
+/// pid and start time, so a reused pid is never touched), and waits until it is gone. Best
+/// effort: a server that cannot be reached or refuses leaves the lookup to wait as before.
+async fn end_backend(slot: &Slot, backend: &(i32, String), deadline: tokio::time::Instant) {
+    let (pid, started) = backend;
+    let mut ended = false;
+    while tokio::time::Instant::now() < deadline {
+        let gone = async {
+            let c = slot.get().await?;
+            if !ended {
+                c.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::TEXT = $2",
+                    &[pid, started],
+                )
+                .await
+                .map_err(pg)?;
+                ended = true;
+            }
+            let row = c
+                .query_one(
+                    "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::TEXT = $2)",
+                    &[pid, started],
+                )
+                .await
+                .map_err(pg)?;
+            Ok::<bool, Error>(row.get(0))
+        }
+        .await;
+        match gone {
+            Ok(true) => return,
+            Ok(false) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(Error::Unavailable(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_) => return,
+        }
+    }
+}
+
 async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
     match commit_group(client, writes, sent).await {
         // One write broke the whole group (a bug or a constraint we did not fence): commit each
@@ -187,8 +236,10 @@ async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Ve
         Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
             let mut one_by_one = Vec::with_capacity(writes.len());
             for w in writes {
-                // Each its own transaction: a COMMIT lost here is not looked up (the writes
-                // before it did commit), so the connection's loss fails the rest plainly.
+                // Each its own transaction. A COMMIT lost here is not looked up: the whole group
+                // is reported unavailable and sent again, and the writes that did commit come
+                // back as conflicts (their runs given up here, taken again once their leases run
+                // out). Rare: a surprise, then the connection lost, in one group.
                 one_by_one.push(match commit_checked(client, &[*w], &Sent::default()).await {
                     Ok(mut r) => r.pop().unwrap_or(Ok(())),
                     Err(Error::Unavailable(_)) => return Err(Error::Unavailable("connection lost mid-retry".into())),
@@ -205,6 +256,7 @@ async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Ve
 /// fence by fence when one is not.
 async fn commit_group(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
     if writes.iter().all(|w| w.notify.is_empty())
+        && group_bytes(writes) < PIPELINED_MAX_BYTES
         && let Some(outcomes) = commit_pipelined(client, writes, sent).await?
     {
         return Ok(outcomes);
@@ -212,25 +264,69 @@ async fn commit_group(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Resul
     commit_checked(client, writes, sent).await
 }
 
+/// The largest group sent as one batch. A statement that cannot even be sent (a message past the
+/// protocol's 2 GiB) fails in the client while the COMMIT behind it still goes out; far below
+/// that, nothing the writer sends can fail before it leaves. Larger groups take the careful
+/// path, where COMMIT waits for every answer.
+const PIPELINED_MAX_BYTES: usize = 256 << 20;
+
+/// Roughly what a group sends: its payloads, event bodies and log lines.
+fn group_bytes(writes: &[&RunWrite]) -> usize {
+    writes
+        .iter()
+        .map(|w| {
+            w.payloads.iter().map(|p| p.bytes.len()).sum::<usize>()
+                + w.events.iter().map(|e| e.body.len()).sum::<usize>()
+                + w.logs.iter().map(|l| l.message.len()).sum::<usize>()
+        })
+        .sum()
+}
+
+/// Awaits every future, polling them in the order given each time: the first poll of each sends
+/// its request, so the requests go out in this order (unlike `join_all`, whose order for many
+/// futures is its own).
+async fn in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use futures_util::future::{MaybeDone, maybe_done};
+    use std::future::Future as _;
+    let mut each: Vec<std::pin::Pin<Box<MaybeDone<F>>>> =
+        futures.into_iter().map(|f| Box::pin(maybe_done(f))).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for f in each.iter_mut() {
+            done &= f.as_mut().poll(cx).is_ready();
+        }
+        match done {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await;
+    each.iter_mut().filter_map(|f| f.as_mut().take_output()).collect()
+}
+
 /// The group's statements for one pipelined batch, prepared (once per connection) before any of
 /// it is sent: a statement prepared inside the batch would go out late, after COMMIT.
 struct Batch {
-    start: tokio_postgres::Statement,
+    txid: tokio_postgres::Statement,
+    gc_shared: tokio_postgres::Statement,
     insert_run: tokio_postgres::Statement,
     insert_key: tokio_postgres::Statement,
     fence: tokio_postgres::Statement,
     rows: RowStatements,
+    none_waiting: tokio_postgres::Statement,
     wake: tokio_postgres::Statement,
 }
 
 impl Batch {
     async fn prepare(client: &Conn) -> Result<Batch, Error> {
         Ok(Batch {
-            start: client.stmt(GROUP_START).await?,
+            txid: client.stmt(TXID).await?,
+            gc_shared: client.stmt(GC_SHARED).await?,
             insert_run: client.stmt(INSERT_RUN_NEW).await?,
             insert_key: client.stmt(INSERT_KEY_NEW).await?,
             fence: client.stmt(FENCE_ALL).await?,
             rows: RowStatements::prepare(client, ANSWER_ALL).await?,
+            none_waiting: client.stmt(NONE_WAITING).await?,
             wake: client.stmt(WAKE_OTHERS).await?,
         })
     }
@@ -252,7 +348,7 @@ async fn commit_pipelined(
     let s = Batch::prepare(client).await?;
     let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
         writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
-    let created = join_all(creates.iter().map(|(_, w)| create_new(client, &s, w)));
+    let created = in_order(creates.iter().map(|(_, w)| create_new(client, &s, w)).collect());
     let fence_cols = FenceCols::of(&updates);
     let fenced = async {
         match updates.is_empty() {
@@ -265,6 +361,14 @@ async fn commit_pipelined(
             }
         }
     };
+    // After the answers above: a run's last write must have answered every request it has.
+    let last_writes: Vec<&str> = writes.iter().filter(|w| w.answers_every_request).map(|w| w.run.id.as_str()).collect();
+    let answered_all = async {
+        match last_writes.is_empty() {
+            true => Ok(()),
+            false => client.execute(&s.none_waiting, &[&last_writes]).await.map(drop).map_err(pg),
+        }
+    };
     let woken = async {
         match writes.iter().any(|w| w.release) {
             true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
@@ -273,23 +377,26 @@ async fn commit_pipelined(
     };
     sent.arm(writes.iter().map(|_| Ok(())).collect());
     let xid = async {
-        let row = client.query_one(&s.start, &[&GC_LOCK]).await.map_err(pg)?;
+        let row = client.query_one(&s.txid, &[]).await.map_err(pg)?;
         sent.xid.store(row.get(0), Ordering::Relaxed);
         Ok(())
     };
+    let locked = async { client.execute(&s.gc_shared, &[&GC_LOCK]).await.map(drop).map_err(pg) };
     // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
     // polled; none awaits anything before it sends.
-    let (began, started, created, fenced, rows, woken, committed) = tokio::join!(
+    let (began, started, locked, created, fenced, rows, answered_all, woken, committed) = tokio::join!(
         biased;
         async { client.batch_execute("BEGIN").await.map_err(pg) },
         xid,
+        locked,
         created,
         fenced,
         write_rows(client, &s.rows, writes),
+        answered_all,
         woken,
         async { client.batch_execute("COMMIT").await.map_err(pg) },
     );
-    let answers = [began, started, fenced, rows, woken, committed].into_iter().chain(created);
+    let answers = [began, started, locked, fenced, rows, answered_all, woken, committed].into_iter().chain(created);
     let (mut refused, mut lost) = (None, None);
     for a in answers {
         match a {
@@ -343,13 +450,31 @@ async fn create_new(client: &Conn, s: &Batch, w: &RunWrite) -> Result<(), Error>
 async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
     client.batch_execute("BEGIN").await.map_err(pg)?;
     let result = async {
-        // Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit
-        // in flight is linking.
-        let row = client.query_one(&client.stmt(GROUP_START).await?, &[&GC_LOCK]).await.map_err(pg)?;
+        let row = client.query_one(&client.stmt(TXID).await?, &[]).await.map_err(pg)?;
         sent.xid.store(row.get(0), Ordering::Relaxed);
-        let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
-            writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
+        client.execute(&client.stmt(GC_SHARED).await?, &[&GC_LOCK]).await.map_err(pg)?;
         let mut outcomes: Vec<Result<(), Error>> = (0..writes.len()).map(|_| Ok(())).collect();
+        // A run's last write that leaves a request unanswered is refused before anything else.
+        let last_writes: Vec<&str> =
+            writes.iter().filter(|w| w.answers_every_request).map(|w| w.run.id.as_str()).collect();
+        if !last_writes.is_empty() {
+            let answered: Vec<i64> = writes.iter().flat_map(|w| w.requests.iter().map(|q| q.id)).collect();
+            let waiting = client.query(WAITING, &[&last_writes, &answered]).await.map_err(pg)?;
+            for row in waiting {
+                let run_id: String = row.get(0);
+                for (i, w) in writes.iter().enumerate() {
+                    if w.answers_every_request && w.run.id == run_id {
+                        outcomes[i] = Err(Error::RequestsWaiting { run_id: run_id.clone() });
+                    }
+                }
+            }
+        }
+        let (creates, updates): (Vec<Indexed>, Vec<Indexed>) = writes
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, _)| outcomes[*i].is_ok())
+            .partition(|(_, w)| w.expected_seq == 0);
         for ((i, _), fenced) in creates.iter().zip(join_all(creates.iter().map(|(_, w)| fence_create(client, w))).await)
         {
             match fenced {
@@ -596,6 +721,14 @@ const INSERT_KEY: &str = concat!(insert_key!(), " ON CONFLICT (key) DO NOTHING")
 /// In the one-round-trip batch a run or key that exists fails the statement (a unique key).
 const INSERT_RUN_NEW: &str = insert_run!();
 const INSERT_KEY_NEW: &str = insert_key!();
+/// The runs (`$1`) among a group's last writes with a pending request the group does not answer
+/// (`$2`: the ids it answers).
+const WAITING: &str =
+    "SELECT DISTINCT run_id FROM inbox WHERE run_id = ANY($1) AND state = 'pending' AND NOT (id = ANY($2))";
+/// The same in the one-round-trip batch, after its answers: fails unless none of the runs `$1`
+/// has a pending request left.
+const NONE_WAITING: &str =
+    "SELECT 1 / (NOT EXISTS (SELECT 1 FROM inbox WHERE run_id = ANY($1) AND state = 'pending'))::INT";
 /// Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
 const WAKE_OTHERS: &str = "SELECT pg_notify('cairn_wake', '')";
 macro_rules! fence_updates {
@@ -885,4 +1018,29 @@ async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite
         return Err(Error::Conflict { run_id, expected: 0 });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_order;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn in_order_polls_each_future_first_in_the_order_given_and_keeps_their_outputs() {
+        let first_polls = Mutex::new(Vec::new());
+        let futures: Vec<_> = (0..100)
+            .map(|i| {
+                let first_polls = &first_polls;
+                async move {
+                    first_polls.lock().expect("lock").push(i);
+                    // Not ready at the first poll, as a request awaiting its answer.
+                    tokio::task::yield_now().await;
+                    i * 2
+                }
+            })
+            .collect();
+        let outputs = in_order(futures).await;
+        assert_eq!(outputs, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+        assert_eq!(*first_polls.lock().expect("lock"), (0..100).collect::<Vec<_>>());
+    }
 }

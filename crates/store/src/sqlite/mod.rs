@@ -30,6 +30,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A run's requests still to answer, in the order they were accepted.
 const PENDING_INBOX: &str = "SELECT id, run_id, body FROM inbox WHERE run_id=?1 AND state='pending' ORDER BY id";
+/// The ids of a run's pending requests, for the fence of a write that must answer them all.
+const PENDING_IDS: &str = "SELECT id FROM inbox WHERE run_id=?1 AND state='pending'";
 
 /// How hard a commit tries to survive failures; see the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

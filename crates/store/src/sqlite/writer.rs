@@ -158,7 +158,9 @@ impl Failed {
 fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Failed> {
     fence(tx, w).map_err(|e| match e {
         // Refusals come from rows found (or not): nothing was changed.
-        e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. }) => Failed::Refused(e),
+        e @ (Error::Conflict { .. } | Error::IdempotencyKey { .. } | Error::RequestsWaiting { .. }) => {
+            Failed::Refused(e)
+        }
         // An I/O error, a full disk: SQLite may have rolled the whole transaction back.
         other => Failed::Broken(other),
     })?;
@@ -171,6 +173,15 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Faile
 /// writes, and a statement that fails is undone by SQLite.
 fn fence(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error> {
     let r = &w.run;
+    if w.answers_every_request {
+        let mut waiting = tx.prepare_cached(super::PENDING_IDS)?;
+        for id in waiting.query_map([&r.id], |row| row.get::<_, i64>(0))? {
+            let id = id?;
+            if !w.requests.iter().any(|q| q.id == id) {
+                return Err(Error::RequestsWaiting { run_id: r.id.clone() });
+            }
+        }
+    }
     let (owner, lease) = if w.release { (None, None) } else { (Some(w.owner.as_str()), Some(w.lease_until_ms)) };
     // A held run needs no wake time: its owner drives it, and if the owner dies the expired
     // lease is what gets it claimed. Only runs let go of carry one.
@@ -332,8 +343,9 @@ fn write_rows(tx: &rusqlite::Transaction<'_>, w: &RunWrite) -> Result<(), Error>
             }
         }
     }
-    // After the answers: a request answered here no longer wakes its run.
-    if w.release {
+    // After the answers: a request answered here no longer wakes its run. (A run's last write
+    // found none waiting that it does not answer, in its fence: nothing can wake it.)
+    if w.release && !w.answers_every_request {
         wake_if_inbox(tx, &r.id)?;
     }
     for n in &w.notify {

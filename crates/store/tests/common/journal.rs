@@ -169,6 +169,7 @@ impl Journal {
             release: false,
             idempotency: None,
             requests: Vec::new(),
+            answers_every_request: false,
             notify: Vec::new(),
         };
         self.events.clear();
