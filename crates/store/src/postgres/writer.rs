@@ -102,6 +102,8 @@ pub(super) const GC_LOCK: i64 = 0x4341_524E_4743;
 /// The group's transaction id, asked first and alone: it is answered at once, even while the
 /// lock below waits for gc, so a COMMIT sent behind a wait can still be looked up.
 const TXID: &str = "SELECT txid_current()::BIGINT";
+/// The same, with BEGIN, as one simple query (the one-round-trip batch).
+const BEGIN_TXID: &str = "BEGIN; SELECT txid_current()::BIGINT";
 /// Writers share the gc lock; gc takes it alone, so it never deletes a payload a commit in
 /// flight is linking.
 const GC_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1)::TEXT";
@@ -307,26 +309,22 @@ async fn in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
 /// The group's statements for one pipelined batch, prepared (once per connection) before any of
 /// it is sent: a statement prepared inside the batch would go out late, after COMMIT.
 struct Batch {
-    txid: tokio_postgres::Statement,
     gc_shared: tokio_postgres::Statement,
     insert_run: tokio_postgres::Statement,
     insert_key: tokio_postgres::Statement,
     fence: tokio_postgres::Statement,
     rows: RowStatements,
-    none_waiting: tokio_postgres::Statement,
     wake: tokio_postgres::Statement,
 }
 
 impl Batch {
     async fn prepare(client: &Conn) -> Result<Batch, Error> {
         Ok(Batch {
-            txid: client.stmt(TXID).await?,
             gc_shared: client.stmt(GC_SHARED).await?,
             insert_run: client.stmt(INSERT_RUN_NEW).await?,
             insert_key: client.stmt(INSERT_KEY_NEW).await?,
             fence: client.stmt(FENCE_ALL).await?,
-            rows: RowStatements::prepare(client, ANSWER_ALL).await?,
-            none_waiting: client.stmt(NONE_WAITING).await?,
+            rows: RowStatements::one_trip(client).await?,
             wake: client.stmt(WAKE_OTHERS).await?,
         })
     }
@@ -361,14 +359,6 @@ async fn commit_pipelined(
             }
         }
     };
-    // After the answers above: a run's last write must have answered every request it has.
-    let last_writes: Vec<&str> = writes.iter().filter(|w| w.answers_every_request).map(|w| w.run.id.as_str()).collect();
-    let answered_all = async {
-        match last_writes.is_empty() {
-            true => Ok(()),
-            false => client.execute(&s.none_waiting, &[&last_writes]).await.map(drop).map_err(pg),
-        }
-    };
     let woken = async {
         match writes.iter().any(|w| w.release) {
             true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
@@ -376,27 +366,31 @@ async fn commit_pipelined(
         }
     };
     sent.arm(writes.iter().map(|_| Ok(())).collect());
-    let xid = async {
-        let row = client.query_one(&s.txid, &[]).await.map_err(pg)?;
-        sent.xid.store(row.get(0), Ordering::Relaxed);
+    // BEGIN and the transaction id in one message, answered before anything can wait.
+    let began = async {
+        let answer = client.simple_query(BEGIN_TXID).await.map_err(pg)?;
+        let xid = answer.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0)?.parse::<i64>().ok(),
+            _ => None,
+        });
+        let xid = xid.ok_or_else(|| Error::Postgres("BEGIN did not name its transaction".into()))?;
+        sent.xid.store(xid, Ordering::Relaxed);
         Ok(())
     };
     let locked = async { client.execute(&s.gc_shared, &[&GC_LOCK]).await.map(drop).map_err(pg) };
     // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
     // polled; none awaits anything before it sends.
-    let (began, started, locked, created, fenced, rows, answered_all, woken, committed) = tokio::join!(
+    let (began, locked, created, fenced, rows, woken, committed) = tokio::join!(
         biased;
-        async { client.batch_execute("BEGIN").await.map_err(pg) },
-        xid,
+        began,
         locked,
         created,
         fenced,
         write_rows(client, &s.rows, writes),
-        answered_all,
         woken,
         async { client.batch_execute("COMMIT").await.map_err(pg) },
     );
-    let answers = [began, started, locked, fenced, rows, answered_all, woken, committed].into_iter().chain(created);
+    let answers = [began, locked, fenced, rows, woken, committed].into_iter().chain(created);
     let (mut refused, mut lost) = (None, None);
     for a in answers {
         match a {
@@ -459,6 +453,10 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Res
             writes.iter().filter(|w| w.answers_every_request).map(|w| w.run.id.as_str()).collect();
         if !last_writes.is_empty() {
             let answered: Vec<i64> = writes.iter().flat_map(|w| w.requests.iter().map(|q| q.id)).collect();
+            // The runs' rows first: a request being accepted for one holds it until it commits
+            // (then is seen below), and one not yet accepted waits for this transaction and
+            // finds the run finished.
+            client.execute(LOCK_RUNS, &[&last_writes]).await.map_err(pg)?;
             let waiting = client.query(WAITING, &[&last_writes, &answered]).await.map_err(pg)?;
             for row in waiting {
                 let run_id: String = row.get(0);
@@ -493,7 +491,7 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Res
         }
         let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
         if !rows.is_empty() {
-            write_rows(client, &RowStatements::prepare(client, ANSWER_REQUESTS).await?, &rows).await?;
+            write_rows(client, &RowStatements::checked(client).await?, &rows).await?;
         }
         // Requests for other runs (a child's end, a parent's cancellation), in this transaction.
         let notify: Vec<(&RunWrite, &crate::Notify)> =
@@ -721,14 +719,11 @@ const INSERT_KEY: &str = concat!(insert_key!(), " ON CONFLICT (key) DO NOTHING")
 /// In the one-round-trip batch a run or key that exists fails the statement (a unique key).
 const INSERT_RUN_NEW: &str = insert_run!();
 const INSERT_KEY_NEW: &str = insert_key!();
+const LOCK_RUNS: &str = "SELECT 1 FROM runs WHERE id = ANY($1) ORDER BY id FOR UPDATE";
 /// The runs (`$1`) among a group's last writes with a pending request the group does not answer
 /// (`$2`: the ids it answers).
 const WAITING: &str =
     "SELECT DISTINCT run_id FROM inbox WHERE run_id = ANY($1) AND state = 'pending' AND NOT (id = ANY($2))";
-/// The same in the one-round-trip batch, after its answers: fails unless none of the runs `$1`
-/// has a pending request left.
-const NONE_WAITING: &str =
-    "SELECT 1 / (NOT EXISTS (SELECT 1 FROM inbox WHERE run_id = ANY($1) AND state = 'pending'))::INT";
 /// Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
 const WAKE_OTHERS: &str = "SELECT pg_notify('cairn_wake', '')";
 macro_rules! fence_updates {
@@ -768,9 +763,22 @@ const UPSERT_STEPS: &str = "INSERT INTO steps (run_id, step_id, position, kind, 
                  output_hash=excluded.output_hash, skip_reason=excluded.skip_reason";
 const INSERT_LOGS: &str = "INSERT INTO logs (run_id, step_id, attempt, at, level, message) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::BIGINT[], $5::TEXT[], $6::TEXT[])";
-const WAKE_RELEASED: &str = "UPDATE runs AS r SET wake_at = \
+/// Sets the wake time of released runs that still have requests waiting.
+macro_rules! wake_released {
+    () => {
+        "UPDATE runs AS r SET wake_at = \
                  (SELECT MIN(created_at) FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending') \
-                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending')";
+                 WHERE r.id = ANY($1) AND EXISTS (SELECT 1 FROM inbox i WHERE i.run_id = r.id AND i.state = 'pending') \
+                 RETURNING r.id"
+    };
+}
+const WAKE_RELEASED: &str = wake_released!();
+/// The wake-up in the one-round-trip batch, which also checks the runs' last writes (`$2`):
+/// it fails if one of them still has a request waiting, after the group's answers. Its snapshot
+/// is taken after the fence locked the runs, so a request accepted meanwhile is seen, and one
+/// not yet accepted waits for the lock and then finds the run finished.
+const WAKE_RELEASED_ALL: &str =
+    concat!("WITH w AS (", wake_released!(), ") SELECT 1 / (NOT EXISTS (SELECT 1 FROM w WHERE w.id = ANY($2)))::INT");
 /// Answers requests; only pending ones (an answered request is never answered again).
 macro_rules! answer_requests {
     () => {
@@ -797,20 +805,31 @@ struct RowStatements {
     wake_released: tokio_postgres::Statement,
     /// `ANSWER_REQUESTS` (a count to check) or `ANSWER_ALL` (fails by itself).
     answer_requests: tokio_postgres::Statement,
-    answers_fail: bool,
+    /// `ANSWER_ALL` and `WAKE_RELEASED_ALL` (which checks the runs' last writes too).
+    one_trip: bool,
 }
 
 impl RowStatements {
-    async fn prepare(client: &Conn, answer: &'static str) -> Result<RowStatements, Error> {
+    /// For the careful path: answers counted, wake-ups only.
+    async fn checked(client: &Conn) -> Result<RowStatements, Error> {
+        RowStatements::prepare(client, false).await
+    }
+
+    /// For the one-round-trip batch: answers and last writes fail the batch by themselves.
+    async fn one_trip(client: &Conn) -> Result<RowStatements, Error> {
+        RowStatements::prepare(client, true).await
+    }
+
+    async fn prepare(client: &Conn, one_trip: bool) -> Result<RowStatements, Error> {
         Ok(RowStatements {
             insert_events: client.stmt(INSERT_EVENTS).await?,
             insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
             insert_links: client.stmt(INSERT_LINKS).await?,
             upsert_steps: client.stmt(UPSERT_STEPS).await?,
             insert_logs: client.stmt(INSERT_LOGS).await?,
-            wake_released: client.stmt(WAKE_RELEASED).await?,
-            answer_requests: client.stmt(answer).await?,
-            answers_fail: answer == ANSWER_ALL,
+            wake_released: client.stmt(if one_trip { WAKE_RELEASED_ALL } else { WAKE_RELEASED }).await?,
+            answer_requests: client.stmt(if one_trip { ANSWER_ALL } else { ANSWER_REQUESTS }).await?,
+            one_trip,
         })
     }
 }
@@ -874,6 +893,7 @@ async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite
     let mut st = StepCols::default();
     let mut lg = LogCols::default();
     let mut released: Vec<String> = Vec::new();
+    let mut last_writes: Vec<String> = Vec::new();
     let mut rq = RequestCols::default();
     for w in writes {
         for q in &w.requests {
@@ -925,6 +945,12 @@ async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite
         }
         if w.release {
             released.push(id.clone());
+        } else if w.answers_every_request && prepared.one_trip {
+            // Checked by the wake-up statement, released or not.
+            released.push(id.clone());
+        }
+        if w.answers_every_request {
+            last_writes.push(id.clone());
         }
     }
     let hashes: Vec<&str> = payloads.keys().copied().collect();
@@ -987,14 +1013,17 @@ async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite
         if released.is_empty() {
             return Ok(0);
         }
-        client.execute(&prepared.wake_released, &[&released]).await
+        match prepared.one_trip {
+            true => client.execute(&prepared.wake_released, &[&released, &last_writes]).await,
+            false => client.execute(&prepared.wake_released, &[&released]).await,
+        }
     };
     let request_rows = async {
         if rq.id.is_empty() {
             return Ok(0);
         }
         let params: [&(dyn ToSql + Sync); 7] = [&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run];
-        match prepared.answers_fail {
+        match prepared.one_trip {
             true => {
                 let n = rq.id.len() as i64;
                 let mut params = params.to_vec();
