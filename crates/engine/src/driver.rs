@@ -289,8 +289,8 @@ impl<S: Store> Live<S> {
     pub(crate) async fn commit(&mut self) -> Result<(), Error> {
         // A flood of requests cannot hold the run's end off for ever: the last try is sent as is
         // (requests accepted meanwhile are answered by their requesters, the run being finished).
-        for asked in 0..3 {
-            match self.commit_once(asked < 2).await {
+        for _ in 0..2 {
+            match self.commit_once(true).await {
                 Err(Error::Store(cairn_store::Error::RequestsWaiting { .. })) => self.answer_requests().await?,
                 other => return other,
             }

@@ -689,15 +689,20 @@ conformance!(a_last_write_is_refused_while_a_request_it_does_not_answer_waits, |
     let y = store.push_inbox(&run.id(), "y".into(), now).await.expect("push").expect("accepted");
     let before = snapshot(&*store, &run.id()).await;
     run.finish();
-    let finished = |answers: &[i64]| {
+    // Held (the run stays this owner's) or let go with the write, as a driver's last write is.
+    let finished = |answers: &[i64], release: bool| {
         let mut w = run.clone().write(OWNER, LIVE);
+        if release {
+            w.release = true;
+            w.run.owner = None;
+        }
         w.answers_every_request = true;
         w.requests = answers.iter().map(|id| answer(*id, RequestState::Refused, Some("run_finished"), None)).collect();
         w
     };
     // Answering x but not y: refused, with nothing written — alone, and among other runs' writes
     // (whose writes land).
-    match store.commit(finished(&[x])).await {
+    match store.commit(finished(&[x], false)).await {
         Err(Error::RequestsWaiting { run_id }) => assert_eq!(run_id, run.id().to_string()),
         other => panic!("expected RequestsWaiting, got {other:?}"),
     }
@@ -708,7 +713,7 @@ conformance!(a_last_write_is_refused_while_a_request_it_does_not_answer_waits, |
         others.push(other);
     }
     let theirs = futures_util::future::join_all(others.iter().map(|o| store.commit(o.clone().write(OWNER, LIVE))));
-    let (mine, theirs) = tokio::join!(store.commit(finished(&[])), theirs);
+    let (mine, theirs) = tokio::join!(store.commit(finished(&[], true)), theirs);
     assert!(matches!(mine, Err(Error::RequestsWaiting { .. })), "requests wait: {mine:?}");
     assert!(theirs.iter().all(Result::is_ok), "the other writes of the group land: {theirs:?}");
     for other in &others {
@@ -717,7 +722,7 @@ conformance!(a_last_write_is_refused_while_a_request_it_does_not_answer_waits, |
     assert_eq!(snapshot(&*store, &run.id()).await, before, "a refused last write left a trace");
     assert_eq!(store.pending_inbox(&run.id()).await.expect("pending").len(), 2, "both still wait");
     // Answering both, it lands; without the flag, the store does not look.
-    commit(&*store, finished(&[x, y])).await;
+    commit(&*store, finished(&[x, y], true)).await;
     assert_eq!(store.get_run(&run.id()).await.expect("run").status, "COMPLETED");
     assert!(store.pending_inbox(&run.id()).await.expect("pending").is_empty());
     let mut later = create(&*store, 9, OWNER, LIVE).await;
