@@ -187,6 +187,12 @@ async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), 
             Ok(Some(s)) if s == "in progress" && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
+            // Its process could not be ended (no right to, say) and is still at it: unknown.
+            Ok(Some(s)) if s == "in progress" => {
+                return Err(Error::Unavailable(format!(
+                    "transaction {xid} still in progress after {OUTAGE_PATIENCE:?}; whether it commits is unknown"
+                )));
+            }
             Ok(_) => return Err(Error::Unavailable(format!("transaction {xid} did not commit"))),
             Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
             Err(e) => return Err(e),
