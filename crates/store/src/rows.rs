@@ -252,6 +252,15 @@ pub struct RunWrite {
     pub notify: Vec<Notify>,
 }
 
+impl RunWrite {
+    /// Lets go of a run someone else may now take up: released and not finished. A finished
+    /// run is never claimed (nor are its requests: it answered every one), so its release
+    /// wakes nobody.
+    pub fn hands_out_work(&self) -> bool {
+        self.release && !cairn_core::RunStatus::parse(&self.run.status).is_some_and(|s| s.is_terminal())
+    }
+}
+
 /// A request for another run, sent with a write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notify {
@@ -404,4 +413,35 @@ pub struct FeedItem {
     pub gid: i64,
     pub run_id: String,
     pub event: Envelope,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_released_unfinished_run_hands_out_work() {
+        let id = RunId::from_parts(1, 7);
+        let run = RunRow::from_state(&cairn_core::state::RunState::new(id.clone()));
+        let write = |status: &str, release: bool| RunWrite {
+            run_id: id.clone(),
+            expected_seq: 1,
+            owner: "o".into(),
+            lease_until_ms: 0,
+            events: Vec::new(),
+            payloads: Vec::new(),
+            run: RunRow { status: status.into(), ..run.clone() },
+            steps: Vec::new(),
+            logs: Vec::new(),
+            release,
+            idempotency: None,
+            requests: Vec::new(),
+            answers_every_request: false,
+            notify: Vec::new(),
+        };
+        for s in cairn_core::RunStatus::ALL {
+            assert_eq!(write(s.as_str(), true).hands_out_work(), !s.is_terminal(), "{s:?} released");
+            assert!(!write(s.as_str(), false).hands_out_work(), "{s:?} held");
+        }
+    }
 }

@@ -366,7 +366,7 @@ async fn commit_pipelined(
         }
     };
     let woken = async {
-        match writes.iter().any(|w| w.release) {
+        match writes.iter().any(|w| w.hands_out_work()) {
             true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
             false => Ok(()),
         }
@@ -508,8 +508,9 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Res
                 client.execute(sql.as_str(), &[&n.run_id, &n.body, &w.run.updated_at_ms]).await.map_err(pg)?;
             }
         }
-        if rows.iter().any(|w| w.release) || !notify.is_empty() {
-            // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out.
+        if rows.iter().any(|w| w.hands_out_work()) || !notify.is_empty() {
+            // Delivered at COMMIT: idle workers elsewhere look for the runs just handed out
+            // (a finished run hands out nothing: its release wakes nobody).
             client.execute(&client.stmt(WAKE_OTHERS).await?, &[]).await.map_err(pg)?;
         }
         Ok(outcomes)
