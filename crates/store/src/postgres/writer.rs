@@ -7,7 +7,7 @@ use super::{Conn, Slot, pg};
 use crate::{Error, RunRow, RunWrite};
 use futures_util::future::join_all;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
@@ -22,6 +22,7 @@ pub(super) async fn write_loop(
     slot: Arc<Slot>,
     mut rx: mpsc::UnboundedReceiver<(Arc<RunWrite>, Reply)>,
     health: crate::WriteHealth,
+    careful: Arc<AtomicU64>,
 ) {
     let mut batch = Vec::new();
     let mut carry: Vec<(Arc<RunWrite>, Reply)> = Vec::new();
@@ -52,7 +53,7 @@ pub(super) async fn write_loop(
         let mut backoff = Duration::from_millis(100);
         let started = std::time::Instant::now();
         let results = loop {
-            let attempt = group_once(&slot, &writes).await;
+            let attempt = group_once(&slot, &writes, &careful).await;
             match attempt {
                 Err(Error::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(backoff).await;
@@ -145,10 +146,10 @@ impl Sent {
 /// not answered (the connection broke, or stopped answering) is looked up by transaction id
 /// once the server answers again, so a committed group is never written twice (nor reported as
 /// a conflict with itself).
-async fn group_once(slot: &Slot, writes: &[&RunWrite]) -> Result<Vec<Result<(), Error>>, Error> {
+async fn group_once(slot: &Slot, writes: &[&RunWrite], careful: &AtomicU64) -> Result<Vec<Result<(), Error>>, Error> {
     let client = slot.get().await?;
     let sent = Sent::default();
-    let lost = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes, &sent)).await {
+    let lost = match tokio::time::timeout(GROUP_TIMEOUT, group_on(&client, writes, &sent, careful)).await {
         Ok(Ok(outcomes)) => return Ok(outcomes),
         Ok(Err(e @ Error::Unavailable(_))) => e,
         Ok(Err(e)) => return Err(e),
@@ -237,8 +238,13 @@ async fn end_backend(slot: &Slot, backend: &(i32, String), deadline: tokio::time
     }
 }
 
-async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
-    match commit_group(client, writes, sent).await {
+async fn group_on(
+    client: &Conn,
+    writes: &[&RunWrite],
+    sent: &Sent,
+    careful: &AtomicU64,
+) -> Result<Vec<Result<(), Error>>, Error> {
+    match commit_group(client, writes, sent, careful).await {
         // One write broke the whole group (a bug or a constraint we did not fence): commit each
         // alone, so only the broken one fails.
         Err(e) if writes.len() > 1 && !matches!(e, Error::Unavailable(_) | Error::Full(_)) => {
@@ -262,13 +268,19 @@ async fn group_on(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Ve
 
 /// Commits a group: in one round trip when every write is as expected (the common case), or
 /// fence by fence when one is not.
-async fn commit_group(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Result<Vec<Result<(), Error>>, Error> {
+async fn commit_group(
+    client: &Conn,
+    writes: &[&RunWrite],
+    sent: &Sent,
+    careful: &AtomicU64,
+) -> Result<Vec<Result<(), Error>>, Error> {
     if writes.iter().all(|w| w.notify.is_empty())
         && group_bytes(writes) < PIPELINED_MAX_BYTES
         && let Some(outcomes) = commit_pipelined(client, writes, sent).await?
     {
         return Ok(outcomes);
     }
+    careful.fetch_add(1, Ordering::Relaxed);
     commit_checked(client, writes, sent).await
 }
 
@@ -318,8 +330,8 @@ struct Batch {
     gc_shared: tokio_postgres::Statement,
     insert_run: tokio_postgres::Statement,
     insert_key: tokio_postgres::Statement,
-    fence: tokio_postgres::Statement,
-    rows: RowStatements,
+    group: tokio_postgres::Statement,
+    wake_released: tokio_postgres::Statement,
     wake: tokio_postgres::Statement,
 }
 
@@ -329,8 +341,8 @@ impl Batch {
             gc_shared: client.stmt(GC_SHARED).await?,
             insert_run: client.stmt(INSERT_RUN_NEW).await?,
             insert_key: client.stmt(INSERT_KEY_NEW).await?,
-            fence: client.stmt(FENCE_ALL).await?,
-            rows: RowStatements::one_trip(client).await?,
+            group: client.stmt(GROUP_ALL.as_str()).await?,
+            wake_released: client.stmt(WAKE_RELEASED_ALL).await?,
             wake: client.stmt(WAKE_OTHERS).await?,
         })
     }
@@ -352,23 +364,34 @@ async fn commit_pipelined(
     let s = Batch::prepare(client).await?;
     let (creates, updates): (Vec<Indexed>, Vec<Indexed>) =
         writes.iter().copied().enumerate().partition(|(_, w)| w.expected_seq == 0);
-    let created = in_order(creates.iter().map(|(_, w)| create_new(client, &s, w)).collect());
+    // A statement that fails in the client (parameters that would not encode) never leaves, and
+    // the server would commit the rest without it: then the batch ends in ROLLBACK instead.
+    let unsent = AtomicBool::new(false);
+    let created = in_order(creates.iter().map(|(_, w)| noting(create_new(client, &s, w), &unsent)).collect());
     let fence_cols = FenceCols::of(&updates);
-    let fenced = async {
-        match updates.is_empty() {
-            true => Ok(()),
-            false => {
-                let mut params = fence_cols.params().to_vec();
-                let n = updates.len() as i64;
-                params.push(&n);
-                client.execute(&s.fence, &params).await.map(drop).map_err(pg)
-            }
-        }
+    let rows = RowCols::of(writes);
+    let (fenced_n, answered_n) = (updates.len() as i64, rows.rq.id.len() as i64);
+    let grouped = async {
+        let mut params: Vec<&(dyn ToSql + Sync)> = fence_cols.params().to_vec();
+        params.extend(rows.all());
+        params.push(&fenced_n);
+        params.push(&answered_n);
+        client.execute(&s.group, &params).await.map(drop).map_err(pg)
     };
+    // Released runs get their wake time, and runs at their last write are checked for
+    // requests still waiting: a statement of its own, after the group's answers.
     let woken = async {
         match writes.iter().any(|w| w.hands_out_work()) {
             true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
             false => Ok(()),
+        }
+    };
+    let mut looked_at: Vec<&str> = rows.released.clone();
+    looked_at.extend(rows.last_writes.iter().filter(|id| !rows.released.contains(id)));
+    let checked = async {
+        match looked_at.is_empty() {
+            true => Ok(()),
+            false => client.execute(&s.wake_released, &[&looked_at, &rows.last_writes]).await.map(drop).map_err(pg),
         }
     };
     sent.arm(writes.iter().map(|_| Ok(())).collect());
@@ -386,17 +409,29 @@ async fn commit_pipelined(
     let locked = async { client.execute(&s.gc_shared, &[&GC_LOCK]).await.map(drop).map_err(pg) };
     // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
     // polled; none awaits anything before it sends.
-    let (began, locked, created, fenced, rows, woken, committed) = tokio::join!(
+    // Every statement before COMMIT has been polled once, so has sent itself or failed.
+    let end = async {
+        match unsent.load(Ordering::Relaxed) {
+            true => {
+                client.batch_execute("ROLLBACK").await.map_err(pg)?;
+                // Nothing to look up: sent again from the start.
+                sent.clear();
+                Err(Error::Unavailable("a statement of the group could not be sent; rolled back".into()))
+            }
+            false => client.batch_execute("COMMIT").await.map_err(pg),
+        }
+    };
+    let (began, locked, created, grouped, checked, woken, committed) = tokio::join!(
         biased;
-        began,
-        locked,
+        noting(began, &unsent),
+        noting(locked, &unsent),
         created,
-        fenced,
-        write_rows(client, &s.rows, writes),
-        woken,
-        async { client.batch_execute("COMMIT").await.map_err(pg) },
+        noting(grouped, &unsent),
+        noting(checked, &unsent),
+        noting(woken, &unsent),
+        end,
     );
-    let answers = [began, locked, fenced, rows, woken, committed].into_iter().chain(created);
+    let answers = [began, locked, grouped, checked, woken, committed].into_iter().chain(created);
     let (mut refused, mut lost) = (None, None);
     for a in answers {
         match a {
@@ -424,6 +459,16 @@ async fn commit_pipelined(
             }
         }
     }
+}
+
+/// `statement`'s outcome, noting in `unsent` a failure that did not come from the server (a
+/// statement that could not be sent, a connection gone).
+async fn noting(statement: impl Future<Output = Result<(), Error>>, unsent: &AtomicBool) -> Result<(), Error> {
+    let outcome = statement.await;
+    if let Err(Error::Unavailable(_)) = &outcome {
+        unsent.store(true, Ordering::Relaxed);
+    }
+    outcome
 }
 
 /// A creation in the pipelined batch: fails if its run or its idempotency key exists.
@@ -497,7 +542,7 @@ async fn commit_checked(client: &Conn, writes: &[&RunWrite], sent: &Sent) -> Res
         }
         let rows: Vec<&RunWrite> = writes.iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(w, _)| *w).collect();
         if !rows.is_empty() {
-            write_rows(client, &RowStatements::checked(client).await?, &rows).await?;
+            write_rows(client, &RowStatements::prepare(client).await?, &rows).await?;
         }
         // Requests for other runs (a child's end, a parent's cancellation), in this transaction.
         let notify: Vec<(&RunWrite, &crate::Notify)> =
@@ -751,9 +796,6 @@ macro_rules! fence_updates {
     };
 }
 const FENCE_UPDATES: &str = fence_updates!();
-/// The fence in the one-round-trip batch: fails (division by zero, so the transaction cannot
-/// commit) unless every run in it passed; `$20` is how many were sent.
-const FENCE_ALL: &str = concat!("WITH f AS (", fence_updates!(), ") SELECT 1 / (COUNT(*) = $20)::INT FROM f");
 const INSERT_EVENTS: &str = "INSERT INTO events (run_id, seq, at, kind, schema, step_id, body) \
                  SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[])";
 const INSERT_PAYLOADS: &str = "INSERT INTO payloads (hash, size, body) SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BYTEA[]) \
@@ -797,12 +839,7 @@ macro_rules! answer_requests {
     };
 }
 const ANSWER_REQUESTS: &str = answer_requests!();
-/// Answers in the one-round-trip batch: fails unless every request was still pending (`$8`
-/// is how many were sent).
-const ANSWER_ALL: &str =
-    concat!("WITH a AS (", answer_requests!(), " RETURNING 1) SELECT 1 / (COUNT(*) = $8)::INT FROM a");
-
-/// The statements `write_rows` sends, prepared before the rows are sent.
+/// The statements `write_rows` sends, prepared before the rows are sent (the careful path).
 struct RowStatements {
     insert_events: tokio_postgres::Statement,
     insert_payloads: tokio_postgres::Statement,
@@ -810,35 +847,78 @@ struct RowStatements {
     upsert_steps: tokio_postgres::Statement,
     insert_logs: tokio_postgres::Statement,
     wake_released: tokio_postgres::Statement,
-    /// `ANSWER_REQUESTS` (a count to check) or `ANSWER_ALL` (fails by itself).
     answer_requests: tokio_postgres::Statement,
-    /// `ANSWER_ALL` and `WAKE_RELEASED_ALL` (which checks the runs' last writes too).
-    one_trip: bool,
 }
 
 impl RowStatements {
-    /// For the careful path: answers counted, wake-ups only.
-    async fn checked(client: &Conn) -> Result<RowStatements, Error> {
-        RowStatements::prepare(client, false).await
-    }
-
-    /// For the one-round-trip batch: answers and last writes fail the batch by themselves.
-    async fn one_trip(client: &Conn) -> Result<RowStatements, Error> {
-        RowStatements::prepare(client, true).await
-    }
-
-    async fn prepare(client: &Conn, one_trip: bool) -> Result<RowStatements, Error> {
+    async fn prepare(client: &Conn) -> Result<RowStatements, Error> {
         Ok(RowStatements {
             insert_events: client.stmt(INSERT_EVENTS).await?,
             insert_payloads: client.stmt(INSERT_PAYLOADS).await?,
             insert_links: client.stmt(INSERT_LINKS).await?,
             upsert_steps: client.stmt(UPSERT_STEPS).await?,
             insert_logs: client.stmt(INSERT_LOGS).await?,
-            wake_released: client.stmt(if one_trip { WAKE_RELEASED_ALL } else { WAKE_RELEASED }).await?,
-            answer_requests: client.stmt(if one_trip { ANSWER_ALL } else { ANSWER_REQUESTS }).await?,
-            one_trip,
+            wake_released: client.stmt(WAKE_RELEASED).await?,
+            answer_requests: client.stmt(ANSWER_REQUESTS).await?,
         })
     }
+}
+
+/// The fence, every row statement and the answers of a group as one statement (data-modifying
+/// CTEs), for the one-round-trip batch: the server runs one statement and sends one answer
+/// where it ran seven and sent seven (each flushed to the socket at its own `Sync`). It fails
+/// (division by zero, so the transaction cannot commit) unless every run passed its fence and
+/// every request answered was still pending. Parameters: the fence's, then each row
+/// statement's in this order, then how many runs were fenced and how many requests answered.
+static GROUP_ALL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let parts = [
+        ("f", FENCE_UPDATES),
+        ("e", INSERT_EVENTS),
+        ("p", INSERT_PAYLOADS),
+        ("l", INSERT_LINKS),
+        ("s", UPSERT_STEPS),
+        ("g", INSERT_LOGS),
+        ("a", concat!(answer_requests!(), " RETURNING 1")),
+    ];
+    let mut taken = 0;
+    let mut ctes = Vec::new();
+    for (name, sql) in parts {
+        ctes.push(format!("{name} AS ({})", renumbered(sql, taken)));
+        taken += highest_parameter(sql);
+    }
+    format!(
+        "WITH {} SELECT 1 / ((SELECT COUNT(*) FROM f) = ${} AND (SELECT COUNT(*) FROM a) = ${})::INT",
+        ctes.join(", "),
+        taken + 1,
+        taken + 2
+    )
+});
+
+/// `sql` with each parameter `$n` as `$(n + by)` (the writer's statements hold no other `$`).
+fn renumbered(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The highest parameter number in `sql`.
+fn highest_parameter(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|s| s[..s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len())].parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
 }
 
 /// Column arrays for one multi-row INSERT each.
@@ -892,163 +972,191 @@ struct LogCols {
     message: Vec<String>,
 }
 
-/// The journal and projection rows of the writes that passed their fence, as arrays.
-async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite]) -> Result<(), Error> {
-    let mut ev = EventCols::default();
-    let mut payloads: std::collections::BTreeMap<&str, (i64, &[u8])> = Default::default();
-    let mut links: std::collections::BTreeSet<(&str, &str)> = Default::default();
-    let mut st = StepCols::default();
-    let mut lg = LogCols::default();
-    let mut released: Vec<String> = Vec::new();
-    let mut last_writes: Vec<String> = Vec::new();
-    let mut rq = RequestCols::default();
-    for w in writes {
-        for q in &w.requests {
-            rq.id.push(q.id);
-            rq.state.push(q.state.as_str());
-            rq.code.push(q.code.clone());
-            rq.message.push(q.message.clone());
-            rq.seq.push(q.journal_seq.map(i));
-            rq.at.push(q.decided_at_ms);
-            rq.run.push(w.run.id.clone());
+/// The journal and projection rows of a group's writes, one array per column.
+struct RowCols<'a> {
+    ev: EventCols,
+    hashes: Vec<&'a str>,
+    sizes: Vec<i64>,
+    bodies: Vec<&'a [u8]>,
+    link_runs: Vec<&'a str>,
+    link_hashes: Vec<&'a str>,
+    st: StepCols,
+    lg: LogCols,
+    rq: RequestCols,
+    /// Runs let go of with their write (their wake time depends on requests still waiting).
+    released: Vec<&'a str>,
+    /// Runs whose write is their last (`answers_every_request`).
+    last_writes: Vec<&'a str>,
+}
+
+impl<'a> RowCols<'a> {
+    fn of(writes: &[&'a RunWrite]) -> RowCols<'a> {
+        let mut ev = EventCols::default();
+        let mut payloads: std::collections::BTreeMap<&str, (i64, &[u8])> = Default::default();
+        let mut links: std::collections::BTreeSet<(&str, &str)> = Default::default();
+        let mut st = StepCols::default();
+        let mut lg = LogCols::default();
+        let mut rq = RequestCols::default();
+        let mut released = Vec::new();
+        let mut last_writes = Vec::new();
+        for w in writes {
+            for q in &w.requests {
+                rq.id.push(q.id);
+                rq.state.push(q.state.as_str());
+                rq.code.push(q.code.clone());
+                rq.message.push(q.message.clone());
+                rq.seq.push(q.journal_seq.map(i));
+                rq.at.push(q.decided_at_ms);
+                rq.run.push(w.run.id.clone());
+            }
+            let id = &w.run.id;
+            for e in &w.events {
+                ev.run.push(id.clone());
+                ev.seq.push(i(e.seq));
+                ev.at.push(e.at_ms);
+                ev.kind.push(e.kind.to_string());
+                ev.schema.push(i64::from(e.schema));
+                ev.step.push(e.step.clone());
+                ev.body.push(e.body.clone());
+            }
+            for p in &w.payloads {
+                payloads.entry(p.reference.hash.as_str()).or_insert((i(p.reference.size), p.bytes.as_slice()));
+                links.insert((id.as_str(), p.reference.hash.as_str()));
+            }
+            for s in &w.steps {
+                st.run.push(id.clone());
+                st.step.push(s.step_id.clone());
+                st.position.push(i64::from(s.position));
+                st.kind.push(s.kind.clone());
+                st.status.push(s.status.clone());
+                st.attempts.push(i64::from(s.attempts));
+                st.not_before.push(s.not_before_ms);
+                st.started.push(s.started_at_ms);
+                st.finished.push(s.finished_at_ms);
+                st.busy.push(i(s.busy_ms));
+                st.error_class.push(s.error_class.clone());
+                st.error_message.push(s.error_message.clone());
+                st.output.push(s.output_hash.clone());
+                st.skip.push(s.skip_reason.clone());
+            }
+            for l in &w.logs {
+                lg.run.push(id.clone());
+                lg.step.push(l.step_id.clone());
+                lg.attempt.push(i64::from(l.attempt));
+                lg.at.push(l.at_ms);
+                lg.level.push(l.level.clone());
+                lg.message.push(l.message.clone());
+            }
+            if w.release {
+                released.push(id.as_str());
+            }
+            if w.answers_every_request {
+                last_writes.push(id.as_str());
+            }
         }
-        let id = &w.run.id;
-        for e in &w.events {
-            ev.run.push(id.clone());
-            ev.seq.push(i(e.seq));
-            ev.at.push(e.at_ms);
-            ev.kind.push(e.kind.to_string());
-            ev.schema.push(i64::from(e.schema));
-            ev.step.push(e.step.clone());
-            ev.body.push(e.body.clone());
-        }
-        for p in &w.payloads {
-            payloads.entry(p.reference.hash.as_str()).or_insert((i(p.reference.size), p.bytes.as_slice()));
-            links.insert((id.as_str(), p.reference.hash.as_str()));
-        }
-        for s in &w.steps {
-            st.run.push(id.clone());
-            st.step.push(s.step_id.clone());
-            st.position.push(i64::from(s.position));
-            st.kind.push(s.kind.clone());
-            st.status.push(s.status.clone());
-            st.attempts.push(i64::from(s.attempts));
-            st.not_before.push(s.not_before_ms);
-            st.started.push(s.started_at_ms);
-            st.finished.push(s.finished_at_ms);
-            st.busy.push(i(s.busy_ms));
-            st.error_class.push(s.error_class.clone());
-            st.error_message.push(s.error_message.clone());
-            st.output.push(s.output_hash.clone());
-            st.skip.push(s.skip_reason.clone());
-        }
-        for l in &w.logs {
-            lg.run.push(id.clone());
-            lg.step.push(l.step_id.clone());
-            lg.attempt.push(i64::from(l.attempt));
-            lg.at.push(l.at_ms);
-            lg.level.push(l.level.clone());
-            lg.message.push(l.message.clone());
-        }
-        if w.release {
-            released.push(id.clone());
-        } else if w.answers_every_request && prepared.one_trip {
-            // Checked by the wake-up statement, released or not.
-            released.push(id.clone());
-        }
-        if w.answers_every_request {
-            last_writes.push(id.clone());
+        let (link_runs, link_hashes) = links.into_iter().unzip();
+        RowCols {
+            ev,
+            hashes: payloads.keys().copied().collect(),
+            sizes: payloads.values().map(|(size, _)| *size).collect(),
+            bodies: payloads.values().map(|(_, body)| *body).collect(),
+            link_runs,
+            link_hashes,
+            st,
+            lg,
+            rq,
+            released,
+            last_writes,
         }
     }
-    let hashes: Vec<&str> = payloads.keys().copied().collect();
-    let sizes: Vec<i64> = payloads.values().map(|(size, _)| *size).collect();
-    let bodies: Vec<&[u8]> = payloads.values().map(|(_, body)| *body).collect();
-    let (link_runs, link_hashes): (Vec<&str>, Vec<&str>) = links.into_iter().unzip();
-    let events = async {
-        if ev.run.is_empty() {
-            return Ok(0);
-        }
-        client
-            .execute(&prepared.insert_events, &[&ev.run, &ev.seq, &ev.at, &ev.kind, &ev.schema, &ev.step, &ev.body])
-            .await
-    };
-    let payload_rows = async {
-        if hashes.is_empty() {
-            return Ok(0);
-        }
-        client.execute(&prepared.insert_payloads, &[&hashes, &sizes, &bodies]).await
-    };
-    let link_rows = async {
-        if link_runs.is_empty() {
-            return Ok(0);
-        }
-        client.execute(&prepared.insert_links, &[&link_runs, &link_hashes]).await
-    };
-    let step_rows = async {
-        if st.run.is_empty() {
-            return Ok(0);
-        }
-        client
-            .execute(
-                &prepared.upsert_steps,
-                &[
-                    &st.run,
-                    &st.step,
-                    &st.position,
-                    &st.kind,
-                    &st.status,
-                    &st.attempts,
-                    &st.not_before,
-                    &st.started,
-                    &st.finished,
-                    &st.busy,
-                    &st.error_class,
-                    &st.error_message,
-                    &st.output,
-                    &st.skip,
-                ],
-            )
-            .await
-    };
-    let log_rows = async {
-        if lg.run.is_empty() {
-            return Ok(0);
-        }
-        client.execute(&prepared.insert_logs, &[&lg.run, &lg.step, &lg.attempt, &lg.at, &lg.level, &lg.message]).await
-    };
-    let wake_rows = async {
-        if released.is_empty() {
-            return Ok(0);
-        }
-        match prepared.one_trip {
-            true => client.execute(&prepared.wake_released, &[&released, &last_writes]).await,
-            false => client.execute(&prepared.wake_released, &[&released]).await,
-        }
-    };
-    let request_rows = async {
-        if rq.id.is_empty() {
-            return Ok(0);
-        }
-        let params: [&(dyn ToSql + Sync); 7] = [&rq.id, &rq.state, &rq.code, &rq.message, &rq.seq, &rq.at, &rq.run];
-        match prepared.one_trip {
-            true => {
-                let n = rq.id.len() as i64;
-                let mut params = params.to_vec();
-                params.push(&n);
-                client.execute(&prepared.answer_requests, &params).await.map(|_| n as u64)
-            }
-            false => client.execute(&prepared.answer_requests, &params).await,
-        }
-    };
+
+    fn events(&self) -> [&(dyn ToSql + Sync); 7] {
+        let e = &self.ev;
+        [&e.run, &e.seq, &e.at, &e.kind, &e.schema, &e.step, &e.body]
+    }
+
+    fn payloads(&self) -> [&(dyn ToSql + Sync); 3] {
+        [&self.hashes, &self.sizes, &self.bodies]
+    }
+
+    fn links(&self) -> [&(dyn ToSql + Sync); 2] {
+        [&self.link_runs, &self.link_hashes]
+    }
+
+    fn steps(&self) -> [&(dyn ToSql + Sync); 14] {
+        let s = &self.st;
+        [
+            &s.run,
+            &s.step,
+            &s.position,
+            &s.kind,
+            &s.status,
+            &s.attempts,
+            &s.not_before,
+            &s.started,
+            &s.finished,
+            &s.busy,
+            &s.error_class,
+            &s.error_message,
+            &s.output,
+            &s.skip,
+        ]
+    }
+
+    fn logs(&self) -> [&(dyn ToSql + Sync); 6] {
+        let l = &self.lg;
+        [&l.run, &l.step, &l.attempt, &l.at, &l.level, &l.message]
+    }
+
+    fn answers(&self) -> [&(dyn ToSql + Sync); 7] {
+        let q = &self.rq;
+        [&q.id, &q.state, &q.code, &q.message, &q.seq, &q.at, &q.run]
+    }
+
+    /// Every row statement's parameters, in `GROUP_ALL`'s order (after the fence's).
+    fn all(&self) -> impl Iterator<Item = &(dyn ToSql + Sync)> {
+        let (e, p, l, s, g, a) =
+            (self.events(), self.payloads(), self.links(), self.steps(), self.logs(), self.answers());
+        e.into_iter().chain(p).chain(l).chain(s).chain(g).chain(a)
+    }
+}
+
+/// A statement for some rows, sent only if there are any (an empty array would still cost the
+/// server a statement).
+async fn some_rows(
+    client: &Conn,
+    stmt: &tokio_postgres::Statement,
+    empty: bool,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    match empty {
+        true => Ok(0),
+        false => client.execute(stmt, params).await,
+    }
+}
+
+/// The journal and projection rows of the writes that passed their fence, as arrays, one
+/// statement each (the careful path).
+async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite]) -> Result<(), Error> {
+    let c = RowCols::of(writes);
+    let released: [&(dyn ToSql + Sync); 1] = [&c.released];
+    let (ev, pl, ln, st, lg, rq) = (c.events(), c.payloads(), c.links(), c.steps(), c.logs(), c.answers());
+    let events = some_rows(client, &prepared.insert_events, c.ev.run.is_empty(), &ev);
+    let payload_rows = some_rows(client, &prepared.insert_payloads, c.hashes.is_empty(), &pl);
+    let link_rows = some_rows(client, &prepared.insert_links, c.link_runs.is_empty(), &ln);
+    let step_rows = some_rows(client, &prepared.upsert_steps, c.st.run.is_empty(), &st);
+    let log_rows = some_rows(client, &prepared.insert_logs, c.lg.run.is_empty(), &lg);
+    let request_rows = some_rows(client, &prepared.answer_requests, c.rq.id.is_empty(), &rq);
+    let wake_rows = some_rows(client, &prepared.wake_released, c.released.is_empty(), &released);
     // In this order: a request answered here no longer wakes its run.
-    let (a, b, c, d, e, g, f) =
+    let (a, b, d, e, f, g, h) =
         tokio::join!(biased; events, payload_rows, link_rows, step_rows, log_rows, request_rows, wake_rows);
-    for r in [a, b, c, d, e, f] {
+    for r in [a, b, d, e, f, h] {
         r.map_err(pg)?;
     }
     // Only the run's one decider answers its requests (the fence above): an answer that finds
     // its request already answered means the store was written behind our back.
-    if g.map_err(pg)? != rq.id.len() as u64 {
+    if g.map_err(pg)? != c.rq.id.len() as u64 {
         // Answered by someone else meanwhile: the write lost a race, like a failed fence.
         let run_id = writes.iter().find(|w| !w.requests.is_empty()).map(|w| w.run.id.clone()).unwrap_or_default();
         return Err(Error::Conflict { run_id, expected: 0 });
@@ -1058,8 +1166,31 @@ async fn write_rows(client: &Conn, prepared: &RowStatements, writes: &[&RunWrite
 
 #[cfg(test)]
 mod tests {
-    use super::in_order;
+    use super::{GROUP_ALL, highest_parameter, in_order, renumbered};
     use std::sync::Mutex;
+
+    #[test]
+    fn parameters_are_renumbered_past_those_taken() {
+        assert_eq!(
+            renumbered("a = $1 AND b = ANY($12::TEXT[]) OR c = $2", 19),
+            "a = $20 AND b = ANY($31::TEXT[]) OR c = $21"
+        );
+        assert_eq!(renumbered("no parameters", 5), "no parameters");
+        assert_eq!(highest_parameter("x = $3, y = $12, z = $7"), 12);
+        assert_eq!(highest_parameter("none"), 0);
+        // The fence's 19, the rows' 39 (events 7, payloads 3, links 2, steps 14, logs 6,
+        // answers 7), then the two counts; each number once per use, none skipped.
+        assert_eq!(highest_parameter(&GROUP_ALL), 19 + 39 + 2);
+        for n in 1..=60 {
+            let p = format!("${n}");
+            assert!(
+                GROUP_ALL
+                    .match_indices(&p)
+                    .any(|(at, _)| !GROUP_ALL[at + p.len()..].starts_with(|c: char| c.is_ascii_digit())),
+                "{p} unused"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn in_order_polls_each_future_first_in_the_order_given_and_keeps_their_outputs() {
