@@ -367,7 +367,7 @@ async fn commit_pipelined(
     // A statement that fails in the client (parameters that would not encode) never leaves, and
     // the server would commit the rest without it: then the batch ends in ROLLBACK instead.
     let unsent = AtomicBool::new(false);
-    let created = in_order(creates.iter().map(|(_, w)| noting(create_new(client, &s, w), &unsent)).collect());
+    let created = in_order(creates.iter().map(|(_, w)| create_new(client, &s, w, &unsent)).collect());
     let fence_cols = FenceCols::of(&updates);
     let rows = RowCols::of(writes);
     let (fenced_n, answered_n) = (updates.len() as i64, rows.rq.id.len() as i64);
@@ -413,9 +413,9 @@ async fn commit_pipelined(
     let end = async {
         match unsent.load(Ordering::Relaxed) {
             true => {
-                client.batch_execute("ROLLBACK").await.map_err(pg)?;
-                // Nothing to look up: sent again from the start.
+                // No COMMIT goes out: nothing to look up, whether or not the ROLLBACK is answered.
                 sent.clear();
+                let _ = client.batch_execute("ROLLBACK").await;
                 Err(Error::Unavailable("a statement of the group could not be sent; rolled back".into()))
             }
             false => client.batch_execute("COMMIT").await.map_err(pg),
@@ -472,22 +472,28 @@ async fn noting(statement: impl Future<Output = Result<(), Error>>, unsent: &Ato
 }
 
 /// A creation in the pipelined batch: fails if its run or its idempotency key exists.
-async fn create_new(client: &Conn, s: &Batch, w: &RunWrite) -> Result<(), Error> {
+async fn create_new(client: &Conn, s: &Batch, w: &RunWrite, unsent: &AtomicBool) -> Result<(), Error> {
     let r = &w.run;
     let row = NewRunRow::of(w);
     let params = row.params();
-    let run = client.execute(&s.insert_run, &params);
-    let key = async {
-        match &w.idempotency {
-            Some(idem) => {
-                client.execute(&s.insert_key, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms]).await.map(drop)
+    // Each noted alone: one that could not be sent must stop the COMMIT even while the other
+    // still awaits its answer.
+    let run = noting(async { client.execute(&s.insert_run, &params).await.map(drop).map_err(pg) }, unsent);
+    let key = noting(
+        async {
+            match &w.idempotency {
+                Some(idem) => client
+                    .execute(&s.insert_key, &[&idem.key, &r.id, &idem.request_hash, &r.created_at_ms])
+                    .await
+                    .map(drop)
+                    .map_err(pg),
+                None => Ok(()),
             }
-            None => Ok(()),
-        }
-    };
+        },
+        unsent,
+    );
     let (run, key) = tokio::join!(biased; run, key);
-    run.map_err(pg)?;
-    key.map_err(pg)
+    run.and(key)
 }
 
 /// Fences every write, writes the rows of those that passed, and commits once, a round trip at a
