@@ -378,14 +378,15 @@ async fn commit_pipelined(
         params.push(&answered_n);
         client.execute(&s.group, &params).await.map(drop).map_err(pg)
     };
-    // Released runs get their wake time, and runs at their last write are checked for
-    // requests still waiting: a statement of its own, after the group's answers.
+    // Delivered at COMMIT, only if a run someone else may take up is let go.
     let woken = async {
         match writes.iter().any(|w| w.hands_out_work()) {
             true => client.execute(&s.wake, &[]).await.map(drop).map_err(pg),
             false => Ok(()),
         }
     };
+    // Released runs get their wake time, and runs at their last write are checked for
+    // requests still waiting: a statement of its own, after the group's answers.
     let mut looked_at: Vec<&str> = rows.released.clone();
     looked_at.extend(rows.last_writes.iter().filter(|id| !rows.released.contains(id)));
     let checked = async {
@@ -407,9 +408,7 @@ async fn commit_pipelined(
         Ok(())
     };
     let locked = async { client.execute(&s.gc_shared, &[&GC_LOCK]).await.map(drop).map_err(pg) };
-    // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
-    // polled; none awaits anything before it sends.
-    // Every statement before COMMIT has been polled once, so has sent itself or failed.
+    // Polled after every statement before it has been polled once, so has sent itself or failed.
     let end = async {
         match unsent.load(Ordering::Relaxed) {
             true => {
@@ -421,6 +420,8 @@ async fn commit_pipelined(
             false => client.batch_execute("COMMIT").await.map_err(pg),
         }
     };
+    // Biased: the requests go out in this order (BEGIN first, COMMIT last), each when first
+    // polled; none awaits anything before it sends.
     let (began, locked, created, grouped, checked, woken, committed) = tokio::join!(
         biased;
         noting(began, &unsent),
